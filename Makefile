@@ -1,0 +1,50 @@
+# Every target bootstraps its own .venv (Python 3.11). torch is installed first and pinned exactly:
+# the CPU wheel is on the build machines, and any looser spec resolves to multi-GB CUDA wheels.
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+TORCH_PIN := torch==2.13.0
+STAMP := $(VENV)/.installed
+TOOLS := $(VENV)/tools
+PYTEST_ARGS ?=
+
+.PHONY: help venv test demo bench crds lint soak gpu-check images clean
+
+help:
+	@echo "make demo   - a real distillation job end to end on local Ray (CPU, tiny models)"
+	@echo "make test   - the test suite"
+	@echo "make bench  - benchmarks (tables on stdout, JSON in bench/results/)"
+	@echo "make crds   - regenerate crds/ and the chart's copy from the pydantic spec"
+	@echo "make lint   - ruff"
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q $(TORCH_PIN)
+	$(PIP) install -q -e '.[runtime,operator,dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q -m "not soak and not gpu" $(PYTEST_ARGS)
+
+soak: $(STAMP)
+	$(PY) -m pytest -q -m soak $(PYTEST_ARGS)
+
+demo: $(STAMP)
+	$(VENV)/bin/kubedistill demo
+
+bench: $(STAMP)
+	$(PY) -m bench
+
+crds: $(STAMP)
+	$(VENV)/bin/kubedistill crd --output crds/kubedistill.io_distillationjobs.yaml
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+clean:
+	rm -rf $(VENV) .pytest_cache bench/results/*.json

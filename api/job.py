@@ -1,0 +1,161 @@
+"""The DistillationJob resource: the manifest users write, and the one way to read one.
+
+`parse_job` turns a manifest (a dict, as from YAML) into a validated `DistillationJob` or raises
+`InvalidJob` with one `Problem` per mistake, each naming the field path (`spec.rollout`) and the fix.
+"""
+
+import difflib
+import re
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from kubedistill.api.base import SpecModel
+from kubedistill.api.rules import RULES, Problem
+from kubedistill.api.spec import DistillationJobSpec
+from kubedistill.api.status import DistillationJobStatus
+
+GROUP = "kubedistill.io"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+KIND = "DistillationJob"
+PLURAL = "distillationjobs"
+SINGULAR = "distillationjob"
+SHORT_NAMES = ("dj", "distill")
+
+# The RayJob takes the job's name, and KubeRay derives pod names from it with a 6-character suffix
+# (RayJob names are limited to 47 characters); names are DNS-1035 labels like every Service name.
+MAX_NAME_LENGTH = 47
+NAME_PATTERN = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
+
+
+class ObjectMeta(BaseModel):
+    """The parts of Kubernetes metadata the job reads; the rest is kept as it is."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    name: str
+    namespace: str | None = None
+    labels: dict[str, str] = {}
+    annotations: dict[str, str] = {}
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_a_dns_label(cls, name: str) -> str:
+        if len(name) > MAX_NAME_LENGTH:
+            raise ValueError(f"at most {MAX_NAME_LENGTH} characters (KubeRay derives pod names from it)")
+        if not re.match(NAME_PATTERN, name):
+            raise ValueError(
+                "must be a DNS-1035 label: lower-case letters, digits and '-', starting with a letter "
+                "and ending with a letter or digit"
+            )
+        return name
+
+
+class DistillationJob(SpecModel):
+    api_version: Annotated[Literal["kubedistill.io/v1alpha1"], Field(alias="apiVersion")]
+    kind: Literal["DistillationJob"]
+    metadata: ObjectMeta
+    spec: DistillationJobSpec
+    status: DistillationJobStatus | None = None
+
+    @model_validator(mode="after")
+    def _cross_field_rules_hold(self) -> "DistillationJob":
+        problems = [rule.problem for rule in RULES if not rule.holds(self.spec)]
+        if problems:
+            raise CrossFieldProblems(problems)
+        return self
+
+    @property
+    def name(self) -> str:
+        return self.metadata.name
+
+
+class CrossFieldProblems(ValueError):
+    def __init__(self, problems: list[Problem]) -> None:
+        super().__init__("; ".join(str(p) for p in problems))
+        self.problems = problems
+
+
+@dataclass
+class InvalidJob(Exception):
+    problems: list[Problem]
+
+    def __str__(self) -> str:
+        return "\n".join(str(problem) for problem in self.problems)
+
+
+def parse_job(manifest: Any, *, check_plugin_names: bool = True) -> DistillationJob:
+    """Validate a manifest; raise `InvalidJob` listing every problem by field path."""
+    from kubedistill.api.spec import CHECK_PLUGIN_NAMES
+
+    try:
+        return DistillationJob.model_validate(manifest, context={CHECK_PLUGIN_NAMES: check_plugin_names})
+    except ValidationError as error:
+        raise InvalidJob(_problems_of(error)) from None
+
+
+def _problems_of(error: ValidationError) -> list[Problem]:
+    problems: list[Problem] = []
+    for detail in error.errors(include_url=False):
+        cause = detail.get("ctx", {}).get("error")
+        if isinstance(cause, CrossFieldProblems):
+            problems.extend(cause.problems)
+            continue
+        problems.append(Problem(_path_of(detail["loc"]), _message_of(detail)))
+    return problems
+
+
+def _path_of(loc: tuple[str | int, ...]) -> str:
+    path = ""
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        else:
+            path += f".{part}" if path else str(part)
+    return path or "(manifest)"
+
+
+def _message_of(detail: dict[str, Any]) -> str:
+    if detail["type"] == "extra_forbidden":
+        return _unknown_field_message(detail["loc"])
+    if detail["type"] == "missing":
+        return "required"
+    message = detail["msg"]
+    return message.removeprefix("Value error, ")
+
+
+def _unknown_field_message(loc: tuple[str | int, ...]) -> str:
+    known = _known_fields(loc[:-1])
+    suggestion = difflib.get_close_matches(str(loc[-1]), known, n=1)
+    hint = f"; did you mean {suggestion[0]!r}?" if suggestion else ""
+    return f"unknown field{hint} (known: {', '.join(known)})" if known else f"unknown field{hint}"
+
+
+def _known_fields(parent: tuple[str | int, ...]) -> list[str]:
+    model: type[BaseModel] | None = DistillationJob
+    for part in parent:
+        if model is None or isinstance(part, int):
+            continue
+        model = _field_model(model, part)
+    if model is None:
+        return []
+    return [field.alias or name for name, field in model.model_fields.items()]
+
+
+def _field_model(model: type[BaseModel], alias: str) -> type[BaseModel] | None:
+    for name, field in model.model_fields.items():
+        if alias in (name, field.alias):
+            return _model_in(field.annotation)
+    return None
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for argument in getattr(annotation, "__args__", ()):
+        found = _model_in(argument)
+        if found is not None:
+            return found
+    return None

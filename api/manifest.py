@@ -1,0 +1,44 @@
+"""Reading manifests from YAML files: one or more documents per file."""
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from kubedistill.api.job import KIND, DistillationJob, InvalidJob, parse_job
+from kubedistill.api.rules import Problem
+
+
+def load_documents(path: Path) -> Iterator[Any]:
+    with path.open(encoding="utf-8") as stream:
+        yield from (document for document in yaml.safe_load_all(stream) if document is not None)
+
+
+def load_jobs(path: Path, *, check_plugin_names: bool = True) -> list[DistillationJob]:
+    """Every DistillationJob in a YAML file (other kinds, e.g. a Kueue LocalQueue beside it, are skipped).
+
+    Raises `InvalidJob` for YAML that does not parse or a DistillationJob that does not validate.
+    """
+    try:
+        documents = list(load_documents(path))
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark is not None else "(file)"
+        raise InvalidJob([Problem(where, f"not valid YAML: {getattr(error, 'problem', error)}")]) from None
+    jobs = [
+        parse_job(document, check_plugin_names=check_plugin_names)
+        for document in documents
+        if isinstance(document, dict) and document.get("kind") == KIND
+    ]
+    if not jobs:
+        raise InvalidJob([Problem("kind", f"no {KIND} in this file")])
+    return jobs
+
+
+def load_job(path: Path) -> DistillationJob:
+    """The single DistillationJob a file holds (what `kubedistill run` takes)."""
+    jobs = load_jobs(path)
+    if len(jobs) > 1:
+        raise InvalidJob([Problem("kind", f"{len(jobs)} {KIND}s in this file; run one at a time")])
+    return jobs[0]

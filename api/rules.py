@@ -1,0 +1,293 @@
+"""Rules that involve more than one field of the spec.
+
+Each rule is written twice over the same data, once as a Python predicate (used by the operator, the
+runtime and `kubedistill validate`) and once as a CEL expression (placed in the CRD, so the API server rejects
+the manifest on `kubectl apply`). The tests evaluate both on every example and on every bad manifest, so
+the two cannot drift apart. CEL reads a field through `value()`, which substitutes the pydantic default when
+the field is left out: the default is stated once, in the model.
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel
+
+from kubedistill.api.spec import Backend, DistillationJobSpec, Mode, TeacherSpec
+
+
+@dataclass(frozen=True)
+class Problem:
+    path: str
+    """Field path from the manifest's root, e.g. `spec.rollout`."""
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}"
+
+
+@dataclass(frozen=True)
+class Rule:
+    field: str
+    """The field the message is about, relative to spec."""
+    message: str
+    holds: Callable[[DistillationJobSpec], bool]
+    cel: str
+    """The same predicate in CEL, `self` being the spec."""
+
+    @property
+    def problem(self) -> Problem:
+        return Problem(f"spec.{self.field}", self.message)
+
+
+def value(path: str) -> str:
+    """CEL for the value at `path` (dotted, relative to spec), or its default when it or a parent is absent."""
+    parts = path.split(".")
+    present = " && ".join(f"has(self.{'.'.join(parts[: i + 1])})" for i in range(len(parts)))
+    return f"({present} ? self.{path} : {_cel_literal(default_at(path))})"
+
+
+def present(path: str) -> str:
+    parts = path.split(".")
+    return "(" + " && ".join(f"has(self.{'.'.join(parts[: i + 1])})" for i in range(len(parts))) + ")"
+
+
+def default_at(path: str) -> Any:
+    model: type[BaseModel] = DistillationJobSpec
+    parts = path.split(".")
+    for i, alias in enumerate(parts):
+        name, field = next((n, f) for n, f in model.model_fields.items() if f.alias == alias)
+        if i == len(parts) - 1:
+            if field.is_required():
+                raise ValueError(f"spec.{path} is required and has no default")
+            return field.get_default(call_default_factory=True)
+        model = _model_of(field.annotation, f"spec.{'.'.join(parts[: i + 1])}")
+    raise ValueError(path)
+
+
+def _model_of(annotation: Any, where: str) -> type[BaseModel]:
+    candidates = [annotation, *getattr(annotation, "__args__", ())]
+    for candidate in candidates:
+        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            return candidate
+    raise ValueError(f"{where} is not an object")
+
+
+def _cel_literal(default: Any) -> str:
+    if isinstance(default, bool):
+        return "true" if default else "false"
+    if isinstance(default, str):
+        return f"'{default}'"
+    if isinstance(default, int):
+        return str(default)
+    if isinstance(default, float):
+        return repr(default)
+    raise ValueError(f"no CEL literal for default {default!r}")
+
+
+def _mode_is(*modes: Mode) -> str:
+    return f"{value('mode')} in [{', '.join(repr(str(m)) for m in modes)}]"
+
+
+def _gpus_per_teacher_node(spec: DistillationJobSpec) -> int:
+    teacher = spec.teacher or TeacherSpec()
+    return teacher.gpus_per_replica // teacher.nodes_per_replica
+
+
+def _teacher_gpus(spec: DistillationJobSpec) -> int:
+    teacher = spec.teacher or TeacherSpec()
+    return teacher.replicas * teacher.gpus_per_replica
+
+
+def _source_keys_pair(source_path: str) -> Rule:
+    def holds(spec: DistillationJobSpec) -> bool:
+        source = spec.data.eval if source_path == "eval" else spec.data.train
+        if source is None:
+            return True
+        prompt_only = spec.mode == Mode.ON_POLICY and source.response_key is None
+        return (source.prompt_key is None) == (source.response_key is None) or prompt_only
+
+    keys = f"data.{source_path}"
+    return Rule(
+        f"{keys}.promptKey",
+        "promptKey and responseKey go together: set both (prompt/response records) or neither (chat "
+        "records); onPolicy may set promptKey alone",
+        holds,
+        f"!{present(keys)} || {present(keys + '.promptKey')} == {present(keys + '.responseKey')}"
+        f" || ({value('mode')} == 'onPolicy' && !{present(keys + '.responseKey')})",
+    )
+
+
+RULES: tuple[Rule, ...] = (
+    Rule(
+        "rollout",
+        "required when spec.mode is onPolicy",
+        lambda s: s.mode != Mode.ON_POLICY or s.rollout is not None,
+        f"{value('mode')} != 'onPolicy' || has(self.rollout)",
+    ),
+    Rule(
+        "rollout",
+        "only used when spec.mode is onPolicy; remove it",
+        lambda s: s.rollout is None or s.mode == Mode.ON_POLICY,
+        f"!has(self.rollout) || {value('mode')} == 'onPolicy'",
+    ),
+    Rule(
+        "teacher.model",
+        "required when spec.mode is offPolicy or onPolicy",
+        lambda s: s.mode not in (Mode.OFF_POLICY, Mode.ON_POLICY)
+        or (s.teacher is not None and s.teacher.model is not None),
+        f"!({_mode_is(Mode.OFF_POLICY, Mode.ON_POLICY)}) || {present('teacher.model')}",
+    ),
+    Rule(
+        "teacher",
+        "not used when spec.mode is sft (training on the data alone); remove it",
+        lambda s: s.mode != Mode.SFT or s.teacher is None,
+        f"{value('mode')} != 'sft' || !has(self.teacher)",
+    ),
+    Rule(
+        "teacher.model",
+        "must equal spec.student.model (or be left out) when spec.mode is selfDistillation",
+        lambda s: s.mode != Mode.SELF_DISTILLATION
+        or s.teacher is None
+        or s.teacher.model in (None, s.student.model),
+        f"{value('mode')} != 'selfDistillation' || !{present('teacher.model')}"
+        " || self.teacher.model == self.student.model",
+    ),
+    Rule(
+        "teacher.gpusPerReplica",
+        "must be a multiple of spec.teacher.tensorParallel x spec.teacher.pipelineParallel",
+        lambda s: s.teacher is None
+        or s.teacher.gpus_per_replica % (s.teacher.tensor_parallel * s.teacher.pipeline_parallel) == 0,
+        f"{value('teacher.gpusPerReplica')} % "
+        f"({value('teacher.tensorParallel')} * {value('teacher.pipelineParallel')}) == 0",
+    ),
+    Rule(
+        "teacher.nodesPerReplica",
+        "must divide spec.teacher.gpusPerReplica (every node of a replica gets the same number of GPUs)",
+        lambda s: s.teacher is None or s.teacher.gpus_per_replica % s.teacher.nodes_per_replica == 0,
+        f"{value('teacher.gpusPerReplica')} % {value('teacher.nodesPerReplica')} == 0",
+    ),
+    Rule(
+        "teacher.expertParallel",
+        "must divide spec.teacher.tensorParallel",
+        lambda s: s.teacher is None or s.teacher.tensor_parallel % s.teacher.expert_parallel == 0,
+        f"{value('teacher.tensorParallel')} % {value('teacher.expertParallel')} == 0",
+    ),
+    Rule(
+        "teacher.backend",
+        "transformers runs one process per teacher replica: tensorParallel, pipelineParallel and "
+        "expertParallel must be 1 (use sglang for a parallel teacher)",
+        lambda s: s.teacher is None
+        or s.teacher.backend != Backend.TRANSFORMERS
+        or (s.teacher.tensor_parallel, s.teacher.pipeline_parallel, s.teacher.expert_parallel) == (1, 1, 1),
+        f"{value('teacher.backend')} != 'transformers' || ({value('teacher.tensorParallel')} == 1"
+        f" && {value('teacher.pipelineParallel')} == 1 && {value('teacher.expertParallel')} == 1)",
+    ),
+    Rule(
+        "teacher.quantization",
+        "needs spec.teacher.backend sglang or auto (the transformers backend does not quantize)",
+        lambda s: s.teacher is None or s.teacher.quantization is None or s.teacher.backend != Backend.TRANSFORMERS,
+        f"!{present('teacher.quantization')} || {value('teacher.backend')} != 'transformers'",
+    ),
+    Rule(
+        "teacher.gpusPerReplica",
+        "spec.teacher.gpusPerReplica / spec.teacher.nodesPerReplica (GPUs per teacher pod) must be at most "
+        "spec.cluster.gpusPerNode",
+        lambda s: _gpus_per_teacher_node(s) <= s.cluster.gpus_per_node,
+        f"{value('teacher.gpusPerReplica')} / {value('teacher.nodesPerReplica')}"
+        f" <= {value('cluster.gpusPerNode')}",
+    ),
+    Rule(
+        "training.globalBatchSize",
+        "must be a multiple of spec.training.microBatchSize x spec.student.replicas",
+        lambda s: s.training.max_tokens_per_device is not None
+        or s.training.global_batch_size % (s.training.micro_batch_size * s.student.replicas) == 0,
+        f"{present('training.maxTokensPerDevice')} || {value('training.globalBatchSize')} % "
+        f"({value('training.microBatchSize')} * {value('student.replicas')}) == 0",
+    ),
+    Rule(
+        "training.globalBatchSize",
+        "must be a multiple of spec.student.replicas",
+        lambda s: s.training.global_batch_size % s.student.replicas == 0,
+        f"{value('training.globalBatchSize')} % {value('student.replicas')} == 0",
+    ),
+    Rule(
+        "training.evalEverySteps",
+        "needs spec.data.eval (the records to evaluate on)",
+        lambda s: s.training.eval_every_steps is None or s.data.eval is not None,
+        f"!{present('training.evalEverySteps')} || has(self.data.eval)",
+    ),
+    Rule(
+        "rollout.batchSize",
+        "spec.rollout.batchSize x spec.rollout.samplesPerPrompt must be a multiple of "
+        "spec.training.globalBatchSize (every rollout round feeds whole optimizer steps)",
+        lambda s: s.rollout is None
+        or (s.rollout.batch_size * s.rollout.samples_per_prompt) % s.training.global_batch_size == 0,
+        f"!has(self.rollout) || ({value('rollout.batchSize')} * {value('rollout.samplesPerPrompt')})"
+        f" % {value('training.globalBatchSize')} == 0",
+    ),
+    Rule(
+        "rollout.maxNewTokens",
+        "must be less than spec.data.maxLength (prompt and response share it)",
+        lambda s: s.rollout is None or s.rollout.max_new_tokens < s.data.max_length,
+        f"!has(self.rollout) || {value('rollout.maxNewTokens')} < {value('data.maxLength')}",
+    ),
+    Rule(
+        "rollout.tensorParallel",
+        "must be at most spec.cluster.gpusPerNode (one rollout engine lives on one node)",
+        lambda s: s.rollout is None or s.rollout.tensor_parallel <= s.cluster.gpus_per_node,
+        f"!has(self.rollout) || {value('rollout.tensorParallel')} <= {value('cluster.gpusPerNode')}",
+    ),
+    Rule(
+        "data.promptMaxLength",
+        "must be less than spec.data.maxLength (leave room for the response)",
+        lambda s: s.data.prompt_max_length < s.data.max_length,
+        f"{value('data.promptMaxLength')} < {value('data.maxLength')}",
+    ),
+    _source_keys_pair("train"),
+    _source_keys_pair("eval"),
+    Rule(
+        "data.train.teacherInputKey",
+        "not used when spec.mode is sft (there is no teacher)",
+        lambda s: s.mode != Mode.SFT or s.data.train.teacher_input_key is None,
+        f"{value('mode')} != 'sft' || !has(self.data.train.teacherInputKey)",
+    ),
+    Rule(
+        "student.fsdpShardSize",
+        "must be -1 (shard over all ranks) or divide spec.student.replicas",
+        lambda s: s.student.fsdp_shard_size == -1 or s.student.replicas % s.student.fsdp_shard_size == 0,
+        f"{value('student.fsdpShardSize')} == -1 || "
+        f"({value('student.fsdpShardSize')} > 0 && {value('student.replicas')} % {value('student.fsdpShardSize')} == 0)",
+    ),
+    Rule(
+        "student.replicas",
+        "must be at most spec.cluster.gpusPerNode or a multiple of it (student pods fill whole nodes)",
+        lambda s: s.student.replicas <= s.cluster.gpus_per_node or s.student.replicas % s.cluster.gpus_per_node == 0,
+        f"{value('student.replicas')} <= {value('cluster.gpusPerNode')}"
+        f" || {value('student.replicas')} % {value('cluster.gpusPerNode')} == 0",
+    ),
+    Rule(
+        "distillation.teacherEmaDecay",
+        "only used when spec.mode is selfDistillation",
+        lambda s: s.distillation.teacher_ema_decay is None or s.mode == Mode.SELF_DISTILLATION,
+        f"!{present('distillation.teacherEmaDecay')} || {value('mode')} == 'selfDistillation'",
+    ),
+    Rule(
+        "cluster.colocate",
+        "needs spec.teacher.replicas x spec.teacher.gpusPerReplica == spec.student.replicas (teacher and "
+        "student take turns on the same GPUs)",
+        lambda s: not s.cluster.colocate or s.mode == Mode.SFT or _teacher_gpus(s) == s.student.replicas,
+        f"!{value('cluster.colocate')} || {value('mode')} == 'sft' || "
+        f"{value('teacher.replicas')} * {value('teacher.gpusPerReplica')} == {value('student.replicas')}",
+    ),
+    Rule(
+        "cluster.colocate",
+        "needs spec.rollout.engines x spec.rollout.tensorParallel == spec.student.replicas (rollout and "
+        "student take turns on the same GPUs)",
+        lambda s: not s.cluster.colocate
+        or s.rollout is None
+        or s.rollout.engines * s.rollout.tensor_parallel == s.student.replicas,
+        f"!{value('cluster.colocate')} || !has(self.rollout) || "
+        f"{value('rollout.engines')} * {value('rollout.tensorParallel')} == {value('student.replicas')}",
+    ),
+)

@@ -1,0 +1,372 @@
+"""The `spec` of a DistillationJob.
+
+Defaults follow KDFlow's (arXiv 2603.01875, README argument tables) for the training and distillation
+hyper-parameters. Resource shapes default to the smallest valid one (one GPU, no parallelism) so that an
+omitted field never silently asks a cluster for eight GPUs.
+
+Fields that are `None` by default are optional with no value; they are the only optional fields, so an
+explicit `null` in YAML means the same as leaving the field out (the API server prunes it the same way).
+"""
+
+from enum import StrEnum
+from typing import Annotated, Any
+
+from pydantic import Field, ValidationInfo, field_validator
+
+from kubedistill.api.base import SpecModel
+from kubedistill.api.registry import ALGORITHM_GROUP, LOSS_GROUP, known_names
+
+Quantity = Annotated[str, Field(pattern=r"^[0-9]+(\.[0-9]+)?(m|k|Ki|M|Mi|G|Gi|T|Ti|P|Pi|E|Ei)?$")]
+PositiveInt = Annotated[int, Field(ge=1)]
+Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
+KubernetesObject = dict[str, Any]
+
+
+class Mode(StrEnum):
+    OFF_POLICY = "offPolicy"
+    ON_POLICY = "onPolicy"
+    SELF_DISTILLATION = "selfDistillation"
+    SFT = "sft"
+
+
+class Backend(StrEnum):
+    """Which inference engine serves a teacher or rollout group.
+
+    `auto` picks SGLang where a GPU and the `sglang` extra are present and transformers otherwise, so the
+    same manifest runs on a cluster and on a laptop.
+    """
+
+    AUTO = "auto"
+    SGLANG = "sglang"
+    TRANSFORMERS = "transformers"
+
+
+class Quantization(StrEnum):
+    FP8 = "fp8"
+
+
+class LoraExport(StrEnum):
+    MERGED = "merged"
+    ADAPTER = "adapter"
+
+
+class DataFormat(StrEnum):
+    AUTO = "auto"
+    JSONL = "jsonl"
+    JSON = "json"
+    PARQUET = "parquet"
+
+
+class OnBadRecord(StrEnum):
+    FAIL = "fail"
+    SKIP = "skip"
+
+
+class LrScheduler(StrEnum):
+    COSINE_WITH_MIN_LR = "cosineWithMinLr"
+    CONSTANT = "constant"
+
+
+class Precision(StrEnum):
+    BF16 = "bf16"
+    FP32 = "fp32"
+
+
+class OnNonFinite(StrEnum):
+    FAIL = "fail"
+    SKIP = "skip"
+
+
+class DskdTokenAlign(StrEnum):
+    ETA = "eta"
+    CMA = "cma"
+
+
+class LoraSpec(SpecModel):
+    rank: Annotated[int, Field(ge=0)] = 0
+    """LoRA rank of the student's adapters; 0 trains all weights."""
+    alpha: Annotated[int, Field(ge=1)] = 16
+    """LoRA scaling numerator (the update is scaled by alpha / rank)."""
+    dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
+    """Dropout on the adapters' input."""
+    target_modules: Annotated[list[str], Field(min_length=1)] = ["all-linear"]
+    """Module names to adapt; `all-linear` adapts every linear layer but the output head."""
+    export: LoraExport = LoraExport.MERGED
+    """What the final export holds: the merged full model, or the adapter alone."""
+
+
+class TeacherSpec(SpecModel):
+    model: Annotated[str, Field(min_length=1)] | None = None
+    """Path or hub id of the teacher. Required unless spec.mode is selfDistillation (then the student's)."""
+    tokenizer: Annotated[str, Field(min_length=1)] | None = None
+    """Tokenizer path if it differs from the model's."""
+    backend: Backend = Backend.AUTO
+    """Inference engine of the teacher actors."""
+    tensor_parallel: PositiveInt = 1
+    """SGLang tensor-parallel size of one teacher engine."""
+    pipeline_parallel: PositiveInt = 1
+    """SGLang pipeline-parallel size of one teacher engine (stages may sit on different nodes)."""
+    expert_parallel: PositiveInt = 1
+    """SGLang expert-parallel size for mixture-of-experts teachers; divides tensorParallel."""
+    replicas: PositiveInt = 1
+    """Independent teacher engines; micro-batches are balanced over them by token count."""
+    gpus_per_replica: PositiveInt = 1
+    """GPUs one teacher engine uses in all; a multiple of tensorParallel x pipelineParallel."""
+    nodes_per_replica: PositiveInt = 1
+    """Pods (nodes) one teacher engine spans; gpusPerReplica is split evenly over them."""
+    mem_fraction_static: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.4
+    """Fraction of each GPU's memory SGLang reserves for weights and KV cache."""
+    quantization: Quantization | None = None
+    """Online weight quantization of the teacher (SGLang only)."""
+
+
+class StudentSpec(SpecModel):
+    model: Annotated[str, Field(min_length=1)]
+    """Path or hub id of the student to train."""
+    tokenizer: Annotated[str, Field(min_length=1)] | None = None
+    """Tokenizer path if it differs from the model's; also the tokenizer of the training data."""
+    replicas: PositiveInt = 1
+    """FSDP2 ranks (one GPU each) training the student."""
+    fsdp_shard_size: Annotated[int, Field(ge=-1)] = -1
+    """Ranks one parameter is sharded over; -1 shards over all ranks, a divisor of replicas gives HSDP."""
+    cpu_offload: bool = False
+    """Keep parameters and optimizer state in host memory between uses."""
+    gradient_checkpointing: bool = True
+    """Recompute activations in the backward pass to save memory."""
+    lora: LoraSpec = LoraSpec()
+    """Low-rank adapters instead of full fine-tuning."""
+
+
+class RolloutSpec(SpecModel):
+    backend: Backend = Backend.AUTO
+    """Generation engine of the rollout actors."""
+    engines: PositiveInt = 1
+    """Rollout engines generating in parallel."""
+    tensor_parallel: PositiveInt = 1
+    """Tensor-parallel size (GPUs) of one rollout engine."""
+    batch_size: PositiveInt = 32
+    """Prompts generated for per rollout round."""
+    samples_per_prompt: PositiveInt = 1
+    """Responses sampled per prompt."""
+    max_new_tokens: PositiveInt = 2048
+    """Longest response generated."""
+    temperature: Annotated[float, Field(ge=0.0)] = 1.0
+    """Sampling temperature; 0 decodes greedily."""
+    top_p: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0
+    """Nucleus-sampling probability mass."""
+    mem_fraction_static: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.6
+    """Fraction of each GPU's memory SGLang reserves for weights and KV cache."""
+
+
+class DistillationSpec(SpecModel):
+    algorithm: Annotated[str, Field(min_length=1)] = "vanilla"
+    """Distillation algorithm: vanilla, dskd, simpleCtkd, or a registered plugin."""
+    loss: Annotated[str, Field(min_length=1)] = "fkl"
+    """Divergence between teacher and student: fkl, rkl, jsd, tvd, skl, srkl, akl, or a registered plugin."""
+    temperature: Annotated[float, Field(gt=0.0)] = 1.0
+    """Both models' logits are divided by it before the softmax."""
+    kd_ratio: Fraction = 0.5
+    """Weight of the distillation loss; the cross-entropy on the data gets 1 - kdRatio."""
+    jsd_beta: Fraction = 0.5
+    """Generalised JSD weight, TRL's convention: 0 is forward KL, 1 is reverse KL, 0.5 symmetric JSD."""
+    skew_lambda: Fraction = 0.1
+    """Mixing weight of skewed KL (skl, srkl)."""
+    adaptive_alpha: Annotated[float, Field(gt=0.0, le=1.0)] = 0.5
+    """Probability mass that makes the head of the teacher's distribution in adaptive KL (akl)."""
+    teacher_update_freq: PositiveInt = 1
+    """Self-distillation: copy the student's weights into the teacher every this many steps."""
+    teacher_ema_decay: Annotated[float, Field(gt=0.0, lt=1.0)] | None = None
+    """Self-distillation: keep an exponential moving average of the student as the teacher instead."""
+    dskd_token_align: DskdTokenAlign = DskdTokenAlign.CMA
+    """DSKD token alignment across tokenizers: exact (eta) or cross-model attention (cma)."""
+    projector_learning_rate: Annotated[float, Field(gt=0.0)] = 1.0e-3
+    """DSKD: learning rate of the projectors between the two hidden spaces."""
+    loss_chunk_size: PositiveInt = 1024
+    """Tokens per chunk of the fused loss: memory grows with it, kernel launches shrink."""
+
+    @field_validator("loss")
+    @classmethod
+    def _loss_is_registered(cls, name: str, info: ValidationInfo) -> str:
+        return _registered(name, LOSS_GROUP, info)
+
+    @field_validator("algorithm")
+    @classmethod
+    def _algorithm_is_registered(cls, name: str, info: ValidationInfo) -> str:
+        return _registered(name, ALGORITHM_GROUP, info)
+
+
+CHECK_PLUGIN_NAMES = "check_plugin_names"
+"""Validation-context key: False skips the registry check of loss and algorithm names. The operator sets it,
+because plugins are installed in the runtime image, which checks the names when the job starts."""
+
+
+def _registered(name: str, group: str, info: ValidationInfo) -> str:
+    if info.context and info.context.get(CHECK_PLUGIN_NAMES) is False:
+        return name
+    known = known_names(group)
+    if name not in known:
+        raise ValueError(f"unknown name {name!r}; known: {', '.join(known)}")
+    return name
+
+
+class DataSource(SpecModel):
+    path: Annotated[str, Field(min_length=1)]
+    """Local file (jsonl, json or parquet) inside the pods, e.g. on a mounted volume."""
+    format: DataFormat = DataFormat.AUTO
+    """File format; auto goes by the file extension."""
+    input_key: Annotated[str, Field(min_length=1)] = "messages"
+    """Key of the chat messages (a list of {role, content}) in each record."""
+    prompt_key: Annotated[str, Field(min_length=1)] | None = None
+    """Key of a plain-text prompt; set with responseKey to read prompt/response records instead of chats."""
+    response_key: Annotated[str, Field(min_length=1)] | None = None
+    """Key of the plain-text response; set with promptKey."""
+    teacher_input_key: Annotated[str, Field(min_length=1)] | None = None
+    """Key of what the teacher sees instead of the student's prompt (context distillation)."""
+
+
+class DataSpec(SpecModel):
+    train: DataSource
+    """Training records."""
+    eval: DataSource | None = None
+    """Held-out records for the eval loss and teacher agreement."""
+    max_length: PositiveInt = 4096
+    """Longest prompt plus response in tokens; longer records are cut (the response's end first)."""
+    prompt_max_length: PositiveInt = 2048
+    """Longest prompt in tokens; longer prompts lose their beginning."""
+    apply_chat_template: bool = True
+    """Format records with the tokenizer's chat template."""
+    on_bad_record: OnBadRecord = OnBadRecord.FAIL
+    """A malformed record stops the job (naming file:line) or is skipped and counted."""
+
+
+class TrainingSpec(SpecModel):
+    epochs: PositiveInt = 1
+    """Passes over the training data."""
+    max_steps: PositiveInt | None = None
+    """Stop after this many optimizer steps, whatever epochs says."""
+    global_batch_size: PositiveInt = 128
+    """Sequences per optimizer step, over all student ranks."""
+    micro_batch_size: PositiveInt = 1
+    """Sequences per forward/backward on one rank (ignored when maxTokensPerDevice is set)."""
+    learning_rate: Annotated[float, Field(gt=0.0)] = 1.0e-6
+    """Peak learning rate of AdamW."""
+    lr_scheduler: LrScheduler = LrScheduler.COSINE_WITH_MIN_LR
+    """Learning-rate schedule after the linear warm-up."""
+    warmup_ratio: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.05
+    """Share of the steps spent warming the learning rate up from zero."""
+    min_learning_rate: Annotated[float, Field(ge=0.0)] = 1.0e-8
+    """Floor of the cosine schedule."""
+    max_grad_norm: Annotated[float, Field(gt=0.0)] = 1.0
+    """Gradients are clipped to this global norm."""
+    weight_decay: Annotated[float, Field(ge=0.0)] = 0.0
+    """AdamW weight decay."""
+    adam_betas: Annotated[list[Annotated[float, Field(ge=0.0, lt=1.0)]], Field(min_length=2, max_length=2)] = [
+        0.9,
+        0.98,
+    ]
+    """AdamW (beta1, beta2)."""
+    seed: Annotated[int, Field(ge=0)] = 42
+    """Seed of data order, initialisation of new weights and sampling."""
+    precision: Precision = Precision.BF16
+    """Compute precision of the student (bf16 mixed precision keeps fp32 master weights) and the teacher."""
+    max_tokens_per_device: PositiveInt | None = None
+    """Dynamic batching: form micro-batches by this token budget instead of microBatchSize."""
+    log_every_steps: PositiveInt = 1
+    """Report metrics every this many steps."""
+    eval_every_steps: PositiveInt | None = None
+    """Evaluate on data.eval every this many steps (and always at the end)."""
+    on_non_finite: OnNonFinite = OnNonFinite.FAIL
+    """A NaN or infinite loss fails the job, or its step is skipped (and counted)."""
+
+
+class CheckpointSpec(SpecModel):
+    path: Annotated[str, Field(min_length=1)] | None = None
+    """Directory for checkpoints (shared by all pods); the job resumes from the newest one found there."""
+    every_steps: PositiveInt = 100
+    """Save every this many optimizer steps (and at the end)."""
+    keep: PositiveInt = 3
+    """Newest checkpoints kept; older ones are deleted after a save succeeds."""
+
+
+class OutputSpec(SpecModel):
+    path: Annotated[str, Field(min_length=1)] | None = None
+    """Where the trained student is exported (safetensors and tokenizer)."""
+
+
+class HeadResources(SpecModel):
+    cpu: Quantity = "4"
+    """CPU of the Ray head pod, which runs the trainer driver."""
+    memory: Quantity = "32Gi"
+    """Memory of the Ray head pod."""
+
+
+class WorkerResources(SpecModel):
+    cpu_per_gpu: Quantity = "8"
+    """CPU requested per GPU on worker pods."""
+    memory_per_gpu: Quantity = "64Gi"
+    """Memory requested per GPU on worker pods."""
+
+
+class ClusterSpec(SpecModel):
+    image: Annotated[str, Field(min_length=1)] | None = None
+    """Runtime image of the Ray pods; the operator's default image when unset."""
+    node_selector: dict[str, str] = {}
+    """Node selector of every Ray pod (e.g. to pick an H100 or H20 pool)."""
+    tolerations: list[KubernetesObject] = []
+    """Tolerations of every Ray pod (Kubernetes Toleration objects)."""
+    gpu_resource: Annotated[str, Field(min_length=1)] = "nvidia.com/gpu"
+    """Extended resource name of a GPU."""
+    gpus_per_node: PositiveInt = 8
+    """GPUs of one node: the most one worker pod asks for."""
+    colocate: bool = False
+    """Teacher, student (and rollout) share the same GPUs, taking turns (SGLang sleep/wake-up)."""
+    shm_size: Quantity = "64Gi"
+    """Size of the memory-backed /dev/shm of every Ray pod."""
+    volumes: list[KubernetesObject] = []
+    """Extra pod volumes (Kubernetes Volume objects), e.g. PVCs holding models, data and checkpoints."""
+    volume_mounts: list[KubernetesObject] = []
+    """Mounts of those volumes in every Ray container (Kubernetes VolumeMount objects)."""
+    env: list[KubernetesObject] = []
+    """Extra environment of every Ray container (Kubernetes EnvVar objects)."""
+    queue_name: Annotated[str, Field(min_length=1)] | None = None
+    """Kueue LocalQueue to admit the job through."""
+    priority_class_name: Annotated[str, Field(min_length=1)] | None = None
+    """PriorityClass of every Ray pod."""
+    service_account_name: Annotated[str, Field(min_length=1)] | None = None
+    """ServiceAccount of every Ray pod."""
+    head: HeadResources = HeadResources()
+    """Resources of the Ray head pod."""
+    worker: WorkerResources = WorkerResources()
+    """Per-GPU resources of the worker pods."""
+
+
+class DistillationJobSpec(SpecModel):
+    mode: Mode = Mode.OFF_POLICY
+    """offPolicy distills on dataset responses, onPolicy on the student's own samples, selfDistillation from
+    the student's own (earlier or averaged) weights, sft trains on the data alone."""
+    teacher: TeacherSpec | None = None
+    """The teacher; required for offPolicy and onPolicy, optional for selfDistillation, absent for sft."""
+    student: StudentSpec
+    """The model being trained."""
+    rollout: RolloutSpec | None = None
+    """Generation of on-policy samples; required for onPolicy and only allowed there."""
+    distillation: DistillationSpec = DistillationSpec()
+    """What is distilled and how."""
+    data: DataSpec
+    """Training and evaluation data."""
+    training: TrainingSpec = TrainingSpec()
+    """Optimisation."""
+    checkpoint: CheckpointSpec = CheckpointSpec()
+    """Periodic checkpoints, from which a restarted job resumes."""
+    output: OutputSpec = OutputSpec()
+    """Export of the trained student."""
+    cluster: ClusterSpec = ClusterSpec()
+    """Placement and pod settings on Kubernetes (ignored by local runs)."""
+    suspend: bool = False
+    """Hold the job without a Ray cluster; set false to start (Kueue sets it too)."""
+    backoff_limit: Annotated[int, Field(ge=0)] = 2
+    """Retries of the whole Ray job, each resuming from the newest checkpoint."""
+    active_deadline_seconds: PositiveInt | None = None
+    """Wall-clock limit of the job."""
+    ttl_seconds_after_finished: Annotated[int, Field(ge=0)] = 86400
+    """Seconds the finished Ray cluster is kept for inspection before it is deleted."""

@@ -1,0 +1,86 @@
+"""The `status` of a DistillationJob, written by the operator alone.
+
+Condition types, reasons and phases are constants here because people and tools match on them
+(`kubectl wait --for=condition=Succeeded`, alerts, Argo CD health checks).
+"""
+
+from enum import StrEnum
+from typing import Annotated, Literal
+
+from pydantic import Field
+
+from kubedistill.api.base import SpecModel
+
+
+class Phase(StrEnum):
+    PENDING = "Pending"
+    """Accepted; the Ray cluster is being created or waits for capacity."""
+    RUNNING = "Running"
+    SUSPENDED = "Suspended"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+
+
+TERMINAL_PHASES = frozenset({Phase.SUCCEEDED, Phase.FAILED})
+
+
+class ConditionType(StrEnum):
+    CREATED = "Created"
+    """The Ray job and its ConfigMap exist."""
+    RUNNING = "Running"
+    SUSPENDED = "Suspended"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    PROGRESS_UNKNOWN = "ProgressUnknown"
+    """True while the trainer's /metrics cannot be read; the job itself may be fine."""
+    SPEC_CHANGE_IGNORED = "SpecChangeIgnored"
+    """True when a field that cannot change on a running job was edited; the message names it."""
+
+
+class Reason(StrEnum):
+    INVALID_SPEC = "InvalidSpec"
+    RAY_JOB_CREATED = "RayJobCreated"
+    RAY_JOB_PENDING = "RayJobPending"
+    RAY_JOB_RUNNING = "RayJobRunning"
+    RAY_JOB_SUSPENDED = "RayJobSuspended"
+    RAY_JOB_SUCCEEDED = "RayJobSucceeded"
+    RAY_JOB_FAILED = "RayJobFailed"
+    RAY_JOB_DELETED = "RayJobDeleted"
+    METRICS_UNREACHABLE = "MetricsUnreachable"
+    METRICS_READ = "MetricsRead"
+    IMMUTABLE_FIELD_CHANGED = "ImmutableFieldChanged"
+
+
+class Condition(SpecModel):
+    type: str
+    """One of the ConditionType values."""
+    status: Literal["True", "False", "Unknown"]
+    reason: Annotated[str, Field(pattern=r"^[A-Za-z]([A-Za-z0-9]*)$")]
+    """CamelCase machine-readable cause."""
+    message: str = ""
+    """Human-readable detail."""
+    observed_generation: Annotated[int, Field(ge=0)] | None = None
+    """The metadata.generation this condition was computed from."""
+    last_transition_time: str
+    """When status last changed (RFC 3339)."""
+
+
+class DistillationJobStatus(SpecModel):
+    phase: Phase | None = None
+    observed_generation: Annotated[int, Field(ge=0)] | None = None
+    conditions: list[Condition] = []
+    step: Annotated[int, Field(ge=0)] | None = None
+    """Optimizer steps done."""
+    total_steps: Annotated[int, Field(ge=0)] | None = None
+    epoch: Annotated[int, Field(ge=0)] | None = None
+    loss: float | None = None
+    """Total training loss of the newest logged step."""
+    kd_loss: float | None = None
+    """Distillation part of that loss."""
+    step_time_seconds: float | None = None
+    tokens_per_second: float | None = None
+    last_checkpoint_step: Annotated[int, Field(ge=0)] | None = None
+    ray_job_name: str | None = None
+    dashboard_url: Annotated[str | None, Field(alias="dashboardURL")] = None
+    start_time: str | None = None
+    completion_time: str | None = None

@@ -1,0 +1,1 @@
+"""Training data: reading records, tokenising them with loss masks, and forming batches."""

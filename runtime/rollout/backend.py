@@ -1,0 +1,35 @@
+"""What every rollout engine provides: sampled responses to prompts, and in-place weight updates."""
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    max_new_tokens: int
+    temperature: float
+    top_p: float
+    samples_per_prompt: int
+    seed: int
+
+
+class RolloutBackend(Protocol):
+    """One generation engine. Implementations: transformers (CPU/GPU) and SGLang (GPU)."""
+
+    def generate(self, prompts: list[list[int]], sampling: SamplingConfig) -> list[list[int]]:
+        """Response token ids, `samples_per_prompt` per prompt, prompt-major, without the prompt; a
+        response ends with the end-of-sequence token unless it was cut at `max_new_tokens`."""
+        ...
+
+    def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Load new weights in place, by Hugging Face parameter name; called with buckets of tensors."""
+        ...
+
+    def sleep(self) -> None: ...
+
+    def wake(self) -> None: ...
+
+    def close(self) -> None: ...

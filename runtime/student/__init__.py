@@ -1,0 +1,1 @@
+"""The student actor group: FSDP2 training ranks."""

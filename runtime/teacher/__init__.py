@@ -1,0 +1,1 @@
+"""The teacher actor group: inference only, returning final hidden states, never logits."""

@@ -1,0 +1,61 @@
+"""What every teacher engine provides: the teacher's final, post-norm hidden states at chosen positions.
+
+Hidden states, not logits, cross process boundaries: a [tokens x hidden] tensor is hidden/vocab the size
+of the logits (about 1/37 for Qwen3), and the student recomputes the exact teacher logits from it with the
+teacher's lm_head.
+"""
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+
+@dataclass(frozen=True)
+class TeacherBatch:
+    """Sequences to run through the teacher and the positions whose hidden states are wanted.
+
+    Position t's hidden state predicts token t + 1, so the loss positions of a sequence are the positions
+    *before* its target tokens. Token ids go in (never text), so trainer and teacher tokenise identically.
+    """
+
+    sequences: list[list[int]]
+    positions: list[list[int]]
+
+    def __post_init__(self) -> None:
+        if len(self.sequences) != len(self.positions):
+            raise ValueError(f"{len(self.sequences)} sequences but {len(self.positions)} position lists")
+
+    @property
+    def num_positions(self) -> int:
+        return sum(len(p) for p in self.positions)
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(len(s) for s in self.sequences)
+
+
+class TeacherBackend(Protocol):
+    """One teacher engine (one replica). Implementations: transformers (CPU/GPU) and SGLang (GPU)."""
+
+    @property
+    def hidden_size(self) -> int: ...
+
+    def hidden_states(self, batch: TeacherBatch) -> torch.Tensor:
+        """[batch.num_positions, hidden_size] on the CPU, sequences in order, positions in order."""
+        ...
+
+    def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Load new weights in place (self-distillation), by Hugging Face parameter name."""
+        ...
+
+    def sleep(self) -> None:
+        """Release accelerator memory (colocation); a no-op where there is nothing to release."""
+        ...
+
+    def wake(self) -> None:
+        """Take the memory back after `sleep`."""
+        ...
+
+    def close(self) -> None: ...
