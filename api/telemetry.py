@@ -1,0 +1,76 @@
+"""Names of the trainer's Prometheus metrics: the contract between the runtime, which serves them on the
+Ray head's `/metrics`, and the operator, which reads them into the DistillationJob's status.
+
+Base units in the names, labels bounded (job, namespace; never step or pod).
+"""
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+METRICS_PORT_ENV = "KUBEDISTILL_METRICS_PORT"
+DEFAULT_METRICS_PORT = 8080
+LABELS = ("namespace", "job")
+
+
+class Kind(StrEnum):
+    GAUGE = "gauge"
+    COUNTER = "counter"
+    HISTOGRAM = "histogram"
+
+
+@dataclass(frozen=True)
+class Metric:
+    name: str
+    kind: Kind
+    help: str
+
+
+STEP = Metric("kubedistill_step", Kind.GAUGE, "Optimizer steps done.")
+TOTAL_STEPS = Metric("kubedistill_total_steps", Kind.GAUGE, "Optimizer steps the job will run.")
+EPOCH = Metric("kubedistill_epoch", Kind.GAUGE, "Current epoch, from 0.")
+LOSS = Metric("kubedistill_loss", Kind.GAUGE, "Total training loss of the last step.")
+KD_LOSS = Metric("kubedistill_kd_loss", Kind.GAUGE, "Distillation part of the last step's loss.")
+CE_LOSS = Metric("kubedistill_ce_loss", Kind.GAUGE, "Cross-entropy part of the last step's loss.")
+STEP_SECONDS = Metric("kubedistill_step_seconds", Kind.HISTOGRAM, "Wall time of an optimizer step.")
+LAST_STEP_SECONDS = Metric("kubedistill_last_step_seconds", Kind.GAUGE, "Wall time of the last step.")
+TOKENS_PER_SECOND = Metric("kubedistill_tokens_per_second", Kind.GAUGE, "Trained tokens per second, last step.")
+TEACHER_SECONDS = Metric("kubedistill_teacher_seconds", Kind.HISTOGRAM, "Teacher inference time per step.")
+TRANSFER_BYTES = Metric(
+    "kubedistill_transfer_bytes_total", Kind.COUNTER, "Bytes of teacher hidden states sent to the students."
+)
+LEARNING_RATE = Metric("kubedistill_learning_rate", Kind.GAUGE, "Learning rate of the last step.")
+GRAD_NORM = Metric("kubedistill_grad_norm", Kind.GAUGE, "Global gradient norm before clipping, last step.")
+LAST_CHECKPOINT_STEP = Metric("kubedistill_last_checkpoint_step", Kind.GAUGE, "Step of the newest checkpoint.")
+BAD_RECORDS = Metric("kubedistill_bad_records_total", Kind.COUNTER, "Malformed data records skipped.")
+SKIPPED_STEPS = Metric("kubedistill_skipped_steps_total", Kind.COUNTER, "Steps skipped for a non-finite loss.")
+EVAL_LOSS = Metric("kubedistill_eval_loss", Kind.GAUGE, "Loss on the eval data, last evaluation.")
+EVAL_KD_DIVERGENCE = Metric(
+    "kubedistill_eval_kd_divergence", Kind.GAUGE, "Divergence to the teacher on the eval data, last evaluation."
+)
+EVAL_TEACHER_AGREEMENT = Metric(
+    "kubedistill_eval_teacher_agreement",
+    Kind.GAUGE,
+    "Share of eval tokens where student and teacher agree on the most likely next token.",
+)
+
+ALL = (
+    STEP,
+    TOTAL_STEPS,
+    EPOCH,
+    LOSS,
+    KD_LOSS,
+    CE_LOSS,
+    STEP_SECONDS,
+    LAST_STEP_SECONDS,
+    TOKENS_PER_SECOND,
+    TEACHER_SECONDS,
+    TRANSFER_BYTES,
+    LEARNING_RATE,
+    GRAD_NORM,
+    LAST_CHECKPOINT_STEP,
+    BAD_RECORDS,
+    SKIPPED_STEPS,
+    EVAL_LOSS,
+    EVAL_KD_DIVERGENCE,
+    EVAL_TEACHER_AGREEMENT,
+)
