@@ -11,7 +11,16 @@ descriptions and applied by the models.
 import copy
 from typing import Any
 
-from kubedistill.api.job import GROUP, KIND, MAX_NAME_LENGTH, NAME_PATTERN, PLURAL, SHORT_NAMES, SINGULAR, VERSION
+from kubedistill.api.job import (
+    GROUP,
+    KIND,
+    MAX_NAME_LENGTH,
+    NAME_PATTERN,
+    PLURAL,
+    SHORT_NAMES,
+    SINGULAR,
+    VERSION,
+)
 from kubedistill.api.rules import RULES
 from kubedistill.api.spec import DistillationJobSpec
 from kubedistill.api.status import DistillationJobStatus
@@ -52,7 +61,8 @@ def build_crd() -> dict[str, Any]:
         "x-kubernetes-validations": [
             {
                 "rule": f"self.metadata.name.size() <= {MAX_NAME_LENGTH}",
-                "message": f"metadata.name: at most {MAX_NAME_LENGTH} characters (KubeRay derives pod names from it)",
+                "message": f"metadata.name: at most {MAX_NAME_LENGTH} characters "
+                "(KubeRay derives pod names from it)",
             },
             {
                 "rule": f"self.metadata.name.matches('{NAME_PATTERN}')",
@@ -143,9 +153,8 @@ def _translate(node: Schema, definitions: dict[str, Schema]) -> Schema:
         raise ValueError(f"no structural translation for schema node {node!r}")
 
     text = " ".join((description or "").split())
-    if default is not _NO_DEFAULT and default is not None and default != [] and default != {}:
-        if not isinstance(default, dict):
-            text = f"{text} Default: {_describe(default)}.".strip()
+    if default not in (_NO_DEFAULT, None, []) and not isinstance(default, dict):
+        text = f"{text} Default: {_describe(default)}.".strip()
     if text:
         out["description"] = text
     return out

@@ -11,9 +11,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import BaseModel
-
 from kubedistill.api.spec import Backend, DistillationJobSpec, Mode, TeacherSpec
+from pydantic import BaseModel
 
 
 @dataclass(frozen=True)
@@ -41,13 +40,12 @@ class Rule:
 
 
 def value(path: str) -> str:
-    """CEL for the value at `path` (dotted, relative to spec), or its default when it or a parent is absent."""
-    parts = path.split(".")
-    present = " && ".join(f"has(self.{'.'.join(parts[: i + 1])})" for i in range(len(parts)))
-    return f"({present} ? self.{path} : {_cel_literal(default_at(path))})"
+    """CEL for the value at `path` (dotted, relative to spec), or its default where it or a parent is unset."""
+    return f"({present(path)} ? self.{path} : {_cel_literal(default_at(path))})"
 
 
 def present(path: str) -> str:
+    """CEL that is true where the field at `path` and all its parents are set."""
     parts = path.split(".")
     return "(" + " && ".join(f"has(self.{'.'.join(parts[: i + 1])})" for i in range(len(parts))) + ")"
 
@@ -56,7 +54,7 @@ def default_at(path: str) -> Any:
     model: type[BaseModel] = DistillationJobSpec
     parts = path.split(".")
     for i, alias in enumerate(parts):
-        name, field = next((n, f) for n, f in model.model_fields.items() if f.alias == alias)
+        field = next(f for f in model.model_fields.values() if f.alias == alias)
         if i == len(parts) - 1:
             if field.is_required():
                 raise ValueError(f"spec.{path} is required and has no default")
@@ -134,8 +132,10 @@ RULES: tuple[Rule, ...] = (
     Rule(
         "teacher.model",
         "required when spec.mode is offPolicy or onPolicy",
-        lambda s: s.mode not in (Mode.OFF_POLICY, Mode.ON_POLICY)
-        or (s.teacher is not None and s.teacher.model is not None),
+        lambda s: (
+            s.mode not in (Mode.OFF_POLICY, Mode.ON_POLICY)
+            or (s.teacher is not None and s.teacher.model is not None)
+        ),
         f"!({_mode_is(Mode.OFF_POLICY, Mode.ON_POLICY)}) || {present('teacher.model')}",
     ),
     Rule(
@@ -147,17 +147,21 @@ RULES: tuple[Rule, ...] = (
     Rule(
         "teacher.model",
         "must equal spec.student.model (or be left out) when spec.mode is selfDistillation",
-        lambda s: s.mode != Mode.SELF_DISTILLATION
-        or s.teacher is None
-        or s.teacher.model in (None, s.student.model),
+        lambda s: (
+            s.mode != Mode.SELF_DISTILLATION
+            or s.teacher is None
+            or s.teacher.model in (None, s.student.model)
+        ),
         f"{value('mode')} != 'selfDistillation' || !{present('teacher.model')}"
         " || self.teacher.model == self.student.model",
     ),
     Rule(
         "teacher.gpusPerReplica",
         "must be a multiple of spec.teacher.tensorParallel x spec.teacher.pipelineParallel",
-        lambda s: s.teacher is None
-        or s.teacher.gpus_per_replica % (s.teacher.tensor_parallel * s.teacher.pipeline_parallel) == 0,
+        lambda s: (
+            s.teacher is None
+            or s.teacher.gpus_per_replica % (s.teacher.tensor_parallel * s.teacher.pipeline_parallel) == 0
+        ),
         f"{value('teacher.gpusPerReplica')} % "
         f"({value('teacher.tensorParallel')} * {value('teacher.pipelineParallel')}) == 0",
     ),
@@ -177,16 +181,21 @@ RULES: tuple[Rule, ...] = (
         "teacher.backend",
         "transformers runs one process per teacher replica: tensorParallel, pipelineParallel and "
         "expertParallel must be 1 (use sglang for a parallel teacher)",
-        lambda s: s.teacher is None
-        or s.teacher.backend != Backend.TRANSFORMERS
-        or (s.teacher.tensor_parallel, s.teacher.pipeline_parallel, s.teacher.expert_parallel) == (1, 1, 1),
+        lambda s: (
+            s.teacher is None
+            or s.teacher.backend != Backend.TRANSFORMERS
+            or (s.teacher.tensor_parallel, s.teacher.pipeline_parallel, s.teacher.expert_parallel)
+            == (1, 1, 1)
+        ),
         f"{value('teacher.backend')} != 'transformers' || ({value('teacher.tensorParallel')} == 1"
         f" && {value('teacher.pipelineParallel')} == 1 && {value('teacher.expertParallel')} == 1)",
     ),
     Rule(
         "teacher.quantization",
         "needs spec.teacher.backend sglang or auto (the transformers backend does not quantize)",
-        lambda s: s.teacher is None or s.teacher.quantization is None or s.teacher.backend != Backend.TRANSFORMERS,
+        lambda s: (
+            s.teacher is None or s.teacher.quantization is None or s.teacher.backend != Backend.TRANSFORMERS
+        ),
         f"!{present('teacher.quantization')} || {value('teacher.backend')} != 'transformers'",
     ),
     Rule(
@@ -200,8 +209,10 @@ RULES: tuple[Rule, ...] = (
     Rule(
         "training.globalBatchSize",
         "must be a multiple of spec.training.microBatchSize x spec.student.replicas",
-        lambda s: s.training.max_tokens_per_device is not None
-        or s.training.global_batch_size % (s.training.micro_batch_size * s.student.replicas) == 0,
+        lambda s: (
+            s.training.max_tokens_per_device is not None
+            or s.training.global_batch_size % (s.training.micro_batch_size * s.student.replicas) == 0
+        ),
         f"{present('training.maxTokensPerDevice')} || {value('training.globalBatchSize')} % "
         f"({value('training.microBatchSize')} * {value('student.replicas')}) == 0",
     ),
@@ -221,8 +232,10 @@ RULES: tuple[Rule, ...] = (
         "rollout.batchSize",
         "spec.rollout.batchSize x spec.rollout.samplesPerPrompt must be a multiple of "
         "spec.training.globalBatchSize (every rollout round feeds whole optimizer steps)",
-        lambda s: s.rollout is None
-        or (s.rollout.batch_size * s.rollout.samples_per_prompt) % s.training.global_batch_size == 0,
+        lambda s: (
+            s.rollout is None
+            or (s.rollout.batch_size * s.rollout.samples_per_prompt) % s.training.global_batch_size == 0
+        ),
         f"!has(self.rollout) || ({value('rollout.batchSize')} * {value('rollout.samplesPerPrompt')})"
         f" % {value('training.globalBatchSize')} == 0",
     ),
@@ -255,14 +268,19 @@ RULES: tuple[Rule, ...] = (
     Rule(
         "student.fsdpShardSize",
         "must be -1 (shard over all ranks) or divide spec.student.replicas",
-        lambda s: s.student.fsdp_shard_size == -1 or s.student.replicas % s.student.fsdp_shard_size == 0,
-        f"{value('student.fsdpShardSize')} == -1 || "
-        f"({value('student.fsdpShardSize')} > 0 && {value('student.replicas')} % {value('student.fsdpShardSize')} == 0)",
+        lambda s: (
+            s.student.fsdp_shard_size == -1
+            or (s.student.fsdp_shard_size > 0 and s.student.replicas % s.student.fsdp_shard_size == 0)
+        ),
+        f"{value('student.fsdpShardSize')} == -1 || ({value('student.fsdpShardSize')} > 0"
+        f" && {value('student.replicas')} % {value('student.fsdpShardSize')} == 0)",
     ),
     Rule(
         "student.replicas",
         "must be at most spec.cluster.gpusPerNode or a multiple of it (student pods fill whole nodes)",
-        lambda s: s.student.replicas <= s.cluster.gpus_per_node or s.student.replicas % s.cluster.gpus_per_node == 0,
+        lambda s: (
+            s.student.replicas <= s.cluster.gpus_per_node or s.student.replicas % s.cluster.gpus_per_node == 0
+        ),
         f"{value('student.replicas')} <= {value('cluster.gpusPerNode')}"
         f" || {value('student.replicas')} % {value('cluster.gpusPerNode')} == 0",
     ),
@@ -284,9 +302,11 @@ RULES: tuple[Rule, ...] = (
         "cluster.colocate",
         "needs spec.rollout.engines x spec.rollout.tensorParallel == spec.student.replicas (rollout and "
         "student take turns on the same GPUs)",
-        lambda s: not s.cluster.colocate
-        or s.rollout is None
-        or s.rollout.engines * s.rollout.tensor_parallel == s.student.replicas,
+        lambda s: (
+            not s.cluster.colocate
+            or s.rollout is None
+            or s.rollout.engines * s.rollout.tensor_parallel == s.student.replicas
+        ),
         f"!{value('cluster.colocate')} || !has(self.rollout) || "
         f"{value('rollout.engines')} * {value('rollout.tensorParallel')} == {value('student.replicas')}",
     ),

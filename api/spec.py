@@ -11,10 +11,9 @@ explicit `null` in YAML means the same as leaving the field out (the API server 
 from enum import StrEnum
 from typing import Annotated, Any
 
-from pydantic import Field, ValidationInfo, field_validator
-
 from kubedistill.api.base import SpecModel
 from kubedistill.api.registry import ALGORITHM_GROUP, LOSS_GROUP, known_names
+from pydantic import Field, ValidationInfo, field_validator
 
 Quantity = Annotated[str, Field(pattern=r"^[0-9]+(\.[0-9]+)?(m|k|Ki|M|Mi|G|Gi|T|Ti|P|Pi|E|Ei)?$")]
 PositiveInt = Annotated[int, Field(ge=1)]
@@ -260,7 +259,9 @@ class TrainingSpec(SpecModel):
     """Gradients are clipped to this global norm."""
     weight_decay: Annotated[float, Field(ge=0.0)] = 0.0
     """AdamW weight decay."""
-    adam_betas: Annotated[list[Annotated[float, Field(ge=0.0, lt=1.0)]], Field(min_length=2, max_length=2)] = [
+    adam_betas: Annotated[
+        list[Annotated[float, Field(ge=0.0, lt=1.0)]], Field(min_length=2, max_length=2)
+    ] = [
         0.9,
         0.98,
     ]

@@ -7,9 +7,8 @@ Condition types, reasons and phases are constants here because people and tools 
 from enum import StrEnum
 from typing import Annotated, Literal
 
-from pydantic import Field
-
 from kubedistill.api.base import SpecModel
+from pydantic import Field
 
 
 class Phase(StrEnum):

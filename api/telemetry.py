@@ -33,19 +33,27 @@ KD_LOSS = Metric("kubedistill_kd_loss", Kind.GAUGE, "Distillation part of the la
 CE_LOSS = Metric("kubedistill_ce_loss", Kind.GAUGE, "Cross-entropy part of the last step's loss.")
 STEP_SECONDS = Metric("kubedistill_step_seconds", Kind.HISTOGRAM, "Wall time of an optimizer step.")
 LAST_STEP_SECONDS = Metric("kubedistill_last_step_seconds", Kind.GAUGE, "Wall time of the last step.")
-TOKENS_PER_SECOND = Metric("kubedistill_tokens_per_second", Kind.GAUGE, "Trained tokens per second, last step.")
+TOKENS_PER_SECOND = Metric(
+    "kubedistill_tokens_per_second", Kind.GAUGE, "Trained tokens per second, last step."
+)
 TEACHER_SECONDS = Metric("kubedistill_teacher_seconds", Kind.HISTOGRAM, "Teacher inference time per step.")
 TRANSFER_BYTES = Metric(
     "kubedistill_transfer_bytes_total", Kind.COUNTER, "Bytes of teacher hidden states sent to the students."
 )
 LEARNING_RATE = Metric("kubedistill_learning_rate", Kind.GAUGE, "Learning rate of the last step.")
 GRAD_NORM = Metric("kubedistill_grad_norm", Kind.GAUGE, "Global gradient norm before clipping, last step.")
-LAST_CHECKPOINT_STEP = Metric("kubedistill_last_checkpoint_step", Kind.GAUGE, "Step of the newest checkpoint.")
+LAST_CHECKPOINT_STEP = Metric(
+    "kubedistill_last_checkpoint_step", Kind.GAUGE, "Step of the newest checkpoint."
+)
 BAD_RECORDS = Metric("kubedistill_bad_records_total", Kind.COUNTER, "Malformed data records skipped.")
-SKIPPED_STEPS = Metric("kubedistill_skipped_steps_total", Kind.COUNTER, "Steps skipped for a non-finite loss.")
+SKIPPED_STEPS = Metric(
+    "kubedistill_skipped_steps_total", Kind.COUNTER, "Steps skipped for a non-finite loss."
+)
 EVAL_LOSS = Metric("kubedistill_eval_loss", Kind.GAUGE, "Loss on the eval data, last evaluation.")
 EVAL_KD_DIVERGENCE = Metric(
-    "kubedistill_eval_kd_divergence", Kind.GAUGE, "Divergence to the teacher on the eval data, last evaluation."
+    "kubedistill_eval_kd_divergence",
+    Kind.GAUGE,
+    "Divergence to the teacher on the eval data, last evaluation.",
 )
 EVAL_TEACHER_AGREEMENT = Metric(
     "kubedistill_eval_teacher_agreement",

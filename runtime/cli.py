@@ -17,7 +17,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-Files = Annotated[list[Path], typer.Argument(exists=True, dir_okay=False, readable=True, help="Manifest files.")]
+Files = Annotated[
+    list[Path], typer.Argument(exists=True, dir_okay=False, readable=True, help="Manifest files.")
+]
 
 
 @app.command()

@@ -31,7 +31,9 @@ class TinyShape:
     tie_word_embeddings: bool = True
 
 
-TEACHER_SHAPE = TinyShape(hidden_size=96, intermediate_size=256, num_hidden_layers=3, tie_word_embeddings=False)
+TEACHER_SHAPE = TinyShape(
+    hidden_size=96, intermediate_size=256, num_hidden_layers=3, tie_word_embeddings=False
+)
 STUDENT_SHAPE = TinyShape()
 
 

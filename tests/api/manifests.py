@@ -1,0 +1,226 @@
+"""Manifests for the API tests: a valid base and the bad variants, each with the field its error must name."""
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any
+
+BASE: dict[str, Any] = {
+    "apiVersion": "kubedistill.io/v1alpha1",
+    "kind": "DistillationJob",
+    "metadata": {"name": "qwen3-32b-to-4b"},
+    "spec": {
+        "teacher": {"model": "/models/Qwen3-32B", "tensorParallel": 8, "gpusPerReplica": 8},
+        "student": {"model": "/models/Qwen3-4B", "replicas": 8},
+        "data": {"train": {"path": "/data/train.jsonl"}},
+        "training": {"globalBatchSize": 128},
+    },
+}
+
+ON_POLICY_ROLLOUT = {"engines": 2, "batchSize": 32, "maxNewTokens": 1024}
+
+DELETE = object()
+
+
+@dataclass(frozen=True)
+class Bad:
+    id: str
+    changes: dict[str, Any]
+    """Dotted path -> new value (DELETE removes the key)."""
+    field: str
+    """Field path the error message must name."""
+    crd: str | None = "schema"
+    """What rejects it at `kubectl apply`: schema, cel, unknown-field (strict field validation), or None
+    where only the operator or runtime can (plugin names live in the runtime image)."""
+    base: dict[str, Any] = field(default_factory=lambda: BASE)
+
+
+def apply_changes(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    manifest = copy.deepcopy(base)
+    for path, value in changes.items():
+        *parents, last = path.split(".")
+        node = manifest
+        for part in parents:
+            node = node.setdefault(part, {})
+        if value is DELETE:
+            node.pop(last, None)
+        else:
+            node[last] = value
+    return manifest
+
+
+BAD_MANIFESTS: list[Bad] = [
+    Bad("unknown-spec-field", {"spec.teachr": {"model": "x"}}, "spec.teachr", "unknown-field"),
+    Bad("typo-in-teacher", {"spec.teacher.tensorParalel": 8}, "spec.teacher.tensorParalel", "unknown-field"),
+    Bad("unknown-mode", {"spec.mode": "onpolicy"}, "spec.mode"),
+    Bad("missing-student", {"spec.student": DELETE}, "spec.student"),
+    Bad("missing-data", {"spec.data": DELETE}, "spec.data"),
+    Bad("missing-train-path", {"spec.data.train": {"inputKey": "messages"}}, "spec.data.train.path"),
+    Bad("missing-student-model", {"spec.student": {"replicas": 8}}, "spec.student.model"),
+    Bad("on-policy-without-rollout", {"spec.mode": "onPolicy"}, "spec.rollout", "cel"),
+    Bad("off-policy-with-rollout", {"spec.rollout": ON_POLICY_ROLLOUT}, "spec.rollout", "cel"),
+    Bad("sft-with-teacher", {"spec.mode": "sft"}, "spec.teacher", "cel"),
+    Bad("off-policy-without-teacher", {"spec.teacher": DELETE}, "spec.teacher.model", "cel"),
+    Bad("off-policy-teacher-without-model", {"spec.teacher.model": DELETE}, "spec.teacher.model", "cel"),
+    Bad(
+        "self-distillation-other-teacher",
+        {"spec.mode": "selfDistillation", "spec.distillation": {"teacherEmaDecay": 0.99}},
+        "spec.teacher.model",
+        "cel",
+    ),
+    Bad(
+        "tp-pp-not-dividing-gpus", {"spec.teacher.pipelineParallel": 3}, "spec.teacher.gpusPerReplica", "cel"
+    ),
+    Bad(
+        "nodes-not-dividing-gpus", {"spec.teacher.nodesPerReplica": 3}, "spec.teacher.nodesPerReplica", "cel"
+    ),
+    Bad("ep-not-dividing-tp", {"spec.teacher.expertParallel": 3}, "spec.teacher.expertParallel", "cel"),
+    Bad("transformers-with-tp", {"spec.teacher.backend": "transformers"}, "spec.teacher.backend", "cel"),
+    Bad(
+        "transformers-with-fp8",
+        {"spec.teacher": {"model": "t", "backend": "transformers", "quantization": "fp8"}},
+        "spec.teacher.quantization",
+        "cel",
+    ),
+    Bad("unknown-quantization", {"spec.teacher.quantization": "int4"}, "spec.teacher.quantization"),
+    Bad(
+        "teacher-pod-larger-than-node",
+        {"spec.teacher.gpusPerReplica": 16, "spec.teacher.tensorParallel": 16},
+        "spec.teacher.gpusPerReplica",
+        "cel",
+    ),
+    Bad(
+        "batch-not-multiple-of-ranks",
+        {"spec.training.globalBatchSize": 100},
+        "spec.training.globalBatchSize",
+        "cel",
+    ),
+    Bad(
+        "batch-not-multiple-of-micro-batches",
+        {"spec.training.globalBatchSize": 24, "spec.training.microBatchSize": 2},
+        "spec.training.globalBatchSize",
+        "cel",
+    ),
+    Bad(
+        "dynamic-batch-not-multiple-of-ranks",
+        {"spec.training.globalBatchSize": 12, "spec.training.maxTokensPerDevice": 8192},
+        "spec.training.globalBatchSize",
+        "cel",
+    ),
+    Bad(
+        "eval-every-without-eval", {"spec.training.evalEverySteps": 10}, "spec.training.evalEverySteps", "cel"
+    ),
+    Bad(
+        "rollout-not-filling-steps",
+        {"spec.mode": "onPolicy", "spec.rollout": {**ON_POLICY_ROLLOUT, "batchSize": 48}},
+        "spec.rollout.batchSize",
+        "cel",
+    ),
+    Bad(
+        "rollout-longer-than-max-length",
+        {
+            "spec.mode": "onPolicy",
+            "spec.rollout": {**ON_POLICY_ROLLOUT, "batchSize": 128, "maxNewTokens": 4096},
+        },
+        "spec.rollout.maxNewTokens",
+        "cel",
+    ),
+    Bad(
+        "rollout-engine-larger-than-node",
+        {
+            "spec.mode": "onPolicy",
+            "spec.rollout": {**ON_POLICY_ROLLOUT, "batchSize": 128, "tensorParallel": 16},
+        },
+        "spec.rollout.tensorParallel",
+        "cel",
+    ),
+    Bad("prompt-longer-than-max", {"spec.data.promptMaxLength": 4096}, "spec.data.promptMaxLength", "cel"),
+    Bad(
+        "prompt-key-alone",
+        {"spec.data.train": {"path": "/d.jsonl", "promptKey": "q"}},
+        "spec.data.train.promptKey",
+        "cel",
+    ),
+    Bad(
+        "eval-response-key-alone",
+        {"spec.data.eval": {"path": "/e.jsonl", "responseKey": "a"}},
+        "spec.data.eval.promptKey",
+        "cel",
+    ),
+    Bad(
+        "teacher-input-key-in-sft",
+        {
+            "spec.mode": "sft",
+            "spec.teacher": DELETE,
+            "spec.data.train": {"path": "/d", "teacherInputKey": "c"},
+        },
+        "spec.data.train.teacherInputKey",
+        "cel",
+    ),
+    Bad("shard-size-not-dividing", {"spec.student.fsdpShardSize": 3}, "spec.student.fsdpShardSize", "cel"),
+    Bad("shard-size-zero", {"spec.student.fsdpShardSize": 0}, "spec.student.fsdpShardSize", "cel"),
+    Bad(
+        "student-not-filling-nodes",
+        {"spec.student.replicas": 12, "spec.training.globalBatchSize": 120},
+        "spec.student.replicas",
+        "cel",
+    ),
+    Bad(
+        "ema-outside-self-distillation",
+        {"spec.distillation.teacherEmaDecay": 0.999},
+        "spec.distillation.teacherEmaDecay",
+        "cel",
+    ),
+    Bad(
+        "colocate-other-gpu-counts",
+        {"spec.cluster.colocate": True, "spec.teacher.replicas": 2},
+        "spec.cluster.colocate",
+        "cel",
+    ),
+    Bad(
+        "colocate-rollout-other-gpu-count",
+        {
+            "spec.mode": "onPolicy",
+            "spec.rollout": {**ON_POLICY_ROLLOUT, "batchSize": 128},
+            "spec.cluster.colocate": True,
+        },
+        "spec.cluster.colocate",
+        "cel",
+    ),
+    Bad("zero-temperature", {"spec.distillation.temperature": 0}, "spec.distillation.temperature"),
+    Bad("kd-ratio-above-one", {"spec.distillation.kdRatio": 1.5}, "spec.distillation.kdRatio"),
+    Bad("negative-jsd-beta", {"spec.distillation.jsdBeta": -0.1}, "spec.distillation.jsdBeta"),
+    Bad("unknown-loss", {"spec.distillation.loss": "kl"}, "spec.distillation.loss", None),
+    Bad("unknown-algorithm", {"spec.distillation.algorithm": "dkd"}, "spec.distillation.algorithm", None),
+    Bad("negative-lora-rank", {"spec.student.lora": {"rank": -1}}, "spec.student.lora.rank"),
+    Bad("zero-learning-rate", {"spec.training.learningRate": 0}, "spec.training.learningRate"),
+    Bad("three-adam-betas", {"spec.training.adamBetas": [0.9, 0.98, 0.99]}, "spec.training.adamBetas"),
+    Bad("adam-beta-of-one", {"spec.training.adamBetas": [0.9, 1.0]}, "spec.training.adamBetas[1]"),
+    Bad("shm-size-not-a-quantity", {"spec.cluster.shmSize": "lots"}, "spec.cluster.shmSize"),
+    Bad("name-too-long", {"metadata.name": "a" * 48}, "metadata.name", "cel"),
+    Bad("name-with-capitals", {"metadata.name": "Qwen3-Distill"}, "metadata.name", "cel"),
+    Bad("name-with-dot", {"metadata.name": "qwen3.distill"}, "metadata.name", "cel"),
+    Bad("name-starting-with-digit", {"metadata.name": "3-distill"}, "metadata.name", "cel"),
+    Bad("wrong-api-version", {"apiVersion": "kubedistill.io/v1"}, "apiVersion", None),
+    Bad("wrong-kind", {"kind": "DistillJob"}, "kind", None),
+    Bad("zero-student-replicas", {"spec.student.replicas": 0}, "spec.student.replicas"),
+    Bad("mem-fraction-of-one", {"spec.teacher.memFractionStatic": 1.0}, "spec.teacher.memFractionStatic"),
+    Bad("negative-backoff", {"spec.backoffLimit": -1}, "spec.backoffLimit"),
+    Bad("tolerations-not-a-list", {"spec.cluster.tolerations": {"key": "gpu"}}, "spec.cluster.tolerations"),
+    Bad(
+        "node-selector-value-not-text",
+        {"spec.cluster.nodeSelector": {"pool": 3}},
+        "spec.cluster.nodeSelector.pool",
+    ),
+    Bad("unknown-on-bad-record", {"spec.data.onBadRecord": "ignore"}, "spec.data.onBadRecord"),
+    Bad("zero-max-steps", {"spec.training.maxSteps": 0}, "spec.training.maxSteps"),
+    Bad("keep-no-checkpoints", {"spec.checkpoint.keep": 0}, "spec.checkpoint.keep"),
+    Bad(
+        "zero-top-p",
+        {"spec.mode": "onPolicy", "spec.rollout": {**ON_POLICY_ROLLOUT, "batchSize": 128, "topP": 0}},
+        "spec.rollout.topP",
+    ),
+    Bad("unknown-data-format", {"spec.data.train.format": "csv"}, "spec.data.train.format"),
+    Bad("unknown-precision", {"spec.training.precision": "fp16"}, "spec.training.precision"),
+    Bad("replicas-as-text", {"spec.student.replicas": "eight"}, "spec.student.replicas"),
+    Bad("empty-model-path", {"spec.student.model": ""}, "spec.student.model"),
+]
