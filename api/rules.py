@@ -40,7 +40,7 @@ class Rule:
 
 
 def value(path: str) -> str:
-    """CEL for the value at `path` (dotted, relative to spec), or its default where it or a parent is unset."""
+    """CEL for the value at `path` (dotted, from spec), or its default where it or a parent is unset."""
     return f"({present(path)} ? self.{path} : {_cel_literal(default_at(path))})"
 
 
