@@ -1,0 +1,160 @@
+"""The distillation loss from hidden states and lm_head weights, chunk by chunk, gradients in the forward.
+
+Same contract as `reference_kd_loss` applied to `student_hidden @ student_weight.T` and
+`teacher_hidden @ teacher_weight.T`, but neither model's [tokens x vocab] logits ever exist in full: for
+each chunk of `config.chunk_size` unmasked tokens the forward pass computes both models' logits, the
+per-token loss through the same divergence function, its gradient d(logits) with `torch.autograd.grad`, and
+from it the chunk's d(hidden) = dz @ W and its share of dW += dz^T @ h. Nothing of a chunk outlives it, and
+the backward pass only hands out the two gradients (the idea of Liger's fused linear JSD, in plain torch).
+The peak is therefore a few [chunk x vocab] tensors instead of a few [tokens x vocab] ones.
+
+The teacher gets no gradient. The student weight gets a plain gradient, which is all that weight tying
+(it is the embedding matrix too) and FSDP2 (it is the unsharded parameter inside the module's forward) ask.
+"""
+
+import torch
+import torch.nn.functional as F
+from kubedistill.runtime.losses.config import KDConfig
+from kubedistill.runtime.losses.output import IGNORE_INDEX, LossOutput
+from kubedistill.runtime.losses.registry import Divergence, get_loss
+from torch import Tensor
+from torch.autograd.function import FunctionCtx
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    # bf16/fp16 logits lose too much in a softmax over 150k entries; float32 and float64 stay as they are.
+    return torch.promote_types(dtype, torch.float32)
+
+
+def _chunk_logits_grad(
+    hidden: Tensor,
+    weight: Tensor,
+    teacher_logits: Tensor | None,
+    targets: Tensor,
+    config: KDConfig,
+    divergence: Divergence | None,
+    scale: float,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """d(loss * scale)/d(student logits) of one chunk, with its CE and KD sums."""
+    logits = F.linear(hidden, weight).to(_compute_dtype(hidden.dtype)).requires_grad_()
+    ce_weight = (1.0 - config.kd_ratio) if divergence is not None else 1.0
+    with torch.enable_grad():
+        if ce_weight > 0.0:
+            ce = F.cross_entropy(logits, targets, reduction="sum")
+        else:
+            ce = F.cross_entropy(logits.detach(), targets, reduction="sum")
+        objective = ce * (ce_weight * scale)
+        kd = logits.new_zeros(())
+        if divergence is not None and teacher_logits is not None:
+            student = logits[:, : teacher_logits.shape[-1]]
+            if config.temperature != 1.0:
+                student = student / config.temperature
+            kd = divergence(student, teacher_logits, config).sum()
+            objective = objective + kd * (config.kd_ratio * scale)
+        (grad_logits,) = torch.autograd.grad(objective, logits)
+    return grad_logits, ce.detach(), kd.detach()
+
+
+class _FusedKDLoss(torch.autograd.Function):
+    @staticmethod
+    def forward(
+        ctx: FunctionCtx,
+        student_hidden: Tensor,
+        student_weight: Tensor,
+        teacher_hidden: Tensor | None,
+        teacher_weight: Tensor | None,
+        labels: Tensor,
+        kept: Tensor,
+        config: KDConfig,
+        normalizer: float,
+        divergence: Divergence | None,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        hidden = student_hidden.index_select(0, kept)
+        targets = labels.index_select(0, kept)
+        compute_dtype = _compute_dtype(student_weight.dtype)
+        grad_hidden = torch.empty_like(hidden)
+        grad_weight = torch.zeros_like(student_weight, dtype=compute_dtype)
+        ce_sum = torch.zeros((), dtype=compute_dtype, device=hidden.device)
+        kd_sum = torch.zeros_like(ce_sum)
+        teacher_rows = None
+        if divergence is not None and teacher_hidden is not None and teacher_weight is not None:
+            vocab = min(student_weight.shape[0], teacher_weight.shape[0])
+            teacher_rows = teacher_hidden.index_select(0, kept).to(teacher_weight.dtype)
+            teacher_head = teacher_weight[:vocab]
+        for start in range(0, hidden.shape[0], config.chunk_size):
+            chunk = slice(start, start + config.chunk_size)
+            teacher_logits = None
+            if teacher_rows is not None:
+                teacher_logits = F.linear(teacher_rows[chunk], teacher_head).to(compute_dtype)
+                if config.temperature != 1.0:
+                    teacher_logits.div_(config.temperature)
+            grad_logits, ce, kd = _chunk_logits_grad(
+                hidden[chunk],
+                student_weight,
+                teacher_logits,
+                targets[chunk],
+                config,
+                divergence,
+                1.0 / normalizer,
+            )
+            del teacher_logits
+            ce_sum += ce
+            kd_sum += kd
+            grad_logits = grad_logits.to(student_weight.dtype)
+            torch.mm(grad_logits, student_weight, out=grad_hidden[chunk])
+            if grad_weight.dtype == student_weight.dtype:
+                grad_weight.addmm_(grad_logits.T, hidden[chunk])
+            else:
+                grad_weight += grad_logits.T @ hidden[chunk]
+        ctx.save_for_backward(kept, grad_hidden, grad_weight)
+        ctx.hidden_shape = student_hidden.shape
+        ctx.weight_dtype = student_weight.dtype
+        ce_weight = (1.0 - config.kd_ratio) if divergence is not None else 1.0
+        kd_weight = config.kd_ratio if divergence is not None else 0.0
+        loss = (ce_weight * ce_sum + kd_weight * kd_sum) / normalizer
+        ctx.mark_non_differentiable(kd_sum, ce_sum)
+        return loss, kd_sum, ce_sum
+
+    @staticmethod
+    def backward(
+        ctx: FunctionCtx, grad_loss: Tensor, _grad_kd: Tensor, _grad_ce: Tensor
+    ) -> tuple[Tensor | None, ...]:
+        kept, grad_hidden_kept, grad_weight = ctx.saved_tensors
+        grad_hidden = grad_hidden_kept.new_zeros(ctx.hidden_shape)
+        grad_hidden.index_copy_(0, kept, grad_hidden_kept)
+        grad_weight = grad_weight.to(ctx.weight_dtype)
+        # Under gradient accumulation the upstream gradient is 1; skipping the multiply saves a [V x d] pass.
+        if not torch.equal(grad_loss, torch.ones_like(grad_loss)):
+            grad_hidden = grad_hidden * grad_loss
+            grad_weight = grad_weight * grad_loss
+        return grad_hidden, grad_weight, None, None, None, None, None, None, None
+
+
+def fused_kd_loss(
+    student_hidden: Tensor,
+    student_weight: Tensor,
+    teacher_hidden: Tensor | None,
+    teacher_weight: Tensor | None,
+    labels: Tensor,
+    config: KDConfig,
+    normalizer: float,
+) -> LossOutput:
+    """student_hidden [N, ds], student_weight [Vs, ds], teacher_hidden [N, dt] and teacher_weight [Vt, dt]
+    (both None: cross-entropy only), labels [N]. Hidden states must be final, post-norm ones."""
+    if (teacher_hidden is None) != (teacher_weight is None):
+        raise ValueError("teacher_hidden and teacher_weight must be given together")
+    with_kd = teacher_hidden is not None and config.kd_ratio > 0.0
+    divergence = get_loss(config.loss) if with_kd else None
+    kept = (labels != IGNORE_INDEX).nonzero().squeeze(-1)
+    loss, kd_sum, ce_sum = _FusedKDLoss.apply(
+        student_hidden,
+        student_weight,
+        teacher_hidden,
+        teacher_weight,
+        labels,
+        kept,
+        config,
+        normalizer,
+        divergence,
+    )
+    return LossOutput(loss=loss, kd_sum=kd_sum, ce_sum=ce_sum, num_tokens=kept.numel())
