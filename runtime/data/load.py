@@ -1,0 +1,59 @@
+"""A data source -> samples, applying `spec.data.onBadRecord`: fail on the first bad record, or skip each one
+and hand it back so the trainer counts it (`kubedistill_bad_records_total`) and lists it in the summary."""
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from kubedistill.api.spec import DataSource, DataSpec, Mode, OnBadRecord
+from kubedistill.runtime.data.errors import BadRecord, BadRecordError, DataFileError
+from kubedistill.runtime.data.records import read_records
+from kubedistill.runtime.data.sample import Sample
+from kubedistill.runtime.data.tokenize import SampleBuilder
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+
+@dataclass(frozen=True)
+class LoadedData:
+    samples: list[Sample]
+    """In file order."""
+    bad_records: list[BadRecord]
+    """Records skipped under `onBadRecord: skip`, in file order; empty under `fail`."""
+
+
+def load_samples(
+    source: DataSource,
+    data: DataSpec,
+    tokenizer: "PreTrainedTokenizerBase",
+    *,
+    mode: Mode,
+    teacher_tokenizer: "PreTrainedTokenizerBase | None" = None,
+    field: str = "spec.data.train",
+) -> LoadedData:
+    """Read and tokenise every record of `source` (`field` is its spec path, named in errors).
+
+    Raises `BadRecordError` for the first bad record under `onBadRecord: fail`, `DataFileError` when the
+    file is unusable, holds no records, or holds only bad ones, and `ValueError` naming the spec field when
+    the settings cannot work for any record.
+    """
+    build = SampleBuilder(source, data, tokenizer, mode, teacher_tokenizer or tokenizer, field)
+    samples: list[Sample] = []
+    bad_records: list[BadRecord] = []
+    for record in read_records(source, field):
+        try:
+            if isinstance(record, BadRecord):
+                raise BadRecordError(record)
+            samples.append(build(record))
+        except BadRecordError as error:
+            if data.on_bad_record == OnBadRecord.FAIL:
+                raise
+            bad_records.append(error.record)
+    if not samples and not bad_records:
+        raise DataFileError(f"{source.path}: the file holds no records ({field}.path)")
+    if not samples:
+        raise DataFileError(
+            f"{source.path}: all {len(bad_records)} records are bad ({field}.path); "
+            f"the first: {bad_records[0]}"
+        )
+    return LoadedData(samples, bad_records)

@@ -1,0 +1,272 @@
+"""One record -> one `Sample`: reading the keys the spec names, tokenising, truncating.
+
+What a record holds, by `spec.data.<source>`:
+- chats (`inputKey`, a list of {role, content} with roles system/user/assistant): every assistant message
+  from the first one on is a target; on-policy, the chat without a trailing assistant message is the prompt.
+- prompt/response (`promptKey`, `responseKey`): with `applyChatTemplate` a user and an assistant message,
+  otherwise plain text `prompt + response + eos`.
+- `teacherInputKey` (context distillation): the teacher's prompt (a string is a user message, a list is
+  messages), followed by the same response as the student's.
+
+Truncation: a prompt (the tokens before the first target) longer than `promptMaxLength` loses its beginning
+(the end holds the question), then the sequence is cut to `maxLength` (the response's end goes first). The
+teacher's prompt is cut to `promptMaxLength` the same way, and its response to the student's targets.
+"""
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
+
+from kubedistill.api.spec import DataSource, DataSpec, Mode
+from kubedistill.runtime.data.chat import Encoded, Message, TemplateRejection, encode_chat, encode_plain
+from kubedistill.runtime.data.errors import BadRecord, BadRecordError
+from kubedistill.runtime.data.records import Record, json_type
+from kubedistill.runtime.data.sample import Sample
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+ROLES = ("system", "user", "assistant")
+
+
+class RecordProblem(ValueError):
+    """What is wrong with a record; becomes a `BadRecord` at the record's source."""
+
+
+@dataclass(frozen=True)
+class _Exchange:
+    """A prompt and (for training) the response after it, before tokenisation.
+
+    Chats keep the response as messages from index `first_response` on; plain text keeps both as strings.
+    """
+
+    messages: Sequence[Message] | None = None
+    first_response: int = 0
+    prompt: str = ""
+    response: str | None = None
+
+    @property
+    def has_response(self) -> bool:
+        return self.first_response < len(self.messages) if self.messages is not None else bool(self.response)
+
+
+@dataclass(frozen=True)
+class SampleBuilder:
+    """Turns records of one data source into samples for one mode; `field` is the source's spec path."""
+
+    source: DataSource
+    data: DataSpec
+    tokenizer: "PreTrainedTokenizerBase"
+    mode: Mode
+    teacher_tokenizer: "PreTrainedTokenizerBase"
+    field: str = "spec.data.train"
+
+    def __post_init__(self) -> None:
+        self._check_config()
+
+    def __call__(self, record: Record) -> Sample:
+        """The sample of one record; a malformed record raises `BadRecordError` naming its source."""
+        try:
+            return self._build(record)
+        except (RecordProblem, TemplateRejection) as problem:
+            raise BadRecordError(BadRecord(record.source, str(problem))) from problem
+
+    @property
+    def _on_policy(self) -> bool:
+        return self.mode == Mode.ON_POLICY
+
+    def _check_config(self) -> None:
+        """Settings that would make every record fail, reported once and naming the field to change."""
+        source, data, tokenizer, field = self.source, self.data, self.tokenizer, self.field
+        for each in (tokenizer, self.teacher_tokenizer):
+            if not each.is_fast:
+                raise ValueError(f"{type(each).__name__} is a slow tokenizer; token offsets need a fast one")
+        chats = source.prompt_key is None
+        if chats and not data.apply_chat_template:
+            raise ValueError(
+                "spec.data.applyChatTemplate: chat records need the chat template; set it to true, or set "
+                f"{field}.promptKey and {field}.responseKey for plain prompt/response records"
+            )
+        if data.apply_chat_template and not tokenizer.chat_template:
+            raise ValueError(
+                "spec.data.applyChatTemplate: the tokenizer has no chat template; set it to false and use "
+                f"{field}.promptKey and {field}.responseKey"
+            )
+        if not chats and source.response_key is None and not self._on_policy:
+            raise ValueError(f"{field}.responseKey: required with promptKey unless spec.mode is onPolicy")
+        if not data.apply_chat_template and tokenizer.eos_token is None:
+            raise ValueError(
+                "spec.data.applyChatTemplate: plain text ends with the tokenizer's eos token, and it has none"
+            )
+
+    def _build(self, record: Record) -> Sample:
+        student = self._student_exchange(record.fields)
+        untruncated = _encode(self.tokenizer, student)
+        encoded = _truncate(untruncated, self.data)
+        sample = Sample(
+            input_ids=tuple(encoded.ids),
+            target_mask=tuple(encoded.mask),
+            source=record.source,
+            prompt_length=len(encoded.ids) if self._on_policy else encoded.first_target,
+        )
+        if self.source.teacher_input_key is None:
+            return sample
+        teacher = _encode(self.teacher_tokenizer, self._teacher_exchange(record.fields, student))
+        if teacher.num_targets != untruncated.num_targets:
+            raise RecordProblem(
+                f"the teacher sees {teacher.num_targets} response tokens, "
+                f"the student {untruncated.num_targets}"
+            )
+        teacher = _truncate_teacher(teacher, encoded.num_targets, self.data)
+        if self.teacher_tokenizer is self.tokenizer and _targets(teacher) != _targets(encoded):
+            raise RecordProblem("the teacher's response tokens differ from the student's")
+        return replace(sample, teacher_input_ids=tuple(teacher.ids), teacher_target_mask=tuple(teacher.mask))
+
+    def _student_exchange(self, fields: Mapping[str, Any]) -> _Exchange:
+        source, field = self.source, self.field
+        if source.prompt_key is None:
+            messages = _messages(_value(fields, source.input_key, f"{field}.inputKey"), source.input_key)
+            assistants = [i for i, message in enumerate(messages) if message["role"] == "assistant"]
+            if self._on_policy:
+                ends_with_response = bool(assistants) and assistants[-1] == len(messages) - 1
+                prompt = messages[:-1] if ends_with_response else messages
+                if not prompt:
+                    raise RecordProblem(f"{source.input_key!r} holds no prompt before its assistant message")
+                return _Exchange(messages=prompt, first_response=len(prompt))
+            if not assistants:
+                raise RecordProblem(f"{source.input_key!r} has no assistant message to train on")
+            for i in assistants:
+                if not messages[i]["content"].strip():
+                    raise RecordProblem(f"{source.input_key!r}: assistant message {i} is empty")
+            return _Exchange(messages=messages, first_response=assistants[0])
+        prompt = _text(fields, source.prompt_key, f"{field}.promptKey")
+        response = None
+        if source.response_key is not None and not self._on_policy:
+            response = _text(fields, source.response_key, f"{field}.responseKey")
+        return _exchange_from_text(prompt, response, self.data)
+
+    def _teacher_exchange(self, fields: Mapping[str, Any], student: _Exchange) -> _Exchange:
+        key = self.source.teacher_input_key
+        value = _value(fields, key, f"{self.field}.teacherInputKey")
+        if not self.data.apply_chat_template:
+            if not isinstance(value, str):
+                raise RecordProblem(
+                    f"{key!r} must be a string when spec.data.applyChatTemplate is false, "
+                    f"got {json_type(value)}"
+                )
+            return _Exchange(prompt=_nonblank(value, key), response=student.response)
+        if isinstance(value, str):
+            prompt = [{"role": "user", "content": _nonblank(value, key)}]
+        else:
+            prompt = _messages(value, key)
+        response = list(student.messages[student.first_response :])
+        return _Exchange(messages=[*prompt, *response], first_response=len(prompt))
+
+
+def _exchange_from_text(prompt: str, response: str | None, data: DataSpec) -> _Exchange:
+    if not data.apply_chat_template:
+        return _Exchange(prompt=prompt, response=response)
+    messages = [{"role": "user", "content": prompt}]
+    if response is not None:
+        messages.append({"role": "assistant", "content": response})
+    return _Exchange(messages=messages, first_response=1)
+
+
+def _encode(tokenizer: "PreTrainedTokenizerBase", exchange: _Exchange) -> Encoded:
+    if exchange.messages is None:
+        return encode_plain(tokenizer, exchange.prompt, exchange.response)
+    return encode_chat(
+        tokenizer,
+        exchange.messages,
+        first_response=exchange.first_response,
+        add_generation_prompt=not exchange.has_response,
+    )
+
+
+def _cut_prompt(encoded: Encoded, prompt_max_length: int) -> int:
+    """Where the kept sequence starts: a long prompt loses its beginning, the end holds the question."""
+    return max(0, encoded.first_target - prompt_max_length)
+
+
+def _truncate(encoded: Encoded, data: DataSpec) -> Encoded:
+    start = _cut_prompt(encoded, data.prompt_max_length)
+    ids, mask = encoded.ids[start:], encoded.mask[start:]
+    if encoded.num_targets == 0:
+        return Encoded(ids, mask)
+    prompt_length = encoded.first_target - start
+    if prompt_length == 0:
+        raise RecordProblem("the response starts at the first token; a prompt must come before it")
+    if prompt_length >= data.max_length:
+        raise RecordProblem(
+            f"the prompt alone has {prompt_length} tokens after cutting to promptMaxLength "
+            f"{data.prompt_max_length}, leaving no room for the response within maxLength {data.max_length}"
+        )
+    return Encoded(ids[: data.max_length], mask[: data.max_length])
+
+
+def _truncate_teacher(teacher: Encoded, kept_targets: int, data: DataSpec) -> Encoded:
+    """The teacher's prompt cut like the student's; its response cut to the student's `kept_targets`."""
+    start = _cut_prompt(teacher, data.prompt_max_length)
+    if teacher.num_targets == 0:
+        return Encoded(teacher.ids[start:], teacher.mask[start:])
+    if teacher.first_target - start == 0:
+        raise RecordProblem("the teacher's response starts at its first token; a prompt must come before it")
+    end = len(teacher.ids)
+    if kept_targets < teacher.num_targets:
+        end = [i for i, target in enumerate(teacher.mask) if target][kept_targets - 1] + 1
+    return Encoded(teacher.ids[start:end], teacher.mask[start:end])
+
+
+def _targets(encoded: Encoded) -> list[int]:
+    return [token for token, target in zip(encoded.ids, encoded.mask, strict=True) if target]
+
+
+def _value(fields: Mapping[str, Any], key: str, spec_field: str) -> Any:
+    value = fields.get(key)
+    if value is None:
+        raise RecordProblem(f"missing key {key!r} ({spec_field})")
+    return value
+
+
+def _text(fields: Mapping[str, Any], key: str, spec_field: str) -> str:
+    value = _value(fields, key, spec_field)
+    if not isinstance(value, str):
+        raise RecordProblem(f"{key!r} must be a string, got {json_type(value)}")
+    return _nonblank(value, key)
+
+
+def _nonblank(text: str, key: str) -> str:
+    if not text.strip():
+        raise RecordProblem(f"{key!r} is empty")
+    return _unicode(text, key)
+
+
+def _unicode(text: str, key: str) -> str:
+    # JSON can escape half of a surrogate pair ("\\ud800"); such a string has no UTF-8 form to tokenise.
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise RecordProblem(
+            f"{key!r} holds a lone surrogate {text[error.start]!r}, which is not text"
+        ) from error
+    return text
+
+
+def _messages(value: Any, key: str) -> list[Message]:
+    if not isinstance(value, list):
+        raise RecordProblem(f"{key!r} must be a list of messages, got {json_type(value)}")
+    if not value:
+        raise RecordProblem(f"{key!r} is an empty list")
+    messages = []
+    for i, message in enumerate(value):
+        if not isinstance(message, dict):
+            raise RecordProblem(f"{key!r}: message {i} must be an object, got {json_type(message)}")
+        role, content = message.get("role"), message.get("content")
+        if role not in ROLES:
+            raise RecordProblem(f"{key!r}: message {i} has role {role!r}; expected one of {', '.join(ROLES)}")
+        if not isinstance(content, str):
+            raise RecordProblem(f"{key!r}: message {i} content must be a string, got {json_type(content)}")
+        _unicode(content, f"{key}[{i}].content")
+        # Only role and content reach the template, so extra keys cannot change what the mask covers.
+        messages.append({"role": role, "content": content})
+    return messages

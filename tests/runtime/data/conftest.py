@@ -1,0 +1,9 @@
+import pytest
+from kubedistill.runtime.tiny import build_tokenizer
+
+from .builders import CORPUS
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    return build_tokenizer(CORPUS, vocab_size=512)

@@ -1,0 +1,137 @@
+import random
+from collections import Counter
+
+import pytest
+from kubedistill.runtime.data.batching import balance, global_batches, shard_micro_batches, steps_per_epoch
+from kubedistill.runtime.data.sample import Sample
+
+
+def sample(name: str, length: int) -> Sample:
+    return Sample(
+        input_ids=tuple(range(length)),
+        target_mask=(False, *[True] * (length - 1)),
+        source=name,
+        prompt_length=1,
+    )
+
+
+def samples_of(lengths: list[int]) -> list[Sample]:
+    return [sample(f"s{i}", length) for i, length in enumerate(lengths)]
+
+
+def names(batches: list[list[Sample]]) -> list[list[str]]:
+    return [[s.source for s in batch] for batch in batches]
+
+
+def test_global_batches_are_fixed_by_seed_and_epoch() -> None:
+    assert global_batches(100, 8, seed=1, epoch=3) == global_batches(100, 8, seed=1, epoch=3)
+
+
+@pytest.mark.parametrize(("seed", "epoch"), [(1, 4), (2, 3)])
+def test_another_seed_or_epoch_gives_another_order(seed: int, epoch: int) -> None:
+    assert global_batches(100, 8, seed=seed, epoch=epoch) != global_batches(100, 8, seed=1, epoch=3)
+
+
+def test_the_data_order_is_stable_across_releases() -> None:
+    # A resumed job re-derives the order of its epoch; changing it would repeat or skip samples.
+    assert global_batches(6, 2, seed=42, epoch=0) == [[0, 1], [4, 2], [5, 3]]
+
+
+def test_global_batches_are_full_and_the_tail_is_dropped() -> None:
+    batches = global_batches(10, 3, seed=0, epoch=0)
+    assert [len(batch) for batch in batches] == [3, 3, 3]
+    used = [index for batch in batches for index in batch]
+    assert len(set(used)) == 9
+    assert set(used) <= set(range(10))
+
+
+@pytest.mark.parametrize(("num_samples", "batch", "steps"), [(10, 3, 3), (9, 3, 3), (3, 3, 1), (128, 128, 1)])
+def test_steps_per_epoch_counts_full_batches(num_samples: int, batch: int, steps: int) -> None:
+    assert steps_per_epoch(num_samples, batch) == steps
+    assert len(global_batches(num_samples, batch, seed=0, epoch=0)) == steps
+
+
+def test_too_few_samples_for_one_global_batch_name_the_field() -> None:
+    with pytest.raises(
+        ValueError, match=r"2 samples do not fill one global batch of 3 \(spec.training.globalBatchSize\)"
+    ):
+        global_batches(2, 3, seed=0, epoch=0)
+
+
+@pytest.mark.parametrize(
+    ("costs", "bins", "expected"),
+    [
+        pytest.param([5, 4, 3, 3, 3], 2, [[0, 3], [1, 2, 4]], id="longest-first-to-least-loaded"),
+        pytest.param([1, 1, 1, 1], 2, [[0, 2], [1, 3]], id="ties-to-the-lowest-bin"),
+        pytest.param([7], 3, [[0], [], []], id="more-bins-than-items"),
+        pytest.param([], 2, [[], []], id="nothing"),
+    ],
+)
+def test_balance_assigns_greedily(costs: list[int], bins: int, expected: list[list[int]]) -> None:
+    assert balance(costs, bins) == expected
+
+
+def test_balance_is_near_even_and_uses_every_index_once() -> None:
+    costs = random.Random(7).choices(range(1, 4097), k=200)
+    assigned = balance(costs, 8)
+    assert sorted(i for indices in assigned for i in indices) == list(range(200))
+    loads = [sum(costs[i] for i in indices) for indices in assigned]
+    # Greedy longest-first never lets two bins differ by more than the costliest item.
+    assert max(loads) - min(loads) <= max(costs)
+    assert balance(costs, 8) == assigned
+
+
+def test_fixed_micro_batches_split_the_batch_contiguously_over_ranks() -> None:
+    shards = shard_micro_batches(samples_of([4] * 8), ranks=2, micro_batch_size=3, max_tokens=None)
+    assert [names(rank) for rank in shards] == [
+        [["s0", "s1", "s2"], ["s3"]],
+        [["s4", "s5", "s6"], ["s7"]],
+    ]
+
+
+def test_fixed_micro_batches_need_a_batch_that_splits_evenly() -> None:
+    with pytest.raises(ValueError, match="7 samples do not split evenly over 2 ranks"):
+        shard_micro_batches(samples_of([4] * 7), ranks=2, micro_batch_size=1, max_tokens=None)
+
+
+LENGTHS = random.Random(3).choices(range(2, 600), k=61)
+
+
+@pytest.fixture(scope="module")
+def dynamic() -> list[list[list[Sample]]]:
+    return shard_micro_batches(samples_of([*LENGTHS, 1500]), ranks=4, micro_batch_size=1, max_tokens=1024)
+
+
+def test_dynamic_batching_gives_every_rank_the_same_number_of_micro_batches(dynamic) -> None:
+    assert len({len(rank) for rank in dynamic}) == 1
+    assert any(batch == [] for rank in dynamic for batch in rank)
+
+
+def test_dynamic_micro_batches_stay_within_the_token_budget_once_padded(dynamic) -> None:
+    for batch in (batch for rank in dynamic for batch in rank if len(batch) > 1):
+        assert max(len(s.input_ids) for s in batch) * len(batch) <= 1024
+
+
+def test_a_sample_longer_than_the_budget_gets_a_micro_batch_of_its_own(dynamic) -> None:
+    holding = [batch for rank in dynamic for batch in rank if any(s.source == "s61" for s in batch)]
+    assert names(holding) == [["s61"]]
+
+
+def test_dynamic_batching_places_every_sample_exactly_once(dynamic) -> None:
+    placed = Counter(s.source for rank in dynamic for batch in rank for s in batch)
+    assert placed == Counter(f"s{i}" for i in range(62))
+
+
+def test_dynamic_batching_balances_tokens_over_ranks(dynamic) -> None:
+    tokens = [sum(len(s.input_ids) for batch in rank for s in batch) for rank in dynamic]
+    assert max(tokens) - min(tokens) <= 1500
+
+
+def test_dynamic_batching_wins_over_the_micro_batch_size() -> None:
+    shards = shard_micro_batches(samples_of([10, 10, 10, 10]), ranks=1, micro_batch_size=1, max_tokens=40)
+    assert names(shards[0]) == [["s0", "s1", "s2", "s3"]]
+
+
+def test_sharding_needs_a_micro_batch_size_or_a_token_budget() -> None:
+    with pytest.raises(ValueError, match="set micro_batch_size or max_tokens"):
+        shard_micro_batches(samples_of([4]), ranks=1, micro_batch_size=None, max_tokens=None)
