@@ -68,8 +68,10 @@ def encode_chat(
             )
         if not text.startswith(through):
             raise ChatTemplateError(
-                f"the chat template renders the chat up to message {i} differently from the whole chat; "
-                "assistant tokens cannot be found with a template that rewrites earlier turns"
+                f"the chat template renders messages 0..{i} differently once later turns follow (Qwen3's "
+                "template, for one, drops the thinking block of earlier turns), so assistant tokens cannot "
+                "be found in this chat; use a template that renders every turn the same way, or one-turn "
+                "chats"
             )
         spans.append((len(before), max(len(before), len(through.rstrip()))))
     return _encode_spans(tokenizer, text, spans, add_special_tokens=False)

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from kubedistill.api.spec import DataSource, DataSpec, Mode
 from kubedistill.runtime.data.chat import Encoded, Message, TemplateRejection, encode_chat, encode_plain
-from kubedistill.runtime.data.errors import BadRecord, BadRecordError
+from kubedistill.runtime.data.errors import BadRecord, BadRecordError, ChatTemplateError
 from kubedistill.runtime.data.records import Record, json_type
 from kubedistill.runtime.data.sample import Sample
 
@@ -70,6 +70,8 @@ class SampleBuilder:
             return self._build(record)
         except (RecordProblem, TemplateRejection) as problem:
             raise BadRecordError(BadRecord(record.source, str(problem))) from problem
+        except ChatTemplateError as error:
+            raise ChatTemplateError(f"{record.source}: {error}") from error
 
     @property
     def _on_policy(self) -> bool:

@@ -90,7 +90,9 @@ GENERATION_PROMPT_NOT_IN_MESSAGES = (
 @pytest.mark.parametrize(
     ("template", "message"),
     [
-        pytest.param(REWRITES_EARLIER_TURNS, "rewrites earlier turns", id="rewrites-earlier-turns"),
+        pytest.param(
+            REWRITES_EARLIER_TURNS, "differently once later turns follow", id="rewrites-earlier-turns"
+        ),
         pytest.param(GENERATION_PROMPT_NOT_IN_MESSAGES, "generation prompt", id="generation-prompt-differs"),
     ],
 )

@@ -158,5 +158,7 @@ def test_a_template_that_hides_assistant_tokens_fails_even_when_skipping(tokeniz
     )
     record = chat(("user", "What is 2+2?"), ("assistant", "4"), ("user", "And 3+3?"), ("assistant", "6"))
     source = write_jsonl(tmp_path / "train.jsonl", [record])
-    with pytest.raises(ChatTemplateError):
+    with pytest.raises(
+        ChatTemplateError, match=rf"^{source.path}:1: the chat template renders messages 0..1"
+    ):
         load_samples(source, spec(source, on_bad_record="skip"), rewriting, mode=Mode.OFF_POLICY)
