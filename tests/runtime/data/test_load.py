@@ -4,7 +4,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kubedistill.api.spec import DataSource, Mode
+from kubedistill.api.spec import DataSource, DataSpec, Mode
 from kubedistill.runtime.data import BadRecord, BadRecordError, ChatTemplateError, DataFileError, load_samples
 
 from .builders import FILES, chat, spec, write_jsonl
@@ -23,7 +23,7 @@ class BadFile:
     data: dict[str, Any] = field(default_factory=dict)
     mode: Mode = Mode.OFF_POLICY
 
-    def load(self, on_bad_record: str) -> Any:
+    def settings(self, on_bad_record: str) -> tuple[DataSource, DataSpec]:
         source = DataSource(path=str(FILES / self.name), **self.source)
         data = spec(source, on_bad_record=on_bad_record, **self.data)
         return source, data
@@ -75,7 +75,7 @@ BAD_FILES = [
 
 @pytest.mark.parametrize("bad", BAD_FILES, ids=lambda bad: f"{bad.name}:{bad.line}")
 def test_a_bad_record_fails_the_load_naming_its_file_line_and_problem(tokenizer, bad: BadFile) -> None:
-    source, data = bad.load("fail")
+    source, data = bad.settings("fail")
     with pytest.raises(BadRecordError) as raised:
         load_samples(source, data, tokenizer, mode=bad.mode)
     assert str(raised.value).startswith(f"{FILES / bad.name}:{bad.line}: {bad.problem}")
@@ -84,7 +84,7 @@ def test_a_bad_record_fails_the_load_naming_its_file_line_and_problem(tokenizer,
 
 @pytest.mark.parametrize("bad", BAD_FILES, ids=lambda bad: f"{bad.name}:{bad.line}")
 def test_skipping_returns_each_bad_record_and_keeps_every_good_one(tokenizer, bad: BadFile) -> None:
-    source, data = bad.load("skip")
+    source, data = bad.settings("skip")
     loaded = load_samples(source, data, tokenizer, mode=bad.mode)
     assert len(loaded.samples) == bad.good
     assert [record.source for record in loaded.bad_records] == [f"{FILES / bad.name}:{bad.line}"]
