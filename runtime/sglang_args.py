@@ -1,0 +1,268 @@
+"""Everything SGLang is asked to do, as plain data: engine arguments, request arguments, and the reading of
+its answers. Pure functions, no SGLang import; `tests/runtime/sglang/` checks every key built here against
+the source of the pinned SGLang release (the `sglang` extra in pyproject.toml), parsed from its wheel.
+
+Facts of SGLang 0.5.23 these functions rely on (file paths inside the `sglang` package):
+
+- Hidden states are the `hidden_states` argument of `LogitsProcessor.forward`
+  (`srt/layers/logits_processor.py`): the final layer's output *after* the model's final norm, i.e. exactly
+  the input of `lm_head`, full width on every tensor-parallel rank. Two exceptions: a model that passes
+  `hidden_states_before_norm` gets those returned instead ("we always prefer to return it"), and EAGLE3-style
+  auxiliary capture returns concatenated middle layers. We never configure speculative decoding, and the
+  architectures whose target forward passes pre-norm (or pre-scaling) states are refused by
+  `refuse_unusable_hidden_states` (the test derives that list from the wheel's `srt/models/`).
+  Recomputing logits as `lm_head(h)` skips a model's `logit_scale` / `final_logit_softcapping` (Gemma-2,
+  Cohere), exactly as the transformers backend's `hidden_states[-1]` does.
+- They come back as nested Python lists of floats (`.cpu().tolist()` in
+  `srt/managers/scheduler_components/batch_result_processor.py`) in `meta_info["hidden_states"]`: entry 0 is
+  the prefill block, [prompt_len][hidden], followed by one [hidden] row per decode step. With chunked prefill
+  the prefill block is split into one entry per chunk, and prefix-cached tokens are not recomputed at all:
+  hence `chunked_prefill_size=-1` and `disable_radix_cache`.
+- The output streamer (`output_streamer.py`) cuts that list to `req.finished_len` entries, and a request
+  with `max_new_tokens=0` finishes with `finished_len == 0`: it returns *no* hidden states. We ask for one new
+  token instead; the request then finishes at its prefill (no decode step) and returns exactly the prefill
+  block.
+- `dp_size` replicates the model inside one engine on consecutive GPUs from `base_gpu_id` (the
+  data-parallel controller), but only on one node ("multi-node data-parallel replicas are not supported"),
+  and an engine with `dp_size > 1` refuses `update_weights_from_tensor` / `..._from_distributed`.
+- On node ranks >= 1 `Engine(...)` blocks until its schedulers exit unless
+  `SGLANG_BLOCK_NONZERO_RANK_CHILDREN=0`; such an engine has no tokenizer manager and serves no requests
+  (node rank 0 drives them all).
+- Per-request `sampling_seed` is honoured only under `enable_deterministic_inference` (slower kernels); the
+  engine-wide `random_seed` seeds sampling otherwise.
+"""
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from kubedistill.api.spec import Precision, RolloutSpec, TeacherSpec
+from kubedistill.runtime.rollout.backend import SamplingConfig
+from kubedistill.runtime.teacher.backend import TeacherBatch
+
+ENGINE_DTYPES = {Precision.BF16: "bfloat16", Precision.FP32: "float32"}
+
+BLOCK_NONZERO_RANK_CHILDREN = "SGLANG_BLOCK_NONZERO_RANK_CHILDREN"
+
+PRE_NORM_HIDDEN_STATE_ARCHITECTURES = frozenset(
+    {
+        "DeepseekV4ForCausalLM",
+        "DeepseekV4ForCausalLMNextN",
+        "Gemma4AssistantForCausalLM",
+        "Gemma4UnifiedAssistantForCausalLM",
+        "GigaChat35ForCausalLMNextN",
+        "InklingForConditionalGeneration",
+        "InklingForConditionalGenerationMTP",
+        "MiMoV2MTP",
+        "Step3p5ForCausalLM",
+        "Step3p5MTP",
+    }
+)
+"""Architectures whose SGLang 0.5.23 model hands `hidden_states_before_norm` to the logits processor on the
+forward we run, so the returned states are not the input of `lm_head`."""
+
+
+@dataclass(frozen=True)
+class EnginePlacement:
+    """Where one SGLang engine runs, decided by the actor group that starts it.
+
+    `base_gpu_id` counts among the GPUs visible to the actor's process: SGLang binds its ranks to
+    `base_gpu_id, base_gpu_id + 1, ...` itself, so an actor group that shares GPUs between roles (colocation)
+    starts its actors with Ray's `RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES=1` and names the first GPU here.
+    An engine spanning nodes has one actor per node, all with the same `dist_init_addr` (`host:port` on node
+    rank 0's pod, a free port there) and their own `node_rank`.
+    """
+
+    base_gpu_id: int = 0
+    nnodes: int = 1
+    node_rank: int = 0
+    dist_init_addr: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.base_gpu_id < 0:
+            raise ValueError(f"base_gpu_id must be >= 0, got {self.base_gpu_id}")
+        if not 0 <= self.node_rank < self.nnodes:
+            raise ValueError(f"node_rank {self.node_rank} is not in [0, nnodes={self.nnodes})")
+        if self.nnodes > 1 and self.dist_init_addr is None:
+            raise ValueError("an engine spanning nodes needs dist_init_addr (host:port of node rank 0)")
+
+    @property
+    def serves_requests(self) -> bool:
+        """Only node rank 0 has a tokenizer manager; the other nodes only host scheduler ranks."""
+        return self.node_rank == 0
+
+
+def single_node_placement() -> EnginePlacement:
+    """An engine on the first GPUs its actor sees (Ray's CUDA_VISIBLE_DEVICES holds exactly its GPUs)."""
+    return EnginePlacement()
+
+
+def teacher_engine_args(
+    teacher: TeacherSpec, model_path: str, placement: EnginePlacement, *, colocate: bool, precision: Precision
+) -> dict[str, Any]:
+    """`sglang.Engine` keyword arguments of one teacher replica: whole-sequence prefill, hidden states out."""
+    if placement.nnodes != teacher.nodes_per_replica:
+        raise ValueError(
+            f"placement spans {placement.nnodes} nodes but spec.teacher.nodesPerReplica is "
+            f"{teacher.nodes_per_replica}"
+        )
+    data_parallel = teacher.gpus_per_replica // (teacher.tensor_parallel * teacher.pipeline_parallel)
+    if data_parallel > 1 and placement.nnodes > 1:
+        raise ValueError(
+            "spec.teacher.gpusPerReplica: SGLang runs data-parallel replicas of one engine on a single node "
+            "only; with nodesPerReplica > 1 set gpusPerReplica to tensorParallel x pipelineParallel"
+        )
+    return {
+        "model_path": model_path,
+        "dtype": ENGINE_DTYPES[precision],
+        "quantization": None if teacher.quantization is None else str(teacher.quantization),
+        "skip_tokenizer_init": True,
+        "enable_return_hidden_states": True,
+        "disable_radix_cache": True,
+        "chunked_prefill_size": -1,
+        "tp_size": teacher.tensor_parallel,
+        "pp_size": teacher.pipeline_parallel,
+        "dp_size": data_parallel,
+        "ep_size": teacher.expert_parallel,
+        "mem_fraction_static": teacher.mem_fraction_static,
+        **_colocation_args(colocate),
+        **_placement_args(placement),
+    }
+
+
+def rollout_engine_args(
+    rollout: RolloutSpec,
+    model_path: str,
+    placement: EnginePlacement,
+    *,
+    colocate: bool,
+    precision: Precision,
+    seed: int,
+) -> dict[str, Any]:
+    """`sglang.Engine` keyword arguments of one rollout engine (token ids in and out, prefix cache on)."""
+    if placement.nnodes != 1:
+        raise ValueError("spec.rollout.tensorParallel: a rollout engine runs on one node")
+    return {
+        "model_path": model_path,
+        "dtype": ENGINE_DTYPES[precision],
+        "skip_tokenizer_init": True,
+        "tp_size": rollout.tensor_parallel,
+        "mem_fraction_static": rollout.mem_fraction_static,
+        "random_seed": seed,
+        **_colocation_args(colocate),
+        **_placement_args(placement),
+    }
+
+
+def _colocation_args(colocate: bool) -> dict[str, Any]:
+    # Sleeping releases the weights' GPU memory; the CPU backup brings them back without a reload from disk.
+    return {"enable_memory_saver": colocate, "enable_weights_cpu_backup": colocate}
+
+
+def _placement_args(placement: EnginePlacement) -> dict[str, Any]:
+    return {
+        "base_gpu_id": placement.base_gpu_id,
+        "nnodes": placement.nnodes,
+        "node_rank": placement.node_rank,
+        "dist_init_addr": placement.dist_init_addr,
+    }
+
+
+def engine_environment() -> dict[str, str]:
+    """Environment of the process that constructs the engine (read by SGLang on node ranks >= 1)."""
+    return {BLOCK_NONZERO_RANK_CHILDREN: "0"}
+
+
+def teacher_weight_update_refusal(engine_args: dict[str, Any]) -> str | None:
+    """Why an engine built from `engine_args` cannot take new weights in place, or None if it can."""
+    if engine_args.get("dp_size", 1) > 1:
+        return (
+            "SGLang cannot update the weights of an engine with data-parallel replicas "
+            f"(dp_size={engine_args['dp_size']}): set spec.teacher.gpusPerReplica to tensorParallel x "
+            "pipelineParallel and raise spec.teacher.replicas instead"
+        )
+    if engine_args.get("nnodes", 1) > 1:
+        return (
+            "tensors reach SGLang's schedulers through CUDA IPC, which stays on one node: "
+            "set spec.teacher.nodesPerReplica to 1"
+        )
+    return None
+
+
+def refuse_unusable_hidden_states(architectures: list[str], model_path: str) -> None:
+    unusable = sorted(PRE_NORM_HIDDEN_STATE_ARCHITECTURES.intersection(architectures))
+    if unusable:
+        raise ValueError(
+            f"spec.teacher.backend: SGLang returns the hidden states of {model_path} ({', '.join(unusable)}) "
+            "before its final norm or output scaling, so lm_head would not recompute the teacher's logits "
+            "from them; use backend transformers for this teacher"
+        )
+
+
+def hidden_state_sampling_params() -> dict[str, Any]:
+    # One new token, not zero: see the module docstring (max_new_tokens=0 returns no hidden states).
+    return {"max_new_tokens": 1}
+
+
+def rollout_sampling_params(sampling: SamplingConfig) -> dict[str, Any]:
+    return {
+        "max_new_tokens": sampling.max_new_tokens,
+        "temperature": sampling.temperature,
+        "top_p": sampling.top_p,
+    }
+
+
+def rollout_input_ids(prompts: list[list[int]], samples_per_prompt: int) -> list[list[int]]:
+    """Each prompt repeated `samples_per_prompt` times, prompt-major.
+
+    Repeated requests rather than SGLang's `n`: its parallel-sampling path first prefills every prompt
+    alone, one after the other, and SGLang itself advises duplicating requests instead.
+    """
+    return [prompt for prompt in prompts for _ in range(samples_per_prompt)]
+
+
+def output_ids(outputs: list[dict[str, Any]]) -> list[list[int]]:
+    return [list(output["output_ids"]) for output in outputs]
+
+
+def gather_hidden_states(
+    outputs: list[dict[str, Any]], batch: TeacherBatch, hidden_size: int, dtype: torch.dtype
+) -> torch.Tensor:
+    """The rows of `batch.positions` from `Engine.generate` outputs, as one [num_positions, hidden] tensor."""
+    if len(outputs) != len(batch.sequences):
+        raise ValueError(f"{len(outputs)} outputs for {len(batch.sequences)} sequences")
+    rows: list[list[float]] = []
+    for index, (output, sequence, positions) in enumerate(
+        zip(outputs, batch.sequences, batch.positions, strict=True)
+    ):
+        block = _prefill_block(output, index, len(sequence))
+        if positions and not 0 <= min(positions) <= max(positions) < len(sequence):
+            raise ValueError(f"sequence {index}: positions outside [0, {len(sequence)})")
+        rows.extend(block[position] for position in positions)
+    if not rows:
+        return torch.empty(0, hidden_size, dtype=dtype)
+    # The values are bf16 (or fp32) numbers spelled as Python floats: float32 holds both exactly. numpy
+    # reads nested lists several times faster than torch.tensor does.
+    gathered = torch.from_numpy(np.asarray(rows, dtype=np.float32))
+    if gathered.shape[1:] != (hidden_size,):
+        raise ValueError(
+            f"SGLang returned hidden states of shape {tuple(gathered.shape)}, rows of {hidden_size}"
+        )
+    return gathered.to(dtype)
+
+
+def _prefill_block(output: dict[str, Any], index: int, length: int) -> list[list[float]]:
+    entries = output["meta_info"].get("hidden_states") or []
+    if not entries:
+        raise ValueError(
+            f"sequence {index}: SGLang returned no hidden states; the engine needs "
+            "enable_return_hidden_states and the request max_new_tokens >= 1"
+        )
+    block = entries[0]
+    if len(block) != length:
+        raise ValueError(
+            f"sequence {index}: SGLang returned hidden states for {len(block)} of {length} tokens; prefix "
+            "caching and chunked prefill must be off"
+        )
+    return block

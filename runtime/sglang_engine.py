@@ -1,0 +1,149 @@
+"""The one place that calls SGLang: an offline `sglang.Engine` behind plain methods, and the trainer's side
+of the NCCL weight-sync group.
+
+Every call passes literal keywords whose values come from `sglang_args` and `sglang_weights`;
+`tests/runtime/sglang/` checks each class, method and keyword against the pinned release's source and fails
+if other code reaches the engine. SGLang is imported when it is first needed, never by importing this module.
+
+SGLang answers weight-update calls with `(success, message)` instead of raising; these methods raise
+`SGLangError` on a failure, so a rejected update cannot pass silently.
+"""
+
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from kubedistill.runtime.sglang_weights import TensorMeta, WeightSyncGroup, tcp_init_method
+
+INSTALL_HINT = "pip install 'kubedistill[sglang]'"
+
+KV_CACHE = "kv_cache"
+WEIGHTS = "weights"
+CUDA_GRAPH = "cuda_graph"
+ALL_MEMORY = (KV_CACHE, WEIGHTS, CUDA_GRAPH)
+"""SGLang's memory-occupation tags (`sglang.srt.constants.GPU_MEMORY_ALL_TYPES`)."""
+
+
+class SGLangNotInstalled(ImportError):
+    pass
+
+
+class SGLangError(RuntimeError):
+    pass
+
+
+def require_sglang() -> None:
+    try:
+        import sglang  # noqa: F401
+    except ImportError as error:
+        raise SGLangNotInstalled(
+            f"the SGLang backend needs SGLang, which is not installed here ({error}); install it with "
+            f"{INSTALL_HINT} (GPU images only), or set backend: transformers"
+        ) from error
+
+
+class SGLangEngine:
+    """An `Engine` started with `server_args`, and which of its memory is released."""
+
+    def __init__(self, server_args: dict[str, Any], environment: Mapping[str, str]) -> None:
+        require_sglang()
+        from sglang.srt.entrypoints.engine import Engine
+
+        os.environ.update(environment)
+        self._engine = Engine(**server_args)
+        self._released: set[str] = set()
+
+    def generate(
+        self, *, input_ids: list[list[int]], sampling_params: dict[str, Any], return_hidden_states: bool
+    ) -> list[dict[str, Any]]:
+        return self._engine.generate(
+            input_ids=input_ids, sampling_params=sampling_params, return_hidden_states=return_hidden_states
+        )
+
+    @contextmanager
+    def weight_update(self) -> Iterator[None]:
+        """A weight-update session: weights resident while it lasts, the cache flushed after it."""
+        weights_were_released = WEIGHTS in self._released
+        self.resume([WEIGHTS])
+        _succeeded("begin_weight_update", self._engine.begin_weight_update())
+        try:
+            yield
+        finally:
+            _succeeded("end_weight_update", self._engine.end_weight_update())
+        # Releasing the KV cache already flushed it; flushing released memory would touch freed pages.
+        if KV_CACHE not in self._released:
+            flushed = self._engine.flush_cache()
+            if not flushed.success:
+                raise SGLangError(f"flush_cache: {flushed.message}")
+        if weights_were_released:
+            self.release([WEIGHTS])
+
+    def load_tensors(self, named_tensors: list[tuple[str, torch.Tensor]]) -> None:
+        _succeeded(
+            "update_weights_from_tensor",
+            self._engine.update_weights_from_tensor(named_tensors=named_tensors, flush_cache=False),
+        )
+
+    def join_weight_sync_group(self, group: WeightSyncGroup) -> None:
+        _succeeded(
+            "init_weights_update_group",
+            self._engine.init_weights_update_group(
+                master_address=group.master_address,
+                master_port=group.master_port,
+                rank_offset=group.rank_offset,
+                world_size=group.world_size,
+                group_name=group.group_name,
+                backend="nccl",
+            ),
+        )
+
+    def receive_tensors(self, metas: list[TensorMeta], group_name: str) -> None:
+        _succeeded(
+            "update_weights_from_distributed",
+            self._engine.update_weights_from_distributed(
+                names=[meta.name for meta in metas],
+                dtypes=[meta.dtype for meta in metas],
+                shapes=[list(meta.shape) for meta in metas],
+                group_name=group_name,
+                flush_cache=False,
+            ),
+        )
+
+    def release(self, tags: Sequence[str]) -> None:
+        # SGLang's resume removes each tag from a set: resuming (or releasing) twice fails in its scheduler.
+        pending = [tag for tag in tags if tag not in self._released]
+        if pending:
+            self._engine.release_memory_occupation(tags=pending)
+            self._released.update(pending)
+
+    def resume(self, tags: Sequence[str]) -> None:
+        pending = [tag for tag in tags if tag in self._released]
+        if pending:
+            self._engine.resume_memory_occupation(tags=pending)
+            self._released.difference_update(pending)
+
+    def shutdown(self) -> None:
+        self._engine.shutdown()
+
+
+def join_weight_sync_group(group: WeightSyncGroup) -> torch.distributed.ProcessGroup:
+    """The trainer's side of `SGLangEngine.join_weight_sync_group`, with the helper SGLang's engine ranks use:
+    a process group outside the trainer's default one, whose ranks are the group's own."""
+    require_sglang()
+    from sglang.srt.utils.common import init_custom_process_group
+
+    return init_custom_process_group(
+        backend="nccl",
+        init_method=tcp_init_method(group.master_address, group.master_port),
+        world_size=group.world_size,
+        rank=group.rank_offset,
+        group_name=group.group_name,
+    )
+
+
+def _succeeded(call: str, result: tuple[bool, str]) -> None:
+    success, message = result
+    if not success:
+        raise SGLangError(f"{call}: {message}")
