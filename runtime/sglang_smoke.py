@@ -1,0 +1,161 @@
+"""A check of the SGLang backends on a real GPU, for a runtime image with SGLang: run by
+`images/runtime/gpu-smoke.sh` (`python -m kubedistill.runtime.sglang_smoke`). No machine of ours has SGLang,
+so this never runs in `make test`; the signature tests in `tests/runtime/sglang/` cover what runs without it.
+
+1. A tiny random Qwen3 is saved from a config (`kubedistill.runtime.tiny`, heads 64 wide for SGLang's
+   attention kernels, an untied lm_head).
+2. Teacher: its hidden states at every position, through the model's lm_head, give transformers' logits
+   for the same token ids (bf16 tolerance); after `update_weights` with a differently seeded model's weights
+   (self-distillation), the new model's logits.
+3. Rollout: greedy responses are, token by token, the argmax of transformers' logits on the same tokens
+   (up to bf16 near-ties); after sleeping, loading the other model's weights while asleep and waking, the
+   responses change and follow the new model the same way.
+
+Engines run one after the other, each with a fifth of the GPU.
+"""
+
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+from kubedistill.api.spec import Precision, RolloutSpec, TeacherSpec
+from kubedistill.runtime.rollout.backend import SamplingConfig
+from kubedistill.runtime.rollout.sglang_backend import SGLangRollout
+from kubedistill.runtime.sglang_args import single_node_placement
+from kubedistill.runtime.teacher.backend import TeacherBatch
+from kubedistill.runtime.teacher.sglang_backend import SGLangTeacher
+from kubedistill.runtime.tiny import TinyShape, build_model, build_tokenizer, save_tiny
+from transformers import AutoModelForCausalLM
+
+SHAPE = TinyShape(
+    hidden_size=256,
+    intermediate_size=512,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=64,
+    tie_word_embeddings=False,
+)
+TEXTS = [
+    "The teacher scores every token of a sequence in one prefill.",
+    "Distillation moves a large model's knowledge into a small one.",
+    "On-policy samples come from the student's own weights.",
+]
+MEMORY_FRACTION = 0.2
+LOGIT_TOLERANCE = 0.05
+"""Largest gap allowed, relative to the largest reference logit, between SGLang's and transformers' logits."""
+GREEDY_TOLERANCE = 0.02
+"""A greedy token may trail the reference argmax by this much (bf16 near-ties between two kernels)."""
+
+
+class SmokeFailure(AssertionError):
+    pass
+
+
+def check(condition: bool, message: str) -> None:
+    if not condition:
+        raise SmokeFailure(message)
+    print(f"ok: {message}")
+
+
+def reference_logits(model: torch.nn.Module, sequence: list[int]) -> torch.Tensor:
+    with torch.inference_mode():
+        return model(torch.tensor([sequence], device="cuda")).logits[0].float()
+
+
+def check_teacher(model_path: Path, sequences: list[list[int]], models: dict[str, torch.nn.Module]) -> None:
+    teacher = SGLangTeacher(
+        TeacherSpec(mem_fraction_static=MEMORY_FRACTION),
+        str(model_path),
+        single_node_placement(),
+        colocate=True,
+        precision=Precision.BF16,
+    )
+    try:
+        batch = TeacherBatch(sequences=sequences, positions=[list(range(len(s))) for s in sequences])
+        check(teacher.hidden_size == SHAPE.hidden_size, "the teacher reports the model's hidden size")
+        for name in ("initial", "updated"):
+            if name == "updated":
+                teacher.sleep()
+                teacher.wake()
+                teacher.update_weights(models[name].state_dict().items())
+            model = models[name]
+            hidden = teacher.hidden_states(batch)
+            check(hidden.shape == (batch.num_positions, SHAPE.hidden_size), f"{name}: one row per position")
+            logits = hidden.cuda().float() @ model.lm_head.weight.float().T
+            reference = torch.cat([reference_logits(model, s) for s in sequences])
+            gap = (logits - reference).abs().max().item() / reference.abs().max().item()
+            check(
+                gap <= LOGIT_TOLERANCE,
+                f"{name}: lm_head(hidden states) = transformers' logits (gap {gap:.4f})",
+            )
+    finally:
+        teacher.close()
+
+
+def greedy_gap(model: torch.nn.Module, prompt: list[int], response: list[int]) -> float:
+    """How far, at worst, a response token's logit trails the best one, relative to the logit range."""
+    logits = reference_logits(model, prompt + response)[len(prompt) - 1 : -1]
+    chosen = logits.gather(1, torch.tensor(response, device="cuda")[:, None])[:, 0]
+    spread = (logits.max() - logits.min()).item()
+    return ((logits.max(dim=1).values - chosen).max() / spread).item()
+
+
+def check_rollout(model_path: Path, prompts: list[list[int]], models: dict[str, torch.nn.Module]) -> None:
+    rollout = SGLangRollout(
+        RolloutSpec(mem_fraction_static=MEMORY_FRACTION),
+        str(model_path),
+        single_node_placement(),
+        colocate=True,
+        precision=Precision.BF16,
+        seed=0,
+    )
+    greedy = SamplingConfig(max_new_tokens=12, temperature=0.0, top_p=1.0, samples_per_prompt=2, seed=0)
+    try:
+        answers: dict[str, list[list[int]]] = {}
+        for name in ("initial", "updated"):
+            if name == "updated":
+                rollout.sleep()
+                rollout.update_weights(models[name].state_dict().items())
+                rollout.wake()
+            responses = rollout.generate(prompts, greedy)
+            check(len(responses) == 2 * len(prompts), f"{name}: two responses per prompt")
+            check(
+                all(responses[2 * i] == responses[2 * i + 1] for i in range(len(prompts))), f"{name}: greedy"
+            )
+            pairs = [(p, r) for p, r in zip(prompts, responses[::2], strict=True) if r]
+            gap = max((greedy_gap(models[name], p, r) for p, r in pairs), default=0.0)
+            check(gap <= GREEDY_TOLERANCE, f"{name}: responses follow the model's argmax (gap {gap:.4f})")
+            answers[name] = responses
+        check(answers["initial"] != answers["updated"], "new weights change the responses")
+    finally:
+        rollout.close()
+
+
+def main() -> int:
+    tokenizer = build_tokenizer(TEXTS * 20)
+    with tempfile.TemporaryDirectory() as directory:
+        model_path = save_tiny(Path(directory) / "tiny-qwen3", tokenizer, SHAPE, seed=0)
+        models = {
+            "initial": AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.bfloat16).cuda().eval(),
+            "updated": build_model(tokenizer, SHAPE, seed=1).to(torch.bfloat16).cuda().eval(),
+        }
+        chats = [[{"role": "user", "content": text}] for text in TEXTS]
+        prompt_texts = [
+            tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in chats
+        ]
+        prompts = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in prompt_texts]
+        sequences = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in TEXTS]
+        try:
+            check_teacher(model_path, sequences, models)
+            check_rollout(model_path, prompts, models)
+        except SmokeFailure as failure:
+            print(f"FAILED: {failure}", file=sys.stderr)
+            return 1
+    print("SGLang backends: all checks passed")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
