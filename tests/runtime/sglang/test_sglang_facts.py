@@ -1,0 +1,140 @@
+"""Facts of the pinned SGLang release that the backends' design rests on (see the docstring of
+`kubedistill.runtime.sglang_args`), read from its source. When the pin moves and one of these fails, the
+design decision next to it must be reviewed, not just the test."""
+
+import ast
+
+from kubedistill.runtime.sglang_args import PRE_NORM_HIDDEN_STATE_ARCHITECTURES
+
+from tests.runtime.sglang.wheel_source import SGLangSource
+
+SCHEDULER_RESULTS = "sglang.srt.managers.scheduler_components.batch_result_processor"
+OUTPUT_STREAMER = "sglang.srt.managers.scheduler_components.output_streamer"
+TOKENIZER_CONTROL = "sglang.srt.managers.tokenizer_control_mixin"
+
+SAFE_BEFORE_NORM_USERS = {"MiMoV2ForCausalLM", "MiMoV2FlashForCausalLM"}
+"""They pass `hidden_states_before_norm` only when `forward_batch.return_hidden_states_before_norm`, which
+only speculative-decoding workers set."""
+
+
+def _function(source: SGLangSource, module: str, name: str) -> ast.FunctionDef | ast.AsyncFunctionDef:
+    return next(
+        node
+        for node in ast.walk(source.tree(module))
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.name == name
+    )
+
+
+def test_zero_new_tokens_would_return_no_hidden_states(sglang_source: SGLangSource) -> None:
+    # Hidden states are cut to `finished_len` entries, and a length finish sets it to max_new_tokens (0).
+    assert "hs = hs[: req.finished_len]" in sglang_source.text(OUTPUT_STREAMER)
+    update = ast.unparse(
+        _function(sglang_source, "sglang.srt.managers.schedule_batch", "update_finish_state")
+    )
+    assert "self.finished_len = self.sampling_params.max_new_tokens" in update
+
+
+def test_a_prefill_returns_one_block_of_python_float_lists(sglang_source: SGLangSource) -> None:
+    append = ast.unparse(_function(sglang_source, SCHEDULER_RESULTS, "_append_prefill_hidden_states"))
+    assert "req.hidden_states.append(req_hidden_states.cpu().clone().tolist())" in append
+
+
+def test_hidden_states_are_the_lm_head_input_unless_a_model_supplies_pre_norm_ones(
+    sglang_source: SGLangSource,
+) -> None:
+    store = ast.unparse(
+        _function(sglang_source, "sglang.srt.layers.logits_processor", "_get_hidden_states_to_store")
+    )
+    assert "hidden_states_to_store = hidden_states" in store
+    assert "hidden_states_to_store = hidden_states_to_store_before_norm" in store
+
+
+def test_every_model_returning_pre_norm_hidden_states_is_refused(sglang_source: SGLangSource) -> None:
+    suppliers: set[str] = set()
+    for path in sglang_source.module_paths("sglang.srt.models"):
+        if "hidden_states_before_norm=" not in sglang_source.text(_module(path)):
+            continue  # parsing every model file would take half a minute
+        tree = sglang_source.tree_at(path)
+        passes_before_norm = any(
+            isinstance(node, ast.Call)
+            and ast.unparse(node.func).endswith("logits_processor")
+            and any(
+                k.arg == "hidden_states_before_norm" and ast.unparse(k.value) != "None" for k in node.keywords
+            )
+            for node in ast.walk(tree)
+        )
+        if passes_before_norm:
+            suppliers |= _entry_classes(tree)
+    assert suppliers - SAFE_BEFORE_NORM_USERS == PRE_NORM_HIDDEN_STATE_ARCHITECTURES
+    assert suppliers >= SAFE_BEFORE_NORM_USERS
+
+
+def test_only_speculative_decoding_asks_for_pre_norm_hidden_states(sglang_source: SGLangSource) -> None:
+    askers = {
+        path
+        for path in sglang_source.module_paths("sglang.srt")
+        if "return_hidden_states_before_norm=True" in sglang_source.text(_module(path))
+    }
+    assert askers and all(path.startswith("sglang/srt/speculative/") for path in askers)
+
+
+def test_weight_updates_need_a_session_and_answer_success_and_message(sglang_source: SGLangSource) -> None:
+    updater = sglang_source.text("sglang.srt.managers.scheduler_components.weight_updater")
+    assert "update_weights_from_tensor must run between" in updater
+    assert "update_weights_from_distributed must run between" in updater
+    for method in (
+        "begin_weight_update",
+        "end_weight_update",
+        "update_weights_from_tensor",
+        "update_weights_from_distributed",
+        "init_weights_update_group",
+    ):
+        returns = _function(sglang_source, TOKENIZER_CONTROL, method).returns
+        assert returns is not None and ast.unparse(returns) == "Tuple[bool, str]", method
+    assert {"success", "message"} <= set(
+        sglang_source.class_fields("sglang.srt.managers.io_struct", "FlushCacheReqOutput")
+    )
+
+
+def test_weight_updates_refuse_data_parallel_engines(sglang_source: SGLangSource) -> None:
+    for method in ("update_weights_from_tensor", "update_weights_from_distributed"):
+        assert "get_parallel().dp_size == 1" in ast.unparse(
+            _function(sglang_source, TOKENIZER_CONTROL, method)
+        )
+
+
+def test_data_parallel_engines_stay_on_one_node(sglang_source: SGLangSource) -> None:
+    checks = ast.unparse(
+        _function(sglang_source, "sglang.srt.arg_groups.validation_hook", "check_server_args")
+    )
+    assert "not (cfg.dp_size > 1 and cfg.nnodes != 1)" in checks
+
+
+def test_resuming_memory_that_is_not_released_fails_in_the_scheduler(sglang_source: SGLangSource) -> None:
+    resume = ast.unparse(
+        _function(
+            sglang_source,
+            "sglang.srt.managers.scheduler_components.weight_updater",
+            "resume_memory_occupation",
+        )
+    )
+    assert "self.offload_tags.remove(tag)" in resume
+
+
+def test_a_request_seed_needs_deterministic_inference(sglang_source: SGLangSource) -> None:
+    batch_info = sglang_source.text("sglang.srt.sampling.sampling_batch_info")
+    assert "if enable_deterministic\n            else None" in batch_info
+
+
+def _entry_classes(tree: ast.Module) -> set[str]:
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(
+            isinstance(t, ast.Name) and t.id == "EntryClass" for t in node.targets
+        ):
+            values = node.value.elts if isinstance(node.value, ast.List | ast.Tuple) else [node.value]
+            return {ast.unparse(value) for value in values}
+    return set()
+
+
+def _module(path: str) -> str:
+    return path.removesuffix(".py").removesuffix("/__init__").replace("/", ".")
