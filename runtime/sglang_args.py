@@ -223,6 +223,8 @@ def rollout_input_ids(prompts: list[list[int]], samples_per_prompt: int) -> list
 
 
 def output_ids(outputs: list[dict[str, Any]]) -> list[list[int]]:
+    for index, output in enumerate(outputs):
+        _refuse_aborted(output, index)
     return [list(output["output_ids"]) for output in outputs]
 
 
@@ -252,7 +254,15 @@ def gather_hidden_states(
     return gathered.to(dtype)
 
 
+def _refuse_aborted(output: dict[str, Any], index: int) -> None:
+    # Aborts without an HTTP status (e.g. a prompt longer than the context) come back as ordinary outputs.
+    reason = output["meta_info"].get("finish_reason")
+    if isinstance(reason, dict) and reason.get("type") == "abort":
+        raise ValueError(f"sequence {index}: SGLang aborted the request: {reason.get('message')}")
+
+
 def _prefill_block(output: dict[str, Any], index: int, length: int) -> list[list[float]]:
+    _refuse_aborted(output, index)
     entries = output["meta_info"].get("hidden_states") or []
     if not entries:
         raise ValueError(

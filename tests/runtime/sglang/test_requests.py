@@ -16,6 +16,12 @@ from kubedistill.runtime.sglang_args import (
 from kubedistill.runtime.teacher.backend import TeacherBatch
 
 HIDDEN = 8
+PAIR = TeacherBatch(sequences=[[1, 2]], positions=[[0]])
+ABORT = {"type": "abort", "message": "too long"}
+
+
+def _output(meta_info: dict[str, Any], ids: list[int] | None = None) -> dict[str, Any]:
+    return {"output_ids": ids or [], "meta_info": meta_info}
 
 
 def _answer(hidden: torch.Tensor) -> dict[str, Any]:
@@ -56,17 +62,14 @@ def test_no_positions_at_all_give_an_empty_tensor_of_the_hidden_width() -> None:
 @pytest.mark.parametrize(
     ("outputs", "batch", "message"),
     [
-        (
-            [{"output_ids": [], "meta_info": {"hidden_states": []}}],
-            TeacherBatch([[1, 2]], [[0]]),
-            "max_new_tokens",
-        ),
-        ([{"output_ids": [], "meta_info": {}}], TeacherBatch([[1, 2]], [[0]]), "enable_return_hidden_states"),
+        ([_output({"hidden_states": []})], PAIR, "max_new_tokens"),
+        ([_output({})], PAIR, "enable_return_hidden_states"),
+        ([_output({"finish_reason": ABORT})], PAIR, "aborted the request: too long"),
         ([_answer(_hidden(2, 0))], TeacherBatch([[1, 2, 3]], [[0]]), "chunked prefill"),
         ([_answer(_hidden(2, 0))], TeacherBatch([[1, 2], [3]], [[0], [0]]), "1 outputs for 2 sequences"),
         ([_answer(_hidden(2, 0))], TeacherBatch([[1, 2]], [[2]]), "positions outside"),
         ([_answer(_hidden(2, 0))], TeacherBatch([[1, 2]], [[-1]]), "positions outside"),
-        ([_answer(torch.zeros(2, HIDDEN + 1))], TeacherBatch([[1, 2]], [[0]]), "rows of 8"),
+        ([_answer(torch.zeros(2, HIDDEN + 1))], PAIR, "rows of 8"),
     ],
 )
 def test_an_answer_that_does_not_fit_the_batch_is_refused_saying_why(
@@ -89,3 +92,8 @@ def test_sampling_follows_the_config() -> None:
 def test_responses_are_the_output_token_ids_in_request_order() -> None:
     outputs = [{"output_ids": [5, 6, 2], "meta_info": {}}, {"output_ids": [9], "meta_info": {}}]
     assert output_ids(outputs) == [[5, 6, 2], [9]]
+
+
+def test_an_aborted_generation_is_refused_not_taken_for_an_empty_response() -> None:
+    with pytest.raises(ValueError, match="sequence 1: SGLang aborted the request: too long"):
+        output_ids([_output({}, [5]), _output({"finish_reason": ABORT})])
