@@ -36,7 +36,10 @@ from torch import Tensor
 def _teacher_log_probs(teacher_logits: Tensor) -> Tensor:
     # A teacher token of probability exactly zero has log p = -inf, and 0 * -inf is NaN; at the dtype's
     # lowest finite value the same product is 0, which is the 0 log 0 = 0 convention.
-    return F.log_softmax(teacher_logits, dim=-1).clamp_min(torch.finfo(teacher_logits.dtype).min)
+    log_p = F.log_softmax(teacher_logits, dim=-1)
+    lowest = torch.finfo(log_p.dtype).min
+    # In place where autograd allows it: one [tokens x vocab] tensor less at the peak.
+    return log_p.clamp_min(lowest) if log_p.requires_grad else log_p.clamp_min_(lowest)
 
 
 def _kl(log_a: Tensor, log_b: Tensor) -> Tensor:

@@ -1,0 +1,151 @@
+"""Plain vs fused chunked distillation loss: forward + backward time and extra peak memory, float32 on CPU.
+
+    .venv/bin/python -m bench.loss [--losses fkl,jsd] [--n 2048] [--d 1024] [--v 151936] [--chunk-size 128]
+
+Both get the same inputs: N student and teacher hidden states of width d and two [V x d] lm_head weights;
+the reference multiplies them out to full logits and calls `reference_kd_loss`, the fused one calls
+`fused_kd_loss` on the hidden states. Every measurement runs in a fresh process, so neither inherits the
+other's allocator state. Extra peak memory = the process's RSS high-water mark (getrusage) minus its RSS once
+the inputs exist, minus the student weight's gradient, which every method must produce: what is left is what
+the method itself costs. Time is the median of the repeats; there is no warm-up step, because at these
+sizes a step takes tens of seconds on CPU and what a first call sets up costs milliseconds.
+"""
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from kubedistill.runtime.losses import KDConfig, LossOutput, fused_kd_loss, reference_kd_loss
+
+from bench.report import report
+
+LOSSES = ["fkl", "rkl", "jsd", "tvd", "skl", "srkl", "akl"]
+METHODS = ["reference", "fused"]
+GIB = 2**30
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * resource.getpagesize()
+
+
+def _peak_rss_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def measure(
+    method: str, loss: str, n: int, d: int, v: int, chunk_size: int, repeats: int, save: Path
+) -> None:
+    """One method on one loss, in this (fresh) process; prints a JSON line and saves loss and gradients."""
+    generator = torch.Generator().manual_seed(0)
+    student_hidden = torch.randn(n, d, generator=generator).requires_grad_()
+    student_weight = (torch.randn(v, d, generator=generator) / d**0.5).requires_grad_()
+    teacher_hidden = torch.randn(n, d, generator=generator)
+    teacher_weight = torch.randn(v, d, generator=generator) * (2.0 / d**0.5)
+    labels = torch.randint(0, v, (n,), generator=generator)
+    config = KDConfig(loss=loss, chunk_size=chunk_size)
+    baseline = _rss_bytes()
+
+    def step() -> LossOutput:
+        student_hidden.grad = None
+        student_weight.grad = None
+        if method == "reference":
+            with torch.no_grad():
+                teacher_logits = teacher_hidden @ teacher_weight.T
+            out = reference_kd_loss(student_hidden @ student_weight.T, teacher_logits, labels, config, n)
+        else:
+            out = fused_kd_loss(
+                student_hidden, student_weight, teacher_hidden, teacher_weight, labels, config, n
+            )
+        out.loss.backward()
+        return out
+
+    seconds = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        out = step()
+        seconds.append(time.perf_counter() - start)
+    extra = _peak_rss_bytes() - baseline - student_weight.numel() * student_weight.element_size()
+    torch.save(
+        {"loss": out.loss.detach(), "hidden": student_hidden.grad, "weight": student_weight.grad}, save
+    )
+    print(json.dumps({"seconds": statistics.median(seconds), "extra_peak_bytes": extra}))
+
+
+def _run_fresh(method: str, loss: str, args: argparse.Namespace, save: Path) -> dict[str, Any]:
+    command = [sys.executable, "-m", "bench.loss", "--measure", method, "--losses", loss, "--save", str(save)]
+    command += ["--n", str(args.n), "--d", str(args.d), "--v", str(args.v)]
+    command += ["--chunk-size", str(args.chunk_size), "--repeats", str(args.repeats)]
+    done = subprocess.run(
+        command, cwd=Path(__file__).parent.parent, capture_output=True, text=True, check=True
+    )
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _max_abs_diff(reference: Path, fused: Path) -> float:
+    expected, actual = torch.load(reference), torch.load(fused)
+    return max((expected[key] - actual[key]).abs().max().item() for key in expected)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--losses", default=",".join(LOSSES), help="comma-separated loss names")
+    parser.add_argument("--n", type=int, default=2048, help="loss tokens")
+    parser.add_argument("--d", type=int, default=1024, help="hidden width of both models")
+    parser.add_argument("--v", type=int, default=151936, help="vocabulary of both models")
+    parser.add_argument("--chunk-size", type=int, default=128, help="tokens per chunk of the fused loss")
+    parser.add_argument("--repeats", type=int, default=1, help="timed steps per measurement")
+    parser.add_argument("--measure", choices=METHODS, help=argparse.SUPPRESS)
+    parser.add_argument("--save", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    losses = args.losses.split(",")
+
+    if args.measure:
+        measure(args.measure, losses[0], args.n, args.d, args.v, args.chunk_size, args.repeats, args.save)
+        return
+
+    rows = []
+    with tempfile.TemporaryDirectory() as scratch:
+        for loss in losses:
+            saved = {method: Path(scratch) / f"{method}.pt" for method in METHODS}
+            reference, fused = (_run_fresh(method, loss, args, saved[method]) for method in METHODS)
+            rows.append(
+                {
+                    "loss": loss,
+                    "reference_seconds": reference["seconds"],
+                    "chunked_seconds": fused["seconds"],
+                    "reference_extra_peak_gib": reference["extra_peak_bytes"] / GIB,
+                    "chunked_extra_peak_gib": fused["extra_peak_bytes"] / GIB,
+                    "peak_ratio_reference_over_chunked": reference["extra_peak_bytes"]
+                    / fused["extra_peak_bytes"],
+                    "time_ratio_chunked_over_reference": fused["seconds"] / reference["seconds"],
+                    "max_abs_diff": _max_abs_diff(saved["reference"], saved["fused"]),
+                }
+            )
+    settings = {
+        "n": args.n,
+        "d": args.d,
+        "v": args.v,
+        "chunk_size": args.chunk_size,
+        "repeats": args.repeats,
+        "dtype": "float32",
+        "device": "cpu",
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+    }
+    title = f"Distillation loss, forward + backward, N={args.n} d={args.d} V={args.v}, float32 CPU"
+    report("loss", title, rows, settings)
+
+
+if __name__ == "__main__":
+    main()
