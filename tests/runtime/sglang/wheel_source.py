@@ -35,12 +35,10 @@ def pinned_wheel() -> Path:
     pattern = f"sglang-{version}-*.whl"
     if not any(WHEEL_DIR.glob(pattern)):
         download = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:"]
-        subprocess.run(
-            [*download, f"sglang=={version}", "-d", str(WHEEL_DIR)],
-            check=True,
-            capture_output=True,
-            text=True,
-        )
+        command = [*download, f"sglang=={version}", "-d", str(WHEEL_DIR)]
+        result = subprocess.run(command, capture_output=True, text=True, check=False)
+        if result.returncode != 0:
+            raise RuntimeError(f"{' '.join(command)} failed:\n{result.stderr}")
     return sorted(WHEEL_DIR.glob(pattern))[0]
 
 
