@@ -29,28 +29,26 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
 def _chunk_logits_grad(
     hidden: Tensor,
     weight: Tensor,
-    teacher_logits: Tensor | None,
     targets: Tensor,
-    config: KDConfig,
+    teacher_logits: Tensor | None,
     divergence: Divergence | None,
-    scale: float,
+    config: KDConfig,
+    ce_scale: float,
+    kd_scale: float,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """d(loss * scale)/d(student logits) of one chunk, with its CE and KD sums."""
+    """d(ce_scale * CE + kd_scale * KD)/d(student logits) of one chunk, with the chunk's CE and KD sums."""
     logits = F.linear(hidden, weight).to(_compute_dtype(hidden.dtype)).requires_grad_()
-    ce_weight = (1.0 - config.kd_ratio) if divergence is not None else 1.0
     with torch.enable_grad():
-        if ce_weight > 0.0:
-            ce = F.cross_entropy(logits, targets, reduction="sum")
-        else:
-            ce = F.cross_entropy(logits.detach(), targets, reduction="sum")
-        objective = ce * (ce_weight * scale)
+        # At kd_ratio 1 the cross-entropy is only reported, so it stays out of the graph.
+        ce = F.cross_entropy(logits if ce_scale > 0.0 else logits.detach(), targets, reduction="sum")
+        objective = ce * ce_scale
         kd = logits.new_zeros(())
         if divergence is not None and teacher_logits is not None:
             student = logits[:, : teacher_logits.shape[-1]]
             if config.temperature != 1.0:
                 student = student / config.temperature
             kd = divergence(student, teacher_logits, config).sum()
-            objective = objective + kd * (config.kd_ratio * scale)
+            objective = objective + kd * kd_scale
         (grad_logits,) = torch.autograd.grad(objective, logits)
     return grad_logits, ce.detach(), kd.detach()
 
@@ -63,39 +61,41 @@ class _FusedKDLoss(torch.autograd.Function):
         student_weight: Tensor,
         teacher_hidden: Tensor | None,
         teacher_weight: Tensor | None,
-        labels: Tensor,
         kept: Tensor,
+        targets: Tensor,
         config: KDConfig,
         normalizer: float,
         divergence: Divergence | None,
     ) -> tuple[Tensor, Tensor, Tensor]:
+        ce_weight, kd_weight = (
+            (1.0 - config.kd_ratio, config.kd_ratio) if divergence is not None else (1.0, 0.0)
+        )
         hidden = student_hidden.index_select(0, kept)
-        targets = labels.index_select(0, kept)
         compute_dtype = _compute_dtype(student_weight.dtype)
         grad_hidden = torch.empty_like(hidden)
         grad_weight = torch.zeros_like(student_weight, dtype=compute_dtype)
         ce_sum = torch.zeros((), dtype=compute_dtype, device=hidden.device)
         kd_sum = torch.zeros_like(ce_sum)
-        teacher_rows = None
+        teacher_rows = teacher_head = None
         if divergence is not None and teacher_hidden is not None and teacher_weight is not None:
-            vocab = min(student_weight.shape[0], teacher_weight.shape[0])
             teacher_rows = teacher_hidden.index_select(0, kept).to(teacher_weight.dtype)
-            teacher_head = teacher_weight[:vocab]
+            teacher_head = teacher_weight[: min(student_weight.shape[0], teacher_weight.shape[0])]
         for start in range(0, hidden.shape[0], config.chunk_size):
             chunk = slice(start, start + config.chunk_size)
             teacher_logits = None
-            if teacher_rows is not None:
+            if teacher_rows is not None and teacher_head is not None:
                 teacher_logits = F.linear(teacher_rows[chunk], teacher_head).to(compute_dtype)
                 if config.temperature != 1.0:
                     teacher_logits.div_(config.temperature)
             grad_logits, ce, kd = _chunk_logits_grad(
                 hidden[chunk],
                 student_weight,
-                teacher_logits,
                 targets[chunk],
-                config,
+                teacher_logits,
                 divergence,
-                1.0 / normalizer,
+                config,
+                ce_weight / normalizer,
+                kd_weight / normalizer,
             )
             del teacher_logits
             ce_sum += ce
@@ -109,11 +109,8 @@ class _FusedKDLoss(torch.autograd.Function):
         ctx.save_for_backward(kept, grad_hidden, grad_weight)
         ctx.hidden_shape = student_hidden.shape
         ctx.weight_dtype = student_weight.dtype
-        ce_weight = (1.0 - config.kd_ratio) if divergence is not None else 1.0
-        kd_weight = config.kd_ratio if divergence is not None else 0.0
-        loss = (ce_weight * ce_sum + kd_weight * kd_sum) / normalizer
         ctx.mark_non_differentiable(kd_sum, ce_sum)
-        return loss, kd_sum, ce_sum
+        return (ce_weight * ce_sum + kd_weight * kd_sum) / normalizer, kd_sum, ce_sum
 
     @staticmethod
     def backward(
@@ -151,8 +148,8 @@ def fused_kd_loss(
         student_weight,
         teacher_hidden,
         teacher_weight,
-        labels,
         kept,
+        labels.index_select(0, kept),
         config,
         normalizer,
         divergence,
