@@ -48,6 +48,10 @@ class Reason(StrEnum):
     METRICS_UNREACHABLE = "MetricsUnreachable"
     METRICS_READ = "MetricsRead"
     IMMUTABLE_FIELD_CHANGED = "ImmutableFieldChanged"
+    SPEC_APPLIED = "SpecApplied"
+    """SpecChangeIgnored is False: the spec matches what the running job was created from."""
+    NAME_CONFLICT = "NameConflict"
+    """Created is False: a child's name is taken by an object the job does not own."""
 
 
 class Condition(SpecModel):

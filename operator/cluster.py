@@ -1,0 +1,33 @@
+"""Credentials: one `kubernetes` client configuration that both kopf and the operator's own calls use."""
+
+import kopf
+from kubernetes.aio.client import ApiClient, Configuration
+from kubernetes.aio.config import ConfigException, load_incluster_config, load_kube_config
+
+
+async def connect() -> ApiClient:
+    """In a pod, its service account; elsewhere the kubeconfig (`KUBECONFIG` or ~/.kube/config)."""
+    configuration = Configuration()
+    try:
+        load_incluster_config(client_configuration=configuration)
+    except ConfigException:
+        await load_kube_config(client_configuration=configuration)
+    return ApiClient(configuration)
+
+
+async def connection_info(configuration: Configuration) -> kopf.ConnectionInfo:
+    """kopf's view of the same credentials; asked again on a 401, so a rotated token is re-read."""
+    header = await configuration.get_api_key_with_prefix("BearerToken", alias="authorization")
+    scheme, _, token = (header or "").partition(" ")
+    return kopf.ConnectionInfo(
+        server=configuration.host,
+        ca_path=configuration.ssl_ca_cert,
+        ca_data=configuration.ca_cert_data,
+        insecure=not configuration.verify_ssl,
+        username=configuration.username,
+        password=configuration.password,
+        scheme=scheme or None,
+        token=token or None,
+        certificate_path=configuration.cert_file,
+        private_key_path=configuration.key_file,
+    )

@@ -1,0 +1,65 @@
+"""The kopf handlers: registration only; what they do is in `reconcile`.
+
+Importing this module registers them in kopf's global registry, so it is imported once, by the runner.
+"""
+
+from typing import Any
+
+import kopf
+from kubedistill.api.job import GROUP, PLURAL, VERSION
+from kubedistill.api.status import Phase
+from kubedistill.operator import reconcile
+from kubedistill.operator.cluster import connection_info
+from kubedistill.operator.context import OperatorContext
+from kubedistill.operator.kube import RAY_GROUP, RAY_VERSION, RAYJOBS
+from kubedistill.operator.naming import JOB_LABEL
+
+
+@kopf.on.login()
+async def login(memo: OperatorContext, **_: Any) -> kopf.ConnectionInfo:
+    return await connection_info(memo.kube.client.configuration)
+
+
+@kopf.on.resume(GROUP, VERSION, PLURAL)
+@kopf.on.create(GROUP, VERSION, PLURAL)
+async def create_children(body: kopf.Body, memo: OperatorContext, logger: kopf.Logger, **_: Any) -> None:
+    with memo.metrics.reconcile("create"):
+        await reconcile.create_children(memo, body, logger)
+
+
+@kopf.on.update(GROUP, VERSION, PLURAL, field="spec")
+async def apply_spec_change(body: kopf.Body, memo: OperatorContext, **_: Any) -> None:
+    with memo.metrics.reconcile("update"):
+        await reconcile.apply_spec_change(memo, body)
+
+
+@kopf.on.event(GROUP, VERSION, PLURAL)
+def track_job(event: kopf.RawEvent, body: kopf.Body, memo: OperatorContext, **_: Any) -> None:
+    # Children go with the job through their ownerReferences; the operator only forgets it.
+    key = reconcile.key_of(body)
+    if event["type"] == "DELETED":
+        reconcile.forget(memo, key)
+    else:
+        memo.statuses.observe(key, body)
+
+
+@kopf.on.event(RAY_GROUP, RAY_VERSION, RAYJOBS, labels={JOB_LABEL: kopf.PRESENT})
+async def mirror_rayjob(event: kopf.RawEvent, body: kopf.Body, memo: OperatorContext, **_: Any) -> None:
+    with memo.metrics.reconcile("rayjob"):
+        await reconcile.mirror_rayjob(memo, event["type"], body)
+
+
+def _running(status: kopf.Status, **_: Any) -> bool:
+    return status.get("phase") == Phase.RUNNING
+
+
+@kopf.daemon(GROUP, VERSION, PLURAL, when=_running)
+async def read_progress(
+    body: kopf.Body, memo: OperatorContext, stopped: kopf.DaemonStopped, **_: Any
+) -> None:
+    """Only while the job runs: kopf stops it when the phase changes (and starts it again on Running)."""
+    key = reconcile.key_of(body)
+    while not stopped:
+        with memo.metrics.reconcile("progress"):
+            await reconcile.read_progress(memo, key)
+        await stopped.wait(memo.settings.scrape_period_seconds)

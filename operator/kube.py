@@ -1,0 +1,157 @@
+"""The operator's calls to the Kubernetes API: its children (ConfigMap, RayJob) and its job's status.
+
+Transient failures (HTTP 429 and 5xx, dropped connections) are retried here with client-go's backoff;
+what still fails surfaces as `TransientApiError` for the handler to turn into a kopf retry.
+"""
+
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, TypeVar
+
+import aiohttp
+from kubedistill.api.job import GROUP, PLURAL, VERSION
+from kubedistill.operator.naming import FIELD_MANAGER, is_owned_by
+from kubernetes.aio.client import ApiClient, ApiException, CoreV1Api, CustomObjectsApi, V1ConfigMap
+from kubernetes.aio.utils.retry import Backoff, on_error
+
+T = TypeVar("T")
+KubeObject = dict[str, Any]
+
+RAY_GROUP, RAY_VERSION, RAYJOBS = "ray.io", "v1", "rayjobs"
+MERGE_PATCH = "application/merge-patch+json"
+DEFAULT_BACKOFF = Backoff(steps=4, duration=0.05, factor=4.0, jitter=0.1)
+
+
+class TransientApiError(Exception):
+    """The API server kept failing (or was unreachable) through every retry."""
+
+
+class NotOwned(Exception):
+    """A child's name is taken by an object this job does not control."""
+
+    def __init__(self, obj: Mapping[str, Any]) -> None:
+        metadata = obj.get("metadata", {})
+        self.kind, self.name = obj.get("kind", "object"), metadata.get("name", "")
+        super().__init__(
+            f"{self.kind} {metadata.get('namespace')}/{self.name} exists and is not owned by this job"
+        )
+
+
+class Outcome(StrEnum):
+    CREATED = "created"
+    ADOPTED = "adopted"
+    """It existed already (a retry, a restart, or a 409) and is ours."""
+
+
+@dataclass(frozen=True)
+class Kube:
+    client: ApiClient
+    backoff: Backoff = DEFAULT_BACKOFF
+
+    async def create_or_adopt(self, obj: KubeObject, owner_uid: str) -> Outcome:
+        """Create `obj`; if its name is taken by an object we own, keep that one (never a duplicate)."""
+        namespace = obj["metadata"]["namespace"]
+        try:
+            await self._retrying(lambda: self._create(namespace, obj))
+            return Outcome.CREATED
+        except ApiException as error:
+            if error.status != 409:
+                raise
+        existing = await self._retrying(lambda: self._read(namespace, obj))
+        if not is_owned_by(existing, owner_uid):
+            raise NotOwned(existing)
+        return Outcome.ADOPTED
+
+    async def patch_rayjob_spec(self, namespace: str, name: str, spec_patch: Mapping[str, Any]) -> None:
+        api = CustomObjectsApi(self.client)
+        await self._retrying(
+            lambda: api.patch_namespaced_custom_object(
+                RAY_GROUP,
+                RAY_VERSION,
+                namespace,
+                RAYJOBS,
+                name,
+                {"spec": dict(spec_patch)},
+                field_manager=FIELD_MANAGER,
+                _content_type=MERGE_PATCH,
+            )
+        )
+
+    async def read_config_map(self, namespace: str, name: str) -> KubeObject:
+        api = CoreV1Api(self.client)
+        found = await self._retrying(lambda: api.read_namespaced_config_map(name, namespace))
+        return self.client.sanitize_for_serialization(found)
+
+    async def read_job(self, namespace: str, name: str) -> KubeObject | None:
+        """The DistillationJob, or None when it is gone."""
+        api = CustomObjectsApi(self.client)
+        try:
+            return await self._retrying(
+                lambda: api.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+            )
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise
+
+    async def patch_job_status(self, namespace: str, name: str, status_patch: Mapping[str, Any]) -> bool:
+        """Merge-patch the status subresource; False when the job is gone."""
+        api = CustomObjectsApi(self.client)
+        try:
+            await self._retrying(
+                lambda: api.patch_namespaced_custom_object_status(
+                    GROUP,
+                    VERSION,
+                    namespace,
+                    PLURAL,
+                    name,
+                    {"status": dict(status_patch)},
+                    field_manager=FIELD_MANAGER,
+                    _content_type=MERGE_PATCH,
+                )
+            )
+        except ApiException as error:
+            if error.status == 404:
+                return False
+            raise
+        return True
+
+    async def _create(self, namespace: str, obj: KubeObject) -> object:
+        if obj["kind"] == "ConfigMap":
+            return await CoreV1Api(self.client).create_namespaced_config_map(
+                namespace, V1ConfigMap.from_dict(obj), field_manager=FIELD_MANAGER
+            )
+        group, version = obj["apiVersion"].split("/")
+        return await CustomObjectsApi(self.client).create_namespaced_custom_object(
+            group, version, namespace, _plural(obj["kind"]), obj, field_manager=FIELD_MANAGER
+        )
+
+    async def _read(self, namespace: str, obj: KubeObject) -> KubeObject:
+        name = obj["metadata"]["name"]
+        if obj["kind"] == "ConfigMap":
+            return await self.read_config_map(namespace, name)
+        group, version = obj["apiVersion"].split("/")
+        return await CustomObjectsApi(self.client).get_namespaced_custom_object(
+            group, version, namespace, _plural(obj["kind"]), name
+        )
+
+    async def _retrying(self, call: Callable[[], Awaitable[T]]) -> T:
+        try:
+            return await on_error(self.backoff, is_transient, call)
+        except (aiohttp.ClientError, TimeoutError) as error:
+            raise TransientApiError(str(error)) from error
+        except ApiException as error:
+            if is_transient(error):
+                raise TransientApiError(f"HTTP {error.status}: {error.reason}") from error
+            raise
+
+
+def is_transient(error: Exception) -> bool:
+    if isinstance(error, ApiException):
+        return error.status == 429 or (error.status or 0) >= 500
+    return isinstance(error, aiohttp.ClientError | TimeoutError)
+
+
+def _plural(kind: str) -> str:
+    return {"RayJob": RAYJOBS}[kind]

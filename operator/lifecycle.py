@@ -1,0 +1,66 @@
+"""Status changes from the job's own events: created, invalid, blocked by a name, edited."""
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from kubedistill.api.rules import Problem
+from kubedistill.api.status import ConditionType, Phase, Reason
+from kubedistill.operator.conditions import DesiredCondition, Status, condition_of, with_conditions
+
+
+def created_status(
+    status: Mapping[str, Any], rayjob_name: str, *, generation: int | None, now: str
+) -> Status:
+    message = f"created RayJob {rayjob_name} and its ConfigMap"
+    created = DesiredCondition(ConditionType.CREATED, "True", Reason.RAY_JOB_CREATED, message)
+    updated = with_conditions(status, [created], generation=generation, now=now)
+    updated["rayJobName"] = rayjob_name
+    # The RayJob's first event may have been mirrored already; a phase set from it is newer.
+    updated.setdefault("phase", Phase.PENDING.value)
+    return updated
+
+
+def invalid_spec_status(
+    status: Mapping[str, Any], problems: Sequence[Problem], *, generation: int | None, now: str
+) -> Status:
+    message = "; ".join(str(problem) for problem in problems)
+    failed = DesiredCondition(ConditionType.FAILED, "True", Reason.INVALID_SPEC, message)
+    updated = with_conditions(status, [failed], generation=generation, now=now)
+    updated["phase"] = Phase.FAILED.value
+    return updated
+
+
+def name_conflict_status(
+    status: Mapping[str, Any], message: str, *, generation: int | None, now: str
+) -> Status:
+    blocked = DesiredCondition(ConditionType.CREATED, "False", Reason.NAME_CONFLICT, message)
+    return with_conditions(status, [blocked], generation=generation, now=now)
+
+
+def spec_change_status(
+    status: Mapping[str, Any], ignored: Sequence[str], *, generation: int | None, now: str
+) -> Status:
+    """SpecChangeIgnored True naming the ignored fields; False once the spec matches the running job."""
+    if ignored:
+        message = (
+            f"{', '.join(ignored)} cannot change after the job is created and was not applied; "
+            "delete and recreate the job to change it"
+        )
+        desired = DesiredCondition(
+            ConditionType.SPEC_CHANGE_IGNORED, "True", Reason.IMMUTABLE_FIELD_CHANGED, message
+        )
+    elif condition_of(status, ConditionType.SPEC_CHANGE_IGNORED) is None:
+        return dict(status)
+    else:
+        desired = DesiredCondition(
+            ConditionType.SPEC_CHANGE_IGNORED,
+            "False",
+            Reason.SPEC_APPLIED,
+            "the spec matches the running job",
+        )
+    return with_conditions(status, [desired], generation=generation, now=now)
+
+
+def is_created(status: Mapping[str, Any]) -> bool:
+    created = condition_of(status, ConditionType.CREATED)
+    return created is not None and created.get("status") == "True"

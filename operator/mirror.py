@@ -1,0 +1,109 @@
+"""The DistillationJob's phase and conditions from its RayJob's status, as KubeRay reports it.
+
+KubeRay has two fields: `jobDeploymentStatus` (its lifecycle: Initializing, Running, Complete, Failed,
+Suspended, ...) and `jobStatus` (Ray's: PENDING, RUNNING, SUCCEEDED, FAILED, STOPPED). `Complete` only
+says the Ray job ended, so success is `Complete` with `SUCCEEDED`; `Complete` with anything else, or
+`Failed`/`ValidationFailed`, is failure.
+"""
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from kubedistill.api.status import TERMINAL_PHASES, ConditionType, Phase, Reason
+from kubedistill.operator.conditions import DesiredCondition, Status, with_conditions
+
+SUSPENDED_DEPLOYMENTS = frozenset({"Suspending", "Suspended"})
+FAILED_DEPLOYMENTS = frozenset({"Failed", "ValidationFailed"})
+
+
+@dataclass(frozen=True)
+class Observed:
+    phase: Phase
+    reason: Reason
+    message: str
+
+
+def observe(rayjob: Mapping[str, Any]) -> Observed:
+    name = rayjob.get("metadata", {}).get("name", "")
+    status = rayjob.get("status") or {}
+    deployment = status.get("jobDeploymentStatus") or ""
+    ray_status = status.get("jobStatus") or ""
+    if deployment == "Complete" and ray_status == "SUCCEEDED":
+        return Observed(Phase.SUCCEEDED, Reason.RAY_JOB_SUCCEEDED, f"RayJob {name} succeeded")
+    if deployment == "Complete" or deployment in FAILED_DEPLOYMENTS:
+        return Observed(Phase.FAILED, Reason.RAY_JOB_FAILED, _failure_message(name, status))
+    if deployment in SUSPENDED_DEPLOYMENTS:
+        return Observed(
+            Phase.SUSPENDED,
+            Reason.RAY_JOB_SUSPENDED,
+            f"RayJob {name} is suspended without a Ray cluster (spec.suspend, or queued by Kueue)",
+        )
+    if deployment == "Running":
+        cluster = status.get("rayClusterName") or "its Ray cluster"
+        return Observed(Phase.RUNNING, Reason.RAY_JOB_RUNNING, f"RayJob {name} is running on {cluster}")
+    waiting = f" (KubeRay: {deployment})" if deployment else ""
+    return Observed(
+        Phase.PENDING, Reason.RAY_JOB_PENDING, f"RayJob {name} waits for its Ray cluster{waiting}"
+    )
+
+
+def mirrored_status(
+    status: Mapping[str, Any], rayjob: Mapping[str, Any], *, generation: int | None, now: str
+) -> Status:
+    """`status` updated from the RayJob; a finished job's status stays as it finished."""
+    if status.get("phase") in TERMINAL_PHASES:
+        return dict(status)
+    observed = observe(rayjob)
+    updated = _with_phase(status, observed, generation=generation, now=now)
+    updated["rayJobName"] = rayjob.get("metadata", {}).get("name")
+    ray_status = rayjob.get("status") or {}
+    for source, target in (
+        ("dashboardURL", "dashboardURL"),
+        ("startTime", "startTime"),
+        ("endTime", "completionTime"),
+    ):
+        if ray_status.get(source):
+            updated[target] = ray_status[source]
+    return updated
+
+
+def deleted_rayjob_status(
+    status: Mapping[str, Any], rayjob_name: str, *, generation: int | None, now: str
+) -> Status:
+    """The RayJob vanished under a job that had not finished: nothing will run it any more."""
+    if status.get("phase") in TERMINAL_PHASES:
+        return dict(status)
+    message = f"RayJob {rayjob_name} was deleted before it finished; delete and recreate the DistillationJob"
+    observed = Observed(Phase.FAILED, Reason.RAY_JOB_DELETED, message)
+    return _with_phase(status, observed, generation=generation, now=now)
+
+
+def _with_phase(status: Mapping[str, Any], observed: Observed, *, generation: int | None, now: str) -> Status:
+    phase, reason, message = observed.phase, observed.reason, observed.message
+    desired = [
+        DesiredCondition(
+            ConditionType.RUNNING, "True" if phase == Phase.RUNNING else "False", reason, message
+        ),
+        DesiredCondition(
+            ConditionType.SUSPENDED, "True" if phase == Phase.SUSPENDED else "False", reason, message
+        ),
+    ]
+    if phase == Phase.SUCCEEDED:
+        desired.append(DesiredCondition(ConditionType.SUCCEEDED, "True", reason, message))
+    if phase == Phase.FAILED:
+        desired.append(DesiredCondition(ConditionType.FAILED, "True", reason, message))
+    updated = with_conditions(status, desired, generation=generation, now=now)
+    updated["phase"] = phase.value
+    return updated
+
+
+def _failure_message(name: str, status: Mapping[str, Any]) -> str:
+    details = [
+        f"jobDeploymentStatus {status.get('jobDeploymentStatus') or 'unknown'}",
+        f"jobStatus {status.get('jobStatus') or 'unknown'}",
+    ]
+    if status.get("reason"):
+        details.append(f"reason {status['reason']}")
+    text = f"RayJob {name} failed ({', '.join(details)})"
+    return f"{text}: {status['message']}" if status.get("message") else text

@@ -1,0 +1,115 @@
+"""Pod templates of the Ray head and worker groups."""
+
+import copy
+import re
+from decimal import Decimal
+from typing import Any
+
+from kubedistill.api.job import DistillationJob
+from kubedistill.api.placement import JOB_CONFIG_PATH
+from kubedistill.api.telemetry import DEFAULT_METRICS_PORT, METRICS_PORT_ENV
+from kubedistill.operator.naming import config_map_name, labels_for
+from kubedistill.operator.topology import WorkerGroup
+
+KubeObject = dict[str, Any]
+
+JOB_NAME_ENV = "KUBEDISTILL_JOB_NAME"
+NAMESPACE_ENV = "KUBEDISTILL_NAMESPACE"
+CONFIG_DIR = JOB_CONFIG_PATH.rsplit("/", 1)[0]
+SHM_VOLUME = "dshm"
+CONFIG_VOLUME = "kubedistill-job"
+
+RAY_METRICS_PORT = 8081
+"""Where Ray's own metrics exporter listens on the head. KubeRay's default (8080) is the trainer's
+`/metrics` port (`kubedistill.api.telemetry.DEFAULT_METRICS_PORT`), and both run in the head container."""
+
+# KubeRay builds the head Service from the head container's ports once any is declared, so the ports
+# its submitter and workers use are declared next to the trainer's metrics port.
+HEAD_PORTS = (
+    {"name": "gcs-server", "containerPort": 6379},
+    {"name": "dashboard", "containerPort": 8265},
+    {"name": "client", "containerPort": 10001},
+    {"name": "metrics", "containerPort": DEFAULT_METRICS_PORT},
+    {"name": "ray-metrics", "containerPort": RAY_METRICS_PORT},
+)
+
+
+def head_template(job: DistillationJob, image: str) -> KubeObject:
+    head = job.spec.cluster.head
+    resources = {"cpu": head.cpu, "memory": head.memory}
+    metrics_port_env = {"name": METRICS_PORT_ENV, "value": str(DEFAULT_METRICS_PORT)}
+    container = _ray_container(job, "ray-head", image, resources, extra_env=[metrics_port_env])
+    container["ports"] = [dict(port) for port in HEAD_PORTS]
+    return _template(job, container)
+
+
+def worker_template(job: DistillationJob, group: WorkerGroup, image: str) -> KubeObject:
+    cluster = job.spec.cluster
+    gpus = group.gpus_per_pod
+    resources = {
+        "cpu": multiply_quantity(cluster.worker.cpu_per_gpu, gpus),
+        "memory": multiply_quantity(cluster.worker.memory_per_gpu, gpus),
+        cluster.gpu_resource: str(gpus),
+    }
+    return _template(job, _ray_container(job, "ray-worker", image, resources))
+
+
+def multiply_quantity(quantity: str, factor: int) -> str:
+    """`64Gi` x 4 = `256Gi`, `500m` x 3 = `1500m`: the number scales, the unit suffix stays."""
+    match = _QUANTITY.fullmatch(quantity)
+    if match is None:
+        raise ValueError(f"not a Kubernetes quantity: {quantity!r}")
+    product = (Decimal(match["number"]) * factor).normalize()
+    return f"{product:f}{match['suffix']}"
+
+
+_QUANTITY = re.compile(r"(?P<number>[0-9]+(\.[0-9]+)?)(?P<suffix>[a-zA-Z]*)")
+
+
+def _ray_container(
+    job: DistillationJob,
+    name: str,
+    image: str,
+    resources: dict[str, str],
+    extra_env: list[KubeObject] | None = None,
+) -> KubeObject:
+    cluster = job.spec.cluster
+    return {
+        "name": name,
+        "image": image,
+        "env": [
+            {"name": JOB_NAME_ENV, "value": job.name},
+            {"name": NAMESPACE_ENV, "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+            *(extra_env or []),
+            *copy.deepcopy(cluster.env),
+        ],
+        # Limits equal requests: KubeRay derives `ray start --num-cpus/--memory` from the limits, and the
+        # GPU resource is only valid with requests equal to limits.
+        "resources": {"requests": dict(resources), "limits": dict(resources)},
+        "volumeMounts": [
+            {"name": SHM_VOLUME, "mountPath": "/dev/shm"},
+            {"name": CONFIG_VOLUME, "mountPath": CONFIG_DIR, "readOnly": True},
+            *copy.deepcopy(cluster.volume_mounts),
+        ],
+    }
+
+
+def _template(job: DistillationJob, container: KubeObject) -> KubeObject:
+    cluster = job.spec.cluster
+    spec: KubeObject = {
+        "containers": [container],
+        "volumes": [
+            {"name": SHM_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": cluster.shm_size}},
+            {"name": CONFIG_VOLUME, "configMap": {"name": config_map_name(job.name)}},
+            *copy.deepcopy(cluster.volumes),
+        ],
+    }
+    if cluster.node_selector:
+        spec["nodeSelector"] = dict(cluster.node_selector)
+    if cluster.tolerations:
+        spec["tolerations"] = copy.deepcopy(cluster.tolerations)
+    if cluster.priority_class_name:
+        spec["priorityClassName"] = cluster.priority_class_name
+    if cluster.service_account_name:
+        spec["serviceAccountName"] = cluster.service_account_name
+    return {"metadata": {"labels": labels_for(job.name)}, "spec": spec}

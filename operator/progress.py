@@ -1,0 +1,63 @@
+"""Training progress in the job's status, read from the trainer's Prometheus metrics."""
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from kubedistill.api import telemetry
+from kubedistill.api.status import ConditionType, Reason
+from kubedistill.operator.conditions import DesiredCondition, Status, with_conditions
+from prometheus_client.parser import text_string_to_metric_families
+
+# Which gauge feeds which status field, and whether the field is a count.
+STATUS_FIELDS: dict[str, tuple[str, bool]] = {
+    telemetry.STEP.name: ("step", True),
+    telemetry.TOTAL_STEPS.name: ("totalSteps", True),
+    telemetry.EPOCH.name: ("epoch", True),
+    telemetry.LOSS.name: ("loss", False),
+    telemetry.KD_LOSS.name: ("kdLoss", False),
+    telemetry.LAST_STEP_SECONDS.name: ("stepTimeSeconds", False),
+    telemetry.TOKENS_PER_SECOND.name: ("tokensPerSecond", False),
+    telemetry.LAST_CHECKPOINT_STEP.name: ("lastCheckpointStep", True),
+}
+
+
+def parse_progress(text: str, *, namespace: str, job: str) -> dict[str, int | float]:
+    """The status fields found in a `/metrics` page; samples labelled for another job are skipped.
+
+    Raises ValueError for text that is not the Prometheus exposition format. Non-finite values (a NaN
+    loss) are left out: JSON cannot carry them and the previous value is more useful.
+    """
+    wanted = {"namespace": namespace, "job": job}
+    fields: dict[str, int | float] = {}
+    for family in text_string_to_metric_families(text):
+        if family.name not in STATUS_FIELDS:
+            continue
+        field, is_count = STATUS_FIELDS[family.name]
+        for sample in family.samples:
+            if sample.name != family.name or not math.isfinite(sample.value):
+                continue
+            if any(sample.labels.get(key, value) != value for key, value in wanted.items()):
+                continue
+            fields[field] = int(sample.value) if is_count else float(sample.value)
+    return fields
+
+
+def with_progress(
+    status: Mapping[str, Any],
+    fields: Mapping[str, int | float],
+    *,
+    url: str,
+    generation: int | None,
+    now: str,
+) -> Status:
+    known = DesiredCondition(ConditionType.PROGRESS_UNKNOWN, "False", Reason.METRICS_READ, f"read from {url}")
+    return {**with_conditions(status, [known], generation=generation, now=now), **fields}
+
+
+def with_metrics_unreachable(
+    status: Mapping[str, Any], error: str, *, url: str, generation: int | None, now: str
+) -> Status:
+    message = f"cannot read the trainer's metrics at {url}: {error}"
+    unknown = DesiredCondition(ConditionType.PROGRESS_UNKNOWN, "True", Reason.METRICS_UNREACHABLE, message)
+    return with_conditions(status, [unknown], generation=generation, now=now)

@@ -1,0 +1,167 @@
+"""What each handler does, in terms of the pure parts (parse, render, status functions) and the API.
+
+kopf-specific signalling stays here too (retry or give up, events), so that `handlers.py` is only the
+registration of these functions with kopf.
+"""
+
+import logging
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import aiohttp
+import kopf
+import yaml
+from kubedistill.api.job import DistillationJob, InvalidJob, parse_job
+from kubedistill.api.status import TERMINAL_PHASES, Reason
+from kubedistill.api.telemetry import DEFAULT_METRICS_PORT
+from kubedistill.operator.context import OperatorContext
+from kubedistill.operator.kube import NotOwned, TransientApiError
+from kubedistill.operator.lifecycle import (
+    created_status,
+    invalid_spec_status,
+    is_created,
+    name_conflict_status,
+    spec_change_status,
+)
+from kubedistill.operator.mirror import deleted_rayjob_status, mirrored_status
+from kubedistill.operator.naming import JOB_LABEL, config_map_name, is_owned_by, rayjob_name
+from kubedistill.operator.progress import parse_progress, with_metrics_unreachable, with_progress
+from kubedistill.operator.render import CONFIG_FILE, render
+from kubedistill.operator.spec_changes import classify
+from kubedistill.operator.status_writer import JobKey
+
+Body = Mapping[str, Any]
+
+
+def now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def key_of(body: Body) -> JobKey:
+    return body["metadata"]["namespace"], body["metadata"]["name"]
+
+
+async def create_children(ctx: OperatorContext, body: Body, logger: logging.Logger) -> None:
+    """Create (or adopt) the ConfigMap and the RayJob of a new or resumed job."""
+    key = key_of(body)
+    ctx.statuses.observe(key, body)
+    if (ctx.statuses.status(key) or {}).get("phase") in TERMINAL_PHASES:
+        return
+    job = await _parse_or_fail(ctx, key, body)
+    try:
+        for child in render(job, ctx.settings.render):
+            outcome = await ctx.kube.create_or_adopt(child, body["metadata"]["uid"])
+            logger.info(f"{child['kind']} {child['metadata']['name']}: {outcome}")
+    except NotOwned as conflict:
+        message = f"{conflict}; delete or rename it"
+        await ctx.statuses.change(key, lambda s, g: name_conflict_status(s, message, generation=g, now=now()))
+        kopf.warn(dict(body), reason=Reason.NAME_CONFLICT, message=message)
+        raise kopf.TemporaryError(message, delay=ctx.settings.retry_delay_seconds) from conflict
+    except TransientApiError as error:
+        raise kopf.TemporaryError(str(error), delay=ctx.settings.retry_delay_seconds) from error
+    name = rayjob_name(job.name)
+    await _change_or_retry(ctx, key, lambda s, g: created_status(s, name, generation=g, now=now()))
+
+
+async def apply_spec_change(ctx: OperatorContext, body: Body) -> None:
+    """Apply suspend/ttlSecondsAfterFinished to the RayJob; report any other edit as ignored."""
+    key = key_of(body)
+    ctx.statuses.observe(key, body)
+    status = ctx.statuses.status(key) or {}
+    if status.get("phase") in TERMINAL_PHASES or not is_created(status):
+        return
+    namespace, name = key
+    try:
+        wanted = _parse(body)
+        config_map = await ctx.kube.read_config_map(namespace, config_map_name(name))
+        deployed = parse_job(yaml.safe_load(config_map["data"][CONFIG_FILE]), check_plugin_names=False)
+        change = classify(deployed.spec, wanted.spec)
+        await ctx.kube.patch_rayjob_spec(namespace, rayjob_name(name), change.rayjob_patch)
+    except InvalidJob as invalid:
+        ignored: tuple[str, ...] = tuple(str(problem) for problem in invalid.problems)
+    except TransientApiError as error:
+        raise kopf.TemporaryError(str(error), delay=ctx.settings.retry_delay_seconds) from error
+    else:
+        ignored = change.ignored
+    await _change_or_retry(ctx, key, lambda s, g: spec_change_status(s, ignored, generation=g, now=now()))
+    if ignored:
+        kopf.warn(dict(body), reason="SpecChangeIgnored", message=f"not applied: {', '.join(ignored)}")
+
+
+async def mirror_rayjob(ctx: OperatorContext, event_type: str | None, rayjob: Body) -> None:
+    """Copy a child RayJob's state into its DistillationJob's status."""
+    namespace = rayjob["metadata"]["namespace"]
+    job_name = rayjob["metadata"]["labels"][JOB_LABEL]
+    key = (namespace, job_name)
+    if ctx.statuses.status(key) is None:
+        job = await ctx.kube.read_job(namespace, job_name)
+        if job is None:
+            return
+        ctx.statuses.observe(key, job)
+    owner_uid = ctx.statuses.uid(key)
+    if owner_uid is None or not is_owned_by(rayjob, owner_uid):
+        return
+    cluster = (rayjob.get("status") or {}).get("rayClusterName")
+    if cluster:
+        ctx.ray_clusters[key] = cluster
+    if event_type == "DELETED":
+        name = rayjob["metadata"]["name"]
+        await ctx.statuses.change(key, lambda s, g: deleted_rayjob_status(s, name, generation=g, now=now()))
+    else:
+        await ctx.statuses.change(key, lambda s, g: mirrored_status(s, rayjob, generation=g, now=now()))
+
+
+async def read_progress(ctx: OperatorContext, key: JobKey) -> None:
+    """One read of the trainer's /metrics into the status; failures become ProgressUnknown, not errors."""
+    cluster = ctx.ray_clusters.get(key)
+    if cluster is None:
+        return
+    namespace, name = key
+    url = ctx.settings.metrics_url_template.format(
+        cluster=cluster, namespace=namespace, job=name, port=DEFAULT_METRICS_PORT
+    )
+    timeout = aiohttp.ClientTimeout(total=ctx.settings.scrape_timeout_seconds)
+    try:
+        async with ctx.http.get(url, timeout=timeout) as response:
+            response.raise_for_status()
+            fields = parse_progress(await response.text(), namespace=namespace, job=name)
+    except (aiohttp.ClientError, TimeoutError, ValueError) as error:
+        ctx.metrics.scrape_failures.inc()
+        reason = str(error) or type(error).__name__
+        await ctx.statuses.change(
+            key, lambda s, g: with_metrics_unreachable(s, reason, url=url, generation=g, now=now())
+        )
+        return
+    await ctx.statuses.change(key, lambda s, g: with_progress(s, fields, url=url, generation=g, now=now()))
+
+
+def forget(ctx: OperatorContext, key: JobKey) -> None:
+    ctx.statuses.forget(key)
+    ctx.ray_clusters.pop(key, None)
+
+
+async def _parse_or_fail(ctx: OperatorContext, key: JobKey, body: Body) -> DistillationJob:
+    """The validated job; an invalid one (it slipped past the CRD's schema) fails for good."""
+    try:
+        return _parse(body)
+    except InvalidJob as invalid:
+        problems = invalid.problems
+        await _change_or_retry(
+            ctx, key, lambda s, g: invalid_spec_status(s, problems, generation=g, now=now())
+        )
+        kopf.warn(dict(body), reason=Reason.INVALID_SPEC, message=str(invalid).replace("\n", "; "))
+        raise kopf.PermanentError(f"invalid spec: {invalid}") from None
+
+
+def _parse(body: Body) -> DistillationJob:
+    # The status is the operator's; only what users write is validated.
+    manifest = {key: value for key, value in body.items() if key != "status"}
+    return parse_job(manifest, check_plugin_names=False)
+
+
+async def _change_or_retry(ctx: OperatorContext, key: JobKey, change: Any) -> None:
+    try:
+        await ctx.statuses.change(key, change)
+    except TransientApiError as error:
+        raise kopf.TemporaryError(str(error), delay=ctx.settings.retry_delay_seconds) from error

@@ -1,0 +1,68 @@
+"""How many pods of how many GPUs each role gets: the worker groups of the Ray cluster.
+
+Each group advertises one Ray custom resource unit per GPU for every role it hosts
+(`kubedistill.api.placement.role_resource`), which is how the runtime's actors find their pods.
+"""
+
+from dataclasses import dataclass
+from math import ceil
+
+from kubedistill.api.placement import COLOCATED_GROUP, Role, role_resource
+from kubedistill.api.spec import DistillationJobSpec, Mode, TeacherSpec
+
+
+@dataclass(frozen=True)
+class WorkerGroup:
+    name: str
+    pods: int
+    gpus_per_pod: int
+    roles: tuple[Role, ...]
+
+    @property
+    def ray_resources(self) -> dict[str, str]:
+        """The group's Ray logical resources: its GPUs and one unit per GPU of each role it hosts."""
+        units = str(self.gpus_per_pod)
+        return {"GPU": units} | {role_resource(role): units for role in self.roles}
+
+
+def worker_groups(spec: DistillationJobSpec) -> list[WorkerGroup]:
+    student = _student_group(spec)
+    if spec.cluster.colocate:
+        return [WorkerGroup(COLOCATED_GROUP, student.pods, student.gpus_per_pod, hosted_roles(spec))]
+    groups = []
+    if spec.mode != Mode.SFT:
+        groups.append(_teacher_group(spec.teacher or TeacherSpec()))
+    groups.append(student)
+    if spec.rollout is not None:
+        groups.append(
+            WorkerGroup(
+                Role.ROLLOUT.value, spec.rollout.engines, spec.rollout.tensor_parallel, (Role.ROLLOUT,)
+            )
+        )
+    return groups
+
+
+def hosted_roles(spec: DistillationJobSpec) -> tuple[Role, ...]:
+    """The job's roles; selfDistillation without a teacher section still runs one (with its defaults)."""
+    roles = [Role.STUDENT]
+    if spec.mode != Mode.SFT:
+        roles.insert(0, Role.TEACHER)
+    if spec.rollout is not None:
+        roles.append(Role.ROLLOUT)
+    return tuple(roles)
+
+
+def _teacher_group(teacher: TeacherSpec) -> WorkerGroup:
+    return WorkerGroup(
+        Role.TEACHER.value,
+        teacher.replicas * teacher.nodes_per_replica,
+        teacher.gpus_per_replica // teacher.nodes_per_replica,
+        (Role.TEACHER,),
+    )
+
+
+def _student_group(spec: DistillationJobSpec) -> WorkerGroup:
+    replicas, per_node = spec.student.replicas, spec.cluster.gpus_per_node
+    return WorkerGroup(
+        Role.STUDENT.value, ceil(replicas / per_node), min(replicas, per_node), (Role.STUDENT,)
+    )

@@ -1,0 +1,53 @@
+"""Which RBAC permission each request the operator made needed, read from the API server's log."""
+
+from collections.abc import Iterable
+from typing import Any, NamedTuple
+
+from kmock._internal import enums
+from kubedistill.operator.rbac import Rule, allowed
+from kubedistill.operator.runner import USER_AGENT
+
+VERBS = {
+    enums.action.LIST: "list",
+    enums.action.WATCH: "watch",
+    enums.action.FETCH: "get",
+    enums.action.CREATE: "create",
+    enums.action.UPDATE: "patch",
+    enums.action.DELETE: "delete",
+}
+
+
+class Access(NamedTuple):
+    api_group: str
+    resource: str
+    verb: str
+
+
+def operator_accesses(requests: Iterable[Any]) -> list[Access]:
+    """Resource requests by kopf or the operator's client; discovery (/api, /apis/...) needs no RBAC."""
+    accesses = []
+    for request in requests:
+        agent = request.headers.get("User-Agent", "")
+        if not agent.startswith(("kopf/", USER_AGENT)):
+            continue
+        resource = request.resource
+        if resource is None or resource.plural is None:
+            continue
+        name = f"{resource.plural}/{request.subresource}" if request.subresource else resource.plural
+        accesses.append(Access(resource.group or "", name, VERBS[request.action]))
+    return accesses
+
+
+def denied(accesses: Iterable[Access], rules: Iterable[Rule]) -> set[Access]:
+    rules = list(rules)
+    return {access for access in accesses if not allowed(rules, *access)}
+
+
+def unused(rules: Iterable[Rule], accesses: Iterable[Access]) -> set[tuple[str, str, str]]:
+    seen = set(accesses)
+    return {
+        (rule.api_group, rule.resource, verb)
+        for rule in rules
+        for verb in rule.verbs
+        if Access(rule.api_group, rule.resource, verb) not in seen
+    }
