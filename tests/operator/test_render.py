@@ -1,0 +1,293 @@
+"""Rendering, as plain table tests: which groups, how many GPUs, which labels and settings where."""
+
+from typing import Any
+
+import pytest
+from kubedistill.api import parse_job
+from kubedistill.api.job import DistillationJob
+from kubedistill.operator.pods import multiply_quantity
+from kubedistill.operator.render import render
+from kubedistill.operator.settings import RenderSettings
+
+DEFAULT_IMAGE = "registry.test/runtime:default"
+BASE: dict[str, Any] = {
+    "teacher": {"model": "t"},
+    "student": {"model": "s"},
+    "data": {"train": {"path": "/data/train.jsonl"}},
+}
+
+
+def job(metadata: dict[str, Any] | None = None, **spec: Any) -> DistillationJob:
+    """The base spec with these top-level fields replaced (None removes one; sft has no teacher)."""
+    merged = {key: value for key, value in {**BASE, **spec}.items() if value is not None}
+    if merged.get("mode") == "sft":
+        merged.pop("teacher")
+    return parse_job(
+        {
+            "apiVersion": "kubedistill.io/v1alpha1",
+            "kind": "DistillationJob",
+            "metadata": metadata or {"name": "demo", "namespace": "ml", "uid": "uid-1"},
+            "spec": merged,
+        },
+        check_plugin_names=False,
+    )
+
+
+def rendered(job_: DistillationJob) -> tuple[dict[str, Any], dict[str, Any]]:
+    config_map, rayjob = render(job_, RenderSettings(DEFAULT_IMAGE))
+    return config_map, rayjob
+
+
+def groups(job_: DistillationJob) -> dict[str, tuple[int, str, dict[str, str]]]:
+    """groupName -> (pods, GPUs per pod, Ray resources)."""
+    _, rayjob = rendered(job_)
+    out = {}
+    for group in rayjob["spec"]["rayClusterSpec"]["workerGroupSpecs"]:
+        limits = group["template"]["spec"]["containers"][0]["resources"]["limits"]
+        out[group["groupName"]] = (group["replicas"], limits["nvidia.com/gpu"], group["resources"])
+    return out
+
+
+@pytest.mark.parametrize(
+    ("spec", "expected"),
+    [
+        (
+            {},
+            {
+                "teacher": (1, "1", {"GPU": "1", "kubedistill_teacher": "1"}),
+                "student": (1, "1", {"GPU": "1", "kubedistill_student": "1"}),
+            },
+        ),
+        (
+            {
+                "teacher": {"model": "t", "replicas": 2, "gpusPerReplica": 16, "nodesPerReplica": 2},
+                "student": {"model": "s", "replicas": 16},
+                "training": {"globalBatchSize": 128},
+            },
+            {
+                "teacher": (4, "8", {"GPU": "8", "kubedistill_teacher": "8"}),
+                "student": (2, "8", {"GPU": "8", "kubedistill_student": "8"}),
+            },
+        ),
+        (
+            {"student": {"model": "s", "replicas": 4}, "training": {"globalBatchSize": 128}},
+            {
+                "teacher": (1, "1", {"GPU": "1", "kubedistill_teacher": "1"}),
+                "student": (1, "4", {"GPU": "4", "kubedistill_student": "4"}),
+            },
+        ),
+        (
+            {"mode": "sft"},
+            {"student": (1, "1", {"GPU": "1", "kubedistill_student": "1"})},
+        ),
+        (
+            {"mode": "selfDistillation", "teacher": None},
+            {
+                "teacher": (1, "1", {"GPU": "1", "kubedistill_teacher": "1"}),
+                "student": (1, "1", {"GPU": "1", "kubedistill_student": "1"}),
+            },
+        ),
+        (
+            {
+                "mode": "onPolicy",
+                "rollout": {"engines": 3, "tensorParallel": 2, "batchSize": 128},
+                "data": {"train": {"path": "/p.jsonl", "promptKey": "prompt"}},
+            },
+            {
+                "teacher": (1, "1", {"GPU": "1", "kubedistill_teacher": "1"}),
+                "student": (1, "1", {"GPU": "1", "kubedistill_student": "1"}),
+                "rollout": (3, "2", {"GPU": "2", "kubedistill_rollout": "2"}),
+            },
+        ),
+        (
+            {
+                "teacher": {"model": "t", "replicas": 2, "gpusPerReplica": 8},
+                "student": {"model": "s", "replicas": 16},
+                "cluster": {"colocate": True},
+            },
+            {"colocated": (2, "8", {"GPU": "8", "kubedistill_teacher": "8", "kubedistill_student": "8"})},
+        ),
+        (
+            {"mode": "sft", "student": {"model": "s", "replicas": 2}, "cluster": {"colocate": True}},
+            {"colocated": (1, "2", {"GPU": "2", "kubedistill_student": "2"})},
+        ),
+    ],
+    ids=[
+        "defaults",
+        "multi-node-teacher-and-two-student-nodes",
+        "student-on-part-of-a-node",
+        "sft-has-no-teacher",
+        "self-distillation-runs-a-default-teacher",
+        "onpolicy-adds-rollout-engines",
+        "colocated-hosts-every-role-on-the-student-pods",
+        "colocated-sft",
+    ],
+)
+def test_worker_groups_per_role(spec: dict[str, Any], expected: dict[str, Any]) -> None:
+    assert groups(job(**spec)) == expected
+
+
+def test_worker_pods_get_cpu_and_memory_per_gpu_and_the_gpu_resource_named_by_the_cluster() -> None:
+    _, rayjob = rendered(
+        job(
+            student={"model": "s", "replicas": 4},
+            training={"globalBatchSize": 128},
+            cluster={"gpuResource": "amd.com/gpu", "worker": {"cpuPerGpu": "500m", "memoryPerGpu": "60Gi"}},
+        )
+    )
+    student = rayjob["spec"]["rayClusterSpec"]["workerGroupSpecs"][1]
+    resources = student["template"]["spec"]["containers"][0]["resources"]
+    assert (
+        resources["requests"]
+        == resources["limits"]
+        == {"cpu": "2000m", "memory": "240Gi", "amd.com/gpu": "4"}
+    )
+
+
+def test_the_head_runs_the_trainer_without_gpus_and_serves_its_metrics() -> None:
+    _, rayjob = rendered(job(cluster={"head": {"cpu": "6", "memory": "48Gi"}}))
+    head = rayjob["spec"]["rayClusterSpec"]["headGroupSpec"]
+    container = head["template"]["spec"]["containers"][0]
+    assert head["resources"] == {"GPU": "0"}
+    assert container["resources"]["limits"] == {"cpu": "6", "memory": "48Gi"}
+    assert {"name": "metrics", "containerPort": 8080} in container["ports"]
+    assert {"name": "KUBEDISTILL_METRICS_PORT", "value": "8080"} in container["env"]
+    # Ray's own exporter must not take the trainer's port on the head.
+    assert head["rayStartParams"]["metrics-export-port"] != "8080"
+
+
+@pytest.mark.parametrize(
+    ("spec", "has_suspend", "queue_label"),
+    [
+        ({}, False, None),
+        ({"suspend": True}, True, None),
+        ({"cluster": {"queueName": "team-a"}}, None, "team-a"),
+        ({"suspend": True, "cluster": {"queueName": "team-a"}}, None, "team-a"),
+    ],
+    ids=["runs", "suspended", "queued", "queued-leaves-suspend-to-kueue"],
+)
+def test_suspend_and_the_kueue_queue(
+    spec: dict[str, Any], has_suspend: bool | None, queue_label: str | None
+) -> None:
+    _, rayjob = rendered(job(**spec))
+    assert rayjob["spec"].get("suspend") is has_suspend
+    assert rayjob["metadata"]["labels"].get("kueue.x-k8s.io/queue-name") == queue_label
+
+
+def test_job_level_settings_reach_the_rayjob() -> None:
+    _, rayjob = rendered(job(backoffLimit=5, activeDeadlineSeconds=3600, ttlSecondsAfterFinished=60))
+    spec = rayjob["spec"]
+    assert spec["entrypoint"] == "kubedistill run /etc/kubedistill/job.yaml"
+    assert (spec["backoffLimit"], spec["activeDeadlineSeconds"], spec["ttlSecondsAfterFinished"]) == (
+        5,
+        3600,
+        60,
+    )
+    assert spec["shutdownAfterJobFinishes"] is True
+
+
+def test_every_object_and_pod_template_carries_the_labels() -> None:
+    expected = {
+        "app.kubernetes.io/name": "kubedistill",
+        "app.kubernetes.io/instance": "demo",
+        "app.kubernetes.io/managed-by": "kubedistill",
+        "kubedistill.io/job": "demo",
+    }
+    config_map, rayjob = rendered(job())
+    cluster = rayjob["spec"]["rayClusterSpec"]
+    templates = [cluster["headGroupSpec"]["template"]] + [g["template"] for g in cluster["workerGroupSpecs"]]
+    for labels in [config_map["metadata"]["labels"], rayjob["metadata"]["labels"]] + [
+        t["metadata"]["labels"] for t in templates
+    ]:
+        assert expected.items() <= labels.items()
+
+
+@pytest.mark.parametrize(
+    ("metadata", "owner_uid"),
+    [({"name": "demo", "namespace": "ml", "uid": "uid-1"}, "uid-1"), ({"name": "demo"}, None)],
+    ids=["from-the-cluster", "from-a-file"],
+)
+def test_owner_references_need_the_jobs_uid(metadata: dict[str, str], owner_uid: str | None) -> None:
+    for obj in rendered(job(metadata)):
+        references = obj["metadata"].get("ownerReferences")
+        if owner_uid is None:
+            assert references is None
+        else:
+            assert references == [
+                {
+                    "apiVersion": "kubedistill.io/v1alpha1",
+                    "kind": "DistillationJob",
+                    "name": "demo",
+                    "uid": owner_uid,
+                    "controller": True,
+                    "blockOwnerDeletion": True,
+                }
+            ]
+
+
+def test_every_pod_gets_the_cluster_settings_the_manifest_and_shared_memory() -> None:
+    cluster = {
+        "image": "registry.example.com/runtime:1",
+        "nodeSelector": {"pool": "h100"},
+        "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists"}],
+        "priorityClassName": "high",
+        "serviceAccountName": "distill",
+        "shmSize": "16Gi",
+        "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "data"}}],
+        "volumeMounts": [{"name": "data", "mountPath": "/data"}],
+        "env": [{"name": "HF_HUB_OFFLINE", "value": "1"}],
+    }
+    _, rayjob = rendered(job(cluster=cluster))
+    spec = rayjob["spec"]["rayClusterSpec"]
+    for template in [spec["headGroupSpec"]["template"]] + [g["template"] for g in spec["workerGroupSpecs"]]:
+        pod = template["spec"]
+        (container,) = pod["containers"]
+        assert container["image"] == "registry.example.com/runtime:1"
+        assert pod["nodeSelector"] == {"pool": "h100"}
+        assert pod["tolerations"] == cluster["tolerations"]
+        assert (pod["priorityClassName"], pod["serviceAccountName"]) == ("high", "distill")
+        assert {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "16Gi"}} in pod["volumes"]
+        assert {"name": "kubedistill-job", "configMap": {"name": "demo-spec"}} in pod["volumes"]
+        assert cluster["volumes"][0] in pod["volumes"]
+        mounts = {mount["mountPath"] for mount in container["volumeMounts"]}
+        assert {"/dev/shm", "/etc/kubedistill", "/data"} <= mounts
+        env = {var["name"]: var for var in container["env"]}
+        assert env["KUBEDISTILL_JOB_NAME"]["value"] == "demo"
+        assert env["KUBEDISTILL_NAMESPACE"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
+        assert env["HF_HUB_OFFLINE"]["value"] == "1"
+
+
+def test_the_image_defaults_to_the_operators() -> None:
+    _, rayjob = rendered(job())
+    head = rayjob["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0]
+    assert head["image"] == DEFAULT_IMAGE
+
+
+def test_the_configmap_holds_the_validated_job_without_status_or_server_fields() -> None:
+    config_map, _ = rendered(job({"name": "demo", "namespace": "ml", "uid": "u", "resourceVersion": "7"}))
+    assert config_map["metadata"]["name"] == "demo-spec"
+    text = config_map["data"]["job.yaml"]
+    assert "uid" not in text and "resourceVersion" not in text and "status" not in text
+    assert "kdRatio: 0.5" in text  # defaults are written out
+
+
+def test_rendered_objects_share_nothing_with_the_job() -> None:
+    job_ = job(cluster={"volumes": [{"name": "data", "emptyDir": {}}]})
+    _, rayjob = rendered(job_)
+    rayjob["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["volumes"][-1]["name"] = "changed"
+    assert job_.spec.cluster.volumes[0]["name"] == "data"
+
+
+@pytest.mark.parametrize(
+    ("quantity", "factor", "product"),
+    [
+        ("8", 4, "32"),
+        ("64Gi", 8, "512Gi"),
+        ("500m", 3, "1500m"),
+        ("0.5", 3, "1.5"),
+        ("1.25", 4, "5"),
+        ("2", 1, "2"),
+    ],
+)
+def test_quantities_scale_by_the_gpus(quantity: str, factor: int, product: str) -> None:
+    assert multiply_quantity(quantity, factor) == product

@@ -1,0 +1,242 @@
+"""The pure status functions: conditions, the RayJob mirror, progress parsing, spec edits."""
+
+from typing import Any
+
+import pytest
+from kubedistill.api import parse_job
+from kubedistill.api.status import ConditionType, Reason
+from kubedistill.operator.conditions import ConditionStatus, DesiredCondition, with_conditions
+from kubedistill.operator.lifecycle import created_status, spec_change_status
+from kubedistill.operator.mirror import deleted_rayjob_status, mirrored_status
+from kubedistill.operator.progress import parse_progress, with_metrics_unreachable, with_progress
+from kubedistill.operator.spec_changes import classify
+
+T0, T1 = "2026-11-25T10:00:00Z", "2026-11-25T11:00:00Z"
+
+
+def running(status: ConditionStatus, reason: Reason = Reason.RAY_JOB_RUNNING) -> DesiredCondition:
+    return DesiredCondition(ConditionType.RUNNING, status, reason, "msg")
+
+
+def test_a_new_condition_starts_its_transition_now() -> None:
+    status = with_conditions({}, [running("True")], generation=3, now=T0)
+    assert status["conditions"] == [
+        {
+            "type": "Running",
+            "status": "True",
+            "reason": "RayJobRunning",
+            "message": "msg",
+            "observedGeneration": 3,
+            "lastTransitionTime": T0,
+        }
+    ]
+
+
+@pytest.mark.parametrize(
+    ("first", "then", "transition"),
+    [("True", "True", T0), ("True", "False", T1), ("False", "Unknown", T1)],
+    ids=["same-status-keeps-the-time", "flip-moves-it", "unknown-is-a-flip-too"],
+)
+def test_last_transition_time_moves_only_when_the_status_flips(
+    first: str, then: str, transition: str
+) -> None:
+    status = with_conditions({}, [running(first)], generation=1, now=T0)
+    status = with_conditions(status, [running(then, Reason.RAY_JOB_PENDING)], generation=2, now=T1)
+    (condition,) = status["conditions"]
+    assert condition["lastTransitionTime"] == transition
+    assert (condition["reason"], condition["observedGeneration"]) == ("RayJobPending", 2)
+
+
+def test_setting_a_condition_leaves_the_others_in_place() -> None:
+    created = DesiredCondition(ConditionType.CREATED, "True", Reason.RAY_JOB_CREATED)
+    status = with_conditions({"phase": "Pending"}, [created, running("False")], generation=1, now=T0)
+    status = with_conditions(status, [running("True")], generation=1, now=T1)
+    assert [c["type"] for c in status["conditions"]] == ["Created", "Running"]
+    assert status["phase"] == "Pending"
+
+
+def rayjob(**status: str) -> dict[str, Any]:
+    return {"metadata": {"name": "demo"}, "status": status}
+
+
+@pytest.mark.parametrize(
+    ("kuberay", "phase", "reason", "true_conditions"),
+    [
+        ({}, "Pending", "RayJobPending", set()),
+        ({"jobDeploymentStatus": "Initializing"}, "Pending", "RayJobPending", set()),
+        ({"jobDeploymentStatus": "Retrying"}, "Pending", "RayJobPending", set()),
+        ({"jobDeploymentStatus": "Running", "jobStatus": "RUNNING"}, "Running", "RayJobRunning", {"Running"}),
+        ({"jobDeploymentStatus": "Suspended"}, "Suspended", "RayJobSuspended", {"Suspended"}),
+        ({"jobDeploymentStatus": "Suspending"}, "Suspended", "RayJobSuspended", {"Suspended"}),
+        (
+            {"jobDeploymentStatus": "Complete", "jobStatus": "SUCCEEDED"},
+            "Succeeded",
+            "RayJobSucceeded",
+            {"Succeeded"},
+        ),
+        ({"jobDeploymentStatus": "Complete", "jobStatus": "FAILED"}, "Failed", "RayJobFailed", {"Failed"}),
+        ({"jobDeploymentStatus": "Complete", "jobStatus": "STOPPED"}, "Failed", "RayJobFailed", {"Failed"}),
+        ({"jobDeploymentStatus": "Failed", "reason": "AppFailed"}, "Failed", "RayJobFailed", {"Failed"}),
+        ({"jobDeploymentStatus": "ValidationFailed"}, "Failed", "RayJobFailed", {"Failed"}),
+    ],
+)
+def test_kuberay_states_map_to_a_phase_and_conditions(
+    kuberay: dict[str, str], phase: str, reason: str, true_conditions: set[str]
+) -> None:
+    status = mirrored_status({}, rayjob(**kuberay), generation=1, now=T0)
+    assert status["phase"] == phase
+    assert {c["type"] for c in status["conditions"] if c["status"] == "True"} == true_conditions
+    assert status["conditions"][0]["reason"] == reason
+
+
+def test_a_failure_message_carries_kuberays_reason_and_message() -> None:
+    kuberay = rayjob(jobDeploymentStatus="Failed", reason="DeadlineExceeded", message="ran past 3600 s")
+    status = mirrored_status({}, kuberay, generation=1, now=T0)
+    failed = next(c for c in status["conditions"] if c["type"] == "Failed")
+    assert "reason DeadlineExceeded" in failed["message"] and "ran past 3600 s" in failed["message"]
+
+
+def test_times_and_the_dashboard_are_copied() -> None:
+    kuberay = rayjob(
+        jobDeploymentStatus="Complete",
+        jobStatus="SUCCEEDED",
+        dashboardURL="head:8265",
+        startTime=T0,
+        endTime=T1,
+    )
+    status = mirrored_status({}, kuberay, generation=1, now=T1)
+    assert (status["dashboardURL"], status["startTime"], status["completionTime"]) == ("head:8265", T0, T1)
+    assert status["rayJobName"] == "demo"
+
+
+@pytest.mark.parametrize("final", ["Succeeded", "Failed"])
+def test_a_finished_job_keeps_its_final_status(final: str) -> None:
+    status = {"phase": final, "conditions": []}
+    assert mirrored_status(status, rayjob(jobDeploymentStatus="Running"), generation=1, now=T0) == status
+    assert deleted_rayjob_status(status, "demo", generation=1, now=T0) == status
+
+
+def test_a_rayjob_deleted_before_the_end_fails_the_job() -> None:
+    status = deleted_rayjob_status({"phase": "Running"}, "demo", generation=1, now=T0)
+    assert status["phase"] == "Failed"
+    assert next(c for c in status["conditions"] if c["type"] == "Failed")["reason"] == "RayJobDeleted"
+
+
+def test_creation_does_not_override_a_phase_already_mirrored() -> None:
+    mirrored = mirrored_status({}, rayjob(jobDeploymentStatus="Running"), generation=1, now=T0)
+    assert created_status(mirrored, "demo", generation=1, now=T0)["phase"] == "Running"
+    assert created_status({}, "demo", generation=1, now=T0)["phase"] == "Pending"
+
+
+METRICS = """\
+# HELP kubedistill_step Optimizer steps done.
+# TYPE kubedistill_step gauge
+kubedistill_step{namespace="ml",job="demo"} 42.0
+kubedistill_step{namespace="ml",job="other"} 7.0
+# TYPE kubedistill_loss gauge
+kubedistill_loss{namespace="ml",job="demo"} NaN
+# TYPE kubedistill_kd_loss gauge
+kubedistill_kd_loss 0.25
+# TYPE kubedistill_last_step_seconds gauge
+kubedistill_last_step_seconds{namespace="ml",job="demo"} 1.5
+# TYPE kubedistill_step_seconds histogram
+kubedistill_step_seconds_bucket{le="+Inf",namespace="ml",job="demo"} 3.0
+kubedistill_step_seconds_count{namespace="ml",job="demo"} 3.0
+kubedistill_step_seconds_sum{namespace="ml",job="demo"} 4.5
+# TYPE process_cpu_seconds_total counter
+process_cpu_seconds_total 12.0
+"""
+
+
+def test_progress_takes_this_jobs_gauges_and_skips_non_finite_values() -> None:
+    fields = parse_progress(METRICS, namespace="ml", job="demo")
+    assert fields == {"step": 42, "kdLoss": 0.25, "stepTimeSeconds": 1.5}
+    assert isinstance(fields["step"], int)
+
+
+def test_text_that_is_not_prometheus_format_is_an_error() -> None:
+    with pytest.raises(ValueError):
+        parse_progress("kubedistill_step not-a-number\n", namespace="ml", job="demo")
+
+
+def test_unreachable_then_reachable_metrics_flip_progress_unknown() -> None:
+    status = with_metrics_unreachable(
+        {"step": 3}, "connection refused", url="http://h/metrics", generation=1, now=T0
+    )
+    unknown = status["conditions"][0]
+    assert (unknown["status"], unknown["reason"]) == ("True", "MetricsUnreachable")
+    assert "connection refused" in unknown["message"] and status["step"] == 3
+    status = with_progress(status, {"step": 4}, url="http://h/metrics", generation=1, now=T1)
+    known = status["conditions"][0]
+    assert (known["status"], known["reason"], known["lastTransitionTime"]) == ("False", "MetricsRead", T1)
+    assert status["step"] == 4
+
+
+BASE_SPEC: dict[str, Any] = {
+    "teacher": {"model": "t"},
+    "student": {"model": "s"},
+    "data": {"train": {"path": "/d.jsonl"}},
+}
+
+
+def spec(**changes: Any) -> Any:
+    manifest = {
+        "apiVersion": "kubedistill.io/v1alpha1",
+        "kind": "DistillationJob",
+        "metadata": {"name": "demo"},
+        "spec": {**BASE_SPEC, **changes},
+    }
+    return parse_job(manifest, check_plugin_names=False).spec
+
+
+@pytest.mark.parametrize(
+    ("deployed", "wanted", "patch", "ignored"),
+    [
+        ({}, {}, {"ttlSecondsAfterFinished": 86400, "suspend": False}, ()),
+        ({}, {"suspend": True}, {"ttlSecondsAfterFinished": 86400, "suspend": True}, ()),
+        ({}, {"ttlSecondsAfterFinished": 60}, {"ttlSecondsAfterFinished": 60, "suspend": False}, ()),
+        ({}, {"backoffLimit": 2}, {"ttlSecondsAfterFinished": 86400, "suspend": False}, ()),
+        (
+            {},
+            {"student": {"model": "s", "replicas": 2}, "training": {"learningRate": 1e-5}},
+            {"ttlSecondsAfterFinished": 86400, "suspend": False},
+            ("spec.student.replicas", "spec.training.learningRate"),
+        ),
+        (
+            {"cluster": {"queueName": "q"}},
+            {"cluster": {"queueName": "q"}, "suspend": True},
+            {"ttlSecondsAfterFinished": 86400},
+            ("spec.suspend",),
+        ),
+        (
+            {},
+            {"cluster": {"volumes": [{"name": "x", "emptyDir": {}}]}},
+            {"ttlSecondsAfterFinished": 86400, "suspend": False},
+            ("spec.cluster.volumes",),
+        ),
+    ],
+    ids=[
+        "nothing",
+        "suspend",
+        "ttl",
+        "explicit-default-is-no-change",
+        "immutable-fields-named",
+        "kueue-owns-suspend",
+        "lists-compare-whole",
+    ],
+)
+def test_spec_edits_split_into_what_reaches_the_rayjob_and_what_is_ignored(
+    deployed: dict[str, Any], wanted: dict[str, Any], patch: dict[str, Any], ignored: tuple[str, ...]
+) -> None:
+    change = classify(spec(**deployed), spec(**wanted))
+    assert (change.rayjob_patch, change.ignored) == (patch, ignored)
+
+
+def test_spec_change_ignored_turns_false_once_the_edit_is_reverted_and_is_absent_before() -> None:
+    assert spec_change_status({}, (), generation=1, now=T0) == {}
+    status = spec_change_status({}, ("spec.student.replicas",), generation=2, now=T0)
+    ignored = status["conditions"][0]
+    assert (ignored["status"], ignored["reason"]) == ("True", "ImmutableFieldChanged")
+    assert "spec.student.replicas" in ignored["message"]
+    status = spec_change_status(status, (), generation=3, now=T1)
+    assert (status["conditions"][0]["status"], status["conditions"][0]["reason"]) == ("False", "SpecApplied")
