@@ -9,11 +9,12 @@ import re
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
 from kubedistill.api.base import SpecModel
 from kubedistill.api.rules import RULES, Problem
 from kubedistill.api.spec import DistillationJobSpec
 from kubedistill.api.status import DistillationJobStatus
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 GROUP = "kubedistill.io"
 VERSION = "v1alpha1"

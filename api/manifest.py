@@ -5,6 +5,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
 from kubedistill.api.job import KIND, DistillationJob, InvalidJob, parse_job
 from kubedistill.api.rules import Problem
 

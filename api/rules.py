@@ -11,8 +11,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from kubedistill.api.spec import Backend, DistillationJobSpec, Mode, TeacherSpec
 from pydantic import BaseModel
+
+from kubedistill.api.spec import Backend, DistillationJobSpec, Mode, TeacherSpec
 
 
 @dataclass(frozen=True)

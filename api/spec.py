@@ -11,9 +11,10 @@ explicit `null` in YAML means the same as leaving the field out (the API server 
 from enum import StrEnum
 from typing import Annotated, Any
 
+from pydantic import Field, ValidationInfo, field_validator
+
 from kubedistill.api.base import SpecModel
 from kubedistill.api.registry import ALGORITHM_GROUP, LOSS_GROUP, known_names
-from pydantic import Field, ValidationInfo, field_validator
 
 Quantity = Annotated[str, Field(pattern=r"^[0-9]+(\.[0-9]+)?(m|k|Ki|M|Mi|G|Gi|T|Ti|P|Pi|E|Ei)?$")]
 PositiveInt = Annotated[int, Field(ge=1)]

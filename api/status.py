@@ -7,8 +7,9 @@ Condition types, reasons and phases are constants here because people and tools 
 from enum import StrEnum
 from typing import Annotated, Literal
 
-from kubedistill.api.base import SpecModel
 from pydantic import Field
+
+from kubedistill.api.base import SpecModel
 
 
 class Phase(StrEnum):
