@@ -1,1 +1,1 @@
-"""Distillation algorithms: what one micro-batch's loss is, given student outputs and teacher hidden states."""
+"""Distillation algorithms: the loss of one micro-batch, given student and teacher hidden states."""

@@ -1,0 +1,54 @@
+"""Ray resources each actor asks for, decided once from the job and the cluster the driver is attached to.
+
+In a KubeDistill RayJob every worker group advertises a custom resource per role it hosts
+(`kubedistill.api.placement`), so asking for it places teacher actors on teacher pods. On a machine without
+those resources (a local `kubedistill run`) actors ask for small CPU shares only, so that a teacher and two
+student ranks fit on a two-core laptop.
+"""
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from kubedistill.api.placement import Role, role_resource
+
+LOCAL_CPU_SHARE = 0.25
+
+
+@dataclass(frozen=True)
+class ActorResources:
+    num_cpus: float
+    num_gpus: float = 0.0
+    resources: dict[str, float] = field(default_factory=dict)
+
+    def ray_options(self) -> dict[str, Any]:
+        options: dict[str, Any] = {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus}
+        if self.resources:
+            options["resources"] = dict(self.resources)
+        return options
+
+
+@dataclass(frozen=True)
+class ClusterView:
+    """What the driver sees of the Ray cluster: total GPUs and custom resources."""
+
+    gpus: float
+    resources: frozenset[str]
+
+    @classmethod
+    def current(cls) -> "ClusterView":
+        import ray
+
+        totals = ray.cluster_resources()
+        return cls(gpus=float(totals.get("GPU", 0.0)), resources=frozenset(totals))
+
+    @property
+    def has_gpus(self) -> bool:
+        return self.gpus > 0
+
+
+def actor_resources(role: Role, gpus: float, cluster: ClusterView) -> ActorResources:
+    """Resources of one actor of `role` that drives `gpus` accelerators when there are any."""
+    if not cluster.has_gpus:
+        return ActorResources(num_cpus=LOCAL_CPU_SHARE)
+    resources = {role_resource(role): gpus} if role_resource(role) in cluster.resources else {}
+    return ActorResources(num_cpus=1.0, num_gpus=gpus, resources=resources)

@@ -1,0 +1,37 @@
+"""A name -> implementation registry fed by a decorator and by Python entry points.
+
+Built-in losses and algorithms are entry points of this package (pyproject.toml), exactly like a plugin
+package's, so `kubedistill.api` can check a manifest's names without importing torch; the decorator adds
+implementations defined at run time (tests, notebooks) and tells the API about their names.
+"""
+
+from collections.abc import Callable
+from importlib.metadata import entry_points
+from typing import Generic, TypeVar
+
+from kubedistill.api.registry import known_names, register_name
+
+T = TypeVar("T")
+
+
+class Registry(Generic[T]):
+    def __init__(self, group: str, what: str) -> None:
+        self.group = group
+        self.what = what
+        self._registered: dict[str, T] = {}
+
+    def register(self, name: str) -> Callable[[T], T]:
+        def register(implementation: T) -> T:
+            self._registered[name] = implementation
+            register_name(self.group, name)
+            return implementation
+
+        return register
+
+    def get(self, name: str) -> T:
+        if name in self._registered:
+            return self._registered[name]
+        found = entry_points(group=self.group, name=name)
+        if not found:
+            raise LookupError(f"unknown {self.what} {name!r}; known: {', '.join(known_names(self.group))}")
+        return found[name].load()

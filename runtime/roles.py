@@ -1,0 +1,32 @@
+"""Which model plays which part in a job, and with what loss settings: the answers every role shares."""
+
+from kubedistill.api.job import DistillationJob
+from kubedistill.api.spec import Mode, TeacherSpec
+from kubedistill.runtime.losses.config import KDConfig
+
+
+def has_teacher(job: DistillationJob) -> bool:
+    return job.spec.mode != Mode.SFT
+
+
+def teacher_spec(job: DistillationJob) -> TeacherSpec:
+    """The teacher's settings; in self-distillation with no teacher section, the student's own model."""
+    spec = job.spec
+    if spec.teacher is None:
+        return TeacherSpec(model=spec.student.model)
+    if spec.teacher.model is None:
+        return spec.teacher.model_copy(update={"model": spec.student.model})
+    return spec.teacher
+
+
+def teacher_model_path(job: DistillationJob) -> str | None:
+    """The model whose head turns teacher hidden states into logits; None when there is no teacher."""
+    return teacher_spec(job).model if has_teacher(job) else None
+
+
+def kd_config(job: DistillationJob) -> KDConfig:
+    """The loss settings; sft trains on the data alone (kdRatio 0)."""
+    config = KDConfig.from_spec(job.spec.distillation)
+    if not has_teacher(job):
+        return KDConfig(**{**config.__dict__, "kd_ratio": 0.0})
+    return config

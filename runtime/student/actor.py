@@ -1,0 +1,65 @@
+"""The Ray actor around one student rank: it resolves teacher object refs and forwards to `StudentWorker`."""
+
+import socket
+
+import ray
+import torch
+
+from kubedistill.api.job import DistillationJob
+from kubedistill.runtime.student.batch import MicroBatch
+from kubedistill.runtime.student.worker import EvalStats, RankAddress, StepStats, StudentWorker
+from kubedistill.runtime.transfer import from_wire
+
+
+def resolve_hidden(refs: list[ray.ObjectRef | None]) -> list[torch.Tensor | None]:
+    present = [ref for ref in refs if ref is not None]
+    values = iter(ray.get(present))
+    return [None if ref is None else from_wire(next(values)) for ref in refs]
+
+
+class StudentActor:
+    def __init__(self) -> None:
+        if not torch.cuda.is_available():
+            # Ranks share the machine's cores with each other and the teacher: one thread each keeps them
+            # from oversubscribing it (and keeps CPU runs deterministic).
+            torch.set_num_threads(1)
+        self.worker: StudentWorker | None = None
+
+    def rendezvous_address(self) -> tuple[str, int]:
+        """An address of this node and a free port on it, for rank 0 to host the process group."""
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.bind(("", 0))
+            port = probe.getsockname()[1]
+        return ray.util.get_node_ip_address(), port
+
+    def init(self, job: DistillationJob, address: RankAddress, total_steps: int) -> None:
+        self.worker = StudentWorker(job, address, total_steps)
+
+    def train_step(
+        self, micro_batches: list[MicroBatch], teacher_refs: list[ray.ObjectRef | None], normalizer: int
+    ) -> StepStats:
+        return self._worker.train_step(micro_batches, resolve_hidden(teacher_refs), normalizer)
+
+    def evaluate(
+        self, micro_batches: list[MicroBatch], teacher_refs: list[ray.ObjectRef | None], normalizer: int
+    ) -> EvalStats:
+        return self._worker.evaluate(micro_batches, resolve_hidden(teacher_refs), normalizer)
+
+    def save_checkpoint(self, directory: str) -> None:
+        self._worker.save_checkpoint(directory)
+
+    def load_checkpoint(self, directory: str) -> None:
+        self._worker.load_checkpoint(directory)
+
+    def export(self, directory: str) -> None:
+        self._worker.export(directory)
+
+    def close(self) -> None:
+        if self.worker is not None:
+            self.worker.close()
+
+    @property
+    def _worker(self) -> StudentWorker:
+        if self.worker is None:
+            raise RuntimeError("StudentActor.init was not called")
+        return self.worker

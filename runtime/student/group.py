@@ -1,0 +1,74 @@
+"""The student actor group: K FSDP2 ranks behind plain methods; placement decided once, here."""
+
+from dataclasses import dataclass
+
+import ray
+
+from kubedistill.api.job import DistillationJob
+from kubedistill.api.placement import Role
+from kubedistill.runtime.placement import ClusterView, actor_resources
+from kubedistill.runtime.student.actor import StudentActor
+from kubedistill.runtime.student.batch import MicroBatch
+from kubedistill.runtime.student.worker import EvalStats, RankAddress, StepStats
+
+
+@dataclass(frozen=True)
+class RankWork:
+    """One rank's share of a step: its micro-batches and, for each, the teacher's hidden-state ref."""
+
+    micro_batches: list[MicroBatch]
+    teacher_refs: list[ray.ObjectRef | None]
+
+
+class StudentActorGroup:
+    def __init__(self, job: DistillationJob, total_steps: int, cluster: ClusterView) -> None:
+        world_size = job.spec.student.replicas
+        options = actor_resources(Role.STUDENT, 1.0, cluster).ray_options()
+        remote = ray.remote(StudentActor).options(**options)
+        self.actors = [remote.remote() for _ in range(world_size)]
+        master_addr, master_port = ray.get(self.actors[0].rendezvous_address.remote())
+        ray.get(
+            [
+                actor.init.remote(job, RankAddress(rank, world_size, master_addr, master_port), total_steps)
+                for rank, actor in enumerate(self.actors)
+            ]
+        )
+
+    @property
+    def world_size(self) -> int:
+        return len(self.actors)
+
+    def train_step(self, work: list[RankWork], normalizer: int) -> StepStats:
+        """Every rank's reduced statistics are identical; rank 0's are returned."""
+        results = ray.get(
+            [
+                actor.train_step.remote(share.micro_batches, share.teacher_refs, normalizer)
+                for actor, share in zip(self.actors, work, strict=True)
+            ]
+        )
+        return results[0]
+
+    def evaluate(self, work: list[RankWork], normalizer: int) -> EvalStats:
+        results = ray.get(
+            [
+                actor.evaluate.remote(share.micro_batches, share.teacher_refs, normalizer)
+                for actor, share in zip(self.actors, work, strict=True)
+            ]
+        )
+        return results[0]
+
+    def save_checkpoint(self, directory: str) -> None:
+        ray.get([actor.save_checkpoint.remote(directory) for actor in self.actors])
+
+    def load_checkpoint(self, directory: str) -> None:
+        ray.get([actor.load_checkpoint.remote(directory) for actor in self.actors])
+
+    def export(self, directory: str) -> None:
+        ray.get([actor.export.remote(directory) for actor in self.actors])
+
+    def shutdown(self) -> None:
+        try:
+            ray.get([actor.close.remote() for actor in self.actors], timeout=30)
+        finally:
+            for actor in self.actors:
+                ray.kill(actor)

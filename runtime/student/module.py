@@ -1,0 +1,82 @@
+"""The module FSDP2 wraps: the student, the algorithm and the teacher's output head, with the loss computed
+inside `forward`.
+
+Computing the loss inside the root module's forward is what lets it use the student's output head: FSDP2
+unshards the root's parameters (embeddings, final norm, lm_head) only around its forward; outside it they are
+DTensor shards.
+"""
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from kubedistill.runtime.algorithms.base import Algorithm, LossInputs
+from kubedistill.runtime.evaluation import top1_agreements
+from kubedistill.runtime.losses.output import LossOutput
+from kubedistill.runtime.student.batch import MicroBatch
+
+
+@dataclass(frozen=True)
+class ForwardOutput:
+    loss: LossOutput
+    agreements: int
+    """Positions where student and teacher agree on the most likely next token (when measured)."""
+
+
+class DistillationModule(nn.Module):
+    def __init__(self, student: nn.Module, algorithm: Algorithm, teacher_head: torch.Tensor | None) -> None:
+        super().__init__()
+        self.student = student
+        self.algorithm = algorithm
+        # A buffer, not a parameter: FSDP2 shards parameters only, so every rank keeps the whole frozen
+        # head; and not persistent, so checkpoints and exports hold the student alone.
+        self.register_buffer("teacher_head", teacher_head, persistent=False)
+
+    def forward(
+        self,
+        batch: MicroBatch,
+        teacher_hidden: torch.Tensor | None,
+        normalizer: float,
+        measure_agreement: bool = False,
+    ) -> ForwardOutput:
+        hidden = self.student_hidden_states(batch)
+        selected = hidden[batch.rows.to(hidden.device), batch.columns.to(hidden.device)]
+        head = self.output_head()
+        teacher = None if teacher_hidden is None else teacher_hidden.to(selected.device)
+        output = self.algorithm(
+            LossInputs(
+                student_hidden=selected,
+                student_head=head,
+                teacher_hidden=teacher,
+                teacher_head=self.teacher_head,
+                labels=batch.labels.to(selected.device),
+                normalizer=normalizer,
+            )
+        )
+        if batch.num_targets == 0:
+            # A placeholder micro-batch: the zero still has to reach every parameter so that this rank's
+            # backward runs the same FSDP2 reduce-scatters as the ranks with real data.
+            touch = hidden.sum() * 0.0 + head.sum() * 0.0
+            output = LossOutput(output.loss + touch, output.kd_sum, output.ce_sum, output.num_tokens)
+        agreements = 0
+        comparable = (
+            teacher is not None and self.teacher_head is not None and teacher.shape[0] == selected.shape[0]
+        )
+        if measure_agreement and comparable and batch.num_targets:
+            chunk = self.algorithm.context.config.chunk_size
+            agreements = top1_agreements(selected, head, teacher, self.teacher_head, chunk)
+        return ForwardOutput(output, agreements)
+
+    def student_hidden_states(self, batch: MicroBatch) -> torch.Tensor:
+        device = self.output_head().device
+        backbone = self.student.get_decoder() if hasattr(self.student, "get_decoder") else self.student.model
+        outputs = backbone(
+            input_ids=batch.input_ids.to(device),
+            attention_mask=batch.attention_mask.to(device),
+            use_cache=False,
+        )
+        return outputs.last_hidden_state
+
+    def output_head(self) -> torch.Tensor:
+        return self.student.get_output_embeddings().weight

@@ -1,0 +1,229 @@
+"""One student rank: the FSDP2-sharded student, its optimizer and schedule, one train step at a time.
+
+A plain object (the Ray actor around it only resolves object refs), so it runs in tests on gloo without Ray.
+"""
+
+import math
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_state_dict,
+    set_state_dict,
+)
+
+from kubedistill.api.job import DistillationJob
+from kubedistill.api.spec import OnNonFinite
+from kubedistill.runtime.algorithms.base import ALGORITHMS, AlgorithmContext
+from kubedistill.runtime.models import compute_dtype, load_causal_lm, load_lm_head_weight, load_tokenizer
+from kubedistill.runtime.roles import kd_config, teacher_model_path
+from kubedistill.runtime.student.batch import MicroBatch
+from kubedistill.runtime.student.module import DistillationModule
+from kubedistill.runtime.student.parallelize import apply_fsdp, device_mesh
+from kubedistill.runtime.student.schedule import lr_factor
+
+
+class NonFiniteLoss(RuntimeError):
+    """The loss or the gradient norm was NaN or infinite and spec.training.onNonFinite is fail."""
+
+
+@dataclass(frozen=True)
+class StepStats:
+    kd_sum: float
+    ce_sum: float
+    num_targets: int
+    num_tokens: int
+    grad_norm: float
+    learning_rate: float
+    skipped: bool
+
+
+@dataclass(frozen=True)
+class EvalStats:
+    kd_sum: float
+    ce_sum: float
+    num_targets: int
+    agreements: int
+
+
+@dataclass(frozen=True)
+class RankAddress:
+    rank: int
+    world_size: int
+    master_addr: str
+    master_port: int
+
+
+class StudentWorker:
+    def __init__(self, job: DistillationJob, address: RankAddress, total_steps: int) -> None:
+        self.job = job
+        self.address = address
+        self.total_steps = total_steps
+        spec = job.spec
+        use_cuda = torch.cuda.is_available()
+        self.device = torch.device("cuda", torch.cuda.current_device()) if use_cuda else torch.device("cpu")
+        dist.init_process_group(
+            backend="nccl" if use_cuda else "gloo",
+            init_method=f"tcp://{address.master_addr}:{address.master_port}",
+            rank=address.rank,
+            world_size=address.world_size,
+        )
+        torch.manual_seed(spec.training.seed)
+        dtype = compute_dtype(spec.training.precision)
+        self.tokenizer = load_tokenizer(spec.student.tokenizer or spec.student.model)
+        student = load_causal_lm(spec.student.model, torch.float32)
+        if spec.student.gradient_checkpointing:
+            student.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        teacher_path = teacher_model_path(job)
+        teacher_head = (
+            None if teacher_path is None else load_lm_head_weight(teacher_path, dtype).to(self.device)
+        )
+        algorithm = ALGORITHMS.get(spec.distillation.algorithm)(
+            AlgorithmContext(
+                config=kd_config(job),
+                student_hidden_size=int(student.config.hidden_size),
+                teacher_hidden_size=None if teacher_head is None else int(teacher_head.shape[1]),
+            )
+        )
+        self.module = DistillationModule(student, algorithm, teacher_head).to(self.device)
+        mesh = device_mesh(self.device.type, address.world_size, spec.student.fsdp_shard_size)
+        apply_fsdp(self.module, student, mesh, param_dtype=dtype, cpu_offload=spec.student.cpu_offload)
+        training = spec.training
+        self.optimizer = torch.optim.AdamW(
+            [p for p in self.module.parameters() if p.requires_grad],
+            lr=training.learning_rate,
+            betas=(training.adam_betas[0], training.adam_betas[1]),
+            weight_decay=training.weight_decay,
+        )
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda step: lr_factor(step, training, total_steps)
+        )
+
+    # -- training -------------------------------------------------------------------------------------------
+
+    def train_step(
+        self, micro_batches: list[MicroBatch], teacher_hidden: list[torch.Tensor | None], normalizer: int
+    ) -> StepStats:
+        self.module.train()
+        sums = torch.zeros(4, dtype=torch.float64)
+        # FSDP2 averages gradients over ranks, while the loss is already normalised by the global batch's
+        # token count: scaling by the world size makes the reduced gradient the global batch's.
+        scale = float(self.address.world_size)
+        for batch, hidden in zip(micro_batches, teacher_hidden, strict=True):
+            output = self.module(batch, hidden, float(normalizer)).loss
+            (output.loss * scale).backward()
+            sums += torch.tensor(
+                [output.kd_sum.item(), output.ce_sum.item(), output.num_tokens, batch.num_tokens],
+                dtype=torch.float64,
+            )
+        dist.all_reduce(sums)
+        grad_norm = _full(
+            torch.nn.utils.clip_grad_norm_(self.module.parameters(), self.job.spec.training.max_grad_norm)
+        )
+        learning_rate = self.scheduler.get_last_lr()[0]
+        finite = math.isfinite(grad_norm) and bool(torch.isfinite(sums).all())
+        if not finite and self.job.spec.training.on_non_finite == OnNonFinite.FAIL:
+            self.optimizer.zero_grad(set_to_none=True)
+            raise NonFiniteLoss(
+                f"non-finite loss or gradient (grad norm {grad_norm}); spec.training.onNonFinite is fail"
+            )
+        if finite:
+            self.optimizer.step()
+            self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return StepStats(
+            kd_sum=float(sums[0]),
+            ce_sum=float(sums[1]),
+            num_targets=int(sums[2]),
+            num_tokens=int(sums[3]),
+            grad_norm=grad_norm,
+            learning_rate=learning_rate,
+            skipped=not finite,
+        )
+
+    @torch.no_grad()
+    def evaluate(
+        self, micro_batches: list[MicroBatch], teacher_hidden: list[torch.Tensor | None], normalizer: int
+    ) -> EvalStats:
+        self.module.eval()
+        sums = torch.zeros(4, dtype=torch.float64)
+        for batch, hidden in zip(micro_batches, teacher_hidden, strict=True):
+            output = self.module(batch, hidden, float(normalizer), measure_agreement=True)
+            loss = output.loss
+            sums += torch.tensor(
+                [loss.kd_sum.item(), loss.ce_sum.item(), loss.num_tokens, output.agreements],
+                dtype=torch.float64,
+            )
+        dist.all_reduce(sums)
+        return EvalStats(
+            kd_sum=float(sums[0]), ce_sum=float(sums[1]), num_targets=int(sums[2]), agreements=int(sums[3])
+        )
+
+    # -- checkpoints ----------------------------------------------------------------------------------------
+
+    def save_checkpoint(self, directory: str) -> None:
+        """Write this rank's shards (DCP) and its RNG and schedule state into `directory` (collective)."""
+        model_state, optimizer_state = get_state_dict(self.module, self.optimizer)
+        dcp.save({"model": model_state, "optimizer": optimizer_state}, checkpoint_id=directory)
+        torch.save(
+            {"scheduler": self.scheduler.state_dict(), "rng": _rng_state()},
+            Path(directory) / f"rank-{self.address.rank}.pt",
+        )
+        dist.barrier()
+
+    def load_checkpoint(self, directory: str) -> None:
+        model_state, optimizer_state = get_state_dict(self.module, self.optimizer)
+        state = {"model": model_state, "optimizer": optimizer_state}
+        dcp.load(state, checkpoint_id=directory)
+        set_state_dict(
+            self.module, self.optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"]
+        )
+        extra = torch.load(Path(directory) / f"rank-{self.address.rank}.pt", weights_only=False)
+        self.scheduler.load_state_dict(extra["scheduler"])
+        _set_rng_state(extra["rng"])
+        dist.barrier()
+
+    def export(self, directory: str) -> None:
+        """Gather the full student on rank 0 and save it with its tokenizer (safetensors) (collective)."""
+        state = get_model_state_dict(
+            self.module, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+        )
+        if self.address.rank == 0:
+            prefix = "student."
+            student_state = {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
+            self.module.student.save_pretrained(directory, state_dict=student_state)
+            self.tokenizer.save_pretrained(directory)
+        dist.barrier()
+
+    def close(self) -> None:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _full(value: torch.Tensor) -> float:
+    # clip_grad_norm_ over DTensor gradients returns a DTensor.
+    return float(value.full_tensor() if hasattr(value, "full_tensor") else value)
+
+
+def _rng_state() -> dict:
+    return {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+    }
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    if state["cuda"] is not None:
+        torch.cuda.set_rng_state_all(state["cuda"])

@@ -1,0 +1,50 @@
+"""The teacher actor group: N engines; micro-batches go to them by a greedy token-balanced rule."""
+
+import ray
+
+from kubedistill.api.job import DistillationJob
+from kubedistill.api.placement import Role
+from kubedistill.api.spec import Backend
+from kubedistill.runtime.data.batching import balance
+from kubedistill.runtime.placement import ClusterView, actor_resources
+from kubedistill.runtime.roles import teacher_spec
+from kubedistill.runtime.teacher.actor import TeacherActor
+from kubedistill.runtime.teacher.backend import TeacherBatch
+from kubedistill.runtime.teacher.factory import resolve_backend
+
+
+class TeacherActorGroup:
+    def __init__(self, job: DistillationJob, cluster: ClusterView) -> None:
+        spec = teacher_spec(job)
+        engine_gpus = 1.0
+        if resolve_backend(spec.backend) == Backend.SGLANG:
+            engine_gpus = spec.gpus_per_replica / spec.nodes_per_replica
+        options = actor_resources(Role.TEACHER, engine_gpus, cluster).ray_options()
+        remote = ray.remote(TeacherActor).options(**options)
+        self.actors = [remote.remote(job) for _ in range(spec.replicas)]
+        self.hidden_size: int = ray.get(self.actors[0].hidden_size.remote())
+
+    def hidden_states_refs(self, batches: list[TeacherBatch]) -> list[ray.ObjectRef]:
+        """One object ref per batch, in order; the longest go first, each to the least-loaded engine."""
+        refs: list[ray.ObjectRef | None] = [None] * len(batches)
+        assignment = balance([batch.num_tokens for batch in batches], len(self.actors))
+        for actor, indices in zip(self.actors, assignment, strict=True):
+            for index in indices:
+                refs[index] = actor.hidden_states.remote(batches[index])
+        return refs  # type: ignore[return-value]
+
+    def update_weights(self, named_tensors: list[tuple[str, object]]) -> None:
+        ray.get([actor.update_weights.remote(named_tensors) for actor in self.actors])
+
+    def sleep(self) -> None:
+        ray.get([actor.sleep.remote() for actor in self.actors])
+
+    def wake(self) -> None:
+        ray.get([actor.wake.remote() for actor in self.actors])
+
+    def shutdown(self) -> None:
+        try:
+            ray.get([actor.close.remote() for actor in self.actors], timeout=30)
+        finally:
+            for actor in self.actors:
+                ray.kill(actor)
