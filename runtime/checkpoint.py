@@ -1,0 +1,81 @@
+"""Checkpoint directories on the driver's side: atomic commits, retention, and finding where to resume.
+
+A checkpoint is written into `step-NNNNNNNN.tmp/` (every student rank's DCP shards and RNG state, then the
+trainer's own state as `trainer.json`) and only then renamed to `step-NNNNNNNN/`. A rename is atomic on a
+POSIX file system, so a crash at any point leaves either the previous checkpoint or the new one complete,
+never a half-written one that looks complete. Leftover `.tmp` directories are ignored and cleaned up.
+"""
+
+import json
+import re
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+TRAINER_STATE = "trainer.json"
+_COMMITTED = re.compile(r"^step-(\d{8})$")
+
+
+@dataclass(frozen=True)
+class TrainerState:
+    """Where the trainer stands: enough to continue exactly where it stopped."""
+
+    step: int
+    """Optimizer steps done."""
+    epoch: int
+    """Epoch of the next batch."""
+    batch_in_epoch: int
+    """Index of the next batch within that epoch."""
+    bad_records: int = 0
+    skipped_steps: int = 0
+    history: list[dict] = field(default_factory=list)
+    """The logged metrics so far, so the loss curve and summary of a resumed job cover the whole run."""
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    path: Path
+    state: TrainerState
+
+
+class CheckpointDirectory:
+    def __init__(self, root: Path, keep: int) -> None:
+        self.root = root
+        self.keep = keep
+
+    def staging(self, step: int) -> Path:
+        """A fresh directory for the ranks to write step `step` into."""
+        path = self.root / f"step-{step:08d}.tmp"
+        if path.exists():
+            shutil.rmtree(path)
+        path.mkdir(parents=True)
+        return path
+
+    def commit(self, staging: Path, state: TrainerState) -> Path:
+        (staging / TRAINER_STATE).write_text(json.dumps(asdict(state)), encoding="utf-8")
+        final = staging.with_name(staging.name.removesuffix(".tmp"))
+        if final.exists():
+            shutil.rmtree(final)
+        staging.rename(final)
+        self._retain()
+        return final
+
+    def latest(self) -> Checkpoint | None:
+        """The newest complete checkpoint; stale staging directories are removed on the way."""
+        if not self.root.is_dir():
+            return None
+        for stale in self.root.glob("step-*.tmp"):
+            shutil.rmtree(stale, ignore_errors=True)
+        committed = self._committed()
+        for path in reversed(committed):
+            state_file = path / TRAINER_STATE
+            if state_file.is_file():
+                return Checkpoint(path, TrainerState(**json.loads(state_file.read_text(encoding="utf-8"))))
+        return None
+
+    def _committed(self) -> list[Path]:
+        return sorted(p for p in self.root.iterdir() if p.is_dir() and _COMMITTED.match(p.name))
+
+    def _retain(self) -> None:
+        for old in self._committed()[: -self.keep]:
+            shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,88 @@
+"""The demo's task: short chats a tiny model learns in a minute, with answers that are partly random.
+
+Some answers are fixed (what an animal says, counting), others are drawn from a distribution that depends on
+the question (the colour of a fruit, what an animal likes). One sampled answer per record is all that
+supervised fine-tuning sees; a teacher that has learnt the distribution passes all of it on through its
+logits. That is the dark knowledge distillation transfers, and it shows in the student's eval loss.
+"""
+
+import json
+import random
+from pathlib import Path
+
+FRUIT_COLOURS = {
+    "apple": {"red": 0.6, "green": 0.3, "yellow": 0.1},
+    "banana": {"yellow": 0.85, "green": 0.15},
+    "grape": {"purple": 0.5, "green": 0.4, "red": 0.1},
+    "pear": {"green": 0.7, "yellow": 0.3},
+    "plum": {"purple": 0.8, "red": 0.2},
+    "lemon": {"yellow": 0.95, "green": 0.05},
+    "cherry": {"red": 0.9, "black": 0.1},
+    "melon": {"green": 0.5, "orange": 0.3, "yellow": 0.2},
+}
+ANIMAL_SOUNDS = {
+    "cow": "moo",
+    "dog": "woof",
+    "cat": "meow",
+    "duck": "quack",
+    "sheep": "baa",
+    "owl": "hoot",
+    "frog": "croak",
+    "horse": "neigh",
+}
+ANIMAL_LIKES = {
+    "cow": {"grass": 0.7, "hay": 0.3},
+    "dog": {"bones": 0.5, "walks": 0.3, "balls": 0.2},
+    "cat": {"fish": 0.5, "naps": 0.4, "milk": 0.1},
+    "duck": {"ponds": 0.6, "bread": 0.4},
+    "sheep": {"grass": 0.8, "hay": 0.2},
+    "owl": {"mice": 0.7, "nights": 0.3},
+    "frog": {"flies": 0.8, "ponds": 0.2},
+    "horse": {"hay": 0.5, "apples": 0.3, "carrots": 0.2},
+}
+ADJECTIVES = ("small", "big", "happy", "sleepy", "quick", "old", "young", "brave")
+NUMBERS = ("one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve")
+
+
+def _draw(rng: random.Random, weights: dict[str, float]) -> str:
+    return rng.choices(list(weights), weights=list(weights.values()))[0]
+
+
+def _exchange(rng: random.Random) -> tuple[str, str]:
+    kind = rng.randrange(4)
+    if kind == 0:
+        fruit = rng.choice(list(FRUIT_COLOURS))
+        return f"What color is the {fruit}?", f"The {fruit} is {_draw(rng, FRUIT_COLOURS[fruit])}."
+    if kind == 1:
+        animal = rng.choice(list(ANIMAL_SOUNDS))
+        return f"What does the {animal} say?", f"The {animal} says {ANIMAL_SOUNDS[animal]}."
+    if kind == 2:
+        start = rng.randrange(len(NUMBERS) - 5)
+        stop = start + rng.randint(2, 4)
+        return (
+            f"Count from {NUMBERS[start]} to {NUMBERS[stop]}.",
+            " ".join(NUMBERS[start : stop + 1]) + ".",
+        )
+    animal = rng.choice(list(ANIMAL_LIKES))
+    adjective = rng.choice(ADJECTIVES)
+    return (
+        f"Tell me about a {adjective} {animal}.",
+        f"The {adjective} {animal} likes {_draw(rng, ANIMAL_LIKES[animal])}.",
+    )
+
+
+def chat_records(count: int, seed: int) -> list[dict]:
+    rng = random.Random(seed)
+    records = []
+    for _ in range(count):
+        question, answer = _exchange(rng)
+        records.append(
+            {"messages": [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]}
+        )
+    return records
+
+
+def write_jsonl(path: Path, records: list[dict]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(record) + "\n" for record in records), encoding="utf-8")
+    return path

@@ -1,0 +1,64 @@
+"""The trainer's Prometheus metrics, served by the driver on the Ray head (the operator reads them).
+
+Names, kinds and help texts come from `kubedistill.api.telemetry`, the contract with the operator; the only
+labels are the job's namespace and name.
+"""
+
+import os
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from kubedistill.api import telemetry
+from kubedistill.api.telemetry import Kind, Metric
+
+STEP_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300)
+
+
+class TrainerMetrics:
+    def __init__(self, namespace: str, job: str) -> None:
+        self.registry = CollectorRegistry()
+        self._labels = {"namespace": namespace, "job": job}
+        self._metrics: dict[str, Gauge | Counter | Histogram] = {}
+        self.port: int | None = None
+        """The port /metrics is served on, once `serve` ran."""
+        for metric in telemetry.ALL:
+            self._metrics[metric.name] = self._create(metric)
+
+    def _create(self, metric: Metric) -> Gauge | Counter | Histogram:
+        # prometheus_client appends `_total` to counters itself.
+        name = metric.name.removesuffix("_total") if metric.kind == Kind.COUNTER else metric.name
+        labels = list(telemetry.LABELS)
+        if metric.kind == Kind.GAUGE:
+            return Gauge(name, metric.help, labels, registry=self.registry)
+        if metric.kind == Kind.COUNTER:
+            return Counter(name, metric.help, labels, registry=self.registry)
+        return Histogram(name, metric.help, labels, buckets=STEP_BUCKETS, registry=self.registry)
+
+    def set(self, metric: Metric, value: float) -> None:
+        self._child(metric).set(value)
+
+    def add(self, metric: Metric, amount: float) -> None:
+        if amount:
+            self._child(metric).inc(amount)
+
+    def observe(self, metric: Metric, value: float) -> None:
+        self._child(metric).observe(value)
+
+    def _child(self, metric: Metric):
+        return self._metrics[metric.name].labels(**self._labels)
+
+    def serve(self, port: int | None = None) -> int:
+        """Serve /metrics over HTTP; port from KUBEDISTILL_METRICS_PORT (0 picks a free one). Returns it."""
+        if port is None:
+            port = int(os.environ.get(telemetry.METRICS_PORT_ENV, telemetry.DEFAULT_METRICS_PORT))
+        server, _ = start_http_server(port, registry=self.registry)
+        self._server = server
+        self.port = int(server.server_port)
+        return self.port
+
+    def close(self) -> None:
+        server = getattr(self, "_server", None)
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+            self._server = None

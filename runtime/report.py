@@ -1,0 +1,91 @@
+"""What a run leaves for people: a progress bar while it runs, then `metrics.jsonl`, a loss-curve PNG and a
+summary table in the output directory."""
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+from tqdm import tqdm
+
+METRICS_FILE = "metrics.jsonl"
+LOSS_PLOT = "loss.png"
+SUMMARY_FILE = "summary.json"
+
+
+class Progress:
+    def __init__(self, total_steps: int, initial_step: int, description: str, enabled: bool = True) -> None:
+        self._bar = tqdm(
+            total=total_steps,
+            initial=initial_step,
+            desc=description,
+            unit="step",
+            disable=not enabled,
+            leave=True,
+        )
+
+    def update(self, record: dict) -> None:
+        self._bar.set_postfix(
+            loss=f"{record['loss']:.4f}",
+            step_s=f"{record['step_seconds']:.2f}",
+            tok_s=f"{record['tokens_per_second']:.0f}",
+            refresh=False,
+        )
+        self._bar.update(1)
+
+    def close(self) -> None:
+        self._bar.close()
+
+
+def write_metrics(directory: Path, history: Sequence[dict]) -> Path:
+    path = directory / METRICS_FILE
+    with path.open("w", encoding="utf-8") as stream:
+        for record in history:
+            stream.write(json.dumps(record) + "\n")
+    return path
+
+
+def plot_losses(directory: Path, history: Sequence[dict], title: str) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train = [r for r in history if r.get("kind") == "train"]
+    evals = [r for r in history if r.get("kind") == "eval"]
+    figure, axis = plt.subplots(figsize=(7, 4), dpi=120)
+    steps = [r["step"] for r in train]
+    axis.plot(steps, [r["loss"] for r in train], label="loss", linewidth=1.2)
+    if any(r["kd_loss"] for r in train):
+        axis.plot(steps, [r["kd_loss"] for r in train], label="kd loss", linewidth=1.0, alpha=0.8)
+    axis.plot(steps, [r["ce_loss"] for r in train], label="ce loss", linewidth=1.0, alpha=0.8)
+    if evals:
+        axis.plot([r["step"] for r in evals], [r["eval_ce_loss"] for r in evals], "o--", label="eval ce loss")
+    axis.set_xlabel("step")
+    axis.set_ylabel("loss (per target token)")
+    axis.set_title(title)
+    axis.grid(alpha=0.3)
+    axis.legend()
+    figure.tight_layout()
+    path = directory / LOSS_PLOT
+    figure.savefig(path)
+    plt.close(figure)
+    return path
+
+
+def write_summary(directory: Path, summary: dict) -> Path:
+    path = directory / SUMMARY_FILE
+    path.write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    return path
+
+
+def print_summary(summary: dict, console: Console | None = None) -> None:
+    table = Table(title=f"KubeDistill run: {summary['job']}", show_header=True)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in summary.items():
+        if key == "job" or isinstance(value, (dict, list)):
+            continue
+        table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
+    (console or Console()).print(table)

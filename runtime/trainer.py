@@ -1,0 +1,403 @@
+"""The single controller on the Ray driver: it owns the data and the loop, and moves data between the groups.
+
+One step reads top to bottom like the algorithm: take a global batch, cut it into micro-batches per student
+rank, get the teacher's hidden states for them (object refs, straight from the teacher actors to the
+student ranks), run the student step, log. The teacher's work for the next step is dispatched before the
+student step of this one is awaited, so teacher inference overlaps student training (KDFlow runs them one
+after the other) — unless they share GPUs (colocation), where they must take turns.
+"""
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import ray
+
+from kubedistill.api import telemetry
+from kubedistill.api.job import DistillationJob
+from kubedistill.runtime.checkpoint import CheckpointDirectory, TrainerState
+from kubedistill.runtime.data.batching import global_batches, shard_micro_batches, steps_per_epoch
+from kubedistill.runtime.data.errors import BadRecord
+from kubedistill.runtime.data.load import load_samples
+from kubedistill.runtime.data.sample import Sample
+from kubedistill.runtime.metrics import TrainerMetrics
+from kubedistill.runtime.models import compute_dtype, load_tokenizer
+from kubedistill.runtime.placement import ClusterView
+from kubedistill.runtime.report import Progress, plot_losses, print_summary, write_metrics, write_summary
+from kubedistill.runtime.roles import has_teacher, kd_config, teacher_spec
+from kubedistill.runtime.student.batch import MicroBatch
+from kubedistill.runtime.student.group import RankWork, StudentActorGroup
+from kubedistill.runtime.student.worker import EvalStats, StepStats
+from kubedistill.runtime.teacher.backend import TeacherBatch
+from kubedistill.runtime.teacher.group import TeacherActorGroup
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    output_dir: Path
+    stop_after_steps: int | None = None
+    """Stop once this many steps are done (the schedule still follows the spec, so a later run resumes)."""
+    metrics_port: int | None = None
+    """Port of /metrics; None reads KUBEDISTILL_METRICS_PORT (default 8080), 0 picks a free port."""
+    namespace: str = "local"
+    progress: bool = True
+    print_summary: bool = True
+
+
+@dataclass
+class StepPlan:
+    """One global batch laid out for the ranks, with the teacher's work already dispatched."""
+
+    work: list[RankWork]
+    normalizer: int
+    teacher_positions: int
+    dispatched_at: float
+
+
+@dataclass
+class RunResult:
+    summary: dict
+    history: list[dict] = field(default_factory=list)
+
+
+class Trainer:
+    def __init__(self, job: DistillationJob, options: RunOptions) -> None:
+        self.job = job
+        self.options = options
+        self.spec = job.spec
+        self.kd = kd_config(job)
+        self.tokenizer = load_tokenizer(self.spec.student.tokenizer or self.spec.student.model)
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        self.train, bad_train = self._load(self.spec.data.train, "spec.data.train")
+        self.eval: list[Sample] = []
+        bad_eval: list[BadRecord] = []
+        if self.spec.data.eval is not None:
+            self.eval, bad_eval = self._load(self.spec.data.eval, "spec.data.eval")
+        self.bad_records = bad_train + bad_eval
+        for bad in self.bad_records:
+            log.warning("skipped bad record %s", bad)
+        self.steps_per_epoch = steps_per_epoch(len(self.train), self.spec.training.global_batch_size)
+        self.total_steps = self.steps_per_epoch * self.spec.training.epochs
+        if self.spec.training.max_steps is not None:
+            self.total_steps = min(self.total_steps, self.spec.training.max_steps)
+        self.checkpoints = (
+            CheckpointDirectory(Path(self.spec.checkpoint.path), self.spec.checkpoint.keep)
+            if self.spec.checkpoint.path
+            else None
+        )
+        self.metrics = TrainerMetrics(options.namespace, job.name)
+        self.teacher: TeacherActorGroup | None = None
+        self.students: StudentActorGroup | None = None
+        self._batches: list[list[int]] = []
+        self._batches_epoch = -1
+
+    def _load(self, source, field_path: str) -> tuple[list[Sample], list[BadRecord]]:
+        teacher_tokenizer = None
+        teacher = teacher_spec(self.job) if has_teacher(self.job) else None
+        if teacher is not None and source.teacher_input_key and (teacher.tokenizer or teacher.model):
+            teacher_tokenizer = load_tokenizer(teacher.tokenizer or teacher.model)
+        loaded = load_samples(
+            source,
+            self.spec.data,
+            self.tokenizer,
+            mode=self.spec.mode,
+            teacher_tokenizer=teacher_tokenizer,
+            field=field_path,
+        )
+        return loaded.samples, loaded.bad_records
+
+    # -- the run --------------------------------------------------------------------------------------------
+
+    def run(self) -> RunResult:
+        self.options.output_dir.mkdir(parents=True, exist_ok=True)
+        self._serve_metrics()
+        try:
+            self._start_groups()
+            state = self._resume()
+            state = self._train(state)
+            state = self._final_evaluation(state)
+            self._export()
+            return self._finish(state)
+        finally:
+            self.shutdown()
+
+    def evaluate_only(self) -> dict:
+        """Evaluate the student (as it is on disk) against the teacher on data.eval, without training."""
+        self._start_groups()
+        try:
+            return self._eval_record(self._evaluate(), step=0)
+        finally:
+            self.shutdown()
+
+    def _train(self, state: TrainerState) -> TrainerState:
+        stop = self.total_steps
+        if self.options.stop_after_steps is not None:
+            stop = min(stop, self.options.stop_after_steps)
+        progress = Progress(self.total_steps, state.step, self.job.name, self.options.progress)
+        plan = self._plan(state) if state.step < stop else None
+        try:
+            while plan is not None:
+                started = time.perf_counter()
+                teacher_seconds = self._await_teacher(plan)
+                following = self._advance(state)
+                # Dispatch the next step's teacher work before this step's student work is awaited.
+                next_plan = self._plan(following) if following.step < stop and self._may_prefetch() else None
+                stats = self.students.train_step(plan.work, plan.normalizer)
+                if next_plan is None and following.step < stop:
+                    next_plan = self._plan(following)
+                record = self._train_record(following.step, state.epoch, stats, time.perf_counter() - started)
+                record["teacher_seconds"] = teacher_seconds
+                record["transfer_bytes"] = self._transfer_bytes(plan)
+                state = replace(
+                    following,
+                    skipped_steps=state.skipped_steps + int(stats.skipped),
+                    history=[*state.history, record],
+                )
+                self._publish(record, plan, stats)
+                progress.update(record)
+                state = self._after_step(state)
+                plan = next_plan
+        finally:
+            progress.close()
+        return state
+
+    def _after_step(self, state: TrainerState) -> TrainerState:
+        every = self.spec.training.eval_every_steps
+        if every and self.eval and state.step % every == 0 and state.step < self.total_steps:
+            state = replace(state, history=[*state.history, self._eval_record(self._evaluate(), state.step)])
+        if self.checkpoints and state.step % self.spec.checkpoint.every_steps == 0:
+            self._save(state)
+        return state
+
+    # -- one step -------------------------------------------------------------------------------------------
+
+    def _plan(self, state: TrainerState) -> StepPlan:
+        indices = self._epoch_batches(state.epoch)[state.batch_in_epoch]
+        samples = [self.train[i] for i in indices]
+        training = self.spec.training
+        shards = shard_micro_batches(
+            samples, self.students.world_size, training.micro_batch_size, training.max_tokens_per_device
+        )
+        return self._lay_out(shards)
+
+    def _epoch_batches(self, epoch: int) -> list[list[int]]:
+        if self._batches_epoch != epoch:
+            training = self.spec.training
+            self._batches = global_batches(len(self.train), training.global_batch_size, training.seed, epoch)
+            self._batches_epoch = epoch
+        return self._batches
+
+    def _lay_out(self, shards: list[list[list[Sample]]]) -> StepPlan:
+        """Micro-batches per rank, with the teacher's hidden states for each already requested."""
+        normalizer = sum(sample.num_targets for batches in shards for batch in batches for sample in batch)
+        flat = [
+            (rank, index, batch) for rank, batches in enumerate(shards) for index, batch in enumerate(batches)
+        ]
+        refs: dict[tuple[int, int], ray.ObjectRef] = {}
+        positions = 0
+        if self.teacher is not None:
+            requests = [(rank, index, teacher_batch(batch)) for rank, index, batch in flat if batch]
+            for (rank, index, request), ref in zip(
+                requests, self.teacher.hidden_states_refs([r for _, _, r in requests]), strict=True
+            ):
+                refs[(rank, index)] = ref
+                positions += request.num_positions
+        work = [
+            RankWork(
+                micro_batches=[MicroBatch.from_samples(batch, self.pad_id) for batch in batches],
+                teacher_refs=[refs.get((rank, index)) for index in range(len(batches))],
+            )
+            for rank, batches in enumerate(shards)
+        ]
+        return StepPlan(work, max(normalizer, 1), positions, time.perf_counter())
+
+    def _await_teacher(self, plan: StepPlan) -> float:
+        refs = [ref for share in plan.work for ref in share.teacher_refs if ref is not None]
+        started = time.perf_counter()
+        if refs:
+            ray.wait(refs, num_returns=len(refs), fetch_local=False)
+        return time.perf_counter() - started
+
+    def _transfer_bytes(self, plan: StepPlan) -> int:
+        """Bytes of teacher hidden states this step moved to the students (nothing else crosses)."""
+        if self.teacher is None:
+            return 0
+        return (
+            plan.teacher_positions
+            * self.teacher.hidden_size
+            * compute_dtype(self.spec.training.precision).itemsize
+        )
+
+    def _may_prefetch(self) -> bool:
+        return not self.spec.cluster.colocate
+
+    def _advance(self, state: TrainerState) -> TrainerState:
+        batch = state.batch_in_epoch + 1
+        epoch = state.epoch
+        if batch == self.steps_per_epoch:
+            epoch, batch = epoch + 1, 0
+        return replace(state, step=state.step + 1, epoch=epoch, batch_in_epoch=batch)
+
+    def _train_record(self, step: int, epoch: int, stats: StepStats, seconds: float) -> dict:
+        targets = max(stats.num_targets, 1)
+        kd_loss = stats.kd_sum / targets
+        ce_loss = stats.ce_sum / targets
+        return {
+            "kind": "train",
+            "step": step,
+            "epoch": epoch,
+            "loss": (1.0 - self.kd.kd_ratio) * ce_loss + self.kd.kd_ratio * kd_loss,
+            "kd_loss": kd_loss,
+            "ce_loss": ce_loss,
+            "grad_norm": stats.grad_norm,
+            "learning_rate": stats.learning_rate,
+            "tokens": stats.num_tokens,
+            "targets": stats.num_targets,
+            "step_seconds": seconds,
+            "tokens_per_second": stats.num_tokens / seconds if seconds > 0 else 0.0,
+            "skipped": stats.skipped,
+        }
+
+    def _publish(self, record: dict, plan: StepPlan, stats: StepStats) -> None:
+        m = self.metrics
+        m.set(telemetry.STEP, record["step"])
+        m.set(telemetry.TOTAL_STEPS, self.total_steps)
+        m.set(telemetry.EPOCH, record["epoch"])
+        m.set(telemetry.LOSS, record["loss"])
+        m.set(telemetry.KD_LOSS, record["kd_loss"])
+        m.set(telemetry.CE_LOSS, record["ce_loss"])
+        m.observe(telemetry.STEP_SECONDS, record["step_seconds"])
+        m.set(telemetry.LAST_STEP_SECONDS, record["step_seconds"])
+        m.set(telemetry.TOKENS_PER_SECOND, record["tokens_per_second"])
+        m.observe(telemetry.TEACHER_SECONDS, record["teacher_seconds"])
+        m.add(telemetry.TRANSFER_BYTES, record["transfer_bytes"])
+        m.set(telemetry.LEARNING_RATE, record["learning_rate"])
+        if math.isfinite(stats.grad_norm):
+            m.set(telemetry.GRAD_NORM, stats.grad_norm)
+        m.add(telemetry.SKIPPED_STEPS, int(stats.skipped))
+
+    # -- evaluation -----------------------------------------------------------------------------------------
+
+    def _evaluate(self) -> EvalStats:
+        ranks = self.students.world_size
+        size = self.spec.training.micro_batch_size
+        shares = [self.eval[rank::ranks] for rank in range(ranks)]
+        depth = max(math.ceil(len(share) / size) for share in shares)
+        # Every rank runs the same number of micro-batches (FSDP2 collectives); short ranks get empty ones.
+        shards = [[share[i * size : (i + 1) * size] for i in range(depth)] for share in shares]
+        plan = self._lay_out(shards)
+        return self.students.evaluate(plan.work, plan.normalizer)
+
+    def _eval_record(self, stats: EvalStats, step: int) -> dict:
+        targets = max(stats.num_targets, 1)
+        record = {
+            "kind": "eval",
+            "step": step,
+            "eval_ce_loss": stats.ce_sum / targets,
+            "eval_kd_divergence": stats.kd_sum / targets if has_teacher(self.job) else None,
+            "eval_teacher_agreement": stats.agreements / targets if has_teacher(self.job) else None,
+            "eval_tokens": stats.num_targets,
+        }
+        self.metrics.set(telemetry.EVAL_LOSS, record["eval_ce_loss"])
+        if has_teacher(self.job):
+            self.metrics.set(telemetry.EVAL_KD_DIVERGENCE, record["eval_kd_divergence"])
+            self.metrics.set(telemetry.EVAL_TEACHER_AGREEMENT, record["eval_teacher_agreement"])
+        log.info("eval at step %d: %s", step, record)
+        return record
+
+    def _final_evaluation(self, state: TrainerState) -> TrainerState:
+        if not self.eval:
+            return state
+        return replace(state, history=[*state.history, self._eval_record(self._evaluate(), state.step)])
+
+    # -- groups, checkpoints, export ------------------------------------------------------------------------
+
+    def _start_groups(self) -> None:
+        cluster = ClusterView.current()
+        if has_teacher(self.job):
+            self.teacher = TeacherActorGroup(self.job, cluster)
+        self.students = StudentActorGroup(self.job, self.total_steps, cluster)
+
+    def _resume(self) -> TrainerState:
+        fresh = TrainerState(step=0, epoch=0, batch_in_epoch=0, bad_records=len(self.bad_records))
+        self.metrics.set(telemetry.TOTAL_STEPS, self.total_steps)
+        self.metrics.add(telemetry.BAD_RECORDS, len(self.bad_records))
+        latest = self.checkpoints.latest() if self.checkpoints else None
+        if latest is None:
+            return fresh
+        log.info("resuming from %s (step %d)", latest.path, latest.state.step)
+        self.students.load_checkpoint(str(latest.path))
+        self.metrics.set(telemetry.STEP, latest.state.step)
+        self.metrics.set(telemetry.LAST_CHECKPOINT_STEP, latest.state.step)
+        return replace(latest.state, bad_records=len(self.bad_records))
+
+    def _save(self, state: TrainerState) -> None:
+        staging = self.checkpoints.staging(state.step)
+        self.students.save_checkpoint(str(staging))
+        self.checkpoints.commit(staging, state)
+        self.metrics.set(telemetry.LAST_CHECKPOINT_STEP, state.step)
+
+    def _export(self) -> None:
+        self.students.export(str(self.options.output_dir))
+
+    def _finish(self, state: TrainerState) -> RunResult:
+        if self.checkpoints and (not state.history or state.step % self.spec.checkpoint.every_steps):
+            self._save(state)
+        history = state.history
+        out = self.options.output_dir
+        write_metrics(out, history)
+        trains = [r for r in history if r["kind"] == "train"]
+        evals = [r for r in history if r["kind"] == "eval"]
+        summary: dict = {
+            "job": self.job.name,
+            "mode": str(self.spec.mode),
+            "steps": state.step,
+            "total_steps": self.total_steps,
+            "final_loss": trains[-1]["loss"] if trains else None,
+            "mean_step_seconds": sum(r["step_seconds"] for r in trains) / len(trains) if trains else None,
+            "mean_tokens_per_second": sum(r["tokens_per_second"] for r in trains) / len(trains)
+            if trains
+            else None,
+            "transfer_bytes": sum(r.get("transfer_bytes", 0) for r in trains),
+            "skipped_steps": state.skipped_steps,
+            "bad_records": len(self.bad_records),
+            "bad_record_sources": [str(bad) for bad in self.bad_records[:20]],
+            "output_dir": str(out),
+        }
+        if evals:
+            summary.update({k: v for k, v in evals[-1].items() if k.startswith("eval_") and v is not None})
+        if trains:
+            summary["loss_plot"] = str(plot_losses(out, history, self.job.name))
+        summary["metrics_file"] = str(out / "metrics.jsonl")
+        write_summary(out, summary)
+        if self.options.print_summary:
+            print_summary(summary)
+        return RunResult(summary=summary, history=history)
+
+    def _serve_metrics(self) -> None:
+        try:
+            port = self.metrics.serve(self.options.metrics_port)
+        except OSError as error:
+            port = self.metrics.serve(0)
+            log.warning("metrics port busy (%s); serving /metrics on port %d instead", error, port)
+        log.info("serving /metrics on port %d", port)
+
+    def shutdown(self) -> None:
+        for group in (self.students, self.teacher):
+            if group is not None:
+                group.shutdown()
+        self.students = None
+        self.teacher = None
+        self.metrics.close()
+
+
+def teacher_batch(samples: list[Sample]) -> TeacherBatch:
+    """What the teacher sees of a micro-batch: its own input (context distillation) at its own positions."""
+    return TeacherBatch(
+        sequences=[list(s.teacher_input_ids or s.input_ids) for s in samples],
+        positions=[s.teacher_loss_positions() for s in samples],
+    )
