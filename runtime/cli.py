@@ -57,5 +57,64 @@ def crd(
         output.write_text(text, encoding="utf-8")
 
 
+@app.command()
+def run(
+    file: Annotated[
+        Path, typer.Argument(exists=True, dir_okay=False, readable=True, help="The job manifest.")
+    ],
+    max_steps: Annotated[
+        int | None, typer.Option(help="Stop after this many steps; the schedule still follows the spec.")
+    ] = None,
+    output: Annotated[
+        Path | None, typer.Option(help="Output directory (default: spec.output.path, else output/<name>).")
+    ] = None,
+    metrics_port: Annotated[
+        int | None, typer.Option(help="Port of /metrics (default: $KUBEDISTILL_METRICS_PORT or 8080).")
+    ] = None,
+) -> None:
+    """Run a DistillationJob on this machine's Ray (or the cluster in $RAY_ADDRESS)."""
+    import logging
+
+    from kubedistill.api.job import InvalidJob
+    from kubedistill.api.manifest import load_job
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        job = load_job(file)
+    except InvalidJob as invalid:
+        for problem in invalid.problems:
+            typer.echo(f"{file}: {problem}", err=True)
+        raise typer.Exit(1) from None
+    from kubedistill.runtime.ray_session import connect
+    from kubedistill.runtime.trainer import RunOptions, Trainer
+
+    out = output or Path(job.spec.output.path or f"output/{job.name}")
+    connect()
+    Trainer(job, RunOptions(output_dir=out, stop_after_steps=max_steps, metrics_port=metrics_port)).run()
+
+
+@app.command()
+def demo(
+    output: Annotated[Path, typer.Option(help="Where assets and runs go.")] = Path("demo-output"),
+    examples: Annotated[Path, typer.Option(help="The example manifests the demo runs.")] = Path(
+        "examples/local"
+    ),
+    prepare_only: Annotated[
+        bool, typer.Option(help="Only write the data and the initial tiny models.")
+    ] = False,
+) -> None:
+    """Distill a tiny teacher into a tiny student on this machine and compare it with plain fine-tuning."""
+    import logging
+
+    from kubedistill.runtime import demo as demo_module
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if prepare_only:
+        assets = demo_module.prepare(output)
+        typer.echo(f"assets in {assets.root / 'assets'}")
+        return
+    demo_module.run(output, examples)
+
+
 def main() -> None:
     app()
