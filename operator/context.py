@@ -3,6 +3,7 @@
 from dataclasses import dataclass, field
 
 import aiohttp
+
 from kubedistill.operator.kube import Kube
 from kubedistill.operator.metrics import OperatorMetrics
 from kubedistill.operator.settings import OperatorSettings

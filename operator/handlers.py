@@ -6,6 +6,7 @@ Importing this module registers them in kopf's global registry, so it is importe
 from typing import Any
 
 import kopf
+
 from kubedistill.api.job import GROUP, PLURAL, VERSION
 from kubedistill.api.status import Phase
 from kubedistill.operator import reconcile

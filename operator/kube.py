@@ -10,10 +10,11 @@ from enum import StrEnum
 from typing import Any, TypeVar
 
 import aiohttp
-from kubedistill.api.job import GROUP, PLURAL, VERSION
-from kubedistill.operator.naming import FIELD_MANAGER, is_owned_by
 from kubernetes.aio.client import ApiClient, ApiException, CoreV1Api, CustomObjectsApi, V1ConfigMap
 from kubernetes.aio.utils.retry import Backoff, on_error
+
+from kubedistill.api.job import GROUP, PLURAL, VERSION
+from kubedistill.operator.naming import FIELD_MANAGER, is_owned_by
 
 T = TypeVar("T")
 KubeObject = dict[str, Any]

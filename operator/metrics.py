@@ -11,8 +11,9 @@ from contextlib import contextmanager
 from enum import StrEnum
 
 import kopf
-from kubedistill.api.status import Phase
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from kubedistill.api.status import Phase
 
 
 class Result(StrEnum):

@@ -4,10 +4,11 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from prometheus_client.parser import text_string_to_metric_families
+
 from kubedistill.api import telemetry
 from kubedistill.api.status import ConditionType, Reason
 from kubedistill.operator.conditions import DesiredCondition, Status, with_conditions
-from prometheus_client.parser import text_string_to_metric_families
 
 # Which gauge feeds which status field, and whether the field is a count.
 STATUS_FIELDS: dict[str, tuple[str, bool]] = {

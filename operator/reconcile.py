@@ -12,6 +12,7 @@ from typing import Any
 import aiohttp
 import kopf
 import yaml
+
 from kubedistill.api.job import DistillationJob, InvalidJob, parse_job
 from kubedistill.api.status import TERMINAL_PHASES, Reason
 from kubedistill.api.telemetry import DEFAULT_METRICS_PORT

@@ -7,6 +7,7 @@ the same for the same input, so GitOps users can diff `kubedistill render` outpu
 from typing import Any
 
 import yaml
+
 from kubedistill.api.job import DistillationJob
 from kubedistill.api.placement import JOB_CONFIG_PATH
 from kubedistill.operator.naming import (

@@ -7,14 +7,15 @@ from dataclasses import dataclass
 
 import aiohttp
 import kopf
+from kubernetes.aio.client import ApiClient
+from prometheus_client import start_http_server
+
 from kubedistill.operator.cluster import connect
 from kubedistill.operator.context import OperatorContext
 from kubedistill.operator.kube import Kube
 from kubedistill.operator.metrics import OperatorMetrics
 from kubedistill.operator.settings import OperatorSettings
 from kubedistill.operator.status_writer import StatusWriter
-from kubernetes.aio.client import ApiClient
-from prometheus_client import start_http_server
 
 ANNOTATION_PREFIX = "kubedistill.io"
 USER_AGENT = "kubedistill-operator"

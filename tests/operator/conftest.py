@@ -3,8 +3,8 @@ from typing import Any
 
 import kmock
 import pytest
-from kubedistill.operator.rbac import RULES
 
+from kubedistill.operator.rbac import RULES
 from tests.operator.apiserver import ApiServer
 from tests.operator.harness import Cluster, declare_resources
 from tests.operator.rbac_audit import denied, operator_accesses

@@ -14,10 +14,11 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import kmock
+from kubernetes.aio.client import ApiClient, Configuration
+
 from kubedistill.operator.metrics import OperatorMetrics
 from kubedistill.operator.runner import RunOptions, run_operator
 from kubedistill.operator.settings import OperatorSettings, RenderSettings
-from kubernetes.aio.client import ApiClient, Configuration
 
 T = TypeVar("T")
 

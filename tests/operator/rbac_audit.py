@@ -4,6 +4,7 @@ from collections.abc import Iterable
 from typing import Any, NamedTuple
 
 from kmock._internal import enums
+
 from kubedistill.operator.rbac import Rule, allowed
 from kubedistill.operator.runner import USER_AGENT
 

@@ -12,10 +12,10 @@ import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
+
 from kubedistill.api.job import DistillationJob, parse_job
 from kubedistill.operator.render import CONFIG_FILE, render
 from kubedistill.operator.settings import RenderSettings
-
 from tests.operator.manifests import GOLDEN_IMAGE, example_jobs, golden_cases, golden_job
 
 CRDS = Path(__file__).resolve().parent / "kuberay_crds"

@@ -8,10 +8,10 @@ import os
 from pathlib import Path
 
 import pytest
+
 from kubedistill.operator.render import render
 from kubedistill.operator.settings import RenderSettings
 from kubedistill.operator.yaml_output import dump_all
-
 from tests.operator.manifests import GOLDEN_IMAGE, golden_cases, golden_job
 
 UPDATE = os.environ.get("KUBEDISTILL_UPDATE_GOLDEN") == "1"

@@ -5,10 +5,10 @@ from collections.abc import Iterator
 
 import kmock
 import pytest
-from kubedistill.api import parse_job, telemetry
-from kubedistill.operator.render import render
 from prometheus_client import CollectorRegistry, Gauge, start_http_server
 
+from kubedistill.api import parse_job, telemetry
+from kubedistill.operator.render import render
 from tests.operator.harness import (
     CONFIGMAPS,
     FAST_SETTINGS,

@@ -3,6 +3,7 @@
 from typing import Any
 
 import pytest
+
 from kubedistill.api import parse_job
 from kubedistill.api.job import DistillationJob
 from kubedistill.operator.pods import multiply_quantity

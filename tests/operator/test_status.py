@@ -3,6 +3,7 @@
 from typing import Any
 
 import pytest
+
 from kubedistill.api import parse_job
 from kubedistill.api.status import ConditionType, Reason
 from kubedistill.operator.conditions import ConditionStatus, DesiredCondition, with_conditions
