@@ -5,8 +5,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 TORCH_PIN := torch==2.13.0
+SGLANG_PIN := sglang==0.5.23
 STAMP := $(VENV)/.installed
-TOOLS := $(VENV)/tools
+WHEELS := $(VENV)/wheels
 PYTEST_ARGS ?=
 
 .PHONY: help venv test demo bench crds lint soak gpu-check images clean
@@ -23,6 +24,9 @@ $(STAMP): pyproject.toml
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q $(TORCH_PIN)
 	$(PIP) install -q -e '.[runtime,operator,dev]'
+	# SGLang needs a GPU and is never installed here; its wheel is read (not imported) by the test that
+	# checks our calls against its source.
+	$(PIP) download -q --no-deps --only-binary=:all: $(SGLANG_PIN) -d $(WHEELS)
 	touch $(STAMP)
 
 venv: $(STAMP)
