@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 import torch
+
 from kubedistill.api.spec import Precision, RolloutSpec, TeacherSpec
 from kubedistill.runtime.rollout.backend import SamplingConfig
 from kubedistill.runtime.teacher.backend import TeacherBatch

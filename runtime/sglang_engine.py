@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import torch
+
 from kubedistill.runtime.sglang_weights import TensorMeta, WeightSyncGroup, tcp_init_method
 
 INSTALL_HINT = "pip install 'kubedistill[sglang]'"

@@ -19,6 +19,8 @@ import tempfile
 from pathlib import Path
 
 import torch
+from transformers import AutoModelForCausalLM
+
 from kubedistill.api.spec import Precision, RolloutSpec, TeacherSpec
 from kubedistill.runtime.rollout.backend import SamplingConfig
 from kubedistill.runtime.rollout.sglang_backend import SGLangRollout
@@ -26,7 +28,6 @@ from kubedistill.runtime.sglang_args import single_node_placement
 from kubedistill.runtime.teacher.backend import TeacherBatch
 from kubedistill.runtime.teacher.sglang_backend import SGLangTeacher
 from kubedistill.runtime.tiny import TinyShape, build_model, build_tokenizer, save_tiny
-from transformers import AutoModelForCausalLM
 
 SHAPE = TinyShape(
     hidden_size=256,

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from jinja2 import TemplateError
+
 from kubedistill.runtime.data.errors import ChatTemplateError
 
 if TYPE_CHECKING:

@@ -20,6 +20,7 @@ from collections.abc import Iterable
 from operator import attrgetter
 
 import torch
+
 from kubedistill.api.spec import Precision, RolloutSpec
 from kubedistill.runtime.rollout.backend import SamplingConfig
 from kubedistill.runtime.sglang_args import (

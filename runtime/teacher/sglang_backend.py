@@ -13,6 +13,7 @@ actors, and the teacher group already balances micro-batches over replicas by to
 from collections.abc import Iterable
 
 import torch
+
 from kubedistill.api.spec import Precision, TeacherSpec
 from kubedistill.runtime.sglang_args import (
     ENGINE_DTYPES,

@@ -7,6 +7,7 @@ from typing import Any
 
 import celpy
 import jsonschema
+
 from kubedistill.api.crd import build_crd
 
 CRD = build_crd()

@@ -5,10 +5,10 @@ from typing import Any
 
 import pytest
 import yaml
+
 from kubedistill.api.crd import render_crd_yaml
 from kubedistill.api.job import InvalidJob, parse_job
 from kubedistill.api.manifest import load_documents
-
 from tests.api.crd_check import CRD, SCHEMA, cel_violations, schema_errors, unknown_fields
 from tests.api.manifests import BAD_MANIFESTS, BASE, Bad, apply_changes
 

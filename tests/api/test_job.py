@@ -1,9 +1,9 @@
 """The DistillationJob manifest: defaults, camelCase, and one clear message per mistake."""
 
 import pytest
+
 from kubedistill.api import InvalidJob, Mode, parse_job
 from kubedistill.api.spec import Backend
-
 from tests.api.manifests import BAD_MANIFESTS, BASE, Bad, apply_changes
 
 

@@ -3,10 +3,10 @@
 from pathlib import Path
 
 import yaml
-from kubedistill.api.crd import render_crd_yaml
-from kubedistill.runtime.cli import app
 from typer.testing import CliRunner
 
+from kubedistill.api.crd import render_crd_yaml
+from kubedistill.runtime.cli import app
 from tests.api.manifests import BASE, apply_changes
 
 runner = CliRunner()
