@@ -1,13 +1,19 @@
 """Credentials: one `kubernetes` client configuration that both kopf and the operator's own calls use."""
 
+import os
+from collections.abc import Mapping
+
 import kopf
 from kubernetes.aio.client import ApiClient, Configuration
 from kubernetes.aio.config import ConfigException, load_incluster_config, load_kube_config
 
 
-async def connect() -> ApiClient:
-    """In a pod, its service account; elsewhere the kubeconfig (`KUBECONFIG` or ~/.kube/config)."""
+async def connect(environ: Mapping[str, str] = os.environ) -> ApiClient:
+    """Like controller-runtime: `$KUBECONFIG` if set, else the pod's service account, else ~/.kube/config."""
     configuration = Configuration()
+    if environ.get("KUBECONFIG"):
+        await load_kube_config(config_file=environ["KUBECONFIG"], client_configuration=configuration)
+        return ApiClient(configuration)
     try:
         load_incluster_config(client_configuration=configuration)
     except ConfigException:

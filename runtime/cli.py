@@ -116,5 +116,85 @@ def demo(
     demo_module.run(output, examples)
 
 
+@app.command()
+def render(
+    file: Annotated[
+        Path, typer.Argument(exists=True, dir_okay=False, readable=True, help="The job manifest.")
+    ],
+    image: Annotated[
+        str | None,
+        typer.Option(
+            help="Runtime image where spec.cluster.image is unset "
+            "(default: $KUBEDISTILL_RUNTIME_IMAGE, else ghcr.io/kubedistill/runtime:<version>)."
+        ),
+    ] = None,
+) -> None:
+    """Print the ConfigMap and RayJob the operator creates for a job, as multi-document YAML."""
+    import os
+
+    from kubedistill.api.job import InvalidJob
+    from kubedistill.api.manifest import load_jobs
+    from kubedistill.operator.render import render as render_job
+    from kubedistill.operator.settings import RenderSettings, settings_from_env
+    from kubedistill.operator.yaml_output import dump_all
+
+    try:
+        # Like the operator: loss and algorithm plugins live in the runtime image, which checks their names.
+        jobs = load_jobs(file, check_plugin_names=False)
+    except InvalidJob as invalid:
+        for problem in invalid.problems:
+            typer.echo(f"{file}: {problem}", err=True)
+        raise typer.Exit(1) from None
+    settings = RenderSettings(image) if image else settings_from_env(os.environ).render
+    typer.echo(dump_all([obj for job in jobs for obj in render_job(job, settings)]), nl=False)
+
+
+@app.command()
+def operator(
+    namespace: Annotated[
+        list[str] | None, typer.Option("--namespace", "-n", help="Watch this namespace (repeatable).")
+    ] = None,
+    all_namespaces: Annotated[
+        bool, typer.Option("--all-namespaces", "-A", help="Watch every namespace.")
+    ] = False,
+    liveness_port: Annotated[
+        int | None, typer.Option(help="Serve kopf's liveness probe at http://0.0.0.0:PORT/healthz.")
+    ] = None,
+    metrics_port: Annotated[
+        int | None, typer.Option(help="Serve the operator's Prometheus metrics on this port.")
+    ] = None,
+    peering: Annotated[
+        str | None, typer.Option(help="KopfPeering name: one active operator among replicas.")
+    ] = None,
+    standalone: Annotated[bool, typer.Option(help="No peering with other operator replicas.")] = False,
+) -> None:
+    """Run the operator: DistillationJobs become KubeRay RayJobs; their state and progress, the status.
+
+    Settings from the environment: KUBEDISTILL_RUNTIME_IMAGE, KUBEDISTILL_SCRAPE_PERIOD_SECONDS,
+    KUBEDISTILL_SCRAPE_TIMEOUT_SECONDS, KUBEDISTILL_METRICS_URL_TEMPLATE; credentials from $KUBECONFIG,
+    the pod's service account, or ~/.kube/config.
+    """
+    if bool(namespace) == all_namespaces:
+        raise typer.BadParameter("give --namespace (one or more) or --all-namespaces")
+    if peering and standalone:
+        raise typer.BadParameter("--peering and --standalone exclude each other")
+    import asyncio
+    import logging
+    import os
+
+    from kubedistill.operator.runner import RunOptions, run_operator
+    from kubedistill.operator.settings import settings_from_env
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    options = RunOptions(
+        namespaces=tuple(namespace or ()),
+        liveness_port=liveness_port,
+        metrics_port=metrics_port,
+        peering=peering,
+        standalone=standalone,
+    )
+    asyncio.run(run_operator(options, settings_from_env(os.environ)))
+
+
 def main() -> None:
     app()
