@@ -30,3 +30,14 @@ def kd_config(job: DistillationJob) -> KDConfig:
     if not has_teacher(job):
         return KDConfig(**{**config.__dict__, "kd_ratio": 0.0})
     return config
+
+
+def student_tokenizer_path(job: DistillationJob) -> str:
+    return job.spec.student.tokenizer or job.spec.student.model
+
+
+def teacher_tokenizer_path(job: DistillationJob) -> str | None:
+    if not has_teacher(job):
+        return None
+    teacher = teacher_spec(job)
+    return teacher.tokenizer or teacher.model

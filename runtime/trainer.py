@@ -17,6 +17,7 @@ import ray
 
 from kubedistill.api import telemetry
 from kubedistill.api.job import DistillationJob
+from kubedistill.runtime.algorithms.base import ALGORITHMS
 from kubedistill.runtime.checkpoint import CheckpointDirectory, TrainerState
 from kubedistill.runtime.data.batching import global_batches, shard_micro_batches, steps_per_epoch
 from kubedistill.runtime.data.errors import BadRecord
@@ -26,7 +27,7 @@ from kubedistill.runtime.metrics import TrainerMetrics
 from kubedistill.runtime.models import compute_dtype, load_tokenizer
 from kubedistill.runtime.placement import ClusterView
 from kubedistill.runtime.report import Progress, plot_losses, print_summary, write_metrics, write_summary
-from kubedistill.runtime.roles import has_teacher, kd_config, teacher_spec
+from kubedistill.runtime.roles import has_teacher, kd_config, student_tokenizer_path, teacher_spec
 from kubedistill.runtime.student.batch import MicroBatch
 from kubedistill.runtime.student.group import RankWork, StudentActorGroup
 from kubedistill.runtime.student.worker import EvalStats, StepStats
@@ -70,7 +71,8 @@ class Trainer:
         self.options = options
         self.spec = job.spec
         self.kd = kd_config(job)
-        self.tokenizer = load_tokenizer(self.spec.student.tokenizer or self.spec.student.model)
+        self.tokenizer = load_tokenizer(student_tokenizer_path(job))
+        self.algorithm = ALGORITHMS.get(self.spec.distillation.algorithm)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         self.train, bad_train = self._load(self.spec.data.train, "spec.data.train")
         self.eval: list[Sample] = []
@@ -206,9 +208,12 @@ class Trainer:
             ):
                 refs[(rank, index)] = ref
                 positions += request.num_positions
+        extras = self.algorithm.micro_batch_extras
         work = [
             RankWork(
-                micro_batches=[MicroBatch.from_samples(batch, self.pad_id) for batch in batches],
+                micro_batches=[
+                    MicroBatch.from_samples(batch, self.pad_id, extras(batch)) for batch in batches
+                ],
                 teacher_refs=[refs.get((rank, index)) for index in range(len(batches))],
             )
             for rank, batches in enumerate(shards)

@@ -5,7 +5,9 @@ and checkpointed with the student; it runs inside the FSDP2 root module's forwar
 output head is unsharded.
 """
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from torch import Tensor, nn
 
@@ -13,6 +15,9 @@ from kubedistill.api.registry import ALGORITHM_GROUP
 from kubedistill.runtime.losses.config import KDConfig
 from kubedistill.runtime.losses.output import LossOutput
 from kubedistill.runtime.plugins import Registry
+
+if TYPE_CHECKING:
+    from kubedistill.runtime.data.sample import Sample
 
 
 @dataclass(frozen=True)
@@ -29,6 +34,8 @@ class LossInputs:
     """[n] the next token at each loss position."""
     normalizer: float
     """Target tokens of the whole global batch."""
+    extras: Mapping[str, Tensor] = field(default_factory=dict)
+    """What `Algorithm.micro_batch_extras` built for this micro-batch on the driver (e.g. alignments)."""
 
 
 @dataclass(frozen=True)
@@ -36,12 +43,28 @@ class AlgorithmContext:
     config: KDConfig
     student_hidden_size: int
     teacher_hidden_size: int | None
+    student_tokenizer: str | None = None
+    """Path of the student's tokenizer."""
+    teacher_tokenizer: str | None = None
+    """Path of the teacher's tokenizer (None without a teacher)."""
+    teacher_model: str | None = None
+    """Path of the teacher model, for algorithms that read more of it than the output head."""
 
 
 class Algorithm(nn.Module):
+    """The loss of one micro-batch. Weights of its own (`nn.Parameter`s) are trained with the student, at
+    spec.distillation.projectorLearningRate."""
+
     def __init__(self, context: AlgorithmContext) -> None:
         super().__init__()
         self.context = context
+
+    @classmethod
+    def micro_batch_extras(cls, samples: "list[Sample]") -> dict[str, Tensor]:
+        """Per-micro-batch tensors the loss needs beyond tokens and labels, built on the driver from the
+        samples in micro-batch order; they reach `forward` as `LossInputs.extras`."""
+        del samples
+        return {}
 
     def forward(self, inputs: LossInputs) -> LossOutput:
         raise NotImplementedError

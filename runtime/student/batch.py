@@ -1,6 +1,6 @@
 """A micro-batch as the student ranks receive it: padded tokens and loss positions, built on the driver."""
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -20,6 +20,8 @@ class MicroBatch:
     """[n] position within its row; its hidden state predicts the label."""
     labels: torch.Tensor
     """[n] the target token that follows each loss position."""
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)
+    """The algorithm's own per-micro-batch tensors (`Algorithm.micro_batch_extras`)."""
 
     @property
     def num_targets(self) -> int:
@@ -30,7 +32,9 @@ class MicroBatch:
         return int(self.attention_mask.sum().item())
 
     @classmethod
-    def from_samples(cls, samples: list[Sample], pad_id: int) -> "MicroBatch":
+    def from_samples(
+        cls, samples: list[Sample], pad_id: int, extras: dict[str, torch.Tensor] | None = None
+    ) -> "MicroBatch":
         """Samples packed for one forward pass; with no samples, a one-token placeholder without targets.
 
         A rank with fewer micro-batches than the others still has to take part in every FSDP2 collective,
@@ -57,4 +61,5 @@ class MicroBatch:
             rows=torch.tensor(rows, dtype=torch.long),
             columns=torch.tensor(columns, dtype=torch.long),
             labels=torch.tensor(labels, dtype=torch.long),
+            extras=extras or {},
         )

@@ -52,6 +52,7 @@ class DistillationModule(nn.Module):
                 teacher_head=self.teacher_head,
                 labels=batch.labels.to(selected.device),
                 normalizer=normalizer,
+                extras={name: value.to(selected.device) for name, value in batch.extras.items()},
             )
         )
         if batch.num_targets == 0:

@@ -23,7 +23,12 @@ from kubedistill.api.job import DistillationJob
 from kubedistill.api.spec import OnNonFinite
 from kubedistill.runtime.algorithms.base import ALGORITHMS, AlgorithmContext
 from kubedistill.runtime.models import compute_dtype, load_causal_lm, load_lm_head_weight, load_tokenizer
-from kubedistill.runtime.roles import kd_config, teacher_model_path
+from kubedistill.runtime.roles import (
+    kd_config,
+    student_tokenizer_path,
+    teacher_model_path,
+    teacher_tokenizer_path,
+)
 from kubedistill.runtime.student.batch import MicroBatch
 from kubedistill.runtime.student.module import DistillationModule
 from kubedistill.runtime.student.parallelize import apply_fsdp, device_mesh
@@ -77,7 +82,7 @@ class StudentWorker:
         )
         torch.manual_seed(spec.training.seed)
         dtype = compute_dtype(spec.training.precision)
-        self.tokenizer = load_tokenizer(spec.student.tokenizer or spec.student.model)
+        self.tokenizer = load_tokenizer(student_tokenizer_path(job))
         student = load_causal_lm(spec.student.model, torch.float32)
         if spec.student.gradient_checkpointing:
             student.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -90,14 +95,31 @@ class StudentWorker:
                 config=kd_config(job),
                 student_hidden_size=int(student.config.hidden_size),
                 teacher_hidden_size=None if teacher_head is None else int(teacher_head.shape[1]),
+                student_tokenizer=student_tokenizer_path(job),
+                teacher_tokenizer=teacher_tokenizer_path(job),
+                teacher_model=teacher_path,
             )
         )
         self.module = DistillationModule(student, algorithm, teacher_head).to(self.device)
         mesh = device_mesh(self.device.type, address.world_size, spec.student.fsdp_shard_size)
         apply_fsdp(self.module, student, mesh, param_dtype=dtype, cpu_offload=spec.student.cpu_offload)
         training = spec.training
+        algorithm_parameters = {id(p) for p in self.module.algorithm.parameters()}
+        groups = [
+            {
+                "params": [
+                    p
+                    for p in self.module.parameters()
+                    if p.requires_grad and id(p) not in algorithm_parameters
+                ]
+            },
+            {
+                "params": [p for p in self.module.algorithm.parameters() if p.requires_grad],
+                "lr": spec.distillation.projector_learning_rate,
+            },
+        ]
         self.optimizer = torch.optim.AdamW(
-            [p for p in self.module.parameters() if p.requires_grad],
+            [group for group in groups if group["params"]],
             lr=training.learning_rate,
             betas=(training.adam_betas[0], training.adam_betas[1]),
             weight_decay=training.weight_decay,
