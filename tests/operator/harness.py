@@ -78,7 +78,9 @@ def job_manifest(name: str = "demo", **spec: Any) -> dict[str, Any]:
     }
 
 
-async def eventually(probe: Callable[[], T], *, timeout: float = 10.0, what: str = "") -> T:
+async def eventually(
+    probe: Callable[[], T], *, timeout: float = 10.0, interval: float = 0.02, what: str = ""
+) -> T:
     """Poll the stored objects until `probe` returns something truthy (no API calls: not recorded)."""
     deadline = time.monotonic() + timeout
     while True:
@@ -87,7 +89,7 @@ async def eventually(probe: Callable[[], T], *, timeout: float = 10.0, what: str
                 return result
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what or probe}")
-        await asyncio.sleep(0.02)
+        await asyncio.sleep(interval)
 
 
 @dataclass
