@@ -3,6 +3,7 @@
 Importing this module registers them in kopf's global registry, so it is imported once, by the runner.
 """
 
+import asyncio
 from typing import Any
 
 import kopf
@@ -50,17 +51,21 @@ async def mirror_rayjob(event: kopf.RawEvent, body: kopf.Body, memo: OperatorCon
         await reconcile.mirror_rayjob(memo, event["type"], body)
 
 
+CANCELLATION_TIMEOUT_SECONDS = 5.0
+"""Cancel the progress reader right away when its job stops running; it holds nothing to clean up."""
+
+
 def _running(status: kopf.Status, **_: Any) -> bool:
     return status.get("phase") == Phase.RUNNING
 
 
-@kopf.daemon(GROUP, VERSION, PLURAL, when=_running)
-async def read_progress(
-    body: kopf.Body, memo: OperatorContext, stopped: kopf.DaemonStopped, **_: Any
-) -> None:
-    """Only while the job runs: kopf stops it when the phase changes (and starts it again on Running)."""
+@kopf.daemon(GROUP, VERSION, PLURAL, when=_running, cancellation_timeout=CANCELLATION_TIMEOUT_SECONDS)
+async def read_progress(body: kopf.Body, memo: OperatorContext, **_: Any) -> None:
+    """Only while the job runs: kopf cancels it when the phase changes (and starts it again on Running)."""
     key = reconcile.key_of(body)
-    while not stopped:
+    while True:
         with memo.metrics.reconcile("progress"):
             await reconcile.read_progress(memo, key)
-        await stopped.wait(memo.settings.scrape_period_seconds)
+        # A plain sleep, not `stopped.wait(period)`: cancelled, it raises CancelledError, where Python
+        # 3.11's wait_for may turn a cancellation into a TimeoutError that kopf re-raises when it stops.
+        await asyncio.sleep(memo.settings.scrape_period_seconds)

@@ -66,23 +66,25 @@ class OperatorMetrics:
     def reconcile(self, handler: str) -> Iterator[None]:
         """Count and time one handler run; the exception, if any, propagates to kopf."""
         start = time.perf_counter()
-        result = Result.SUCCESS
         try:
             yield
         except kopf.PermanentError:
-            result = Result.FAILURE
+            self._count(handler, Result.FAILURE, start)
             raise
         except kopf.TemporaryError:
-            result = Result.RETRY
             self.errors.labels(handler).inc()
+            self._count(handler, Result.RETRY, start)
             raise
         except Exception:
-            result = Result.ERROR
             self.errors.labels(handler).inc()
+            self._count(handler, Result.ERROR, start)
             raise
-        finally:
-            self.reconciles.labels(handler, result.value).inc()
-            self.duration.labels(handler).observe(time.perf_counter() - start)
+        # A cancelled run (kopf stopping a daemon) is no result at all: it falls through uncounted.
+        self._count(handler, Result.SUCCESS, start)
+
+    def _count(self, handler: str, result: Result, start: float) -> None:
+        self.reconciles.labels(handler, result.value).inc()
+        self.duration.labels(handler).observe(time.perf_counter() - start)
 
     def phase_changed(self, old: str | None, new: str | None) -> None:
         """Move one job between phase counts; None means not counted (unknown or gone)."""

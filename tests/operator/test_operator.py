@@ -167,7 +167,7 @@ async def test_training_progress_is_read_from_the_trainer_and_its_loss_reported(
         FAST_SETTINGS,
         metrics_url_template=f"http://127.0.0.1:{trainer_metrics.port}/metrics?cluster={{cluster}}",
     )
-    async with running_operator(cluster.server, settings=settings):
+    async with running_operator(cluster.server, settings=settings) as metrics:
         await cluster.create_job(job_manifest())
         await _created(cluster)
         await cluster.set_rayjob_status(**KUBERAY_RUNNING)
@@ -188,6 +188,7 @@ async def test_training_progress_is_read_from_the_trainer_and_its_loss_reported(
         trainer_metrics.stop()
         await eventually(lambda: cluster.condition("ProgressUnknown")["status"] == "True", what="unknown")
         assert cluster.condition("ProgressUnknown")["reason"] == "MetricsUnreachable"
+        assert metrics.registry.get_sample_value("kubedistill_operator_scrape_failures_total") >= 1
         assert cluster.status()["phase"] == "Running"
         assert cluster.status()["step"] == 120
 
@@ -319,7 +320,7 @@ async def test_a_name_taken_by_a_foreign_rayjob_blocks_creation_until_it_is_gone
     foreign = {"apiVersion": "ray.io/v1", "kind": "RayJob", "metadata": {"name": "demo", "namespace": "ml"}}
     async with cluster.server.post("/apis/ray.io/v1/namespaces/ml/rayjobs", json=foreign) as response:
         assert response.status == 200
-    async with running_operator(cluster.server):
+    async with running_operator(cluster.server) as metrics:
         await cluster.create_job(job_manifest())
         await eventually(lambda: cluster.condition("Created")["reason"] == "NameConflict", what="conflict")
         assert "RayJob ml/demo exists and is not owned by this job" in cluster.condition("Created")["message"]
@@ -329,6 +330,11 @@ async def test_a_name_taken_by_a_foreign_rayjob_blocks_creation_until_it_is_gone
         await _created(cluster)
 
     assert cluster.rayjob()["metadata"]["ownerReferences"][0]["name"] == "demo"
+    retries = metrics.registry.get_sample_value(
+        "kubedistill_operator_reconciles_total", {"handler": "create", "result": "retry"}
+    )
+    assert retries >= 1
+    assert metrics.registry.get_sample_value("kubedistill_operator_errors_total", {"handler": "create"}) >= 1
 
 
 async def test_a_rayjob_deleted_under_a_running_job_fails_it(cluster: Cluster) -> None:
