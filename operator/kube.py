@@ -80,9 +80,7 @@ class Kube:
         )
 
     async def read_config_map(self, namespace: str, name: str) -> KubeObject:
-        api = CoreV1Api(self.client)
-        found = await self._retrying(lambda: api.read_namespaced_config_map(name, namespace))
-        return self.client.sanitize_for_serialization(found)
+        return await self._retrying(lambda: self._read_config_map(namespace, name))
 
     async def read_job(self, namespace: str, name: str) -> KubeObject | None:
         """The DistillationJob, or None when it is gone."""
@@ -131,11 +129,15 @@ class Kube:
     async def _read(self, namespace: str, obj: KubeObject) -> KubeObject:
         name = obj["metadata"]["name"]
         if obj["kind"] == "ConfigMap":
-            return await self.read_config_map(namespace, name)
+            return await self._read_config_map(namespace, name)
         group, version = obj["apiVersion"].split("/")
         return await CustomObjectsApi(self.client).get_namespaced_custom_object(
             group, version, namespace, _plural(obj["kind"]), name
         )
+
+    async def _read_config_map(self, namespace: str, name: str) -> KubeObject:
+        found = await CoreV1Api(self.client).read_namespaced_config_map(name, namespace)
+        return self.client.sanitize_for_serialization(found)
 
     async def _retrying(self, call: Callable[[], Awaitable[T]]) -> T:
         try:

@@ -14,8 +14,9 @@ import kopf
 import yaml
 
 from kubedistill.api.job import DistillationJob, InvalidJob, parse_job
-from kubedistill.api.status import TERMINAL_PHASES, Reason
+from kubedistill.api.status import TERMINAL_PHASES, ConditionType, Reason
 from kubedistill.api.telemetry import DEFAULT_METRICS_PORT
+from kubedistill.operator.conditions import condition_of
 from kubedistill.operator.context import OperatorContext
 from kubedistill.operator.kube import NotOwned, TransientApiError
 from kubedistill.operator.lifecycle import (
@@ -30,7 +31,7 @@ from kubedistill.operator.naming import JOB_LABEL, config_map_name, is_owned_by,
 from kubedistill.operator.progress import parse_progress, with_metrics_unreachable, with_progress
 from kubedistill.operator.render import CONFIG_FILE, render
 from kubedistill.operator.spec_changes import classify
-from kubedistill.operator.status_writer import JobKey
+from kubedistill.operator.status_writer import JobKey, StatusChange
 
 Body = Mapping[str, Any]
 
@@ -56,8 +57,12 @@ async def create_children(ctx: OperatorContext, body: Body, logger: logging.Logg
             logger.info(f"{child['kind']} {child['metadata']['name']}: {outcome}")
     except NotOwned as conflict:
         message = f"{conflict}; delete or rename it"
-        await ctx.statuses.change(key, lambda s, g: name_conflict_status(s, message, generation=g, now=now()))
-        kopf.warn(dict(body), reason=Reason.NAME_CONFLICT, message=message)
+        created = condition_of(ctx.statuses.status(key) or {}, ConditionType.CREATED) or {}
+        await _change_or_retry(
+            ctx, key, lambda s, g: name_conflict_status(s, message, generation=g, now=now())
+        )
+        if created.get("reason") != Reason.NAME_CONFLICT:  # one event per conflict, not one per retry
+            kopf.warn(dict(body), reason=Reason.NAME_CONFLICT, message=message)
         raise kopf.TemporaryError(message, delay=ctx.settings.retry_delay_seconds) from conflict
     except TransientApiError as error:
         raise kopf.TemporaryError(str(error), delay=ctx.settings.retry_delay_seconds) from error
@@ -161,7 +166,7 @@ def _parse(body: Body) -> DistillationJob:
     return parse_job(manifest, check_plugin_names=False)
 
 
-async def _change_or_retry(ctx: OperatorContext, key: JobKey, change: Any) -> None:
+async def _change_or_retry(ctx: OperatorContext, key: JobKey, change: StatusChange) -> None:
     try:
         await ctx.statuses.change(key, change)
     except TransientApiError as error:

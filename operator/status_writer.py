@@ -16,7 +16,8 @@ from kubedistill.operator.kube import Kube
 from kubedistill.operator.metrics import OperatorMetrics
 
 Status = dict[str, Any]
-StatusChange = Callable[[Status], Status]
+StatusChange = Callable[[Status, int | None], Status]
+"""(current status, the job's generation) -> the wanted status."""
 JobKey = tuple[str, str]
 
 
@@ -57,7 +58,7 @@ class StatusWriter:
         known = self._known.get(key)
         return known.uid if known else None
 
-    async def change(self, key: JobKey, change: Callable[[Status, int | None], Status]) -> Status | None:
+    async def change(self, key: JobKey, change: StatusChange) -> Status | None:
         """Apply `change(status, generation)`; patch what differs. None when the job is unknown or gone."""
         async with self._locks.setdefault(key, asyncio.Lock()):
             known = self._known.get(key)
