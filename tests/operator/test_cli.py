@@ -4,7 +4,9 @@ import asyncio
 import os
 import signal
 import socket
+import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import aiohttp
@@ -15,6 +17,7 @@ from typer.testing import CliRunner
 from kubedistill.runtime.cli import app
 from tests.operator.harness import Cluster, eventually, job_manifest
 from tests.operator.manifests import GOLDEN_IMAGE, golden_cases
+from tests.test_import_boundaries import BLOCK_HEAVY_IMPORTS
 
 runner = CliRunner()
 
@@ -38,6 +41,22 @@ def test_render_takes_the_default_image_from_the_environment(env: dict[str, str]
     rayjob = list(yaml.safe_load_all(result.stdout))[1]
     head = rayjob["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0]
     assert head["image"] == (image or "ghcr.io/kubedistill/runtime:0.1.0")
+
+
+def test_render_and_operator_work_in_the_operator_image_without_torch_or_ray() -> None:
+    job = golden_cases()[0] / "job.yaml"
+    code = BLOCK_HEAVY_IMPORTS + textwrap.dedent(
+        f"""
+        import sys
+        from typer.testing import CliRunner
+        from kubedistill.runtime.cli import app
+        rendered = CliRunner().invoke(app, ["render", {str(job)!r}])
+        helped = CliRunner().invoke(app, ["operator", "--help"])
+        sys.exit(rendered.exit_code or helped.exit_code or (0 if "kind: RayJob" in rendered.output else 3))
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr + result.stdout
 
 
 def test_render_names_the_field_of_an_invalid_job(tmp_path: Path) -> None:
