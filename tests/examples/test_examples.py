@@ -1,0 +1,208 @@
+"""The production examples hang together: every Kubernetes object in them is valid, every volume a job
+mounts is defined, the download job fetches every model the jobs read, the Kueue queue can admit the
+queued job, the Argo CD Applications point at the chart and at valid jobs, and each example places its
+roles as its comment says. (tests/api/test_crd.py and tests/operator/test_conformance.py check every
+DistillationJob against the model, the CRD and KubeRay's CRD.)"""
+
+import re
+from collections import Counter
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+from kubernetes.utils.quantity import parse_quantity
+
+from kubedistill.api.job import DistillationJob, parse_job
+from kubedistill.api.manifest import load_documents
+from kubedistill.api.placement import COLOCATED_GROUP
+from kubedistill.operator.render import render_rayjob
+from kubedistill.operator.settings import RenderSettings
+from tests.charts.helm import CHART, run_helm
+from tests.operator.manifests import example_jobs
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLES = ROOT / "examples"
+KUBERNETES_VERSION = "1.30.0"
+CUSTOM_GROUPS = ("kubedistill.io/", "kueue.x-k8s.io/", "argoproj.io/")
+SETTINGS = RenderSettings("registry.test/kubedistill-runtime:1")
+
+
+def _documents() -> list[tuple[str, dict[str, Any]]]:
+    return [
+        (f"{path.relative_to(ROOT)}#{index}", document)
+        for path in sorted(EXAMPLES.glob("**/*.yaml"))
+        for index, document in enumerate(load_documents(path))
+    ]
+
+
+def _of_kind(kind: str, under: str = "") -> list[dict[str, Any]]:
+    return [
+        doc for where, doc in _documents() if doc["kind"] == kind and where.startswith(f"examples/{under}")
+    ]
+
+
+def _job(name: str, under: str = "") -> DistillationJob:
+    (job,) = [
+        job for where, job in example_jobs() if job.name == name and where.startswith(f"examples/{under}")
+    ]
+    return job
+
+
+def _groups(job: DistillationJob) -> dict[str, tuple[int, int]]:
+    """Worker group -> (pods, GPUs per pod) of the rendered RayJob."""
+    groups = render_rayjob(job, SETTINGS)["spec"]["rayClusterSpec"]["workerGroupSpecs"]
+    return {group["groupName"]: (group["replicas"], int(group["resources"]["GPU"])) for group in groups}
+
+
+BUILTIN = [(where, doc) for where, doc in _documents() if not doc["apiVersion"].startswith(CUSTOM_GROUPS)]
+
+
+@pytest.mark.parametrize(("where", "obj"), BUILTIN, ids=[where for where, _ in BUILTIN])
+def test_every_kubernetes_object_in_the_examples_is_valid(where: str, obj: dict[str, Any]) -> None:
+    kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
+
+
+def test_every_claim_a_production_job_mounts_is_defined_in_examples_storage() -> None:
+    claims = {pvc["metadata"]["name"] for pvc in _of_kind("PersistentVolumeClaim", "storage")}
+    mounted = {
+        volume["persistentVolumeClaim"]["claimName"]
+        for _, job in example_jobs()
+        for volume in job.spec.cluster.volumes
+        if "persistentVolumeClaim" in volume
+    }
+    assert mounted and mounted <= claims
+    (pvc,) = _of_kind("PersistentVolumeClaim", "storage")
+    assert pvc["spec"]["accessModes"] == ["ReadWriteMany"], "every pod of a job reads and writes it"
+
+
+def test_the_download_job_fetches_every_model_the_jobs_start_from() -> None:
+    (download,) = _of_kind("Job", "storage")
+    script = download["spec"]["template"]["spec"]["containers"][0]["args"][0]
+    fetched = {match.group(1) for match in re.finditer(r"[\w.-]+/([\w.-]+)", script.split("; do")[0])}
+    models = {
+        path.removeprefix("/mnt/models/")
+        for _, job in example_jobs()
+        for path in (job.spec.student.model, job.spec.teacher.model if job.spec.teacher else None)
+        if path and path.startswith("/mnt/models/")
+    }
+    assert models and models <= fetched, models - fetched
+
+
+def test_the_queued_job_reaches_a_cluster_queue_through_its_namespaces_local_queue() -> None:
+    job = _job("qwen3-32b-to-4b-queued")
+    (local_queue,) = [
+        queue
+        for queue in _of_kind("LocalQueue", "kueue")
+        if (queue["metadata"]["name"], queue["metadata"]["namespace"])
+        == (job.spec.cluster.queue_name, job.metadata.namespace)
+    ]
+    (cluster_queue,) = [
+        queue
+        for queue in _of_kind("ClusterQueue", "kueue")
+        if queue["metadata"]["name"] == local_queue["spec"]["clusterQueue"]
+    ]
+    (namespace,) = [
+        ns for ns in _of_kind("Namespace", "kueue") if ns["metadata"]["name"] == job.metadata.namespace
+    ]
+    wanted = cluster_queue["spec"]["namespaceSelector"]["matchLabels"]
+    assert wanted.items() <= namespace["metadata"]["labels"].items()
+    assert job.spec.cluster.priority_class_name in {
+        pc["metadata"]["name"] for pc in _of_kind("PriorityClass", "kueue")
+    }
+
+
+def _total_requests(rayjob: dict[str, Any]) -> Counter[str]:
+    """What Kueue's Workload asks for: every pod of the head and the worker groups, all at once."""
+    cluster = rayjob["spec"]["rayClusterSpec"]
+    groups = [(1, cluster["headGroupSpec"]["template"])]
+    groups += [(group["replicas"], group["template"]) for group in cluster["workerGroupSpecs"]]
+    total: Counter[str] = Counter()
+    for pods, template in groups:
+        for container in template["spec"]["containers"]:
+            for resource, quantity in container["resources"]["requests"].items():
+                total[resource] += pods * parse_quantity(quantity)
+    return total
+
+
+def test_the_cluster_queue_can_admit_the_queued_job_and_its_pods_tolerate_the_flavor() -> None:
+    job = _job("qwen3-32b-to-4b-queued")
+    rayjob = render_rayjob(job, SETTINGS)
+    assert rayjob["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == job.spec.cluster.queue_name
+    (cluster_queue,) = _of_kind("ClusterQueue", "kueue")
+    (group,) = cluster_queue["spec"]["resourceGroups"]
+    (flavor,) = group["flavors"]
+    quota = {item["name"]: parse_quantity(item["nominalQuota"]) for item in flavor["resources"]}
+    requests = _total_requests(rayjob)
+    assert set(requests) <= set(group["coveredResources"])
+    assert requests["nvidia.com/gpu"] == Decimal(16)
+    for resource, amount in requests.items():
+        assert amount <= quota[resource], resource
+    (resource_flavor,) = [
+        f for f in _of_kind("ResourceFlavor", "kueue") if f["metadata"]["name"] == flavor["name"]
+    ]
+    for taint in resource_flavor["spec"]["nodeTaints"]:
+        assert any(
+            toleration["key"] == taint["key"] and toleration["effect"] == taint["effect"]
+            for toleration in job.spec.cluster.tolerations
+        ), taint
+
+
+def test_the_h20_job_runs_every_role_on_the_same_eight_gpus() -> None:
+    job = _job("qwen3-30b-a3b-to-1-7b-onpolicy")
+    assert _groups(job) == {COLOCATED_GROUP: (1, 8)}
+    assert job.spec.teacher is not None and job.spec.teacher.quantization == "fp8"
+    assert job.spec.cluster.node_selector["nvidia.com/gpu.product"] == "NVIDIA-H20"
+
+
+def test_the_two_node_teacher_spans_two_pods_of_eight_gpus_beside_a_two_node_student() -> None:
+    job = _job("qwen3-235b-a22b-to-8b")
+    assert _groups(job) == {"teacher": (2, 8), "student": (2, 8)}
+    teacher = job.spec.teacher
+    assert teacher is not None
+    assert (teacher.tensor_parallel, teacher.pipeline_parallel) == (8, 2)
+
+
+def test_the_h100_job_puts_teacher_and_student_on_a_node_each() -> None:
+    assert _groups(_job("qwen3-32b-to-4b", "h100")) == {"teacher": (1, 8), "student": (1, 8)}
+
+
+def test_the_cross_tokenizer_job_uses_a_cross_tokenizer_algorithm() -> None:
+    job = _job("qwen3-8b-to-llama-3-2-1b-dskd")
+    assert job.spec.distillation.algorithm in ("dskd", "simpleCtkd")
+    assert job.spec.teacher is not None
+    assert "Qwen" in job.spec.teacher.model and "Llama" in job.spec.student.model
+
+
+def _applications() -> dict[str, dict[str, Any]]:
+    return {app["metadata"]["name"]: app for app in _of_kind("Application", "gitops")}
+
+
+def test_the_operator_application_installs_the_chart_with_values_it_accepts(tmp_path: Path) -> None:
+    source = _applications()["kubedistill-operator"]["spec"]["source"]
+    assert ROOT / source["path"] == CHART
+    values = tmp_path / "values.yaml"
+    values.write_text(yaml.safe_dump(source["helm"]["valuesObject"]), encoding="utf-8")
+    result = run_helm("template", source["helm"]["releaseName"], str(CHART), f"--values={values}")
+    assert result.returncode == 0, result.stderr
+    kinds = {doc["kind"] for doc in yaml.safe_load_all(result.stdout) if doc}
+    assert {"Deployment", "Role", "PodMonitor", "ServiceMonitor"} <= kinds
+
+
+def test_the_jobs_application_syncs_a_directory_of_valid_jobs_without_pruning_them() -> None:
+    app = _applications()["distillation-jobs"]
+    directory = ROOT / app["spec"]["source"]["path"]
+    manifests = sorted(directory.glob("*.yaml"))
+    assert manifests
+    for path in manifests:
+        for document in load_documents(path):
+            parse_job(document)
+    assert app["spec"]["syncPolicy"]["automated"]["prune"] is False
+    assert app["spec"]["destination"]["namespace"] in _operator_watched_namespaces()
+
+
+def _operator_watched_namespaces() -> list[str]:
+    values = _applications()["kubedistill-operator"]["spec"]["source"]["helm"]["valuesObject"]
+    return values["watchNamespaces"]
