@@ -1,6 +1,7 @@
 """Loading models, tokenizers and a teacher's output head from a Hugging Face directory (or hub id)."""
 
 import json
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
@@ -26,6 +27,16 @@ def load_causal_lm(path: str, dtype: torch.dtype = torch.float32):
     from transformers import AutoModelForCausalLM
 
     return AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+
+
+def copy_named_tensors(model: torch.nn.Module, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+    """Load new values into `model`'s parameters in place, by Hugging Face parameter name."""
+    parameters = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, tensor in named_tensors:
+            if name not in parameters:
+                raise KeyError(f"no parameter {name!r} in {type(model).__name__}")
+            parameters[name].copy_(tensor.to(parameters[name].device, parameters[name].dtype))
 
 
 def load_lm_head_weight(path: str, dtype: torch.dtype = torch.float32) -> torch.Tensor:

@@ -17,9 +17,10 @@ import ray
 
 from kubedistill.api import telemetry
 from kubedistill.api.job import DistillationJob
+from kubedistill.api.spec import Mode
 from kubedistill.runtime.algorithms.base import ALGORITHMS
 from kubedistill.runtime.checkpoint import CheckpointDirectory, TrainerState
-from kubedistill.runtime.data.batching import global_batches, shard_micro_batches, steps_per_epoch
+from kubedistill.runtime.data.batching import shard_micro_batches, steps_per_epoch
 from kubedistill.runtime.data.errors import BadRecord
 from kubedistill.runtime.data.load import load_samples
 from kubedistill.runtime.data.sample import Sample
@@ -28,6 +29,9 @@ from kubedistill.runtime.models import compute_dtype, load_tokenizer
 from kubedistill.runtime.placement import ClusterView
 from kubedistill.runtime.report import Progress, plot_losses, print_summary, write_metrics, write_summary
 from kubedistill.runtime.roles import has_teacher, kd_config, student_tokenizer_path, teacher_spec
+from kubedistill.runtime.rollout.backend import SamplingConfig
+from kubedistill.runtime.rollout.group import RolloutActorGroup
+from kubedistill.runtime.sources import BatchSource, DatasetBatches, RolloutBatches
 from kubedistill.runtime.student.batch import MicroBatch
 from kubedistill.runtime.student.group import RankWork, StudentActorGroup
 from kubedistill.runtime.student.worker import EvalStats, StepStats
@@ -57,6 +61,7 @@ class StepPlan:
     normalizer: int
     teacher_positions: int
     dispatched_at: float
+    rollout_seconds: float = 0.0
 
 
 @dataclass
@@ -82,7 +87,7 @@ class Trainer:
         self.bad_records = bad_train + bad_eval
         for bad in self.bad_records:
             log.warning("skipped bad record %s", bad)
-        self.steps_per_epoch = steps_per_epoch(len(self.train), self.spec.training.global_batch_size)
+        self.steps_per_epoch = self._steps_per_epoch()
         self.total_steps = self.steps_per_epoch * self.spec.training.epochs
         if self.spec.training.max_steps is not None:
             self.total_steps = min(self.total_steps, self.spec.training.max_steps)
@@ -94,21 +99,36 @@ class Trainer:
         self.metrics = TrainerMetrics(options.namespace, job.name)
         self.teacher: TeacherActorGroup | None = None
         self.students: StudentActorGroup | None = None
-        self._batches: list[list[int]] = []
-        self._batches_epoch = -1
+        self.rollout: RolloutActorGroup | None = None
+        self.source: BatchSource | None = None
+
+    def _steps_per_epoch(self) -> int:
+        training = self.spec.training
+        rollout = self.spec.rollout
+        if self.spec.mode == Mode.ON_POLICY and rollout is not None:
+            per_round = rollout.batch_size * rollout.samples_per_prompt // training.global_batch_size
+            return steps_per_epoch(len(self.train), rollout.batch_size) * per_round
+        return steps_per_epoch(len(self.train), training.global_batch_size)
 
     def _load(self, source, field_path: str) -> tuple[list[Sample], list[BadRecord]]:
         teacher_tokenizer = None
         teacher = teacher_spec(self.job) if has_teacher(self.job) else None
-        if teacher is not None and source.teacher_input_key and (teacher.tokenizer or teacher.model):
+        if teacher is not None and (teacher.tokenizer or teacher.model):
             teacher_tokenizer = load_tokenizer(teacher.tokenizer or teacher.model)
+        # On-policy trains on prompts; its eval data keeps the dataset's responses to score.
+        mode = (
+            Mode.OFF_POLICY
+            if self.spec.mode == Mode.ON_POLICY and field_path.endswith("eval")
+            else self.spec.mode
+        )
         loaded = load_samples(
             source,
             self.spec.data,
             self.tokenizer,
-            mode=self.spec.mode,
+            mode=mode,
             teacher_tokenizer=teacher_tokenizer,
             field=field_path,
+            cross_tokenizer=self.algorithm.cross_tokenizer,
         )
         return loaded.samples, loaded.bad_records
 
@@ -147,12 +167,12 @@ class Trainer:
                 teacher_seconds = self._await_teacher(plan)
                 following = self._advance(state)
                 # Dispatch the next step's teacher work before this step's student work is awaited.
-                next_plan = self._plan(following) if following.step < stop and self._may_prefetch() else None
+                prefetch = following.step < stop and self._may_prefetch(following)
+                next_plan = self._plan(following) if prefetch else None
                 stats = self.students.train_step(plan.work, plan.normalizer)
-                if next_plan is None and following.step < stop:
-                    next_plan = self._plan(following)
                 record = self._train_record(following.step, state.epoch, stats, time.perf_counter() - started)
                 record["teacher_seconds"] = teacher_seconds
+                record["rollout_seconds"] = plan.rollout_seconds
                 record["transfer_bytes"] = self._transfer_bytes(plan)
                 state = replace(
                     following,
@@ -162,36 +182,66 @@ class Trainer:
                 self._publish(record, plan, stats)
                 progress.update(record)
                 state = self._after_step(state)
+                if next_plan is None and state.step < stop:
+                    next_plan = self._plan(state)
                 plan = next_plan
         finally:
             progress.close()
         return state
 
     def _after_step(self, state: TrainerState) -> TrainerState:
+        """What follows a step, in order: weights to the engines that need them, eval, checkpoint."""
+        if self.rollout is not None and self.source.needs_new_weights(state.batch_in_epoch):
+            self.students.push_weights(self.rollout.actors)
+            state = replace(state, history=[*state.history, self._probe(state.step)])
+        if self._teacher_follows_student() and state.step % self.spec.distillation.teacher_update_freq == 0:
+            self._update_teacher()
         every = self.spec.training.eval_every_steps
         if every and self.eval and state.step % every == 0 and state.step < self.total_steps:
             state = replace(state, history=[*state.history, self._eval_record(self._evaluate(), state.step)])
-        if self.checkpoints and state.step % self.spec.checkpoint.every_steps == 0:
+        if self.checkpoints and self._checkpoint_due(state):
             self._save(state)
         return state
+
+    def _checkpoint_due(self, state: TrainerState) -> bool:
+        every = self.spec.checkpoint.every_steps
+        return state.step % every == 0 and self.source.resumable_at(state.batch_in_epoch)
+
+    def _teacher_follows_student(self) -> bool:
+        return self.spec.mode == Mode.SELF_DISTILLATION and self.teacher is not None
+
+    def _update_teacher(self) -> None:
+        """Self-distillation: the teacher takes the student's weights, or their moving average."""
+        ema = self.spec.distillation.teacher_ema_decay is not None
+        self.students.become_teacher(self.teacher.actors, ema=ema)
+
+    def _probe(self, step: int) -> dict:
+        """The student's greedy answer to the first training prompt, after each weight sync: a way to watch
+        the policy change."""
+        prompt = list(self.train[0].input_ids)
+        sampling = SamplingConfig(
+            max_new_tokens=self.spec.rollout.max_new_tokens,
+            temperature=0.0,
+            top_p=1.0,
+            samples_per_prompt=1,
+            seed=0,
+        )
+        response = self.rollout.generate([prompt], sampling)[0]
+        return {"kind": "probe", "step": step, "response": self.tokenizer.decode(response)}
 
     # -- one step -------------------------------------------------------------------------------------------
 
     def _plan(self, state: TrainerState) -> StepPlan:
-        indices = self._epoch_batches(state.epoch)[state.batch_in_epoch]
-        samples = [self.train[i] for i in indices]
+        started = time.perf_counter()
+        samples = self.source.samples(state.epoch, state.batch_in_epoch)
+        rollout_seconds = time.perf_counter() - started if self.rollout is not None else 0.0
         training = self.spec.training
         shards = shard_micro_batches(
             samples, self.students.world_size, training.micro_batch_size, training.max_tokens_per_device
         )
-        return self._lay_out(shards)
-
-    def _epoch_batches(self, epoch: int) -> list[list[int]]:
-        if self._batches_epoch != epoch:
-            training = self.spec.training
-            self._batches = global_batches(len(self.train), training.global_batch_size, training.seed, epoch)
-            self._batches_epoch = epoch
-        return self._batches
+        plan = self._lay_out(shards)
+        plan.rollout_seconds = rollout_seconds
+        return plan
 
     def _lay_out(self, shards: list[list[list[Sample]]]) -> StepPlan:
         """Micro-batches per rank, with the teacher's hidden states for each already requested."""
@@ -237,8 +287,14 @@ class Trainer:
             * compute_dtype(self.spec.training.precision).itemsize
         )
 
-    def _may_prefetch(self) -> bool:
-        return not self.spec.cluster.colocate
+    def _may_prefetch(self, following: TrainerState) -> bool:
+        """Whether the next step can be prepared while this one trains: not when teacher and student share
+        GPUs, and not when the next step needs weights that this step produces (a new rollout round, a
+        teacher that follows the student)."""
+        if self.spec.cluster.colocate or self.source.needs_new_weights(following.batch_in_epoch):
+            return False
+        freq = self.spec.distillation.teacher_update_freq
+        return not (self._teacher_follows_student() and following.step % freq == 0)
 
     def _advance(self, state: TrainerState) -> TrainerState:
         batch = state.batch_in_epoch + 1
@@ -326,6 +382,13 @@ class Trainer:
         if has_teacher(self.job):
             self.teacher = TeacherActorGroup(self.job, cluster)
         self.students = StudentActorGroup(self.job, self.total_steps, cluster)
+        if self.spec.mode == Mode.ON_POLICY:
+            self.rollout = RolloutActorGroup(self.job, cluster)
+            self.source = RolloutBatches(self.train, self.job, self.rollout, self.spec.data.max_length)
+        else:
+            self.source = DatasetBatches(
+                self.train, self.spec.training.global_batch_size, self.spec.training.seed
+            )
 
     def _resume(self) -> TrainerState:
         fresh = TrainerState(step=0, epoch=0, batch_in_epoch=0, bad_records=len(self.bad_records))
@@ -336,6 +399,11 @@ class Trainer:
             return fresh
         log.info("resuming from %s (step %d)", latest.path, latest.state.step)
         self.students.load_checkpoint(str(latest.path))
+        # Engines that follow the student start from its initial weights: bring them to the checkpoint's.
+        if self.rollout is not None:
+            self.students.push_weights(self.rollout.actors)
+        if self._teacher_follows_student():
+            self._update_teacher()
         self.metrics.set(telemetry.STEP, latest.state.step)
         self.metrics.set(telemetry.LAST_CHECKPOINT_STEP, latest.state.step)
         return replace(latest.state, bad_records=len(self.bad_records))
@@ -392,11 +460,12 @@ class Trainer:
         log.info("serving /metrics on port %d", port)
 
     def shutdown(self) -> None:
-        for group in (self.students, self.teacher):
+        for group in (self.students, self.teacher, self.rollout):
             if group is not None:
                 group.shutdown()
         self.students = None
         self.teacher = None
+        self.rollout = None
         self.metrics.close()
 
 

@@ -7,11 +7,12 @@ output head is unsharded.
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 from torch import Tensor, nn
 
 from kubedistill.api.registry import ALGORITHM_GROUP
+from kubedistill.api.spec import DistillationSpec
 from kubedistill.runtime.losses.config import KDConfig
 from kubedistill.runtime.losses.output import LossOutput
 from kubedistill.runtime.plugins import Registry
@@ -49,11 +50,17 @@ class AlgorithmContext:
     """Path of the teacher's tokenizer (None without a teacher)."""
     teacher_model: str | None = None
     """Path of the teacher model, for algorithms that read more of it than the output head."""
+    distillation: DistillationSpec = field(default_factory=DistillationSpec)
+    """The job's spec.distillation, for settings of an algorithm's own (e.g. dskdTokenAlign)."""
 
 
 class Algorithm(nn.Module):
     """The loss of one micro-batch. Weights of its own (`nn.Parameter`s) are trained with the student, at
     spec.distillation.projectorLearningRate."""
+
+    cross_tokenizer: ClassVar[bool] = False
+    """The algorithm matches the tokens of a teacher with its own tokenizer: the trainer then has every sample
+    carry the teacher's tokenization of the same conversation (`Sample.aligned_targets`)."""
 
     def __init__(self, context: AlgorithmContext) -> None:
         super().__init__()

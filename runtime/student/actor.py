@@ -45,6 +45,21 @@ class StudentActor:
     ) -> EvalStats:
         return self._worker.evaluate(micro_batches, resolve_hidden(teacher_refs), normalizer)
 
+    def push_weights(self, targets: list[ray.actor.ActorHandle], bucket_bytes: int, ema: bool) -> int:
+        """Send the student's weights to engines' `update_weights`, bucket by bucket (collective: every rank
+        is called; rank 0 gets the targets). Each bucket is put in the object store once for all targets.
+        Returns the bytes sent."""
+        sent = 0
+        for bucket in self._worker.full_weight_buckets(bucket_bytes, ema=ema):
+            if targets and bucket:
+                ref = ray.put(bucket)
+                ray.get([target.update_weights.remote(ref) for target in targets])
+                sent += sum(tensor.numel() * tensor.element_size() for _, tensor in bucket)
+        return sent
+
+    def refresh_teacher_head(self, ema: bool) -> None:
+        self._worker.refresh_teacher_head(ema)
+
     def save_checkpoint(self, directory: str) -> None:
         self._worker.save_checkpoint(directory)
 

@@ -11,6 +11,9 @@ from kubedistill.runtime.student.actor import StudentActor
 from kubedistill.runtime.student.batch import MicroBatch
 from kubedistill.runtime.student.worker import EvalStats, RankAddress, StepStats
 
+WEIGHT_BUCKET_BYTES = 512 * 1024 * 1024
+"""Weights are streamed to rollout and teacher engines in buckets of about this size."""
+
 
 @dataclass(frozen=True)
 class RankWork:
@@ -56,6 +59,23 @@ class StudentActorGroup:
             ]
         )
         return results[0]
+
+    def push_weights(self, targets: list[ray.actor.ActorHandle], *, ema: bool = False) -> int:
+        """Stream the student's current (or EMA) weights into the target engines. Returns the bytes sent."""
+        sent = ray.get(
+            [
+                actor.push_weights.remote(targets if rank == 0 else [], WEIGHT_BUCKET_BYTES, ema)
+                for rank, actor in enumerate(self.actors)
+            ]
+        )
+        return sent[0]
+
+    def become_teacher(self, teachers: list[ray.actor.ActorHandle], *, ema: bool) -> int:
+        """Self-distillation: the teacher engines and every rank's copy of the teacher's head take the
+        student's (or its average's) weights. Returns the bytes sent."""
+        sent = self.push_weights(teachers, ema=ema)
+        ray.get([actor.refresh_teacher_head.remote(ema) for actor in self.actors])
+        return sent
 
     def save_checkpoint(self, directory: str) -> None:
         ray.get([actor.save_checkpoint.remote(directory) for actor in self.actors])

@@ -5,6 +5,7 @@ A plain object (the Ray actor around it only resolves object refs), so it runs i
 
 import math
 import random
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from torch.distributed.checkpoint.state_dict import (
     get_state_dict,
     set_state_dict,
 )
+from torch.distributed.tensor import DTensor
 
 from kubedistill.api.job import DistillationJob
 from kubedistill.api.spec import OnNonFinite
@@ -98,6 +100,7 @@ class StudentWorker:
                 student_tokenizer=student_tokenizer_path(job),
                 teacher_tokenizer=teacher_tokenizer_path(job),
                 teacher_model=teacher_path,
+                distillation=spec.distillation,
             )
         )
         self.module = DistillationModule(student, algorithm, teacher_head).to(self.device)
@@ -126,6 +129,14 @@ class StudentWorker:
         )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda step: lr_factor(step, training, total_steps)
+        )
+        self.ema_decay = spec.distillation.teacher_ema_decay
+        # Self-distillation with an EMA teacher: the average lives here, sharded like the student, and is
+        # what the teacher receives; the teacher engine itself never has to average.
+        self.ema: dict[str, torch.Tensor] = (
+            {name: p.detach().clone() for name, p in self.module.student.named_parameters()}
+            if self.ema_decay is not None
+            else {}
         )
 
     # -- training -------------------------------------------------------------------------------------------
@@ -159,6 +170,7 @@ class StudentWorker:
         if finite:
             self.optimizer.step()
             self.scheduler.step()
+            self._update_ema()
         self.optimizer.zero_grad(set_to_none=True)
         return StepStats(
             kd_sum=float(sums[0]),
@@ -188,12 +200,60 @@ class StudentWorker:
             kd_sum=float(sums[0]), ce_sum=float(sums[1]), num_targets=int(sums[2]), agreements=int(sums[3])
         )
 
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        if self.ema_decay is None:
+            return
+        for name, parameter in self.module.student.named_parameters():
+            self.ema[name].lerp_(parameter.detach(), 1.0 - self.ema_decay)
+
+    # -- weights for other engines --------------------------------------------------------------------------
+
+    def full_weight_buckets(
+        self, bucket_bytes: int, ema: bool = False
+    ) -> Iterator[list[tuple[str, torch.Tensor]]]:
+        """The student's whole weights by Hugging Face name, in buckets of about `bucket_bytes` (collective).
+
+        Every rank runs the same all-gathers, one parameter at a time, and only rank 0 keeps what they return:
+        the biggest thing on a rank is one bucket plus one parameter, never a second copy of the model.
+        Other ranks yield empty buckets at the same points.
+        """
+        dtype = compute_dtype(self.job.spec.training.precision)
+        keep = self.address.rank == 0
+        bucket: list[tuple[str, torch.Tensor]] = []
+        size = 0
+        for name, parameter in self.module.student.named_parameters():
+            source = self.ema[name] if ema else parameter.detach()
+            full = source.full_tensor() if isinstance(source, DTensor) else source
+            size += full.numel() * dtype.itemsize
+            if keep:
+                bucket.append((name, full.to("cpu", dtype)))
+            del full
+            if size >= bucket_bytes:
+                yield bucket
+                bucket, size = [], 0
+        if size:
+            yield bucket
+
+    @torch.no_grad()
+    def refresh_teacher_head(self, ema: bool = False) -> None:
+        """Self-distillation: the teacher's output head is the student's (or its average's), so the frozen
+        copy every rank uses to rebuild teacher logits must follow each teacher update (collective)."""
+        head = self.module.student.get_output_embeddings().weight
+        if ema:
+            name = next(n for n, p in self.module.student.named_parameters() if p is head)
+            head = self.ema[name]
+        full = head.full_tensor() if isinstance(head, DTensor) else head
+        self.module.teacher_head.copy_(full.to(self.module.teacher_head.dtype))
+
     # -- checkpoints ----------------------------------------------------------------------------------------
 
     def save_checkpoint(self, directory: str) -> None:
         """Write this rank's shards (DCP) and its RNG and schedule state into `directory` (collective)."""
         model_state, optimizer_state = get_state_dict(self.module, self.optimizer)
-        dcp.save({"model": model_state, "optimizer": optimizer_state}, checkpoint_id=directory)
+        dcp.save(
+            {"model": model_state, "optimizer": optimizer_state, "ema": self.ema}, checkpoint_id=directory
+        )
         torch.save(
             {"scheduler": self.scheduler.state_dict(), "rng": _rng_state()},
             Path(directory) / f"rank-{self.address.rank}.pt",
@@ -202,7 +262,7 @@ class StudentWorker:
 
     def load_checkpoint(self, directory: str) -> None:
         model_state, optimizer_state = get_state_dict(self.module, self.optimizer)
-        state = {"model": model_state, "optimizer": optimizer_state}
+        state = {"model": model_state, "optimizer": optimizer_state, "ema": self.ema}
         dcp.load(state, checkpoint_id=directory)
         set_state_dict(
             self.module, self.optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"]

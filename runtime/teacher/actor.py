@@ -28,6 +28,10 @@ class TeacherActor:
     def update_weights(self, named_tensors: list[tuple[str, torch.Tensor]]) -> None:
         self.backend.update_weights(named_tensors)
 
+    def named_parameters(self) -> dict[str, torch.Tensor]:
+        """The engine's current weights (transformers only), to check a weight sync."""
+        return self.backend.named_parameters()
+
     def sleep(self) -> None:
         self.backend.sleep()
 

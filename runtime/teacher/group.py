@@ -5,12 +5,12 @@ import ray
 from kubedistill.api.job import DistillationJob
 from kubedistill.api.placement import Role
 from kubedistill.api.spec import Backend
+from kubedistill.runtime.backend_choice import resolve_backend
 from kubedistill.runtime.data.batching import balance
 from kubedistill.runtime.placement import ClusterView, actor_resources
 from kubedistill.runtime.roles import teacher_spec
 from kubedistill.runtime.teacher.actor import TeacherActor
 from kubedistill.runtime.teacher.backend import TeacherBatch
-from kubedistill.runtime.teacher.factory import resolve_backend
 
 
 class TeacherActorGroup:

@@ -4,7 +4,7 @@ from collections.abc import Iterable
 
 import torch
 
-from kubedistill.runtime.models import load_causal_lm
+from kubedistill.runtime.models import copy_named_tensors, load_causal_lm
 from kubedistill.runtime.padding import pad_right
 from kubedistill.runtime.teacher.backend import TeacherBatch
 
@@ -35,10 +35,11 @@ class TransformersTeacher:
         return hidden[rows.to(self._device), columns.to(self._device)].to("cpu")
 
     def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
-        parameters = dict(self._model.named_parameters())
-        with torch.no_grad():
-            for name, tensor in named_tensors:
-                parameters[name].copy_(tensor.to(parameters[name].device, parameters[name].dtype))
+        copy_named_tensors(self._model, named_tensors)
+
+    def named_parameters(self) -> dict[str, torch.Tensor]:
+        """The teacher's current weights, to check a weight sync."""
+        return {name: value.detach().to("cpu").clone() for name, value in self._model.named_parameters()}
 
     def sleep(self) -> None:
         """Nothing to release: transformers keeps no KV cache between calls."""

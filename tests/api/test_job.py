@@ -48,7 +48,8 @@ def test_a_typo_suggests_the_field_that_was_meant() -> None:
 def test_an_unknown_loss_lists_the_known_ones() -> None:
     with pytest.raises(InvalidJob) as raised:
         parse_job(apply_changes(BASE, {"spec.distillation.loss": "kl"}))
-    assert "known: akl, fkl, jsd, rkl, skl, srkl, tvd" in str(raised.value)
+    listed = str(raised.value).split("known: ")[1].split(", ")
+    assert {"akl", "fkl", "jsd", "rkl", "skl", "srkl", "tvd"} <= set(listed)
 
 
 def test_plugin_names_are_left_to_the_runtime_when_asked() -> None:

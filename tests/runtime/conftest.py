@@ -1,6 +1,7 @@
 """Fixtures shared by the runtime tests: one Ray for the session, tiny models and data on disk."""
 
 import os
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,11 +32,18 @@ class TinyWorld:
     eval: Path
 
 
+PLUGIN_SITE = Path(__file__).parent / "plugin_site"
+"""A plugin package with entry points, importable by the driver and by every Ray worker."""
+
+
 @pytest.fixture(scope="session")
 def ray_session() -> Iterator[None]:
     import ray
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    # Workers inherit the environment Ray starts with: the plugin package must be on their path too.
+    sys.path.insert(0, str(PLUGIN_SITE))
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PLUGIN_SITE), os.environ.get("PYTHONPATH")]))
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     yield
     ray.shutdown()

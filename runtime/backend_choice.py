@@ -1,0 +1,25 @@
+"""Which inference engine a teacher or rollout group runs on."""
+
+import importlib.util
+
+import torch
+
+from kubedistill.api.spec import Backend
+
+
+def resolve_backend(requested: Backend) -> Backend:
+    """`auto` is SGLang where it can run (a GPU and the `sglang` extra), transformers elsewhere."""
+    if requested != Backend.AUTO:
+        return requested
+    if torch.cuda.is_available() and importlib.util.find_spec("sglang") is not None:
+        return Backend.SGLANG
+    return Backend.TRANSFORMERS
+
+
+def local_device() -> torch.device:
+    """The accelerator Ray gave this actor, else the CPU."""
+    return (
+        torch.device("cuda", torch.cuda.current_device())
+        if torch.cuda.is_available()
+        else torch.device("cpu")
+    )

@@ -1,0 +1,48 @@
+"""The rollout actor group: engines generating with the student's current weights, prompts spread evenly."""
+
+import ray
+
+from kubedistill.api.job import DistillationJob
+from kubedistill.api.placement import Role
+from kubedistill.api.spec import Backend
+from kubedistill.runtime.backend_choice import resolve_backend
+from kubedistill.runtime.placement import ClusterView, actor_resources
+from kubedistill.runtime.rollout.actor import RolloutActor
+from kubedistill.runtime.rollout.backend import SamplingConfig
+
+
+class RolloutActorGroup:
+    def __init__(self, job: DistillationJob, cluster: ClusterView) -> None:
+        spec = job.spec.rollout
+        if spec is None:
+            raise ValueError("spec.rollout: required when spec.mode is onPolicy")
+        gpus = float(spec.tensor_parallel) if resolve_backend(spec.backend) == Backend.SGLANG else 1.0
+        remote = ray.remote(RolloutActor).options(
+            **actor_resources(Role.ROLLOUT, gpus, cluster).ray_options()
+        )
+        self.actors = [remote.remote(job) for _ in range(spec.engines)]
+        ray.get([actor.__ray_ready__.remote() for actor in self.actors])
+
+    def generate(self, prompts: list[list[int]], sampling: SamplingConfig) -> list[list[int]]:
+        """`samples_per_prompt` responses per prompt, prompt-major, in the prompts' order.
+
+        Engine e gets the contiguous slice e of the prompts, with its own seed derived from the round's.
+        """
+        engines = len(self.actors)
+        size = -(-len(prompts) // engines)
+        slices = [prompts[e * size : (e + 1) * size] for e in range(engines)]
+        refs = [
+            actor.generate.remote(
+                part, SamplingConfig(**{**sampling.__dict__, "seed": sampling.seed * 1000 + e})
+            )
+            for e, (actor, part) in enumerate(zip(self.actors, slices, strict=True))
+            if part
+        ]
+        return [response for part in ray.get(refs) for response in part]
+
+    def shutdown(self) -> None:
+        try:
+            ray.get([actor.close.remote() for actor in self.actors], timeout=30)
+        finally:
+            for actor in self.actors:
+                ray.kill(actor)

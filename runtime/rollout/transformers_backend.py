@@ -1,0 +1,65 @@
+"""On-policy generation on transformers (CPU or one GPU per engine). SGLang serves the same protocol."""
+
+from collections.abc import Iterable
+
+import torch
+
+from kubedistill.runtime.models import copy_named_tensors, load_causal_lm, load_tokenizer
+from kubedistill.runtime.rollout.backend import SamplingConfig
+
+
+class TransformersRollout:
+    def __init__(self, model_path: str, dtype: torch.dtype, device: torch.device) -> None:
+        self._device = device
+        self._model = load_causal_lm(model_path, dtype).to(device).eval()
+        self._model.requires_grad_(False)
+        tokenizer = load_tokenizer(model_path)
+        self._eos = tokenizer.eos_token_id
+        self._pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self._eos
+
+    @torch.inference_mode()
+    def generate(self, prompts: list[list[int]], sampling: SamplingConfig) -> list[list[int]]:
+        generator_seed = torch.initial_seed()
+        torch.manual_seed(sampling.seed)
+        try:
+            return [response for prompt in prompts for response in self._sample(prompt, sampling)]
+        finally:
+            torch.manual_seed(generator_seed)
+
+    def _sample(self, prompt: list[int], sampling: SamplingConfig) -> list[list[int]]:
+        # One prompt at a time: no padding, so a prompt's samples do not depend on what it is batched with.
+        input_ids = torch.tensor([prompt], dtype=torch.long, device=self._device)
+        greedy = sampling.temperature == 0
+        outputs = self._model.generate(
+            input_ids=input_ids,
+            attention_mask=torch.ones_like(input_ids),
+            do_sample=not greedy,
+            temperature=None if greedy else sampling.temperature,
+            top_p=None if greedy else sampling.top_p,
+            top_k=None if greedy else 0,
+            max_new_tokens=sampling.max_new_tokens,
+            num_return_sequences=sampling.samples_per_prompt,
+            eos_token_id=self._eos,
+            pad_token_id=self._pad,
+        )
+        return [_until_eos(row[len(prompt) :].tolist(), self._eos) for row in outputs]
+
+    def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+        copy_named_tensors(self._model, named_tensors)
+
+    def named_parameters(self) -> dict[str, torch.Tensor]:
+        return {name: value.detach().to("cpu").clone() for name, value in self._model.named_parameters()}
+
+    def sleep(self) -> None:
+        """Nothing to release: transformers keeps no KV cache between calls."""
+
+    def wake(self) -> None:
+        """Nothing to take back (see `sleep`)."""
+
+    def close(self) -> None:
+        del self._model
+
+
+def _until_eos(tokens: list[int], eos: int) -> list[int]:
+    """The response up to and including its end-of-sequence token (generate pads finished rows with it)."""
+    return tokens[: tokens.index(eos) + 1] if eos in tokens else tokens

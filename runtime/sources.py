@@ -1,0 +1,144 @@
+"""Where each step's global batch comes from: the dataset (off-policy, self-distillation, SFT) or the
+student's own samples (on-policy).
+
+A source maps the trainer's position (epoch, step within the epoch) to the sequences of that step, the same
+way every time, so a resumed job sees what an uninterrupted one would have seen.
+"""
+
+import time
+from dataclasses import dataclass
+from typing import Protocol
+
+from kubedistill.api.job import DistillationJob
+from kubedistill.runtime.data.batching import global_batches, steps_per_epoch
+from kubedistill.runtime.data.sample import Sample
+from kubedistill.runtime.rollout.backend import SamplingConfig
+from kubedistill.runtime.rollout.group import RolloutActorGroup
+
+
+class BatchSource(Protocol):
+    steps_per_epoch: int
+
+    def samples(self, epoch: int, step_in_epoch: int) -> list[Sample]: ...
+
+    def needs_new_weights(self, step_in_epoch: int) -> bool:
+        """Whether the batch at this position depends on the weights trained up to the step before it."""
+        ...
+
+    def resumable_at(self, step_in_epoch: int) -> bool:
+        """Whether a checkpoint taken before this position can be resumed exactly."""
+        ...
+
+
+class DatasetBatches:
+    def __init__(self, samples: list[Sample], global_batch_size: int, seed: int) -> None:
+        self._samples = samples
+        self._size = global_batch_size
+        self._seed = seed
+        self.steps_per_epoch = steps_per_epoch(len(samples), global_batch_size)
+        self._epoch = -1
+        self._batches: list[list[int]] = []
+
+    def samples(self, epoch: int, step_in_epoch: int) -> list[Sample]:
+        if epoch != self._epoch:
+            self._batches = global_batches(len(self._samples), self._size, self._seed, epoch)
+            self._epoch = epoch
+        return [self._samples[i] for i in self._batches[step_in_epoch]]
+
+    def needs_new_weights(self, step_in_epoch: int) -> bool:
+        del step_in_epoch
+        return False
+
+    def resumable_at(self, step_in_epoch: int) -> bool:
+        del step_in_epoch
+        return True
+
+
+@dataclass(frozen=True)
+class Round:
+    epoch: int
+    index: int
+    sequences: list[Sample]
+    seconds: float
+
+
+class RolloutBatches:
+    """On-policy: each round samples `rollout.samplesPerPrompt` responses to `rollout.batchSize` prompts with
+    the student's current weights, and feeds `batchSize x samplesPerPrompt / globalBatchSize` steps."""
+
+    def __init__(
+        self, prompts: list[Sample], job: DistillationJob, rollout: RolloutActorGroup, max_length: int
+    ) -> None:
+        spec = job.spec
+        assert spec.rollout is not None
+        self._prompts = prompts
+        self._rollout = rollout
+        self._spec = spec
+        self._max_length = max_length
+        self._global = spec.training.global_batch_size
+        self.steps_per_round = spec.rollout.batch_size * spec.rollout.samples_per_prompt // self._global
+        self.rounds_per_epoch = steps_per_epoch(len(prompts), spec.rollout.batch_size)
+        self.steps_per_epoch = self.rounds_per_epoch * self.steps_per_round
+        self._round: Round | None = None
+        self.generated: list[Round] = []
+        """Rounds generated since the trainer last looked (it logs their timing)."""
+
+    def samples(self, epoch: int, step_in_epoch: int) -> list[Sample]:
+        index, within = divmod(step_in_epoch, self.steps_per_round)
+        if self._round is None or (self._round.epoch, self._round.index) != (epoch, index):
+            self._round = self._generate(epoch, index)
+            self.generated.append(self._round)
+        return self._round.sequences[within * self._global : (within + 1) * self._global]
+
+    def needs_new_weights(self, step_in_epoch: int) -> bool:
+        """A round's first step: its samples come from the student's weights after the last round."""
+        return step_in_epoch % self.steps_per_round == 0
+
+    def resumable_at(self, step_in_epoch: int) -> bool:
+        # Inside a round, the samples came from weights a checkpoint no longer holds.
+        return self.needs_new_weights(step_in_epoch)
+
+    def _generate(self, epoch: int, index: int) -> Round:
+        rollout = self._spec.rollout
+        assert rollout is not None
+        chosen = global_batches(len(self._prompts), rollout.batch_size, self._spec.training.seed, epoch)[
+            index
+        ]
+        prompts = [self._prompts[i] for i in chosen]
+        started = time.perf_counter()
+        responses = self._rollout.generate(
+            [list(p.input_ids) for p in prompts],
+            SamplingConfig(
+                max_new_tokens=rollout.max_new_tokens,
+                temperature=rollout.temperature,
+                top_p=rollout.top_p,
+                samples_per_prompt=rollout.samples_per_prompt,
+                # A round's samples depend on the seed and the weights only, so a resumed job redraws them.
+                seed=self._spec.training.seed + epoch * self.rounds_per_epoch + index,
+            ),
+        )
+        sequences = [
+            with_response(prompt, response, self._max_length)
+            for prompt, response in zip(
+                (p for p in prompts for _ in range(rollout.samples_per_prompt)), responses, strict=True
+            )
+        ]
+        return Round(epoch, index, sequences, time.perf_counter() - started)
+
+
+def with_response(prompt: Sample, response: list[int], max_length: int) -> Sample:
+    """A prompt-only sample completed by a generated response, whose tokens become the targets."""
+    room = max(1, max_length - len(prompt.input_ids))
+    response = response[:room] or response[:1]
+    teacher_ids = teacher_mask = None
+    if prompt.teacher_input_ids is not None:
+        teacher_ids = prompt.teacher_input_ids + tuple(response)
+        teacher_mask = (False,) * len(prompt.teacher_input_ids) + (True,) * len(response)
+    return Sample(
+        input_ids=prompt.input_ids + tuple(response),
+        target_mask=(False,) * len(prompt.input_ids) + (True,) * len(response),
+        source=f"{prompt.source} (rollout)",
+        prompt_length=len(prompt.input_ids),
+        teacher_input_ids=teacher_ids,
+        teacher_target_mask=teacher_mask,
+    )
