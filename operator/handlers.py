@@ -4,6 +4,7 @@ Importing this module registers them in kopf's global registry, so it is importe
 """
 
 import asyncio
+import contextlib
 from typing import Any
 
 import kopf
@@ -13,7 +14,7 @@ from kubedistill.api.status import Phase
 from kubedistill.operator import reconcile
 from kubedistill.operator.cluster import connection_info
 from kubedistill.operator.context import OperatorContext
-from kubedistill.operator.kube import RAY_GROUP, RAY_VERSION, RAYJOBS
+from kubedistill.operator.kube import RAY_GROUP, RAY_VERSION, RAYJOBS, TransientApiError
 from kubedistill.operator.naming import JOB_LABEL
 
 
@@ -64,7 +65,8 @@ async def read_progress(body: kopf.Body, memo: OperatorContext, **_: Any) -> Non
     """Only while the job runs: kopf cancels it when the phase changes (and starts it again on Running)."""
     key = reconcile.key_of(body)
     while True:
-        with memo.metrics.reconcile("progress"):
+        # The API server failing a status patch is counted as an error; the next period tries again.
+        with contextlib.suppress(TransientApiError), memo.metrics.reconcile("progress"):
             await reconcile.read_progress(memo, key)
         # A plain sleep, not `stopped.wait(period)`: cancelled, it raises CancelledError, where Python
         # 3.11's wait_for may turn a cancellation into a TimeoutError that kopf re-raises when it stops.

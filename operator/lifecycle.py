@@ -61,6 +61,15 @@ def spec_change_status(
     return with_conditions(status, [desired], generation=generation, now=now)
 
 
+def invalid_edit_status(
+    status: Mapping[str, Any], problems: Sequence[Problem], *, generation: int | None, now: str
+) -> Status:
+    """An edit that does not validate (it slipped past the CRD's schema) is not applied either."""
+    message = "the edited spec is invalid and was not applied: " + "; ".join(str(p) for p in problems)
+    desired = DesiredCondition(ConditionType.SPEC_CHANGE_IGNORED, "True", Reason.INVALID_SPEC, message)
+    return with_conditions(status, [desired], generation=generation, now=now)
+
+
 def is_created(status: Mapping[str, Any]) -> bool:
     created = condition_of(status, ConditionType.CREATED)
     return created is not None and created.get("status") == "True"

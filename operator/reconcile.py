@@ -21,6 +21,7 @@ from kubedistill.operator.context import OperatorContext
 from kubedistill.operator.kube import NotOwned, TransientApiError
 from kubedistill.operator.lifecycle import (
     created_status,
+    invalid_edit_status,
     invalid_spec_status,
     is_created,
     name_conflict_status,
@@ -80,19 +81,25 @@ async def apply_spec_change(ctx: OperatorContext, body: Body) -> None:
     namespace, name = key
     try:
         wanted = _parse(body)
+    except InvalidJob as invalid:
+        problems = invalid.problems
+        await _change_or_retry(
+            ctx, key, lambda s, g: invalid_edit_status(s, problems, generation=g, now=now())
+        )
+        kopf.warn(dict(body), reason=Reason.INVALID_SPEC, message=str(invalid).replace("\n", "; "))
+        return
+    try:
         config_map = await ctx.kube.read_config_map(namespace, config_map_name(name))
         deployed = parse_job(yaml.safe_load(config_map["data"][CONFIG_FILE]), check_plugin_names=False)
         change = classify(deployed.spec, wanted.spec)
         await ctx.kube.patch_rayjob_spec(namespace, rayjob_name(name), change.rayjob_patch)
-    except InvalidJob as invalid:
-        ignored: tuple[str, ...] = tuple(str(problem) for problem in invalid.problems)
     except TransientApiError as error:
         raise kopf.TemporaryError(str(error), delay=ctx.settings.retry_delay_seconds) from error
-    else:
-        ignored = change.ignored
+    ignored = change.ignored
     await _change_or_retry(ctx, key, lambda s, g: spec_change_status(s, ignored, generation=g, now=now()))
     if ignored:
-        kopf.warn(dict(body), reason="SpecChangeIgnored", message=f"not applied: {', '.join(ignored)}")
+        message = f"not applied to the running job: {', '.join(ignored)}"
+        kopf.warn(dict(body), reason=ConditionType.SPEC_CHANGE_IGNORED, message=message)
 
 
 async def mirror_rayjob(ctx: OperatorContext, event_type: str | None, rayjob: Body) -> None:

@@ -239,6 +239,21 @@ async def test_other_spec_edits_are_ignored_with_a_condition_and_an_event_naming
     assert cluster.rayjob()["spec"] == rayjob_spec
 
 
+async def test_an_edit_that_does_not_validate_is_not_applied_and_says_why(cluster: Cluster) -> None:
+    async with running_operator(cluster.server):
+        await cluster.create_job(job_manifest())
+        await _created(cluster)
+        await cluster.edit_spec({"mode": "onPolicy", "suspend": True})
+        await eventually(lambda: cluster.condition("SpecChangeIgnored")["status"] == "True", what="ignored")
+        await eventually(lambda: _events(cluster, "InvalidSpec"), what="an InvalidSpec event")
+
+    ignored = cluster.condition("SpecChangeIgnored")
+    assert ignored["reason"] == "InvalidSpec"
+    assert "spec.rollout: required when spec.mode is onPolicy" in ignored["message"]
+    assert cluster.rayjob()["spec"]["suspend"] is False
+    assert cluster.status()["phase"] == "Pending"
+
+
 def _events(cluster: Cluster, reason: str) -> list[dict[str, object]]:
     return [
         event for event in cluster.events() if event.get("reason") == reason and event["type"] == "Warning"
