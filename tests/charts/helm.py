@@ -74,10 +74,3 @@ def template(
     assert result.returncode == 0, result.stderr
     documents = yaml.safe_load_all(result.stdout)
     return Rendered(tuple(doc for doc in documents if doc))
-
-
-def template_error(settings: tuple[str, ...] = (), values_files: tuple[Path, ...] = ()) -> str:
-    """helm's error for values that must not render."""
-    result = run_helm("template", RELEASE, str(CHART), *values_args(values_files, settings))
-    assert result.returncode != 0, f"rendered although it should fail: {settings}"
-    return result.stderr

@@ -1,10 +1,12 @@
 """values.yaml documents and values.schema.json types every value; bad values fail before anything is
 rendered, with a message naming the key to fix."""
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import pytest
 import yaml
 
@@ -15,8 +17,6 @@ SCHEMA = CHART / "values.schema.json"
 
 
 def _schema() -> dict[str, Any]:
-    import json
-
     return json.loads(SCHEMA.read_text(encoding="utf-8"))
 
 
@@ -69,8 +69,6 @@ def test_every_value_has_a_doc_comment_and_a_schema_type(key: str, line: int, sc
 
 
 def test_the_values_file_is_valid_for_its_own_schema() -> None:
-    import jsonschema
-
     jsonschema.validate(yaml.safe_load(VALUES.read_text(encoding="utf-8")), _schema())
 
 
