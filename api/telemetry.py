@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 METRICS_PORT_ENV = "KUBEDISTILL_METRICS_PORT"
-DEFAULT_METRICS_PORT = 8080
+DEFAULT_METRICS_PORT = 8090
+"""Not 8080: on a KubeRay head that is Ray's own metrics exporter, in the same container as the trainer."""
 LABELS = ("namespace", "job")
 
 

@@ -19,9 +19,9 @@ CONFIG_DIR = JOB_CONFIG_PATH.rsplit("/", 1)[0]
 SHM_VOLUME = "dshm"
 CONFIG_VOLUME = "kubedistill-job"
 
-RAY_METRICS_PORT = 8081
-"""Where Ray's own metrics exporter listens on the head. KubeRay's default (8080) is the trainer's
-`/metrics` port (`kubedistill.api.telemetry.DEFAULT_METRICS_PORT`), and both run in the head container."""
+RAY_METRICS_PORT = 8080
+"""Ray's own metrics exporter on the head (KubeRay's default), beside the trainer's `/metrics` port
+(`kubedistill.api.telemetry.DEFAULT_METRICS_PORT`) in the same container."""
 
 # KubeRay builds the head Service from the head container's ports once any is declared, so the ports
 # its submitter and workers use are declared next to the trainer's metrics port.

@@ -17,7 +17,7 @@ from kubedistill.operator.naming import (
     owner_reference,
     rayjob_name,
 )
-from kubedistill.operator.pods import RAY_METRICS_PORT, head_template, worker_template
+from kubedistill.operator.pods import head_template, worker_template
 from kubedistill.operator.settings import RenderSettings
 from kubedistill.operator.topology import WorkerGroup, worker_groups
 
@@ -77,7 +77,7 @@ def render_rayjob(job: DistillationJob, settings: RenderSettings) -> KubeObject:
         rayjob_spec["suspend"] = spec.suspend
     rayjob_spec["rayClusterSpec"] = {
         "headGroupSpec": {
-            "rayStartParams": {"metrics-export-port": str(RAY_METRICS_PORT)},
+            "rayStartParams": {},
             # The trainer driver runs here; no GPU, so Ray places no GPU actor on the head.
             "resources": {"GPU": "0"},
             "template": head_template(job, image),

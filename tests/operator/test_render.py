@@ -151,10 +151,10 @@ def test_the_head_runs_the_trainer_without_gpus_and_serves_its_metrics() -> None
     container = head["template"]["spec"]["containers"][0]
     assert head["resources"] == {"GPU": "0"}
     assert container["resources"]["limits"] == {"cpu": "6", "memory": "48Gi"}
-    assert {"name": "metrics", "containerPort": 8080} in container["ports"]
-    assert {"name": "KUBEDISTILL_METRICS_PORT", "value": "8080"} in container["env"]
-    # Ray's own exporter must not take the trainer's port on the head.
-    assert head["rayStartParams"]["metrics-export-port"] != "8080"
+    assert {"name": "metrics", "containerPort": 8090} in container["ports"]
+    assert {"name": "KUBEDISTILL_METRICS_PORT", "value": "8090"} in container["env"]
+    # Ray's own exporter keeps its default port beside the trainer's.
+    assert {"name": "ray-metrics", "containerPort": 8080} in container["ports"]
 
 
 @pytest.mark.parametrize(
