@@ -94,9 +94,22 @@ def _ray_container(
     }
 
 
+RUNTIME_UID = 10001
+"""The unprivileged user of the runtime image (images/runtime/Dockerfile)."""
+POD_SECURITY_CONTEXT: KubeObject = {
+    "runAsNonRoot": True,
+    "runAsUser": RUNTIME_UID,
+    "runAsGroup": RUNTIME_UID,
+    # Volumes (the shared PVC for checkpoints and exports) become writable by that user.
+    "fsGroup": RUNTIME_UID,
+}
+
+
 def _template(job: DistillationJob, container: KubeObject) -> KubeObject:
     cluster = job.spec.cluster
+    container["securityContext"] = {"allowPrivilegeEscalation": False}
     spec: KubeObject = {
+        "securityContext": dict(POD_SECURITY_CONTEXT),
         "containers": [container],
         "volumes": [
             {"name": SHM_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": cluster.shm_size}},

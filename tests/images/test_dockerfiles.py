@@ -105,6 +105,12 @@ def test_the_image_runs_as_a_numeric_non_root_user(dockerfile: Path) -> None:
     assert user.isdigit() and int(user) != 0, users[-1]
 
 
+def test_the_ray_pods_run_as_the_runtime_images_user() -> None:
+    from kubedistill.operator.pods import RUNTIME_UID
+
+    assert _instructions(RUNTIME, "USER")[-1] == f"{RUNTIME_UID}:{RUNTIME_UID}"
+
+
 def test_the_operator_image_installs_the_operator_extra_only() -> None:
     (install,) = _pip_installs(OPERATOR)
     assert _extras(install) == {"operator"}

@@ -292,3 +292,18 @@ def test_rendered_objects_share_nothing_with_the_job() -> None:
 )
 def test_quantities_scale_by_the_gpus(quantity: str, factor: int, product: str) -> None:
     assert multiply_quantity(quantity, factor) == product
+
+
+def test_every_ray_pod_runs_as_the_runtime_images_unprivileged_user() -> None:
+    _, rayjob = rendered(job())
+    cluster = rayjob["spec"]["rayClusterSpec"]
+    templates = [cluster["headGroupSpec"]["template"]] + [g["template"] for g in cluster["workerGroupSpecs"]]
+    for template in templates:
+        assert template["spec"]["securityContext"] == {
+            "runAsNonRoot": True,
+            "runAsUser": 10001,
+            "runAsGroup": 10001,
+            "fsGroup": 10001,
+        }
+        for container in template["spec"]["containers"]:
+            assert container["securityContext"] == {"allowPrivilegeEscalation": False}
