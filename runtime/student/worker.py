@@ -22,7 +22,7 @@ from torch.distributed.checkpoint.state_dict import (
 from torch.distributed.tensor import DTensor
 
 from kubedistill.api.job import DistillationJob
-from kubedistill.api.spec import OnNonFinite
+from kubedistill.api.spec import LoraExport, OnNonFinite
 from kubedistill.runtime.algorithms.base import ALGORITHMS, AlgorithmContext
 from kubedistill.runtime.models import compute_dtype, load_causal_lm, load_lm_head_weight, load_tokenizer
 from kubedistill.runtime.roles import (
@@ -32,6 +32,7 @@ from kubedistill.runtime.roles import (
     teacher_tokenizer_path,
 )
 from kubedistill.runtime.student.batch import MicroBatch
+from kubedistill.runtime.student.lora import apply_lora, merged_weights, scaling
 from kubedistill.runtime.student.module import DistillationModule
 from kubedistill.runtime.student.parallelize import apply_fsdp, device_mesh
 from kubedistill.runtime.student.schedule import lr_factor
@@ -88,6 +89,9 @@ class StudentWorker:
         student = load_causal_lm(spec.student.model, torch.float32)
         if spec.student.gradient_checkpointing:
             student.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        self.lora = spec.student.lora if spec.student.lora.rank > 0 else None
+        if self.lora is not None:
+            student = apply_lora(student, self.lora)
         teacher_path = teacher_model_path(job)
         teacher_head = (
             None if teacher_path is None else load_lm_head_weight(teacher_path, dtype).to(self.device)
@@ -222,9 +226,7 @@ class StudentWorker:
         keep = self.address.rank == 0
         bucket: list[tuple[str, torch.Tensor]] = []
         size = 0
-        for name, parameter in self.module.student.named_parameters():
-            source = self.ema[name] if ema else parameter.detach()
-            full = source.full_tensor() if isinstance(source, DTensor) else source
+        for name, full in self._engine_weights(ema):
             size += full.numel() * dtype.itemsize
             if keep:
                 bucket.append((name, full.to("cpu", dtype)))
@@ -235,6 +237,16 @@ class StudentWorker:
         if size:
             yield bucket
 
+    def _engine_weights(self, ema: bool) -> Iterator[tuple[str, torch.Tensor]]:
+        """Whole weights by the base architecture's names (LoRA merged), one all-gather at a time."""
+        gathered = (
+            (name, _full_tensor(self.ema[name] if ema else parameter.detach()))
+            for name, parameter in self.module.student.named_parameters()
+        )
+        if self.lora is None:
+            return gathered
+        return merged_weights(gathered, scaling(self.lora))
+
     @torch.no_grad()
     def refresh_teacher_head(self, ema: bool = False) -> None:
         """Self-distillation: the teacher's output head is the student's (or its average's), so the frozen
@@ -243,8 +255,7 @@ class StudentWorker:
         if ema:
             name = next(n for n, p in self.module.student.named_parameters() if p is head)
             head = self.ema[name]
-        full = head.full_tensor() if isinstance(head, DTensor) else head
-        self.module.teacher_head.copy_(full.to(self.module.teacher_head.dtype))
+        self.module.teacher_head.copy_(_full_tensor(head).to(self.module.teacher_head.dtype))
 
     # -- checkpoints ----------------------------------------------------------------------------------------
 
@@ -280,7 +291,14 @@ class StudentWorker:
         if self.address.rank == 0:
             prefix = "student."
             student_state = {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
-            self.module.student.save_pretrained(directory, state_dict=student_state)
+            student = self.module.student
+            if self.lora is not None and self.lora.export == LoraExport.ADAPTER:
+                student.save_pretrained(directory, state_dict=student_state)
+            elif self.lora is not None:
+                merged = dict(merged_weights(student_state.items(), scaling(self.lora)))
+                student.get_base_model().save_pretrained(directory, state_dict=merged)
+            else:
+                student.save_pretrained(directory, state_dict=student_state)
             self.tokenizer.save_pretrained(directory)
         dist.barrier()
 
@@ -289,9 +307,14 @@ class StudentWorker:
             dist.destroy_process_group()
 
 
+def _full_tensor(value: torch.Tensor) -> torch.Tensor:
+    """The whole tensor behind an FSDP2 shard (a collective), or the tensor itself."""
+    return value.full_tensor() if isinstance(value, DTensor) else value
+
+
 def _full(value: torch.Tensor) -> float:
     # clip_grad_norm_ over DTensor gradients returns a DTensor.
-    return float(value.full_tensor() if hasattr(value, "full_tensor") else value)
+    return float(_full_tensor(value))
 
 
 def _rng_state() -> dict:
