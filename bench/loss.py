@@ -8,7 +8,9 @@ the reference multiplies them out to full logits and calls `reference_kd_loss`, 
 other's allocator state. Extra peak memory = the process's RSS high-water mark (getrusage) minus its RSS once
 the inputs exist, minus the student weight's gradient, which every method must produce: what is left is what
 the method itself costs. Time is the median of the repeats; there is no warm-up step, because at these
-sizes a step takes tens of seconds on CPU and what a first call sets up costs milliseconds.
+sizes a step takes tens of seconds on CPU and what a first call sets up costs milliseconds. On a shared
+machine wall time follows the neighbours' load, so the CPU time the step used (user + system, all threads) is
+reported next to it: it moves much less with the load.
 """
 
 import argparse
@@ -23,9 +25,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from kubedistill.runtime.losses import KDConfig, LossOutput, fused_kd_loss, reference_kd_loss
 
 from bench.report import report
+from kubedistill.runtime.losses import KDConfig, LossOutput, fused_kd_loss, reference_kd_loss
 
 LOSSES = ["fkl", "rkl", "jsd", "tvd", "skl", "srkl", "akl"]
 METHODS = ["reference", "fused"]
@@ -39,6 +41,11 @@ def _rss_bytes() -> int:
 
 def _peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def measure(
@@ -68,16 +75,22 @@ def measure(
         out.loss.backward()
         return out
 
-    seconds = []
+    seconds, cpu_seconds = [], []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), _cpu_seconds()
         out = step()
         seconds.append(time.perf_counter() - start)
+        cpu_seconds.append(_cpu_seconds() - cpu_start)
     extra = _peak_rss_bytes() - baseline - student_weight.numel() * student_weight.element_size()
     torch.save(
         {"loss": out.loss.detach(), "hidden": student_hidden.grad, "weight": student_weight.grad}, save
     )
-    print(json.dumps({"seconds": statistics.median(seconds), "extra_peak_bytes": extra}))
+    median = statistics.median
+    print(
+        json.dumps(
+            {"seconds": median(seconds), "cpu_seconds": median(cpu_seconds), "extra_peak_bytes": extra}
+        )
+    )
 
 
 def _run_fresh(method: str, loss: str, args: argparse.Namespace, save: Path) -> dict[str, Any]:
@@ -129,6 +142,7 @@ def main() -> None:
                     "peak_ratio_reference_over_chunked": reference["extra_peak_bytes"]
                     / fused["extra_peak_bytes"],
                     "time_ratio_chunked_over_reference": fused["seconds"] / reference["seconds"],
+                    "cpu_time_ratio_chunked_over_reference": fused["cpu_seconds"] / reference["cpu_seconds"],
                     "max_abs_diff": _max_abs_diff(saved["reference"], saved["fused"]),
                 }
             )

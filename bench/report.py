@@ -32,8 +32,8 @@ def report(name: str, title: str, rows: list[dict[str, Any]], settings: dict[str
         table.add_column(column, justify="left" if column == columns[0] else "right")
     for row in rows:
         table.add_row(*(_cell(row[column]) for column in columns))
-    # Off a terminal rich assumes 80 columns and would cut the column names.
-    console = Console() if sys.stdout.isatty() else Console(width=200)
+    # Off a terminal rich assumes 80 columns and would cut the column names; a log file has no width.
+    console = Console() if sys.stdout.isatty() else Console(width=1000)
     console.print(table)
 
     RESULTS.mkdir(exist_ok=True)

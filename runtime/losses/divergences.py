@@ -29,8 +29,9 @@ import math
 
 import torch
 import torch.nn.functional as F
-from kubedistill.runtime.losses.config import KDConfig
 from torch import Tensor
+
+from kubedistill.runtime.losses.config import KDConfig
 
 
 def _teacher_log_probs(teacher_logits: Tensor) -> Tensor:

@@ -14,11 +14,12 @@ The teacher gets no gradient. The student weight gets a plain gradient, which is
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor
+from torch.autograd.function import FunctionCtx
+
 from kubedistill.runtime.losses.config import KDConfig
 from kubedistill.runtime.losses.output import IGNORE_INDEX, LossOutput
 from kubedistill.runtime.losses.registry import Divergence, get_loss
-from torch import Tensor
-from torch.autograd.function import FunctionCtx
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:

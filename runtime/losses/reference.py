@@ -10,10 +10,11 @@ summing the losses of micro-batches and ranks gives the gradient of the global b
 """
 
 import torch.nn.functional as F
+from torch import Tensor
+
 from kubedistill.runtime.losses.config import KDConfig
 from kubedistill.runtime.losses.output import IGNORE_INDEX, LossOutput
 from kubedistill.runtime.losses.registry import get_loss
-from torch import Tensor
 
 
 def reference_kd_loss(

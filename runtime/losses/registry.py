@@ -7,9 +7,10 @@ operator can check a manifest's loss name without importing torch.
 from collections.abc import Callable
 from importlib.metadata import entry_points
 
+from torch import Tensor
+
 from kubedistill.api.registry import LOSS_GROUP, known_losses, register_name
 from kubedistill.runtime.losses.config import KDConfig
-from torch import Tensor
 
 Divergence = Callable[[Tensor, Tensor, KDConfig], Tensor]
 """(student_logits [N, V], teacher_logits [N, V], config) -> per-token divergence [N]; logits already

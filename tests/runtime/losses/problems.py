@@ -4,8 +4,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import torch
-from kubedistill.runtime.losses import IGNORE_INDEX, KDConfig, LossOutput, fused_kd_loss, reference_kd_loss
 from torch import Tensor
+
+from kubedistill.runtime.losses import IGNORE_INDEX, KDConfig, LossOutput, fused_kd_loss, reference_kd_loss
 
 LOSSES = ["fkl", "rkl", "jsd", "tvd", "skl", "srkl", "akl"]
 

@@ -2,6 +2,8 @@ import math
 
 import pytest
 import torch
+from torch import Tensor
+
 from kubedistill.runtime.losses import KDConfig
 from kubedistill.runtime.losses.divergences import (
     adaptive_kl,
@@ -13,7 +15,6 @@ from kubedistill.runtime.losses.divergences import (
     total_variation,
 )
 from kubedistill.runtime.losses.registry import Divergence
-from torch import Tensor
 
 ALL = [forward_kl, reverse_kl, generalized_jsd, total_variation, skewed_kl, skewed_reverse_kl, adaptive_kl]
 

@@ -3,10 +3,10 @@ from dataclasses import replace
 import pytest
 import torch
 import torch.distributed as dist
-from kubedistill.runtime.losses import IGNORE_INDEX, KDConfig, LossOutput, fused_kd_loss, reference_kd_loss
 from torch import Tensor, nn
 from torch.distributed.fsdp import fully_shard
 
+from kubedistill.runtime.losses import IGNORE_INDEX, KDConfig, LossOutput, fused_kd_loss, reference_kd_loss
 from tests.runtime.losses.problems import LOSSES, Problem, make_problem, reference_from_hidden
 
 TOLERANCE = {"rtol": 1e-6, "atol": 1e-9}

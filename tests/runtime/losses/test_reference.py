@@ -5,8 +5,8 @@ from dataclasses import replace
 
 import pytest
 import torch
-from kubedistill.runtime.losses import IGNORE_INDEX, KDConfig, reference_kd_loss
 
+from kubedistill.runtime.losses import IGNORE_INDEX, KDConfig, reference_kd_loss
 from tests.runtime.losses.problems import IMPLEMENTATIONS, LOSSES, KDLoss, make_problem
 
 implementations = pytest.mark.parametrize(

@@ -1,10 +1,10 @@
 import pytest
 import torch
+from torch import Tensor
+
 from kubedistill.api.registry import known_losses
 from kubedistill.runtime.losses import KDConfig, fused_kd_loss, get_loss, register_loss
 from kubedistill.runtime.losses import divergences as builtin
-from torch import Tensor
-
 from tests.runtime.losses.problems import make_problem, reference_from_hidden
 
 
