@@ -32,6 +32,7 @@ from kubedistill.runtime.roles import has_teacher, kd_config, student_tokenizer_
 from kubedistill.runtime.rollout.backend import SamplingConfig
 from kubedistill.runtime.rollout.group import RolloutActorGroup
 from kubedistill.runtime.sources import BatchSource, DatasetBatches, RolloutBatches
+from kubedistill.runtime.student.actor import TeacherUnavailable
 from kubedistill.runtime.student.batch import MicroBatch
 from kubedistill.runtime.student.group import RankWork, StudentActorGroup
 from kubedistill.runtime.student.worker import EvalStats, StepStats
@@ -101,6 +102,8 @@ class Trainer:
         self.students: StudentActorGroup | None = None
         self.rollout: RolloutActorGroup | None = None
         self.source: BatchSource | None = None
+        self.recoveries: list[dict] = []
+        """Failures survived: the step training went on from, and what failed."""
 
     def _steps_per_epoch(self) -> int:
         training = self.spec.training
@@ -156,6 +159,38 @@ class Trainer:
             self.shutdown()
 
     def _train(self, state: TrainerState) -> TrainerState:
+        """Train to the end, recovering from dead actors up to spec.backoffLimit times: a dead teacher is
+        restarted and the step retried; dead student ranks are restarted from the newest checkpoint."""
+        while True:
+            self._state = state
+            try:
+                return self._train_steps(state)
+            except (ray.exceptions.RayActorError, TeacherUnavailable) as error:
+                if len(self.recoveries) >= self.spec.backoff_limit:
+                    raise
+                state = self._recover(error, self._state)
+                self.recoveries.append({"step": state.step, "error": _failure_kind(error)})
+
+    def _recover(self, error: Exception, state: TrainerState) -> TrainerState:
+        if isinstance(error, TeacherUnavailable):
+            log.warning(
+                "a teacher engine failed at step %d: restarting it, retrying the step", state.step + 1
+            )
+            self.teacher.shutdown(graceful=False)
+            self.teacher = TeacherActorGroup(self.job, ClusterView.current())
+            if self._teacher_follows_student():
+                self._update_teacher()
+            return state
+        log.warning(
+            "a student rank failed at step %d (%s): restarting from the newest checkpoint",
+            state.step + 1,
+            _failure_kind(error),
+        )
+        self.students.shutdown(graceful=False)
+        self.students = StudentActorGroup(self.job, self.total_steps, ClusterView.current())
+        return self._resume()
+
+    def _train_steps(self, state: TrainerState) -> TrainerState:
         stop = self.total_steps
         if self.options.stop_after_steps is not None:
             stop = min(stop, self.options.stop_after_steps)
@@ -182,6 +217,7 @@ class Trainer:
                 self._publish(record, plan, stats)
                 progress.update(record)
                 state = self._after_step(state)
+                self._state = state
                 if next_plan is None and state.step < stop:
                     next_plan = self._plan(state)
                 plan = next_plan
@@ -437,6 +473,7 @@ class Trainer:
             else None,
             "transfer_bytes": sum(r.get("transfer_bytes", 0) for r in trains),
             "skipped_steps": state.skipped_steps,
+            "recoveries": self.recoveries,
             "bad_records": len(self.bad_records),
             "bad_record_sources": [str(bad) for bad in self.bad_records[:20]],
             "output_dir": str(out),
@@ -467,6 +504,11 @@ class Trainer:
         self.teacher = None
         self.rollout = None
         self.metrics.close()
+
+
+def _failure_kind(error: Exception) -> str:
+    """What failed, without Ray's wrapping (a failure inside an actor arrives as RayTaskError(<cause>))."""
+    return "TeacherUnavailable" if isinstance(error, TeacherUnavailable) else type(error).__name__
 
 
 def teacher_batch(samples: list[Sample]) -> TeacherBatch:

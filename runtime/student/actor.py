@@ -11,6 +11,11 @@ from kubedistill.runtime.student.worker import EvalStats, RankAddress, StepStats
 from kubedistill.runtime.transfer import from_wire
 
 
+class TeacherUnavailable(RuntimeError):
+    """A teacher output of this step could not be read on some rank (its engine died). All ranks raise it
+    together before any collective, so no rank has changed anything and the step can be retried."""
+
+
 def resolve_hidden(refs: list[ray.ObjectRef | None]) -> list[torch.Tensor | None]:
     present = [ref for ref in refs if ref is not None]
     values = iter(ray.get(present))
@@ -38,12 +43,23 @@ class StudentActor:
     def train_step(
         self, micro_batches: list[MicroBatch], teacher_refs: list[ray.ObjectRef | None], normalizer: int
     ) -> StepStats:
-        return self._worker.train_step(micro_batches, resolve_hidden(teacher_refs), normalizer)
+        return self._worker.train_step(micro_batches, self._resolve_on_every_rank(teacher_refs), normalizer)
 
     def evaluate(
         self, micro_batches: list[MicroBatch], teacher_refs: list[ray.ObjectRef | None], normalizer: int
     ) -> EvalStats:
-        return self._worker.evaluate(micro_batches, resolve_hidden(teacher_refs), normalizer)
+        return self._worker.evaluate(micro_batches, self._resolve_on_every_rank(teacher_refs), normalizer)
+
+    def _resolve_on_every_rank(self, refs: list[ray.ObjectRef | None]) -> list[torch.Tensor | None]:
+        # A rank that failed alone would leave the others waiting in a collective: agree first.
+        try:
+            hidden, problem = resolve_hidden(refs), None
+        except ray.exceptions.RayError as error:
+            hidden, problem = [], error
+        if not self._worker.all_ranks_agree(problem is None):
+            where = problem or "on another rank"
+            raise TeacherUnavailable(f"teacher hidden states could not be read: {where}")
+        return hidden
 
     def push_weights(self, targets: list[ray.actor.ActorHandle], bucket_bytes: int, ema: bool) -> int:
         """Send the student's weights to engines' `update_weights`, bucket by bucket (collective: every rank

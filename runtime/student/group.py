@@ -23,6 +23,19 @@ class RankWork:
     teacher_refs: list[ray.ObjectRef | None]
 
 
+def get_all(refs: list[ray.ObjectRef]) -> list:
+    """Results of collective calls, in order; the first failure is raised as soon as it happens.
+
+    `ray.get` of a list waits for the first ref before looking at the others, and the ranks of a collective
+    whose peer died wait forever: a dead rank must not go unnoticed behind a live, blocked one.
+    """
+    pending = list(refs)
+    while pending:
+        ready, pending = ray.wait(pending, num_returns=1)
+        ray.get(ready)
+    return ray.get(refs)
+
+
 class StudentActorGroup:
     def __init__(self, job: DistillationJob, total_steps: int, cluster: ClusterView) -> None:
         world_size = job.spec.student.replicas
@@ -30,7 +43,7 @@ class StudentActorGroup:
         remote = ray.remote(StudentActor).options(**options)
         self.actors = [remote.remote() for _ in range(world_size)]
         master_addr, master_port = ray.get(self.actors[0].rendezvous_address.remote())
-        ray.get(
+        get_all(
             [
                 actor.init.remote(job, RankAddress(rank, world_size, master_addr, master_port), total_steps)
                 for rank, actor in enumerate(self.actors)
@@ -43,7 +56,7 @@ class StudentActorGroup:
 
     def train_step(self, work: list[RankWork], normalizer: int) -> StepStats:
         """Every rank's reduced statistics are identical; rank 0's are returned."""
-        results = ray.get(
+        results = get_all(
             [
                 actor.train_step.remote(share.micro_batches, share.teacher_refs, normalizer)
                 for actor, share in zip(self.actors, work, strict=True)
@@ -52,7 +65,7 @@ class StudentActorGroup:
         return results[0]
 
     def evaluate(self, work: list[RankWork], normalizer: int) -> EvalStats:
-        results = ray.get(
+        results = get_all(
             [
                 actor.evaluate.remote(share.micro_batches, share.teacher_refs, normalizer)
                 for actor, share in zip(self.actors, work, strict=True)
@@ -62,7 +75,7 @@ class StudentActorGroup:
 
     def push_weights(self, targets: list[ray.actor.ActorHandle], *, ema: bool = False) -> int:
         """Stream the student's current (or EMA) weights into the target engines. Returns the bytes sent."""
-        sent = ray.get(
+        sent = get_all(
             [
                 actor.push_weights.remote(targets if rank == 0 else [], WEIGHT_BUCKET_BYTES, ema)
                 for rank, actor in enumerate(self.actors)
@@ -74,21 +87,24 @@ class StudentActorGroup:
         """Self-distillation: the teacher engines and every rank's copy of the teacher's head take the
         student's (or its average's) weights. Returns the bytes sent."""
         sent = self.push_weights(teachers, ema=ema)
-        ray.get([actor.refresh_teacher_head.remote(ema) for actor in self.actors])
+        get_all([actor.refresh_teacher_head.remote(ema) for actor in self.actors])
         return sent
 
     def save_checkpoint(self, directory: str) -> None:
-        ray.get([actor.save_checkpoint.remote(directory) for actor in self.actors])
+        get_all([actor.save_checkpoint.remote(directory) for actor in self.actors])
 
     def load_checkpoint(self, directory: str) -> None:
-        ray.get([actor.load_checkpoint.remote(directory) for actor in self.actors])
+        get_all([actor.load_checkpoint.remote(directory) for actor in self.actors])
 
     def export(self, directory: str) -> None:
-        ray.get([actor.export.remote(directory) for actor in self.actors])
+        get_all([actor.export.remote(directory) for actor in self.actors])
 
-    def shutdown(self) -> None:
+    def shutdown(self, graceful: bool = True) -> None:
+        """Close the process group and stop the actors; after a failure (`graceful=False`) the surviving
+        ranks may be stuck in a collective with a dead peer, so they are killed without asking."""
         try:
-            ray.get([actor.close.remote() for actor in self.actors], timeout=30)
+            if graceful:
+                ray.get([actor.close.remote() for actor in self.actors], timeout=30)
         finally:
             for actor in self.actors:
                 ray.kill(actor)

@@ -186,6 +186,12 @@ class StudentWorker:
             skipped=not finite,
         )
 
+    def all_ranks_agree(self, ok: bool) -> bool:
+        """True on every rank when `ok` is true on every rank (collective)."""
+        flag = torch.tensor([1 if ok else 0], dtype=torch.int32)
+        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+        return bool(flag.item())
+
     @torch.no_grad()
     def evaluate(
         self, micro_batches: list[MicroBatch], teacher_hidden: list[torch.Tensor | None], normalizer: int

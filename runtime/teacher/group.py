@@ -42,9 +42,12 @@ class TeacherActorGroup:
     def wake(self) -> None:
         ray.get([actor.wake.remote() for actor in self.actors])
 
-    def shutdown(self) -> None:
+    def shutdown(self, graceful: bool = True) -> None:
         try:
-            ray.get([actor.close.remote() for actor in self.actors], timeout=30)
+            if graceful:
+                ray.get([actor.close.remote() for actor in self.actors], timeout=30)
+        except ray.exceptions.RayActorError:
+            pass  # a dead engine has nothing left to close
         finally:
             for actor in self.actors:
                 ray.kill(actor)

@@ -96,3 +96,24 @@ def job_manifest(tiny: TinyWorld, name: str, **spec_changes: Any) -> dict[str, A
         "metadata": {"name": name},
         "spec": spec,
     }
+
+
+STRAIGHT_CHECKPOINTS = {"everySteps": 3}
+
+
+@pytest.fixture(scope="session")
+def straight_run(tiny: TinyWorld, tmp_path_factory: pytest.TempPathFactory, ray_session: None) -> Path:
+    """The reference run: 6 uninterrupted off-policy steps, checkpointed every 3. Resumed, recovered and
+    re-sharded runs must end where it ends."""
+    from kubedistill.api import parse_job
+    from kubedistill.runtime.trainer import RunOptions, Trainer
+
+    output = tmp_path_factory.mktemp("straight")
+    manifest = job_manifest(
+        tiny, "trainer-test", checkpoint={"path": str(output / "ckpt"), **STRAIGHT_CHECKPOINTS}
+    )
+    Trainer(
+        parse_job(manifest),
+        RunOptions(output_dir=output, metrics_port=0, progress=False, print_summary=False),
+    ).run()
+    return output

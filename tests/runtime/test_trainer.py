@@ -34,13 +34,6 @@ def _history(directory: Path) -> list[dict]:
     return [json.loads(line) for line in (directory / "metrics.jsonl").read_text().splitlines()]
 
 
-@pytest.fixture(scope="module")
-def straight_run(tiny: TinyWorld, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    output = tmp_path_factory.mktemp("straight")
-    _run(tiny, output, checkpoint={"path": str(output / "ckpt"), "everySteps": 3})
-    return output
-
-
 def test_off_policy_distillation_makes_the_loss_fall(straight_run: Path) -> None:
     records = [r for r in _history(straight_run) if r["kind"] == "train"]
     assert len(records) == 6  # 96 records / global batch 16
