@@ -68,6 +68,15 @@ BAD_MANIFESTS: list[Bad] = [
         "cel",
     ),
     Bad(
+        "self-distillation-sglang-teacher-with-data-parallel",
+        {
+            "spec.mode": "selfDistillation",
+            "spec.teacher": {"backend": "sglang", "tensorParallel": 4, "gpusPerReplica": 8},
+        },
+        "spec.teacher.gpusPerReplica",
+        "cel",
+    ),
+    Bad(
         "tp-pp-not-dividing-gpus", {"spec.teacher.pipelineParallel": 3}, "spec.teacher.gpusPerReplica", "cel"
     ),
     Bad(
