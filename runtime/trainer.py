@@ -355,6 +355,9 @@ class Trainer:
             "tokens": stats.num_tokens,
             "targets": stats.num_targets,
             "step_seconds": seconds,
+            "fetch_seconds": stats.fetch_seconds,
+            "compute_seconds": stats.compute_seconds,
+            "optimizer_seconds": stats.optimizer_seconds,
             "tokens_per_second": stats.num_tokens / seconds if seconds > 0 else 0.0,
             "skipped": stats.skipped,
         }

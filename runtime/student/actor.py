@@ -1,6 +1,8 @@
 """The Ray actor around one student rank: it resolves teacher object refs and forwards to `StudentWorker`."""
 
 import socket
+import time
+from dataclasses import replace
 
 import ray
 import torch
@@ -43,7 +45,10 @@ class StudentActor:
     def train_step(
         self, micro_batches: list[MicroBatch], teacher_refs: list[ray.ObjectRef | None], normalizer: int
     ) -> StepStats:
-        return self._worker.train_step(micro_batches, self._resolve_on_every_rank(teacher_refs), normalizer)
+        started = time.perf_counter()
+        hidden = self._resolve_on_every_rank(teacher_refs)
+        fetched = time.perf_counter() - started
+        return replace(self._worker.train_step(micro_batches, hidden, normalizer), fetch_seconds=fetched)
 
     def evaluate(
         self, micro_batches: list[MicroBatch], teacher_refs: list[ray.ObjectRef | None], normalizer: int

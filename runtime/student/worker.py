@@ -5,6 +5,7 @@ A plain object (the Ray actor around it only resolves object refs), so it runs i
 
 import math
 import random
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +52,12 @@ class StepStats:
     grad_norm: float
     learning_rate: float
     skipped: bool
+    compute_seconds: float = 0.0
+    """Forward and backward passes of all micro-batches (with their reduce-scatters), on rank 0."""
+    optimizer_seconds: float = 0.0
+    """Gradient clipping and the optimizer step, on rank 0."""
+    fetch_seconds: float = 0.0
+    """Reading the teacher's hidden states from the object store, on rank 0 (set by the actor)."""
 
 
 @dataclass(frozen=True)
@@ -153,6 +160,7 @@ class StudentWorker:
         # FSDP2 averages gradients over ranks, while the loss is already normalised by the global batch's
         # token count: scaling by the world size makes the reduced gradient the global batch's.
         scale = float(self.address.world_size)
+        started = time.perf_counter()
         for batch, hidden in zip(micro_batches, teacher_hidden, strict=True):
             output = self.module(batch, hidden, float(normalizer)).loss
             (output.loss * scale).backward()
@@ -161,6 +169,7 @@ class StudentWorker:
                 dtype=torch.float64,
             )
         dist.all_reduce(sums)
+        computed = time.perf_counter()
         grad_norm = _full(
             torch.nn.utils.clip_grad_norm_(self.module.parameters(), self.job.spec.training.max_grad_norm)
         )
@@ -184,6 +193,8 @@ class StudentWorker:
             grad_norm=grad_norm,
             learning_rate=learning_rate,
             skipped=not finite,
+            compute_seconds=computed - started,
+            optimizer_seconds=time.perf_counter() - computed,
         )
 
     def all_ranks_agree(self, ok: bool) -> bool:
