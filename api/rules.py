@@ -204,12 +204,14 @@ RULES: tuple[Rule, ...] = (
         "must equal spec.teacher.tensorParallel x spec.teacher.pipelineParallel on one node when "
         "spec.mode is selfDistillation: SGLang loads new weights only into an engine without data "
         "parallelism on a single node (or set spec.teacher.backend: transformers)",
-        lambda s: s.mode != Mode.SELF_DISTILLATION
-        or s.teacher is None
-        or s.teacher.backend == Backend.TRANSFORMERS
-        or (
-            s.teacher.gpus_per_replica == s.teacher.tensor_parallel * s.teacher.pipeline_parallel
-            and s.teacher.nodes_per_replica == 1
+        lambda s: (
+            s.mode != Mode.SELF_DISTILLATION
+            or s.teacher is None
+            or s.teacher.backend == Backend.TRANSFORMERS
+            or (
+                s.teacher.gpus_per_replica == s.teacher.tensor_parallel * s.teacher.pipeline_parallel
+                and s.teacher.nodes_per_replica == 1
+            )
         ),
         f"{value('mode')} != 'selfDistillation' || !has(self.teacher) || {value('teacher.backend')} == "
         f"'transformers' || ({value('teacher.gpusPerReplica')} == {value('teacher.tensorParallel')} * "
