@@ -6,6 +6,9 @@ with the generation prompt must be a prefix of the chat rendered up to message i
 the whole chat. The characters between the two prefixes are the message's content and end-of-turn markup;
 the fast tokenizer's offsets map them to tokens. A template that breaks the prefix property (e.g. one that
 rewrites earlier turns) raises `ChatTemplateError` instead of producing a wrong mask.
+
+With `with_spans`, each target token also gets its span in the response text (`data.alignment`), which is
+how a teacher with another tokenizer is matched to the student.
 """
 
 from collections.abc import Sequence
@@ -14,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from jinja2 import TemplateError
 
+from kubedistill.runtime.data.alignment import Span, Turn, locate_turn, response_spans
 from kubedistill.runtime.data.errors import ChatTemplateError
 
 if TYPE_CHECKING:
@@ -30,6 +34,8 @@ class TemplateRejection(ValueError):
 class Encoded:
     ids: list[int]
     mask: list[bool]
+    spans: list[Span] | None = None
+    """With `with_spans`: each target's span in the response text, in order."""
 
     @property
     def first_target(self) -> int:
@@ -47,6 +53,7 @@ def encode_chat(
     *,
     first_response: int,
     add_generation_prompt: bool,
+    with_spans: bool = False,
 ) -> Encoded:
     """The chat's tokens; targets are the assistant messages from index `first_response` on.
 
@@ -56,6 +63,7 @@ def encode_chat(
     """
     text = _render(tokenizer, messages, add_generation_prompt)
     spans = []
+    turns: list[Turn] = []
     for i in range(first_response, len(messages)):
         if messages[i]["role"] != "assistant":
             continue
@@ -75,18 +83,34 @@ def encode_chat(
                 "chats"
             )
         spans.append((len(before), max(len(before), len(through.rstrip()))))
-    return _encode_spans(tokenizer, text, spans, add_special_tokens=False)
+        if with_spans:
+            base = turns[-1].next_base if turns else 0
+            turn = locate_turn(text, *spans[-1], messages[i]["content"], base)
+            if turn is None:
+                raise ChatTemplateError(
+                    f"the chat template changes the content of assistant message {i}, so its tokens cannot "
+                    "be matched with the other model's tokens (cross-tokenizer distillation); use a template "
+                    "that renders assistant messages as they are"
+                )
+            turns.append(turn)
+    return _encode_spans(
+        tokenizer, text, spans, add_special_tokens=False, turns=turns if with_spans else None
+    )
 
 
-def encode_plain(tokenizer: "PreTrainedTokenizerBase", prompt: str, response: str | None) -> Encoded:
+def encode_plain(
+    tokenizer: "PreTrainedTokenizerBase", prompt: str, response: str | None, with_spans: bool = False
+) -> Encoded:
     """`prompt + response + eos` with the response and eos as targets; the prompt alone without a response.
 
     Special tokens (e.g. a BOS) are added as the tokenizer adds them to any text.
     """
     if response is None:
-        return _encode_spans(tokenizer, prompt, [], add_special_tokens=True)
+        return _encode_spans(tokenizer, prompt, [], add_special_tokens=True, turns=[] if with_spans else None)
     text = prompt + response + tokenizer.eos_token
-    return _encode_spans(tokenizer, text, [(len(prompt), len(text))], add_special_tokens=True)
+    end = len(prompt) + len(response)
+    turns = [Turn(len(prompt), len(text), len(prompt), end, 0, len(response), 0)] if with_spans else None
+    return _encode_spans(tokenizer, text, [(len(prompt), len(text))], add_special_tokens=True, turns=turns)
 
 
 def _render(
@@ -101,10 +125,19 @@ def _render(
 
 
 def _encode_spans(
-    tokenizer: "PreTrainedTokenizerBase", text: str, spans: list[tuple[int, int]], *, add_special_tokens: bool
+    tokenizer: "PreTrainedTokenizerBase",
+    text: str,
+    spans: list[tuple[int, int]],
+    *,
+    add_special_tokens: bool,
+    turns: list[Turn] | None,
 ) -> Encoded:
     encoding = tokenizer(text, add_special_tokens=add_special_tokens, return_offsets_mapping=True)
-    return Encoded(list(encoding["input_ids"]), _overlaps(encoding["offset_mapping"], spans))
+    offsets = encoding["offset_mapping"]
+    mask = _overlaps(offsets, spans)
+    return Encoded(
+        list(encoding["input_ids"]), mask, None if turns is None else response_spans(offsets, mask, turns)
+    )
 
 
 def _overlaps(offsets: Sequence[tuple[int, int]], spans: list[tuple[int, int]]) -> list[bool]:

@@ -5,6 +5,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from kubedistill.api.spec import DataSource, DataSpec, Mode, OnBadRecord
+from kubedistill.runtime.data.alignment import same_vocabulary
 from kubedistill.runtime.data.errors import BadRecord, BadRecordError, DataFileError
 from kubedistill.runtime.data.records import read_records
 from kubedistill.runtime.data.sample import Sample
@@ -30,14 +31,27 @@ def load_samples(
     mode: Mode,
     teacher_tokenizer: "PreTrainedTokenizerBase | None" = None,
     field: str = "spec.data.train",
+    cross_tokenizer: bool = False,
 ) -> LoadedData:
     """Read and tokenise every record of `source` (`field` is its spec path, named in errors).
+
+    `cross_tokenizer`: the algorithm matches tokens of different tokenizers, so a teacher tokenizer other
+    than the student's (another vocabulary, or another chat template where one is applied) tokenises every
+    record too. Without it, a teacher vocabulary other than the student's is refused.
 
     Raises `BadRecordError` for the first bad record under `onBadRecord: fail`, `DataFileError` when the
     file is unusable, holds no records, or holds only bad ones, and `ValueError` naming the spec field when
     the settings cannot work for any record.
     """
-    build = SampleBuilder(source, data, tokenizer, mode, teacher_tokenizer or tokenizer, field)
+    teacher = teacher_tokenizer or tokenizer
+    if not cross_tokenizer and not same_vocabulary(tokenizer, teacher):
+        raise ValueError(
+            "spec.distillation.algorithm: the teacher's tokenizer has another vocabulary than the student's, "
+            "and the algorithm compares their logits token by token; use a cross-tokenizer algorithm "
+            "(simpleCtkd or dskd)"
+        )
+    own_tokens = cross_tokenizer and not _same_tokens(tokenizer, teacher, data)
+    build = SampleBuilder(source, data, tokenizer, mode, teacher, field, cross_tokenizer=own_tokens)
     samples: list[Sample] = []
     bad_records: list[BadRecord] = []
     for record in read_records(source, field):
@@ -57,3 +71,12 @@ def load_samples(
             f"the first: {bad_records[0]}"
         )
     return LoadedData(samples, bad_records)
+
+
+def _same_tokens(
+    student: "PreTrainedTokenizerBase", teacher: "PreTrainedTokenizerBase", data: DataSpec
+) -> bool:
+    """Whether the teacher would see exactly the student's tokens."""
+    if not same_vocabulary(student, teacher):
+        return False
+    return not data.apply_chat_template or student.chat_template == teacher.chat_template

@@ -2,6 +2,8 @@
 
 from dataclasses import dataclass
 
+from kubedistill.runtime.data.alignment import Span, aligned_by_start, aligned_exactly
+
 
 @dataclass(frozen=True)
 class Sample:
@@ -23,7 +25,12 @@ class Sample:
     teacher_input_ids: tuple[int, ...] | None = None
     """Context distillation: what the teacher sees instead of `input_ids`; None means the same sequence."""
     teacher_target_mask: tuple[bool, ...] | None = None
-    """Targets within `teacher_input_ids`: the same response tokens, so as many as `target_mask` has."""
+    """Targets within `teacher_input_ids`: the same response tokens, so as many as `target_mask` has (unless
+    the teacher has its own tokenizer)."""
+    target_spans: tuple[Span, ...] | None = None
+    """Teacher with its own tokenizer: each target's span in the response text (`data.alignment`)."""
+    teacher_target_spans: tuple[Span, ...] | None = None
+    """Teacher with its own tokenizer: each teacher target's span in the same response text."""
 
     def __post_init__(self) -> None:
         _check_sequence(self.input_ids, self.target_mask, "")
@@ -33,9 +40,20 @@ class Sample:
             raise ValueError("a target lies within the prompt (before prompt_length)")
         if (self.teacher_input_ids is None) != (self.teacher_target_mask is None):
             raise ValueError("teacher_input_ids and teacher_target_mask go together")
+        if (self.target_spans is None) != (self.teacher_target_spans is None):
+            raise ValueError("target_spans and teacher_target_spans go together")
+        if self.target_spans is not None and self.teacher_target_spans is not None:
+            if self.teacher_target_mask is None:
+                raise ValueError("target spans describe a teacher tokenization: teacher_input_ids is missing")
+            for spans, count, prefix in (
+                (self.target_spans, self.num_targets, ""),
+                (self.teacher_target_spans, sum(self.teacher_target_mask), "teacher_"),
+            ):
+                if len(spans) != count:
+                    raise ValueError(f"{prefix}target_spans has {len(spans)} spans for {count} targets")
         if self.teacher_input_ids is not None and self.teacher_target_mask is not None:
             _check_sequence(self.teacher_input_ids, self.teacher_target_mask, "teacher_")
-            if sum(self.teacher_target_mask) != self.num_targets:
+            if self.target_spans is None and sum(self.teacher_target_mask) != self.num_targets:
                 raise ValueError(
                     f"teacher has {sum(self.teacher_target_mask)} targets, the student {self.num_targets}"
                 )
@@ -55,6 +73,19 @@ class Sample:
         if self.teacher_target_mask is None:
             return self.loss_positions()
         return _loss_positions(self.teacher_target_mask)
+
+    def teacher_labels(self) -> list[int]:
+        """The targets within what the teacher sees, in order."""
+        sequence = self.teacher_input_ids or self.input_ids
+        return [sequence[t + 1] for t in self.teacher_loss_positions()]
+
+    def aligned_targets(self, exactly: bool = False) -> list[tuple[int, int]]:
+        """(student target, teacher target) index pairs predicted from the same response text (`exactly`: the
+        same piece of it); with one tokenizer on both sides, every target with itself."""
+        if self.target_spans is None or self.teacher_target_spans is None:
+            return [(i, i) for i in range(self.num_targets)]
+        align = aligned_exactly if exactly else aligned_by_start
+        return align(self.target_spans, self.teacher_target_spans)
 
 
 def _loss_positions(mask: tuple[bool, ...]) -> list[int]:

@@ -8,9 +8,14 @@ What a record holds, by `spec.data.<source>`:
 - `teacherInputKey` (context distillation): the teacher's prompt (a string is a user message, a list is
   messages), followed by the same response as the student's.
 
+A teacher with its own tokenizer (`cross_tokenizer`, for the cross-tokenizer algorithms) gets the same
+conversation (or its `teacherInputKey` prompt with the same response) through its own chat template and
+tokenizer, and both sides' targets carry their spans in the response text (`data.alignment`).
+
 Truncation: a prompt (the tokens before the first target) longer than `promptMaxLength` loses its beginning
 (the end holds the question), then the sequence is cut to `maxLength` (the response's end goes first). The
-teacher's prompt is cut to `promptMaxLength` the same way, and its response to the student's targets.
+teacher's prompt is cut to `promptMaxLength` the same way, and its response to the student's targets (with
+its own tokenizer: to the targets that start within the text the student's kept targets cover).
 """
 
 from collections.abc import Mapping, Sequence
@@ -60,6 +65,8 @@ class SampleBuilder:
     mode: Mode
     teacher_tokenizer: "PreTrainedTokenizerBase"
     field: str = "spec.data.train"
+    cross_tokenizer: bool = False
+    """The teacher has its own tokenizer: every sample carries the teacher's tokenization and target spans."""
 
     def __post_init__(self) -> None:
         self._check_config()
@@ -94,6 +101,12 @@ class SampleBuilder:
                 "spec.data.applyChatTemplate: the tokenizer has no chat template; set it to false and use "
                 f"{field}.promptKey and {field}.responseKey"
             )
+        if self.cross_tokenizer and data.apply_chat_template and not self.teacher_tokenizer.chat_template:
+            raise ValueError(
+                "spec.teacher.tokenizer: the teacher's tokenizer has no chat template, and "
+                "spec.data.applyChatTemplate renders each model's chats with its own; give the teacher a "
+                "tokenizer with one, or set applyChatTemplate to false"
+            )
         if not chats and source.response_key is None and not self._on_policy:
             raise ValueError(f"{field}.responseKey: required with promptKey unless spec.mode is onPolicy")
         if not data.apply_chat_template and tokenizer.eos_token is None:
@@ -103,7 +116,7 @@ class SampleBuilder:
 
     def _build(self, record: Record) -> Sample:
         student = self._student_exchange(record.fields)
-        untruncated = _encode(self.tokenizer, student)
+        untruncated = _encode(self.tokenizer, student, self.cross_tokenizer)
         encoded = _truncate(untruncated, self.data)
         sample = Sample(
             input_ids=tuple(encoded.ids),
@@ -111,6 +124,8 @@ class SampleBuilder:
             source=record.source,
             prompt_length=len(encoded.ids) if self._on_policy else encoded.first_target,
         )
+        if self.cross_tokenizer:
+            return self._with_own_teacher_tokens(sample, record, student, untruncated, encoded)
         if self.source.teacher_input_key is None:
             return sample
         teacher = _encode(self.teacher_tokenizer, self._teacher_exchange(record.fields, student))
@@ -123,6 +138,26 @@ class SampleBuilder:
         if self.teacher_tokenizer is self.tokenizer and _targets(teacher) != _targets(encoded):
             raise RecordProblem("the teacher's response tokens differ from the student's")
         return replace(sample, teacher_input_ids=tuple(teacher.ids), teacher_target_mask=tuple(teacher.mask))
+
+    def _with_own_teacher_tokens(
+        self, sample: Sample, record: Record, student: _Exchange, untruncated: Encoded, encoded: Encoded
+    ) -> Sample:
+        exchange = student
+        if self.source.teacher_input_key is not None:
+            exchange = self._teacher_exchange(record.fields, student)
+        teacher = _encode(self.teacher_tokenizer, exchange, with_spans=True)
+        kept = teacher.num_targets
+        if encoded.num_targets < untruncated.num_targets:
+            covered = encoded.spans[-1][1]
+            kept = max(1, sum(start < covered for start, _ in teacher.spans))
+        teacher = _truncate_teacher(teacher, kept, self.data)
+        return replace(
+            sample,
+            teacher_input_ids=tuple(teacher.ids),
+            teacher_target_mask=tuple(teacher.mask),
+            target_spans=tuple(encoded.spans),
+            teacher_target_spans=tuple(teacher.spans),
+        )
 
     def _student_exchange(self, fields: Mapping[str, Any]) -> _Exchange:
         source, field = self.source, self.field
@@ -174,15 +209,23 @@ def _exchange_from_text(prompt: str, response: str | None, data: DataSpec) -> _E
     return _Exchange(messages=messages, first_response=1)
 
 
-def _encode(tokenizer: "PreTrainedTokenizerBase", exchange: _Exchange) -> Encoded:
+def _encode(tokenizer: "PreTrainedTokenizerBase", exchange: _Exchange, with_spans: bool = False) -> Encoded:
     if exchange.messages is None:
-        return encode_plain(tokenizer, exchange.prompt, exchange.response)
+        return encode_plain(tokenizer, exchange.prompt, exchange.response, with_spans)
     return encode_chat(
         tokenizer,
         exchange.messages,
         first_response=exchange.first_response,
         add_generation_prompt=not exchange.has_response,
+        with_spans=with_spans,
     )
+
+
+def _cut(encoded: Encoded, start: int, end: int) -> Encoded:
+    """Tokens [start, end), which must keep every target before `end` (a cut prompt holds none)."""
+    mask = encoded.mask[start:end]
+    spans = None if encoded.spans is None else encoded.spans[: sum(mask)]
+    return Encoded(encoded.ids[start:end], mask, spans)
 
 
 def _cut_prompt(encoded: Encoded, prompt_max_length: int) -> int:
@@ -192,9 +235,8 @@ def _cut_prompt(encoded: Encoded, prompt_max_length: int) -> int:
 
 def _truncate(encoded: Encoded, data: DataSpec) -> Encoded:
     start = _cut_prompt(encoded, data.prompt_max_length)
-    ids, mask = encoded.ids[start:], encoded.mask[start:]
     if encoded.num_targets == 0:
-        return Encoded(ids, mask)
+        return _cut(encoded, start, len(encoded.ids))
     prompt_length = encoded.first_target - start
     if prompt_length == 0:
         raise RecordProblem("the response starts at the first token; a prompt must come before it")
@@ -203,20 +245,20 @@ def _truncate(encoded: Encoded, data: DataSpec) -> Encoded:
             f"the prompt alone has {prompt_length} tokens after cutting to promptMaxLength "
             f"{data.prompt_max_length}, leaving no room for the response within maxLength {data.max_length}"
         )
-    return Encoded(ids[: data.max_length], mask[: data.max_length])
+    return _cut(encoded, start, start + data.max_length)
 
 
 def _truncate_teacher(teacher: Encoded, kept_targets: int, data: DataSpec) -> Encoded:
     """The teacher's prompt cut like the student's; its response cut to the student's `kept_targets`."""
     start = _cut_prompt(teacher, data.prompt_max_length)
     if teacher.num_targets == 0:
-        return Encoded(teacher.ids[start:], teacher.mask[start:])
+        return _cut(teacher, start, len(teacher.ids))
     if teacher.first_target - start == 0:
         raise RecordProblem("the teacher's response starts at its first token; a prompt must come before it")
     end = len(teacher.ids)
     if kept_targets < teacher.num_targets:
         end = [i for i, target in enumerate(teacher.mask) if target][kept_targets - 1] + 1
-    return Encoded(teacher.ids[start:end], teacher.mask[start:end])
+    return _cut(teacher, start, end)
 
 
 def _targets(encoded: Encoded) -> list[int]:
