@@ -1,0 +1,113 @@
+"""Simple cross-tokenizer KD: distil where both tokenizations predict from the same text, over the pieces
+both vocabularies share.
+
+Student target i and teacher target j are aligned when their spans in the response text start at the same
+character (`data.alignment`): both models then predict "the next piece" from the same text, and the pieces
+both tokenizers have (the same bytes, or both end-of-sequence tokens; a fixed id mapping computed once from
+the two tokenizers) are outcomes of that one event. At aligned positions
+
+    KD_i = D(softmax(z_s[i, S] / T), softmax(z_t[j, T'] / T))
+
+where S and T' are the student's and the teacher's ids of the shared pieces, so both distributions are
+renormalised over them, and D is spec.distillation.loss. The loss is
+
+    ((1 - kd_ratio) * sum_all CE + kd_ratio * sum_aligned KD) / normalizer
+
+so positions without a partner get the cross-entropy only. With identical tokenizers every position is
+aligned with itself and every piece is shared: exactly vanilla KD. Both parts run through the fused chunked
+loss (`fused_kd_loss`), so neither model's [tokens x vocab] logits exist in full; the aligned positions'
+student logits are computed twice (once per part), the price of reusing it unchanged.
+"""
+
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor
+
+from kubedistill.runtime.algorithms.base import Algorithm, AlgorithmContext, LossInputs
+from kubedistill.runtime.data.alignment import SharedVocabulary, aligned_positions, shared_vocabulary
+from kubedistill.runtime.data.sample import Sample
+from kubedistill.runtime.losses.fused import fused_kd_loss
+from kubedistill.runtime.losses.output import IGNORE_INDEX, LossOutput
+from kubedistill.runtime.models import load_tokenizer
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+MIN_SHARED_FRACTION = 0.1
+"""Fewest shared pieces, as a fraction of the smaller vocabulary. Tokenizers of one family share most of
+theirs (Qwen3 and Llama 3 share more than half); below a tenth, the renormalised distributions describe
+too little of what either model predicts to be worth distilling."""
+
+
+class SimpleCrossTokenizerKD(Algorithm):
+    cross_tokenizer = True
+
+    def __init__(self, context: AlgorithmContext) -> None:
+        super().__init__(context)
+        student_ids: tuple[int, ...] = ()
+        teacher_ids: tuple[int, ...] = ()
+        if context.teacher_tokenizer is not None and context.student_tokenizer is not None:
+            vocabulary = checked_shared_vocabulary(
+                load_tokenizer(context.student_tokenizer), load_tokenizer(context.teacher_tokenizer)
+            )
+            student_ids, teacher_ids = vocabulary.student_ids, vocabulary.teacher_ids
+        # Buffers, so they follow the module to its device; not persistent, so checkpoints hold none.
+        self.register_buffer("student_pieces", torch.tensor(student_ids, dtype=torch.long), persistent=False)
+        self.register_buffer("teacher_pieces", torch.tensor(teacher_ids, dtype=torch.long), persistent=False)
+
+    @classmethod
+    def micro_batch_extras(cls, samples: list[Sample]) -> dict[str, Tensor]:
+        student, teacher = aligned_positions(samples)
+        return {
+            "student_aligned": torch.tensor(student, dtype=torch.long),
+            "teacher_aligned": torch.tensor(teacher, dtype=torch.long),
+        }
+
+    def forward(self, inputs: LossInputs) -> LossOutput:
+        config = self.context.config
+        ce = fused_kd_loss(
+            inputs.student_hidden, inputs.student_head, None, None, inputs.labels, config, inputs.normalizer
+        )
+        if inputs.teacher_hidden is None or inputs.teacher_head is None or config.kd_ratio == 0.0:
+            return ce
+        student_rows, teacher_rows = _labelled_pairs(inputs)
+        kd = fused_kd_loss(
+            inputs.student_hidden.index_select(0, student_rows),
+            inputs.student_head.index_select(0, self.student_pieces),
+            inputs.teacher_hidden.index_select(0, teacher_rows),
+            inputs.teacher_head.index_select(0, self.teacher_pieces),
+            # Any valid label: at kd_ratio 1 this call's cross-entropy is only reported, and dropped here.
+            torch.zeros_like(student_rows),
+            replace(config, kd_ratio=1.0),
+            inputs.normalizer,
+        )
+        return LossOutput(
+            loss=(1.0 - config.kd_ratio) * ce.loss + config.kd_ratio * kd.loss,
+            kd_sum=kd.kd_sum,
+            ce_sum=ce.ce_sum,
+            num_tokens=ce.num_tokens,
+        )
+
+
+def checked_shared_vocabulary(
+    student: "PreTrainedTokenizerBase", teacher: "PreTrainedTokenizerBase"
+) -> SharedVocabulary:
+    """The shared pieces, refusing tokenizers that share too few to distil over."""
+    vocabulary = shared_vocabulary(student, teacher)
+    smaller = min(len(student), len(teacher))
+    if len(vocabulary) < MIN_SHARED_FRACTION * smaller:
+        raise ValueError(
+            "spec.distillation.algorithm: simpleCtkd distils over the vocabulary pieces both tokenizers "
+            f"share, and these share {len(vocabulary)} of {smaller} (it needs at least "
+            f"{MIN_SHARED_FRACTION:.0%} of the smaller vocabulary); use dskd, which needs no shared pieces"
+        )
+    return vocabulary
+
+
+def _labelled_pairs(inputs: LossInputs) -> tuple[Tensor, Tensor]:
+    student = inputs.extras["student_aligned"]
+    teacher = inputs.extras["teacher_aligned"]
+    kept = inputs.labels.index_select(0, student) != IGNORE_INDEX
+    return student[kept], teacher[kept]
