@@ -1,0 +1,266 @@
+"""DSKD: KD in both hidden spaces through learned projectors, with one tokenizer or two (eta, cma)."""
+
+import math
+from dataclasses import replace
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from kubedistill.runtime.algorithms.dskd import DualSpaceKD
+from kubedistill.runtime.losses.config import KDConfig
+from kubedistill.runtime.losses.registry import get_loss
+from kubedistill.runtime.student.batch import MicroBatch
+from tests.runtime.algorithms.conftest import (
+    STUDENT_WIDTH,
+    TEACHER_WIDTH,
+    Batch,
+    Tokenizers,
+    context,
+    random_batch,
+    samples,
+)
+from tests.runtime.conftest import TinyWorld
+
+CONFIG = KDConfig(loss="fkl", temperature=1.5, kd_ratio=0.6, chunk_size=5)
+
+
+def algorithm(
+    tokenizers: Tokenizers, align: str, config: KDConfig = CONFIG, same: bool = False
+) -> DualSpaceKD:
+    torch.manual_seed(0)
+    return DualSpaceKD(context(tokenizers, config, same=same, dskdTokenAlign=align)).double()
+
+
+def gradients(dskd: DualSpaceKD, batch: Batch) -> dict[str, torch.Tensor]:
+    """The loss and the gradient of every trained tensor."""
+    inputs = batch.inputs(dskd.micro_batch_extras(batch.samples))
+    dskd.zero_grad(set_to_none=True)
+    output = dskd(inputs)
+    output.loss.backward()
+    found = {"loss": output.loss.detach(), "kd_sum": output.kd_sum}
+    found |= {"student_hidden": inputs.student_hidden.grad, "student_head": inputs.student_head.grad}
+    return found | {name: p.grad for name, p in dskd.named_parameters()}
+
+
+def pairs(batch: Batch, exactly: bool) -> tuple[list[int], list[int]]:
+    student, teacher, offset, teacher_offset = [], [], 0, 0
+    for sample in batch.samples:
+        student += [offset + i for i, _ in sample.aligned_targets(exactly)]
+        teacher += [teacher_offset + j for _, j in sample.aligned_targets(exactly)]
+        offset += sample.num_targets
+        teacher_offset += len(sample.teacher_loss_positions())
+    return student, teacher
+
+
+def divergence(student: torch.Tensor, teacher: torch.Tensor, config: KDConfig) -> torch.Tensor:
+    return get_loss(config.loss)(student / config.temperature, teacher / config.temperature, config).sum()
+
+
+def reference(dskd: DualSpaceKD, batch: Batch, config: KDConfig) -> dict[str, torch.Tensor]:
+    """The paper's loss over full float64 logits with exact alignment, and its gradients."""
+    hidden = batch.student_hidden.detach().clone().requires_grad_()
+    head = batch.student_head.detach().clone().requires_grad_()
+    teacher_hidden, teacher_head = batch.teacher_hidden, batch.teacher_head
+    labels = batch.micro_batch.labels
+    student, teacher = pairs(batch, exactly=True)
+    dskd.zero_grad(set_to_none=True)
+    logits = hidden @ head.T
+    teacher_in_student = dskd.t2s(teacher_hidden[teacher]) @ head.detach().T
+    student_in_teacher = dskd.s2t(hidden[student]) @ teacher_head.T
+    kd = (
+        F.cross_entropy(teacher_in_student, labels[student], reduction="sum")
+        + divergence(logits[student], teacher_in_student.detach(), config)
+        + divergence(student_in_teacher, teacher_hidden[teacher] @ teacher_head.T, config)
+    )
+    ce = F.cross_entropy(logits, labels, reduction="sum")
+    loss = ((1 - config.kd_ratio) * ce + config.kd_ratio * kd) / batch.normalizer
+    loss.backward()
+    found = {
+        "loss": loss.detach(),
+        "kd_sum": kd.detach(),
+        "student_hidden": hidden.grad,
+        "student_head": head.grad,
+    }
+    return found | {name: p.grad for name, p in dskd.named_parameters()}
+
+
+@pytest.mark.parametrize("align", ["eta", "cma"])
+def test_with_one_tokenizer_every_position_pairs_with_itself(
+    tiny: TinyWorld, tokenizers: Tokenizers, align: str
+) -> None:
+    student = tokenizers.student
+    batch = random_batch(samples(tiny, student, student), len(student), len(student))
+    dskd = algorithm(tokenizers, align, same=True)
+    ours, expected = gradients(dskd, batch), reference(dskd, batch, CONFIG)
+    assert pairs(batch, exactly=True)[0] == list(range(batch.micro_batch.num_targets))
+    for name in ("loss", "kd_sum", "student_hidden", "student_head", "t2s.weight", "s2t.weight"):
+        torch.testing.assert_close(ours[name], expected[name], rtol=0, atol=1e-10, msg=name)
+
+
+@pytest.mark.parametrize("finer_teacher", [False, True], ids=["coarser-teacher", "finer-teacher"])
+@pytest.mark.parametrize("loss", ["fkl", "rkl", "jsd", "akl"])
+def test_exact_token_alignment_distils_only_identical_pieces(
+    tiny: TinyWorld, tokenizers: Tokenizers, loss: str, finer_teacher: bool
+) -> None:
+    tokenizers = tokenizers.swapped() if finer_teacher else tokenizers
+    batch = random_batch(
+        samples(tiny, tokenizers.student, tokenizers.teacher),
+        len(tokenizers.student),
+        len(tokenizers.teacher),
+    )
+    config = replace(CONFIG, loss=loss)
+    dskd = algorithm(tokenizers, "eta", config)
+    ours, expected = gradients(dskd, batch), reference(dskd, batch, config)
+    assert 0 < len(pairs(batch, exactly=True)[0]) < batch.micro_batch.num_targets
+    for name in ("loss", "kd_sum", "student_hidden", "student_head", "t2s.weight", "s2t.weight"):
+        torch.testing.assert_close(ours[name], expected[name], rtol=0, atol=1e-10, msg=name)
+
+
+def cma_reference(dskd: DualSpaceKD, batch: Batch, config: KDConfig) -> dict[str, torch.Tensor]:
+    """Cross-model attention written over the whole micro-batch, other samples masked out."""
+    hidden = batch.student_hidden.detach().clone().requires_grad_()
+    head = batch.student_head.detach().clone().requires_grad_()
+    teacher_hidden, teacher_head = batch.teacher_hidden, batch.teacher_head
+    extras = dskd.micro_batch_extras(batch.samples)
+    labels = batch.micro_batch.labels
+    teacher_labels = extras["teacher_labels"]
+    dskd.zero_grad(set_to_none=True)
+
+    def std(x: torch.Tensor) -> torch.Tensor:
+        return x / x.std()
+
+    embeddings = head.detach()
+    query = dskd.query(torch.cat([embeddings[extras["student_inputs"]], embeddings[labels]], -1))
+    key = std(torch.cat([teacher_head[extras["teacher_inputs"]], teacher_head[teacher_labels]], -1))
+    value = dskd.t2s(std(teacher_hidden) + std(teacher_head[teacher_labels]))
+    student_rows = torch.repeat_interleave(extras["student_counts"])
+    teacher_rows = torch.repeat_interleave(extras["teacher_counts"])
+    same_sample = student_rows[:, None] == teacher_rows[None, :]
+    scores = (query @ key.T / math.sqrt(2 * TEACHER_WIDTH)).masked_fill(~same_sample, -math.inf)
+    teacher_in_student = (scores.softmax(-1) @ value) @ head.detach().T
+    student_in_teacher = (scores.T.softmax(-1) @ dskd.s2t(hidden)) @ teacher_head.T
+    logits = hidden @ head.T
+    correct = teacher_in_student.argmax(-1) == labels
+    kd = (
+        F.cross_entropy(teacher_in_student, labels, reduction="sum")
+        + divergence(logits[correct], teacher_in_student.detach()[correct], config)
+        + divergence(student_in_teacher, teacher_hidden @ teacher_head.T, config)
+    )
+    ce = F.cross_entropy(logits, labels, reduction="sum")
+    loss = ((1 - config.kd_ratio) * ce + config.kd_ratio * kd) / batch.normalizer
+    loss.backward()
+    found = {
+        "loss": loss.detach(),
+        "kd_sum": kd.detach(),
+        "student_hidden": hidden.grad,
+        "student_head": head.grad,
+    }
+    return found | {name: p.grad for name, p in dskd.named_parameters()} | {"imitated": correct.sum()}
+
+
+def test_cross_model_attention_mixes_the_teacher_states_of_the_same_sample(
+    tiny: TinyWorld, tokenizers: Tokenizers
+) -> None:
+    batch = random_batch(
+        samples(tiny, tokenizers.student, tokenizers.teacher),
+        len(tokenizers.student),
+        len(tokenizers.teacher),
+    )
+    dskd = algorithm(tokenizers, "cma")
+    ours, expected = gradients(dskd, batch), cma_reference(dskd, batch, CONFIG)
+    for name in (
+        "loss",
+        "kd_sum",
+        "student_hidden",
+        "student_head",
+        "t2s.weight",
+        "s2t.weight",
+        "query.weight",
+    ):
+        torch.testing.assert_close(ours[name], expected[name], rtol=0, atol=1e-10, msg=name)
+
+
+def test_trained_projectors_predict_targets_and_the_student_imitates_them_there(
+    tiny: TinyWorld, tokenizers: Tokenizers
+) -> None:
+    """The projected teacher's CE trains the projectors alone; where they come to predict the target, the
+    student starts imitating the projected distribution (and nowhere else)."""
+    batch = random_batch(
+        samples(tiny, tokenizers.student, tokenizers.teacher),
+        len(tokenizers.student),
+        len(tokenizers.teacher),
+    )
+    dskd = algorithm(tokenizers, "cma")
+    assert int(cma_reference(dskd, batch, CONFIG)["imitated"]) == 0, "random projectors predict nothing"
+    optimizer = torch.optim.Adam(dskd.parameters(), lr=0.05)
+    for _ in range(20):
+        optimizer.zero_grad()
+        dskd(batch.inputs(dskd.micro_batch_extras(batch.samples))).loss.backward()
+        optimizer.step()
+    expected = cma_reference(dskd, batch, CONFIG)
+    assert 0 < int(expected["imitated"]) < batch.micro_batch.num_targets
+    ours = gradients(dskd, batch)
+    for name in ("loss", "student_hidden", "student_head"):
+        torch.testing.assert_close(ours[name], expected[name], rtol=0, atol=1e-10, msg=name)
+
+
+@pytest.mark.parametrize("align", ["eta", "cma"])
+def test_gradients_reach_the_student_and_every_projector(
+    tiny: TinyWorld, tokenizers: Tokenizers, align: str
+) -> None:
+    batch = random_batch(
+        samples(tiny, tokenizers.student, tokenizers.teacher),
+        len(tokenizers.student),
+        len(tokenizers.teacher),
+    )
+    found = gradients(algorithm(tokenizers, align), batch)
+    trained = ["student_hidden", "student_head", "t2s.weight", "s2t.weight"] + (
+        ["query.weight"] if align == "cma" else []
+    )
+    for name in trained:
+        assert found[name] is not None and found[name].abs().sum() > 0, name
+    assert found["kd_sum"] > 0
+
+
+@pytest.mark.parametrize(
+    ("align", "shapes"),
+    [
+        pytest.param(
+            "eta",
+            {"t2s.weight": (STUDENT_WIDTH, TEACHER_WIDTH), "s2t.weight": (TEACHER_WIDTH, STUDENT_WIDTH)},
+            id="eta",
+        ),
+        pytest.param(
+            "cma",
+            {
+                "t2s.weight": (STUDENT_WIDTH, TEACHER_WIDTH),
+                "s2t.weight": (TEACHER_WIDTH, STUDENT_WIDTH),
+                "query.weight": (2 * TEACHER_WIDTH, 2 * STUDENT_WIDTH),
+            },
+            id="cma",
+        ),
+    ],
+)
+def test_the_projectors_map_between_the_hidden_spaces(
+    tokenizers: Tokenizers, align: str, shapes: dict
+) -> None:
+    assert {name: tuple(p.shape) for name, p in algorithm(tokenizers, align).named_parameters()} == shapes
+
+
+@pytest.mark.parametrize("align", ["eta", "cma"])
+def test_a_placeholder_micro_batch_still_reaches_every_projector(tokenizers: Tokenizers, align: str) -> None:
+    """A rank with nothing to train on runs the same FSDP2 reduce-scatters as the others."""
+    empty = Batch(
+        samples=[],
+        micro_batch=MicroBatch.from_samples([], pad_id=0),
+        student_hidden=torch.zeros(0, STUDENT_WIDTH, dtype=torch.float64),
+        student_head=torch.randn(320, STUDENT_WIDTH, dtype=torch.float64),
+        teacher_hidden=torch.zeros(0, TEACHER_WIDTH, dtype=torch.float64),
+        teacher_head=torch.randn(400, TEACHER_WIDTH, dtype=torch.float64),
+    )
+    dskd = algorithm(tokenizers, align)
+    output = dskd(replace(empty.inputs({}), teacher_hidden=None))
+    output.loss.backward()
+    assert output.loss.item() == 0.0
+    assert all(p.grad is not None and not p.grad.any() for p in dskd.parameters())
