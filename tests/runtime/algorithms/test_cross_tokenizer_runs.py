@@ -1,0 +1,75 @@
+"""Cross-tokenizer jobs end to end with real parts: Ray actors, a transformers teacher whose tokenizer is not
+the student's, two FSDP2 student ranks on gloo, through the real `Trainer`."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+from kubedistill.api import parse_job
+from kubedistill.runtime.tiny import build_tokenizer, save_tiny
+from kubedistill.runtime.trainer import RunOptions, Trainer
+from tests.runtime.algorithms.conftest import TEACHER_VOCABULARY, demo_texts
+from tests.runtime.conftest import TEACHER, TinyWorld, job_manifest
+
+pytestmark = pytest.mark.usefixtures("ray_session")
+
+STEPS = 4
+TEACHER_HIDDEN = TEACHER.hidden_size
+
+
+@pytest.fixture(scope="module")
+def cross_world(tiny: TinyWorld, tmp_path_factory: pytest.TempPathFactory) -> TinyWorld:
+    """The tiny world with a teacher that has its own, coarser tokenizer."""
+    tokenizer = build_tokenizer(demo_texts(), vocab_size=TEACHER_VOCABULARY)
+    teacher = save_tiny(tmp_path_factory.mktemp("cross") / "teacher", tokenizer, TEACHER, seed=0)
+    return TinyWorld(root=tiny.root, teacher=teacher, student=tiny.student, train=tiny.train, eval=tiny.eval)
+
+
+def train(world: TinyWorld, output: Path, **distillation: object) -> list[dict]:
+    manifest = job_manifest(
+        world,
+        "cross-tokenizer",
+        distillation={"loss": "fkl", "kdRatio": 0.8, **distillation},
+        checkpoint={"path": str(output / "checkpoints"), "everySteps": 1, "keep": STEPS},
+    )
+    options = RunOptions(
+        output_dir=output, stop_after_steps=STEPS, metrics_port=0, progress=False, print_summary=False
+    )
+    Trainer(parse_job(manifest), options).run()
+    lines = (output / "metrics.jsonl").read_text().splitlines()
+    return [record for record in map(json.loads, lines) if record["kind"] == "train"]
+
+
+def assert_distils_from_its_own_tokens(records: list[dict]) -> None:
+    assert len(records) == STEPS
+    assert records[-1]["loss"] < records[0]["loss"], [r["loss"] for r in records]
+    assert all(r["kd_loss"] > 0 for r in records)
+    teacher_positions = [r["transfer_bytes"] // (TEACHER_HIDDEN * 4) for r in records]
+    assert all(0 < t < r["targets"] for t, r in zip(teacher_positions, records, strict=True)), (
+        "the coarser teacher tokenizer has fewer targets than the student's"
+    )
+
+
+def projectors(checkpoint: Path, scratch: Path) -> dict[str, torch.Tensor]:
+    dcp_to_torch_save(checkpoint, scratch)
+    model = torch.load(scratch, weights_only=False)["model"]
+    return {name: value for name, value in model.items() if name.startswith("algorithm.")}
+
+
+def test_simple_ctkd_distils_across_tokenizers(cross_world: TinyWorld, tmp_path: Path) -> None:
+    assert_distils_from_its_own_tokens(train(cross_world, tmp_path, algorithm="simpleCtkd"))
+
+
+def test_dskd_distils_across_tokenizers_and_trains_its_projectors(
+    cross_world: TinyWorld, tmp_path: Path
+) -> None:
+    records = train(cross_world, tmp_path, algorithm="dskd", dskdTokenAlign="cma")
+    assert_distils_from_its_own_tokens(records)
+    first = projectors(tmp_path / "checkpoints" / "step-00000001", tmp_path / "first.pt")
+    last = projectors(tmp_path / "checkpoints" / f"step-{STEPS:08d}", tmp_path / "last.pt")
+    assert sorted(first) == ["algorithm.query.weight", "algorithm.s2t.weight", "algorithm.t2s.weight"]
+    for name, value in first.items():
+        assert not torch.equal(value, last[name]), f"{name} did not train"
