@@ -146,9 +146,13 @@ class Trainer:
             state = self._train(state)
             state = self._final_evaluation(state)
             self._export()
-            return self._finish(state)
-        finally:
-            self.shutdown()
+            result = self._finish(state)
+        except BaseException:
+            # A failed collective can leave ranks waiting for a peer: stop them without asking.
+            self.shutdown(graceful=False)
+            raise
+        self.shutdown()
+        return result
 
     def evaluate_only(self) -> dict:
         """Evaluate the student (as it is on disk) against the teacher on data.eval, without training."""
@@ -499,10 +503,10 @@ class Trainer:
             log.warning("metrics port busy (%s); serving /metrics on port %d instead", error, port)
         log.info("serving /metrics on port %d", port)
 
-    def shutdown(self) -> None:
+    def shutdown(self, graceful: bool = True) -> None:
         for group in (self.students, self.teacher, self.rollout):
             if group is not None:
-                group.shutdown()
+                group.shutdown(graceful)
         self.students = None
         self.teacher = None
         self.rollout = None

@@ -5,6 +5,7 @@ import ray
 from kubedistill.api.job import DistillationJob
 from kubedistill.api.placement import Role
 from kubedistill.api.spec import Backend
+from kubedistill.runtime.actors import stop_actors
 from kubedistill.runtime.backend_choice import resolve_backend
 from kubedistill.runtime.placement import ClusterView, actor_resources
 from kubedistill.runtime.rollout.actor import RolloutActor
@@ -40,9 +41,5 @@ class RolloutActorGroup:
         ]
         return [response for part in ray.get(refs) for response in part]
 
-    def shutdown(self) -> None:
-        try:
-            ray.get([actor.close.remote() for actor in self.actors], timeout=30)
-        finally:
-            for actor in self.actors:
-                ray.kill(actor)
+    def shutdown(self, graceful: bool = True) -> None:
+        stop_actors(self.actors, graceful)

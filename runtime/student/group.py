@@ -6,6 +6,7 @@ import ray
 
 from kubedistill.api.job import DistillationJob
 from kubedistill.api.placement import Role
+from kubedistill.runtime.actors import get_all, stop_actors
 from kubedistill.runtime.placement import ClusterView, actor_resources
 from kubedistill.runtime.student.actor import StudentActor
 from kubedistill.runtime.student.batch import MicroBatch
@@ -21,19 +22,6 @@ class RankWork:
 
     micro_batches: list[MicroBatch]
     teacher_refs: list[ray.ObjectRef | None]
-
-
-def get_all(refs: list[ray.ObjectRef]) -> list:
-    """Results of collective calls, in order; the first failure is raised as soon as it happens.
-
-    `ray.get` of a list waits for the first ref before looking at the others, and the ranks of a collective
-    whose peer died wait forever: a dead rank must not go unnoticed behind a live, blocked one.
-    """
-    pending = list(refs)
-    while pending:
-        ready, pending = ray.wait(pending, num_returns=1)
-        ray.get(ready)
-    return ray.get(refs)
 
 
 class StudentActorGroup:
@@ -100,11 +88,4 @@ class StudentActorGroup:
         get_all([actor.export.remote(directory) for actor in self.actors])
 
     def shutdown(self, graceful: bool = True) -> None:
-        """Close the process group and stop the actors; after a failure (`graceful=False`) the surviving
-        ranks may be stuck in a collective with a dead peer, so they are killed without asking."""
-        try:
-            if graceful:
-                ray.get([actor.close.remote() for actor in self.actors], timeout=30)
-        finally:
-            for actor in self.actors:
-                ray.kill(actor)
+        stop_actors(self.actors, graceful)

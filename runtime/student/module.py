@@ -49,7 +49,8 @@ class DistillationModule(nn.Module):
                 student_hidden=selected,
                 student_head=head,
                 teacher_hidden=teacher,
-                teacher_head=self.teacher_head,
+                # A placeholder micro-batch has no teacher output, and then no teacher head either.
+                teacher_head=None if teacher is None else self.teacher_head,
                 labels=batch.labels.to(selected.device),
                 normalizer=normalizer,
                 extras={name: value.to(selected.device) for name, value in batch.extras.items()},

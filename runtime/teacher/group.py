@@ -5,6 +5,7 @@ import ray
 from kubedistill.api.job import DistillationJob
 from kubedistill.api.placement import Role
 from kubedistill.api.spec import Backend
+from kubedistill.runtime.actors import stop_actors
 from kubedistill.runtime.backend_choice import resolve_backend
 from kubedistill.runtime.data.batching import balance
 from kubedistill.runtime.placement import ClusterView, actor_resources
@@ -43,11 +44,4 @@ class TeacherActorGroup:
         ray.get([actor.wake.remote() for actor in self.actors])
 
     def shutdown(self, graceful: bool = True) -> None:
-        try:
-            if graceful:
-                ray.get([actor.close.remote() for actor in self.actors], timeout=30)
-        except ray.exceptions.RayActorError:
-            pass  # a dead engine has nothing left to close
-        finally:
-            for actor in self.actors:
-                ray.kill(actor)
+        stop_actors(self.actors, graceful)
