@@ -106,15 +106,15 @@ class DualSpaceKD(Algorithm):
         )
         # Every projector takes part in every backward, even on a rank with nothing aligned or only a
         # placeholder micro-batch: FSDP2 reduce-scatters the same gradients on every rank.
-        untouched = sum((p.sum() for p in self.parameters()), ce.loss.new_zeros(())) * 0.0
+        through_every_projector = sum((p.sum() for p in self.parameters()), ce.loss.new_zeros(())) * 0.0
         if inputs.teacher_hidden is None or inputs.teacher_head is None or config.kd_ratio == 0.0:
-            return replace(ce, loss=ce.loss + untouched)
+            return replace(ce, loss=ce.loss + through_every_projector)
         if self.query is not None and bool(inputs.extras["own_teacher_tokens"]):
             kd_loss, kd_sum = self._cross_model_attention(inputs)
         else:
             kd_loss, kd_sum = self._exact(inputs)
         return LossOutput(
-            loss=(1.0 - config.kd_ratio) * ce.loss + config.kd_ratio * kd_loss + untouched,
+            loss=(1.0 - config.kd_ratio) * ce.loss + config.kd_ratio * kd_loss + through_every_projector,
             kd_sum=kd_sum,
             ce_sum=ce.ce_sum,
             num_tokens=ce.num_tokens,
