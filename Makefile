@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 WHEELS := $(VENV)/wheels
 PYTEST_ARGS ?=
 
-.PHONY: help venv test demo bench crds lint soak gpu-check images clean
+.PHONY: help venv test demo bench crds lint soak gpu-check gpu-wheels images clean
 
 help:
 	@echo "make demo   - a real distillation job end to end on local Ray (CPU, tiny models)"
@@ -64,3 +64,16 @@ lint: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache bench/results/*.json
+
+# The torch path on a GPU machine with no network and no virtual environment (torch with CUDA,
+# transformers and tokenizers installed there): run `make gpu-wheels` here first and carry .whl along.
+GPU_PYTHON ?= python3
+GPU_WHEELS := pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5
+gpu-wheels:
+	$(PYTHON) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+		--platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl $(GPU_WHEELS)
+
+gpu-check:
+	$(GPU_PYTHON) -m bench.gpu_env
+	if [ -d .whl ]; then $(GPU_PYTHON) -m pip install -q --no-index --no-deps --target .gpu/site .whl/*.whl; fi
+	PYTHONPATH=.gpu:.gpu/site:. $(GPU_PYTHON) -m bench.gpu_check
