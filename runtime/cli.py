@@ -85,12 +85,27 @@ def run(
         for problem in invalid.problems:
             typer.echo(f"{file}: {problem}", err=True)
         raise typer.Exit(1) from None
+    from kubedistill.runtime.data.errors import BadRecordError, ChatTemplateError, DataFileError
     from kubedistill.runtime.ray_session import connect
     from kubedistill.runtime.trainer import RunOptions, Trainer
 
     out = output or Path(job.spec.output.path or f"output/{job.name}")
+    options = RunOptions(output_dir=out, stop_after_steps=max_steps, metrics_port=metrics_port)
+    try:
+        # The trainer reads and tokenises the data as it is built: before Ray starts, so that bad data
+        # fails in seconds rather than after the cluster is up.
+        trainer = Trainer(job, options)
+    except (BadRecordError, DataFileError, ChatTemplateError) as error:
+        typer.echo(f"{file}: {error}", err=True)
+        raise typer.Exit(1) from None
+    except ValueError as error:
+        # Settings that cannot work for any record name their spec field; any other ValueError is a bug.
+        if not str(error).startswith("spec."):
+            raise
+        typer.echo(f"{file}: {error}", err=True)
+        raise typer.Exit(1) from None
     connect()
-    Trainer(job, RunOptions(output_dir=out, stop_after_steps=max_steps, metrics_port=metrics_port)).run()
+    trainer.run()
 
 
 @app.command()

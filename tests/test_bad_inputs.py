@@ -1,0 +1,330 @@
+"""The bad-input catalogue as a user meets it: `kubedistill validate` and `kubedistill run`.
+
+Every bad manifest of `tests/api/manifests.py` and every bad data file of `tests/runtime/data/files/` goes
+through the command: it exits 1 printing `FILE: <where>: <problem>` and no traceback. The whole catalogue
+runs in this process (typer's runner, the same code path after argument parsing); a sample of each kind runs
+as the installed command in a process of its own, which must also leave Ray unstarted: Ray's temporary root
+is pointed at an empty folder (RAY_TMPDIR) that must stay without a session, and a control test shows that
+a Ray that does start leaves one there.
+"""
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from kubedistill.api.spec import Mode
+from kubedistill.runtime.cli import app
+from kubedistill.runtime.tiny import build_tokenizer, save_tiny
+from tests.api.manifests import BAD_MANIFESTS, Bad, apply_changes
+from tests.runtime.conftest import STUDENT, TEACHER, TinyWorld, job_manifest
+from tests.runtime.data.builders import CORPUS, FILES
+from tests.runtime.data.test_load import BAD_FILES, BadFile
+
+KUBEDISTILL = shutil.which("kubedistill", path=str(Path(sys.executable).parent))
+CLI_TIMEOUT_SECONDS = 300
+"""Generous for a CPU shared by several test runs; what it catches is a command that never returns."""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    exit_code: int
+    stdout: str
+    stderr: str
+    ray_sessions: list[str] = field(default_factory=list)
+    """Ray session folders a separate process left in its own RAY_TMPDIR."""
+
+    @property
+    def lines(self) -> list[str]:
+        return self.stderr.splitlines()
+
+
+def invoke(args: Sequence[str]) -> Outcome:
+    """The command in this process; an exception other than the command's exit fails the test here."""
+    result = CliRunner().invoke(app, list(args))
+    if not isinstance(result.exception, SystemExit | None):
+        raise result.exception
+    return Outcome(result.exit_code, result.stdout, result.stderr)
+
+
+def kubedistill(args: Sequence[str], cwd: Path) -> Outcome:
+    """The installed `kubedistill` command as a user runs it, with a fresh, empty Ray temporary root.
+
+    The root is short and outside pytest's temporary tree: Ray's socket paths must fit in 107 bytes.
+    """
+    assert KUBEDISTILL is not None, "the kubedistill command is not installed in this venv"
+    with tempfile.TemporaryDirectory(prefix="kd-ray-") as ray_root:
+        env = {key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"}
+        done = subprocess.run(
+            [KUBEDISTILL, *args],
+            cwd=cwd,
+            env={**env, "RAY_TMPDIR": ray_root},
+            capture_output=True,
+            text=True,
+            timeout=CLI_TIMEOUT_SECONDS,
+            check=False,
+        )
+        sessions = sorted(path.name for path in Path(ray_root).rglob("session_*"))
+    return Outcome(done.returncode, done.stdout, done.stderr, sessions)
+
+
+def kubedistill_concurrently(calls: dict[Any, tuple[Sequence[str], Path]]) -> dict[Any, Outcome]:
+    """Each call in a process of its own, as many at once as there are cores (most of each is imports)."""
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        futures = {key: pool.submit(kubedistill, args, cwd) for key, (args, cwd) in calls.items()}
+        return {key: future.result() for key, future in futures.items()}
+
+
+def assert_rejected(outcome: Outcome, file: Path, expected: str) -> None:
+    """Exit 1, no traceback, and among `FILE: ...` lines one that starts `FILE: <expected>`."""
+    assert outcome.exit_code == 1, outcome.stderr
+    assert "Traceback" not in outcome.stderr, outcome.stderr
+    assert any(line.startswith(f"{file}: {expected}") for line in outcome.lines), (
+        f"no line starting {f'{file}: {expected}'!r} in:\n{outcome.stderr}"
+    )
+
+
+def test_the_ray_probe_sees_a_ray_that_starts(tmp_path: Path) -> None:
+    """The control for every `ray_sessions == []` below: a Ray started under the same settings is seen."""
+    with tempfile.TemporaryDirectory(prefix="kd-ray-") as ray_root:
+        env = {key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"}
+        start = "import ray; ray.init(num_cpus=1, include_dashboard=False); ray.shutdown()"
+        subprocess.run(
+            [sys.executable, "-c", start],
+            cwd=tmp_path,
+            env={**env, "RAY_TMPDIR": ray_root, "RAY_AUTH_MODE": "disabled"},
+            capture_output=True,
+            timeout=CLI_TIMEOUT_SECONDS,
+            check=True,
+        )
+        assert list(Path(ray_root).rglob("session_*")), "a started Ray left no session in RAY_TMPDIR"
+
+
+# -- bad manifests ------------------------------------------------------------------------------------------
+
+COMMANDS = ("validate", "run")
+IN_A_PROCESS = ("unknown-spec-field", "missing-student", "on-policy-without-rollout", "unknown-loss")
+"""One of each kind of rejection: strict fields, the schema, a cross-field rule, a runtime plugin name."""
+
+
+def _manifest_file(root: Path, bad: Bad) -> Path:
+    path = root / bad.id / "job.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(apply_changes(bad.base, bad.changes)), encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+@pytest.mark.parametrize("bad", BAD_MANIFESTS, ids=lambda bad: bad.id)
+def test_a_bad_manifest_exits_1_printing_only_file_field_problem_lines(
+    tmp_path: Path, bad: Bad, command: str
+) -> None:
+    file = _manifest_file(tmp_path, bad)
+    outcome = invoke([command, str(file)])
+    assert_rejected(outcome, file, f"{bad.field}: ")
+    assert outcome.stdout == ""
+    assert all(line.startswith(f"{file}: ") for line in outcome.lines), outcome.stderr
+
+
+@pytest.fixture(scope="module")
+def manifest_processes(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> dict[tuple[str, str], tuple[Path, Outcome]]:
+    root = tmp_path_factory.mktemp("manifests")
+    files = {bad.id: _manifest_file(root, bad) for bad in BAD_MANIFESTS if bad.id in IN_A_PROCESS}
+    calls = {
+        (command, id_): ([command, str(file)], file.parent)
+        for id_, file in files.items()
+        for command in COMMANDS
+    }
+    return {key: (files[key[1]], outcome) for key, outcome in kubedistill_concurrently(calls).items()}
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+@pytest.mark.parametrize(
+    "bad", [bad for bad in BAD_MANIFESTS if bad.id in IN_A_PROCESS], ids=lambda bad: bad.id
+)
+def test_the_installed_command_rejects_a_bad_manifest_without_starting_ray(
+    manifest_processes: dict[tuple[str, str], tuple[Path, Outcome]], bad: Bad, command: str
+) -> None:
+    file, outcome = manifest_processes[command, bad.id]
+    assert_rejected(outcome, file, f"{bad.field}: ")
+    assert outcome.ray_sessions == [], "Ray was started"
+
+
+# -- bad data -----------------------------------------------------------------------------------------------
+
+ON_POLICY = {
+    "mode": "onPolicy",
+    "rollout": {
+        "engines": 1,
+        "batchSize": 8,
+        "samplesPerPrompt": 2,
+        "maxNewTokens": 8,
+        "backend": "transformers",
+    },
+}
+
+
+@dataclass(frozen=True)
+class BadData:
+    id: str
+    data: dict[str, Any]
+    """What the job's spec.data says (merged into the small job's own)."""
+    where: str
+    """`file:line` of the bad record, or the spec field of a file-level problem."""
+    problem: str
+    spec: dict[str, Any] = field(default_factory=dict)
+    """Other spec sections of the job."""
+
+
+def _from_catalogue(bad: BadFile) -> BadData:
+    """A row of the data loader's own table, as a job's settings (what `onBadRecord: fail` reports)."""
+    _, data = bad.settings("fail")
+    return BadData(
+        bad.name,
+        data.model_dump(mode="json", exclude_defaults=True),
+        f"{FILES / bad.name}:{bad.line}",
+        bad.problem,
+        ON_POLICY if bad.mode == Mode.ON_POLICY else {},
+    )
+
+
+def _train(name: str, **source: Any) -> dict[str, Any]:
+    return {"train": {"path": str(FILES / name), **source}}
+
+
+BAD_DATA = [
+    *(_from_catalogue(bad) for bad in BAD_FILES if bad.name != "over_long.jsonl"),
+    BadData(
+        "truncated_array.json",
+        _train("truncated_array.json"),
+        f"{FILES / 'truncated_array.json'}:34",
+        "invalid JSON: ",
+    ),
+    BadData(
+        "empty.jsonl",
+        _train("empty.jsonl"),
+        str(FILES / "empty.jsonl"),
+        "the file holds no records (spec.data.train.path)",
+    ),
+    BadData(
+        "blank_lines.jsonl",
+        _train("blank_lines.jsonl"),
+        str(FILES / "blank_lines.jsonl"),
+        "the file holds no records (spec.data.train.path)",
+    ),
+    # The loader's row uses maxLength 64 with promptMaxLength 64; a manifest cannot (the prompt limit must
+    # leave room for a response), and under settings it accepts, the long prompt is cut, not refused.
+    BadData(
+        "over_long.jsonl",
+        {**_train("over_long.jsonl"), "maxLength": 64, "promptMaxLength": 64},
+        "spec.data.promptMaxLength",
+        "must be less than spec.data.maxLength",
+    ),
+    BadData(
+        "missing-file",
+        _train("no_such_file.jsonl"),
+        "spec.data.train.path",
+        f"cannot read '{FILES / 'no_such_file.jsonl'}': No such file or directory",
+    ),
+    BadData(
+        "unknown-extension",
+        _train("records.csv"),
+        "spec.data.train.format",
+        "cannot tell the format of",
+    ),
+    BadData(
+        "chats-without-chat-template",
+        {**_train("unknown_role.jsonl"), "applyChatTemplate": False},
+        "spec.data.applyChatTemplate",
+        "chat records need the chat template",
+    ),
+    BadData(
+        "bad-eval-record",
+        {"eval": {"path": str(FILES / "truncated_json.jsonl")}},
+        f"{FILES / 'truncated_json.jsonl'}:3",
+        "invalid JSON: Unterminated string",
+    ),
+    BadData(
+        "missing-eval-file",
+        {"eval": {"path": str(FILES / "no_such_file.jsonl")}},
+        "spec.data.eval.path",
+        "cannot read",
+    ),
+]
+
+
+@pytest.fixture(scope="module")
+def tiny_world(tmp_path_factory: pytest.TempPathFactory) -> TinyWorld:
+    """Tiny models with the tokenizer the loader's own tests use, so their expected messages hold here."""
+    root = tmp_path_factory.mktemp("tiny")
+    tokenizer = build_tokenizer(CORPUS, vocab_size=512)
+    good = root / "train.jsonl"
+    good.write_text(
+        '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "4"}]}\n'
+    )
+    return TinyWorld(
+        root=root,
+        teacher=save_tiny(root / "teacher", tokenizer, TEACHER, seed=0),
+        student=save_tiny(root / "student", tokenizer, STUDENT, seed=1),
+        train=good,
+        eval=good,
+    )
+
+
+@pytest.fixture(scope="module")
+def bad_data_jobs(tiny_world: TinyWorld, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A small job per row, each in a folder of its own (the command's working directory)."""
+    root = tmp_path_factory.mktemp("bad-data")
+    files = {}
+    for bad in BAD_DATA:
+        files[bad.id] = root / bad.id / "job.yaml"
+        files[bad.id].parent.mkdir()
+        manifest = job_manifest(tiny_world, "bad-data", data=bad.data, **bad.spec)
+        files[bad.id].write_text(yaml.safe_dump(manifest), encoding="utf-8")
+    return files
+
+
+@pytest.mark.parametrize("bad", BAD_DATA, ids=lambda bad: bad.id)
+def test_a_run_on_bad_data_exits_1_naming_where_and_what(
+    bad_data_jobs: dict[str, Path], bad: BadData
+) -> None:
+    file = bad_data_jobs[bad.id]
+    assert_rejected(invoke(["run", str(file)]), file, f"{bad.where}: {bad.problem}")
+
+
+DATA_IN_A_PROCESS = ("truncated_json.jsonl", "empty.jsonl", "chats-without-chat-template")
+"""A bad record, a file-level problem, settings that fit no record: each kind of data error the command
+catches."""
+
+
+@pytest.fixture(scope="module")
+def data_processes(bad_data_jobs: dict[str, Path]) -> dict[str, Outcome]:
+    calls = {id_: (["run", str(bad_data_jobs[id_])], bad_data_jobs[id_].parent) for id_ in DATA_IN_A_PROCESS}
+    return kubedistill_concurrently(calls)
+
+
+@pytest.mark.parametrize(
+    "bad", [bad for bad in BAD_DATA if bad.id in DATA_IN_A_PROCESS], ids=lambda bad: bad.id
+)
+def test_the_installed_command_rejects_bad_data_before_starting_ray(
+    bad_data_jobs: dict[str, Path], data_processes: dict[str, Outcome], bad: BadData
+) -> None:
+    outcome = data_processes[bad.id]
+    assert_rejected(outcome, bad_data_jobs[bad.id], f"{bad.where}: {bad.problem}")
+    assert outcome.ray_sessions == [], "Ray was started"
+
+
+def test_every_bad_data_file_has_a_row() -> None:
+    assert {path.name for path in FILES.iterdir()} <= {bad.id for bad in BAD_DATA}
