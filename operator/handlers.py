@@ -48,8 +48,13 @@ def track_job(event: kopf.RawEvent, body: kopf.Body, memo: OperatorContext, **_:
 
 @kopf.on.event(RAY_GROUP, RAY_VERSION, RAYJOBS, labels={JOB_LABEL: kopf.PRESENT})
 async def mirror_rayjob(event: kopf.RawEvent, body: kopf.Body, memo: OperatorContext, **_: Any) -> None:
-    with memo.metrics.reconcile("rayjob"):
-        await reconcile.mirror_rayjob(memo, event["type"], body)
+    # kopf never retries an event handler: a RayJob change whose status patch failed would be lost until the
+    # RayJob changes again (for a running job, when it ends). Retry here; kopf queues the newer events.
+    while True:
+        with contextlib.suppress(TransientApiError), memo.metrics.reconcile("rayjob"):
+            await reconcile.mirror_rayjob(memo, event["type"], body)
+            return
+        await asyncio.sleep(memo.settings.retry_delay_seconds)
 
 
 CANCELLATION_TIMEOUT_SECONDS = 5.0

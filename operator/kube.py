@@ -1,7 +1,8 @@
 """The operator's calls to the Kubernetes API: its children (ConfigMap, RayJob) and its job's status.
 
-Transient failures (HTTP 429 and 5xx, dropped connections) are retried here with client-go's backoff;
-what still fails surfaces as `TransientApiError` for the handler to turn into a kopf retry.
+Transient failures (HTTP 429 and 5xx, dropped connections) are retried here with client-go's backoff,
+waiting at least as long as a Retry-After header asks; what still fails surfaces as `TransientApiError` for
+the handler to turn into a kopf retry.
 """
 
 from collections.abc import Awaitable, Callable, Mapping
@@ -11,7 +12,7 @@ from typing import Any, TypeVar
 
 import aiohttp
 from kubernetes.aio.client import ApiClient, ApiException, CoreV1Api, CustomObjectsApi, V1ConfigMap
-from kubernetes.aio.utils.retry import Backoff, on_error
+from kubernetes.aio.utils.retry import Backoff, on_retry_after_error
 
 from kubedistill.api.job import GROUP, PLURAL, VERSION
 from kubedistill.operator.naming import FIELD_MANAGER, is_owned_by
@@ -76,7 +77,8 @@ class Kube:
                 {"spec": dict(spec_patch)},
                 field_manager=FIELD_MANAGER,
                 _content_type=MERGE_PATCH,
-            )
+            ),
+            retriable=is_transient_or_conflict,
         )
 
     async def read_config_map(self, namespace: str, name: str) -> KubeObject:
@@ -108,7 +110,8 @@ class Kube:
                     {"status": dict(status_patch)},
                     field_manager=FIELD_MANAGER,
                     _content_type=MERGE_PATCH,
-                )
+                ),
+                retriable=is_transient_or_conflict,
             )
         except ApiException as error:
             if error.status == 404:
@@ -139,13 +142,16 @@ class Kube:
         found = await CoreV1Api(self.client).read_namespaced_config_map(name, namespace)
         return self.client.sanitize_for_serialization(found)
 
-    async def _retrying(self, call: Callable[[], Awaitable[T]]) -> T:
+    async def _retrying(
+        self, call: Callable[[], Awaitable[T]], retriable: Callable[[Exception], bool] | None = None
+    ) -> T:
+        retriable = retriable or is_transient
         try:
-            return await on_error(self.backoff, is_transient, call)
+            return await on_retry_after_error(self.backoff, retriable, call)
         except (aiohttp.ClientError, TimeoutError) as error:
             raise TransientApiError(str(error)) from error
         except ApiException as error:
-            if is_transient(error):
+            if retriable(error):
                 raise TransientApiError(f"HTTP {error.status}: {error.reason}") from error
             raise
 
@@ -154,6 +160,12 @@ def is_transient(error: Exception) -> bool:
     if isinstance(error, ApiException):
         return error.status == 429 or (error.status or 0) >= 500
     return isinstance(error, aiohttp.ClientError | TimeoutError)
+
+
+def is_transient_or_conflict(error: Exception) -> bool:
+    """For merge patches, which carry no resourceVersion: a 409 means the API server ran out of its own
+    retries on a busy object, and sending the same patch again is right (client-go's RetryOnConflict)."""
+    return is_transient(error) or (isinstance(error, ApiException) and error.status == 409)
 
 
 def _plural(kind: str) -> str:

@@ -5,22 +5,48 @@ create, bumps `resourceVersion` on every write and `generation` on every spec ch
 resourceVersions to recognise its own patches in the watch stream (without them it waits 5 s for each),
 and the operator reports `observedGeneration`. This subclass adds exactly that, following kmock's own
 advice to inherit for special field treatment.
+
+It also lets tests put faults in front of the emulator (`interceptors`): kmock applies a write even when a
+reaction answers it with an error, which models a lost reply but never a rejected request (a 429 is not
+applied; a 409 on a patch neither).
 """
 
+import asyncio
+import contextlib
 import itertools
+import random
+import time
 import uuid
-from collections.abc import Mapping
+from collections import Counter
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp.web
 import kmock
 from kmock._internal import enums, rendering
 
+from kubedistill.operator.runner import USER_AGENT
+
+Interceptor = Callable[["ApiServer", rendering.Request], Awaitable[aiohttp.web.StreamResponse | None]]
+"""Sees each request before the emulator: a response answers it (nothing else happens), None passes it on."""
+
 
 class ApiServer(kmock.KubernetesEmulator):
     _versions = itertools.count(1)
 
+    def __attrs_post_init__(self) -> None:
+        super().__attrs_post_init__()
+        self.interceptors: list[Interceptor] = []
+
     async def _handle(self, request: rendering.Request) -> aiohttp.web.StreamResponse:
+        for intercept in list(self.interceptors):
+            if (response := await intercept(self, request)) is not None:
+                return response
+        return await self.apply(request)
+
+    async def apply(self, request: rendering.Request) -> aiohttp.web.StreamResponse:
+        """What the API server does with a request that gets through: store it and answer."""
         if request.resource is not None:
             if request.action == enums.action.CREATE and isinstance(request.data, Mapping):
                 self._stamp_created(request.data)
@@ -51,3 +77,127 @@ class ApiServer(kmock.KubernetesEmulator):
             current = self.objects[key]
             if not current.deleted:
                 metadata["generation"] = current.get("metadata", {}).get("generation", 1) + 1
+
+
+REASONS = {409: "Conflict", 429: "TooManyRequests", 500: "InternalError", 503: "ServiceUnavailable"}
+
+
+def api_error(status: int, *, retry_after: int | None = None) -> aiohttp.web.Response:
+    """A Kubernetes `Status` error as the API server sends it (Retry-After in the header and the details)."""
+    details = {"retryAfterSeconds": retry_after} if retry_after is not None else {}
+    body = {
+        "apiVersion": "v1",
+        "kind": "Status",
+        "metadata": {},
+        "status": "Failure",
+        "code": status,
+        "reason": REASONS[status],
+        "message": f"injected fault: HTTP {status}",
+        "details": details,
+    }
+    headers = {"Retry-After": str(retry_after)} if retry_after is not None else {}
+    return aiohttp.web.json_response(body, status=status, headers=headers)
+
+
+OPERATOR_AGENTS = ("kopf/", USER_AGENT)
+
+
+@dataclass(frozen=True)
+class Call:
+    """A kind of request the operator (kopf or its own client) makes: a verb on a resource."""
+
+    action: enums.action
+    resource: str
+    """`group/version/plural`, as in `kmock.resource`."""
+    subresource: str | None = None
+
+    def matches(self, request: rendering.Request) -> bool:
+        return (
+            request.headers.get("User-Agent", "").startswith(OPERATOR_AGENTS)
+            and request.action == self.action
+            and request.resource == kmock.resource(self.resource)
+            and request.subresource == self.subresource
+        )
+
+
+async def apply_despite_the_error(server: ApiServer, request: rendering.Request) -> None:
+    """The server did the write, and then the reply was an error (or never came)."""
+    with contextlib.suppress(kmock.KubernetesError):
+        await server.apply(request)
+
+
+@dataclass
+class FailFirst:
+    """The first `times` requests of `call` fail with `status`; later ones go through.
+
+    `applied`: the server did the write before failing the reply (a 409 on a create says it exists; a 500
+    or a timeout may come after the write). Otherwise it did nothing, like a 429 or a rejected patch.
+    """
+
+    call: Call
+    status: int
+    times: int = 1
+    applied: bool = False
+    retry_after: int | None = None
+    seen: list[float] = field(default_factory=list)
+    """When each request of `call` arrived (time.monotonic), failed or not."""
+
+    async def __call__(self, server: ApiServer, request: rendering.Request) -> aiohttp.web.Response | None:
+        if not self.call.matches(request):
+            return None
+        self.seen.append(time.monotonic())
+        if len(self.seen) > self.times:
+            return None
+        if self.applied:
+            await apply_despite_the_error(server, request)
+        return api_error(self.status, retry_after=self.retry_after)
+
+
+@dataclass
+class Hold:
+    """Holds the first request of `call` unanswered, so the operator can be stopped while it waits.
+
+    Released after the operator is gone, the request is either lost (never applied) or `applied`.
+    """
+
+    call: Call
+    arrived: asyncio.Event = field(default_factory=asyncio.Event)
+    _released: asyncio.Event = field(default_factory=asyncio.Event)
+    _applied: bool = False
+
+    def release(self, *, applied: bool) -> None:
+        self._applied = applied
+        self._released.set()
+
+    async def __call__(self, server: ApiServer, request: rendering.Request) -> aiohttp.web.Response | None:
+        if self.arrived.is_set() or not self.call.matches(request):
+            return None
+        self.arrived.set()
+        await self._released.wait()
+        if self._applied:
+            await apply_despite_the_error(server, request)
+        return api_error(503)
+
+
+@dataclass
+class RandomFaults:
+    """Fails a share of the operator's requests of `calls` with 409, 429 or 500, drawn from a seeded RNG.
+
+    What each means on a real server: a 429 was not applied; a 409 on a create means the object exists (here:
+    the write happened), on a patch that nothing changed; a 500 may come before or after the write.
+    """
+
+    rng: random.Random
+    rate: float
+    calls: Sequence[Call]
+    injected: Counter[int] = field(default_factory=Counter)
+
+    async def __call__(self, server: ApiServer, request: rendering.Request) -> aiohttp.web.Response | None:
+        if not any(call.matches(request) for call in self.calls) or self.rng.random() >= self.rate:
+            return None
+        status = self.rng.choice((409, 429, 500))
+        creating = request.action == enums.action.CREATE
+        if (status == 409 and creating) or (status == 500 and self.rng.random() < 0.5):
+            await apply_despite_the_error(server, request)
+        self.injected[status] += 1
+        return api_error(status, retry_after=1 if status == 429 else None)
