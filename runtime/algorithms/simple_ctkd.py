@@ -1,10 +1,11 @@
-"""Simple cross-tokenizer KD: distil where both tokenizations predict from the same text, over the pieces
-both vocabularies share.
+"""Simple cross-tokenizer KD: distil where both tokenizations predict the same piece from the same text, over
+the pieces both vocabularies share.
 
-Student target i and teacher target j are aligned when their spans in the response text start at the same
-character (`data.alignment`): both models then predict "the next piece" from the same text, and the pieces
-both tokenizers have (the same bytes, or both end-of-sequence tokens; a fixed id mapping computed once from
-the two tokenizers) are outcomes of that one event. At aligned positions
+Student target i and teacher target j are aligned when their spans in the response text are the same
+(`data.alignment.aligned_exactly`): both models predict the next piece from the same text, and that piece
+is the same text on both sides. The pieces both tokenizers have (the same bytes, or both end-of-sequence
+tokens; a fixed id mapping computed once from the two tokenizers) are outcomes of that one event. At aligned
+positions
 
     KD_i = D(softmax(z_s[i, S] / T), softmax(z_t[j, T'] / T))
 
@@ -14,7 +15,14 @@ renormalised over them, and D is spec.distillation.loss. The loss is
     ((1 - kd_ratio) * sum_all CE + kd_ratio * sum_aligned KD) / normalizer
 
 so positions without a partner get the cross-entropy only. With identical tokenizers every position is
-aligned with itself and every piece is shared: exactly vanilla KD. Both parts run through the fused chunked
+aligned with itself and every piece is shared: exactly vanilla KD.
+
+Why the same piece and not only the same start (which would pair more positions): a tokenizer always
+splits a text the same way, so a teacher whose vocabulary has " purple" gives next to no probability to
+" pur", and where the student's target is " pur" the teacher's distribution over the shared pieces says
+nothing about it but pushes the student away from it. On the demo task (tokenizers of 400 and 512 pieces,
+kdRatio 0.5) pairing by start alone ended at eval CE 0.441, pairing by piece at 0.396 (KDFlow's
+simple_ctkd pairs the same way). Both parts run through the fused chunked
 loss (`fused_kd_loss`), so neither model's [tokens x vocab] logits exist in full; the aligned positions'
 student logits are computed twice (once per part), the price of reusing it unchanged.
 """
@@ -59,7 +67,7 @@ class SimpleCrossTokenizerKD(Algorithm):
 
     @classmethod
     def micro_batch_extras(cls, samples: list[Sample]) -> dict[str, Tensor]:
-        student, teacher = aligned_positions(samples)
+        student, teacher = aligned_positions(samples, exactly=True)
         return {
             "student_aligned": torch.tensor(student, dtype=torch.long),
             "teacher_aligned": torch.tensor(teacher, dtype=torch.long),

@@ -63,8 +63,9 @@ def test_with_one_tokenizer_it_is_vanilla_kd(
 
 
 def reference(batch: Batch, tokenizers: Tokenizers, config: KDConfig) -> torch.Tensor:
-    """The loss written out over full float64 logits: CE everywhere, KD at aligned positions over the
-    shared pieces, each distribution renormalised by its softmax over them."""
+    """The loss written out over full float64 logits: CE everywhere, KD where both sides predict the same
+    piece from the same text, over the shared pieces, each distribution renormalised by its softmax over
+    them."""
     shared = shared_vocabulary(tokenizers.student, tokenizers.teacher)
     student_logits = batch.student_hidden @ batch.student_head.T
     teacher_logits = batch.teacher_hidden @ batch.teacher_head.T
@@ -72,8 +73,8 @@ def reference(batch: Batch, tokenizers: Tokenizers, config: KDConfig) -> torch.T
     ce = F.cross_entropy(student_logits, labels, reduction="sum")
     rows, teacher_rows, offset, teacher_offset = [], [], 0, 0
     for sample in batch.samples:
-        rows += [offset + i for i, _ in sample.aligned_targets()]
-        teacher_rows += [teacher_offset + j for _, j in sample.aligned_targets()]
+        rows += [offset + i for i, _ in sample.aligned_targets(exactly=True)]
+        teacher_rows += [teacher_offset + j for _, j in sample.aligned_targets(exactly=True)]
         offset += sample.num_targets
         teacher_offset += len(sample.teacher_loss_positions())
     student = student_logits[rows][:, list(shared.student_ids)] / config.temperature
@@ -84,7 +85,7 @@ def reference(batch: Batch, tokenizers: Tokenizers, config: KDConfig) -> torch.T
 
 @pytest.mark.parametrize("finer_teacher", [False, True], ids=["coarser-teacher", "finer-teacher"])
 @pytest.mark.parametrize("loss", LOSSES)
-def test_across_tokenizers_it_is_kd_at_aligned_positions_over_the_shared_pieces(
+def test_across_tokenizers_it_is_kd_where_both_predict_the_same_piece_over_the_shared_pieces(
     tiny: TinyWorld, tokenizers: Tokenizers, loss: str, finer_teacher: bool
 ) -> None:
     tokenizers = tokenizers.swapped() if finer_teacher else tokenizers
