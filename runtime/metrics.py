@@ -23,6 +23,11 @@ class TrainerMetrics:
         """The port /metrics is served on, once `serve` ran."""
         for metric in telemetry.ALL:
             self._metrics[metric.name] = self._create(metric)
+            # Every series exists from the start (a labelled metric is exported only once its child is), so
+            # scrapers see the full set; a gauge with no value yet reads NaN, which the operator skips.
+            child = self._child(metric)
+            if metric.kind == Kind.GAUGE:
+                child.set(float("nan"))
 
     def _create(self, metric: Metric) -> Gauge | Counter | Histogram:
         # prometheus_client appends `_total` to counters itself.

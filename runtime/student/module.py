@@ -62,8 +62,12 @@ class DistillationModule(nn.Module):
             touch = hidden.sum() * 0.0 + head.sum() * 0.0
             output = LossOutput(output.loss + touch, output.kd_sum, output.ce_sum, output.num_tokens)
         agreements = 0
+        # Token ids of two vocabularies cannot be compared: no agreement across tokenizers.
         comparable = (
-            teacher is not None and self.teacher_head is not None and teacher.shape[0] == selected.shape[0]
+            not self.algorithm.cross_tokenizer
+            and teacher is not None
+            and self.teacher_head is not None
+            and teacher.shape[0] == selected.shape[0]
         )
         if measure_agreement and comparable and batch.num_targets:
             chunk = self.algorithm.context.config.chunk_size
