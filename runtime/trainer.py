@@ -154,13 +154,24 @@ class Trainer:
         self.shutdown()
         return result
 
-    def evaluate_only(self) -> dict:
-        """Evaluate the student (as it is on disk) against the teacher on data.eval, without training."""
-        self._start_groups()
+    def evaluate_students(self, models: list[str]) -> list[dict]:
+        """Evaluate each student model (a path, as on disk) against this job's teacher on data.eval, without
+        training; the teacher is started once for all of them. The models share the job's tokenizer."""
+        cluster = ClusterView.current()
+        records = []
         try:
-            return self._eval_record(self._evaluate(), step=0)
+            if has_teacher(self.job):
+                self.teacher = TeacherActorGroup(self.job, cluster)
+            for model in models:
+                student = self.spec.student.model_copy(update={"model": model})
+                job = self.job.model_copy(update={"spec": self.spec.model_copy(update={"student": student})})
+                self.students = StudentActorGroup(job, self.total_steps, cluster)
+                records.append(self._eval_record(self._evaluate(), step=0))
+                self.students.shutdown()
+                self.students = None
         finally:
             self.shutdown()
+        return records
 
     def _train(self, state: TrainerState) -> TrainerState:
         """Train to the end, recovering from dead actors up to spec.backoffLimit times: a dead teacher is
