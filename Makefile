@@ -3,7 +3,9 @@
 PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
-PIP := $(PY) -m pip
+# Tools run as their own scripts, never as `python -m` from the repository root: there the top-level
+# folder operator/ would shadow the standard library's `operator` before the package is installed.
+PIP := $(VENV)/bin/pip
 TORCH_PIN := torch==2.13.0
 SGLANG_PIN := sglang==0.5.23
 STAMP := $(VENV)/.installed
@@ -20,7 +22,7 @@ help:
 	@echo "make lint   - ruff"
 
 $(STAMP): pyproject.toml
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	test -x $(PY) || (cd /tmp && $(PYTHON) -m venv $(CURDIR)/$(VENV))
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q $(TORCH_PIN)
 	$(PIP) install -q -e '.[runtime,operator,dev]'
@@ -34,10 +36,10 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 test: $(STAMP)
-	$(PY) -m pytest -q -m "not soak and not gpu" $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -q -m "not soak and not gpu" $(PYTEST_ARGS)
 
 soak: $(STAMP)
-	$(PY) -m pytest -q -m soak $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -q -m soak $(PYTEST_ARGS)
 
 demo: $(STAMP)
 	$(VENV)/bin/kubedistill demo
@@ -70,10 +72,11 @@ clean:
 GPU_PYTHON ?= python3
 GPU_WHEELS := pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5
 gpu-wheels:
-	$(PYTHON) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-		--platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl $(GPU_WHEELS)
+	cd /tmp && $(PYTHON) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+		--platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d $(CURDIR)/.whl $(GPU_WHEELS)
 
 gpu-check:
-	$(GPU_PYTHON) -m bench.gpu_env
-	if [ -d .whl ]; then $(GPU_PYTHON) -m pip install -q --no-index --no-deps --target .gpu/site .whl/*.whl; fi
-	PYTHONPATH=.gpu:.gpu/site:. $(GPU_PYTHON) -m bench.gpu_check
+	$(GPU_PYTHON) bench/gpu_env.py
+	if [ -d .whl ]; then cd /tmp && $(GPU_PYTHON) -m pip install -q --no-index --no-deps --target $(CURDIR)/.gpu/site $(CURDIR)/.whl/*.whl; fi
+	# -P: the repository root (with its operator/ folder) must not come before the standard library.
+	PYTHONPATH=.gpu:.gpu/site $(GPU_PYTHON) -P -m bench.gpu_check

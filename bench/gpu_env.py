@@ -1,9 +1,10 @@
 """Make the repository importable as `kubedistill` on a machine where it cannot be pip-installed (the lent
 GPU machine: no network, no virtual environment): a folder `.gpu/` with `kubedistill/{api,operator,runtime}`
-linked to the top-level folders, and a `.dist-info` carrying this project's entry points, through which the
-losses and algorithms are found by name. Uses the standard library only.
+and `bench` linked to the top-level folders, and a `.dist-info` carrying this project's entry points, through
+which the losses and algorithms are found by name. The repository root itself stays off the path: its
+operator/ folder would shadow the standard library's `operator`. Uses the standard library only.
 
-    python3 -m bench.gpu_env && PYTHONPATH=.gpu:. python3 -m bench.gpu_check
+    python3 bench/gpu_env.py && PYTHONPATH=.gpu python3 -P -m bench.gpu_check
 """
 
 import tomllib
@@ -17,11 +18,12 @@ def main() -> None:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     package = TARGET / "kubedistill"
     package.mkdir(parents=True, exist_ok=True)
-    for name in ("api", "operator", "runtime"):
-        link = package / name
+    links = {package / name: ROOT / name for name in ("api", "operator", "runtime")}
+    links[TARGET / "bench"] = ROOT / "bench"
+    for link, source in links.items():
         if link.is_symlink() or link.exists():
             link.unlink()
-        link.symlink_to(ROOT / name, target_is_directory=True)
+        link.symlink_to(source, target_is_directory=True)
     info = TARGET / f"kubedistill-{project['version']}.dist-info"
     info.mkdir(exist_ok=True)
     metadata = f"Metadata-Version: 2.1\nName: kubedistill\nVersion: {project['version']}\n"
