@@ -1,18 +1,15 @@
 """On-policy generation on transformers (CPU or one GPU per engine). SGLang serves the same protocol."""
 
-from collections.abc import Iterable
-
 import torch
 
-from kubedistill.runtime.models import copy_named_tensors, load_causal_lm, load_tokenizer
+from kubedistill.runtime.engines import TransformersEngine
+from kubedistill.runtime.models import load_tokenizer
 from kubedistill.runtime.rollout.backend import SamplingConfig
 
 
-class TransformersRollout:
+class TransformersRollout(TransformersEngine):
     def __init__(self, model_path: str, dtype: torch.dtype, device: torch.device) -> None:
-        self._device = device
-        self._model = load_causal_lm(model_path, dtype).to(device).eval()
-        self._model.requires_grad_(False)
+        super().__init__(model_path, dtype, device)
         tokenizer = load_tokenizer(model_path)
         self._eos = tokenizer.eos_token_id
         self._pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self._eos
@@ -43,21 +40,6 @@ class TransformersRollout:
             pad_token_id=self._pad,
         )
         return [_until_eos(row[len(prompt) :].tolist(), self._eos) for row in outputs]
-
-    def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
-        copy_named_tensors(self._model, named_tensors)
-
-    def named_parameters(self) -> dict[str, torch.Tensor]:
-        return {name: value.detach().to("cpu").clone() for name, value in self._model.named_parameters()}
-
-    def sleep(self) -> None:
-        """Nothing to release: transformers keeps no KV cache between calls."""
-
-    def wake(self) -> None:
-        """Nothing to take back (see `sleep`)."""
-
-    def close(self) -> None:
-        del self._model
 
 
 def _until_eos(tokens: list[int], eos: int) -> list[int]:

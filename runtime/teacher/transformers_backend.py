@@ -1,20 +1,13 @@
 """The teacher on transformers: CPU or one GPU per replica. The SGLang backend serves the same protocol."""
 
-from collections.abc import Iterable
-
 import torch
 
-from kubedistill.runtime.models import copy_named_tensors, load_causal_lm
+from kubedistill.runtime.engines import TransformersEngine
 from kubedistill.runtime.padding import pad_right
 from kubedistill.runtime.teacher.backend import TeacherBatch
 
 
-class TransformersTeacher:
-    def __init__(self, model_path: str, dtype: torch.dtype, device: torch.device) -> None:
-        self._device = device
-        self._model = load_causal_lm(model_path, dtype).to(device).eval()
-        self._model.requires_grad_(False)
-
+class TransformersTeacher(TransformersEngine):
     @property
     def hidden_size(self) -> int:
         return int(self._model.config.hidden_size)
@@ -33,19 +26,3 @@ class TransformersTeacher:
         )
         columns = torch.tensor([p for positions in batch.positions for p in positions], dtype=torch.long)
         return hidden[rows.to(self._device), columns.to(self._device)].to("cpu")
-
-    def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
-        copy_named_tensors(self._model, named_tensors)
-
-    def named_parameters(self) -> dict[str, torch.Tensor]:
-        """The teacher's current weights, to check a weight sync."""
-        return {name: value.detach().to("cpu").clone() for name, value in self._model.named_parameters()}
-
-    def sleep(self) -> None:
-        """Nothing to release: transformers keeps no KV cache between calls."""
-
-    def wake(self) -> None:
-        """Nothing to take back (see `sleep`)."""
-
-    def close(self) -> None:
-        del self._model

@@ -1,0 +1,58 @@
+"""What teacher and rollout engines have in common, whatever they compute: a frozen transformers model that
+takes new weights in place, and a Ray actor that forwards to its backend."""
+
+from collections.abc import Iterable
+
+import torch
+
+from kubedistill.runtime.models import copy_named_tensors, load_causal_lm
+
+
+class TransformersEngine:
+    """A frozen causal LM on one device (CPU or one GPU)."""
+
+    def __init__(self, model_path: str, dtype: torch.dtype, device: torch.device) -> None:
+        self._device = device
+        self._model = load_causal_lm(model_path, dtype).to(device).eval()
+        self._model.requires_grad_(False)
+
+    def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+        copy_named_tensors(self._model, named_tensors)
+
+    def named_parameters(self) -> dict[str, torch.Tensor]:
+        """The engine's current weights, to check a weight sync."""
+        return {name: value.detach().to("cpu").clone() for name, value in self._model.named_parameters()}
+
+    def sleep(self) -> None:
+        """Nothing to release: transformers keeps no KV cache between calls."""
+
+    def wake(self) -> None:
+        """Nothing to take back (see `sleep`)."""
+
+    def close(self) -> None:
+        del self._model
+
+
+class EngineActor:
+    """The Ray actor around one engine; subclasses add the role's own calls."""
+
+    def __init__(self) -> None:
+        if not torch.cuda.is_available():
+            # Actors share the machine's cores: one thread each keeps them from oversubscribing it.
+            torch.set_num_threads(1)
+
+    def update_weights(self, named_tensors: list[tuple[str, torch.Tensor]]) -> None:
+        self.backend.update_weights(named_tensors)
+
+    def named_parameters(self) -> dict[str, torch.Tensor]:
+        """The engine's current weights (transformers only), to check a weight sync."""
+        return self.backend.named_parameters()
+
+    def sleep(self) -> None:
+        self.backend.sleep()
+
+    def wake(self) -> None:
+        self.backend.wake()
+
+    def close(self) -> None:
+        self.backend.close()
