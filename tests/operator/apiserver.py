@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp.web
+import jsonpatch
 import kmock
 from kmock._internal import enums, rendering
 
@@ -55,7 +56,12 @@ class ApiServer(kmock.KubernetesEmulator):
                     self._stamp_merge_patch(request, request.data)
                 elif isinstance(request.data, list):
                     self._stamp_json_patch(request.data)
-        return await super()._handle(request)
+        try:
+            return await super()._handle(request)
+        except jsonpatch.JsonPatchTestFailed:
+            # kmock answers 500; the API server says 422, which kopf takes as "changed meanwhile, patch
+            # again on the next event" rather than retrying the stale patch for a minute.
+            return api_error(422)
 
     def _stamp_created(self, body: dict[str, Any]) -> None:
         metadata = body.setdefault("metadata", {})
@@ -79,7 +85,13 @@ class ApiServer(kmock.KubernetesEmulator):
                 metadata["generation"] = current.get("metadata", {}).get("generation", 1) + 1
 
 
-REASONS = {409: "Conflict", 429: "TooManyRequests", 500: "InternalError", 503: "ServiceUnavailable"}
+REASONS = {
+    409: "Conflict",
+    422: "Invalid",
+    429: "TooManyRequests",
+    500: "InternalError",
+    503: "ServiceUnavailable",
+}
 
 
 def api_error(status: int, *, retry_after: int | None = None) -> aiohttp.web.Response:
@@ -181,23 +193,47 @@ class Hold:
 
 @dataclass
 class RandomFaults:
-    """Fails a share of the operator's requests of `calls` with 409, 429 or 500, drawn from a seeded RNG.
+    """Fails a share of the operator's requests with an error drawn from a seeded RNG, among those `calls`
+    lists for that kind of request.
 
-    What each means on a real server: a 429 was not applied; a 409 on a create means the object exists (here:
-    the write happened), on a patch that nothing changed; a 500 may come before or after the write.
+    What each means on a real server: a 429 (Retry-After 1) was not applied; a 409 on a create means the
+    object exists (here: the write happened), on a merge patch that the server gave up its own retries and
+    nothing changed; a 500 may come before or after the write.
     """
 
     rng: random.Random
     rate: float
-    calls: Sequence[Call]
+    calls: Mapping[Call, Sequence[int]]
     injected: Counter[int] = field(default_factory=Counter)
 
     async def __call__(self, server: ApiServer, request: rendering.Request) -> aiohttp.web.Response | None:
-        if not any(call.matches(request) for call in self.calls) or self.rng.random() >= self.rate:
+        statuses = next((statuses for call, statuses in self.calls.items() if call.matches(request)), None)
+        if statuses is None or self.rng.random() >= self.rate:
             return None
-        status = self.rng.choice((409, 429, 500))
+        status = self.rng.choice(statuses)
         creating = request.action == enums.action.CREATE
         if (status == 409 and creating) or (status == 500 and self.rng.random() < 0.5):
             await apply_despite_the_error(server, request)
         self.injected[status] += 1
         return api_error(status, retry_after=1 if status == 429 else None)
+
+
+class ArchivingApiServer(ApiServer):
+    """For long runs: kmock matches each request against its whole request log, which is quadratic in the
+    requests and would make the emulator, not the operator, the bottleneck. Served requests move to
+    `archive`."""
+
+    def __attrs_post_init__(self) -> None:
+        super().__attrs_post_init__()
+        self.archive: list[rendering.Request] = []
+
+    async def _handle(self, request: rendering.Request) -> aiohttp.web.StreamResponse:
+        try:
+            return await super()._handle(request)
+        finally:
+            self.archive.append(request)
+            self._requests.remove(request)
+
+    def served(self) -> list[rendering.Request]:
+        """Every request so far: those answered, then those still open (watches)."""
+        return [*self.archive, *self._requests]

@@ -7,13 +7,19 @@ RayJob's status). It reads the API server's stored objects directly, as assertio
 import asyncio
 import contextlib
 import copy
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 import kmock
+import psutil
+from kmock._internal import enums
 from kubernetes.aio.client import ApiClient, Configuration
 
 from kubedistill.operator.metrics import OperatorMetrics
@@ -148,6 +154,13 @@ class Cluster:
         """What KubeRay does as the Ray job moves along."""
         await self.patch(RAYJOBS, name, {"status": status}, subresource="status")
 
+    async def delete_rayjob(self, name: str = "demo") -> None:
+        """What a user or KubeRay's TTL does to a RayJob."""
+        async with self.server.delete(
+            f"/apis/{_path(RAYJOBS)}/namespaces/{NAMESPACE}/rayjobs/{name}"
+        ) as response:
+            assert response.status == 200, await response.text()
+
     async def delete_job(self, name: str = "demo") -> None:
         async with self.server.delete(
             f"/apis/{_path(JOBS)}/namespaces/{NAMESPACE}/distillationjobs/{name}"
@@ -201,3 +214,84 @@ async def running_operator(
         assert not thread.is_alive(), "the operator did not stop"
     if failure:
         raise failure[0]
+
+
+REPOSITORY = Path(__file__).parents[2]
+OPERATOR_PROCESS = """
+import asyncio, gc, signal, sys
+from pathlib import Path
+
+import kopf
+from kubernetes.aio.client import ApiClient, Configuration
+
+from kubedistill.operator.runner import run_operator
+from tests.operator.harness import FAST_SETTINGS, STANDALONE
+
+def report_live_blocks(*_):
+    gc.collect()
+    written = Path(sys.argv[2] + ".part")
+    written.write_text(str(sys.getallocatedblocks()))
+    written.replace(sys.argv[2])
+
+signal.signal(signal.SIGUSR1, report_live_blocks)
+kopf.configure(verbose=True)
+client = ApiClient(Configuration(host=sys.argv[1]))
+asyncio.run(run_operator(STANDALONE, FAST_SETTINGS, client=client))
+"""
+
+
+@dataclass
+class OperatorProcess:
+    process: subprocess.Popen[bytes]
+    blocks_file: Path
+
+    def rss(self) -> int:
+        """Resident memory in bytes: what a pod's memory limit sees, allocator warm-up included."""
+        return psutil.Process(self.process.pid).memory_info().rss
+
+    async def live_blocks(self) -> int:
+        """Memory blocks Python holds after a full collection: what a leak grows, whatever the allocator."""
+        self.blocks_file.unlink(missing_ok=True)
+        self.process.send_signal(signal.SIGUSR1)
+        await eventually(self.blocks_file.exists, what="the operator's count of live blocks")
+        return int(self.blocks_file.read_text())
+
+
+@contextlib.asynccontextmanager
+async def operator_process(server: kmock.KubernetesEmulator, workdir: Path) -> AsyncIterator[OperatorProcess]:
+    """The operator in a process of its own, so that its memory is its own to measure (its log goes to
+    `workdir`); stopped by SIGINT (kopf's graceful stop, as on a pod's SIGTERM), killed if that fails."""
+    url = str(server.url).rstrip("/")
+    blocks_file = workdir / "live-blocks"
+    with (workdir / "operator.log").open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-c", OPERATOR_PROCESS, url, str(blocks_file)],
+            cwd=REPOSITORY,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        await eventually(
+            lambda: process.poll() is not None or _watching_jobs(server),
+            timeout=60,
+            what="the operator process watching jobs",
+        )
+        assert process.poll() is None, f"the operator process ended at its start; see {workdir}/operator.log"
+        yield OperatorProcess(process, blocks_file)
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            await asyncio.to_thread(process.wait, 30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            await asyncio.to_thread(process.wait)
+            raise AssertionError("the operator process did not stop on SIGINT") from None
+
+
+def _watching_jobs(server: kmock.KubernetesEmulator) -> bool:
+    return any(
+        request.resource == kmock.resource(JOBS)
+        and request.action == enums.action.WATCH
+        and request.headers.get("User-Agent", "").startswith("kopf/")
+        for request in server
+    )
