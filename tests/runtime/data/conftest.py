@@ -1,4 +1,5 @@
 import pytest
+
 from kubedistill.runtime.tiny import build_tokenizer
 
 from .builders import CORPUS

@@ -2,6 +2,7 @@ import random
 from collections import Counter
 
 import pytest
+
 from kubedistill.runtime.data.batching import balance, global_batches, shard_micro_batches, steps_per_epoch
 from kubedistill.runtime.data.sample import Sample
 

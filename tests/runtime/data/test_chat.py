@@ -2,6 +2,7 @@ import copy
 import itertools
 
 import pytest
+
 from kubedistill.runtime.data.chat import TemplateRejection, encode_chat, encode_plain
 from kubedistill.runtime.data.errors import ChatTemplateError
 

@@ -4,6 +4,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from kubedistill.api.spec import DataSource, DataSpec, Mode
 from kubedistill.runtime.data import BadRecord, BadRecordError, ChatTemplateError, DataFileError, load_samples
 

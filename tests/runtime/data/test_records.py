@@ -2,6 +2,7 @@ import json
 from pathlib import Path
 
 import pytest
+
 from kubedistill.api.spec import DataFormat, DataSource
 from kubedistill.runtime.data.errors import BadRecord, DataFileError
 from kubedistill.runtime.data.records import Record, data_format, read_records

@@ -1,4 +1,5 @@
 import pytest
+
 from kubedistill.runtime.data.sample import Sample
 
 

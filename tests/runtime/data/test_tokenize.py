@@ -1,6 +1,7 @@
 import copy
 
 import pytest
+
 from kubedistill.api.spec import DataSource, DataSpec, Mode
 from kubedistill.runtime.data.errors import BadRecordError
 from kubedistill.runtime.data.records import Record

@@ -1,6 +1,7 @@
 """How the spec and the placement become SGLang engine arguments."""
 
 import pytest
+
 from kubedistill.api.spec import Precision, RolloutSpec, TeacherSpec
 from kubedistill.runtime.sglang_args import (
     BLOCK_NONZERO_RANK_CHILDREN,

@@ -5,6 +5,7 @@ from typing import Any
 
 import pytest
 import torch
+
 from kubedistill.runtime.rollout.backend import SamplingConfig
 from kubedistill.runtime.sglang_args import (
     gather_hidden_states,

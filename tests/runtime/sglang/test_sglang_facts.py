@@ -5,7 +5,6 @@ design decision next to it must be reviewed, not just the test."""
 import ast
 
 from kubedistill.runtime.sglang_args import PRE_NORM_HIDDEN_STATE_ARCHITECTURES
-
 from tests.runtime.sglang.wheel_source import SGLangSource
 
 SCHEDULER_RESULTS = "sglang.srt.managers.scheduler_components.batch_result_processor"

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+
 from kubedistill.api.spec import Precision, Quantization, RolloutSpec, TeacherSpec
 from kubedistill.runtime.sglang_args import (
     EnginePlacement,
@@ -16,7 +17,6 @@ from kubedistill.runtime.sglang_args import (
     teacher_engine_args,
 )
 from kubedistill.runtime.sglang_engine import ALL_MEMORY
-
 from tests.runtime.sglang.our_usage import (
     ARGS_MODULE,
     BACKEND_MODULES,

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+
 from kubedistill.runtime.sglang_weights import (
     WEIGHT_SYNC_GROUP,
     TensorMeta,
