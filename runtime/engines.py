@@ -15,6 +15,13 @@ class TransformersEngine:
         self._device = device
         self._model = load_causal_lm(model_path, dtype).to(device).eval()
         self._model.requires_grad_(False)
+        self._asleep = False
+
+    def _check_awake(self) -> None:
+        # An SGLang engine that released its memory cannot serve; this one keeps the same contract, so
+        # colocated runs on a laptop prove their sleep/wake order too.
+        if self._asleep:
+            raise RuntimeError("the engine is asleep (colocation): wake() it before asking it to compute")
 
     def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
         copy_named_tensors(self._model, named_tensors)
@@ -24,10 +31,11 @@ class TransformersEngine:
         return {name: value.detach().to("cpu").clone() for name, value in self._model.named_parameters()}
 
     def sleep(self) -> None:
-        """Nothing to release: transformers keeps no KV cache between calls."""
+        """Nothing to release (transformers keeps no KV cache between calls), but no work until `wake`."""
+        self._asleep = True
 
     def wake(self) -> None:
-        """Nothing to take back (see `sleep`)."""
+        self._asleep = False
 
     def close(self) -> None:
         del self._model

@@ -12,6 +12,7 @@ from typing import Any
 from kubedistill.api.placement import Role, role_resource
 
 LOCAL_CPU_SHARE = 0.25
+SHARED_GPU_ENV = {"RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES": "1"}
 
 
 @dataclass(frozen=True)
@@ -19,11 +20,14 @@ class ActorResources:
     num_cpus: float
     num_gpus: float = 0.0
     resources: dict[str, float] = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=dict)
 
     def ray_options(self) -> dict[str, Any]:
         options: dict[str, Any] = {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus}
         if self.resources:
             options["resources"] = dict(self.resources)
+        if self.env:
+            options["runtime_env"] = {"env_vars": dict(self.env)}
         return options
 
 
@@ -46,9 +50,16 @@ class ClusterView:
         return self.gpus > 0
 
 
-def actor_resources(role: Role, gpus: float, cluster: ClusterView) -> ActorResources:
-    """Resources of one actor of `role` that drives `gpus` accelerators when there are any."""
+def actor_resources(role: Role, gpus: float, cluster: ClusterView, colocate: bool = False) -> ActorResources:
+    """Resources of one actor of `role` that drives `gpus` accelerators when there are any.
+
+    Colocated, the student ranks hold the GPUs in Ray's accounting and the engines take turns on the same
+    devices: an engine asks for its role's units on the node (placing it there) but no GPU of its own, and
+    sees every GPU of the node (Ray does not narrow CUDA_VISIBLE_DEVICES), as KDFlow's engines do.
+    """
     if not cluster.has_gpus:
         return ActorResources(num_cpus=LOCAL_CPU_SHARE)
     resources = {role_resource(role): gpus} if role_resource(role) in cluster.resources else {}
+    if colocate and role != Role.STUDENT:
+        return ActorResources(num_cpus=1.0, num_gpus=0.0, resources=resources, env=SHARED_GPU_ENV)
     return ActorResources(num_cpus=1.0, num_gpus=gpus, resources=resources)

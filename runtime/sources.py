@@ -5,7 +5,10 @@ A source maps the trainer's position (epoch, step within the epoch) to the seque
 way every time, so a resumed job sees what an uninterrupted one would have seen.
 """
 
+import contextlib
 import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -67,7 +70,12 @@ class RolloutBatches:
     the student's current weights, and feeds `batchSize x samplesPerPrompt / globalBatchSize` steps."""
 
     def __init__(
-        self, prompts: list[Sample], job: DistillationJob, rollout: RolloutActorGroup, max_length: int
+        self,
+        prompts: list[Sample],
+        job: DistillationJob,
+        rollout: RolloutActorGroup,
+        max_length: int,
+        turn: Callable[[], AbstractContextManager[None]] = contextlib.nullcontext,
     ) -> None:
         spec = job.spec
         assert spec.rollout is not None
@@ -75,6 +83,8 @@ class RolloutBatches:
         self._rollout = rollout
         self._spec = spec
         self._max_length = max_length
+        self._turn = turn
+        """Entered around generation: colocated, it is the rollout engines' turn on the GPUs."""
         self._global = spec.training.global_batch_size
         self.steps_per_round = spec.rollout.batch_size * spec.rollout.samples_per_prompt // self._global
         self.rounds_per_epoch = steps_per_epoch(len(prompts), spec.rollout.batch_size)
@@ -106,7 +116,20 @@ class RolloutBatches:
         ]
         prompts = [self._prompts[i] for i in chosen]
         started = time.perf_counter()
-        responses = self._rollout.generate(
+        with self._turn():
+            responses = self._generate_responses(prompts, epoch, index)
+        sequences = [
+            with_response(prompt, response, self._max_length)
+            for prompt, response in zip(
+                (p for p in prompts for _ in range(rollout.samples_per_prompt)), responses, strict=True
+            )
+        ]
+        return Round(epoch, index, sequences, time.perf_counter() - started)
+
+    def _generate_responses(self, prompts: list[Sample], epoch: int, index: int) -> list[list[int]]:
+        rollout = self._spec.rollout
+        assert rollout is not None
+        return self._rollout.generate(
             [list(p.input_ids) for p in prompts],
             SamplingConfig(
                 max_new_tokens=rollout.max_new_tokens,
@@ -117,13 +140,6 @@ class RolloutBatches:
                 seed=self._spec.training.seed + epoch * self.rounds_per_epoch + index,
             ),
         )
-        sequences = [
-            with_response(prompt, response, self._max_length)
-            for prompt, response in zip(
-                (p for p in prompts for _ in range(rollout.samples_per_prompt)), responses, strict=True
-            )
-        ]
-        return Round(epoch, index, sequences, time.perf_counter() - started)
 
 
 def with_response(prompt: Sample, response: list[int], max_length: int) -> Sample:

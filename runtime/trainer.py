@@ -7,9 +7,11 @@ student step of this one is awaited, so teacher inference overlaps student train
 after the other) — unless they share GPUs (colocation), where they must take turns.
 """
 
+import contextlib
 import logging
 import math
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -193,6 +195,7 @@ class Trainer:
             )
             self.teacher.shutdown(graceful=False)
             self.teacher = TeacherActorGroup(self.job, ClusterView.current())
+            self._put_engines_to_sleep()
             if self._teacher_follows_student():
                 self._update_teacher()
             return state
@@ -258,6 +261,20 @@ class Trainer:
         every = self.spec.checkpoint.every_steps
         return state.step % every == 0 and self.source.resumable_at(state.batch_in_epoch)
 
+    @contextlib.contextmanager
+    def _turn(self, engines: "TeacherActorGroup | RolloutActorGroup | None") -> Iterator[None]:
+        """Colocation: an engine group gets the GPUs for a while; the students' optimizer state makes room."""
+        if not self.spec.cluster.colocate or engines is None:
+            yield
+            return
+        self.students.move_optimizer_state("cpu")
+        engines.wake()
+        try:
+            yield
+        finally:
+            engines.sleep()
+            self.students.move_optimizer_state("device")
+
     def _teacher_follows_student(self) -> bool:
         return self.spec.mode == Mode.SELF_DISTILLATION and self.teacher is not None
 
@@ -277,7 +294,8 @@ class Trainer:
             samples_per_prompt=1,
             seed=0,
         )
-        response = self.rollout.generate([prompt], sampling)[0]
+        with self._turn(self.rollout):
+            response = self.rollout.generate([prompt], sampling)[0]
         return {"kind": "probe", "step": step, "response": self.tokenizer.decode(response)}
 
     # -- one step -------------------------------------------------------------------------------------------
@@ -304,9 +322,12 @@ class Trainer:
         positions = 0
         if self.teacher is not None:
             requests = [(rank, index, teacher_batch(batch)) for rank, index, batch in flat if batch]
-            for (rank, index, request), ref in zip(
-                requests, self.teacher.hidden_states_refs([r for _, _, r in requests]), strict=True
-            ):
+            with self._turn(self.teacher):
+                answers = self.teacher.hidden_states_refs([r for _, _, r in requests])
+                if self.spec.cluster.colocate:
+                    # The engine must finish before it sleeps; its outputs wait in the object store.
+                    ray.wait(answers, num_returns=len(answers), fetch_local=False)
+            for (rank, index, request), ref in zip(requests, answers, strict=True):
                 refs[(rank, index)] = ref
                 positions += request.num_positions
         extras = self.algorithm.micro_batch_extras
@@ -438,11 +459,22 @@ class Trainer:
         self.students = StudentActorGroup(self.job, self.total_steps, cluster)
         if self.spec.mode == Mode.ON_POLICY:
             self.rollout = RolloutActorGroup(self.job, cluster)
-            self.source = RolloutBatches(self.train, self.job, self.rollout, self.spec.data.max_length)
+            rollout_turn = lambda: self._turn(self.rollout)  # noqa: E731 - evaluated at each round
+            self.source = RolloutBatches(
+                self.train, self.job, self.rollout, self.spec.data.max_length, turn=rollout_turn
+            )
         else:
             self.source = DatasetBatches(
                 self.train, self.spec.training.global_batch_size, self.spec.training.seed
             )
+        self._put_engines_to_sleep()
+
+    def _put_engines_to_sleep(self) -> None:
+        """Colocation: engines start asleep, the GPUs are the students' until an engine's turn."""
+        if self.spec.cluster.colocate:
+            for engines in (self.teacher, self.rollout):
+                if engines is not None:
+                    engines.sleep()
 
     def _resume(self) -> TrainerState:
         fresh = TrainerState(step=0, epoch=0, batch_in_epoch=0, bad_records=len(self.bad_records))

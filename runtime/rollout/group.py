@@ -19,7 +19,7 @@ class RolloutActorGroup:
             raise ValueError("spec.rollout: required when spec.mode is onPolicy")
         gpus = float(spec.tensor_parallel) if resolve_backend(spec.backend) == Backend.SGLANG else 1.0
         remote = ray.remote(RolloutActor).options(
-            **actor_resources(Role.ROLLOUT, gpus, cluster).ray_options()
+            **actor_resources(Role.ROLLOUT, gpus, cluster, job.spec.cluster.colocate).ray_options()
         )
         self.actors = [remote.remote(job) for _ in range(spec.engines)]
         ray.get([actor.__ray_ready__.remote() for actor in self.actors])
@@ -40,6 +40,12 @@ class RolloutActorGroup:
             if part
         ]
         return [response for part in ray.get(refs) for response in part]
+
+    def sleep(self) -> None:
+        ray.get([actor.sleep.remote() for actor in self.actors])
+
+    def wake(self) -> None:
+        ray.get([actor.wake.remote() for actor in self.actors])
 
     def shutdown(self, graceful: bool = True) -> None:
         stop_actors(self.actors, graceful)

@@ -16,6 +16,7 @@ class TransformersRollout(TransformersEngine):
 
     @torch.inference_mode()
     def generate(self, prompts: list[list[int]], sampling: SamplingConfig) -> list[list[int]]:
+        self._check_awake()
         generator_seed = torch.initial_seed()
         torch.manual_seed(sampling.seed)
         try:

@@ -78,6 +78,9 @@ class StudentActor:
                 sent += sum(tensor.numel() * tensor.element_size() for _, tensor in bucket)
         return sent
 
+    def move_optimizer_state(self, device: str) -> None:
+        self._worker.move_optimizer_state(device)
+
     def refresh_teacher_head(self, ema: bool) -> None:
         self._worker.refresh_teacher_head(ema)
 

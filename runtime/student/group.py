@@ -71,6 +71,10 @@ class StudentActorGroup:
         )
         return sent[0]
 
+    def move_optimizer_state(self, device: str) -> None:
+        """ "cpu" to make room for a colocated engine, "device" to train again."""
+        get_all([actor.move_optimizer_state.remote(device) for actor in self.actors])
+
     def become_teacher(self, teachers: list[ray.actor.ActorHandle], *, ema: bool) -> int:
         """Self-distillation: the teacher engines and every rank's copy of the teacher's head take the
         student's (or its average's) weights. Returns the bytes sent."""

@@ -197,6 +197,17 @@ class StudentWorker:
             optimizer_seconds=time.perf_counter() - computed,
         )
 
+    def move_optimizer_state(self, device: str) -> None:
+        """Colocation: the optimizer's state leaves the GPU while the teacher or rollout engine uses it
+        ("cpu"), and comes back for the student's step ("device")."""
+        target = self.device if device == "device" else torch.device(device)
+        for state in self.optimizer.state.values():
+            for key, value in state.items():
+                if isinstance(value, torch.Tensor) and key != "step":
+                    state[key] = value.to(target, non_blocking=True)
+        if target.type == "cuda":
+            torch.cuda.synchronize(target)
+
     def all_ranks_agree(self, ok: bool) -> bool:
         """True on every rank when `ok` is true on every rank (collective)."""
         flag = torch.tensor([1 if ok else 0], dtype=torch.int32)

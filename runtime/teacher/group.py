@@ -20,7 +20,7 @@ class TeacherActorGroup:
         engine_gpus = 1.0
         if resolve_backend(spec.backend) == Backend.SGLANG:
             engine_gpus = spec.gpus_per_replica / spec.nodes_per_replica
-        options = actor_resources(Role.TEACHER, engine_gpus, cluster).ray_options()
+        options = actor_resources(Role.TEACHER, engine_gpus, cluster, job.spec.cluster.colocate).ray_options()
         remote = ray.remote(TeacherActor).options(**options)
         self.actors = [remote.remote(job) for _ in range(spec.replicas)]
         self.hidden_size: int = ray.get(self.actors[0].hidden_size.remote())

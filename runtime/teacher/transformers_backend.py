@@ -14,6 +14,7 @@ class TransformersTeacher(TransformersEngine):
 
     @torch.inference_mode()
     def hidden_states(self, batch: TeacherBatch) -> torch.Tensor:
+        self._check_awake()
         input_ids, attention_mask = pad_right(batch.sequences, pad_id=0)
         # The backbone's last output is after the final norm: exactly the input of lm_head, so the student
         # recomputes the teacher's logits bit for bit (checked in tests: lm_head(h) == logits).
