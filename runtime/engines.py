@@ -6,6 +6,12 @@ from collections.abc import Iterable
 import torch
 
 from kubedistill.runtime.models import copy_named_tensors, load_causal_lm
+from kubedistill.runtime.weight_sync import (
+    TensorMeta,
+    WeightSyncGroup,
+    open_weight_sync_group,
+    receive_tensors,
+)
 
 
 class TransformersEngine:
@@ -16,6 +22,7 @@ class TransformersEngine:
         self._model = load_causal_lm(model_path, dtype).to(device).eval()
         self._model.requires_grad_(False)
         self._asleep = False
+        self._sync_group: torch.distributed.ProcessGroup | None = None
 
     def _check_awake(self) -> None:
         # An SGLang engine that released its memory cannot serve; this one keeps the same contract, so
@@ -25,6 +32,16 @@ class TransformersEngine:
 
     def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
         copy_named_tensors(self._model, named_tensors)
+
+    def init_weight_sync_group(self, group: WeightSyncGroup) -> None:
+        """Join the trainer's broadcast group (replacing an earlier one); returns once every member has."""
+        self._sync_group = open_weight_sync_group(group, self._device)
+
+    def receive_weights(self, metas: list[TensorMeta]) -> None:
+        """Receive the tensors the trainer broadcasts, in `metas` order, and load them."""
+        if self._sync_group is None:
+            raise RuntimeError("receive_weights needs init_weight_sync_group first")
+        self.update_weights(receive_tensors(metas, self._sync_group, self._device))
 
     def named_parameters(self) -> dict[str, torch.Tensor]:
         """The engine's current weights, to check a weight sync."""
@@ -51,6 +68,12 @@ class EngineActor:
 
     def update_weights(self, named_tensors: list[tuple[str, torch.Tensor]]) -> None:
         self.backend.update_weights(named_tensors)
+
+    def init_weight_sync_group(self, group: WeightSyncGroup) -> None:
+        self.backend.init_weight_sync_group(group)
+
+    def receive_weights(self, metas: list[TensorMeta]) -> None:
+        self.backend.receive_weights(metas)
 
     def named_parameters(self) -> dict[str, torch.Tensor]:
         """The engine's current weights (transformers only), to check a weight sync."""

@@ -1,7 +1,7 @@
 """The one place that calls SGLang: an offline `sglang.Engine` behind plain methods, and the trainer's side
 of the NCCL weight-sync group.
 
-Every call passes literal keywords whose values come from `sglang_args` and `sglang_weights`;
+Every call passes literal keywords whose values come from `sglang_args` and `weight_sync`;
 `tests/runtime/sglang/` checks each class, method and keyword against the pinned release's source and fails
 if other code reaches the engine. SGLang is imported when it is first needed, never by importing this module.
 
@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from kubedistill.runtime.sglang_weights import TensorMeta, WeightSyncGroup, tcp_init_method
+from kubedistill.runtime.weight_sync import TensorMeta, WeightSyncGroup, tcp_init_method
 
 INSTALL_HINT = "pip install 'kubedistill[sglang]'"
 

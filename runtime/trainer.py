@@ -206,6 +206,7 @@ class Trainer:
         )
         self.students.shutdown(graceful=False)
         self.students = StudentActorGroup(self.job, self.total_steps, ClusterView.current())
+        self._join_rollout()
         return self._resume()
 
     def _train_steps(self, state: TrainerState) -> TrainerState:
@@ -246,7 +247,7 @@ class Trainer:
     def _after_step(self, state: TrainerState) -> TrainerState:
         """What follows a step, in order: weights to the engines that need them, eval, checkpoint."""
         if self.rollout is not None and self.source.needs_new_weights(state.batch_in_epoch):
-            self.students.push_weights(self.rollout.actors)
+            self._sync_rollout()
             state = replace(state, history=[*state.history, self._probe(state.step)])
         if self._teacher_follows_student() and state.step % self.spec.distillation.teacher_update_freq == 0:
             self._update_teacher()
@@ -467,7 +468,23 @@ class Trainer:
             self.source = DatasetBatches(
                 self.train, self.spec.training.global_batch_size, self.spec.training.seed
             )
+        self._join_rollout()
         self._put_engines_to_sleep()
+
+    def _broadcasts_weights(self) -> bool:
+        """Rollout engines on GPUs of their own take the student's weights over a broadcast group; colocated
+        ones as tensors through Ray (node-local: CUDA IPC on SGLang)."""
+        return self.rollout is not None and not self.spec.cluster.colocate
+
+    def _join_rollout(self) -> None:
+        if self._broadcasts_weights():
+            self.students.join_engines(self.rollout.actors, self.rollout.tensor_parallel, self.rollout.sglang)
+
+    def _sync_rollout(self) -> None:
+        if self._broadcasts_weights():
+            self.students.broadcast_weights(self.rollout.actors)
+        else:
+            self.students.push_weights(self.rollout.actors)
 
     def _put_engines_to_sleep(self) -> None:
         """Colocation: engines start asleep, the GPUs are the students' until an engine's turn."""
@@ -487,7 +504,7 @@ class Trainer:
         self.students.load_checkpoint(str(latest.path))
         # Engines that follow the student start from its initial weights: bring them to the checkpoint's.
         if self.rollout is not None:
-            self.students.push_weights(self.rollout.actors)
+            self._sync_rollout()
         if self._teacher_follows_student():
             self._update_teacher()
         self.metrics.set(telemetry.STEP, latest.state.step)

@@ -6,6 +6,8 @@ from typing import Protocol
 
 import torch
 
+from kubedistill.runtime.weight_sync import TensorMeta, WeightSyncGroup
+
 
 @dataclass(frozen=True)
 class SamplingConfig:
@@ -26,6 +28,14 @@ class RolloutBackend(Protocol):
 
     def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
         """Load new weights in place, by Hugging Face parameter name; called with buckets of tensors."""
+        ...
+
+    def init_weight_sync_group(self, group: WeightSyncGroup) -> None:
+        """Join the trainer's broadcast group; blocks until every member has joined."""
+        ...
+
+    def receive_weights(self, metas: list[TensorMeta]) -> None:
+        """Load the weights the trainer broadcasts over that group, in `metas` order."""
         ...
 
     def sleep(self) -> None: ...

@@ -17,7 +17,10 @@ class RolloutActorGroup:
         spec = job.spec.rollout
         if spec is None:
             raise ValueError("spec.rollout: required when spec.mode is onPolicy")
-        gpus = float(spec.tensor_parallel) if resolve_backend(spec.backend) == Backend.SGLANG else 1.0
+        self.sglang = resolve_backend(spec.backend) == Backend.SGLANG
+        self.tensor_parallel = spec.tensor_parallel if self.sglang else 1
+        """Ranks per engine (a transformers engine is one process)."""
+        gpus = float(self.tensor_parallel) if self.sglang else 1.0
         remote = ray.remote(RolloutActor).options(
             **actor_resources(Role.ROLLOUT, gpus, cluster, job.spec.cluster.colocate).ray_options()
         )

@@ -6,7 +6,7 @@ Sampling follows `SamplingConfig`; each prompt is sent `samples_per_prompt` time
 request's `sampling_seed` only with deterministic inference on (slower kernels), so the engine is seeded once,
 at construction, with `random_seed`.
 
-Weights arrive one of two ways (the sequence of calls is in `kubedistill.runtime.sglang_weights`):
+Weights arrive one of two ways (the sequence of calls is in `kubedistill.runtime.weight_sync`):
 - `update_weights(named_tensors)`: the tensors themselves, when they can reach this actor (colocated GPUs,
   same node); works asleep too, by waking the weights alone for the update;
 - `init_weight_sync_group(group)` once, then `receive_weights(metas)` per update: the trainer broadcasts over
@@ -32,7 +32,7 @@ from kubedistill.runtime.sglang_args import (
     rollout_sampling_params,
 )
 from kubedistill.runtime.sglang_engine import ALL_MEMORY, SGLangEngine
-from kubedistill.runtime.sglang_weights import (
+from kubedistill.runtime.weight_sync import (
     DEFAULT_BUCKET_BYTES,
     TensorMeta,
     WeightSyncGroup,

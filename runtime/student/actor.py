@@ -11,6 +11,13 @@ from kubedistill.api.job import DistillationJob
 from kubedistill.runtime.student.batch import MicroBatch
 from kubedistill.runtime.student.worker import EvalStats, RankAddress, StepStats, StudentWorker
 from kubedistill.runtime.transfer import from_wire
+from kubedistill.runtime.weight_sync import (
+    WeightSyncGroup,
+    broadcast_tensors,
+    open_weight_sync_group,
+    tensor_metas,
+    tensor_nbytes,
+)
 
 
 class TeacherUnavailable(RuntimeError):
@@ -31,6 +38,7 @@ class StudentActor:
             # from oversubscribing it (and keeps CPU runs deterministic).
             torch.set_num_threads(1)
         self.worker: StudentWorker | None = None
+        self.weight_sync: torch.distributed.ProcessGroup | None = None
 
     def rendezvous_address(self) -> tuple[str, int]:
         """An address of this node and a free port on it, for rank 0 to host the process group."""
@@ -75,7 +83,31 @@ class StudentActor:
             if targets and bucket:
                 ref = ray.put(bucket)
                 ray.get([target.update_weights.remote(ref) for target in targets])
-                sent += sum(tensor.numel() * tensor.element_size() for _, tensor in bucket)
+                sent += sum(tensor_nbytes(named) for named in bucket)
+        return sent
+
+    def join_weight_sync_group(self, group: WeightSyncGroup, sglang: bool) -> None:
+        """Rank 0 joins the broadcast group of the rollout engines (replacing an earlier one): with SGLang's
+        helper when they are SGLang engines, so both sides build the group the same way."""
+        if sglang:
+            from kubedistill.runtime.sglang_engine import join_weight_sync_group
+
+            self.weight_sync = join_weight_sync_group(group)
+        else:
+            self.weight_sync = open_weight_sync_group(group, self._worker.device)
+
+    def broadcast_weights(self, targets: list[ray.actor.ActorHandle], bucket_bytes: int) -> int:
+        """Broadcast the student's weights to engines' `receive_weights`, bucket by bucket, over the group
+        rank 0 joined (collective: every rank is called; rank 0 gets the targets). Returns the bytes sent."""
+        sent = 0
+        for bucket in self._worker.full_weight_buckets(bucket_bytes, on_device=True):
+            if targets and bucket:
+                if self.weight_sync is None:
+                    raise RuntimeError("broadcast_weights needs join_weight_sync_group first")
+                receiving = [target.receive_weights.remote(tensor_metas(bucket)) for target in targets]
+                broadcast_tensors((tensor for _, tensor in bucket), self.weight_sync)
+                ray.get(receiving)
+                sent += sum(tensor_nbytes(named) for named in bucket)
         return sent
 
     def move_optimizer_state(self, device: str) -> None:

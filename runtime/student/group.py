@@ -1,5 +1,6 @@
 """The student actor group: K FSDP2 ranks behind plain methods; placement decided once, here."""
 
+import uuid
 from dataclasses import dataclass
 
 import ray
@@ -11,6 +12,7 @@ from kubedistill.runtime.placement import ClusterView, actor_resources
 from kubedistill.runtime.student.actor import StudentActor
 from kubedistill.runtime.student.batch import MicroBatch
 from kubedistill.runtime.student.worker import EvalStats, RankAddress, StepStats
+from kubedistill.runtime.weight_sync import WEIGHT_SYNC_GROUP, weight_sync_layout
 
 WEIGHT_BUCKET_BYTES = 512 * 1024 * 1024
 """Weights are streamed to rollout and teacher engines in buckets of about this size."""
@@ -66,6 +68,30 @@ class StudentActorGroup:
         sent = get_all(
             [
                 actor.push_weights.remote(targets if rank == 0 else [], WEIGHT_BUCKET_BYTES, ema)
+                for rank, actor in enumerate(self.actors)
+            ]
+        )
+        return sent[0]
+
+    def join_engines(self, engines: list[ray.actor.ActorHandle], tensor_parallel: int, sglang: bool) -> None:
+        """Open a broadcast group of rank 0 and every rank of `engines` (each `tensor_parallel` wide), for
+        `broadcast_weights`. Each call opens a new group under a new name, so engines that outlive a restart
+        of these ranks join the new group rather than wait on the dead one."""
+        address, port = ray.get(self.actors[0].rendezvous_address.remote())
+        name = f"{WEIGHT_SYNC_GROUP}_{uuid.uuid4().hex[:12]}"
+        layout = weight_sync_layout([tensor_parallel] * len(engines), address, port, name)
+        # Every member blocks until all have arrived: the calls go out together.
+        joining = [
+            engine.init_weight_sync_group.remote(group)
+            for engine, group in zip(engines, layout.engines, strict=True)
+        ]
+        get_all([*joining, self.actors[0].join_weight_sync_group.remote(layout.trainer, sglang)])
+
+    def broadcast_weights(self, engines: list[ray.actor.ActorHandle]) -> int:
+        """Broadcast the current weights to the engines of `join_engines`. Returns the bytes sent."""
+        sent = get_all(
+            [
+                actor.broadcast_weights.remote(engines if rank == 0 else [], WEIGHT_BUCKET_BYTES)
                 for rank, actor in enumerate(self.actors)
             ]
         )

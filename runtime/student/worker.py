@@ -242,22 +242,24 @@ class StudentWorker:
     # -- weights for other engines --------------------------------------------------------------------------
 
     def full_weight_buckets(
-        self, bucket_bytes: int, ema: bool = False
+        self, bucket_bytes: int, ema: bool = False, on_device: bool = False
     ) -> Iterator[list[tuple[str, torch.Tensor]]]:
         """The student's whole weights by Hugging Face name, in buckets of about `bucket_bytes` (collective).
 
         Every rank runs the same all-gathers, one parameter at a time, and only rank 0 keeps what they return:
         the biggest thing on a rank is one bucket plus one parameter, never a second copy of the model.
-        Other ranks yield empty buckets at the same points.
+        Other ranks yield empty buckets at the same points. The tensors are on the CPU (to travel through
+        Ray), or on this rank's device (`on_device`, to be broadcast from there).
         """
         dtype = compute_dtype(self.job.spec.training.precision)
         keep = self.address.rank == 0
+        where = self.device if on_device else torch.device("cpu")
         bucket: list[tuple[str, torch.Tensor]] = []
         size = 0
         for name, full in self._engine_weights(ema):
             size += full.numel() * dtype.itemsize
             if keep:
-                bucket.append((name, full.to("cpu", dtype)))
+                bucket.append((name, full.to(where, dtype)))
             del full
             if size >= bucket_bytes:
                 yield bucket

@@ -27,8 +27,8 @@ from kubedistill.runtime.sglang_args import (
     teacher_weight_update_refusal,
 )
 from kubedistill.runtime.sglang_engine import ALL_MEMORY, SGLangEngine
-from kubedistill.runtime.sglang_weights import DEFAULT_BUCKET_BYTES, buckets, tensor_nbytes
 from kubedistill.runtime.teacher.backend import TeacherBatch
+from kubedistill.runtime.weight_sync import DEFAULT_BUCKET_BYTES, buckets, tensor_nbytes
 
 __all__ = ["EnginePlacement", "SGLangTeacher", "single_node_placement"]
 

@@ -87,6 +87,52 @@ def test_a_teacher_killed_mid_run_is_restarted_and_the_step_retried_with_no_samp
     _assert_same_weights(tmp_path, straight_run)
 
 
+ON_POLICY = {
+    "mode": "onPolicy",
+    "rollout": {
+        "engines": 1,
+        "batchSize": 8,
+        "samplesPerPrompt": 2,
+        "maxNewTokens": 8,
+        "backend": "transformers",
+    },
+}
+
+
+def test_on_policy_after_a_student_rank_is_killed_the_engine_takes_the_checkpoints_weights_over_a_new_group(
+    tiny: TinyWorld, tmp_path: Path
+) -> None:
+    """The rollout engine outlives the student ranks and holds step 3's weights when they die; the restarted
+    ranks open a new broadcast group with it and send it the step-2 checkpoint's weights, so it samples what
+    it would have sampled without the fault."""
+
+    def run(output: Path, strike: bool) -> list[dict]:
+        checkpoints = output / "ckpt"
+        manifest = job_manifest(
+            tiny, "trainer-test", **ON_POLICY, checkpoint={"path": str(checkpoints), "everySteps": 2}
+        )
+        options = RunOptions(
+            output_dir=output, stop_after_steps=4, metrics_port=0, progress=False, print_summary=False
+        )
+        trainer = Trainer(parse_job(manifest), options)
+        if strike:
+            summary = _run_and_strike(
+                trainer,
+                strike_when=lambda: getattr(trainer, "_state", None) is not None and trainer._state.step >= 3,
+                strike=lambda t: ray.kill(t.students.actors[1], no_restart=True),
+            )
+            assert [(r["step"], r["error"]) for r in summary["recoveries"]] == [(2, "ActorDiedError")]
+        else:
+            trainer.run()
+        history = [json.loads(line) for line in (output / "metrics.jsonl").read_text().splitlines()]
+        return [r for r in history if r["kind"] == "train"]
+
+    straight = run(tmp_path / "straight", strike=False)
+    struck = run(tmp_path / "struck", strike=True)
+    assert [r["step"] for r in struck][-2:] == [3, 4]
+    assert [r["loss"] for r in struck][-2:] == pytest.approx([r["loss"] for r in straight][-2:], abs=1e-6)
+
+
 def test_failures_beyond_the_backoff_limit_fail_the_run(tiny: TinyWorld, tmp_path: Path) -> None:
     trainer = _trainer(tiny, tmp_path, backoffLimit=0)
     outcome: dict = {}
@@ -125,7 +171,7 @@ def test_a_non_finite_loss_fails_the_run_by_default_and_writes_no_checkpoint(
         tiny,
         tmp_path,
         distillation={"loss": "alwaysNan"},
-        checkpoint={"path": str(checkpoints), "everySteps": 1},
+        checkpoint={"path": str(checkpoints), "everySteps": 2},
     )
     with pytest.raises(NonFiniteLoss, match=r"spec\.training\.onNonFinite is fail"):
         trainer.run()

@@ -35,15 +35,25 @@ def _train(history: list[dict]) -> list[dict]:
     return [r for r in history if r["kind"] == "train"]
 
 
-def test_a_weight_sync_makes_the_rollout_engine_hold_the_students_exact_weights(
-    tiny: TinyWorld, tmp_path: Path
+@pytest.mark.parametrize("path", ["tensors", "broadcast"])
+def test_a_weight_sync_makes_the_rollout_engines_hold_the_students_exact_weights(
+    tiny: TinyWorld, tmp_path: Path, path: str
 ) -> None:
+    """Both ways weights travel: as tensors through Ray (colocated engines), and over a broadcast group of
+    student rank 0 and the engines (gloo here, NCCL on GPUs), which is opened anew for each student group."""
     # The student trains without a teacher here (sft) so one hand-made step moves its weights.
     student_job = parse_job(job_manifest(tiny, "sync-test", mode="sft", teacher=None))
-    rollout_job = parse_job(job_manifest(tiny, "sync-test", mode="onPolicy", rollout=ROLLOUT))
+    rollout_job = parse_job(
+        job_manifest(tiny, "sync-test", mode="onPolicy", rollout={**ROLLOUT, "engines": 2})
+    )
     cluster = ClusterView.current()
     students = StudentActorGroup(student_job, total_steps=1, cluster=cluster)
     rollout = RolloutActorGroup(rollout_job, cluster)
+    if path == "broadcast":
+        # A group joined before is replaced, as after a restart of the student ranks.
+        students.join_engines(rollout.actors, rollout.tensor_parallel, sglang=False)
+        students.join_engines(rollout.actors, rollout.tensor_parallel, sglang=False)
+    sync = students.push_weights if path == "tensors" else students.broadcast_weights
     try:
         sample = Sample(
             input_ids=(5, 6, 7, 8, 9),
@@ -58,10 +68,11 @@ def test_a_weight_sync_makes_the_rollout_engine_hold_the_students_exact_weights(
         engine = ray.get(rollout.actors[0].named_parameters.remote())
         assert any(not torch.equal(value, trained[name]) for name, value in engine.items()), "nothing to sync"
 
-        assert students.push_weights(rollout.actors) == sum(v.numel() * 4 for v in engine.values())
-        engine = ray.get(rollout.actors[0].named_parameters.remote())
-        for name, value in engine.items():
-            assert torch.equal(value, trained[name]), name
+        assert sync(rollout.actors) == sum(v.numel() * 4 for v in engine.values())
+        for actor in rollout.actors:
+            engine = ray.get(actor.named_parameters.remote())
+            for name, value in engine.items():
+                assert torch.equal(value, trained[name]), name
     finally:
         students.shutdown()
         rollout.shutdown()

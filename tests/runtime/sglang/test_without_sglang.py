@@ -28,7 +28,7 @@ sys.meta_path.insert(0, RefuseSGLang())
 
 for name in (
     "kubedistill.runtime.sglang_args",
-    "kubedistill.runtime.sglang_weights",
+    "kubedistill.runtime.weight_sync",
     "kubedistill.runtime.sglang_engine",
     "kubedistill.runtime.teacher.sglang_backend",
     "kubedistill.runtime.rollout.sglang_backend",
@@ -40,7 +40,7 @@ attempted_on_import = list(attempted)
 from kubedistill.api.spec import Precision, RolloutSpec, TeacherSpec
 from kubedistill.runtime.rollout.sglang_backend import SGLangRollout
 from kubedistill.runtime.sglang_engine import join_weight_sync_group
-from kubedistill.runtime.sglang_weights import weight_sync_layout
+from kubedistill.runtime.weight_sync import weight_sync_layout
 from kubedistill.runtime.teacher.sglang_backend import SGLangTeacher, single_node_placement
 
 starts = {

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from kubedistill.runtime.sglang_weights import (
+from kubedistill.runtime.weight_sync import (
     WEIGHT_SYNC_GROUP,
     TensorMeta,
     WeightSyncGroup,
