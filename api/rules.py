@@ -180,16 +180,22 @@ RULES: tuple[Rule, ...] = (
     ),
     Rule(
         "teacher.backend",
-        "transformers runs one process per teacher replica: tensorParallel, pipelineParallel and "
-        "expertParallel must be 1 (use sglang for a parallel teacher)",
+        "transformers runs one process per teacher replica: tensorParallel, pipelineParallel, "
+        "expertParallel and nodesPerReplica must be 1 (use sglang for a parallel teacher)",
         lambda s: (
             s.teacher is None
             or s.teacher.backend != Backend.TRANSFORMERS
-            or (s.teacher.tensor_parallel, s.teacher.pipeline_parallel, s.teacher.expert_parallel)
-            == (1, 1, 1)
+            or (
+                s.teacher.tensor_parallel,
+                s.teacher.pipeline_parallel,
+                s.teacher.expert_parallel,
+                s.teacher.nodes_per_replica,
+            )
+            == (1, 1, 1, 1)
         ),
         f"{value('teacher.backend')} != 'transformers' || ({value('teacher.tensorParallel')} == 1"
-        f" && {value('teacher.pipelineParallel')} == 1 && {value('teacher.expertParallel')} == 1)",
+        f" && {value('teacher.pipelineParallel')} == 1 && {value('teacher.expertParallel')} == 1"
+        f" && {value('teacher.nodesPerReplica')} == 1)",
     ),
     Rule(
         "teacher.quantization",

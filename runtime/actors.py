@@ -1,5 +1,7 @@
 """Handling a group's Ray actors together: waiting on collective calls, and stopping them."""
 
+import socket
+
 import ray
 
 
@@ -27,3 +29,10 @@ def stop_actors(actors: list[ray.actor.ActorHandle], graceful: bool = True, time
     finally:
         for actor in actors:
             ray.kill(actor)
+
+
+def free_port() -> int:
+    """A TCP port free on this node now, for a process group or engine this actor is about to host."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("", 0))
+        return probe.getsockname()[1]

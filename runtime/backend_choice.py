@@ -5,6 +5,7 @@ import importlib.util
 import torch
 
 from kubedistill.api.spec import Backend
+from kubedistill.runtime.sglang_args import EnginePlacement
 
 
 def resolve_backend(requested: Backend) -> Backend:
@@ -23,3 +24,9 @@ def local_device() -> torch.device:
         if torch.cuda.is_available()
         else torch.device("cpu")
     )
+
+
+def engine_device(placement: EnginePlacement) -> torch.device:
+    """The device of a transformers engine: the first GPU of its placement (a colocated engine sees the
+    node's every GPU; one with a GPU of its own sees just that one, as GPU 0), else the CPU."""
+    return torch.device("cuda", placement.base_gpu_id) if torch.cuda.is_available() else torch.device("cpu")

@@ -2,10 +2,16 @@
 takes new weights in place, and a Ray actor that forwards to its backend."""
 
 from collections.abc import Iterable
+from typing import Any
 
+import ray
 import torch
 
+from kubedistill.api.job import DistillationJob
+from kubedistill.runtime.actors import free_port
+from kubedistill.runtime.engine_layout import Landing
 from kubedistill.runtime.models import copy_named_tensors, load_causal_lm
+from kubedistill.runtime.sglang_args import EnginePlacement
 from kubedistill.runtime.weight_sync import (
     TensorMeta,
     WeightSyncGroup,
@@ -59,12 +65,34 @@ class TransformersEngine:
 
 
 class EngineActor:
-    """The Ray actor around one engine; subclasses add the role's own calls."""
+    """The Ray actor around one engine; subclasses `build` the role's backend and add the role's calls.
 
-    def __init__(self) -> None:
+    Two steps, because where an engine runs depends on where its actor landed (which GPUs of a node are
+    free for it, which node hosts its multi-node rendezvous): the group creates the actors, asks each to
+    `land`, works out the placements (`kubedistill.runtime.engine_layout`), then `start`s them all.
+    """
+
+    def __init__(self, job: DistillationJob) -> None:
         if not torch.cuda.is_available():
             # Actors share the machine's cores: one thread each keeps them from oversubscribing it.
             torch.set_num_threads(1)
+        self.job = job
+        self._backend: Any = None
+
+    def land(self) -> Landing:
+        return Landing(ray.get_runtime_context().get_node_id(), ray.util.get_node_ip_address(), free_port())
+
+    def start(self, placement: EnginePlacement) -> None:
+        self._backend = self.build(placement)
+
+    def build(self, placement: EnginePlacement) -> Any:
+        raise NotImplementedError
+
+    @property
+    def backend(self) -> Any:
+        if self._backend is None:
+            raise RuntimeError(f"{type(self).__name__}.start was not called")
+        return self._backend
 
     def update_weights(self, named_tensors: list[tuple[str, torch.Tensor]]) -> None:
         self.backend.update_weights(named_tensors)
@@ -86,4 +114,5 @@ class EngineActor:
         self.backend.wake()
 
     def close(self) -> None:
-        self.backend.close()
+        if self._backend is not None:
+            self._backend.close()

@@ -30,6 +30,11 @@ class ActorResources:
             options["runtime_env"] = {"env_vars": dict(self.env)}
         return options
 
+    def bundle(self) -> dict[str, float]:
+        """The same resources as one placement-group bundle."""
+        gpus = {"GPU": self.num_gpus} if self.num_gpus else {}
+        return {"CPU": self.num_cpus, **gpus, **self.resources}
+
 
 @dataclass(frozen=True)
 class ClusterView:

@@ -1,15 +1,14 @@
 """The Ray actor around one rollout engine."""
 
-from kubedistill.api.job import DistillationJob
 from kubedistill.runtime.engines import EngineActor
-from kubedistill.runtime.rollout.backend import SamplingConfig
+from kubedistill.runtime.rollout.backend import RolloutBackend, SamplingConfig
 from kubedistill.runtime.rollout.factory import build_rollout
+from kubedistill.runtime.sglang_args import EnginePlacement
 
 
 class RolloutActor(EngineActor):
-    def __init__(self, job: DistillationJob) -> None:
-        super().__init__()
-        self.backend = build_rollout(job)
+    def build(self, placement: EnginePlacement) -> RolloutBackend:
+        return build_rollout(self.job, placement)
 
     def generate(self, prompts: list[list[int]], sampling: SamplingConfig) -> list[list[int]]:
         return self.backend.generate(prompts, sampling)

@@ -5,9 +5,9 @@ import ray
 from kubedistill.api.job import DistillationJob
 from kubedistill.api.placement import Role
 from kubedistill.api.spec import Backend
-from kubedistill.runtime.actors import stop_actors
 from kubedistill.runtime.backend_choice import resolve_backend
-from kubedistill.runtime.placement import ClusterView, actor_resources
+from kubedistill.runtime.engine_group import start_engine_actors
+from kubedistill.runtime.placement import ClusterView
 from kubedistill.runtime.rollout.actor import RolloutActor
 from kubedistill.runtime.rollout.backend import SamplingConfig
 
@@ -20,12 +20,16 @@ class RolloutActorGroup:
         self.sglang = resolve_backend(spec.backend) == Backend.SGLANG
         self.tensor_parallel = spec.tensor_parallel if self.sglang else 1
         """Ranks per engine (a transformers engine is one process)."""
-        gpus = float(self.tensor_parallel) if self.sglang else 1.0
-        remote = ray.remote(RolloutActor).options(
-            **actor_resources(Role.ROLLOUT, gpus, cluster, job.spec.cluster.colocate).ray_options()
+        self._engines = start_engine_actors(
+            RolloutActor,
+            job,
+            Role.ROLLOUT,
+            engines=spec.engines,
+            nodes_per_engine=1,
+            gpus_per_actor=float(self.tensor_parallel),
+            cluster=cluster,
         )
-        self.actors = [remote.remote(job) for _ in range(spec.engines)]
-        ray.get([actor.__ray_ready__.remote() for actor in self.actors])
+        self.actors = self._engines.serving
 
     def generate(self, prompts: list[list[int]], sampling: SamplingConfig) -> list[list[int]]:
         """`samples_per_prompt` responses per prompt, prompt-major, in the prompts' order.
@@ -51,4 +55,4 @@ class RolloutActorGroup:
         ray.get([actor.wake.remote() for actor in self.actors])
 
     def shutdown(self, graceful: bool = True) -> None:
-        stop_actors(self.actors, graceful)
+        self._engines.shutdown(graceful)

@@ -1,6 +1,5 @@
 """The Ray actor around one student rank: it resolves teacher object refs and forwards to `StudentWorker`."""
 
-import socket
 import time
 from dataclasses import replace
 
@@ -8,6 +7,7 @@ import ray
 import torch
 
 from kubedistill.api.job import DistillationJob
+from kubedistill.runtime.actors import free_port
 from kubedistill.runtime.student.batch import MicroBatch
 from kubedistill.runtime.student.worker import EvalStats, RankAddress, StepStats, StudentWorker
 from kubedistill.runtime.transfer import from_wire
@@ -42,10 +42,7 @@ class StudentActor:
 
     def rendezvous_address(self) -> tuple[str, int]:
         """An address of this node and a free port on it, for rank 0 to host the process group."""
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-            probe.bind(("", 0))
-            port = probe.getsockname()[1]
-        return ray.util.get_node_ip_address(), port
+        return ray.util.get_node_ip_address(), free_port()
 
     def init(self, job: DistillationJob, address: RankAddress, total_steps: int) -> None:
         self.worker = StudentWorker(job, address, total_steps)

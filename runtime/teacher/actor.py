@@ -1,20 +1,22 @@
 """The Ray actor around one teacher engine: it hands hidden states to the object store in wire format."""
 
-from kubedistill.api.job import DistillationJob
 from kubedistill.runtime.engines import EngineActor
 from kubedistill.runtime.roles import teacher_spec
-from kubedistill.runtime.teacher.backend import TeacherBatch
+from kubedistill.runtime.sglang_args import EnginePlacement
+from kubedistill.runtime.teacher.backend import TeacherBackend, TeacherBatch
 from kubedistill.runtime.teacher.factory import build_teacher
 from kubedistill.runtime.transfer import WireTensor, to_wire
 
 
 class TeacherActor(EngineActor):
-    def __init__(self, job: DistillationJob) -> None:
-        super().__init__()
-        spec = job.spec
-        teacher = teacher_spec(job)
-        self.backend = build_teacher(
-            teacher, teacher.model, spec.training.precision, colocate=spec.cluster.colocate
+    def build(self, placement: EnginePlacement) -> TeacherBackend:
+        teacher = teacher_spec(self.job)
+        return build_teacher(
+            teacher,
+            teacher.model,
+            self.job.spec.training.precision,
+            colocate=self.job.spec.cluster.colocate,
+            placement=placement,
         )
 
     def hidden_size(self) -> int:

@@ -5,10 +5,10 @@ import ray
 from kubedistill.api.job import DistillationJob
 from kubedistill.api.placement import Role
 from kubedistill.api.spec import Backend
-from kubedistill.runtime.actors import stop_actors
 from kubedistill.runtime.backend_choice import resolve_backend
 from kubedistill.runtime.data.batching import balance
-from kubedistill.runtime.placement import ClusterView, actor_resources
+from kubedistill.runtime.engine_group import start_engine_actors
+from kubedistill.runtime.placement import ClusterView
 from kubedistill.runtime.roles import teacher_spec
 from kubedistill.runtime.teacher.actor import TeacherActor
 from kubedistill.runtime.teacher.backend import TeacherBatch
@@ -20,9 +20,17 @@ class TeacherActorGroup:
         engine_gpus = 1.0
         if resolve_backend(spec.backend) == Backend.SGLANG:
             engine_gpus = spec.gpus_per_replica / spec.nodes_per_replica
-        options = actor_resources(Role.TEACHER, engine_gpus, cluster, job.spec.cluster.colocate).ray_options()
-        remote = ray.remote(TeacherActor).options(**options)
-        self.actors = [remote.remote(job) for _ in range(spec.replicas)]
+        self._engines = start_engine_actors(
+            TeacherActor,
+            job,
+            Role.TEACHER,
+            engines=spec.replicas,
+            nodes_per_engine=spec.nodes_per_replica,
+            gpus_per_actor=engine_gpus,
+            cluster=cluster,
+        )
+        self.actors = self._engines.serving
+        """One per replica: the actor that takes its requests (a replica spanning nodes has more)."""
         self.hidden_size: int = ray.get(self.actors[0].hidden_size.remote())
 
     def hidden_states_refs(self, batches: list[TeacherBatch]) -> list[ray.ObjectRef]:
@@ -44,4 +52,4 @@ class TeacherActorGroup:
         ray.get([actor.wake.remote() for actor in self.actors])
 
     def shutdown(self, graceful: bool = True) -> None:
-        stop_actors(self.actors, graceful)
+        self._engines.shutdown(graceful)

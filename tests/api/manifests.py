@@ -85,6 +85,19 @@ BAD_MANIFESTS: list[Bad] = [
     Bad("ep-not-dividing-tp", {"spec.teacher.expertParallel": 3}, "spec.teacher.expertParallel", "cel"),
     Bad("transformers-with-tp", {"spec.teacher.backend": "transformers"}, "spec.teacher.backend", "cel"),
     Bad(
+        "transformers-over-two-nodes",
+        {
+            "spec.teacher": {
+                "model": "t",
+                "backend": "transformers",
+                "gpusPerReplica": 2,
+                "nodesPerReplica": 2,
+            }
+        },
+        "spec.teacher.backend",
+        "cel",
+    ),
+    Bad(
         "transformers-with-fp8",
         {"spec.teacher": {"model": "t", "backend": "transformers", "quantization": "fp8"}},
         "spec.teacher.quantization",

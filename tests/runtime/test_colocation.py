@@ -66,3 +66,10 @@ def test_a_colocated_job_wakes_each_engine_for_its_turn_only(
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in records if r["kind"] == "train"]
     assert len(train) == 2 and all(r["kd_loss"] > 0 for r in train)
+
+
+def test_an_actors_resources_as_a_placement_group_bundle() -> None:
+    separate = actor_resources(Role.TEACHER, 8.0, GPU_NODE)
+    assert separate.bundle() == {"CPU": 1.0, "GPU": 8.0, "kubedistill_teacher": 8.0}
+    colocated = actor_resources(Role.TEACHER, 8.0, GPU_NODE, colocate=True)
+    assert colocated.bundle() == {"CPU": 1.0, "kubedistill_teacher": 8.0}
