@@ -10,24 +10,36 @@ so this never runs in `make test`; the signature tests in `tests/runtime/sglang/
 3. Rollout: greedy responses are, token by token, the argmax of transformers' logits on the same tokens
    (up to bf16 near-ties); after sleeping, loading the other model's weights while asleep and waking, the
    responses change and follow the new model the same way.
+4. Broadcast weight sync (two GPUs or more; NCCL wants one rank per GPU): a rollout engine on GPU 1 joins a
+   group with this process on GPU 0, as student rank 0 does, and takes the other model's weights over it;
+   its greedy responses then follow that model.
 
 Engines run one after the other, each with a fifth of the GPU.
 """
 
 import sys
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM
 
 from kubedistill.api.spec import Precision, RolloutSpec, TeacherSpec
+from kubedistill.runtime.actors import free_port
 from kubedistill.runtime.rollout.backend import SamplingConfig
 from kubedistill.runtime.rollout.sglang_backend import SGLangRollout
-from kubedistill.runtime.sglang_args import single_node_placement
+from kubedistill.runtime.sglang_args import EnginePlacement, single_node_placement
+from kubedistill.runtime.sglang_engine import join_weight_sync_group
 from kubedistill.runtime.teacher.backend import TeacherBatch
 from kubedistill.runtime.teacher.sglang_backend import SGLangTeacher
 from kubedistill.runtime.tiny import TinyShape, build_model, build_tokenizer, save_tiny
+from kubedistill.runtime.weight_sync import (
+    WeightSyncGroup,
+    broadcast_tensors,
+    tensor_metas,
+    weight_sync_layout,
+)
 
 SHAPE = TinyShape(
     hidden_size=256,
@@ -134,6 +146,43 @@ def check_rollout(model_path: Path, prompts: list[list[int]], models: dict[str, 
         rollout.close()
 
 
+def check_broadcast(model_path: Path, prompts: list[list[int]], models: dict[str, torch.nn.Module]) -> None:
+    if torch.cuda.device_count() < 2:
+        print("skipped: broadcast weight sync (needs two GPUs: NCCL has one rank per GPU)")
+        return
+    rollout = SGLangRollout(
+        RolloutSpec(mem_fraction_static=MEMORY_FRACTION),
+        str(model_path),
+        EnginePlacement(base_gpu_id=1),
+        colocate=False,
+        precision=Precision.BF16,
+        seed=0,
+    )
+    greedy = SamplingConfig(max_new_tokens=12, temperature=0.0, top_p=1.0, samples_per_prompt=1, seed=0)
+    named = [(name, tensor.to("cuda:0")) for name, tensor in models["updated"].state_dict().items()]
+    layout = weight_sync_layout([1], "127.0.0.1", free_port())
+
+    def trainer_side(group: WeightSyncGroup) -> None:
+        # Student rank 0's part, in a thread: the engine's calls block until it has joined and sent.
+        process_group = join_weight_sync_group(group)
+        broadcast_tensors((tensor for _, tensor in named), process_group)
+
+    try:
+        before = rollout.generate(prompts, greedy)
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            sending = pool.submit(trainer_side, layout.trainer)
+            rollout.init_weight_sync_group(layout.engines[0])
+            rollout.receive_weights(tensor_metas(named))
+            sending.result()
+        after = rollout.generate(prompts, greedy)
+        check(before != after, "broadcast: new weights change the responses")
+        pairs = [(p, r) for p, r in zip(prompts, after, strict=True) if r]
+        gap = max((greedy_gap(models["updated"], p, r) for p, r in pairs), default=0.0)
+        check(gap <= GREEDY_TOLERANCE, f"broadcast: responses follow the sent model (gap {gap:.4f})")
+    finally:
+        rollout.close()
+
+
 def main() -> int:
     tokenizer = build_tokenizer(TEXTS * 20)
     with tempfile.TemporaryDirectory() as directory:
@@ -151,6 +200,7 @@ def main() -> int:
         try:
             check_teacher(model_path, sequences, models)
             check_rollout(model_path, prompts, models)
+            check_broadcast(model_path, prompts, models)
         except SmokeFailure as failure:
             print(f"FAILED: {failure}", file=sys.stderr)
             return 1
