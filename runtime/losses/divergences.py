@@ -34,7 +34,7 @@ from torch import Tensor
 from kubedistill.runtime.losses.config import KDConfig
 
 
-def _teacher_log_probs(teacher_logits: Tensor) -> Tensor:
+def teacher_log_probs(teacher_logits: Tensor) -> Tensor:
     # A teacher token of probability exactly zero has log p = -inf, and 0 * -inf is NaN; at the dtype's
     # lowest finite value the same product is 0, which is the 0 log 0 = 0 convention.
     log_p = F.log_softmax(teacher_logits, dim=-1)
@@ -59,11 +59,11 @@ def _log_mixture(log_a: Tensor, log_b: Tensor, weight_a: float) -> Tensor:
 
 
 def forward_kl(student_logits: Tensor, teacher_logits: Tensor, config: KDConfig) -> Tensor:
-    return _kl(_teacher_log_probs(teacher_logits), F.log_softmax(student_logits, dim=-1))
+    return _kl(teacher_log_probs(teacher_logits), F.log_softmax(student_logits, dim=-1))
 
 
 def reverse_kl(student_logits: Tensor, teacher_logits: Tensor, config: KDConfig) -> Tensor:
-    return _kl(F.log_softmax(student_logits, dim=-1), _teacher_log_probs(teacher_logits))
+    return _kl(F.log_softmax(student_logits, dim=-1), teacher_log_probs(teacher_logits))
 
 
 def generalized_jsd(student_logits: Tensor, teacher_logits: Tensor, config: KDConfig) -> Tensor:
@@ -73,7 +73,7 @@ def generalized_jsd(student_logits: Tensor, teacher_logits: Tensor, config: KDCo
         return forward_kl(student_logits, teacher_logits, config)
     if beta == 1.0:
         return reverse_kl(student_logits, teacher_logits, config)
-    log_p = _teacher_log_probs(teacher_logits)
+    log_p = teacher_log_probs(teacher_logits)
     log_q = F.log_softmax(student_logits, dim=-1)
     log_m = _log_mixture(log_p, log_q, beta)
     return beta * _kl(log_p, log_m) + (1.0 - beta) * _kl(log_q, log_m)
@@ -86,13 +86,13 @@ def total_variation(student_logits: Tensor, teacher_logits: Tensor, config: KDCo
 
 
 def skewed_kl(student_logits: Tensor, teacher_logits: Tensor, config: KDConfig) -> Tensor:
-    log_p = _teacher_log_probs(teacher_logits)
+    log_p = teacher_log_probs(teacher_logits)
     log_q = F.log_softmax(student_logits, dim=-1)
     return _kl(log_p, _log_mixture(log_p, log_q, config.skew_lambda))
 
 
 def skewed_reverse_kl(student_logits: Tensor, teacher_logits: Tensor, config: KDConfig) -> Tensor:
-    log_p = _teacher_log_probs(teacher_logits)
+    log_p = teacher_log_probs(teacher_logits)
     log_q = F.log_softmax(student_logits, dim=-1)
     return _kl(log_q, _log_mixture(log_q, log_p, config.skew_lambda))
 
@@ -101,7 +101,7 @@ def adaptive_kl(student_logits: Tensor, teacher_logits: Tensor, config: KDConfig
     """Adaptive KL. The head/tail weights are constants of the gradient, as in the original code (Wu et al.
     compute them from a detached student softmax; KDFlow detaches g_head and g_tail): only fkl and rkl are
     differentiated. Identical distributions give 0/0 weights, taken as 0 (both KLs are 0 there)."""
-    log_p = _teacher_log_probs(teacher_logits)
+    log_p = teacher_log_probs(teacher_logits)
     log_q = F.log_softmax(student_logits, dim=-1)
     with torch.no_grad():
         gap = (log_p.exp() - log_q.exp()).abs()

@@ -3,9 +3,11 @@
 Same contract as `reference_kd_loss` applied to `student_hidden @ student_weight.T` and
 `teacher_hidden @ teacher_weight.T`, but neither model's [tokens x vocab] logits ever exist in full: for
 each chunk of `config.chunk_size` unmasked tokens the forward pass computes both models' logits, the
-per-token loss through the same divergence function, its gradient d(logits) with `torch.autograd.grad`, and
-from it the chunk's d(hidden) = dz @ W and its share of dW += dz^T @ h. Nothing of a chunk outlives it, and
-the backward pass only hands out the two gradients (the idea of Liger's fused linear JSD, in plain torch).
+per-token loss through the same divergence function, its gradient d(logits) (in closed form for
+cross-entropy, fkl and rkl, see `closed_form`; with `torch.autograd.grad` for the other divergences and for
+plugins), and from it the chunk's d(hidden) = dz @ W and its share of dW += dz^T @ h. Nothing of a chunk
+outlives it, and the backward pass only hands out the two gradients (the idea of Liger's fused linear JSD,
+in plain torch).
 The peak is therefore a few [chunk x vocab] tensors instead of a few [tokens x vocab] ones.
 
 The teacher gets no gradient. The student weight gets a plain gradient, which is all that weight tying
@@ -17,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import FunctionCtx
 
+from kubedistill.runtime.losses.closed_form import CLOSED_FORMS, cross_entropy_value_and_grad
 from kubedistill.runtime.losses.config import KDConfig
 from kubedistill.runtime.losses.output import IGNORE_INDEX, LossOutput
 from kubedistill.runtime.losses.registry import Divergence, get_loss
@@ -38,7 +41,10 @@ def _chunk_logits_grad(
     kd_scale: float,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """d(ce_scale * CE + kd_scale * KD)/d(student logits) of one chunk, with the chunk's CE and KD sums."""
-    logits = F.linear(hidden, weight).to(_compute_dtype(hidden.dtype)).requires_grad_()
+    logits = F.linear(hidden, weight).to(_compute_dtype(hidden.dtype))
+    if divergence is None or teacher_logits is None or divergence in CLOSED_FORMS:
+        return _closed_form_chunk(logits, targets, teacher_logits, divergence, config, ce_scale, kd_scale)
+    logits.requires_grad_()
     with torch.enable_grad():
         # At kd_ratio 1 the cross-entropy is only reported, so it stays out of the graph.
         ce = F.cross_entropy(logits if ce_scale > 0.0 else logits.detach(), targets, reduction="sum")
@@ -52,6 +58,30 @@ def _chunk_logits_grad(
             objective = objective + kd * kd_scale
         (grad_logits,) = torch.autograd.grad(objective, logits)
     return grad_logits, ce.detach(), kd.detach()
+
+
+def _closed_form_chunk(
+    logits: Tensor,
+    targets: Tensor,
+    teacher_logits: Tensor | None,
+    divergence: Divergence | None,
+    config: KDConfig,
+    ce_scale: float,
+    kd_scale: float,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """`_chunk_logits_grad` for cross-entropy alone or with one of `CLOSED_FORMS`, without autograd."""
+    ce, grad = cross_entropy_value_and_grad(logits, targets, ce_scale)
+    kd = logits.new_zeros(())
+    if divergence is not None and teacher_logits is not None:
+        vocab = teacher_logits.shape[-1]
+        student = logits[:, :vocab]
+        if config.temperature != 1.0:
+            student = student / config.temperature
+        values, kd_grad = CLOSED_FORMS[divergence](student, teacher_logits)
+        kd = values.sum()
+        # d/dz of the divergence of z / T is its gradient at z / T, divided by T.
+        grad[:, :vocab].add_(kd_grad, alpha=kd_scale / config.temperature)
+    return grad, ce, kd
 
 
 class _FusedKDLoss(torch.autograd.Function):

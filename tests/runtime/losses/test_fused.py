@@ -44,7 +44,7 @@ def test_any_chunk_size_gives_the_reference_result(chunk_size: int) -> None:
     [(50, 45), (45, 50), (48, 48)],
     ids=["wider-student", "wider-teacher", "same"],
 )
-@pytest.mark.parametrize("loss", ["fkl", "akl"])
+@pytest.mark.parametrize("loss", ["fkl", "rkl", "akl"])
 def test_vocabularies_of_different_sizes_give_the_reference_result(
     loss: str, student_vocab: int, teacher_vocab: int
 ) -> None:
