@@ -25,7 +25,10 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || (cd /tmp && $(PYTHON) -m venv $(CURDIR)/$(VENV))
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q $(TORCH_PIN)
-	$(PIP) install -q -e '.[runtime,operator,dev]'
+	# Held as a constraint too: if any requirement ever asked for another torch, pip fails here instead
+	# of fetching CUDA wheels.
+	echo '$(TORCH_PIN)' > $(VENV)/torch-constraint.txt
+	$(PIP) install -q -c $(VENV)/torch-constraint.txt -e '.[runtime,operator,dev]'
 	# SGLang needs a GPU and is never installed here; its wheel is read (not imported) by the test that
 	# checks our calls against its source.
 	$(PIP) download -q --no-deps --only-binary=:all: $(SGLANG_PIN) -d $(WHEELS)
