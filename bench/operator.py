@@ -17,30 +17,12 @@ import time
 from collections import Counter
 from typing import Any
 
-import aiohttp.web
 import kmock
-from kmock._internal import rendering
 
 from bench.report import report
-from tests.operator.apiserver import ApiServer
+from tests.operator.apiserver import ArchivingApiServer
 from tests.operator.harness import Cluster, declare_resources, eventually, job_manifest, running_operator
 from tests.operator.rbac_audit import operator_accesses
-
-
-class ArchivingApiServer(ApiServer):
-    """kmock matches every request against its whole request log, which is quadratic in the requests and
-    would make the emulator, not the operator, what this measures. Served requests move to `archive`."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.archive: list[rendering.Request] = []
-
-    async def _handle(self, request: rendering.Request) -> aiohttp.web.StreamResponse:
-        try:
-            return await super()._handle(request)
-        finally:
-            self.archive.append(request)
-            self._requests.remove(request)
 
 
 async def measure(jobs: int, idle_seconds: float) -> dict[str, Any]:

@@ -27,7 +27,7 @@ from kubedistill.api.spec import Mode
 from kubedistill.runtime.cli import app
 from kubedistill.runtime.tiny import build_tokenizer, save_tiny
 from tests.api.manifests import BAD_MANIFESTS, Bad, apply_changes
-from tests.runtime.conftest import STUDENT, TEACHER, TinyWorld, job_manifest
+from tests.runtime.conftest import ON_POLICY, STUDENT, TEACHER, TinyWorld, job_manifest
 from tests.runtime.data.builders import CORPUS, FILES
 from tests.runtime.data.test_load import BAD_FILES, BadFile
 
@@ -163,17 +163,6 @@ def test_the_installed_command_rejects_a_bad_manifest_without_starting_ray(
 
 
 # -- bad data -----------------------------------------------------------------------------------------------
-
-ON_POLICY = {
-    "mode": "onPolicy",
-    "rollout": {
-        "engines": 1,
-        "batchSize": 8,
-        "samplesPerPrompt": 2,
-        "maxNewTokens": 8,
-        "backend": "transformers",
-    },
-}
 
 
 @dataclass(frozen=True)

@@ -100,6 +100,16 @@ def job_manifest(tiny: TinyWorld, name: str, **spec_changes: Any) -> dict[str, A
 
 STRAIGHT_CHECKPOINTS = {"everySteps": 3}
 
+TINY_ROLLOUT = {
+    "engines": 1,
+    "batchSize": 8,
+    "samplesPerPrompt": 2,
+    "maxNewTokens": 8,
+    "backend": "transformers",
+}
+"""One transformers engine, 8 prompts x 2 samples a round: one step of the tiny jobs' global batch of 16."""
+ON_POLICY = {"mode": "onPolicy", "rollout": TINY_ROLLOUT}
+
 
 @pytest.fixture(scope="session")
 def straight_run(tiny: TinyWorld, tmp_path_factory: pytest.TempPathFactory, ray_session: None) -> Path:

@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 from kubedistill.api import parse_job
 from kubedistill.runtime.student.worker import NonFiniteLoss
 from kubedistill.runtime.trainer import RunOptions, Trainer
-from tests.runtime.conftest import STRAIGHT_CHECKPOINTS, TinyWorld, job_manifest
+from tests.runtime.conftest import ON_POLICY, STRAIGHT_CHECKPOINTS, TinyWorld, job_manifest
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 
@@ -85,18 +85,6 @@ def test_a_teacher_killed_mid_run_is_restarted_and_the_step_retried_with_no_samp
         [r["loss"] for r in straight if r["kind"] == "train"], abs=1e-6
     )
     _assert_same_weights(tmp_path, straight_run)
-
-
-ON_POLICY = {
-    "mode": "onPolicy",
-    "rollout": {
-        "engines": 1,
-        "batchSize": 8,
-        "samplesPerPrompt": 2,
-        "maxNewTokens": 8,
-        "backend": "transformers",
-    },
-}
 
 
 def test_on_policy_after_a_student_rank_is_killed_the_engine_takes_the_checkpoints_weights_over_a_new_group(

@@ -15,11 +15,9 @@ from kubedistill.runtime.rollout.group import RolloutActorGroup
 from kubedistill.runtime.student.batch import MicroBatch
 from kubedistill.runtime.student.group import RankWork, StudentActorGroup
 from kubedistill.runtime.trainer import RunOptions, Trainer
-from tests.runtime.conftest import TinyWorld, job_manifest
+from tests.runtime.conftest import TINY_ROLLOUT, TinyWorld, job_manifest
 
 pytestmark = pytest.mark.usefixtures("ray_session")
-
-ROLLOUT = {"engines": 1, "batchSize": 8, "samplesPerPrompt": 2, "maxNewTokens": 8, "backend": "transformers"}
 
 
 def _run(tiny: TinyWorld, output: Path, stop: int | None = None, **spec) -> list[dict]:
@@ -44,7 +42,7 @@ def test_a_weight_sync_makes_the_rollout_engines_hold_the_students_exact_weights
     # The student trains without a teacher here (sft) so one hand-made step moves its weights.
     student_job = parse_job(job_manifest(tiny, "sync-test", mode="sft", teacher=None))
     rollout_job = parse_job(
-        job_manifest(tiny, "sync-test", mode="onPolicy", rollout={**ROLLOUT, "engines": 2})
+        job_manifest(tiny, "sync-test", mode="onPolicy", rollout={**TINY_ROLLOUT, "engines": 2})
     )
     cluster = ClusterView.current()
     students = StudentActorGroup(student_job, total_steps=1, cluster=cluster)
@@ -81,7 +79,9 @@ def test_a_weight_sync_makes_the_rollout_engines_hold_the_students_exact_weights
 def test_on_policy_distillation_trains_on_its_own_samples_and_its_answers_change(
     tiny: TinyWorld, tmp_path: Path
 ) -> None:
-    history = _run(tiny, tmp_path, stop=3, mode="onPolicy", rollout=ROLLOUT, distillation={"kdRatio": 1.0})
+    history = _run(
+        tiny, tmp_path, stop=3, mode="onPolicy", rollout=TINY_ROLLOUT, distillation={"kdRatio": 1.0}
+    )
     train = _train(history)
     assert len(train) == 3
     assert all(r["rollout_seconds"] > 0 for r in train), "every step opens a new round (8 prompts x 2 = 16)"
