@@ -35,6 +35,25 @@ class EngineActors:
             remove_placement_group(group)
 
 
+class EngineActorGroup:
+    """What the teacher and rollout groups share: engines whose serving actors take the role's calls, and
+    that sleep, wake and stop together."""
+
+    def __init__(self, engines: EngineActors) -> None:
+        self._engines = engines
+        self.actors = engines.serving
+        """One per engine: the actor that takes its requests (an engine spanning nodes has more)."""
+
+    def sleep(self) -> None:
+        ray.get([actor.sleep.remote() for actor in self.actors])
+
+    def wake(self) -> None:
+        ray.get([actor.wake.remote() for actor in self.actors])
+
+    def shutdown(self, graceful: bool = True) -> None:
+        self._engines.shutdown(graceful)
+
+
 def start_engine_actors(
     actor_class: type[EngineActor],
     job: DistillationJob,

@@ -26,6 +26,7 @@ from kubedistill.runtime.data.batching import shard_micro_batches, steps_per_epo
 from kubedistill.runtime.data.errors import BadRecord
 from kubedistill.runtime.data.load import load_samples
 from kubedistill.runtime.data.sample import Sample
+from kubedistill.runtime.engine_group import EngineActorGroup
 from kubedistill.runtime.metrics import TrainerMetrics
 from kubedistill.runtime.models import compute_dtype, load_tokenizer
 from kubedistill.runtime.placement import ClusterView
@@ -263,7 +264,7 @@ class Trainer:
         return state.step % every == 0 and self.source.resumable_at(state.batch_in_epoch)
 
     @contextlib.contextmanager
-    def _turn(self, engines: "TeacherActorGroup | RolloutActorGroup | None") -> Iterator[None]:
+    def _turn(self, engines: EngineActorGroup | None) -> Iterator[None]:
         """Colocation: an engine group gets the GPUs for a while; the students' optimizer state makes room."""
         if not self.spec.cluster.colocate or engines is None:
             yield

@@ -30,6 +30,12 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.promote_types(dtype, torch.float32)
 
 
+def _tempered(logits: Tensor, teacher_logits: Tensor, config: KDConfig) -> Tensor:
+    """The student's logits that the divergence compares: over the teacher's vocabulary, divided by T."""
+    student = logits[:, : teacher_logits.shape[-1]]
+    return student / config.temperature if config.temperature != 1.0 else student
+
+
 def _chunk_logits_grad(
     hidden: Tensor,
     weight: Tensor,
@@ -51,10 +57,7 @@ def _chunk_logits_grad(
         objective = ce * ce_scale
         kd = logits.new_zeros(())
         if divergence is not None and teacher_logits is not None:
-            student = logits[:, : teacher_logits.shape[-1]]
-            if config.temperature != 1.0:
-                student = student / config.temperature
-            kd = divergence(student, teacher_logits, config).sum()
+            kd = divergence(_tempered(logits, teacher_logits, config), teacher_logits, config).sum()
             objective = objective + kd * kd_scale
         (grad_logits,) = torch.autograd.grad(objective, logits)
     return grad_logits, ce.detach(), kd.detach()
@@ -73,14 +76,10 @@ def _closed_form_chunk(
     ce, grad = cross_entropy_value_and_grad(logits, targets, ce_scale)
     kd = logits.new_zeros(())
     if divergence is not None and teacher_logits is not None:
-        vocab = teacher_logits.shape[-1]
-        student = logits[:, :vocab]
-        if config.temperature != 1.0:
-            student = student / config.temperature
-        values, kd_grad = CLOSED_FORMS[divergence](student, teacher_logits)
+        values, kd_grad = CLOSED_FORMS[divergence](_tempered(logits, teacher_logits, config), teacher_logits)
         kd = values.sum()
         # d/dz of the divergence of z / T is its gradient at z / T, divided by T.
-        grad[:, :vocab].add_(kd_grad, alpha=kd_scale / config.temperature)
+        grad[:, : teacher_logits.shape[-1]].add_(kd_grad, alpha=kd_scale / config.temperature)
     return grad, ce, kd
 
 

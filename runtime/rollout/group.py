@@ -6,13 +6,13 @@ from kubedistill.api.job import DistillationJob
 from kubedistill.api.placement import Role
 from kubedistill.api.spec import Backend
 from kubedistill.runtime.backend_choice import resolve_backend
-from kubedistill.runtime.engine_group import start_engine_actors
+from kubedistill.runtime.engine_group import EngineActorGroup, start_engine_actors
 from kubedistill.runtime.placement import ClusterView
 from kubedistill.runtime.rollout.actor import RolloutActor
 from kubedistill.runtime.rollout.backend import SamplingConfig
 
 
-class RolloutActorGroup:
+class RolloutActorGroup(EngineActorGroup):
     def __init__(self, job: DistillationJob, cluster: ClusterView) -> None:
         spec = job.spec.rollout
         if spec is None:
@@ -20,16 +20,17 @@ class RolloutActorGroup:
         self.sglang = resolve_backend(spec.backend) == Backend.SGLANG
         self.tensor_parallel = spec.tensor_parallel if self.sglang else 1
         """Ranks per engine (a transformers engine is one process)."""
-        self._engines = start_engine_actors(
-            RolloutActor,
-            job,
-            Role.ROLLOUT,
-            engines=spec.engines,
-            nodes_per_engine=1,
-            gpus_per_actor=float(self.tensor_parallel),
-            cluster=cluster,
+        super().__init__(
+            start_engine_actors(
+                RolloutActor,
+                job,
+                Role.ROLLOUT,
+                engines=spec.engines,
+                nodes_per_engine=1,
+                gpus_per_actor=float(self.tensor_parallel),
+                cluster=cluster,
+            )
         )
-        self.actors = self._engines.serving
 
     def generate(self, prompts: list[list[int]], sampling: SamplingConfig) -> list[list[int]]:
         """`samples_per_prompt` responses per prompt, prompt-major, in the prompts' order.
@@ -47,12 +48,3 @@ class RolloutActorGroup:
             if part
         ]
         return [response for part in ray.get(refs) for response in part]
-
-    def sleep(self) -> None:
-        ray.get([actor.sleep.remote() for actor in self.actors])
-
-    def wake(self) -> None:
-        ray.get([actor.wake.remote() for actor in self.actors])
-
-    def shutdown(self, graceful: bool = True) -> None:
-        self._engines.shutdown(graceful)

@@ -7,30 +7,30 @@ from kubedistill.api.placement import Role
 from kubedistill.api.spec import Backend
 from kubedistill.runtime.backend_choice import resolve_backend
 from kubedistill.runtime.data.batching import balance
-from kubedistill.runtime.engine_group import start_engine_actors
+from kubedistill.runtime.engine_group import EngineActorGroup, start_engine_actors
 from kubedistill.runtime.placement import ClusterView
 from kubedistill.runtime.roles import teacher_spec
 from kubedistill.runtime.teacher.actor import TeacherActor
 from kubedistill.runtime.teacher.backend import TeacherBatch
 
 
-class TeacherActorGroup:
+class TeacherActorGroup(EngineActorGroup):
     def __init__(self, job: DistillationJob, cluster: ClusterView) -> None:
         spec = teacher_spec(job)
         engine_gpus = 1.0
         if resolve_backend(spec.backend) == Backend.SGLANG:
             engine_gpus = spec.gpus_per_replica / spec.nodes_per_replica
-        self._engines = start_engine_actors(
-            TeacherActor,
-            job,
-            Role.TEACHER,
-            engines=spec.replicas,
-            nodes_per_engine=spec.nodes_per_replica,
-            gpus_per_actor=engine_gpus,
-            cluster=cluster,
+        super().__init__(
+            start_engine_actors(
+                TeacherActor,
+                job,
+                Role.TEACHER,
+                engines=spec.replicas,
+                nodes_per_engine=spec.nodes_per_replica,
+                gpus_per_actor=engine_gpus,
+                cluster=cluster,
+            )
         )
-        self.actors = self._engines.serving
-        """One per replica: the actor that takes its requests (a replica spanning nodes has more)."""
         self.hidden_size: int = ray.get(self.actors[0].hidden_size.remote())
 
     def hidden_states_refs(self, batches: list[TeacherBatch]) -> list[ray.ObjectRef]:
@@ -41,15 +41,3 @@ class TeacherActorGroup:
             for index in indices:
                 refs[index] = actor.hidden_states.remote(batches[index])
         return refs  # type: ignore[return-value]
-
-    def update_weights(self, named_tensors: list[tuple[str, object]]) -> None:
-        ray.get([actor.update_weights.remote(named_tensors) for actor in self.actors])
-
-    def sleep(self) -> None:
-        ray.get([actor.sleep.remote() for actor in self.actors])
-
-    def wake(self) -> None:
-        ray.get([actor.wake.remote() for actor in self.actors])
-
-    def shutdown(self, graceful: bool = True) -> None:
-        self._engines.shutdown(graceful)
