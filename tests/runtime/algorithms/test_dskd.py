@@ -57,6 +57,28 @@ def divergence(student: torch.Tensor, teacher: torch.Tensor, config: KDConfig) -
     return get_loss(config.loss)(student / config.temperature, teacher / config.temperature, config).sum()
 
 
+def backward_and_gradients(
+    dskd: DualSpaceKD,
+    batch: Batch,
+    config: KDConfig,
+    logits: torch.Tensor,
+    kd: torch.Tensor,
+    hidden: torch.Tensor,
+    head: torch.Tensor,
+) -> dict[str, torch.Tensor]:
+    """A reference's last part: the kd loss mixed with cross-entropy as the job mixes them, and gradients."""
+    ce = F.cross_entropy(logits, batch.micro_batch.labels, reduction="sum")
+    loss = ((1 - config.kd_ratio) * ce + config.kd_ratio * kd) / batch.normalizer
+    loss.backward()
+    found = {
+        "loss": loss.detach(),
+        "kd_sum": kd.detach(),
+        "student_hidden": hidden.grad,
+        "student_head": head.grad,
+    }
+    return found | {name: p.grad for name, p in dskd.named_parameters()}
+
+
 def reference(dskd: DualSpaceKD, batch: Batch, config: KDConfig) -> dict[str, torch.Tensor]:
     """The paper's loss over full float64 logits with exact alignment, and its gradients."""
     hidden = batch.student_hidden.detach().clone().requires_grad_()
@@ -73,16 +95,7 @@ def reference(dskd: DualSpaceKD, batch: Batch, config: KDConfig) -> dict[str, to
         + divergence(logits[student], teacher_in_student.detach(), config)
         + divergence(student_in_teacher, teacher_hidden[teacher] @ teacher_head.T, config)
     )
-    ce = F.cross_entropy(logits, labels, reduction="sum")
-    loss = ((1 - config.kd_ratio) * ce + config.kd_ratio * kd) / batch.normalizer
-    loss.backward()
-    found = {
-        "loss": loss.detach(),
-        "kd_sum": kd.detach(),
-        "student_hidden": hidden.grad,
-        "student_head": head.grad,
-    }
-    return found | {name: p.grad for name, p in dskd.named_parameters()}
+    return backward_and_gradients(dskd, batch, config, logits, kd, hidden, head)
 
 
 @pytest.mark.parametrize("align", ["eta", "cma"])
@@ -147,16 +160,8 @@ def cma_reference(dskd: DualSpaceKD, batch: Batch, config: KDConfig) -> dict[str
         + divergence(logits[correct], teacher_in_student.detach()[correct], config)
         + divergence(student_in_teacher, teacher_hidden @ teacher_head.T, config)
     )
-    ce = F.cross_entropy(logits, labels, reduction="sum")
-    loss = ((1 - config.kd_ratio) * ce + config.kd_ratio * kd) / batch.normalizer
-    loss.backward()
-    found = {
-        "loss": loss.detach(),
-        "kd_sum": kd.detach(),
-        "student_hidden": hidden.grad,
-        "student_head": head.grad,
-    }
-    return found | {name: p.grad for name, p in dskd.named_parameters()} | {"imitated": correct.sum()}
+    found = backward_and_gradients(dskd, batch, config, logits, kd, hidden, head)
+    return found | {"imitated": correct.sum()}
 
 
 def test_cross_model_attention_mixes_the_teacher_states_of_the_same_sample(
