@@ -17,15 +17,6 @@ def resolve_backend(requested: Backend) -> Backend:
     return Backend.TRANSFORMERS
 
 
-def local_device() -> torch.device:
-    """The accelerator Ray gave this actor, else the CPU."""
-    return (
-        torch.device("cuda", torch.cuda.current_device())
-        if torch.cuda.is_available()
-        else torch.device("cpu")
-    )
-
-
 def engine_device(placement: EnginePlacement) -> torch.device:
     """The device of a transformers engine: the first GPU of its placement (a colocated engine sees the
     node's every GPU; one with a GPU of its own sees just that one, as GPU 0), else the CPU."""

@@ -8,6 +8,7 @@ import torch
 
 from kubedistill.api.job import DistillationJob
 from kubedistill.runtime.actors import free_port
+from kubedistill.runtime.sglang_engine import join_weight_sync_group
 from kubedistill.runtime.student.batch import MicroBatch
 from kubedistill.runtime.student.worker import EvalStats, RankAddress, StepStats, StudentWorker
 from kubedistill.runtime.transfer import from_wire
@@ -87,8 +88,6 @@ class StudentActor:
         """Rank 0 joins the broadcast group of the rollout engines (replacing an earlier one): with SGLang's
         helper when they are SGLang engines, so both sides build the group the same way."""
         if sglang:
-            from kubedistill.runtime.sglang_engine import join_weight_sync_group
-
             self.weight_sync = join_weight_sync_group(group)
         else:
             self.weight_sync = open_weight_sync_group(group, self._worker.device)
