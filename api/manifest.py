@@ -15,21 +15,29 @@ def load_documents(path: Path) -> Iterator[Any]:
         yield from (document for document in yaml.safe_load_all(stream) if document is not None)
 
 
+def read_documents(path: Path) -> list[Any]:
+    """The file's YAML documents; `InvalidJob` naming the line when it does not parse."""
+    try:
+        return list(load_documents(path))
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark is not None else "(file)"
+        raise InvalidJob([Problem(where, f"not valid YAML: {getattr(error, 'problem', error)}")]) from None
+
+
+def is_job(document: Any) -> bool:
+    return isinstance(document, dict) and document.get("kind") == KIND
+
+
 def load_jobs(path: Path, *, check_plugin_names: bool = True) -> list[DistillationJob]:
     """Every DistillationJob in a YAML file (other kinds, e.g. a Kueue LocalQueue beside it, are skipped).
 
     Raises `InvalidJob` for YAML that does not parse or a DistillationJob that does not validate.
     """
-    try:
-        documents = list(load_documents(path))
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f"line {mark.line + 1}" if mark is not None else "(file)"
-        raise InvalidJob([Problem(where, f"not valid YAML: {getattr(error, 'problem', error)}")]) from None
     jobs = [
         parse_job(document, check_plugin_names=check_plugin_names)
-        for document in documents
-        if isinstance(document, dict) and document.get("kind") == KIND
+        for document in read_documents(path)
+        if is_job(document)
     ]
     if not jobs:
         raise InvalidJob([Problem("kind", f"no {KIND} in this file")])

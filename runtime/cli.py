@@ -17,30 +17,23 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-Files = Annotated[
-    list[Path], typer.Argument(exists=True, dir_okay=False, readable=True, help="Manifest files.")
-]
-
 
 @app.command()
-def validate(files: Files) -> None:
-    """Check DistillationJob manifests; print `FILE: field.path: problem` for each problem."""
-    from kubedistill.api.job import InvalidJob
-    from kubedistill.api.manifest import load_jobs
+def validate(
+    paths: Annotated[
+        list[Path],
+        typer.Argument(
+            exists=True, readable=True, help="Manifest files, or folders of them (*.yaml, *.yml)."
+        ),
+    ],
+) -> None:
+    """Check the DistillationJobs in manifests; print `FILE: field.path: problem` for each problem.
 
-    failed = False
-    for path in files:
-        try:
-            jobs = load_jobs(path)
-        except InvalidJob as invalid:
-            failed = True
-            for problem in invalid.problems:
-                typer.echo(f"{path}: {problem}", err=True)
-            continue
-        names = ", ".join(job.name for job in jobs)
-        typer.echo(f"{path}: valid ({names})")
-    if failed:
-        raise typer.Exit(1)
+    Other kinds beside them are skipped with a note; the exit status is 1 only for an invalid job.
+    """
+    from kubedistill.runtime.validate import validate_manifests
+
+    raise typer.Exit(validate_manifests(paths, typer.echo))
 
 
 @app.command()

@@ -1,5 +1,8 @@
 """`kubedistill validate` and `kubedistill crd`: what a user sees on the command line."""
 
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import yaml
@@ -69,3 +72,73 @@ def test_crd_prints_the_generated_crd() -> None:
     result = runner.invoke(app, ["crd"])
     assert result.exit_code == 0
     assert result.output == render_crd_yaml()
+
+
+# -- files that hold more than jobs, as a CI pipeline runs `kubedistill validate examples/**` ------------
+
+KUBEDISTILL = shutil.which("kubedistill", path=str(Path(sys.executable).parent))
+PVC = {
+    "apiVersion": "v1",
+    "kind": "PersistentVolumeClaim",
+    "metadata": {"name": "distill-shared"},
+    "spec": {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": "1Ti"}}},
+}
+APPLICATION = {
+    "apiVersion": "argoproj.io/v1alpha1",
+    "kind": "Application",
+    "metadata": {"name": "distillation-jobs", "namespace": "argocd"},
+    "spec": {"source": {"path": "examples/gitops/jobs"}},
+}
+
+
+def _kubedistill(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    assert KUBEDISTILL is not None, "the kubedistill command is not installed in this venv"
+    return subprocess.run(
+        [KUBEDISTILL, *args], cwd=cwd, capture_output=True, text=True, timeout=120, check=False
+    )
+
+
+def test_documents_of_other_kinds_are_skipped_with_a_note_and_valid_jobs_pass(tmp_path: Path) -> None:
+    storage = _write(tmp_path / "storage.yaml", PVC)
+    mixed = _write(tmp_path / "mixed.yaml", APPLICATION, BASE)
+    done = _kubedistill("validate", str(storage), str(mixed), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [
+        f"{storage}: skipped PersistentVolumeClaim 'distill-shared': not a DistillationJob",
+        f"{storage}: no DistillationJob in this file",
+        f"{mixed}: skipped Application 'distillation-jobs': not a DistillationJob",
+        f"{mixed}: valid (qwen3-32b-to-4b)",
+    ]
+    assert done.stderr == ""
+
+
+def test_an_invalid_job_beside_other_kinds_still_fails(tmp_path: Path) -> None:
+    bad = _write(tmp_path / "bad.yaml", PVC, apply_changes(BASE, {"spec.student.replicas": 0}))
+    done = _kubedistill("validate", str(bad), cwd=tmp_path)
+    assert done.returncode == 1
+    assert f"{bad}: skipped PersistentVolumeClaim 'distill-shared': not a DistillationJob" in done.stdout
+    assert f"{bad}: spec.student.replicas:" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_each_job_of_a_file_is_checked_and_every_problem_reported(tmp_path: Path) -> None:
+    second = apply_changes(BASE, {"metadata.name": "second", "spec.student.replicas": 0})
+    third = apply_changes(BASE, {"metadata.name": "third", "spec.distillation.kdRatio": 2})
+    both = _write(tmp_path / "jobs.yaml", second, third)
+    result = runner.invoke(app, ["validate", str(both)])
+    assert result.exit_code == 1
+    assert f"{both}: spec.student.replicas:" in result.output
+    assert f"{both}: spec.distillation.kdRatio:" in result.output
+
+
+def test_the_repository_examples_validate_as_a_ci_pipeline_runs_them() -> None:
+    """`examples/**` without bash's globstar names the folders; each stands for the YAML files below it."""
+    root = Path(__file__).parents[2]
+    folders = sorted(str(path.relative_to(root)) for path in (root / "examples").iterdir())
+    done = _kubedistill("validate", *folders, cwd=root)
+    assert done.returncode == 0, done.stderr
+    assert "examples/storage/shared-pvc.yaml: skipped PersistentVolumeClaim" in done.stdout
+    assert "examples/local/offpolicy.yaml: valid" in done.stdout
+    files = sorted(str(path.relative_to(root)) for path in (root / "examples").rglob("*.yaml"))
+    reported = {line.split(": ")[0] for line in done.stdout.splitlines()}
+    assert reported == set(files), "each file once"
