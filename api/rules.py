@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from kubedistill.api.spec import Backend, DistillationJobSpec, Mode, TeacherSpec
+from kubedistill.api.spec import Backend, DataFormat, DistillationJobSpec, Mode, TeacherSpec
 
 
 @dataclass(frozen=True)
@@ -114,6 +114,20 @@ def _source_keys_pair(source_path: str) -> Rule:
         holds,
         f"!{present(keys)} || {present(keys + '.promptKey')} == {present(keys + '.responseKey')}"
         f" || ({value('mode')} == 'onPolicy' && !{present(keys + '.responseKey')})",
+    )
+
+
+def _hub_split(source_path: str) -> Rule:
+    def holds(spec: DistillationJobSpec) -> bool:
+        source = spec.data.eval if source_path == "eval" else spec.data.train
+        return source is None or source.format != DataFormat.HUB or source.split is not None
+
+    keys = f"data.{source_path}"
+    return Rule(
+        f"{keys}.split",
+        "required when format is hub (the split of the hub dataset to read, e.g. train)",
+        holds,
+        f"!{present(keys)} || {value(keys + '.format')} != 'hub' || {present(keys + '.split')}",
     )
 
 
@@ -284,6 +298,8 @@ RULES: tuple[Rule, ...] = (
     ),
     _source_keys_pair("train"),
     _source_keys_pair("eval"),
+    _hub_split("train"),
+    _hub_split("eval"),
     Rule(
         "data.train.teacherInputKey",
         "not used when spec.mode is sft (there is no teacher)",

@@ -55,6 +55,7 @@ class DataFormat(StrEnum):
     JSONL = "jsonl"
     JSON = "json"
     PARQUET = "parquet"
+    HUB = "hub"
 
 
 class OnBadRecord(StrEnum):
@@ -211,9 +212,14 @@ def _registered(name: str, group: str, info: ValidationInfo) -> str:
 
 class DataSource(SpecModel):
     path: Annotated[str, Field(min_length=1)]
-    """Local file (jsonl, json or parquet) inside the pods, e.g. on a mounted volume."""
+    """Where the records are, inside the pods (e.g. on a mounted volume): a file (jsonl, json, parquet;
+    jsonl.gz, json.gz), a folder of such files, a glob matching them, a dataset saved with datasets'
+    save_to_disk, or a hub dataset id (with split)."""
     format: DataFormat = DataFormat.AUTO
-    """File format; auto goes by the file extension."""
+    """File format; auto goes by each file's extension, and takes a path that does not exist locally as a
+    hub dataset id when split is set; hub loads the path with datasets.load_dataset."""
+    split: Annotated[str, Field(min_length=1)] | None = None
+    """Split to read from a hub dataset or a saved DatasetDict, e.g. train."""
     input_key: Annotated[str, Field(min_length=1)] = "messages"
     """Key of the chat messages (a list of {role, content}) in each record."""
     prompt_key: Annotated[str, Field(min_length=1)] | None = None

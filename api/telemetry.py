@@ -47,6 +47,11 @@ LAST_CHECKPOINT_STEP = Metric(
     "kubedistill_last_checkpoint_step", Kind.GAUGE, "Step of the newest checkpoint."
 )
 BAD_RECORDS = Metric("kubedistill_bad_records_total", Kind.COUNTER, "Malformed data records skipped.")
+TRUNCATED_RECORDS = Metric(
+    "kubedistill_truncated_records_total",
+    Kind.COUNTER,
+    "Data records shortened (turns dropped or tokens cut) to fit spec.data.maxLength / promptMaxLength.",
+)
 SKIPPED_STEPS = Metric(
     "kubedistill_skipped_steps_total", Kind.COUNTER, "Steps skipped for a non-finite loss."
 )
@@ -78,6 +83,7 @@ ALL = (
     GRAD_NORM,
     LAST_CHECKPOINT_STEP,
     BAD_RECORDS,
+    TRUNCATED_RECORDS,
     SKIPPED_STEPS,
     EVAL_LOSS,
     EVAL_KD_DIVERGENCE,

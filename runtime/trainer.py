@@ -91,6 +91,7 @@ class Trainer:
         self.bad_records = bad_train + bad_eval
         for bad in self.bad_records:
             log.warning("skipped bad record %s", bad)
+        self.truncated = [sample for sample in self.train + self.eval if sample.truncation]
         self.steps_per_epoch = self._steps_per_epoch()
         self.total_steps = self.steps_per_epoch * self.spec.training.epochs
         if self.spec.training.max_steps is not None:
@@ -498,6 +499,7 @@ class Trainer:
         fresh = TrainerState(step=0, epoch=0, batch_in_epoch=0, bad_records=len(self.bad_records))
         self.metrics.set(telemetry.TOTAL_STEPS, self.total_steps)
         self.metrics.add(telemetry.BAD_RECORDS, len(self.bad_records))
+        self.metrics.add(telemetry.TRUNCATED_RECORDS, len(self.truncated))
         latest = self.checkpoints.latest() if self.checkpoints else None
         if latest is None:
             return fresh
@@ -544,6 +546,10 @@ class Trainer:
             "recoveries": self.recoveries,
             "bad_records": len(self.bad_records),
             "bad_record_sources": [str(bad) for bad in self.bad_records[:20]],
+            "truncated_records": len(self.truncated),
+            "truncated_record_sources": [
+                f"{sample.source}: {sample.truncation}" for sample in self.truncated[:20]
+            ],
             "output_dir": str(out),
         }
         if evals:

@@ -228,10 +228,28 @@ BAD_DATA = [
         f"cannot read '{FILES / 'no_such_file.jsonl'}': No such file or directory",
     ),
     BadData(
-        "unknown-extension",
+        "records.csv",
         _train("records.csv"),
         "spec.data.train.format",
         "cannot tell the format of",
+    ),
+    BadData(
+        "corrupt.jsonl.gz",
+        _train("corrupt.jsonl.gz"),
+        "spec.data.train.path",
+        f"cannot read '{FILES / 'corrupt.jsonl.gz'}': the gzip data is corrupt",
+    ),
+    BadData(
+        "no_data_files",
+        _train("no_data_files"),
+        "spec.data.train.path",
+        f"the folder '{FILES / 'no_data_files'}' holds no data files",
+    ),
+    BadData(
+        "glob-matching-nothing",
+        _train("shard-*.jsonl"),
+        "spec.data.train.path",
+        f"no file matches '{FILES / 'shard-*.jsonl'}'",
     ),
     BadData(
         "chats-without-chat-template",

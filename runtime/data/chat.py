@@ -11,9 +11,9 @@ With `with_spans`, each target token also gets its span in the response text (`d
 how a teacher with another tokenizer is matched to the student.
 """
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from jinja2 import TemplateError
 
@@ -23,7 +23,13 @@ from kubedistill.runtime.data.errors import ChatTemplateError
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
-Message = dict[str, str]
+Message = dict[str, Any]
+"""{role, content}, and for tool use `tool_calls` (assistant) or `tool_call_id`/`name` (tool), as chat
+templates read them."""
+
+MARKUP, CONTENT, SYSTEM_CONTENT = 0, 1, 2
+"""What a prompt token is, for truncation (`Encoded.cut_rank`): chat markup (role headers, end-of-turn
+tokens) is never cut; the content of the prompt's messages goes first, the system prompt's last."""
 
 
 class TemplateRejection(ValueError):
@@ -36,6 +42,8 @@ class Encoded:
     mask: list[bool]
     spans: list[Span] | None = None
     """With `with_spans`: each target's span in the response text, in order."""
+    cut_rank: list[int] | None = None
+    """Per token: `MARKUP`, `CONTENT` or `SYSTEM_CONTENT` (prompt tokens only; targets are `MARKUP`)."""
 
     @property
     def first_target(self) -> int:
@@ -54,21 +62,27 @@ def encode_chat(
     first_response: int,
     add_generation_prompt: bool,
     with_spans: bool = False,
+    tools: list[Any] | None = None,
 ) -> Encoded:
     """The chat's tokens; targets are the assistant messages from index `first_response` on.
 
-    Each target span covers the message's content and the end-of-turn token after it; the whitespace a
-    template puts between turns is left out, because generation stops at the end-of-turn token and never
-    produces it.
+    Each target span covers the message's content (with its tool calls) and the end-of-turn token after it;
+    the whitespace a template puts between turns is left out, because generation stops at the end-of-turn
+    token and never produces it. `tools` (the functions a tool-using chat may call) go to the template.
     """
-    text = _render(tokenizer, messages, add_generation_prompt)
+
+    def render(part: Sequence[Message], generation_prompt: bool) -> str:
+        return render_chat(tokenizer, part, generation_prompt, tools)
+
+    text = render(messages, add_generation_prompt)
+    _check_tool_calls_rendered(messages, render)
     spans = []
     turns: list[Turn] = []
     for i in range(first_response, len(messages)):
         if messages[i]["role"] != "assistant":
             continue
-        before = _render(tokenizer, messages[:i], add_generation_prompt=True)
-        through = _render(tokenizer, messages[: i + 1], add_generation_prompt=False)
+        before = render(messages[:i], True)
+        through = render(messages[: i + 1], False)
         if not through.startswith(before):
             raise ChatTemplateError(
                 f"the chat template renders assistant message {i} without the generation prompt it "
@@ -93,8 +107,14 @@ def encode_chat(
                     "that renders assistant messages as they are"
                 )
             turns.append(turn)
+    contents = _prompt_contents(messages[:first_response], render)
     return _encode_spans(
-        tokenizer, text, spans, add_special_tokens=False, turns=turns if with_spans else None
+        tokenizer,
+        text,
+        spans,
+        add_special_tokens=False,
+        turns=turns if with_spans else None,
+        contents=contents,
     )
 
 
@@ -105,23 +125,72 @@ def encode_plain(
 
     Special tokens (e.g. a BOS) are added as the tokenizer adds them to any text.
     """
+    contents = [(0, len(prompt), CONTENT)]
     if response is None:
-        return _encode_spans(tokenizer, prompt, [], add_special_tokens=True, turns=[] if with_spans else None)
+        return _encode_spans(
+            tokenizer,
+            prompt,
+            [],
+            add_special_tokens=True,
+            turns=[] if with_spans else None,
+            contents=contents,
+        )
     text = prompt + response + tokenizer.eos_token
     end = len(prompt) + len(response)
     turns = [Turn(len(prompt), len(text), len(prompt), end, 0, len(response), 0)] if with_spans else None
-    return _encode_spans(tokenizer, text, [(len(prompt), len(text))], add_special_tokens=True, turns=turns)
+    return _encode_spans(
+        tokenizer, text, [(len(prompt), len(text))], add_special_tokens=True, turns=turns, contents=contents
+    )
 
 
-def _render(
-    tokenizer: "PreTrainedTokenizerBase", messages: Sequence[Message], add_generation_prompt: bool
+def render_chat(
+    tokenizer: "PreTrainedTokenizerBase",
+    messages: Sequence[Message],
+    add_generation_prompt: bool,
+    tools: list[Any] | None = None,
 ) -> str:
     try:
         return tokenizer.apply_chat_template(
-            list(messages), tokenize=False, add_generation_prompt=add_generation_prompt
+            list(messages), tools=tools, tokenize=False, add_generation_prompt=add_generation_prompt
         )
     except TemplateError as error:
         raise TemplateRejection(f"the chat template rejects the chat: {error}") from error
+
+
+Render = Callable[[Sequence[Message], bool], str]
+
+
+def _check_tool_calls_rendered(messages: Sequence[Message], render: Render) -> None:
+    """A template without tool support renders an assistant's tool calls as nothing: refuse it rather than
+    train on the message's (often empty) text alone."""
+    for i, message in enumerate(messages):
+        if not message.get("tool_calls"):
+            continue
+        without = {key: value for key, value in message.items() if key != "tool_calls"}
+        if render([*messages[:i], message], False) == render([*messages[:i], without], False):
+            raise ChatTemplateError(
+                f"the chat template does not render the tool_calls of message {i}, so they would be lost; "
+                "use a template with tool support (e.g. the model's own, if it was trained for tool use)"
+            )
+
+
+def _prompt_contents(prompt: Sequence[Message], render: Render) -> list[tuple[int, int, int]]:
+    """(start, end, rank) of each prompt message's content in the rendered chat, where the template renders
+    it as it is; the rest of the prompt is markup."""
+    contents = []
+    for j, message in enumerate(prompt):
+        content = message.get("content") or ""
+        if not content:
+            continue
+        try:
+            before, through = (render(prompt[:j], False) if j else ""), render(prompt[: j + 1], False)
+        except TemplateRejection:
+            continue
+        found = through.find(content, len(before)) if through.startswith(before) else -1
+        if found >= 0:
+            rank = SYSTEM_CONTENT if message["role"] == "system" else CONTENT
+            contents.append((found, found + len(content), rank))
+    return contents
 
 
 def _encode_spans(
@@ -131,13 +200,30 @@ def _encode_spans(
     *,
     add_special_tokens: bool,
     turns: list[Turn] | None,
+    contents: list[tuple[int, int, int]],
 ) -> Encoded:
     encoding = tokenizer(text, add_special_tokens=add_special_tokens, return_offsets_mapping=True)
     offsets = encoding["offset_mapping"]
     mask = _overlaps(offsets, spans)
     return Encoded(
-        list(encoding["input_ids"]), mask, None if turns is None else response_spans(offsets, mask, turns)
+        list(encoding["input_ids"]),
+        mask,
+        None if turns is None else response_spans(offsets, mask, turns),
+        _cut_ranks(offsets, mask, contents),
     )
+
+
+def _cut_ranks(
+    offsets: Sequence[tuple[int, int]], mask: Sequence[bool], contents: list[tuple[int, int, int]]
+) -> list[int]:
+    """Per token, the rank of the content it lies wholly within (a token that straddles markup is markup)."""
+    ranks = []
+    for (start, end), target in zip(offsets, mask, strict=True):
+        rank = MARKUP
+        if not target and start < end:
+            rank = next((r for first, last, r in contents if first <= start and end <= last), MARKUP)
+        ranks.append(rank)
+    return ranks
 
 
 def _overlaps(offsets: Sequence[tuple[int, int]], spans: list[tuple[int, int]]) -> list[bool]:

@@ -14,6 +14,10 @@ class BadRecord:
         return f"{self.source}: {self.problem}"
 
 
+class RecordProblem(ValueError):
+    """What is wrong with a record; becomes a `BadRecord` at the record's source."""
+
+
 class BadRecordError(ValueError):
     """One malformed record; the message starts with `path:line:`. `on_bad_record: skip` skips these."""
 

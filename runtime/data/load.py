@@ -1,6 +1,9 @@
 """A data source -> samples, applying `spec.data.onBadRecord`: fail on the first bad record, or skip each one
-and hand it back so the trainer counts it (`kubedistill_bad_records_total`) and lists it in the summary."""
+and hand it back so the trainer counts it (`kubedistill_bad_records_total`) and lists it in the summary.
+Records shortened to fit the length limits are counted the same way (`kubedistill_truncated_records_total`)
+and warned about once per source, naming the first."""
 
+import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -14,6 +17,8 @@ from kubedistill.runtime.data.tokenize import SampleBuilder
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
+log = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class LoadedData:
@@ -21,6 +26,11 @@ class LoadedData:
     """In file order."""
     bad_records: list[BadRecord]
     """Records skipped under `onBadRecord: skip`, in file order; empty under `fail`."""
+
+    @property
+    def truncated(self) -> list[Sample]:
+        """Samples shortened to fit `spec.data.maxLength` / `promptMaxLength` (`Sample.truncation`: how)."""
+        return [sample for sample in self.samples if sample.truncation]
 
 
 def load_samples(
@@ -70,7 +80,21 @@ def load_samples(
             f"{source.path}: all {len(bad_records)} records are bad ({field}.path); "
             f"the first: {bad_records[0]}"
         )
-    return LoadedData(samples, bad_records)
+    loaded = LoadedData(samples, bad_records)
+    if loaded.truncated:
+        first = loaded.truncated[0]
+        log.warning(
+            "%s: %d of %d records were shortened to fit spec.data.maxLength %d / promptMaxLength %d; "
+            "the first: %s: %s",
+            field,
+            len(loaded.truncated),
+            len(samples),
+            data.max_length,
+            data.prompt_max_length,
+            first.source,
+            first.truncation,
+        )
+    return loaded
 
 
 def _same_tokens(

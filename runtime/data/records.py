@@ -1,4 +1,14 @@
-"""Reading data files into records (JSON objects), each tagged with where it came from.
+"""Reading data into records (JSON objects), each tagged with where it came from.
+
+What `spec.data.<source>.path` may name, and how each is read:
+
+- **a file**: `.jsonl`, `.json`, `.parquet`, and `.jsonl.gz` / `.json.gz` (gzip, decompressed as read);
+- **a folder of shards**: every data file in it (those extensions, at any depth), in name order;
+- **a glob** (`data/train-*.jsonl.gz`): every file it matches, in name order;
+- **a dataset saved with `datasets`' `save_to_disk`** (a folder holding `state.json`, or `dataset_dict.json`
+  with `split` naming the part to read);
+- **a hub dataset id** with `split` (`format: hub`, or `auto` when no such local path exists): read with
+  `datasets.load_dataset(id, split=split)`, which honours `HF_HUB_OFFLINE` and the local cache.
 
 Formats and why each is read the way it is:
 
@@ -10,15 +20,22 @@ Formats and why each is read the way it is:
   each record's start offset and so its line. A syntax error leaves no way to find where the next record
   starts, so it fails the file even with `on_bad_record: skip`. A `.json` file that does not start with `[`
   is read as JSON lines, as `datasets` does.
-- **parquet** is read through `datasets` (streaming, so nothing is copied into a cache); rows are typed
-  columns, so the row number (0-based, as `datasets` and pyarrow index rows) is the useful location.
+- **parquet**, saved datasets and hub datasets are read through `datasets` (parquet streaming, so nothing is
+  copied into a cache); rows are typed columns, so the row number (0-based, as `datasets` and pyarrow index
+  rows) is the useful location.
 
-Bytes that are not UTF-8 make the record bad (jsonl, json); a missing or unreadable file raises
-`DataFileError` naming the path and the spec field.
+Bytes that are not UTF-8 make the record bad (jsonl, json); a missing, unreadable or corrupt file (a gzip
+stream that breaks off), a folder without data files and a glob that matches nothing raise `DataFileError`
+naming the path and the spec field.
 """
 
+import glob
+import gzip
+import itertools
 import json
+import os
 import re
+import zlib
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,8 +44,21 @@ from typing import Any
 from kubedistill.api.spec import DataFormat, DataSource
 from kubedistill.runtime.data.errors import BadRecord, BadRecordError, DataFileError
 
-_EXTENSIONS = {".jsonl": DataFormat.JSONL, ".json": DataFormat.JSON, ".parquet": DataFormat.PARQUET}
-# `surrogateescape` turns each byte that is not UTF-8 into one of these code points.
+_EXTENSIONS = {
+    ".jsonl": DataFormat.JSONL,
+    ".json": DataFormat.JSON,
+    ".parquet": DataFormat.PARQUET,
+    ".jsonl.gz": DataFormat.JSONL,
+    ".json.gz": DataFormat.JSON,
+}
+_FILE_FORMATS = (DataFormat.JSONL, DataFormat.JSON, DataFormat.PARQUET)
+_GLOB = re.compile(r"[*?\[]")
+# `save_to_disk` writes `state.json` beside a Dataset's Arrow files, `dataset_dict.json` above a
+# DatasetDict's.
+_SAVED_DATASET_MARKERS = ("state.json", "dataset_dict.json")
+# A hub id is `name` or `owner/name`; a path that starts like a local one is never tried on the hub.
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+_GZIP_ERRORS = (gzip.BadGzipFile, EOFError, zlib.error)
 _ESCAPED_BYTE = re.compile("[\udc80-\udcff]")
 _WHITESPACE = re.compile(r"[ \t\n\r]*")
 _DECODER = json.JSONDecoder()
@@ -43,26 +73,75 @@ class Record:
     fields: Mapping[str, Any]
 
 
-def data_format(source: DataSource, field: str) -> DataFormat:
-    """The format of `source`: as set, or by the file extension when `auto`."""
-    if source.format != DataFormat.AUTO:
+def data_format(source: DataSource, field: str, path: str | None = None) -> DataFormat:
+    """The format of the file `path` (default: `source.path`): as set, or by its extension when `auto`."""
+    path = source.path if path is None else path
+    if source.format in _FILE_FORMATS:
         return source.format
-    found = _EXTENSIONS.get(Path(source.path).suffix.lower())
+    found = _extension_format(path)
     if found is None:
         raise DataFileError(
-            f"{field}.format: cannot tell the format of {source.path!r} from its extension "
+            f"{field}.format: cannot tell the format of {path!r} from its extension "
             f"(known: {', '.join(_EXTENSIONS)}); set format to jsonl, json or parquet"
         )
     return found
 
 
-def read_records(source: DataSource, field: str = "spec.data.train") -> Iterator[Record | BadRecord]:
-    """Records of `source` in file order; records that cannot be read come as `BadRecord`s.
+def _extension_format(path: str) -> DataFormat | None:
+    name = Path(path).name.lower()
+    return next((found for suffix, found in _EXTENSIONS.items() if name.endswith(suffix)), None)
 
-    `field` is the spec path of `source` (`spec.data.train` or `spec.data.eval`), named in file errors.
+
+def read_records(source: DataSource, field: str = "spec.data.train") -> Iterator[Record | BadRecord]:
+    """Records of `source` in order (file by file); records that cannot be read come as `BadRecord`s.
+
+    `field` is the spec path of `source` (`spec.data.train` or `spec.data.eval`), named in errors. Problems
+    with the source as a whole (an unknown format, a folder without data files) are raised here, before the
+    first record is read.
     """
-    reader = {DataFormat.JSONL: _read_jsonl, DataFormat.JSON: _read_json, DataFormat.PARQUET: _read_parquet}
-    return reader[data_format(source, field)](source.path, field)
+    path = Path(source.path)
+    if source.format == DataFormat.HUB or (source.format == DataFormat.AUTO and _is_hub_id(source)):
+        return _read_hub(source, field)
+    if path.is_dir() and any((path / marker).is_file() for marker in _SAVED_DATASET_MARKERS):
+        return _read_saved(source, field)
+    if path.is_dir() and source.format != DataFormat.AUTO and source.format not in _FILE_FORMATS:
+        raise DataFileError(f"{field}.format: {source.format} cannot read the folder {source.path!r}")
+    if path.is_dir():
+        files = _files_in(path, source, field)
+    elif _GLOB.search(source.path) and not path.exists():
+        files = _files_matching(source, field)
+    elif not path.exists():
+        raise DataFileError(f"{field}.path: cannot read {source.path!r}: No such file or directory")
+    else:
+        files = [source.path]
+    formats = [data_format(source, field, file) for file in files]
+    return itertools.chain.from_iterable(
+        _READERS[format](file, field) for file, format in zip(files, formats, strict=True)
+    )
+
+
+def _is_hub_id(source: DataSource) -> bool:
+    return source.split is not None and not os.path.exists(source.path) and bool(_HUB_ID.match(source.path))
+
+
+def _files_in(folder: Path, source: DataSource, field: str) -> list[str]:
+    files = sorted(str(path) for path in folder.rglob("*") if path.is_file() and _is_data_file(path, source))
+    if not files:
+        wanted = ", ".join(s for s, f in _EXTENSIONS.items() if source.format in (DataFormat.AUTO, f))
+        raise DataFileError(f"{field}.path: the folder {source.path!r} holds no data files ({wanted})")
+    return files
+
+
+def _files_matching(source: DataSource, field: str) -> list[str]:
+    files = sorted(path for path in glob.glob(source.path, recursive=True) if os.path.isfile(path))
+    if not files:
+        raise DataFileError(f"{field}.path: no file matches {source.path!r}")
+    return files
+
+
+def _is_data_file(path: Path, source: DataSource) -> bool:
+    found = _extension_format(str(path))
+    return found is not None and source.format in (DataFormat.AUTO, found)
 
 
 def _unreadable(path: str, field: str, error: Exception) -> DataFileError:
@@ -77,10 +156,34 @@ def _read_bytes(path: str, field: str) -> bytes:
         raise _unreadable(path, field, error) from error
 
 
-def _read_jsonl(path: str, field: str) -> Iterator[Record | BadRecord]:
+def _read_bytes_of(path: str, field: str) -> bytes:
+    raw = _read_bytes(path, field)
+    if not _gzipped(path):
+        return raw
     try:
-        with open(path, "rb") as file:
-            yield from _parse_lines(path, enumerate(file, start=1))
+        return gzip.decompress(raw)
+    except _GZIP_ERRORS as error:
+        raise _corrupt(path, field, error) from error
+
+
+def _gzipped(path: str) -> bool:
+    return path.lower().endswith(".gz")
+
+
+def _corrupt(path: str, field: str, error: Exception, after_line: int | None = None) -> DataFileError:
+    where = f" after line {after_line}" if after_line else ""
+    return DataFileError(f"{field}.path: cannot read {path!r}: the gzip data is corrupt{where} ({error})")
+
+
+def _read_jsonl(path: str, field: str) -> Iterator[Record | BadRecord]:
+    lines = 0
+    try:
+        with (gzip.open if _gzipped(path) else open)(path, "rb") as file:
+            for number, raw in enumerate(file, start=1):
+                lines = number
+                yield from _parse_lines(path, [(number, raw)])
+    except _GZIP_ERRORS as error:
+        raise _corrupt(path, field, error, lines) from error
     except OSError as error:
         raise _unreadable(path, field, error) from error
 
@@ -113,7 +216,7 @@ def _as_record(source: str, value: Any) -> Record | BadRecord:
 
 
 def _read_json(path: str, field: str) -> Iterator[Record | BadRecord]:
-    raw = _read_bytes(path, field)
+    raw = _read_bytes_of(path, field)
     text = raw.decode("utf-8", errors="surrogateescape").removeprefix("\ufeff")
     position = _WHITESPACE.match(text).end()
     if not text.startswith("[", position):
@@ -164,11 +267,53 @@ def _read_parquet(path: str, field: str) -> Iterator[Record | BadRecord]:
     import pyarrow
 
     try:
-        rows = iter(datasets.IterableDataset.from_parquet(path))
-        for number, row in enumerate(rows):
-            yield Record(f"{path}:row {number}", row)
+        yield from _rows(path, datasets.IterableDataset.from_parquet(path))
     except (OSError, pyarrow.ArrowException) as error:
         raise _unreadable(path, field, error) from error
+
+
+def _read_saved(source: DataSource, field: str) -> Iterator[Record | BadRecord]:
+    import datasets
+
+    try:
+        saved = datasets.load_from_disk(source.path)
+    except (OSError, ValueError) as error:
+        raise _unreadable(source.path, field, error) from error
+    name = source.path
+    if isinstance(saved, datasets.DatasetDict):
+        if source.split not in saved:
+            splits = ", ".join(saved)
+            raise DataFileError(
+                f"{field}.split: {source.path!r} is a DatasetDict with the splits {splits}; set split to one "
+                f"of them (got {source.split!r})"
+            )
+        saved, name = saved[source.split], f"{source.path}[{source.split}]"
+    return _rows(name, saved)
+
+
+def _read_hub(source: DataSource, field: str) -> Iterator[Record | BadRecord]:
+    import datasets
+
+    if source.split is None:
+        raise DataFileError(f"{field}.split: required to read the hub dataset {source.path!r}")
+    try:
+        rows = datasets.load_dataset(source.path, split=source.split)
+    except (OSError, ValueError, datasets.exceptions.DatasetsError) as error:
+        offline = datasets.config.HF_HUB_OFFLINE or datasets.config.HF_DATASETS_OFFLINE
+        hint = "; HF_HUB_OFFLINE is set, so only the local cache was looked in" if offline else ""
+        raise DataFileError(
+            f"{field}.path: cannot load the hub dataset {source.path!r} (split {source.split!r}): "
+            f"{str(error).strip() or type(error).__name__}{hint}"
+        ) from error
+    return _rows(f"{source.path}[{source.split}]", rows)
+
+
+def _rows(name: str, rows: Iterable[Mapping[str, Any]]) -> Iterator[Record]:
+    for number, row in enumerate(rows):
+        yield Record(f"{name}:row {number}", row)
+
+
+_READERS = {DataFormat.JSONL: _read_jsonl, DataFormat.JSON: _read_json, DataFormat.PARQUET: _read_parquet}
 
 
 def json_type(value: Any) -> str:

@@ -31,6 +31,8 @@ class Sample:
     """Teacher with its own tokenizer: each target's span in the response text (`data.alignment`)."""
     teacher_target_spans: tuple[Span, ...] | None = None
     """Teacher with its own tokenizer: each teacher target's span in the same response text."""
+    truncation: str | None = None
+    """What fitting the record into spec.data.maxLength / promptMaxLength removed; None when nothing."""
 
     def __post_init__(self) -> None:
         _check_sequence(self.input_ids, self.target_mask, "")

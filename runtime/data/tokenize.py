@@ -1,8 +1,9 @@
 """One record -> one `Sample`: reading the keys the spec names, tokenising, truncating.
 
 What a record holds, by `spec.data.<source>`:
-- chats (`inputKey`, a list of {role, content} with roles system/user/assistant): every assistant message
-  from the first one on is a target; on-policy, the chat without a trailing assistant message is the prompt.
+- chats (`inputKey`, a list of messages in the OpenAI chat format, `data.messages`; a record's `tools`
+  go to the chat template): every assistant message from the first one on is a target, its tool calls
+  included; on-policy, the chat without a trailing assistant message is the prompt.
 - prompt/response (`promptKey`, `responseKey`): with `applyChatTemplate` a user and an assistant message,
   otherwise plain text `prompt + response + eos`.
 - `teacherInputKey` (context distillation): the teacher's prompt (a string is a user message, a list is
@@ -12,10 +13,10 @@ A teacher with its own tokenizer (`cross_tokenizer`, for the cross-tokenizer alg
 conversation (or its `teacherInputKey` prompt with the same response) through its own chat template and
 tokenizer, and both sides' targets carry their spans in the response text (`data.alignment`).
 
-Truncation: a prompt (the tokens before the first target) longer than `promptMaxLength` loses its beginning
-(the end holds the question), then the sequence is cut to `maxLength` (the response's end goes first). The
-teacher's prompt is cut to `promptMaxLength` the same way, and its response to the student's targets (with
-its own tokenizer: to the targets that start within the text the student's kept targets cover).
+Truncation (`data.truncate`) keeps the chat markup whole and says what it removed (`Sample.truncation`).
+The teacher sees the student's fitted chat; its prompt is cut to `promptMaxLength` the same way, and its
+response to the student's targets (with its own tokenizer: to the targets that start within the text the
+student's kept targets cover).
 """
 
 from collections.abc import Mapping, Sequence
@@ -24,18 +25,14 @@ from typing import TYPE_CHECKING, Any
 
 from kubedistill.api.spec import DataSource, DataSpec, Mode
 from kubedistill.runtime.data.chat import Encoded, Message, TemplateRejection, encode_chat, encode_plain
-from kubedistill.runtime.data.errors import BadRecord, BadRecordError, ChatTemplateError
+from kubedistill.runtime.data.errors import BadRecord, BadRecordError, ChatTemplateError, RecordProblem
+from kubedistill.runtime.data.messages import chat_messages, unicode_text
 from kubedistill.runtime.data.records import Record, json_type
 from kubedistill.runtime.data.sample import Sample
+from kubedistill.runtime.data.truncate import fit_turns, fits, truncate, truncate_teacher
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
-
-ROLES = ("system", "user", "assistant")
-
-
-class RecordProblem(ValueError):
-    """What is wrong with a record; becomes a `BadRecord` at the record's source."""
 
 
 @dataclass(frozen=True)
@@ -49,6 +46,8 @@ class _Exchange:
     first_response: int = 0
     prompt: str = ""
     response: str | None = None
+    tools: list[Any] | None = None
+    """The functions a tool-using chat may call (the record's `tools`), for the chat template."""
 
     @property
     def has_response(self) -> bool:
@@ -121,14 +120,14 @@ class SampleBuilder:
             )
 
     def _build(self, record: Record) -> Sample:
-        student = self._student_exchange(record.fields)
-        untruncated = _encode(self.tokenizer, student, self.cross_tokenizer)
-        encoded = _truncate(untruncated, self.data)
+        student, untruncated, dropped = self._fitted_student(record.fields)
+        encoded, cut = truncate(untruncated, self.data)
         sample = Sample(
             input_ids=tuple(encoded.ids),
             target_mask=tuple(encoded.mask),
             source=record.source,
             prompt_length=len(encoded.ids) if self._on_policy else encoded.first_target,
+            truncation="; ".join(note for note in (dropped, cut) if note) or None,
         )
         if self.cross_tokenizer:
             return self._with_own_teacher_tokens(sample, record, student, untruncated, encoded)
@@ -140,10 +139,29 @@ class SampleBuilder:
                 f"the teacher sees {teacher.num_targets} response tokens, "
                 f"the student {untruncated.num_targets}"
             )
-        teacher = _truncate_teacher(teacher, encoded.num_targets, self.data)
+        teacher = truncate_teacher(teacher, encoded.num_targets, self.data)
         if self.teacher_tokenizer is self.tokenizer and _targets(teacher) != _targets(encoded):
             raise RecordProblem("the teacher's response tokens differ from the student's")
         return replace(sample, teacher_input_ids=tuple(teacher.ids), teacher_target_mask=tuple(teacher.mask))
+
+    def _fitted_student(self, fields: Mapping[str, Any]) -> tuple[_Exchange, Encoded, str | None]:
+        """The student's exchange, encoded; a chat too long for the limits without its earliest turns."""
+        student = self._student_exchange(fields)
+        encoded = _encode(self.tokenizer, student, self.cross_tokenizer)
+        if student.messages is None or fits(encoded, self.data):
+            return student, encoded, None
+        fitted = fit_turns(
+            self.tokenizer,
+            student.messages,
+            self.data,
+            has_response=student.has_response,
+            tools=student.tools,
+        )
+        if fitted is None:
+            return student, encoded, None
+        messages, first_response, note = fitted
+        student = replace(student, messages=messages, first_response=first_response)
+        return student, _encode(self.tokenizer, student, self.cross_tokenizer), note
 
     def _with_own_teacher_tokens(
         self, sample: Sample, record: Record, student: _Exchange, untruncated: Encoded, encoded: Encoded
@@ -156,7 +174,7 @@ class SampleBuilder:
         if encoded.num_targets < untruncated.num_targets:
             covered = encoded.spans[-1][1]
             kept = max(1, sum(start < covered for start, _ in teacher.spans))
-        teacher = _truncate_teacher(teacher, kept, self.data)
+        teacher = truncate_teacher(teacher, kept, self.data)
         return replace(
             sample,
             teacher_input_ids=tuple(teacher.ids),
@@ -168,20 +186,21 @@ class SampleBuilder:
     def _student_exchange(self, fields: Mapping[str, Any]) -> _Exchange:
         source, field = self.source, self.field
         if source.prompt_key is None:
-            messages = _messages(_value(fields, source.input_key, f"{field}.inputKey"), source.input_key)
+            messages = chat_messages(_value(fields, source.input_key, f"{field}.inputKey"), source.input_key)
+            tools = _tools(fields)
             assistants = [i for i, message in enumerate(messages) if message["role"] == "assistant"]
             if self._on_policy:
                 ends_with_response = bool(assistants) and assistants[-1] == len(messages) - 1
                 prompt = messages[:-1] if ends_with_response else messages
                 if not prompt:
                     raise RecordProblem(f"{source.input_key!r} holds no prompt before its assistant message")
-                return _Exchange(messages=prompt, first_response=len(prompt))
+                return _Exchange(messages=prompt, first_response=len(prompt), tools=tools)
             if not assistants:
                 raise RecordProblem(f"{source.input_key!r} has no assistant message to train on")
             for i in assistants:
-                if not messages[i]["content"].strip():
+                if not messages[i]["content"].strip() and not messages[i].get("tool_calls"):
                     raise RecordProblem(f"{source.input_key!r}: assistant message {i} is empty")
-            return _Exchange(messages=messages, first_response=assistants[0])
+            return _Exchange(messages=messages, first_response=assistants[0], tools=tools)
         prompt = _text(fields, source.prompt_key, f"{field}.promptKey")
         response = None
         if source.response_key is not None and not self._on_policy:
@@ -201,9 +220,9 @@ class SampleBuilder:
         if isinstance(value, str):
             prompt = [{"role": "user", "content": _nonblank(value, key)}]
         else:
-            prompt = _messages(value, key)
+            prompt = chat_messages(value, key)
         response = list(student.messages[student.first_response :])
-        return _Exchange(messages=[*prompt, *response], first_response=len(prompt))
+        return _Exchange(messages=[*prompt, *response], first_response=len(prompt), tools=student.tools)
 
 
 def _exchange_from_text(prompt: str, response: str | None, data: DataSpec) -> _Exchange:
@@ -224,51 +243,21 @@ def _encode(tokenizer: "PreTrainedTokenizerBase", exchange: _Exchange, with_span
         first_response=exchange.first_response,
         add_generation_prompt=not exchange.has_response,
         with_spans=with_spans,
+        tools=exchange.tools,
     )
-
-
-def _cut(encoded: Encoded, start: int, end: int) -> Encoded:
-    """Tokens [start, end), which must keep every target before `end` (a cut prompt holds none)."""
-    mask = encoded.mask[start:end]
-    spans = None if encoded.spans is None else encoded.spans[: sum(mask)]
-    return Encoded(encoded.ids[start:end], mask, spans)
-
-
-def _cut_prompt(encoded: Encoded, prompt_max_length: int) -> int:
-    """Where the kept sequence starts: a long prompt loses its beginning, the end holds the question."""
-    return max(0, encoded.first_target - prompt_max_length)
-
-
-def _truncate(encoded: Encoded, data: DataSpec) -> Encoded:
-    start = _cut_prompt(encoded, data.prompt_max_length)
-    if encoded.num_targets == 0:
-        return _cut(encoded, start, len(encoded.ids))
-    prompt_length = encoded.first_target - start
-    if prompt_length == 0:
-        raise RecordProblem("the response starts at the first token; a prompt must come before it")
-    if prompt_length >= data.max_length:
-        raise RecordProblem(
-            f"the prompt alone has {prompt_length} tokens after cutting to promptMaxLength "
-            f"{data.prompt_max_length}, leaving no room for the response within maxLength {data.max_length}"
-        )
-    return _cut(encoded, start, start + data.max_length)
-
-
-def _truncate_teacher(teacher: Encoded, kept_targets: int, data: DataSpec) -> Encoded:
-    """The teacher's prompt cut like the student's; its response cut to the student's `kept_targets`."""
-    start = _cut_prompt(teacher, data.prompt_max_length)
-    if teacher.num_targets == 0:
-        return _cut(teacher, start, len(teacher.ids))
-    if teacher.first_target - start == 0:
-        raise RecordProblem("the teacher's response starts at its first token; a prompt must come before it")
-    end = len(teacher.ids)
-    if kept_targets < teacher.num_targets:
-        end = [i for i, target in enumerate(teacher.mask) if target][kept_targets - 1] + 1
-    return _cut(teacher, start, end)
 
 
 def _targets(encoded: Encoded) -> list[int]:
     return [token for token, target in zip(encoded.ids, encoded.mask, strict=True) if target]
+
+
+def _tools(fields: Mapping[str, Any]) -> list[Any] | None:
+    tools = fields.get("tools")
+    if tools is None:
+        return None
+    if not isinstance(tools, list):
+        raise RecordProblem(f"'tools' must be a list of function definitions, got {json_type(tools)}")
+    return tools
 
 
 def _value(fields: Mapping[str, Any], key: str, spec_field: str) -> Any:
@@ -288,35 +277,4 @@ def _text(fields: Mapping[str, Any], key: str, spec_field: str) -> str:
 def _nonblank(text: str, key: str) -> str:
     if not text.strip():
         raise RecordProblem(f"{key!r} is empty")
-    return _unicode(text, key)
-
-
-def _unicode(text: str, key: str) -> str:
-    # JSON can escape half of a surrogate pair ("\\ud800"); such a string has no UTF-8 form to tokenise.
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as error:
-        raise RecordProblem(
-            f"{key!r} holds a lone surrogate {text[error.start]!r}, which is not text"
-        ) from error
-    return text
-
-
-def _messages(value: Any, key: str) -> list[Message]:
-    if not isinstance(value, list):
-        raise RecordProblem(f"{key!r} must be a list of messages, got {json_type(value)}")
-    if not value:
-        raise RecordProblem(f"{key!r} is an empty list")
-    messages = []
-    for i, message in enumerate(value):
-        if not isinstance(message, dict):
-            raise RecordProblem(f"{key!r}: message {i} must be an object, got {json_type(message)}")
-        role, content = message.get("role"), message.get("content")
-        if role not in ROLES:
-            raise RecordProblem(f"{key!r}: message {i} has role {role!r}; expected one of {', '.join(ROLES)}")
-        if not isinstance(content, str):
-            raise RecordProblem(f"{key!r}: message {i} content must be a string, got {json_type(content)}")
-        _unicode(content, f"{key}[{i}].content")
-        # Only role and content reach the template, so extra keys cannot change what the mask covers.
-        messages.append({"role": role, "content": content})
-    return messages
+    return unicode_text(text, key)

@@ -242,6 +242,7 @@ BAD_MANIFESTS: list[Bad] = [
         "spec.rollout.topP",
     ),
     Bad("unknown-data-format", {"spec.data.train.format": "csv"}, "spec.data.train.format"),
+    Bad("hub-without-split", {"spec.data.train.format": "hub"}, "spec.data.train.split", "cel"),
     Bad("unknown-precision", {"spec.training.precision": "fp16"}, "spec.training.precision"),
     Bad("replicas-as-text", {"spec.student.replicas": "eight"}, "spec.student.replicas"),
     Bad("empty-model-path", {"spec.student.model": ""}, "spec.student.model"),

@@ -32,3 +32,30 @@ def spec(source: DataSource, **data: Any) -> DataSpec:
 
 def decoded_targets(tokenizer: Any, ids: Sequence[int], mask: Sequence[bool]) -> str:
     return tokenizer.decode([token for token, target in zip(ids, mask, strict=True) if target])
+
+
+# Qwen2.5-Instruct's chat template (its tokenizer_config.json), the part for messages without `tools`:
+# tool calls are rendered inside the assistant's turn, tool results as a user turn of <tool_response>s.
+TOOL_TEMPLATE = (
+    "{%- for message in messages %}"
+    "{%- if (message.role == 'user') or (message.role == 'system') or (message.role == 'assistant' and not "
+    "message.tool_calls) %}"
+    "{{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>' + '\\n' }}"
+    "{%- elif message.role == 'assistant' %}"
+    "{{- '<|im_start|>' + message.role }}"
+    "{%- if message.content %}{{- '\\n' + message.content }}{%- endif %}"
+    "{%- for tool_call in message.tool_calls %}"
+    "{%- if tool_call.function is defined %}{%- set tool_call = tool_call.function %}{%- endif %}"
+    '{{- \'\\n<tool_call>\\n{"name": "\' }}{{- tool_call.name }}{{- \'", "arguments": \' }}'
+    "{{- tool_call.arguments | tojson }}{{- '}\\n</tool_call>' }}"
+    "{%- endfor %}"
+    "{{- '<|im_end|>\\n' }}"
+    "{%- elif message.role == 'tool' %}"
+    "{%- if (loop.index0 == 0) or (messages[loop.index0 - 1].role != 'tool') %}{{- '<|im_start|>user' }}"
+    "{%- endif %}"
+    "{{- '\\n<tool_response>\\n' }}{{- message.content }}{{- '\\n</tool_response>' }}"
+    "{%- if loop.last or (messages[loop.index0 + 1].role != 'tool') %}{{- '<|im_end|>\\n' }}{%- endif %}"
+    "{%- endif %}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+)

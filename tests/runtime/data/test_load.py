@@ -39,10 +39,34 @@ BAD_FILES = [
     BadFile("message_not_an_object.jsonl", 2, "'messages': message 0 must be an object, got a string", 2),
     BadFile("empty_messages.jsonl", 2, "'messages' is an empty list", 2),
     BadFile(
-        "content_not_a_string.jsonl", 2, "'messages': message 1 content must be a string, got a number", 2
+        "content_not_a_string.jsonl",
+        2,
+        "'messages': message 1 content must be a string or a list of text parts, got a number",
+        2,
     ),
     BadFile(
-        "unknown_role.jsonl", 4, "'messages': message 1 has role 'tool'; expected one of system, user", 4
+        "unknown_role.jsonl", 4, "'messages': message 1 has role 'narrator'; expected one of system, user", 4
+    ),
+    BadFile(
+        "image_part.jsonl",
+        2,
+        "'messages': message 0 content part 1 has type 'image_url'; only text parts can train a text model",
+        2,
+    ),
+    BadFile(
+        "tool_result_without_call.jsonl",
+        2,
+        "'messages': message 1 is a tool result, but no assistant message with tool_calls comes before it",
+        2,
+    ),
+    BadFile(
+        "tool_arguments_not_json.jsonl",
+        3,
+        "'messages': message 1 tool call 0 function.arguments is not JSON: Expecting value",
+        3,
+    ),
+    BadFile(
+        "tool_calls_not_a_list.jsonl", 2, "'messages': message 1 tool_calls must be a list, got an object", 2
     ),
     BadFile("no_assistant.jsonl", 2, "'messages' has no assistant message to train on", 2),
     BadFile("empty_response.jsonl", 2, "'messages': assistant message 1 is empty", 2),

@@ -67,30 +67,12 @@ def test_a_prompt_response_record_without_the_template_is_plain_text_ending_in_e
     assert decoded_targets(tokenizer, sample.input_ids, sample.target_mask) == " The answer is 4.<|im_end|>"
 
 
-def test_a_long_prompt_loses_its_beginning_and_keeps_the_question(tokenizer) -> None:
-    full = build(tokenizer, LONG)
-    cut = build(tokenizer, LONG, prompt_max_length=20)
-    assert full.prompt_length > 20
-    assert cut.prompt_length == 20
-    assert cut.input_ids == full.input_ids[full.prompt_length - 20 :]
-    assert tokenizer.decode(cut.input_ids[: cut.prompt_length]).endswith(
-        "What is the capital of France?<|im_end|>\n<|im_start|>assistant\n"
-    )
-
-
 def test_a_long_record_loses_the_end_of_its_response(tokenizer) -> None:
     full = build(tokenizer, LONG)
     cut = build(tokenizer, LONG, max_length=full.prompt_length + 5)
     assert cut.input_ids == full.input_ids[: full.prompt_length + 5]
     assert cut.num_targets == 5
     assert cut.labels() == full.labels()[:5]
-
-
-def test_the_prompt_is_cut_before_the_record_is(tokenizer) -> None:
-    full = build(tokenizer, LONG)
-    cut = build(tokenizer, LONG, prompt_max_length=20, max_length=24)
-    assert cut.input_ids == full.input_ids[full.prompt_length - 20 : full.prompt_length + 4]
-    assert (cut.prompt_length, cut.num_targets) == (20, 4)
 
 
 def test_a_prompt_that_leaves_no_room_for_the_response_is_a_bad_record(tokenizer) -> None:
@@ -127,15 +109,6 @@ def test_an_on_policy_prompt_without_the_template_is_the_plain_prompt(tokenizer)
         tokenizer, {"prompt": "What is 2+2?"}, source, mode=Mode.ON_POLICY, apply_chat_template=False
     )
     assert list(sample.input_ids) == tokenizer("What is 2+2?")["input_ids"]
-
-
-def test_a_long_on_policy_prompt_keeps_its_end(tokenizer) -> None:
-    prompt = chat(("system", "You are a careful tutor. " * 6), ("user", "What is 2+2?"))
-    full = build(tokenizer, prompt, mode=Mode.ON_POLICY)
-    cut = build(tokenizer, prompt, mode=Mode.ON_POLICY, prompt_max_length=16)
-    assert len(full.input_ids) > 16
-    assert cut.input_ids == full.input_ids[-16:]
-    assert cut.prompt_length == 16
 
 
 CONTEXT = DataSource(path="train.jsonl", teacher_input_key="context")
@@ -202,16 +175,6 @@ def test_the_teacher_response_is_cut_where_the_students_is(tokenizer) -> None:
     assert cut.num_targets == 5
     assert cut.teacher_target_mask[-1]
     assert [cut.teacher_input_ids[t + 1] for t in cut.teacher_loss_positions()] == cut.labels()
-
-
-def test_the_teacher_prompt_is_cut_to_the_prompt_limit_keeping_its_end(tokenizer) -> None:
-    record = QUESTION | {"context": "You are a careful tutor. " * 6 + "What is 2+2?"}
-    full = build(tokenizer, record, CONTEXT)
-    cut = build(tokenizer, record, CONTEXT, prompt_max_length=16)
-    teacher_prompt = full.teacher_target_mask.index(True)
-    assert teacher_prompt > 16
-    assert cut.teacher_input_ids == full.teacher_input_ids[teacher_prompt - 16 :]
-    assert cut.teacher_target_mask.index(True) == 16
 
 
 def test_an_on_policy_teacher_gets_its_own_prompt_with_the_generation_prompt(tokenizer) -> None:

@@ -1,0 +1,128 @@
+"""Chat messages of a record, checked and brought to the shape chat templates read.
+
+Accepted as the OpenAI chat format writes them:
+- `role`: system, user, assistant or tool;
+- `content`: a string, or a list of content parts `{"type": "text", "text": ...}` (joined; a part of any
+  other type, e.g. an image, is a bad record: a text model cannot be trained on it); null or missing on an
+  assistant message that calls tools;
+- `tool_calls` on assistant messages: `{"type": "function", "function": {"name", "arguments"}}` (`id`
+  optional). `arguments` as a JSON string (OpenAI) becomes the object it encodes, the form templates read
+  (Qwen2.5's renders `arguments | tojson`, Qwen3-Coder's iterates over it);
+- `tool` messages, the results of the tool calls before them (`tool_call_id`, `name` kept for templates).
+
+Every key the template needs is kept and nothing else, so a key the data happens to carry cannot change
+what the mask covers.
+"""
+
+import json
+from typing import Any
+
+from kubedistill.runtime.data.chat import Message
+from kubedistill.runtime.data.errors import RecordProblem
+from kubedistill.runtime.data.records import json_type
+
+ROLES = ("system", "user", "assistant", "tool")
+_TOOL_KEYS = ("tool_call_id", "name")
+
+
+def chat_messages(value: Any, key: str) -> list[Message]:
+    """The messages of a record's `key`; `RecordProblem` naming the message and what is wrong with it."""
+    if not isinstance(value, list):
+        raise RecordProblem(f"{key!r} must be a list of messages, got {json_type(value)}")
+    if not value:
+        raise RecordProblem(f"{key!r} is an empty list")
+    messages: list[Message] = []
+    for i, message in enumerate(value):
+        if not isinstance(message, dict):
+            raise RecordProblem(f"{key!r}: message {i} must be an object, got {json_type(message)}")
+        role = message.get("role")
+        if role not in ROLES:
+            raise RecordProblem(f"{key!r}: message {i} has role {role!r}; expected one of {', '.join(ROLES)}")
+        calls = message.get("tool_calls")
+        checked: Message = {"role": role, "content": _content(message.get("content"), key, i, bool(calls))}
+        if calls:
+            if role != "assistant":
+                raise RecordProblem(
+                    f"{key!r}: message {i} has tool_calls but role {role!r}; only assistants call tools"
+                )
+            checked["tool_calls"] = [
+                _tool_call(call, key, i, j) for j, call in enumerate(_list(calls, key, i))
+            ]
+        if role == "tool":
+            if not _follows_a_tool_call(messages):
+                raise RecordProblem(
+                    f"{key!r}: message {i} is a tool result, but no assistant message with tool_calls "
+                    "comes before it"
+                )
+            checked.update((name, message[name]) for name in _TOOL_KEYS if isinstance(message.get(name), str))
+        messages.append(checked)
+    return messages
+
+
+def unicode_text(text: str, key: str) -> str:
+    # JSON can escape half of a surrogate pair ("\\ud800"); such a string has no UTF-8 form to tokenise.
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise RecordProblem(
+            f"{key!r} holds a lone surrogate {text[error.start]!r}, which is not text"
+        ) from error
+    return text
+
+
+def _content(content: Any, key: str, i: int, calls_tools: bool) -> str:
+    where = f"{key!r}: message {i} content"
+    if content is None and calls_tools:
+        return ""
+    if isinstance(content, list):
+        content = "".join(_text_part(part, where, j) for j, part in enumerate(content))
+    if not isinstance(content, str):
+        raise RecordProblem(f"{where} must be a string or a list of text parts, got {json_type(content)}")
+    return unicode_text(content, f"{key}[{i}].content")
+
+
+def _text_part(part: Any, where: str, j: int) -> str:
+    if not isinstance(part, dict):
+        raise RecordProblem(f"{where} part {j} must be an object, got {json_type(part)}")
+    if part.get("type") != "text":
+        raise RecordProblem(
+            f"{where} part {j} has type {part.get('type')!r}; only text parts can train a text model"
+        )
+    if not isinstance(part.get("text"), str):
+        raise RecordProblem(f"{where} part {j} text must be a string, got {json_type(part.get('text'))}")
+    return part["text"]
+
+
+def _list(calls: Any, key: str, i: int) -> list[Any]:
+    if not isinstance(calls, list):
+        raise RecordProblem(f"{key!r}: message {i} tool_calls must be a list, got {json_type(calls)}")
+    return calls
+
+
+def _tool_call(call: Any, key: str, i: int, j: int) -> dict[str, Any]:
+    where = f"{key!r}: message {i} tool call {j}"
+    function = call.get("function") if isinstance(call, dict) else None
+    if not isinstance(function, dict) or not isinstance(function.get("name"), str) or not function["name"]:
+        raise RecordProblem(f"{where} must be an object with function.name (a string)")
+    arguments = function.get("arguments", {})
+    if isinstance(arguments, str):
+        try:
+            arguments = json.loads(arguments) if arguments.strip() else {}
+        except json.JSONDecodeError as error:
+            raise RecordProblem(f"{where} function.arguments is not JSON: {error.msg}") from error
+    if not isinstance(arguments, dict):
+        raise RecordProblem(f"{where} function.arguments must be an object, got {json_type(arguments)}")
+    checked: dict[str, Any] = {
+        "type": "function",
+        "function": {"name": function["name"], "arguments": arguments},
+    }
+    if isinstance(call.get("id"), str):
+        checked["id"] = call["id"]
+    return checked
+
+
+def _follows_a_tool_call(messages: list[Message]) -> bool:
+    for message in reversed(messages):
+        if message["role"] != "tool":
+            return bool(message.get("tool_calls"))
+    return False
