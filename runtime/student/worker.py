@@ -32,6 +32,7 @@ from kubedistill.runtime.roles import (
     teacher_model_path,
     teacher_tokenizer_path,
 )
+from kubedistill.runtime.shared_output import share_exported_files
 from kubedistill.runtime.student.batch import MicroBatch
 from kubedistill.runtime.student.lora import apply_lora, merged_weights, scaling
 from kubedistill.runtime.student.module import DistillationModule
@@ -330,6 +331,7 @@ class StudentWorker:
             else:
                 student.save_pretrained(directory, state_dict=student_state)
             self.tokenizer.save_pretrained(directory)
+            share_exported_files(Path(directory))
         dist.barrier()
 
     def close(self) -> None:
