@@ -12,14 +12,19 @@ The jobs are the example manifests, run by the same trainer `kubedistill run` us
 """
 
 import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.table import Table
 
 from kubedistill.runtime.demo_data import chat_records, write_jsonl
 from kubedistill.runtime.tiny import STUDENT_SHAPE, TEACHER_SHAPE, build_tokenizer, save_tiny
+
+if TYPE_CHECKING:
+    from kubedistill.api.job import DistillationJob
 
 TRAIN_RECORDS = 1280
 STUDENT_RECORDS = 256
@@ -75,33 +80,81 @@ def prepare(root: Path, seed: int = 0) -> Assets:
 
 
 def run(root: Path, examples: Path, console: Console | None = None) -> dict:
-    """Run the three jobs (skipping any whose output exists) and compare the students."""
+    """Run the three jobs (reusing an output that holds a finished run of the job's steps) and compare the
+    students."""
     from kubedistill.api.manifest import load_job
     from kubedistill.runtime.ray_session import connect
-    from kubedistill.runtime.trainer import RunOptions, Trainer
 
     console = console or Console()
     assets = prepare(root)
     connect()
     for name in JOBS:
-        job = load_job(examples / f"{name}.yaml")
-        output = Path(job.spec.output.path)
-        if (output / "summary.json").exists():
-            console.print(f"[dim]{name}: already trained ({output})[/dim]")
-            continue
-        console.rule(f"{name}: {job.spec.mode}")
-        Trainer(job, RunOptions(output_dir=output, metrics_port=0, print_summary=False)).run()
+        train_or_reuse(name, load_job(examples / f"{name}.yaml"), console)
     comparison = compare(examples, assets)
     print_comparison(comparison, console)
     (root / "comparison.json").write_text(json.dumps(comparison, indent=2), encoding="utf-8")
     return comparison
 
 
+def train_or_reuse(name: str, job: "DistillationJob", console: Console) -> None:
+    """Train `job` unless its output holds a finished run of exactly the steps the job runs now.
+
+    An output can hold a run of other steps: one stopped with `--max-steps`, or made from an older manifest.
+    Compared with a fully trained student it would make the table's "same steps" untrue, so it is moved
+    aside (kept, with its checkpoints) and the job trained afresh.
+    """
+    from kubedistill.runtime.trainer import RunOptions, Trainer
+
+    output = Path(job.spec.output.path)
+    trainer = Trainer(job, RunOptions(output_dir=output, metrics_port=0, print_summary=False))
+    done = finished_steps(output)
+    if done == trainer.total_steps:
+        console.print(f"[dim]{name}: already trained, {done} steps ({output})[/dim]")
+        return
+    if done is not None:
+        aside = _move_aside(output, job, done)
+        console.print(
+            f"{name}: {output} holds a run of {done} steps, the job runs {trainer.total_steps}: training "
+            f"again (the old run is kept in {aside})"
+        )
+    console.rule(f"{name}: {job.spec.mode}")
+    trainer.run()
+
+
+def finished_steps(output: Path) -> int | None:
+    """The steps of the run whose summary is in `output`; None when there is none."""
+    summary = output / "summary.json"
+    if not summary.exists():
+        return None
+    return json.loads(summary.read_text(encoding="utf-8"))["steps"]
+
+
+def _move_aside(output: Path, job: "DistillationJob", steps: int) -> Path:
+    """Rename the output (and a checkpoint directory outside it, whose steps a new run would resume from)."""
+    aside = output.with_name(f"{output.name}.{steps}-steps")
+    checkpoints = Path(job.spec.checkpoint.path) if job.spec.checkpoint.path else None
+    if checkpoints is not None and checkpoints.exists() and not checkpoints.is_relative_to(output):
+        checkpoints.rename(aside.with_name(f"{checkpoints.name}.{steps}-steps"))
+    shutil.rmtree(aside, ignore_errors=True)
+    output.rename(aside)
+    return aside
+
+
 def compare(examples: Path, assets: Assets) -> dict:
-    """Eval loss and teacher agreement of both students (and the teacher itself) on the held-out data."""
+    """Eval loss and teacher agreement of both students (and the teacher itself) on the held-out data.
+
+    Raises `ValueError` when the two students ran different numbers of steps: the comparison would not say
+    what distillation gives.
+    """
     from kubedistill.api.manifest import load_job
     from kubedistill.runtime.trainer import RunOptions, Trainer
 
+    steps = {run: finished_steps(assets.run_dir(run)) for run in ("offpolicy", "student-sft")}
+    if steps["offpolicy"] != steps["student-sft"]:
+        raise ValueError(
+            f"the distilled student ran {steps['offpolicy']} steps and the fine-tuned one "
+            f"{steps['student-sft']}; give both jobs the same steps to compare them"
+        )
     template = load_job(examples / "offpolicy.yaml")
     runs = {
         "teacher (sft)": "teacher-sft",
@@ -119,6 +172,7 @@ def compare(examples: Path, assets: Assets) -> dict:
         summary = json.loads((assets.run_dir(run) / "summary.json").read_text(encoding="utf-8"))
         results[label]["loss_plot"] = summary.get("loss_plot")
         results[label]["mean_step_seconds"] = summary.get("mean_step_seconds")
+        results[label]["steps"] = summary["steps"]
     return results
 
 
@@ -139,8 +193,8 @@ def print_comparison(results: dict, console: Console) -> None:
     distilled, baseline = results["student, distilled"], results["student, sft only"]
     gain = 1 - distilled["eval_ce_loss"] / baseline["eval_ce_loss"]
     console.print(
-        f"Same student, data and steps: distillation gives {gain:.1%} lower held-out loss than fine-tuning "
-        f"({distilled['eval_ce_loss']:.4f} vs {baseline['eval_ce_loss']:.4f})."
+        f"Same student, data and steps ({distilled['steps']}): distillation gives {gain:.1%} lower held-out "
+        f"loss than fine-tuning ({distilled['eval_ce_loss']:.4f} vs {baseline['eval_ce_loss']:.4f})."
     )
     for label, record in results.items():
         if record.get("loss_plot"):
