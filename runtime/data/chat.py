@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from jinja2 import TemplateError
 
 from kubedistill.runtime.data.alignment import Span, Turn, locate_turn, response_spans
-from kubedistill.runtime.data.errors import ChatTemplateError
+from kubedistill.runtime.data.errors import ChatTemplateError, RecordProblem
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -43,7 +43,8 @@ class Encoded:
     spans: list[Span] | None = None
     """With `with_spans`: each target's span in the response text, in order."""
     cut_rank: list[int] | None = None
-    """Per token: `MARKUP`, `CONTENT` or `SYSTEM_CONTENT` (prompt tokens only; targets are `MARKUP`)."""
+    """Per token: `MARKUP`, `CONTENT` or `SYSTEM_CONTENT` (prompt tokens only; targets are `MARKUP`); None
+    where not asked for (`cut_ranks`)."""
 
     @property
     def first_target(self) -> int:
@@ -63,12 +64,14 @@ def encode_chat(
     add_generation_prompt: bool,
     with_spans: bool = False,
     tools: list[Any] | None = None,
+    cut_ranks: bool = False,
 ) -> Encoded:
     """The chat's tokens; targets are the assistant messages from index `first_response` on.
 
     Each target span covers the message's content (with its tool calls) and the end-of-turn token after it;
     the whitespace a template puts between turns is left out, because generation stops at the end-of-turn
     token and never produces it. `tools` (the functions a tool-using chat may call) go to the template.
+    `cut_ranks` (for a prompt to be cut) finds the prompt's content, at two more renders per message.
     """
 
     def render(part: Sequence[Message], generation_prompt: bool) -> str:
@@ -97,6 +100,11 @@ def encode_chat(
                 "chats"
             )
         spans.append((len(before), max(len(before), len(through.rstrip()))))
+        if with_spans and messages[i].get("tool_calls"):
+            raise RecordProblem(
+                f"assistant message {i} calls tools, and tool calls cannot be matched across tokenizers yet "
+                "(cross-tokenizer distillation); use a teacher with the student's tokenizer for tool use"
+            )
         if with_spans:
             base = turns[-1].next_base if turns else 0
             turn = locate_turn(text, *spans[-1], messages[i]["content"], base)
@@ -107,7 +115,7 @@ def encode_chat(
                     "that renders assistant messages as they are"
                 )
             turns.append(turn)
-    contents = _prompt_contents(messages[:first_response], render)
+    contents = _prompt_contents(messages[:first_response], render) if cut_ranks else None
     return _encode_spans(
         tokenizer,
         text,
@@ -200,7 +208,7 @@ def _encode_spans(
     *,
     add_special_tokens: bool,
     turns: list[Turn] | None,
-    contents: list[tuple[int, int, int]],
+    contents: list[tuple[int, int, int]] | None,
 ) -> Encoded:
     encoding = tokenizer(text, add_special_tokens=add_special_tokens, return_offsets_mapping=True)
     offsets = encoding["offset_mapping"]
@@ -209,7 +217,7 @@ def _encode_spans(
         list(encoding["input_ids"]),
         mask,
         None if turns is None else response_spans(offsets, mask, turns),
-        _cut_ranks(offsets, mask, contents),
+        None if contents is None else _cut_ranks(offsets, mask, contents),
     )
 
 

@@ -56,7 +56,8 @@ _GLOB = re.compile(r"[*?\[]")
 # `save_to_disk` writes `state.json` beside a Dataset's Arrow files, `dataset_dict.json` above a
 # DatasetDict's.
 _SAVED_DATASET_MARKERS = ("state.json", "dataset_dict.json")
-# A hub id is `name` or `owner/name`; a path that starts like a local one is never tried on the hub.
+# A hub id is `name` or `owner/name`; a path that starts like a local one (or names a data file) is never
+# tried on the hub.
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 _GZIP_ERRORS = (gzip.BadGzipFile, EOFError, zlib.error)
 _ESCAPED_BYTE = re.compile("[\udc80-\udcff]")
@@ -121,7 +122,9 @@ def read_records(source: DataSource, field: str = "spec.data.train") -> Iterator
 
 
 def _is_hub_id(source: DataSource) -> bool:
-    return source.split is not None and not os.path.exists(source.path) and bool(_HUB_ID.match(source.path))
+    if source.split is None or os.path.exists(source.path) or _extension_format(source.path) is not None:
+        return False
+    return bool(_HUB_ID.match(source.path))
 
 
 def _files_in(folder: Path, source: DataSource, field: str) -> list[str]:

@@ -133,7 +133,7 @@ class SampleBuilder:
             return self._with_own_teacher_tokens(sample, record, student, untruncated, encoded)
         if self.source.teacher_input_key is None:
             return sample
-        teacher = _encode(self.teacher_tokenizer, self._teacher_exchange(record.fields, student))
+        teacher = _encode(self.teacher_tokenizer, self._teacher_exchange(record.fields, student), self.data)
         if teacher.num_targets != untruncated.num_targets:
             raise RecordProblem(
                 f"the teacher sees {teacher.num_targets} response tokens, "
@@ -147,7 +147,7 @@ class SampleBuilder:
     def _fitted_student(self, fields: Mapping[str, Any]) -> tuple[_Exchange, Encoded, str | None]:
         """The student's exchange, encoded; a chat too long for the limits without its earliest turns."""
         student = self._student_exchange(fields)
-        encoded = _encode(self.tokenizer, student, self.cross_tokenizer)
+        encoded = _encode(self.tokenizer, student, self.data, self.cross_tokenizer)
         if student.messages is None or fits(encoded, self.data):
             return student, encoded, None
         fitted = fit_turns(
@@ -161,7 +161,7 @@ class SampleBuilder:
             return student, encoded, None
         messages, first_response, note = fitted
         student = replace(student, messages=messages, first_response=first_response)
-        return student, _encode(self.tokenizer, student, self.cross_tokenizer), note
+        return student, _encode(self.tokenizer, student, self.data, self.cross_tokenizer), note
 
     def _with_own_teacher_tokens(
         self, sample: Sample, record: Record, student: _Exchange, untruncated: Encoded, encoded: Encoded
@@ -169,7 +169,7 @@ class SampleBuilder:
         exchange = student
         if self.source.teacher_input_key is not None:
             exchange = self._teacher_exchange(record.fields, student)
-        teacher = _encode(self.teacher_tokenizer, exchange, with_spans=True)
+        teacher = _encode(self.teacher_tokenizer, exchange, self.data, with_spans=True)
         kept = teacher.num_targets
         if encoded.num_targets < untruncated.num_targets:
             covered = encoded.spans[-1][1]
@@ -234,17 +234,27 @@ def _exchange_from_text(prompt: str, response: str | None, data: DataSpec) -> _E
     return _Exchange(messages=messages, first_response=1)
 
 
-def _encode(tokenizer: "PreTrainedTokenizerBase", exchange: _Exchange, with_spans: bool = False) -> Encoded:
+def _encode(
+    tokenizer: "PreTrainedTokenizerBase", exchange: _Exchange, data: DataSpec, with_spans: bool = False
+) -> Encoded:
+    """The exchange's tokens; a chat whose prompt is longer than `promptMaxLength` with its content marked,
+    for `truncate` to cut inside it."""
     if exchange.messages is None:
         return encode_plain(tokenizer, exchange.prompt, exchange.response, with_spans)
-    return encode_chat(
-        tokenizer,
-        exchange.messages,
-        first_response=exchange.first_response,
-        add_generation_prompt=not exchange.has_response,
-        with_spans=with_spans,
-        tools=exchange.tools,
-    )
+    encoded = None
+    for cut_ranks in (False, True):
+        encoded = encode_chat(
+            tokenizer,
+            exchange.messages,
+            first_response=exchange.first_response,
+            add_generation_prompt=not exchange.has_response,
+            with_spans=with_spans,
+            tools=exchange.tools,
+            cut_ranks=cut_ranks,
+        )
+        if encoded.first_target <= data.prompt_max_length:
+            break
+    return encoded
 
 
 def _targets(encoded: Encoded) -> list[int]:

@@ -53,10 +53,8 @@ def fit_turns(
         return None
     kept, first = best
     dropped = len(messages) - len(kept)
-    note = f"dropped its {dropped} earliest messages (whole turns) of {len(messages)}"
-    if lead:
-        note += ", keeping the system prompt"
-    return kept, first, note
+    after = " after the system prompt" if lead else ""
+    return kept, first, f"dropped its {dropped} earliest messages of {len(messages)} (whole turns{after})"
 
 
 def _first_target(messages: Sequence[Message], lead: int, has_response: bool) -> int | None:

@@ -179,3 +179,38 @@ def test_skipped_bad_records_are_counted_in_the_summary(tiny: TinyWorld, tmp_pat
     summary = _run(tiny, tmp_path / "out", stop=1, data={"train": {"path": str(data)}, "onBadRecord": "skip"})
     assert summary["bad_records"] == 2
     assert [source.split(": ")[0] for source in summary["bad_record_sources"]] == [f"{data}:5", f"{data}:10"]
+
+
+def test_the_exported_weights_are_as_readable_as_the_files_beside_them(straight_run: Path) -> None:
+    """Other pods (an evaluation job, a server) read the output volume as another user."""
+    mode = (straight_run / "config.json").stat().st_mode & 0o777
+    assert mode & 0o044, "the test needs a umask that lets others read"
+    assert {path.name: path.stat().st_mode & 0o777 for path in straight_run.iterdir() if path.is_file()} == {
+        path.name: mode for path in straight_run.iterdir() if path.is_file()
+    }
+
+
+def test_shortened_records_are_counted_in_the_summary_and_the_metrics(
+    tiny: TinyWorld, tmp_path: Path
+) -> None:
+    turns = [{"role": "system", "content": "You are a careful tutor."}]
+    for turn in range(20):
+        turns += [
+            {"role": "user", "content": f"What is {turn}+{turn}?"},
+            {"role": "assistant", "content": "4"},
+        ]
+    data = tmp_path / "train.jsonl"
+    data.write_text(tiny.train.read_text() + json.dumps({"messages": turns}) + "\n")
+    job = parse_job(job_manifest(tiny, "truncation-test", data={"train": {"path": str(data)}}))
+    options = RunOptions(
+        output_dir=tmp_path / "out", stop_after_steps=1, metrics_port=0, progress=False, print_summary=False
+    )
+    trainer = Trainer(job, options)
+    trainer.run()
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["truncated_records"] == 1
+    [source] = summary["truncated_record_sources"]
+    assert source.startswith(f"{data}:97: dropped its ")
+    assert "earliest messages of 41 (whole turns after the system prompt)" in source
+    labels = {"namespace": options.namespace, "job": "truncation-test"}
+    assert trainer.metrics.registry.get_sample_value("kubedistill_truncated_records_total", labels) == 1

@@ -159,7 +159,12 @@ def test_a_hub_dataset_that_is_not_in_the_offline_cache_names_the_field(tmp_path
     assert "HF_HUB_OFFLINE is set" in done.stdout
 
 
-def test_a_local_looking_path_that_does_not_exist_is_never_tried_on_the_hub(tmp_path: Path) -> None:
-    missing = tmp_path / "data" / "train"
+@pytest.mark.parametrize("relative", [False, True], ids=["absolute-path", "relative-data-file"])
+def test_a_local_looking_path_that_does_not_exist_is_never_tried_on_the_hub(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, relative: bool
+) -> None:
+    """With `split` set, `owner/name` is a hub id; `/data/train` and `data/train.jsonl` are local paths."""
+    monkeypatch.chdir(tmp_path)
+    missing = "data/train.jsonl" if relative else str(tmp_path / "data" / "train")
     with pytest.raises(DataFileError, match=rf"^spec.data.train.path: cannot read '{missing}': No such file"):
         _read(missing, split="train")

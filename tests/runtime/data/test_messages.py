@@ -75,3 +75,23 @@ def test_a_template_that_drops_tool_calls_is_refused_rather_than_losing_them(tok
 def test_a_record_without_tool_calls_is_read_as_before_by_a_tool_template(tool_tokenizer, tokenizer) -> None:
     plain = chat(("user", "What is 2+2?"), ("assistant", "The answer is 4."))
     assert build(tool_tokenizer, plain).input_ids == build(tokenizer, plain).input_ids
+
+
+def test_tool_calls_with_a_teacher_of_another_tokenizer_are_a_bad_record_not_a_wrong_alignment(
+    tool_tokenizer,
+) -> None:
+    from kubedistill.api.spec import DataSpec, Mode
+    from kubedistill.runtime.data.errors import BadRecordError
+    from kubedistill.runtime.data.records import Record
+    from kubedistill.runtime.data.tokenize import SampleBuilder
+
+    from .test_tokenize import CHATS, ROOMY
+
+    data = DataSpec(train=CHATS, **ROOMY)
+    builder = SampleBuilder(
+        CHATS, data, tool_tokenizer, Mode.OFF_POLICY, tool_tokenizer, cross_tokenizer=True
+    )
+    with pytest.raises(
+        BadRecordError, match=r"^mem:1: assistant message 1 calls tools, and tool calls cannot be"
+    ):
+        builder(Record("mem:1", TOOL_CHAT))

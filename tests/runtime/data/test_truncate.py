@@ -51,7 +51,7 @@ def test_a_long_dialogue_drops_its_earliest_turns_and_keeps_its_system_prompt(to
     dropped = 2 * (20 - kept_turns)
     assert (
         sample.truncation
-        == f"dropped its {dropped} earliest messages (whole turns) of 41, keeping the system prompt"
+        == f"dropped its {dropped} earliest messages of 41 (whole turns after the system prompt)"
     )
     assert decoded_targets(tokenizer, sample.input_ids, sample.target_mask).count("<|im_end|>") == kept_turns
 
