@@ -11,8 +11,8 @@
 The jobs are the example manifests, run by the same trainer `kubedistill run` uses.
 """
 
+import itertools
 import json
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -130,14 +130,23 @@ def finished_steps(output: Path) -> int | None:
 
 
 def _move_aside(output: Path, job: "DistillationJob", steps: int) -> Path:
-    """Rename the output (and a checkpoint directory outside it, whose steps a new run would resume from)."""
-    aside = output.with_name(f"{output.name}.{steps}-steps")
+    """Rename the output (and a checkpoint directory outside it, whose steps a new run would resume from)
+    to a name not taken yet; nothing is deleted."""
     checkpoints = Path(job.spec.checkpoint.path) if job.spec.checkpoint.path else None
     if checkpoints is not None and checkpoints.exists() and not checkpoints.is_relative_to(output):
-        checkpoints.rename(aside.with_name(f"{checkpoints.name}.{steps}-steps"))
-    shutil.rmtree(aside, ignore_errors=True)
+        checkpoints.rename(_free_name(checkpoints, steps))
+    aside = _free_name(output, steps)
     output.rename(aside)
     return aside
+
+
+def _free_name(path: Path, steps: int) -> Path:
+    name = f"{path.name}.{steps}-steps"
+    return next(
+        candidate
+        for candidate in (path.with_name(name if n == 1 else f"{name}.{n}") for n in itertools.count(1))
+        if not candidate.exists()
+    )
 
 
 def compare(examples: Path, assets: Assets) -> dict:
