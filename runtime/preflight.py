@@ -5,6 +5,7 @@ a RAY_ADDRESS where no cluster answers: each would otherwise surface minutes lat
 inside transformers, the checkpoint writer or Ray (or as a hang, retrying).
 """
 
+import errno
 import os
 import socket
 import tempfile
@@ -13,7 +14,6 @@ from pathlib import Path
 
 from kubedistill.api import telemetry
 from kubedistill.api.job import DistillationJob
-from kubedistill.runtime.roles import has_teacher
 
 HUB_TIMEOUT_SECONDS = 10.0
 RAY_CONNECT_TIMEOUT_SECONDS = 10.0
@@ -24,18 +24,16 @@ class PreflightError(Exception):
 
 
 def model_paths(job: DistillationJob) -> Iterator[tuple[str, str, str]]:
-    """(field, path, what the path must hold) for every model and tokenizer the job loads."""
+    """(field, path, what the path must hold) for every model and tokenizer the spec names (rollout engines
+    serve the student's model; a teacher without a model of its own is the student's too)."""
     spec = job.spec
     yield "spec.student.model", spec.student.model, "config.json"
     if spec.student.tokenizer:
         yield "spec.student.tokenizer", spec.student.tokenizer, "tokenizer_config.json"
-    teacher = spec.teacher
-    if has_teacher(job) and teacher is not None:
-        # A teacher without a model of its own is the student's (self-distillation), checked above.
-        if teacher.model:
-            yield "spec.teacher.model", teacher.model, "config.json"
-        if teacher.tokenizer:
-            yield "spec.teacher.tokenizer", teacher.tokenizer, "tokenizer_config.json"
+    if spec.teacher is not None and spec.teacher.model:
+        yield "spec.teacher.model", spec.teacher.model, "config.json"
+    if spec.teacher is not None and spec.teacher.tokenizer:
+        yield "spec.teacher.tokenizer", spec.teacher.tokenizer, "tokenizer_config.json"
 
 
 def check_models(job: DistillationJob) -> list[str]:
@@ -103,10 +101,16 @@ def _check_hub_id(repo_id: str) -> str | None:
 
 
 def check_writable(path: Path, field: str) -> None:
-    """Create `path` (as the run would) and a file in it."""
+    """A file can be made in `path`, or in the nearest folder above it that exists (where the run will make
+    it): tried with a temporary file, since permission bits say nothing to root or about read-only mounts.
+    Nothing is left behind, so a job refused later for another reason leaves no empty folders."""
+    existing = path.absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
     try:
-        path.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=path):
+        if not existing.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR))
+        with tempfile.TemporaryFile(dir=existing):
             pass
     except OSError as error:
         raise PreflightError(f"{field}: cannot write to '{path}': {error.strerror or error}") from None
