@@ -115,21 +115,11 @@ def run(
 
     out = output or Path(job.spec.output.path or f"output/{job.name}")
     checkpoints = job.spec.checkpoint.path
-    try:
-        problems = preflight.check_models(job)
-        if problems:
-            raise fail(problems)
-        preflight.check_writable(out, "--output" if output else "spec.output.path")
-        if checkpoints:
-            preflight.check_writable(Path(checkpoints), "spec.checkpoint.path")
-        asked_port = preflight.metrics_port_asked(metrics_port)
-        if asked_port:
-            what = "--metrics-port" if metrics_port is not None else telemetry.METRICS_PORT_ENV
-            preflight.check_port_free(asked_port, what)
-        if os.environ.get("RAY_ADDRESS"):
-            preflight.check_ray_address(os.environ["RAY_ADDRESS"])
-    except preflight.PreflightError as error:
-        raise fail([str(error)]) from None
+    problems = preflight.check_surroundings(
+        job, out, "--output" if output else "spec.output.path", metrics_port, os.environ
+    )
+    if problems:
+        raise fail(problems)
     # torch, ray and transformers only now: the checks above answer in a second or two.
     from kubedistill.runtime.checkpoint import CheckpointDirectory
     from kubedistill.runtime.data.errors import BadRecordError, ChatTemplateError, DataFileError
@@ -150,7 +140,13 @@ def run(
             raise
         raise fail([str(error)]) from None
     if restart and checkpoints:
-        aside = CheckpointDirectory(Path(checkpoints), job.spec.checkpoint.keep).move_aside(datetime.now(UTC))
+        try:
+            aside = CheckpointDirectory(Path(checkpoints), job.spec.checkpoint.keep).move_aside(
+                datetime.now(UTC)
+            )
+        except OSError as error:
+            problem = f"spec.checkpoint.path: --restart cannot move '{checkpoints}' aside: {error.strerror}"
+            raise fail([problem]) from None
         if aside is not None:
             typer.echo(f"{file}: --restart: moved the old checkpoints aside to {aside}", err=True)
     try:
@@ -165,8 +161,8 @@ def run(
             "Nothing to do (--restart trains it again)."
         )
         return
-    connect()
     try:
+        connect()
         trainer.run()
     except KeyboardInterrupt:
         raise _interrupted(file, trainer) from None

@@ -9,7 +9,7 @@ import errno
 import os
 import socket
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from kubedistill.api import telemetry
@@ -34,6 +34,32 @@ def model_paths(job: DistillationJob) -> Iterator[tuple[str, str, str]]:
         yield "spec.teacher.model", spec.teacher.model, "config.json"
     if spec.teacher is not None and spec.teacher.tokenizer:
         yield "spec.teacher.tokenizer", spec.teacher.tokenizer, "tokenizer_config.json"
+
+
+def check_surroundings(
+    job: DistillationJob,
+    output: Path,
+    output_field: str,
+    metrics_port: int | None,
+    environ: Mapping[str, str],
+) -> list[str]:
+    """Every model path first (several may be wrong at once), then the first other problem."""
+    problems = check_models(job)
+    if problems:
+        return problems
+    try:
+        check_writable(output, output_field)
+        if job.spec.checkpoint.path:
+            check_writable(Path(job.spec.checkpoint.path), "spec.checkpoint.path")
+        asked_port = metrics_port_asked(metrics_port)
+        if asked_port:
+            what = "--metrics-port" if metrics_port is not None else telemetry.METRICS_PORT_ENV
+            check_port_free(asked_port, what)
+        if environ.get("RAY_ADDRESS"):
+            check_ray_address(environ["RAY_ADDRESS"])
+    except PreflightError as error:
+        return [str(error)]
+    return []
 
 
 def check_models(job: DistillationJob) -> list[str]:

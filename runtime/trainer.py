@@ -169,7 +169,12 @@ class Trainer:
         if not summary_file.is_file():
             return False
         summary = json.loads(summary_file.read_text(encoding="utf-8"))
-        return summary.get("job") == self.job.name and summary.get("steps") == checkpoint.state.step
+        # An interrupted run's summary is written before its export: that output is not complete.
+        return (
+            summary.get("job") == self.job.name
+            and summary.get("steps") == checkpoint.state.step
+            and not summary.get("interrupted")
+        )
 
     def _load(self, source, field_path: str) -> tuple[list[Sample], list[BadRecord]]:
         teacher_tokenizer = None
