@@ -13,11 +13,14 @@ import json
 from array import array
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 from kubedistill.api.job import DistillationJob
 from kubedistill.api.status import RESUME_REFUSED_WORDS
+from kubedistill.runtime.checkpoint import ORIGIN, Checkpoint
 from kubedistill.runtime.data.sample import Sample
+from kubedistill.runtime.report import SUMMARY_FILE
 
 MAY_CHANGE: tuple[str, ...] = (
     "spec.training.maxSteps",
@@ -126,6 +129,34 @@ def changes(saved: Origin, current: Origin) -> list[str]:
         else:
             found.append(f"training data: other records ({saved_data.records} either way)")
     return found
+
+
+def check_resumable(checkpoint: Checkpoint, current: Origin) -> None:
+    """`ResumeRefused` unless `checkpoint` was made from a job that differs from this one in `MAY_CHANGE`
+    fields only."""
+    changed = (
+        changes(Origin.from_json(checkpoint.origin), current)
+        if checkpoint.origin is not None
+        else [f"unknown: the checkpoint has no {ORIGIN} (written before KubeDistill recorded it)"]
+    )
+    if changed:
+        raise ResumeRefused(refusal(str(checkpoint.path), checkpoint.state.step, changed))
+
+
+def is_finished(checkpoint: Checkpoint | None, stop_step: int, output_dir: Path, job_name: str) -> bool:
+    """Trained to `stop_step` and the output written: a re-run has nothing to do."""
+    if checkpoint is None or checkpoint.state.step < stop_step:
+        return False
+    summary_file = output_dir / SUMMARY_FILE
+    if not summary_file.is_file():
+        return False
+    summary = json.loads(summary_file.read_text(encoding="utf-8"))
+    # An interrupted run's summary is written before its export: that output is not complete.
+    return (
+        summary.get("job") == job_name
+        and summary.get("steps") == checkpoint.state.step
+        and not summary.get("interrupted")
+    )
 
 
 def refusal(checkpoint: str, step: int, changed: list[str]) -> str:

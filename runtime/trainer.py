@@ -8,7 +8,6 @@ after the other) — unless they share GPUs (colocation), where they must take t
 """
 
 import contextlib
-import json
 import logging
 import math
 import time
@@ -32,15 +31,8 @@ from kubedistill.runtime.metrics import TrainerMetrics
 from kubedistill.runtime.models import compute_dtype, load_tokenizer
 from kubedistill.runtime.placement import ClusterView
 from kubedistill.runtime.preflight import metrics_port_asked
-from kubedistill.runtime.report import (
-    SUMMARY_FILE,
-    Progress,
-    plot_losses,
-    print_summary,
-    write_metrics,
-    write_summary,
-)
-from kubedistill.runtime.resume import Origin, ResumeRefused, changes, origin_of, refusal
+from kubedistill.runtime.report import Progress, plot_losses, print_summary, write_metrics, write_summary
+from kubedistill.runtime.resume import check_resumable, is_finished, origin_of
 from kubedistill.runtime.roles import has_teacher, kd_config, student_tokenizer_path, teacher_spec
 from kubedistill.runtime.rollout.backend import SamplingConfig
 from kubedistill.runtime.rollout.group import RolloutActorGroup
@@ -150,31 +142,13 @@ class Trainer:
     def resume_point(self) -> Checkpoint | None:
         """The checkpoint this run goes on from; `ResumeRefused` when it was made from another job."""
         latest = self.checkpoints.latest() if self.checkpoints else None
-        if latest is None:
-            return None
-        changed = (
-            changes(Origin.from_json(latest.origin), self.origin)
-            if latest.origin is not None
-            else ["what it was made from: not recorded (written by an older KubeDistill)"]
-        )
-        if changed:
-            raise ResumeRefused(refusal(str(latest.path), latest.state.step, changed))
+        if latest is not None:
+            check_resumable(latest, self.origin)
         return latest
 
     def finished(self, checkpoint: Checkpoint | None) -> bool:
         """Whether this run has nothing left to do: trained to its stop step, and the output written."""
-        if checkpoint is None or checkpoint.state.step < self.stop_step:
-            return False
-        summary_file = self.options.output_dir / SUMMARY_FILE
-        if not summary_file.is_file():
-            return False
-        summary = json.loads(summary_file.read_text(encoding="utf-8"))
-        # An interrupted run's summary is written before its export: that output is not complete.
-        return (
-            summary.get("job") == self.job.name
-            and summary.get("steps") == checkpoint.state.step
-            and not summary.get("interrupted")
-        )
+        return is_finished(checkpoint, self.stop_step, self.options.output_dir, self.job.name)
 
     def _load(self, source, field_path: str) -> tuple[list[Sample], list[BadRecord]]:
         teacher_tokenizer = None
