@@ -53,6 +53,12 @@ class Reason(StrEnum):
     """SpecChangeIgnored is False: the spec matches what the running job was created from."""
     NAME_CONFLICT = "NameConflict"
     """Created is False: a child's name is taken by an object the job does not own."""
+    RESUME_REFUSED = "ResumeRefused"
+    """Failed: the spec changed in a way its checkpoint cannot continue from; the message names the fields."""
+
+
+RESUME_REFUSED_WORDS = "cannot resume from"
+"""The runtime's words when it refuses to resume; the operator finds them in the Ray job's message."""
 
 
 class Condition(SpecModel):

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from kubedistill.api.status import TERMINAL_PHASES, ConditionType, Phase, Reason
+from kubedistill.api.status import RESUME_REFUSED_WORDS, TERMINAL_PHASES, ConditionType, Phase, Reason
 from kubedistill.operator.conditions import DesiredCondition, Status, with_conditions
 
 SUSPENDED_DEPLOYMENTS = frozenset({"Suspending", "Suspended"})
@@ -32,6 +32,9 @@ def observe(rayjob: Mapping[str, Any]) -> Observed:
     if deployment == "Complete" and ray_status == "SUCCEEDED":
         return Observed(Phase.SUCCEEDED, Reason.RAY_JOB_SUCCEEDED, f"RayJob {name} succeeded")
     if deployment == "Complete" or deployment in FAILED_DEPLOYMENTS:
+        refused = _resume_refusal(status.get("message") or "")
+        if refused:
+            return Observed(Phase.FAILED, Reason.RESUME_REFUSED, refused)
         return Observed(Phase.FAILED, Reason.RAY_JOB_FAILED, _failure_message(name, status))
     if deployment in SUSPENDED_DEPLOYMENTS:
         return Observed(
@@ -96,6 +99,21 @@ def _with_phase(status: Mapping[str, Any], observed: Observed, *, generation: in
     updated = with_conditions(status, desired, generation=generation, now=now)
     updated["phase"] = phase.value
     return updated
+
+
+def _resume_refusal(message: str) -> str | None:
+    """The runtime's refusal to resume, if that is why the job failed.
+
+    KubeRay copies the Ray job's message into status.message (`rayjob_controller.go:356` at kuberay
+    feeaf72f); for a failed entrypoint Ray's message ends with the tail of its logs
+    (`ray/dashboard/modules/job/job_supervisor.py:449-455`, Ray 2.60), where `kubedistill run` printed the
+    refusal as one line.
+    """
+    line = next((line for line in message.splitlines() if RESUME_REFUSED_WORDS in line), None)
+    if line is None:
+        return None
+    # `FILE: spec.checkpoint.path: cannot resume ...`: the file is the mounted manifest, not the user's.
+    return line[line.index("spec.checkpoint.path: ") :] if "spec.checkpoint.path: " in line else line.strip()
 
 
 def _failure_message(name: str, status: Mapping[str, Any]) -> str:

@@ -1,18 +1,21 @@
 """Checkpoint directories on the driver's side: atomic commits, retention, and finding where to resume.
 
 A checkpoint is written into `step-NNNNNNNN.tmp/` (every student rank's DCP shards and RNG state, then the
-trainer's own state as `trainer.json`) and only then renamed to `step-NNNNNNNN/`. A rename is atomic on a
-POSIX file system, so a crash at any point leaves either the previous checkpoint or the new one complete,
-never a half-written one that looks complete. Leftover `.tmp` directories are ignored and cleaned up.
+trainer's own state as `trainer.json` and what it was made from as `origin.json`) and only then renamed to
+`step-NNNNNNNN/`. A rename is atomic on a POSIX file system, so a crash at any point leaves either the
+previous checkpoint or the new one complete, never a half-written one that looks complete. Leftover `.tmp`
+directories are ignored and cleaned up.
 """
 
 import json
 import re
 import shutil
 from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 TRAINER_STATE = "trainer.json"
+ORIGIN = "origin.json"
 _COMMITTED = re.compile(r"^step-(\d{8})$")
 
 
@@ -36,6 +39,8 @@ class TrainerState:
 class Checkpoint:
     path: Path
     state: TrainerState
+    origin: dict | None
+    """What it was made from (`resume.Origin` as JSON); None in checkpoints that did not record it."""
 
 
 class CheckpointDirectory:
@@ -51,8 +56,9 @@ class CheckpointDirectory:
         path.mkdir(parents=True)
         return path
 
-    def commit(self, staging: Path, state: TrainerState) -> Path:
+    def commit(self, staging: Path, state: TrainerState, origin: dict) -> Path:
         (staging / TRAINER_STATE).write_text(json.dumps(asdict(state)), encoding="utf-8")
+        (staging / ORIGIN).write_text(json.dumps(origin), encoding="utf-8")
         final = staging.with_name(staging.name.removesuffix(".tmp"))
         if final.exists():
             shutil.rmtree(final)
@@ -70,8 +76,20 @@ class CheckpointDirectory:
         for path in reversed(committed):
             state_file = path / TRAINER_STATE
             if state_file.is_file():
-                return Checkpoint(path, TrainerState(**json.loads(state_file.read_text(encoding="utf-8"))))
+                state = TrainerState(**json.loads(state_file.read_text(encoding="utf-8")))
+                origin_file = path / ORIGIN
+                origin = json.loads(origin_file.read_text(encoding="utf-8")) if origin_file.exists() else None
+                return Checkpoint(path, state, origin)
         return None
+
+    def move_aside(self, now: datetime) -> Path | None:
+        """Rename the whole directory to `<root>.old-<UTC time>` (a fresh start keeps the old run); None when
+        there is nothing to move."""
+        if not self.root.exists() or not any(self.root.iterdir()):
+            return None
+        aside = self.root.with_name(f"{self.root.name}.old-{now.strftime('%Y%m%dT%H%M%SZ')}")
+        self.root.rename(aside)
+        return aside
 
     def _committed(self) -> list[Path]:
         return sorted(p for p in self.root.iterdir() if p.is_dir() and _COMMITTED.match(p.name))

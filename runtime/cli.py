@@ -5,9 +5,14 @@ in the operator image, which has neither torch nor ray.
 """
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+
+from kubedistill.api import telemetry
+
+if TYPE_CHECKING:
+    from kubedistill.runtime.trainer import Trainer
 
 app = typer.Typer(
     name="kubedistill",
@@ -62,11 +67,27 @@ def run(
         Path | None, typer.Option(help="Output directory (default: spec.output.path, else output/<name>).")
     ] = None,
     metrics_port: Annotated[
-        int | None, typer.Option(help="Port of /metrics (default: $KUBEDISTILL_METRICS_PORT or 8080).")
+        int | None,
+        typer.Option(
+            help=f"Port of /metrics (default: ${telemetry.METRICS_PORT_ENV} or "
+            f"{telemetry.DEFAULT_METRICS_PORT}; only the default gives way to a free port when busy)."
+        ),
     ] = None,
+    restart: Annotated[
+        bool,
+        typer.Option(
+            "--restart",
+            help="Start from step 0, moving the old checkpoints aside to <spec.checkpoint.path>.old-<time>.",
+        ),
+    ] = False,
 ) -> None:
-    """Run a DistillationJob on this machine's Ray (or the cluster in $RAY_ADDRESS)."""
+    """Run a DistillationJob on this machine's Ray (or the cluster in $RAY_ADDRESS).
+
+    A re-run resumes from spec.checkpoint.path (or refuses, if the job changed); a finished job is left as is.
+    """
     import logging
+    import os
+    from datetime import UTC, datetime
 
     from kubedistill.api.job import InvalidJob
     from kubedistill.api.manifest import load_job
@@ -78,27 +99,82 @@ def run(
         for problem in invalid.problems:
             typer.echo(f"{file}: {problem}", err=True)
         raise typer.Exit(1) from None
-    from kubedistill.runtime.data.errors import BadRecordError, ChatTemplateError, DataFileError
-    from kubedistill.runtime.ray_session import connect
-    from kubedistill.runtime.trainer import RunOptions, Trainer
+    from kubedistill.runtime import preflight
+
+    def fail(problems: list[str]) -> typer.Exit:
+        for problem in problems:
+            typer.echo(f"{file}: {problem}", err=True)
+        return typer.Exit(1)
 
     out = output or Path(job.spec.output.path or f"output/{job.name}")
+    checkpoints = job.spec.checkpoint.path
+    problems = preflight.check_surroundings(
+        job, out, "--output" if output else "spec.output.path", metrics_port, os.environ
+    )
+    if problems:
+        raise fail(problems)
+    # torch, ray and transformers only now: the checks above answer in a second or two.
+    from kubedistill.runtime.checkpoint import CheckpointDirectory
+    from kubedistill.runtime.data.errors import BadRecordError, ChatTemplateError, DataFileError
+    from kubedistill.runtime.ray_session import connect
+    from kubedistill.runtime.resume import ResumeRefused
+    from kubedistill.runtime.trainer import RunOptions, Trainer
+
     options = RunOptions(output_dir=out, stop_after_steps=max_steps, metrics_port=metrics_port)
     try:
         # The trainer reads and tokenises the data as it is built: before Ray starts, so that bad data
         # fails in seconds rather than after the cluster is up.
         trainer = Trainer(job, options)
     except (BadRecordError, DataFileError, ChatTemplateError) as error:
-        typer.echo(f"{file}: {error}", err=True)
-        raise typer.Exit(1) from None
+        raise fail([str(error)]) from None
     except ValueError as error:
         # Settings that cannot work for any record name their spec field; any other ValueError is a bug.
         if not str(error).startswith("spec."):
             raise
-        typer.echo(f"{file}: {error}", err=True)
-        raise typer.Exit(1) from None
-    connect()
-    trainer.run()
+        raise fail([str(error)]) from None
+    if restart and checkpoints:
+        try:
+            aside = CheckpointDirectory(Path(checkpoints), job.spec.checkpoint.keep).move_aside(
+                datetime.now(UTC)
+            )
+        except OSError as error:
+            problem = f"spec.checkpoint.path: --restart cannot move '{checkpoints}' aside: {error.strerror}"
+            raise fail([problem]) from None
+        if aside is not None:
+            typer.echo(f"{file}: --restart: moved the old checkpoints aside to {aside}", err=True)
+    try:
+        resume_from = trainer.resume_point()
+    except ResumeRefused as refused:
+        raise fail([str(refused)]) from None
+    if trainer.finished(resume_from):
+        reached, end = resume_from.state.step, trainer.stop_step
+        where = f"step {reached} of {end}" if reached == end else f"step {reached}, past this run's {end}"
+        typer.echo(
+            f"{file}: job {job.name} is finished: trained to {where} ({resume_from.path}), output in {out}. "
+            "Nothing to do (--restart trains it again)."
+        )
+        return
+    try:
+        connect()
+        trainer.run()
+    except KeyboardInterrupt:
+        raise _interrupted(file, trainer) from None
+
+
+def _interrupted(file: Path, trainer: "Trainer") -> typer.Exit:
+    """Ctrl-C: where training stopped, and where a re-run goes on from."""
+    reached = trainer.steps_done
+    where = "before training started" if reached is None else f"at step {reached} of {trainer.total_steps}"
+    latest = trainer.checkpoints.latest() if trainer.checkpoints else None
+    if latest is not None:
+        then = f"a re-run resumes from {latest.path} (step {latest.state.step})"
+    elif trainer.checkpoints is not None:
+        then = "no checkpoint was written yet: a re-run starts from step 0"
+    else:
+        then = "spec.checkpoint.path is unset: a re-run starts from step 0"
+    written = f"; what was done is in {trainer.options.output_dir}" if reached else ""
+    typer.echo(f"{file}: interrupted {where}; {then}{written}", err=True)
+    return typer.Exit(130)
 
 
 @app.command()

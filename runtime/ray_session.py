@@ -2,8 +2,13 @@
 
 import logging
 import os
+import subprocess
+import sys
 
 log = logging.getLogger(__name__)
+
+_watchdog: subprocess.Popen | None = None
+"""Stops the local Ray's processes once this one exits, however it exits (`ray_watchdog`)."""
 
 
 def connect(num_cpus: int | None = None) -> None:
@@ -17,9 +22,20 @@ def connect(num_cpus: int | None = None) -> None:
     if os.environ.get("RAY_ADDRESS"):
         ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=True)
         return
+    _start_watchdog()
     ray.init(
         num_cpus=num_cpus or os.cpu_count() or 1,
         include_dashboard=False,
         log_to_driver=True,
         logging_level=logging.WARNING,
     )
+
+
+def _start_watchdog() -> None:
+    global _watchdog
+    if _watchdog is None:
+        # Our end of its stdin pipe stays open for as long as this process lives: its closing is the signal.
+        _watchdog = subprocess.Popen(
+            [sys.executable, "-I", "-m", "kubedistill.runtime.ray_watchdog", str(os.getpid())],
+            stdin=subprocess.PIPE,
+        )

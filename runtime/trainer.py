@@ -21,7 +21,7 @@ from kubedistill.api import telemetry
 from kubedistill.api.job import DistillationJob
 from kubedistill.api.spec import Mode
 from kubedistill.runtime.algorithms.base import ALGORITHMS
-from kubedistill.runtime.checkpoint import CheckpointDirectory, TrainerState
+from kubedistill.runtime.checkpoint import Checkpoint, CheckpointDirectory, TrainerState
 from kubedistill.runtime.data.batching import shard_micro_batches, steps_per_epoch
 from kubedistill.runtime.data.errors import BadRecord
 from kubedistill.runtime.data.load import load_samples
@@ -30,7 +30,9 @@ from kubedistill.runtime.engine_group import EngineActorGroup
 from kubedistill.runtime.metrics import TrainerMetrics
 from kubedistill.runtime.models import compute_dtype, load_tokenizer
 from kubedistill.runtime.placement import ClusterView
+from kubedistill.runtime.preflight import metrics_port_asked
 from kubedistill.runtime.report import Progress, plot_losses, print_summary, write_metrics, write_summary
+from kubedistill.runtime.resume import check_resumable, is_finished, origin_of
 from kubedistill.runtime.roles import has_teacher, kd_config, student_tokenizer_path, teacher_spec
 from kubedistill.runtime.rollout.backend import SamplingConfig
 from kubedistill.runtime.rollout.group import RolloutActorGroup
@@ -51,7 +53,8 @@ class RunOptions:
     stop_after_steps: int | None = None
     """Stop once this many steps are done (the schedule still follows the spec, so a later run resumes)."""
     metrics_port: int | None = None
-    """Port of /metrics; None reads KUBEDISTILL_METRICS_PORT (default 8080), 0 picks a free port."""
+    """Port of /metrics; None reads KUBEDISTILL_METRICS_PORT (else the default, which alone may fall back to
+    a free port when busy), 0 picks a free port."""
     namespace: str = "local"
     progress: bool = True
     print_summary: bool = True
@@ -92,6 +95,7 @@ class Trainer:
         for bad in self.bad_records:
             log.warning("skipped bad record %s", bad)
         self.truncated = [sample for sample in self.train + self.eval if sample.truncation]
+        self.origin = origin_of(job, self.train)
         self.steps_per_epoch = self._steps_per_epoch()
         self.total_steps = self.steps_per_epoch * self.spec.training.epochs
         if self.spec.training.max_steps is not None:
@@ -108,14 +112,44 @@ class Trainer:
         self.source: BatchSource | None = None
         self.recoveries: list[dict] = []
         """Failures survived: the step training went on from, and what failed."""
+        self._state: TrainerState | None = None
+        """Where training stands, step by step (what a fault or an interruption finds)."""
 
     def _steps_per_epoch(self) -> int:
         training = self.spec.training
         rollout = self.spec.rollout
-        if self.spec.mode == Mode.ON_POLICY and rollout is not None:
+        on_policy = self.spec.mode == Mode.ON_POLICY and rollout is not None
+        field, batch = (
+            ("spec.rollout.batchSize", rollout.batch_size)
+            if on_policy
+            else ("spec.training.globalBatchSize", training.global_batch_size)
+        )
+        if len(self.train) < batch:
+            raise ValueError(
+                f"{field}: {batch} is more than the {len(self.train)} training records "
+                f"(spec.data.train): lower it or add data"
+            )
+        if on_policy:
             per_round = rollout.batch_size * rollout.samples_per_prompt // training.global_batch_size
             return steps_per_epoch(len(self.train), rollout.batch_size) * per_round
         return steps_per_epoch(len(self.train), training.global_batch_size)
+
+    @property
+    def stop_step(self) -> int:
+        """The step this run stops at: the job's end, or earlier when asked."""
+        stop = self.options.stop_after_steps
+        return self.total_steps if stop is None else min(self.total_steps, stop)
+
+    def resume_point(self) -> Checkpoint | None:
+        """The checkpoint this run goes on from; `ResumeRefused` when it was made from another job."""
+        latest = self.checkpoints.latest() if self.checkpoints else None
+        if latest is not None:
+            check_resumable(latest, self.origin)
+        return latest
+
+    def finished(self, checkpoint: Checkpoint | None) -> bool:
+        """Whether this run has nothing left to do: trained to its stop step, and the output written."""
+        return is_finished(checkpoint, self.stop_step, self.options.output_dir, self.job.name)
 
     def _load(self, source, field_path: str) -> tuple[list[Sample], list[BadRecord]]:
         teacher_tokenizer = None
@@ -151,12 +185,23 @@ class Trainer:
             state = self._final_evaluation(state)
             self._export()
             result = self._finish(state)
+        except KeyboardInterrupt:
+            self.shutdown(graceful=False)
+            # What was done stays readable; the checkpoints hold what a re-run goes on from.
+            if self._state is not None and self._state.history:
+                self._report(self._state, interrupted=True)
+            raise
         except BaseException:
             # A failed collective can leave ranks waiting for a peer: stop them without asking.
             self.shutdown(graceful=False)
             raise
         self.shutdown()
         return result
+
+    @property
+    def steps_done(self) -> int | None:
+        """The step training reached (what an interrupted run stopped at); None before it started."""
+        return self._state.step if self._state is not None else None
 
     def evaluate_students(self, models: list[str]) -> list[dict]:
         """Evaluate each student model (a path, as on disk) against this job's teacher on data.eval, without
@@ -449,7 +494,9 @@ class Trainer:
         return record
 
     def _final_evaluation(self, state: TrainerState) -> TrainerState:
-        if not self.eval:
+        last = state.history[-1] if state.history else {}
+        # A run resumed from its own final checkpoint (to export elsewhere) was evaluated there already.
+        if not self.eval or (last.get("kind") == "eval" and last.get("step") == state.step):
             return state
         return replace(state, history=[*state.history, self._eval_record(self._evaluate(), state.step)])
 
@@ -500,7 +547,7 @@ class Trainer:
         self.metrics.set(telemetry.TOTAL_STEPS, self.total_steps)
         self.metrics.add(telemetry.BAD_RECORDS, len(self.bad_records))
         self.metrics.add(telemetry.TRUNCATED_RECORDS, len(self.truncated))
-        latest = self.checkpoints.latest() if self.checkpoints else None
+        latest = self.resume_point()
         if latest is None:
             return fresh
         log.info("resuming from %s (step %d)", latest.path, latest.state.step)
@@ -517,7 +564,7 @@ class Trainer:
     def _save(self, state: TrainerState) -> None:
         staging = self.checkpoints.staging(state.step)
         self.students.save_checkpoint(str(staging))
-        self.checkpoints.commit(staging, state)
+        self.checkpoints.commit(staging, state, self.origin.to_json())
         self.metrics.set(telemetry.LAST_CHECKPOINT_STEP, state.step)
 
     def _export(self) -> None:
@@ -526,6 +573,13 @@ class Trainer:
     def _finish(self, state: TrainerState) -> RunResult:
         if self.checkpoints and (not state.history or state.step % self.spec.checkpoint.every_steps):
             self._save(state)
+        summary = self._report(state)
+        if self.options.print_summary:
+            print_summary(summary)
+        return RunResult(summary=summary, history=state.history)
+
+    def _report(self, state: TrainerState, interrupted: bool = False) -> dict:
+        """`metrics.jsonl`, the loss plot and `summary.json` of the steps in `state`."""
         history = state.history
         out = self.options.output_dir
         write_metrics(out, history)
@@ -552,20 +606,23 @@ class Trainer:
             ],
             "output_dir": str(out),
         }
+        if interrupted:
+            summary["interrupted"] = True
         if evals:
             summary.update({k: v for k, v in evals[-1].items() if k.startswith("eval_") and v is not None})
         if trains:
             summary["loss_plot"] = str(plot_losses(out, history, self.job.name))
         summary["metrics_file"] = str(out / "metrics.jsonl")
         write_summary(out, summary)
-        if self.options.print_summary:
-            print_summary(summary)
-        return RunResult(summary=summary, history=history)
+        return summary
 
     def _serve_metrics(self) -> None:
         try:
             port = self.metrics.serve(self.options.metrics_port)
         except OSError as error:
+            # A port someone asked for is theirs to fix; only the default may give way.
+            if metrics_port_asked(self.options.metrics_port) is not None:
+                raise
             port = self.metrics.serve(0)
             log.warning("metrics port busy (%s); serving /metrics on port %d instead", error, port)
         log.info("serving /metrics on port %d", port)

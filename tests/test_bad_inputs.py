@@ -10,10 +10,11 @@ a Ray that does start leaves one there.
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,18 +58,24 @@ def invoke(args: Sequence[str]) -> Outcome:
     return Outcome(result.exit_code, result.stdout, result.stderr)
 
 
-def kubedistill(args: Sequence[str], cwd: Path) -> Outcome:
-    """The installed `kubedistill` command as a user runs it, with a fresh, empty Ray temporary root.
+def kubedistill(args: Sequence[str], cwd: Path, env: dict[str, str] | None = None) -> Outcome:
+    """The installed `kubedistill` command as a user runs it, with a fresh, empty Ray temporary root; `env`
+    is added to (or, where a value is None, removed from) this process's environment.
 
     The root is short and outside pytest's temporary tree: Ray's socket paths must fit in 107 bytes.
     """
     assert KUBEDISTILL is not None, "the kubedistill command is not installed in this venv"
     with tempfile.TemporaryDirectory(prefix="kd-ray-") as ray_root:
-        env = {key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"}
+        environment = {key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"}
+        for key, value in (env or {}).items():
+            if value is None:
+                environment.pop(key, None)
+            else:
+                environment[key] = value
         done = subprocess.run(
             [KUBEDISTILL, *args],
             cwd=cwd,
-            env={**env, "RAY_TMPDIR": ray_root},
+            env={**environment, "RAY_TMPDIR": ray_root},
             capture_output=True,
             text=True,
             timeout=CLI_TIMEOUT_SECONDS,
@@ -335,3 +342,140 @@ def test_the_installed_command_rejects_bad_data_before_starting_ray(
 
 def test_every_bad_data_file_has_a_row() -> None:
     assert {path.name for path in FILES.iterdir()} <= {bad.id for bad in BAD_DATA}
+
+
+# -- mistakes in the job's surroundings ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BadSetting:
+    """A job whose manifest is valid but whose surroundings are not: caught before Ray starts."""
+
+    id: str
+    expected: str
+    """`where: problem` the line must start with; {placeholders} are filled from the test's world."""
+    spec: dict[str, Any] = field(default_factory=dict)
+    args: tuple[str, ...] = ()
+    env: dict[str, str | None] = field(default_factory=dict)
+
+
+BAD_SETTINGS = [
+    BadSetting(
+        "local-model-path-missing",
+        "spec.student.model: no such directory 'demo-output/assets/student-inti'",
+        {"student": {"model": "demo-output/assets/student-inti"}},
+    ),
+    BadSetting(
+        "relative-tokenizer-path-missing",
+        "spec.student.tokenizer: no such directory './tokenizer'",
+        {"student": {"tokenizer": "./tokenizer"}},
+    ),
+    BadSetting(
+        "model-directory-without-config",
+        "spec.teacher.model: '{root}' holds no config.json: not a Hugging Face model directory",
+        {"teacher": {"model": "{root}"}},
+    ),
+    BadSetting(
+        "hub-name-not-in-the-offline-cache",
+        "spec.student.model: no such directory 'student-inti', and no model of that name in the Hugging Face "
+        "cache (HF_HUB_OFFLINE is set)",
+        {"student": {"model": "student-inti"}},
+        env={"HF_HUB_OFFLINE": "1"},
+    ),
+    BadSetting(
+        "hub-unreachable",
+        "spec.teacher.model: no such directory 'kubedistill/no-such-teacher', and the Hugging Face Hub could "
+        "not be asked for it",
+        {"teacher": {"model": "kubedistill/no-such-teacher"}},
+        env={"HF_HUB_OFFLINE": None, "HF_ENDPOINT": "http://127.0.0.1:{closed_port}"},
+    ),
+    BadSetting(
+        "output-path-unwritable",
+        "spec.output.path: cannot write to '{a_file}/out': Not a directory",
+        {"output": {"path": "{a_file}/out"}},
+    ),
+    BadSetting(
+        "output-option-unwritable",
+        "--output: cannot write to '{a_file}/out': Not a directory",
+        args=("--output", "{a_file}/out"),
+    ),
+    BadSetting(
+        "checkpoint-path-unwritable",
+        "spec.checkpoint.path: cannot write to '{a_file}/ckpt': Not a directory",
+        {"checkpoint": {"path": "{a_file}/ckpt"}},
+    ),
+    BadSetting(
+        "dataset-smaller-than-a-global-batch",
+        "spec.training.globalBatchSize: 16 is more than the 1 training records (spec.data.train)",
+    ),
+    BadSetting(
+        "dataset-smaller-than-a-rollout-batch",
+        "spec.rollout.batchSize: 8 is more than the 1 training records (spec.data.train)",
+        ON_POLICY,
+    ),
+    BadSetting(
+        "metrics-port-option-busy",
+        "--metrics-port: port {busy_port} is busy",
+        args=("--metrics-port", "{busy_port}"),
+    ),
+    BadSetting(
+        "metrics-port-variable-busy",
+        "KUBEDISTILL_METRICS_PORT: port {busy_port} is busy",
+        env={"KUBEDISTILL_METRICS_PORT": "{busy_port}"},
+    ),
+    BadSetting(
+        "ray-address-unreachable",
+        "RAY_ADDRESS=127.0.0.1:{closed_port}: no Ray cluster answers there",
+        env={"RAY_ADDRESS": "127.0.0.1:{closed_port}"},
+    ),
+]
+
+
+def _fill(value: Any, names: dict[str, str]) -> Any:
+    if isinstance(value, str):
+        return value.format(**names)
+    if isinstance(value, dict):
+        return {key: _fill(inner, names) for key, inner in value.items()}
+    if isinstance(value, tuple):
+        return tuple(_fill(inner, names) for inner in value)
+    return value
+
+
+@pytest.fixture(scope="module")
+def setting_processes(
+    tiny_world: TinyWorld, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, tuple[Path, str, Outcome]]]:
+    """Every row run as the installed command, next to a busy port (something listens) and a closed one
+    (bound, not listening: connections are refused at once)."""
+    root = tmp_path_factory.mktemp("bad-settings")
+    a_file = root / "a-file"
+    a_file.write_text("not a directory")
+    with socket.create_server(("", 0)) as busy, socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        names = {
+            "root": str(root),
+            "a_file": str(a_file),
+            "busy_port": str(busy.getsockname()[1]),
+            "closed_port": str(closed.getsockname()[1]),
+        }
+        files, calls = {}, {}
+        for bad in BAD_SETTINGS:
+            files[bad.id] = root / bad.id / "job.yaml"
+            files[bad.id].parent.mkdir()
+            manifest = job_manifest(tiny_world, "bad-setting", **_fill(bad.spec, names))
+            files[bad.id].write_text(yaml.safe_dump(manifest), encoding="utf-8")
+            args = ["run", str(files[bad.id]), *_fill(bad.args, names)]
+            calls[bad.id] = (args, files[bad.id].parent, _fill(bad.env, names))
+        with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+            futures = {key: pool.submit(kubedistill, *call) for key, call in calls.items()}
+            outcomes = {key: future.result() for key, future in futures.items()}
+        yield {bad.id: (files[bad.id], _fill(bad.expected, names), outcomes[bad.id]) for bad in BAD_SETTINGS}
+
+
+@pytest.mark.parametrize("bad", BAD_SETTINGS, ids=lambda bad: bad.id)
+def test_a_mistake_in_the_surroundings_exits_1_in_one_line_before_ray_starts(
+    setting_processes: dict[str, tuple[Path, str, Outcome]], bad: BadSetting
+) -> None:
+    file, expected, outcome = setting_processes[bad.id]
+    assert_rejected(outcome, file, expected)
+    assert outcome.ray_sessions == [], "Ray was started"
