@@ -10,7 +10,13 @@ from kubedistill.api.job import DistillationJob
 from kubedistill.runtime.actors import free_port
 from kubedistill.runtime.sglang_engine import join_weight_sync_group
 from kubedistill.runtime.student.batch import MicroBatch
-from kubedistill.runtime.student.worker import EvalStats, RankAddress, StepStats, StudentWorker
+from kubedistill.runtime.student.worker import (
+    EvalStats,
+    RankAddress,
+    StepStats,
+    StudentWorker,
+    all_ranks_agree,
+)
 from kubedistill.runtime.transfer import from_wire
 from kubedistill.runtime.weight_sync import (
     WeightSyncGroup,
@@ -67,7 +73,7 @@ class StudentActor:
             hidden, problem = resolve_hidden(refs), None
         except ray.exceptions.RayError as error:
             hidden, problem = [], error
-        if not self._worker.all_ranks_agree(problem is None):
+        if not all_ranks_agree(problem is None):
             where = problem or "on another rank"
             raise TeacherUnavailable(f"teacher hidden states could not be read: {where}")
         return hidden
