@@ -45,6 +45,14 @@ from kubedistill.runtime.teacher.backend import TeacherBatch
 ENGINE_DTYPES = {Precision.BF16: "bfloat16", Precision.FP32: "float32"}
 
 BLOCK_NONZERO_RANK_CHILDREN = "SGLANG_BLOCK_NONZERO_RANK_CHILDREN"
+MEMORY_SAVER_CUDA_GRAPH = "SGLANG_MEMORY_SAVER_CUDA_GRAPH"
+
+NCCL_ENVIRONMENT = {"NCCL_CUMEM_ENABLE": "0"}
+"""NCCL settings shared by every member of the weight-update group (student rank 0 and the engines' ranks).
+SGLang 0.5.23 sets `NCCL_CUMEM_ENABLE` in its processes when it is unset, to
+`str(int(cfg.enable_symm_mem or kv_shard_symmetric_scratch))`, "0" for our engines (neither is enabled)
+(`srt/entrypoints/engine.py:1898-1907`, `_set_envs_and_config`); NCCL's own default is cuMem on, and peers
+of one communicator with different cuMem settings fail to connect. Both sides get it set explicitly."""
 
 PRE_NORM_HIDDEN_STATE_ARCHITECTURES = frozenset(
     {
@@ -158,7 +166,18 @@ def rollout_engine_args(
 
 def _colocation_args(colocate: bool) -> dict[str, Any]:
     # Sleeping releases the weights' GPU memory; the CPU backup brings them back without a reload from disk.
-    return {"enable_memory_saver": colocate, "enable_weights_cpu_backup": colocate}
+    # The graphs' memory is released with the `cuda_graph` tag only when they were captured inside the
+    # memory saver's region, which needs SGLANG_MEMORY_SAVER_CUDA_GRAPH=1 (`engine_environment`; SGLang
+    # 0.5.23 `srt/model_executor/runner_backend/full_cuda_graph_backend.py:121-124`). The breakable prefill
+    # graph, the default on CUDA (`srt/model_executor/cuda_graph_config.py:119-123`), raises "Breakable CUDA
+    # graph is not compatible with memory saver mode" under that setting (`breakable_cuda_graph_backend.py:
+    # 84-94`), so colocated engines turn the prefill graph off, as KDFlow does (None: SGLang's default). The
+    # teacher only prefills whole long sequences, where a graph saves little; rollout decode keeps its graphs.
+    return {
+        "enable_memory_saver": colocate,
+        "enable_weights_cpu_backup": colocate,
+        "cuda_graph_backend_prefill": "disabled" if colocate else None,
+    }
 
 
 def _placement_args(placement: EnginePlacement) -> dict[str, Any]:
@@ -170,9 +189,13 @@ def _placement_args(placement: EnginePlacement) -> dict[str, Any]:
     }
 
 
-def engine_environment() -> dict[str, str]:
-    """Environment of the process that constructs the engine (read by SGLang on node ranks >= 1)."""
-    return {BLOCK_NONZERO_RANK_CHILDREN: "0"}
+def engine_environment(*, colocate: bool) -> dict[str, str]:
+    """Environment of the process that constructs the engine, inherited by its scheduler processes."""
+    # Read by SGLang on node ranks >= 1 (see the module docstring).
+    environment = {BLOCK_NONZERO_RANK_CHILDREN: "0", **NCCL_ENVIRONMENT}
+    if colocate:
+        environment[MEMORY_SAVER_CUDA_GRAPH] = "1"  # see `_colocation_args`
+    return environment
 
 
 def teacher_weight_update_refusal(engine_args: dict[str, Any]) -> str | None:

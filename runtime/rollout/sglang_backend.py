@@ -58,7 +58,7 @@ class SGLangRollout:
         )
         self._bucket_bytes = bucket_bytes
         self._sync_group: str | None = None
-        self._sglang = SGLangEngine(server_args, engine_environment())
+        self._sglang = SGLangEngine(server_args, engine_environment(colocate=colocate))
 
     def generate(self, prompts: list[list[int]], sampling: SamplingConfig) -> list[list[int]]:
         if not prompts:

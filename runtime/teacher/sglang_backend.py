@@ -56,7 +56,7 @@ class SGLangTeacher:
         self._placement = placement
         self._bucket_bytes = bucket_bytes
         self._weight_update_refusal = teacher_weight_update_refusal(server_args)
-        self._sglang = SGLangEngine(server_args, engine_environment())
+        self._sglang = SGLangEngine(server_args, engine_environment(colocate=colocate))
 
     @property
     def hidden_size(self) -> int:
