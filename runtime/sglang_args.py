@@ -15,7 +15,9 @@ Facts of SGLang 0.5.23 these functions rely on (file paths inside the `sglang` p
   Cohere), exactly as the transformers backend's `hidden_states[-1]` does.
 - They come back as nested Python lists of floats (`.cpu().tolist()` in
   `srt/managers/scheduler_components/batch_result_processor.py`) in `meta_info["hidden_states"]`: entry 0 is
-  the prefill block, [prompt_len][hidden], followed by one [hidden] row per decode step. With chunked prefill
+  the prefill block, [prompt_len][hidden], followed by one [hidden] row per decode step. The teacher's
+  engine replaces that step in its schedulers (`kubedistill.runtime.teacher.sglang_hidden_states`) and
+  reads the rows from shared memory instead. With chunked prefill
   the prefill block is split into one entry per chunk, and prefix-cached tokens are not recomputed at all:
   hence `chunked_prefill_size=-1` and `disable_radix_cache`.
 - The output streamer (`output_streamer.py`) cuts that list to `req.finished_len` entries, and a request
@@ -41,6 +43,7 @@ import torch
 from kubedistill.api.spec import Precision, RolloutSpec, TeacherSpec
 from kubedistill.runtime.rollout.backend import SamplingConfig
 from kubedistill.runtime.teacher.backend import TeacherBatch
+from kubedistill.runtime.teacher.sglang_hidden_states import read_prefill_rows
 
 ENGINE_DTYPES = {Precision.BF16: "bfloat16", Precision.FP32: "float32"}
 
@@ -208,7 +211,7 @@ def teacher_weight_update_refusal(engine_args: dict[str, Any]) -> str | None:
         )
     if engine_args.get("nnodes", 1) > 1:
         return (
-            "tensors reach SGLang's schedulers through CUDA IPC, which stays on one node: "
+            "tensors reach SGLang's schedulers through shared memory, which stays on one node: "
             "set spec.teacher.nodesPerReplica to 1"
         )
     return None
@@ -255,27 +258,43 @@ def output_ids(outputs: list[dict[str, Any]]) -> list[list[int]]:
 def gather_hidden_states(
     outputs: list[dict[str, Any]], batch: TeacherBatch, hidden_size: int, dtype: torch.dtype
 ) -> torch.Tensor:
-    """The rows of `batch.positions` from `Engine.generate` outputs, as one [num_positions, hidden] tensor."""
+    """The rows of `batch.positions` from `Engine.generate` outputs, as one [num_positions, hidden] tensor.
+
+    A prefill block comes either as SGLang's nested float lists, or, from an engine whose scheduler runs
+    `sglang_hidden_states.run_scheduler_process`, as an empty chunk whose rows wait in shared memory under
+    the request's id (`meta_info["id"]`, SGLang 0.5.23 `srt/managers/tokenizer_manager.py:2507-2508`).
+    """
     if len(outputs) != len(batch.sequences):
         raise ValueError(f"{len(outputs)} outputs for {len(batch.sequences)} sequences")
-    rows: list[list[float]] = []
+    parts = [torch.empty(0, hidden_size, dtype=dtype)]
     for index, (output, sequence, positions) in enumerate(
         zip(outputs, batch.sequences, batch.positions, strict=True)
     ):
-        block = _prefill_block(output, index, len(sequence))
+        block = _prefill_block(output, index)
         if positions and not 0 <= min(positions) <= max(positions) < len(sequence):
             raise ValueError(f"sequence {index}: positions outside [0, {len(sequence)})")
-        rows.extend(block[position] for position in positions)
-    if not rows:
-        return torch.empty(0, hidden_size, dtype=dtype)
+        if block == []:
+            rows = read_prefill_rows(output["meta_info"]["id"], positions, len(sequence))
+        else:
+            rows = _listed_rows(block, index, positions, len(sequence))
+        if rows.shape[1:] != (hidden_size,):
+            raise ValueError(
+                f"SGLang returned hidden states of shape {tuple(rows.shape)}, rows of {hidden_size}"
+            )
+        parts.append(rows.to(dtype))
+    return torch.cat(parts)
+
+
+def _listed_rows(block: list[list[float]], index: int, positions: list[int], length: int) -> torch.Tensor:
+    if len(block) != length:
+        raise ValueError(
+            f"sequence {index}: SGLang returned hidden states for {len(block)} of {length} tokens; prefix "
+            "caching and chunked prefill must be off"
+        )
     # The values are bf16 (or fp32) numbers spelled as Python floats: float32 holds both exactly. numpy
     # reads nested lists several times faster than torch.tensor does.
-    gathered = torch.from_numpy(np.asarray(rows, dtype=np.float32))
-    if gathered.shape[1:] != (hidden_size,):
-        raise ValueError(
-            f"SGLang returned hidden states of shape {tuple(gathered.shape)}, rows of {hidden_size}"
-        )
-    return gathered.to(dtype)
+    rows = np.asarray([block[position] for position in positions], dtype=np.float32)
+    return torch.from_numpy(rows.reshape(len(positions), -1) if positions else rows.reshape(0, len(block[0])))
 
 
 def _refuse_aborted(output: dict[str, Any], index: int) -> None:
@@ -285,7 +304,7 @@ def _refuse_aborted(output: dict[str, Any], index: int) -> None:
         raise ValueError(f"sequence {index}: SGLang aborted the request: {reason.get('message')}")
 
 
-def _prefill_block(output: dict[str, Any], index: int, length: int) -> list[list[float]]:
+def _prefill_block(output: dict[str, Any], index: int) -> list:
     _refuse_aborted(output, index)
     entries = output["meta_info"].get("hidden_states") or []
     if not entries:
@@ -293,10 +312,4 @@ def _prefill_block(output: dict[str, Any], index: int, length: int) -> list[list
             f"sequence {index}: SGLang returned no hidden states; the engine needs "
             "enable_return_hidden_states and the request max_new_tokens >= 1"
         )
-    block = entries[0]
-    if len(block) != length:
-        raise ValueError(
-            f"sequence {index}: SGLang returned hidden states for {len(block)} of {length} tokens; prefix "
-            "caching and chunked prefill must be off"
-        )
-    return block
+    return entries[0]

@@ -92,7 +92,9 @@ def check_teacher(model_path: Path, sequences: list[list[int]], models: dict[str
             if name == "updated":
                 teacher.sleep()
                 teacher.wake()
+                teacher.begin_weight_update()
                 teacher.update_weights(models[name].state_dict().items())
+                teacher.end_weight_update()
             model = models[name]
             hidden = teacher.hidden_states(batch)
             check(hidden.shape == (batch.num_positions, SHAPE.hidden_size), f"{name}: one row per position")
@@ -130,7 +132,9 @@ def check_rollout(model_path: Path, prompts: list[list[int]], models: dict[str, 
         for name in ("initial", "updated"):
             if name == "updated":
                 rollout.sleep()
+                rollout.begin_weight_update()
                 rollout.update_weights(models[name].state_dict().items())
+                rollout.end_weight_update()
                 rollout.wake()
             responses = rollout.generate(prompts, greedy)
             check(len(responses) == 2 * len(prompts), f"{name}: two responses per prompt")

@@ -79,15 +79,18 @@ class StudentActor:
         return hidden
 
     def push_weights(self, targets: list[ray.actor.ActorHandle], bucket_bytes: int, ema: bool) -> int:
-        """Send the student's weights to engines' `update_weights`, bucket by bucket (collective: every rank
-        is called; rank 0 gets the targets). Each bucket is put in the object store once for all targets.
-        Returns the bytes sent."""
+        """Send the student's weights to engines' `update_weights`, bucket by bucket, inside one weight-update
+        session per engine (an asleep SGLang engine wakes its weights once per sync, not once per bucket)
+        (collective: every rank is called; rank 0 gets the targets). Each bucket is put in the object store
+        once for all targets. Returns the bytes sent."""
+        ray.get([target.begin_weight_update.remote() for target in targets])
         sent = 0
         for bucket in self._worker.full_weight_buckets(bucket_bytes, ema=ema):
             if targets and bucket:
                 ref = ray.put(bucket)
                 ray.get([target.update_weights.remote(ref) for target in targets])
                 sent += sum(tensor_nbytes(named) for named in bucket)
+        ray.get([target.end_weight_update.remote() for target in targets])
         return sent
 
     def join_weight_sync_group(self, group: WeightSyncGroup, sglang: bool) -> None:

@@ -73,11 +73,17 @@ class StudentActorGroup:
         )
         return results[0]
 
-    def push_weights(self, targets: list[ray.actor.ActorHandle], *, ema: bool = False) -> int:
+    def push_weights(
+        self,
+        targets: list[ray.actor.ActorHandle],
+        *,
+        ema: bool = False,
+        bucket_bytes: int = WEIGHT_BUCKET_BYTES,
+    ) -> int:
         """Stream the student's current (or EMA) weights into the target engines. Returns the bytes sent."""
         sent = get_all(
             [
-                actor.push_weights.remote(targets if rank == 0 else [], WEIGHT_BUCKET_BYTES, ema)
+                actor.push_weights.remote(targets if rank == 0 else [], bucket_bytes, ema)
                 for rank, actor in enumerate(self.actors)
             ]
         )
