@@ -1,18 +1,19 @@
 """Teacher hidden states through shared memory instead of SGLang's nested float lists.
 
 The replacement of SGLang's `_append_prefill_hidden_states` runs here on CPU tensors, called the way
-`process_batch_result_prefill` calls it, and its output is read back with the decoder the SGLang teacher
-uses. The objects it is handed stand for SGLang's own (`Req`, `LogitsProcessorOutput`, `CaptureHiddenMode`),
-with only the attributes the method reads; the wheel tests below pin those to the release.
+`process_batch_result_prefill` calls it (`bench.sglang_hop.prefill`, which `bench/transfer.py` times too), and
+its output is read back with the decoder the SGLang teacher uses. The objects it is handed stand for
+SGLang's own (`Req`, `LogitsProcessorOutput`, `CaptureHiddenMode`), with only the attributes the method reads;
+the wheel tests below pin those to the release.
 """
 
 import ast
-from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 import torch
 
+from bench.sglang_hop import SGLangReq, engine_output, prefill, sglang_tolist
 from kubedistill.runtime.sglang_args import gather_hidden_states
 from kubedistill.runtime.teacher.backend import TeacherBatch
 from kubedistill.runtime.teacher.sglang_hidden_states import (
@@ -27,66 +28,19 @@ RESULTS = "sglang.srt.managers.scheduler_components.batch_result_processor"
 HIDDEN = 8
 
 
-@dataclass
-class Req:
-    """SGLang's `Req` (`srt/managers/schedule_batch.py`): what the method reads and appends to."""
-
-    rid: str
-    return_hidden_states: bool | str = True
-    hidden_states: list = field(default_factory=list)
+def _prefill(reqs: list[SGLangReq], lengths: list[int], hidden: torch.Tensor, rank: int = 0) -> None:
+    prefill(shared_memory_method(sglang_tolist, lambda: rank), reqs, lengths, hidden)
 
 
-@dataclass
-class LogitsOutput:
-    hidden_states: torch.Tensor
-
-
-@dataclass
-class CaptureMode:
-    full: bool = True
-
-    def is_full(self) -> bool:
-        return self.full
-
-
-def _sglang_list_method(
-    self: Any, *, req: Any, logits_output: Any, hidden_state_offset: int, **rest: Any
-) -> int:
-    """SGLang's own full-capture branch, for the requests the replacement leaves to it."""
-    end = hidden_state_offset + rest["extend_input_len"]
-    req.hidden_states.append(logits_output.hidden_states[hidden_state_offset:end].clone().tolist())
-    return end
-
-
-def _prefill(
-    reqs: list[Req], lengths: list[int], hidden: torch.Tensor, rank: int = 0, full: bool = True
-) -> None:
-    """The loop of `process_batch_result_prefill` over a batch's requests."""
-    method = shared_memory_method(_sglang_list_method, lambda: rank)
-    offset = 0
-    for req, length in zip(reqs, lengths, strict=True):
-        offset = method(
-            None,
-            req=req,
-            logits_output=LogitsOutput(hidden),
-            hidden_state_offset=offset,
-            capture_hidden_mode=CaptureMode(full),
-            extend_input_len=length,
-            store=True,
-        )
-    assert offset == hidden.shape[0]
-
-
-def _outputs(reqs: list[Req]) -> list[dict[str, Any]]:
-    """What `Engine.generate` returns for them: the rid as meta_info["id"], the prefill chunk first."""
-    return [{"output_ids": [7], "meta_info": {"id": r.rid, "hidden_states": r.hidden_states}} for r in reqs]
+def _outputs(reqs: list[SGLangReq]) -> list[dict[str, Any]]:
+    return [engine_output(req) for req in reqs]
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 def test_our_rows_cross_in_shared_memory_in_their_dtype_and_come_back_exactly(dtype: torch.dtype) -> None:
     lengths = [5, 3]
     hidden = torch.randn(sum(lengths), HIDDEN, generator=torch.Generator().manual_seed(0)).to(dtype)
-    reqs = [Req(rid) for rid in request_ids(2)]
+    reqs = [SGLangReq(rid) for rid in request_ids(2)]
     _prefill(reqs, lengths, hidden)
     assert [r.hidden_states for r in reqs] == [[[]], [[]]], "no float crosses SGLang's output path"
     assert torch.load(hidden_state_file(reqs[0].rid), weights_only=True).dtype == dtype
@@ -99,7 +53,7 @@ def test_our_rows_cross_in_shared_memory_in_their_dtype_and_come_back_exactly(dt
 def test_the_list_path_and_the_shared_memory_path_decode_to_the_same_tensor() -> None:
     hidden = torch.randn(6, HIDDEN).to(torch.bfloat16)
     batch = TeacherBatch(sequences=[[1] * 6], positions=[[0, 3, 5]])
-    ours, theirs = Req(request_ids(1)[0]), Req("someone-elses-request")
+    ours, theirs = SGLangReq(request_ids(1)[0]), SGLangReq("someone-elses-request")
     _prefill([ours], [6], hidden)
     _prefill([theirs], [6], hidden)
     assert len(theirs.hidden_states[0]) == 6, "requests that are not ours keep SGLang's lists"
@@ -110,14 +64,14 @@ def test_the_list_path_and_the_shared_memory_path_decode_to_the_same_tensor() ->
 
 
 def test_other_tensor_parallel_ranks_write_nothing_but_keep_the_same_chunks() -> None:
-    req = Req(request_ids(1)[0])
+    req = SGLangReq(request_ids(1)[0])
     _prefill([req], [4], torch.zeros(4, HIDDEN), rank=1)
     assert req.hidden_states == [[]]
     assert not hidden_state_file(req.rid).exists()
 
 
 def test_last_token_capture_is_left_to_sglang() -> None:
-    req = Req(request_ids(1)[0], return_hidden_states="last")
+    req = SGLangReq(request_ids(1)[0], return_hidden_states="last")
     _prefill([req], [4], torch.zeros(4, HIDDEN))
     assert len(req.hidden_states[0]) == 4 and not hidden_state_file(req.rid).exists()
 
@@ -130,7 +84,7 @@ def test_rows_that_never_arrived_are_reported_naming_the_request() -> None:
 
 
 def test_a_prefill_of_the_wrong_length_is_refused() -> None:
-    req = Req(request_ids(1)[0])
+    req = SGLangReq(request_ids(1)[0])
     _prefill([req], [3], torch.zeros(3, HIDDEN))
     with pytest.raises(ValueError, match="3 of 4 tokens"):
         gather_hidden_states(_outputs([req]), TeacherBatch([[1, 2, 3, 4]], [[0]]), HIDDEN, torch.bfloat16)
@@ -164,15 +118,15 @@ def test_the_replaced_method_still_has_the_shape_the_replacement_assumes(sglang_
 def test_the_prefill_loop_calls_it_with_keywords_and_takes_the_offset_back(
     sglang_source: SGLangSource,
 ) -> None:
-    prefill = _method(sglang_source, RESULTS, "SchedulerBatchResultProcessor", "process_batch_result_prefill")
+    loop = _method(sglang_source, RESULTS, "SchedulerBatchResultProcessor", "process_batch_result_prefill")
     calls = [
         node
-        for node in ast.walk(prefill)
+        for node in ast.walk(loop)
         if isinstance(node, ast.Call) and ast.unparse(node.func) == "self._append_prefill_hidden_states"
     ]
     assert len(calls) == 1 and not calls[0].args
     assert {k.arg for k in calls[0].keywords} == set(PATCHED_KEYWORDS)
-    assert "hidden_state_offset = self._append_prefill_hidden_states(" in ast.unparse(prefill)
+    assert "hidden_state_offset = self._append_prefill_hidden_states(" in ast.unparse(loop)
 
 
 def test_every_scheduler_launch_runs_the_engines_scheduler_function(sglang_source: SGLangSource) -> None:
