@@ -17,9 +17,9 @@ Facts of SGLang 0.5.23 these functions rely on (file paths inside the `sglang` p
   `srt/managers/scheduler_components/batch_result_processor.py`) in `meta_info["hidden_states"]`: entry 0 is
   the prefill block, [prompt_len][hidden], followed by one [hidden] row per decode step. The teacher's
   engine replaces that step in its schedulers (`kubedistill.runtime.teacher.sglang_hidden_states`) and
-  reads the rows from shared memory instead. With chunked prefill
-  the prefill block is split into one entry per chunk, and prefix-cached tokens are not recomputed at all:
-  hence `chunked_prefill_size=-1` and `disable_radix_cache`.
+  reads the rows from shared memory instead. With chunked prefill the prefill block is split into one
+  entry per chunk, and prefix-cached tokens are not recomputed at all: hence `chunked_prefill_size=-1` and
+  `disable_radix_cache`.
 - The output streamer (`output_streamer.py`) cuts that list to `req.finished_len` entries, and a request
   with `max_new_tokens=0` finishes with `finished_len == 0`: it returns *no* hidden states. We ask for one new
   token instead; the request then finishes at its prefill (no decode step) and returns exactly the prefill
@@ -261,7 +261,7 @@ def gather_hidden_states(
     """The rows of `batch.positions` from `Engine.generate` outputs, as one [num_positions, hidden] tensor.
 
     A prefill block comes either as SGLang's nested float lists, or, from an engine whose scheduler runs
-    `sglang_hidden_states.run_scheduler_process`, as an empty chunk whose rows wait in shared memory under
+    `sglang_engine.run_scheduler_process`, as an empty chunk whose rows wait in shared memory under
     the request's id (`meta_info["id"]`, SGLang 0.5.23 `srt/managers/tokenizer_manager.py:2507-2508`).
     """
     if len(outputs) != len(batch.sequences):

@@ -105,33 +105,18 @@ def shared_memory_method(
     """The replacement of `_append_prefill_hidden_states`: `take_prefill_rows` for our requests with full
     capture, `original` for anything else."""
 
-    def append_prefill_hidden_states(
-        self: Any,
-        *,
-        req: Any,
-        logits_output: Any,
-        hidden_state_offset: int,
-        capture_hidden_mode: Any,
-        extend_input_len: int,
-        store: bool = True,
-    ) -> int:
+    def append_prefill_hidden_states(self: Any, **keywords: Any) -> int:
+        # The keywords are `PATCHED_KEYWORDS`, checked against SGLang's method before it is replaced.
+        req = keywords["req"]
         ours = str(req.rid).startswith(RID_PREFIX) and req.return_hidden_states is True
-        if not (ours and capture_hidden_mode.is_full()):
-            return original(
-                self,
-                req=req,
-                logits_output=logits_output,
-                hidden_state_offset=hidden_state_offset,
-                capture_hidden_mode=capture_hidden_mode,
-                extend_input_len=extend_input_len,
-                store=store,
-            )
+        if not (ours and keywords["capture_hidden_mode"].is_full()):
+            return original(self, **keywords)
         return take_prefill_rows(
             req,
-            logits_output.hidden_states,
-            hidden_state_offset,
-            extend_input_len,
-            store=store,
+            keywords["logits_output"].hidden_states,
+            keywords["hidden_state_offset"],
+            keywords["extend_input_len"],
+            store=keywords.get("store", True),
             writes=tensor_parallel_rank() == 0,
         )
 
