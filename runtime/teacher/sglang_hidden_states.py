@@ -61,7 +61,7 @@ def write_prefill_rows(rows: torch.Tensor, rid: str) -> None:
     renamed into place so that a reader never sees half a file."""
     path = hidden_state_file(rid)
     partial = path.with_suffix(".partial")
-    torch.save(rows.detach().to("cpu").clone(), partial)
+    torch.save(rows.detach().to("cpu", copy=True), partial)
     partial.replace(path)
 
 
