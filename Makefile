@@ -73,7 +73,7 @@ clean:
 # The torch path on a GPU machine with no network and no virtual environment (torch with CUDA,
 # transformers and tokenizers installed there): run `make gpu-wheels` here first and carry .whl along.
 GPU_PYTHON ?= python3
-GPU_WHEELS := pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5
+GPU_WHEELS := pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5 msgpack==1.2.4
 gpu-wheels:
 	cd /tmp && $(PYTHON) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 		--platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d $(CURDIR)/.whl $(GPU_WHEELS)
@@ -82,4 +82,5 @@ gpu-check:
 	$(GPU_PYTHON) bench/gpu_env.py
 	if [ -d .whl ]; then cd /tmp && $(GPU_PYTHON) -m pip install -q --no-index --no-deps --target $(CURDIR)/.gpu/site $(CURDIR)/.whl/*.whl; fi
 	# -P: the repository root (with its operator/ folder) must not come before the standard library.
-	PYTHONPATH=.gpu:.gpu/site $(GPU_PYTHON) -P -m bench.gpu_check
+	# One table in under 8 minutes (a lent machine has 15 minutes in all): past that it is cut off.
+	PYTHONPATH=.gpu:.gpu/site timeout 480 $(GPU_PYTHON) -P -m bench.gpu_check

@@ -212,6 +212,21 @@ RULES: tuple[Rule, ...] = (
         f" && {value('teacher.nodesPerReplica')} == 1)",
     ),
     Rule(
+        "teacher.pipelineParallel",
+        "must be 1 with the sglang backend: a pipeline-parallel SGLang engine returns no hidden states (its "
+        "last stage relays only token ids and logprobs to the first); span nodes with tensor parallelism "
+        "instead (tensorParallel = gpusPerReplica, nodesPerReplica > 1)",
+        # SGLang 0.5.23: the first stage rebuilds its output from the last stage's relay with
+        # hidden_states=None ("Do not send logits and hidden states because they are large",
+        # `srt/managers/utils.py:342-359`, called at `srt/managers/scheduler_pp_mixin.py:988`). Tensor
+        # parallelism spans nodes: `_calculate_rank_ranges` gives each node tp_size / nnodes ranks
+        # (`srt/entrypoints/engine.py:2061-2077`).
+        lambda s: (
+            s.teacher is None or s.teacher.backend == Backend.TRANSFORMERS or s.teacher.pipeline_parallel == 1
+        ),
+        f"{value('teacher.backend')} == 'transformers' || {value('teacher.pipelineParallel')} == 1",
+    ),
+    Rule(
         "teacher.quantization",
         "needs spec.teacher.backend sglang or auto (the transformers backend does not quantize)",
         lambda s: (

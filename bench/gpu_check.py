@@ -1,20 +1,26 @@
-"""`make gpu-check`: the torch path on an accelerator, with only what a bare GPU machine has.
+"""`make gpu-check`: the torch path on an accelerator, with only what a bare GPU machine has, as one table.
 
-1. The fused chunked loss against the plain one (full logits), forward + backward, in bf16 and fp32, at
-   N = 8192 and 32768 tokens, d = 2560, V = 151936 (Qwen3-4B-sized): time, extra peak memory beyond the
-   inputs and the student head's gradient, and the largest difference. The plain one may run out of memory
-   at 32768 tokens; that is reported, not hidden.
+1. The fused chunked loss against the plain one (full logits), forward + backward in bf16, at N = 8192 and
+   32768 tokens, d = 2560, V = 151936 (Qwen3-4B-sized): time, extra peak memory beyond the inputs and the
+   student head's gradient, and the largest difference. The plain one may run out of memory at 32768 tokens;
+   that is reported, not hidden.
 2. The transformers teacher backend on the device: its hidden states times its head equal its logits.
-3. One FSDP2 training step of a student rank on NCCL (world size 1).
+3. One FSDP2 training step of a student rank on the group the GPU path builds (`process_group_backend`:
+   NCCL for CUDA tensors, gloo for the CPU ones: loss sums, `all_ranks_agree`), world size 1, with the
+   optimizer on the device and with `cpuOffload` (clipping and `full_tensor()` on CPU shards).
+4. The SGLang teacher's hidden-state hop without SGLang: the scheduler method that replaces SGLang's, fed
+   the device's bf16 hidden states of a 4096-token prefill, against SGLang's `.tolist()`, both decoded by
+   the teacher's decoder: time of each and equality of the rows.
 
 Needs torch (CUDA), transformers, tokenizers, safetensors, numpy and rich; the spec needs pydantic, which a
 bare machine may lack: `make gpu-wheels` downloads it (with its dependencies) into .whl/ to be carried along.
-`--device cpu` runs the same checks at small sizes, to check the script itself anywhere.
+`--device cpu` runs the same checks at small sizes, to check the script itself anywhere (a test does).
 
     python3 -m bench.gpu_check [--device cuda] [--n 8192 32768] [--losses fkl jsd]
 """
 
 import argparse
+import math
 import socket
 import statistics
 import sys
@@ -52,40 +58,40 @@ def loss_rows(
 ) -> list[dict]:
     from kubedistill.runtime.losses import KDConfig
 
+    dtype = torch.bfloat16
     rows = []
-    for dtype in (torch.bfloat16, torch.float32):
-        for n in tokens:
-            for loss in losses:
-                config = KDConfig(loss=loss, kd_ratio=0.5)
-                generator = torch.Generator(device="cpu").manual_seed(0)
-                student_hidden = torch.randn(n, d, generator=generator).to(device, dtype)
-                teacher_hidden = torch.randn(n, d, generator=generator).to(device, dtype)
-                student_head = (torch.randn(v, d, generator=generator) * 0.02).to(device, dtype)
-                teacher_head = (torch.randn(v, d, generator=generator) * 0.02).to(device, dtype)
-                labels = torch.randint(0, v, (n,), generator=generator).to(device)
-                results: dict[str, Any] = {}
-                values: dict[str, torch.Tensor] = {}
-                for method in ("reference", "fused"):
-                    try:
-                        seconds, extra, value = _measure(
-                            method,
-                            config,
-                            student_hidden,
-                            student_head,
-                            teacher_hidden,
-                            teacher_head,
-                            labels,
-                            device,
-                            repeats,
-                        )
-                        results[method] = (seconds, extra)
-                        values[method] = value
-                    except torch.OutOfMemoryError:
-                        results[method] = None
-                        if device.type == "cuda":
-                            torch.cuda.empty_cache()
-                rows.append(_row(loss, dtype, n, results, values))
-                del student_hidden, teacher_hidden, student_head, teacher_head, labels
+    for n in tokens:
+        for loss in losses:
+            config = KDConfig(loss=loss, kd_ratio=0.5)
+            generator = torch.Generator(device="cpu").manual_seed(0)
+            student_hidden = torch.randn(n, d, generator=generator).to(device, dtype)
+            teacher_hidden = torch.randn(n, d, generator=generator).to(device, dtype)
+            student_head = (torch.randn(v, d, generator=generator) * 0.02).to(device, dtype)
+            teacher_head = (torch.randn(v, d, generator=generator) * 0.02).to(device, dtype)
+            labels = torch.randint(0, v, (n,), generator=generator).to(device)
+            results: dict[str, Any] = {}
+            values: dict[str, torch.Tensor] = {}
+            for method in ("reference", "fused"):
+                try:
+                    seconds, extra, value = _measure(
+                        method,
+                        config,
+                        student_hidden,
+                        student_head,
+                        teacher_hidden,
+                        teacher_head,
+                        labels,
+                        device,
+                        repeats,
+                    )
+                    results[method] = (seconds, extra)
+                    values[method] = value
+                except torch.OutOfMemoryError:
+                    results[method] = None
+                    if device.type == "cuda":
+                        torch.cuda.empty_cache()
+            rows.append(_loss_row(f"{loss} bf16 N={n}, d={d}, V={v}", results, values))
+            del student_hidden, teacher_hidden, student_head, teacher_head, labels
     return rows
 
 
@@ -119,20 +125,26 @@ def _measure(
     return statistics.median(times[1:]), extra, value
 
 
-def _row(loss: str, dtype: torch.dtype, n: int, results: dict, values: dict) -> dict:
+def _check(
+    check: str, ok: bool, detail: str, seconds: float | None = None, extra_gib: float | None = None
+) -> dict:
+    """One row of the table: every check has the same columns (the JSON keeps the numbers)."""
+    return {"check": check, "ok": ok, "seconds": seconds, "extra_gib": extra_gib, "detail": detail}
+
+
+def _loss_row(case: str, results: dict, values: dict) -> dict:
     reference, fused = results["reference"], results["fused"]
-    row: dict[str, Any] = {
-        "case": f"{loss} {str(dtype).removeprefix('torch.')} N={n}",
-        "reference_ms": "OOM" if reference is None else reference[0] * 1e3,
-        "fused_ms": "OOM" if fused is None else fused[0] * 1e3,
-        "reference_extra_gib": "OOM" if reference is None else reference[1] / GIB,
-        "fused_extra_gib": "OOM" if fused is None else fused[1] / GIB,
-    }
-    both = reference is not None and fused is not None
-    row["time_ratio_fused_over_reference"] = fused[0] / reference[0] if both else None
-    row["peak_ratio_reference_over_fused"] = reference[1] / fused[1] if both and fused[1] else None
-    row["abs_diff"] = float((values["reference"] - values["fused"]).abs()) if both else None
-    return row
+    if fused is None:
+        return _check(f"fused loss, {case}", False, "the fused loss ran out of memory")
+    if reference is None:
+        return _check(f"fused loss, {case}", True, "the plain loss ran out of memory", *fused)
+    difference = float((values["reference"] - values["fused"]).abs())
+    scale = max(1.0, float(values["reference"].abs()))
+    detail = (
+        f"plain {reference[0] * 1e3:.0f} ms, +{reference[1] / GIB:.2f} GiB; "
+        f"fused/plain time {fused[0] / reference[0]:.2f}x; |diff| {difference:.3g}"
+    )
+    return _check(f"fused loss, {case}", difference <= 2e-2 * scale, detail, fused[0], fused[1] / GIB)
 
 
 def teacher_row(device: torch.device, scratch: Path) -> dict:
@@ -158,18 +170,19 @@ def teacher_row(device: torch.device, scratch: Path) -> dict:
         ]
     )
     difference = float((hidden @ head.T - expected).abs().max())
-    return {
-        "check": "transformers teacher: hidden states @ lm_head == logits",
-        "detail": f"{str(dtype).removeprefix('torch.')}, max abs diff {difference:.3g}",
-        "ok": difference < (5e-2 if dtype == torch.bfloat16 else 1e-4),
-    }
+    return _check(
+        "transformers teacher: hidden states @ lm_head == logits",
+        difference < (5e-2 if dtype == torch.bfloat16 else 1e-4),
+        f"{str(dtype).removeprefix('torch.')}, max abs diff {difference:.3g}",
+    )
 
 
-def fsdp_row(device: torch.device, scratch: Path) -> dict:
+def fsdp_row(device: torch.device, scratch: Path, cpu_offload: bool) -> dict:
     from kubedistill.api import parse_job
     from kubedistill.runtime.data.sample import Sample
     from kubedistill.runtime.demo_data import chat_records
     from kubedistill.runtime.student.batch import MicroBatch
+    from kubedistill.runtime.student.parallelize import process_group_backend
     from kubedistill.runtime.student.worker import RankAddress, StudentWorker
     from kubedistill.runtime.tiny import STUDENT_SHAPE, build_tokenizer, save_tiny
 
@@ -183,7 +196,7 @@ def fsdp_row(device: torch.device, scratch: Path) -> dict:
             "spec": {
                 "mode": "selfDistillation",
                 "teacher": {"backend": "transformers"},
-                "student": {"model": str(path), "gradientCheckpointing": True},
+                "student": {"model": str(path), "gradientCheckpointing": True, "cpuOffload": cpu_offload},
                 "data": {"train": {"path": "unused.jsonl"}},
                 "training": {
                     "globalBatchSize": 4,
@@ -215,14 +228,64 @@ def fsdp_row(device: torch.device, scratch: Path) -> dict:
     changed = any(
         not torch.equal(b, p.detach()) for b, p in zip(before, worker.module.parameters(), strict=True)
     )
-    backend = torch.distributed.get_backend()
+    backend = torch.distributed.get_backend_config()
+    cpu_and_device = backend == process_group_backend(device.type) and "cpu:gloo" in backend
     worker.close()
-    finite = stats.kd_sum == stats.kd_sum and stats.ce_sum == stats.ce_sum
-    return {
-        "check": f"one FSDP2 training step on {backend}, world size 1",
-        "detail": f"{seconds:.2f} s, loss finite: {finite}, weights changed: {changed}",
-        "ok": changed and finite,
-    }
+    finite = stats.kd_sum == stats.kd_sum and stats.ce_sum == stats.ce_sum and math.isfinite(stats.grad_norm)
+    offload = ", cpuOffload" if cpu_offload else ""
+    return _check(
+        f"one FSDP2 training step on {backend}{offload}, world size 1",
+        changed and finite and cpu_and_device,
+        f"loss finite: {finite}, weights changed: {changed}, grad norm {stats.grad_norm:.3g}",
+        seconds,
+    )
+
+
+def hidden_state_rows(device: torch.device, n: int, d: int, repeats: int) -> list[dict]:
+    """SGLang's list path and ours for one n-token prefill, from the device's bf16 states to the decoded
+    tensor, with SGLang's scheduler method and our replacement called as its prefill loop calls them."""
+    from bench.sglang_hop import decode_once, sglang_tolist
+    from kubedistill.runtime.teacher.backend import TeacherBatch
+    from kubedistill.runtime.teacher.sglang_hidden_states import shared_memory_method
+
+    hidden = torch.randn(n, d, generator=torch.Generator().manual_seed(0)).to(device, torch.bfloat16)
+    batch = TeacherBatch(sequences=[[0] * n], positions=[list(range(n))])
+    totals = {}
+    for path, method in {
+        "list": sglang_tolist,
+        "shared memory": shared_memory_method(sglang_tolist, lambda: 0),
+    }.items():
+        decode_once(method, hidden, batch)
+        totals[path] = statistics.median(sum(decode_once(method, hidden, batch)) for _ in range(repeats))
+    return [
+        _check(
+            f"SGLang teacher hidden states, {path} path, {n} x {d} bf16",
+            True,
+            "rows equal to the scheduler's"
+            + ("" if path == "list" else f"; {totals['list'] / totals[path]:.1f}x faster than the list path"),
+            seconds,
+        )
+        for path, seconds in totals.items()
+    ]
+
+
+def run_checks(
+    device: torch.device,
+    tokens: list[int],
+    d: int,
+    v: int,
+    losses: list[str],
+    repeats: int,
+    decode_tokens: int,
+) -> list[dict]:
+    rows = loss_rows(device, tokens, d, v, losses, repeats)
+    with tempfile.TemporaryDirectory() as scratch:
+        rows.append(teacher_row(device, Path(scratch)))
+        # FSDP2's CPUOffloadPolicy needs an accelerator ("Cannot access accelerator device").
+        offloads = (False, True) if device.type == "cuda" else (False,)
+        rows.extend(fsdp_row(device, Path(scratch), cpu_offload) for cpu_offload in offloads)
+    rows.extend(hidden_state_rows(device, decode_tokens, d, repeats))
+    return rows
 
 
 def main() -> None:
@@ -233,6 +296,7 @@ def main() -> None:
     parser.add_argument("--v", type=int, default=151936)
     parser.add_argument("--losses", nargs="+", default=["fkl", "jsd"])
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--decode-tokens", type=int, default=4096, help="prefill length of check 4")
     args = parser.parse_args()
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -244,17 +308,16 @@ def main() -> None:
         "torch": torch.__version__,
         "d": args.d,
         "v": args.v,
+        "repeats": args.repeats,
     }
+    rows = run_checks(device, args.n, args.d, args.v, args.losses, args.repeats, args.decode_tokens)
     report(
-        "gpu_check_losses",
-        "Fused chunked vs plain loss, forward+backward",
-        loss_rows(device, args.n, args.d, args.v, args.losses, args.repeats),
+        "gpu_check",
+        "The torch path on the device (seconds: median; extra_gib: peak beyond inputs)",
+        rows,
         settings,
     )
-    with tempfile.TemporaryDirectory() as scratch:
-        checks = [teacher_row(device, Path(scratch)), fsdp_row(device, Path(scratch))]
-    report("gpu_check_torch_path", "The torch path on the device", checks, settings)
-    if not all(row["ok"] for row in checks):
+    if not all(row["ok"] for row in rows):
         sys.exit("a check failed")
 
 

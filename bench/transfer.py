@@ -10,6 +10,15 @@ to the object store, a consumer actor receives it as an argument and rebuilds th
 producer's call to the consumer's reply (median of the repeats, after one untimed transfer); building the
 payload is not timed. Both actors sit on this one node, so the object store is shared memory: this is the
 floor of a transfer, and a cross-node one adds the network on top, in proportion to the bytes.
+
+Then the SGLang teacher's own hop, from its scheduler process to the engine's process, per N-token prefill
+whose every position is a loss position, timed with the code that runs there (median of the repeats):
+- list path (SGLang 0.5.23 as released): the scheduler's `.cpu().clone().tolist()`, a msgpack round trip of
+  the nested floats (msgpack-python standing in for SGLang's msgspec encoder: the same format), and our
+  decoder `sglang_args.gather_hidden_states` over them;
+- shared-memory path (ours): the scheduler method that replaces SGLang's (`shared_memory_method`, called as
+  SGLang's prefill loop calls it) writing bf16 rows to /dev/shm, the msgpack round trip of what is left of
+  the output, and the same decoder, which now reads the rows from shared memory.
 """
 
 import argparse
@@ -17,10 +26,14 @@ import statistics
 import time
 from typing import Any
 
+import msgpack
 import ray
 import torch
 
 from bench.report import report
+from bench.sglang_hop import decode_once, sglang_tolist
+from kubedistill.runtime.teacher.backend import TeacherBatch
+from kubedistill.runtime.teacher.sglang_hidden_states import shared_memory_method
 from kubedistill.runtime.transfer import WireTensor, from_wire, to_wire
 
 MODELS = {"Qwen3-4B": 2560, "Qwen3-32B": 5120}
@@ -76,6 +89,35 @@ def _seconds(producer: Any, consumer: Any, n: int, repeats: int) -> float:
     return statistics.median(seconds)
 
 
+def decode_rows(n: int, repeats: int) -> list[dict[str, Any]]:
+    paths = {
+        "list (SGLang)": sglang_tolist,
+        "shared memory (ours)": shared_memory_method(sglang_tolist, lambda: 0),
+    }
+    rows = []
+    for model, d in MODELS.items():
+        hidden = torch.randn(n, d, generator=torch.Generator().manual_seed(0)).to(torch.bfloat16)
+        batch = TeacherBatch(sequences=[[0] * n], positions=[list(range(n))])
+        totals = {}
+        for path, method in paths.items():
+            decode_once(method, hidden, batch)  # warms the allocator and the page cache up
+            timings = [decode_once(method, hidden, batch) for _ in range(repeats)]
+            scheduler, ipc, decode = (statistics.median(column) for column in zip(*timings, strict=True))
+            totals[path] = scheduler + ipc + decode
+            rows.append(
+                {
+                    "path": f"{model} {path}",
+                    "scheduler_seconds": scheduler,
+                    "ipc_seconds": ipc,
+                    "decode_seconds": decode,
+                    "total_seconds": totals[path],
+                }
+            )
+        rows[-1]["speedup_over_list"] = totals["list (SGLang)"] / totals["shared memory (ours)"]
+        rows[-2]["speedup_over_list"] = 1.0
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -106,6 +148,12 @@ def main() -> None:
     settings = {"n": args.n, "v": args.v, "top_k": TOP_K, "repeats": args.repeats, "ray": ray.__version__}
     title = f"Teacher output per {args.n} tokens between two Ray actors (one node, object store), V={args.v}"
     report("transfer", title, rows, settings)
+    report(
+        "transfer_sglang_decode",
+        f"SGLang teacher output per {args.n} tokens, scheduler process to engine process (bf16)",
+        decode_rows(args.n, args.repeats),
+        {"n": args.n, "repeats": args.repeats, "msgpack": ".".join(map(str, msgpack.version))},
+    )
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 takes new weights in place, and a Ray actor that forwards to its backend."""
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import ray
@@ -20,6 +21,15 @@ from kubedistill.runtime.weight_sync import (
 )
 
 
+@dataclass(frozen=True)
+class WeightUpdateCounts:
+    """What an engine did to take new weights: `sessions` opened (SGLang wakes the weights for each) and
+    `loads` of tensors (one per bucket)."""
+
+    sessions: int = 0
+    loads: int = 0
+
+
 class TransformersEngine:
     """A frozen causal LM on one device (CPU or one GPU)."""
 
@@ -28,6 +38,8 @@ class TransformersEngine:
         self._model = load_causal_lm(model_path, dtype).to(device).eval()
         self._model.requires_grad_(False)
         self._asleep = False
+        self._updating = False
+        self._counts = WeightUpdateCounts()
         self._sync_group: torch.distributed.ProcessGroup | None = None
 
     def _check_awake(self) -> None:
@@ -36,8 +48,25 @@ class TransformersEngine:
         if self._asleep:
             raise RuntimeError("the engine is asleep (colocation): wake() it before asking it to compute")
 
+    def begin_weight_update(self) -> None:
+        """Open a weight-update session. SGLang 0.5.23 loads tensors only inside one and wakes released
+        weights for it; this engine keeps the same contract, so CPU runs prove one session per sync."""
+        if self._updating:
+            raise RuntimeError("a weight update is already in progress")
+        self._updating = True
+        self._counts = WeightUpdateCounts(self._counts.sessions + 1, self._counts.loads)
+
     def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+        if not self._updating:
+            raise RuntimeError("update_weights outside a weight-update session: begin_weight_update() first")
         copy_named_tensors(self._model, named_tensors)
+        self._counts = WeightUpdateCounts(self._counts.sessions, self._counts.loads + 1)
+
+    def end_weight_update(self) -> None:
+        self._updating = False
+
+    def weight_update_counts(self) -> WeightUpdateCounts:
+        return self._counts
 
     def init_weight_sync_group(self, group: WeightSyncGroup) -> None:
         """Join the trainer's broadcast group (replacing an earlier one); returns once every member has."""
@@ -47,7 +76,9 @@ class TransformersEngine:
         """Receive the tensors the trainer broadcasts, in `metas` order, and load them."""
         if self._sync_group is None:
             raise RuntimeError("receive_weights needs init_weight_sync_group first")
+        self.begin_weight_update()
         self.update_weights(receive_tensors(metas, self._sync_group, self._device))
+        self.end_weight_update()
 
     def named_parameters(self) -> dict[str, torch.Tensor]:
         """The engine's current weights, to check a weight sync."""
@@ -94,8 +125,18 @@ class EngineActor:
             raise RuntimeError(f"{type(self).__name__}.start was not called")
         return self._backend
 
+    def begin_weight_update(self) -> None:
+        self.backend.begin_weight_update()
+
     def update_weights(self, named_tensors: list[tuple[str, torch.Tensor]]) -> None:
         self.backend.update_weights(named_tensors)
+
+    def end_weight_update(self) -> None:
+        self.backend.end_weight_update()
+
+    def weight_update_counts(self) -> WeightUpdateCounts:
+        """How many weight-update sessions and loads the engine had (transformers only), to check a sync."""
+        return self.backend.weight_update_counts()
 
     def init_weight_sync_group(self, group: WeightSyncGroup) -> None:
         self.backend.init_weight_sync_group(group)

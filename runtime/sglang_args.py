@@ -15,9 +15,11 @@ Facts of SGLang 0.5.23 these functions rely on (file paths inside the `sglang` p
   Cohere), exactly as the transformers backend's `hidden_states[-1]` does.
 - They come back as nested Python lists of floats (`.cpu().tolist()` in
   `srt/managers/scheduler_components/batch_result_processor.py`) in `meta_info["hidden_states"]`: entry 0 is
-  the prefill block, [prompt_len][hidden], followed by one [hidden] row per decode step. With chunked prefill
-  the prefill block is split into one entry per chunk, and prefix-cached tokens are not recomputed at all:
-  hence `chunked_prefill_size=-1` and `disable_radix_cache`.
+  the prefill block, [prompt_len][hidden], followed by one [hidden] row per decode step. The teacher's
+  engine replaces that step in its schedulers (`kubedistill.runtime.teacher.sglang_hidden_states`) and
+  reads the rows from shared memory instead. With chunked prefill the prefill block is split into one
+  entry per chunk, and prefix-cached tokens are not recomputed at all: hence `chunked_prefill_size=-1` and
+  `disable_radix_cache`.
 - The output streamer (`output_streamer.py`) cuts that list to `req.finished_len` entries, and a request
   with `max_new_tokens=0` finishes with `finished_len == 0`: it returns *no* hidden states. We ask for one new
   token instead; the request then finishes at its prefill (no decode step) and returns exactly the prefill
@@ -41,10 +43,19 @@ import torch
 from kubedistill.api.spec import Precision, RolloutSpec, TeacherSpec
 from kubedistill.runtime.rollout.backend import SamplingConfig
 from kubedistill.runtime.teacher.backend import TeacherBatch
+from kubedistill.runtime.teacher.sglang_hidden_states import read_prefill_rows
 
 ENGINE_DTYPES = {Precision.BF16: "bfloat16", Precision.FP32: "float32"}
 
 BLOCK_NONZERO_RANK_CHILDREN = "SGLANG_BLOCK_NONZERO_RANK_CHILDREN"
+MEMORY_SAVER_CUDA_GRAPH = "SGLANG_MEMORY_SAVER_CUDA_GRAPH"
+
+NCCL_ENVIRONMENT = {"NCCL_CUMEM_ENABLE": "0"}
+"""NCCL settings shared by every member of the weight-update group (student rank 0 and the engines' ranks).
+SGLang 0.5.23 sets `NCCL_CUMEM_ENABLE` in its processes when it is unset, to
+`str(int(cfg.enable_symm_mem or kv_shard_symmetric_scratch))`, "0" for our engines (neither is enabled)
+(`srt/entrypoints/engine.py:1898-1907`, `_set_envs_and_config`); NCCL's own default is cuMem on, and peers
+of one communicator with different cuMem settings fail to connect. Both sides get it set explicitly."""
 
 PRE_NORM_HIDDEN_STATE_ARCHITECTURES = frozenset(
     {
@@ -158,7 +169,18 @@ def rollout_engine_args(
 
 def _colocation_args(colocate: bool) -> dict[str, Any]:
     # Sleeping releases the weights' GPU memory; the CPU backup brings them back without a reload from disk.
-    return {"enable_memory_saver": colocate, "enable_weights_cpu_backup": colocate}
+    # The graphs' memory is released with the `cuda_graph` tag only when they were captured inside the
+    # memory saver's region, which needs SGLANG_MEMORY_SAVER_CUDA_GRAPH=1 (`engine_environment`; SGLang
+    # 0.5.23 `srt/model_executor/runner_backend/full_cuda_graph_backend.py:121-124`). The breakable prefill
+    # graph, the default on CUDA (`srt/model_executor/cuda_graph_config.py:119-123`), raises "Breakable CUDA
+    # graph is not compatible with memory saver mode" under that setting (`breakable_cuda_graph_backend.py:
+    # 84-94`), so colocated engines turn the prefill graph off, as KDFlow does (None: SGLang's default). The
+    # teacher only prefills whole long sequences, where a graph saves little; rollout decode keeps its graphs.
+    return {
+        "enable_memory_saver": colocate,
+        "enable_weights_cpu_backup": colocate,
+        "cuda_graph_backend_prefill": "disabled" if colocate else None,
+    }
 
 
 def _placement_args(placement: EnginePlacement) -> dict[str, Any]:
@@ -170,9 +192,13 @@ def _placement_args(placement: EnginePlacement) -> dict[str, Any]:
     }
 
 
-def engine_environment() -> dict[str, str]:
-    """Environment of the process that constructs the engine (read by SGLang on node ranks >= 1)."""
-    return {BLOCK_NONZERO_RANK_CHILDREN: "0"}
+def engine_environment(*, colocate: bool) -> dict[str, str]:
+    """Environment of the process that constructs the engine, inherited by its scheduler processes."""
+    # Read by SGLang on node ranks >= 1 (see the module docstring).
+    environment = {BLOCK_NONZERO_RANK_CHILDREN: "0", **NCCL_ENVIRONMENT}
+    if colocate:
+        environment[MEMORY_SAVER_CUDA_GRAPH] = "1"  # see `_colocation_args`
+    return environment
 
 
 def teacher_weight_update_refusal(engine_args: dict[str, Any]) -> str | None:
@@ -185,7 +211,7 @@ def teacher_weight_update_refusal(engine_args: dict[str, Any]) -> str | None:
         )
     if engine_args.get("nnodes", 1) > 1:
         return (
-            "tensors reach SGLang's schedulers through CUDA IPC, which stays on one node: "
+            "tensors reach SGLang's schedulers through shared memory, which stays on one node: "
             "set spec.teacher.nodesPerReplica to 1"
         )
     return None
@@ -232,27 +258,43 @@ def output_ids(outputs: list[dict[str, Any]]) -> list[list[int]]:
 def gather_hidden_states(
     outputs: list[dict[str, Any]], batch: TeacherBatch, hidden_size: int, dtype: torch.dtype
 ) -> torch.Tensor:
-    """The rows of `batch.positions` from `Engine.generate` outputs, as one [num_positions, hidden] tensor."""
+    """The rows of `batch.positions` from `Engine.generate` outputs, as one [num_positions, hidden] tensor.
+
+    A prefill block comes either as SGLang's nested float lists, or, from an engine whose scheduler runs
+    `sglang_engine.run_scheduler_process`, as an empty chunk whose rows wait in shared memory under
+    the request's id (`meta_info["id"]`, SGLang 0.5.23 `srt/managers/tokenizer_manager.py:2507-2508`).
+    """
     if len(outputs) != len(batch.sequences):
         raise ValueError(f"{len(outputs)} outputs for {len(batch.sequences)} sequences")
-    rows: list[list[float]] = []
+    parts = [torch.empty(0, hidden_size, dtype=dtype)]
     for index, (output, sequence, positions) in enumerate(
         zip(outputs, batch.sequences, batch.positions, strict=True)
     ):
-        block = _prefill_block(output, index, len(sequence))
+        block = _prefill_block(output, index)
         if positions and not 0 <= min(positions) <= max(positions) < len(sequence):
             raise ValueError(f"sequence {index}: positions outside [0, {len(sequence)})")
-        rows.extend(block[position] for position in positions)
-    if not rows:
-        return torch.empty(0, hidden_size, dtype=dtype)
+        if block == []:
+            rows = read_prefill_rows(output["meta_info"]["id"], positions, len(sequence))
+        else:
+            rows = _listed_rows(block, index, positions, len(sequence))
+        if rows.shape[1:] != (hidden_size,):
+            raise ValueError(
+                f"SGLang returned hidden states of shape {tuple(rows.shape)}, rows of {hidden_size}"
+            )
+        parts.append(rows.to(dtype))
+    return torch.cat(parts)
+
+
+def _listed_rows(block: list[list[float]], index: int, positions: list[int], length: int) -> torch.Tensor:
+    if len(block) != length:
+        raise ValueError(
+            f"sequence {index}: SGLang returned hidden states for {len(block)} of {length} tokens; prefix "
+            "caching and chunked prefill must be off"
+        )
     # The values are bf16 (or fp32) numbers spelled as Python floats: float32 holds both exactly. numpy
     # reads nested lists several times faster than torch.tensor does.
-    gathered = torch.from_numpy(np.asarray(rows, dtype=np.float32))
-    if gathered.shape[1:] != (hidden_size,):
-        raise ValueError(
-            f"SGLang returned hidden states of shape {tuple(gathered.shape)}, rows of {hidden_size}"
-        )
-    return gathered.to(dtype)
+    rows = np.asarray([block[position] for position in positions], dtype=np.float32)
+    return torch.from_numpy(rows.reshape(len(positions), -1) if positions else rows.reshape(0, len(block[0])))
 
 
 def _refuse_aborted(output: dict[str, Any], index: int) -> None:
@@ -262,7 +304,7 @@ def _refuse_aborted(output: dict[str, Any], index: int) -> None:
         raise ValueError(f"sequence {index}: SGLang aborted the request: {reason.get('message')}")
 
 
-def _prefill_block(output: dict[str, Any], index: int, length: int) -> list[list[float]]:
+def _prefill_block(output: dict[str, Any], index: int) -> list:
     _refuse_aborted(output, index)
     entries = output["meta_info"].get("hidden_states") or []
     if not entries:
@@ -270,10 +312,4 @@ def _prefill_block(output: dict[str, Any], index: int, length: int) -> list[list
             f"sequence {index}: SGLang returned no hidden states; the engine needs "
             "enable_return_hidden_states and the request max_new_tokens >= 1"
         )
-    block = entries[0]
-    if len(block) != length:
-        raise ValueError(
-            f"sequence {index}: SGLang returned hidden states for {len(block)} of {length} tokens; prefix "
-            "caching and chunked prefill must be off"
-        )
-    return block
+    return entries[0]

@@ -16,6 +16,11 @@ from typing import Any
 
 import torch
 
+from kubedistill.runtime.teacher.sglang_hidden_states import (
+    PATCHED_KEYWORDS,
+    keyword_only_parameters,
+    shared_memory_method,
+)
 from kubedistill.runtime.weight_sync import TensorMeta, WeightSyncGroup, tcp_init_method
 
 INSTALL_HINT = "pip install 'kubedistill[sglang]'"
@@ -46,40 +51,77 @@ def require_sglang() -> None:
 
 
 class SGLangEngine:
-    """An `Engine` started with `server_args`, and which of its memory is released."""
+    """An `Engine` started with `server_args`, and which of its memory is released.
 
-    def __init__(self, server_args: dict[str, Any], environment: Mapping[str, str]) -> None:
+    With `hidden_states_in_shared_memory`, its scheduler processes hand prefill hidden states back as
+    tensors in shared memory (`kubedistill.runtime.teacher.sglang_hidden_states`), through the engine's own
+    hook for a custom scheduler process (`Engine.run_scheduler_process_func`, SGLang 0.5.23
+    `srt/entrypoints/engine.py:266`, a picklable function the spawned children import).
+    """
+
+    def __init__(
+        self,
+        server_args: dict[str, Any],
+        environment: Mapping[str, str],
+        *,
+        hidden_states_in_shared_memory: bool = False,
+    ) -> None:
         require_sglang()
         from sglang.srt.entrypoints.engine import Engine
 
         os.environ.update(environment)
+        if hidden_states_in_shared_memory:
+            # Still named Engine: the tests check the keywords of the one `Engine(...)` call.
+            Engine = type(
+                "SharedMemoryHiddenStatesEngine",
+                (Engine,),
+                {"run_scheduler_process_func": staticmethod(run_scheduler_process)},
+            )
         self._engine = Engine(**server_args)
         self._released: set[str] = set()
+        self._weights_were_released = False
 
     def generate(
-        self, *, input_ids: list[list[int]], sampling_params: dict[str, Any], return_hidden_states: bool
+        self,
+        *,
+        input_ids: list[list[int]],
+        sampling_params: dict[str, Any],
+        return_hidden_states: bool,
+        rid: list[str] | None = None,
     ) -> list[dict[str, Any]]:
         return self._engine.generate(
-            input_ids=input_ids, sampling_params=sampling_params, return_hidden_states=return_hidden_states
+            input_ids=input_ids,
+            sampling_params=sampling_params,
+            return_hidden_states=return_hidden_states,
+            rid=rid,
         )
 
-    @contextmanager
-    def weight_update(self) -> Iterator[None]:
-        """A weight-update session: weights resident while it lasts, the cache flushed after it."""
-        weights_were_released = WEIGHTS in self._released
+    def begin_weight_update(self) -> None:
+        """Open a weight-update session: the weights are resident (woken alone if released) until
+        `end_weight_update`. One session per sync, however many buckets it loads."""
+        self._weights_were_released = WEIGHTS in self._released
         self.resume([WEIGHTS])
         _succeeded("begin_weight_update", self._engine.begin_weight_update())
-        try:
-            yield
-        finally:
-            _succeeded("end_weight_update", self._engine.end_weight_update())
+
+    def end_weight_update(self) -> None:
+        """Close the session, flush the cache, and release the weights again if they were released."""
+        _succeeded("end_weight_update", self._engine.end_weight_update())
         # Releasing the KV cache already flushed it; flushing released memory would touch freed pages.
         if KV_CACHE not in self._released:
             flushed = self._engine.flush_cache()
             if not flushed.success:
                 raise SGLangError(f"flush_cache: {flushed.message}")
-        if weights_were_released:
+        if self._weights_were_released:
             self.release([WEIGHTS])
+
+    @contextmanager
+    def weight_update(self) -> Iterator[None]:
+        """A whole weight-update session inside one call."""
+        self.begin_weight_update()
+        try:
+            yield
+        finally:
+            self.end_weight_update()
 
     def load_tensors(self, named_tensors: list[tuple[str, torch.Tensor]]) -> None:
         _succeeded(
@@ -142,6 +184,28 @@ def join_weight_sync_group(group: WeightSyncGroup) -> torch.distributed.ProcessG
         rank=group.rank_offset,
         group_name=group.group_name,
     )
+
+
+def run_scheduler_process(*args: Any, **kwargs: Any) -> None:
+    """SGLang's scheduler process with `_append_prefill_hidden_states` replaced by `shared_memory_method`
+    (runs in the spawned child; the arguments are SGLang's)."""
+    from sglang.srt.distributed import get_tensor_model_parallel_rank
+    from sglang.srt.managers.scheduler import run_scheduler_process as run_sglang_scheduler_process
+    from sglang.srt.managers.scheduler_components.batch_result_processor import (
+        SchedulerBatchResultProcessor,
+    )
+
+    original = SchedulerBatchResultProcessor._append_prefill_hidden_states
+    found = keyword_only_parameters(original)
+    if found != PATCHED_KEYWORDS:
+        raise SGLangError(
+            f"SGLang's SchedulerBatchResultProcessor._append_prefill_hidden_states takes {found}, not "
+            f"{PATCHED_KEYWORDS}: this SGLang is not the release kubedistill was checked against"
+        )
+    SchedulerBatchResultProcessor._append_prefill_hidden_states = shared_memory_method(
+        original, get_tensor_model_parallel_rank
+    )
+    run_sglang_scheduler_process(*args, **kwargs)
 
 
 def _succeeded(call: str, result: tuple[bool, str]) -> None:

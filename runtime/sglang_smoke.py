@@ -5,11 +5,13 @@ so this never runs in `make test`; the signature tests in `tests/runtime/sglang/
 1. A tiny random Qwen3 is saved from a config (`kubedistill.runtime.tiny`, heads 64 wide for SGLang's
    attention kernels, an untied lm_head).
 2. Teacher: its hidden states at every position, through the model's lm_head, give transformers' logits
-   for the same token ids (bf16 tolerance); after `update_weights` with a differently seeded model's weights
-   (self-distillation), the new model's logits.
+   for the same token ids (bf16 tolerance), having come through shared memory from its patched scheduler
+   (`kubedistill.runtime.teacher.sglang_hidden_states`), which leaves no file behind; after a push of a
+   differently seeded model's weights as CPU tensors in several buckets within one weight-update session
+   (as student rank 0 pushes them: self-distillation), the new model's logits.
 3. Rollout: greedy responses are, token by token, the argmax of transformers' logits on the same tokens
-   (up to bf16 near-ties); after sleeping, loading the other model's weights while asleep and waking, the
-   responses change and follow the new model the same way.
+   (up to bf16 near-ties); after sleeping, the same CPU-tensor push of the other model's weights while
+   asleep (one session: the weights wake once) and waking, the responses change and follow the new model.
 4. Broadcast weight sync (two GPUs or more; NCCL wants one rank per GPU): a rollout engine on GPU 1 joins a
    group with this process on GPU 0, as student rank 0 does, and takes the other model's weights over it;
    its greedy responses then follow that model.
@@ -33,11 +35,14 @@ from kubedistill.runtime.sglang_args import EnginePlacement, single_node_placeme
 from kubedistill.runtime.sglang_engine import join_weight_sync_group
 from kubedistill.runtime.teacher.backend import TeacherBatch
 from kubedistill.runtime.teacher.sglang_backend import SGLangTeacher
+from kubedistill.runtime.teacher.sglang_hidden_states import RID_PREFIX, hidden_state_file
 from kubedistill.runtime.tiny import TinyShape, build_model, build_tokenizer, save_tiny
 from kubedistill.runtime.weight_sync import (
     WeightSyncGroup,
     broadcast_tensors,
+    buckets,
     tensor_metas,
+    tensor_nbytes,
     weight_sync_layout,
 )
 
@@ -58,6 +63,8 @@ TEXTS = [
 MEMORY_FRACTION = 0.2
 LOGIT_TOLERANCE = 0.05
 """Largest gap allowed, relative to the largest reference logit, between SGLang's and transformers' logits."""
+SMOKE_BUCKET_BYTES = 1 << 20
+"""Small buckets, so that one sync loads several of them in its one weight-update session."""
 GREEDY_TOLERANCE = 0.02
 """A greedy token may trail the reference argmax by this much (bf16 near-ties between two kernels)."""
 
@@ -77,6 +84,15 @@ def reference_logits(model: torch.nn.Module, sequence: list[int]) -> torch.Tenso
         return model(torch.tensor([sequence], device="cuda")).logits[0].float()
 
 
+def push_cpu_tensors(engine: SGLangTeacher | SGLangRollout, model: torch.nn.Module) -> None:
+    """What student rank 0 does for a colocated engine: CPU tensors in several buckets, one session."""
+    named = [(name, value.detach().to("cpu")) for name, value in model.state_dict().items()]
+    engine.begin_weight_update()
+    for bucket in buckets(named, tensor_nbytes, SMOKE_BUCKET_BYTES):
+        engine.update_weights(bucket)
+    engine.end_weight_update()
+
+
 def check_teacher(model_path: Path, sequences: list[list[int]], models: dict[str, torch.nn.Module]) -> None:
     teacher = SGLangTeacher(
         TeacherSpec(mem_fraction_static=MEMORY_FRACTION),
@@ -92,7 +108,7 @@ def check_teacher(model_path: Path, sequences: list[list[int]], models: dict[str
             if name == "updated":
                 teacher.sleep()
                 teacher.wake()
-                teacher.update_weights(models[name].state_dict().items())
+                push_cpu_tensors(teacher, models[name])
             model = models[name]
             hidden = teacher.hidden_states(batch)
             check(hidden.shape == (batch.num_positions, SHAPE.hidden_size), f"{name}: one row per position")
@@ -103,6 +119,8 @@ def check_teacher(model_path: Path, sequences: list[list[int]], models: dict[str
                 gap <= LOGIT_TOLERANCE,
                 f"{name}: lm_head(hidden states) = transformers' logits (gap {gap:.4f})",
             )
+            left = list(hidden_state_file(RID_PREFIX).parent.glob(f"{RID_PREFIX}*"))
+            check(not left, f"{name}: hidden states came through shared memory and left no file behind")
     finally:
         teacher.close()
 
@@ -130,7 +148,7 @@ def check_rollout(model_path: Path, prompts: list[list[int]], models: dict[str, 
         for name in ("initial", "updated"):
             if name == "updated":
                 rollout.sleep()
-                rollout.update_weights(models[name].state_dict().items())
+                push_cpu_tensors(rollout, models[name])
                 rollout.wake()
             responses = rollout.generate(prompts, greedy)
             check(len(responses) == 2 * len(prompts), f"{name}: two responses per prompt")

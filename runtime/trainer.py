@@ -522,7 +522,7 @@ class Trainer:
 
     def _broadcasts_weights(self) -> bool:
         """Rollout engines on GPUs of their own take the student's weights over a broadcast group; colocated
-        ones as tensors through Ray (node-local: CUDA IPC on SGLang)."""
+        ones as CPU tensors through Ray (node-local: shared memory on SGLang)."""
         return self.rollout is not None and not self.spec.cluster.colocate
 
     def _join_rollout(self) -> None:

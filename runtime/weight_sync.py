@@ -4,9 +4,13 @@ Weights are whole tensors by Hugging Face parameter name, gathered from the FSDP
 On SGLang both paths end in `model.load_weights`, inside a weight-update session (`begin_weight_update` ...
 `end_weight_update`; SGLang 0.5.23 rejects updates outside one), and neither works with `dp_size > 1`.
 
-1. Tensors through Ray (colocated engines, the self-distillation teacher): the engine's `update_weights`
-   gets buckets of about `bucket_bytes`. On SGLang they go to `Engine.update_weights_from_tensor` without a
-   cache flush in between, and SGLang hands them to its scheduler processes through CUDA IPC: node-local.
+1. Tensors through Ray (colocated engines, the self-distillation teacher): one weight-update session per
+   sync (`begin_weight_update`, so an asleep SGLang engine wakes its weights once), in which the engine's
+   `update_weights` gets buckets of about `bucket_bytes`, then `end_weight_update` (flush, sleep again).
+   They are CPU tensors: SGLang's `Engine.update_weights_from_tensor` pickles them for its scheduler
+   processes with torch's multiprocessing reductions (`MultiprocessingSerializer`, SGLang 0.5.23
+   `srt/entrypoints/engine.py:1679-1694`, `srt/utils/common.py:3062-3074`), i.e. through shared memory,
+   not CUDA IPC: node-local.
 
 2. A broadcast group (rollout engines on GPUs of their own): a process group of the trainer (rank 0) and
    every rank of every rollout engine, set up once (again after a student restart, under a new name) and

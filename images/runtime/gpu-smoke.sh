@@ -3,8 +3,10 @@
 # SGLang (`pip install 'kubedistill[sglang]'`) and a visible CUDA device, e.g.
 #   docker run --rm --gpus 1 IMAGE bash images/runtime/gpu-smoke.sh
 #   kubectl exec -it RAY_WORKER_POD -- bash images/runtime/gpu-smoke.sh
-# The checks live in kubedistill.runtime.sglang_smoke (its docstring lists them); this wrapper only refuses
-# to start where they cannot run. Exit status 0: all checks passed.
+# The checks live in kubedistill.runtime.sglang_smoke (its docstring lists them: teacher hidden states
+# through the patched scheduler's shared memory against transformers' logits, the colocated CPU-tensor push
+# in buckets within one weight-update session, the broadcast sync); this wrapper only refuses to start where
+# they cannot run. Exit status 0: all checks passed.
 set -euo pipefail
 
 PYTHON="${PYTHON:-python3}"

@@ -26,8 +26,16 @@ class RolloutBackend(Protocol):
         response ends with the end-of-sequence token unless it was cut at `max_new_tokens`."""
         ...
 
+    def begin_weight_update(self) -> None:
+        """Open the one weight-update session of a sync; weights wake for it if asleep."""
+        ...
+
     def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
-        """Load new weights in place, by Hugging Face parameter name; called with buckets of tensors."""
+        """Load new weights in place, by Hugging Face parameter name, inside a session; one bucket a call."""
+        ...
+
+    def end_weight_update(self) -> None:
+        """Close the session (and put woken weights back to sleep)."""
         ...
 
     def init_weight_sync_group(self, group: WeightSyncGroup) -> None:

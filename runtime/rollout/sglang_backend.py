@@ -7,8 +7,9 @@ request's `sampling_seed` only with deterministic inference on (slower kernels),
 at construction, with `random_seed`.
 
 Weights arrive one of two ways (the sequence of calls is in `kubedistill.runtime.weight_sync`):
-- `update_weights(named_tensors)`: the tensors themselves, when they can reach this actor (colocated GPUs,
-  same node); works asleep too, by waking the weights alone for the update;
+- `begin_weight_update()`, then `update_weights(bucket)` per bucket, then `end_weight_update()`: the tensors
+  themselves, when they can reach this actor (colocated GPUs, same node); works asleep too, by waking the
+  weights alone, once for the whole sync;
 - `init_weight_sync_group(group)` once, then `receive_weights(metas)` per update: the trainer broadcasts over
   NCCL to engines on other GPUs or nodes.
 
@@ -37,7 +38,6 @@ from kubedistill.runtime.weight_sync import (
     TensorMeta,
     WeightSyncGroup,
     buckets,
-    tensor_nbytes,
 )
 
 
@@ -58,7 +58,7 @@ class SGLangRollout:
         )
         self._bucket_bytes = bucket_bytes
         self._sync_group: str | None = None
-        self._sglang = SGLangEngine(server_args, engine_environment())
+        self._sglang = SGLangEngine(server_args, engine_environment(colocate=colocate))
 
     def generate(self, prompts: list[list[int]], sampling: SamplingConfig) -> list[list[int]]:
         if not prompts:
@@ -70,10 +70,14 @@ class SGLangRollout:
         )
         return output_ids(outputs)
 
+    def begin_weight_update(self) -> None:
+        self._sglang.begin_weight_update()
+
     def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
-        with self._sglang.weight_update():
-            for bucket in buckets(named_tensors, tensor_nbytes, self._bucket_bytes):
-                self._sglang.load_tensors(bucket)
+        self._sglang.load_tensors(list(named_tensors))
+
+    def end_weight_update(self) -> None:
+        self._sglang.end_weight_update()
 
     def init_weight_sync_group(self, group: WeightSyncGroup) -> None:
         """Join the trainer's NCCL group; returns once the trainer and every other engine have joined."""

@@ -10,7 +10,13 @@ from kubedistill.api.job import DistillationJob
 from kubedistill.runtime.actors import free_port
 from kubedistill.runtime.sglang_engine import join_weight_sync_group
 from kubedistill.runtime.student.batch import MicroBatch
-from kubedistill.runtime.student.worker import EvalStats, RankAddress, StepStats, StudentWorker
+from kubedistill.runtime.student.worker import (
+    EvalStats,
+    RankAddress,
+    StepStats,
+    StudentWorker,
+    all_ranks_agree,
+)
 from kubedistill.runtime.transfer import from_wire
 from kubedistill.runtime.weight_sync import (
     WeightSyncGroup,
@@ -67,21 +73,24 @@ class StudentActor:
             hidden, problem = resolve_hidden(refs), None
         except ray.exceptions.RayError as error:
             hidden, problem = [], error
-        if not self._worker.all_ranks_agree(problem is None):
+        if not all_ranks_agree(problem is None):
             where = problem or "on another rank"
             raise TeacherUnavailable(f"teacher hidden states could not be read: {where}")
         return hidden
 
     def push_weights(self, targets: list[ray.actor.ActorHandle], bucket_bytes: int, ema: bool) -> int:
-        """Send the student's weights to engines' `update_weights`, bucket by bucket (collective: every rank
-        is called; rank 0 gets the targets). Each bucket is put in the object store once for all targets.
-        Returns the bytes sent."""
+        """Send the student's weights to engines' `update_weights`, bucket by bucket, inside one weight-update
+        session per engine (an asleep SGLang engine wakes its weights once per sync, not once per bucket)
+        (collective: every rank is called; rank 0 gets the targets). Each bucket is put in the object store
+        once for all targets. Returns the bytes sent."""
+        ray.get([target.begin_weight_update.remote() for target in targets])
         sent = 0
         for bucket in self._worker.full_weight_buckets(bucket_bytes, ema=ema):
             if targets and bucket:
                 ref = ray.put(bucket)
                 ray.get([target.update_weights.remote(ref) for target in targets])
                 sent += sum(tensor_nbytes(named) for named in bucket)
+        ray.get([target.end_weight_update.remote() for target in targets])
         return sent
 
     def join_weight_sync_group(self, group: WeightSyncGroup, sglang: bool) -> None:

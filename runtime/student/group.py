@@ -2,6 +2,7 @@
 
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
 import ray
 
@@ -9,6 +10,7 @@ from kubedistill.api.job import DistillationJob
 from kubedistill.api.placement import Role
 from kubedistill.runtime.actors import get_all, stop_actors
 from kubedistill.runtime.placement import ClusterView, actor_resources
+from kubedistill.runtime.sglang_args import NCCL_ENVIRONMENT
 from kubedistill.runtime.student.actor import StudentActor
 from kubedistill.runtime.student.batch import MicroBatch
 from kubedistill.runtime.student.worker import EvalStats, RankAddress, StepStats
@@ -26,11 +28,19 @@ class RankWork:
     teacher_refs: list[ray.ObjectRef | None]
 
 
+def student_actor_options(cluster: ClusterView) -> dict[str, Any]:
+    """Ray options of one rank: its resources, and the NCCL settings of the engines whose weight-update group
+    rank 0 joins (NCCL reads them when the rank's first communicator starts)."""
+    options = actor_resources(Role.STUDENT, 1.0, cluster).ray_options()
+    env_vars = options.get("runtime_env", {}).get("env_vars", {})
+    options["runtime_env"] = {"env_vars": {**env_vars, **NCCL_ENVIRONMENT}}
+    return options
+
+
 class StudentActorGroup:
     def __init__(self, job: DistillationJob, total_steps: int, cluster: ClusterView) -> None:
         world_size = job.spec.student.replicas
-        options = actor_resources(Role.STUDENT, 1.0, cluster).ray_options()
-        remote = ray.remote(StudentActor).options(**options)
+        remote = ray.remote(StudentActor).options(**student_actor_options(cluster))
         self.actors = [remote.remote() for _ in range(world_size)]
         master_addr, master_port = ray.get(self.actors[0].rendezvous_address.remote())
         get_all(
@@ -63,11 +73,17 @@ class StudentActorGroup:
         )
         return results[0]
 
-    def push_weights(self, targets: list[ray.actor.ActorHandle], *, ema: bool = False) -> int:
+    def push_weights(
+        self,
+        targets: list[ray.actor.ActorHandle],
+        *,
+        ema: bool = False,
+        bucket_bytes: int = WEIGHT_BUCKET_BYTES,
+    ) -> int:
         """Stream the student's current (or EMA) weights into the target engines. Returns the bytes sent."""
         sent = get_all(
             [
-                actor.push_weights.remote(targets if rank == 0 else [], WEIGHT_BUCKET_BYTES, ema)
+                actor.push_weights.remote(targets if rank == 0 else [], bucket_bytes, ema)
                 for rank, actor in enumerate(self.actors)
             ]
         )

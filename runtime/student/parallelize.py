@@ -7,6 +7,16 @@ from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
 
 
+def process_group_backend(device_type: str) -> str:
+    """The default process group's backend: gloo for CPU tensors on every device, NCCL for CUDA ones.
+
+    The student's step all-reduces CPU tensors (the loss sums, `all_ranks_agree`), and under cpuOffload
+    FSDP2's gradient clipping and `full_tensor()` run collectives on CPU shards: NCCL alone has no CPU
+    backend ("No backend type associated with device type cpu"), so a CUDA group maps CPU to gloo.
+    """
+    return "cpu:gloo,cuda:nccl" if device_type == "cuda" else "cpu:gloo"
+
+
 def device_mesh(device_type: str, world_size: int, shard_size: int) -> DeviceMesh:
     """1-D mesh (FSDP) when sharding over all ranks, 2-D (replicate, shard) for HSDP."""
     if shard_size in (-1, world_size):

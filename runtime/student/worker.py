@@ -36,7 +36,7 @@ from kubedistill.runtime.shared_output import share_exported_files
 from kubedistill.runtime.student.batch import MicroBatch
 from kubedistill.runtime.student.lora import apply_lora, merged_weights, scaling
 from kubedistill.runtime.student.module import DistillationModule
-from kubedistill.runtime.student.parallelize import apply_fsdp, device_mesh
+from kubedistill.runtime.student.parallelize import apply_fsdp, device_mesh, process_group_backend
 from kubedistill.runtime.student.schedule import lr_factor
 
 
@@ -86,7 +86,7 @@ class StudentWorker:
         use_cuda = torch.cuda.is_available()
         self.device = torch.device("cuda", torch.cuda.current_device()) if use_cuda else torch.device("cpu")
         dist.init_process_group(
-            backend="nccl" if use_cuda else "gloo",
+            backend=process_group_backend(self.device.type),
             init_method=f"tcp://{address.master_addr}:{address.master_port}",
             rank=address.rank,
             world_size=address.world_size,
@@ -208,12 +208,6 @@ class StudentWorker:
                     state[key] = value.to(target, non_blocking=True)
         if target.type == "cuda":
             torch.cuda.synchronize(target)
-
-    def all_ranks_agree(self, ok: bool) -> bool:
-        """True on every rank when `ok` is true on every rank (collective)."""
-        flag = torch.tensor([1 if ok else 0], dtype=torch.int32)
-        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
-        return bool(flag.item())
 
     @torch.no_grad()
     def evaluate(
@@ -337,6 +331,14 @@ class StudentWorker:
     def close(self) -> None:
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+def all_ranks_agree(ok: bool) -> bool:
+    """True on every rank when `ok` is true on every rank (collective, on a CPU tensor: gloo's part of the
+    default group, see `process_group_backend`)."""
+    flag = torch.tensor([1 if ok else 0], dtype=torch.int32)
+    dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+    return bool(flag.item())
 
 
 def _full_tensor(value: torch.Tensor) -> torch.Tensor:

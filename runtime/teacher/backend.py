@@ -46,8 +46,16 @@ class TeacherBackend(Protocol):
         """[batch.num_positions, hidden_size] on the CPU, sequences in order, positions in order."""
         ...
 
+    def begin_weight_update(self) -> None:
+        """Open the one weight-update session of a sync (self-distillation); weights wake for it if asleep."""
+        ...
+
     def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
-        """Load new weights in place (self-distillation), by Hugging Face parameter name."""
+        """Load new weights in place, by Hugging Face parameter name, inside a session; one bucket a call."""
+        ...
+
+    def end_weight_update(self) -> None:
+        """Close the session (and put woken weights back to sleep)."""
         ...
 
     def sleep(self) -> None:

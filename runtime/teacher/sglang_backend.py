@@ -28,7 +28,7 @@ from kubedistill.runtime.sglang_args import (
 )
 from kubedistill.runtime.sglang_engine import ALL_MEMORY, SGLangEngine
 from kubedistill.runtime.teacher.backend import TeacherBatch
-from kubedistill.runtime.weight_sync import DEFAULT_BUCKET_BYTES, buckets, tensor_nbytes
+from kubedistill.runtime.teacher.sglang_hidden_states import request_ids
 
 __all__ = ["EnginePlacement", "SGLangTeacher", "single_node_placement"]
 
@@ -42,7 +42,6 @@ class SGLangTeacher:
         *,
         colocate: bool,
         precision: Precision,
-        bucket_bytes: int = DEFAULT_BUCKET_BYTES,
     ) -> None:
         from transformers import PretrainedConfig
 
@@ -54,9 +53,10 @@ class SGLangTeacher:
         self._hidden_size = int(config.get("text_config", config)["hidden_size"])
         self._dtype: torch.dtype = getattr(torch, ENGINE_DTYPES[precision])
         self._placement = placement
-        self._bucket_bytes = bucket_bytes
         self._weight_update_refusal = teacher_weight_update_refusal(server_args)
-        self._sglang = SGLangEngine(server_args, engine_environment())
+        self._sglang = SGLangEngine(
+            server_args, engine_environment(colocate=colocate), hidden_states_in_shared_memory=True
+        )
 
     @property
     def hidden_size(self) -> int:
@@ -74,15 +74,20 @@ class SGLangTeacher:
             input_ids=batch.sequences,
             sampling_params=hidden_state_sampling_params(),
             return_hidden_states=True,
+            rid=request_ids(len(batch.sequences)),
         )
         return gather_hidden_states(outputs, batch, self._hidden_size, self._dtype)
 
-    def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+    def begin_weight_update(self) -> None:
         if self._weight_update_refusal is not None:
             raise ValueError(f"cannot update this SGLang teacher's weights: {self._weight_update_refusal}")
-        with self._sglang.weight_update():
-            for bucket in buckets(named_tensors, tensor_nbytes, self._bucket_bytes):
-                self._sglang.load_tensors(bucket)
+        self._sglang.begin_weight_update()
+
+    def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+        self._sglang.load_tensors(list(named_tensors))
+
+    def end_weight_update(self) -> None:
+        self._sglang.end_weight_update()
 
     def sleep(self) -> None:
         if self._placement.serves_requests:

@@ -83,6 +83,12 @@ BAD_MANIFESTS: list[Bad] = [
         "nodes-not-dividing-gpus", {"spec.teacher.nodesPerReplica": 3}, "spec.teacher.nodesPerReplica", "cel"
     ),
     Bad("ep-not-dividing-tp", {"spec.teacher.expertParallel": 3}, "spec.teacher.expertParallel", "cel"),
+    Bad(
+        "sglang-pipeline-parallel",
+        {"spec.teacher.pipelineParallel": 2, "spec.teacher.tensorParallel": 4},
+        "spec.teacher.pipelineParallel",
+        "cel",
+    ),
     Bad("transformers-with-tp", {"spec.teacher.backend": "transformers"}, "spec.teacher.backend", "cel"),
     Bad(
         "transformers-over-two-nodes",

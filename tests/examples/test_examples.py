@@ -162,7 +162,8 @@ def test_the_two_node_teacher_spans_two_pods_of_eight_gpus_beside_a_two_node_stu
     assert _groups(job) == {"teacher": (2, 8), "student": (2, 8)}
     teacher = job.spec.teacher
     assert teacher is not None
-    assert (teacher.tensor_parallel, teacher.pipeline_parallel) == (8, 2)
+    # Tensor parallelism across the nodes: pipeline-parallel SGLang engines return no hidden states.
+    assert (teacher.tensor_parallel, teacher.pipeline_parallel, teacher.nodes_per_replica) == (16, 1, 2)
 
 
 def test_the_h100_job_puts_teacher_and_student_on_a_node_each() -> None:

@@ -1,8 +1,16 @@
 """Bucketing the student's weights and laying out the NCCL group that carries them to rollout engines."""
 
 import pytest
+import ray
 import torch
 
+from kubedistill.api import parse_job
+from kubedistill.runtime.engines import WeightUpdateCounts
+from kubedistill.runtime.models import load_causal_lm
+from kubedistill.runtime.placement import ClusterView
+from kubedistill.runtime.rollout.group import RolloutActorGroup
+from kubedistill.runtime.student.group import StudentActorGroup
+from kubedistill.runtime.teacher.transformers_backend import TransformersTeacher
 from kubedistill.runtime.weight_sync import (
     WEIGHT_SYNC_GROUP,
     TensorMeta,
@@ -13,6 +21,7 @@ from kubedistill.runtime.weight_sync import (
     tensor_nbytes,
     weight_sync_layout,
 )
+from tests.runtime.conftest import TINY_ROLLOUT, TinyWorld, job_manifest
 
 
 @pytest.mark.parametrize(
@@ -69,3 +78,43 @@ def test_the_trainer_is_rank_zero_and_each_engine_follows_the_ranks_of_the_ones_
 )
 def test_the_rendezvous_address_is_a_tcp_url_for_ipv4_and_ipv6(address: str, method: str) -> None:
     assert tcp_init_method(address, 29500) == method
+
+
+def test_an_engine_takes_weights_only_inside_a_weight_update_session(tiny: TinyWorld) -> None:
+    # SGLang 0.5.23 refuses update_weights_from_tensor outside begin/end_weight_update; so does this engine.
+    teacher = TransformersTeacher(str(tiny.teacher), torch.float32, torch.device("cpu"))
+    weights = list(load_causal_lm(str(tiny.teacher)).named_parameters())
+    with pytest.raises(RuntimeError, match="outside a weight-update session"):
+        teacher.update_weights(weights)
+    teacher.begin_weight_update()
+    with pytest.raises(RuntimeError, match="already in progress"):
+        teacher.begin_weight_update()
+    teacher.update_weights(weights[:2])
+    teacher.update_weights(weights[2:])
+    teacher.end_weight_update()
+    assert teacher.weight_update_counts() == WeightUpdateCounts(sessions=1, loads=2)
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_a_colocated_sync_opens_one_session_per_engine_however_many_buckets_it_sends(
+    tiny: TinyWorld,
+) -> None:
+    student_job = parse_job(
+        job_manifest(tiny, "session-test", mode="sft", teacher=None, student={"replicas": 1})
+    )
+    rollout_job = parse_job(job_manifest(tiny, "session-test", mode="onPolicy", rollout=TINY_ROLLOUT))
+    cluster = ClusterView.current()
+    students = StudentActorGroup(student_job, total_steps=1, cluster=cluster)
+    rollout = RolloutActorGroup(rollout_job, cluster)
+    try:
+        rollout.sleep()  # colocated engines are asleep between their turns, as when the trainer syncs them
+        bucket_bytes = 16 * 1024
+        sent = students.push_weights(rollout.actors, bucket_bytes=bucket_bytes)
+        counts = ray.get(rollout.actors[0].weight_update_counts.remote())
+        assert sent > 4 * bucket_bytes and counts.loads > 4
+        assert counts.sessions == 1
+        students.push_weights(rollout.actors, bucket_bytes=bucket_bytes)
+        assert ray.get(rollout.actors[0].weight_update_counts.remote()).sessions == 2
+    finally:
+        students.shutdown()
+        rollout.shutdown()

@@ -5,6 +5,8 @@ import pytest
 from kubedistill.api.spec import Precision, RolloutSpec, TeacherSpec
 from kubedistill.runtime.sglang_args import (
     BLOCK_NONZERO_RANK_CHILDREN,
+    MEMORY_SAVER_CUDA_GRAPH,
+    NCCL_ENVIRONMENT,
     EnginePlacement,
     engine_environment,
     refuse_unusable_hidden_states,
@@ -76,7 +78,7 @@ def test_a_teacher_spanning_nodes_gets_its_node_rank_and_rendezvous_address() ->
     args = _teacher(spec, TWO_NODES)
     assert (args["nnodes"], args["node_rank"], args["dist_init_addr"]) == (2, 1, "10.0.0.1:20000")
     assert not TWO_NODES.serves_requests
-    assert engine_environment() == {BLOCK_NONZERO_RANK_CHILDREN: "0"}
+    assert engine_environment(colocate=False)[BLOCK_NONZERO_RANK_CHILDREN] == "0"
 
 
 def test_an_engine_starts_at_the_gpu_its_placement_names() -> None:
@@ -171,3 +173,30 @@ def test_a_teacher_whose_hidden_states_are_pre_norm_is_refused_naming_the_backen
     ):
         refuse_unusable_hidden_states(["Step3p5ForCausalLM"], "/models/step")
     refuse_unusable_hidden_states(["Qwen3ForCausalLM"], "/models/qwen")
+
+
+@pytest.mark.parametrize("colocate", [True, False])
+def test_colocated_engines_capture_graphs_where_sleeping_frees_them(colocate: bool) -> None:
+    # The cuda_graph tag frees graphs captured in the memory saver's region only, and the breakable prefill
+    # graph refuses that region: colocated engines turn it on and the prefill graph off (sglang_facts).
+    for args in (_teacher(colocate=colocate), _rollout(colocate=colocate)):
+        assert args["cuda_graph_backend_prefill"] == ("disabled" if colocate else None)
+        assert "cuda_graph_backend_decode" not in args
+    assert (engine_environment(colocate=colocate).get(MEMORY_SAVER_CUDA_GRAPH) == "1") is colocate
+
+
+@pytest.mark.parametrize("colocate", [True, False])
+def test_engines_start_with_nccl_cumem_off_like_the_student_rank_that_joins_them(colocate: bool) -> None:
+    from kubedistill.runtime.placement import ClusterView
+    from kubedistill.runtime.student.group import student_actor_options
+
+    engine = engine_environment(colocate=colocate)
+    for cluster in (
+        ClusterView(gpus=8.0, resources=frozenset()),
+        ClusterView(gpus=0.0, resources=frozenset()),
+    ):
+        student = student_actor_options(cluster)["runtime_env"]["env_vars"]
+        assert {name: student[name] for name in NCCL_ENVIRONMENT} == {
+            name: engine[name] for name in NCCL_ENVIRONMENT
+        }
+    assert NCCL_ENVIRONMENT == {"NCCL_CUMEM_ENABLE": "0"}

@@ -4,7 +4,14 @@ design decision next to it must be reviewed, not just the test."""
 
 import ast
 
-from kubedistill.runtime.sglang_args import PRE_NORM_HIDDEN_STATE_ARCHITECTURES
+from kubedistill.api.spec import Precision, RolloutSpec, TeacherSpec
+from kubedistill.runtime.sglang_args import (
+    NCCL_ENVIRONMENT,
+    PRE_NORM_HIDDEN_STATE_ARCHITECTURES,
+    EnginePlacement,
+    rollout_engine_args,
+    teacher_engine_args,
+)
 from tests.runtime.sglang.wheel_source import SGLangSource
 
 SCHEDULER_RESULTS = "sglang.srt.managers.scheduler_components.batch_result_processor"
@@ -123,6 +130,66 @@ def test_resuming_memory_that_is_not_released_fails_in_the_scheduler(sglang_sour
 def test_a_request_seed_needs_deterministic_inference(sglang_source: SGLangSource) -> None:
     batch_info = sglang_source.text("sglang.srt.sampling.sampling_batch_info")
     assert "if enable_deterministic\n            else None" in batch_info
+
+
+def test_sglang_turns_nccl_cumem_off_where_we_run_it(sglang_source: SGLangSource) -> None:
+    # NCCL_ENVIRONMENT must equal what SGLang picks for our engines, and a value we set must be kept.
+    setup = ast.unparse(_function(sglang_source, "sglang.srt.entrypoints.engine", "_set_envs_and_config"))
+    assert "if 'NCCL_CUMEM_ENABLE' not in os.environ or cfg.enable_symm_mem:" in setup
+    assert (
+        "os.environ['NCCL_CUMEM_ENABLE'] = str(int(cfg.enable_symm_mem or kv_shard_symmetric_scratch))"
+        in setup
+    )
+    assert "cfg.enable_kv_cache_sharding" in setup
+    options = {"colocate": True, "precision": Precision.BF16}
+    for args in (
+        teacher_engine_args(TeacherSpec(), "m", EnginePlacement(), **options),
+        rollout_engine_args(RolloutSpec(), "m", EnginePlacement(), seed=0, **options),
+    ):
+        assert not args.get("enable_symm_mem") and not args.get("enable_kv_cache_sharding")
+    fields = sglang_source.server_args_fields()
+    for flag in ("enable_symm_mem", "enable_kv_cache_sharding"):
+        module, _ = fields[flag]
+        assert f"{flag}: A[" in sglang_source.text(module)
+    assert NCCL_ENVIRONMENT["NCCL_CUMEM_ENABLE"] == str(int(False or False))
+
+
+def test_graphs_are_freed_by_sleep_only_inside_the_memory_saver_which_breakable_graphs_refuse(
+    sglang_source: SGLangSource,
+) -> None:
+    backends = "sglang.srt.model_executor.runner_backend"
+    full = sglang_source.text(f"{backends}.full_cuda_graph_backend")
+    breakable = sglang_source.text(f"{backends}.breakable_cuda_graph_backend")
+    guarded = 'enable=enable_memory_saver\n            and get_bool_env_var("SGLANG_MEMORY_SAVER_CUDA_GRAPH")'
+    assert guarded in full and guarded in breakable
+    assert "tag=GPU_MEMORY_TYPE_CUDA_GRAPH" in full
+    assert "Breakable CUDA graph is not compatible with memory saver mode" in breakable
+    default = ast.unparse(
+        _function(sglang_source, "sglang.srt.model_executor.cuda_graph_config", "default_prefill_backend")
+    )
+    assert "return Backend.BREAKABLE if is_cuda() else Backend.DISABLED" in default
+    release = ast.unparse(
+        _function(
+            sglang_source,
+            "sglang.srt.managers.scheduler_components.weight_updater",
+            "release_memory_occupation",
+        )
+    )
+    assert "self.memory_saver_adapter.pause(GPU_MEMORY_TYPE_CUDA_GRAPH)" in release
+
+
+def test_pipeline_parallel_engines_relay_no_hidden_states_and_tensor_parallel_spans_nodes(
+    sglang_source: SGLangSource,
+) -> None:
+    # Why spec.teacher.pipelineParallel must be 1 with SGLang, and how the two-node example spans its nodes.
+    relay = ast.unparse(_function(sglang_source, "sglang.srt.managers.utils", "get_logprob_from_pp_outputs"))
+    assert "hidden_states=None" in relay
+    assert "get_logprob_from_pp_outputs(pp_outputs)" in sglang_source.text(
+        "sglang.srt.managers.scheduler_pp_mixin"
+    )
+    ranks = ast.unparse(_function(sglang_source, "sglang.srt.entrypoints.engine", "_calculate_rank_ranges"))
+    assert "nnodes_per_pp_rank = max(nnodes // parallel.pp_size, 1)" in ranks
+    assert "tp_size_per_node = parallel.tp_size // nnodes_per_tp_group" in ranks
 
 
 def _entry_classes(tree: ast.Module) -> set[str]:

@@ -157,6 +157,7 @@ DECLARED_TYPES: dict[str, tuple[type, ...]] = {
     "Optional[int]": (int, type(None)),
     "Optional[float]": (int, float, type(None)),
     "Optional[str]": (str, type(None)),
+    "Optional[Literal['full', 'breakable', 'disabled']]": (str, type(None)),
 }
 
 
@@ -178,7 +179,13 @@ def test_engine_arg_values_fit_the_declared_types_and_choices(
         module, annotation = fields[key]
         declared = _declared_type(annotation)
         assert isinstance(value, DECLARED_TYPES[declared]), f"{key}={value!r} is not {declared}"
-        choices = sglang_source.choices(module, annotation)
+        literal = [
+            node.value
+            for node in ast.walk(annotation)
+            if isinstance(node, ast.Constant) and "Literal[" in declared and isinstance(node.value, str)
+        ]
+        # A Literal names its choices itself (its `choices=` may be an attribute we cannot resolve).
+        choices = literal or sglang_source.choices(module, annotation)
         if choices is not None and value is not None:
             assert value in choices, f"{key}={value!r} is not one of {choices}"
 
@@ -195,16 +202,35 @@ def test_our_memory_tags_are_sglangs(sglang_source: SGLangSource) -> None:
     )
 
 
+ENVIRONMENT_READERS = {
+    "SGLANG_BLOCK_NONZERO_RANK_CHILDREN": "sglang.srt.entrypoints.engine",
+    "NCCL_CUMEM_ENABLE": "sglang.srt.entrypoints.engine",
+    "SGLANG_MEMORY_SAVER_CUDA_GRAPH": "sglang.srt.model_executor.runner_backend.full_cuda_graph_backend",
+}
+
+
 def test_the_environment_we_set_is_read_by_the_engine(sglang_source: SGLangSource) -> None:
-    read = {
-        node.args[0].value
-        for node in ast.walk(sglang_source.tree("sglang.srt.entrypoints.engine"))
-        if isinstance(node, ast.Call)
-        and ast.unparse(node.func) in ("os.getenv", "os.environ.get")
-        and node.args
-        and isinstance(node.args[0], ast.Constant)
-    }
-    assert set(engine_environment()) <= read
+    set_by_us = set(engine_environment(colocate=True)) | set(engine_environment(colocate=False))
+    assert set_by_us == set(ENVIRONMENT_READERS)
+    for variable, module in ENVIRONMENT_READERS.items():
+        assert variable in _environment_reads(sglang_source.tree(module)), (variable, module)
+
+
+def _environment_reads(tree: ast.Module) -> set[str]:
+    """Variables a module reads: `os.getenv("X")`, `os.environ.get("X")`, `get_bool_env_var("X")`, and
+    `"X" in os.environ`."""
+    readers = ("os.getenv", "os.environ.get", "get_bool_env_var")
+    read = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and ast.unparse(node.func) in readers and node.args:
+            first = node.args[0]
+        elif isinstance(node, ast.Compare) and ast.unparse(node.comparators[0]) == "os.environ":
+            first = node.left
+        else:
+            continue
+        if isinstance(first, ast.Constant):
+            read.add(first.value)
+    return read
 
 
 @dataclass(frozen=True)

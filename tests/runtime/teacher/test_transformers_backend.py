@@ -42,5 +42,7 @@ def test_update_weights_loads_new_values_in_place(tiny: TinyWorld) -> None:
     batch = TeacherBatch([[5, 9, 14]], [[0, 1, 2]])
     before = teacher.hidden_states(batch)
     model = load_causal_lm(str(tiny.teacher))
+    teacher.begin_weight_update()
     teacher.update_weights((name, value * 1.5) for name, value in model.named_parameters())
+    teacher.end_weight_update()
     assert not torch.allclose(teacher.hidden_states(batch), before)
