@@ -53,6 +53,10 @@ class Reason(StrEnum):
     """SpecChangeIgnored is False: the spec matches what the running job was created from."""
     NAME_CONFLICT = "NameConflict"
     """Created is False: a child's name is taken by an object the job does not own."""
+    FORBIDDEN = "Forbidden"
+    """Failed: the API server refused to create a child (403); the message names the missing permission."""
+    RAY_JOB_API_MISSING = "RayJobAPIMissing"
+    """Created is False: the cluster serves no ray.io/v1 RayJob (KubeRay is not installed yet)."""
 
 
 class Condition(SpecModel):

@@ -96,6 +96,18 @@ class Kube:
                 return None
             raise
 
+    async def read_rayjob(self, namespace: str, name: str) -> KubeObject | None:
+        """The RayJob, or None when it is gone."""
+        api = CustomObjectsApi(self.client)
+        try:
+            return await self._retrying(
+                lambda: api.get_namespaced_custom_object(RAY_GROUP, RAY_VERSION, namespace, RAYJOBS, name)
+            )
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise
+
     async def patch_job_status(self, namespace: str, name: str, status_patch: Mapping[str, Any]) -> bool:
         """Merge-patch the status subresource; False when the job is gone."""
         api = CustomObjectsApi(self.client)

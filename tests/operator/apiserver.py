@@ -27,6 +27,7 @@ import jsonpatch
 import kmock
 from kmock._internal import enums, rendering
 
+from kubedistill.operator.rbac import Rule, allowed
 from kubedistill.operator.runner import USER_AGENT
 
 Interceptor = Callable[["ApiServer", rendering.Request], Awaitable[aiohttp.web.StreamResponse | None]]
@@ -86,6 +87,7 @@ class ApiServer(kmock.KubernetesEmulator):
 
 
 REASONS = {
+    403: "Forbidden",
     409: "Conflict",
     422: "Invalid",
     429: "TooManyRequests",
@@ -94,7 +96,7 @@ REASONS = {
 }
 
 
-def api_error(status: int, *, retry_after: int | None = None) -> aiohttp.web.Response:
+def api_error(status: int, *, retry_after: int | None = None, message: str = "") -> aiohttp.web.Response:
     """A Kubernetes `Status` error as the API server sends it (Retry-After in the header and the details)."""
     details = {"retryAfterSeconds": retry_after} if retry_after is not None else {}
     body = {
@@ -104,7 +106,7 @@ def api_error(status: int, *, retry_after: int | None = None) -> aiohttp.web.Res
         "status": "Failure",
         "code": status,
         "reason": REASONS[status],
-        "message": f"injected fault: HTTP {status}",
+        "message": message or f"injected fault: HTTP {status}",
         "details": details,
     }
     headers = {"Retry-After": str(retry_after)} if retry_after is not None else {}
@@ -237,3 +239,43 @@ class ArchivingApiServer(ApiServer):
     def served(self) -> list[rendering.Request]:
         """Every request so far: those answered, then those still open (watches)."""
         return [*self.archive, *self._requests]
+
+
+@dataclass(frozen=True)
+class OwnerReferencesPermissionEnforcement:
+    """kube-apiserver's admission plugin of that name (on by default in OpenShift): setting
+    `blockOwnerDeletion` on an ownerReference needs `update` on the owner's `finalizers` subresource.
+
+    As in kubernetes `plugin/pkg/admission/gc/gc_admission.go` (v1.33): each such reference is authorised
+    as verb `update`, the owner's resource, subresource `finalizers`; a refusal is a 403 whose message is
+    the plugin's. `rules` are the operator's RBAC; requests of other clients pass.
+    """
+
+    rules: Sequence[Rule]
+
+    async def __call__(self, server: ApiServer, request: rendering.Request) -> aiohttp.web.Response | None:
+        agent = request.headers.get("User-Agent", "")
+        if request.action != enums.action.CREATE or not agent.startswith(OPERATOR_AGENTS):
+            return None
+        if not isinstance(request.data, Mapping) or request.resource is None:
+            return None
+        for owner in request.data.get("metadata", {}).get("ownerReferences", []):
+            if not owner.get("blockOwnerDeletion"):
+                continue
+            group = owner["apiVersion"].rpartition("/")[0]
+            plural = next(
+                resource.plural
+                for resource, info in server.resources.items()
+                if info.kind == owner["kind"] and (resource.group or "") == group
+            )
+            if not allowed(self.rules, group, f"{plural}/finalizers", "update"):
+                name = request.data["metadata"]["name"]
+                kind = request.resource.plural + (
+                    f".{request.resource.group}" if request.resource.group else ""
+                )
+                message = (
+                    f'{kind} "{name}" is forbidden: cannot set blockOwnerDeletion if an ownerReference '
+                    "refers to a resource you can't set finalizers on: , <nil>"
+                )
+                return api_error(403, message=message)
+        return None
