@@ -1,6 +1,7 @@
 """Running the operator: kopf configured for this project, with the shared context as its memo."""
 
 import asyncio
+import random
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,6 +20,8 @@ from kubedistill.operator.status_writer import StatusWriter
 
 ANNOTATION_PREFIX = "kubedistill.io"
 USER_AGENT = "kubedistill-operator"
+PRIORITY_RANGE = 2**31
+"""Priorities are drawn from [1, 2**31): two replicas draw the same one about once in two billion starts."""
 
 
 @dataclass(frozen=True)
@@ -37,7 +40,7 @@ class RunOptions:
         return not self.namespaces
 
 
-def kopf_settings() -> kopf.OperatorSettings:
+def kopf_settings(operator: OperatorSettings) -> kopf.OperatorSettings:
     settings = kopf.OperatorSettings()
     # The CRD's status schema is structural, so the API server would prune kopf's default `status.kopf`
     # progress records; annotations survive.
@@ -49,6 +52,11 @@ def kopf_settings() -> kopf.OperatorSettings:
     # The watched resources are fixed and namespaces are named exactly: no need to list and watch
     # CustomResourceDefinitions or Namespaces (nor the RBAC to do so).
     settings.scanning.disabled = True
+    # kopf pauses every peer that sees a live peer of the same priority, itself included (kopf 1.45.2
+    # `_core/engines/peering.py:128-146`), so replicas started alike would all stand still. A priority
+    # drawn at start makes exactly one active: the highest; the others pause until its keep-alives stop.
+    settings.peering.priority = random.SystemRandom().randrange(1, PRIORITY_RANGE)
+    settings.peering.lifetime = operator.peering_lifetime_seconds
     return settings
 
 
@@ -78,7 +86,7 @@ async def run_operator(
         async with aiohttp.ClientSession(connector=connector) as http:
             context = OperatorContext(settings, kube, metrics, StatusWriter(kube, metrics), http)
             await kopf.operator(
-                settings=kopf_settings(),
+                settings=kopf_settings(settings),
                 clusterwide=options.clusterwide,
                 namespaces=list(options.namespaces),
                 standalone=options.standalone or None,

@@ -95,6 +95,13 @@ def test_the_operator_reads_the_settings_the_values_give(tmp_path: Path) -> None
     assert settings.metrics_url_template == url
 
 
+def test_replicas_in_a_peering_take_over_after_the_lifetime_the_values_give() -> None:
+    settings = settings_from_env(
+        _env(_container((CI / "peering-values.yaml",), ("peering.lifetimeSeconds=20",)))
+    )
+    assert settings.peering_lifetime_seconds == 20
+
+
 def test_without_a_url_template_the_operator_keeps_its_default() -> None:
     env = _env(_container())
     assert METRICS_URL_ENV not in env
