@@ -16,7 +16,6 @@ from kubedistill.operator import reconcile
 from kubedistill.operator.cluster import connection_info
 from kubedistill.operator.context import OperatorContext
 from kubedistill.operator.kube import RAY_GROUP, RAY_VERSION, RAYJOBS, TransientApiError
-from kubedistill.operator.naming import JOB_LABEL
 
 
 @kopf.on.login()
@@ -47,7 +46,7 @@ def track_job(event: kopf.RawEvent, body: kopf.Body, memo: OperatorContext, **_:
         memo.statuses.observe(key, body)
 
 
-@kopf.on.event(RAY_GROUP, RAY_VERSION, RAYJOBS, labels={JOB_LABEL: kopf.PRESENT})
+@kopf.on.event(RAY_GROUP, RAY_VERSION, RAYJOBS)  # only those labelled JOB_LABEL: `runner.kopf_settings`
 async def mirror_rayjob(event: kopf.RawEvent, body: kopf.Body, memo: OperatorContext, **_: Any) -> None:
     # kopf never retries an event handler: a RayJob change whose status patch failed would be lost until the
     # RayJob changes again (for a running job, when it ends). Retry here; kopf queues the newer events.

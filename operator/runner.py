@@ -13,8 +13,9 @@ from prometheus_client import start_http_server
 
 from kubedistill.operator.cluster import connect
 from kubedistill.operator.context import OperatorContext
-from kubedistill.operator.kube import Kube
+from kubedistill.operator.kube import RAY_GROUP, RAYJOBS, Kube
 from kubedistill.operator.metrics import OperatorMetrics
+from kubedistill.operator.naming import JOB_LABEL
 from kubedistill.operator.settings import OperatorSettings
 from kubedistill.operator.status_writer import StatusWriter
 
@@ -52,6 +53,10 @@ def kopf_settings(operator: OperatorSettings) -> kopf.OperatorSettings:
     # The watched resources are fixed and namespaces are named exactly: no need to list and watch
     # CustomResourceDefinitions or Namespaces (nor the RBAC to do so).
     settings.scanning.disabled = True
+    # Only the operator's own RayJobs, selected by the API server (kopf 1.45.2 sends these as the list's
+    # and watch's `labelSelector`, `_cogs/clients/watching.py:263-271`; a handler's `labels=` filter is
+    # applied by kopf after every RayJob in the cluster has been received).
+    settings.watching.label_selectors[RAY_GROUP, RAYJOBS] = JOB_LABEL
     # kopf pauses every peer that sees a live peer of the same priority, itself included (kopf 1.45.2
     # `_core/engines/peering.py:128-146`), so replicas started alike would all stand still. A priority
     # drawn at start makes exactly one active: the highest; the others pause until its keep-alives stop.

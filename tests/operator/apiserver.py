@@ -15,10 +15,11 @@ import asyncio
 import contextlib
 import itertools
 import random
+import re
 import time
 import uuid
 from collections import Counter
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,7 +52,7 @@ class ApiServer(kmock.KubernetesEmulator):
         """What the API server does with a request that gets through: store it and answer."""
         if request.resource is not None:
             if request.action == enums.action.CREATE and isinstance(request.data, Mapping):
-                self._stamp_created(request.data)
+                self._stamp_created(request, request.data)
             elif request.action == enums.action.UPDATE and request.name is not None:
                 if isinstance(request.data, Mapping):
                     self._stamp_merge_patch(request, request.data)
@@ -64,8 +65,34 @@ class ApiServer(kmock.KubernetesEmulator):
             # again on the next event" rather than retrying the stale patch for a minute.
             return api_error(422)
 
-    def _stamp_created(self, body: dict[str, Any]) -> None:
+    async def _serve_list(self, request: rendering.Request) -> rendering.Payload:
+        payload = await super()._serve_list(request)
+        selector = LabelSelector.parse(request.params.get("labelSelector", ""))
+        return {**payload, "items": [item for item in payload["items"] if selector.matches(item)]}
+
+    async def _serve_watch(self, request: rendering.Request) -> AsyncIterator[rendering.Payload]:
+        """As the API server's watch cache does with a label selector: only matching objects, and an
+        object that stops (or starts) matching is DELETED (or ADDED) for this watch."""
+        selector = LabelSelector.parse(request.params.get("labelSelector", ""))
+        matching: set[tuple[str | None, str | None]] = set()
+        async for event in super()._serve_watch(request):
+            if not isinstance(event, Mapping) or "object" not in event:
+                yield event
+                continue
+            metadata = event["object"].get("metadata", {})
+            key = (metadata.get("namespace"), metadata.get("name"))
+            was, now = key in matching, selector.matches(event["object"]) and event["type"] != "DELETED"
+            if now:
+                matching.add(key)
+                yield {**event, "type": "MODIFIED" if was else "ADDED"}
+            elif was:
+                matching.discard(key)
+                yield {**event, "type": "DELETED"}
+
+    def _stamp_created(self, request: rendering.Request, body: dict[str, Any]) -> None:
         metadata = body.setdefault("metadata", {})
+        if request.namespace is not None:
+            metadata.setdefault("namespace", request.namespace)  # from the URL
         metadata.setdefault("uid", str(uuid.uuid4()))
         metadata.setdefault("creationTimestamp", "2026-01-01T00:00:00Z")
         metadata.setdefault("generation", 1)
@@ -84,6 +111,52 @@ class ApiServer(kmock.KubernetesEmulator):
             current = self.objects[key]
             if not current.deleted:
                 metadata["generation"] = current.get("metadata", {}).get("generation", 1) + 1
+
+
+@dataclass(frozen=True)
+class Requirement:
+    key: str
+    operator: str
+    """One of `exists`, `!`, `in`, `notin` (`=`, `==` and `!=` are `in` and `notin` of one value)."""
+    values: frozenset[str] = frozenset()
+
+    def matches(self, labels: Mapping[str, str]) -> bool:
+        if self.operator == "exists":
+            return self.key in labels
+        if self.operator == "!":
+            return self.key not in labels
+        if self.operator == "in":
+            return labels.get(self.key) in self.values
+        return labels.get(self.key) not in self.values
+
+
+@dataclass(frozen=True)
+class LabelSelector:
+    """A `labelSelector` query parameter, in the syntax of apimachinery's `labels.Parse`."""
+
+    requirements: tuple[Requirement, ...] = ()
+
+    @classmethod
+    def parse(cls, text: str) -> "LabelSelector":
+        # Split on the commas between requirements, not those inside `in (a,b)`.
+        parts = re.split(r",(?![^()]*\))", text) if text.strip() else []
+        return cls(tuple(_requirement(part.strip()) for part in parts))
+
+    def matches(self, obj: Mapping[str, Any]) -> bool:
+        labels = obj.get("metadata", {}).get("labels") or {}
+        return all(requirement.matches(labels) for requirement in self.requirements)
+
+
+def _requirement(text: str) -> Requirement:
+    if match := re.fullmatch(r"(\S+)\s+(in|notin)\s+\((.*)\)", text):
+        key, operator, values = match.groups()
+        return Requirement(key, operator, frozenset(value.strip() for value in values.split(",")))
+    if match := re.fullmatch(r"([^!=\s]+)\s*(==|=|!=)\s*(\S*)", text):
+        key, operator, value = match.groups()
+        return Requirement(key, "notin" if operator == "!=" else "in", frozenset({value}))
+    if text.startswith("!"):
+        return Requirement(text[1:].strip(), "!")
+    return Requirement(text, "exists")
 
 
 REASONS = {

@@ -1,0 +1,77 @@
+"""The API server emulator behaves as kube-apiserver documents it, where the operator relies on it."""
+
+import asyncio
+import json
+from typing import Any
+
+import pytest
+
+from tests.operator.harness import NAMESPACE, RAYJOBS, Cluster
+
+URL = f"/apis/ray.io/v1/namespaces/{NAMESPACE}/rayjobs"
+
+
+def _rayjob(name: str, **labels: str) -> dict[str, Any]:
+    return {"apiVersion": "ray.io/v1", "kind": "RayJob", "metadata": {"name": name, "labels": labels}}
+
+
+async def _create(cluster: Cluster, obj: dict[str, Any]) -> None:
+    async with cluster.server.post(URL, json=obj) as response:
+        assert response.status == 200, await response.text()
+
+
+@pytest.mark.parametrize(
+    ("selector", "names"),
+    [
+        ("team", {"a", "b"}),
+        ("!team", {"c"}),
+        ("team=ml", {"a"}),
+        ("team==ml", {"a"}),
+        ("team!=ml", {"b", "c"}),
+        ("team in (ml,infra)", {"a", "b"}),
+        ("team notin (ml)", {"b", "c"}),
+        ("team,tier=gpu", {"b"}),
+        ("", {"a", "b", "c"}),
+    ],
+)
+async def test_a_list_returns_only_what_its_label_selector_selects(
+    cluster: Cluster, selector: str, names: set[str]
+) -> None:
+    for obj in (_rayjob("a", team="ml"), _rayjob("b", team="infra", tier="gpu"), _rayjob("c")):
+        await _create(cluster, obj)
+    async with cluster.server.get(URL, params={"labelSelector": selector}) as response:
+        listed = await response.json()
+    assert {item["metadata"]["name"] for item in listed["items"]} == names
+
+
+async def test_a_watch_with_a_label_selector_sees_an_object_that_stops_matching_as_deleted(
+    cluster: Cluster,
+) -> None:
+    await _create(cluster, _rayjob("a", team="ml"))
+    await _create(cluster, _rayjob("b"))
+    params = {"watch": "true", "labelSelector": "team"}
+    async with cluster.server.get(URL, params=params) as stream:
+        events = [json.loads(await stream.content.readline())]
+        await asyncio.sleep(0.1)  # kmock subscribes the stream to changes only after its initial listing
+        await cluster.patch(RAYJOBS, "a", {"metadata": {"labels": {"team": None}}})
+        await cluster.patch(RAYJOBS, "b", {"metadata": {"labels": {"team": "infra"}}})
+        for _ in range(2):
+            events.append(json.loads(await asyncio.wait_for(stream.content.readline(), 5)))
+    assert [(event["type"], event["object"]["metadata"]["name"]) for event in events] == [
+        ("ADDED", "a"),
+        ("DELETED", "a"),
+        ("ADDED", "b"),
+    ]
+
+
+async def test_a_delete_of_an_object_with_finalizers_only_marks_it_until_they_are_removed(
+    cluster: Cluster,
+) -> None:
+    # https://kubernetes.io/docs/concepts/overview/working-with-objects/finalizers/
+    await _create(cluster, {**_rayjob("a"), "metadata": {"name": "a", "finalizers": ["example.com/hold"]}})
+    await cluster.delete_rayjob("a")
+    marked = cluster.rayjob("a")
+    assert marked is not None and marked["metadata"]["deletionTimestamp"]
+
+    await cluster.patch(RAYJOBS, "a", {"metadata": {"finalizers": []}})
+    assert cluster.rayjob("a") is None
