@@ -38,6 +38,13 @@ def forbidden_status(status: Mapping[str, Any], message: str, *, generation: int
     return updated
 
 
+def api_missing_status(
+    status: Mapping[str, Any], message: str, *, generation: int | None, now: str
+) -> Status:
+    waiting = DesiredCondition(ConditionType.CREATED, "False", Reason.RAY_JOB_API_MISSING, message)
+    return with_conditions(status, [waiting], generation=generation, now=now)
+
+
 def name_conflict_status(
     status: Mapping[str, Any], message: str, *, generation: int | None, now: str
 ) -> Status:

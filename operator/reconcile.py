@@ -20,8 +20,9 @@ from kubedistill.api.status import TERMINAL_PHASES, ConditionType, Reason
 from kubedistill.api.telemetry import DEFAULT_METRICS_PORT
 from kubedistill.operator.conditions import condition_of
 from kubedistill.operator.context import OperatorContext
-from kubedistill.operator.kube import NotOwned, TransientApiError
+from kubedistill.operator.kube import RAYJOB_API_MISSING, ApiNotServed, NotOwned, TransientApiError
 from kubedistill.operator.lifecycle import (
+    api_missing_status,
     created_status,
     forbidden_status,
     invalid_edit_status,
@@ -77,6 +78,13 @@ async def create_children(ctx: OperatorContext, body: Body, logger: logging.Logg
         raise kopf.TemporaryError(message, delay=ctx.settings.retry_delay_seconds) from conflict
     except TransientApiError as error:
         raise kopf.TemporaryError(str(error), delay=ctx.settings.retry_delay_seconds) from error
+    except ApiNotServed as missing:
+        message = f"{RAYJOB_API_MISSING}; the job waits and is created when it is"
+        created = condition_of(ctx.statuses.status(key) or {}, ConditionType.CREATED) or {}
+        await _change_or_retry(ctx, key, lambda s, g: api_missing_status(s, message, generation=g, now=now()))
+        if created.get("reason") != Reason.RAY_JOB_API_MISSING:
+            kopf.warn(dict(body), reason=Reason.RAY_JOB_API_MISSING, message=message)
+        raise kopf.TemporaryError(str(missing), delay=ctx.settings.rayjob_api_check_seconds) from missing
     except ApiException as error:
         if error.status != 403:
             raise

@@ -1,6 +1,8 @@
 """Running the operator: kopf configured for this project, with the shared context as its memo."""
 
 import asyncio
+import contextlib
+import logging
 import random
 import threading
 from collections.abc import Sequence
@@ -11,13 +13,16 @@ import kopf
 from kubernetes.aio.client import ApiClient
 from prometheus_client import start_http_server
 
+from kubedistill.api.status import Reason
 from kubedistill.operator.cluster import connect
 from kubedistill.operator.context import OperatorContext
-from kubedistill.operator.kube import RAY_GROUP, RAYJOBS, Kube
+from kubedistill.operator.kube import RAY_GROUP, RAYJOB_API_MISSING, RAYJOBS, Kube, TransientApiError
 from kubedistill.operator.metrics import OperatorMetrics
 from kubedistill.operator.naming import JOB_LABEL
 from kubedistill.operator.settings import OperatorSettings
 from kubedistill.operator.status_writer import StatusWriter
+
+logger = logging.getLogger(__name__)
 
 ANNOTATION_PREFIX = "kubedistill.io"
 USER_AGENT = "kubedistill-operator"
@@ -74,7 +79,12 @@ async def run_operator(
     stop_flag: asyncio.Event | threading.Event | None = None,
     ready_flag: asyncio.Event | threading.Event | None = None,
 ) -> None:
-    """Run until `stop_flag` is set (or a signal arrives). `client` defaults to the cluster's credentials."""
+    """Run until `stop_flag` is set (or a signal arrives). `client` defaults to the cluster's credentials.
+
+    Started before KubeRay's CRDs, it runs without RayJobs and exits (SystemExit) once they are served:
+    kopf resolves the resources it watches once, at start, when scanning is off (kopf 1.45.2
+    `_core/reactor/observation.py:114-142`), and Kubernetes restarts the container.
+    """
     from kubedistill.operator import handlers  # noqa: F401  # registers the handlers, once per process
 
     client = client if client is not None else await connect()
@@ -84,7 +94,18 @@ async def run_operator(
     if options.metrics_port is not None:
         metrics_server, _ = start_http_server(options.metrics_port, registry=metrics.registry)
     kube = Kube(client)
+    appeared = None
     try:
+        if not await kube.serves_rayjobs():
+            logger.error(
+                f"{RAYJOB_API_MISSING}; DistillationJobs wait (condition Created=False, reason "
+                f"{Reason.RAY_JOB_API_MISSING}), and the operator restarts once RayJobs are served"
+            )
+            appeared = asyncio.create_task(
+                _until_rayjobs_served(kube, settings.rayjob_api_check_seconds, stop_flag)
+            )
+            stop_flag = asyncio.Event()
+            appeared.add_done_callback(lambda _: stop_flag.set())
         # No DNS cache: aiohttp resolves cached hosts in a task of its own, which outlives a cancelled
         # scrape, and kopf re-raises the errors of such leftover tasks when it stops.
         connector = aiohttp.TCPConnector(use_dns_cache=False)
@@ -104,6 +125,35 @@ async def run_operator(
                 ready_flag=ready_flag,
             )
     finally:
+        if appeared is not None:
+            appeared.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await appeared
         await client.close()
         if metrics_server is not None:
             metrics_server.shutdown()
+    if appeared is not None and not appeared.cancelled() and appeared.result():
+        raise SystemExit(RAYJOB_API_APPEARED)
+
+
+RAYJOB_API_APPEARED = (
+    "kubedistill operator: the RayJob API is served now; exiting so that Kubernetes restarts the operator "
+    "and it watches RayJobs"
+)
+STOP_POLL_SECONDS = 0.1
+
+
+async def _until_rayjobs_served(
+    kube: Kube, period: float, stop_flag: asyncio.Event | threading.Event | None
+) -> bool:
+    """True once the cluster serves RayJobs; False if `stop_flag` is set first."""
+    loop = asyncio.get_running_loop()
+    next_check = loop.time() + period
+    while stop_flag is None or not stop_flag.is_set():
+        await asyncio.sleep(STOP_POLL_SECONDS)
+        if loop.time() >= next_check:
+            next_check = loop.time() + period
+            with contextlib.suppress(TransientApiError):
+                if await kube.serves_rayjobs():
+                    return True
+    return False

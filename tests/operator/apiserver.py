@@ -50,6 +50,9 @@ class ApiServer(kmock.KubernetesEmulator):
 
     async def apply(self, request: rendering.Request) -> aiohttp.web.StreamResponse:
         """What the API server does with a request that gets through: store it and answer."""
+        if request.resource is not None and request.resource.plural is not None and not self.serves(request):
+            # kmock stores objects of any resource; the API server knows only what discovery shows.
+            return api_error(404, message="the server could not find the requested resource")
         if request.resource is not None:
             if request.action == enums.action.CREATE and isinstance(request.data, Mapping):
                 self._stamp_created(request, request.data)
@@ -64,6 +67,15 @@ class ApiServer(kmock.KubernetesEmulator):
             # kmock answers 500; the API server says 422, which kopf takes as "changed meanwhile, patch
             # again on the next event" rather than retrying the stale patch for a minute.
             return api_error(422)
+
+    def serves(self, request: rendering.Request) -> bool:
+        wanted = request.resource
+        assert wanted is not None
+        return any(
+            (served.group or "", served.version, served.plural)
+            == (wanted.group or "", wanted.version, wanted.plural)
+            for served in self.resources
+        )
 
     async def _serve_list(self, request: rendering.Request) -> rendering.Payload:
         payload = await super()._serve_list(request)
@@ -161,6 +173,7 @@ def _requirement(text: str) -> Requirement:
 
 REASONS = {
     403: "Forbidden",
+    404: "NotFound",
     409: "Conflict",
     422: "Invalid",
     429: "TooManyRequests",
