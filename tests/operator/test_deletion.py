@@ -3,7 +3,7 @@ job that had not finished (while the operator runs, and while it is down)."""
 
 import pytest
 
-from tests.operator.harness import Cluster, eventually, job_manifest, running_operator
+from tests.operator.harness import JOBS, Cluster, eventually, job_manifest, running_operator
 
 KUBERAY_RUNNING = {
     "jobDeploymentStatus": "Running",
@@ -48,3 +48,19 @@ async def test_a_rayjob_deleted_before_it_finished_fails_the_job_and_is_not_run_
     assert (failed["status"], failed["reason"]) == ("True", "RayJobDeleted")
     assert "delete and recreate the DistillationJob" in failed["message"]
     assert cluster.rayjob() is None, "the deleted RayJob was created again"
+
+
+async def test_the_finalizer_an_older_operator_left_on_a_running_job_is_removed(cluster: Cluster) -> None:
+    async with running_operator(cluster.server):
+        await cluster.create_job(job_manifest())
+        await _created(cluster)
+        await cluster.set_rayjob_status(**KUBERAY_RUNNING)
+        await eventually(lambda: cluster.status()["phase"] == "Running", what="phase Running")
+    await cluster.patch(JOBS, "demo", {"metadata": {"finalizers": ["kubedistill.io/operator"]}})
+
+    async with running_operator(cluster.server):
+        await eventually(
+            lambda: not cluster.job()["metadata"].get("finalizers"), what="the finalizer removed"
+        )
+    await cluster.delete_job()
+    assert cluster.job() is None
