@@ -26,12 +26,12 @@ from typing import Any
 import aiohttp.web
 import jsonpatch
 import kmock
-from kmock._internal import enums, rendering
 
 from kubedistill.operator.rbac import Rule, allowed
 from kubedistill.operator.runner import USER_AGENT
+from tests.operator.kmock_adapter import Action, Payload, Request, delete_stored
 
-Interceptor = Callable[["ApiServer", rendering.Request], Awaitable[aiohttp.web.StreamResponse | None]]
+Interceptor = Callable[["ApiServer", Request], Awaitable[aiohttp.web.StreamResponse | None]]
 """Sees each request before the emulator: a response answers it (nothing else happens), None passes it on."""
 
 
@@ -42,47 +42,81 @@ class ApiServer(kmock.KubernetesEmulator):
         super().__attrs_post_init__()
         self.interceptors: list[Interceptor] = []
 
-    async def _handle(self, request: rendering.Request) -> aiohttp.web.StreamResponse:
+    async def _handle(self, request: Request) -> aiohttp.web.StreamResponse:
         for intercept in list(self.interceptors):
             if (response := await intercept(self, request)) is not None:
                 return response
         return await self.apply(request)
 
-    async def apply(self, request: rendering.Request) -> aiohttp.web.StreamResponse:
+    async def apply(self, request: Request) -> aiohttp.web.StreamResponse:
         """What the API server does with a request that gets through: store it and answer."""
         if request.resource is not None and request.resource.plural is not None and not self.serves(request):
             # kmock stores objects of any resource; the API server knows only what discovery shows.
             return api_error(404, message="the server could not find the requested resource")
+        if request.resource is not None and self._has_status_subresource(request):
+            _keep_status_apart(request)
         if request.resource is not None:
-            if request.action == enums.action.CREATE and isinstance(request.data, Mapping):
+            if request.action == Action.CREATE and isinstance(request.data, Mapping):
                 self._stamp_created(request, request.data)
-            elif request.action == enums.action.UPDATE and request.name is not None:
+            elif request.action == Action.UPDATE and request.name is not None:
                 if isinstance(request.data, Mapping):
                     self._stamp_merge_patch(request, request.data)
                 elif isinstance(request.data, list):
                     self._stamp_json_patch(request.data)
         try:
-            return await super()._handle(request)
+            response = await super()._handle(request)
         except jsonpatch.JsonPatchTestFailed:
             # kmock answers 500; the API server says 422, which kopf takes as "changed meanwhile, patch
             # again on the next event" rather than retrying the stale patch for a minute.
             return api_error(422)
+        if request.action in (Action.DELETE, Action.UPDATE):
+            await self._collect_garbage()
+        return response
 
-    def serves(self, request: rendering.Request) -> bool:
-        wanted = request.resource
-        assert wanted is not None
+    async def _collect_garbage(self) -> None:
+        """The garbage collector's background cascading deletion: an object all of whose owners (by uid)
+        are gone is deleted too, and so on down (kubernetes.io/docs/concepts/architecture/
+        garbage-collection)."""
+        while True:
+            live = {obj.get("metadata", {}).get("uid") for obj in self.objects.values() if not obj.deleted}
+            orphans = [
+                key
+                for key, obj in self.objects.items()
+                if not obj.deleted
+                and not obj.get("metadata", {}).get("deletionTimestamp")
+                and (owners := obj.get("metadata", {}).get("ownerReferences"))
+                and not any(owner.get("uid") in live for owner in owners)
+            ]
+            if not orphans:
+                return
+            for key in orphans:
+                await delete_stored(self, key)
+
+    def _has_status_subresource(self, request: Request) -> bool:
         return any(
-            (served.group or "", served.version, served.plural)
-            == (wanted.group or "", wanted.version, wanted.plural)
-            for served in self.resources
+            self._same(served, request) and "status" in info.subresources
+            for served, info in self.resources.items()
         )
 
-    async def _serve_list(self, request: rendering.Request) -> rendering.Payload:
+    def serves(self, request: Request) -> bool:
+        return any(self._same(served, request) for served in self.resources)
+
+    @staticmethod
+    def _same(served: Any, request: Request) -> bool:
+        wanted = request.resource
+        assert wanted is not None
+        return (served.group or "", served.version, served.plural) == (
+            wanted.group or "",
+            wanted.version,
+            wanted.plural,
+        )
+
+    async def _serve_list(self, request: Request) -> Payload:
         payload = await super()._serve_list(request)
         selector = LabelSelector.parse(request.params.get("labelSelector", ""))
         return {**payload, "items": [item for item in payload["items"] if selector.matches(item)]}
 
-    async def _serve_watch(self, request: rendering.Request) -> AsyncIterator[rendering.Payload]:
+    async def _serve_watch(self, request: Request) -> AsyncIterator[Payload]:
         """As the API server's watch cache does with a label selector: only matching objects, and an
         object that stops (or starts) matching is DELETED (or ADDED) for this watch."""
         selector = LabelSelector.parse(request.params.get("labelSelector", ""))
@@ -101,7 +135,7 @@ class ApiServer(kmock.KubernetesEmulator):
                 matching.discard(key)
                 yield {**event, "type": "DELETED"}
 
-    def _stamp_created(self, request: rendering.Request, body: dict[str, Any]) -> None:
+    def _stamp_created(self, request: Request, body: dict[str, Any]) -> None:
         metadata = body.setdefault("metadata", {})
         if request.namespace is not None:
             metadata.setdefault("namespace", request.namespace)  # from the URL
@@ -115,14 +149,49 @@ class ApiServer(kmock.KubernetesEmulator):
         version = str(next(self._versions))
         operations.append({"op": "add", "path": "/metadata/resourceVersion", "value": version})
 
-    def _stamp_merge_patch(self, request: rendering.Request, patch: dict[str, Any]) -> None:
+    def _stamp_merge_patch(self, request: Request, patch: dict[str, Any]) -> None:
         metadata = patch.setdefault("metadata", {})
         metadata["resourceVersion"] = str(next(self._versions))
         key = (request.resource, request.namespace, request.name)
         if "spec" in patch and request.subresource is None and key in self.objects:
             current = self.objects[key]
-            if not current.deleted:
+            spec = current.get("spec")
+            if not current.deleted and merge_patched(spec, patch["spec"]) != spec:
                 metadata["generation"] = current.get("metadata", {}).get("generation", 1) + 1
+
+
+def _keep_status_apart(request: Request) -> None:
+    """A resource with the status subresource ignores status in writes to itself, and its /status ignores
+    everything but status (kubernetes.io/docs/tasks/extend-kubernetes/custom-resources/
+    custom-resource-definitions/#status-subresource)."""
+    data = request.data
+    to_status = request.subresource == "status"
+    if isinstance(data, dict) and request.action in (Action.CREATE, Action.UPDATE):
+        if to_status:
+            for key in [key for key in data if key != "status"]:
+                del data[key]
+        else:
+            data.pop("status", None)
+    elif isinstance(data, list) and request.action == Action.UPDATE:
+        # kopf's optimistic lock (`test` of the resourceVersion) stays in either.
+        data[:] = [
+            op
+            for op in data
+            if op.get("op") == "test" or op.get("path", "").startswith("/status") == to_status
+        ]
+
+
+def merge_patched(target: Any, patch: Any) -> Any:
+    """`target` after a JSON merge patch (RFC 7386)."""
+    if not isinstance(patch, Mapping):
+        return patch
+    result = dict(target) if isinstance(target, Mapping) else {}
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = merge_patched(result.get(key), value)
+    return result
 
 
 @dataclass(frozen=True)
@@ -206,12 +275,12 @@ OPERATOR_AGENTS = ("kopf/", USER_AGENT)
 class Call:
     """A kind of request the operator (kopf or its own client) makes: a verb on a resource."""
 
-    action: enums.action
+    action: Action
     resource: str
     """`group/version/plural`, as in `kmock.resource`."""
     subresource: str | None = None
 
-    def matches(self, request: rendering.Request) -> bool:
+    def matches(self, request: Request) -> bool:
         return (
             request.headers.get("User-Agent", "").startswith(OPERATOR_AGENTS)
             and request.action == self.action
@@ -220,7 +289,7 @@ class Call:
         )
 
 
-async def apply_despite_the_error(server: ApiServer, request: rendering.Request) -> None:
+async def apply_despite_the_error(server: ApiServer, request: Request) -> None:
     """The server did the write, and then the reply was an error (or never came)."""
     with contextlib.suppress(kmock.KubernetesError):
         await server.apply(request)
@@ -242,7 +311,7 @@ class FailFirst:
     seen: list[float] = field(default_factory=list)
     """When each request of `call` arrived (time.monotonic), failed or not."""
 
-    async def __call__(self, server: ApiServer, request: rendering.Request) -> aiohttp.web.Response | None:
+    async def __call__(self, server: ApiServer, request: Request) -> aiohttp.web.Response | None:
         if not self.call.matches(request):
             return None
         self.seen.append(time.monotonic())
@@ -269,7 +338,7 @@ class Hold:
         self._applied = applied
         self._released.set()
 
-    async def __call__(self, server: ApiServer, request: rendering.Request) -> aiohttp.web.Response | None:
+    async def __call__(self, server: ApiServer, request: Request) -> aiohttp.web.Response | None:
         if self.arrived.is_set() or not self.call.matches(request):
             return None
         self.arrived.set()
@@ -294,12 +363,12 @@ class RandomFaults:
     calls: Mapping[Call, Sequence[int]]
     injected: Counter[int] = field(default_factory=Counter)
 
-    async def __call__(self, server: ApiServer, request: rendering.Request) -> aiohttp.web.Response | None:
+    async def __call__(self, server: ApiServer, request: Request) -> aiohttp.web.Response | None:
         statuses = next((statuses for call, statuses in self.calls.items() if call.matches(request)), None)
         if statuses is None or self.rng.random() >= self.rate:
             return None
         status = self.rng.choice(statuses)
-        creating = request.action == enums.action.CREATE
+        creating = request.action == Action.CREATE
         if (status == 409 and creating) or (status == 500 and self.rng.random() < 0.5):
             await apply_despite_the_error(server, request)
         self.injected[status] += 1
@@ -313,16 +382,16 @@ class ArchivingApiServer(ApiServer):
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
-        self.archive: list[rendering.Request] = []
+        self.archive: list[Request] = []
 
-    async def _handle(self, request: rendering.Request) -> aiohttp.web.StreamResponse:
+    async def _handle(self, request: Request) -> aiohttp.web.StreamResponse:
         try:
             return await super()._handle(request)
         finally:
             self.archive.append(request)
             self._requests.remove(request)
 
-    def served(self) -> list[rendering.Request]:
+    def served(self) -> list[Request]:
         """Every request so far: those answered, then those still open (watches)."""
         return [*self.archive, *self._requests]
 
@@ -339,9 +408,9 @@ class OwnerReferencesPermissionEnforcement:
 
     rules: Sequence[Rule]
 
-    async def __call__(self, server: ApiServer, request: rendering.Request) -> aiohttp.web.Response | None:
+    async def __call__(self, server: ApiServer, request: Request) -> aiohttp.web.Response | None:
         agent = request.headers.get("User-Agent", "")
-        if request.action != enums.action.CREATE or not agent.startswith(OPERATOR_AGENTS):
+        if request.action != Action.CREATE or not agent.startswith(OPERATOR_AGENTS):
             return None
         if not isinstance(request.data, Mapping) or request.resource is None:
             return None

@@ -21,12 +21,12 @@ from typing import Any, TypeVar
 import kmock
 import psutil
 import yaml
-from kmock._internal import enums
 from kubernetes.aio.client import ApiClient, Configuration
 
 from kubedistill.operator.metrics import OperatorMetrics
 from kubedistill.operator.runner import RunOptions, run_operator
 from kubedistill.operator.settings import OperatorSettings, RenderSettings
+from tests.operator.kmock_adapter import Action
 
 T = TypeVar("T")
 
@@ -293,7 +293,7 @@ async def operator_process(server: kmock.KubernetesEmulator, workdir: Path) -> A
 def _watching_jobs(server: kmock.KubernetesEmulator) -> bool:
     return any(
         request.resource == kmock.resource(JOBS)
-        and request.action == enums.action.WATCH
+        and request.action == Action.WATCH
         and request.headers.get("User-Agent", "").startswith("kopf/")
         for request in server
     )

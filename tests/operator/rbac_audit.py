@@ -3,19 +3,18 @@
 from collections.abc import Iterable
 from typing import Any, NamedTuple
 
-from kmock._internal import enums
-
 from kubedistill.api.job import GROUP, KIND, PLURAL
 from kubedistill.operator.rbac import Rule, allowed
 from kubedistill.operator.runner import USER_AGENT
+from tests.operator.kmock_adapter import Action
 
 VERBS = {
-    enums.action.LIST: "list",
-    enums.action.WATCH: "watch",
-    enums.action.FETCH: "get",
-    enums.action.CREATE: "create",
-    enums.action.UPDATE: "patch",
-    enums.action.DELETE: "delete",
+    Action.LIST: "list",
+    Action.WATCH: "watch",
+    Action.FETCH: "get",
+    Action.CREATE: "create",
+    Action.UPDATE: "patch",
+    Action.DELETE: "delete",
 }
 
 
@@ -37,7 +36,7 @@ def operator_accesses(requests: Iterable[Any]) -> list[Access]:
             continue
         name = f"{resource.plural}/{request.subresource}" if request.subresource else resource.plural
         accesses.append(Access(resource.group or "", name, VERBS[request.action]))
-        if request.action == enums.action.CREATE:
+        if request.action == Action.CREATE:
             accesses.extend(_owner_accesses(request.data))
     return accesses
 

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from tests.operator.harness import NAMESPACE, RAYJOBS, Cluster
+from tests.operator.harness import JOBS, NAMESPACE, RAYJOBS, Cluster
 
 URL = f"/apis/ray.io/v1/namespaces/{NAMESPACE}/rayjobs"
 
@@ -75,3 +75,62 @@ async def test_a_delete_of_an_object_with_finalizers_only_marks_it_until_they_ar
 
     await cluster.patch(RAYJOBS, "a", {"metadata": {"finalizers": []}})
     assert cluster.rayjob("a") is None
+
+
+JOB_URL = f"/apis/kubedistill.io/v1alpha1/namespaces/{NAMESPACE}/distillationjobs"
+
+
+async def _create_job(cluster: Cluster, **fields: Any) -> None:
+    body = {"apiVersion": "kubedistill.io/v1alpha1", "kind": "DistillationJob", "metadata": {"name": "j"}}
+    async with cluster.server.post(JOB_URL, json={**body, **fields}) as response:
+        assert response.status == 200, await response.text()
+
+
+async def test_the_status_subresource_keeps_status_and_the_rest_of_the_object_apart(cluster: Cluster) -> None:
+    await _create_job(cluster, spec={"a": 1}, status={"phase": "Succeeded"})
+    assert "status" not in cluster.job("j"), "a create ignores status"
+
+    await cluster.patch(JOBS, "j", {"spec": {"a": 2}, "status": {"phase": "Failed"}})
+    assert (cluster.job("j")["spec"], cluster.job("j").get("status")) == ({"a": 2}, None)
+
+    await cluster.patch(JOBS, "j", {"spec": {"a": 3}, "status": {"phase": "Running"}}, subresource="status")
+    assert (cluster.job("j")["spec"], cluster.job("j")["status"]) == ({"a": 2}, {"phase": "Running"})
+
+
+async def test_generation_moves_only_when_the_spec_changes_and_every_write_bumps_the_resource_version(
+    cluster: Cluster,
+) -> None:
+    await _create_job(cluster, spec={"a": 1})
+    versions = [cluster.job("j")["metadata"]["resourceVersion"]]
+    for patch, subresource, generation in [
+        ({"spec": {"a": 2}}, "", 2),
+        ({"spec": {"a": 2}}, "", 2),  # the same spec again
+        ({"metadata": {"labels": {"x": "y"}}}, "", 2),
+        ({"status": {"phase": "Running"}}, "status", 2),
+        ({"spec": {"b": 1}}, "", 3),
+    ]:
+        await cluster.patch(JOBS, "j", patch, subresource=subresource)
+        metadata = cluster.job("j")["metadata"]
+        assert metadata["generation"] == generation, patch
+        versions.append(metadata["resourceVersion"])
+    assert len(set(versions)) == len(versions)
+
+
+async def test_children_are_garbage_collected_when_their_owner_is_deleted(cluster: Cluster) -> None:
+    await _create_job(cluster)
+    uid = cluster.job("j")["metadata"]["uid"]
+    owner = {"apiVersion": "kubedistill.io/v1alpha1", "kind": "DistillationJob", "name": "j", "uid": uid}
+    await _create(cluster, {**_rayjob("child"), "metadata": {"name": "child", "ownerReferences": [owner]}})
+    await _create(cluster, _rayjob("unowned"))
+
+    await cluster.delete_job("j")
+    assert cluster.rayjob("child") is None
+    assert cluster.rayjob("unowned") is not None
+
+
+async def test_a_resource_discovery_does_not_show_is_not_found(cluster: Cluster) -> None:
+    del cluster.server.resources[RAYJOBS]
+    async with cluster.server.post(URL, json=_rayjob("a")) as response:
+        assert response.status == 404
+    async with cluster.server.get("/apis/ray.io/v1") as response:
+        assert response.status == 404

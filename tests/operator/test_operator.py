@@ -260,20 +260,24 @@ def _events(cluster: Cluster, reason: str) -> list[dict[str, object]]:
     ]
 
 
-async def test_a_deleted_job_is_released_and_its_children_carry_owner_references(cluster: Cluster) -> None:
+async def test_a_deleted_job_is_released_and_its_children_go_with_it_by_owner_references(
+    cluster: Cluster,
+) -> None:
     async with running_operator(cluster.server):
         await cluster.create_job(job_manifest())
         await _created(cluster)
         await cluster.set_rayjob_status(**KUBERAY_RUNNING)
         await _running(cluster)
+        children = (cluster.rayjob(), cluster.config_map())
 
         await cluster.delete_job()
         await eventually(lambda: cluster.job() is None, what="the job to go (no finalizer left behind)")
 
     uid = cluster.server.objects[kmock.resource(JOBS), "ml", "demo"].last["metadata"]["uid"]
-    for child in (cluster.rayjob(), cluster.config_map()):
+    for child in children:
         (owner,) = child["metadata"]["ownerReferences"]
         assert (owner["uid"], owner["controller"], owner["blockOwnerDeletion"]) == (uid, True, True)
+    assert cluster.rayjob() is None and cluster.config_map() is None, "garbage-collected with their owner"
 
 
 async def test_a_restarted_operator_adopts_the_children_instead_of_duplicating_them(cluster: Cluster) -> None:

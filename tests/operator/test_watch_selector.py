@@ -1,9 +1,9 @@
 """The operator asks the API server for its own RayJobs only: a cluster's other RayJobs never reach it."""
 
 import kmock
-from kmock._internal import enums
 
 from tests.operator.harness import RAYJOBS, Cluster, eventually, job_manifest, running_operator
+from tests.operator.kmock_adapter import Action
 
 
 async def test_rayjobs_are_listed_and_watched_by_the_jobs_label_on_the_server(cluster: Cluster) -> None:
@@ -15,7 +15,7 @@ async def test_rayjobs_are_listed_and_watched_by_the_jobs_label_on_the_server(cl
         request
         for request in cluster.requests()
         if request.resource == kmock.resource(RAYJOBS)
-        and request.action in (enums.action.LIST, enums.action.WATCH)
+        and request.action in (Action.LIST, Action.WATCH)
         and request.headers.get("User-Agent", "").startswith("kopf/")
     ]
     assert reads, "kopf listed and watched RayJobs"
