@@ -69,9 +69,14 @@ class ApiServer(kmock.KubernetesEmulator):
             # kmock answers 500; the API server says 422, which kopf takes as "changed meanwhile, patch
             # again on the next event" rather than retrying the stale patch for a minute.
             return api_error(422)
-        if request.action in (Action.DELETE, Action.UPDATE):
+        if request.action in (Action.DELETE, Action.UPDATE) and self._gone(request):
             await self._collect_garbage()
         return response
+
+    def _gone(self, request: Request) -> bool:
+        """Whether the request's object is gone now (a DELETE, or a patch that removed its last finalizer)."""
+        key = (request.resource, request.namespace, request.name)
+        return key in self.objects and self.objects[key].deleted
 
     async def _collect_garbage(self) -> None:
         """The garbage collector's background cascading deletion: an object all of whose owners (by uid)
