@@ -27,8 +27,10 @@ import aiohttp.web
 import jsonpatch
 import kmock
 
+from kubedistill.api.job import GROUP, KIND
 from kubedistill.operator.rbac import Rule, allowed
 from kubedistill.operator.runner import USER_AGENT
+from tests.operator import structural
 from tests.operator.kmock_adapter import Action, Payload, Request, delete_stored
 
 Interceptor = Callable[["ApiServer", Request], Awaitable[aiohttp.web.StreamResponse | None]]
@@ -41,6 +43,8 @@ class ApiServer(kmock.KubernetesEmulator):
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
         self.interceptors: list[Interceptor] = []
+        self.cel_rules = True
+        """False: a CRD installed from an older release, without the CEL rules (specs slip past them)."""
 
     async def _handle(self, request: Request) -> aiohttp.web.StreamResponse:
         for intercept in list(self.interceptors):
@@ -55,6 +59,12 @@ class ApiServer(kmock.KubernetesEmulator):
             return api_error(404, message="the server could not find the requested resource")
         if request.resource is not None and self._has_status_subresource(request):
             _keep_status_apart(request)
+        if (
+            request.resource == kmock.resource(JOBS)
+            and isinstance(request.data, dict)
+            and (invalid := self._structural(request, request.data)) is not None
+        ):
+            return invalid
         if request.resource is not None:
             if request.action == Action.CREATE and isinstance(request.data, Mapping):
                 self._stamp_created(request, request.data)
@@ -72,6 +82,25 @@ class ApiServer(kmock.KubernetesEmulator):
         if request.action in (Action.DELETE, Action.UPDATE) and self._gone(request):
             await self._collect_garbage()
         return response
+
+    def _structural(self, request: Request, data: dict[str, Any]) -> aiohttp.web.Response | None:
+        """The CRD's schema on a create or a merge patch: the stored result pruned and defaulted, or 422."""
+        key = (request.resource, request.namespace, request.name or data.get("metadata", {}).get("name"))
+        live = key in self.objects and not self.objects[key].deleted
+        current = self.objects[key].raw if live else None
+        if request.action == Action.UPDATE and current is None:
+            return None  # kmock answers 404
+        if request.action not in (Action.CREATE, Action.UPDATE):
+            return None
+        wanted = merge_patched(current, data) if request.action == Action.UPDATE else data
+        final = structural.pruned_and_defaulted(wanted)
+        if problems := structural.problems(final, cel_rules=self.cel_rules):
+            name = final.get("metadata", {}).get("name")
+            return api_error(422, message=f'{KIND}.{GROUP} "{name}" is invalid: ' + "; ".join(problems))
+        replacement = structural.merge_patch_between(current, final) if current is not None else final
+        data.clear()
+        data.update(replacement)
+        return None
 
     def _gone(self, request: Request) -> bool:
         """Whether the request's object is gone now (a DELETE, or a patch that removed its last finalizer)."""
@@ -244,6 +273,8 @@ def _requirement(text: str) -> Requirement:
         return Requirement(text[1:].strip(), "!")
     return Requirement(text, "exists")
 
+
+JOBS = "kubedistill.io/v1alpha1/distillationjobs"
 
 REASONS = {
     403: "Forbidden",

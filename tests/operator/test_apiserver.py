@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from tests.operator.harness import JOBS, NAMESPACE, RAYJOBS, Cluster
+from tests.operator.harness import JOBS, NAMESPACE, RAYJOBS, Cluster, job_manifest
 
 URL = f"/apis/ray.io/v1/namespaces/{NAMESPACE}/rayjobs"
 
@@ -81,39 +81,68 @@ JOB_URL = f"/apis/kubedistill.io/v1alpha1/namespaces/{NAMESPACE}/distillationjob
 
 
 async def _create_job(cluster: Cluster, **fields: Any) -> None:
-    body = {"apiVersion": "kubedistill.io/v1alpha1", "kind": "DistillationJob", "metadata": {"name": "j"}}
-    async with cluster.server.post(JOB_URL, json={**body, **fields}) as response:
+    async with cluster.server.post(JOB_URL, json={**job_manifest("j"), **fields}) as response:
         assert response.status == 200, await response.text()
 
 
 async def test_the_status_subresource_keeps_status_and_the_rest_of_the_object_apart(cluster: Cluster) -> None:
-    await _create_job(cluster, spec={"a": 1}, status={"phase": "Succeeded"})
+    await _create_job(cluster, status={"phase": "Succeeded"})
     assert "status" not in cluster.job("j"), "a create ignores status"
 
-    await cluster.patch(JOBS, "j", {"spec": {"a": 2}, "status": {"phase": "Failed"}})
-    assert (cluster.job("j")["spec"], cluster.job("j").get("status")) == ({"a": 2}, None)
+    await cluster.patch(JOBS, "j", {"spec": {"suspend": True}, "status": {"phase": "Failed"}})
+    assert (cluster.job("j")["spec"]["suspend"], cluster.job("j").get("status")) == (True, None)
 
-    await cluster.patch(JOBS, "j", {"spec": {"a": 3}, "status": {"phase": "Running"}}, subresource="status")
-    assert (cluster.job("j")["spec"], cluster.job("j")["status"]) == ({"a": 2}, {"phase": "Running"})
+    patch = {"spec": {"suspend": False}, "status": {"phase": "Running"}}
+    await cluster.patch(JOBS, "j", patch, subresource="status")
+    assert (cluster.job("j")["spec"]["suspend"], cluster.job("j")["status"]) == (True, {"phase": "Running"})
 
 
 async def test_generation_moves_only_when_the_spec_changes_and_every_write_bumps_the_resource_version(
     cluster: Cluster,
 ) -> None:
-    await _create_job(cluster, spec={"a": 1})
+    await _create_job(cluster)
     versions = [cluster.job("j")["metadata"]["resourceVersion"]]
     for patch, subresource, generation in [
-        ({"spec": {"a": 2}}, "", 2),
-        ({"spec": {"a": 2}}, "", 2),  # the same spec again
+        ({"spec": {"suspend": True}}, "", 2),
+        ({"spec": {"suspend": True}}, "", 2),  # the same spec again
         ({"metadata": {"labels": {"x": "y"}}}, "", 2),
         ({"status": {"phase": "Running"}}, "status", 2),
-        ({"spec": {"b": 1}}, "", 3),
+        ({"spec": {"suspend": False}}, "", 3),
     ]:
         await cluster.patch(JOBS, "j", patch, subresource=subresource)
         metadata = cluster.job("j")["metadata"]
         assert metadata["generation"] == generation, patch
         versions.append(metadata["resourceVersion"])
     assert len(set(versions)) == len(versions)
+
+
+@pytest.mark.parametrize(
+    ("spec", "field"),
+    [
+        ({"student": {"model": "Qwen/Qwen3-0.6B", "replicas": 0}}, "student.replicas"),
+        ({"mode": "sometimes"}, "mode"),
+        ({"mode": "onPolicy"}, "required when spec.mode is onPolicy"),  # a CEL rule
+    ],
+)
+async def test_a_job_the_crds_schema_rejects_is_answered_422_naming_the_field(
+    cluster: Cluster, spec: dict[str, Any], field: str
+) -> None:
+    manifest = job_manifest("j")
+    async with cluster.server.post(
+        JOB_URL, json={**manifest, "spec": {**manifest["spec"], **spec}}
+    ) as response:
+        assert response.status == 422
+        assert field in (await response.json())["message"]
+    assert cluster.job("j") is None
+
+
+async def test_fields_the_crds_schema_does_not_know_are_pruned_on_create_and_update(cluster: Cluster) -> None:
+    manifest = job_manifest("j")
+    await _create_job(cluster, spec={**manifest["spec"], "typo": 1}, extra={"x": 1})
+    assert "typo" not in cluster.job("j")["spec"] and "extra" not in cluster.job("j")
+
+    await cluster.patch(JOBS, "j", {"spec": {"teacher": {"model": "Qwen/Qwen3-8B", "typo": 2}}})
+    assert cluster.job("j")["spec"]["teacher"] == {"model": "Qwen/Qwen3-8B"}
 
 
 async def test_children_are_garbage_collected_when_their_owner_is_deleted(cluster: Cluster) -> None:
