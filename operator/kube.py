@@ -107,22 +107,19 @@ class Kube:
 
     async def read_job(self, namespace: str, name: str) -> KubeObject | None:
         """The DistillationJob, or None when it is gone."""
-        api = CustomObjectsApi(self.client)
-        try:
-            return await self._retrying(
-                lambda: api.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
-            )
-        except ApiException as error:
-            if error.status == 404:
-                return None
-            raise
+        return await self._read_custom_object(GROUP, VERSION, PLURAL, namespace, name)
 
     async def read_rayjob(self, namespace: str, name: str) -> KubeObject | None:
         """The RayJob, or None when it is gone."""
+        return await self._read_custom_object(RAY_GROUP, RAY_VERSION, RAYJOBS, namespace, name)
+
+    async def _read_custom_object(
+        self, group: str, version: str, plural: str, namespace: str, name: str
+    ) -> KubeObject | None:
         api = CustomObjectsApi(self.client)
         try:
             return await self._retrying(
-                lambda: api.get_namespaced_custom_object(RAY_GROUP, RAY_VERSION, namespace, RAYJOBS, name)
+                lambda: api.get_namespaced_custom_object(group, version, namespace, plural, name)
             )
         except ApiException as error:
             if error.status == 404:
