@@ -5,13 +5,16 @@ import contextlib
 import logging
 import random
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import aiohttp
 import kopf
 from kubernetes.aio.client import ApiClient
-from prometheus_client import start_http_server
+from prometheus_client import CollectorRegistry, make_wsgi_app
+from prometheus_client.exposition import ThreadingWSGIServer
 
 from kubedistill.api.status import Reason
 from kubedistill.operator.cluster import connect
@@ -90,13 +93,15 @@ async def run_operator(
     client = client if client is not None else await connect()
     client.user_agent = USER_AGENT
     metrics = metrics if metrics is not None else OperatorMetrics()
+    unready: list[str] = []
     metrics_server = None
     if options.metrics_port is not None:
-        metrics_server, _ = start_http_server(options.metrics_port, registry=metrics.registry)
+        metrics_server = serve_metrics(options.metrics_port, metrics.registry, unready)
     kube = Kube(client)
     appeared = None
     try:
         if not await kube.serves_rayjobs():
+            unready.append(RAYJOB_API_MISSING)
             logger.error(
                 f"{RAYJOB_API_MISSING}; DistillationJobs wait (condition Created=False, reason "
                 f"{Reason.RAY_JOB_API_MISSING}), and the operator restarts once RayJobs are served"
@@ -132,8 +137,34 @@ async def run_operator(
         await client.close()
         if metrics_server is not None:
             metrics_server.shutdown()
+            metrics_server.server_close()
     if appeared is not None and not appeared.cancelled() and appeared.result():
         raise SystemExit(RAYJOB_API_APPEARED)
+
+
+READINESS_PATH = "/readyz"
+
+
+def serve_metrics(port: int, registry: CollectorRegistry, unready: Sequence[str]) -> WSGIServer:
+    """The operator's metrics, and at `READINESS_PATH` its readiness: 503 naming what it waits for while
+    `unready` says anything (kopf's own endpoint is a liveness probe: it answers 200 whatever the state)."""
+    metrics = make_wsgi_app(registry)
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        if environ.get("PATH_INFO") != READINESS_PATH:
+            return metrics(environ, start_response)
+        status = "503 Service Unavailable" if unready else "200 OK"
+        start_response(status, [("Content-Type", "text/plain; charset=utf-8")])
+        return [("; ".join(unready) or "ready").encode() + b"\n"]
+
+    server = make_server("0.0.0.0", port, app, ThreadingWSGIServer, handler_class=_QuietRequestHandler)
+    threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
+    return server
+
+
+class _QuietRequestHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:  # the base class's name
+        """Probes and scrapes every few seconds: not worth a log line each."""
 
 
 RAYJOB_API_APPEARED = (

@@ -1,5 +1,6 @@
 """The operator's Deployment: flags the real `kubedistill operator` command accepts, the settings the
-operator reads from its environment, a liveness probe on kopf's endpoint, and a locked-down container."""
+operator reads from its environment, a liveness probe on kopf's endpoint, a readiness probe on the
+operator's, and a locked-down container."""
 
 import tomllib
 from importlib.metadata import version
@@ -10,6 +11,7 @@ import pytest
 import yaml
 from typer.main import get_command
 
+from kubedistill.operator.runner import READINESS_PATH
 from kubedistill.operator.settings import (
     IMAGE_ENV,
     METRICS_URL_ENV,
@@ -68,6 +70,14 @@ def test_the_liveness_probe_asks_kopfs_health_endpoint_on_the_liveness_port() ->
     assert probe["path"] == "/healthz"
     assert ports[probe["port"]] == params["liveness_port"] == 8181
     assert ports["metrics"] == params["metrics_port"] == 9191
+
+
+def test_the_readiness_probe_asks_the_operators_readiness_path_on_the_metrics_port() -> None:
+    container = _container(settings=("metrics.port=9191",))
+    ports = {port["name"]: port["containerPort"] for port in container["ports"]}
+    probe = container["readinessProbe"]["httpGet"]
+    assert probe["path"] == READINESS_PATH
+    assert ports[probe["port"]] == _parsed_args(container)["metrics_port"] == 9191
 
 
 def test_the_default_runtime_image_is_the_operators_own_default() -> None:
