@@ -419,6 +419,8 @@ class ArchivingApiServer(ApiServer):
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
         self.archive: list[Request] = []
+        # cel-python takes ~0.3 s a job: the long runs' jobs are valid, and the schema is still checked.
+        self.cel_rules = False
 
     async def _handle(self, request: Request) -> aiohttp.web.StreamResponse:
         try:
