@@ -109,8 +109,9 @@ async def run_operator(
             appeared = asyncio.create_task(
                 _until_rayjobs_served(kube, settings.rayjob_api_check_seconds, stop_flag)
             )
-            stop_flag = asyncio.Event()
-            appeared.add_done_callback(lambda _: stop_flag.set())
+            stop_kopf = asyncio.Event()
+            appeared.add_done_callback(lambda _: stop_kopf.set())
+            stop_flag = stop_kopf  # the caller's flag still stops the waiting, and so kopf
         # No DNS cache: aiohttp resolves cached hosts in a task of its own, which outlives a cancelled
         # scrape, and kopf re-raises the errors of such leftover tasks when it stops.
         connector = aiohttp.TCPConnector(use_dns_cache=False)
@@ -163,7 +164,7 @@ def serve_metrics(port: int, registry: CollectorRegistry, unready: Sequence[str]
 
 
 class _QuietRequestHandler(WSGIRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:  # the base class's name
+    def log_message(self, format: str, *args: Any) -> None:  # `format`: the base class's parameter name
         """Probes and scrapes every few seconds: not worth a log line each."""
 
 
