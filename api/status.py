@@ -55,6 +55,10 @@ class Reason(StrEnum):
     """Created is False: a child's name is taken by an object the job does not own."""
     RESUME_REFUSED = "ResumeRefused"
     """Failed: the spec changed in a way its checkpoint cannot continue from; the message names the fields."""
+    FORBIDDEN = "Forbidden"
+    """Failed: the API server refused to create a child (403); the message names the missing permission."""
+    RAY_JOB_API_MISSING = "RayJobAPIMissing"
+    """Created is False: the cluster serves no ray.io/v1 RayJob (KubeRay is not installed yet)."""
 
 
 RESUME_REFUSED_WORDS = "cannot resume from"

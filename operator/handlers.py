@@ -5,6 +5,7 @@ Importing this module registers them in kopf's global registry, so it is importe
 
 import asyncio
 import contextlib
+import dataclasses
 from typing import Any
 
 import kopf
@@ -15,7 +16,6 @@ from kubedistill.operator import reconcile
 from kubedistill.operator.cluster import connection_info
 from kubedistill.operator.context import OperatorContext
 from kubedistill.operator.kube import RAY_GROUP, RAY_VERSION, RAYJOBS, TransientApiError
-from kubedistill.operator.naming import JOB_LABEL
 
 
 @kopf.on.login()
@@ -46,7 +46,7 @@ def track_job(event: kopf.RawEvent, body: kopf.Body, memo: OperatorContext, **_:
         memo.statuses.observe(key, body)
 
 
-@kopf.on.event(RAY_GROUP, RAY_VERSION, RAYJOBS, labels={JOB_LABEL: kopf.PRESENT})
+@kopf.on.event(RAY_GROUP, RAY_VERSION, RAYJOBS)  # only those labelled JOB_LABEL: `runner.kopf_settings`
 async def mirror_rayjob(event: kopf.RawEvent, body: kopf.Body, memo: OperatorContext, **_: Any) -> None:
     # kopf never retries an event handler: a RayJob change whose status patch failed would be lost until the
     # RayJob changes again (for a running job, when it ends). Retry here; kopf queues the newer events.
@@ -68,11 +68,32 @@ def _running(status: kopf.Status, **_: Any) -> bool:
 @kopf.daemon(GROUP, VERSION, PLURAL, when=_running, cancellation_timeout=CANCELLATION_TIMEOUT_SECONDS)
 async def read_progress(body: kopf.Body, memo: OperatorContext, **_: Any) -> None:
     """Only while the job runs: kopf cancels it when the phase changes (and starts it again on Running)."""
-    key = reconcile.key_of(body)
+    key, uid = reconcile.key_of(body), body["metadata"]["uid"]
     while True:
         # The API server failing a status patch is counted as an error; the next period tries again.
         with contextlib.suppress(TransientApiError), memo.metrics.reconcile("progress"):
             await reconcile.read_progress(memo, key)
+        if memo.statuses.uid(key) != uid:
+            return  # the job is gone (no finalizer held it, so kopf does not stop this daemon for it)
         # A plain sleep, not `stopped.wait(period)`: cancelled, it raises CancelledError, where Python
         # 3.11's wait_for may turn a cancellation into a TimeoutError that kopf re-raises when it stops.
         await asyncio.sleep(memo.settings.scrape_period_seconds)
+
+
+def _without_finalizer(handler_fn: Any) -> None:
+    """Let a daemon run without kopf's finalizer on its object.
+
+    kopf gives every daemon `requires_finalizer=True` (kopf 1.45.2 `on.py:715`) and then blocks deletion
+    of a matching object until the daemon has stopped (`_core/reactor/processing.py:284-305`): with the
+    operator uninstalled, a running job could never be deleted. This daemon holds nothing to clean up, so
+    it does not need the finalizer: kopf then adds none and removes one left by an earlier version
+    (`processing.py:303`). There is no public switch for it; the handler is replaced in kopf's registry.
+    """
+    spawning = kopf.get_default_registry()._spawning
+    spawning._handlers = [
+        dataclasses.replace(handler, requires_finalizer=False) if handler.fn is handler_fn else handler
+        for handler in spawning._handlers
+    ]
+
+
+_without_finalizer(read_progress)

@@ -21,6 +21,9 @@ T = TypeVar("T")
 KubeObject = dict[str, Any]
 
 RAY_GROUP, RAY_VERSION, RAYJOBS = "ray.io", "v1", "rayjobs"
+RAYJOB_API_MISSING = (
+    f"the cluster serves no RayJob API ({RAY_GROUP}/{RAY_VERSION} {RAYJOBS}): install KubeRay's CRDs"
+)
 MERGE_PATCH = "application/merge-patch+json"
 DEFAULT_BACKOFF = Backoff(steps=4, duration=0.05, factor=4.0, jitter=0.1)
 
@@ -38,6 +41,10 @@ class NotOwned(Exception):
         super().__init__(
             f"{self.kind} {metadata.get('namespace')}/{self.name} exists and is not owned by this job"
         )
+
+
+class ApiNotServed(Exception):
+    """The API server does not serve the child's kind (404 on its create): its CRD is not installed."""
 
 
 class Outcome(StrEnum):
@@ -58,6 +65,8 @@ class Kube:
             await self._retrying(lambda: self._create(namespace, obj))
             return Outcome.CREATED
         except ApiException as error:
+            if error.status == 404:
+                raise ApiNotServed(f"{obj['apiVersion']} {obj['kind']}") from error
             if error.status != 409:
                 raise
         existing = await self._retrying(lambda: self._read(namespace, obj))
@@ -81,15 +90,36 @@ class Kube:
             retriable=is_transient_or_conflict,
         )
 
+    async def serves_rayjobs(self) -> bool:
+        """Whether discovery lists KubeRay's RayJob resource (kopf resolves its watches once, at start)."""
+        try:
+            found = await self._retrying(
+                lambda: CustomObjectsApi(self.client).get_api_resources(RAY_GROUP, RAY_VERSION)
+            )
+        except ApiException as error:
+            if error.status == 404:
+                return False
+            raise
+        return any(resource.name == RAYJOBS for resource in found.resources)
+
     async def read_config_map(self, namespace: str, name: str) -> KubeObject:
         return await self._retrying(lambda: self._read_config_map(namespace, name))
 
     async def read_job(self, namespace: str, name: str) -> KubeObject | None:
         """The DistillationJob, or None when it is gone."""
+        return await self._read_custom_object(GROUP, VERSION, PLURAL, namespace, name)
+
+    async def read_rayjob(self, namespace: str, name: str) -> KubeObject | None:
+        """The RayJob, or None when it is gone."""
+        return await self._read_custom_object(RAY_GROUP, RAY_VERSION, RAYJOBS, namespace, name)
+
+    async def _read_custom_object(
+        self, group: str, version: str, plural: str, namespace: str, name: str
+    ) -> KubeObject | None:
         api = CustomObjectsApi(self.client)
         try:
             return await self._retrying(
-                lambda: api.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+                lambda: api.get_namespaced_custom_object(group, version, namespace, plural, name)
             )
         except ApiException as error:
             if error.status == 404:

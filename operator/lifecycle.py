@@ -30,6 +30,21 @@ def invalid_spec_status(
     return updated
 
 
+def forbidden_status(status: Mapping[str, Any], message: str, *, generation: int | None, now: str) -> Status:
+    """A child the operator may not create: no retry helps until its RBAC changes."""
+    failed = DesiredCondition(ConditionType.FAILED, "True", Reason.FORBIDDEN, message)
+    updated = with_conditions(status, [failed], generation=generation, now=now)
+    updated["phase"] = Phase.FAILED.value
+    return updated
+
+
+def api_missing_status(
+    status: Mapping[str, Any], message: str, *, generation: int | None, now: str
+) -> Status:
+    waiting = DesiredCondition(ConditionType.CREATED, "False", Reason.RAY_JOB_API_MISSING, message)
+    return with_conditions(status, [waiting], generation=generation, now=now)
+
+
 def name_conflict_status(
     status: Mapping[str, Any], message: str, *, generation: int | None, now: str
 ) -> Status:

@@ -2,7 +2,8 @@
 
 Every rule is exercised by the operator tests, which also check that each request the operator made was
 allowed by these rules. kopf runs with resource and namespace scanning off, so it needs no access to
-CustomResourceDefinitions or Namespaces (discovery of API groups is allowed to everyone).
+CustomResourceDefinitions or Namespaces (discovery of API groups is allowed to everyone). One rule serves
+no request of its own: admission checks it when a child is created (`distillationjobs/finalizers`).
 """
 
 from collections.abc import Iterable
@@ -38,6 +39,13 @@ RULES: tuple[Rule, ...] = (
         why="watch jobs; kopf's progress annotations and finalizer; read a job a RayJob event names",
     ),
     Rule("kubedistill.io", "distillationjobs/status", ("patch",), why="phase, conditions, progress"),
+    Rule(
+        "kubedistill.io",
+        "distillationjobs/finalizers",
+        ("update",),
+        why="children's ownerReferences block owner deletion, which the OwnerReferencesPermissionEnforcement "
+        "admission plugin (OpenShift's default) allows only with this",
+    ),
     Rule(
         "ray.io",
         "rayjobs",

@@ -4,6 +4,7 @@ kopf-specific signalling stays here too (retry or give up, events), so that `han
 registration of these functions with kopf.
 """
 
+import json
 import logging
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -12,15 +13,18 @@ from typing import Any
 import aiohttp
 import kopf
 import yaml
+from kubernetes.aio.client import ApiException
 
-from kubedistill.api.job import DistillationJob, InvalidJob, parse_job
+from kubedistill.api.job import GROUP, PLURAL, DistillationJob, InvalidJob, parse_job
 from kubedistill.api.status import TERMINAL_PHASES, ConditionType, Reason
 from kubedistill.api.telemetry import DEFAULT_METRICS_PORT
 from kubedistill.operator.conditions import condition_of
 from kubedistill.operator.context import OperatorContext
-from kubedistill.operator.kube import NotOwned, TransientApiError
+from kubedistill.operator.kube import RAYJOB_API_MISSING, ApiNotServed, NotOwned, TransientApiError
 from kubedistill.operator.lifecycle import (
+    api_missing_status,
     created_status,
+    forbidden_status,
     invalid_edit_status,
     invalid_spec_status,
     is_created,
@@ -49,7 +53,14 @@ async def create_children(ctx: OperatorContext, body: Body, logger: logging.Logg
     """Create (or adopt) the ConfigMap and the RayJob of a new or resumed job."""
     key = key_of(body)
     ctx.statuses.observe(key, body)
-    if (ctx.statuses.status(key) or {}).get("phase") in TERMINAL_PHASES:
+    status = ctx.statuses.status(key) or {}
+    if status.get("phase") in TERMINAL_PHASES:
+        return
+    if is_created(status) and not await _rayjob_exists(ctx, key[0], status["rayJobName"]):
+        # Deleted while the operator was down: the same end as a deletion it watches (`mirror_rayjob`),
+        # never a silent second run of a job that may have trained for hours.
+        gone = status["rayJobName"]
+        await _change_or_retry(ctx, key, lambda s, g: deleted_rayjob_status(s, gone, generation=g, now=now()))
         return
     job = await _parse_or_fail(ctx, key, body)
     try:
@@ -67,6 +78,20 @@ async def create_children(ctx: OperatorContext, body: Body, logger: logging.Logg
         raise kopf.TemporaryError(message, delay=ctx.settings.retry_delay_seconds) from conflict
     except TransientApiError as error:
         raise kopf.TemporaryError(str(error), delay=ctx.settings.retry_delay_seconds) from error
+    except ApiNotServed as missing:
+        message = f"{RAYJOB_API_MISSING}; the job waits and is created when it is"
+        created = condition_of(ctx.statuses.status(key) or {}, ConditionType.CREATED) or {}
+        await _change_or_retry(ctx, key, lambda s, g: api_missing_status(s, message, generation=g, now=now()))
+        if created.get("reason") != Reason.RAY_JOB_API_MISSING:
+            kopf.warn(dict(body), reason=Reason.RAY_JOB_API_MISSING, message=message)
+        raise kopf.TemporaryError(str(missing), delay=ctx.settings.rayjob_api_check_seconds) from missing
+    except ApiException as error:
+        if error.status != 403:
+            raise
+        message = _forbidden_message(child, error)
+        await _change_or_retry(ctx, key, lambda s, g: forbidden_status(s, message, generation=g, now=now()))
+        kopf.warn(dict(body), reason=Reason.FORBIDDEN, message=message)
+        raise kopf.PermanentError(message) from None
     name = rayjob_name(job.name)
     await _change_or_retry(ctx, key, lambda s, g: created_status(s, name, generation=g, now=now()))
 
@@ -165,6 +190,45 @@ async def _parse_or_fail(ctx: OperatorContext, key: JobKey, body: Body) -> Disti
         )
         kopf.warn(dict(body), reason=Reason.INVALID_SPEC, message=str(invalid).replace("\n", "; "))
         raise kopf.PermanentError(f"invalid spec: {invalid}") from None
+
+
+def _forbidden_message(child: Body, error: ApiException) -> str:
+    """Which permission the operator's service account lacks, in RBAC terms, and the server's words."""
+    group, _, _version = child["apiVersion"].rpartition("/")
+    metadata = child["metadata"]
+    server_says = _server_message(error)
+    if "blockOwnerDeletion" in server_says:
+        # OwnerReferencesPermissionEnforcement (kubernetes plugin/pkg/admission/gc/gc_admission.go).
+        missing = _permission("update", GROUP, f"{PLURAL}/finalizers")
+    else:
+        missing = _permission("create", group, _resource_of(child))
+    return (
+        f"the operator may not create {child['kind']} {metadata['namespace']}/{metadata['name']}: its "
+        f"service account needs {missing} (the chart's RBAC grants it; check a replaced or edited Role). "
+        f"The API server said: {server_says}"
+    )
+
+
+def _server_message(error: ApiException) -> str:
+    try:
+        return str(json.loads(error.body or "{}").get("message") or error.reason)
+    except ValueError:
+        return str(error.reason)
+
+
+def _permission(verb: str, group: str, resource: str) -> str:
+    return f"{verb} on {resource} (API group {group or 'core'})"
+
+
+def _resource_of(child: Body) -> str:
+    return {"ConfigMap": "configmaps", "RayJob": "rayjobs"}[child["kind"]]
+
+
+async def _rayjob_exists(ctx: OperatorContext, namespace: str, name: str) -> bool:
+    try:
+        return await ctx.kube.read_rayjob(namespace, name) is not None
+    except TransientApiError as error:
+        raise kopf.TemporaryError(str(error), delay=ctx.settings.retry_delay_seconds) from error
 
 
 def _parse(body: Body) -> DistillationJob:

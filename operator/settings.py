@@ -12,6 +12,8 @@ IMAGE_ENV = "KUBEDISTILL_RUNTIME_IMAGE"
 SCRAPE_PERIOD_ENV = "KUBEDISTILL_SCRAPE_PERIOD_SECONDS"
 SCRAPE_TIMEOUT_ENV = "KUBEDISTILL_SCRAPE_TIMEOUT_SECONDS"
 METRICS_URL_ENV = "KUBEDISTILL_METRICS_URL_TEMPLATE"
+PEERING_LIFETIME_ENV = "KUBEDISTILL_PEERING_LIFETIME_SECONDS"
+RAYJOB_API_CHECK_ENV = "KUBEDISTILL_RAYJOB_API_CHECK_SECONDS"
 
 DEFAULT_METRICS_URL_TEMPLATE = "http://{cluster}-head-svc.{namespace}.svc:{port}/metrics"
 """KubeRay names a RayCluster's head Service `<cluster>-head-svc` (GenerateHeadServiceName); the RayJob's
@@ -37,6 +39,13 @@ class OperatorSettings:
     metrics_url_template: str = DEFAULT_METRICS_URL_TEMPLATE
     retry_delay_seconds: float = 10.0
     """Delay before kopf retries a handler after the API server failed it."""
+    peering_lifetime_seconds: int = 60
+    """How long a replica that stopped sending keep-alives (killed, its node lost) still counts as active
+    in the peering: the bound on a standby replica's takeover (kopf's `peering.lifetime`, whole seconds).
+    A replica that stops gracefully leaves the peering at once."""
+    rayjob_api_check_seconds: float = 10.0
+    """While the cluster serves no RayJob API (KubeRay not installed yet): how often the operator looks for
+    it, and how often a waiting job retries."""
 
 
 def settings_from_env(environ: Mapping[str, str]) -> OperatorSettings:
@@ -46,4 +55,8 @@ def settings_from_env(environ: Mapping[str, str]) -> OperatorSettings:
         scrape_period_seconds=float(environ.get(SCRAPE_PERIOD_ENV) or defaults.scrape_period_seconds),
         scrape_timeout_seconds=float(environ.get(SCRAPE_TIMEOUT_ENV) or defaults.scrape_timeout_seconds),
         metrics_url_template=environ.get(METRICS_URL_ENV) or defaults.metrics_url_template,
+        peering_lifetime_seconds=int(environ.get(PEERING_LIFETIME_ENV) or defaults.peering_lifetime_seconds),
+        rayjob_api_check_seconds=float(
+            environ.get(RAYJOB_API_CHECK_ENV) or defaults.rayjob_api_check_seconds
+        ),
     )

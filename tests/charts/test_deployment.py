@@ -1,5 +1,6 @@
 """The operator's Deployment: flags the real `kubedistill operator` command accepts, the settings the
-operator reads from its environment, a liveness probe on kopf's endpoint, and a locked-down container."""
+operator reads from its environment, a liveness probe on kopf's endpoint, a readiness probe on the
+operator's, and a locked-down container."""
 
 import tomllib
 from importlib.metadata import version
@@ -10,6 +11,7 @@ import pytest
 import yaml
 from typer.main import get_command
 
+from kubedistill.operator.runner import READINESS_PATH
 from kubedistill.operator.settings import (
     IMAGE_ENV,
     METRICS_URL_ENV,
@@ -70,6 +72,14 @@ def test_the_liveness_probe_asks_kopfs_health_endpoint_on_the_liveness_port() ->
     assert ports["metrics"] == params["metrics_port"] == 9191
 
 
+def test_the_readiness_probe_asks_the_operators_readiness_path_on_the_metrics_port() -> None:
+    container = _container(settings=("metrics.port=9191",))
+    ports = {port["name"]: port["containerPort"] for port in container["ports"]}
+    probe = container["readinessProbe"]["httpGet"]
+    assert probe["path"] == READINESS_PATH
+    assert ports[probe["port"]] == _parsed_args(container)["metrics_port"] == 9191
+
+
 def test_the_default_runtime_image_is_the_operators_own_default() -> None:
     env = _env(_container())
     assert env[IMAGE_ENV] == default_runtime_image()
@@ -93,6 +103,13 @@ def test_the_operator_reads_the_settings_the_values_give(tmp_path: Path) -> None
     assert settings.scrape_period_seconds == 30.0
     assert settings.scrape_timeout_seconds == 2.5
     assert settings.metrics_url_template == url
+
+
+def test_replicas_in_a_peering_take_over_after_the_lifetime_the_values_give() -> None:
+    settings = settings_from_env(
+        _env(_container((CI / "peering-values.yaml",), ("peering.lifetimeSeconds=20",)))
+    )
+    assert settings.peering_lifetime_seconds == 20
 
 
 def test_without_a_url_template_the_operator_keeps_its_default() -> None:

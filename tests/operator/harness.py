@@ -7,24 +7,26 @@ RayJob's status). It reads the API server's stored objects directly, as assertio
 import asyncio
 import contextlib
 import copy
+import os
 import signal
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 import kmock
 import psutil
-from kmock._internal import enums
+import yaml
 from kubernetes.aio.client import ApiClient, Configuration
 
 from kubedistill.operator.metrics import OperatorMetrics
 from kubedistill.operator.runner import RunOptions, run_operator
 from kubedistill.operator.settings import OperatorSettings, RenderSettings
+from tests.operator.kmock_adapter import Action
 
 T = TypeVar("T")
 
@@ -291,7 +293,82 @@ async def operator_process(server: kmock.KubernetesEmulator, workdir: Path) -> A
 def _watching_jobs(server: kmock.KubernetesEmulator) -> bool:
     return any(
         request.resource == kmock.resource(JOBS)
-        and request.action == enums.action.WATCH
+        and request.action == Action.WATCH
         and request.headers.get("User-Agent", "").startswith("kopf/")
         for request in server
     )
+
+
+CLI_ENV = {
+    "KUBEDISTILL_RUNTIME_IMAGE": FAST_SETTINGS.render.default_image,
+    "KUBEDISTILL_SCRAPE_PERIOD_SECONDS": str(FAST_SETTINGS.scrape_period_seconds),
+    "KUBEDISTILL_SCRAPE_TIMEOUT_SECONDS": str(FAST_SETTINGS.scrape_timeout_seconds),
+    "KUBEDISTILL_METRICS_URL_TEMPLATE": FAST_SETTINGS.metrics_url_template,
+}
+"""The chart's environment for the operator container, with the fast test settings."""
+
+
+def kubeconfig(server: kmock.KubernetesEmulator, path: Path) -> Path:
+    """A kubeconfig file for the emulator: how `kubedistill operator` finds a cluster outside a pod."""
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "emulator", "cluster": {"server": str(server.url).rstrip("/")}}],
+                "users": [{"name": "operator", "user": {"token": "test"}}],
+                "contexts": [{"name": "emulator", "context": {"cluster": "emulator", "user": "operator"}}],
+                "current-context": "emulator",
+            }
+        )
+    )
+    return path
+
+
+@dataclass
+class CliOperator:
+    """`kubedistill operator ...` as the chart's container runs it, in a process of its own."""
+
+    name: str
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def kill(self) -> None:
+        """As when its node is lost: no goodbye to the peering."""
+        self.process.kill()
+        self.process.wait()
+
+
+@contextlib.asynccontextmanager
+async def cli_operators(
+    server: kmock.KubernetesEmulator, workdir: Path, names: Sequence[str], args: Sequence[str], **env: str
+) -> AsyncIterator[list[CliOperator]]:
+    """Replicas of the operator (`POD_ID` is each one's name, as the chart's fieldRef sets it), killed on
+    exit if still running."""
+    config = kubeconfig(server, workdir / "kubeconfig")
+    command = str(Path(sys.executable).with_name("kubedistill"))
+    operators = []
+    try:
+        for name in names:
+            log = workdir / f"{name}.log"
+            with log.open("wb") as stream:
+                process = subprocess.Popen(
+                    [command, "operator", *args],
+                    cwd=workdir,
+                    env={**os.environ, **CLI_ENV, **env, "KUBECONFIG": str(config), "POD_ID": name},
+                    stdout=stream,
+                    stderr=subprocess.STDOUT,
+                )
+            operators.append(CliOperator(name, process, log))
+        yield operators
+    finally:
+        for operator in operators:
+            if operator.process.poll() is None:
+                operator.process.send_signal(signal.SIGINT)
+                try:
+                    await asyncio.to_thread(operator.process.wait, 30)
+                except subprocess.TimeoutExpired:
+                    operator.kill()

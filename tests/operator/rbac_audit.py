@@ -3,18 +3,18 @@
 from collections.abc import Iterable
 from typing import Any, NamedTuple
 
-from kmock._internal import enums
-
+from kubedistill.api.job import GROUP, KIND, PLURAL
 from kubedistill.operator.rbac import Rule, allowed
 from kubedistill.operator.runner import USER_AGENT
+from tests.operator.kmock_adapter import Action
 
 VERBS = {
-    enums.action.LIST: "list",
-    enums.action.WATCH: "watch",
-    enums.action.FETCH: "get",
-    enums.action.CREATE: "create",
-    enums.action.UPDATE: "patch",
-    enums.action.DELETE: "delete",
+    Action.LIST: "list",
+    Action.WATCH: "watch",
+    Action.FETCH: "get",
+    Action.CREATE: "create",
+    Action.UPDATE: "patch",
+    Action.DELETE: "delete",
 }
 
 
@@ -36,7 +36,22 @@ def operator_accesses(requests: Iterable[Any]) -> list[Access]:
             continue
         name = f"{resource.plural}/{request.subresource}" if request.subresource else resource.plural
         accesses.append(Access(resource.group or "", name, VERBS[request.action]))
+        if request.action == Action.CREATE:
+            accesses.extend(_owner_accesses(request.data))
     return accesses
+
+
+def _owner_accesses(obj: Any) -> list[Access]:
+    """What admission authorises for a created object (OwnerReferencesPermissionEnforcement, kubernetes
+    `plugin/pkg/admission/gc/gc_admission.go`): a blocking ownerReference needs `update` on the owner's
+    `finalizers`. Only our own kind owns anything the operator creates."""
+    if not isinstance(obj, dict):
+        return []
+    return [
+        Access(GROUP, f"{PLURAL}/finalizers", "update")
+        for owner in obj.get("metadata", {}).get("ownerReferences", [])
+        if owner.get("blockOwnerDeletion") and owner.get("kind") == KIND
+    ]
 
 
 def denied(accesses: Iterable[Access], rules: Iterable[Rule]) -> set[Access]:

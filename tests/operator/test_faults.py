@@ -12,7 +12,6 @@ from dataclasses import dataclass
 
 import kmock
 import pytest
-from kmock._internal import enums
 
 from kubedistill.operator.kube import DEFAULT_BACKOFF
 from tests.operator.apiserver import Call, FailFirst, Hold
@@ -26,11 +25,12 @@ from tests.operator.harness import (
     job_manifest,
     running_operator,
 )
+from tests.operator.kmock_adapter import Action
 
-CREATE_CONFIGMAP = Call(enums.action.CREATE, CONFIGMAPS)
-CREATE_RAYJOB = Call(enums.action.CREATE, RAYJOBS)
-PATCH_STATUS = Call(enums.action.UPDATE, JOBS, "status")
-PATCH_JOB = Call(enums.action.UPDATE, JOBS)
+CREATE_CONFIGMAP = Call(Action.CREATE, CONFIGMAPS)
+CREATE_RAYJOB = Call(Action.CREATE, RAYJOBS)
+PATCH_STATUS = Call(Action.UPDATE, JOBS, "status")
+PATCH_JOB = Call(Action.UPDATE, JOBS)
 """kopf's own writes to the job: its finalizer and its progress annotations."""
 
 CLIENT_ATTEMPTS = DEFAULT_BACKOFF.steps
@@ -119,7 +119,7 @@ class ApiFault:
     @property
     def adopts(self) -> bool:
         """A 409 on a create says the child exists: the operator reads it and adopts it, never re-sends."""
-        return self.status == 409 and self.call.action == enums.action.CREATE
+        return self.status == 409 and self.call.action == Action.CREATE
 
 
 API_FAULTS = [
@@ -155,7 +155,7 @@ async def test_a_failed_write_is_retried_and_nothing_is_lost_or_duplicated(
     assert_one_configmap_and_one_rayjob(cluster)
     if fault.adopts:
         assert len(failing.seen) == 1, "a create answered 409 was sent again"
-        reads = [r for r in cluster.requests() if Call(enums.action.FETCH, fault.call.resource).matches(r)]
+        reads = [r for r in cluster.requests() if Call(Action.FETCH, fault.call.resource).matches(r)]
         assert reads, "the existing child was not read back to check its owner"
         return
     assert len(failing.seen) > fault.times, "the failed request was tried again"

@@ -243,6 +243,7 @@ async def test_an_edit_that_does_not_validate_is_not_applied_and_says_why(cluste
     async with running_operator(cluster.server):
         await cluster.create_job(job_manifest())
         await _created(cluster)
+        cluster.server.cel_rules = False  # the CRD of an older release: the edit slips past its rules
         await cluster.edit_spec({"mode": "onPolicy", "suspend": True})
         await eventually(lambda: cluster.condition("SpecChangeIgnored")["status"] == "True", what="ignored")
         await eventually(lambda: _events(cluster, "InvalidSpec"), what="an InvalidSpec event")
@@ -260,20 +261,24 @@ def _events(cluster: Cluster, reason: str) -> list[dict[str, object]]:
     ]
 
 
-async def test_a_deleted_job_is_released_and_its_children_carry_owner_references(cluster: Cluster) -> None:
+async def test_a_deleted_job_is_released_and_its_children_go_with_it_by_owner_references(
+    cluster: Cluster,
+) -> None:
     async with running_operator(cluster.server):
         await cluster.create_job(job_manifest())
         await _created(cluster)
         await cluster.set_rayjob_status(**KUBERAY_RUNNING)
         await _running(cluster)
+        children = (cluster.rayjob(), cluster.config_map())
 
         await cluster.delete_job()
         await eventually(lambda: cluster.job() is None, what="the job to go (no finalizer left behind)")
 
     uid = cluster.server.objects[kmock.resource(JOBS), "ml", "demo"].last["metadata"]["uid"]
-    for child in (cluster.rayjob(), cluster.config_map()):
+    for child in children:
         (owner,) = child["metadata"]["ownerReferences"]
         assert (owner["uid"], owner["controller"], owner["blockOwnerDeletion"]) == (uid, True, True)
+    assert cluster.rayjob() is None and cluster.config_map() is None, "garbage-collected with their owner"
 
 
 async def test_a_restarted_operator_adopts_the_children_instead_of_duplicating_them(cluster: Cluster) -> None:
@@ -317,6 +322,7 @@ async def test_a_conflict_and_a_server_error_answered_once_are_retried_and_nothi
 
 async def test_an_invalid_job_fails_with_an_event_and_other_jobs_are_still_served(cluster: Cluster) -> None:
     invalid = job_manifest("broken", mode="onPolicy")
+    cluster.server.cel_rules = False  # the CRD of an older release: the spec slips past its rules
     async with running_operator(cluster.server):
         await cluster.create_job(invalid)
         await eventually(lambda: cluster.status("broken").get("phase") == "Failed", what="broken failed")
@@ -367,6 +373,7 @@ async def test_operator_metrics_count_reconciles_and_jobs_by_phase(cluster: Clus
     async with running_operator(cluster.server) as metrics:
         await cluster.create_job(job_manifest())
         await _created(cluster)
+        cluster.server.cel_rules = False  # the CRD of an older release: the spec slips past its rules
         await cluster.create_job(job_manifest("broken", mode="onPolicy"))
         await eventually(lambda: cluster.status("broken").get("phase") == "Failed")
         sample = metrics.registry.get_sample_value

@@ -20,12 +20,14 @@ from kubedistill.operator.settings import (
                 "KUBEDISTILL_SCRAPE_PERIOD_SECONDS": "30",
                 "KUBEDISTILL_SCRAPE_TIMEOUT_SECONDS": "2.5",
                 "KUBEDISTILL_METRICS_URL_TEMPLATE": "http://{cluster}-head-svc.{namespace}.svc.example:{port}/m",
+                "KUBEDISTILL_PEERING_LIFETIME_SECONDS": "20",
             },
             OperatorSettings(
                 render=RenderSettings("registry.example.com/runtime:2"),
                 scrape_period_seconds=30.0,
                 scrape_timeout_seconds=2.5,
                 metrics_url_template="http://{cluster}-head-svc.{namespace}.svc.example:{port}/m",
+                peering_lifetime_seconds=20,
             ),
         ),
         (

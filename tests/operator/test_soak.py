@@ -5,7 +5,7 @@ each RayJob goes through a random life (drawn from a seeded RNG): it succeeds, f
 deleted under its job. A share of the operator's writes is answered 409, 429 (Retry-After 1) or 500, some
 after the write happened. Every job must reach the phase its RayJob's life calls for, with exactly one
 ConfigMap and one RayJob, and the operator's memory must not grow with the jobs it has seen: each job is
-deleted once checked (its children go too, as Kubernetes' garbage collector would do), and the jobs run in
+deleted once checked (the emulator's garbage collector takes its children), and the jobs run in
 batches, so between batches the operator holds no job at all. Memory is read there, both as resident
 bytes and as Python's live memory blocks after a full collection (the leak detector: resident memory also
 moves with the allocator), and its growth per job after the first quarter (the warm-up) is reported.
@@ -133,7 +133,6 @@ class Soak:
             )
             self.to_gone.append(time.perf_counter() - started)
         assert_one_configmap_and_one_rayjob(cluster, name, uid)
-        await collect_garbage(cluster, name)
         self.done += 1
 
 
@@ -146,14 +145,6 @@ def assert_one_configmap_and_one_rayjob(cluster: Cluster, job: str, uid: str) ->
             deleted_at = versions.index(None)
             assert not any(versions[deleted_at:]), f"{name} was created again after its deletion"
         assert versions[0]["metadata"]["ownerReferences"][0]["uid"] == uid, f"{name} is not owned by {job}"
-
-
-async def collect_garbage(cluster: Cluster, job: str) -> None:
-    """What Kubernetes' garbage collector does after a job is gone (kmock has none): its children go too."""
-    if cluster.rayjob(job) is not None:
-        await cluster.delete_rayjob(job)
-    async with cluster.server.delete(f"/api/v1/namespaces/{NAMESPACE}/configmaps/{job}-spec") as response:
-        assert response.status == 200, await response.text()
 
 
 async def soak(

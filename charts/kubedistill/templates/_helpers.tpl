@@ -94,6 +94,10 @@ tests/charts checks this against for every scope and peering setting.
 - apiGroups: ["kubedistill.io"]
   resources: ["distillationjobs/status"]
   verbs: ["patch"]
+# Children block their job's deletion (ownerReferences); OpenShift's admission checks this for it.
+- apiGroups: ["kubedistill.io"]
+  resources: ["distillationjobs/finalizers"]
+  verbs: ["update"]
 - apiGroups: ["ray.io"]
   resources: ["rayjobs"]
   verbs: ["get", "list", "watch", "create", "patch"]
