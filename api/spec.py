@@ -370,5 +370,7 @@ class DistillationJobSpec(SpecModel):
     """Retries of the whole Ray job, each resuming from the newest checkpoint."""
     active_deadline_seconds: PositiveInt | None = None
     """Wall-clock limit of the job."""
-    ttl_seconds_after_finished: Annotated[int, Field(ge=0)] = 86400
-    """Seconds the finished Ray cluster is kept for inspection before it is deleted."""
+    ttl_seconds_after_finished: Annotated[int, Field(ge=0)] = 60
+    """Seconds the finished Ray cluster (GPU workers included) is kept before it is deleted; the student is
+    exported before the job ends, so the default frees the GPUs within a minute. Raise it (e.g. 86400) to
+    keep a finished cluster for debugging."""

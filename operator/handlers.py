@@ -37,8 +37,10 @@ async def apply_spec_change(body: kopf.Body, memo: OperatorContext, **_: Any) ->
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
-def track_job(event: kopf.RawEvent, body: kopf.Body, memo: OperatorContext, **_: Any) -> None:
-    # Children go with the job through their ownerReferences; the operator only forgets it.
+async def track_job(event: kopf.RawEvent, body: kopf.Body, memo: OperatorContext, **_: Any) -> None:
+    # Async like every handler here: kopf runs sync ones in a thread pool, and the status writer's state
+    # belongs to the event loop. Children go with the job through their ownerReferences; the operator only
+    # forgets it.
     key = reconcile.key_of(body)
     if event["type"] == "DELETED":
         reconcile.forget(memo, key)

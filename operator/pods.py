@@ -7,14 +7,13 @@ from typing import Any
 
 from kubedistill.api.job import DistillationJob
 from kubedistill.api.placement import JOB_CONFIG_PATH
-from kubedistill.api.telemetry import DEFAULT_METRICS_PORT, METRICS_PORT_ENV
+from kubedistill.api.telemetry import DEFAULT_METRICS_PORT, METRICS_PORT_ENV, NAMESPACE_ENV
 from kubedistill.operator.naming import config_map_name, labels_for
 from kubedistill.operator.topology import WorkerGroup
 
 KubeObject = dict[str, Any]
 
 JOB_NAME_ENV = "KUBEDISTILL_JOB_NAME"
-NAMESPACE_ENV = "KUBEDISTILL_NAMESPACE"
 CONFIG_DIR = JOB_CONFIG_PATH.rsplit("/", 1)[0]
 SHM_VOLUME = "dshm"
 CONFIG_VOLUME = "kubedistill-job"

@@ -5,8 +5,8 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import aiohttp
 import kopf
+from aiohttp.abc import AbstractResolver
 from kubernetes.aio.client import ApiClient
 from prometheus_client import start_http_server
 
@@ -14,6 +14,7 @@ from kubedistill.operator.cluster import connect
 from kubedistill.operator.context import OperatorContext
 from kubedistill.operator.kube import Kube
 from kubedistill.operator.metrics import OperatorMetrics
+from kubedistill.operator.progress import scrape_session
 from kubedistill.operator.settings import OperatorSettings
 from kubedistill.operator.status_writer import StatusWriter
 
@@ -60,8 +61,10 @@ async def run_operator(
     metrics: OperatorMetrics | None = None,
     stop_flag: asyncio.Event | threading.Event | None = None,
     ready_flag: asyncio.Event | threading.Event | None = None,
+    resolver: AbstractResolver | None = None,
 ) -> None:
-    """Run until `stop_flag` is set (or a signal arrives). `client` defaults to the cluster's credentials."""
+    """Run until `stop_flag` is set (or a signal arrives). `client` defaults to the cluster's credentials;
+    `resolver`, to the system's name resolution of the trainers' hosts."""
     from kubedistill.operator import handlers  # noqa: F401  # registers the handlers, once per process
 
     client = client if client is not None else await connect()
@@ -72,10 +75,7 @@ async def run_operator(
         metrics_server, _ = start_http_server(options.metrics_port, registry=metrics.registry)
     kube = Kube(client)
     try:
-        # No DNS cache: aiohttp resolves cached hosts in a task of its own, which outlives a cancelled
-        # scrape, and kopf re-raises the errors of such leftover tasks when it stops.
-        connector = aiohttp.TCPConnector(use_dns_cache=False)
-        async with aiohttp.ClientSession(connector=connector) as http:
+        async with scrape_session(resolver) as http:
             context = OperatorContext(settings, kube, metrics, StatusWriter(kube, metrics), http)
             await kopf.operator(
                 settings=kopf_settings(),

@@ -85,12 +85,19 @@ def run(
         for problem in invalid.problems:
             typer.echo(f"{file}: {problem}", err=True)
         raise typer.Exit(1) from None
+    import os
+
     from kubedistill.runtime.data.errors import BadRecordError, ChatTemplateError, DataFileError
+    from kubedistill.runtime.metrics import pod_namespace
     from kubedistill.runtime.ray_session import connect
     from kubedistill.runtime.trainer import RunOptions, Trainer
 
     out = output or Path(job.spec.output.path or f"output/{job.name}")
-    options = RunOptions(output_dir=out, stop_after_steps=max_steps, metrics_port=metrics_port)
+    # The operator keeps only the series labelled with the job's namespace (its pod's, on a cluster).
+    namespace = pod_namespace(job, os.environ) or RunOptions.namespace
+    options = RunOptions(
+        output_dir=out, stop_after_steps=max_steps, metrics_port=metrics_port, namespace=namespace
+    )
     try:
         # The trainer reads and tokenises the data as it is built: before Ray starts, so that bad data
         # fails in seconds rather than after the cluster is up.

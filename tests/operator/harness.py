@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 import kmock
 import psutil
+from aiohttp.abc import AbstractResolver
 from kmock._internal import enums
 from kubernetes.aio.client import ApiClient, Configuration
 
@@ -178,8 +179,10 @@ async def running_operator(
     options: RunOptions = STANDALONE,
     settings: OperatorSettings = FAST_SETTINGS,
     metrics: OperatorMetrics | None = None,
+    resolver: AbstractResolver | None = None,
 ) -> AsyncIterator[OperatorMetrics]:
-    """The operator in a thread of its own, stopped (and joined) on exit.
+    """The operator in a thread of its own, stopped (and joined) on exit; `resolver` resolves the trainers'
+    hosts in its scrapes.
 
     Not a task in the test's loop: on exit kopf cancels every task created while it ran, which would
     include the API server's own request handlers.
@@ -192,7 +195,13 @@ async def running_operator(
         async def main() -> None:
             client = ApiClient(Configuration(host=str(server.url).rstrip("/")))
             await run_operator(
-                options, settings, client=client, metrics=metrics, stop_flag=stop, ready_flag=ready
+                options,
+                settings,
+                client=client,
+                metrics=metrics,
+                stop_flag=stop,
+                ready_flag=ready,
+                resolver=resolver,
             )
 
         try:
