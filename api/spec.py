@@ -336,6 +336,8 @@ class ClusterSpec(SpecModel):
     """PriorityClass of every Ray pod."""
     service_account_name: Annotated[str, Field(min_length=1)] | None = None
     """ServiceAccount of every Ray pod."""
+    image_pull_secrets: list[KubernetesObject] = []
+    """Secrets to pull the image from a private registry (Kubernetes LocalObjectReference objects)."""
     head: HeadResources = HeadResources()
     """Resources of the Ray head pod."""
     worker: WorkerResources = WorkerResources()

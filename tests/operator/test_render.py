@@ -305,9 +305,13 @@ def test_every_ray_pod_runs_as_the_runtime_images_unprivileged_user() -> None:
             "runAsUser": 10001,
             "runAsGroup": 10001,
             "fsGroup": 10001,
+            "seccompProfile": {"type": "RuntimeDefault"},
         }
         for container in template["spec"]["containers"]:
-            assert container["securityContext"] == {"allowPrivilegeEscalation": False}
+            assert container["securityContext"] == {
+                "allowPrivilegeEscalation": False,
+                "capabilities": {"drop": ["ALL"]},
+            }
 
 
 LONG_NAME = "team-search-qwen3-8b-to-qwen3-0-6b-offpolicy-distill-2026-12-01"  # 63 characters, a GitOps name
