@@ -3,6 +3,7 @@
 from typing import Any
 
 import pytest
+import yaml
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -12,8 +13,9 @@ from kubedistill.operator.conditions import ConditionStatus, DesiredCondition, w
 from kubedistill.operator.lifecycle import created_status, spec_change_status
 from kubedistill.operator.mirror import deleted_rayjob_status, mirrored_status
 from kubedistill.operator.progress import parse_progress, with_metrics_unreachable, with_progress
+from kubedistill.operator.render import render_config_map
 from kubedistill.operator.spec_changes import classify
-from kubedistill.runtime.metrics import TrainerMetrics
+from kubedistill.runtime.metrics import TrainerMetrics, pod_namespace
 
 T0, T1 = "2026-11-25T10:00:00Z", "2026-11-25T11:00:00Z"
 
@@ -248,3 +250,32 @@ def test_spec_change_ignored_turns_false_once_the_edit_is_reverted_and_is_absent
     assert "spec.student.replicas" in ignored["message"]
     status = spec_change_status(status, (), generation=3, now=T1)
     assert (status["conditions"][0]["status"], status["conditions"][0]["reason"]) == ("False", "SpecApplied")
+
+
+@pytest.mark.parametrize(
+    ("manifest_namespace", "pod_env", "labelled"),
+    [
+        ("ml", {"KUBEDISTILL_NAMESPACE": "ml"}, "ml"),
+        (None, {"KUBEDISTILL_NAMESPACE": "ml"}, "ml"),
+        ("ml", {}, "ml"),
+    ],
+    ids=["pod-and-manifest", "pod-only", "manifest-only"],
+)
+def test_the_trainer_labels_its_series_with_the_namespace_the_operator_reads(
+    manifest_namespace: str | None, pod_env: dict[str, str], labelled: str
+) -> None:
+    metadata = {"name": "demo", **({"namespace": manifest_namespace} if manifest_namespace else {})}
+    manifest = {"apiVersion": "kubedistill.io/v1alpha1", "kind": "DistillationJob", "spec": BASE_SPEC}
+    config_map = render_config_map(parse_job({**manifest, "metadata": metadata}, check_plugin_names=False))
+    # What `kubedistill run` reads in the pod: the ConfigMap's manifest, and the pod's env.
+    job = parse_job(yaml.safe_load(config_map["data"]["job.yaml"]), check_plugin_names=False)
+    namespace = pod_namespace(job, pod_env)
+    assert namespace == labelled
+    page = trainer_page(namespace, job.name, STEP=3)
+    assert parse_progress(page, namespace="ml", job="demo") == {"step": 3}
+
+
+def test_a_local_run_of_a_manifest_without_a_namespace_has_none() -> None:
+    manifest = {"apiVersion": "kubedistill.io/v1alpha1", "kind": "DistillationJob", "spec": BASE_SPEC}
+    job = parse_job({**manifest, "metadata": {"name": "demo"}}, check_plugin_names=False)
+    assert pod_namespace(job, {}) is None
