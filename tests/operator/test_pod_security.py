@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 
-from kubedistill.api.job import DistillationJob, parse_job
+from kubedistill.api.job import DistillationJob
 from kubedistill.operator.render import render_rayjob
 from kubedistill.operator.settings import RenderSettings
-from tests.operator.manifests import GOLDEN_IMAGE, example_jobs, golden_cases, golden_job
+from tests.operator.manifests import GOLDEN_IMAGE, example_jobs, golden_cases, golden_job, small_job
 
 PodSpec = dict[str, Any]
 
@@ -131,21 +131,6 @@ def test_every_pod_of_a_rendered_job_meets_the_restricted_pod_security_standard(
         assert restricted_violations(pod) == [], f"{name}: the {pod_name} pod"
 
 
-def _job(**cluster: Any) -> DistillationJob:
-    manifest = {
-        "apiVersion": "kubedistill.io/v1alpha1",
-        "kind": "DistillationJob",
-        "metadata": {"name": "demo", "namespace": "ml"},
-        "spec": {
-            "teacher": {"model": "t"},
-            "student": {"model": "s"},
-            "data": {"train": {"path": "/data/t.jsonl"}},
-            "cluster": cluster,
-        },
-    }
-    return parse_job(manifest, check_plugin_names=False)
-
-
 def test_the_submitter_pod_gets_what_the_jobs_pods_get() -> None:
     cluster = {
         "image": "registry.example.com/private/runtime:1",
@@ -155,7 +140,7 @@ def test_the_submitter_pod_gets_what_the_jobs_pods_get() -> None:
         "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists"}],
         "priorityClassName": "high",
     }
-    pods = pods_of(_job(**cluster))
+    pods = pods_of(small_job({"cluster": cluster}))
     submitter = pods["submitter"]
     for key, value in cluster.items():
         if key != "image":

@@ -4,10 +4,10 @@ from typing import Any
 
 import pytest
 
-from kubedistill.api import parse_job
 from kubedistill.operator.render import render_rayjob
 from kubedistill.operator.settings import RenderSettings
 from kubedistill.operator.storage import misplaced_paths, storage_status
+from tests.operator.manifests import small_job
 
 PVC = {"persistentVolumeClaim": {"claimName": "shared"}}
 
@@ -16,19 +16,9 @@ def misplaced(spec: dict[str, Any], mounts: dict[str, dict[str, Any]]) -> list[s
     """The fields reported for this spec with these volumes mounted (mountPath -> volume source)."""
     volumes = [{"name": f"v{i}", **source} for i, source in enumerate(mounts.values())]
     volume_mounts = [{"name": f"v{i}", "mountPath": path} for i, path in enumerate(mounts)]
-    base = {
-        "teacher": {"model": "Qwen/Qwen3-8B"},
-        "student": {"model": "Qwen/Qwen3-0.6B"},
-        "data": {"train": {"path": "/data/train.jsonl"}},
-        "cluster": {"volumes": volumes, "volumeMounts": volume_mounts},
-    }
-    manifest = {
-        "apiVersion": "kubedistill.io/v1alpha1",
-        "kind": "DistillationJob",
-        "metadata": {"name": "demo", "namespace": "ml"},
-        "spec": {**base, **spec},
-    }
-    job = parse_job(manifest, check_plugin_names=False)
+    hub = {"teacher": {"model": "Qwen/Qwen3-8B"}, "student": {"model": "Qwen/Qwen3-0.6B"}}
+    cluster = {"cluster": {"volumes": volumes, "volumeMounts": volume_mounts}}
+    job = small_job({**hub, **cluster, **spec})
     return [problem.field for problem in misplaced_paths(job, render_rayjob(job, RenderSettings("img")))]
 
 
@@ -89,18 +79,9 @@ def test_hub_ids_are_not_paths() -> None:
 
 
 def test_the_condition_names_every_field_and_is_absent_when_all_is_well() -> None:
-    manifest = {
-        "apiVersion": "kubedistill.io/v1alpha1",
-        "kind": "DistillationJob",
-        "metadata": {"name": "demo", "namespace": "ml"},
-        "spec": {
-            "student": {"model": "/models/s"},
-            "mode": "sft",
-            "data": {"train": {"path": "/data/t.jsonl"}},
-            "checkpoint": {"path": "/ckpt"},
-        },
-    }
-    job = parse_job(manifest, check_plugin_names=False)
+    job = small_job(
+        {"mode": "sft", "teacher": None, "student": {"model": "/models/s"}, "checkpoint": {"path": "/ckpt"}}
+    )
     problems = misplaced_paths(job, render_rayjob(job, RenderSettings("img")))
     status = storage_status({}, problems, generation=1, now="2026-12-01T00:00:00Z")
     (condition,) = status["conditions"]
