@@ -7,6 +7,7 @@ RayJob's status). It reads the API server's stored objects directly, as assertio
 import asyncio
 import contextlib
 import copy
+import json
 import signal
 import subprocess
 import sys
@@ -227,7 +228,7 @@ async def running_operator(
 
 REPOSITORY = Path(__file__).parents[2]
 OPERATOR_PROCESS = """
-import asyncio, gc, signal, sys
+import asyncio, dataclasses, gc, json, signal, sys
 from pathlib import Path
 
 import kopf
@@ -245,7 +246,8 @@ def report_live_blocks(*_):
 signal.signal(signal.SIGUSR1, report_live_blocks)
 kopf.configure(verbose=True)
 client = ApiClient(Configuration(host=sys.argv[1]))
-asyncio.run(run_operator(STANDALONE, FAST_SETTINGS, client=client))
+settings = dataclasses.replace(FAST_SETTINGS, **json.loads(sys.argv[3]))
+asyncio.run(run_operator(STANDALONE, settings, client=client))
 """
 
 
@@ -267,14 +269,17 @@ class OperatorProcess:
 
 
 @contextlib.asynccontextmanager
-async def operator_process(server: kmock.KubernetesEmulator, workdir: Path) -> AsyncIterator[OperatorProcess]:
+async def operator_process(
+    server: kmock.KubernetesEmulator, workdir: Path, settings: Mapping[str, Any] | None = None
+) -> AsyncIterator[OperatorProcess]:
     """The operator in a process of its own, so that its memory is its own to measure (its log goes to
-    `workdir`); stopped by SIGINT (kopf's graceful stop, as on a pod's SIGTERM), killed if that fails."""
+    `workdir`); stopped by SIGINT (kopf's graceful stop, as on a pod's SIGTERM), killed if that fails.
+    `settings` replace fields of FAST_SETTINGS (plain values only)."""
     url = str(server.url).rstrip("/")
     blocks_file = workdir / "live-blocks"
     with (workdir / "operator.log").open("wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "-c", OPERATOR_PROCESS, url, str(blocks_file)],
+            [sys.executable, "-c", OPERATOR_PROCESS, url, str(blocks_file), json.dumps(dict(settings or {}))],
             cwd=REPOSITORY,
             stdout=log,
             stderr=subprocess.STDOUT,
