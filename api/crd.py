@@ -62,12 +62,12 @@ def build_crd() -> dict[str, Any]:
             {
                 "rule": f"self.metadata.name.size() <= {MAX_NAME_LENGTH}",
                 "message": f"metadata.name: at most {MAX_NAME_LENGTH} characters "
-                "(KubeRay derives pod names from it)",
+                "(it is a label value on every child)",
             },
             {
                 "rule": f"self.metadata.name.matches('{NAME_PATTERN}')",
-                "message": "metadata.name: must be a DNS-1035 label (lower-case letters, digits and '-', "
-                "starting with a letter)",
+                "message": "metadata.name: must be a DNS label (lower-case letters, digits and '-', "
+                "starting and ending with a letter or digit)",
             },
         ],
     }

@@ -24,10 +24,11 @@ PLURAL = "distillationjobs"
 SINGULAR = "distillationjob"
 SHORT_NAMES = ("dj", "distill")
 
-# The RayJob takes the job's name, and KubeRay derives pod names from it with a 6-character suffix
-# (RayJob names are limited to 47 characters); names are DNS-1035 labels like every Service name.
-MAX_NAME_LENGTH = 47
-NAME_PATTERN = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
+# A DNS-1123 label: the name is the value of the `kubedistill.io/job` label on every child, and label
+# values are at most 63 characters. The children's own names are derived to fit KubeRay's shorter limit
+# (kubedistill.operator.naming).
+MAX_NAME_LENGTH = 63
+NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 
 
 class ObjectMeta(BaseModel):
@@ -44,11 +45,11 @@ class ObjectMeta(BaseModel):
     @classmethod
     def _name_is_a_dns_label(cls, name: str) -> str:
         if len(name) > MAX_NAME_LENGTH:
-            raise ValueError(f"at most {MAX_NAME_LENGTH} characters (KubeRay derives pod names from it)")
+            raise ValueError(f"at most {MAX_NAME_LENGTH} characters (it is a label value on every child)")
         if not re.match(NAME_PATTERN, name):
             raise ValueError(
-                "must be a DNS-1035 label: lower-case letters, digits and '-', starting with a letter "
-                "and ending with a letter or digit"
+                "must be a DNS label: lower-case letters, digits and '-', starting and ending with a "
+                "letter or digit"
             )
         return name
 

@@ -342,6 +342,8 @@ class ClusterSpec(SpecModel):
     """PriorityClass of every Ray pod."""
     service_account_name: Annotated[str, Field(min_length=1)] | None = None
     """ServiceAccount of every Ray pod."""
+    image_pull_secrets: list[KubernetesObject] = []
+    """Secrets to pull the image from a private registry (Kubernetes LocalObjectReference objects)."""
     head: HeadResources = HeadResources()
     """Resources of the Ray head pod."""
     worker: WorkerResources = WorkerResources()
@@ -376,5 +378,7 @@ class DistillationJobSpec(SpecModel):
     """Retries of the whole Ray job, each resuming from the newest checkpoint."""
     active_deadline_seconds: PositiveInt | None = None
     """Wall-clock limit of the job."""
-    ttl_seconds_after_finished: Annotated[int, Field(ge=0)] = 86400
-    """Seconds the finished Ray cluster is kept for inspection before it is deleted."""
+    ttl_seconds_after_finished: Annotated[int, Field(ge=0)] = 60
+    """Seconds the finished Ray cluster (GPU workers included) is kept before it is deleted; the student is
+    exported before the job ends, so the default frees the GPUs within a minute. Raise it (e.g. 86400) to
+    keep a finished cluster for debugging."""

@@ -35,6 +35,9 @@ class ConditionType(StrEnum):
     """True while the trainer's /metrics cannot be read; the job itself may be fine."""
     SPEC_CHANGE_IGNORED = "SpecChangeIgnored"
     """True when a field that cannot change on a running job was edited; the message names it."""
+    EPHEMERAL_STORAGE = "EphemeralStorage"
+    """True when a model, data, checkpoint or output path lies on no volume of the pods (so inside the
+    image), or a written one on an emptyDir: what is written there goes with the pod. Names the fields."""
 
 
 class Reason(StrEnum):
@@ -59,6 +62,8 @@ class Reason(StrEnum):
     """Failed: the API server refused to create a child (403); the message names the missing permission."""
     RAY_JOB_API_MISSING = "RayJobAPIMissing"
     """Created is False: the cluster serves no ray.io/v1 RayJob (KubeRay is not installed yet)."""
+    PATH_NOT_ON_VOLUME = "PathNotOnVolume"
+    """EphemeralStorage is True: a path of the spec is on no (lasting) volume."""
 
 
 RESUME_REFUSED_WORDS = "cannot resume from"
@@ -95,6 +100,9 @@ class DistillationJobStatus(SpecModel):
     tokens_per_second: float | None = None
     last_checkpoint_step: Annotated[int, Field(ge=0)] | None = None
     ray_job_name: str | None = None
+    """The job's RayJob: its name is derived from the job's (cut to KubeRay's 47 characters with a hash)."""
+    config_map_name: str | None = None
+    """The ConfigMap holding the job's manifest, which its pods read."""
     dashboard_url: Annotated[str | None, Field(alias="dashboardURL")] = None
     start_time: str | None = None
     completion_time: str | None = None

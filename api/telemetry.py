@@ -1,7 +1,7 @@
 """Names of the trainer's Prometheus metrics: the contract between the runtime, which serves them on the
 Ray head's `/metrics`, and the operator, which reads them into the DistillationJob's status.
 
-Base units in the names, labels bounded (job, namespace; never step or pod).
+Base units in the names, labels bounded (the job's name and namespace; never step or pod).
 """
 
 from dataclasses import dataclass
@@ -10,7 +10,15 @@ from enum import StrEnum
 METRICS_PORT_ENV = "KUBEDISTILL_METRICS_PORT"
 DEFAULT_METRICS_PORT = 8090
 """Not 8080: on a KubeRay head that is Ray's own metrics exporter, in the same container as the trainer."""
-LABELS = ("namespace", "job")
+NAMESPACE_ENV = "KUBEDISTILL_NAMESPACE"
+"""The pod's namespace (downward API, set on every Ray container): the trainer's namespace label."""
+
+JOB_LABEL = "distillationjob"
+NAMESPACE_LABEL = "distillationjob_namespace"
+# Not `job`/`namespace`: a ServiceMonitor or PodMonitor scrape adds those (and `pod`, `service`, ...) as
+# target labels, and Prometheus renames a clashing exported label to `exported_<name>` unless honorLabels
+# is set, which in turn would drop Prometheus' own. These names survive either way.
+LABELS = (NAMESPACE_LABEL, JOB_LABEL)
 
 
 class Kind(StrEnum):

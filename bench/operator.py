@@ -9,19 +9,44 @@ Requests are the operator's own (kopf and its client), counted from the server's
 constant number per job, independent of the number of jobs (no listing or polling per job). Afterwards
 the operator idles for `--idle` seconds with nothing changing: it should make no requests at all
 (watches stay open; a pending job has no timers).
+
+    .venv/bin/python -m bench.operator --running 1000 [--scrape-period 10] [--periods 3]
+
+Then `--running` jobs are run at once, each with a trainer serving the page the runtime's `TrainerMetrics`
+really serves (one loopback server serves them all, one registry per job), and the operator in a process of
+its own, so that its memory is its own. Every bench trainer does one step per 10 ms, so a job's
+`status.step` tells when its page was read: the status' age. Over `--periods` scrape periods the largest
+age of any job's status must stay within two periods; the operator's resident memory and its API requests
+per job and period are reported beside it.
 """
 
 import argparse
 import asyncio
+import contextlib
+import statistics
+import tempfile
 import time
 from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Iterable
+from pathlib import Path
 from typing import Any
 
+import aiohttp.web
 import kmock
+from prometheus_client import generate_latest
 
 from bench.report import report
+from kubedistill.api import telemetry
+from kubedistill.runtime.metrics import TrainerMetrics
 from tests.operator.apiserver import ArchivingApiServer
-from tests.operator.harness import Cluster, declare_resources, eventually, job_manifest, running_operator
+from tests.operator.harness import (
+    Cluster,
+    declare_resources,
+    eventually,
+    job_manifest,
+    operator_process,
+    running_operator,
+)
 from tests.operator.rbac_audit import operator_accesses
 
 
@@ -33,7 +58,7 @@ async def measure(jobs: int, idle_seconds: float) -> dict[str, Any]:
             log = server.archive
             names = [f"job-{index:04d}" for index in range(jobs)]
             start, served = time.perf_counter(), len(log)
-            await asyncio.gather(*(cluster.create_job(job_manifest(name)) for name in names))
+            await asyncio.gather(*(cluster.create_job(_job_with_its_data(name)) for name in names))
             await eventually(
                 lambda: all(_settled(cluster, name) for name in names),
                 timeout=600,
@@ -68,12 +93,149 @@ def _settled(cluster: Cluster, name: str) -> bool:
     return created and handled and cluster.rayjob(name) is not None
 
 
+STEP_SECONDS = 0.01
+"""Every bench trainer does one step per 10 ms: its step is its clock."""
+
+
+class Trainers:
+    """The trainers of every running job behind one loopback server: `/<namespace>/<job>/metrics` is the
+    page that job's `TrainerMetrics` serves."""
+
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+        self.metrics: dict[tuple[str, str], TrainerMetrics] = {}
+
+    def step_now(self) -> int:
+        return int((time.monotonic() - self.started) / STEP_SECONDS)
+
+    async def page(self, request: aiohttp.web.Request) -> aiohttp.web.Response:
+        key = (request.match_info["namespace"], request.match_info["job"])
+        if key not in self.metrics:
+            self.metrics[key] = TrainerMetrics(*key)
+            self.metrics[key].set(telemetry.TOTAL_STEPS, 10**9)
+        metrics = self.metrics[key]
+        metrics.set(telemetry.STEP, self.step_now())
+        metrics.set(telemetry.LOSS, 1.0)
+        metrics.set(telemetry.LAST_STEP_SECONDS, STEP_SECONDS)
+        metrics.observe(telemetry.STEP_SECONDS, STEP_SECONDS)
+        return aiohttp.web.Response(body=generate_latest(metrics.registry), content_type="text/plain")
+
+    @contextlib.asynccontextmanager
+    async def serving(self) -> AsyncIterator[int]:
+        app = aiohttp.web.Application()
+        app.router.add_get("/{namespace}/{job}/metrics", self.page)
+        runner = aiohttp.web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = aiohttp.web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        try:
+            yield site._server.sockets[0].getsockname()[1]
+        finally:
+            await runner.cleanup()
+
+
+CONCURRENT_CALLS = 32
+"""Users and KubeRay at once: a thousand calls at one instant time out in the emulator, not the operator."""
+
+
+async def _at_most(limit: int, calls: Iterable[Awaitable[None]]) -> None:
+    gate = asyncio.Semaphore(limit)
+
+    async def gated(call: Awaitable[None]) -> None:
+        async with gate:
+            await call
+
+    await asyncio.gather(*(gated(call) for call in calls))
+
+
+async def measure_running(jobs: int, period: float, periods: int) -> dict[str, Any]:
+    trainers = Trainers()
+    async with ArchivingApiServer() as server, kmock.Server(server), trainers.serving() as port:
+        declare_resources(server)
+        cluster = Cluster(server)
+        settings = {
+            "metrics_url_template": f"http://127.0.0.1:{port}/{{namespace}}/{{job}}/metrics",
+            "scrape_period_seconds": period,
+            "scrape_timeout_seconds": period / 2,
+        }
+        workdir = Path(tempfile.mkdtemp(prefix="bench-operator-"))
+        async with operator_process(server, workdir, settings) as operator:
+            names = [f"job-{index:04d}" for index in range(jobs)]
+            start = time.perf_counter()
+            await _at_most(CONCURRENT_CALLS, (cluster.create_job(_job_with_its_data(name)) for name in names))
+            await eventually(
+                lambda: all(cluster.condition("Created", name) for name in names),
+                timeout=1200,
+                interval=0.2,
+                what="every job created",
+            )
+            created_seconds = time.perf_counter() - start
+            # KubeRay starts every job's Ray cluster.
+            await _at_most(
+                CONCURRENT_CALLS,
+                (
+                    cluster.set_rayjob_status(
+                        name, jobDeploymentStatus="Running", jobStatus="RUNNING", rayClusterName=f"{name}-rc"
+                    )
+                    for name in names
+                ),
+            )
+            await eventually(
+                lambda: all("step" in cluster.status(name) for name in names),
+                timeout=1200,
+                interval=0.2,
+                what="every job's progress in its status",
+            )
+            log, served = server.archive, len(server.archive)
+            ages: list[float] = []
+            worst = 0.0
+            observe_until = time.monotonic() + periods * period
+            while time.monotonic() < observe_until:
+                now = trainers.step_now()
+                sample = [(now - cluster.status(name)["step"]) * STEP_SECONDS for name in names]
+                ages.extend(sample)
+                worst = max(worst, *sample)
+                await asyncio.sleep(0.25)
+            accesses = operator_accesses(log[served:])
+            memory = operator.rss()
+    unknown = sum(
+        1 for name in names if (cluster.condition("ProgressUnknown", name) or {}).get("status") != "False"
+    )
+    by_kind = Counter(f"{access.verb} {access.resource}" for access in accesses)
+    return {
+        "running jobs": jobs,
+        "scrape period s": period,
+        "create jobs/s": jobs / created_seconds,
+        "median status age s": statistics.median(ages),
+        "max status age s": worst,
+        "max age / period": worst / period,
+        "within 2 periods": worst <= 2 * period,
+        "ProgressUnknown jobs": unknown,
+        "requests/job/period": len(accesses) / jobs / periods,
+        "status patches/job/period": by_kind["patch distillationjobs/status"] / jobs / periods,
+        "operator RSS MiB": memory / 2**20,
+        "RSS KiB/job": memory / 1024 / jobs,
+    }
+
+
+def _job_with_its_data(name: str) -> dict[str, Any]:
+    """A job whose data path is on a volume, so that no storage warning is among its requests."""
+    volumes = {
+        "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "data"}}],
+        "volumeMounts": [{"name": "data", "mountPath": "/data"}],
+    }
+    return job_manifest(name, cluster=volumes)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, nargs="+", default=[10, 100])
     parser.add_argument(
         "--idle", type=float, default=3.0, help="seconds of idling after the jobs are created"
     )
+    parser.add_argument("--running", type=int, nargs="*", default=[1000], help="running jobs, scraped")
+    parser.add_argument("--scrape-period", type=float, default=10.0, help="the operator's, in seconds")
+    parser.add_argument("--periods", type=int, default=3, help="scrape periods the status ages are watched")
     args = parser.parse_args()
     rows = [asyncio.run(measure(jobs, args.idle)) for jobs in args.jobs]
     report(
@@ -82,6 +244,16 @@ def main() -> None:
         rows,
         {"jobs": args.jobs, "idle_seconds": args.idle},
     )
+    if args.running:
+        running = [
+            asyncio.run(measure_running(jobs, args.scrape_period, args.periods)) for jobs in args.running
+        ]
+        report(
+            "operator_running",
+            "Operator: running jobs whose trainers serve real TrainerMetrics pages (2 CPU cores shared)",
+            running,
+            {"running": args.running, "scrape_period_seconds": args.scrape_period, "periods": args.periods},
+        )
 
 
 if __name__ == "__main__":

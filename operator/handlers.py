@@ -37,8 +37,10 @@ async def apply_spec_change(body: kopf.Body, memo: OperatorContext, **_: Any) ->
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
-def track_job(event: kopf.RawEvent, body: kopf.Body, memo: OperatorContext, **_: Any) -> None:
-    # Children go with the job through their ownerReferences; the operator only forgets it.
+async def track_job(event: kopf.RawEvent, body: kopf.Body, memo: OperatorContext, **_: Any) -> None:
+    # Async like every handler here: kopf runs sync ones in a thread pool, and the status writer's state
+    # belongs to the event loop. Children go with the job through their ownerReferences; the operator only
+    # forgets it.
     key = reconcile.key_of(body)
     if event["type"] == "DELETED":
         reconcile.forget(memo, key)
@@ -69,15 +71,18 @@ def _running(status: kopf.Status, **_: Any) -> bool:
 async def read_progress(body: kopf.Body, memo: OperatorContext, **_: Any) -> None:
     """Only while the job runs: kopf cancels it when the phase changes (and starts it again on Running)."""
     key, uid = reconcile.key_of(body), body["metadata"]["uid"]
+    period, loop = memo.settings.scrape_period_seconds, asyncio.get_running_loop()
     while True:
+        started = loop.time()
         # The API server failing a status patch is counted as an error; the next period tries again.
         with contextlib.suppress(TransientApiError), memo.metrics.reconcile("progress"):
             await reconcile.read_progress(memo, key)
         if memo.statuses.uid(key) != uid:
             return  # the job is gone (no finalizer held it, so kopf does not stop this daemon for it)
-        # A plain sleep, not `stopped.wait(period)`: cancelled, it raises CancelledError, where Python
-        # 3.11's wait_for may turn a cancellation into a TimeoutError that kopf re-raises when it stops.
-        await asyncio.sleep(memo.settings.scrape_period_seconds)
+        # One read per period, however long the read took (a busy operator does not fall behind). A plain
+        # sleep, not `stopped.wait(period)`: cancelled, it raises CancelledError, where Python 3.11's
+        # wait_for may turn a cancellation into a TimeoutError that kopf re-raises when it stops.
+        await asyncio.sleep(max(0.0, period - (loop.time() - started)))
 
 
 def _without_finalizer(handler_fn: Any) -> None:

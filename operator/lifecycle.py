@@ -9,12 +9,14 @@ from kubedistill.operator.conditions import DesiredCondition, Status, condition_
 
 
 def created_status(
-    status: Mapping[str, Any], rayjob_name: str, *, generation: int | None, now: str
+    status: Mapping[str, Any], rayjob_name: str, config_map_name: str, *, generation: int | None, now: str
 ) -> Status:
-    message = f"created RayJob {rayjob_name} and its ConfigMap"
+    message = f"created RayJob {rayjob_name} and ConfigMap {config_map_name}"
     created = DesiredCondition(ConditionType.CREATED, "True", Reason.RAY_JOB_CREATED, message)
     updated = with_conditions(status, [created], generation=generation, now=now)
+    # Where the operator finds its children later (edits): the names they were created under.
     updated["rayJobName"] = rayjob_name
+    updated["configMapName"] = config_map_name
     # The RayJob's first event may have been mirrored already; a phase set from it is newer.
     updated.setdefault("phase", Phase.PENDING.value)
     return updated

@@ -1,5 +1,6 @@
 """Names and labels of the objects the operator creates for a DistillationJob."""
 
+import hashlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -21,12 +22,32 @@ def labels_for(job_name: str) -> dict[str, str]:
     }
 
 
-def config_map_name(job_name: str) -> str:
-    return f"{job_name}-spec"
+MAX_CHILD_NAME_LENGTH = 47
+"""KubeRay's limit on RayJob names (`MaxRayJobNameLength`, 53 minus the 6 characters of the RayCluster's
+random suffix; ray-operator/controllers/ray/utils/validation.go), kept for the ConfigMap too."""
+HASH_LENGTH = 8
 
 
 def rayjob_name(job_name: str) -> str:
-    return job_name
+    return _child_name(job_name, "")
+
+
+def config_map_name(job_name: str) -> str:
+    return _child_name(job_name, "-spec")
+
+
+def _child_name(job_name: str, suffix: str) -> str:
+    """`job_name + suffix` when that is a short enough DNS-1035 label (which a RayJob name must be); else a
+    cut of it with a hash of the whole job name, so that long names sharing a beginning stay apart and
+    the same job always gets the same children."""
+    name = job_name + suffix
+    if len(name) <= MAX_CHILD_NAME_LENGTH and name[0].isalpha():
+        return name
+    digest = hashlib.sha256(job_name.encode()).hexdigest()[:HASH_LENGTH]
+    # A DNS-1123 job name may start with a digit; a DNS-1035 label may not.
+    stem = job_name if job_name[0].isalpha() else f"dj-{job_name}"
+    room = MAX_CHILD_NAME_LENGTH - len(suffix) - HASH_LENGTH - 1
+    return f"{stem[:room].rstrip('-')}-{digest}{suffix}"
 
 
 def owner_reference(job_name: str, uid: str) -> dict[str, Any]:

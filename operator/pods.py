@@ -7,14 +7,13 @@ from typing import Any
 
 from kubedistill.api.job import DistillationJob
 from kubedistill.api.placement import JOB_CONFIG_PATH
-from kubedistill.api.telemetry import DEFAULT_METRICS_PORT, METRICS_PORT_ENV
+from kubedistill.api.telemetry import DEFAULT_METRICS_PORT, METRICS_PORT_ENV, NAMESPACE_ENV
 from kubedistill.operator.naming import config_map_name, labels_for
 from kubedistill.operator.topology import WorkerGroup
 
 KubeObject = dict[str, Any]
 
 JOB_NAME_ENV = "KUBEDISTILL_JOB_NAME"
-NAMESPACE_ENV = "KUBEDISTILL_NAMESPACE"
 CONFIG_DIR = JOB_CONFIG_PATH.rsplit("/", 1)[0]
 SHM_VOLUME = "dshm"
 CONFIG_VOLUME = "kubedistill-job"
@@ -40,7 +39,7 @@ def head_template(job: DistillationJob, image: str) -> KubeObject:
     metrics_port_env = {"name": METRICS_PORT_ENV, "value": str(DEFAULT_METRICS_PORT)}
     container = _ray_container(job, "ray-head", image, resources, extra_env=[metrics_port_env])
     container["ports"] = [dict(port) for port in HEAD_PORTS]
-    return _template(job, container)
+    return _template(job, container, _ray_volumes(job))
 
 
 def worker_template(job: DistillationJob, group: WorkerGroup, image: str) -> KubeObject:
@@ -51,7 +50,7 @@ def worker_template(job: DistillationJob, group: WorkerGroup, image: str) -> Kub
         "memory": multiply_quantity(cluster.worker.memory_per_gpu, gpus),
         cluster.gpu_resource: str(gpus),
     }
-    return _template(job, _ray_container(job, "ray-worker", image, resources))
+    return _template(job, _ray_container(job, "ray-worker", image, resources), _ray_volumes(job))
 
 
 def multiply_quantity(quantity: str, factor: int) -> str:
@@ -94,6 +93,31 @@ def _ray_container(
     }
 
 
+SUBMITTER_CONTAINER = "ray-job-submitter"
+SUBMITTER_RESOURCES: KubeObject = {
+    "requests": {"cpu": "500m", "memory": "200Mi"},
+    "limits": {"cpu": "1", "memory": "1Gi"},
+}
+"""KubeRay's own for its default submitter (GetDefaultSubmitterContainer, common/job.go:230-246 at
+feeaf72f)."""
+
+
+def submitter_template(job: DistillationJob, image: str) -> KubeObject:
+    """The pod of KubeRay's submitter Job (K8sJobMode), which runs `ray job submit` against the head.
+
+    Without it KubeRay builds one with only a container and `restartPolicy: Never` (GetSubmitterTemplate,
+    common/job.go:215-227 at feeaf72f): no service account, pull secrets, node selector, tolerations or
+    security context, so a private registry or restricted Pod Security rejects it. The container has no
+    command: KubeRay then sets its own submit command and env (configureSubmitterContainer,
+    rayjob_controller.go:634-662). SidecarMode, the alternative without a separate pod, injects KubeRay's
+    container into the head pod without a securityContext, which restricted Pod Security rejects too.
+    """
+    container = {"name": SUBMITTER_CONTAINER, "image": image, "resources": copy.deepcopy(SUBMITTER_RESOURCES)}
+    template = _template(job, container, [])
+    template["spec"]["restartPolicy"] = "Never"
+    return template
+
+
 RUNTIME_UID = 10001
 """The unprivileged user of the runtime image (images/runtime/Dockerfile)."""
 POD_SECURITY_CONTEXT: KubeObject = {
@@ -102,21 +126,25 @@ POD_SECURITY_CONTEXT: KubeObject = {
     "runAsGroup": RUNTIME_UID,
     # Volumes (the shared PVC for checkpoints and exports) become writable by that user.
     "fsGroup": RUNTIME_UID,
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+CONTAINER_SECURITY_CONTEXT: KubeObject = {
+    "allowPrivilegeEscalation": False,
+    # Neither Ray nor the GPU device plugin's devices need a Linux capability.
+    "capabilities": {"drop": ["ALL"]},
 }
 
 
-def _template(job: DistillationJob, container: KubeObject) -> KubeObject:
+def _template(job: DistillationJob, container: KubeObject, volumes: list[KubeObject]) -> KubeObject:
+    """A pod of the job: it meets the "restricted" Pod Security Standard, unless the spec's own volumes
+    or environment do not."""
     cluster = job.spec.cluster
-    container["securityContext"] = {"allowPrivilegeEscalation": False}
-    spec: KubeObject = {
-        "securityContext": dict(POD_SECURITY_CONTEXT),
-        "containers": [container],
-        "volumes": [
-            {"name": SHM_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": cluster.shm_size}},
-            {"name": CONFIG_VOLUME, "configMap": {"name": config_map_name(job.name)}},
-            *copy.deepcopy(cluster.volumes),
-        ],
-    }
+    container["securityContext"] = copy.deepcopy(CONTAINER_SECURITY_CONTEXT)
+    spec: KubeObject = {"securityContext": copy.deepcopy(POD_SECURITY_CONTEXT), "containers": [container]}
+    if volumes:
+        spec["volumes"] = volumes
+    if cluster.image_pull_secrets:
+        spec["imagePullSecrets"] = copy.deepcopy(cluster.image_pull_secrets)
     if cluster.node_selector:
         spec["nodeSelector"] = dict(cluster.node_selector)
     if cluster.tolerations:
@@ -126,3 +154,12 @@ def _template(job: DistillationJob, container: KubeObject) -> KubeObject:
     if cluster.service_account_name:
         spec["serviceAccountName"] = cluster.service_account_name
     return {"metadata": {"labels": labels_for(job.name)}, "spec": spec}
+
+
+def _ray_volumes(job: DistillationJob) -> list[KubeObject]:
+    cluster = job.spec.cluster
+    return [
+        {"name": SHM_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": cluster.shm_size}},
+        {"name": CONFIG_VOLUME, "configMap": {"name": config_map_name(job.name)}},
+        *copy.deepcopy(cluster.volumes),
+    ]

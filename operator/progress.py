@@ -4,6 +4,8 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+import aiohttp
+from aiohttp.abc import AbstractResolver
 from prometheus_client.parser import text_string_to_metric_families
 
 from kubedistill.api import telemetry
@@ -23,13 +25,25 @@ STATUS_FIELDS: dict[str, tuple[str, bool]] = {
 }
 
 
+def scrape_session(resolver: AbstractResolver | None = None) -> aiohttp.ClientSession:
+    """The HTTP client of every trainer scrape; `resolver` maps the head Services' names (tests: loopback).
+
+    No cap on connections: aiohttp's default of 100 made the scrapes of more running jobs than that queue
+    for a connection within their timeout and report ProgressUnknown. Each job is one host, one connection.
+    No DNS cache: aiohttp resolves cached hosts in a task of its own, which outlives a cancelled scrape, and
+    kopf re-raises the errors of such leftover tasks when it stops.
+    """
+    connector = aiohttp.TCPConnector(limit=0, use_dns_cache=False, resolver=resolver)
+    return aiohttp.ClientSession(connector=connector)
+
+
 def parse_progress(text: str, *, namespace: str, job: str) -> dict[str, int | float]:
     """The status fields found in a `/metrics` page; samples labelled for another job are skipped.
 
     Raises ValueError for text that is not the Prometheus exposition format. Non-finite values (a NaN
     loss) are left out: JSON cannot carry them and the previous value is more useful.
     """
-    wanted = {"namespace": namespace, "job": job}
+    wanted = {telemetry.NAMESPACE_LABEL: namespace, telemetry.JOB_LABEL: job}
     fields: dict[str, int | float] = {}
     for family in text_string_to_metric_families(text):
         if family.name not in STATUS_FIELDS:

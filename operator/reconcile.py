@@ -32,11 +32,12 @@ from kubedistill.operator.lifecycle import (
     spec_change_status,
 )
 from kubedistill.operator.mirror import deleted_rayjob_status, mirrored_status
-from kubedistill.operator.naming import JOB_LABEL, config_map_name, is_owned_by, rayjob_name
+from kubedistill.operator.naming import JOB_LABEL, is_owned_by
 from kubedistill.operator.progress import parse_progress, with_metrics_unreachable, with_progress
 from kubedistill.operator.render import CONFIG_FILE, render
 from kubedistill.operator.spec_changes import classify
 from kubedistill.operator.status_writer import JobKey, StatusChange
+from kubedistill.operator.storage import misplaced_paths, storage_status
 
 Body = Mapping[str, Any]
 
@@ -63,8 +64,9 @@ async def create_children(ctx: OperatorContext, body: Body, logger: logging.Logg
         await _change_or_retry(ctx, key, lambda s, g: deleted_rayjob_status(s, gone, generation=g, now=now()))
         return
     job = await _parse_or_fail(ctx, key, body)
+    children = render(job, ctx.settings.render)
     try:
-        for child in render(job, ctx.settings.render):
+        for child in children:
             outcome = await ctx.kube.create_or_adopt(child, body["metadata"]["uid"])
             logger.info(f"{child['kind']} {child['metadata']['name']}: {outcome}")
     except NotOwned as conflict:
@@ -92,8 +94,20 @@ async def create_children(ctx: OperatorContext, body: Body, logger: logging.Logg
         await _change_or_retry(ctx, key, lambda s, g: forbidden_status(s, message, generation=g, now=now()))
         kopf.warn(dict(body), reason=Reason.FORBIDDEN, message=message)
         raise kopf.PermanentError(message) from None
-    name = rayjob_name(job.name)
-    await _change_or_retry(ctx, key, lambda s, g: created_status(s, name, generation=g, now=now()))
+    config_map, rayjob = children
+    names = rayjob["metadata"]["name"], config_map["metadata"]["name"]
+    misplaced = misplaced_paths(job, rayjob)
+    warned = condition_of(ctx.statuses.status(key) or {}, ConditionType.EPHEMERAL_STORAGE) is not None
+    await _change_or_retry(
+        ctx,
+        key,
+        lambda s, g: storage_status(
+            created_status(s, *names, generation=g, now=now()), misplaced, generation=g, now=now()
+        ),
+    )
+    if misplaced and not warned:  # one event per job, not one per resume
+        message = "; ".join(str(problem) for problem in misplaced)
+        kopf.warn(dict(body), reason=Reason.PATH_NOT_ON_VOLUME, message=message)
 
 
 async def apply_spec_change(ctx: OperatorContext, body: Body) -> None:
@@ -103,7 +117,7 @@ async def apply_spec_change(ctx: OperatorContext, body: Body) -> None:
     status = ctx.statuses.status(key) or {}
     if status.get("phase") in TERMINAL_PHASES or not is_created(status):
         return
-    namespace, name = key
+    namespace = key[0]
     try:
         wanted = _parse(body)
     except InvalidJob as invalid:
@@ -114,10 +128,11 @@ async def apply_spec_change(ctx: OperatorContext, body: Body) -> None:
         kopf.warn(dict(body), reason=Reason.INVALID_SPEC, message=str(invalid).replace("\n", "; "))
         return
     try:
-        config_map = await ctx.kube.read_config_map(namespace, config_map_name(name))
+        # The children's names as recorded when they were created, never derived again from the job's.
+        config_map = await ctx.kube.read_config_map(namespace, status["configMapName"])
         deployed = parse_job(yaml.safe_load(config_map["data"][CONFIG_FILE]), check_plugin_names=False)
         change = classify(deployed.spec, wanted.spec)
-        await ctx.kube.patch_rayjob_spec(namespace, rayjob_name(name), change.rayjob_patch)
+        await ctx.kube.patch_rayjob_spec(namespace, status["rayJobName"], change.rayjob_patch)
     except TransientApiError as error:
         raise kopf.TemporaryError(str(error), delay=ctx.settings.retry_delay_seconds) from error
     ignored = change.ignored

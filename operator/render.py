@@ -17,7 +17,7 @@ from kubedistill.operator.naming import (
     owner_reference,
     rayjob_name,
 )
-from kubedistill.operator.pods import head_template, worker_template
+from kubedistill.operator.pods import head_template, submitter_template, worker_template
 from kubedistill.operator.settings import RenderSettings
 from kubedistill.operator.topology import WorkerGroup, worker_groups
 
@@ -64,6 +64,7 @@ def render_rayjob(job: DistillationJob, settings: RenderSettings) -> KubeObject:
     metadata = _metadata(job, rayjob_name(job.name))
     rayjob_spec: KubeObject = {
         "entrypoint": ENTRYPOINT,
+        "submitterPodTemplate": submitter_template(job, image),
         "shutdownAfterJobFinishes": True,
         "ttlSecondsAfterFinished": spec.ttl_seconds_after_finished,
         "backoffLimit": spec.backoff_limit,

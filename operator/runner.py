@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-import aiohttp
 import kopf
+from aiohttp.abc import AbstractResolver
 from kubernetes.aio.client import ApiClient
 from prometheus_client import CollectorRegistry, make_wsgi_app
 from prometheus_client.exposition import ThreadingWSGIServer
@@ -22,6 +22,7 @@ from kubedistill.operator.context import OperatorContext
 from kubedistill.operator.kube import RAY_GROUP, RAYJOB_API_MISSING, RAYJOBS, Kube, TransientApiError
 from kubedistill.operator.metrics import OperatorMetrics
 from kubedistill.operator.naming import JOB_LABEL
+from kubedistill.operator.progress import scrape_session
 from kubedistill.operator.settings import OperatorSettings
 from kubedistill.operator.status_writer import StatusWriter
 
@@ -81,8 +82,10 @@ async def run_operator(
     metrics: OperatorMetrics | None = None,
     stop_flag: asyncio.Event | threading.Event | None = None,
     ready_flag: asyncio.Event | threading.Event | None = None,
+    resolver: AbstractResolver | None = None,
 ) -> None:
-    """Run until `stop_flag` is set (or a signal arrives). `client` defaults to the cluster's credentials.
+    """Run until `stop_flag` is set (or a signal arrives). `client` defaults to the cluster's credentials;
+    `resolver`, to the system's name resolution of the trainers' hosts.
 
     Started before KubeRay's CRDs, it runs without RayJobs and exits (SystemExit) once they are served:
     kopf resolves the resources it watches once, at start, when scanning is off (kopf 1.45.2
@@ -112,10 +115,7 @@ async def run_operator(
             stop_kopf = asyncio.Event()
             appeared.add_done_callback(lambda _: stop_kopf.set())
             stop_flag = stop_kopf  # the caller's flag still stops the waiting, and so kopf
-        # No DNS cache: aiohttp resolves cached hosts in a task of its own, which outlives a cancelled
-        # scrape, and kopf re-raises the errors of such leftover tasks when it stops.
-        connector = aiohttp.TCPConnector(use_dns_cache=False)
-        async with aiohttp.ClientSession(connector=connector) as http:
+        async with scrape_session(resolver) as http:
             context = OperatorContext(settings, kube, metrics, StatusWriter(kube, metrics), http)
             await kopf.operator(
                 settings=kopf_settings(settings),

@@ -116,11 +116,16 @@ def run(
     # torch, ray and transformers only now: the checks above answer in a second or two.
     from kubedistill.runtime.checkpoint import CheckpointDirectory
     from kubedistill.runtime.data.errors import BadRecordError, ChatTemplateError, DataFileError
+    from kubedistill.runtime.metrics import pod_namespace
     from kubedistill.runtime.ray_session import connect
     from kubedistill.runtime.resume import ResumeRefused
     from kubedistill.runtime.trainer import RunOptions, Trainer
 
-    options = RunOptions(output_dir=out, stop_after_steps=max_steps, metrics_port=metrics_port)
+    # The operator keeps only the series labelled with the job's namespace (its pod's, on a cluster).
+    namespace = pod_namespace(job, os.environ) or RunOptions.namespace
+    options = RunOptions(
+        output_dir=out, stop_after_steps=max_steps, metrics_port=metrics_port, namespace=namespace
+    )
     try:
         # The trainer reads and tokenises the data as it is built: before Ray starts, so that bad data
         # fails in seconds rather than after the cluster is up.

@@ -1,23 +1,31 @@
 """The trainer's Prometheus metrics, served by the driver on the Ray head (the operator reads them).
 
 Names, kinds and help texts come from `kubedistill.api.telemetry`, the contract with the operator; the only
-labels are the job's namespace and name.
+labels are the job's namespace and name (`telemetry.LABELS`).
 """
 
 import os
+from collections.abc import Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from kubedistill.api import telemetry
+from kubedistill.api.job import DistillationJob
 from kubedistill.api.telemetry import Kind, Metric
 
 STEP_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300)
 
 
+def pod_namespace(job: DistillationJob, environ: Mapping[str, str]) -> str | None:
+    """The namespace the operator matches the trainer's series on: the pod's own (the downward API in
+    $KUBEDISTILL_NAMESPACE), else the manifest's; None for a local run of a manifest without one."""
+    return environ.get(telemetry.NAMESPACE_ENV) or job.metadata.namespace
+
+
 class TrainerMetrics:
     def __init__(self, namespace: str, job: str) -> None:
         self.registry = CollectorRegistry()
-        self._labels = {"namespace": namespace, "job": job}
+        self._labels = {telemetry.NAMESPACE_LABEL: namespace, telemetry.JOB_LABEL: job}
         self._metrics: dict[str, Gauge | Counter | Histogram] = {}
         self.port: int | None = None
         """The port /metrics is served on, once `serve` ran."""

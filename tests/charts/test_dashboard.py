@@ -89,12 +89,32 @@ def test_the_dashboard_shows(series: str) -> None:
     assert series in _used_series()
 
 
-def test_job_panels_filter_by_the_namespace_and_job_variables() -> None:
+def test_job_panels_filter_by_the_namespace_and_job_variables_on_the_trainers_labels() -> None:
     trainer_series = {m.name for m in telemetry.ALL}
     for query in _queries(_dashboard()["panels"]):
         names = {name.removesuffix("_bucket") for name in METRIC_NAME.findall(query)}
         if names & trainer_series:
-            assert 'namespace=~"$namespace"' in query and 'job=~"$job"' in query, query
+            assert f'{telemetry.NAMESPACE_LABEL}=~"$namespace"' in query, query
+            assert f'{telemetry.JOB_LABEL}=~"$job"' in query, query
+
+
+LABEL_USE = re.compile(r"\b(?:by \(([^)]*)\)|([a-z_]+)=~|label_values\([^,]+, ([a-z_]+)\)|\{\{([a-z_]+)\}\})")
+
+
+def test_every_label_a_job_query_uses_is_one_the_trainer_exports() -> None:
+    trainer_series = {m.name for m in telemetry.ALL}
+    for query in _queries(_dashboard()):
+        names = {name.removesuffix("_bucket") for name in METRIC_NAME.findall(query)}
+        if not names & trainer_series:
+            continue
+        used = {
+            label.strip()
+            for match in LABEL_USE.findall(query)
+            for group in match
+            for label in group.split(",")
+            if label.strip()
+        }
+        assert used <= {*telemetry.LABELS, "le"}, query
 
 
 def test_the_configmap_carries_the_file_and_the_grafana_sidecar_label() -> None:

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from kubedistill.api import telemetry
 from kubedistill.api.job import parse_job
 from kubedistill.api.telemetry import DEFAULT_METRICS_PORT
 from kubedistill.operator.render import render_rayjob
@@ -93,14 +94,25 @@ def test_the_pod_monitor_selects_only_the_ray_head_of_each_job() -> None:
     assert selected == {"head"}
 
 
-def test_the_pod_monitor_scrapes_the_trainers_port_and_keeps_its_labels() -> None:
+def test_the_pod_monitor_scrapes_the_trainers_port() -> None:
     monitor = template((CI / "podmonitor-values.yaml",)).one("PodMonitor")
     (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
     (head,) = _ray_pods()["head"]["spec"]["containers"]
     ports = {port["name"]: port["containerPort"] for port in head["ports"]}
     assert ports[endpoint["port"]] == DEFAULT_METRICS_PORT
     assert endpoint["path"] == "/metrics"
-    assert endpoint["honorLabels"] is True
+
+
+# What prometheus-operator adds to every target of a ServiceMonitor or PodMonitor (its relabelling: namespace,
+# container, pod, service, endpoint, job; Prometheus itself adds instance).
+TARGET_LABELS = {"namespace", "container", "pod", "service", "endpoint", "job", "instance"}
+
+
+def test_the_trainers_labels_survive_the_scrape_without_honor_labels() -> None:
+    monitor = template((CI / "podmonitor-values.yaml",)).one("PodMonitor")
+    (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
+    assert not endpoint.get("honorLabels", False), "Prometheus' own target labels are kept"
+    assert not set(telemetry.LABELS) & TARGET_LABELS
 
 
 def test_the_operators_own_pod_is_not_scraped_as_a_job() -> None:

@@ -21,7 +21,7 @@ def _rayjob(**status: str) -> dict[str, Any]:
 
 
 def _created() -> dict[str, Any]:
-    return created_status({}, "demo", generation=1, now=NOW)
+    return created_status({}, "demo", "demo-spec", generation=1, now=NOW)
 
 
 def _mirrored(**kuberay: str) -> dict[str, Any]:
@@ -46,7 +46,7 @@ def _job(status: dict[str, Any] | None, generation: int = 1) -> dict[str, Any]:
 
 CASES = [
     ("new", None, "Progressing", "Waiting for the KubeDistill operator to accept the job"),
-    ("created", _created(), "Progressing", "created RayJob demo and its ConfigMap"),
+    ("created", _created(), "Progressing", "created RayJob demo and ConfigMap demo-spec"),
     (
         "pending",
         _mirrored(jobDeploymentStatus="Initializing"),

@@ -173,6 +173,9 @@ class ApiServer(kmock.KubernetesEmulator):
         metadata = body.setdefault("metadata", {})
         if request.namespace is not None:
             metadata.setdefault("namespace", request.namespace)  # from the URL
+        if "generateName" in metadata and not metadata.get("name"):
+            # As the API server does (kopf names its Events so); kmock would store them all under no name.
+            metadata["name"] = metadata["generateName"] + uuid.uuid4().hex[:5]
         metadata.setdefault("uid", str(uuid.uuid4()))
         metadata.setdefault("creationTimestamp", "2026-01-01T00:00:00Z")
         metadata.setdefault("generation", 1)

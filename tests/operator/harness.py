@@ -7,6 +7,7 @@ RayJob's status). It reads the API server's stored objects directly, as assertio
 import asyncio
 import contextlib
 import copy
+import json
 import os
 import signal
 import subprocess
@@ -21,6 +22,7 @@ from typing import Any, TypeVar
 import kmock
 import psutil
 import yaml
+from aiohttp.abc import AbstractResolver
 from kubernetes.aio.client import ApiClient, Configuration
 
 from kubedistill.operator.metrics import OperatorMetrics
@@ -180,8 +182,10 @@ async def running_operator(
     options: RunOptions = STANDALONE,
     settings: OperatorSettings = FAST_SETTINGS,
     metrics: OperatorMetrics | None = None,
+    resolver: AbstractResolver | None = None,
 ) -> AsyncIterator[OperatorMetrics]:
-    """The operator in a thread of its own, stopped (and joined) on exit.
+    """The operator in a thread of its own, stopped (and joined) on exit; `resolver` resolves the trainers'
+    hosts in its scrapes.
 
     Not a task in the test's loop: on exit kopf cancels every task created while it ran, which would
     include the API server's own request handlers.
@@ -194,7 +198,13 @@ async def running_operator(
         async def main() -> None:
             client = ApiClient(Configuration(host=str(server.url).rstrip("/")))
             await run_operator(
-                options, settings, client=client, metrics=metrics, stop_flag=stop, ready_flag=ready
+                options,
+                settings,
+                client=client,
+                metrics=metrics,
+                stop_flag=stop,
+                ready_flag=ready,
+                resolver=resolver,
             )
 
         try:
@@ -220,7 +230,7 @@ async def running_operator(
 
 REPOSITORY = Path(__file__).parents[2]
 OPERATOR_PROCESS = """
-import asyncio, gc, signal, sys
+import asyncio, dataclasses, gc, json, signal, sys
 from pathlib import Path
 
 import kopf
@@ -238,7 +248,8 @@ def report_live_blocks(*_):
 signal.signal(signal.SIGUSR1, report_live_blocks)
 kopf.configure(verbose=True)
 client = ApiClient(Configuration(host=sys.argv[1]))
-asyncio.run(run_operator(STANDALONE, FAST_SETTINGS, client=client))
+settings = dataclasses.replace(FAST_SETTINGS, **json.loads(sys.argv[3]))
+asyncio.run(run_operator(STANDALONE, settings, client=client))
 """
 
 
@@ -260,14 +271,17 @@ class OperatorProcess:
 
 
 @contextlib.asynccontextmanager
-async def operator_process(server: kmock.KubernetesEmulator, workdir: Path) -> AsyncIterator[OperatorProcess]:
+async def operator_process(
+    server: kmock.KubernetesEmulator, workdir: Path, settings: Mapping[str, Any] | None = None
+) -> AsyncIterator[OperatorProcess]:
     """The operator in a process of its own, so that its memory is its own to measure (its log goes to
-    `workdir`); stopped by SIGINT (kopf's graceful stop, as on a pod's SIGTERM), killed if that fails."""
+    `workdir`); stopped by SIGINT (kopf's graceful stop, as on a pod's SIGTERM), killed if that fails.
+    `settings` replace fields of FAST_SETTINGS (plain values only)."""
     url = str(server.url).rstrip("/")
     blocks_file = workdir / "live-blocks"
     with (workdir / "operator.log").open("wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "-c", OPERATOR_PROCESS, url, str(blocks_file)],
+            [sys.executable, "-c", OPERATOR_PROCESS, url, str(blocks_file), json.dumps(dict(settings or {}))],
             cwd=REPOSITORY,
             stdout=log,
             stderr=subprocess.STDOUT,

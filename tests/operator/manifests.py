@@ -1,8 +1,9 @@
 """The DistillationJobs the rendering tests run on: every example in the repository and the golden cases."""
 
 from pathlib import Path
+from typing import Any
 
-from kubedistill.api.job import DistillationJob
+from kubedistill.api.job import DistillationJob, parse_job
 from kubedistill.api.manifest import load_jobs
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -31,3 +32,19 @@ def golden_job(case: Path) -> DistillationJob:
 
 def _has_jobs(path: Path) -> bool:
     return "kind: DistillationJob" in path.read_text(encoding="utf-8")
+
+
+def small_job(spec: dict[str, Any]) -> DistillationJob:
+    """Job `ml/demo` with a minimal off-policy spec, these top-level spec fields replaced."""
+    base = {
+        "teacher": {"model": "t"},
+        "student": {"model": "s"},
+        "data": {"train": {"path": "/data/t.jsonl"}},
+    }
+    manifest = {
+        "apiVersion": "kubedistill.io/v1alpha1",
+        "kind": "DistillationJob",
+        "metadata": {"name": "demo", "namespace": "ml"},
+        "spec": {**base, **spec},
+    }
+    return parse_job(manifest, check_plugin_names=False)

@@ -5,6 +5,7 @@ than the server: an unknown field anywhere (a typo that would silently vanish) f
 """
 
 import functools
+import re
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +68,7 @@ def test_the_rayjob_passes_kuberays_own_checks(name: str, job: DistillationJob) 
     _, rayjob = _render(job)
     spec = rayjob["spec"]
     assert len(rayjob["metadata"]["name"]) <= 47
+    assert re.fullmatch(r"[a-z]([-a-z0-9]*[a-z0-9])?", rayjob["metadata"]["name"]), "a DNS-1035 label"
     assert spec["shutdownAfterJobFinishes"] is True
     cluster = spec["rayClusterSpec"]
     for group in [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]:

@@ -5,14 +5,15 @@ from collections.abc import Iterator
 
 import kmock
 import pytest
-from prometheus_client import CollectorRegistry, Gauge, start_http_server
 
 from kubedistill.api import parse_job, telemetry
 from kubedistill.operator.render import render
+from kubedistill.runtime.metrics import TrainerMetrics
 from tests.operator.harness import (
     CONFIGMAPS,
     FAST_SETTINGS,
     JOBS,
+    NAMESPACE,
     RAYJOBS,
     Cluster,
     eventually,
@@ -119,35 +120,13 @@ async def test_a_failed_rayjob_fails_the_job_saying_why(
 
 
 @pytest.fixture
-def trainer_metrics() -> Iterator["TrainerMetrics"]:
-    metrics = TrainerMetrics()
+def trainer_metrics() -> Iterator[TrainerMetrics]:
+    """The runtime's own /metrics server, labelled as the trainer in the job's pod labels it (the e2e test
+    runs the whole pod)."""
+    metrics = TrainerMetrics(NAMESPACE, "demo")
+    metrics.serve(0)
     yield metrics
-    metrics.stop()
-
-
-class TrainerMetrics:
-    """What the runtime serves on the Ray head: the trainer's gauges, on a real HTTP server."""
-
-    def __init__(self) -> None:
-        self.registry = CollectorRegistry()
-        labels = ["namespace", "job"]
-        self.gauges = {
-            metric.name: Gauge(metric.name, metric.help, labels, registry=self.registry).labels("ml", "demo")
-            for metric in telemetry.ALL
-            if metric.kind == telemetry.Kind.GAUGE
-        }
-        self.server, _ = start_http_server(0, addr="127.0.0.1", registry=self.registry)
-        self.port = self.server.server_port
-
-    def set(self, metric: telemetry.Metric, value: float) -> None:
-        self.gauges[metric.name].set(value)
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-    def restart(self) -> None:
-        self.server, _ = start_http_server(self.port, addr="127.0.0.1", registry=self.registry)
+    metrics.close()
 
 
 async def test_training_progress_is_read_from_the_trainer_and_its_loss_reported(
@@ -186,7 +165,8 @@ async def test_training_progress_is_read_from_the_trainer_and_its_loss_reported(
         assert (known["status"], known["reason"]) == ("False", "MetricsRead")
         assert "cluster=demo-raycluster-x7k2p" in known["message"]
 
-        trainer_metrics.stop()
+        port = trainer_metrics.port
+        trainer_metrics.close()
         await eventually(lambda: cluster.condition("ProgressUnknown")["status"] == "True", what="unknown")
         assert cluster.condition("ProgressUnknown")["reason"] == "MetricsUnreachable"
         assert metrics.registry.get_sample_value("kubedistill_operator_scrape_failures_total") >= 1
@@ -194,7 +174,7 @@ async def test_training_progress_is_read_from_the_trainer_and_its_loss_reported(
         assert cluster.status()["step"] == 120
 
         trainer_metrics.set(telemetry.STEP, 121)
-        trainer_metrics.restart()
+        trainer_metrics.serve(port)
         await eventually(lambda: cluster.status().get("step") == 121, what="step 121 after recovery")
         assert cluster.condition("ProgressUnknown")["status"] == "False"
 

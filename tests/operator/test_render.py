@@ -1,5 +1,6 @@
 """Rendering, as plain table tests: which groups, how many GPUs, which labels and settings where."""
 
+import re
 from typing import Any
 
 import pytest
@@ -304,6 +305,63 @@ def test_every_ray_pod_runs_as_the_runtime_images_unprivileged_user() -> None:
             "runAsUser": 10001,
             "runAsGroup": 10001,
             "fsGroup": 10001,
+            "seccompProfile": {"type": "RuntimeDefault"},
         }
         for container in template["spec"]["containers"]:
-            assert container["securityContext"] == {"allowPrivilegeEscalation": False}
+            assert container["securityContext"] == {
+                "allowPrivilegeEscalation": False,
+                "capabilities": {"drop": ["ALL"]},
+            }
+
+
+LONG_NAME = "team-search-qwen3-8b-to-qwen3-0-6b-offpolicy-distill-2026-12-01"  # 63 characters, a GitOps name
+DNS_1035_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["demo", "a" * 42, "a" * 43, "a" * 47, "a" * 48, LONG_NAME, LONG_NAME[:-1] + "2", "2026-12-distill"],
+)
+def test_child_names_are_short_dns_1035_labels_for_any_dns_label_job_name(name: str) -> None:
+    assert len(name) <= 63
+    config_map, rayjob = rendered(job({"name": name, "namespace": "ml", "uid": "u"}))
+    for child in (config_map, rayjob):
+        child_name = child["metadata"]["name"]
+        assert len(child_name) <= 47, child_name
+        assert DNS_1035_LABEL.match(child_name), child_name
+        assert child["metadata"]["labels"]["kubedistill.io/job"] == name
+    head = rayjob["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]
+    assert {"name": "kubedistill-job", "configMap": {"name": config_map["metadata"]["name"]}} in head[
+        "volumes"
+    ]
+
+
+def test_a_name_that_fits_is_kept_and_a_longer_one_is_cut_with_a_hash() -> None:
+    assert [obj["metadata"]["name"] for obj in rendered(job())] == ["demo-spec", "demo"]
+    config_map, rayjob = rendered(job({"name": LONG_NAME, "namespace": "ml"}))
+    assert rayjob["metadata"]["name"].startswith(LONG_NAME[:30])
+    assert config_map["metadata"]["name"].endswith("-spec")
+
+
+def test_derived_names_are_stable_and_apart_for_names_that_share_their_beginning() -> None:
+    names = {}
+    for name in (LONG_NAME, LONG_NAME[:-1] + "2", LONG_NAME[:-1] + "3", "a" * 48, "a" * 49):
+        first = [obj["metadata"]["name"] for obj in rendered(job({"name": name, "namespace": "ml"}))]
+        again = [obj["metadata"]["name"] for obj in rendered(job({"name": name, "namespace": "ml"}))]
+        assert first == again
+        names[name] = tuple(first)
+    assert len(set(names.values())) == len(names)
+    assert len({child for pair in names.values() for child in pair}) == 2 * len(names)
+
+
+def test_by_default_a_finished_jobs_ray_cluster_and_its_gpus_go_within_minutes() -> None:
+    # KubeRay deletes the RayCluster (GPU workers included) at endTime + ttlSecondsAfterFinished
+    # (rayjob_controller.go); Kueue gives the quota back at the end already.
+    _, rayjob = rendered(job())
+    assert rayjob["spec"]["shutdownAfterJobFinishes"] is True
+    assert rayjob["spec"]["ttlSecondsAfterFinished"] <= 300
+
+
+def test_a_finished_cluster_can_be_kept_for_debugging() -> None:
+    _, rayjob = rendered(job(ttlSecondsAfterFinished=86400))
+    assert rayjob["spec"]["ttlSecondsAfterFinished"] == 86400

@@ -24,7 +24,6 @@ from typing import Any
 
 import kmock
 import pytest
-from kmock._internal import enums
 
 from kubedistill.operator.rbac import RULES
 from tests.operator.apiserver import ArchivingApiServer, Call, RandomFaults
@@ -40,6 +39,7 @@ from tests.operator.harness import (
     job_manifest,
     operator_process,
 )
+from tests.operator.kmock_adapter import Action
 from tests.operator.rbac_audit import denied, operator_accesses
 
 INITIALIZING = {"jobDeploymentStatus": "Initializing"}
@@ -73,12 +73,12 @@ CONDITION_OF_PHASE = {"Succeeded": "Succeeded", "Failed": "Failed", "Suspended":
 
 ALL_ERRORS = (409, 429, 500)
 FAULTED = {
-    Call(enums.action.CREATE, CONFIGMAPS): ALL_ERRORS,
-    Call(enums.action.CREATE, RAYJOBS): ALL_ERRORS,
-    Call(enums.action.UPDATE, JOBS, "status"): ALL_ERRORS,
+    Call(Action.CREATE, CONFIGMAPS): ALL_ERRORS,
+    Call(Action.CREATE, RAYJOBS): ALL_ERRORS,
+    Call(Action.UPDATE, JOBS, "status"): ALL_ERRORS,
     # kopf's finalizer and progress annotations: kopf takes a 409 there for an unexpected error and leaves
     # the job until its next watch event (minutes on a quiet cluster), so none is injected.
-    Call(enums.action.UPDATE, JOBS): (429, 500),
+    Call(Action.UPDATE, JOBS): (429, 500),
 }
 JOB_TIMEOUT_SECONDS = 120.0
 SETTLE_SECONDS = 6.0

@@ -3,14 +3,19 @@
 from typing import Any
 
 import pytest
+import yaml
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 
-from kubedistill.api import parse_job
+from kubedistill.api import parse_job, telemetry
 from kubedistill.api.status import ConditionType, Reason
 from kubedistill.operator.conditions import ConditionStatus, DesiredCondition, with_conditions
 from kubedistill.operator.lifecycle import created_status, spec_change_status
 from kubedistill.operator.mirror import deleted_rayjob_status, mirrored_status
 from kubedistill.operator.progress import parse_progress, with_metrics_unreachable, with_progress
+from kubedistill.operator.render import render_config_map
 from kubedistill.operator.spec_changes import classify
+from kubedistill.runtime.metrics import TrainerMetrics, pod_namespace
 
 T0, T1 = "2026-11-25T10:00:00Z", "2026-11-25T11:00:00Z"
 
@@ -125,34 +130,38 @@ def test_a_rayjob_deleted_before_the_end_fails_the_job() -> None:
 
 def test_creation_does_not_override_a_phase_already_mirrored() -> None:
     mirrored = mirrored_status({}, rayjob(jobDeploymentStatus="Running"), generation=1, now=T0)
-    assert created_status(mirrored, "demo", generation=1, now=T0)["phase"] == "Running"
-    assert created_status({}, "demo", generation=1, now=T0)["phase"] == "Pending"
+    assert created_status(mirrored, "demo", "demo-spec", generation=1, now=T0)["phase"] == "Running"
+    assert created_status({}, "demo", "demo-spec", generation=1, now=T0)["phase"] == "Pending"
 
 
-METRICS = """\
-# HELP kubedistill_step Optimizer steps done.
-# TYPE kubedistill_step gauge
-kubedistill_step{namespace="ml",job="demo"} 42.0
-kubedistill_step{namespace="ml",job="other"} 7.0
-# TYPE kubedistill_loss gauge
-kubedistill_loss{namespace="ml",job="demo"} NaN
-# TYPE kubedistill_kd_loss gauge
-kubedistill_kd_loss 0.25
-# TYPE kubedistill_last_step_seconds gauge
-kubedistill_last_step_seconds{namespace="ml",job="demo"} 1.5
-# TYPE kubedistill_step_seconds histogram
-kubedistill_step_seconds_bucket{le="+Inf",namespace="ml",job="demo"} 3.0
-kubedistill_step_seconds_count{namespace="ml",job="demo"} 3.0
-kubedistill_step_seconds_sum{namespace="ml",job="demo"} 4.5
-# TYPE process_cpu_seconds_total counter
-process_cpu_seconds_total 12.0
-"""
+def trainer_page(namespace: str, job: str, **values: float) -> str:
+    """The /metrics page the runtime's TrainerMetrics serves, with these telemetry gauges set."""
+    metrics = TrainerMetrics(namespace, job)
+    for name, value in values.items():
+        metrics.set(getattr(telemetry, name), value)
+    metrics.observe(telemetry.STEP_SECONDS, 1.5)
+    return generate_latest(metrics.registry).decode()
 
 
 def test_progress_takes_this_jobs_gauges_and_skips_non_finite_values() -> None:
-    fields = parse_progress(METRICS, namespace="ml", job="demo")
+    page = trainer_page("ml", "demo", STEP=42, KD_LOSS=0.25, LAST_STEP_SECONDS=1.5, LOSS=float("nan"))
+    fields = parse_progress(page, namespace="ml", job="demo")
     assert fields == {"step": 42, "kdLoss": 0.25, "stepTimeSeconds": 1.5}
     assert isinstance(fields["step"], int)
+
+
+@pytest.mark.parametrize(("namespace", "job"), [("ml", "other"), ("team-b", "demo"), ("local", "demo")])
+def test_progress_skips_the_series_of_another_job(namespace: str, job: str) -> None:
+    assert parse_progress(trainer_page(namespace, job, STEP=7), namespace="ml", job="demo") == {}
+
+
+def test_the_trainers_labels_survive_a_prometheus_scrape() -> None:
+    # Target labels a ServiceMonitor/PodMonitor scrape adds; an exported label of the same name would be
+    # renamed `exported_<name>` (prometheus-operator's default honorLabels: false).
+    target_labels = {"namespace", "job", "pod", "service", "container", "endpoint", "instance"}
+    for family in text_string_to_metric_families(trainer_page("ml", "demo", STEP=1)):
+        for sample in family.samples:
+            assert not set(sample.labels) & target_labels, sample
 
 
 def test_text_that_is_not_prometheus_format_is_an_error() -> None:
@@ -193,26 +202,26 @@ def spec(**changes: Any) -> Any:
 @pytest.mark.parametrize(
     ("deployed", "wanted", "patch", "ignored"),
     [
-        ({}, {}, {"ttlSecondsAfterFinished": 86400, "suspend": False}, ()),
-        ({}, {"suspend": True}, {"ttlSecondsAfterFinished": 86400, "suspend": True}, ()),
-        ({}, {"ttlSecondsAfterFinished": 60}, {"ttlSecondsAfterFinished": 60, "suspend": False}, ()),
-        ({}, {"backoffLimit": 2}, {"ttlSecondsAfterFinished": 86400, "suspend": False}, ()),
+        ({}, {}, {"ttlSecondsAfterFinished": 60, "suspend": False}, ()),
+        ({}, {"suspend": True}, {"ttlSecondsAfterFinished": 60, "suspend": True}, ()),
+        ({}, {"ttlSecondsAfterFinished": 600}, {"ttlSecondsAfterFinished": 600, "suspend": False}, ()),
+        ({}, {"backoffLimit": 2}, {"ttlSecondsAfterFinished": 60, "suspend": False}, ()),
         (
             {},
             {"student": {"model": "s", "replicas": 2}, "training": {"learningRate": 1e-5}},
-            {"ttlSecondsAfterFinished": 86400, "suspend": False},
+            {"ttlSecondsAfterFinished": 60, "suspend": False},
             ("spec.student.replicas", "spec.training.learningRate"),
         ),
         (
             {"cluster": {"queueName": "q"}},
             {"cluster": {"queueName": "q"}, "suspend": True},
-            {"ttlSecondsAfterFinished": 86400},
+            {"ttlSecondsAfterFinished": 60},
             ("spec.suspend",),
         ),
         (
             {},
             {"cluster": {"volumes": [{"name": "x", "emptyDir": {}}]}},
-            {"ttlSecondsAfterFinished": 86400, "suspend": False},
+            {"ttlSecondsAfterFinished": 60, "suspend": False},
             ("spec.cluster.volumes",),
         ),
     ],
@@ -241,3 +250,32 @@ def test_spec_change_ignored_turns_false_once_the_edit_is_reverted_and_is_absent
     assert "spec.student.replicas" in ignored["message"]
     status = spec_change_status(status, (), generation=3, now=T1)
     assert (status["conditions"][0]["status"], status["conditions"][0]["reason"]) == ("False", "SpecApplied")
+
+
+@pytest.mark.parametrize(
+    ("manifest_namespace", "pod_env", "labelled"),
+    [
+        ("ml", {"KUBEDISTILL_NAMESPACE": "ml"}, "ml"),
+        (None, {"KUBEDISTILL_NAMESPACE": "ml"}, "ml"),
+        ("ml", {}, "ml"),
+    ],
+    ids=["pod-and-manifest", "pod-only", "manifest-only"],
+)
+def test_the_trainer_labels_its_series_with_the_namespace_the_operator_reads(
+    manifest_namespace: str | None, pod_env: dict[str, str], labelled: str
+) -> None:
+    metadata = {"name": "demo", **({"namespace": manifest_namespace} if manifest_namespace else {})}
+    manifest = {"apiVersion": "kubedistill.io/v1alpha1", "kind": "DistillationJob", "spec": BASE_SPEC}
+    config_map = render_config_map(parse_job({**manifest, "metadata": metadata}, check_plugin_names=False))
+    # What `kubedistill run` reads in the pod: the ConfigMap's manifest, and the pod's env.
+    job = parse_job(yaml.safe_load(config_map["data"]["job.yaml"]), check_plugin_names=False)
+    namespace = pod_namespace(job, pod_env)
+    assert namespace == labelled
+    page = trainer_page(namespace, job.name, STEP=3)
+    assert parse_progress(page, namespace="ml", job="demo") == {"step": 3}
+
+
+def test_a_local_run_of_a_manifest_without_a_namespace_has_none() -> None:
+    manifest = {"apiVersion": "kubedistill.io/v1alpha1", "kind": "DistillationJob", "spec": BASE_SPEC}
+    job = parse_job({**manifest, "metadata": {"name": "demo"}}, check_plugin_names=False)
+    assert pod_namespace(job, {}) is None

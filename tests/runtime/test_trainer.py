@@ -121,6 +121,9 @@ def test_sft_trains_on_the_data_alone_without_a_teacher(tiny: TinyWorld, tmp_pat
     assert all(r["kd_loss"] == 0.0 and r["loss"] == r["ce_loss"] for r in records)
 
 
+LOCAL_LABELS = 'distillationjob="metrics-test",distillationjob_namespace="local"'
+
+
 def test_every_metric_is_served_over_http_while_training(tiny: TinyWorld, tmp_path: Path) -> None:
     manifest = job_manifest(
         tiny, "metrics-test", data={"eval": {"path": str(tiny.eval)}}, training={"evalEverySteps": 2}
@@ -140,7 +143,7 @@ def test_every_metric_is_served_over_http_while_training(tiny: TinyWorld, tmp_pa
                     body = (
                         urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
                     )
-                    if 'kubedistill_step{job="metrics-test",namespace="local"} 4.0' in body:
+                    if f"kubedistill_step{{{LOCAL_LABELS}}} 4.0" in body:
                         scraped.append(body)
                 except OSError:
                     pass
@@ -157,7 +160,7 @@ def test_every_metric_is_served_over_http_while_training(tiny: TinyWorld, tmp_pa
     body = scraped[-1]
     for metric in telemetry.ALL:
         assert f"\n{metric.name}" in body or body.startswith(metric.name), f"{metric.name} missing"
-    assert 'kubedistill_eval_teacher_agreement{job="metrics-test",namespace="local"}' in body
+    assert f"kubedistill_eval_teacher_agreement{{{LOCAL_LABELS}}}" in body
 
 
 def test_a_bad_record_fails_the_run_naming_file_and_line(tiny: TinyWorld, tmp_path: Path) -> None:
