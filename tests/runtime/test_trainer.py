@@ -215,5 +215,5 @@ def test_shortened_records_are_counted_in_the_summary_and_the_metrics(
     [source] = summary["truncated_record_sources"]
     assert source.startswith(f"{data}:97: dropped its ")
     assert "earliest messages of 41 (whole turns after the system prompt)" in source
-    labels = {"namespace": options.namespace, "job": "truncation-test"}
+    labels = {telemetry.NAMESPACE_LABEL: options.namespace, telemetry.JOB_LABEL: "truncation-test"}
     assert trainer.metrics.registry.get_sample_value("kubedistill_truncated_records_total", labels) == 1
