@@ -12,7 +12,9 @@ applied; a 409 on a patch neither).
 """
 
 import asyncio
+import collections
 import contextlib
+import copy
 import itertools
 import random
 import re
@@ -31,10 +33,24 @@ from kubedistill.api.job import GROUP, KIND
 from kubedistill.operator.rbac import Rule, allowed
 from kubedistill.operator.runner import USER_AGENT
 from tests.operator import structural
-from tests.operator.kmock_adapter import Action, Payload, Request, delete_stored
+from tests.operator.kmock_adapter import (
+    Action,
+    Payload,
+    Request,
+    delete_stored,
+    events_after_now,
+    record_events,
+)
 
 Interceptor = Callable[["ApiServer", Request], Awaitable[aiohttp.web.StreamResponse | None]]
 """Sees each request before the emulator: a response answers it (nothing else happens), None passes it on."""
+
+
+WATCH_HISTORY = 1000
+"""Events kept per resource for watches that resume from a resourceVersion. kube-apiserver keeps a window
+of them too (its watch cache, `--default-watch-cache-size`, and etcd's compaction); a watch from before
+the window gets `410 Gone` ("too old resource version"), and kopf lists again (kopf 1.45.2
+`_cogs/clients/watching.py:205-210`)."""
 
 
 class ApiServer(kmock.KubernetesEmulator):
@@ -42,6 +58,14 @@ class ApiServer(kmock.KubernetesEmulator):
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
+        self.watch_history = WATCH_HISTORY
+        self.latest_version = 0
+        self._history: dict[Any, collections.deque[tuple[int, dict[str, Any]]]] = collections.defaultdict(
+            collections.deque
+        )
+        self._expired: dict[Any, int] = collections.defaultdict(int)
+        """Per resource, the newest resourceVersion that left the window."""
+        record_events(self, self._record)
         self.interceptors: list[Interceptor] = []
         self.cel_rules = True
         """False: a CRD installed from an older release, without the CEL rules (specs slip past them)."""
@@ -148,15 +172,21 @@ class ApiServer(kmock.KubernetesEmulator):
     async def _serve_list(self, request: Request) -> Payload:
         payload = await super()._serve_list(request)
         selector = LabelSelector.parse(request.params.get("labelSelector", ""))
-        return {**payload, "items": [item for item in payload["items"] if selector.matches(item)]}
+        items = [item for item in payload["items"] if selector.matches(item)]
+        # A list is a snapshot at a resourceVersion, from which a watch continues (kmock answers "...").
+        return {**payload, "metadata": {"resourceVersion": str(self.latest_version)}, "items": items}
 
     async def _serve_watch(self, request: Request) -> AsyncIterator[Payload]:
         """As the API server's watch cache does with a label selector: only matching objects, and an
         object that stops (or starts) matching is DELETED (or ADDED) for this watch."""
         selector = LabelSelector.parse(request.params.get("labelSelector", ""))
-        matching: set[tuple[str | None, str | None]] = set()
-        async for event in super()._serve_watch(request):
-            if not isinstance(event, Mapping) or "object" not in event:
+        since = request.params.get("resourceVersion", "")
+        if since.isdigit() and since != "0":
+            events, matching = self._watch_since(request, int(since), selector)
+        else:  # "" or "0": the current objects as ADDED, then the changes (kmock does exactly that)
+            events, matching = super()._serve_watch(request), set()
+        async for event in events:
+            if not isinstance(event, Mapping) or event.get("type") not in ("ADDED", "MODIFIED", "DELETED"):
                 yield event
                 continue
             metadata = event["object"].get("metadata", {})
@@ -169,6 +199,77 @@ class ApiServer(kmock.KubernetesEmulator):
                 matching.discard(key)
                 yield {**event, "type": "DELETED"}
 
+    def _next_version(self) -> str:
+        self.latest_version = next(self._versions)
+        return str(self.latest_version)
+
+    def _record(self, resource: Any, event: dict[str, Any]) -> dict[str, Any]:
+        """Keep each watch event in the resource's window, with a resourceVersion newer than every earlier
+        one: a deletion is a write of its own, and so is kmock's marking of an object for deletion (which
+        it stores without a new resourceVersion)."""
+        event = copy.deepcopy(event)
+        metadata = event["object"].setdefault("metadata", {})
+        history = self._history[resource]
+        newest = history[-1][0] if history else self._expired[resource]
+        version = int(metadata.get("resourceVersion") or 0)
+        if event["type"] == "DELETED" or version <= newest:
+            version = int(self._next_version())
+            metadata["resourceVersion"] = str(version)
+        if len(history) >= self.watch_history:
+            self._expired[resource] = history.popleft()[0]
+        history.append((version, event))
+        return event
+
+    def _in_scope(self, request: Request, event: Mapping[str, Any]) -> bool:
+        return request.namespace is None or event["object"]["metadata"].get("namespace") == request.namespace
+
+    def _watch_since(
+        self, request: Request, since: int, selector: "LabelSelector"
+    ) -> tuple[AsyncIterator[Payload], set[tuple[str | None, str | None]]]:
+        """A watch that continues from `since`: the changes after it, in order, and no replay of what the
+        watcher saw already; `410 Gone` in the stream when `since` left the window. The second value is
+        the objects that matched the selector at `since`, filled in before the first event."""
+        resource = request.resource
+        matching: set[tuple[str | None, str | None]] = set()
+
+        async def events() -> AsyncIterator[Payload]:
+            if since < self._expired[resource]:
+                yield b""
+                yield {"type": "ERROR", "object": _gone_status(since, self._expired[resource])}
+                return
+            # Subscribed before the window is read: an event is in the window, in the stream, or both.
+            async with events_after_now(self, resource) as live:
+                later = [event for version, event in self._history[resource] if version > since]
+                # What matched at `since`: an object's first later event says whether it existed then
+                # (anything but ADDED); one that has not changed since is as it is now.
+                first: dict[tuple[str | None, str | None], dict[str, Any]] = {}
+                for event in later:
+                    first.setdefault(_name_of(event), event)
+                matching.update(
+                    name
+                    for key, obj in self.objects.items()
+                    if key[0] == resource
+                    and not obj.deleted
+                    and (name := _name_of({"object": obj.raw})) not in first
+                    and selector.matches(obj.raw)
+                )
+                matching.update(
+                    name
+                    for name, event in first.items()
+                    if event["type"] != "ADDED" and selector.matches(event["object"])
+                )
+                yield b""  # the headers go out at once, as for every watch
+                newest = since
+                for event in later:
+                    newest = _version_of(event)
+                    if self._in_scope(request, event):
+                        yield event
+                async for event in live:
+                    if _version_of(event) > newest and self._in_scope(request, event):
+                        yield event
+
+        return events(), matching
+
     def _stamp_created(self, request: Request, body: dict[str, Any]) -> None:
         metadata = body.setdefault("metadata", {})
         if request.namespace is not None:
@@ -179,22 +280,44 @@ class ApiServer(kmock.KubernetesEmulator):
         metadata.setdefault("uid", str(uuid.uuid4()))
         metadata.setdefault("creationTimestamp", "2026-01-01T00:00:00Z")
         metadata.setdefault("generation", 1)
-        metadata["resourceVersion"] = str(next(self._versions))
+        metadata["resourceVersion"] = self._next_version()
 
     def _stamp_json_patch(self, operations: list[dict[str, Any]]) -> None:
         # Appended, so a `test` of the old resourceVersion (kopf's optimistic lock) still sees the old one.
-        version = str(next(self._versions))
+        version = self._next_version()
         operations.append({"op": "add", "path": "/metadata/resourceVersion", "value": version})
 
     def _stamp_merge_patch(self, request: Request, patch: dict[str, Any]) -> None:
         metadata = patch.setdefault("metadata", {})
-        metadata["resourceVersion"] = str(next(self._versions))
+        metadata["resourceVersion"] = self._next_version()
         key = (request.resource, request.namespace, request.name)
         if "spec" in patch and request.subresource is None and key in self.objects:
             current = self.objects[key]
             spec = current.get("spec")
             if not current.deleted and merge_patched(spec, patch["spec"]) != spec:
                 metadata["generation"] = current.get("metadata", {}).get("generation", 1) + 1
+
+
+def _name_of(event: Mapping[str, Any]) -> tuple[str | None, str | None]:
+    metadata = event["object"].get("metadata", {})
+    return metadata.get("namespace"), metadata.get("name")
+
+
+def _version_of(event: Mapping[str, Any]) -> int:
+    return int(event["object"]["metadata"]["resourceVersion"])
+
+
+def _gone_status(since: int, expired: int) -> dict[str, Any]:
+    """What kube-apiserver sends in a watch stream that starts before its window (a metav1.Status)."""
+    return {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": f"too old resource version: {since} ({expired + 1})",
+        "reason": "Expired",
+        "code": 410,
+    }
 
 
 def _keep_status_apart(request: Request) -> None:

@@ -182,3 +182,56 @@ def test_defaults_fill_what_is_missing_and_pruning_keeps_what_the_schema_preserv
     }
     stored = structural.pruned_and_defaulted({"spec": {"free": {"any": 1}, "typo": 2}, "x": 3}, schema)
     assert stored == {"spec": {"free": {"any": 1}, "replicas": 1}}
+
+
+async def _watch(cluster: Cluster, since: str, count: int) -> list[dict[str, Any]]:
+    params = {"watch": "true", "resourceVersion": since}
+    async with cluster.server.get(URL, params=params) as stream:
+        return [json.loads(await asyncio.wait_for(stream.content.readline(), 5)) for _ in range(count)]
+
+
+async def _list_version(cluster: Cluster) -> str:
+    async with cluster.server.get(URL) as response:
+        return (await response.json())["metadata"]["resourceVersion"]
+
+
+def _seen(events: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    return [(event["type"], event["object"]["metadata"]["name"]) for event in events]
+
+
+async def test_a_watch_from_a_lists_resource_version_sees_only_what_changed_after_it(
+    cluster: Cluster,
+) -> None:
+    # https://kubernetes.io/docs/reference/using-api/api-concepts/#efficient-detection-of-changes
+    await _create(cluster, _rayjob("a"))
+    await _create(cluster, _rayjob("b"))
+    listed = await _list_version(cluster)
+    await cluster.patch(RAYJOBS, "a", {"metadata": {"labels": {"team": "ml"}}})
+    await _create(cluster, _rayjob("c"))
+    assert _seen(await _watch(cluster, listed, 2)) == [("MODIFIED", "a"), ("ADDED", "c")]
+
+
+async def test_a_watch_resumed_from_an_older_version_replays_every_change_after_it_in_order(
+    cluster: Cluster,
+) -> None:
+    await _create(cluster, _rayjob("a"))
+    created = await _list_version(cluster)
+    await cluster.patch(RAYJOBS, "a", {"metadata": {"labels": {"team": "ml"}}})
+    await cluster.delete_rayjob("a")
+    events = await _watch(cluster, created, 2)
+    assert _seen(events) == [("MODIFIED", "a"), ("DELETED", "a")]
+    versions = [int(event["object"]["metadata"]["resourceVersion"]) for event in events]
+    assert int(created) < versions[0] < versions[1], "a deletion is a write with a resourceVersion of its own"
+
+
+async def test_a_watch_from_before_the_servers_window_gets_410_gone_in_the_stream(cluster: Cluster) -> None:
+    cluster.server.watch_history = 2
+    await _create(cluster, _rayjob("a"))
+    first = await _list_version(cluster)
+    for name in ("b", "c", "d"):
+        await _create(cluster, _rayjob(name))
+    [event] = await _watch(cluster, first, 1)
+    assert event["type"] == "ERROR"
+    assert (event["object"]["code"], event["object"]["reason"]) == (410, "Expired")
+    # Within the window, the same server still resumes.
+    assert _seen(await _watch(cluster, str(int(first) + 2), 1)) == [("ADDED", "d")]
