@@ -39,7 +39,7 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 test: $(STAMP)
-	$(VENV)/bin/pytest -q -m "not soak and not gpu" $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -q -m "not soak and not gpu" -n 2 --dist loadfile $(PYTEST_ARGS)
 
 soak: $(STAMP)
 	$(VENV)/bin/pytest -q -m soak $(PYTEST_ARGS)
