@@ -182,8 +182,10 @@ class DistillationSpec(SpecModel):
     """DSKD token alignment across tokenizers: exact (eta) or cross-model attention (cma)."""
     projector_learning_rate: Annotated[float, Field(gt=0.0)] = 1.0e-3
     """DSKD: learning rate of the projectors between the two hidden spaces."""
-    loss_chunk_size: PositiveInt = 1024
-    """Tokens per chunk of the fused loss: memory grows with it, kernel launches shrink."""
+    loss_chunk_size: PositiveInt | None = None
+    """Tokens per chunk of the fused loss: memory grows with it, kernel launches shrink. Unset: chosen per
+    micro-batch from its shapes so that a chunk's logits are about the size of its hidden states
+    (Liger-Kernel's rule: tokens / ceil(vocab / hidden), rounded up to a power of two)."""
 
     @field_validator("loss")
     @classmethod

@@ -2,6 +2,8 @@
 
 import torch
 
+from kubedistill.runtime.losses.chunking import chunk_rows
+
 
 @torch.no_grad()
 def top1_agreements(
@@ -9,13 +11,14 @@ def top1_agreements(
     student_head: torch.Tensor,
     teacher_hidden: torch.Tensor,
     teacher_head: torch.Tensor,
-    chunk_size: int,
+    chunk_size: int | None,
 ) -> int:
     """Positions where student and teacher rank the same next token first (over their shared vocabulary)."""
     vocab = min(student_head.shape[0], teacher_head.shape[0])
     agreements = 0
-    for start in range(0, student_hidden.shape[0], chunk_size):
-        stop = start + chunk_size
+    chunk = chunk_rows(chunk_size, student_hidden.shape[0], student_hidden.shape[1], vocab)
+    for start in range(0, student_hidden.shape[0], chunk):
+        stop = start + chunk
         student_top = (student_hidden[start:stop] @ student_head[:vocab].T).argmax(dim=-1)
         teacher_top = (teacher_hidden[start:stop] @ teacher_head[:vocab].T).argmax(dim=-1)
         agreements += int((student_top == teacher_top).sum().item())

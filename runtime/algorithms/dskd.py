@@ -60,6 +60,7 @@ from kubedistill.api.spec import DskdTokenAlign
 from kubedistill.runtime.algorithms.base import Algorithm, AlgorithmContext, LossInputs
 from kubedistill.runtime.data.alignment import aligned_positions
 from kubedistill.runtime.data.sample import Sample
+from kubedistill.runtime.losses.chunking import chunk_rows
 from kubedistill.runtime.losses.fused import fused_kd_loss
 from kubedistill.runtime.losses.output import IGNORE_INDEX, LossOutput
 
@@ -228,8 +229,9 @@ def _standardised(values: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def _predictions(hidden: Tensor, head: Tensor, chunk: int) -> Tensor:
+def _predictions(hidden: Tensor, head: Tensor, chunk_size: int | None) -> Tensor:
     """Most likely token per row, a chunk of rows at a time (never [rows x vocab] logits in full)."""
+    chunk = chunk_rows(chunk_size, hidden.shape[0], hidden.shape[1], head.shape[0])
     found = [
         F.linear(hidden[start : start + chunk], head).argmax(-1) for start in range(0, hidden.shape[0], chunk)
     ]

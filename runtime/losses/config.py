@@ -22,7 +22,8 @@ class KDConfig:
     jsd_beta: float = _spec_default("jsd_beta")
     skew_lambda: float = _spec_default("skew_lambda")
     adaptive_alpha: float = _spec_default("adaptive_alpha")
-    chunk_size: int = _spec_default("loss_chunk_size")
+    chunk_size: int | None = _spec_default("loss_chunk_size")
+    """None: chosen from the shapes (`chunking.memory_bound_chunk`)."""
 
     @classmethod
     def from_spec(cls, spec: DistillationSpec) -> "KDConfig":

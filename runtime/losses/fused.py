@@ -2,8 +2,9 @@
 
 Same contract as `reference_kd_loss` applied to `student_hidden @ student_weight.T` and
 `teacher_hidden @ teacher_weight.T`, but neither model's [tokens x vocab] logits ever exist in full: for
-each chunk of `config.chunk_size` unmasked tokens the forward pass computes both models' logits, the
-per-token loss through the same divergence function, its gradient d(logits) (in closed form for
+each chunk of unmasked tokens (`config.chunk_size`, or as many as `chunking` chooses from the shapes) the
+forward pass computes both models' logits, the per-token loss through the same divergence function, its
+gradient d(logits) (in closed form for
 cross-entropy, fkl and rkl, see `closed_form`; with `torch.autograd.grad` for the other divergences and for
 plugins), and from it the chunk's d(hidden) = dz @ W and its share of dW += dz^T @ h. Nothing of a chunk
 outlives it, and the backward pass only hands out the two gradients (the idea of Liger's fused linear JSD,
@@ -19,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import FunctionCtx
 
+from kubedistill.runtime.losses.chunking import chunk_rows
 from kubedistill.runtime.losses.closed_form import CLOSED_FORMS, cross_entropy_value_and_grad
 from kubedistill.runtime.losses.config import KDConfig
 from kubedistill.runtime.losses.output import IGNORE_INDEX, LossOutput
@@ -110,8 +112,9 @@ class _FusedKDLoss(torch.autograd.Function):
         if divergence is not None and teacher_hidden is not None and teacher_weight is not None:
             teacher_rows = teacher_hidden.index_select(0, kept).to(teacher_weight.dtype)
             teacher_head = teacher_weight[: min(student_weight.shape[0], teacher_weight.shape[0])]
-        for start in range(0, hidden.shape[0], config.chunk_size):
-            chunk = slice(start, start + config.chunk_size)
+        rows = chunk_rows(config.chunk_size, hidden.shape[0], hidden.shape[1], student_weight.shape[0])
+        for start in range(0, hidden.shape[0], rows):
+            chunk = slice(start, start + rows)
             teacher_logits = None
             if teacher_rows is not None and teacher_head is not None:
                 teacher_logits = F.linear(teacher_rows[chunk], teacher_head).to(compute_dtype)

@@ -80,7 +80,7 @@ def _with_explicit_defaults(job: DistillationJob) -> dict[str, Any]:
 @pytest.mark.parametrize(("name", "job"), EXAMPLES, ids=IDS)
 def test_spelling_out_the_defaults_renders_the_same_objects(name: str, job: DistillationJob) -> None:
     explicit = _with_explicit_defaults(job)
-    assert explicit["spec"]["distillation"]["lossChunkSize"] == 1024, "the defaults are spelt out"
+    assert explicit["spec"]["distillation"]["jsdBeta"] == 0.5, "the defaults are spelt out"
     assert render(parse_job(explicit, check_plugin_names=False), SETTINGS) == render(job, SETTINGS)
 
 
