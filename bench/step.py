@@ -1,12 +1,26 @@
 """Where a training step's time goes, and what dynamic batching saves on length-skewed data.
 
-Runs real jobs on local Ray (CPU): one teacher actor (transformers) and two FSDP2 student ranks on gloo, the
-demo's tiny Qwen3 models. Part 1 splits a step into the teacher wait (time the driver still waited for the
-teacher after dispatching it a step ahead), the students' fetch of hidden states from the object store,
-forward+backward, and the optimizer. Part 2 trains on data where a quarter of the answers are ten times
-longer than the rest, with fixed-size micro-batches and with a token budget per device.
+Runs real jobs on local Ray (CPU): one teacher actor (transformers) and one or two FSDP2 student ranks on
+gloo, the demo's tiny Qwen3 models. Every figure is timed where it happens, by the code a cluster runs, and
+comes back with the step's result (no profiler, nothing added to the step):
 
-    .venv/bin/python -m bench.step [--steps 20]
+- teacher wait: what the driver still waited for the teacher after dispatching its work a step ahead;
+- plan: the driver laying out the next step (micro-batches, the teacher's requests);
+- Ray call: the driver's wait for the student step beyond rank 0's time inside its actor (sending the
+  micro-batches, scheduling, returning the result);
+- fetch: rank 0 reading the teacher's hidden states from the object store;
+- backbone, loss, backward: the student's forward passes, the fused loss's chunk loop (it computes its
+  gradients in the forward), the backward passes (FSDP2's all-gathers and reduce-scatters inside);
+- optimizer: gradient clipping and AdamW.
+
+A second table prices FSDP2 itself at one rank: the same micro-batches, teacher states, loss and optimizer
+through `StudentWorker.train_step` (FSDP2 over a one-rank gloo group, DTensor parameters) and through the
+same model in plain PyTorch, in this process, on one thread (as an actor has). A third trains on data where
+a quarter of the answers are ten times longer than the rest, with fixed-size micro-batches and with a token
+budget per device. Variants run in turn (A B A B ...), `--repeats` times; cells are the median over repeats
+of each run's median step (after `WARMUP_STEPS`), with the range over repeats.
+
+    .venv/bin/python -m bench.step [--steps 12] [--repeats 3]
 """
 
 import argparse
@@ -14,10 +28,13 @@ import json
 import random
 import statistics
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
-from bench.report import report
+import torch
+
+from bench.report import alternate, report, spread
 from kubedistill.api import parse_job
 from kubedistill.runtime.demo import prepare
 from kubedistill.runtime.demo_data import chat_records, write_jsonl
@@ -25,9 +42,20 @@ from kubedistill.runtime.ray_session import connect
 from kubedistill.runtime.trainer import RunOptions, Trainer
 
 WARMUP_STEPS = 2
+MILLISECONDS = 1000.0
+PARTS = (
+    "teacher",
+    "plan",
+    "ray_call",
+    "fetch",
+    "backbone",
+    "loss",
+    "backward",
+    "optimizer",
+)
 
 
-def job(assets: Path, name: str, train: Path, **training: Any) -> dict[str, Any]:
+def job(assets: Path, name: str, train: Path, replicas: int = 2, **training: Any) -> dict[str, Any]:
     return {
         "apiVersion": "kubedistill.io/v1alpha1",
         "kind": "DistillationJob",
@@ -35,7 +63,11 @@ def job(assets: Path, name: str, train: Path, **training: Any) -> dict[str, Any]
         "spec": {
             "mode": "offPolicy",
             "teacher": {"model": str(assets / "teacher-init"), "backend": "transformers"},
-            "student": {"model": str(assets / "student-init"), "replicas": 2, "gradientCheckpointing": False},
+            "student": {
+                "model": str(assets / "student-init"),
+                "replicas": replicas,
+                "gradientCheckpointing": False,
+            },
             "distillation": {"loss": "fkl", "kdRatio": 0.9},
             "data": {"train": {"path": str(train)}, "maxLength": 512, "promptMaxLength": 64},
             "training": {"globalBatchSize": 16, "learningRate": 1e-3, "precision": "fp32", **training},
@@ -52,8 +84,28 @@ def run(manifest: dict[str, Any], output: Path, steps: int) -> list[dict]:
     return [r for r in records if r["kind"] == "train"][WARMUP_STEPS:]
 
 
-def mean(records: list[dict], key: str) -> float:
-    return statistics.fmean(r[key] for r in records)
+def step_parts(records: list[dict]) -> dict[str, float]:
+    """One run's median step and its parts, in milliseconds."""
+
+    def median(key: str) -> float:
+        return statistics.median(r[key] for r in records) * MILLISECONDS
+
+    parts = {
+        "teacher": median("teacher_seconds"),
+        "plan": median("plan_seconds"),
+        "ray_call": statistics.median(r["student_call_seconds"] - r["actor_seconds"] for r in records)
+        * MILLISECONDS,
+        "fetch": median("fetch_seconds"),
+        "backbone": median("backbone_seconds"),
+        "loss": median("loss_seconds"),
+        "backward": median("backward_seconds"),
+        "optimizer": median("optimizer_seconds"),
+    }
+    return {"step": median("step_seconds"), **parts}
+
+
+def over_repeats(runs: list[dict[str, float]]) -> dict[str, dict[str, float]]:
+    return {key: spread([run[key] for run in runs]) for key in runs[0]}
 
 
 def skewed_records(count: int, seed: int) -> list[dict]:
@@ -67,52 +119,129 @@ def skewed_records(count: int, seed: int) -> list[dict]:
     return records
 
 
+# -- FSDP2 at one rank against plain PyTorch, in this process ---------------------------------------------
+
+
+def fsdp_overhead(assets: Path, repeats: int, steps: int) -> dict[str, dict[str, float]]:
+    """ms per step of the same work through a one-rank FSDP2 `StudentWorker` and through plain PyTorch."""
+    import torch.distributed as dist
+
+    from kubedistill.runtime.actors import free_port
+    from kubedistill.runtime.data.batching import shard_micro_batches
+    from kubedistill.runtime.data.load import load_samples
+    from kubedistill.runtime.losses import fused_kd_loss
+    from kubedistill.runtime.models import load_causal_lm, load_lm_head_weight, load_tokenizer
+    from kubedistill.runtime.roles import kd_config
+    from kubedistill.runtime.student.batch import MicroBatch
+    from kubedistill.runtime.student.worker import RankAddress, StudentWorker
+    from kubedistill.runtime.teacher.transformers_backend import TransformersTeacher
+    from kubedistill.runtime.trainer import teacher_batch
+
+    torch.set_num_threads(1)
+    spec = parse_job(job(assets, "fsdp-overhead", assets / "data" / "train.jsonl", 1, microBatchSize=4))
+    tokenizer = load_tokenizer(spec.spec.student.model)
+    samples = load_samples(spec.spec.data.train, spec.spec.data, tokenizer, mode=spec.spec.mode).samples
+    (shard,) = shard_micro_batches(samples[:16], 1, 4, None)
+    batches = [MicroBatch.from_samples(batch, tokenizer.pad_token_id) for batch in shard]
+    teacher = TransformersTeacher(spec.spec.teacher.model, torch.float32, torch.device("cpu"))
+    hidden = [teacher.hidden_states(teacher_batch(batch)) for batch in shard]
+    normalizer = sum(b.num_targets for b in batches)
+
+    worker = StudentWorker(spec, RankAddress(0, 1, "127.0.0.1", free_port()), total_steps=10**6)
+    training = spec.spec.training
+    model = load_causal_lm(spec.spec.student.model, torch.float32)
+    teacher_head = load_lm_head_weight(spec.spec.teacher.model, torch.float32)
+    optimizer = torch.optim.AdamW(
+        model.parameters(),
+        lr=training.learning_rate,
+        betas=tuple(training.adam_betas),
+        weight_decay=training.weight_decay,
+        foreach=True,
+    )
+    config = kd_config(spec)
+
+    def plain_step() -> None:
+        for batch, states in zip(batches, hidden, strict=True):
+            out = model.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
+            selected = out.last_hidden_state[batch.rows, batch.columns]
+            loss = fused_kd_loss(
+                selected, model.lm_head.weight, states, teacher_head, batch.labels, config, normalizer
+            )
+            loss.loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), training.max_grad_norm)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    steppers = {
+        "FSDP2, 1 rank": lambda: worker.train_step(batches, hidden, normalizer),
+        "plain PyTorch": plain_step,
+    }
+
+    def measure(variant: str) -> float:
+        seconds = []
+        for _ in range(steps):
+            started = time.perf_counter()
+            steppers[variant]()
+            seconds.append(time.perf_counter() - started)
+        return statistics.median(seconds[WARMUP_STEPS:]) * MILLISECONDS
+
+    try:
+        runs = alternate(list(steppers), repeats, measure)
+    finally:
+        worker.close()
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    return {variant: spread(values) for variant, values in runs.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    connect()
     with tempfile.TemporaryDirectory() as scratch:
         root = Path(scratch)
         assets = prepare(root).root / "assets"
+        overhead = fsdp_overhead(assets, args.repeats, args.steps)
+        connect()
         skewed = write_jsonl(root / "skewed.jsonl", skewed_records(16 * (args.steps + 4), seed=3))
-
-        breakdown = run(
-            job(assets, "step-breakdown", assets / "data" / "train.jsonl", microBatchSize=8),
-            root / "breakdown",
-            args.steps,
-        )
-        fixed = run(job(assets, "fixed-micro-batches", skewed, microBatchSize=4), root / "fixed", args.steps)
-        dynamic = run(
-            job(assets, "dynamic-batching", skewed, maxTokensPerDevice=768), root / "dynamic", args.steps
-        )
-
-    parts = ("teacher_seconds", "fetch_seconds", "compute_seconds", "optimizer_seconds", "step_seconds")
-    rows = [
-        {
-            "run": "demo models, micro-batch 8",
-            **{p: mean(breakdown, p) for p in parts},
-            "tokens_per_second": mean(breakdown, "tokens_per_second"),
+        train = assets / "data" / "train.jsonl"
+        manifests = {
+            "demo models, 1 rank, micro-batch 4": job(assets, "one-rank", train, 1, microBatchSize=4),
+            "demo models, 2 ranks, micro-batch 4": job(assets, "two-ranks", train, 2, microBatchSize=4),
+            "skewed data, 2 ranks, micro-batch 4": job(assets, "fixed", skewed, 2, microBatchSize=4),
+            "skewed data, 2 ranks, 768 tokens/device": job(
+                assets, "dynamic", skewed, 2, maxTokensPerDevice=768
+            ),
         }
-    ]
-    for name, records in (("skewed data, micro-batch 4", fixed), ("skewed data, 768 tokens/device", dynamic)):
-        rows.append(
-            {
-                "run": name,
-                **{p: mean(records, p) for p in parts},
-                "tokens_per_second": mean(records, "tokens_per_second"),
-            }
+        counter = iter(range(10**6))
+        runs = alternate(
+            list(manifests),
+            args.repeats,
+            lambda name: step_parts(run(manifests[name], root / f"run-{next(counter)}", args.steps)),
         )
-    speedup = rows[1]["step_seconds"] / rows[2]["step_seconds"]
+
+    rows = [{"run": name, **over_repeats(results)} for name, results in runs.items()]
+    fixed, dynamic = (statistics.median(r["step"] for r in runs[name]) for name in list(manifests)[2:])
+    one_rank = overhead["FSDP2, 1 rank"]["median"]
+    plain = overhead["plain PyTorch"]["median"]
+    rows += [
+        {"run": f"in-process, {name}", "step": values, **dict.fromkeys(PARTS, "")}
+        for name, values in overhead.items()
+    ]
     report(
         "step",
-        f"Step time, mean of {args.steps - WARMUP_STEPS} steps (dynamic batching speed-up {speedup:.2f}x)",
+        f"Step time in ms, median over {args.repeats} alternating runs of {args.steps - WARMUP_STEPS} steps "
+        f"(range over runs); FSDP2 at one rank {one_rank / plain:.2f}x plain PyTorch's step; dynamic "
+        f"batching {fixed / dynamic:.2f}x",
         rows,
         {
             "steps": args.steps,
             "warmup_steps": WARMUP_STEPS,
-            "dynamic_batching_speedup": speedup,
-            "student_ranks": 2,
+            "repeats": args.repeats,
+            "unit": "ms",
+            "fsdp2_one_rank_over_plain": one_rank / plain,
+            "dynamic_batching_speedup": fixed / dynamic,
             "teacher_actors": 1,
             "device": "cpu",
         },

@@ -269,10 +269,15 @@ class Trainer:
                 following = self._advance(state)
                 # Dispatch the next step's teacher work before this step's student work is awaited.
                 prefetch = following.step < stop and self._may_prefetch(following)
+                planning = time.perf_counter()
                 next_plan = self._plan(following) if prefetch else None
+                calling = time.perf_counter()
                 stats = self.students.train_step(plan.work, plan.normalizer)
-                record = self._train_record(following.step, state.epoch, stats, time.perf_counter() - started)
+                done = time.perf_counter()
+                record = self._train_record(following.step, state.epoch, stats, done - started)
                 record["teacher_seconds"] = teacher_seconds
+                record["plan_seconds"] = calling - planning
+                record["student_call_seconds"] = done - calling
                 record["rollout_seconds"] = plan.rollout_seconds
                 record["transfer_bytes"] = self._transfer_bytes(plan)
                 state = replace(
@@ -439,9 +444,7 @@ class Trainer:
             "tokens": stats.num_tokens,
             "targets": stats.num_targets,
             "step_seconds": seconds,
-            "fetch_seconds": stats.fetch_seconds,
-            "compute_seconds": stats.compute_seconds,
-            "optimizer_seconds": stats.optimizer_seconds,
+            **stats.timings(),
             "tokens_per_second": stats.num_tokens / seconds if seconds > 0 else 0.0,
             "skipped": stats.skipped,
         }

@@ -60,7 +60,8 @@ class StudentActor:
         started = time.perf_counter()
         hidden = self._resolve_on_every_rank(teacher_refs)
         fetched = time.perf_counter() - started
-        return replace(self._worker.train_step(micro_batches, hidden, normalizer), fetch_seconds=fetched)
+        stats = self._worker.train_step(micro_batches, hidden, normalizer)
+        return replace(stats, fetch_seconds=fetched, actor_seconds=time.perf_counter() - started)
 
     def evaluate(
         self, micro_batches: list[MicroBatch], teacher_refs: list[ray.ObjectRef | None], normalizer: int

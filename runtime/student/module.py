@@ -6,6 +6,7 @@ unshards the root's parameters (embeddings, final norm, lm_head) only around its
 DTensor shards.
 """
 
+import time
 from dataclasses import dataclass
 
 import torch
@@ -22,6 +23,10 @@ class ForwardOutput:
     loss: LossOutput
     agreements: int
     """Positions where student and teacher agree on the most likely next token (when measured)."""
+    backbone_seconds: float = 0.0
+    """The backbone's forward pass (with FSDP2's all-gathers of its blocks)."""
+    loss_seconds: float = 0.0
+    """The algorithm's loss (the fused loss computes its gradients here, in the forward)."""
 
 
 class DistillationModule(nn.Module):
@@ -40,7 +45,9 @@ class DistillationModule(nn.Module):
         normalizer: float,
         measure_agreement: bool = False,
     ) -> ForwardOutput:
+        started = time.perf_counter()
         hidden = self.student_hidden_states(batch)
+        backbone_done = time.perf_counter()
         selected = hidden[batch.rows.to(hidden.device), batch.columns.to(hidden.device)]
         head = self.output_head()
         teacher = None if teacher_hidden is None else teacher_hidden.to(selected.device)
@@ -56,6 +63,7 @@ class DistillationModule(nn.Module):
                 extras={name: value.to(selected.device) for name, value in batch.extras.items()},
             )
         )
+        loss_seconds = time.perf_counter() - backbone_done
         if batch.num_targets == 0:
             # A placeholder micro-batch: the zero still has to reach every parameter so that this rank's
             # backward runs the same FSDP2 reduce-scatters as the ranks with real data.
@@ -72,7 +80,7 @@ class DistillationModule(nn.Module):
         if measure_agreement and comparable and batch.num_targets:
             chunk = self.algorithm.context.config.chunk_size
             agreements = top1_agreements(selected, head, teacher, self.teacher_head, chunk)
-        return ForwardOutput(output, agreements)
+        return ForwardOutput(output, agreements, backbone_done - started, loss_seconds)
 
     def student_hidden_states(self, batch: MicroBatch) -> torch.Tensor:
         device = self.output_head().device

@@ -49,8 +49,11 @@ def apply_fsdp(
     options = {"mesh": mesh, "mp_policy": mixed_precision}
     if offload is not None:
         options["offload_policy"] = offload
+    # On a mesh of one rank a shard is the whole parameter: freeing the unsharded copy after each block's
+    # forward only to all-gather it again for the backward saves no memory and costs two copies.
+    reshard = mesh.size() > 1
     for block in decoder_blocks(student):
-        fully_shard(block, **options)
+        fully_shard(block, reshard_after_forward=reshard, **options)
     # The root's parameters are needed again right after its forward (the loss and its backward follow at
     # once), so they stay unsharded between forward and backward.
     fully_shard(root, reshard_after_forward=False, **options)

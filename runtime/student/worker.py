@@ -7,7 +7,7 @@ import math
 import random
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -55,10 +55,22 @@ class StepStats:
     skipped: bool
     compute_seconds: float = 0.0
     """Forward and backward passes of all micro-batches (with their reduce-scatters), on rank 0."""
+    backbone_seconds: float = 0.0
+    """Of `compute_seconds`: the student backbone's forward passes (FSDP2 all-gathers included)."""
+    loss_seconds: float = 0.0
+    """Of `compute_seconds`: the loss's chunk loop, which computes its gradients in the forward."""
+    backward_seconds: float = 0.0
+    """Of `compute_seconds`: the backward passes (FSDP2 reduce-scatters included)."""
     optimizer_seconds: float = 0.0
     """Gradient clipping and the optimizer step, on rank 0."""
     fetch_seconds: float = 0.0
     """Reading the teacher's hidden states from the object store, on rank 0 (set by the actor)."""
+    actor_seconds: float = 0.0
+    """The whole call inside rank 0's actor; what the driver waited beyond it is Ray's (set by the actor)."""
+
+    def timings(self) -> dict[str, float]:
+        """Every `*_seconds` figure, by name: where rank 0's step went."""
+        return {name: value for name, value in asdict(self).items() if name.endswith("_seconds")}
 
 
 @dataclass(frozen=True)
@@ -138,6 +150,9 @@ class StudentWorker:
             lr=training.learning_rate,
             betas=(training.adam_betas[0], training.adam_betas[1]),
             weight_decay=training.weight_decay,
+            # On CPU torch picks the per-parameter loop, one dispatch per op and DTensor parameter; foreach
+            # does each op once over all parameters.
+            foreach=True,
         )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda step: lr_factor(step, training, total_steps)
@@ -162,9 +177,20 @@ class StudentWorker:
         # token count: scaling by the world size makes the reduced gradient the global batch's.
         scale = float(self.address.world_size)
         started = time.perf_counter()
-        for batch, hidden in zip(micro_batches, teacher_hidden, strict=True):
-            output = self.module(batch, hidden, float(normalizer)).loss
+        backbone = loss = backward = 0.0
+        last = len(micro_batches) - 1
+        for index, (batch, hidden) in enumerate(zip(micro_batches, teacher_hidden, strict=True)):
+            if self.address.world_size == 1:
+                # On one rank a reduce-scatter only copies the gradient into its shard, which is the whole
+                # gradient: once, after the last micro-batch, is enough (on more ranks the unsharded
+                # gradients kept meanwhile would cost memory, so every micro-batch reduces its own).
+                self.module.set_requires_gradient_sync(index == last)
+            forward = self.module(batch, hidden, float(normalizer))
+            output = forward.loss
+            backbone, loss = backbone + forward.backbone_seconds, loss + forward.loss_seconds
+            backward_started = time.perf_counter()
             (output.loss * scale).backward()
+            backward += time.perf_counter() - backward_started
             sums += torch.tensor(
                 [output.kd_sum.item(), output.ce_sum.item(), output.num_tokens, batch.num_tokens],
                 dtype=torch.float64,
@@ -195,6 +221,9 @@ class StudentWorker:
             learning_rate=learning_rate,
             skipped=not finite,
             compute_seconds=computed - started,
+            backbone_seconds=backbone,
+            loss_seconds=loss,
+            backward_seconds=backward,
             optimizer_seconds=time.perf_counter() - computed,
         )
 
