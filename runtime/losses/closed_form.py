@@ -7,10 +7,15 @@ With p = softmax(teacher), q = softmax(student) and z the student's logits (alre
 
     fkl = KL(p || q):  d/dz = q - p
     rkl = KL(q || p):  d/dz = q * (log q - log p - rkl)
+
+At temperature 1 over equal vocabularies, cross-entropy and fkl share one log_softmax of the student's
+block, computed in place (`cross_entropy_and_forward_kl_`): the default loss's chunk then holds three
+[chunk x vocab] blocks instead of about eight, and makes fewer passes over them.
 """
 
 from collections.abc import Callable
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -42,6 +47,27 @@ CLOSED_FORMS: dict[Divergence, ValueAndGrad] = {
     forward_kl: forward_kl_value_and_grad,
     reverse_kl: reverse_kl_value_and_grad,
 }
+
+
+def _log_softmax_(logits: Tensor) -> Tensor:
+    """log_softmax over the last dimension, written over `logits` (one [N x V] block less)."""
+    return logits.sub_(logits.logsumexp(dim=-1, keepdim=True))
+
+
+def cross_entropy_and_forward_kl_(
+    logits: Tensor, targets: Tensor, teacher_logits: Tensor, ce_scale: float, kd_scale: float
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The summed cross-entropy and forward KL of `logits` [N, V] (temperature 1, the teacher's vocabulary
+    as wide), and the gradient of ce_scale * CE + kd_scale * fkl, with one log_softmax shared by both:
+    d/dz = ce_scale (q - onehot) + kd_scale (q - p). Overwrites `logits` and `teacher_logits`."""
+    log_q = _log_softmax_(logits)
+    ce = -log_q.gather(1, targets[:, None]).sum()
+    log_p = _log_softmax_(teacher_logits).clamp_min_(torch.finfo(teacher_logits.dtype).min)
+    p = log_p.exp()
+    fkl = log_p.sub_(log_q).mul_(p).sum()
+    grad = log_q.exp_().mul_(ce_scale + kd_scale).sub_(p, alpha=kd_scale)
+    grad.scatter_add_(1, targets[:, None], grad.new_full((targets.shape[0], 1), -ce_scale))
+    return ce, fkl, grad
 
 
 def cross_entropy_value_and_grad(logits: Tensor, targets: Tensor, scale: float) -> tuple[Tensor, Tensor]:

@@ -21,8 +21,13 @@ from torch import Tensor
 from torch.autograd.function import FunctionCtx
 
 from kubedistill.runtime.losses.chunking import chunk_rows
-from kubedistill.runtime.losses.closed_form import CLOSED_FORMS, cross_entropy_value_and_grad
+from kubedistill.runtime.losses.closed_form import (
+    CLOSED_FORMS,
+    cross_entropy_and_forward_kl_,
+    cross_entropy_value_and_grad,
+)
 from kubedistill.runtime.losses.config import KDConfig
+from kubedistill.runtime.losses.divergences import forward_kl
 from kubedistill.runtime.losses.output import IGNORE_INDEX, LossOutput
 from kubedistill.runtime.losses.registry import Divergence, get_loss
 
@@ -75,6 +80,10 @@ def _closed_form_chunk(
     kd_scale: float,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """`_chunk_logits_grad` for cross-entropy alone or with one of `CLOSED_FORMS`, without autograd."""
+    shared = config.temperature == 1.0 and teacher_logits is not None
+    if shared and divergence is forward_kl and teacher_logits.shape[-1] == logits.shape[-1]:
+        ce, kd, grad = cross_entropy_and_forward_kl_(logits, targets, teacher_logits, ce_scale, kd_scale)
+        return grad, ce, kd
     ce, grad = cross_entropy_value_and_grad(logits, targets, ce_scale)
     kd = logits.new_zeros(())
     if divergence is not None and teacher_logits is not None:

@@ -212,3 +212,10 @@ def test_lm_head_unsharded_by_fsdp2_gets_the_reference_gradient() -> None:
     for name, param in sharded.named_parameters():
         expected = plain.get_parameter(name).grad
         torch.testing.assert_close(param.grad.full_tensor(), expected, **TOLERANCE, msg=name)
+
+
+@pytest.mark.parametrize("kd_ratio", [0.3, 1.0])
+def test_fkl_at_temperature_one_over_equal_vocabularies_equals_the_reference(kd_ratio: float) -> None:
+    """The case where cross-entropy and fkl share one in-place log_softmax (the spec's default loss)."""
+    problem = make_problem(student_vocab=50, teacher_vocab=50)
+    assert_same(problem, KDConfig(loss="fkl", temperature=1.0, kd_ratio=kd_ratio, chunk_size=8))
