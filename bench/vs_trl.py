@@ -1,33 +1,41 @@
 """KubeDistill against TRL's GKDTrainer: the same teacher, student, data, loss and steps, off-policy, on CPU.
 
-    .venv/bin/python -m bench.vs_trl [--steps 32] [--train-records 256] [--eval-records 128]
+    .venv/bin/python -m bench.vs_trl [--pairs tiny,larger] [--repeats 3] [--train-records 256]
+                                     [--eval-records 128]
 
-The pair is tiny (`kubedistill.runtime.tiny`: Qwen3 teacher d=96 x3 layers, student d=64 x2, a BPE
-vocabulary of 400 trained on the task's text); the teacher is first fine-tuned on the task for a few dozen
-steps (plain PyTorch, cross-entropy on the assistant tokens), so that it has something to pass on. Records
+Two pairs (`PAIRS`), both Qwen3 models built from configs (`kubedistill.runtime.tiny`) over a BPE
+vocabulary of 400 trained on the task's text: `tiny` (teacher d=96 x3 layers, student d=64 x2, sequences
+up to 128 tokens, global batch 16, 32 steps), where fixed costs per step dominate, and `larger` (teacher
+d=256 x4 layers, about 4x the student's d=128 x4 parameters; answers long enough to fill 512-token
+sequences; global batch 8 in micro-batches of 2, 10 steps), where compute dominates. The teacher is first
+fine-tuned on the task (plain PyTorch, cross-entropy on the assistant tokens), so that it has something to
+pass on. Records
 are tokenised once, by KubeDistill's data pipeline; TRL gets the same token ids and the same targets
 (`input_ids` and `completion_mask`, which its ChatML collator uses as they are), so both train on exactly the
 same sequences.
 
 Both sides: generalized JSD with beta 0.5 at temperature 1 and nothing else in the loss (TRL's GKD loss;
 KubeDistill `loss: jsd, jsdBeta: 0.5, kdRatio: 1`), normalised per target token over the global batch;
-global batch 16 in micro-batches of 4, AdamW (betas 0.9/0.98, no weight decay) at a constant learning rate
+the pair's global batch and micro-batches, AdamW (betas 0.9/0.98, no weight decay) at a constant learning rate
 of 1e-3 without warm-up, gradients clipped to norm 1, fp32. TRL: `lmbda=0` (never on-policy), `seq_kd=False`.
 
 What differs, and cannot be made the same: the order of the batches (each shuffles with its own seeded
 sampler), TRL pads on the left and KubeDistill on the right, and the process layout. TRL runs teacher and
 student one after the other in one process on every core (torch's default threads); KubeDistill runs on
 local Ray, one teacher actor and one or two FSDP2 student ranks, each actor on one thread (as it does on
-CPU), with the teacher's work for the next step dispatched while the students train.
+CPU), with the teacher's work for the next step dispatched while the students train. Both use the
+machine's cores: TRL through torch's threads (one per core), KubeDistill through its actors.
 
-Columns: s/step is the median over the steps after the first two (start-up and first-call costs excluded);
-`vs TRL` is TRL's s/step divided by this row's (above 1: faster than TRL). `total s` is the whole run:
-model loading, Ray actors, training, export. The final train loss is the mean of the last four steps' loss
+Every variant runs in a fresh process, the three in turn (TRL, 1 rank, 2 ranks, TRL, ...) `--repeats`
+times. Columns: s/step is the median over the steps after the first two (start-up and first-call costs
+excluded), `total s` the whole run (for KubeDistill from `ray.init` on: Ray, actors, model loading,
+training, export; for TRL from building the trainer to saving the model), each the median over repeats
+with their range; `vs TRL` is TRL's median s/step over this row's (above 1: faster than TRL), `total /
+TRL` the same for the whole run. KubeDistill's rows carry rank 0's step breakdown in ms (`bench.step`
+explains each part). The final train loss is the mean of the last four steps' loss
 (one step's batch is only 16 sequences). The eval JSD is one measurement for every row, made here after
 training: the same generalized JSD of each trained student against the teacher over held-out records
 (per target token), and the untrained student's for reference.
-
-Every variant runs in a fresh process of its own.
 """
 
 import argparse
@@ -38,59 +46,104 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from bench.report import report
+from bench.report import Goal, alternate, report, spread
+from bench.step import PARTS, step_parts
 from kubedistill.api.spec import DataSource, DataSpec, Mode
 from kubedistill.runtime.data.load import load_samples
 from kubedistill.runtime.data.sample import Sample
 from kubedistill.runtime.demo_data import chat_records, write_jsonl
-from kubedistill.runtime.tiny import STUDENT_SHAPE, TEACHER_SHAPE, build_tokenizer, save_tiny
+from kubedistill.runtime.tiny import STUDENT_SHAPE, TEACHER_SHAPE, TinyShape, build_tokenizer, save_tiny
 
-MICRO_BATCH = 4
-GLOBAL_BATCH = 16
 LEARNING_RATE = 1.0e-3
 ADAM_BETAS = (0.9, 0.98)
 JSD_BETA = 0.5
-MAX_LENGTH = 128
 PROMPT_MAX_LENGTH = 64
 SEED = 0
-TEACHER_SFT_STEPS = 60
 TEACHER_SFT_LEARNING_RATE = 3.0e-3
+
+
+@dataclass(frozen=True)
+class Pair:
+    student: TinyShape
+    teacher: TinyShape
+    max_length: int
+    global_batch: int
+    micro_batch: int
+    steps: int
+    teacher_sft_steps: int
+    exchanges_per_answer: int
+    """Answers are this many of the task's answers joined: 1 keeps them short, more fill long sequences."""
+
+
+PAIRS = {
+    "tiny": Pair(STUDENT_SHAPE, TEACHER_SHAPE, 128, 16, 4, 32, 60, 1),
+    "larger": Pair(
+        TinyShape(hidden_size=128, intermediate_size=384, num_hidden_layers=4),
+        TinyShape(
+            hidden_size=256,
+            intermediate_size=768,
+            num_hidden_layers=4,
+            num_attention_heads=8,
+            num_key_value_heads=4,
+            head_dim=32,
+            tie_word_embeddings=False,
+        ),
+        512,
+        8,
+        2,
+        10,
+        10,
+        24,
+    ),
+}
 WARM_STEPS = 2
 """Steps left out of s/step: the first calls set up kernels, process groups and the teacher's pipeline."""
 LAST_STEPS = 4
 """Steps the final train loss is averaged over."""
 VARIANTS = ("trl", "kubedistill-1-rank", "kubedistill-2-ranks")
+EVAL_BATCH = 16
 
 
 # -- assets -------------------------------------------------------------------------------------------------
 
 
-def prepare(root: Path, train_records: int, eval_records: int) -> None:
+def long_records(count: int, seed: int, exchanges: int) -> list[dict]:
+    """Chats whose answer is `exchanges` of the task's answers, one after the other."""
+    records = chat_records(count * exchanges, seed)
+    for index, record in enumerate(records[:count]):
+        answers = records[index * exchanges : (index + 1) * exchanges]
+        record["messages"][1]["content"] = " ".join(r["messages"][1]["content"] for r in answers)
+    return records[:count]
+
+
+def prepare(root: Path, pair: Pair, train_records: int, eval_records: int) -> None:
     """Data, tokenizer, an untrained student and a teacher fine-tuned on the task."""
-    train = chat_records(train_records, seed=SEED)
-    teacher_train = chat_records(4 * train_records, seed=SEED + 2)
-    held_out = chat_records(eval_records, seed=SEED + 1)
+    exchanges = pair.exchanges_per_answer
+    train = long_records(train_records, SEED, exchanges)
+    teacher_train = long_records(4 * train_records, SEED + 2, exchanges)
+    held_out = long_records(eval_records, SEED + 1, exchanges)
     write_jsonl(root / "train.jsonl", train)
     write_jsonl(root / "teacher-train.jsonl", teacher_train)
     write_jsonl(root / "eval.jsonl", held_out)
     texts = [" ".join(m["content"] for m in record["messages"]) for record in teacher_train + held_out]
     tokenizer = build_tokenizer(texts, vocab_size=400)
-    save_tiny(root / "student", tokenizer, STUDENT_SHAPE, seed=SEED + 1)
-    save_tiny(root / "teacher", tokenizer, TEACHER_SHAPE, seed=SEED)
-    finetune_teacher(root / "teacher", samples(root / "teacher-train.jsonl", root / "teacher"))
+    save_tiny(root / "student", tokenizer, pair.student, seed=SEED + 1)
+    save_tiny(root / "teacher", tokenizer, pair.teacher, seed=SEED)
+    finetune_teacher(root / "teacher", pair, samples(root / "teacher-train.jsonl", root / "teacher", pair))
 
 
-def samples(path: Path, model: Path) -> list[Sample]:
+def samples(path: Path, model: Path, pair: Pair) -> list[Sample]:
     """Records of `path` as KubeDistill's pipeline tokenises them for a job with this bench's settings."""
     from transformers import AutoTokenizer
 
     source = DataSource(path=str(path))
-    data = DataSpec(train=source, max_length=MAX_LENGTH, prompt_max_length=PROMPT_MAX_LENGTH)
+    data = DataSpec(train=source, max_length=pair.max_length, prompt_max_length=PROMPT_MAX_LENGTH)
     tokenizer = AutoTokenizer.from_pretrained(model)
     return load_samples(source, data, tokenizer, mode=Mode.OFF_POLICY).samples
 
@@ -110,16 +163,17 @@ def padded(batch: list[Sample], pad_id: int) -> tuple[torch.Tensor, torch.Tensor
     return ids, mask, labels
 
 
-def finetune_teacher(path: Path, train: list[Sample]) -> None:
+def finetune_teacher(path: Path, pair: Pair, train: list[Sample]) -> None:
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(SEED)
     model = AutoModelForCausalLM.from_pretrained(path)
     optimizer = torch.optim.AdamW(model.parameters(), lr=TEACHER_SFT_LEARNING_RATE)
     model.train()
-    for step in range(TEACHER_SFT_STEPS):
-        start = (step * GLOBAL_BATCH) % (len(train) - GLOBAL_BATCH)
-        ids, mask, labels = padded(train[start : start + GLOBAL_BATCH], model.config.pad_token_id)
+    batch = pair.global_batch
+    for step in range(pair.teacher_sft_steps):
+        start = (step * batch) % (len(train) - batch)
+        ids, mask, labels = padded(train[start : start + batch], model.config.pad_token_id)
         loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
         loss.backward()
         optimizer.step()
@@ -130,14 +184,14 @@ def finetune_teacher(path: Path, train: list[Sample]) -> None:
 # -- the variants -------------------------------------------------------------------------------------------
 
 
-def run_trl(root: Path, steps: int) -> dict[str, Any]:
+def run_trl(root: Path, pair: Pair) -> dict[str, Any]:
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl.experimental.gkd import GKDConfig, GKDTrainer
 
     tokenizer = AutoTokenizer.from_pretrained(root / "student")
     records = []
-    for sample in samples(root / "train.jsonl", root / "student"):
+    for sample in samples(root / "train.jsonl", root / "student", pair):
         # Up to the last target: TRL trains on every token after the prompt, KubeDistill on the targets.
         end = max(i for i, target in enumerate(sample.target_mask) if target) + 1
         completion = [int(target) for target in sample.target_mask[:end]]
@@ -161,9 +215,9 @@ def run_trl(root: Path, steps: int) -> dict[str, Any]:
     started = time.perf_counter()
     config = GKDConfig(
         output_dir=str(root / "trl-out"),
-        max_steps=steps,
-        per_device_train_batch_size=MICRO_BATCH,
-        gradient_accumulation_steps=GLOBAL_BATCH // MICRO_BATCH,
+        max_steps=pair.steps,
+        per_device_train_batch_size=pair.micro_batch,
+        gradient_accumulation_steps=pair.global_batch // pair.micro_batch,
         learning_rate=LEARNING_RATE,
         lr_scheduler_type="constant",
         warmup_steps=0,
@@ -175,7 +229,7 @@ def run_trl(root: Path, steps: int) -> dict[str, Any]:
         lmbda=0.0,
         beta=JSD_BETA,
         seq_kd=False,
-        max_length=MAX_LENGTH,
+        max_length=pair.max_length,
         seed=SEED,
         use_cpu=True,
         bf16=False,
@@ -199,7 +253,7 @@ def run_trl(root: Path, steps: int) -> dict[str, Any]:
     return _row(clock.seconds, losses, time.perf_counter() - started, root / "trl-student")
 
 
-def run_kubedistill(root: Path, steps: int, ranks: int) -> dict[str, Any]:
+def run_kubedistill(root: Path, pair: Pair, ranks: int) -> dict[str, Any]:
     import ray
 
     from kubedistill.api import parse_job
@@ -216,14 +270,14 @@ def run_kubedistill(root: Path, steps: int, ranks: int) -> dict[str, Any]:
             "distillation": {"loss": "jsd", "jsdBeta": JSD_BETA, "temperature": 1.0, "kdRatio": 1.0},
             "data": {
                 "train": {"path": str(root / "train.jsonl")},
-                "maxLength": MAX_LENGTH,
+                "maxLength": pair.max_length,
                 "promptMaxLength": PROMPT_MAX_LENGTH,
             },
             "training": {
                 "epochs": 1000,
-                "maxSteps": steps,
-                "globalBatchSize": GLOBAL_BATCH,
-                "microBatchSize": MICRO_BATCH,
+                "maxSteps": pair.steps,
+                "globalBatchSize": pair.global_batch,
+                "microBatchSize": pair.micro_batch,
                 "learningRate": LEARNING_RATE,
                 "lrScheduler": "constant",
                 "warmupRatio": 0.0,
@@ -236,16 +290,20 @@ def run_kubedistill(root: Path, steps: int, ranks: int) -> dict[str, Any]:
         },
     }
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    started = time.perf_counter()
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, configure_logging=False)
     try:
-        started = time.perf_counter()
         options = RunOptions(output_dir=output, metrics_port=0, progress=False, print_summary=False)
         history = Trainer(parse_job(manifest), options).run().history
         total = time.perf_counter() - started
     finally:
         ray.shutdown()
     trains = [record for record in history if record["kind"] == "train"]
-    return _row([r["step_seconds"] for r in trains], [r["loss"] for r in trains], total, output)
+    row = _row([r["step_seconds"] for r in trains], [r["loss"] for r in trains], total, output)
+    return {
+        **row,
+        **{f"{part} ms": ms for part, ms in step_parts(trains[WARM_STEPS:]).items() if part != "step"},
+    }
 
 
 def _row(step_seconds: list[float], losses: list[float], total: float, student: Path) -> dict[str, Any]:
@@ -272,8 +330,8 @@ def eval_jsd(student_dir: Path, teacher_dir: Path, held_out: list[Sample]) -> fl
     student = AutoModelForCausalLM.from_pretrained(student_dir).eval()
     teacher = AutoModelForCausalLM.from_pretrained(teacher_dir).eval()
     total, tokens = 0.0, 0
-    for start in range(0, len(held_out), GLOBAL_BATCH):
-        ids, mask, labels = padded(held_out[start : start + GLOBAL_BATCH], student.config.pad_token_id)
+    for start in range(0, len(held_out), EVAL_BATCH):
+        ids, mask, labels = padded(held_out[start : start + EVAL_BATCH], student.config.pad_token_id)
         shifted = labels[:, 1:]
         jsd = GKDTrainer.generalized_jsd_loss(
             student(input_ids=ids, attention_mask=mask).logits[:, :-1],
@@ -290,39 +348,82 @@ def eval_jsd(student_dir: Path, teacher_dir: Path, held_out: list[Sample]) -> fl
 # -- orchestration ------------------------------------------------------------------------------------------
 
 
-def run_variant(variant: str, root: Path, steps: int) -> dict[str, Any]:
+def run_variant(variant: str, root: Path, pair: Pair) -> dict[str, Any]:
     if variant == "trl":
-        return run_trl(root, steps)
-    return run_kubedistill(root, steps, ranks=1 if variant == "kubedistill-1-rank" else 2)
+        return run_trl(root, pair)
+    return run_kubedistill(root, pair, ranks=1 if variant == "kubedistill-1-rank" else 2)
 
 
-def in_fresh_process(variant: str, root: Path, steps: int) -> dict[str, Any]:
+def in_fresh_process(variant: str, root: Path, pair: str) -> dict[str, Any]:
+    command = [
+        sys.executable,
+        "-m",
+        "bench.vs_trl",
+        "--variant",
+        variant,
+        "--root",
+        str(root),
+        "--pairs",
+        pair,
+    ]
     done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "bench.vs_trl",
-            "--variant",
-            variant,
-            "--root",
-            str(root),
-            "--steps",
-            str(steps),
-        ],
-        cwd=Path(__file__).parents[1],
-        capture_output=True,
-        text=True,
-        timeout=1800,
-        check=False,
+        command, cwd=Path(__file__).parents[1], capture_output=True, text=True, timeout=1800, check=False
     )
     if done.returncode != 0:
         raise RuntimeError(f"{variant} failed:\n{done.stderr[-4000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def compare(name: str, repeats: int, train_records: int, eval_records: int) -> tuple[list[dict], list[Goal]]:
+    """Rows and goals of one pair: every variant `repeats` times, in turn."""
+    pair = PAIRS[name]
+    with tempfile.TemporaryDirectory(prefix=f"vs-trl-{name}-") as tmp:
+        root = Path(tmp)
+        prepare(root, pair, train_records, eval_records)
+        counter = iter(range(10**6))
+
+        def once(variant: str) -> dict[str, Any]:
+            # Each run writes its own student; the last one of each variant is evaluated.
+            run_root = root / f"run-{next(counter)}"
+            run_root.mkdir()
+            for item in ("train.jsonl", "student", "teacher"):
+                (run_root / item).symlink_to(root / item)
+            return in_fresh_process(variant, run_root, name)
+
+        runs = alternate(VARIANTS, repeats, once)
+        held_out = samples(root / "eval.jsonl", root / "student", pair)
+        untrained = eval_jsd(root / "student", root / "teacher", held_out)
+        trl_step = statistics.median(r["s/step"] for r in runs["trl"])
+        trl_total = statistics.median(r["total s"] for r in runs["trl"])
+        rows, goals = [], []
+        for variant, results in runs.items():
+            step = statistics.median(r["s/step"] for r in results)
+            total = statistics.median(r["total s"] for r in results)
+            row: dict[str, Any] = {
+                "variant": f"{name}: {variant}",
+                "s/step": spread([r["s/step"] for r in results]),
+                "vs TRL": trl_step / step,
+                "total s": spread([r["total s"] for r in results]),
+                "total / TRL": total / trl_total,
+                "final train loss": statistics.median(r["final train loss"] for r in results),
+                "eval JSD": eval_jsd(Path(results[-1]["student"]), root / "teacher", held_out),
+                "untrained eval JSD": untrained,
+            }
+            for part in PARTS:
+                values = [r[f"{part} ms"] for r in results if f"{part} ms" in r]
+                row[f"{part} ms"] = statistics.median(values) if values else ""
+            rows.append(row)
+            if variant != "trl":
+                goals.append(Goal(f"{name}, {variant}: TRL's s/step / ours", trl_step / step, 1.0))
+                if variant == "kubedistill-1-rank":
+                    goals.append(Goal(f"{name}, {variant}: whole run / TRL's", total / trl_total, 2.0, False))
+    return rows, goals
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=32)
+    parser.add_argument("--pairs", default=",".join(PAIRS), help="comma-separated pairs")
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--train-records", type=int, default=256)
     parser.add_argument("--eval-records", type=int, default=128)
     parser.add_argument("--variant", choices=VARIANTS, help=argparse.SUPPRESS)
@@ -332,41 +433,33 @@ def main() -> None:
     from transformers.utils import logging as transformers_logging
 
     transformers_logging.disable_progress_bar()
+    pairs = args.pairs.split(",")
     if args.variant:
-        print(json.dumps(run_variant(args.variant, args.root, args.steps)))
+        print(json.dumps(run_variant(args.variant, args.root, PAIRS[pairs[0]])))
         return
 
-    with tempfile.TemporaryDirectory(prefix="vs-trl-") as tmp:
-        root = Path(tmp)
-        prepare(root, args.train_records, args.eval_records)
-        results = {variant: in_fresh_process(variant, root, args.steps) for variant in VARIANTS}
-        held_out = samples(root / "eval.jsonl", root / "student")
-        untrained = eval_jsd(root / "student", root / "teacher", held_out)
-        trl_step = results["trl"]["s/step"]
-        rows = []
-        for variant, result in results.items():
-            row = {"variant": variant, **{k: v for k, v in result.items() if k != "student"}}
-            row["vs TRL"] = trl_step / result["s/step"]
-            row["eval JSD"] = eval_jsd(Path(result["student"]), root / "teacher", held_out)
-            rows.append(row)
+    rows, goals = [], []
+    for name in pairs:
+        pair_rows, pair_goals = compare(name, args.repeats, args.train_records, args.eval_records)
+        rows += pair_rows
+        goals += pair_goals
     report(
         "vs_trl",
-        "KubeDistill vs TRL GKDTrainer: tiny Qwen3 pair, off-policy generalized JSD, CPU "
-        f"(untrained student's eval JSD {untrained:.4g})",
+        "KubeDistill vs TRL GKDTrainer: off-policy generalized JSD (beta 0.5), fp32, CPU; s/step and "
+        f"total s: median (range) of {args.repeats} alternating runs",
         rows,
         {
-            "steps": args.steps,
+            "pairs": {name: asdict(PAIRS[name]) for name in pairs},
+            "repeats": args.repeats,
             "train_records": args.train_records,
             "eval_records": args.eval_records,
-            "global_batch": GLOBAL_BATCH,
-            "micro_batch": MICRO_BATCH,
             "learning_rate": LEARNING_RATE,
             "adam_betas": list(ADAM_BETAS),
             "jsd_beta": JSD_BETA,
-            "teacher_sft_steps": TEACHER_SFT_STEPS,
-            "untrained_eval_jsd": untrained,
             "torch_threads_trl": torch.get_num_threads(),
+            "torch_threads_kubedistill_per_actor": 1,
         },
+        goals,
     )
 
 

@@ -12,6 +12,7 @@ import logging
 import math
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -507,9 +508,19 @@ class Trainer:
 
     def _start_groups(self) -> None:
         cluster = ClusterView.current()
-        if has_teacher(self.job):
-            self.teacher = TeacherActorGroup(self.job, cluster)
-        self.students = StudentActorGroup(self.job, self.total_steps, cluster)
+        # Teacher and students start side by side (their actors import torch and load their models at the
+        # same time); each group that did start is kept before an error of the other is raised, so that
+        # shutdown() stops it.
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            starting = {"students": pool.submit(StudentActorGroup, self.job, self.total_steps, cluster)}
+            if has_teacher(self.job):
+                starting["teacher"] = pool.submit(TeacherActorGroup, self.job, cluster)
+        for name, future in starting.items():
+            if future.exception() is None:
+                setattr(self, name, future.result())
+        for future in starting.values():
+            if future.exception() is not None:
+                raise future.exception()
         if self.spec.mode == Mode.ON_POLICY:
             self.rollout = RolloutActorGroup(self.job, cluster)
             rollout_turn = lambda: self._turn(self.rollout)  # noqa: E731 - evaluated at each round
