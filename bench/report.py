@@ -48,12 +48,6 @@ def spread(values: Sequence[float]) -> dict[str, float]:
     return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
 
-def median_range(values: Sequence[float]) -> str:
-    """'median (min-max)' for a table cell."""
-    s = spread(values)
-    return f"{s['median']:.4g} ({s['min']:.4g}-{s['max']:.4g})"
-
-
 @dataclass(frozen=True)
 class Goal:
     """A figure the issue set a goal for: `measured` against `target`, higher (`at_least`) or lower."""
