@@ -13,6 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from kubedistill.api.generation import teacher_generates
 from kubedistill.api.spec import Backend, DataFormat, DistillationJobSpec, Mode, TeacherSpec
 
 
@@ -103,17 +104,21 @@ def _source_keys_pair(source_path: str) -> Rule:
         source = spec.data.eval if source_path == "eval" else spec.data.train
         if source is None:
             return True
-        prompt_only = spec.mode == Mode.ON_POLICY and source.response_key is None
+        generated = spec.mode == Mode.ON_POLICY or (source_path == "train" and spec.generation is not None)
+        prompt_only = generated and source.response_key is None
         return (source.prompt_key is None) == (source.response_key is None) or prompt_only
 
     keys = f"data.{source_path}"
+    generated = f"{value('mode')} == 'onPolicy'"
+    if source_path == "train":
+        generated = f"({generated} || has(self.generation))"
     return Rule(
         f"{keys}.promptKey",
         "promptKey and responseKey go together: set both (prompt/response records) or neither (chat "
-        "records); onPolicy may set promptKey alone",
+        "records); onPolicy (and spec.generation, for data.train) may set promptKey alone",
         holds,
         f"!{present(keys)} || {present(keys + '.promptKey')} == {present(keys + '.responseKey')}"
-        f" || ({value('mode')} == 'onPolicy' && !{present(keys + '.responseKey')})",
+        f" || ({generated} && !{present(keys + '.responseKey')})",
     )
 
 
@@ -155,9 +160,42 @@ RULES: tuple[Rule, ...] = (
     ),
     Rule(
         "teacher",
-        "not used when spec.mode is sft (training on the data alone); remove it",
-        lambda s: s.mode != Mode.SFT or s.teacher is None,
-        f"{value('mode')} != 'sft' || !has(self.teacher)",
+        "not used when spec.mode is sft (training on the data alone) unless it generates the responses "
+        "(spec.generation without an endpoint); remove it",
+        lambda s: s.mode != Mode.SFT or s.teacher is None or teacher_generates(s),
+        f"{value('mode')} != 'sft' || !has(self.teacher) || (has(self.generation) && "
+        "!has(self.generation.endpoint))",
+    ),
+    Rule(
+        "generation",
+        "only used when spec.mode is sft or offPolicy (training on the generated responses); remove it",
+        lambda s: s.generation is None or s.mode in (Mode.SFT, Mode.OFF_POLICY),
+        f"!has(self.generation) || {_mode_is(Mode.SFT, Mode.OFF_POLICY)}",
+    ),
+    Rule(
+        "generation.endpoint",
+        "offPolicy needs the teacher's hidden states on the responses, which an endpoint does not return: "
+        "use spec.mode sft with an endpoint, or remove the endpoint so that spec.teacher generates",
+        lambda s: s.generation is None or s.generation.endpoint is None or s.mode != Mode.OFF_POLICY,
+        f"!{present('generation.endpoint')} || {value('mode')} != 'offPolicy'",
+    ),
+    Rule(
+        "teacher.model",
+        "required when spec.generation has no endpoint (the job's teacher writes the responses)",
+        lambda s: not teacher_generates(s) or (s.teacher is not None and s.teacher.model is not None),
+        f"!has(self.generation) || has(self.generation.endpoint) || {present('teacher.model')}",
+    ),
+    Rule(
+        "data.applyChatTemplate",
+        "must be true with spec.generation: the generated records are chats",
+        lambda s: s.generation is None or s.data.apply_chat_template,
+        f"!has(self.generation) || {value('data.applyChatTemplate')}",
+    ),
+    Rule(
+        "generation.maxNewTokens",
+        "must be less than spec.data.maxLength (prompt and response share it)",
+        lambda s: s.generation is None or s.generation.max_new_tokens < s.data.max_length,
+        f"!has(self.generation) || {value('generation.maxNewTokens')} < {value('data.maxLength')}",
     ),
     Rule(
         "teacher.model",

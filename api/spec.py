@@ -14,6 +14,7 @@ from typing import Annotated, Any
 from pydantic import Field, ValidationInfo, field_validator
 
 from kubedistill.api.base import SpecModel
+from kubedistill.api.generation import GenerationSpec
 from kubedistill.api.registry import ALGORITHM_GROUP, LOSS_GROUP, known_names
 
 Quantity = Annotated[str, Field(pattern=r"^[0-9]+(\.[0-9]+)?(m|k|Ki|M|Mi|G|Gi|T|Ti|P|Pi|E|Ei)?$")]
@@ -355,11 +356,15 @@ class DistillationJobSpec(SpecModel):
     """offPolicy distills on dataset responses, onPolicy on the student's own samples, selfDistillation from
     the student's own (earlier or averaged) weights, sft trains on the data alone."""
     teacher: TeacherSpec | None = None
-    """The teacher; required for offPolicy and onPolicy, optional for selfDistillation, absent for sft."""
+    """The teacher; required for offPolicy and onPolicy, optional for selfDistillation, absent for sft (unless
+    it generates the training responses, spec.generation)."""
     student: StudentSpec
     """The model being trained."""
     rollout: RolloutSpec | None = None
     """Generation of on-policy samples; required for onPolicy and only allowed there."""
+    generation: GenerationSpec | None = None
+    """Responses to the training prompts written by a teacher (the job's own or an OpenAI-compatible
+    endpoint) before training, then trained on with sft, or offPolicy with the job's own teacher."""
     distillation: DistillationSpec = DistillationSpec()
     """What is distilled and how."""
     data: DataSpec
