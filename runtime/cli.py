@@ -12,6 +12,7 @@ import typer
 from kubedistill.api import telemetry
 
 if TYPE_CHECKING:
+    from kubedistill.api.job import DistillationJob
     from kubedistill.runtime.trainer import Trainer
 
 app = typer.Typer(
@@ -113,6 +114,8 @@ def run(
     )
     if problems:
         raise fail(problems)
+    if job.spec.generation is not None:
+        job = _generate(file, job, out)
     # torch, ray and transformers only now: the checks above answer in a second or two.
     from kubedistill.runtime.checkpoint import CheckpointDirectory
     from kubedistill.runtime.data.errors import BadRecordError, ChatTemplateError, DataFileError
@@ -164,6 +167,43 @@ def run(
         trainer.run()
     except KeyboardInterrupt:
         raise _interrupted(file, trainer) from None
+
+
+def _generate(file: Path, job: "DistillationJob", out: Path) -> "DistillationJob":
+    """spec.generation: the teacher answers the training prompts into <out>/generated/ (resuming what an
+    earlier run wrote); returns the job that trains on that file."""
+    import os
+
+    from kubedistill.runtime.data.errors import BadRecordError, DataFileError
+    from kubedistill.runtime.generation import phase
+    from kubedistill.runtime.generation.endpoint import EndpointRefused
+    from kubedistill.runtime.generation.preflight import check_generation
+    from kubedistill.runtime.generation.store import GenerationRefused
+
+    def fail(problem: str) -> typer.Exit:
+        typer.echo(f"{file}: {problem}", err=True)
+        return typer.Exit(1)
+
+    store = phase.generated_file(job, out)
+    if store.report() is None:
+        problems = check_generation(job, os.environ)
+        if problems:
+            raise fail(problems[0])
+    try:
+        if job.spec.generation.endpoint is None and store.report() is None:
+            from kubedistill.runtime.ray_session import connect
+
+            connect()
+        result = phase.run_generation(job, out, os.environ)
+    except (GenerationRefused, EndpointRefused, BadRecordError, DataFileError) as error:
+        raise fail(str(error)) from None
+    except KeyboardInterrupt:
+        typer.echo(f"{file}: interrupted during generation; a re-run goes on from {store.path}", err=True)
+        raise typer.Exit(130) from None
+    typer.echo(f"{file}: {result.summary()}")
+    if not result.report["generated"]:
+        raise fail(f"spec.generation: no response was kept (see {store.skipped_path}); nothing to train on")
+    return phase.training_job(job, result.path)
 
 
 def _interrupted(file: Path, trainer: "Trainer") -> typer.Exit:

@@ -163,6 +163,7 @@ class GeneratedFile:
     def finish(self, prompts: list[Prompt], skipped: list[Skipped], report: dict[str, Any]) -> dict[str, Any]:
         """Sort the file by prompt; write the skipped pairs and the report (the mark of a finished run)."""
         order = {prompt.id: index for index, prompt in enumerate(prompts)}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         lines = self.path.read_text(encoding="utf-8").splitlines() if self.path.is_file() else []
         keyed = sorted(
             (order[(record := json.loads(text))["promptId"]], record["sample"], text) for text in lines
