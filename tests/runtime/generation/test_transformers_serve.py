@@ -46,8 +46,7 @@ def served_teacher(tiny: TinyWorld, tmp_path_factory: pytest.TempPathFactory) ->
     log = tmp_path_factory.mktemp("serve") / "serve.log"
     with log.open("wb") as output:
         server = subprocess.Popen(
-            [TRANSFORMERS, "serve", str(tiny.teacher), "--host", "127.0.0.1", "--port", str(port)]
-            + ["--device", "cpu"],
+            [TRANSFORMERS, "serve", str(tiny.teacher), "--device", "cpu", "--port", str(port)],
             stdout=output,
             stderr=subprocess.STDOUT,
             env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"},
