@@ -5,6 +5,8 @@ from typing import Any
 
 import yaml
 
+from kubedistill.runtime.demo_data import chat_records, write_jsonl
+
 EXAMPLES = Path(__file__).resolve().parents[3] / "examples" / "local"
 
 
@@ -26,3 +28,15 @@ def example_manifest(name: str, paths: dict[str, Path], **generation: Any) -> di
 def write_manifest(path: Path, manifest: dict[str, Any]) -> Path:
     path.write_text(yaml.safe_dump(manifest), encoding="utf-8")
     return path
+
+
+def distinct_prompts(path: Path, count: int) -> Path:
+    """`count` chats of the tiny task with distinct questions (the examples' global batch is 16)."""
+    records, seen = [], set()
+    for record in chat_records(200, seed=5):
+        question = record["messages"][0]["content"]
+        if question not in seen:
+            seen.add(question)
+            records.append(record)
+    assert len(records) >= count
+    return write_jsonl(path, records[:count])

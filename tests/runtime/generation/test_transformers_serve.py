@@ -22,10 +22,9 @@ from pathlib import Path
 
 import pytest
 
-from kubedistill.runtime.demo_data import chat_records, write_jsonl
 from kubedistill.runtime.generation.phase import run_generation
 from tests.runtime.conftest import TinyWorld
-from tests.runtime.generation.examples import example_manifest, write_manifest
+from tests.runtime.generation.examples import distinct_prompts, example_manifest, write_manifest
 from tests.test_bad_inputs import invoke
 
 STARTUP_SECONDS = 180
@@ -68,15 +67,8 @@ def served_teacher(tiny: TinyWorld, tmp_path_factory: pytest.TempPathFactory) ->
 
 
 @pytest.fixture(scope="module")
-def prompts(tiny: TinyWorld, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """16 distinct chats of the tiny task: one global batch of the examples."""
-    records, seen = [], set()
-    for record in chat_records(200, seed=5):
-        question = record["messages"][0]["content"]
-        if question not in seen:
-            seen.add(question)
-            records.append(record)
-    return write_jsonl(tmp_path_factory.mktemp("prompts") / "prompts.jsonl", records[:16])
+def prompts(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return distinct_prompts(tmp_path_factory.mktemp("prompts") / "prompts.jsonl", 16)
 
 
 def _paths(tiny: TinyWorld, prompts: Path, out: Path) -> dict[str, Path]:
