@@ -35,6 +35,8 @@ class Request:
     """(prompt id, sample index)."""
     messages: list[Message]
     seed: int
+    tools: list[Any] | None = None
+    """The record's function definitions, for a prompt that may call them."""
 
 
 @dataclass(frozen=True)
@@ -69,7 +71,7 @@ class ChatCompletionsClient:
             "max_tokens": settings.max_new_tokens,
             "seed": request.seed,
             "stream": False,
-        }
+        } | ({"tools": request.tools} if request.tools else {})
 
     async def complete_all(self, requests: Sequence[Request]) -> AsyncIterator[Outcome]:
         """Outcomes in the order they finish."""

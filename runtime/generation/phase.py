@@ -129,7 +129,7 @@ async def _from_endpoint(
     client = ChatCompletionsClient(endpoint, settings, api_key, backoff_seconds)
     by_id = {prompt.id: prompt for prompt in prompts}
     requests = [
-        Request((prompt.id, sample), prompt.messages, settings.seed + sample)
+        Request((prompt.id, sample), prompt.messages, settings.seed + sample, prompt.carried.get("tools"))
         for prompt in prompts
         for sample in missing[prompt.id]
     ]

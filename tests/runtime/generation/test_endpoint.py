@@ -99,3 +99,16 @@ def test_a_refused_key_stops_generation_naming_the_field(prompts: Path, tmp_path
         run_generation(endpoint_job(prompts, server.url), tmp_path / "out", ENV, backoff_seconds=BACKOFF)
     assert str(refused.value).startswith("spec.generation.endpoint.apiKey: ")
     assert "HTTP 401" in str(refused.value) and KEY not in str(refused.value)
+
+
+def test_a_records_tools_go_with_its_prompt_and_into_the_generated_record(tmp_path: Path) -> None:
+    tools = [{"type": "function", "function": {"name": "weather", "parameters": {"type": "object"}}}]
+    records = [{"messages": [{"role": "user", "content": "rain?"}], "tools": tools}]
+    train = tmp_path / "tools.jsonl"
+    train.write_text("".join(json.dumps(record) + "\n" for record in records))
+    with scripted_server({}) as server:
+        result = run_generation(
+            endpoint_job(train, server.url), tmp_path / "out", ENV, backoff_seconds=BACKOFF
+        )
+    assert [body["tools"] for body in server.bodies] == [tools]
+    assert _lines(result.path)[0]["tools"] == tools

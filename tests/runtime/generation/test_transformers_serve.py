@@ -19,6 +19,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -80,8 +81,15 @@ def _paths(tiny: TinyWorld, prompts: Path, out: Path) -> dict[str, Path]:
     }
 
 
-def _endpoint(url: str, tiny: TinyWorld) -> dict[str, str]:
-    return {"baseUrl": url, "model": str(tiny.teacher)}
+def _example(url: str, tiny: TinyWorld, prompts: Path, tmp_path: Path, **generation: Any) -> Path:
+    """The endpoint example aimed at the served tiny teacher, in tmp_path/job.yaml, output in tmp_path/out."""
+    manifest = example_manifest(
+        "generate-from-endpoint",
+        _paths(tiny, prompts, tmp_path / "out"),
+        endpoint={"baseUrl": url, "model": str(tiny.teacher)},
+        **generation,
+    )
+    return write_manifest(tmp_path / "job.yaml", manifest)
 
 
 @pytest.mark.usefixtures("ray_session")
@@ -89,15 +97,9 @@ def test_the_endpoint_example_generates_then_trains_the_student_on_the_answers(
     served_teacher: str, tiny: TinyWorld, prompts: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "out"
-    manifest = example_manifest(
-        "generate-from-endpoint",
-        _paths(tiny, prompts, out),
-        endpoint=_endpoint(served_teacher, tiny),
-        maxNewTokens=8,
-        keepTruncated=True,
+    done = invoke(
+        ["run", str(_example(served_teacher, tiny, prompts, tmp_path, maxNewTokens=8, keepTruncated=True))]
     )
-    file = write_manifest(tmp_path / "job.yaml", manifest)
-    done = invoke(["run", str(file)])
     assert done.exit_code == 0, done.stderr
     generated = out / "generated" / "demo-generate-from-endpoint.jsonl"
     lines = [json.loads(line) for line in generated.read_text().splitlines()]
@@ -114,16 +116,9 @@ def test_the_endpoint_example_generates_then_trains_the_student_on_the_answers(
 def test_cut_off_answers_are_skipped_and_counted_and_none_left_fails_naming_the_file(
     served_teacher: str, tiny: TinyWorld, prompts: Path, tmp_path: Path
 ) -> None:
-    out = tmp_path / "out"
-    manifest = example_manifest(
-        "generate-from-endpoint",
-        _paths(tiny, prompts, out),
-        endpoint=_endpoint(served_teacher, tiny),
-        maxNewTokens=4,
-    )
-    file = write_manifest(tmp_path / "job.yaml", manifest)
+    file = _example(served_teacher, tiny, prompts, tmp_path, maxNewTokens=4)
     done = invoke(["run", str(file)])
-    skipped = out / "generated" / "demo-generate-from-endpoint.skipped.jsonl"
+    skipped = tmp_path / "out" / "generated" / "demo-generate-from-endpoint.skipped.jsonl"
     assert done.exit_code == 1
     assert "skipped: 16 length" in done.stdout
     assert done.stderr.splitlines()[-1] == (
