@@ -58,7 +58,15 @@ def settings_of(job: DistillationJob) -> Settings:
 
 
 def generated_file(job: DistillationJob, output_dir: Path) -> GeneratedFile:
-    return GeneratedFile(output_dir / GENERATED_DIR, job.name, settings_of(job))
+    generation = job.spec.generation
+    assert generation is not None
+    return GeneratedFile(
+        output_dir / GENERATED_DIR,
+        job.name,
+        settings_of(job),
+        generation.samples_per_prompt,
+        generation.keep_truncated,
+    )
 
 
 def run_generation(
@@ -105,7 +113,6 @@ def run_generation(
         skipped,
         {
             "prompts": len(prompts),
-            "samplesPerPrompt": samples,
             "reusedLines": len(done),
             "badRecords": [str(record) for record in bad],
         },

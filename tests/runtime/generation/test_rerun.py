@@ -9,7 +9,7 @@ import pytest
 from kubedistill.runtime.generation.phase import run_generation
 from kubedistill.runtime.generation.store import GenerationRefused
 from tests.runtime.generation.jobs import endpoint_job, prompt_file
-from tests.runtime.generation.scripted_server import scripted_server
+from tests.runtime.generation.scripted_server import completion, scripted_server
 
 ENV = {"TEST_API_KEY": "sk-test"}
 PROMPTS = ["cow", "dog", "cat", "owl"]
@@ -73,3 +73,27 @@ def test_a_file_answering_prompts_no_longer_in_the_data_is_refused(prompts: Path
         with pytest.raises(GenerationRefused, match=r"no longer in spec\.data\.train"):
             run_generation(endpoint_job(fewer, server.url), tmp_path / "out", ENV)
     assert json.loads(first.path.read_text().splitlines()[0])["prompt"][-1]["content"] == "cow"
+
+
+def test_more_samples_per_prompt_generate_only_the_new_ones_and_fewer_are_refused(
+    prompts: Path, tmp_path: Path
+) -> None:
+    with scripted_server({}) as server:
+        run_generation(endpoint_job(prompts, server.url), tmp_path / "out", ENV)
+        server.asked.clear()
+        more = run_generation(endpoint_job(prompts, server.url, samplesPerPrompt=3), tmp_path / "out", ENV)
+        assert sum(server.asked.values()) == 4 * 2, "samples 1 and 2 of each prompt"
+        assert more.report["generated"] == 12 and not more.reused
+        with pytest.raises(
+            GenerationRefused, match=r":2: sample 1 of its prompt, but .*samplesPerPrompt is now 1"
+        ):
+            run_generation(endpoint_job(prompts, server.url), tmp_path / "out", ENV)
+
+
+def test_cut_off_responses_kept_once_are_refused_when_no_longer_kept(tmp_path: Path) -> None:
+    prompts = prompt_file(tmp_path / "prompts.jsonl", ["long"])
+    script = {"long": [completion("and then", finish_reason="length")]}
+    with scripted_server(script) as server:
+        run_generation(endpoint_job(prompts, server.url, keepTruncated=True), tmp_path / "out", ENV)
+        with pytest.raises(GenerationRefused, match=r":1: a response cut off at maxNewTokens"):
+            run_generation(endpoint_job(prompts, server.url), tmp_path / "out", ENV)
