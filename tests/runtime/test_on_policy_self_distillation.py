@@ -80,8 +80,9 @@ def test_a_resumed_run_ends_like_an_uninterrupted_one(
     _run(manifest, tmp_path / "first", stop=CHECKPOINT_EVERY)
     resumed = _kind(_run(manifest, tmp_path / "second"), "train")
     assert [r["step"] for r in resumed] == list(range(1, STEPS + 1))
+    # The losses are divergences of about 1e-4: compared relative to their size.
     assert [r["loss"] for r in resumed] == pytest.approx(
-        [r["loss"] for r in _kind(straight, "train")], abs=1e-6
+        [r["loss"] for r in _kind(straight, "train")], rel=1e-5, abs=0
     )
     expected = load_file(straight_output / "model.safetensors")
     actual = load_file(tmp_path / "second" / "model.safetensors")
