@@ -89,6 +89,11 @@ def _mode_is(*modes: Mode) -> str:
     return f"{value('mode')} in [{', '.join(repr(str(m)) for m in modes)}]"
 
 
+def _on_policy() -> str:
+    """CEL twin of `DistillationJobSpec.on_policy`."""
+    return f"({value('mode')} == 'onPolicy' || ({value('mode')} == 'selfDistillation' && has(self.rollout)))"
+
+
 def _gpus_per_teacher_node(spec: DistillationJobSpec) -> int:
     teacher = spec.teacher or TeacherSpec()
     return teacher.gpus_per_replica // teacher.nodes_per_replica
@@ -104,18 +109,19 @@ def _source_keys_pair(source_path: str) -> Rule:
         source = spec.data.eval if source_path == "eval" else spec.data.train
         if source is None:
             return True
-        generated = spec.mode == Mode.ON_POLICY or (source_path == "train" and spec.generation is not None)
+        generated = spec.on_policy or (source_path == "train" and spec.generation is not None)
         prompt_only = generated and source.response_key is None
         return (source.prompt_key is None) == (source.response_key is None) or prompt_only
 
     keys = f"data.{source_path}"
-    generated = f"{value('mode')} == 'onPolicy'"
+    generated = _on_policy()
     if source_path == "train":
         generated = f"({generated} || has(self.generation))"
     return Rule(
         f"{keys}.promptKey",
         "promptKey and responseKey go together: set both (prompt/response records) or neither (chat "
-        "records); onPolicy (and spec.generation, for data.train) may set promptKey alone",
+        "records); onPolicy (or selfDistillation with a rollout section, or spec.generation for data.train) "
+        "may set promptKey alone",
         holds,
         f"!{present(keys)} || {present(keys + '.promptKey')} == {present(keys + '.responseKey')}"
         f" || ({generated} && !{present(keys + '.responseKey')})",
@@ -145,9 +151,26 @@ RULES: tuple[Rule, ...] = (
     ),
     Rule(
         "rollout",
-        "only used when spec.mode is onPolicy; remove it",
-        lambda s: s.rollout is None or s.mode == Mode.ON_POLICY,
-        f"!has(self.rollout) || {value('mode')} == 'onPolicy'",
+        "only used when spec.mode is onPolicy or selfDistillation (the student samples the responses it "
+        "learns from); remove it",
+        lambda s: s.rollout is None or s.mode in (Mode.ON_POLICY, Mode.SELF_DISTILLATION),
+        f"!has(self.rollout) || {_mode_is(Mode.ON_POLICY, Mode.SELF_DISTILLATION)}",
+    ),
+    Rule(
+        "rollout",
+        "with spec.mode selfDistillation the teacher would be the student itself at every step and the "
+        "distillation loss zero: give the teacher a privileged prompt (spec.data.train.teacherInputKey), "
+        "or let it lag behind (spec.distillation.teacherUpdateFreq > 1 or teacherEmaDecay)",
+        lambda s: (
+            s.mode != Mode.SELF_DISTILLATION
+            or s.rollout is None
+            or s.data.train.teacher_input_key is not None
+            or s.distillation.teacher_ema_decay is not None
+            or s.distillation.teacher_update_freq > 1
+        ),
+        f"{value('mode')} != 'selfDistillation' || !has(self.rollout) || "
+        f"{present('data.train.teacherInputKey')} || {present('distillation.teacherEmaDecay')} || "
+        f"{value('distillation.teacherUpdateFreq')} > 1",
     ),
     Rule(
         "teacher.model",

@@ -354,14 +354,16 @@ class ClusterSpec(SpecModel):
 class DistillationJobSpec(SpecModel):
     mode: Mode = Mode.OFF_POLICY
     """offPolicy distills on dataset responses, onPolicy on the student's own samples, selfDistillation from
-    the student's own (earlier or averaged) weights, sft trains on the data alone."""
+    the student's own (earlier or averaged) weights (on dataset responses, or on the student's own samples
+    with a rollout section), sft trains on the data alone."""
     teacher: TeacherSpec | None = None
     """The teacher; required for offPolicy and onPolicy, optional for selfDistillation, absent for sft (unless
     it generates the training responses, spec.generation)."""
     student: StudentSpec
     """The model being trained."""
     rollout: RolloutSpec | None = None
-    """Generation of on-policy samples; required for onPolicy and only allowed there."""
+    """Generation of on-policy samples: required for onPolicy; with selfDistillation, the student learns
+    from its own samples too (on-policy self-distillation); not allowed otherwise."""
     generation: GenerationSpec | None = None
     """Responses to the training prompts written by a teacher (the job's own or an OpenAI-compatible
     endpoint) before training, then trained on with sft, or offPolicy with the job's own teacher."""
@@ -387,3 +389,10 @@ class DistillationJobSpec(SpecModel):
     """Seconds the finished Ray cluster (GPU workers included) is kept before it is deleted; the student is
     exported before the job ends, so the default frees the GPUs within a minute. Raise it (e.g. 86400) to
     keep a finished cluster for debugging."""
+
+    @property
+    def on_policy(self) -> bool:
+        """Whether the student trains on its own samples (onPolicy, or selfDistillation with a rollout
+        section) rather than on the dataset's responses."""
+        sampled_self_distillation = self.mode == Mode.SELF_DISTILLATION and self.rollout is not None
+        return self.mode == Mode.ON_POLICY or sampled_self_distillation

@@ -1,5 +1,5 @@
 """Where each step's global batch comes from: the dataset (off-policy, self-distillation, SFT) or the
-student's own samples (on-policy).
+student's own samples (on-policy, and self-distillation with a rollout section).
 
 A source maps the trainer's position (epoch, step within the epoch) to the sequences of that step, the same
 way every time, so a resumed job sees what an uninterrupted one would have seen.
@@ -143,7 +143,9 @@ class RolloutBatches:
 
 
 def with_response(prompt: Sample, response: list[int], max_length: int) -> Sample:
-    """A prompt-only sample completed by a generated response, whose tokens become the targets."""
+    """A prompt-only sample completed by a generated response, whose tokens become the targets. A teacher
+    with its own (privileged) prompt gets the same response tokens after it, so the i-th target of each
+    side is the same token."""
     room = max(1, max_length - len(prompt.input_ids))
     response = response[:room] or response[:1]
     teacher_ids = teacher_mask = None

@@ -118,7 +118,7 @@ class Trainer:
     def _steps_per_epoch(self) -> int:
         training = self.spec.training
         rollout = self.spec.rollout
-        on_policy = self.spec.mode == Mode.ON_POLICY and rollout is not None
+        on_policy = self.spec.on_policy and rollout is not None
         field, batch = (
             ("spec.rollout.batchSize", rollout.batch_size)
             if on_policy
@@ -156,12 +156,11 @@ class Trainer:
         teacher = teacher_spec(self.job) if has_teacher(self.job) else None
         if teacher is not None and (teacher.tokenizer or teacher.model):
             teacher_tokenizer = load_tokenizer(teacher.tokenizer or teacher.model)
-        # On-policy trains on prompts; its eval data keeps the dataset's responses to score.
-        mode = (
-            Mode.OFF_POLICY
-            if self.spec.mode == Mode.ON_POLICY and field_path.endswith("eval")
-            else self.spec.mode
-        )
+        # On-policy (self-distillation too) trains on prompts; its eval data keeps the dataset's responses
+        # to score.
+        mode = self.spec.mode
+        if self.spec.on_policy:
+            mode = Mode.OFF_POLICY if field_path.endswith("eval") else Mode.ON_POLICY
         loaded = load_samples(
             source,
             self.spec.data,
@@ -244,7 +243,7 @@ class Trainer:
             self.teacher = TeacherActorGroup(self.job, ClusterView.current())
             self._put_engines_to_sleep()
             if self._teacher_follows_student():
-                self._update_teacher()
+                self._restore_teacher()
             return state
         log.warning(
             "a student rank failed at step %d (%s): restarting from the newest checkpoint",
@@ -328,8 +327,12 @@ class Trainer:
 
     def _update_teacher(self) -> None:
         """Self-distillation: the teacher takes the student's weights, or their moving average."""
-        ema = self.spec.distillation.teacher_ema_decay is not None
-        self.students.become_teacher(self.teacher.actors, ema=ema)
+        self.students.become_teacher(self.teacher.actors)
+
+    def _restore_teacher(self) -> None:
+        """Self-distillation: engines that start from the initial weights (a resumed run, a restarted
+        teacher) take what the teacher held: its moving average, or the student's weights at its last copy."""
+        self.students.restore_teacher(self.teacher.actors)
 
     def _probe(self, step: int) -> dict:
         """The student's greedy answer to the first training prompt, after each weight sync: a way to watch
@@ -507,7 +510,7 @@ class Trainer:
         if has_teacher(self.job):
             self.teacher = TeacherActorGroup(self.job, cluster)
         self.students = StudentActorGroup(self.job, self.total_steps, cluster)
-        if self.spec.mode == Mode.ON_POLICY:
+        if self.spec.on_policy:
             self.rollout = RolloutActorGroup(self.job, cluster)
             rollout_turn = lambda: self._turn(self.rollout)  # noqa: E731 - evaluated at each round
             self.source = RolloutBatches(
@@ -556,7 +559,7 @@ class Trainer:
         if self.rollout is not None:
             self._sync_rollout()
         if self._teacher_follows_student():
-            self._update_teacher()
+            self._restore_teacher()
         self.metrics.set(telemetry.STEP, latest.state.step)
         self.metrics.set(telemetry.LAST_CHECKPOINT_STEP, latest.state.step)
         return replace(latest.state, bad_records=len(self.bad_records))

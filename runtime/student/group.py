@@ -77,13 +77,14 @@ class StudentActorGroup:
         self,
         targets: list[ray.actor.ActorHandle],
         *,
-        ema: bool = False,
+        teacher: bool = False,
         bucket_bytes: int = WEIGHT_BUCKET_BYTES,
     ) -> int:
-        """Stream the student's current (or EMA) weights into the target engines. Returns the bytes sent."""
+        """Stream the student's current weights (`teacher`: the self-distillation teacher's) into the target
+        engines. Returns the bytes sent."""
         sent = get_all(
             [
-                actor.push_weights.remote(targets if rank == 0 else [], bucket_bytes, ema)
+                actor.push_weights.remote(targets if rank == 0 else [], bucket_bytes, teacher)
                 for rank, actor in enumerate(self.actors)
             ]
         )
@@ -117,11 +118,17 @@ class StudentActorGroup:
         """ "cpu" to make room for a colocated engine, "device" to train again."""
         get_all([actor.move_optimizer_state.remote(device) for actor in self.actors])
 
-    def become_teacher(self, teachers: list[ray.actor.ActorHandle], *, ema: bool) -> int:
-        """Self-distillation: the teacher engines and every rank's copy of the teacher's head take the
-        student's (or its average's) weights. Returns the bytes sent."""
-        sent = self.push_weights(teachers, ema=ema)
-        get_all([actor.refresh_teacher_head.remote(ema) for actor in self.actors])
+    def become_teacher(self, teachers: list[ray.actor.ActorHandle]) -> int:
+        """Self-distillation, at a teacher update: the teacher takes the student's current weights (or their
+        moving average), in its engines and in every rank's copy of its head. Returns the bytes sent."""
+        get_all([actor.take_teacher_weights.remote() for actor in self.actors])
+        return self.restore_teacher(teachers)
+
+    def restore_teacher(self, teachers: list[ray.actor.ActorHandle]) -> int:
+        """Self-distillation: the teacher engines and every rank's copy of the teacher's head take the weights
+        the teacher holds (after a resume, or a restart of its engines). Returns the bytes sent."""
+        sent = self.push_weights(teachers, teacher=True)
+        get_all([actor.refresh_teacher_head.remote() for actor in self.actors])
         return sent
 
     def save_checkpoint(self, directory: str) -> None:

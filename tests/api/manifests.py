@@ -59,6 +59,22 @@ BAD_MANIFESTS: list[Bad] = [
     Bad("missing-student-model", {"spec.student": {"replicas": 8}}, "spec.student.model"),
     Bad("on-policy-without-rollout", {"spec.mode": "onPolicy"}, "spec.rollout", "cel"),
     Bad("off-policy-with-rollout", {"spec.rollout": ON_POLICY_ROLLOUT}, "spec.rollout", "cel"),
+    Bad(
+        "sft-with-rollout",
+        {"spec.mode": "sft", "spec.teacher": DELETE, "spec.rollout": {**ON_POLICY_ROLLOUT, "batchSize": 128}},
+        "spec.rollout",
+        "cel",
+    ),
+    Bad(
+        "on-policy-self-distillation-from-the-student-itself",
+        {
+            "spec.mode": "selfDistillation",
+            "spec.teacher.model": DELETE,
+            "spec.rollout": {**ON_POLICY_ROLLOUT, "batchSize": 128},
+        },
+        "spec.rollout",
+        "cel",
+    ),
     Bad("sft-with-teacher", {"spec.mode": "sft"}, "spec.teacher", "cel"),
     Bad("off-policy-without-teacher", {"spec.teacher": DELETE}, "spec.teacher.model", "cel"),
     Bad("off-policy-teacher-without-model", {"spec.teacher.model": DELETE}, "spec.teacher.model", "cel"),
