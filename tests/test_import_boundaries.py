@@ -1,10 +1,13 @@
 """The operator image has neither torch nor ray, and the standard library keeps the name `operator`."""
 
+import os
 import subprocess
 import sys
 import textwrap
 import tomllib
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -36,7 +39,7 @@ def _run(code: str) -> subprocess.CompletedProcess[str]:
 def test_api_and_operator_import_without_torch_or_ray() -> None:
     modules = sorted(
         "kubedistill." + ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
-        for package in ("api", "operator")
+        for package in ("api", "cli", "operator")
         for path in (ROOT / package).rglob("*.py")
     )
     result = _run(
@@ -55,17 +58,43 @@ def test_the_blocker_really_blocks_torch() -> None:
     assert "not installed in the operator image" in result.stderr
 
 
-def test_the_cli_commands_of_the_operator_image_work_without_torch_or_ray() -> None:
-    result = _run(
-        """
-        import sys
-        from kubedistill.runtime.cli import app
-        from typer.testing import CliRunner
-        outcome = CliRunner().invoke(app, ["crd"])
-        sys.exit(outcome.exit_code or (0 if "CustomResourceDefinition" in outcome.output else 3))
-        """
+def _without_torch_or_ray(tmp_path: Path, *argv: str) -> subprocess.CompletedProcess[str]:
+    """A process of this environment where torch, ray, transformers and sglang do not import (a
+    sitecustomize on PYTHONPATH installs the blocker before the program runs)."""
+    (tmp_path / "sitecustomize.py").write_text(BLOCK_HEAVY_IMPORTS, encoding="utf-8")
+    return subprocess.run(
+        list(argv),
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(tmp_path)},
+        check=False,
     )
-    assert result.returncode == 0, result.stderr + result.stdout
+
+
+def _kubedistill_without_torch_or_ray(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """The installed `kubedistill` script (what the operator image's entrypoint runs), without them."""
+    return _without_torch_or_ray(tmp_path, str(Path(sys.executable).parent / "kubedistill"), *args)
+
+
+def test_the_sitecustomize_blocker_really_blocks_torch(tmp_path: Path) -> None:
+    result = _without_torch_or_ray(tmp_path, sys.executable, "-c", "import torch")
+    assert result.returncode != 0
+    assert "not installed in the operator image" in result.stderr
+
+
+def test_render_runs_without_torch_or_ray(tmp_path: Path) -> None:
+    job = ROOT / "tests" / "operator" / "golden" / "sft-from-a-file" / "job.yaml"
+    result = _kubedistill_without_torch_or_ray(tmp_path, "render", str(job))
+    assert result.returncode == 0, result.stderr
+    assert "kind: RayJob" in result.stdout
+
+
+@pytest.mark.parametrize("command", ["crd", "operator --help", "validate --help", "run --help"])
+def test_the_commands_of_the_operator_image_run_without_torch_or_ray(tmp_path: Path, command: str) -> None:
+    result = _kubedistill_without_torch_or_ray(tmp_path, *command.split())
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip()
 
 
 def test_a_bare_operator_import_is_the_standard_library() -> None:
@@ -83,7 +112,7 @@ def test_every_python_package_folder_is_packaged() -> None:
     declared = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
     found = {
         "kubedistill." + ".".join(init.parent.relative_to(ROOT).parts)
-        for top in ("api", "operator", "runtime")
+        for top in ("api", "cli", "operator", "runtime")
         for init in (ROOT / top).rglob("__init__.py")
     }
     assert found == declared
