@@ -237,7 +237,13 @@ class Trainer:
         stop = self.total_steps
         if self.options.stop_after_steps is not None:
             stop = min(stop, self.options.stop_after_steps)
-        progress = Progress(self.total_steps, state.step, self.job.name, self.options.progress)
+        progress = Progress(
+            self.total_steps,
+            state.step,
+            self.job.name,
+            self.spec.training.log_every_steps,
+            self.options.progress,
+        )
         plan = self._plan(state) if state.step < stop else None
         try:
             while plan is not None:
