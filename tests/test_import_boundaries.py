@@ -58,10 +58,18 @@ def test_the_blocker_really_blocks_torch() -> None:
     assert "not installed in the operator image" in result.stderr
 
 
-def _without_torch_or_ray(tmp_path: Path, *argv: str) -> subprocess.CompletedProcess[str]:
-    """A process of this environment where torch, ray, transformers and sglang do not import (a
-    sitecustomize on PYTHONPATH installs the blocker before the program runs)."""
-    (tmp_path / "sitecustomize.py").write_text(BLOCK_HEAVY_IMPORTS, encoding="utf-8")
+BLOCK_THE_RUNTIME_TOO = BLOCK_HEAVY_IMPORTS.replace(
+    'if name.split(".")[0] in',
+    'if name == "kubedistill.runtime" or name.startswith("kubedistill.runtime.") or name.split(".")[0] in',
+)
+"""The operator image as it could be: not even our runtime package (its modules import torch lazily, but
+nothing the image runs needs them)."""
+
+
+def _as_in_the_operator_image(tmp_path: Path, *argv: str) -> subprocess.CompletedProcess[str]:
+    """A process of this environment where torch, ray, transformers, sglang and kubedistill.runtime do not
+    import (a sitecustomize on PYTHONPATH installs the blocker before the program runs)."""
+    (tmp_path / "sitecustomize.py").write_text(BLOCK_THE_RUNTIME_TOO, encoding="utf-8")
     return subprocess.run(
         list(argv),
         capture_output=True,
@@ -72,27 +80,36 @@ def _without_torch_or_ray(tmp_path: Path, *argv: str) -> subprocess.CompletedPro
     )
 
 
-def _kubedistill_without_torch_or_ray(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    """The installed `kubedistill` script (what the operator image's entrypoint runs), without them."""
-    return _without_torch_or_ray(tmp_path, str(Path(sys.executable).parent / "kubedistill"), *args)
+def _kubedistill_as_in_the_operator_image(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """The installed `kubedistill` script (what the operator image's entrypoint runs)."""
+    return _as_in_the_operator_image(tmp_path, str(Path(sys.executable).parent / "kubedistill"), *args)
 
 
-def test_the_sitecustomize_blocker_really_blocks_torch(tmp_path: Path) -> None:
-    result = _without_torch_or_ray(tmp_path, sys.executable, "-c", "import torch")
+@pytest.mark.parametrize("module", ["torch", "ray", "kubedistill.runtime", "kubedistill.runtime.trainer"])
+def test_the_sitecustomize_blocker_really_blocks(tmp_path: Path, module: str) -> None:
+    result = _as_in_the_operator_image(tmp_path, sys.executable, "-c", f"import {module}")
     assert result.returncode != 0
     assert "not installed in the operator image" in result.stderr
 
 
-def test_render_runs_without_torch_or_ray(tmp_path: Path) -> None:
-    job = ROOT / "tests" / "operator" / "golden" / "sft-from-a-file" / "job.yaml"
-    result = _kubedistill_without_torch_or_ray(tmp_path, "render", str(job))
+GOLDEN_JOB = ROOT / "tests" / "operator" / "golden" / "sft-from-a-file" / "job.yaml"
+
+
+def test_render_runs_without_torch_ray_or_the_runtime(tmp_path: Path) -> None:
+    result = _kubedistill_as_in_the_operator_image(tmp_path, "render", str(GOLDEN_JOB))
     assert result.returncode == 0, result.stderr
     assert "kind: RayJob" in result.stdout
 
 
+def test_validate_runs_without_torch_ray_or_the_runtime(tmp_path: Path) -> None:
+    result = _kubedistill_as_in_the_operator_image(tmp_path, "validate", str(GOLDEN_JOB))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().endswith("valid (student-sft)")
+
+
 @pytest.mark.parametrize("command", ["crd", "operator --help", "validate --help", "run --help"])
-def test_the_commands_of_the_operator_image_run_without_torch_or_ray(tmp_path: Path, command: str) -> None:
-    result = _kubedistill_without_torch_or_ray(tmp_path, *command.split())
+def test_the_commands_run_without_torch_ray_or_the_runtime(tmp_path: Path, command: str) -> None:
+    result = _kubedistill_as_in_the_operator_image(tmp_path, *command.split())
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip()
 
