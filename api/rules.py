@@ -13,6 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from kubedistill.api.base import model_in
 from kubedistill.api.generation import teacher_generates
 from kubedistill.api.spec import Backend, DataFormat, DistillationJobSpec, Mode, TeacherSpec
 
@@ -61,16 +62,11 @@ def default_at(path: str) -> Any:
             if field.is_required():
                 raise ValueError(f"spec.{path} is required and has no default")
             return field.get_default(call_default_factory=True)
-        model = _model_of(field.annotation, f"spec.{'.'.join(parts[: i + 1])}")
+        found = model_in(field.annotation)
+        if found is None:
+            raise ValueError(f"spec.{'.'.join(parts[: i + 1])} is not an object")
+        model = found
     raise ValueError(path)
-
-
-def _model_of(annotation: Any, where: str) -> type[BaseModel]:
-    candidates = [annotation, *getattr(annotation, "__args__", ())]
-    for candidate in candidates:
-        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
-            return candidate
-    raise ValueError(f"{where} is not an object")
 
 
 def _cel_literal(default: Any) -> str:

@@ -280,8 +280,9 @@ class TrainingSpec(SpecModel):
     """Compute precision of the student (bf16 mixed precision keeps fp32 master weights) and the teacher."""
     max_tokens_per_device: PositiveInt | None = None
     """Dynamic batching: form micro-batches by this token budget instead of microBatchSize."""
-    log_every_steps: PositiveInt = 1
-    """Report metrics every this many steps."""
+    log_every_steps: PositiveInt = 10
+    """Log a progress line (step, loss, step time, tokens per second) every this many steps; /metrics and
+    metrics.jsonl have every step."""
     eval_every_steps: PositiveInt | None = None
     """Evaluate on data.eval every this many steps (and always at the end)."""
     on_non_finite: OnNonFinite = OnNonFinite.FAIL

@@ -30,7 +30,7 @@ def worker_groups(spec: DistillationJobSpec) -> list[WorkerGroup]:
     student = _student_group(spec)
     if spec.cluster.colocate:
         return [WorkerGroup(COLOCATED_GROUP, student.pods, student.gpus_per_pod, hosted_roles(spec))]
-    groups = []
+    groups: list[WorkerGroup] = []
     if runs_teacher(spec):
         groups.append(_teacher_group(spec.teacher or TeacherSpec()))
     groups.append(student)

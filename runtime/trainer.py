@@ -19,10 +19,10 @@ import ray
 
 from kubedistill.api import telemetry
 from kubedistill.api.job import DistillationJob
-from kubedistill.api.spec import Mode
+from kubedistill.api.spec import DataSource, Mode
 from kubedistill.runtime.algorithms.base import ALGORITHMS
 from kubedistill.runtime.checkpoint import Checkpoint, CheckpointDirectory, TrainerState
-from kubedistill.runtime.data.batching import shard_micro_batches, steps_per_epoch
+from kubedistill.runtime.data.batching import shard_micro_batches
 from kubedistill.runtime.data.errors import BadRecord
 from kubedistill.runtime.data.load import load_samples
 from kubedistill.runtime.data.sample import Sample
@@ -36,7 +36,7 @@ from kubedistill.runtime.resume import check_resumable, is_finished, origin_of
 from kubedistill.runtime.roles import has_teacher, kd_config, student_tokenizer_path, teacher_spec
 from kubedistill.runtime.rollout.backend import SamplingConfig
 from kubedistill.runtime.rollout.group import RolloutActorGroup
-from kubedistill.runtime.sources import BatchSource, DatasetBatches, RolloutBatches
+from kubedistill.runtime.sources import BatchSource, DatasetBatches, RolloutBatches, epoch_steps
 from kubedistill.runtime.student.actor import TeacherUnavailable
 from kubedistill.runtime.student.batch import MicroBatch
 from kubedistill.runtime.student.group import RankWork, StudentActorGroup
@@ -86,17 +86,21 @@ class Trainer:
         self.tokenizer = load_tokenizer(student_tokenizer_path(job))
         self.algorithm = ALGORITHMS.get(self.spec.distillation.algorithm)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        self.train, bad_train = self._load(self.spec.data.train, "spec.data.train")
+        # On-policy (self-distillation too) trains on prompts; its eval data keeps the dataset's responses
+        # to score.
+        train_mode = Mode.ON_POLICY if self.spec.on_policy else self.spec.mode
+        self.train, bad_train = self._load(self.spec.data.train, "spec.data.train", train_mode)
         self.eval: list[Sample] = []
         bad_eval: list[BadRecord] = []
         if self.spec.data.eval is not None:
-            self.eval, bad_eval = self._load(self.spec.data.eval, "spec.data.eval")
+            mode = Mode.OFF_POLICY if self.spec.on_policy else self.spec.mode
+            self.eval, bad_eval = self._load(self.spec.data.eval, "spec.data.eval", mode)
         self.bad_records = bad_train + bad_eval
         for bad in self.bad_records:
             log.warning("skipped bad record %s", bad)
         self.truncated = [sample for sample in self.train + self.eval if sample.truncation]
         self.origin = origin_of(job, self.train)
-        self.steps_per_epoch = self._steps_per_epoch()
+        self.steps_per_epoch = epoch_steps(self.spec, len(self.train))
         self.total_steps = self.steps_per_epoch * self.spec.training.epochs
         if self.spec.training.max_steps is not None:
             self.total_steps = min(self.total_steps, self.spec.training.max_steps)
@@ -115,25 +119,6 @@ class Trainer:
         self._state: TrainerState | None = None
         """Where training stands, step by step (what a fault or an interruption finds)."""
 
-    def _steps_per_epoch(self) -> int:
-        training = self.spec.training
-        rollout = self.spec.rollout
-        on_policy = self.spec.on_policy and rollout is not None
-        field, batch = (
-            ("spec.rollout.batchSize", rollout.batch_size)
-            if on_policy
-            else ("spec.training.globalBatchSize", training.global_batch_size)
-        )
-        if len(self.train) < batch:
-            raise ValueError(
-                f"{field}: {batch} is more than the {len(self.train)} training records "
-                f"(spec.data.train): lower it or add data"
-            )
-        if on_policy:
-            per_round = rollout.batch_size * rollout.samples_per_prompt // training.global_batch_size
-            return steps_per_epoch(len(self.train), rollout.batch_size) * per_round
-        return steps_per_epoch(len(self.train), training.global_batch_size)
-
     @property
     def stop_step(self) -> int:
         """The step this run stops at: the job's end, or earlier when asked."""
@@ -151,16 +136,11 @@ class Trainer:
         """Whether this run has nothing left to do: trained to its stop step, and the output written."""
         return is_finished(checkpoint, self.stop_step, self.options.output_dir, self.job.name)
 
-    def _load(self, source, field_path: str) -> tuple[list[Sample], list[BadRecord]]:
+    def _load(self, source: DataSource, field_path: str, mode: Mode) -> tuple[list[Sample], list[BadRecord]]:
         teacher_tokenizer = None
         teacher = teacher_spec(self.job) if has_teacher(self.job) else None
         if teacher is not None and (teacher.tokenizer or teacher.model):
             teacher_tokenizer = load_tokenizer(teacher.tokenizer or teacher.model)
-        # On-policy (self-distillation too) trains on prompts; its eval data keeps the dataset's responses
-        # to score.
-        mode = self.spec.mode
-        if self.spec.on_policy:
-            mode = Mode.OFF_POLICY if field_path.endswith("eval") else Mode.ON_POLICY
         loaded = load_samples(
             source,
             self.spec.data,
@@ -259,7 +239,13 @@ class Trainer:
         stop = self.total_steps
         if self.options.stop_after_steps is not None:
             stop = min(stop, self.options.stop_after_steps)
-        progress = Progress(self.total_steps, state.step, self.job.name, self.options.progress)
+        progress = Progress(
+            self.total_steps,
+            state.step,
+            self.job.name,
+            self.spec.training.log_every_steps,
+            self.options.progress,
+        )
         plan = self._plan(state) if state.step < stop else None
         try:
             while plan is not None:

@@ -12,6 +12,7 @@ from kubedistill.runtime.sglang_engine import join_weight_sync_group
 from kubedistill.runtime.student.batch import MicroBatch
 from kubedistill.runtime.student.worker import (
     EvalStats,
+    OptimizerPlace,
     RankAddress,
     StepStats,
     StudentWorker,
@@ -115,8 +116,8 @@ class StudentActor:
                 sent += sum(tensor_nbytes(named) for named in bucket)
         return sent
 
-    def move_optimizer_state(self, device: str) -> None:
-        self._worker.move_optimizer_state(device)
+    def move_optimizer_state(self, place: OptimizerPlace) -> None:
+        self._worker.move_optimizer_state(place)
 
     def take_teacher_weights(self) -> None:
         self._worker.take_teacher_weights()

@@ -13,7 +13,7 @@ from kubedistill.runtime.placement import ClusterView, actor_resources
 from kubedistill.runtime.sglang_args import NCCL_ENVIRONMENT
 from kubedistill.runtime.student.actor import StudentActor
 from kubedistill.runtime.student.batch import MicroBatch
-from kubedistill.runtime.student.worker import EvalStats, RankAddress, StepStats
+from kubedistill.runtime.student.worker import EvalStats, OptimizerPlace, RankAddress, StepStats
 from kubedistill.runtime.weight_sync import WEIGHT_SYNC_GROUP, weight_sync_layout
 
 WEIGHT_BUCKET_BYTES = 512 * 1024 * 1024
@@ -114,9 +114,9 @@ class StudentActorGroup:
         )
         return sent[0]
 
-    def move_optimizer_state(self, device: str) -> None:
+    def move_optimizer_state(self, place: OptimizerPlace) -> None:
         """ "cpu" to make room for a colocated engine, "device" to train again."""
-        get_all([actor.move_optimizer_state.remote(device) for actor in self.actors])
+        get_all([actor.move_optimizer_state.remote(place) for actor in self.actors])
 
     def become_teacher(self, teachers: list[ray.actor.ActorHandle]) -> int:
         """Self-distillation, at a teacher update: the teacher takes the student's current weights (or their

@@ -9,6 +9,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -38,6 +39,9 @@ from kubedistill.runtime.student.lora import apply_lora, merged_weights, scaling
 from kubedistill.runtime.student.module import DistillationModule
 from kubedistill.runtime.student.parallelize import apply_fsdp, device_mesh, process_group_backend
 from kubedistill.runtime.student.schedule import lr_factor
+
+OptimizerPlace = Literal["cpu", "device"]
+"""Where the optimizer's state lives: the CPU while a colocated engine has the GPU, or the rank's device."""
 
 
 class NonFiniteLoss(RuntimeError):
@@ -204,10 +208,10 @@ class StudentWorker:
             optimizer_seconds=time.perf_counter() - computed,
         )
 
-    def move_optimizer_state(self, device: str) -> None:
+    def move_optimizer_state(self, place: OptimizerPlace) -> None:
         """Colocation: the optimizer's state leaves the GPU while the teacher or rollout engine uses it
         ("cpu"), and comes back for the student's step ("device")."""
-        target = self.device if device == "device" else torch.device(device)
+        target = self.device if place == "device" else torch.device("cpu")
         for state in self.optimizer.state.values():
             for key, value in state.items():
                 if isinstance(value, torch.Tensor) and key != "step":
