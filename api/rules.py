@@ -13,6 +13,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from kubedistill.api.base import model_in
+from kubedistill.api.generation import teacher_generates
 from kubedistill.api.spec import Backend, DataFormat, DistillationJobSpec, Mode, TeacherSpec
 
 
@@ -60,16 +62,11 @@ def default_at(path: str) -> Any:
             if field.is_required():
                 raise ValueError(f"spec.{path} is required and has no default")
             return field.get_default(call_default_factory=True)
-        model = _model_of(field.annotation, f"spec.{'.'.join(parts[: i + 1])}")
+        found = model_in(field.annotation)
+        if found is None:
+            raise ValueError(f"spec.{'.'.join(parts[: i + 1])} is not an object")
+        model = found
     raise ValueError(path)
-
-
-def _model_of(annotation: Any, where: str) -> type[BaseModel]:
-    candidates = [annotation, *getattr(annotation, "__args__", ())]
-    for candidate in candidates:
-        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
-            return candidate
-    raise ValueError(f"{where} is not an object")
 
 
 def _cel_literal(default: Any) -> str:
@@ -88,6 +85,11 @@ def _mode_is(*modes: Mode) -> str:
     return f"{value('mode')} in [{', '.join(repr(str(m)) for m in modes)}]"
 
 
+def _on_policy() -> str:
+    """CEL twin of `DistillationJobSpec.on_policy`."""
+    return f"({value('mode')} == 'onPolicy' || ({value('mode')} == 'selfDistillation' && has(self.rollout)))"
+
+
 def _gpus_per_teacher_node(spec: DistillationJobSpec) -> int:
     teacher = spec.teacher or TeacherSpec()
     return teacher.gpus_per_replica // teacher.nodes_per_replica
@@ -103,17 +105,22 @@ def _source_keys_pair(source_path: str) -> Rule:
         source = spec.data.eval if source_path == "eval" else spec.data.train
         if source is None:
             return True
-        prompt_only = spec.mode == Mode.ON_POLICY and source.response_key is None
+        generated = spec.on_policy or (source_path == "train" and spec.generation is not None)
+        prompt_only = generated and source.response_key is None
         return (source.prompt_key is None) == (source.response_key is None) or prompt_only
 
     keys = f"data.{source_path}"
+    generated = _on_policy()
+    if source_path == "train":
+        generated = f"({generated} || has(self.generation))"
     return Rule(
         f"{keys}.promptKey",
         "promptKey and responseKey go together: set both (prompt/response records) or neither (chat "
-        "records); onPolicy may set promptKey alone",
+        "records); onPolicy (or selfDistillation with a rollout section, or spec.generation for data.train) "
+        "may set promptKey alone",
         holds,
         f"!{present(keys)} || {present(keys + '.promptKey')} == {present(keys + '.responseKey')}"
-        f" || ({value('mode')} == 'onPolicy' && !{present(keys + '.responseKey')})",
+        f" || ({generated} && !{present(keys + '.responseKey')})",
     )
 
 
@@ -140,9 +147,26 @@ RULES: tuple[Rule, ...] = (
     ),
     Rule(
         "rollout",
-        "only used when spec.mode is onPolicy; remove it",
-        lambda s: s.rollout is None or s.mode == Mode.ON_POLICY,
-        f"!has(self.rollout) || {value('mode')} == 'onPolicy'",
+        "only used when spec.mode is onPolicy or selfDistillation (the student samples the responses it "
+        "learns from); remove it",
+        lambda s: s.rollout is None or s.mode in (Mode.ON_POLICY, Mode.SELF_DISTILLATION),
+        f"!has(self.rollout) || {_mode_is(Mode.ON_POLICY, Mode.SELF_DISTILLATION)}",
+    ),
+    Rule(
+        "rollout",
+        "with spec.mode selfDistillation the teacher would be the student itself at every step and the "
+        "distillation loss zero: give the teacher a privileged prompt (spec.data.train.teacherInputKey), "
+        "or let it lag behind (spec.distillation.teacherUpdateFreq > 1 or teacherEmaDecay)",
+        lambda s: (
+            s.mode != Mode.SELF_DISTILLATION
+            or s.rollout is None
+            or s.data.train.teacher_input_key is not None
+            or s.distillation.teacher_ema_decay is not None
+            or s.distillation.teacher_update_freq > 1
+        ),
+        f"{value('mode')} != 'selfDistillation' || !has(self.rollout) || "
+        f"{present('data.train.teacherInputKey')} || {present('distillation.teacherEmaDecay')} || "
+        f"{value('distillation.teacherUpdateFreq')} > 1",
     ),
     Rule(
         "teacher.model",
@@ -155,9 +179,42 @@ RULES: tuple[Rule, ...] = (
     ),
     Rule(
         "teacher",
-        "not used when spec.mode is sft (training on the data alone); remove it",
-        lambda s: s.mode != Mode.SFT or s.teacher is None,
-        f"{value('mode')} != 'sft' || !has(self.teacher)",
+        "not used when spec.mode is sft (training on the data alone) unless it generates the responses "
+        "(spec.generation without an endpoint); remove it",
+        lambda s: s.mode != Mode.SFT or s.teacher is None or teacher_generates(s),
+        f"{value('mode')} != 'sft' || !has(self.teacher) || (has(self.generation) && "
+        "!has(self.generation.endpoint))",
+    ),
+    Rule(
+        "generation",
+        "only used when spec.mode is sft or offPolicy (training on the generated responses); remove it",
+        lambda s: s.generation is None or s.mode in (Mode.SFT, Mode.OFF_POLICY),
+        f"!has(self.generation) || {_mode_is(Mode.SFT, Mode.OFF_POLICY)}",
+    ),
+    Rule(
+        "generation.endpoint",
+        "offPolicy needs the teacher's hidden states on the responses, which an endpoint does not return: "
+        "use spec.mode sft with an endpoint, or remove the endpoint so that spec.teacher generates",
+        lambda s: s.generation is None or s.generation.endpoint is None or s.mode != Mode.OFF_POLICY,
+        f"!{present('generation.endpoint')} || {value('mode')} != 'offPolicy'",
+    ),
+    Rule(
+        "teacher.model",
+        "required when spec.generation has no endpoint (the job's teacher writes the responses)",
+        lambda s: not teacher_generates(s) or (s.teacher is not None and s.teacher.model is not None),
+        f"!has(self.generation) || has(self.generation.endpoint) || {present('teacher.model')}",
+    ),
+    Rule(
+        "data.applyChatTemplate",
+        "must be true with spec.generation: the generated records are chats",
+        lambda s: s.generation is None or s.data.apply_chat_template,
+        f"!has(self.generation) || {value('data.applyChatTemplate')}",
+    ),
+    Rule(
+        "generation.maxNewTokens",
+        "must be less than spec.data.maxLength (prompt and response share it)",
+        lambda s: s.generation is None or s.generation.max_new_tokens < s.data.max_length,
+        f"!has(self.generation) || {value('generation.maxNewTokens')} < {value('data.maxLength')}",
     ),
     Rule(
         "teacher.model",

@@ -14,6 +14,7 @@ from typing import Annotated, Any
 from pydantic import Field, ValidationInfo, field_validator
 
 from kubedistill.api.base import SpecModel
+from kubedistill.api.generation import GenerationSpec
 from kubedistill.api.registry import ALGORITHM_GROUP, LOSS_GROUP, known_names
 
 Quantity = Annotated[str, Field(pattern=r"^[0-9]+(\.[0-9]+)?(m|k|Ki|M|Mi|G|Gi|T|Ti|P|Pi|E|Ei)?$")]
@@ -281,8 +282,9 @@ class TrainingSpec(SpecModel):
     """Compute precision of the student (bf16 mixed precision keeps fp32 master weights) and the teacher."""
     max_tokens_per_device: PositiveInt | None = None
     """Dynamic batching: form micro-batches by this token budget instead of microBatchSize."""
-    log_every_steps: PositiveInt = 1
-    """Report metrics every this many steps."""
+    log_every_steps: PositiveInt = 10
+    """Log a progress line (step, loss, step time, tokens per second) every this many steps; /metrics and
+    metrics.jsonl have every step."""
     eval_every_steps: PositiveInt | None = None
     """Evaluate on data.eval every this many steps (and always at the end)."""
     on_non_finite: OnNonFinite = OnNonFinite.FAIL
@@ -355,13 +357,19 @@ class ClusterSpec(SpecModel):
 class DistillationJobSpec(SpecModel):
     mode: Mode = Mode.OFF_POLICY
     """offPolicy distills on dataset responses, onPolicy on the student's own samples, selfDistillation from
-    the student's own (earlier or averaged) weights, sft trains on the data alone."""
+    the student's own (earlier or averaged) weights (on dataset responses, or on the student's own samples
+    with a rollout section), sft trains on the data alone."""
     teacher: TeacherSpec | None = None
-    """The teacher; required for offPolicy and onPolicy, optional for selfDistillation, absent for sft."""
+    """The teacher; required for offPolicy and onPolicy, optional for selfDistillation, absent for sft (unless
+    it generates the training responses, spec.generation)."""
     student: StudentSpec
     """The model being trained."""
     rollout: RolloutSpec | None = None
-    """Generation of on-policy samples; required for onPolicy and only allowed there."""
+    """Generation of on-policy samples: required for onPolicy; with selfDistillation, the student learns
+    from its own samples too (on-policy self-distillation); not allowed otherwise."""
+    generation: GenerationSpec | None = None
+    """Responses to the training prompts written by a teacher (the job's own or an OpenAI-compatible
+    endpoint) before training, then trained on with sft, or offPolicy with the job's own teacher."""
     distillation: DistillationSpec = DistillationSpec()
     """What is distilled and how."""
     data: DataSpec
@@ -384,3 +392,10 @@ class DistillationJobSpec(SpecModel):
     """Seconds the finished Ray cluster (GPU workers included) is kept before it is deleted; the student is
     exported before the job ends, so the default frees the GPUs within a minute. Raise it (e.g. 86400) to
     keep a finished cluster for debugging."""
+
+    @property
+    def on_policy(self) -> bool:
+        """Whether the student trains on its own samples (onPolicy, or selfDistillation with a rollout
+        section) rather than on the dataset's responses."""
+        sampled_self_distillation = self.mode == Mode.SELF_DISTILLATION and self.rollout is not None
+        return self.mode == Mode.ON_POLICY or sampled_self_distillation

@@ -5,7 +5,11 @@ from collections.abc import Mapping
 
 import kopf
 from kubernetes.aio.client import ApiClient, Configuration
-from kubernetes.aio.config import ConfigException, load_incluster_config, load_kube_config
+from kubernetes.aio.config import (
+    ConfigException,
+    load_incluster_config,  # pyright: ignore[reportUnknownVariableType]  # unannotated in kubernetes
+    load_kube_config,  # pyright: ignore[reportUnknownVariableType]
+)
 
 
 async def connect(environ: Mapping[str, str] = os.environ) -> ApiClient:

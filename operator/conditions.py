@@ -5,7 +5,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from kubedistill.api.status import Condition, ConditionType, Reason
+from kubedistill.api.status import Condition, ConditionType, DistillationJobStatus, Reason
 
 Status = dict[str, Any]
 ConditionStatus = Literal["True", "False", "Unknown"]
@@ -27,7 +27,7 @@ def with_conditions(
     now: str,
 ) -> Status:
     """A copy of `status` with these conditions set; others keep their place and values."""
-    conditions = [dict(condition) for condition in status.get("conditions") or []]
+    conditions: list[dict[str, Any]] = [dict(condition) for condition in _conditions(status)]
     for wanted in desired:
         index = next((i for i, c in enumerate(conditions) if c.get("type") == wanted.type), None)
         previous = conditions[index] if index is not None else None
@@ -39,8 +39,19 @@ def with_conditions(
     return {**status, "conditions": conditions}
 
 
+def with_fields(status: Mapping[str, Any], **fields: Any) -> Status:
+    """A copy of `status` with these `DistillationJobStatus` fields (by their Python names) set, validated
+    by the model and written under its keys: no status key or type is restated by the operator."""
+    given = DistillationJobStatus.model_validate(fields)
+    return {**status, **given.model_dump(mode="json", by_alias=True, exclude_unset=True)}
+
+
 def condition_of(status: Mapping[str, Any], type_: ConditionType) -> Mapping[str, Any] | None:
-    return next((c for c in status.get("conditions") or [] if c.get("type") == type_), None)
+    return next((c for c in _conditions(status) if c.get("type") == type_), None)
+
+
+def _conditions(status: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    return status.get("conditions") or []
 
 
 def _render(

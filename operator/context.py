@@ -18,5 +18,5 @@ class OperatorContext:
     statuses: StatusWriter
     http: aiohttp.ClientSession
     """For the trainers' /metrics."""
-    ray_clusters: dict[JobKey, str] = field(default_factory=dict)
+    ray_clusters: dict[JobKey, str] = field(default_factory=dict[JobKey, str])
     """Each job's Ray cluster, from its RayJob's status.rayClusterName: the host of its metrics."""

@@ -20,7 +20,7 @@ from kubedistill.operator.kube import RAY_GROUP, RAY_VERSION, RAYJOBS, Transient
 
 @kopf.on.login()
 async def login(memo: OperatorContext, **_: Any) -> kopf.ConnectionInfo:
-    return await connection_info(memo.kube.client.configuration)
+    return await connection_info(memo.kube.client.configuration)  # pyright: ignore[reportUnknownMemberType, reportUnknownArgumentType]
 
 
 @kopf.on.resume(GROUP, VERSION, PLURAL)
@@ -94,10 +94,10 @@ def _without_finalizer(handler_fn: Any) -> None:
     it does not need the finalizer: kopf then adds none and removes one left by an earlier version
     (`processing.py:303`). There is no public switch for it; the handler is replaced in kopf's registry.
     """
-    spawning = kopf.get_default_registry()._spawning
-    spawning._handlers = [
+    spawning = kopf.get_default_registry()._spawning  # pyright: ignore[reportPrivateUsage]
+    spawning._handlers = [  # pyright: ignore[reportPrivateUsage]
         dataclasses.replace(handler, requires_finalizer=False) if handler.fn is handler_fn else handler
-        for handler in spawning._handlers
+        for handler in spawning._handlers  # pyright: ignore[reportPrivateUsage]
     ]
 
 

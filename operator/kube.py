@@ -8,11 +8,13 @@ the handler to turn into a kopf retry.
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import aiohttp
 from kubernetes.aio.client import ApiClient, ApiException, CoreV1Api, CustomObjectsApi, V1ConfigMap
-from kubernetes.aio.utils.retry import Backoff, on_retry_after_error
+
+# Backoff is re-exported by kubernetes.aio.utils.retry without an __all__ entry.
+from kubernetes.aio.utils.retry import Backoff, on_retry_after_error  # pyright: ignore[reportPrivateImportUsage]
 
 from kubedistill.api.job import GROUP, PLURAL, VERSION
 from kubedistill.operator.naming import FIELD_MANAGER, is_owned_by
@@ -65,9 +67,9 @@ class Kube:
             await self._retrying(lambda: self._create(namespace, obj))
             return Outcome.CREATED
         except ApiException as error:
-            if error.status == 404:
+            if http_status(error) == 404:
                 raise ApiNotServed(f"{obj['apiVersion']} {obj['kind']}") from error
-            if error.status != 409:
+            if http_status(error) != 409:
                 raise
         existing = await self._retrying(lambda: self._read(namespace, obj))
         if not is_owned_by(existing, owner_uid):
@@ -97,7 +99,7 @@ class Kube:
                 lambda: CustomObjectsApi(self.client).get_api_resources(RAY_GROUP, RAY_VERSION)
             )
         except ApiException as error:
-            if error.status == 404:
+            if http_status(error) == 404:
                 return False
             raise
         return any(resource.name == RAYJOBS for resource in found.resources)
@@ -118,11 +120,12 @@ class Kube:
     ) -> KubeObject | None:
         api = CustomObjectsApi(self.client)
         try:
-            return await self._retrying(
+            found = await self._retrying(
                 lambda: api.get_namespaced_custom_object(group, version, namespace, plural, name)
             )
+            return cast(KubeObject, found)
         except ApiException as error:
-            if error.status == 404:
+            if http_status(error) == 404:
                 return None
             raise
 
@@ -144,7 +147,7 @@ class Kube:
                 retriable=is_transient_or_conflict,
             )
         except ApiException as error:
-            if error.status == 404:
+            if http_status(error) == 404:
                 return False
             raise
         return True
@@ -152,7 +155,7 @@ class Kube:
     async def _create(self, namespace: str, obj: KubeObject) -> object:
         if obj["kind"] == "ConfigMap":
             return await CoreV1Api(self.client).create_namespaced_config_map(
-                namespace, V1ConfigMap.from_dict(obj), field_manager=FIELD_MANAGER
+                namespace, cast(V1ConfigMap, V1ConfigMap.from_dict(obj)), field_manager=FIELD_MANAGER
             )
         group, version = obj["apiVersion"].split("/")
         return await CustomObjectsApi(self.client).create_namespaced_custom_object(
@@ -164,13 +167,14 @@ class Kube:
         if obj["kind"] == "ConfigMap":
             return await self._read_config_map(namespace, name)
         group, version = obj["apiVersion"].split("/")
-        return await CustomObjectsApi(self.client).get_namespaced_custom_object(
+        found = await CustomObjectsApi(self.client).get_namespaced_custom_object(
             group, version, namespace, _plural(obj["kind"]), name
         )
+        return cast(KubeObject, found)
 
     async def _read_config_map(self, namespace: str, name: str) -> KubeObject:
         found = await CoreV1Api(self.client).read_namespaced_config_map(name, namespace)
-        return self.client.sanitize_for_serialization(found)
+        return cast(KubeObject, self.client.sanitize_for_serialization(found))  # pyright: ignore[reportUnknownMemberType]
 
     async def _retrying(
         self, call: Callable[[], Awaitable[T]], retriable: Callable[[Exception], bool] | None = None
@@ -182,20 +186,29 @@ class Kube:
             raise TransientApiError(str(error)) from error
         except ApiException as error:
             if retriable(error):
-                raise TransientApiError(f"HTTP {error.status}: {error.reason}") from error
+                raise TransientApiError(f"HTTP {http_status(error)}: {http_reason(error)}") from error
             raise
+
+
+def http_status(error: ApiException) -> int:
+    """The HTTP status of a failed call (kubernetes' ApiException stores it from an unannotated argument)."""
+    return cast(int | None, error.status) or 0  # pyright: ignore[reportUnknownMemberType]
+
+
+def http_reason(error: ApiException) -> str:
+    return str(cast(object, error.reason))  # pyright: ignore[reportUnknownMemberType]
 
 
 def is_transient(error: Exception) -> bool:
     if isinstance(error, ApiException):
-        return error.status == 429 or (error.status or 0) >= 500
+        return http_status(error) == 429 or http_status(error) >= 500
     return isinstance(error, aiohttp.ClientError | TimeoutError)
 
 
 def is_transient_or_conflict(error: Exception) -> bool:
     """For merge patches, which carry no resourceVersion: a 409 means the API server ran out of its own
     retries on a busy object, and sending the same patch again is right (client-go's RetryOnConflict)."""
-    return is_transient(error) or (isinstance(error, ApiException) and error.status == 409)
+    return is_transient(error) or (isinstance(error, ApiException) and http_status(error) == 409)
 
 
 def _plural(kind: str) -> str:

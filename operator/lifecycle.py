@@ -5,7 +5,13 @@ from typing import Any
 
 from kubedistill.api.rules import Problem
 from kubedistill.api.status import ConditionType, Phase, Reason
-from kubedistill.operator.conditions import DesiredCondition, Status, condition_of, with_conditions
+from kubedistill.operator.conditions import (
+    DesiredCondition,
+    Status,
+    condition_of,
+    with_conditions,
+    with_fields,
+)
 
 
 def created_status(
@@ -15,11 +21,9 @@ def created_status(
     created = DesiredCondition(ConditionType.CREATED, "True", Reason.RAY_JOB_CREATED, message)
     updated = with_conditions(status, [created], generation=generation, now=now)
     # Where the operator finds its children later (edits): the names they were created under.
-    updated["rayJobName"] = rayjob_name
-    updated["configMapName"] = config_map_name
+    updated = with_fields(updated, ray_job_name=rayjob_name, config_map_name=config_map_name)
     # The RayJob's first event may have been mirrored already; a phase set from it is newer.
-    updated.setdefault("phase", Phase.PENDING.value)
-    return updated
+    return updated if updated.get("phase") else with_fields(updated, phase=Phase.PENDING)
 
 
 def invalid_spec_status(
@@ -27,17 +31,13 @@ def invalid_spec_status(
 ) -> Status:
     message = "; ".join(str(problem) for problem in problems)
     failed = DesiredCondition(ConditionType.FAILED, "True", Reason.INVALID_SPEC, message)
-    updated = with_conditions(status, [failed], generation=generation, now=now)
-    updated["phase"] = Phase.FAILED.value
-    return updated
+    return with_fields(with_conditions(status, [failed], generation=generation, now=now), phase=Phase.FAILED)
 
 
 def forbidden_status(status: Mapping[str, Any], message: str, *, generation: int | None, now: str) -> Status:
     """A child the operator may not create: no retry helps until its RBAC changes."""
     failed = DesiredCondition(ConditionType.FAILED, "True", Reason.FORBIDDEN, message)
-    updated = with_conditions(status, [failed], generation=generation, now=now)
-    updated["phase"] = Phase.FAILED.value
-    return updated
+    return with_fields(with_conditions(status, [failed], generation=generation, now=now), phase=Phase.FAILED)
 
 
 def api_missing_status(

@@ -6,7 +6,7 @@ count separately. Labels are bounded: handler, result, phase; never a job's name
 
 import time
 from collections import Counter as Tally
-from collections.abc import Iterator
+from collections.abc import Generator
 from contextlib import contextmanager
 from enum import StrEnum
 
@@ -63,7 +63,7 @@ class OperatorMetrics:
             self.jobs.labels(phase.value).set(0)
 
     @contextmanager
-    def reconcile(self, handler: str) -> Iterator[None]:
+    def reconcile(self, handler: str) -> Generator[None]:
         """Count and time one handler run; the exception, if any, propagates to kopf."""
         start = time.perf_counter()
         try:

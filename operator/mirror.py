@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kubedistill.api.status import RESUME_REFUSED_WORDS, TERMINAL_PHASES, ConditionType, Phase, Reason
-from kubedistill.operator.conditions import DesiredCondition, Status, with_conditions
+from kubedistill.operator.conditions import DesiredCondition, Status, with_conditions, with_fields
 
 SUSPENDED_DEPLOYMENTS = frozenset({"Suspending", "Suspended"})
 FAILED_DEPLOYMENTS = frozenset({"Failed", "ValidationFailed"})
@@ -26,13 +26,14 @@ class Observed:
 
 def observe(rayjob: Mapping[str, Any]) -> Observed:
     name = rayjob.get("metadata", {}).get("name", "")
-    status = rayjob.get("status") or {}
-    deployment = status.get("jobDeploymentStatus") or ""
-    ray_status = status.get("jobStatus") or ""
+    status: Mapping[str, Any] = rayjob.get("status") or {}
+    deployment: str = status.get("jobDeploymentStatus") or ""
+    ray_status: str = status.get("jobStatus") or ""
     if deployment == "Complete" and ray_status == "SUCCEEDED":
         return Observed(Phase.SUCCEEDED, Reason.RAY_JOB_SUCCEEDED, f"RayJob {name} succeeded")
     if deployment == "Complete" or deployment in FAILED_DEPLOYMENTS:
-        refused = _resume_refusal(status.get("message") or "")
+        message: str = status.get("message") or ""
+        refused = _resume_refusal(message)
         if refused:
             return Observed(Phase.FAILED, Reason.RESUME_REFUSED, refused)
         return Observed(Phase.FAILED, Reason.RAY_JOB_FAILED, _failure_message(name, status))
@@ -43,7 +44,7 @@ def observe(rayjob: Mapping[str, Any]) -> Observed:
             f"RayJob {name} is suspended without a Ray cluster (spec.suspend, or queued by Kueue)",
         )
     if deployment == "Running":
-        cluster = status.get("rayClusterName") or "its Ray cluster"
+        cluster: str = status.get("rayClusterName") or "its Ray cluster"
         return Observed(Phase.RUNNING, Reason.RAY_JOB_RUNNING, f"RayJob {name} is running on {cluster}")
     waiting = f" (KubeRay: {deployment})" if deployment else ""
     return Observed(
@@ -59,16 +60,18 @@ def mirrored_status(
         return dict(status)
     observed = observe(rayjob)
     updated = _with_phase(status, observed, generation=generation, now=now)
-    updated["rayJobName"] = rayjob.get("metadata", {}).get("name")
-    ray_status = rayjob.get("status") or {}
-    for source, target in (
-        ("dashboardURL", "dashboardURL"),
-        ("startTime", "startTime"),
-        ("endTime", "completionTime"),
-    ):
-        if ray_status.get(source):
-            updated[target] = ray_status[source]
-    return updated
+    ray_status: Mapping[str, Any] = rayjob.get("status") or {}
+    # KubeRay's RayJob status field -> ours (ray-operator/apis/ray/v1/rayjob_types.go at kuberay feeaf72f).
+    copied = {
+        target: ray_status[source]
+        for source, target in (
+            ("dashboardURL", "dashboard_url"),
+            ("startTime", "start_time"),
+            ("endTime", "completion_time"),
+        )
+        if ray_status.get(source)
+    }
+    return with_fields(updated, ray_job_name=rayjob.get("metadata", {}).get("name"), **copied)
 
 
 def deleted_rayjob_status(
@@ -96,9 +99,7 @@ def _with_phase(status: Mapping[str, Any], observed: Observed, *, generation: in
         desired.append(DesiredCondition(ConditionType.SUCCEEDED, "True", reason, message))
     if phase == Phase.FAILED:
         desired.append(DesiredCondition(ConditionType.FAILED, "True", reason, message))
-    updated = with_conditions(status, desired, generation=generation, now=now)
-    updated["phase"] = phase.value
-    return updated
+    return with_fields(with_conditions(status, desired, generation=generation, now=now), phase=phase)
 
 
 def _resume_refusal(message: str) -> str | None:

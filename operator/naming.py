@@ -63,5 +63,5 @@ def owner_reference(job_name: str, uid: str) -> dict[str, Any]:
 
 def is_owned_by(obj: Mapping[str, Any], uid: str) -> bool:
     """Whether `obj` names the DistillationJob with this uid as its controller."""
-    references = obj.get("metadata", {}).get("ownerReferences") or []
+    references: list[Mapping[str, Any]] = obj.get("metadata", {}).get("ownerReferences") or []
     return any(ref.get("uid") == uid and ref.get("controller") for ref in references)

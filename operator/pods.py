@@ -37,7 +37,9 @@ def head_template(job: DistillationJob, image: str) -> KubeObject:
     head = job.spec.cluster.head
     resources = {"cpu": head.cpu, "memory": head.memory}
     metrics_port_env = {"name": METRICS_PORT_ENV, "value": str(DEFAULT_METRICS_PORT)}
-    container = _ray_container(job, "ray-head", image, resources, extra_env=[metrics_port_env])
+    container = _ray_container(
+        job, "ray-head", image, resources, extra_env=[metrics_port_env, *api_key_env(job)]
+    )
     container["ports"] = [dict(port) for port in HEAD_PORTS]
     return _template(job, container, _ray_volumes(job))
 
@@ -91,6 +93,19 @@ def _ray_container(
             *copy.deepcopy(cluster.volume_mounts),
         ],
     }
+
+
+def api_key_env(job: DistillationJob) -> list[KubeObject]:
+    """The generation endpoint's API key, from its Secret: a reference, so the key itself is in no object
+    the operator writes (the ConfigMap carries the manifest, which names only the Secret). Only the head
+    gets it: the requests are made by the driver (`kubedistill run`), which KubeRay's job submission runs on
+    the head; the workers and the submitter never need the key."""
+    generation = job.spec.generation
+    endpoint = generation.endpoint if generation else None
+    if endpoint is None or endpoint.api_key is None or endpoint.api_key.secret_key_ref is None:
+        return []
+    ref = endpoint.api_key.secret_key_ref
+    return [{"name": endpoint.api_key.env, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}}]
 
 
 SUBMITTER_CONTAINER = "ray-job-submitter"

@@ -10,18 +10,18 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from kubedistill.api import telemetry
 from kubedistill.api.status import ConditionType, Reason
-from kubedistill.operator.conditions import DesiredCondition, Status, with_conditions
+from kubedistill.operator.conditions import DesiredCondition, Status, with_conditions, with_fields
 
-# Which gauge feeds which status field, and whether the field is a count.
+# Which gauge feeds which DistillationJobStatus field, and whether the field is a count.
 STATUS_FIELDS: dict[str, tuple[str, bool]] = {
     telemetry.STEP.name: ("step", True),
-    telemetry.TOTAL_STEPS.name: ("totalSteps", True),
+    telemetry.TOTAL_STEPS.name: ("total_steps", True),
     telemetry.EPOCH.name: ("epoch", True),
     telemetry.LOSS.name: ("loss", False),
-    telemetry.KD_LOSS.name: ("kdLoss", False),
-    telemetry.LAST_STEP_SECONDS.name: ("stepTimeSeconds", False),
-    telemetry.TOKENS_PER_SECOND.name: ("tokensPerSecond", False),
-    telemetry.LAST_CHECKPOINT_STEP.name: ("lastCheckpointStep", True),
+    telemetry.KD_LOSS.name: ("kd_loss", False),
+    telemetry.LAST_STEP_SECONDS.name: ("step_time_seconds", False),
+    telemetry.TOKENS_PER_SECOND.name: ("tokens_per_second", False),
+    telemetry.LAST_CHECKPOINT_STEP.name: ("last_checkpoint_step", True),
 }
 
 
@@ -38,7 +38,8 @@ def scrape_session(resolver: AbstractResolver | None = None) -> aiohttp.ClientSe
 
 
 def parse_progress(text: str, *, namespace: str, job: str) -> dict[str, int | float]:
-    """The status fields found in a `/metrics` page; samples labelled for another job are skipped.
+    """The status fields (by their Python names) found in a `/metrics` page; samples labelled for another
+    job are skipped.
 
     Raises ValueError for text that is not the Prometheus exposition format. Non-finite values (a NaN
     loss) are left out: JSON cannot carry them and the previous value is more useful.
@@ -67,7 +68,7 @@ def with_progress(
     now: str,
 ) -> Status:
     known = DesiredCondition(ConditionType.PROGRESS_UNKNOWN, "False", Reason.METRICS_READ, f"read from {url}")
-    return {**with_conditions(status, [known], generation=generation, now=now), **fields}
+    return with_fields(with_conditions(status, [known], generation=generation, now=now), **fields)
 
 
 def with_metrics_unreachable(

@@ -5,10 +5,9 @@ registration of these functions with kopf.
 """
 
 import json
-import logging
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 import kopf
@@ -20,7 +19,14 @@ from kubedistill.api.status import TERMINAL_PHASES, ConditionType, Reason
 from kubedistill.api.telemetry import DEFAULT_METRICS_PORT
 from kubedistill.operator.conditions import condition_of
 from kubedistill.operator.context import OperatorContext
-from kubedistill.operator.kube import RAYJOB_API_MISSING, ApiNotServed, NotOwned, TransientApiError
+from kubedistill.operator.kube import (
+    RAYJOB_API_MISSING,
+    ApiNotServed,
+    NotOwned,
+    TransientApiError,
+    http_reason,
+    http_status,
+)
 from kubedistill.operator.lifecycle import (
     api_missing_status,
     created_status,
@@ -50,7 +56,7 @@ def key_of(body: Body) -> JobKey:
     return body["metadata"]["namespace"], body["metadata"]["name"]
 
 
-async def create_children(ctx: OperatorContext, body: Body, logger: logging.Logger) -> None:
+async def create_children(ctx: OperatorContext, body: Body, logger: kopf.Logger) -> None:
     """Create (or adopt) the ConfigMap and the RayJob of a new or resumed job."""
     key = key_of(body)
     ctx.statuses.observe(key, body)
@@ -65,6 +71,8 @@ async def create_children(ctx: OperatorContext, body: Body, logger: logging.Logg
         return
     job = await _parse_or_fail(ctx, key, body)
     children = render(job, ctx.settings.render)
+    child = children[0]
+    """The child being created, which a refusal below names."""
     try:
         for child in children:
             outcome = await ctx.kube.create_or_adopt(child, body["metadata"]["uid"])
@@ -76,7 +84,7 @@ async def create_children(ctx: OperatorContext, body: Body, logger: logging.Logg
             ctx, key, lambda s, g: name_conflict_status(s, message, generation=g, now=now())
         )
         if created.get("reason") != Reason.NAME_CONFLICT:  # one event per conflict, not one per retry
-            kopf.warn(dict(body), reason=Reason.NAME_CONFLICT, message=message)
+            _warn(body, Reason.NAME_CONFLICT, message)
         raise kopf.TemporaryError(message, delay=ctx.settings.retry_delay_seconds) from conflict
     except TransientApiError as error:
         raise kopf.TemporaryError(str(error), delay=ctx.settings.retry_delay_seconds) from error
@@ -85,14 +93,14 @@ async def create_children(ctx: OperatorContext, body: Body, logger: logging.Logg
         created = condition_of(ctx.statuses.status(key) or {}, ConditionType.CREATED) or {}
         await _change_or_retry(ctx, key, lambda s, g: api_missing_status(s, message, generation=g, now=now()))
         if created.get("reason") != Reason.RAY_JOB_API_MISSING:
-            kopf.warn(dict(body), reason=Reason.RAY_JOB_API_MISSING, message=message)
+            _warn(body, Reason.RAY_JOB_API_MISSING, message)
         raise kopf.TemporaryError(str(missing), delay=ctx.settings.rayjob_api_check_seconds) from missing
     except ApiException as error:
-        if error.status != 403:
+        if http_status(error) != 403:
             raise
         message = _forbidden_message(child, error)
         await _change_or_retry(ctx, key, lambda s, g: forbidden_status(s, message, generation=g, now=now()))
-        kopf.warn(dict(body), reason=Reason.FORBIDDEN, message=message)
+        _warn(body, Reason.FORBIDDEN, message)
         raise kopf.PermanentError(message) from None
     config_map, rayjob = children
     names = rayjob["metadata"]["name"], config_map["metadata"]["name"]
@@ -107,7 +115,7 @@ async def create_children(ctx: OperatorContext, body: Body, logger: logging.Logg
     )
     if misplaced and not warned:  # one event per job, not one per resume
         message = "; ".join(str(problem) for problem in misplaced)
-        kopf.warn(dict(body), reason=Reason.PATH_NOT_ON_VOLUME, message=message)
+        _warn(body, Reason.PATH_NOT_ON_VOLUME, message)
 
 
 async def apply_spec_change(ctx: OperatorContext, body: Body) -> None:
@@ -125,7 +133,7 @@ async def apply_spec_change(ctx: OperatorContext, body: Body) -> None:
         await _change_or_retry(
             ctx, key, lambda s, g: invalid_edit_status(s, problems, generation=g, now=now())
         )
-        kopf.warn(dict(body), reason=Reason.INVALID_SPEC, message=str(invalid).replace("\n", "; "))
+        _warn(body, Reason.INVALID_SPEC, str(invalid).replace("\n", "; "))
         return
     try:
         # The children's names as recorded when they were created, never derived again from the job's.
@@ -139,7 +147,7 @@ async def apply_spec_change(ctx: OperatorContext, body: Body) -> None:
     await _change_or_retry(ctx, key, lambda s, g: spec_change_status(s, ignored, generation=g, now=now()))
     if ignored:
         message = f"not applied to the running job: {', '.join(ignored)}"
-        kopf.warn(dict(body), reason=ConditionType.SPEC_CHANGE_IGNORED, message=message)
+        _warn(body, ConditionType.SPEC_CHANGE_IGNORED, message)
 
 
 async def mirror_rayjob(ctx: OperatorContext, event_type: str | None, rayjob: Body) -> None:
@@ -155,7 +163,8 @@ async def mirror_rayjob(ctx: OperatorContext, event_type: str | None, rayjob: Bo
     owner_uid = ctx.statuses.uid(key)
     if owner_uid is None or not is_owned_by(rayjob, owner_uid):
         return
-    cluster = (rayjob.get("status") or {}).get("rayClusterName")
+    ray_status: Mapping[str, Any] = rayjob.get("status") or {}
+    cluster: str | None = ray_status.get("rayClusterName")
     if cluster:
         ctx.ray_clusters[key] = cluster
     if event_type == "DELETED":
@@ -203,8 +212,14 @@ async def _parse_or_fail(ctx: OperatorContext, key: JobKey, body: Body) -> Disti
         await _change_or_retry(
             ctx, key, lambda s, g: invalid_spec_status(s, problems, generation=g, now=now())
         )
-        kopf.warn(dict(body), reason=Reason.INVALID_SPEC, message=str(invalid).replace("\n", "; "))
+        _warn(body, Reason.INVALID_SPEC, str(invalid).replace("\n", "; "))
         raise kopf.PermanentError(f"invalid spec: {invalid}") from None
+
+
+def _warn(body: Body, reason: str, message: str) -> None:
+    """An Event on the job. kopf.warn takes any mapping (kopf 1.45.2 `_core/engines/posting.py:149` walks
+    `objs` with `dicts.walk`), though its annotation names kopf's own Body class."""
+    kopf.warn(cast(kopf.Body, dict(body)), reason=reason, message=message)
 
 
 def _forbidden_message(child: Body, error: ApiException) -> str:
@@ -225,10 +240,11 @@ def _forbidden_message(child: Body, error: ApiException) -> str:
 
 
 def _server_message(error: ApiException) -> str:
+    body = cast(str | None, error.body)  # pyright: ignore[reportUnknownMemberType]  # unannotated in kubernetes
     try:
-        return str(json.loads(error.body or "{}").get("message") or error.reason)
+        return str(json.loads(body or "{}").get("message") or http_reason(error))
     except ValueError:
-        return str(error.reason)
+        return http_reason(error)
 
 
 def _permission(verb: str, group: str, resource: str) -> str:

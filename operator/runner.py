@@ -13,7 +13,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 import kopf
 from aiohttp.abc import AbstractResolver
 from kubernetes.aio.client import ApiClient
-from prometheus_client import CollectorRegistry, make_wsgi_app
+from prometheus_client import CollectorRegistry, make_wsgi_app  # pyright: ignore[reportUnknownVariableType]
 from prometheus_client.exposition import ThreadingWSGIServer
 
 from kubedistill.api.status import Reason
@@ -91,7 +91,7 @@ async def run_operator(
     kopf resolves the resources it watches once, at start, when scanning is off (kopf 1.45.2
     `_core/reactor/observation.py:114-142`), and Kubernetes restarts the container.
     """
-    from kubedistill.operator import handlers  # noqa: F401  # registers the handlers, once per process
+    from kubedistill.operator import handlers  # noqa: F401  # pyright: ignore[reportUnusedImport]  # registers the handlers
 
     client = client if client is not None else await connect()
     client.user_agent = USER_AGENT
@@ -149,7 +149,7 @@ READINESS_PATH = "/readyz"
 def serve_metrics(port: int, registry: CollectorRegistry, unready: Sequence[str]) -> WSGIServer:
     """The operator's metrics, and at `READINESS_PATH` its readiness: 503 naming what it waits for while
     `unready` says anything (kopf's own endpoint is a liveness probe: it answers 200 whatever the state)."""
-    metrics = make_wsgi_app(registry)
+    metrics: Callable[..., Iterable[bytes]] = make_wsgi_app(registry)  # pyright: ignore[reportUnknownVariableType]
 
     def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         if environ.get("PATH_INFO") != READINESS_PATH:

@@ -5,10 +5,10 @@ A running job's spec is fixed, like a Kubernetes Job's pod template: the runtime
 so writing a default out explicitly is no change.
 """
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from kubedistill.api.manifest import as_object
 from kubedistill.api.spec import DistillationJobSpec
 
 MUTABLE_FIELDS = ("suspend", "ttlSecondsAfterFinished")
@@ -39,10 +39,11 @@ def classify(deployed: DistillationJobSpec, wanted: DistillationJobSpec) -> Spec
 
 def changed_paths(old: Any, new: Any, prefix: str = "spec") -> list[str]:
     """Leaf paths where two JSON values differ; lists compare whole (`spec.cluster.volumes`)."""
-    if isinstance(old, Mapping) and isinstance(new, Mapping):
+    old_fields, new_fields = as_object(old), as_object(new)
+    if old_fields is not None and new_fields is not None:
         paths: list[str] = []
-        for key in sorted(set(old) | set(new)):
-            paths.extend(changed_paths(old.get(key), new.get(key), f"{prefix}.{key}"))
+        for key in sorted(set(old_fields) | set(new_fields)):
+            paths.extend(changed_paths(old_fields.get(key), new_fields.get(key), f"{prefix}.{key}"))
         return paths
     return [] if old == new else [prefix]
 

@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from kubedistill.operator.conditions import with_fields
 from kubedistill.operator.kube import Kube
 from kubedistill.operator.metrics import OperatorMetrics
 
@@ -32,8 +33,8 @@ class _Known:
 class StatusWriter:
     kube: Kube
     metrics: OperatorMetrics
-    _known: dict[JobKey, _Known] = field(default_factory=dict)
-    _locks: dict[JobKey, asyncio.Lock] = field(default_factory=dict)
+    _known: dict[JobKey, _Known] = field(default_factory=dict[JobKey, _Known])
+    _locks: dict[JobKey, asyncio.Lock] = field(default_factory=dict[JobKey, asyncio.Lock])
 
     def observe(self, key: JobKey, body: Mapping[str, Any]) -> None:
         """Learn a job from its body: its status (when not known yet) and its newest generation."""
@@ -66,7 +67,7 @@ class StatusWriter:
                 return None
             new = change(dict(known.status), known.generation)
             if known.generation is not None:
-                new["observedGeneration"] = known.generation
+                new = with_fields(new, observed_generation=known.generation)
             patch = _merge_patch(known.status, new)
             if not patch:
                 return new

@@ -39,7 +39,7 @@ def misplaced_paths(job: DistillationJob, rayjob: Mapping[str, Any]) -> list[Mis
         for container in pod["containers"]
         for mount in container.get("volumeMounts", [])
     ]
-    problems = []
+    problems: list[MisplacedPath] = []
     for field, path, is_file_path in _paths(job.spec):
         if URL.match(path) or not (is_file_path or _looks_like_a_path(path)):
             continue

@@ -7,8 +7,9 @@ Each group advertises one Ray custom resource unit per GPU for every role it hos
 from dataclasses import dataclass
 from math import ceil
 
+from kubedistill.api.generation import runs_teacher
 from kubedistill.api.placement import COLOCATED_GROUP, Role, role_resource
-from kubedistill.api.spec import DistillationJobSpec, Mode, TeacherSpec
+from kubedistill.api.spec import DistillationJobSpec, TeacherSpec
 
 
 @dataclass(frozen=True)
@@ -29,8 +30,8 @@ def worker_groups(spec: DistillationJobSpec) -> list[WorkerGroup]:
     student = _student_group(spec)
     if spec.cluster.colocate:
         return [WorkerGroup(COLOCATED_GROUP, student.pods, student.gpus_per_pod, hosted_roles(spec))]
-    groups = []
-    if spec.mode != Mode.SFT:
+    groups: list[WorkerGroup] = []
+    if runs_teacher(spec):
         groups.append(_teacher_group(spec.teacher or TeacherSpec()))
     groups.append(student)
     if spec.rollout is not None:
@@ -43,9 +44,10 @@ def worker_groups(spec: DistillationJobSpec) -> list[WorkerGroup]:
 
 
 def hosted_roles(spec: DistillationJobSpec) -> tuple[Role, ...]:
-    """The job's roles; selfDistillation without a teacher section still runs one (with its defaults)."""
+    """The job's roles; selfDistillation without a teacher section still runs one (with its defaults), and sft
+    one whose teacher generates the responses (spec.generation)."""
     roles = [Role.STUDENT]
-    if spec.mode != Mode.SFT:
+    if runs_teacher(spec):
         roles.insert(0, Role.TEACHER)
     if spec.rollout is not None:
         roles.append(Role.ROLLOUT)

@@ -15,7 +15,7 @@ import itertools
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.table import Table
@@ -79,7 +79,7 @@ def prepare(root: Path, seed: int = 0) -> Assets:
     return assets
 
 
-def run(root: Path, examples: Path, console: Console | None = None) -> dict:
+def run(root: Path, examples: Path, console: Console | None = None) -> dict[str, Any]:
     """Run the three jobs (reusing an output that holds a finished run of the job's steps) and compare the
     students."""
     from kubedistill.api.manifest import load_job

@@ -19,6 +19,10 @@ class Registry(Generic[T]):
         self.group = group
         self.what = what
         self._registered: dict[str, T] = {}
+        self._loaded: dict[str, T] = {}
+        """Entry points already loaded: a loss is looked up on every micro-batch, and reading the installed
+        distributions' entry points takes milliseconds (about 10 ms on a busy 2-core machine, as long as a
+        tiny model's forward pass)."""
 
     def register(self, name: str) -> Callable[[T], T]:
         def register(implementation: T) -> T:
@@ -31,7 +35,10 @@ class Registry(Generic[T]):
     def get(self, name: str) -> T:
         if name in self._registered:
             return self._registered[name]
-        found = entry_points(group=self.group, name=name)
-        if not found:
-            raise LookupError(f"unknown {self.what} {name!r}; known: {', '.join(known_names(self.group))}")
-        return found[name].load()
+        if name not in self._loaded:
+            found = entry_points(group=self.group, name=name)
+            if not found:
+                known = ", ".join(known_names(self.group))
+                raise LookupError(f"unknown {self.what} {name!r}; known: {known}")
+            self._loaded[name] = found[name].load()
+        return self._loaded[name]

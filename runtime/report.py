@@ -2,6 +2,7 @@
 summary table in the output directory."""
 
 import json
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -13,9 +14,18 @@ METRICS_FILE = "metrics.jsonl"
 LOSS_PLOT = "loss.png"
 SUMMARY_FILE = "summary.json"
 
+log = logging.getLogger(__name__)
+
 
 class Progress:
-    def __init__(self, total_steps: int, initial_step: int, description: str, enabled: bool = True) -> None:
+    """A bar on a terminal, and a log line every `log_every` steps (spec.training.logEverySteps): what
+    `kubectl logs` of the Ray job shows, where no bar is drawn."""
+
+    def __init__(
+        self, total_steps: int, initial_step: int, description: str, log_every: int, enabled: bool = True
+    ) -> None:
+        self._total = total_steps
+        self._log_every = log_every
         self._bar = tqdm(
             total=total_steps,
             initial=initial_step,
@@ -33,6 +43,15 @@ class Progress:
             refresh=False,
         )
         self._bar.update(1)
+        if record["step"] % self._log_every == 0:
+            log.info(
+                "step %d/%d: loss %.4f, %.2f s/step, %.0f tokens/s",
+                record["step"],
+                self._total,
+                record["loss"],
+                record["step_seconds"],
+                record["tokens_per_second"],
+            )
 
     def close(self) -> None:
         self._bar.close()

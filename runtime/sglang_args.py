@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from kubedistill.api.job import SpecError
 from kubedistill.api.spec import Precision, RolloutSpec, TeacherSpec
 from kubedistill.runtime.rollout.backend import SamplingConfig
 from kubedistill.runtime.teacher.backend import TeacherBatch
@@ -121,9 +122,10 @@ def teacher_engine_args(
         )
     data_parallel = teacher.gpus_per_replica // (teacher.tensor_parallel * teacher.pipeline_parallel)
     if data_parallel > 1 and placement.nnodes > 1:
-        raise ValueError(
-            "spec.teacher.gpusPerReplica: SGLang runs data-parallel replicas of one engine on a single node "
-            "only; with nodesPerReplica > 1 set gpusPerReplica to tensorParallel x pipelineParallel"
+        raise SpecError(
+            "spec.teacher.gpusPerReplica",
+            "SGLang runs data-parallel replicas of one engine on a single node "
+            "only; with nodesPerReplica > 1 set gpusPerReplica to tensorParallel x pipelineParallel",
         )
     return {
         "model_path": model_path,
@@ -154,7 +156,7 @@ def rollout_engine_args(
 ) -> dict[str, Any]:
     """`sglang.Engine` keyword arguments of one rollout engine (token ids in and out, prefix cache on)."""
     if placement.nnodes != 1:
-        raise ValueError("spec.rollout.tensorParallel: a rollout engine runs on one node")
+        raise SpecError("spec.rollout.tensorParallel", "a rollout engine runs on one node")
     return {
         "model_path": model_path,
         "dtype": ENGINE_DTYPES[precision],
@@ -220,10 +222,11 @@ def teacher_weight_update_refusal(engine_args: dict[str, Any]) -> str | None:
 def refuse_unusable_hidden_states(architectures: list[str], model_path: str) -> None:
     unusable = sorted(PRE_NORM_HIDDEN_STATE_ARCHITECTURES.intersection(architectures))
     if unusable:
-        raise ValueError(
-            f"spec.teacher.backend: SGLang returns the hidden states of {model_path} ({', '.join(unusable)}) "
+        raise SpecError(
+            "spec.teacher.backend",
+            f"SGLang returns the hidden states of {model_path} ({', '.join(unusable)}) "
             "before its final norm or output scaling, so lm_head would not recompute the teacher's logits "
-            "from them; use backend transformers for this teacher"
+            "from them; use backend transformers for this teacher",
         )
 
 

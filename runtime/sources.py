@@ -1,5 +1,5 @@
 """Where each step's global batch comes from: the dataset (off-policy, self-distillation, SFT) or the
-student's own samples (on-policy).
+student's own samples (on-policy, and self-distillation with a rollout section).
 
 A source maps the trainer's position (epoch, step within the epoch) to the sequences of that step, the same
 way every time, so a resumed job sees what an uninterrupted one would have seen.
@@ -12,16 +12,39 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Protocol
 
-from kubedistill.api.job import DistillationJob
+from kubedistill.api.job import DistillationJob, SpecError
+from kubedistill.api.spec import DistillationJobSpec
 from kubedistill.runtime.data.batching import global_batches, steps_per_epoch
 from kubedistill.runtime.data.sample import Sample
 from kubedistill.runtime.rollout.backend import SamplingConfig
 from kubedistill.runtime.rollout.group import RolloutActorGroup
 
 
-class BatchSource(Protocol):
-    steps_per_epoch: int
+def epoch_steps(spec: DistillationJobSpec, records: int) -> int:
+    """Optimizer steps in one epoch over `records` training records: full global batches, or (on-policy)
+    full rounds of prompts, each feeding `steps_per_round` steps."""
+    rollout = spec.rollout if spec.on_policy else None
+    field, batch = (
+        ("spec.rollout.batchSize", rollout.batch_size)
+        if rollout is not None
+        else ("spec.training.globalBatchSize", spec.training.global_batch_size)
+    )
+    if records < batch:
+        raise SpecError(
+            field,
+            f"{batch} is more than the {records} training records (spec.data.train): lower it or add data",
+        )
+    steps = steps_per_epoch(records, batch)
+    return steps if rollout is None else steps * steps_per_round(spec)
 
+
+def steps_per_round(spec: DistillationJobSpec) -> int:
+    """On-policy: the steps one rollout round feeds, `batchSize x samplesPerPrompt / globalBatchSize`."""
+    assert spec.rollout is not None
+    return spec.rollout.batch_size * spec.rollout.samples_per_prompt // spec.training.global_batch_size
+
+
+class BatchSource(Protocol):
     def samples(self, epoch: int, step_in_epoch: int) -> list[Sample]: ...
 
     def needs_new_weights(self, step_in_epoch: int) -> bool:
@@ -38,7 +61,6 @@ class DatasetBatches:
         self._samples = samples
         self._size = global_batch_size
         self._seed = seed
-        self.steps_per_epoch = steps_per_epoch(len(samples), global_batch_size)
         self._epoch = -1
         self._batches: list[list[int]] = []
 
@@ -86,9 +108,8 @@ class RolloutBatches:
         self._turn = turn
         """Entered around generation: colocated, it is the rollout engines' turn on the GPUs."""
         self._global = spec.training.global_batch_size
-        self.steps_per_round = spec.rollout.batch_size * spec.rollout.samples_per_prompt // self._global
+        self.steps_per_round = steps_per_round(spec)
         self.rounds_per_epoch = steps_per_epoch(len(prompts), spec.rollout.batch_size)
-        self.steps_per_epoch = self.rounds_per_epoch * self.steps_per_round
         self._round: Round | None = None
         self.generated: list[Round] = []
         """Rounds generated since the trainer last looked (it logs their timing)."""
@@ -143,7 +164,9 @@ class RolloutBatches:
 
 
 def with_response(prompt: Sample, response: list[int], max_length: int) -> Sample:
-    """A prompt-only sample completed by a generated response, whose tokens become the targets."""
+    """A prompt-only sample completed by a generated response, whose tokens become the targets. A teacher
+    with its own (privileged) prompt gets the same response tokens after it, so the i-th target of each
+    side is the same token."""
     room = max(1, max_length - len(prompt.input_ids))
     response = response[:room] or response[:1]
     teacher_ids = teacher_mask = None

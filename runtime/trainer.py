@@ -20,10 +20,10 @@ import ray
 
 from kubedistill.api import telemetry
 from kubedistill.api.job import DistillationJob
-from kubedistill.api.spec import Mode
+from kubedistill.api.spec import DataSource, Mode
 from kubedistill.runtime.algorithms.base import ALGORITHMS
 from kubedistill.runtime.checkpoint import Checkpoint, CheckpointDirectory, TrainerState
-from kubedistill.runtime.data.batching import shard_micro_batches, steps_per_epoch
+from kubedistill.runtime.data.batching import shard_micro_batches
 from kubedistill.runtime.data.errors import BadRecord
 from kubedistill.runtime.data.load import load_samples
 from kubedistill.runtime.data.sample import Sample
@@ -37,7 +37,7 @@ from kubedistill.runtime.resume import check_resumable, is_finished, origin_of
 from kubedistill.runtime.roles import has_teacher, kd_config, student_tokenizer_path, teacher_spec
 from kubedistill.runtime.rollout.backend import SamplingConfig
 from kubedistill.runtime.rollout.group import RolloutActorGroup
-from kubedistill.runtime.sources import BatchSource, DatasetBatches, RolloutBatches
+from kubedistill.runtime.sources import BatchSource, DatasetBatches, RolloutBatches, epoch_steps
 from kubedistill.runtime.student.actor import TeacherUnavailable
 from kubedistill.runtime.student.batch import MicroBatch
 from kubedistill.runtime.student.group import RankWork, StudentActorGroup
@@ -87,17 +87,21 @@ class Trainer:
         self.tokenizer = load_tokenizer(student_tokenizer_path(job))
         self.algorithm = ALGORITHMS.get(self.spec.distillation.algorithm)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        self.train, bad_train = self._load(self.spec.data.train, "spec.data.train")
+        # On-policy (self-distillation too) trains on prompts; its eval data keeps the dataset's responses
+        # to score.
+        train_mode = Mode.ON_POLICY if self.spec.on_policy else self.spec.mode
+        self.train, bad_train = self._load(self.spec.data.train, "spec.data.train", train_mode)
         self.eval: list[Sample] = []
         bad_eval: list[BadRecord] = []
         if self.spec.data.eval is not None:
-            self.eval, bad_eval = self._load(self.spec.data.eval, "spec.data.eval")
+            mode = Mode.OFF_POLICY if self.spec.on_policy else self.spec.mode
+            self.eval, bad_eval = self._load(self.spec.data.eval, "spec.data.eval", mode)
         self.bad_records = bad_train + bad_eval
         for bad in self.bad_records:
             log.warning("skipped bad record %s", bad)
         self.truncated = [sample for sample in self.train + self.eval if sample.truncation]
         self.origin = origin_of(job, self.train)
-        self.steps_per_epoch = self._steps_per_epoch()
+        self.steps_per_epoch = epoch_steps(self.spec, len(self.train))
         self.total_steps = self.steps_per_epoch * self.spec.training.epochs
         if self.spec.training.max_steps is not None:
             self.total_steps = min(self.total_steps, self.spec.training.max_steps)
@@ -116,25 +120,6 @@ class Trainer:
         self._state: TrainerState | None = None
         """Where training stands, step by step (what a fault or an interruption finds)."""
 
-    def _steps_per_epoch(self) -> int:
-        training = self.spec.training
-        rollout = self.spec.rollout
-        on_policy = self.spec.mode == Mode.ON_POLICY and rollout is not None
-        field, batch = (
-            ("spec.rollout.batchSize", rollout.batch_size)
-            if on_policy
-            else ("spec.training.globalBatchSize", training.global_batch_size)
-        )
-        if len(self.train) < batch:
-            raise ValueError(
-                f"{field}: {batch} is more than the {len(self.train)} training records "
-                f"(spec.data.train): lower it or add data"
-            )
-        if on_policy:
-            per_round = rollout.batch_size * rollout.samples_per_prompt // training.global_batch_size
-            return steps_per_epoch(len(self.train), rollout.batch_size) * per_round
-        return steps_per_epoch(len(self.train), training.global_batch_size)
-
     @property
     def stop_step(self) -> int:
         """The step this run stops at: the job's end, or earlier when asked."""
@@ -152,17 +137,11 @@ class Trainer:
         """Whether this run has nothing left to do: trained to its stop step, and the output written."""
         return is_finished(checkpoint, self.stop_step, self.options.output_dir, self.job.name)
 
-    def _load(self, source, field_path: str) -> tuple[list[Sample], list[BadRecord]]:
+    def _load(self, source: DataSource, field_path: str, mode: Mode) -> tuple[list[Sample], list[BadRecord]]:
         teacher_tokenizer = None
         teacher = teacher_spec(self.job) if has_teacher(self.job) else None
         if teacher is not None and (teacher.tokenizer or teacher.model):
             teacher_tokenizer = load_tokenizer(teacher.tokenizer or teacher.model)
-        # On-policy trains on prompts; its eval data keeps the dataset's responses to score.
-        mode = (
-            Mode.OFF_POLICY
-            if self.spec.mode == Mode.ON_POLICY and field_path.endswith("eval")
-            else self.spec.mode
-        )
         loaded = load_samples(
             source,
             self.spec.data,
@@ -245,7 +224,7 @@ class Trainer:
             self.teacher = TeacherActorGroup(self.job, ClusterView.current())
             self._put_engines_to_sleep()
             if self._teacher_follows_student():
-                self._update_teacher()
+                self._restore_teacher()
             return state
         log.warning(
             "a student rank failed at step %d (%s): restarting from the newest checkpoint",
@@ -261,7 +240,13 @@ class Trainer:
         stop = self.total_steps
         if self.options.stop_after_steps is not None:
             stop = min(stop, self.options.stop_after_steps)
-        progress = Progress(self.total_steps, state.step, self.job.name, self.options.progress)
+        progress = Progress(
+            self.total_steps,
+            state.step,
+            self.job.name,
+            self.spec.training.log_every_steps,
+            self.options.progress,
+        )
         plan = self._plan(state) if state.step < stop else None
         try:
             while plan is not None:
@@ -334,8 +319,12 @@ class Trainer:
 
     def _update_teacher(self) -> None:
         """Self-distillation: the teacher takes the student's weights, or their moving average."""
-        ema = self.spec.distillation.teacher_ema_decay is not None
-        self.students.become_teacher(self.teacher.actors, ema=ema)
+        self.students.become_teacher(self.teacher.actors)
+
+    def _restore_teacher(self) -> None:
+        """Self-distillation: engines that start from the initial weights (a resumed run, a restarted
+        teacher) take what the teacher held: its moving average, or the student's weights at its last copy."""
+        self.students.restore_teacher(self.teacher.actors)
 
     def _probe(self, step: int) -> dict:
         """The student's greedy answer to the first training prompt, after each weight sync: a way to watch
@@ -519,9 +508,9 @@ class Trainer:
             if future.exception() is None:
                 setattr(self, name, future.result())
         for future in starting.values():
-            if future.exception() is not None:
-                raise future.exception()
-        if self.spec.mode == Mode.ON_POLICY:
+            if (error := future.exception()) is not None:
+                raise error
+        if self.spec.on_policy:
             self.rollout = RolloutActorGroup(self.job, cluster)
             rollout_turn = lambda: self._turn(self.rollout)  # noqa: E731 - evaluated at each round
             self.source = RolloutBatches(
@@ -570,7 +559,7 @@ class Trainer:
         if self.rollout is not None:
             self._sync_rollout()
         if self._teacher_follows_student():
-            self._update_teacher()
+            self._restore_teacher()
         self.metrics.set(telemetry.STEP, latest.state.step)
         self.metrics.set(telemetry.LAST_CHECKPOINT_STEP, latest.state.step)
         return replace(latest.state, bad_records=len(self.bad_records))

@@ -25,7 +25,7 @@ import yaml
 from typer.testing import CliRunner
 
 from kubedistill.api.spec import Mode
-from kubedistill.runtime.cli import app
+from kubedistill.cli import app
 from kubedistill.runtime.tiny import build_tokenizer, save_tiny
 from tests.api.manifests import BAD_MANIFESTS, Bad, apply_changes
 from tests.runtime.conftest import ON_POLICY, STUDENT, TEACHER, TinyWorld, job_manifest

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
+from kubedistill.api.job import SpecError
 from kubedistill.runtime.algorithms.base import Algorithm, AlgorithmContext, LossInputs
 from kubedistill.runtime.data.alignment import SharedVocabulary, aligned_positions, shared_vocabulary
 from kubedistill.runtime.data.sample import Sample
@@ -106,10 +107,11 @@ def checked_shared_vocabulary(
     vocabulary = shared_vocabulary(student, teacher)
     smaller = min(len(student), len(teacher))
     if len(vocabulary) < MIN_SHARED_FRACTION * smaller:
-        raise ValueError(
-            "spec.distillation.algorithm: simpleCtkd distils over the vocabulary pieces both tokenizers "
+        raise SpecError(
+            "spec.distillation.algorithm",
+            "simpleCtkd distils over the vocabulary pieces both tokenizers "
             f"share, and these share {len(vocabulary)} of {smaller} (it needs at least "
-            f"{MIN_SHARED_FRACTION:.0%} of the smaller vocabulary); use dskd, which needs no shared pieces"
+            f"{MIN_SHARED_FRACTION:.0%} of the smaller vocabulary); use dskd, which needs no shared pieces",
         )
     return vocabulary
 

@@ -7,6 +7,7 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from kubedistill.api.job import SpecError
 from kubedistill.api.spec import DataSource, DataSpec, Mode, OnBadRecord
 from kubedistill.runtime.data.alignment import same_vocabulary
 from kubedistill.runtime.data.errors import BadRecord, BadRecordError, DataFileError
@@ -50,15 +51,16 @@ def load_samples(
     record too. Without it, a teacher vocabulary other than the student's is refused.
 
     Raises `BadRecordError` for the first bad record under `onBadRecord: fail`, `DataFileError` when the
-    file is unusable, holds no records, or holds only bad ones, and `ValueError` naming the spec field when
+    file is unusable, holds no records, or holds only bad ones, and `SpecError` naming the spec field when
     the settings cannot work for any record.
     """
     teacher = teacher_tokenizer or tokenizer
     if not cross_tokenizer and not same_vocabulary(tokenizer, teacher):
-        raise ValueError(
-            "spec.distillation.algorithm: the teacher's tokenizer has another vocabulary than the student's, "
+        raise SpecError(
+            "spec.distillation.algorithm",
+            "the teacher's tokenizer has another vocabulary than the student's, "
             "and the algorithm compares their logits token by token; use a cross-tokenizer algorithm "
-            "(simpleCtkd or dskd)"
+            "(simpleCtkd or dskd)",
         )
     own_tokens = cross_tokenizer and not _same_tokens(tokenizer, teacher, data)
     build = SampleBuilder(source, data, tokenizer, mode, teacher, field, cross_tokenizer=own_tokens)

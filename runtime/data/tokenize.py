@@ -23,6 +23,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
+from kubedistill.api.job import SpecError
 from kubedistill.api.spec import DataSource, DataSpec, Mode
 from kubedistill.runtime.data.chat import Encoded, Message, TemplateRejection, encode_chat, encode_plain
 from kubedistill.runtime.data.errors import BadRecord, BadRecordError, ChatTemplateError, RecordProblem
@@ -91,32 +92,37 @@ class SampleBuilder:
                 raise ValueError(f"{type(each).__name__} is a slow tokenizer; token offsets need a fast one")
         chats = source.prompt_key is None
         if chats and not data.apply_chat_template:
-            raise ValueError(
-                "spec.data.applyChatTemplate: chat records need the chat template; set it to true, or set "
-                f"{field}.promptKey and {field}.responseKey for plain prompt/response records"
+            raise SpecError(
+                "spec.data.applyChatTemplate",
+                "chat records need the chat template; set it to true, or set "
+                f"{field}.promptKey and {field}.responseKey for plain prompt/response records",
             )
         if data.apply_chat_template and not tokenizer.chat_template:
-            raise ValueError(
-                "spec.data.applyChatTemplate: the tokenizer has no chat template; set it to false and use "
-                f"{field}.promptKey and {field}.responseKey"
+            raise SpecError(
+                "spec.data.applyChatTemplate",
+                "the tokenizer has no chat template; set it to false and use "
+                f"{field}.promptKey and {field}.responseKey",
             )
         if self.cross_tokenizer and self._on_policy:
-            raise ValueError(
-                "spec.mode: onPolicy with a teacher tokenizer other than the student's is not supported yet "
+            raise SpecError(
+                "spec.mode",
+                "onPolicy with a teacher tokenizer other than the student's is not supported yet "
                 "(the generated responses would have to be tokenised again for the teacher); use offPolicy, "
-                "or a teacher with the student's tokenizer"
+                "or a teacher with the student's tokenizer",
             )
         if self.cross_tokenizer and data.apply_chat_template and not self.teacher_tokenizer.chat_template:
-            raise ValueError(
-                "spec.teacher.tokenizer: the teacher's tokenizer has no chat template, and "
+            raise SpecError(
+                "spec.teacher.tokenizer",
+                "the teacher's tokenizer has no chat template, and "
                 "spec.data.applyChatTemplate renders each model's chats with its own; give the teacher a "
-                "tokenizer with one, or set applyChatTemplate to false"
+                "tokenizer with one, or set applyChatTemplate to false",
             )
         if not chats and source.response_key is None and not self._on_policy:
-            raise ValueError(f"{field}.responseKey: required with promptKey unless spec.mode is onPolicy")
+            raise SpecError(f"{field}.responseKey", "required with promptKey unless spec.mode is onPolicy")
         if not data.apply_chat_template and tokenizer.eos_token is None:
-            raise ValueError(
-                "spec.data.applyChatTemplate: plain text ends with the tokenizer's eos token, and it has none"
+            raise SpecError(
+                "spec.data.applyChatTemplate",
+                "plain text ends with the tokenizer's eos token, and it has none",
             )
 
     def _build(self, record: Record) -> Sample:

@@ -1,6 +1,6 @@
 """Choosing and building a rollout engine from the spec; it starts from the student's initial weights."""
 
-from kubedistill.api.job import DistillationJob
+from kubedistill.api.job import DistillationJob, SpecError
 from kubedistill.api.spec import Backend
 from kubedistill.runtime.backend_choice import engine_device, resolve_backend
 from kubedistill.runtime.models import compute_dtype
@@ -11,7 +11,7 @@ from kubedistill.runtime.sglang_args import EnginePlacement
 def build_rollout(job: DistillationJob, placement: EnginePlacement) -> RolloutBackend:
     spec = job.spec
     if spec.rollout is None:
-        raise ValueError("spec.rollout: required when spec.mode is onPolicy")
+        raise SpecError("spec.rollout", "required when spec.mode is onPolicy")
     model_path = spec.student.model
     if resolve_backend(spec.rollout.backend) == Backend.SGLANG:
         from kubedistill.runtime.rollout.sglang_backend import SGLangRollout

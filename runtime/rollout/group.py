@@ -2,7 +2,7 @@
 
 import ray
 
-from kubedistill.api.job import DistillationJob
+from kubedistill.api.job import DistillationJob, SpecError
 from kubedistill.api.placement import Role
 from kubedistill.api.spec import Backend
 from kubedistill.runtime.backend_choice import resolve_backend
@@ -16,7 +16,7 @@ class RolloutActorGroup(EngineActorGroup):
     def __init__(self, job: DistillationJob, cluster: ClusterView) -> None:
         spec = job.spec.rollout
         if spec is None:
-            raise ValueError("spec.rollout: required when spec.mode is onPolicy")
+            raise SpecError("spec.rollout", "required when spec.mode is onPolicy")
         self.sglang = resolve_backend(spec.backend) == Backend.SGLANG
         self.tensor_parallel = spec.tensor_parallel if self.sglang else 1
         """Ranks per engine (a transformers engine is one process)."""

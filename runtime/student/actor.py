@@ -12,6 +12,7 @@ from kubedistill.runtime.sglang_engine import join_weight_sync_group
 from kubedistill.runtime.student.batch import MicroBatch
 from kubedistill.runtime.student.worker import (
     EvalStats,
+    OptimizerPlace,
     RankAddress,
     StepStats,
     StudentWorker,
@@ -79,14 +80,14 @@ class StudentActor:
             raise TeacherUnavailable(f"teacher hidden states could not be read: {where}")
         return hidden
 
-    def push_weights(self, targets: list[ray.actor.ActorHandle], bucket_bytes: int, ema: bool) -> int:
+    def push_weights(self, targets: list[ray.actor.ActorHandle], bucket_bytes: int, teacher: bool) -> int:
         """Send the student's weights to engines' `update_weights`, bucket by bucket, inside one weight-update
         session per engine (an asleep SGLang engine wakes its weights once per sync, not once per bucket)
         (collective: every rank is called; rank 0 gets the targets). Each bucket is put in the object store
-        once for all targets. Returns the bytes sent."""
+        once for all targets. `teacher`: the self-distillation teacher's weights. Returns the bytes sent."""
         ray.get([target.begin_weight_update.remote() for target in targets])
         sent = 0
-        for bucket in self._worker.full_weight_buckets(bucket_bytes, ema=ema):
+        for bucket in self._worker.full_weight_buckets(bucket_bytes, teacher=teacher):
             if targets and bucket:
                 ref = ray.put(bucket)
                 ray.get([target.update_weights.remote(ref) for target in targets])
@@ -116,11 +117,14 @@ class StudentActor:
                 sent += sum(tensor_nbytes(named) for named in bucket)
         return sent
 
-    def move_optimizer_state(self, device: str) -> None:
-        self._worker.move_optimizer_state(device)
+    def move_optimizer_state(self, place: OptimizerPlace) -> None:
+        self._worker.move_optimizer_state(place)
 
-    def refresh_teacher_head(self, ema: bool) -> None:
-        self._worker.refresh_teacher_head(ema)
+    def take_teacher_weights(self) -> None:
+        self._worker.take_teacher_weights()
+
+    def refresh_teacher_head(self) -> None:
+        self._worker.refresh_teacher_head()
 
     def save_checkpoint(self, directory: str) -> None:
         self._worker.save_checkpoint(directory)

@@ -13,7 +13,7 @@ from kubedistill.runtime.placement import ClusterView, actor_resources
 from kubedistill.runtime.sglang_args import NCCL_ENVIRONMENT
 from kubedistill.runtime.student.actor import StudentActor
 from kubedistill.runtime.student.batch import MicroBatch
-from kubedistill.runtime.student.worker import EvalStats, RankAddress, StepStats
+from kubedistill.runtime.student.worker import EvalStats, OptimizerPlace, RankAddress, StepStats
 from kubedistill.runtime.weight_sync import WEIGHT_SYNC_GROUP, weight_sync_layout
 
 WEIGHT_BUCKET_BYTES = 512 * 1024 * 1024
@@ -77,13 +77,14 @@ class StudentActorGroup:
         self,
         targets: list[ray.actor.ActorHandle],
         *,
-        ema: bool = False,
+        teacher: bool = False,
         bucket_bytes: int = WEIGHT_BUCKET_BYTES,
     ) -> int:
-        """Stream the student's current (or EMA) weights into the target engines. Returns the bytes sent."""
+        """Stream the student's current weights (`teacher`: the self-distillation teacher's) into the target
+        engines. Returns the bytes sent."""
         sent = get_all(
             [
-                actor.push_weights.remote(targets if rank == 0 else [], bucket_bytes, ema)
+                actor.push_weights.remote(targets if rank == 0 else [], bucket_bytes, teacher)
                 for rank, actor in enumerate(self.actors)
             ]
         )
@@ -113,15 +114,21 @@ class StudentActorGroup:
         )
         return sent[0]
 
-    def move_optimizer_state(self, device: str) -> None:
+    def move_optimizer_state(self, place: OptimizerPlace) -> None:
         """ "cpu" to make room for a colocated engine, "device" to train again."""
-        get_all([actor.move_optimizer_state.remote(device) for actor in self.actors])
+        get_all([actor.move_optimizer_state.remote(place) for actor in self.actors])
 
-    def become_teacher(self, teachers: list[ray.actor.ActorHandle], *, ema: bool) -> int:
-        """Self-distillation: the teacher engines and every rank's copy of the teacher's head take the
-        student's (or its average's) weights. Returns the bytes sent."""
-        sent = self.push_weights(teachers, ema=ema)
-        get_all([actor.refresh_teacher_head.remote(ema) for actor in self.actors])
+    def become_teacher(self, teachers: list[ray.actor.ActorHandle]) -> int:
+        """Self-distillation, at a teacher update: the teacher takes the student's current weights (or their
+        moving average), in its engines and in every rank's copy of its head. Returns the bytes sent."""
+        get_all([actor.take_teacher_weights.remote() for actor in self.actors])
+        return self.restore_teacher(teachers)
+
+    def restore_teacher(self, teachers: list[ray.actor.ActorHandle]) -> int:
+        """Self-distillation: the teacher engines and every rank's copy of the teacher's head take the weights
+        the teacher holds (after a resume, or a restart of its engines). Returns the bytes sent."""
+        sent = self.push_weights(teachers, teacher=True)
+        get_all([actor.refresh_teacher_head.remote() for actor in self.actors])
         return sent
 
     def save_checkpoint(self, directory: str) -> None:

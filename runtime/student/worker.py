@@ -9,6 +9,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -23,7 +24,7 @@ from torch.distributed.checkpoint.state_dict import (
 from torch.distributed.tensor import DTensor
 
 from kubedistill.api.job import DistillationJob
-from kubedistill.api.spec import LoraExport, OnNonFinite
+from kubedistill.api.spec import LoraExport, Mode, OnNonFinite
 from kubedistill.runtime.algorithms.base import ALGORITHMS, AlgorithmContext
 from kubedistill.runtime.models import compute_dtype, load_causal_lm, load_lm_head_weight, load_tokenizer
 from kubedistill.runtime.roles import (
@@ -38,6 +39,9 @@ from kubedistill.runtime.student.lora import apply_lora, merged_weights, scaling
 from kubedistill.runtime.student.module import DistillationModule
 from kubedistill.runtime.student.parallelize import apply_fsdp, device_mesh, process_group_backend
 from kubedistill.runtime.student.schedule import lr_factor
+
+OptimizerPlace = Literal["cpu", "device"]
+"""Where the optimizer's state lives: the CPU while a colocated engine has the GPU, or the rank's device."""
 
 
 class NonFiniteLoss(RuntimeError):
@@ -158,11 +162,17 @@ class StudentWorker:
             self.optimizer, lambda step: lr_factor(step, training, total_steps)
         )
         self.ema_decay = spec.distillation.teacher_ema_decay
-        # Self-distillation with an EMA teacher: the average lives here, sharded like the student, and is
-        # what the teacher receives; the teacher engine itself never has to average.
-        self.ema: dict[str, torch.Tensor] = (
+        # Self-distillation: the weights the teacher holds live here too, sharded like the student and saved
+        # in its checkpoints, so a resumed run (or a restarted teacher) gets the teacher an uninterrupted run
+        # has: the moving average (teacherEmaDecay; the engine itself never has to average), or the
+        # student's weights at the last copy when copies are rarer than every step (teacherUpdateFreq > 1).
+        # A teacher copied after every step is the student itself and needs no copy of its own.
+        keeps_teacher = spec.mode == Mode.SELF_DISTILLATION and (
+            self.ema_decay is not None or spec.distillation.teacher_update_freq > 1
+        )
+        self.teacher_weights: dict[str, torch.Tensor] = (
             {name: p.detach().clone() for name, p in self.module.student.named_parameters()}
-            if self.ema_decay is not None
+            if keeps_teacher
             else {}
         )
 
@@ -227,10 +237,10 @@ class StudentWorker:
             optimizer_seconds=time.perf_counter() - computed,
         )
 
-    def move_optimizer_state(self, device: str) -> None:
+    def move_optimizer_state(self, place: OptimizerPlace) -> None:
         """Colocation: the optimizer's state leaves the GPU while the teacher or rollout engine uses it
         ("cpu"), and comes back for the student's step ("device")."""
-        target = self.device if device == "device" else torch.device(device)
+        target = self.device if place == "device" else torch.device("cpu")
         for state in self.optimizer.state.values():
             for key, value in state.items():
                 if isinstance(value, torch.Tensor) and key != "step":
@@ -261,26 +271,37 @@ class StudentWorker:
         if self.ema_decay is None:
             return
         for name, parameter in self.module.student.named_parameters():
-            self.ema[name].lerp_(parameter.detach(), 1.0 - self.ema_decay)
+            self.teacher_weights[name].lerp_(parameter.detach(), 1.0 - self.ema_decay)
+
+    @torch.no_grad()
+    def take_teacher_weights(self) -> None:
+        """Self-distillation, at a copy: the teacher's weights become the student's current ones (an EMA
+        teacher's are the average already)."""
+        if self.ema_decay is not None:
+            return
+        for name, parameter in self.module.student.named_parameters():
+            if name in self.teacher_weights:
+                self.teacher_weights[name].copy_(parameter.detach())
 
     # -- weights for other engines --------------------------------------------------------------------------
 
     def full_weight_buckets(
-        self, bucket_bytes: int, ema: bool = False, on_device: bool = False
+        self, bucket_bytes: int, teacher: bool = False, on_device: bool = False
     ) -> Iterator[list[tuple[str, torch.Tensor]]]:
         """The student's whole weights by Hugging Face name, in buckets of about `bucket_bytes` (collective).
 
         Every rank runs the same all-gathers, one parameter at a time, and only rank 0 keeps what they return:
         the biggest thing on a rank is one bucket plus one parameter, never a second copy of the model.
         Other ranks yield empty buckets at the same points. The tensors are on the CPU (to travel through
-        Ray), or on this rank's device (`on_device`, to be broadcast from there).
+        Ray), or on this rank's device (`on_device`, to be broadcast from there). `teacher`: the weights the
+        self-distillation teacher holds instead of the student's.
         """
         dtype = compute_dtype(self.job.spec.training.precision)
         keep = self.address.rank == 0
         where = self.device if on_device else torch.device("cpu")
         bucket: list[tuple[str, torch.Tensor]] = []
         size = 0
-        for name, full in self._engine_weights(ema):
+        for name, full in self._engine_weights(teacher):
             size += full.numel() * dtype.itemsize
             if keep:
                 bucket.append((name, full.to(where, dtype)))
@@ -291,24 +312,27 @@ class StudentWorker:
         if size:
             yield bucket
 
-    def _engine_weights(self, ema: bool) -> Iterator[tuple[str, torch.Tensor]]:
+    def _engine_weights(self, teacher: bool) -> Iterator[tuple[str, torch.Tensor]]:
         """Whole weights by the base architecture's names (LoRA merged), one all-gather at a time."""
         gathered = (
-            (name, _full_tensor(self.ema[name] if ema else parameter.detach()))
+            (name, _full_tensor(self._teacher_or_student(name, parameter) if teacher else parameter.detach()))
             for name, parameter in self.module.student.named_parameters()
         )
         if self.lora is None:
             return gathered
         return merged_weights(gathered, scaling(self.lora))
 
+    def _teacher_or_student(self, name: str, parameter: torch.Tensor) -> torch.Tensor:
+        """The teacher's copy of a parameter where it keeps one, else the student's own."""
+        return self.teacher_weights.get(name, parameter).detach()
+
     @torch.no_grad()
-    def refresh_teacher_head(self, ema: bool = False) -> None:
-        """Self-distillation: the teacher's output head is the student's (or its average's), so the frozen
-        copy every rank uses to rebuild teacher logits must follow each teacher update (collective)."""
+    def refresh_teacher_head(self) -> None:
+        """Self-distillation: the teacher's output head is the one in its weights, so the frozen copy every
+        rank uses to rebuild teacher logits must follow each teacher update (collective)."""
         head = self.module.student.get_output_embeddings().weight
-        if ema:
-            name = next(n for n, p in self.module.student.named_parameters() if p is head)
-            head = self.ema[name]
+        name = next(n for n, p in self.module.student.named_parameters() if p is head)
+        head = self._teacher_or_student(name, head)
         self.module.teacher_head.copy_(_full_tensor(head).to(self.module.teacher_head.dtype))
 
     # -- checkpoints ----------------------------------------------------------------------------------------
@@ -317,7 +341,8 @@ class StudentWorker:
         """Write this rank's shards (DCP) and its RNG and schedule state into `directory` (collective)."""
         model_state, optimizer_state = get_state_dict(self.module, self.optimizer)
         dcp.save(
-            {"model": model_state, "optimizer": optimizer_state, "ema": self.ema}, checkpoint_id=directory
+            {"model": model_state, "optimizer": optimizer_state, "teacher": self.teacher_weights},
+            checkpoint_id=directory,
         )
         torch.save(
             {"scheduler": self.scheduler.state_dict(), "rng": _rng_state()},
@@ -327,7 +352,7 @@ class StudentWorker:
 
     def load_checkpoint(self, directory: str) -> None:
         model_state, optimizer_state = get_state_dict(self.module, self.optimizer)
-        state = {"model": model_state, "optimizer": optimizer_state, "ema": self.ema}
+        state = {"model": model_state, "optimizer": optimizer_state, "teacher": self.teacher_weights}
         dcp.load(state, checkpoint_id=directory)
         set_state_dict(
             self.module, self.optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"]

@@ -17,6 +17,7 @@ BASE: dict[str, Any] = {
 }
 
 ON_POLICY_ROLLOUT = {"engines": 2, "batchSize": 32, "maxNewTokens": 1024}
+ENDPOINT = {"baseUrl": "https://api.example.com/v1", "model": "big-model", "apiKey": {"env": "API_KEY"}}
 
 DELETE = object()
 
@@ -58,6 +59,22 @@ BAD_MANIFESTS: list[Bad] = [
     Bad("missing-student-model", {"spec.student": {"replicas": 8}}, "spec.student.model"),
     Bad("on-policy-without-rollout", {"spec.mode": "onPolicy"}, "spec.rollout", "cel"),
     Bad("off-policy-with-rollout", {"spec.rollout": ON_POLICY_ROLLOUT}, "spec.rollout", "cel"),
+    Bad(
+        "sft-with-rollout",
+        {"spec.mode": "sft", "spec.teacher": DELETE, "spec.rollout": {**ON_POLICY_ROLLOUT, "batchSize": 128}},
+        "spec.rollout",
+        "cel",
+    ),
+    Bad(
+        "on-policy-self-distillation-from-the-student-itself",
+        {
+            "spec.mode": "selfDistillation",
+            "spec.teacher.model": DELETE,
+            "spec.rollout": {**ON_POLICY_ROLLOUT, "batchSize": 128},
+        },
+        "spec.rollout",
+        "cel",
+    ),
     Bad("sft-with-teacher", {"spec.mode": "sft"}, "spec.teacher", "cel"),
     Bad("off-policy-without-teacher", {"spec.teacher": DELETE}, "spec.teacher.model", "cel"),
     Bad("off-policy-teacher-without-model", {"spec.teacher.model": DELETE}, "spec.teacher.model", "cel"),
@@ -251,4 +268,62 @@ BAD_MANIFESTS: list[Bad] = [
     Bad("unknown-precision", {"spec.training.precision": "fp16"}, "spec.training.precision"),
     Bad("replicas-as-text", {"spec.student.replicas": "eight"}, "spec.student.replicas"),
     Bad("empty-model-path", {"spec.student.model": ""}, "spec.student.model"),
+    Bad(
+        "off-policy-from-an-endpoint",
+        {"spec.generation": {"endpoint": ENDPOINT}},
+        "spec.generation.endpoint",
+        "cel",
+    ),
+    Bad(
+        "generation-on-policy",
+        {
+            "spec.mode": "onPolicy",
+            "spec.rollout": {**ON_POLICY_ROLLOUT, "batchSize": 128},
+            "spec.generation": {},
+        },
+        "spec.generation",
+        "cel",
+    ),
+    Bad(
+        "sft-generation-without-teacher",
+        {"spec.mode": "sft", "spec.teacher": DELETE, "spec.generation": {}},
+        "spec.teacher.model",
+        "cel",
+    ),
+    Bad(
+        "sft-from-an-endpoint-with-a-teacher",
+        {"spec.mode": "sft", "spec.generation": {"endpoint": ENDPOINT}},
+        "spec.teacher",
+        "cel",
+    ),
+    Bad(
+        "generation-longer-than-max-length",
+        {"spec.generation": {"maxNewTokens": 4096}},
+        "spec.generation.maxNewTokens",
+        "cel",
+    ),
+    Bad(
+        "endpoint-url-without-v1",
+        {
+            "spec.mode": "sft",
+            "spec.teacher": DELETE,
+            "spec.generation": {"endpoint": {**ENDPOINT, "baseUrl": "https://api.example.com"}},
+        },
+        "spec.generation.endpoint.baseUrl",
+    ),
+    Bad(
+        "api-key-env-not-a-name",
+        {
+            "spec.mode": "sft",
+            "spec.teacher": DELETE,
+            "spec.generation": {"endpoint": {**ENDPOINT, "apiKey": {"env": "sk-abc123"}}},
+        },
+        "spec.generation.endpoint.apiKey.env",
+    ),
+    Bad(
+        "generation-with-plain-text",
+        {"spec.generation": {}, "spec.data.applyChatTemplate": False},
+        "spec.data.applyChatTemplate",
+        "cel",
+    ),
 ]

@@ -10,7 +10,7 @@ from kubedistill.api.crd import render_crd_yaml
 from kubedistill.api.job import InvalidJob, parse_job
 from kubedistill.api.manifest import load_documents
 from tests.api.crd_check import CRD, SCHEMA, cel_violations, schema_errors, unknown_fields
-from tests.api.manifests import BAD_MANIFESTS, BASE, Bad, apply_changes
+from tests.api.manifests import BAD_MANIFESTS, BASE, DELETE, ON_POLICY_ROLLOUT, Bad, apply_changes
 
 ROOT = Path(__file__).resolve().parents[2]
 CRD_FILE = ROOT / "crds" / "kubedistill.io_distillationjobs.yaml"
@@ -92,6 +92,37 @@ def test_the_api_server_rejects_what_the_crd_can_check(bad: Bad) -> None:
         assert not rejections["schema"], "a CEL-only case should be well typed"
         named = [message for message in rejections["cel"] if bad.field.removeprefix("spec") in message]
         assert named or bad.field.startswith("metadata"), rejections["cel"]
+
+
+ON_POLICY_SELF_DISTILLATION = {
+    "spec.mode": "selfDistillation",
+    "spec.teacher.model": DELETE,
+    "spec.rollout": {**ON_POLICY_ROLLOUT, "batchSize": 128},
+}
+
+
+@pytest.mark.parametrize(
+    "teacher",
+    [
+        {"spec.data.train": {"path": "/d.jsonl", "teacherInputKey": "hint"}},
+        {"spec.data.train": {"path": "/d.jsonl", "promptKey": "q", "teacherInputKey": "hint"}},
+        {"spec.distillation": {"teacherUpdateFreq": 8}},
+        {"spec.distillation": {"teacherEmaDecay": 0.99}},
+    ],
+    ids=["privileged-prompt", "prompt-records", "refreshed-teacher", "ema-teacher"],
+)
+def test_self_distillation_may_sample_its_own_responses(teacher: dict[str, Any]) -> None:
+    """On-policy self-distillation: the student samples (spec.rollout), a teacher that differs from it, by
+    its input or by lagging behind, scores; prompt-only records are enough, as for onPolicy."""
+    manifest = apply_changes(BASE, ON_POLICY_SELF_DISTILLATION | teacher)
+    assert cel_violations(manifest) == []
+    spec = parse_job(manifest).spec
+    assert spec.on_policy and spec.rollout.batch_size == 128
+
+
+def test_self_distillation_without_a_rollout_section_trains_on_the_datasets_responses() -> None:
+    manifest = apply_changes(BASE, {"spec.mode": "selfDistillation", "spec.teacher.model": DELETE})
+    assert not parse_job(manifest).spec.on_policy
 
 
 def test_each_cel_rule_agrees_with_its_python_twin_on_the_valid_base() -> None:

@@ -11,6 +11,7 @@ import pytest
 import yaml
 from typer.main import get_command
 
+from kubedistill.cli import app
 from kubedistill.operator.runner import READINESS_PATH
 from kubedistill.operator.settings import (
     IMAGE_ENV,
@@ -20,7 +21,6 @@ from kubedistill.operator.settings import (
     default_runtime_image,
     settings_from_env,
 )
-from kubedistill.runtime.cli import app
 from tests.charts.helm import CHART, ROOT, template
 
 CI = CHART / "ci"

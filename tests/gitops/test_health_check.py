@@ -56,7 +56,7 @@ CASES = [
     ("running", _running(), "Progressing", "RayJob demo is running on demo-raycluster"),
     (
         "running-with-progress",
-        with_progress(_running(), {"step": 120, "totalSteps": 500}, url=URL, generation=1, now=NOW),
+        with_progress(_running(), {"step": 120, "total_steps": 500}, url=URL, generation=1, now=NOW),
         "Progressing",
         "RayJob demo is running on demo-raycluster (step 120/500)",
     ),

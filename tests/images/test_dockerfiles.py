@@ -13,7 +13,7 @@ from docker.utils.build import PatternMatcher
 from dockerfile_parse import DockerfileParser
 from typer.main import get_command
 
-from kubedistill.runtime.cli import app
+from kubedistill.cli import app
 
 ROOT = Path(__file__).resolve().parents[2]
 OPERATOR = ROOT / "images" / "operator" / "Dockerfile"
@@ -178,7 +178,8 @@ def test_the_build_context_leaves_out(path: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "path", ["pyproject.toml", "README.md", "api/spec.py", "operator/render.py", "runtime/cli.py"]
+    "path",
+    ["pyproject.toml", "README.md", "api/spec.py", "operator/render.py", "cli/commands.py", "runtime/cli.py"],
 )
 def test_the_build_context_keeps(path: str) -> None:
     assert not PatternMatcher(_dockerignore()).matches(path)

@@ -14,7 +14,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from kubedistill.runtime.cli import app
+from kubedistill.cli import app
 from tests.operator.harness import Cluster, eventually, job_manifest
 from tests.operator.manifests import GOLDEN_IMAGE, golden_cases
 from tests.test_import_boundaries import BLOCK_HEAVY_IMPORTS
@@ -49,7 +49,7 @@ def test_render_and_operator_work_in_the_operator_image_without_torch_or_ray() -
         f"""
         import sys
         from typer.testing import CliRunner
-        from kubedistill.runtime.cli import app
+        from kubedistill.cli import app
         rendered = CliRunner().invoke(app, ["render", {str(job)!r}])
         helped = CliRunner().invoke(app, ["operator", "--help"])
         sys.exit(rendered.exit_code or helped.exit_code or (0 if "kind: RayJob" in rendered.output else 3))

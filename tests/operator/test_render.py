@@ -103,6 +103,19 @@ def groups(job_: DistillationJob) -> dict[str, tuple[int, str, dict[str, str]]]:
         ),
         (
             {
+                "mode": "selfDistillation",
+                "teacher": None,
+                "rollout": {"engines": 2, "batchSize": 128},
+                "distillation": {"teacherEmaDecay": 0.99},
+            },
+            {
+                "teacher": (1, "1", {"GPU": "1", "kubedistill_teacher": "1"}),
+                "student": (1, "1", {"GPU": "1", "kubedistill_student": "1"}),
+                "rollout": (2, "1", {"GPU": "1", "kubedistill_rollout": "1"}),
+            },
+        ),
+        (
+            {
                 "teacher": {"model": "t", "replicas": 2, "gpusPerReplica": 8},
                 "student": {"model": "s", "replicas": 16},
                 "cluster": {"colocate": True},
@@ -121,6 +134,7 @@ def groups(job_: DistillationJob) -> dict[str, tuple[int, str, dict[str, str]]]:
         "sft-has-no-teacher",
         "self-distillation-runs-a-default-teacher",
         "onpolicy-adds-rollout-engines",
+        "on-policy-self-distillation-adds-rollout-engines",
         "colocated-hosts-every-role-on-the-student-pods",
         "colocated-sft",
     ],

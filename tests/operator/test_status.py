@@ -146,7 +146,7 @@ def trainer_page(namespace: str, job: str, **values: float) -> str:
 def test_progress_takes_this_jobs_gauges_and_skips_non_finite_values() -> None:
     page = trainer_page("ml", "demo", STEP=42, KD_LOSS=0.25, LAST_STEP_SECONDS=1.5, LOSS=float("nan"))
     fields = parse_progress(page, namespace="ml", job="demo")
-    assert fields == {"step": 42, "kdLoss": 0.25, "stepTimeSeconds": 1.5}
+    assert fields == {"step": 42, "kd_loss": 0.25, "step_time_seconds": 1.5}
     assert isinstance(fields["step"], int)
 
 

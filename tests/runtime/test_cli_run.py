@@ -7,6 +7,7 @@ re-run here is refused or found finished before Ray starts, so it takes seconds.
 
 import json
 import os
+import re
 import signal
 import subprocess
 import tempfile
@@ -32,6 +33,7 @@ from tests.test_bad_inputs import KUBEDISTILL, Outcome, kubedistill
 CLI_TIMEOUT_SECONDS = 600
 STEPS = 12
 """Two epochs of the tiny world's 96 records in global batches of 16."""
+LOG_EVERY = 4
 KILLED_RAY_GRACE_SECONDS = 30
 """How long a killed run's Ray processes may take to go; without the watchdog Ray's agents stay 60-90 s."""
 
@@ -69,7 +71,7 @@ def job(tiny: TinyWorld, tmp_path_factory: pytest.TempPathFactory) -> Job:
     manifest = job_manifest(
         tiny,
         "cli-run",
-        training={"epochs": 2},
+        training={"epochs": 2, "logEverySteps": LOG_EVERY},
         checkpoint={"path": str(root / "ckpt"), "everySteps": 2},
         output={"path": str(root / "out")},
     )
@@ -149,6 +151,13 @@ def test_a_rerun_after_ctrl_c_resumes_and_trains_to_the_end(job: Job, resumed: O
     assert "resuming from" in resumed.stderr
     trained = [record["step"] for record in job.history() if record["kind"] == "train"]
     assert trained == list(range(1, STEPS + 1))
+
+
+def test_the_run_logs_a_progress_line_every_log_every_steps(job: Job, resumed: Outcome) -> None:
+    (resumed_at,) = (int(step) for step in re.findall(r"resuming from .* \(step (\d+)\)", resumed.stderr))
+    logged = [int(step) for step in re.findall(rf"step (\d+)/{STEPS}: loss \d", resumed.stderr)]
+    assert logged == [step for step in range(resumed_at + 1, STEPS + 1) if step % LOG_EVERY == 0]
+    assert logged, "no line was due"
 
 
 def test_a_finished_job_says_so_and_leaves_everything_as_it_is(job: Job, resumed: Outcome) -> None:

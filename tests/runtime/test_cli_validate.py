@@ -9,7 +9,7 @@ import yaml
 from typer.testing import CliRunner
 
 from kubedistill.api.crd import render_crd_yaml
-from kubedistill.runtime.cli import app
+from kubedistill.cli import app
 from tests.api.manifests import BASE, apply_changes
 
 runner = CliRunner()

@@ -87,6 +87,14 @@ BAD_FILES = [
         2,
         source=PAIRS | {"teacher_input_key": "context"},
     ),
+    BadFile(
+        "prompts_missing_context.jsonl",
+        2,
+        "missing key 'context' (spec.data.train.teacherInputKey)",
+        2,
+        source={"prompt_key": "prompt", "teacher_input_key": "context"},
+        mode=Mode.ON_POLICY,
+    ),
     BadFile("array_missing_messages.json", 14, "missing key 'messages' (spec.data.train.inputKey)", 2),
     BadFile(
         "only_an_answer.jsonl",

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from kubedistill.api.job import GROUP, KIND, InvalidJob, parse_job
-from kubedistill.api.manifest import is_job, read_documents
+from kubedistill.api.manifest import as_object, is_job, read_documents
 
 YAML_SUFFIXES = (".yaml", ".yml")
 
@@ -27,7 +27,7 @@ def validate_manifests(paths: Iterable[Path], echo: Callable[..., Any]) -> int:
             for problem in invalid.problems:
                 echo(f"{path}: {problem}", err=True)
             continue
-        names = []
+        names: list[str] = []
         for document in documents:
             if _mistyped_kind(document):
                 failed = True
@@ -66,15 +66,17 @@ def manifest_files(paths: Iterable[Path]) -> list[Path]:
 
 def _mistyped_kind(document: Any) -> bool:
     """A document of our API group that is not a job: a typo, never a neighbour to skip."""
-    if not isinstance(document, dict) or is_job(document):
+    fields = as_object(document)
+    if fields is None or is_job(document):
         return False
-    return str(document.get("apiVersion", "")).split("/")[0] == GROUP
+    return str(fields.get("apiVersion", "")).split("/")[0] == GROUP
 
 
 def _describe(document: Any) -> str:
-    if not isinstance(document, dict):
+    fields = as_object(document)
+    if fields is None:
         return f"a document that is not an object ({type(document).__name__})"
-    kind = document.get("kind") or "a document without kind"
-    metadata = document.get("metadata")
-    name = metadata.get("name") if isinstance(metadata, dict) else None
+    kind = fields.get("kind") or "a document without kind"
+    metadata = as_object(fields.get("metadata"))
+    name = metadata.get("name") if metadata is not None else None
     return f"{kind} {name!r}" if name else str(kind)

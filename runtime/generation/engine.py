@@ -1,0 +1,133 @@
+"""Responses from the job's own teacher: its model on rollout engines (SGLang on GPUs, transformers
+otherwise), started on the teacher's pods for the generation phase and stopped before training.
+
+The rollout backends take and return token ids (`RolloutBackend.generate`): the prompt is rendered with the
+teacher's chat template here and the response decoded here. A response is `length` (cut off) when it fills
+maxNewTokens without the end-of-sequence token, `stop` otherwise.
+"""
+
+from collections.abc import Iterator
+from typing import Any
+
+import ray
+
+from kubedistill.api.job import DistillationJob
+from kubedistill.api.placement import Role
+from kubedistill.api.spec import Backend, RolloutSpec
+from kubedistill.runtime.backend_choice import engine_device, resolve_backend
+from kubedistill.runtime.engine_group import EngineActorGroup, start_engine_actors
+from kubedistill.runtime.engines import EngineActor
+from kubedistill.runtime.generation.prompts import Prompt
+from kubedistill.runtime.generation.store import CUT_OFF, FINISHED, Response, Settings
+from kubedistill.runtime.models import compute_dtype, load_tokenizer
+from kubedistill.runtime.placement import ClusterView
+from kubedistill.runtime.roles import teacher_spec
+from kubedistill.runtime.rollout.backend import RolloutBackend, SamplingConfig
+from kubedistill.runtime.sglang_args import EnginePlacement
+
+PROMPTS_PER_CALL = 16
+"""Prompts one engine call answers: small enough that the file grows (and a rerun resumes) as it goes."""
+
+
+class GenerationActor(EngineActor):
+    def build(self, placement: EnginePlacement) -> RolloutBackend:
+        spec = self.job.spec
+        teacher = teacher_spec(self.job)
+        if resolve_backend(teacher.backend) == Backend.SGLANG:
+            from kubedistill.runtime.rollout.sglang_backend import SGLangRollout
+
+            # The rollout engine's settings, from the teacher's: one engine of tensorParallel GPUs.
+            engine = RolloutSpec(
+                tensor_parallel=teacher.tensor_parallel, mem_fraction_static=teacher.mem_fraction_static
+            )
+            return SGLangRollout(
+                engine,
+                teacher.model,
+                placement,
+                colocate=spec.cluster.colocate,
+                precision=spec.training.precision,
+                seed=spec.training.seed,
+            )
+        from kubedistill.runtime.rollout.transformers_backend import TransformersRollout
+
+        return TransformersRollout(
+            teacher.model, compute_dtype(spec.training.precision), engine_device(placement)
+        )
+
+    def generate(self, prompts: list[list[int]], sampling: SamplingConfig) -> list[list[int]]:
+        return self.backend.generate(prompts, sampling)
+
+
+class TeacherGenerators(EngineActorGroup):
+    def __init__(self, job: DistillationJob, cluster: ClusterView) -> None:
+        teacher = teacher_spec(job)
+        sglang = resolve_backend(teacher.backend) == Backend.SGLANG
+        if teacher.nodes_per_replica != 1:
+            raise ValueError(
+                "spec.teacher.nodesPerReplica: a teacher that generates (spec.generation) runs on one node; "
+                "use an endpoint for a teacher larger than a node"
+            )
+        super().__init__(
+            start_engine_actors(
+                GenerationActor,
+                job,
+                Role.TEACHER,
+                engines=teacher.replicas,
+                nodes_per_engine=1,
+                gpus_per_actor=float(teacher.tensor_parallel) if sglang else 1.0,
+                cluster=cluster,
+            )
+        )
+        tokenizer_path = teacher.tokenizer or teacher.model
+        self._tokenizer: Any = load_tokenizer(tokenizer_path)
+
+    def generate(
+        self,
+        prompts: list[Prompt],
+        missing: dict[str, list[int]],
+        settings: Settings,
+        samples_per_prompt: int,
+    ) -> Iterator[tuple[Prompt, int, Response]]:
+        """(prompt, sample, response) for each `missing[prompt.id]` sample, call by call as engines finish.
+
+        Calls go round-robin to the engines (each runs its calls in turn); a call draws every sample of its
+        prompts and keeps the missing ones, with seed + the call's index.
+        """
+        calls = [prompts[i : i + PROMPTS_PER_CALL] for i in range(0, len(prompts), PROMPTS_PER_CALL)]
+        pending: dict[ray.ObjectRef, list[Prompt]] = {}
+        for index, call in enumerate(calls):
+            sampling = SamplingConfig(
+                max_new_tokens=settings.max_new_tokens,
+                temperature=settings.temperature,
+                top_p=settings.top_p,
+                samples_per_prompt=samples_per_prompt,
+                seed=settings.seed + index,
+            )
+            actor = self.actors[index % len(self.actors)]
+            pending[actor.generate.remote([self._prompt_ids(p) for p in call], sampling)] = call
+        while pending:
+            (ready,), _ = ray.wait(list(pending), num_returns=1)
+            call = pending.pop(ready)
+            outputs = ray.get(ready)
+            for i, prompt in enumerate(call):
+                for sample in missing[prompt.id]:
+                    ids = outputs[i * samples_per_prompt + sample]
+                    yield prompt, sample, self._response(ids, settings.max_new_tokens)
+
+    def _prompt_ids(self, prompt: Prompt) -> list[int]:
+        encoded = self._tokenizer.apply_chat_template(
+            prompt.messages, add_generation_prompt=True, tokenize=True, **_tools(prompt)
+        )
+        # transformers 5 returns a BatchEncoding here, 4.x a list.
+        return list(encoded["input_ids"] if hasattr(encoded, "keys") else encoded)
+
+    def _response(self, ids: list[int], max_new_tokens: int) -> Response:
+        eos = self._tokenizer.eos_token_id
+        ended = bool(ids) and ids[-1] == eos
+        reason = CUT_OFF if not ended and len(ids) >= max_new_tokens else FINISHED
+        return Response(self._tokenizer.decode(ids, skip_special_tokens=True), reason)
+
+
+def _tools(prompt: Prompt) -> dict[str, Any]:
+    tools = prompt.carried.get("tools")
+    return {"tools": tools} if tools else {}

@@ -1,0 +1,88 @@
+"""The prompts of the training data: what the teacher is asked to answer.
+
+A chat record's prompt is its messages up to and including the last user turn (an assistant answer after
+it, if any, is what the teacher replaces); a prompt/response record's prompt is its `promptKey` text as a
+user message (its response, if any, is replaced the same way). Records are read and checked by the data
+pipeline's own readers, so a bad line names its `file:line` as in training.
+"""
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from kubedistill.api.spec import DataSource, OnBadRecord
+from kubedistill.runtime.data.chat import Message
+from kubedistill.runtime.data.errors import BadRecord, BadRecordError, DataFileError, RecordProblem
+from kubedistill.runtime.data.messages import chat_messages, unicode_text
+from kubedistill.runtime.data.records import json_type, read_records
+
+
+@dataclass(frozen=True)
+class Prompt:
+    id: str
+    """Digest of the messages: identifies the prompt across reruns, whatever the record order."""
+    messages: list[Message]
+    source: str
+    """`path:line` of the record."""
+    carried: Mapping[str, Any]
+    """Fields the generated record keeps from the source record (its `teacherInputKey` and `tools`)."""
+
+
+def prompt_id(messages: list[Message]) -> str:
+    canonical = json.dumps(messages, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
+
+
+def read_prompts(
+    source: DataSource, on_bad_record: OnBadRecord, field: str = "spec.data.train"
+) -> tuple[list[Prompt], list[BadRecord]]:
+    """Every distinct prompt of `source` in file order (a prompt met twice is asked once), and the records
+    skipped under `onBadRecord: skip`."""
+    prompts: dict[str, Prompt] = {}
+    bad: list[BadRecord] = []
+    for record in read_records(source, field):
+        try:
+            if isinstance(record, BadRecord):
+                raise BadRecordError(record)
+            try:
+                messages = _prompt_messages(record.fields, source, field)
+            except RecordProblem as problem:
+                raise BadRecordError(BadRecord(record.source, str(problem))) from None
+        except BadRecordError as error:
+            if on_bad_record == OnBadRecord.FAIL:
+                raise
+            bad.append(error.record)
+            continue
+        carried = {
+            key: record.fields[key]
+            for key in (source.teacher_input_key, "tools")
+            if key is not None and record.fields.get(key) is not None
+        }
+        found = Prompt(prompt_id(messages), messages, record.source, carried)
+        prompts.setdefault(found.id, found)
+    if not prompts:
+        raise DataFileError(f"{source.path}: no prompts to generate responses for ({field}.path)")
+    return list(prompts.values()), bad
+
+
+def _prompt_messages(fields: Mapping[str, Any], source: DataSource, field: str) -> list[Message]:
+    if source.prompt_key is not None:
+        text = fields.get(source.prompt_key)
+        if not isinstance(text, str) or not text.strip():
+            got = (
+                "missing" if text is None else f"{json_type(text)}" if not isinstance(text, str) else "empty"
+            )
+            raise RecordProblem(
+                f"{source.prompt_key!r} ({field}.promptKey) must be a non-empty string: {got}"
+            )
+        return [{"role": "user", "content": unicode_text(text, source.prompt_key)}]
+    value = fields.get(source.input_key)
+    if value is None:
+        raise RecordProblem(f"missing key {source.input_key!r} ({field}.inputKey)")
+    messages = chat_messages(value, source.input_key)
+    users = [i for i, message in enumerate(messages) if message["role"] == "user"]
+    if not users:
+        raise RecordProblem(f"{source.input_key!r} has no user message to answer")
+    return messages[: users[-1] + 1]

@@ -1,0 +1,143 @@
+"""The endpoint path against a real OpenAI-compatible server: `transformers serve` (the transformers release
+the venv installs) serving the tiny teacher on loopback, one server for the module.
+
+What the tests rely on, in transformers 5.24 `cli/serving/`: the positional model pins the server to it and
+a request must name the same `model` (`utils.py:1206-1213`); `max_tokens` becomes `max_new_tokens`
+(`chat_completion.py:350-353`); `seed` reseeds torch per request (`utils.py:1259-1260`); a response that
+fills max_new_tokens has finish_reason `length` (`chat_completion.py:301,325-326`). The tiny teacher's
+weights are random, so it never ends an answer: every response here is cut off, which is what the skip test
+needs and why the training test keeps cut-off responses.
+"""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kubedistill.runtime.generation.phase import run_generation
+from tests.runtime.conftest import TinyWorld
+from tests.runtime.generation.examples import distinct_prompts, example_manifest, write_manifest
+from tests.test_bad_inputs import invoke
+
+STARTUP_SECONDS = 180
+TRANSFORMERS = shutil.which("transformers", path=str(Path(sys.executable).parent))
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def served_teacher(tiny: TinyWorld, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The base URL (ending in /v1) of `transformers serve` serving the tiny teacher."""
+    assert TRANSFORMERS is not None
+    port = _free_port()
+    log = tmp_path_factory.mktemp("serve") / "serve.log"
+    with log.open("wb") as output:
+        server = subprocess.Popen(
+            [TRANSFORMERS, "serve", str(tiny.teacher), "--device", "cpu", "--port", str(port)],
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"},
+        )
+        try:
+            deadline = time.monotonic() + STARTUP_SECONDS
+            while True:
+                assert server.poll() is None, log.read_text()
+                try:
+                    urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=2).close()
+                    break
+                except OSError:
+                    assert time.monotonic() < deadline, log.read_text()
+                    time.sleep(0.5)
+            yield f"http://127.0.0.1:{port}/v1"
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def prompts(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return distinct_prompts(tmp_path_factory.mktemp("prompts") / "prompts.jsonl", 16)
+
+
+def _paths(tiny: TinyWorld, prompts: Path, out: Path) -> dict[str, Path]:
+    return {
+        "demo-output/runs/teacher-sft": tiny.teacher,
+        "demo-output/assets/student-init": tiny.student,
+        "demo-output/assets/data/student-train.jsonl": prompts,
+        "demo-output/runs/generate-from-endpoint": out,
+    }
+
+
+def _example(url: str, tiny: TinyWorld, prompts: Path, tmp_path: Path, **generation: Any) -> Path:
+    """The endpoint example aimed at the served tiny teacher, in tmp_path/job.yaml, output in tmp_path/out."""
+    manifest = example_manifest(
+        "generate-from-endpoint",
+        _paths(tiny, prompts, tmp_path / "out"),
+        endpoint={"baseUrl": url, "model": str(tiny.teacher)},
+        **generation,
+    )
+    return write_manifest(tmp_path / "job.yaml", manifest)
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_the_endpoint_example_generates_then_trains_the_student_on_the_answers(
+    served_teacher: str, tiny: TinyWorld, prompts: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    done = invoke(
+        ["run", str(_example(served_teacher, tiny, prompts, tmp_path, maxNewTokens=8, keepTruncated=True))]
+    )
+    assert done.exit_code == 0, done.stderr
+    generated = out / "generated" / "demo-generate-from-endpoint.jsonl"
+    lines = [json.loads(line) for line in generated.read_text().splitlines()]
+    assert len(lines) == 16
+    assert {line["teacher"] for line in lines} == {str(tiny.teacher)}
+    assert {line["endpoint"] for line in lines} == {served_teacher}
+    assert all(line["response"] and line["finishReason"] == "length" for line in lines)
+    assert f"generation: 16 responses to 16 prompts in {generated} (16 new); skipped: none" in done.stdout
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["steps"] == 1, "one global batch of the 16 generated records"
+    assert (out / "config.json").is_file(), "the student is exported"
+
+
+def test_cut_off_answers_are_skipped_and_counted_and_none_left_fails_naming_the_file(
+    served_teacher: str, tiny: TinyWorld, prompts: Path, tmp_path: Path
+) -> None:
+    file = _example(served_teacher, tiny, prompts, tmp_path, maxNewTokens=4)
+    done = invoke(["run", str(file)])
+    skipped = tmp_path / "out" / "generated" / "demo-generate-from-endpoint.skipped.jsonl"
+    assert done.exit_code == 1
+    assert "skipped: 16 length" in done.stdout
+    assert done.stderr.splitlines()[-1] == (
+        f"{file}: spec.generation: no response was kept (see {skipped}); nothing to train on"
+    )
+    assert {json.loads(line)["reason"] for line in skipped.read_text().splitlines()} == {"length"}
+
+
+def test_a_model_the_server_does_not_serve_is_recorded_per_request(
+    served_teacher: str, tiny: TinyWorld, prompts: Path, tmp_path: Path
+) -> None:
+    from kubedistill.api import parse_job
+
+    manifest = example_manifest(
+        "generate-from-endpoint",
+        _paths(tiny, prompts, tmp_path / "out"),
+        endpoint={"baseUrl": served_teacher, "model": "another-model", "maxRetries": 0},
+    )
+    result = run_generation(parse_job(manifest), tmp_path / "out", {})
+    assert result.report["generated"] == 0 and result.report["skipped"] == {"failed": 16}
+    first = json.loads(result.path.with_suffix(".skipped.jsonl").read_text().splitlines()[0])
+    assert first["detail"].startswith("HTTP 400: ") and "pinned to" in first["detail"]
