@@ -1,0 +1,26 @@
+"""Suite-wide collection order.
+
+`make test` runs on two pytest-xdist workers with whole files kept together (`--dist loadfile`), and a
+worker takes files in collection order. Files that start Ray, a real job or pyright take up to minutes
+each; collected in alphabetical order, one of them can be the last file left while the other worker sits
+idle. Collecting them first leaves the many short files to even out the end. The order within a file, and
+every file's own fixtures, are unchanged.
+"""
+
+import pytest
+
+_SLOW_FIXTURES = {"ray_session", "tiny"}
+"""Fixtures of the tests that run real jobs: local Ray, and the tiny models and data they train."""
+_SLOW_FILES = {"tests/test_lint.py", "tests/test_bad_inputs.py"}
+"""Files without those fixtures that are as slow: pyright over the tree; the installed command's runs."""
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    slow_files = {
+        item.path
+        for item in items
+        if _SLOW_FIXTURES & set(getattr(item, "fixturenames", ()))
+        or item.path.relative_to(config.rootpath).as_posix() in _SLOW_FILES
+        or item.path.relative_to(config.rootpath).parts[:2] == ("tests", "e2e")
+    }
+    items.sort(key=lambda item: item.path not in slow_files)
