@@ -35,7 +35,16 @@ class GenerationResult:
             f"generation: {report['generated']} responses to {report['prompts']} prompts in {self.path} "
             f"({how}); skipped: {skipped or 'none'}"
             + (f" (listed in {self.path.with_suffix('.skipped.jsonl')})" if skipped else "")
+            + _repeated(report.get("repeatedPrompts", []))
         )
+
+
+def _repeated(sources: list[str]) -> str:
+    if not sources:
+        return ""
+    return f"; {len(sources)} records repeat an earlier prompt, asked once: {', '.join(sources[:3])}" + (
+        ", ..." if len(sources) > 3 else ""
+    )
 
 
 def settings_of(job: DistillationJob) -> Settings:
@@ -83,7 +92,8 @@ def run_generation(
     report = store.report()
     if report is not None:
         return GenerationResult(store.path, report, reused=True)
-    prompts, bad = read_prompts(job.spec.data.train, job.spec.data.on_bad_record)
+    read = read_prompts(job.spec.data.train, job.spec.data.on_bad_record)
+    prompts = read.prompts
     done = store.existing(prompts)
     samples = generation.samples_per_prompt
     missing = {p.id: [s for s in range(samples) if (p.id, s) not in done] for p in prompts}
@@ -114,7 +124,8 @@ def run_generation(
         {
             "prompts": len(prompts),
             "reusedLines": len(done),
-            "badRecords": [str(record) for record in bad],
+            "repeatedPrompts": read.repeated,
+            "badRecords": [str(record) for record in read.bad],
         },
     )
     return GenerationResult(store.path, report, reused=False)

@@ -35,12 +35,19 @@ def prompt_id(messages: list[Message]) -> str:
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
 
 
-def read_prompts(
-    source: DataSource, on_bad_record: OnBadRecord, field: str = "spec.data.train"
-) -> tuple[list[Prompt], list[BadRecord]]:
-    """Every distinct prompt of `source` in file order (a prompt met twice is asked once), and the records
-    skipped under `onBadRecord: skip`."""
+@dataclass(frozen=True)
+class Prompts:
+    prompts: list[Prompt]
+    """Every distinct prompt in file order: a prompt met twice is asked once."""
+    repeated: list[str]
+    """`path:line` of each record whose prompt an earlier record already had (counted, not asked again)."""
+    bad: list[BadRecord]
+    """Records skipped under `onBadRecord: skip`."""
+
+
+def read_prompts(source: DataSource, on_bad_record: OnBadRecord, field: str = "spec.data.train") -> Prompts:
     prompts: dict[str, Prompt] = {}
+    repeated: list[str] = []
     bad: list[BadRecord] = []
     for record in read_records(source, field):
         try:
@@ -61,10 +68,13 @@ def read_prompts(
             if key is not None and record.fields.get(key) is not None
         }
         found = Prompt(prompt_id(messages), messages, record.source, carried)
-        prompts.setdefault(found.id, found)
+        if found.id in prompts:
+            repeated.append(record.source)
+        else:
+            prompts[found.id] = found
     if not prompts:
         raise DataFileError(f"{source.path}: no prompts to generate responses for ({field}.path)")
-    return list(prompts.values()), bad
+    return Prompts(list(prompts.values()), repeated, bad)
 
 
 def _prompt_messages(fields: Mapping[str, Any], source: DataSource, field: str) -> list[Message]:
