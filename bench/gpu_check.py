@@ -148,11 +148,11 @@ def _loss_row(case: str, results: dict, values: dict) -> dict:
 
 
 def teacher_row(device: torch.device, scratch: Path) -> dict:
-    from kubedistill.runtime.demo_data import chat_records
-    from kubedistill.runtime.models import load_lm_head_weight
+    from kubedistill.runtime.demo.data import chat_records
+    from kubedistill.runtime.demo.tiny import TEACHER_SHAPE, build_tokenizer, save_tiny
+    from kubedistill.runtime.engines.transformers.teacher import TransformersTeacher
+    from kubedistill.runtime.models.loading import load_lm_head_weight
     from kubedistill.runtime.teacher.backend import TeacherBatch
-    from kubedistill.runtime.teacher.transformers_backend import TransformersTeacher
-    from kubedistill.runtime.tiny import TEACHER_SHAPE, build_tokenizer, save_tiny
 
     texts = [" ".join(m["content"] for m in r["messages"]) for r in chat_records(200, 0)]
     path = save_tiny(scratch / "teacher", build_tokenizer(texts, 300), TEACHER_SHAPE)
@@ -180,11 +180,11 @@ def teacher_row(device: torch.device, scratch: Path) -> dict:
 def fsdp_row(device: torch.device, scratch: Path, cpu_offload: bool) -> dict:
     from kubedistill.api import parse_job
     from kubedistill.runtime.data.sample import Sample
-    from kubedistill.runtime.demo_data import chat_records
+    from kubedistill.runtime.demo.data import chat_records
+    from kubedistill.runtime.demo.tiny import STUDENT_SHAPE, build_tokenizer, save_tiny
     from kubedistill.runtime.student.batch import MicroBatch
     from kubedistill.runtime.student.parallelize import process_group_backend
     from kubedistill.runtime.student.worker import RankAddress, StudentWorker
-    from kubedistill.runtime.tiny import STUDENT_SHAPE, build_tokenizer, save_tiny
 
     texts = [" ".join(m["content"] for m in r["messages"]) for r in chat_records(200, 0)]
     path = save_tiny(scratch / "student", build_tokenizer(texts, 300), STUDENT_SHAPE)
@@ -245,8 +245,8 @@ def hidden_state_rows(device: torch.device, n: int, d: int, repeats: int) -> lis
     """SGLang's list path and ours for one n-token prefill, from the device's bf16 states to the decoded
     tensor, with SGLang's scheduler method and our replacement called as its prefill loop calls them."""
     from bench.sglang_hop import decode_once, sglang_tolist
+    from kubedistill.runtime.engines.sglang.hidden_states import shared_memory_method
     from kubedistill.runtime.teacher.backend import TeacherBatch
-    from kubedistill.runtime.teacher.sglang_hidden_states import shared_memory_method
 
     hidden = torch.randn(n, d, generator=torch.Generator().manual_seed(0)).to(device, torch.bfloat16)
     batch = TeacherBatch(sequences=[[0] * n], positions=[list(range(n))])

@@ -37,7 +37,7 @@ from prometheus_client import generate_latest
 
 from bench.report import report
 from kubedistill.api import telemetry
-from kubedistill.runtime.metrics import TrainerMetrics
+from kubedistill.runtime.trainer.metrics import TrainerMetrics
 from tests.operator.apiserver import ArchivingApiServer
 from tests.operator.harness import (
     Cluster,

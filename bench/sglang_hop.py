@@ -10,9 +10,9 @@ from typing import Any
 import msgpack
 import torch
 
-from kubedistill.runtime.sglang_args import gather_hidden_states
+from kubedistill.runtime.engines.sglang.args import gather_hidden_states
+from kubedistill.runtime.engines.sglang.hidden_states import request_ids
 from kubedistill.runtime.teacher.backend import TeacherBatch
-from kubedistill.runtime.teacher.sglang_hidden_states import request_ids
 
 
 @dataclass

@@ -36,10 +36,10 @@ import torch
 
 from bench.report import alternate, report, spread
 from kubedistill.api import parse_job
-from kubedistill.runtime.demo import prepare
-from kubedistill.runtime.demo_data import chat_records, write_jsonl
-from kubedistill.runtime.ray_session import connect
-from kubedistill.runtime.trainer import RunOptions, Trainer
+from kubedistill.runtime.cluster.session import connect
+from kubedistill.runtime.demo.data import chat_records, write_jsonl
+from kubedistill.runtime.demo.run import prepare
+from kubedistill.runtime.trainer.controller import RunOptions, Trainer
 
 WARMUP_STEPS = 2
 MILLISECONDS = 1000.0
@@ -126,16 +126,16 @@ def fsdp_overhead(assets: Path, repeats: int, steps: int) -> dict[str, dict[str,
     """ms per step of the same work through a one-rank FSDP2 `StudentWorker` and through plain PyTorch."""
     import torch.distributed as dist
 
-    from kubedistill.runtime.actors import free_port
+    from kubedistill.runtime.cluster.actors import free_port
     from kubedistill.runtime.data.batching import shard_micro_batches
     from kubedistill.runtime.data.load import load_samples
+    from kubedistill.runtime.engines.transformers.teacher import TransformersTeacher
     from kubedistill.runtime.losses import fused_kd_loss
-    from kubedistill.runtime.models import load_causal_lm, load_lm_head_weight, load_tokenizer
-    from kubedistill.runtime.roles import kd_config
+    from kubedistill.runtime.models.loading import load_causal_lm, load_lm_head_weight, load_tokenizer
+    from kubedistill.runtime.models.roles import kd_config
     from kubedistill.runtime.student.batch import MicroBatch
     from kubedistill.runtime.student.worker import RankAddress, StudentWorker
-    from kubedistill.runtime.teacher.transformers_backend import TransformersTeacher
-    from kubedistill.runtime.trainer import teacher_batch
+    from kubedistill.runtime.trainer.controller import teacher_batch
 
     torch.set_num_threads(1)
     spec = parse_job(job(assets, "fsdp-overhead", assets / "data" / "train.jsonl", 1, microBatchSize=4))

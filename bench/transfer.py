@@ -5,17 +5,17 @@
 For N loss tokens at Qwen3-4B (d=2560) and Qwen3-32B (d=5120) sizes, with V=151936, the same payloads
 KDFlow compares: final hidden states in bf16 (what KubeDistill sends; exact), full logits in fp32 and bf16
 (exact), and the top-20 token ids (int32) with their logits (fp32), which ROLL and verl send (lossy). Each
-payload travels in the runtime's wire format (`kubedistill.runtime.transfer`): a producer actor returns it
-to the object store, a consumer actor receives it as an argument and rebuilds the tensor. Time is from the
-producer's call to the consumer's reply (median of the repeats, after one untimed transfer); building the
-payload is not timed. Both actors sit on this one node, so the object store is shared memory: this is the
-floor of a transfer, and a cross-node one adds the network on top, in proportion to the bytes.
+payload travels in the runtime's wire format (`kubedistill.runtime.teacher.transfer`): a producer actor
+returns it to the object store, a consumer actor receives it as an argument and rebuilds the tensor. Time is
+from the producer's call to the consumer's reply (median of the repeats, after one untimed transfer);
+building the payload is not timed. Both actors sit on this one node, so the object store is shared memory:
+this is the floor of a transfer, and a cross-node one adds the network on top, in proportion to the bytes.
 
 Then the SGLang teacher's own hop, from its scheduler process to the engine's process, per N-token prefill
 whose every position is a loss position, timed with the code that runs there (median of the repeats):
 - list path (SGLang 0.5.23 as released): the scheduler's `.cpu().clone().tolist()`, a msgpack round trip of
   the nested floats (msgpack-python standing in for SGLang's msgspec encoder: the same format), and our
-  decoder `sglang_args.gather_hidden_states` over them;
+  decoder `engines.sglang.args.gather_hidden_states` over them;
 - shared-memory path (ours): the scheduler method that replaces SGLang's (`shared_memory_method`, called as
   SGLang's prefill loop calls it) writing bf16 rows to /dev/shm, the msgpack round trip of what is left of
   the output, and the same decoder, which now reads the rows from shared memory.
@@ -32,9 +32,9 @@ import torch
 
 from bench.report import report
 from bench.sglang_hop import decode_once, sglang_tolist
+from kubedistill.runtime.engines.sglang.hidden_states import shared_memory_method
 from kubedistill.runtime.teacher.backend import TeacherBatch
-from kubedistill.runtime.teacher.sglang_hidden_states import shared_memory_method
-from kubedistill.runtime.transfer import WireTensor, from_wire, to_wire
+from kubedistill.runtime.teacher.transfer import WireTensor, from_wire, to_wire
 
 MODELS = {"Qwen3-4B": 2560, "Qwen3-32B": 5120}
 TOP_K = 20

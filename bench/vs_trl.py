@@ -3,7 +3,7 @@
     .venv/bin/python -m bench.vs_trl [--pairs tiny,larger] [--repeats 3] [--train-records 256]
                                      [--eval-records 128]
 
-Two pairs (`PAIRS`), both Qwen3 models built from configs (`kubedistill.runtime.tiny`) over a BPE
+Two pairs (`PAIRS`), both Qwen3 models built from configs (`kubedistill.runtime.demo.tiny`) over a BPE
 vocabulary of 400 trained on the task's text: `tiny` (teacher d=96 x3 layers, student d=64 x2, sequences
 up to 128 tokens, global batch 16, 32 steps), where fixed costs per step dominate, and `larger` (teacher
 d=256 x4 layers, about 4x the student's d=128 x4 parameters; answers long enough to fill 512-token
@@ -57,8 +57,8 @@ from bench.step import PARTS, step_parts
 from kubedistill.api.spec import DataSource, DataSpec, Mode
 from kubedistill.runtime.data.load import load_samples
 from kubedistill.runtime.data.sample import Sample
-from kubedistill.runtime.demo_data import chat_records, write_jsonl
-from kubedistill.runtime.tiny import STUDENT_SHAPE, TEACHER_SHAPE, TinyShape, build_tokenizer, save_tiny
+from kubedistill.runtime.demo.data import chat_records, write_jsonl
+from kubedistill.runtime.demo.tiny import STUDENT_SHAPE, TEACHER_SHAPE, TinyShape, build_tokenizer, save_tiny
 
 LEARNING_RATE = 1.0e-3
 ADAM_BETAS = (0.9, 0.98)
@@ -257,7 +257,7 @@ def run_kubedistill(root: Path, pair: Pair, ranks: int) -> dict[str, Any]:
     import ray
 
     from kubedistill.api import parse_job
-    from kubedistill.runtime.trainer import RunOptions, Trainer
+    from kubedistill.runtime.trainer.controller import RunOptions, Trainer
 
     output = root / f"kubedistill-{ranks}"
     manifest = {

@@ -98,7 +98,7 @@ def run(
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     job = _load(file, load_job)
-    from kubedistill.runtime.cli import run_job
+    from kubedistill.runtime.trainer.run import run_job
 
     run_job(job, file, max_steps=max_steps, output=output, metrics_port=metrics_port, restart=restart)
 
@@ -116,7 +116,7 @@ def demo(
     """Distill a tiny teacher into a tiny student on this machine and compare it with plain fine-tuning."""
     import logging
 
-    from kubedistill.runtime import demo as demo_module
+    from kubedistill.runtime.demo import run as demo_module
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if prepare_only:

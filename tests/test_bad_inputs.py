@@ -26,7 +26,7 @@ from typer.testing import CliRunner
 
 from kubedistill.api.spec import Mode
 from kubedistill.cli import app
-from kubedistill.runtime.tiny import build_tokenizer, save_tiny
+from kubedistill.runtime.demo.tiny import build_tokenizer, save_tiny
 from tests.api.manifests import BAD_MANIFESTS, Bad, apply_changes
 from tests.runtime.conftest import ON_POLICY, STUDENT, TEACHER, TinyWorld, job_manifest
 from tests.runtime.data.builders import CORPUS, FILES

@@ -85,7 +85,9 @@ def _kubedistill_as_in_the_operator_image(tmp_path: Path, *args: str) -> subproc
     return _as_in_the_operator_image(tmp_path, str(Path(sys.executable).parent / "kubedistill"), *args)
 
 
-@pytest.mark.parametrize("module", ["torch", "ray", "kubedistill.runtime", "kubedistill.runtime.trainer"])
+@pytest.mark.parametrize(
+    "module", ["torch", "ray", "kubedistill.runtime", "kubedistill.runtime.trainer.controller"]
+)
 def test_the_sitecustomize_blocker_really_blocks(tmp_path: Path, module: str) -> None:
     result = _as_in_the_operator_image(tmp_path, sys.executable, "-c", f"import {module}")
     assert result.returncode != 0

@@ -226,3 +226,98 @@ def test_bench_never_imports_tests_beyond_the_known_debt() -> None:
 )
 def test_imports_are_read_with_where_they_run(source: str, expected: list[Import]) -> None:
     assert imports_in(source, known={"a.b"}) == expected
+
+
+ROLE_FOLDERS = {
+    "algorithms",
+    "cluster",
+    "data",
+    "demo",
+    "engines",
+    "generation",
+    "losses",
+    "models",
+    "rollout",
+    "student",
+    "teacher",
+    "trainer",
+}
+"""`runtime/`'s folders, one per role; the README's "where things live" map names each."""
+
+
+def test_every_runtime_module_lives_in_a_role_folder() -> None:
+    runtime = ROOT / "runtime"
+    loose = sorted(path.name for path in runtime.glob("*.py") if path.name != "__init__.py")
+    assert not loose
+    folders = {path.name for path in runtime.iterdir() if path.is_dir() and path.name != "__pycache__"}
+    assert folders == ROLE_FOLDERS
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert not [folder for folder in sorted(folders) if f"`runtime/{folder}/`" not in readme]
+
+
+def test_no_runtime_module_exists_only_to_hold_one_short_helper() -> None:
+    lone = []
+    for path in sorted((ROOT / "runtime").rglob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        defined = [node for node in tree.body if isinstance(node, ast.FunctionDef | ast.ClassDef)]
+        runs_as_main = any(
+            isinstance(node, ast.If) and "__main__" in ast.unparse(node.test) for node in tree.body
+        )
+        short = len(path.read_text(encoding="utf-8").splitlines()) < 40
+        if short and len(defined) == 1 and isinstance(defined[0], ast.FunctionDef) and not runs_as_main:
+            lone.append(str(path.relative_to(ROOT)))
+    assert not lone
+
+
+def _import_cycle(package: str) -> list[str] | None:
+    """A cycle of top-level imports among the package's modules (what makes one of them half-initialised
+    when another is imported first), or None."""
+    modules = {name for name in SOURCES if _package(name) == package}
+    edges = {
+        name: {
+            ours
+            for imported in GRAPH[name]
+            if not (imported.lazy or imported.type_only)
+            and (ours := _ours(imported.module)) in modules
+            and ours != name
+            and not name.startswith(f"{ours}.")  # a package's own __init__ runs first, not a cycle
+        }
+        for name in modules
+    }
+    state: dict[str, int] = {}
+    path: list[str] = []
+
+    def visit(name: str) -> list[str] | None:
+        state[name] = 1
+        path.append(name)
+        for nxt in sorted(edges[name]):
+            if state.get(nxt) == 1:
+                return [*path[path.index(nxt) :], nxt]
+            if nxt not in state and (cycle := visit(nxt)):
+                return cycle
+        state[name] = 2
+        path.pop()
+        return None
+
+    for name in sorted(modules):
+        if name not in state and (cycle := visit(name)):
+            return cycle
+    return None
+
+
+@pytest.mark.parametrize("package", ["api", "operator", "runtime"])
+def test_no_package_has_an_import_cycle(package: str) -> None:
+    assert _import_cycle(package) is None
+
+
+def test_the_cycle_check_finds_a_cycle() -> None:
+    saved = GRAPH["kubedistill.runtime.engines.layout"]
+    GRAPH["kubedistill.runtime.engines.layout"] = [
+        *saved,
+        Import("kubedistill.runtime.engines.sglang.args", False, False),
+    ]
+    try:
+        cycle = _import_cycle("runtime")
+    finally:
+        GRAPH["kubedistill.runtime.engines.layout"] = saved
+    assert cycle is not None and "kubedistill.runtime.engines.sglang.args" in cycle

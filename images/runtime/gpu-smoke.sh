@@ -3,7 +3,7 @@
 # SGLang (`pip install 'kubedistill[sglang]'`) and a visible CUDA device, e.g.
 #   docker run --rm --gpus 1 IMAGE bash images/runtime/gpu-smoke.sh
 #   kubectl exec -it RAY_WORKER_POD -- bash images/runtime/gpu-smoke.sh
-# The checks live in kubedistill.runtime.sglang_smoke (its docstring lists them: teacher hidden states
+# The checks live in kubedistill.runtime.engines.sglang.smoke (its docstring lists them: teacher hidden states
 # through the patched scheduler's shared memory against transformers' logits, the colocated CPU-tensor push
 # in buckets within one weight-update session, the broadcast sync); this wrapper only refuses to start where
 # they cannot run. Exit status 0: all checks passed.
@@ -23,4 +23,4 @@ if importlib.util.find_spec("sglang") is None:
     sys.exit("gpu-smoke: SGLang is not installed; pip install 'kubedistill[sglang]'")
 PY
 
-exec "$PYTHON" -m kubedistill.runtime.sglang_smoke "$@"
+exec "$PYTHON" -m kubedistill.runtime.engines.sglang.smoke "$@"

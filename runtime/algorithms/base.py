@@ -15,7 +15,7 @@ from kubedistill.api.registry import ALGORITHM_GROUP
 from kubedistill.api.spec import DistillationSpec
 from kubedistill.runtime.losses.config import KDConfig
 from kubedistill.runtime.losses.output import LossOutput
-from kubedistill.runtime.plugins import Registry
+from kubedistill.runtime.losses.registry import Registry
 
 if TYPE_CHECKING:
     from kubedistill.runtime.data.sample import Sample

@@ -39,7 +39,7 @@ from kubedistill.runtime.data.alignment import SharedVocabulary, aligned_positio
 from kubedistill.runtime.data.sample import Sample
 from kubedistill.runtime.losses.fused import fused_kd_loss
 from kubedistill.runtime.losses.output import IGNORE_INDEX, LossOutput
-from kubedistill.runtime.models import load_tokenizer
+from kubedistill.runtime.models.loading import load_tokenizer
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase

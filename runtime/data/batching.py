@@ -8,6 +8,8 @@ import heapq
 import random
 from collections.abc import Sequence
 
+import torch
+
 from kubedistill.runtime.data.sample import Sample
 
 
@@ -102,3 +104,16 @@ def _pack(longest_first: list[Sample], max_tokens: int) -> list[list[Sample]]:
         else:
             batches.append([sample])
     return batches
+
+
+def pad_right(
+    sequences: list[list[int]] | list[tuple[int, ...]], pad_id: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids [B, L], attention_mask [B, L]) with L the longest sequence; padding is masked out."""
+    length = max((len(s) for s in sequences), default=0)
+    input_ids = torch.full((len(sequences), length), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(sequences), length), dtype=torch.long)
+    for row, sequence in enumerate(sequences):
+        input_ids[row, : len(sequence)] = torch.tensor(sequence, dtype=torch.long)
+        attention_mask[row, : len(sequence)] = 1
+    return input_ids, attention_mask

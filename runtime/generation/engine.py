@@ -14,16 +14,15 @@ import ray
 from kubedistill.api.job import DistillationJob
 from kubedistill.api.placement import Role
 from kubedistill.api.spec import Backend, RolloutSpec
-from kubedistill.runtime.backend_choice import engine_device, resolve_backend
-from kubedistill.runtime.engine_group import EngineActorGroup, start_engine_actors
-from kubedistill.runtime.engines import EngineActor
+from kubedistill.runtime.cluster.placement import ClusterView
+from kubedistill.runtime.engines.actor import EngineActor
+from kubedistill.runtime.engines.group import EngineActorGroup, start_engine_actors
+from kubedistill.runtime.engines.layout import EnginePlacement, engine_device, resolve_backend
 from kubedistill.runtime.generation.prompts import Prompt
 from kubedistill.runtime.generation.store import CUT_OFF, FINISHED, Response, Settings
-from kubedistill.runtime.models import compute_dtype, load_tokenizer
-from kubedistill.runtime.placement import ClusterView
-from kubedistill.runtime.roles import teacher_spec
+from kubedistill.runtime.models.loading import compute_dtype, load_tokenizer
+from kubedistill.runtime.models.roles import teacher_spec
 from kubedistill.runtime.rollout.backend import RolloutBackend, SamplingConfig
-from kubedistill.runtime.sglang_args import EnginePlacement
 
 PROMPTS_PER_CALL = 16
 """Prompts one engine call answers: small enough that the file grows (and a rerun resumes) as it goes."""
@@ -34,7 +33,7 @@ class GenerationActor(EngineActor):
         spec = self.job.spec
         teacher = teacher_spec(self.job)
         if resolve_backend(teacher.backend) == Backend.SGLANG:
-            from kubedistill.runtime.rollout.sglang_backend import SGLangRollout
+            from kubedistill.runtime.engines.sglang.rollout import SGLangRollout
 
             # The rollout engine's settings, from the teacher's: one engine of tensorParallel GPUs.
             engine = RolloutSpec(
@@ -48,7 +47,7 @@ class GenerationActor(EngineActor):
                 precision=spec.training.precision,
                 seed=spec.training.seed,
             )
-        from kubedistill.runtime.rollout.transformers_backend import TransformersRollout
+        from kubedistill.runtime.engines.transformers.rollout import TransformersRollout
 
         return TransformersRollout(
             teacher.model, compute_dtype(spec.training.precision), engine_device(placement)

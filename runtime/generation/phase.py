@@ -164,8 +164,8 @@ def _from_own_teacher(
     samples: int,
     keep: Any,
 ) -> None:
+    from kubedistill.runtime.cluster.placement import ClusterView
     from kubedistill.runtime.generation.engine import TeacherGenerators
-    from kubedistill.runtime.placement import ClusterView
 
     generators = TeacherGenerators(job, ClusterView.current())
     try:

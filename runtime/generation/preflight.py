@@ -1,5 +1,5 @@
 """Mistakes in the surroundings of the generation phase, caught before any actor starts or any request is
-sent: each one a `field: problem` line (see `kubedistill.runtime.preflight`)."""
+sent: each one a `field: problem` line (see `kubedistill.runtime.trainer.preflight`)."""
 
 import socket
 from collections.abc import Mapping

@@ -1,4 +1,5 @@
-"""The distillation loss from hidden states and lm_head weights, chunk by chunk, gradients in the forward.
+"""The distillation loss from hidden states and lm_head weights, chunk by chunk, gradients in the forward;
+and the eval's top-1 agreement, chunk by chunk the same way, so no [tokens x vocab] matrix exists.
 
 Same contract as `reference_kd_loss` applied to `student_hidden @ student_weight.T` and
 `teacher_hidden @ teacher_weight.T`, but neither model's [tokens x vocab] logits ever exist in full: for
@@ -197,3 +198,23 @@ def fused_kd_loss(
         divergence,
     )
     return LossOutput(loss=loss, kd_sum=kd_sum, ce_sum=ce_sum, num_tokens=kept.numel())
+
+
+@torch.no_grad()
+def top1_agreements(
+    student_hidden: torch.Tensor,
+    student_head: torch.Tensor,
+    teacher_hidden: torch.Tensor,
+    teacher_head: torch.Tensor,
+    chunk_size: int | None,
+) -> int:
+    """Positions where student and teacher rank the same next token first (over their shared vocabulary)."""
+    vocab = min(student_head.shape[0], teacher_head.shape[0])
+    agreements = 0
+    chunk = chunk_rows(chunk_size, student_hidden.shape[0], student_hidden.shape[1], vocab)
+    for start in range(0, student_hidden.shape[0], chunk):
+        stop = start + chunk
+        student_top = (student_hidden[start:stop] @ student_head[:vocab].T).argmax(dim=-1)
+        teacher_top = (teacher_hidden[start:stop] @ teacher_head[:vocab].T).argmax(dim=-1)
+        agreements += int((student_top == teacher_top).sum().item())
+    return agreements

@@ -6,7 +6,7 @@ from typing import Protocol
 
 import torch
 
-from kubedistill.runtime.weight_sync import TensorMeta, WeightSyncGroup
+from kubedistill.runtime.engines.weight_sync import TensorMeta, WeightSyncGroup
 
 
 @dataclass(frozen=True)

@@ -5,9 +5,9 @@ import ray
 from kubedistill.api.job import DistillationJob, SpecError
 from kubedistill.api.placement import Role
 from kubedistill.api.spec import Backend
-from kubedistill.runtime.backend_choice import resolve_backend
-from kubedistill.runtime.engine_group import EngineActorGroup, start_engine_actors
-from kubedistill.runtime.placement import ClusterView
+from kubedistill.runtime.cluster.placement import ClusterView
+from kubedistill.runtime.engines.group import EngineActorGroup, start_engine_actors
+from kubedistill.runtime.engines.layout import resolve_backend
 from kubedistill.runtime.rollout.actor import RolloutActor
 from kubedistill.runtime.rollout.backend import SamplingConfig
 

@@ -7,8 +7,15 @@ import ray
 import torch
 
 from kubedistill.api.job import DistillationJob
-from kubedistill.runtime.actors import free_port
-from kubedistill.runtime.sglang_engine import join_weight_sync_group
+from kubedistill.runtime.cluster.actors import free_port
+from kubedistill.runtime.engines.sglang.engine import join_weight_sync_group
+from kubedistill.runtime.engines.weight_sync import (
+    WeightSyncGroup,
+    broadcast_tensors,
+    open_weight_sync_group,
+    tensor_metas,
+    tensor_nbytes,
+)
 from kubedistill.runtime.student.batch import MicroBatch
 from kubedistill.runtime.student.worker import (
     EvalStats,
@@ -18,14 +25,7 @@ from kubedistill.runtime.student.worker import (
     StudentWorker,
     all_ranks_agree,
 )
-from kubedistill.runtime.transfer import from_wire
-from kubedistill.runtime.weight_sync import (
-    WeightSyncGroup,
-    broadcast_tensors,
-    open_weight_sync_group,
-    tensor_metas,
-    tensor_nbytes,
-)
+from kubedistill.runtime.teacher.transfer import from_wire
 
 
 class TeacherUnavailable(RuntimeError):

@@ -4,8 +4,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from kubedistill.runtime.data.batching import pad_right
 from kubedistill.runtime.data.sample import Sample
-from kubedistill.runtime.padding import pad_right
 
 
 @dataclass(frozen=True)

@@ -8,13 +8,13 @@ import ray
 
 from kubedistill.api.job import DistillationJob
 from kubedistill.api.placement import Role
-from kubedistill.runtime.actors import get_all, stop_actors
-from kubedistill.runtime.placement import ClusterView, actor_resources
-from kubedistill.runtime.sglang_args import NCCL_ENVIRONMENT
+from kubedistill.runtime.cluster.actors import get_all, stop_actors
+from kubedistill.runtime.cluster.placement import ClusterView, actor_resources
+from kubedistill.runtime.engines.sglang.args import NCCL_ENVIRONMENT
+from kubedistill.runtime.engines.weight_sync import WEIGHT_SYNC_GROUP, weight_sync_layout
 from kubedistill.runtime.student.actor import StudentActor
 from kubedistill.runtime.student.batch import MicroBatch
 from kubedistill.runtime.student.worker import EvalStats, OptimizerPlace, RankAddress, StepStats
-from kubedistill.runtime.weight_sync import WEIGHT_SYNC_GROUP, weight_sync_layout
 
 WEIGHT_BUCKET_BYTES = 512 * 1024 * 1024
 """Weights are streamed to rollout and teacher engines in buckets of about this size."""

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from kubedistill.runtime.algorithms.base import Algorithm, LossInputs
-from kubedistill.runtime.evaluation import top1_agreements
+from kubedistill.runtime.losses.fused import top1_agreements
 from kubedistill.runtime.losses.output import LossOutput
 from kubedistill.runtime.student.batch import MicroBatch
 

@@ -26,19 +26,24 @@ from torch.distributed.tensor import DTensor
 from kubedistill.api.job import DistillationJob
 from kubedistill.api.spec import LoraExport, Mode, OnNonFinite
 from kubedistill.runtime.algorithms.base import ALGORITHMS, AlgorithmContext
-from kubedistill.runtime.models import compute_dtype, load_causal_lm, load_lm_head_weight, load_tokenizer
-from kubedistill.runtime.roles import (
+from kubedistill.runtime.models.loading import (
+    compute_dtype,
+    load_causal_lm,
+    load_lm_head_weight,
+    load_tokenizer,
+)
+from kubedistill.runtime.models.roles import (
     kd_config,
     student_tokenizer_path,
     teacher_model_path,
     teacher_tokenizer_path,
 )
-from kubedistill.runtime.shared_output import share_exported_files
 from kubedistill.runtime.student.batch import MicroBatch
 from kubedistill.runtime.student.lora import apply_lora, merged_weights, scaling
 from kubedistill.runtime.student.module import DistillationModule
 from kubedistill.runtime.student.parallelize import apply_fsdp, device_mesh, process_group_backend
 from kubedistill.runtime.student.schedule import lr_factor
+from kubedistill.runtime.student.shared_output import share_exported_files
 
 OptimizerPlace = Literal["cpu", "device"]
 """Where the optimizer's state lives: the CPU while a colocated engine has the GPU, or the rank's device."""

@@ -1,11 +1,12 @@
 """The Ray actor around one teacher engine: it hands hidden states to the object store in wire format."""
 
-from kubedistill.runtime.engines import EngineActor
-from kubedistill.runtime.roles import teacher_spec
-from kubedistill.runtime.sglang_args import EnginePlacement
+from kubedistill.api.spec import Backend, Precision, TeacherSpec
+from kubedistill.runtime.engines.actor import EngineActor
+from kubedistill.runtime.engines.layout import EnginePlacement, engine_device, resolve_backend
+from kubedistill.runtime.models.loading import compute_dtype
+from kubedistill.runtime.models.roles import teacher_spec
 from kubedistill.runtime.teacher.backend import TeacherBackend, TeacherBatch
-from kubedistill.runtime.teacher.factory import build_teacher
-from kubedistill.runtime.transfer import WireTensor, to_wire
+from kubedistill.runtime.teacher.transfer import WireTensor, to_wire
 
 
 class TeacherActor(EngineActor):
@@ -24,3 +25,16 @@ class TeacherActor(EngineActor):
 
     def hidden_states(self, batch: TeacherBatch) -> WireTensor:
         return to_wire(self.backend.hidden_states(batch))
+
+
+def build_teacher(
+    spec: TeacherSpec, model_path: str, precision: Precision, *, colocate: bool, placement: EnginePlacement
+) -> TeacherBackend:
+    backend = resolve_backend(spec.backend)
+    if backend == Backend.SGLANG:
+        from kubedistill.runtime.engines.sglang.teacher import SGLangTeacher
+
+        return SGLangTeacher(spec, model_path, placement, colocate=colocate, precision=precision)
+    from kubedistill.runtime.engines.transformers.teacher import TransformersTeacher
+
+    return TransformersTeacher(model_path, compute_dtype(precision), engine_device(placement))

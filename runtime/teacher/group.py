@@ -5,11 +5,11 @@ import ray
 from kubedistill.api.job import DistillationJob
 from kubedistill.api.placement import Role
 from kubedistill.api.spec import Backend
-from kubedistill.runtime.backend_choice import resolve_backend
+from kubedistill.runtime.cluster.placement import ClusterView
 from kubedistill.runtime.data.batching import balance
-from kubedistill.runtime.engine_group import EngineActorGroup, start_engine_actors
-from kubedistill.runtime.placement import ClusterView
-from kubedistill.runtime.roles import teacher_spec
+from kubedistill.runtime.engines.group import EngineActorGroup, start_engine_actors
+from kubedistill.runtime.engines.layout import resolve_backend
+from kubedistill.runtime.models.roles import teacher_spec
 from kubedistill.runtime.teacher.actor import TeacherActor
 from kubedistill.runtime.teacher.backend import TeacherBatch
 

@@ -179,7 +179,14 @@ def test_the_build_context_leaves_out(path: str) -> None:
 
 @pytest.mark.parametrize(
     "path",
-    ["pyproject.toml", "README.md", "api/spec.py", "operator/render.py", "cli/commands.py", "runtime/cli.py"],
+    [
+        "pyproject.toml",
+        "README.md",
+        "api/spec.py",
+        "operator/render.py",
+        "cli/commands.py",
+        "runtime/trainer/run.py",
+    ],
 )
 def test_the_build_context_keeps(path: str) -> None:
     assert not PatternMatcher(_dockerignore()).matches(path)

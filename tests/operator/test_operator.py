@@ -8,7 +8,7 @@ import pytest
 
 from kubedistill.api import parse_job, telemetry
 from kubedistill.operator.render import render
-from kubedistill.runtime.metrics import TrainerMetrics
+from kubedistill.runtime.trainer.metrics import TrainerMetrics
 from tests.operator.harness import (
     CONFIGMAPS,
     FAST_SETTINGS,

@@ -15,7 +15,7 @@ from kubedistill.operator.mirror import deleted_rayjob_status, mirrored_status
 from kubedistill.operator.progress import parse_progress, with_metrics_unreachable, with_progress
 from kubedistill.operator.render import render_config_map
 from kubedistill.operator.spec_changes import classify
-from kubedistill.runtime.metrics import TrainerMetrics, pod_namespace
+from kubedistill.runtime.trainer.metrics import TrainerMetrics, pod_namespace
 
 T0, T1 = "2026-11-25T10:00:00Z", "2026-11-25T11:00:00Z"
 

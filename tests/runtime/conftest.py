@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from kubedistill.runtime.demo_data import chat_records, write_jsonl
-from kubedistill.runtime.tiny import TinyShape, build_tokenizer, save_tiny
+from kubedistill.runtime.demo.data import chat_records, write_jsonl
+from kubedistill.runtime.demo.tiny import TinyShape, build_tokenizer, save_tiny
 
 TEACHER = TinyShape(hidden_size=48, intermediate_size=96, num_hidden_layers=2, tie_word_embeddings=False)
 STUDENT = TinyShape(
@@ -116,7 +116,7 @@ def straight_run(tiny: TinyWorld, tmp_path_factory: pytest.TempPathFactory, ray_
     """The reference run: 6 uninterrupted off-policy steps, checkpointed every 3. Resumed, recovered and
     re-sharded runs must end where it ends."""
     from kubedistill.api import parse_job
-    from kubedistill.runtime.trainer import RunOptions, Trainer
+    from kubedistill.runtime.trainer.controller import RunOptions, Trainer
 
     output = tmp_path_factory.mktemp("straight")
     manifest = job_manifest(

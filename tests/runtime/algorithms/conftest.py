@@ -11,10 +11,10 @@ from kubedistill.api.spec import DataSource, DataSpec, DistillationSpec, Mode
 from kubedistill.runtime.algorithms.base import AlgorithmContext, LossInputs
 from kubedistill.runtime.data.load import load_samples
 from kubedistill.runtime.data.sample import Sample
-from kubedistill.runtime.demo_data import chat_records
+from kubedistill.runtime.demo.data import chat_records
+from kubedistill.runtime.demo.tiny import build_tokenizer
 from kubedistill.runtime.losses.config import KDConfig
 from kubedistill.runtime.student.batch import MicroBatch
-from kubedistill.runtime.tiny import build_tokenizer
 from tests.runtime.conftest import TinyWorld
 
 TEACHER_VOCABULARY = 400

@@ -10,7 +10,7 @@ from kubedistill.runtime.data.errors import ChatTemplateError
 from kubedistill.runtime.data.records import Record
 from kubedistill.runtime.data.sample import Sample
 from kubedistill.runtime.data.tokenize import SampleBuilder
-from kubedistill.runtime.demo_data import chat_records
+from kubedistill.runtime.demo.data import chat_records
 from tests.runtime.algorithms.conftest import Tokenizers, samples
 from tests.runtime.conftest import TinyWorld
 

@@ -9,8 +9,8 @@ import torch
 from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
 from kubedistill.api import parse_job
-from kubedistill.runtime.tiny import build_tokenizer, save_tiny
-from kubedistill.runtime.trainer import RunOptions, Trainer
+from kubedistill.runtime.demo.tiny import build_tokenizer, save_tiny
+from kubedistill.runtime.trainer.controller import RunOptions, Trainer
 from tests.runtime.algorithms.conftest import TEACHER_VOCABULARY, demo_texts
 from tests.runtime.conftest import TEACHER, TinyWorld, job_manifest
 

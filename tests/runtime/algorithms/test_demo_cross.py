@@ -1,4 +1,4 @@
-"""The cross-tokenizer examples run on what `demo_cross` writes."""
+"""The cross-tokenizer examples run on what `kubedistill.runtime.demo.cross` writes."""
 
 from pathlib import Path
 
@@ -7,7 +7,7 @@ from transformers import AutoTokenizer
 from kubedistill.api.manifest import load_job
 from kubedistill.runtime.algorithms.simple_ctkd import checked_shared_vocabulary
 from kubedistill.runtime.data.alignment import same_vocabulary
-from kubedistill.runtime.demo_cross import prepare_cross_tokenizer_assets
+from kubedistill.runtime.demo.cross import prepare_cross_tokenizer_assets
 
 EXAMPLES = Path(__file__).resolve().parents[3] / "examples" / "local"
 

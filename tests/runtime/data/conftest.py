@@ -1,6 +1,6 @@
 import pytest
 
-from kubedistill.runtime.tiny import build_tokenizer
+from kubedistill.runtime.demo.tiny import build_tokenizer
 
 from .builders import CORPUS
 

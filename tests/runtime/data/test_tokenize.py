@@ -7,7 +7,7 @@ from kubedistill.runtime.data.errors import BadRecordError
 from kubedistill.runtime.data.records import Record
 from kubedistill.runtime.data.sample import Sample
 from kubedistill.runtime.data.tokenize import SampleBuilder
-from kubedistill.runtime.tiny import build_tokenizer
+from kubedistill.runtime.demo.tiny import build_tokenizer
 
 from .builders import CORPUS, chat, decoded_targets
 

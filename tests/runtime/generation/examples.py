@@ -5,7 +5,7 @@ from typing import Any
 
 import yaml
 
-from kubedistill.runtime.demo_data import chat_records, write_jsonl
+from kubedistill.runtime.demo.data import chat_records, write_jsonl
 
 EXAMPLES = Path(__file__).resolve().parents[3] / "examples" / "local"
 

@@ -5,7 +5,7 @@ from typing import Any
 
 from kubedistill.api import parse_job
 from kubedistill.api.job import DistillationJob
-from kubedistill.runtime.demo_data import write_jsonl
+from kubedistill.runtime.demo.data import write_jsonl
 
 
 def prompt_file(path: Path, prompts: list[str]) -> Path:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from kubedistill.runtime.demo_data import chat_records, write_jsonl
+from kubedistill.runtime.demo.data import chat_records, write_jsonl
 from tests.runtime.conftest import TinyWorld
 from tests.runtime.generation.examples import example_manifest, write_manifest
 from tests.test_bad_inputs import assert_rejected, invoke

@@ -10,9 +10,9 @@ from safetensors.torch import load_file
 
 from kubedistill.api import parse_job
 from kubedistill.api.spec import LoraSpec
-from kubedistill.runtime.models import load_causal_lm
+from kubedistill.runtime.models.loading import load_causal_lm
 from kubedistill.runtime.student.lora import apply_lora, merged_weights, scaling
-from kubedistill.runtime.trainer import RunOptions, Trainer
+from kubedistill.runtime.trainer.controller import RunOptions, Trainer
 from tests.runtime.conftest import TinyWorld, job_manifest
 
 

@@ -6,7 +6,7 @@ from kubedistill.runtime.algorithms.base import AlgorithmContext
 from kubedistill.runtime.algorithms.vanilla import VanillaKD
 from kubedistill.runtime.data.sample import Sample
 from kubedistill.runtime.losses.config import KDConfig
-from kubedistill.runtime.models import load_causal_lm, load_lm_head_weight
+from kubedistill.runtime.models.loading import load_causal_lm, load_lm_head_weight
 from kubedistill.runtime.student.batch import MicroBatch
 from kubedistill.runtime.student.module import DistillationModule
 from tests.runtime.conftest import TinyWorld

@@ -1,0 +1,1 @@
+"""Ray, as the runtime uses it: attaching the driver, placing actors, handling them together."""

@@ -1,0 +1,283 @@
+"""Everything SGLang is asked to do, as plain data: engine arguments, request arguments, and the reading of
+its answers. Pure functions, no SGLang import; `tests/runtime/engines/sglang/` checks every key built here
+against the source of the pinned SGLang release (the `sglang` extra in pyproject.toml), parsed from its wheel.
+
+Facts of SGLang 0.5.23 these functions rely on (file paths inside the `sglang` package):
+
+- Hidden states are the `hidden_states` argument of `LogitsProcessor.forward`
+  (`srt/layers/logits_processor.py`): the final layer's output *after* the model's final norm, i.e. exactly
+  the input of `lm_head`, full width on every tensor-parallel rank. Two exceptions: a model that passes
+  `hidden_states_before_norm` gets those returned instead ("we always prefer to return it"), and EAGLE3-style
+  auxiliary capture returns concatenated middle layers. We never configure speculative decoding, and the
+  architectures whose target forward passes pre-norm (or pre-scaling) states are refused by
+  `refuse_unusable_hidden_states` (the test derives that list from the wheel's `srt/models/`).
+  Recomputing logits as `lm_head(h)` skips a model's `logit_scale` / `final_logit_softcapping` (Gemma-2,
+  Cohere), exactly as the transformers backend's `hidden_states[-1]` does.
+- They come back as nested Python lists of floats (`.cpu().tolist()` in
+  `srt/managers/scheduler_components/batch_result_processor.py`) in `meta_info["hidden_states"]`: entry 0 is
+  the prefill block, [prompt_len][hidden], followed by one [hidden] row per decode step. The teacher's
+  engine replaces that step in its schedulers (`kubedistill.runtime.engines.sglang.hidden_states`) and
+  reads the rows from shared memory instead. With chunked prefill the prefill block is split into one
+  entry per chunk, and prefix-cached tokens are not recomputed at all: hence `chunked_prefill_size=-1` and
+  `disable_radix_cache`.
+- The output streamer (`output_streamer.py`) cuts that list to `req.finished_len` entries, and a request
+  with `max_new_tokens=0` finishes with `finished_len == 0`: it returns *no* hidden states. We ask for one new
+  token instead; the request then finishes at its prefill (no decode step) and returns exactly the prefill
+  block.
+- `dp_size` replicates the model inside one engine on consecutive GPUs from `base_gpu_id` (the
+  data-parallel controller), but only on one node ("multi-node data-parallel replicas are not supported"),
+  and an engine with `dp_size > 1` refuses `update_weights_from_tensor` / `..._from_distributed`.
+- On node ranks >= 1 `Engine(...)` blocks until its schedulers exit unless
+  `SGLANG_BLOCK_NONZERO_RANK_CHILDREN=0`; such an engine has no tokenizer manager and serves no requests
+  (node rank 0 drives them all).
+- Per-request `sampling_seed` is honoured only under `enable_deterministic_inference` (slower kernels); the
+  engine-wide `random_seed` seeds sampling otherwise.
+"""
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from kubedistill.api.job import SpecError
+from kubedistill.api.spec import Precision, RolloutSpec, TeacherSpec
+from kubedistill.runtime.engines.layout import EnginePlacement
+from kubedistill.runtime.engines.sglang.hidden_states import read_prefill_rows
+from kubedistill.runtime.rollout.backend import SamplingConfig
+from kubedistill.runtime.teacher.backend import TeacherBatch
+
+ENGINE_DTYPES = {Precision.BF16: "bfloat16", Precision.FP32: "float32"}
+
+BLOCK_NONZERO_RANK_CHILDREN = "SGLANG_BLOCK_NONZERO_RANK_CHILDREN"
+MEMORY_SAVER_CUDA_GRAPH = "SGLANG_MEMORY_SAVER_CUDA_GRAPH"
+
+NCCL_ENVIRONMENT = {"NCCL_CUMEM_ENABLE": "0"}
+"""NCCL settings shared by every member of the weight-update group (student rank 0 and the engines' ranks).
+SGLang 0.5.23 sets `NCCL_CUMEM_ENABLE` in its processes when it is unset, to
+`str(int(cfg.enable_symm_mem or kv_shard_symmetric_scratch))`, "0" for our engines (neither is enabled)
+(`srt/entrypoints/engine.py:1898-1907`, `_set_envs_and_config`); NCCL's own default is cuMem on, and peers
+of one communicator with different cuMem settings fail to connect. Both sides get it set explicitly."""
+
+PRE_NORM_HIDDEN_STATE_ARCHITECTURES = frozenset(
+    {
+        "DeepseekV4ForCausalLM",
+        "DeepseekV4ForCausalLMNextN",
+        "Gemma4AssistantForCausalLM",
+        "Gemma4UnifiedAssistantForCausalLM",
+        "GigaChat35ForCausalLMNextN",
+        "InklingForConditionalGeneration",
+        "InklingForConditionalGenerationMTP",
+        "MiMoV2MTP",
+        "Step3p5ForCausalLM",
+        "Step3p5MTP",
+    }
+)
+"""Architectures whose SGLang 0.5.23 model hands `hidden_states_before_norm` to the logits processor on the
+forward we run, so the returned states are not the input of `lm_head`."""
+
+
+def teacher_engine_args(
+    teacher: TeacherSpec, model_path: str, placement: EnginePlacement, *, colocate: bool, precision: Precision
+) -> dict[str, Any]:
+    """`sglang.Engine` keyword arguments of one teacher replica: whole-sequence prefill, hidden states out."""
+    if placement.nnodes != teacher.nodes_per_replica:
+        raise ValueError(
+            f"placement spans {placement.nnodes} nodes but spec.teacher.nodesPerReplica is "
+            f"{teacher.nodes_per_replica}"
+        )
+    data_parallel = teacher.gpus_per_replica // (teacher.tensor_parallel * teacher.pipeline_parallel)
+    if data_parallel > 1 and placement.nnodes > 1:
+        raise SpecError(
+            "spec.teacher.gpusPerReplica",
+            "SGLang runs data-parallel replicas of one engine on a single node "
+            "only; with nodesPerReplica > 1 set gpusPerReplica to tensorParallel x pipelineParallel",
+        )
+    return {
+        "model_path": model_path,
+        "dtype": ENGINE_DTYPES[precision],
+        "quantization": None if teacher.quantization is None else str(teacher.quantization),
+        "skip_tokenizer_init": True,
+        "enable_return_hidden_states": True,
+        "disable_radix_cache": True,
+        "chunked_prefill_size": -1,
+        "tp_size": teacher.tensor_parallel,
+        "pp_size": teacher.pipeline_parallel,
+        "dp_size": data_parallel,
+        "ep_size": teacher.expert_parallel,
+        "mem_fraction_static": teacher.mem_fraction_static,
+        **_colocation_args(colocate),
+        **_placement_args(placement),
+    }
+
+
+def rollout_engine_args(
+    rollout: RolloutSpec,
+    model_path: str,
+    placement: EnginePlacement,
+    *,
+    colocate: bool,
+    precision: Precision,
+    seed: int,
+) -> dict[str, Any]:
+    """`sglang.Engine` keyword arguments of one rollout engine (token ids in and out, prefix cache on)."""
+    if placement.nnodes != 1:
+        raise SpecError("spec.rollout.tensorParallel", "a rollout engine runs on one node")
+    return {
+        "model_path": model_path,
+        "dtype": ENGINE_DTYPES[precision],
+        "skip_tokenizer_init": True,
+        "tp_size": rollout.tensor_parallel,
+        "mem_fraction_static": rollout.mem_fraction_static,
+        "random_seed": seed,
+        **_colocation_args(colocate),
+        **_placement_args(placement),
+    }
+
+
+def _colocation_args(colocate: bool) -> dict[str, Any]:
+    # Sleeping releases the weights' GPU memory; the CPU backup brings them back without a reload from disk.
+    # The graphs' memory is released with the `cuda_graph` tag only when they were captured inside the
+    # memory saver's region, which needs SGLANG_MEMORY_SAVER_CUDA_GRAPH=1 (`engine_environment`; SGLang
+    # 0.5.23 `srt/model_executor/runner_backend/full_cuda_graph_backend.py:121-124`). The breakable prefill
+    # graph, the default on CUDA (`srt/model_executor/cuda_graph_config.py:119-123`), raises "Breakable CUDA
+    # graph is not compatible with memory saver mode" under that setting (`breakable_cuda_graph_backend.py:
+    # 84-94`), so colocated engines turn the prefill graph off, as KDFlow does (None: SGLang's default). The
+    # teacher only prefills whole long sequences, where a graph saves little; rollout decode keeps its graphs.
+    return {
+        "enable_memory_saver": colocate,
+        "enable_weights_cpu_backup": colocate,
+        "cuda_graph_backend_prefill": "disabled" if colocate else None,
+    }
+
+
+def _placement_args(placement: EnginePlacement) -> dict[str, Any]:
+    return {
+        "base_gpu_id": placement.base_gpu_id,
+        "nnodes": placement.nnodes,
+        "node_rank": placement.node_rank,
+        "dist_init_addr": placement.dist_init_addr,
+    }
+
+
+def engine_environment(*, colocate: bool) -> dict[str, str]:
+    """Environment of the process that constructs the engine, inherited by its scheduler processes."""
+    # Read by SGLang on node ranks >= 1 (see the module docstring).
+    environment = {BLOCK_NONZERO_RANK_CHILDREN: "0", **NCCL_ENVIRONMENT}
+    if colocate:
+        environment[MEMORY_SAVER_CUDA_GRAPH] = "1"  # see `_colocation_args`
+    return environment
+
+
+def teacher_weight_update_refusal(engine_args: dict[str, Any]) -> str | None:
+    """Why an engine built from `engine_args` cannot take new weights in place, or None if it can."""
+    if engine_args.get("dp_size", 1) > 1:
+        return (
+            "SGLang cannot update the weights of an engine with data-parallel replicas "
+            f"(dp_size={engine_args['dp_size']}): set spec.teacher.gpusPerReplica to tensorParallel x "
+            "pipelineParallel and raise spec.teacher.replicas instead"
+        )
+    if engine_args.get("nnodes", 1) > 1:
+        return (
+            "tensors reach SGLang's schedulers through shared memory, which stays on one node: "
+            "set spec.teacher.nodesPerReplica to 1"
+        )
+    return None
+
+
+def refuse_unusable_hidden_states(architectures: list[str], model_path: str) -> None:
+    unusable = sorted(PRE_NORM_HIDDEN_STATE_ARCHITECTURES.intersection(architectures))
+    if unusable:
+        raise SpecError(
+            "spec.teacher.backend",
+            f"SGLang returns the hidden states of {model_path} ({', '.join(unusable)}) "
+            "before its final norm or output scaling, so lm_head would not recompute the teacher's logits "
+            "from them; use backend transformers for this teacher",
+        )
+
+
+def hidden_state_sampling_params() -> dict[str, Any]:
+    # One new token, not zero: see the module docstring (max_new_tokens=0 returns no hidden states).
+    return {"max_new_tokens": 1}
+
+
+def rollout_sampling_params(sampling: SamplingConfig) -> dict[str, Any]:
+    return {
+        "max_new_tokens": sampling.max_new_tokens,
+        "temperature": sampling.temperature,
+        "top_p": sampling.top_p,
+    }
+
+
+def rollout_input_ids(prompts: list[list[int]], samples_per_prompt: int) -> list[list[int]]:
+    """Each prompt repeated `samples_per_prompt` times, prompt-major.
+
+    Repeated requests rather than SGLang's `n`: its parallel-sampling path first prefills every prompt
+    alone, one after the other, and SGLang itself advises duplicating requests instead.
+    """
+    return [prompt for prompt in prompts for _ in range(samples_per_prompt)]
+
+
+def output_ids(outputs: list[dict[str, Any]]) -> list[list[int]]:
+    for index, output in enumerate(outputs):
+        _refuse_aborted(output, index)
+    return [list(output["output_ids"]) for output in outputs]
+
+
+def gather_hidden_states(
+    outputs: list[dict[str, Any]], batch: TeacherBatch, hidden_size: int, dtype: torch.dtype
+) -> torch.Tensor:
+    """The rows of `batch.positions` from `Engine.generate` outputs, as one [num_positions, hidden] tensor.
+
+    A prefill block comes either as SGLang's nested float lists, or, from an engine whose scheduler runs
+    `sglang_engine.run_scheduler_process`, as an empty chunk whose rows wait in shared memory under
+    the request's id (`meta_info["id"]`, SGLang 0.5.23 `srt/managers/tokenizer_manager.py:2507-2508`).
+    """
+    if len(outputs) != len(batch.sequences):
+        raise ValueError(f"{len(outputs)} outputs for {len(batch.sequences)} sequences")
+    parts = [torch.empty(0, hidden_size, dtype=dtype)]
+    for index, (output, sequence, positions) in enumerate(
+        zip(outputs, batch.sequences, batch.positions, strict=True)
+    ):
+        block = _prefill_block(output, index)
+        if positions and not 0 <= min(positions) <= max(positions) < len(sequence):
+            raise ValueError(f"sequence {index}: positions outside [0, {len(sequence)})")
+        if block == []:
+            rows = read_prefill_rows(output["meta_info"]["id"], positions, len(sequence))
+        else:
+            rows = _listed_rows(block, index, positions, len(sequence))
+        if rows.shape[1:] != (hidden_size,):
+            raise ValueError(
+                f"SGLang returned hidden states of shape {tuple(rows.shape)}, rows of {hidden_size}"
+            )
+        parts.append(rows.to(dtype))
+    return torch.cat(parts)
+
+
+def _listed_rows(block: list[list[float]], index: int, positions: list[int], length: int) -> torch.Tensor:
+    if len(block) != length:
+        raise ValueError(
+            f"sequence {index}: SGLang returned hidden states for {len(block)} of {length} tokens; prefix "
+            "caching and chunked prefill must be off"
+        )
+    # The values are bf16 (or fp32) numbers spelled as Python floats: float32 holds both exactly. numpy
+    # reads nested lists several times faster than torch.tensor does.
+    rows = np.asarray([block[position] for position in positions], dtype=np.float32)
+    return torch.from_numpy(rows.reshape(len(positions), -1) if positions else rows.reshape(0, len(block[0])))
+
+
+def _refuse_aborted(output: dict[str, Any], index: int) -> None:
+    # Aborts without an HTTP status (e.g. a prompt longer than the context) come back as ordinary outputs.
+    reason = output["meta_info"].get("finish_reason")
+    if isinstance(reason, dict) and reason.get("type") == "abort":
+        raise ValueError(f"sequence {index}: SGLang aborted the request: {reason.get('message')}")
+
+
+def _prefill_block(output: dict[str, Any], index: int) -> list:
+    _refuse_aborted(output, index)
+    entries = output["meta_info"].get("hidden_states") or []
+    if not entries:
+        raise ValueError(
+            f"sequence {index}: SGLang returned no hidden states; the engine needs "
+            "enable_return_hidden_states and the request max_new_tokens >= 1"
+        )
+    return entries[0]

@@ -1,0 +1,103 @@
+"""On-policy generation on SGLang: one engine per rollout actor, token ids in and out, the student's weights
+loaded in place after every optimizer step.
+
+Sampling follows `SamplingConfig`; each prompt is sent `samples_per_prompt` times (see
+`args.rollout_input_ids`). `SamplingConfig.seed` cannot be honoured per call: SGLang 0.5.23 reads a
+request's `sampling_seed` only with deterministic inference on (slower kernels), so the engine is seeded once,
+at construction, with `random_seed`.
+
+Weights arrive one of two ways (the sequence of calls is in `kubedistill.runtime.engines.weight_sync`):
+- `begin_weight_update()`, then `update_weights(bucket)` per bucket, then `end_weight_update()`: the tensors
+  themselves, when they can reach this actor (colocated GPUs, same node); works asleep too, by waking the
+  weights alone, once for the whole sync;
+- `init_weight_sync_group(group)` once, then `receive_weights(metas)` per update: the trainer broadcasts over
+  NCCL to engines on other GPUs or nodes.
+
+sglang-router is not used: it balances HTTP servers, while these engines are in-process objects inside Ray
+actors and the rollout group spreads prompts over them itself.
+"""
+
+from collections.abc import Iterable
+from operator import attrgetter
+
+import torch
+
+from kubedistill.api.spec import Precision, RolloutSpec
+from kubedistill.runtime.engines.layout import EnginePlacement
+from kubedistill.runtime.engines.sglang.args import (
+    engine_environment,
+    output_ids,
+    rollout_engine_args,
+    rollout_input_ids,
+    rollout_sampling_params,
+)
+from kubedistill.runtime.engines.sglang.engine import ALL_MEMORY, SGLangEngine
+from kubedistill.runtime.engines.weight_sync import (
+    DEFAULT_BUCKET_BYTES,
+    TensorMeta,
+    WeightSyncGroup,
+    buckets,
+)
+from kubedistill.runtime.rollout.backend import SamplingConfig
+
+
+class SGLangRollout:
+    def __init__(
+        self,
+        rollout: RolloutSpec,
+        model_path: str,
+        placement: EnginePlacement,
+        *,
+        colocate: bool,
+        precision: Precision,
+        seed: int,
+        bucket_bytes: int = DEFAULT_BUCKET_BYTES,
+    ) -> None:
+        server_args = rollout_engine_args(
+            rollout, model_path, placement, colocate=colocate, precision=precision, seed=seed
+        )
+        self._bucket_bytes = bucket_bytes
+        self._sync_group: str | None = None
+        self._sglang = SGLangEngine(server_args, engine_environment(colocate=colocate))
+
+    def generate(self, prompts: list[list[int]], sampling: SamplingConfig) -> list[list[int]]:
+        if not prompts:
+            return []
+        outputs = self._sglang.generate(
+            input_ids=rollout_input_ids(prompts, sampling.samples_per_prompt),
+            sampling_params=rollout_sampling_params(sampling),
+            return_hidden_states=False,
+        )
+        return output_ids(outputs)
+
+    def begin_weight_update(self) -> None:
+        self._sglang.begin_weight_update()
+
+    def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+        self._sglang.load_tensors(list(named_tensors))
+
+    def end_weight_update(self) -> None:
+        self._sglang.end_weight_update()
+
+    def init_weight_sync_group(self, group: WeightSyncGroup) -> None:
+        """Join the trainer's NCCL group; returns once the trainer and every other engine have joined."""
+        self._sglang.join_weight_sync_group(group)
+        self._sync_group = group.group_name
+
+    def receive_weights(self, metas: list[TensorMeta]) -> None:
+        """Receive the tensors the trainer broadcasts, in `metas` order, and load them."""
+        if self._sync_group is None:
+            raise RuntimeError("receive_weights needs init_weight_sync_group first")
+        # Buckets bound the memory of received tensors waiting to be loaded.
+        with self._sglang.weight_update():
+            for bucket in buckets(metas, attrgetter("nbytes"), self._bucket_bytes):
+                self._sglang.receive_tensors(bucket, self._sync_group)
+
+    def sleep(self) -> None:
+        self._sglang.release(ALL_MEMORY)
+
+    def wake(self) -> None:
+        self._sglang.resume(ALL_MEMORY)
+
+    def close(self) -> None:
+        self._sglang.shutdown()

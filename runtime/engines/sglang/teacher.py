@@ -1,0 +1,100 @@
+"""The teacher on SGLang: one engine per replica (tensor, pipeline, expert and data parallel inside it),
+scoring token ids with a whole-sequence prefill and returning the final post-norm hidden states.
+
+What the hidden states are and how they come back is established from SGLang's source in
+`kubedistill.runtime.engines.sglang.args`; architectures whose states are not the input of `lm_head` are
+refused before an engine starts. A replica spanning nodes has one backend per node; only node rank 0's serves
+batches, sleeps and wakes (SGLang forwards those to every node's schedulers); the others only host ranks.
+
+sglang-router is not used: it balances HTTP servers, while these engines are in-process objects inside Ray
+actors, and the teacher group already balances micro-batches over replicas by token count.
+"""
+
+from collections.abc import Iterable
+
+import torch
+
+from kubedistill.api.spec import Precision, TeacherSpec
+from kubedistill.runtime.engines.layout import EnginePlacement, single_node_placement
+from kubedistill.runtime.engines.sglang.args import (
+    ENGINE_DTYPES,
+    engine_environment,
+    gather_hidden_states,
+    hidden_state_sampling_params,
+    refuse_unusable_hidden_states,
+    teacher_engine_args,
+    teacher_weight_update_refusal,
+)
+from kubedistill.runtime.engines.sglang.engine import ALL_MEMORY, SGLangEngine
+from kubedistill.runtime.engines.sglang.hidden_states import request_ids
+from kubedistill.runtime.teacher.backend import TeacherBatch
+
+__all__ = ["EnginePlacement", "SGLangTeacher", "single_node_placement"]
+
+
+class SGLangTeacher:
+    def __init__(
+        self,
+        teacher: TeacherSpec,
+        model_path: str,
+        placement: EnginePlacement,
+        *,
+        colocate: bool,
+        precision: Precision,
+    ) -> None:
+        from transformers import PretrainedConfig
+
+        config, _ = PretrainedConfig.get_config_dict(model_path)
+        refuse_unusable_hidden_states(config.get("architectures") or [], model_path)
+        server_args = teacher_engine_args(
+            teacher, model_path, placement, colocate=colocate, precision=precision
+        )
+        self._hidden_size = int(config.get("text_config", config)["hidden_size"])
+        self._dtype: torch.dtype = getattr(torch, ENGINE_DTYPES[precision])
+        self._placement = placement
+        self._weight_update_refusal = teacher_weight_update_refusal(server_args)
+        self._sglang = SGLangEngine(
+            server_args, engine_environment(colocate=colocate), hidden_states_in_shared_memory=True
+        )
+
+    @property
+    def hidden_size(self) -> int:
+        return self._hidden_size
+
+    def hidden_states(self, batch: TeacherBatch) -> torch.Tensor:
+        if not self._placement.serves_requests:
+            raise RuntimeError(
+                f"node rank {self._placement.node_rank} of a multi-node teacher serves no requests; send "
+                "batches to node rank 0"
+            )
+        if not batch.sequences:
+            return torch.empty(0, self._hidden_size, dtype=self._dtype)
+        outputs = self._sglang.generate(
+            input_ids=batch.sequences,
+            sampling_params=hidden_state_sampling_params(),
+            return_hidden_states=True,
+            rid=request_ids(len(batch.sequences)),
+        )
+        return gather_hidden_states(outputs, batch, self._hidden_size, self._dtype)
+
+    def begin_weight_update(self) -> None:
+        if self._weight_update_refusal is not None:
+            raise ValueError(f"cannot update this SGLang teacher's weights: {self._weight_update_refusal}")
+        self._sglang.begin_weight_update()
+
+    def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+        self._sglang.load_tensors(list(named_tensors))
+
+    def end_weight_update(self) -> None:
+        self._sglang.end_weight_update()
+
+    def sleep(self) -> None:
+        if self._placement.serves_requests:
+            self._sglang.release(ALL_MEMORY)
+
+    def wake(self) -> None:
+        if self._placement.serves_requests:
+            self._sglang.resume(ALL_MEMORY)
+
+    def close(self) -> None:
+        self._sglang.shutdown()

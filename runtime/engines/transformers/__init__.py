@@ -1,0 +1,1 @@
+"""Engines on transformers (CPU or one GPU each): the teacher and rollout backends."""

@@ -1,0 +1,48 @@
+"""On-policy generation on transformers (CPU or one GPU per engine). SGLang serves the same protocol."""
+
+import torch
+
+from kubedistill.runtime.engines.transformers.model import TransformersEngine
+from kubedistill.runtime.models.loading import load_tokenizer
+from kubedistill.runtime.rollout.backend import SamplingConfig
+
+
+class TransformersRollout(TransformersEngine):
+    def __init__(self, model_path: str, dtype: torch.dtype, device: torch.device) -> None:
+        super().__init__(model_path, dtype, device)
+        tokenizer = load_tokenizer(model_path)
+        self._eos = tokenizer.eos_token_id
+        self._pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self._eos
+
+    @torch.inference_mode()
+    def generate(self, prompts: list[list[int]], sampling: SamplingConfig) -> list[list[int]]:
+        self._check_awake()
+        generator_seed = torch.initial_seed()
+        torch.manual_seed(sampling.seed)
+        try:
+            return [response for prompt in prompts for response in self._sample(prompt, sampling)]
+        finally:
+            torch.manual_seed(generator_seed)
+
+    def _sample(self, prompt: list[int], sampling: SamplingConfig) -> list[list[int]]:
+        # One prompt at a time: no padding, so a prompt's samples do not depend on what it is batched with.
+        input_ids = torch.tensor([prompt], dtype=torch.long, device=self._device)
+        greedy = sampling.temperature == 0
+        outputs = self._model.generate(
+            input_ids=input_ids,
+            attention_mask=torch.ones_like(input_ids),
+            do_sample=not greedy,
+            temperature=None if greedy else sampling.temperature,
+            top_p=None if greedy else sampling.top_p,
+            top_k=None if greedy else 0,
+            max_new_tokens=sampling.max_new_tokens,
+            num_return_sequences=sampling.samples_per_prompt,
+            eos_token_id=self._eos,
+            pad_token_id=self._pad,
+        )
+        return [_until_eos(row[len(prompt) :].tolist(), self._eos) for row in outputs]
+
+
+def _until_eos(tokens: list[int], eos: int) -> list[int]:
+    """The response up to and including its end-of-sequence token (generate pads finished rows with it)."""
+    return tokens[: tokens.index(eos) + 1] if eos in tokens else tokens

@@ -1,0 +1,29 @@
+"""The teacher on transformers: CPU or one GPU per replica. The SGLang backend serves the same protocol."""
+
+import torch
+
+from kubedistill.runtime.data.batching import pad_right
+from kubedistill.runtime.engines.transformers.model import TransformersEngine
+from kubedistill.runtime.teacher.backend import TeacherBatch
+
+
+class TransformersTeacher(TransformersEngine):
+    @property
+    def hidden_size(self) -> int:
+        return int(self._model.config.hidden_size)
+
+    @torch.inference_mode()
+    def hidden_states(self, batch: TeacherBatch) -> torch.Tensor:
+        self._check_awake()
+        input_ids, attention_mask = pad_right(batch.sequences, pad_id=0)
+        # The backbone's last output is after the final norm: exactly the input of lm_head, so the student
+        # recomputes the teacher's logits bit for bit (checked in tests: lm_head(h) == logits).
+        outputs = self._model.model(
+            input_ids=input_ids.to(self._device), attention_mask=attention_mask.to(self._device)
+        )
+        hidden = outputs.last_hidden_state
+        rows = torch.tensor(
+            [r for r, positions in enumerate(batch.positions) for _ in positions], dtype=torch.long
+        )
+        columns = torch.tensor([p for positions in batch.positions for p in positions], dtype=torch.long)
+        return hidden[rows.to(self._device), columns.to(self._device)].to("cpu")

@@ -1,0 +1,186 @@
+"""What a checkpoint was made from, and whether a job may go on from it.
+
+Every checkpoint records the spec it was made from and the identity of the training data it read (the
+record count and a hash of the tokenised records). A re-run resumes only if nothing that shapes the trained
+model differs; the fields in `MAY_CHANGE` say how long to train, how often to evaluate, log and checkpoint,
+where to write, and how the work is laid out on the machines, and they may change between runs. Anything
+else changed is refused, naming each field, before Ray starts: resuming would silently keep the old
+schedule, or fail deep in the checkpoint loader (another student model's shapes).
+"""
+
+import hashlib
+import json
+from array import array
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from kubedistill.api.job import DistillationJob
+from kubedistill.api.status import RESUME_REFUSED_WORDS
+from kubedistill.runtime.data.sample import Sample
+from kubedistill.runtime.trainer.checkpoints import ORIGIN, Checkpoint
+from kubedistill.runtime.trainer.report import SUMMARY_FILE
+
+MAY_CHANGE: tuple[str, ...] = (
+    "spec.training.maxSteps",
+    "spec.training.epochs",
+    "spec.training.evalEverySteps",
+    "spec.training.logEverySteps",
+    "spec.training.onNonFinite",
+    "spec.training.microBatchSize",
+    "spec.training.maxTokensPerDevice",
+    "spec.data.eval",
+    "spec.data.onBadRecord",
+    "spec.data.train",
+    "spec.checkpoint",
+    "spec.output",
+    "spec.cluster",
+    "spec.suspend",
+    "spec.backoffLimit",
+    "spec.activeDeadlineSeconds",
+    "spec.ttlSecondsAfterFinished",
+    "spec.teacher.backend",
+    "spec.teacher.replicas",
+    "spec.teacher.tensorParallel",
+    "spec.teacher.pipelineParallel",
+    "spec.teacher.expertParallel",
+    "spec.teacher.gpusPerReplica",
+    "spec.teacher.nodesPerReplica",
+    "spec.teacher.memFractionStatic",
+    "spec.student.replicas",
+    "spec.student.fsdpShardSize",
+    "spec.student.cpuOffload",
+    "spec.student.gradientCheckpointing",
+    "spec.rollout.backend",
+    "spec.rollout.engines",
+    "spec.rollout.tensorParallel",
+    "spec.rollout.memFractionStatic",
+    "spec.distillation.lossChunkSize",
+)
+"""Spec fields (and sections) a job may change and still resume from its checkpoint.
+
+`maxSteps` and `epochs` lay the learning-rate schedule out again for the new length, from the step reached.
+The micro-batch size and the layout (replicas, parallelism, backends) change how a global batch is computed,
+not what it sums to. `spec.data.train` may point elsewhere, in another format, as long as the records read
+are the same ones: the data's own identity is compared instead."""
+
+
+@dataclass(frozen=True)
+class DataIdentity:
+    records: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class Origin:
+    """What a checkpoint was made from."""
+
+    spec: dict[str, Any]
+    """The spec as the manifest spells it (camelCase), flattened to dotted field paths."""
+    data: DataIdentity
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, value: Mapping[str, Any]) -> "Origin":
+        return cls(spec=dict(value["spec"]), data=DataIdentity(**value["data"]))
+
+
+class ResumeRefused(Exception):
+    """The checkpoint was made from another job: its message is the one line a user (or the operator) sees."""
+
+
+def origin_of(job: DistillationJob, train: Iterable[Sample]) -> Origin:
+    spec = job.spec.model_dump(mode="json", by_alias=True)
+    return Origin(spec=dict(_flatten(spec, "spec")), data=data_identity(train))
+
+
+def data_identity(samples: Iterable[Sample]) -> DataIdentity:
+    """The tokenised training records in order: what the student learns from, wherever the files lie."""
+    digest = hashlib.sha256()
+    records = 0
+    for sample in samples:
+        records += 1
+        for tokens in (sample.input_ids, sample.teacher_input_ids or ()):
+            digest.update(array("q", tokens).tobytes() + b"|")
+        for mask in (sample.target_mask, sample.teacher_target_mask or ()):
+            digest.update(bytes(mask) + b"|")
+    return DataIdentity(records=records, sha256=digest.hexdigest())
+
+
+def changes(saved: Origin, current: Origin) -> list[str]:
+    """`field old -> new` for each difference that forbids resuming; empty when the job may go on."""
+    found = []
+    data_differs = saved.data != current.data
+    for key in sorted(saved.spec.keys() | current.spec.keys()):
+        old, new = saved.spec.get(key, _UNSET), current.spec.get(key, _UNSET)
+        if old == new:
+            continue
+        # The train source may move; named only when the records read changed too.
+        if _may_change(key) and not (data_differs and key.startswith("spec.data.train.")):
+            continue
+        found.append(f"{key} {_show(old)} -> {_show(new)}")
+    if data_differs:
+        saved_data, current_data = saved.data, current.data
+        if saved_data.records != current_data.records:
+            found.append(f"training data {saved_data.records} -> {current_data.records} records")
+        else:
+            found.append(f"training data: other records ({saved_data.records} either way)")
+    return found
+
+
+def check_resumable(checkpoint: Checkpoint, current: Origin) -> None:
+    """`ResumeRefused` unless `checkpoint` was made from a job that differs from this one in `MAY_CHANGE`
+    fields only."""
+    changed = (
+        changes(Origin.from_json(checkpoint.origin), current)
+        if checkpoint.origin is not None
+        else [f"unknown: the checkpoint has no {ORIGIN} (written before KubeDistill recorded it)"]
+    )
+    if changed:
+        raise ResumeRefused(refusal(str(checkpoint.path), checkpoint.state.step, changed))
+
+
+def is_finished(checkpoint: Checkpoint | None, stop_step: int, output_dir: Path, job_name: str) -> bool:
+    """Trained to `stop_step` and the output written: a re-run has nothing to do."""
+    if checkpoint is None or checkpoint.state.step < stop_step:
+        return False
+    summary_file = output_dir / SUMMARY_FILE
+    if not summary_file.is_file():
+        return False
+    summary = json.loads(summary_file.read_text(encoding="utf-8"))
+    # An interrupted run's summary is written before its export: that output is not complete.
+    return (
+        summary.get("job") == job_name
+        and summary.get("steps") == checkpoint.state.step
+        and not summary.get("interrupted")
+    )
+
+
+def refusal(checkpoint: str, step: int, changed: list[str]) -> str:
+    return (
+        f"spec.checkpoint.path: {RESUME_REFUSED_WORDS} {checkpoint} (step {step}): the job changed since: "
+        f"{'; '.join(changed)}. To start afresh: `kubedistill run --restart` (moves the old checkpoints "
+        "aside), or a new spec.checkpoint.path; to resume, undo the changes"
+    )
+
+
+_UNSET = object()
+
+
+def _may_change(key: str) -> bool:
+    return any(key == field or key.startswith(field + ".") for field in MAY_CHANGE)
+
+
+def _flatten(value: Any, prefix: str) -> Iterable[tuple[str, Any]]:
+    if isinstance(value, dict) and value:
+        for key, inner in value.items():
+            yield from _flatten(inner, f"{prefix}.{key}")
+    else:
+        yield prefix, value
+
+
+def _show(value: Any) -> str:
+    return "(unset)" if value is _UNSET else json.dumps(value)

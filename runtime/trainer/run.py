@@ -1,0 +1,147 @@
+"""`kubedistill run`'s work on this machine: the checks before Ray, resume or restart, train, Ctrl-C.
+
+The command line itself (parsing, loading the manifest) is `kubedistill.cli`, above the packages.
+"""
+
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import typer
+
+from kubedistill.api.job import DistillationJob, SpecError
+from kubedistill.runtime.trainer import preflight
+
+if TYPE_CHECKING:
+    from kubedistill.api.job import DistillationJob
+    from kubedistill.runtime.trainer.controller import Trainer
+
+
+def run_job(
+    job: DistillationJob,
+    file: Path,
+    *,
+    max_steps: int | None,
+    output: Path | None,
+    metrics_port: int | None,
+    restart: bool,
+) -> None:
+    """Train `job` (read from `file`, which problems are reported against); `typer.Exit(1)` with one line
+    per problem for a mistake the user can fix."""
+
+    def fail(problems: list[str]) -> typer.Exit:
+        for problem in problems:
+            typer.echo(f"{file}: {problem}", err=True)
+        return typer.Exit(1)
+
+    out = output or Path(job.spec.output.path or f"output/{job.name}")
+    checkpoints = job.spec.checkpoint.path
+    problems = preflight.check_surroundings(
+        job, out, "--output" if output else "spec.output.path", metrics_port, os.environ
+    )
+    if problems:
+        raise fail(problems)
+    if job.spec.generation is not None:
+        job = _generate(file, job, out)
+    # torch, ray and transformers only now: the checks above answer in a second or two.
+    from kubedistill.runtime.cluster.session import connect
+    from kubedistill.runtime.data.errors import BadRecordError, ChatTemplateError, DataFileError
+    from kubedistill.runtime.trainer.checkpoints import CheckpointDirectory
+    from kubedistill.runtime.trainer.controller import RunOptions, Trainer
+    from kubedistill.runtime.trainer.metrics import pod_namespace
+    from kubedistill.runtime.trainer.resume import ResumeRefused
+
+    # The operator keeps only the series labelled with the job's namespace (its pod's, on a cluster).
+    namespace = pod_namespace(job, os.environ) or RunOptions.namespace
+    options = RunOptions(
+        output_dir=out, stop_after_steps=max_steps, metrics_port=metrics_port, namespace=namespace
+    )
+    try:
+        # The trainer reads and tokenises the data as it is built: before Ray starts, so that bad data
+        # fails in seconds rather than after the cluster is up.
+        trainer = Trainer(job, options)
+    except (BadRecordError, DataFileError, ChatTemplateError, SpecError) as error:
+        # Settings that cannot work for any record name their spec field; any other error is a bug.
+        raise fail([str(error)]) from None
+    if restart and checkpoints:
+        try:
+            aside = CheckpointDirectory(Path(checkpoints), job.spec.checkpoint.keep).move_aside(
+                datetime.now(UTC)
+            )
+        except OSError as error:
+            problem = f"spec.checkpoint.path: --restart cannot move '{checkpoints}' aside: {error.strerror}"
+            raise fail([problem]) from None
+        if aside is not None:
+            typer.echo(f"{file}: --restart: moved the old checkpoints aside to {aside}", err=True)
+    try:
+        resume_from = trainer.resume_point()
+    except ResumeRefused as refused:
+        raise fail([str(refused)]) from None
+    if trainer.finished(resume_from):
+        assert resume_from is not None
+        reached, end = resume_from.state.step, trainer.stop_step
+        where = f"step {reached} of {end}" if reached == end else f"step {reached}, past this run's {end}"
+        typer.echo(
+            f"{file}: job {job.name} is finished: trained to {where} ({resume_from.path}), output in {out}. "
+            "Nothing to do (--restart trains it again)."
+        )
+        return
+    try:
+        connect()
+        trainer.run()
+    except KeyboardInterrupt:
+        raise _interrupted(file, trainer) from None
+
+
+def _generate(file: Path, job: "DistillationJob", out: Path) -> "DistillationJob":
+    """spec.generation: the teacher answers the training prompts into <out>/generated/ (resuming what an
+    earlier run wrote); returns the job that trains on that file."""
+    import os
+
+    from kubedistill.runtime.data.errors import BadRecordError, DataFileError
+    from kubedistill.runtime.generation import phase
+    from kubedistill.runtime.generation.endpoint import EndpointRefused
+    from kubedistill.runtime.generation.preflight import check_generation
+    from kubedistill.runtime.generation.store import GenerationRefused
+
+    def fail(problem: str) -> typer.Exit:
+        typer.echo(f"{file}: {problem}", err=True)
+        return typer.Exit(1)
+
+    store = phase.generated_file(job, out)
+    if store.report() is None:
+        problems = check_generation(job, os.environ)
+        if problems:
+            raise fail(problems[0])
+    try:
+        if job.spec.generation.endpoint is None and store.report() is None:
+            from kubedistill.runtime.cluster.session import connect
+
+            connect()
+        result = phase.run_generation(job, out, os.environ)
+    except (GenerationRefused, EndpointRefused, BadRecordError, DataFileError) as error:
+        raise fail(str(error)) from None
+    except KeyboardInterrupt:
+        typer.echo(f"{file}: interrupted during generation; a re-run goes on from {store.path}", err=True)
+        raise typer.Exit(130) from None
+    typer.echo(f"{file}: {result.summary()}")
+    if not result.report["generated"]:
+        raise fail(f"spec.generation: no response was kept (see {store.skipped_path}); nothing to train on")
+    return phase.training_job(job, result.path)
+
+
+def _interrupted(file: Path, trainer: "Trainer") -> typer.Exit:
+    """Ctrl-C: where training stopped, and where a re-run goes on from."""
+    reached = trainer.steps_done
+    where = "before training started" if reached is None else f"at step {reached} of {trainer.total_steps}"
+    latest = trainer.checkpoints.latest() if trainer.checkpoints else None
+    if latest is not None:
+        then = f"a re-run resumes from {latest.path} (step {latest.state.step})"
+    elif trainer.checkpoints is not None:
+        then = "no checkpoint was written yet: a re-run starts from step 0"
+    else:
+        then = "spec.checkpoint.path is unset: a re-run starts from step 0"
+    written = f"; what was done is in {trainer.options.output_dir}" if reached else ""
+    typer.echo(f"{file}: interrupted {where}; {then}{written}", err=True)
+    return typer.Exit(130)

@@ -1,0 +1,231 @@
+"""The trainer end to end with real parts: Ray actors, a transformers teacher, two FSDP2 ranks on gloo."""
+
+import json
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from kubedistill.api import parse_job, telemetry
+from kubedistill.runtime.data.errors import BadRecordError
+from kubedistill.runtime.trainer.controller import RunOptions, Trainer
+from tests.runtime.conftest import TinyWorld, job_manifest
+
+pytestmark = pytest.mark.usefixtures("ray_session")
+
+
+def _run(tiny: TinyWorld, output: Path, stop: int | None = None, **spec) -> dict:
+    job = parse_job(job_manifest(tiny, "trainer-test", **spec))
+    options = RunOptions(
+        output_dir=output, stop_after_steps=stop, metrics_port=0, progress=False, print_summary=False
+    )
+    return Trainer(job, options).run().summary
+
+
+def _weights(directory: Path) -> dict[str, torch.Tensor]:
+    return load_file(directory / "model.safetensors")
+
+
+def _history(directory: Path) -> list[dict]:
+    return [json.loads(line) for line in (directory / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_off_policy_distillation_makes_the_loss_fall(straight_run: Path) -> None:
+    records = [r for r in _history(straight_run) if r["kind"] == "train"]
+    assert len(records) == 6  # 96 records / global batch 16
+    losses = [r["loss"] for r in records]
+    assert losses == sorted(losses, reverse=True), losses
+    assert records[-1]["ce_loss"] < 0.9 * records[0]["ce_loss"]
+
+
+def test_each_step_record_says_where_rank_zeros_step_went(straight_run: Path) -> None:
+    """The parts are timed where they happen and nest: the step's own parts within its compute, the compute
+    within the actor's call, the call within the driver's wait for it, that within the step."""
+    for record in (r for r in _history(straight_run) if r["kind"] == "train"):
+        compute_parts = record["backbone_seconds"] + record["loss_seconds"] + record["backward_seconds"]
+        assert 0 < compute_parts <= record["compute_seconds"]
+        in_actor = record["fetch_seconds"] + record["compute_seconds"] + record["optimizer_seconds"]
+        assert 0 < in_actor <= record["actor_seconds"] <= record["student_call_seconds"]
+        driver = record["teacher_seconds"] + record["plan_seconds"] + record["student_call_seconds"]
+        assert driver <= record["step_seconds"]
+
+
+def test_the_trained_student_is_exported_with_its_tokenizer(straight_run: Path, tiny: TinyWorld) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(straight_run)
+    initial = AutoModelForCausalLM.from_pretrained(tiny.student)
+    assert (
+        AutoTokenizer.from_pretrained(straight_run).get_vocab()
+        == AutoTokenizer.from_pretrained(tiny.student).get_vocab()
+    )
+    changed = [
+        name
+        for name, value in model.state_dict().items()
+        if not torch.equal(value, initial.state_dict()[name])
+    ]
+    assert changed, "training changed no weight"
+
+
+def test_a_run_leaves_metrics_a_plot_and_a_summary(straight_run: Path) -> None:
+    summary = json.loads((straight_run / "summary.json").read_text())
+    assert summary["steps"] == 6
+    assert (straight_run / "loss.png").stat().st_size > 1000
+    assert summary["bad_records"] == 0
+
+
+def test_resuming_from_a_checkpoint_gives_the_uninterrupted_result(
+    straight_run: Path, tiny: TinyWorld, tmp_path: Path
+) -> None:
+    checkpoint = {"path": str(tmp_path / "ckpt"), "everySteps": 3}
+    _run(tiny, tmp_path / "first", stop=3, checkpoint=checkpoint)
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["step-00000003"]
+    _run(tiny, tmp_path / "second", checkpoint=checkpoint)
+
+    resumed = [r for r in _history(tmp_path / "second") if r["kind"] == "train"]
+    straight = [r for r in _history(straight_run) if r["kind"] == "train"]
+    assert [r["step"] for r in resumed] == [1, 2, 3, 4, 5, 6], (
+        "the resumed run's history covers the whole job"
+    )
+    assert resumed[5]["loss"] == pytest.approx(straight[5]["loss"], abs=1e-6)
+    for name, value in _weights(straight_run).items():
+        torch.testing.assert_close(_weights(tmp_path / "second")[name], value, rtol=0, atol=1e-6)
+
+
+def test_one_rank_and_two_ranks_train_the_same_model(
+    tiny: TinyWorld, straight_run: Path, tmp_path: Path
+) -> None:
+    """The loss is normalised by the global batch's token count, so sharding the batch changes nothing."""
+    _run(tiny, tmp_path, student={"replicas": 1})
+    one = [r["loss"] for r in _history(tmp_path) if r["kind"] == "train"]
+    two = [r["loss"] for r in _history(straight_run) if r["kind"] == "train"]
+    assert one == pytest.approx(two, abs=1e-5)
+    for name, value in _weights(tmp_path).items():
+        torch.testing.assert_close(_weights(straight_run)[name], value, rtol=1e-4, atol=1e-5)
+
+
+def test_only_hidden_states_at_target_positions_cross_to_the_students(
+    straight_run: Path, tiny: TinyWorld
+) -> None:
+    from transformers import AutoConfig
+
+    hidden_size = AutoConfig.from_pretrained(tiny.teacher).hidden_size
+    for record in (r for r in _history(straight_run) if r["kind"] == "train"):
+        assert record["targets"] > 0
+        assert record["transfer_bytes"] == record["targets"] * hidden_size * 4, (
+            "fp32 hidden states, targets only"
+        )
+    summary = json.loads((straight_run / "summary.json").read_text())
+    assert summary["transfer_bytes"] == sum(
+        r["transfer_bytes"] for r in _history(straight_run) if r["kind"] == "train"
+    )
+
+
+def test_sft_trains_on_the_data_alone_without_a_teacher(tiny: TinyWorld, tmp_path: Path) -> None:
+    summary = _run(tiny, tmp_path, stop=2, mode="sft", teacher=None)
+    assert summary["steps"] == 2
+    assert summary["transfer_bytes"] == 0
+    records = [r for r in _history(tmp_path) if r["kind"] == "train"]
+    assert all(r["kd_loss"] == 0.0 and r["loss"] == r["ce_loss"] for r in records)
+
+
+LOCAL_LABELS = 'distillationjob="metrics-test",distillationjob_namespace="local"'
+
+
+def test_every_metric_is_served_over_http_while_training(tiny: TinyWorld, tmp_path: Path) -> None:
+    manifest = job_manifest(
+        tiny, "metrics-test", data={"eval": {"path": str(tiny.eval)}}, training={"evalEverySteps": 2}
+    )
+    trainer = Trainer(
+        parse_job(manifest),
+        RunOptions(output_dir=tmp_path, metrics_port=0, progress=False, print_summary=False),
+    )
+    scraped: list[str] = []
+    done = threading.Event()
+
+    def scrape() -> None:
+        while not done.is_set():
+            port = getattr(trainer.metrics, "port", None)
+            if port:
+                try:
+                    body = (
+                        urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
+                    )
+                    if f"kubedistill_step{{{LOCAL_LABELS}}} 4.0" in body:
+                        scraped.append(body)
+                except OSError:
+                    pass
+            time.sleep(0.05)
+
+    scraper = threading.Thread(target=scrape, daemon=True)
+    scraper.start()
+    try:
+        trainer.run()
+    finally:
+        done.set()
+        scraper.join()
+    assert scraped, "never saw step 4 on /metrics"
+    body = scraped[-1]
+    for metric in telemetry.ALL:
+        assert f"\n{metric.name}" in body or body.startswith(metric.name), f"{metric.name} missing"
+    assert f"kubedistill_eval_teacher_agreement{{{LOCAL_LABELS}}}" in body
+
+
+def test_a_bad_record_fails_the_run_naming_file_and_line(tiny: TinyWorld, tmp_path: Path) -> None:
+    data = tmp_path / "train.jsonl"
+    lines = tiny.train.read_text().splitlines()
+    lines[4] = '{"messages": [{"role": "user", "content": "hi"}'
+    data.write_text("\n".join(lines) + "\n")
+    manifest = job_manifest(tiny, "bad-data", data={"train": {"path": str(data)}})
+    with pytest.raises(BadRecordError, match=rf"{data}:5:"):
+        Trainer(parse_job(manifest), RunOptions(output_dir=tmp_path / "out"))
+
+
+def test_skipped_bad_records_are_counted_in_the_summary(tiny: TinyWorld, tmp_path: Path) -> None:
+    data = tmp_path / "train.jsonl"
+    lines = tiny.train.read_text().splitlines()
+    lines[4] = "not json"
+    lines[9] = '{"messages": []}'
+    data.write_text("\n".join(lines) + "\n")
+    summary = _run(tiny, tmp_path / "out", stop=1, data={"train": {"path": str(data)}, "onBadRecord": "skip"})
+    assert summary["bad_records"] == 2
+    assert [source.split(": ")[0] for source in summary["bad_record_sources"]] == [f"{data}:5", f"{data}:10"]
+
+
+def test_the_exported_weights_are_as_readable_as_the_files_beside_them(straight_run: Path) -> None:
+    """Other pods (an evaluation job, a server) read the output volume as another user."""
+    mode = (straight_run / "config.json").stat().st_mode & 0o777
+    assert mode & 0o044, "the test needs a umask that lets others read"
+    assert {path.name: path.stat().st_mode & 0o777 for path in straight_run.iterdir() if path.is_file()} == {
+        path.name: mode for path in straight_run.iterdir() if path.is_file()
+    }
+
+
+def test_shortened_records_are_counted_in_the_summary_and_the_metrics(
+    tiny: TinyWorld, tmp_path: Path
+) -> None:
+    turns = [{"role": "system", "content": "You are a careful tutor."}]
+    for turn in range(20):
+        turns += [
+            {"role": "user", "content": f"What is {turn}+{turn}?"},
+            {"role": "assistant", "content": "4"},
+        ]
+    data = tmp_path / "train.jsonl"
+    data.write_text(tiny.train.read_text() + json.dumps({"messages": turns}) + "\n")
+    job = parse_job(job_manifest(tiny, "truncation-test", data={"train": {"path": str(data)}}))
+    options = RunOptions(
+        output_dir=tmp_path / "out", stop_after_steps=1, metrics_port=0, progress=False, print_summary=False
+    )
+    trainer = Trainer(job, options)
+    trainer.run()
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["truncated_records"] == 1
+    [source] = summary["truncated_record_sources"]
+    assert source.startswith(f"{data}:97: dropped its ")
+    assert "earliest messages of 41 (whole turns after the system prompt)" in source
+    labels = {telemetry.NAMESPACE_LABEL: options.namespace, telemetry.JOB_LABEL: "truncation-test"}
+    assert trainer.metrics.registry.get_sample_value("kubedistill_truncated_records_total", labels) == 1

@@ -1,0 +1,166 @@
+"""The trainer under faults, with real actors killed mid-run: nothing lost, nothing repeated, same result."""
+
+import json
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import ray
+import torch
+from safetensors.torch import load_file
+
+from kubedistill.api import parse_job
+from kubedistill.runtime.student.worker import NonFiniteLoss
+from kubedistill.runtime.trainer.controller import RunOptions, Trainer
+from tests.runtime.conftest import ON_POLICY, STRAIGHT_CHECKPOINTS, TinyWorld, job_manifest
+
+pytestmark = pytest.mark.usefixtures("ray_session")
+
+
+def _trainer(tiny: TinyWorld, output: Path, **spec) -> Trainer:
+    manifest = job_manifest(tiny, "trainer-test", **spec)
+    return Trainer(
+        parse_job(manifest),
+        RunOptions(output_dir=output, metrics_port=0, progress=False, print_summary=False),
+    )
+
+
+def _run_and_strike(
+    trainer: Trainer, strike_when: Callable[[], bool], strike: Callable[[Trainer], None]
+) -> dict:
+    """Run the trainer in a thread and strike once, as soon as `strike_when` holds."""
+    outcome: dict = {}
+    runner = threading.Thread(target=lambda: outcome.update(summary=trainer.run().summary), daemon=True)
+    runner.start()
+    deadline = time.monotonic() + 600
+    while not strike_when():
+        assert runner.is_alive(), "the run ended before the fault could be injected"
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    strike(trainer)
+    runner.join(timeout=600)
+    assert "summary" in outcome, "the run did not finish"
+    return outcome["summary"]
+
+
+def _assert_same_weights(run: Path, reference: Path) -> None:
+    expected = load_file(reference / "model.safetensors")
+    actual = load_file(run / "model.safetensors")
+    for name, value in expected.items():
+        torch.testing.assert_close(actual[name], value, rtol=0, atol=1e-6, msg=name)
+
+
+def test_a_student_rank_killed_mid_run_resumes_from_the_checkpoint_and_ends_like_an_uninterrupted_run(
+    tiny: TinyWorld, straight_run: Path, tmp_path: Path
+) -> None:
+    checkpoints = tmp_path / "ckpt"
+    trainer = _trainer(tiny, tmp_path, checkpoint={"path": str(checkpoints), **STRAIGHT_CHECKPOINTS})
+    summary = _run_and_strike(
+        trainer,
+        strike_when=lambda: (checkpoints / "step-00000003").is_dir(),
+        strike=lambda t: ray.kill(t.students.actors[1], no_restart=True),
+    )
+    assert [r["error"] for r in summary["recoveries"]] == ["ActorDiedError"]
+    assert summary["recoveries"][0]["step"] == 3, "training went on from the step-3 checkpoint"
+    assert summary["steps"] == 6
+    _assert_same_weights(tmp_path, straight_run)
+
+
+def test_a_teacher_killed_mid_run_is_restarted_and_the_step_retried_with_no_sample_lost_or_repeated(
+    tiny: TinyWorld, straight_run: Path, tmp_path: Path
+) -> None:
+    trainer = _trainer(tiny, tmp_path)
+    summary = _run_and_strike(
+        trainer,
+        strike_when=lambda: getattr(trainer, "_state", None) is not None and trainer._state.step >= 2,
+        strike=lambda t: ray.kill(t.teacher.actors[0], no_restart=True),
+    )
+    assert [r["error"] for r in summary["recoveries"]] == ["TeacherUnavailable"]
+    history = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in history if r["kind"] == "train"] == [1, 2, 3, 4, 5, 6]
+    straight = [json.loads(line) for line in (straight_run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["loss"] for r in history if r["kind"] == "train"] == pytest.approx(
+        [r["loss"] for r in straight if r["kind"] == "train"], abs=1e-6
+    )
+    _assert_same_weights(tmp_path, straight_run)
+
+
+def test_on_policy_after_a_student_rank_is_killed_the_engine_takes_the_checkpoints_weights_over_a_new_group(
+    tiny: TinyWorld, tmp_path: Path
+) -> None:
+    """The rollout engine outlives the student ranks and holds step 3's weights when they die; the restarted
+    ranks open a new broadcast group with it and send it the step-2 checkpoint's weights, so it samples what
+    it would have sampled without the fault."""
+
+    def run(output: Path, strike: bool) -> list[dict]:
+        checkpoints = output / "ckpt"
+        manifest = job_manifest(
+            tiny, "trainer-test", **ON_POLICY, checkpoint={"path": str(checkpoints), "everySteps": 2}
+        )
+        options = RunOptions(
+            output_dir=output, stop_after_steps=4, metrics_port=0, progress=False, print_summary=False
+        )
+        trainer = Trainer(parse_job(manifest), options)
+        if strike:
+            summary = _run_and_strike(
+                trainer,
+                strike_when=lambda: getattr(trainer, "_state", None) is not None and trainer._state.step >= 3,
+                strike=lambda t: ray.kill(t.students.actors[1], no_restart=True),
+            )
+            assert [(r["step"], r["error"]) for r in summary["recoveries"]] == [(2, "ActorDiedError")]
+        else:
+            trainer.run()
+        history = [json.loads(line) for line in (output / "metrics.jsonl").read_text().splitlines()]
+        return [r for r in history if r["kind"] == "train"]
+
+    straight = run(tmp_path / "straight", strike=False)
+    struck = run(tmp_path / "struck", strike=True)
+    assert [r["step"] for r in struck][-2:] == [3, 4]
+    assert [r["loss"] for r in struck][-2:] == pytest.approx([r["loss"] for r in straight][-2:], abs=1e-6)
+
+
+def test_failures_beyond_the_backoff_limit_fail_the_run(tiny: TinyWorld, tmp_path: Path) -> None:
+    trainer = _trainer(tiny, tmp_path, backoffLimit=0)
+    outcome: dict = {}
+
+    def run() -> None:
+        try:
+            trainer.run()
+        except Exception as error:
+            outcome["error"] = error
+
+    runner = threading.Thread(target=run, daemon=True)
+    runner.start()
+    while getattr(trainer, "_state", None) is None or trainer._state.step < 1:
+        assert runner.is_alive()
+        time.sleep(0.005)
+    ray.kill(trainer.teacher.actors[0], no_restart=True)
+    runner.join(timeout=600)
+    assert "teacher hidden states could not be read" in str(outcome.get("error"))
+
+
+def test_a_non_finite_loss_is_skipped_and_counted_when_asked(tiny: TinyWorld, tmp_path: Path) -> None:
+    trainer = _trainer(tiny, tmp_path, distillation={"loss": "alwaysNan"}, training={"onNonFinite": "skip"})
+    trainer.options = RunOptions(
+        output_dir=tmp_path, stop_after_steps=2, metrics_port=0, progress=False, print_summary=False
+    )
+    summary = trainer.run().summary
+    assert summary["skipped_steps"] == 2
+    _assert_same_weights(tmp_path, tiny.student)
+
+
+def test_a_non_finite_loss_fails_the_run_by_default_and_writes_no_checkpoint(
+    tiny: TinyWorld, tmp_path: Path
+) -> None:
+    checkpoints = tmp_path / "ckpt"
+    trainer = _trainer(
+        tiny,
+        tmp_path,
+        distillation={"loss": "alwaysNan"},
+        checkpoint={"path": str(checkpoints), "everySteps": 2},
+    )
+    with pytest.raises(NonFiniteLoss, match=r"spec\.training\.onNonFinite is fail"):
+        trainer.run()
+    assert not checkpoints.exists() or not any(checkpoints.iterdir())

@@ -1,0 +1,153 @@
+"""Every distillation mode end to end, with real Ray actors and FSDP2 ranks: what each mode promises."""
+
+import json
+from pathlib import Path
+
+import pytest
+import ray
+import torch
+from safetensors.torch import load_file
+
+from kubedistill.api import parse_job
+from kubedistill.runtime.cluster.placement import ClusterView
+from kubedistill.runtime.data.sample import Sample
+from kubedistill.runtime.rollout.group import RolloutActorGroup
+from kubedistill.runtime.student.batch import MicroBatch
+from kubedistill.runtime.student.group import RankWork, StudentActorGroup
+from kubedistill.runtime.trainer.controller import RunOptions, Trainer
+from tests.runtime.conftest import TINY_ROLLOUT, TinyWorld, job_manifest
+
+pytestmark = pytest.mark.usefixtures("ray_session")
+
+
+def _run(tiny: TinyWorld, output: Path, stop: int | None = None, **spec) -> list[dict]:
+    job = parse_job(job_manifest(tiny, "modes-test", **spec))
+    options = RunOptions(
+        output_dir=output, stop_after_steps=stop, metrics_port=0, progress=False, print_summary=False
+    )
+    Trainer(job, options).run()
+    return [json.loads(line) for line in (output / "metrics.jsonl").read_text().splitlines()]
+
+
+def _train(history: list[dict]) -> list[dict]:
+    return [r for r in history if r["kind"] == "train"]
+
+
+@pytest.mark.parametrize("path", ["tensors", "broadcast"])
+def test_a_weight_sync_makes_the_rollout_engines_hold_the_students_exact_weights(
+    tiny: TinyWorld, tmp_path: Path, path: str
+) -> None:
+    """Both ways weights travel: as tensors through Ray (colocated engines), and over a broadcast group of
+    student rank 0 and the engines (gloo here, NCCL on GPUs), which is opened anew for each student group."""
+    # The student trains without a teacher here (sft) so one hand-made step moves its weights.
+    student_job = parse_job(job_manifest(tiny, "sync-test", mode="sft", teacher=None))
+    rollout_job = parse_job(
+        job_manifest(tiny, "sync-test", mode="onPolicy", rollout={**TINY_ROLLOUT, "engines": 2})
+    )
+    cluster = ClusterView.current()
+    students = StudentActorGroup(student_job, total_steps=1, cluster=cluster)
+    rollout = RolloutActorGroup(rollout_job, cluster)
+    if path == "broadcast":
+        # A group joined before is replaced, as after a restart of the student ranks.
+        students.join_engines(rollout.actors, rollout.tensor_parallel, sglang=False)
+        students.join_engines(rollout.actors, rollout.tensor_parallel, sglang=False)
+    sync = students.push_weights if path == "tensors" else students.broadcast_weights
+    try:
+        sample = Sample(
+            input_ids=(5, 6, 7, 8, 9),
+            target_mask=(False, False, True, True, True),
+            source="t",
+            prompt_length=2,
+        )
+        step = RankWork([MicroBatch.from_samples([sample] * 4, pad_id=0)], [None])
+        students.train_step([step, step], normalizer=24)
+        students.export(str(tmp_path))
+        trained = load_file(tmp_path / "model.safetensors")
+        engine = ray.get(rollout.actors[0].named_parameters.remote())
+        assert any(not torch.equal(value, trained[name]) for name, value in engine.items()), "nothing to sync"
+
+        assert sync(rollout.actors) == sum(v.numel() * 4 for v in engine.values())
+        for actor in rollout.actors:
+            engine = ray.get(actor.named_parameters.remote())
+            for name, value in engine.items():
+                assert torch.equal(value, trained[name]), name
+    finally:
+        students.shutdown()
+        rollout.shutdown()
+
+
+def test_on_policy_distillation_trains_on_its_own_samples_and_its_answers_change(
+    tiny: TinyWorld, tmp_path: Path
+) -> None:
+    history = _run(
+        tiny, tmp_path, stop=3, mode="onPolicy", rollout=TINY_ROLLOUT, distillation={"kdRatio": 1.0}
+    )
+    train = _train(history)
+    assert len(train) == 3
+    assert all(r["rollout_seconds"] > 0 for r in train), "every step opens a new round (8 prompts x 2 = 16)"
+    assert all(r["kd_loss"] > 0 for r in train)
+    probes = [r["response"] for r in history if r["kind"] == "probe"]
+    assert len(probes) == 3
+    assert len(set(probes)) > 1, f"the student's greedy answer never changed: {probes}"
+
+
+def test_self_distillation_syncs_the_teacher_every_n_steps(tiny: TinyWorld, tmp_path: Path) -> None:
+    """The teacher starts as the student and takes its weights after steps 3 and 6: where they are the same
+    model, the divergence is zero."""
+    history = _run(
+        tiny,
+        tmp_path,
+        mode="selfDistillation",
+        teacher={"model": None, "backend": "transformers"},
+        distillation={"teacherUpdateFreq": 3},
+    )
+    kd = [r["kd_loss"] for r in _train(history)]
+    assert len(kd) == 6
+    assert kd[0] < 1e-6 and kd[3] < 1e-6, kd
+    assert min(kd[1], kd[2], kd[4], kd[5]) > 1e-5, kd
+
+
+def test_self_distillation_with_an_ema_teacher_lags_behind_the_student(
+    tiny: TinyWorld, tmp_path: Path
+) -> None:
+    history = _run(
+        tiny,
+        tmp_path,
+        stop=4,
+        mode="selfDistillation",
+        teacher={"model": None, "backend": "transformers"},
+        distillation={"teacherEmaDecay": 0.5},
+    )
+    kd = [r["kd_loss"] for r in _train(history)]
+    assert kd[0] < 1e-6, "the teacher starts as the student"
+    assert all(value > 1e-6 for value in kd[1:]), "an average of past weights is never the current student"
+
+
+def _straight(straight_run: Path) -> list[dict]:
+    """The shared reference run (fixed micro-batches of 4, vanilla KD, 6 steps)."""
+    return [json.loads(line) for line in (straight_run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_dynamic_batching_trains_the_same_model_as_fixed_micro_batches(
+    tiny: TinyWorld, straight_run: Path, tmp_path: Path
+) -> None:
+    """Micro-batches formed by a token budget change the work per forward, not the gradient of the step."""
+    dynamic = _run(tiny, tmp_path, stop=2, training={"maxTokensPerDevice": 96})
+    fixed = _train(_straight(straight_run))[:2]
+    assert [r["loss"] for r in _train(dynamic)] == pytest.approx([r["loss"] for r in fixed], abs=1e-5)
+
+
+def test_a_loss_from_a_plugin_package_trains(tiny: TinyWorld, tmp_path: Path) -> None:
+    history = _run(
+        tiny, tmp_path, stop=3, distillation={"loss": "squaredProbabilityDistance", "kdRatio": 1.0}
+    )
+    kd = [r["kd_loss"] for r in _train(history)]
+    assert len(kd) == 3 and all(value > 0 for value in kd)
+
+
+def test_an_algorithm_from_a_plugin_package_is_used(
+    tiny: TinyWorld, straight_run: Path, tmp_path: Path
+) -> None:
+    half = _run(tiny, tmp_path, stop=1, distillation={"algorithm": "halfVanilla"})
+    vanilla = _train(_straight(straight_run))[0]
+    assert _train(half)[0]["loss"] == pytest.approx(0.5 * vanilla["loss"], rel=1e-6)

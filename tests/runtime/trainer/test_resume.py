@@ -1,0 +1,105 @@
+"""What a checkpoint was made from, and which changes to a job it survives."""
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kubedistill.api import parse_job
+from kubedistill.api.spec import DistillationJobSpec
+from kubedistill.runtime.data.sample import Sample
+from kubedistill.runtime.trainer.resume import MAY_CHANGE, Origin, changes, data_identity, origin_of
+from tests.api.manifests import BASE, apply_changes
+
+RECORDS = [
+    Sample(input_ids=(1, 2, 3, 4), target_mask=(False, False, True, True), source="a:1", prompt_length=2),
+    Sample(input_ids=(5, 6, 7), target_mask=(False, True, True), source="a:2", prompt_length=1),
+]
+
+
+def _origin(changes_: dict[str, Any] | None = None, records: list[Sample] = RECORDS) -> Origin:
+    return origin_of(parse_job(apply_changes(BASE, changes_ or {})), records)
+
+
+def _roundtrip(origin: Origin) -> Origin:
+    """As a checkpoint keeps it: JSON on disk."""
+    return Origin.from_json(origin.to_json())
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"spec.training.maxSteps": 5},
+        {"spec.training.epochs": 3},
+        {"spec.training.evalEverySteps": 10, "spec.data.eval": {"path": "/data/eval.jsonl"}},
+        {"spec.training.microBatchSize": 2},
+        {"spec.checkpoint.everySteps": 7},
+        {"spec.student.replicas": 4},
+        {"spec.cluster.colocate": True},
+        {"spec.backoffLimit": 0},
+        {"spec.data.train.path": "/elsewhere/train.jsonl"},
+    ],
+    ids=lambda change: next(iter(change)),
+)
+def test_a_field_that_may_change_leaves_the_job_resumable(change: dict[str, Any]) -> None:
+    assert changes(_roundtrip(_origin()), _origin(change)) == []
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        ({"spec.training.learningRate": 1.0e-5}, "spec.training.learningRate"),
+        ({"spec.training.globalBatchSize": 64}, "spec.training.globalBatchSize"),
+        ({"spec.student.model": "/models/other"}, "spec.student.model"),
+        ({"spec.distillation.loss": "rkl"}, "spec.distillation.loss"),
+        ({"spec.data.maxLength": 9000}, "spec.data.maxLength"),
+    ],
+    ids=lambda value: value if isinstance(value, str) else "",
+)
+def test_a_field_that_shapes_the_model_is_named_old_to_new(change: dict[str, Any], named: str) -> None:
+    (found,) = changes(_roundtrip(_origin()), _origin(change))
+    assert found.startswith(f"{named} ")
+    assert " -> " in found
+
+
+def test_other_records_are_named_with_their_counts_and_the_moved_path() -> None:
+    found = changes(
+        _roundtrip(_origin()), _origin({"spec.data.train.path": "/new.jsonl"}, records=RECORDS[:1])
+    )
+    assert found[-1] == "training data 2 -> 1 records"
+    assert any(change.startswith("spec.data.train.path ") for change in found)
+
+
+def test_the_same_number_of_other_records_is_still_a_change() -> None:
+    other = [RECORDS[0], Sample((5, 6, 8), (False, True, True), "a:2", 1)]
+    assert changes(_roundtrip(_origin()), _origin(records=other)) == [
+        "training data: other records (2 either way)"
+    ]
+
+
+def test_data_identity_ignores_where_a_record_came_from() -> None:
+    moved = [Sample(s.input_ids, s.target_mask, "b:9", s.prompt_length) for s in RECORDS]
+    assert data_identity(moved) == data_identity(RECORDS)
+
+
+def test_every_field_that_may_change_is_a_spec_field() -> None:
+    """A typo in the list would let nothing through silently."""
+    spec_fields = {"spec"}
+
+    def walk(model: type, prefix: str) -> None:
+        for name, info in model.model_fields.items():
+            path = f"{prefix}.{info.alias or name}"
+            spec_fields.add(path)
+            for inner in getattr(info.annotation, "__args__", (info.annotation,)):
+                if hasattr(inner, "model_fields"):
+                    walk(inner, path)
+
+    walk(DistillationJobSpec, "spec")
+    assert set(MAY_CHANGE) <= spec_fields, set(MAY_CHANGE) - spec_fields
+
+
+def test_the_readme_lists_every_field_that_may_change() -> None:
+    readme = (Path(__file__).parents[3] / "README.md").read_text(encoding="utf-8")
+    for field in MAY_CHANGE:
+        name = field.removeprefix("spec.")
+        assert f"`{name}`" in readme or f"`{name}.*`" in readme, name

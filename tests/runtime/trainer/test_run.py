@@ -1,0 +1,316 @@
+"""`kubedistill run` as a user meets it across runs: Ctrl-C, a re-run that resumes, a re-run of a finished
+job, a changed job, `--restart`, and a kill -9.
+
+One job is run for real three times (interrupted, resumed to its end, restarted and killed); every other
+re-run here is refused or found finished before Ray starts, so it takes seconds.
+"""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+import yaml
+
+from kubedistill.api import telemetry
+from kubedistill.api.status import Reason
+from kubedistill.operator.mirror import mirrored_status
+from kubedistill.runtime.demo.data import chat_records, write_jsonl
+from kubedistill.runtime.demo.tiny import TinyShape, save_tiny
+from kubedistill.runtime.models.loading import load_tokenizer
+from tests.runtime.conftest import TinyWorld, job_manifest
+from tests.test_bad_inputs import KUBEDISTILL, Outcome, kubedistill
+
+CLI_TIMEOUT_SECONDS = 600
+STEPS = 12
+"""Two epochs of the tiny world's 96 records in global batches of 16."""
+LOG_EVERY = 4
+KILLED_RAY_GRACE_SECONDS = 30
+"""How long a killed run's Ray processes may take to go; without the watchdog Ray's agents stay 60-90 s."""
+
+
+@dataclass(frozen=True)
+class Job:
+    root: Path
+    file: Path
+    manifest: dict[str, Any]
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "ckpt"
+
+    @property
+    def output(self) -> Path:
+        return self.root / "out"
+
+    def variant(self, name: str, **spec_changes: Any) -> Path:
+        """The same job with some spec sections changed, in a file of its own."""
+        spec = dict(self.manifest["spec"])
+        for section, value in spec_changes.items():
+            spec[section] = {**spec[section], **value} if isinstance(value, dict) else value
+        path = self.root / f"{name}.yaml"
+        path.write_text(yaml.safe_dump({**self.manifest, "spec": spec}), encoding="utf-8")
+        return path
+
+    def history(self) -> list[dict]:
+        return [json.loads(line) for line in (self.output / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def job(tiny: TinyWorld, tmp_path_factory: pytest.TempPathFactory) -> Job:
+    root = tmp_path_factory.mktemp("cli-run")
+    manifest = job_manifest(
+        tiny,
+        "cli-run",
+        training={"epochs": 2, "logEverySteps": LOG_EVERY},
+        checkpoint={"path": str(root / "ckpt"), "everySteps": 2},
+        output={"path": str(root / "out")},
+    )
+    file = root / "job.yaml"
+    file.write_text(yaml.safe_dump(manifest), encoding="utf-8")
+    return Job(root, file, manifest)
+
+
+def _start(args: list[str], cwd: Path, ray_root: str) -> subprocess.Popen:
+    """The command in a process group of its own, as a shell runs a foreground job."""
+    env = {key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"}
+    return subprocess.Popen(
+        [KUBEDISTILL, *args],
+        cwd=cwd,
+        env={**env, "RAY_TMPDIR": ray_root, telemetry.METRICS_PORT_ENV: "0"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def _wait_for(path: Path, process: subprocess.Popen) -> None:
+    deadline = time.monotonic() + CLI_TIMEOUT_SECONDS
+    while not path.is_dir():
+        assert process.poll() is None, f"the run ended before {path.name}:\n{process.communicate()[1]}"
+        assert time.monotonic() < deadline, f"no {path} after {CLI_TIMEOUT_SECONDS} s"
+        time.sleep(0.1)
+
+
+@pytest.fixture(scope="module")
+def interrupted(job: Job) -> Outcome:
+    """Ctrl-C once the step-2 checkpoint is written: SIGINT to the whole process group, as a terminal sends
+    it."""
+    with tempfile.TemporaryDirectory(prefix="kd-ray-") as ray_root:
+        process = _start(["run", str(job.file)], job.root, ray_root)
+        _wait_for(job.checkpoints / "step-00000002", process)
+        os.killpg(process.pid, signal.SIGINT)
+        stdout, stderr = process.communicate(timeout=CLI_TIMEOUT_SECONDS)
+    return Outcome(process.returncode, stdout, stderr)
+
+
+@pytest.fixture(scope="module")
+def interrupted_history(job: Job, interrupted: Outcome) -> list[dict]:
+    return job.history()
+
+
+@pytest.fixture(scope="module")
+def resumed(job: Job, interrupted_history: list[dict]) -> Outcome:
+    return kubedistill(["run", str(job.file)], job.root, {telemetry.METRICS_PORT_ENV: "0"})
+
+
+def test_ctrl_c_says_where_it_stopped_and_where_a_rerun_resumes(job: Job, interrupted: Outcome) -> None:
+    assert interrupted.exit_code == 130, interrupted.stderr
+    (line,) = [line for line in interrupted.lines if "interrupted" in line]
+    summary = json.loads((job.output / "summary.json").read_text())
+    latest = max(path.name for path in job.checkpoints.iterdir())
+    assert line == (
+        f"{job.file}: interrupted at step {summary['steps']} of {STEPS}; a re-run resumes from "
+        f"{job.checkpoints / latest} (step {int(latest.removeprefix('step-'))}); what was done is in "
+        f"{job.output}"
+    )
+
+
+def test_ctrl_c_leaves_the_metrics_and_summary_of_what_was_done(
+    job: Job, interrupted: Outcome, interrupted_history: list[dict]
+) -> None:
+    summary = json.loads((job.output / "summary.json").read_text())
+    assert summary["interrupted"] is True
+    assert summary["steps"] >= 2
+    trained = [record["step"] for record in interrupted_history if record["kind"] == "train"]
+    assert trained == list(range(1, summary["steps"] + 1))
+
+
+def test_a_rerun_after_ctrl_c_resumes_and_trains_to_the_end(job: Job, resumed: Outcome) -> None:
+    assert resumed.exit_code == 0, resumed.stderr
+    assert "resuming from" in resumed.stderr
+    trained = [record["step"] for record in job.history() if record["kind"] == "train"]
+    assert trained == list(range(1, STEPS + 1))
+
+
+def test_the_run_logs_a_progress_line_every_log_every_steps(job: Job, resumed: Outcome) -> None:
+    (resumed_at,) = (int(step) for step in re.findall(r"resuming from .* \(step (\d+)\)", resumed.stderr))
+    logged = [int(step) for step in re.findall(rf"step (\d+)/{STEPS}: loss \d", resumed.stderr)]
+    assert logged == [step for step in range(resumed_at + 1, STEPS + 1) if step % LOG_EVERY == 0]
+    assert logged, "no line was due"
+
+
+def test_a_finished_job_says_so_and_leaves_everything_as_it_is(job: Job, resumed: Outcome) -> None:
+    metrics = (job.output / "metrics.jsonl").read_bytes()
+    again = kubedistill(["run", str(job.file)], job.root)
+    assert again.exit_code == 0, again.stderr
+    assert again.stdout.strip() == (
+        f"{job.file}: job cli-run is finished: trained to step {STEPS} of {STEPS} "
+        f"({job.checkpoints / f'step-{STEPS:08d}'}), output in {job.output}. "
+        "Nothing to do (--restart trains it again)."
+    )
+    assert (job.output / "metrics.jsonl").read_bytes() == metrics, "no eval record appended"
+    assert again.ray_sessions == [], "Ray was started"
+
+
+def test_fields_that_may_change_leave_the_job_resumable(job: Job, resumed: Outcome, tiny: TinyWorld) -> None:
+    """Evaluation, cadence, layout and length may change: here the job is found finished, not refused."""
+    changed = job.variant(
+        "may-change",
+        data={"eval": {"path": str(tiny.eval)}},
+        training={"evalEverySteps": 3, "logEverySteps": 2, "microBatchSize": 2, "maxSteps": STEPS},
+        checkpoint={"keep": 5, "everySteps": 4},
+        student={"replicas": 1},
+        backoffLimit=0,
+    )
+    outcome = kubedistill(["run", str(changed)], job.root)
+    assert outcome.exit_code == 0, outcome.stderr
+    assert "is finished" in outcome.stdout
+
+
+@pytest.fixture(scope="module")
+def more_data(job: Job) -> Path:
+    return write_jsonl(job.root / "train-more.jsonl", chat_records(112, seed=0))
+
+
+def test_a_changed_job_is_refused_naming_each_change_before_ray_starts(
+    job: Job, resumed: Outcome, more_data: Path
+) -> None:
+    changed = job.variant(
+        "changed",
+        data={"train": {"path": str(more_data)}},
+        training={"learningRate": 1.0e-5, "globalBatchSize": 8},
+    )
+    outcome = kubedistill(["run", str(changed)], job.root)
+    assert outcome.exit_code == 1
+    assert outcome.ray_sessions == [], "Ray was started"
+    old_data = job.manifest["spec"]["data"]["train"]["path"]
+    assert outcome.lines == [
+        f"{changed}: spec.checkpoint.path: cannot resume from {job.checkpoints / f'step-{STEPS:08d}'} "
+        f'(step {STEPS}): the job changed since: spec.data.train.path "{old_data}" -> "{more_data}"; '
+        "spec.training.globalBatchSize 16 -> 8; spec.training.learningRate 0.01 -> 1e-05; "
+        "training data 96 -> 112 records. To start afresh: `kubedistill run --restart` (moves the old "
+        "checkpoints aside), or a new spec.checkpoint.path; to resume, undo the changes"
+    ]
+
+
+def test_another_student_model_is_refused_before_the_checkpoint_loader_sees_its_shapes(
+    job: Job, resumed: Outcome, tiny: TinyWorld
+) -> None:
+    wider = TinyShape(hidden_size=48, intermediate_size=96, num_hidden_layers=2, num_attention_heads=2)
+    other = save_tiny(job.root / "other-student", load_tokenizer(str(tiny.student)), wider, seed=3)
+    changed = job.variant("other-student", student={"model": str(other)})
+    outcome = kubedistill(["run", str(changed)], job.root)
+    assert outcome.exit_code == 1
+    assert "Traceback" not in outcome.stderr and "Size mismatch" not in outcome.stderr
+    (line,) = outcome.lines
+    assert f'spec.student.model "{tiny.student}" -> "{other}"' in line
+
+
+def test_the_operator_fails_a_refused_job_with_reason_resume_refused(
+    job: Job, resumed: Outcome, more_data: Path
+) -> None:
+    """The refusal as it reaches the DistillationJob: the command's stderr in the Ray job's message (Ray's
+    wording for a failed entrypoint, `ray/dashboard/modules/job/job_supervisor.py:449-455`, Ray 2.60),
+    copied by KubeRay into the RayJob's status.message (`rayjob_controller.go:356`, kuberay feeaf72f)."""
+    changed = job.variant("changed-lr", training={"learningRate": 1.0e-5})
+    outcome = kubedistill(["run", str(changed)], job.root)
+    message = (
+        "Job entrypoint command failed with exit code 1, last available logs (truncated to 20,000 chars):\n"
+        + outcome.stderr
+    )
+    kuberay = {
+        "jobDeploymentStatus": "Failed",
+        "jobStatus": "FAILED",
+        "reason": "AppFailed",
+        "message": message,
+    }
+    rayjob = {"metadata": {"name": "cli-run"}, "status": kuberay}
+    status = mirrored_status({}, rayjob, generation=1, now="2026-12-02T00:00:00Z")
+    failed = next(c for c in status["conditions"] if c["type"] == "Failed")
+    assert (status["phase"], failed["status"], failed["reason"]) == ("Failed", "True", Reason.RESUME_REFUSED)
+    assert failed["message"] == outcome.lines[0].removeprefix(f"{changed}: ")
+
+
+Helpers = dict[psutil.Process, str]
+"""The processes a run started (its descendants), by name."""
+
+
+def _running(process: psutil.Process) -> bool:
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+@pytest.fixture(scope="module")
+def restarted_and_killed(job: Job, resumed: Outcome) -> Iterator[tuple[Outcome, Helpers]]:
+    """`--restart` on the finished job, killed with SIGKILL once its first checkpoint is written."""
+    with tempfile.TemporaryDirectory(prefix="kd-ray-") as ray_root:
+        process = _start(["run", str(job.file), "--restart"], job.root, ray_root)
+        _wait_for(job.checkpoints / "step-00000002", process)
+        helpers = {}
+        for helper in psutil.Process(process.pid).children(recursive=True):
+            try:
+                helpers[helper] = helper.name()
+            except psutil.NoSuchProcess:
+                continue
+        process.kill()
+        stdout, stderr = process.communicate(timeout=CLI_TIMEOUT_SECONDS)
+        yield Outcome(process.returncode, stdout, stderr), helpers
+        for helper in helpers:
+            if _running(helper):
+                helper.kill()
+
+
+def test_restart_moves_the_old_checkpoints_aside_and_starts_from_step_0(
+    job: Job, restarted_and_killed: tuple[Outcome, Helpers]
+) -> None:
+    outcome, _ = restarted_and_killed
+    (aside,) = job.root.glob("ckpt.old-*")
+    assert f"{job.file}: --restart: moved the old checkpoints aside to {aside}" in outcome.lines
+    assert (aside / f"step-{STEPS:08d}" / "trainer.json").is_file(), "the finished run's checkpoints are kept"
+    assert min(path.name for path in job.checkpoints.iterdir()) == "step-00000002"
+
+
+def test_a_killed_run_takes_its_local_ray_with_it(restarted_and_killed: tuple[Outcome, Helpers]) -> None:
+    outcome, helpers = restarted_and_killed
+    assert outcome.exit_code == -signal.SIGKILL
+    assert "raylet" in helpers.values()
+    deadline = time.monotonic() + KILLED_RAY_GRACE_SECONDS
+    while alive := [name for helper, name in helpers.items() if _running(helper)]:
+        assert time.monotonic() < deadline, (
+            f"still running {KILLED_RAY_GRACE_SECONDS} s after the kill: {alive}"
+        )
+        time.sleep(0.5)
+
+
+def test_help_gives_the_metrics_port_the_run_really_uses() -> None:
+    done = subprocess.run(
+        [KUBEDISTILL, "run", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+    assert f"{telemetry.METRICS_PORT_ENV} or {telemetry.DEFAULT_METRICS_PORT}" in done.stdout
