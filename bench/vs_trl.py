@@ -294,7 +294,7 @@ def run_kubedistill(root: Path, pair: Pair, ranks: int) -> dict[str, Any]:
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, configure_logging=False)
     try:
         options = RunOptions(output_dir=output, metrics_port=0, progress=False, print_summary=False)
-        history = Trainer(parse_job(manifest), options).run().history
+        history = Trainer(parse_job(manifest), options).run().records()
         total = time.perf_counter() - started
     finally:
         ray.shutdown()

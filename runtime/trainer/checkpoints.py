@@ -10,7 +10,7 @@ directories are ignored and cleaned up.
 import json
 import re
 import shutil
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, fields
 from datetime import datetime
 from pathlib import Path
 
@@ -31,8 +31,12 @@ class TrainerState:
     """Index of the next batch within that epoch."""
     bad_records: int = 0
     skipped_steps: int = 0
-    history: list[dict] = field(default_factory=list)
-    """The logged metrics so far, so the loss curve and summary of a resumed job cover the whole run."""
+
+    @classmethod
+    def from_json(cls, data: dict) -> "TrainerState":
+        """Counters only; the `history` that checkpoints of earlier versions carried is left out (the
+        records are in `metrics.jsonl`)."""
+        return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
 
 
 @dataclass(frozen=True)
@@ -76,7 +80,7 @@ class CheckpointDirectory:
         for path in reversed(committed):
             state_file = path / TRAINER_STATE
             if state_file.is_file():
-                state = TrainerState(**json.loads(state_file.read_text(encoding="utf-8")))
+                state = TrainerState.from_json(json.loads(state_file.read_text(encoding="utf-8")))
                 origin_file = path / ORIGIN
                 origin = json.loads(origin_file.read_text(encoding="utf-8")) if origin_file.exists() else None
                 return Checkpoint(path, state, origin)

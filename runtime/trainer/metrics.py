@@ -4,6 +4,7 @@ Names, kinds and help texts come from `kubedistill.api.telemetry`, the contract 
 labels are the job's namespace and name (`telemetry.LABELS`).
 """
 
+import math
 import os
 from collections.abc import Mapping
 
@@ -12,6 +13,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 from kubedistill.api import telemetry
 from kubedistill.api.job import DistillationJob
 from kubedistill.api.telemetry import Kind, Metric
+from kubedistill.runtime.trainer.records import EvalRecord, TrainRecord
 
 STEP_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300)
 
@@ -75,3 +77,29 @@ class TrainerMetrics:
             server.shutdown()
             server.server_close()
             self._server = None
+
+
+def publish_step(metrics: TrainerMetrics, record: TrainRecord, total_steps: int) -> None:
+    metrics.set(telemetry.STEP, record.step)
+    metrics.set(telemetry.TOTAL_STEPS, total_steps)
+    metrics.set(telemetry.EPOCH, record.epoch)
+    metrics.set(telemetry.LOSS, record.loss)
+    metrics.set(telemetry.KD_LOSS, record.kd_loss)
+    metrics.set(telemetry.CE_LOSS, record.ce_loss)
+    metrics.observe(telemetry.STEP_SECONDS, record.step_seconds)
+    metrics.set(telemetry.LAST_STEP_SECONDS, record.step_seconds)
+    metrics.set(telemetry.TOKENS_PER_SECOND, record.tokens_per_second)
+    metrics.observe(telemetry.TEACHER_SECONDS, record.teacher_seconds)
+    metrics.add(telemetry.TRANSFER_BYTES, record.transfer_bytes)
+    metrics.set(telemetry.LEARNING_RATE, record.learning_rate)
+    if math.isfinite(record.grad_norm):
+        metrics.set(telemetry.GRAD_NORM, record.grad_norm)
+    metrics.add(telemetry.SKIPPED_STEPS, int(record.skipped))
+
+
+def publish_eval(metrics: TrainerMetrics, record: EvalRecord) -> None:
+    metrics.set(telemetry.EVAL_LOSS, record.eval_ce_loss)
+    if record.eval_kd_divergence is not None:
+        metrics.set(telemetry.EVAL_KD_DIVERGENCE, record.eval_kd_divergence)
+    if record.eval_teacher_agreement is not None:
+        metrics.set(telemetry.EVAL_TEACHER_AGREEMENT, record.eval_teacher_agreement)

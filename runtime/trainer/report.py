@@ -1,5 +1,5 @@
-"""What a run leaves for people: a progress bar while it runs, then `metrics.jsonl`, a loss-curve PNG and a
-summary table in the output directory."""
+"""What a run leaves for people: a progress bar and log lines while it runs, then a loss-curve PNG, a
+`summary.json` and a summary table (`metrics.jsonl` is written step by step: `records.py`)."""
 
 import json
 import logging
@@ -10,7 +10,8 @@ from rich.console import Console
 from rich.table import Table
 from tqdm import tqdm
 
-METRICS_FILE = "metrics.jsonl"
+from kubedistill.runtime.trainer.records import TrainRecord
+
 LOSS_PLOT = "loss.png"
 SUMMARY_FILE = "summary.json"
 
@@ -35,34 +36,26 @@ class Progress:
             leave=True,
         )
 
-    def update(self, record: dict) -> None:
+    def update(self, record: TrainRecord) -> None:
         self._bar.set_postfix(
-            loss=f"{record['loss']:.4f}",
-            step_s=f"{record['step_seconds']:.2f}",
-            tok_s=f"{record['tokens_per_second']:.0f}",
+            loss=f"{record.loss:.4f}",
+            step_s=f"{record.step_seconds:.2f}",
+            tok_s=f"{record.tokens_per_second:.0f}",
             refresh=False,
         )
         self._bar.update(1)
-        if record["step"] % self._log_every == 0:
+        if record.step % self._log_every == 0:
             log.info(
                 "step %d/%d: loss %.4f, %.2f s/step, %.0f tokens/s",
-                record["step"],
+                record.step,
                 self._total,
-                record["loss"],
-                record["step_seconds"],
-                record["tokens_per_second"],
+                record.loss,
+                record.step_seconds,
+                record.tokens_per_second,
             )
 
     def close(self) -> None:
         self._bar.close()
-
-
-def write_metrics(directory: Path, history: Sequence[dict]) -> Path:
-    path = directory / METRICS_FILE
-    with path.open("w", encoding="utf-8") as stream:
-        for record in history:
-            stream.write(json.dumps(record) + "\n")
-    return path
 
 
 def plot_losses(directory: Path, history: Sequence[dict], title: str) -> Path:

@@ -44,8 +44,15 @@ def steps_per_round(spec: DistillationJobSpec) -> int:
     return spec.rollout.batch_size * spec.rollout.samples_per_prompt // spec.training.global_batch_size
 
 
+@dataclass(frozen=True)
+class StepSamples:
+    samples: list[Sample]
+    generation_seconds: float = 0.0
+    """Seconds spent generating them (on-policy, on a round's first step; zero otherwise)."""
+
+
 class BatchSource(Protocol):
-    def samples(self, epoch: int, step_in_epoch: int) -> list[Sample]: ...
+    def samples(self, epoch: int, step_in_epoch: int) -> StepSamples: ...
 
     def needs_new_weights(self, step_in_epoch: int) -> bool:
         """Whether the batch at this position depends on the weights trained up to the step before it."""
@@ -64,11 +71,11 @@ class DatasetBatches:
         self._epoch = -1
         self._batches: list[list[int]] = []
 
-    def samples(self, epoch: int, step_in_epoch: int) -> list[Sample]:
+    def samples(self, epoch: int, step_in_epoch: int) -> StepSamples:
         if epoch != self._epoch:
             self._batches = global_batches(len(self._samples), self._size, self._seed, epoch)
             self._epoch = epoch
-        return [self._samples[i] for i in self._batches[step_in_epoch]]
+        return StepSamples([self._samples[i] for i in self._batches[step_in_epoch]])
 
     def needs_new_weights(self, step_in_epoch: int) -> bool:
         del step_in_epoch
@@ -111,15 +118,17 @@ class RolloutBatches:
         self.steps_per_round = steps_per_round(spec)
         self.rounds_per_epoch = steps_per_epoch(len(prompts), spec.rollout.batch_size)
         self._round: Round | None = None
-        self.generated: list[Round] = []
-        """Rounds generated since the trainer last looked (it logs their timing)."""
+        """The round the current steps train on: the only one kept."""
 
-    def samples(self, epoch: int, step_in_epoch: int) -> list[Sample]:
+    def samples(self, epoch: int, step_in_epoch: int) -> StepSamples:
         index, within = divmod(step_in_epoch, self.steps_per_round)
+        seconds = 0.0
         if self._round is None or (self._round.epoch, self._round.index) != (epoch, index):
             self._round = self._generate(epoch, index)
-            self.generated.append(self._round)
-        return self._round.sequences[within * self._global : (within + 1) * self._global]
+            seconds = self._round.seconds
+        return StepSamples(
+            self._round.sequences[within * self._global : (within + 1) * self._global], seconds
+        )
 
     def needs_new_weights(self, step_in_epoch: int) -> bool:
         """A round's first step: its samples come from the student's weights after the last round."""

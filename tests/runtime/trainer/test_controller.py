@@ -82,18 +82,23 @@ def test_resuming_from_a_checkpoint_gives_the_uninterrupted_result(
     straight_run: Path, tiny: TinyWorld, tmp_path: Path
 ) -> None:
     checkpoint = {"path": str(tmp_path / "ckpt"), "everySteps": 3}
-    _run(tiny, tmp_path / "first", stop=3, checkpoint=checkpoint)
+    output = tmp_path / "out"
+    _run(tiny, output, stop=3, checkpoint=checkpoint)
     assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["step-00000003"]
-    _run(tiny, tmp_path / "second", checkpoint=checkpoint)
+    trainer_state = json.loads((tmp_path / "ckpt" / "step-00000003" / "trainer.json").read_text())
+    assert set(trainer_state) == {"step", "epoch", "batch_in_epoch", "bad_records", "skipped_steps"}, (
+        "checkpoints hold counters; the records are in metrics.jsonl"
+    )
+    _run(tiny, output, checkpoint=checkpoint)
 
-    resumed = [r for r in _history(tmp_path / "second") if r["kind"] == "train"]
+    resumed = [r for r in _history(output) if r["kind"] == "train"]
     straight = [r for r in _history(straight_run) if r["kind"] == "train"]
     assert [r["step"] for r in resumed] == [1, 2, 3, 4, 5, 6], (
         "the resumed run's history covers the whole job"
     )
     assert resumed[5]["loss"] == pytest.approx(straight[5]["loss"], abs=1e-6)
     for name, value in _weights(straight_run).items():
-        torch.testing.assert_close(_weights(tmp_path / "second")[name], value, rtol=0, atol=1e-6)
+        torch.testing.assert_close(_weights(output)[name], value, rtol=0, atol=1e-6)
 
 
 def test_one_rank_and_two_ranks_train_the_same_model(

@@ -1,8 +1,6 @@
 """The trainer under faults, with real actors killed mid-run: nothing lost, nothing repeated, same result."""
 
 import json
-import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,36 +11,41 @@ from safetensors.torch import load_file
 
 from kubedistill.api import parse_job
 from kubedistill.runtime.student.worker import NonFiniteLoss
-from kubedistill.runtime.trainer.controller import RunOptions, Trainer
+from kubedistill.runtime.trainer.controller import RunOptions, StepEvent, Trainer
+from kubedistill.runtime.trainer.groups import Groups
 from tests.runtime.conftest import ON_POLICY, STRAIGHT_CHECKPOINTS, TinyWorld, job_manifest
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 
 
-def _trainer(tiny: TinyWorld, output: Path, **spec) -> Trainer:
+def _trainer(
+    tiny: TinyWorld, output: Path, on_step: Callable[[StepEvent], None] | None = None, **spec
+) -> Trainer:
     manifest = job_manifest(tiny, "trainer-test", **spec)
     return Trainer(
         parse_job(manifest),
-        RunOptions(output_dir=output, metrics_port=0, progress=False, print_summary=False),
+        RunOptions(output_dir=output, metrics_port=0, progress=False, print_summary=False, on_step=on_step),
     )
 
 
-def _run_and_strike(
-    trainer: Trainer, strike_when: Callable[[], bool], strike: Callable[[Trainer], None]
-) -> dict:
-    """Run the trainer in a thread and strike once, as soon as `strike_when` holds."""
-    outcome: dict = {}
-    runner = threading.Thread(target=lambda: outcome.update(summary=trainer.run().summary), daemon=True)
-    runner.start()
-    deadline = time.monotonic() + 600
-    while not strike_when():
-        assert runner.is_alive(), "the run ended before the fault could be injected"
-        assert time.monotonic() < deadline
-        time.sleep(0.005)
-    strike(trainer)
-    runner.join(timeout=600)
-    assert "summary" in outcome, "the run did not finish"
-    return outcome["summary"]
+def strike_once(at_step: int, strike: Callable[[Groups], None]) -> Callable[[StepEvent], None]:
+    """An `on_step` hook that strikes the groups once, right after step `at_step` (and its checkpoint)."""
+    struck: list[int] = []
+
+    def hook(event: StepEvent) -> None:
+        if event.state.step == at_step and not struck:
+            struck.append(at_step)
+            strike(event.groups)
+
+    return hook
+
+
+def kill_student_rank(rank: int) -> Callable[[Groups], None]:
+    return lambda groups: ray.kill(groups.students.actors[rank], no_restart=True)
+
+
+def kill_teacher(groups: Groups) -> None:
+    ray.kill(groups.teacher.actors[0], no_restart=True)
 
 
 def _assert_same_weights(run: Path, reference: Path) -> None:
@@ -56,12 +59,9 @@ def test_a_student_rank_killed_mid_run_resumes_from_the_checkpoint_and_ends_like
     tiny: TinyWorld, straight_run: Path, tmp_path: Path
 ) -> None:
     checkpoints = tmp_path / "ckpt"
-    trainer = _trainer(tiny, tmp_path, checkpoint={"path": str(checkpoints), **STRAIGHT_CHECKPOINTS})
-    summary = _run_and_strike(
-        trainer,
-        strike_when=lambda: (checkpoints / "step-00000003").is_dir(),
-        strike=lambda t: ray.kill(t.students.actors[1], no_restart=True),
-    )
+    strike = strike_once(3, kill_student_rank(1))
+    trainer = _trainer(tiny, tmp_path, strike, checkpoint={"path": str(checkpoints), **STRAIGHT_CHECKPOINTS})
+    summary = trainer.run().summary
     assert [r["error"] for r in summary["recoveries"]] == ["ActorDiedError"]
     assert summary["recoveries"][0]["step"] == 3, "training went on from the step-3 checkpoint"
     assert summary["steps"] == 6
@@ -71,12 +71,7 @@ def test_a_student_rank_killed_mid_run_resumes_from_the_checkpoint_and_ends_like
 def test_a_teacher_killed_mid_run_is_restarted_and_the_step_retried_with_no_sample_lost_or_repeated(
     tiny: TinyWorld, straight_run: Path, tmp_path: Path
 ) -> None:
-    trainer = _trainer(tiny, tmp_path)
-    summary = _run_and_strike(
-        trainer,
-        strike_when=lambda: getattr(trainer, "_state", None) is not None and trainer._state.step >= 2,
-        strike=lambda t: ray.kill(t.teacher.actors[0], no_restart=True),
-    )
+    summary = _trainer(tiny, tmp_path, strike_once(2, kill_teacher)).run().summary
     assert [r["error"] for r in summary["recoveries"]] == ["TeacherUnavailable"]
     history = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in history if r["kind"] == "train"] == [1, 2, 3, 4, 5, 6]
@@ -100,18 +95,16 @@ def test_on_policy_after_a_student_rank_is_killed_the_engine_takes_the_checkpoin
             tiny, "trainer-test", **ON_POLICY, checkpoint={"path": str(checkpoints), "everySteps": 2}
         )
         options = RunOptions(
-            output_dir=output, stop_after_steps=4, metrics_port=0, progress=False, print_summary=False
+            output_dir=output,
+            stop_after_steps=4,
+            metrics_port=0,
+            progress=False,
+            print_summary=False,
+            on_step=strike_once(3, kill_student_rank(1)) if strike else None,
         )
-        trainer = Trainer(parse_job(manifest), options)
+        summary = Trainer(parse_job(manifest), options).run().summary
         if strike:
-            summary = _run_and_strike(
-                trainer,
-                strike_when=lambda: getattr(trainer, "_state", None) is not None and trainer._state.step >= 3,
-                strike=lambda t: ray.kill(t.students.actors[1], no_restart=True),
-            )
             assert [(r["step"], r["error"]) for r in summary["recoveries"]] == [(2, "ActorDiedError")]
-        else:
-            trainer.run()
         history = [json.loads(line) for line in (output / "metrics.jsonl").read_text().splitlines()]
         return [r for r in history if r["kind"] == "train"]
 
@@ -122,23 +115,9 @@ def test_on_policy_after_a_student_rank_is_killed_the_engine_takes_the_checkpoin
 
 
 def test_failures_beyond_the_backoff_limit_fail_the_run(tiny: TinyWorld, tmp_path: Path) -> None:
-    trainer = _trainer(tiny, tmp_path, backoffLimit=0)
-    outcome: dict = {}
-
-    def run() -> None:
-        try:
-            trainer.run()
-        except Exception as error:
-            outcome["error"] = error
-
-    runner = threading.Thread(target=run, daemon=True)
-    runner.start()
-    while getattr(trainer, "_state", None) is None or trainer._state.step < 1:
-        assert runner.is_alive()
-        time.sleep(0.005)
-    ray.kill(trainer.teacher.actors[0], no_restart=True)
-    runner.join(timeout=600)
-    assert "teacher hidden states could not be read" in str(outcome.get("error"))
+    trainer = _trainer(tiny, tmp_path, strike_once(1, kill_teacher), backoffLimit=0)
+    with pytest.raises(Exception, match="teacher hidden states could not be read"):
+        trainer.run()
 
 
 def test_a_non_finite_loss_is_skipped_and_counted_when_asked(tiny: TinyWorld, tmp_path: Path) -> None:

@@ -1,0 +1,116 @@
+"""One step's work laid out for the ranks, with the teacher's part of it already dispatched.
+
+The teacher's hidden states for each micro-batch are requested here, as object refs that go straight from the
+teacher actors to the student ranks; the trainer awaits them only when the step that needs them starts, so the
+teacher computes step N+1 while the students train step N (unless they share GPUs).
+"""
+
+import math
+import time
+from dataclasses import dataclass
+
+import ray
+
+from kubedistill.runtime.algorithms.base import Algorithm
+from kubedistill.runtime.data.batching import shard_micro_batches
+from kubedistill.runtime.data.sample import Sample
+from kubedistill.runtime.student.batch import MicroBatch
+from kubedistill.runtime.student.group import RankWork
+from kubedistill.runtime.teacher.backend import TeacherBatch
+from kubedistill.runtime.trainer.colocation import GpuPolicy
+from kubedistill.runtime.trainer.groups import Groups
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    work: list[RankWork]
+    normalizer: int
+    """Target tokens of the whole global batch: every rank's loss is divided by it."""
+    teacher_positions: int
+    """Positions whose hidden states the teacher returns (what crosses the network)."""
+    rollout_seconds: float = 0.0
+
+    def teacher_refs(self) -> list[ray.ObjectRef]:
+        return [ref for share in self.work for ref in share.teacher_refs if ref is not None]
+
+
+class Planner:
+    def __init__(
+        self,
+        groups: Groups,
+        gpus: GpuPolicy,
+        algorithm: type[Algorithm],
+        pad_id: int,
+        micro_batch_size: int,
+        max_tokens_per_device: int | None,
+    ) -> None:
+        self._groups = groups
+        self._gpus = gpus
+        self._extras = algorithm.micro_batch_extras
+        self._pad_id = pad_id
+        self._micro_batch_size = micro_batch_size
+        self._max_tokens = max_tokens_per_device
+
+    def train_step(self, samples: list[Sample], rollout_seconds: float) -> StepPlan:
+        """A global batch cut into micro-batches per rank (token-balanced), the teacher's work dispatched."""
+        shards = shard_micro_batches(
+            samples, self._groups.students.world_size, self._micro_batch_size, self._max_tokens
+        )
+        return self._lay_out(shards, rollout_seconds)
+
+    def evaluation(self, samples: list[Sample]) -> StepPlan:
+        """The eval set, strided over the ranks; every rank runs the same number of micro-batches (FSDP2
+        collectives), so short ranks get empty ones."""
+        ranks = self._groups.students.world_size
+        size = self._micro_batch_size
+        shares = [samples[rank::ranks] for rank in range(ranks)]
+        depth = max(math.ceil(len(share) / size) for share in shares)
+        return self._lay_out(
+            [[share[i * size : (i + 1) * size] for i in range(depth)] for share in shares], 0.0
+        )
+
+    def _lay_out(self, shards: list[list[list[Sample]]], rollout_seconds: float) -> StepPlan:
+        normalizer = sum(sample.num_targets for batches in shards for batch in batches for sample in batch)
+        requests = [
+            (rank, index, teacher_batch(batch))
+            for rank, batches in enumerate(shards)
+            for index, batch in enumerate(batches)
+            if batch
+        ]
+        teacher = self._groups.teacher
+        with self._gpus.turn(teacher):
+            answers = teacher.hidden_states_refs([request for _, _, request in requests])
+            self._gpus.finish([ref for ref in answers if ref is not None])
+        refs = {(rank, index): ref for (rank, index, _), ref in zip(requests, answers, strict=True)}
+        work = [
+            RankWork(
+                micro_batches=[
+                    MicroBatch.from_samples(batch, self._pad_id, self._extras(batch)) for batch in batches
+                ],
+                teacher_refs=[refs.get((rank, index)) for index in range(len(batches))],
+            )
+            for rank, batches in enumerate(shards)
+        ]
+        positions = sum(
+            request.num_positions
+            for (_, _, request), ref in zip(requests, answers, strict=True)
+            if ref is not None
+        )
+        return StepPlan(work, max(normalizer, 1), positions, rollout_seconds)
+
+
+def await_teacher(plan: StepPlan) -> float:
+    """Seconds spent waiting for the plan's hidden states (zero when the teacher was ahead)."""
+    refs = plan.teacher_refs()
+    started = time.perf_counter()
+    if refs:
+        ray.wait(refs, num_returns=len(refs), fetch_local=False)
+    return time.perf_counter() - started
+
+
+def teacher_batch(samples: list[Sample]) -> TeacherBatch:
+    """What the teacher sees of a micro-batch: its own input (context distillation) at its own positions."""
+    return TeacherBatch(
+        sequences=[list(s.teacher_input_ids or s.input_ids) for s in samples],
+        positions=[s.teacher_loss_positions() for s in samples],
+    )
