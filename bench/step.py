@@ -135,7 +135,7 @@ def fsdp_overhead(assets: Path, repeats: int, steps: int) -> dict[str, dict[str,
     from kubedistill.runtime.models.roles import kd_config
     from kubedistill.runtime.student.batch import MicroBatch
     from kubedistill.runtime.student.worker import RankAddress, StudentWorker
-    from kubedistill.runtime.trainer.controller import teacher_batch
+    from kubedistill.runtime.trainer.planning import teacher_batch
 
     torch.set_num_threads(1)
     spec = parse_job(job(assets, "fsdp-overhead", assets / "data" / "train.jsonl", 1, microBatchSize=4))

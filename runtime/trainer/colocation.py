@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from typing import Protocol
 
 import ray
+from ray.actor import ActorHandle
 
 from kubedistill.runtime.trainer.groups import Groups
 
@@ -18,7 +19,7 @@ from kubedistill.runtime.trainer.groups import Groups
 class Engines(Protocol):
     """A group that can give the GPUs back: the teacher's or the rollout's."""
 
-    actors: list[ray.actor.ActorHandle]
+    actors: list[ActorHandle]
 
     def sleep(self) -> None: ...
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import ray
+from ray.exceptions import RayActorError
 
 from kubedistill.api import telemetry
 from kubedistill.api.job import DistillationJob
@@ -136,10 +136,9 @@ class Trainer:
         return is_finished(checkpoint, self.stop_step, self.options.output_dir, self.job.name)
 
     def _load(self, source: DataSource, field_path: str, mode: Mode) -> tuple[list[Sample], list[BadRecord]]:
-        teacher_tokenizer = None
         teacher = teacher_spec(self.job) if has_teacher(self.job) else None
-        if teacher is not None and (teacher.tokenizer or teacher.model):
-            teacher_tokenizer = load_tokenizer(teacher.tokenizer or teacher.model)
+        teacher_path = (teacher.tokenizer or teacher.model) if teacher is not None else None
+        teacher_tokenizer = load_tokenizer(teacher_path) if teacher_path else None
         loaded = load_samples(
             source,
             self.spec.data,
@@ -284,7 +283,7 @@ class Training:
         while True:
             try:
                 return self._train_steps(state)
-            except (ray.exceptions.RayActorError, TeacherUnavailable) as error:
+            except (RayActorError, TeacherUnavailable) as error:
                 if len(self.recoveries) >= self.spec.backoff_limit:
                     raise
                 state = self._recover(error, self.state)

@@ -8,6 +8,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import ray
+from ray.actor import ActorHandle
 
 from kubedistill.api.job import DistillationJob
 from kubedistill.runtime.cluster.placement import ClusterView
@@ -22,7 +23,7 @@ from kubedistill.runtime.teacher.group import TeacherActorGroup
 class NoTeacher:
     """SFT: no engines, no hidden states."""
 
-    actors: list[ray.actor.ActorHandle] = []
+    actors: list[ActorHandle] = []
     hidden_size = 0
 
     def hidden_states_refs(self, batches: list[TeacherBatch]) -> list[ray.ObjectRef | None]:

@@ -28,39 +28,43 @@ class TrainerMetrics:
     def __init__(self, namespace: str, job: str) -> None:
         self.registry = CollectorRegistry()
         self._labels = {telemetry.NAMESPACE_LABEL: namespace, telemetry.JOB_LABEL: job}
-        self._metrics: dict[str, Gauge | Counter | Histogram] = {}
+        labels = list(telemetry.LABELS)
+        # Every series exists from the start (a labelled metric is exported only once its child is), so
+        # scrapers see the full set; a gauge with no value yet reads NaN, which the operator skips.
+        # prometheus_client appends `_total` to counters itself.
+        self._gauges = {
+            m.name: Gauge(m.name, m.help, labels, registry=self.registry).labels(**self._labels)
+            for m in telemetry.ALL
+            if m.kind == Kind.GAUGE
+        }
+        self._counters = {
+            m.name: Counter(m.name.removesuffix("_total"), m.help, labels, registry=self.registry).labels(
+                **self._labels
+            )
+            for m in telemetry.ALL
+            if m.kind == Kind.COUNTER
+        }
+        self._histograms = {
+            m.name: Histogram(m.name, m.help, labels, buckets=STEP_BUCKETS, registry=self.registry).labels(
+                **self._labels
+            )
+            for m in telemetry.ALL
+            if m.kind == Kind.HISTOGRAM
+        }
+        for gauge in self._gauges.values():
+            gauge.set(float("nan"))
         self.port: int | None = None
         """The port /metrics is served on, once `serve` ran."""
-        for metric in telemetry.ALL:
-            self._metrics[metric.name] = self._create(metric)
-            # Every series exists from the start (a labelled metric is exported only once its child is), so
-            # scrapers see the full set; a gauge with no value yet reads NaN, which the operator skips.
-            child = self._child(metric)
-            if metric.kind == Kind.GAUGE:
-                child.set(float("nan"))
-
-    def _create(self, metric: Metric) -> Gauge | Counter | Histogram:
-        # prometheus_client appends `_total` to counters itself.
-        name = metric.name.removesuffix("_total") if metric.kind == Kind.COUNTER else metric.name
-        labels = list(telemetry.LABELS)
-        if metric.kind == Kind.GAUGE:
-            return Gauge(name, metric.help, labels, registry=self.registry)
-        if metric.kind == Kind.COUNTER:
-            return Counter(name, metric.help, labels, registry=self.registry)
-        return Histogram(name, metric.help, labels, buckets=STEP_BUCKETS, registry=self.registry)
 
     def set(self, metric: Metric, value: float) -> None:
-        self._child(metric).set(value)
+        self._gauges[metric.name].set(value)
 
     def add(self, metric: Metric, amount: float) -> None:
         if amount:
-            self._child(metric).inc(amount)
+            self._counters[metric.name].inc(amount)
 
     def observe(self, metric: Metric, value: float) -> None:
-        self._child(metric).observe(value)
-
-    def _child(self, metric: Metric):
-        return self._metrics[metric.name].labels(**self._labels)
+        self._histograms[metric.name].observe(value)
 
     def serve(self, port: int | None = None) -> int:
         """Serve /metrics over HTTP; port from KUBEDISTILL_METRICS_PORT (0 picks a free one). Returns it."""

@@ -109,13 +109,15 @@ def _generate(file: Path, job: "DistillationJob", out: Path) -> "DistillationJob
         typer.echo(f"{file}: {problem}", err=True)
         return typer.Exit(1)
 
+    generation = job.spec.generation
+    assert generation is not None
     store = phase.generated_file(job, out)
     if store.report() is None:
         problems = check_generation(job, os.environ)
         if problems:
             raise fail(problems[0])
     try:
-        if job.spec.generation.endpoint is None and store.report() is None:
+        if generation.endpoint is None and store.report() is None:
             from kubedistill.runtime.cluster.session import connect
 
             connect()

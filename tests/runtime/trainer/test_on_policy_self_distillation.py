@@ -77,15 +77,15 @@ def test_a_resumed_run_ends_like_an_uninterrupted_one(
     not the student of that step."""
     straight_output, straight = uninterrupted
     manifest = _example(tiny, tmp_path / "ckpt")
-    _run(manifest, tmp_path / "first", stop=CHECKPOINT_EVERY)
-    resumed = _kind(_run(manifest, tmp_path / "second"), "train")
+    _run(manifest, tmp_path / "out", stop=CHECKPOINT_EVERY)
+    resumed = _kind(_run(manifest, tmp_path / "out"), "train")
     assert [r["step"] for r in resumed] == list(range(1, STEPS + 1))
     # The losses are divergences of about 1e-4: compared relative to their size.
     assert [r["loss"] for r in resumed] == pytest.approx(
         [r["loss"] for r in _kind(straight, "train")], rel=1e-5, abs=0
     )
     expected = load_file(straight_output / "model.safetensors")
-    actual = load_file(tmp_path / "second" / "model.safetensors")
+    actual = load_file(tmp_path / "out" / "model.safetensors")
     for name, value in expected.items():
         torch.testing.assert_close(actual[name], value, rtol=0, atol=1e-6, msg=name)
 

@@ -8,7 +8,7 @@ from kubedistill.runtime.data.records import Record
 from kubedistill.runtime.data.sample import Sample
 from kubedistill.runtime.data.tokenize import SampleBuilder
 from kubedistill.runtime.demo.tiny import build_tokenizer
-from kubedistill.runtime.trainer.controller import teacher_batch
+from kubedistill.runtime.trainer.planning import teacher_batch
 from kubedistill.runtime.trainer.sources import with_response
 from tests.runtime.data.builders import CORPUS
 
