@@ -216,10 +216,11 @@ class SampleBuilder:
 
     def _image_folder(self, record: Record) -> Path | None:
         """Where the record's relative image paths start: its data file's folder (the source is `path:line`
-        or `path:row N`); None for a text model."""
+        or `path:row N`), or for a saved dataset (`path[split]:row N`) its folder; None for a text model."""
         if self.images is None:
             return None
-        return Path(record.source.rsplit(":", 1)[0]).parent
+        file = Path(record.source.rsplit(":", 1)[0])
+        return file.parent if file.is_file() else Path(self.source.path)
 
     def _with_images(self, record: Record, exchange: _Exchange) -> Sample:
         """The sample of a chat with images: its placeholders expanded to the images' tokens."""
@@ -251,14 +252,21 @@ class SampleBuilder:
                 "and student see one sequence, so they must read images alike (the same "
                 "preprocessor_config.json)",
             )
-        encoded = encode_chat(
-            self.tokenizer,
-            exchange.messages,
-            first_response=exchange.first_response,
-            add_generation_prompt=not exchange.has_response,
-            tools=exchange.tools,
-            expand=lambda text: expand_placeholders(text, counts),
-        )
+        try:
+            encoded = encode_chat(
+                self.tokenizer,
+                exchange.messages,
+                first_response=exchange.first_response,
+                add_generation_prompt=not exchange.has_response,
+                tools=exchange.tools,
+                expand=lambda text: expand_placeholders(text, counts),
+            )
+        except TypeError as error:
+            # A text model's template adds the content to a string, which a list of parts cannot be.
+            raise ChatTemplateError(
+                f"the chat template cannot render a message made of parts ({error}); use the model's own "
+                "image-aware chat template"
+            ) from error
         image_tokens = sum(counts)
         if _count(encoded.ids, self.images.image_token_id) != image_tokens:
             raise ChatTemplateError(

@@ -1,7 +1,9 @@
 """Chat records with images, read for a tiny Qwen2-VL saved to disk and loaded back as a job loads it."""
 
 import base64
+import copy
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -11,9 +13,10 @@ from PIL import Image
 
 from kubedistill.api.job import SpecError
 from kubedistill.api.spec import DataSource, Mode
-from kubedistill.runtime.data import BadRecordError, load_samples
+from kubedistill.runtime.data import BadRecordError, ChatTemplateError, load_samples
 from kubedistill.runtime.data.images import IMAGE_TOKEN, ImageProcessing, load_image_processing
 from kubedistill.runtime.demo.tiny import (
+    CHAT_TEMPLATE,
     TEACHER_SHAPE,
     build_image_processor,
     build_vlm_tokenizer,
@@ -271,3 +274,33 @@ def test_an_assistant_message_with_an_image_is_a_bad_record(tmp_path: Path, stud
     }
     with pytest.raises(BadRecordError, match="message 1 is an assistant's and holds an image"):
         load(write_data(tmp_path / "train.jsonl", [record]), student)
+
+
+# Renders only the text parts: the images' placeholders never reach the tokens.
+TEXT_PARTS_ONLY = (
+    "{%- for message in messages %}{{- '<|im_start|>' + message['role'] + '\\n' }}"
+    "{%- if message['content'] is string %}{{- message['content'] }}{%- else %}"
+    "{%- for part in message['content'] if part['type'] == 'text' %}{{- part['text'] }}{%- endfor %}"
+    "{%- endif %}{{- '<|im_end|>\\n' }}{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+)
+
+
+@pytest.mark.parametrize(
+    ("template", "problem"),
+    [
+        (TEXT_PARTS_ONLY, "renders fewer <|image_pad|> placeholders than the chat has images"),
+        (CHAT_TEMPLATE, "cannot render a message made of parts"),
+    ],
+    ids=["drops-images", "text-model-template"],
+)
+def test_a_chat_template_that_cannot_render_images_is_refused_as_the_templates_fault(
+    tmp_path: Path, student, template: str, problem: str
+) -> None:
+    tokenizer, images = student
+    text_only = copy.deepcopy(tokenizer)
+    text_only.chat_template = template
+    write_image(tmp_path / "a.png")
+    source = write_data(tmp_path / "train.jsonl", [image_chat(url_part("a.png"))])
+    with pytest.raises(ChatTemplateError, match=rf"train\.jsonl:1: the chat template {re.escape(problem)}"):
+        load_samples(source, spec(source), text_only, mode=Mode.OFF_POLICY, images=images)
