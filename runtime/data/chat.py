@@ -65,6 +65,7 @@ def encode_chat(
     with_spans: bool = False,
     tools: list[Any] | None = None,
     cut_ranks: bool = False,
+    expand: Callable[[str], str] | None = None,
 ) -> Encoded:
     """The chat's tokens; targets are the assistant messages from index `first_response` on.
 
@@ -72,10 +73,13 @@ def encode_chat(
     the whitespace a template puts between turns is left out, because generation stops at the end-of-turn
     token and never produces it. `tools` (the functions a tool-using chat may call) go to the template.
     `cut_ranks` (for a prompt to be cut) finds the prompt's content, at two more renders per message.
+    `expand` rewrites every render before it is tokenised (a vision-language chat: each image placeholder
+    to the image's tokens); it must keep a prefix of the chat a prefix.
     """
 
     def render(part: Sequence[Message], generation_prompt: bool) -> str:
-        return render_chat(tokenizer, part, generation_prompt, tools)
+        text = render_chat(tokenizer, part, generation_prompt, tools)
+        return text if expand is None else expand(text)
 
     text = render(messages, add_generation_prompt)
     _check_tool_calls_rendered(messages, render)

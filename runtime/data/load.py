@@ -11,6 +11,7 @@ from kubedistill.api.job import SpecError
 from kubedistill.api.spec import DataSource, DataSpec, Mode, OnBadRecord
 from kubedistill.runtime.data.alignment import same_vocabulary
 from kubedistill.runtime.data.errors import BadRecord, BadRecordError, DataFileError
+from kubedistill.runtime.data.images import ImageProcessing
 from kubedistill.runtime.data.records import read_records
 from kubedistill.runtime.data.sample import Sample
 from kubedistill.runtime.data.tokenize import SampleBuilder
@@ -43,12 +44,18 @@ def load_samples(
     teacher_tokenizer: "PreTrainedTokenizerBase | None" = None,
     field: str = "spec.data.train",
     cross_tokenizer: bool = False,
+    images: ImageProcessing | None = None,
+    teacher_images: ImageProcessing | None = None,
 ) -> LoadedData:
     """Read and tokenise every record of `source` (`field` is its spec path, named in errors).
 
     `cross_tokenizer`: the algorithm matches tokens of different tokenizers, so a teacher tokenizer other
     than the student's (another vocabulary, or another chat template where one is applied) tokenises every
     record too. Without it, a teacher vocabulary other than the student's is refused.
+
+    `images`: the student's image processing (`data.images.load_image_processing`), for a vision-language
+    student; without it a record with an image raises `SpecError` naming `field`. `teacher_images`: the
+    teacher's, when it has its own processor files (each record's images are checked to read the same).
 
     Raises `BadRecordError` for the first bad record under `onBadRecord: fail`, `DataFileError` when the
     file is unusable, holds no records, or holds only bad ones, and `SpecError` naming the spec field when
@@ -63,7 +70,17 @@ def load_samples(
             "(simpleCtkd or dskd)",
         )
     own_tokens = cross_tokenizer and not _same_tokens(tokenizer, teacher, data)
-    build = SampleBuilder(source, data, tokenizer, mode, teacher, field, cross_tokenizer=own_tokens)
+    build = SampleBuilder(
+        source,
+        data,
+        tokenizer,
+        mode,
+        teacher,
+        field,
+        cross_tokenizer=own_tokens,
+        images=images,
+        teacher_images=teacher_images,
+    )
     samples: list[Sample] = []
     bad_records: list[BadRecord] = []
     for record in read_records(source, field):

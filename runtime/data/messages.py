@@ -2,9 +2,11 @@
 
 Accepted as the OpenAI chat format writes them:
 - `role`: system, user, assistant or tool;
-- `content`: a string, or a list of content parts `{"type": "text", "text": ...}` (joined; a part of any
-  other type, e.g. an image, is a bad record: a text model cannot be trained on it); null or missing on an
-  assistant message that calls tools;
+- `content`: a string, or a list of content parts `{"type": "text", "text": ...}` (joined); with a
+  vision-language model, also image parts (`data.images`: kept as a list of `{"type": "image", "image":
+  <the loaded image>}` and text parts, the form Qwen-VL templates read); an image for a text model refuses
+  the job (`ImageInTextJob`), a part of any other type is a bad record; null or missing on an assistant
+  message that calls tools;
 - `tool_calls` on assistant messages: `{"type": "function", "function": {"name", "arguments"}}` (`id`
   optional). `arguments` as a JSON string (OpenAI) becomes the object it encodes, the form templates read
   (Qwen2.5's renders `arguments | tojson`, Qwen3-Coder's iterates over it);
@@ -15,18 +17,23 @@ what the mask covers.
 """
 
 import json
+from pathlib import Path
 from typing import Any
 
 from kubedistill.runtime.data.chat import Message
 from kubedistill.runtime.data.errors import RecordProblem
+from kubedistill.runtime.data.images import IMAGE_PART_TYPES, ImageInTextJob, image_reference, load_image
 from kubedistill.runtime.data.records import json_type
 
 ROLES = ("system", "user", "assistant", "tool")
 _TOOL_KEYS = ("tool_call_id", "name")
 
 
-def chat_messages(value: Any, key: str) -> list[Message]:
-    """The messages of a record's `key`; `RecordProblem` naming the message and what is wrong with it."""
+def chat_messages(value: Any, key: str, image_folder: Path | None = None) -> list[Message]:
+    """The messages of a record's `key`; `RecordProblem` naming the message and what is wrong with it.
+
+    `image_folder`: the model reads images, and relative image paths are relative to this folder; None for
+    a text model."""
     if not isinstance(value, list):
         raise RecordProblem(f"{key!r} must be a list of messages, got {json_type(value)}")
     if not value:
@@ -39,7 +46,15 @@ def chat_messages(value: Any, key: str) -> list[Message]:
         if role not in ROLES:
             raise RecordProblem(f"{key!r}: message {i} has role {role!r}; expected one of {', '.join(ROLES)}")
         calls = message.get("tool_calls")
-        checked: Message = {"role": role, "content": _content(message.get("content"), key, i, bool(calls))}
+        content = message.get("content")
+        if _has_images(content):
+            if role == "assistant":
+                raise RecordProblem(
+                    f"{key!r}: message {i} is an assistant's and holds an image; models write text"
+                )
+            checked: Message = {"role": role, "content": _parts(content, key, i, image_folder)}
+        else:
+            checked = {"role": role, "content": _content(content, key, i, bool(calls))}
         if calls:
             if role != "assistant":
                 raise RecordProblem(
@@ -79,6 +94,33 @@ def _content(content: Any, key: str, i: int, calls_tools: bool) -> str:
     if not isinstance(content, str):
         raise RecordProblem(f"{where} must be a string or a list of text parts, got {json_type(content)}")
     return unicode_text(content, f"{key}[{i}].content")
+
+
+def has_images(message: Message) -> bool:
+    """Whether a checked message carries images (its content is a list of parts)."""
+    return isinstance(message["content"], list)
+
+
+def _has_images(content: Any) -> bool:
+    return isinstance(content, list) and any(
+        isinstance(part, dict) and part.get("type") in IMAGE_PART_TYPES for part in content
+    )
+
+
+def _parts(content: list[Any], key: str, i: int, image_folder: Path | None) -> list[dict[str, Any]]:
+    """Text and image parts, the images loaded; text parts stay apart so that each keeps its place."""
+    where = f"{key!r}: message {i} content"
+    parts: list[dict[str, Any]] = []
+    for j, part in enumerate(content):
+        if isinstance(part, dict) and part.get("type") in IMAGE_PART_TYPES:
+            reference = image_reference(part, f"{where} part {j}")
+            if image_folder is None:
+                raise ImageInTextJob(f"{where} part {j} is an image ({reference[:60]!r})")
+            parts.append({"type": "image", "image": load_image(reference, image_folder, f"{where} part {j}")})
+        else:
+            text = unicode_text(_text_part(part, where, j), f"{key}[{i}].content")
+            parts.append({"type": "text", "text": text})
+    return parts
 
 
 def _text_part(part: Any, where: str, j: int) -> str:

@@ -1,8 +1,12 @@
 """One training sequence with its loss mask, as the trainer, teacher and student consume it."""
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from kubedistill.runtime.data.alignment import Span, aligned_by_start, aligned_exactly
+
+if TYPE_CHECKING:
+    from kubedistill.runtime.data.images import ImageInputs
 
 
 @dataclass(frozen=True)
@@ -33,6 +37,9 @@ class Sample:
     """Teacher with its own tokenizer: each teacher target's span in the same response text."""
     truncation: str | None = None
     """What fitting the record into spec.data.maxLength / promptMaxLength removed; None when nothing."""
+    images: "ImageInputs | None" = None
+    """A vision-language model's image inputs (pixels and patch grids) for the image tokens in `input_ids`,
+    which teacher and student both see; None for text."""
 
     def __post_init__(self) -> None:
         _check_sequence(self.input_ids, self.target_mask, "")
@@ -40,6 +47,11 @@ class Sample:
             raise ValueError(f"prompt_length {self.prompt_length} outside 0..{len(self.input_ids)}")
         if any(self.target_mask[: self.prompt_length]):
             raise ValueError("a target lies within the prompt (before prompt_length)")
+        if self.images is not None and any(
+            target and token == self.images.image_token_id
+            for token, target in zip(self.input_ids, self.target_mask, strict=True)
+        ):
+            raise ValueError("an image token is a target; only the assistant's text is")
         if (self.teacher_input_ids is None) != (self.teacher_target_mask is None):
             raise ValueError("teacher_input_ids and teacher_target_mask go together")
         if (self.target_spans is None) != (self.teacher_target_spans is None):

@@ -13,6 +13,10 @@ A teacher with its own tokenizer (`cross_tokenizer`, for the cross-tokenizer alg
 conversation (or its `teacherInputKey` prompt with the same response) through its own chat template and
 tokenizer, and both sides' targets carry their spans in the response text (`data.alignment`).
 
+Chats with images (a vision-language model, `data.images`) render each image as its placeholder, which
+becomes the image's tokens; the sample carries the image inputs (`Sample.images`). Their prompt is never cut
+(an image's tokens must stay whole), only their response's end.
+
 Truncation (`data.truncate`) keeps the chat markup whole and says what it removed (`Sample.truncation`).
 The teacher sees the student's fitted chat; its prompt is cut to `promptMaxLength` the same way, and its
 response to the student's targets (with its own tokenizer: to the targets that start within the text the
@@ -21,13 +25,20 @@ student's kept targets cover).
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kubedistill.api.job import SpecError
 from kubedistill.api.spec import DataSource, DataSpec, Mode
 from kubedistill.runtime.data.chat import Encoded, Message, TemplateRejection, encode_chat, encode_plain
 from kubedistill.runtime.data.errors import BadRecord, BadRecordError, ChatTemplateError, RecordProblem
-from kubedistill.runtime.data.messages import chat_messages, unicode_text
+from kubedistill.runtime.data.images import (
+    IMAGE_TOKEN,
+    ImageInTextJob,
+    ImageProcessing,
+    expand_placeholders,
+)
+from kubedistill.runtime.data.messages import chat_messages, has_images, unicode_text
 from kubedistill.runtime.data.records import Record, json_type
 from kubedistill.runtime.data.sample import Sample
 from kubedistill.runtime.data.truncate import fit_turns, fits, truncate, truncate_teacher
@@ -67,6 +78,11 @@ class SampleBuilder:
     field: str = "spec.data.train"
     cross_tokenizer: bool = False
     """The teacher has its own tokenizer: every sample carries the teacher's tokenization and target spans."""
+    images: ImageProcessing | None = None
+    """The student reads images (a vision-language model); None: a text model, which refuses them."""
+    teacher_images: ImageProcessing | None = None
+    """The teacher's own image processor, checked to read every image as the student's does; None: the
+    student's."""
 
     def __post_init__(self) -> None:
         self._check_config()
@@ -75,6 +91,13 @@ class SampleBuilder:
         """The sample of one record; a malformed record raises `BadRecordError` naming its source."""
         try:
             return self._build(record)
+        except ImageInTextJob as problem:
+            model = f" ({self.tokenizer.name_or_path})" if self.tokenizer.name_or_path else ""
+            raise SpecError(
+                self.field,
+                f"{record.source} has an image ({problem}), but spec.student.model{model} has no image "
+                "processor (preprocessor_config.json); use a vision-language student, or data without images",
+            ) from problem
         except (RecordProblem, TemplateRejection) as problem:
             raise BadRecordError(BadRecord(record.source, str(problem))) from problem
         except ChatTemplateError as error:
@@ -126,7 +149,10 @@ class SampleBuilder:
             )
 
     def _build(self, record: Record) -> Sample:
-        student, untruncated, dropped = self._fitted_student(record.fields)
+        exchange = self._student_exchange(record.fields, self._image_folder(record))
+        if exchange.messages is not None and any(has_images(message) for message in exchange.messages):
+            return self._with_images(record, exchange)
+        student, untruncated, dropped = self._fitted_student(exchange)
         encoded, cut = truncate(untruncated, self.data)
         sample = Sample(
             input_ids=tuple(encoded.ids),
@@ -150,9 +176,8 @@ class SampleBuilder:
             raise RecordProblem("the teacher's response tokens differ from the student's")
         return replace(sample, teacher_input_ids=tuple(teacher.ids), teacher_target_mask=tuple(teacher.mask))
 
-    def _fitted_student(self, fields: Mapping[str, Any]) -> tuple[_Exchange, Encoded, str | None]:
+    def _fitted_student(self, student: _Exchange) -> tuple[_Exchange, Encoded, str | None]:
         """The student's exchange, encoded; a chat too long for the limits without its earliest turns."""
-        student = self._student_exchange(fields)
         encoded = _encode(self.tokenizer, student, self.data, self.cross_tokenizer)
         if student.messages is None or fits(encoded, self.data):
             return student, encoded, None
@@ -189,10 +214,91 @@ class SampleBuilder:
             teacher_target_spans=tuple(teacher.spans),
         )
 
-    def _student_exchange(self, fields: Mapping[str, Any]) -> _Exchange:
+    def _image_folder(self, record: Record) -> Path | None:
+        """Where the record's relative image paths start: its data file's folder (the source is `path:line`
+        or `path:row N`), or for a saved dataset (`path[split]:row N`) its folder; None for a text model."""
+        if self.images is None:
+            return None
+        file = Path(record.source.rsplit(":", 1)[0])
+        return file.parent if file.is_file() else Path(self.source.path)
+
+    def _with_images(self, record: Record, exchange: _Exchange) -> Sample:
+        """The sample of a chat with images: its placeholders expanded to the images' tokens."""
+        if self.cross_tokenizer or self.source.teacher_input_key is not None:
+            what = (
+                "a teacher with its own tokenizer"
+                if self.cross_tokenizer
+                else f"{self.field}.teacherInputKey"
+            )
+            raise SpecError(
+                self.field,
+                f"{record.source} has images, and {what} is not supported with images yet; use a teacher "
+                "with the student's tokenizer and no teacherInputKey",
+            )
+        assert self.images is not None and exchange.messages is not None
+        images = [
+            part["image"]
+            for message in exchange.messages
+            if has_images(message)
+            for part in message["content"]
+            if part["type"] == "image"
+        ]
+        inputs, counts = self.images.process(images)
+        if self.teacher_images is not None and self.teacher_images.process(images)[0] != inputs:
+            raise SpecError(
+                "spec.teacher.model",
+                f"{record.source}: the teacher's image processor ({self.teacher_images.model}) turns the "
+                f"images into other pixels or patch grids than the student's ({self.images.model}); teacher "
+                "and student see one sequence, so they must read images alike (the same "
+                "preprocessor_config.json)",
+            )
+        try:
+            encoded = encode_chat(
+                self.tokenizer,
+                exchange.messages,
+                first_response=exchange.first_response,
+                add_generation_prompt=not exchange.has_response,
+                tools=exchange.tools,
+                expand=lambda text: expand_placeholders(text, counts),
+            )
+        except TypeError as error:
+            # A text model's template adds the content to a string, which a list of parts cannot be.
+            raise ChatTemplateError(
+                f"the chat template cannot render a message made of parts ({error}); use the model's own "
+                "image-aware chat template"
+            ) from error
+        image_tokens = sum(counts)
+        if _count(encoded.ids, self.images.image_token_id) != image_tokens:
+            raise ChatTemplateError(
+                f"the chat template renders fewer {IMAGE_TOKEN} placeholders than the chat has images "
+                f"({len(images)}); use the model's own image-aware chat template"
+            )
+        if encoded.first_target > self.data.prompt_max_length:
+            raise RecordProblem(
+                f"the prompt has {encoded.first_target} tokens ({image_tokens} of them its images'), over "
+                f"promptMaxLength {self.data.prompt_max_length}; a prompt with images is not cut"
+            )
+        cut, note = truncate(encoded, self.data)
+        if _count(cut.ids, self.images.image_token_id) != image_tokens:
+            raise RecordProblem(
+                f"fitting maxLength {self.data.max_length} would cut into a later turn's images; "
+                "raise maxLength or split the chat"
+            )
+        return Sample(
+            input_ids=tuple(cut.ids),
+            target_mask=tuple(cut.mask),
+            source=record.source,
+            prompt_length=len(cut.ids) if self._on_policy else cut.first_target,
+            truncation=note,
+            images=inputs,
+        )
+
+    def _student_exchange(self, fields: Mapping[str, Any], image_folder: Path | None = None) -> _Exchange:
         source, field = self.source, self.field
         if source.prompt_key is None:
-            messages = chat_messages(_value(fields, source.input_key, f"{field}.inputKey"), source.input_key)
+            messages = chat_messages(
+                _value(fields, source.input_key, f"{field}.inputKey"), source.input_key, image_folder
+            )
             tools = _tools(fields)
             assistants = [i for i, message in enumerate(messages) if message["role"] == "assistant"]
             if self._on_policy:
@@ -261,6 +367,10 @@ def _encode(
         if encoded.first_target <= data.prompt_max_length:
             break
     return encoded
+
+
+def _count(ids: Sequence[int], token: int) -> int:
+    return sum(1 for each in ids if each == token)
 
 
 def _targets(encoded: Encoded) -> list[int]:

@@ -48,12 +48,6 @@ BAD_FILES = [
         "unknown_role.jsonl", 4, "'messages': message 1 has role 'narrator'; expected one of system, user", 4
     ),
     BadFile(
-        "image_part.jsonl",
-        2,
-        "'messages': message 0 content part 1 has type 'image_url'; only text parts can train a text model",
-        2,
-    ),
-    BadFile(
         "tool_result_without_call.jsonl",
         2,
         "'messages': message 1 is a tool result, but no assistant message with tool_calls comes before it",

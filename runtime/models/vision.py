@@ -1,0 +1,42 @@
+"""Vision-language models: which part is the vision tower, and which parameters train (`spec.student.
+freezeVision`).
+
+Qwen2-VL, Qwen2.5-VL and Qwen3-VL (transformers' `...ForConditionalGeneration`) hold the vision tower at
+`model.visual`, its patch merger (the projection into the language model's hidden size) included; LLaVA-style
+models call it `vision_tower`, Idefics-style ones `vision_model`. The language model and the output head are
+everything else.
+"""
+
+import torch
+
+VISION_TOWER_NAMES = ("visual", "vision_tower", "vision_model")
+
+
+def vision_tower(model: torch.nn.Module) -> torch.nn.Module | None:
+    """The model's vision tower (on the model or on its inner `model`); None for a text model."""
+    for owner in (model, getattr(model, "model", None)):
+        for name in VISION_TOWER_NAMES:
+            tower = getattr(owner, name, None)
+            if isinstance(tower, torch.nn.Module):
+                return tower
+    return None
+
+
+def trainable_parameters(model: torch.nn.Module, freeze_vision: bool) -> list[tuple[str, torch.nn.Parameter]]:
+    """The parameters the optimizer gets, by name: all of them, less the vision tower's when
+    `freeze_vision` (a text model has none to leave out)."""
+    tower = vision_tower(model) if freeze_vision else None
+    frozen = {id(parameter) for parameter in tower.parameters()} if tower is not None else set()
+    return [(name, parameter) for name, parameter in model.named_parameters() if id(parameter) not in frozen]
+
+
+def freeze_vision_tower(model: torch.nn.Module) -> int:
+    """Stop gradients into the vision tower, so the backward pass skips it; how many weights it froze."""
+    tower = vision_tower(model)
+    if tower is None:
+        return 0
+    frozen = 0
+    for parameter in tower.parameters():
+        parameter.requires_grad_(False)
+        frozen += parameter.numel()
+    return frozen
