@@ -137,9 +137,6 @@ class StudentSpec(SpecModel):
     """Recompute activations in the backward pass to save memory."""
     lora: LoraSpec = LoraSpec()
     """Low-rank adapters instead of full fine-tuning."""
-    freeze_vision: bool = True
-    """Vision-language students: keep the vision tower (with its projection into the language model) as
-    it is and train the language model only; no effect on a text model."""
 
 
 class RolloutSpec(SpecModel):

@@ -1,5 +1,5 @@
-"""Vision-language models: which part is the vision tower, and which parameters train (`spec.student.
-freezeVision`).
+"""Vision-language models: which part is the vision tower, and which parameters train when it stays fixed
+(the default issue 19 asks for; the student does not load vision-language models yet).
 
 Qwen2-VL, Qwen2.5-VL and Qwen3-VL (transformers' `...ForConditionalGeneration`) hold the vision tower at
 `model.visual`, its patch merger (the projection into the language model's hidden size) included; LLaVA-style
