@@ -17,9 +17,9 @@ from kubedistill.runtime.engines.weight_sync import (
     tensor_nbytes,
 )
 from kubedistill.runtime.student.batch import MicroBatch
+from kubedistill.runtime.student.optimizer import OptimizerPlace
 from kubedistill.runtime.student.worker import (
     EvalStats,
-    OptimizerPlace,
     RankAddress,
     StepStats,
     StudentWorker,

@@ -14,7 +14,8 @@ from kubedistill.runtime.engines.sglang.args import NCCL_ENVIRONMENT
 from kubedistill.runtime.engines.weight_sync import WEIGHT_SYNC_GROUP, weight_sync_layout
 from kubedistill.runtime.student.actor import StudentActor
 from kubedistill.runtime.student.batch import MicroBatch
-from kubedistill.runtime.student.worker import EvalStats, OptimizerPlace, RankAddress, StepStats
+from kubedistill.runtime.student.optimizer import OptimizerPlace
+from kubedistill.runtime.student.worker import EvalStats, RankAddress, StepStats
 
 WEIGHT_BUCKET_BYTES = 512 * 1024 * 1024
 """Weights are streamed to rollout and teacher engines in buckets of about this size."""

@@ -1,5 +1,5 @@
 """The module FSDP2 wraps: the student, the algorithm and the teacher's output head, with the loss computed
-inside `forward`.
+inside `forward`; and how it is built (`build_module`).
 
 Computing the loss inside the root module's forward is what lets it use the student's output head: FSDP2
 unshards the root's parameters (embeddings, final norm, lm_head) only around its forward; outside it they are
@@ -12,10 +12,20 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from kubedistill.runtime.algorithms.base import Algorithm, LossInputs
+from kubedistill.api.job import DistillationJob
+from kubedistill.runtime.algorithms.base import ALGORITHMS, Algorithm, AlgorithmContext, LossInputs
 from kubedistill.runtime.losses.fused import top1_agreements
 from kubedistill.runtime.losses.output import LossOutput
+from kubedistill.runtime.models.loading import compute_dtype, load_causal_lm, load_lm_head_weight
+from kubedistill.runtime.models.roles import (
+    kd_config,
+    student_tokenizer_path,
+    teacher_model_path,
+    teacher_tokenizer_path,
+)
 from kubedistill.runtime.student.batch import MicroBatch
+from kubedistill.runtime.student.lora import apply_lora
+from kubedistill.runtime.student.parallelize import apply_fsdp, device_mesh
 
 
 @dataclass(frozen=True)
@@ -94,3 +104,32 @@ class DistillationModule(nn.Module):
 
     def output_head(self) -> torch.Tensor:
         return self.student.get_output_embeddings().weight
+
+
+def build_module(job: DistillationJob, device: torch.device, world_size: int) -> DistillationModule:
+    """The student (LoRA applied when asked), the algorithm and the teacher's frozen output head, as one
+    module, sharded by FSDP2 over `world_size` ranks."""
+    spec = job.spec
+    dtype = compute_dtype(spec.training.precision)
+    student = load_causal_lm(spec.student.model, torch.float32)
+    if spec.student.gradient_checkpointing:
+        student.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if spec.student.lora.rank > 0:
+        student = apply_lora(student, spec.student.lora)
+    teacher_path = teacher_model_path(job)
+    teacher_head = None if teacher_path is None else load_lm_head_weight(teacher_path, dtype).to(device)
+    algorithm = ALGORITHMS.get(spec.distillation.algorithm)(
+        AlgorithmContext(
+            config=kd_config(job),
+            student_hidden_size=int(student.config.hidden_size),
+            teacher_hidden_size=None if teacher_head is None else int(teacher_head.shape[1]),
+            student_tokenizer=student_tokenizer_path(job),
+            teacher_tokenizer=teacher_tokenizer_path(job),
+            teacher_model=teacher_path,
+            distillation=spec.distillation,
+        )
+    )
+    module = DistillationModule(student, algorithm, teacher_head).to(device)
+    mesh = device_mesh(device.type, world_size, spec.student.fsdp_shard_size)
+    apply_fsdp(module, student, mesh, param_dtype=dtype, cpu_offload=spec.student.cpu_offload)
+    return module
