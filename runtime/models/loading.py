@@ -3,8 +3,12 @@
 import json
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 from safetensors import safe_open
 
 from kubedistill.api.spec import Precision
@@ -23,7 +27,7 @@ def load_tokenizer(path: str):
     return AutoTokenizer.from_pretrained(path)
 
 
-def load_causal_lm(path: str, dtype: torch.dtype = torch.float32):
+def load_causal_lm(path: str, dtype: torch.dtype = torch.float32) -> "PreTrainedModel":
     from transformers import AutoModelForCausalLM
 
     return AutoModelForCausalLM.from_pretrained(path, dtype=dtype)

@@ -5,6 +5,8 @@ from dataclasses import replace
 
 import ray
 import torch
+from ray.actor import ActorHandle
+from ray.exceptions import RayError
 
 from kubedistill.api.job import DistillationJob
 from kubedistill.runtime.cluster.actors import free_port
@@ -73,14 +75,14 @@ class StudentActor:
         # A rank that failed alone would leave the others waiting in a collective: agree first.
         try:
             hidden, problem = resolve_hidden(refs), None
-        except ray.exceptions.RayError as error:
+        except RayError as error:
             hidden, problem = [], error
         if not all_ranks_agree(problem is None):
             where = problem or "on another rank"
             raise TeacherUnavailable(f"teacher hidden states could not be read: {where}")
         return hidden
 
-    def push_weights(self, targets: list[ray.actor.ActorHandle], bucket_bytes: int, teacher: bool) -> int:
+    def push_weights(self, targets: list[ActorHandle], bucket_bytes: int, teacher: bool) -> int:
         """Send the student's weights to engines' `update_weights`, bucket by bucket, inside one weight-update
         session per engine (an asleep SGLang engine wakes its weights once per sync, not once per bucket)
         (collective: every rank is called; rank 0 gets the targets). Each bucket is put in the object store
@@ -103,7 +105,7 @@ class StudentActor:
         else:
             self.weight_sync = open_weight_sync_group(group, self._worker.device)
 
-    def broadcast_weights(self, targets: list[ray.actor.ActorHandle], bucket_bytes: int) -> int:
+    def broadcast_weights(self, targets: list[ActorHandle], bucket_bytes: int) -> int:
         """Broadcast the student's weights to engines' `receive_weights`, bucket by bucket, over the group
         rank 0 joined (collective: every rank is called; rank 0 gets the targets). Returns the bytes sent."""
         sent = 0

@@ -11,8 +11,9 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+from torch.distributed.checkpoint.state_dict_loader import load as dcp_load
+from torch.distributed.checkpoint.state_dict_saver import save as dcp_save
 
 from kubedistill.runtime.student.module import DistillationModule
 from kubedistill.runtime.student.optimizer import StudentOptimizer
@@ -31,7 +32,7 @@ class RankCheckpointer:
     def save(self, directory: str) -> None:
         """Write this rank's shards and its schedule and RNG state into `directory` (collective)."""
         model_state, optimizer_state = get_state_dict(self._module, self._optimizer.optimizer)
-        dcp.save(
+        dcp_save(
             {"model": model_state, "optimizer": optimizer_state, "teacher": self._teacher.tensors},
             checkpoint_id=directory,
         )
@@ -44,7 +45,7 @@ class RankCheckpointer:
     def load(self, directory: str) -> None:
         model_state, optimizer_state = get_state_dict(self._module, self._optimizer.optimizer)
         state = {"model": model_state, "optimizer": optimizer_state, "teacher": self._teacher.tensors}
-        dcp.load(state, checkpoint_id=directory)
+        dcp_load(state, checkpoint_id=directory)
         set_state_dict(
             self._module,
             self._optimizer.optimizer,

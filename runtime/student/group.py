@@ -5,6 +5,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import ray
+from ray.actor import ActorHandle
 
 from kubedistill.api.job import DistillationJob
 from kubedistill.api.placement import Role
@@ -76,7 +77,7 @@ class StudentActorGroup:
 
     def push_weights(
         self,
-        targets: list[ray.actor.ActorHandle],
+        targets: list[ActorHandle],
         *,
         teacher: bool = False,
         bucket_bytes: int = WEIGHT_BUCKET_BYTES,
@@ -91,7 +92,7 @@ class StudentActorGroup:
         )
         return sent[0]
 
-    def join_engines(self, engines: list[ray.actor.ActorHandle], tensor_parallel: int, sglang: bool) -> None:
+    def join_engines(self, engines: list[ActorHandle], tensor_parallel: int, sglang: bool) -> None:
         """Open a broadcast group of rank 0 and every rank of `engines` (each `tensor_parallel` wide), for
         `broadcast_weights`. Each call opens a new group under a new name, so engines that outlive a restart
         of these ranks join the new group rather than wait on the dead one."""
@@ -105,7 +106,7 @@ class StudentActorGroup:
         ]
         get_all([*joining, self.actors[0].join_weight_sync_group.remote(layout.trainer, sglang)])
 
-    def broadcast_weights(self, engines: list[ray.actor.ActorHandle]) -> int:
+    def broadcast_weights(self, engines: list[ActorHandle]) -> int:
         """Broadcast the current weights to the engines of `join_engines`. Returns the bytes sent."""
         sent = get_all(
             [
@@ -119,13 +120,13 @@ class StudentActorGroup:
         """ "cpu" to make room for a colocated engine, "device" to train again."""
         get_all([actor.move_optimizer_state.remote(place) for actor in self.actors])
 
-    def become_teacher(self, teachers: list[ray.actor.ActorHandle]) -> int:
+    def become_teacher(self, teachers: list[ActorHandle]) -> int:
         """Self-distillation, at a teacher update: the teacher takes the student's current weights (or their
         moving average), in its engines and in every rank's copy of its head. Returns the bytes sent."""
         get_all([actor.take_teacher_weights.remote() for actor in self.actors])
         return self.restore_teacher(teachers)
 
-    def restore_teacher(self, teachers: list[ray.actor.ActorHandle]) -> int:
+    def restore_teacher(self, teachers: list[ActorHandle]) -> int:
         """Self-distillation: the teacher engines and every rank's copy of the teacher's head take the weights
         the teacher holds (after a resume, or a restart of its engines). Returns the bytes sent."""
         sent = self.push_weights(teachers, teacher=True)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from transformers import PreTrainedModel
 
 from kubedistill.api.job import DistillationJob
 from kubedistill.runtime.algorithms.base import ALGORITHMS, Algorithm, AlgorithmContext, LossInputs
@@ -40,7 +41,14 @@ class ForwardOutput:
 
 
 class DistillationModule(nn.Module):
-    def __init__(self, student: nn.Module, algorithm: Algorithm, teacher_head: torch.Tensor | None) -> None:
+    # Declared for the type checker: nn.Module's __getattr__ types a registered submodule or buffer as
+    # `Tensor | Module`. A LoRA student is a peft model, which forwards these calls to the model it wraps.
+    student: PreTrainedModel
+    teacher_head: torch.Tensor | None
+
+    def __init__(
+        self, student: PreTrainedModel, algorithm: Algorithm, teacher_head: torch.Tensor | None
+    ) -> None:
         super().__init__()
         self.student = student
         self.algorithm = algorithm
@@ -81,15 +89,17 @@ class DistillationModule(nn.Module):
             output = LossOutput(output.loss + touch, output.kd_sum, output.ce_sum, output.num_tokens)
         agreements = 0
         # Token ids of two vocabularies cannot be compared: no agreement across tokenizers.
-        comparable = (
-            not self.algorithm.cross_tokenizer
+        teacher_head = self.teacher_head
+        if (
+            measure_agreement
+            and batch.num_targets
+            and not self.algorithm.cross_tokenizer
             and teacher is not None
-            and self.teacher_head is not None
+            and teacher_head is not None
             and teacher.shape[0] == selected.shape[0]
-        )
-        if measure_agreement and comparable and batch.num_targets:
+        ):
             chunk = self.algorithm.context.config.chunk_size
-            agreements = top1_agreements(selected, head, teacher, self.teacher_head, chunk)
+            agreements = top1_agreements(selected, head, teacher, teacher_head, chunk)
         return ForwardOutput(output, agreements, backbone_done - started, loss_seconds)
 
     def student_hidden_states(self, batch: MicroBatch) -> torch.Tensor:
@@ -103,7 +113,7 @@ class DistillationModule(nn.Module):
         return outputs.last_hidden_state
 
     def output_head(self) -> torch.Tensor:
-        return self.student.get_output_embeddings().weight
+        return output_embeddings(self.student).weight
 
 
 def build_module(job: DistillationJob, device: torch.device, world_size: int) -> DistillationModule:
@@ -133,3 +143,10 @@ def build_module(job: DistillationJob, device: torch.device, world_size: int) ->
     mesh = device_mesh(device.type, world_size, spec.student.fsdp_shard_size)
     apply_fsdp(module, student, mesh, param_dtype=dtype, cpu_offload=spec.student.cpu_offload)
     return module
+
+
+def output_embeddings(model: PreTrainedModel) -> nn.Module:
+    """The model's output head (lm_head): every causal LM we train has one."""
+    head = model.get_output_embeddings()
+    assert head is not None, f"{type(model).__name__} has no output embeddings"
+    return head

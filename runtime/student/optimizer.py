@@ -64,7 +64,7 @@ class StudentOptimizer:
     @property
     def learning_rate(self) -> float:
         """The rate of the model's group at the coming step."""
-        return self.scheduler.get_last_lr()[0]
+        return float(self.scheduler.get_last_lr()[0])
 
     def step(self) -> None:
         self.optimizer.step()

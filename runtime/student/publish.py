@@ -22,7 +22,7 @@ from torch.distributed.tensor import DTensor
 
 from kubedistill.api.spec import LoraExport, LoraSpec
 from kubedistill.runtime.student.lora import merged_weights, scaling
-from kubedistill.runtime.student.module import DistillationModule
+from kubedistill.runtime.student.module import DistillationModule, output_embeddings
 from kubedistill.runtime.student.teacher_weights import TeacherWeights
 
 
@@ -81,7 +81,7 @@ class WeightPublisher:
         """Self-distillation: the teacher's output head is the one in its weights, so the frozen copy every
         rank uses to rebuild teacher logits must follow each teacher update (collective)."""
         student = self._module.student
-        head = student.get_output_embeddings().weight
+        head = output_embeddings(student).weight
         name = next(n for n, p in student.named_parameters() if p is head)
         teacher_head = self._module.teacher_head
         assert teacher_head is not None, "self-distillation rebuilds teacher logits with the teacher's head"

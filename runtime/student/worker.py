@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 import torch.distributed as dist
+from torch.distributed.fsdp import FSDPModule
 
 from kubedistill.api.job import DistillationJob
 from kubedistill.api.spec import OnNonFinite
@@ -119,6 +120,8 @@ class StudentWorker:
         self, micro_batches: list[MicroBatch], teacher_hidden: list[torch.Tensor | None], normalizer: int
     ) -> StepStats:
         self.module.train()
+        module = self.module
+        assert isinstance(module, FSDPModule), "build_module shards the root"
         sums = torch.zeros(4, dtype=torch.float64)
         # FSDP2 averages gradients over ranks, while the loss is already normalised by the global batch's
         # token count: scaling by the world size makes the reduced gradient the global batch's.
@@ -131,7 +134,7 @@ class StudentWorker:
                 # On one rank a reduce-scatter only copies the gradient into its shard, which is the whole
                 # gradient: once, after the last micro-batch, is enough (on more ranks the unsharded
                 # gradients kept meanwhile would cost memory, so every micro-batch reduces its own).
-                self.module.set_requires_gradient_sync(index == last)
+                module.set_requires_gradient_sync(index == last)
             forward = self.module(batch, hidden, float(normalizer))
             output = forward.loss
             backbone, loss = backbone + forward.backbone_seconds, loss + forward.loss_seconds
