@@ -3,6 +3,8 @@
 import socket
 
 import ray
+from ray.actor import ActorHandle
+from ray.exceptions import GetTimeoutError, RayActorError
 
 
 def get_all(refs: list[ray.ObjectRef]) -> list:
@@ -18,13 +20,13 @@ def get_all(refs: list[ray.ObjectRef]) -> list:
     return ray.get(refs)
 
 
-def stop_actors(actors: list[ray.actor.ActorHandle], graceful: bool = True, timeout: float = 30.0) -> None:
+def stop_actors(actors: list[ActorHandle], graceful: bool = True, timeout: float = 30.0) -> None:
     """Let each actor `close()` its resources, then kill it. After a failure (`graceful=False`) survivors may
     be stuck in a collective with a dead peer, so they are killed without asking."""
     try:
         if graceful:
             ray.get([actor.close.remote() for actor in actors], timeout=timeout)
-    except (ray.exceptions.GetTimeoutError, ray.exceptions.RayActorError):
+    except (GetTimeoutError, RayActorError):
         pass  # stuck behind a failed peer, or already dead: killing is all that is left
     finally:
         for actor in actors:

@@ -105,6 +105,8 @@ def train_or_reuse(name: str, job: "DistillationJob", console: Console) -> None:
     """
     from kubedistill.runtime.trainer.controller import RunOptions, Trainer
 
+    # The demo's example manifests each name their own output, so that the three runs stay apart.
+    assert job.spec.output.path is not None, f"{name}: the demo's manifest names no spec.output.path"
     output = Path(job.spec.output.path)
     trainer = Trainer(job, RunOptions(output_dir=output, metrics_port=0, print_summary=False))
     done = finished_steps(output)

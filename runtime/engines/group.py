@@ -3,6 +3,7 @@
 from dataclasses import dataclass, field
 
 import ray
+from ray.actor import ActorHandle
 from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
@@ -16,17 +17,17 @@ from kubedistill.runtime.engines.layout import engine_placements, engine_slots
 
 @dataclass
 class EngineActors:
-    engines: list[list[ray.actor.ActorHandle]]
+    engines: list[list[ActorHandle]]
     """Per engine, its actors by node rank."""
     placement_groups: list[PlacementGroup] = field(default_factory=list)
 
     @property
-    def serving(self) -> list[ray.actor.ActorHandle]:
+    def serving(self) -> list[ActorHandle]:
         """The actor of each engine that takes requests (node rank 0)."""
         return [actors[0] for actors in self.engines]
 
     @property
-    def everyone(self) -> list[ray.actor.ActorHandle]:
+    def everyone(self) -> list[ActorHandle]:
         return [actor for actors in self.engines for actor in actors]
 
     def shutdown(self, graceful: bool = True) -> None:

@@ -32,6 +32,7 @@ class GenerationActor(EngineActor):
     def build(self, placement: EnginePlacement) -> RolloutBackend:
         spec = self.job.spec
         teacher = teacher_spec(self.job)
+        assert teacher.model is not None, "teacher_spec fills a missing teacher model in with the student's"
         if resolve_backend(teacher.backend) == Backend.SGLANG:
             from kubedistill.runtime.engines.sglang.rollout import SGLangRollout
 
@@ -60,6 +61,7 @@ class GenerationActor(EngineActor):
 class TeacherGenerators(EngineActorGroup):
     def __init__(self, job: DistillationJob, cluster: ClusterView) -> None:
         teacher = teacher_spec(job)
+        assert teacher.model is not None, "teacher_spec fills a missing teacher model in with the student's"
         sglang = resolve_backend(teacher.backend) == Backend.SGLANG
         if teacher.nodes_per_replica != 1:
             raise ValueError(

@@ -142,7 +142,11 @@ async def _from_endpoint(
 ) -> None:
     from kubedistill.runtime.generation.endpoint import ChatCompletionsClient, Request
 
-    endpoint = job.spec.generation.endpoint
+    generation = job.spec.generation
+    assert generation is not None and generation.endpoint is not None, (
+        "called only for a job whose spec.generation names an endpoint"
+    )
+    endpoint = generation.endpoint
     api_key = environ.get(endpoint.api_key.env) if endpoint.api_key else None
     client = ChatCompletionsClient(endpoint, settings, api_key, backoff_seconds)
     by_id = {prompt.id: prompt for prompt in prompts}

@@ -12,6 +12,7 @@ from kubedistill.runtime.teacher.transfer import WireTensor, to_wire
 class TeacherActor(EngineActor):
     def build(self, placement: EnginePlacement) -> TeacherBackend:
         teacher = teacher_spec(self.job)
+        assert teacher.model is not None, "teacher_spec fills a missing teacher model in with the student's"
         return build_teacher(
             teacher,
             teacher.model,

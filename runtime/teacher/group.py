@@ -1,5 +1,7 @@
 """The teacher actor group: N engines; micro-batches go to them by a greedy token-balanced rule."""
 
+from typing import cast
+
 import ray
 
 from kubedistill.api.job import DistillationJob
@@ -31,7 +33,9 @@ class TeacherActorGroup(EngineActorGroup):
                 cluster=cluster,
             )
         )
-        self.hidden_size: int = ray.get(self.actors[0].hidden_size.remote())
+        # An actor method's result is untyped (Ray's `.remote` is dynamic), and pyright picks `ray.get`'s
+        # list overload for it; TeacherActor.hidden_size returns an int.
+        self.hidden_size = cast(int, ray.get(self.actors[0].hidden_size.remote()))
 
     def hidden_states_refs(self, batches: list[TeacherBatch]) -> list[ray.ObjectRef]:
         """One object ref per batch, in order; the longest go first, each to the least-loaded engine."""
