@@ -208,6 +208,13 @@ BAD_DATA = [
         f"{FILES / 'truncated_array.json'}:34",
         "invalid JSON: ",
     ),
+    # An image for a text model is no bad record to skip: the job is refused, whatever onBadRecord says.
+    BadData(
+        "image_part.jsonl",
+        _train("image_part.jsonl"),
+        "spec.data.train",
+        f"{FILES / 'image_part.jsonl'}:2 has an image",
+    ),
     BadData(
         "empty.jsonl",
         _train("empty.jsonl"),
