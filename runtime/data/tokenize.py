@@ -268,7 +268,7 @@ class SampleBuilder:
                 "image-aware chat template"
             ) from error
         image_tokens = sum(counts)
-        if _count(encoded.ids, self.images.image_token_id) != image_tokens:
+        if list(encoded.ids).count(self.images.image_token_id) != image_tokens:
             raise ChatTemplateError(
                 f"the chat template renders fewer {IMAGE_TOKEN} placeholders than the chat has images "
                 f"({len(images)}); use the model's own image-aware chat template"
@@ -279,7 +279,7 @@ class SampleBuilder:
                 f"promptMaxLength {self.data.prompt_max_length}; a prompt with images is not cut"
             )
         cut, note = truncate(encoded, self.data)
-        if _count(cut.ids, self.images.image_token_id) != image_tokens:
+        if list(cut.ids).count(self.images.image_token_id) != image_tokens:
             raise RecordProblem(
                 f"fitting maxLength {self.data.max_length} would cut into a later turn's images; "
                 "raise maxLength or split the chat"
@@ -367,10 +367,6 @@ def _encode(
         if encoded.first_target <= data.prompt_max_length:
             break
     return encoded
-
-
-def _count(ids: Sequence[int], token: int) -> int:
-    return sum(1 for each in ids if each == token)
 
 
 def _targets(encoded: Encoded) -> list[int]:

@@ -14,6 +14,7 @@ never looser than that.
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
@@ -24,6 +25,9 @@ from kubedistill.api.spec import LoraExport, LoraSpec
 from kubedistill.runtime.student.lora import merged_weights, scaling
 from kubedistill.runtime.student.module import DistillationModule, output_embeddings
 from kubedistill.runtime.student.teacher_weights import TeacherWeights
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 
 class WeightPublisher:
@@ -87,7 +91,7 @@ class WeightPublisher:
         assert teacher_head is not None, "self-distillation rebuilds teacher logits with the teacher's head"
         teacher_head.copy_(full_tensor(self._teacher.of(name, head)).to(teacher_head.dtype))
 
-    def export(self, directory: str, tokenizer: object) -> None:
+    def export(self, directory: str, tokenizer: "PreTrainedTokenizerBase") -> None:
         """Gather the full student on rank 0 and save it with its tokenizer (safetensors) (collective)."""
         state = get_model_state_dict(
             self._module, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
@@ -103,7 +107,7 @@ class WeightPublisher:
                 student.get_base_model().save_pretrained(directory, state_dict=merged)
             else:
                 student.save_pretrained(directory, state_dict=student_state)
-            tokenizer.save_pretrained(directory)  # type: ignore[attr-defined]
+            tokenizer.save_pretrained(directory)
             share_exported_files(Path(directory))
         dist.barrier()
 

@@ -263,7 +263,7 @@ class Training:
 
     def run(self) -> RunResult:
         state = self._train(self.state)
-        state = self._final_evaluation(state)
+        self._final_evaluation(state)
         self.groups.students.export(str(self.trainer.options.output_dir))
         checkpoints = self.trainer.checkpoints
         if checkpoints and (
@@ -412,12 +412,11 @@ class Training:
         publish_eval(self.trainer.metrics, record)
         log.info("eval at step %d: %s", step, record)
 
-    def _final_evaluation(self, state: TrainerState) -> TrainerState:
+    def _final_evaluation(self, state: TrainerState) -> None:
         last = self.records.totals.last
         # A run resumed from its own final checkpoint (to export elsewhere) was evaluated there already.
         if self.trainer.eval and not (last and last["kind"] == "eval" and last["step"] == state.step):
             self._evaluate(state.step)
-        return state
 
     def _checkpoint_due(self, state: TrainerState) -> bool:
         every = self.spec.checkpoint.every_steps

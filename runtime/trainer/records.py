@@ -8,7 +8,7 @@ that was interrupted and resumed reads like the file of one that was not.
 
 import json
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -93,25 +93,18 @@ class Totals:
 
     def add(self, record: dict[str, Any]) -> "Totals":
         if record["kind"] == "train":
-            return Totals(
-                self.train_steps + 1,
-                self.step_seconds + record["step_seconds"],
-                self.tokens_per_second + record["tokens_per_second"],
-                self.transfer_bytes + record.get("transfer_bytes", 0),
-                record,
-                self.last_eval,
-                record,
+            return replace(
+                self,
+                train_steps=self.train_steps + 1,
+                step_seconds=self.step_seconds + record["step_seconds"],
+                tokens_per_second=self.tokens_per_second + record["tokens_per_second"],
+                transfer_bytes=self.transfer_bytes + record.get("transfer_bytes", 0),
+                last_train=record,
+                last=record,
             )
-        last_eval = record if record["kind"] == "eval" else self.last_eval
-        return Totals(
-            self.train_steps,
-            self.step_seconds,
-            self.tokens_per_second,
-            self.transfer_bytes,
-            self.last_train,
-            last_eval,
-            record,
-        )
+        if record["kind"] == "eval":
+            return replace(self, last_eval=record, last=record)
+        return replace(self, last=record)
 
 
 class RecordLog:
