@@ -13,18 +13,21 @@ that directory wherever an argument of the entrypoint names a path under the mou
 the only such argument). A PersistentVolumeClaim is bound to the host directory the test names for it, and
 the test mounts it at that same path, so the paths inside the manifest need no translation. Cluster DNS
 resolves the head Service that KubeRay creates for the cluster (`<cluster>-head-svc`) to loopback.
+
+A pod has its own network namespace, so its metrics port is its own; a process here shares the host's with
+every other test. The kubelet therefore gives the head a free host port in place of the rendered one, in
+the variable the pod names it with (`KUBEDISTILL_METRICS_PORT`, which must hold the container's `metrics`
+port, else a cluster's scrape would miss too), and the DNS connects the Service's port to that host port.
 """
 
 import asyncio
 import contextlib
-import fcntl
 import os
 import random
 import shlex
 import socket
 import string
 import sys
-import tempfile
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +35,7 @@ from typing import Any
 
 from aiohttp.abc import AbstractResolver, ResolveResult
 
+from kubedistill.api.telemetry import METRICS_PORT_ENV
 from tests.operator.harness import CONFIGMAPS, Cluster
 
 KubeObject = dict[str, Any]
@@ -39,18 +43,22 @@ SUPPORTED_FIELD_REFS = ("metadata.namespace", "metadata.name", "status.podIP")
 
 
 class ClusterDns(AbstractResolver):
-    """The cluster's DNS, as far as the operator asks it: the head Services created so far, on loopback."""
+    """The cluster's DNS, as far as the operator asks it: the head Services created so far, on loopback,
+    each with its ports mapped to the host ports its pod was given."""
 
     def __init__(self) -> None:
-        self.services: set[str] = set()
+        self.services: dict[str, dict[int, int]] = {}
 
     async def resolve(
         self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
     ) -> list[ResolveResult]:
         if host not in self.services:
             raise OSError(f"no Service {host} in the cluster's DNS")
+        ports = self.services[host]
+        if port not in ports:
+            raise OSError(f"Service {host} has no port {port} (it has {sorted(ports)})")
         result = ResolveResult(
-            hostname=host, host="127.0.0.1", port=port, family=socket.AF_INET, proto=0, flags=0
+            hostname=host, host="127.0.0.1", port=ports[port], family=socket.AF_INET, proto=0, flags=0
         )
         return [result]
 
@@ -60,11 +68,13 @@ class ClusterDns(AbstractResolver):
 
 @dataclass(frozen=True)
 class HeadProcess:
-    """The head container as a process: what runs, with which environment, and the port of its metrics."""
+    """The head container as a process: what runs, with which environment, and its metrics port, as the
+    container's (what the Service exposes) and as the host port the process is given instead."""
 
     args: list[str]
     env: dict[str, str]
     metrics_port: int
+    host_metrics_port: int
 
 
 def head_process(
@@ -89,8 +99,20 @@ def head_process(
     fields = {"metadata.namespace": namespace, "metadata.name": pod_name, "status.podIP": "127.0.0.1"}
     env = {var["name"]: _value(var, fields) for var in container.get("env", [])}
     (metrics_port,) = (p["containerPort"] for p in container["ports"] if p["name"] == "metrics")
+    assert env.get(METRICS_PORT_ENV) == str(metrics_port), (
+        f"the trainer serves on {METRICS_PORT_ENV}={env.get(METRICS_PORT_ENV)}, "
+        f"the pod exposes containerPort {metrics_port}"
+    )
+    host_port = _free_port()
+    env[METRICS_PORT_ENV] = str(host_port)
     args = [_on_host(arg, host_paths) for arg in shlex.split(rayjob["spec"]["entrypoint"])]
-    return HeadProcess(args=args, env=env, metrics_port=metrics_port)
+    return HeadProcess(args=args, env=env, metrics_port=metrics_port, host_metrics_port=host_port)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
 def _materialise(
@@ -127,23 +149,6 @@ def _on_host(arg: str, host_paths: Mapping[str, Path]) -> str:
     return arg
 
 
-@contextlib.contextmanager
-def port_held_for_the_trainer(port: int):
-    """The rendered metrics port is used as it is, so runs on one machine take turns (a file lock); a
-    port that something else holds fails here, clearly, rather than as a scrape that never succeeds."""
-    with open(Path(tempfile.gettempdir()) / f"kubedistill-e2e-port-{port}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        with socket.socket() as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the trainer's HTTP server
-            try:
-                probe.bind(("0.0.0.0", port))
-            except OSError as error:
-                raise AssertionError(
-                    f"port {port} (the trainer's metrics port) is taken here: {error}"
-                ) from None
-        yield
-
-
 @dataclass
 class KubeRay:
     cluster: Cluster
@@ -168,16 +173,15 @@ class KubeRay:
         config_maps = {name: self.cluster.stored(CONFIGMAPS, name) for name in _config_map_names(rayjob)}
         head = head_process(rayjob, config_maps, self.claims, self.root, pod_name=f"{ray_cluster}-head-x1")
         service = f"{ray_cluster}-head-svc.{namespace}.svc"
-        self.dns.services.add(service)
-        with port_held_for_the_trainer(head.metrics_port):
-            async with self._running(head) as process:
-                await self.cluster.set_rayjob_status(
-                    rayjob_name,
-                    jobDeploymentStatus="Running",
-                    jobStatus="RUNNING",
-                    dashboardURL=f"{service}.cluster.local:8265",
-                )
-                code = await process.wait()
+        self.dns.services[service] = {head.metrics_port: head.host_metrics_port}
+        async with self._running(head) as process:
+            await self.cluster.set_rayjob_status(
+                rayjob_name,
+                jobDeploymentStatus="Running",
+                jobStatus="RUNNING",
+                dashboardURL=f"{service}.cluster.local:8265",
+            )
+            code = await process.wait()
         if code == 0:
             final = {"jobDeploymentStatus": "Complete", "jobStatus": "SUCCEEDED"}
         else:

@@ -125,9 +125,17 @@ async def test_the_operator_command_serves_probes_and_metrics_and_creates_rayjob
             await eventually(
                 lambda: cluster.condition("Created")["status"] == "True", timeout=20, what="created"
             )
-            async with http.get(f"http://127.0.0.1:{metrics}/metrics") as response:
-                text = await response.text()
-        assert 'kubedistill_operator_reconciles_total{handler="create",result="success"} 1.0' in text
+            # The handler writes the condition before it returns, and the run is counted when it returns:
+            # the page may lag the condition by a moment, so it is read until the count shows.
+            counted = 'kubedistill_operator_reconciles_total{handler="create",result="success"} 1.0'
+            deadline = asyncio.get_running_loop().time() + 10
+            while True:
+                async with http.get(f"http://127.0.0.1:{metrics}/metrics") as response:
+                    text = await response.text()
+                if counted in text or asyncio.get_running_loop().time() > deadline:
+                    break
+                await asyncio.sleep(0.05)
+        assert counted in text
         assert any(
             request.headers.get("Authorization") == "Bearer test-token"
             for request in cluster.server
