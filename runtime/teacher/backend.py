@@ -6,10 +6,12 @@ teacher's lm_head.
 """
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import torch
+
+from kubedistill.runtime.data.images import ImageInputs
 
 
 @dataclass(frozen=True)
@@ -22,10 +24,15 @@ class TeacherBatch:
 
     sequences: list[list[int]]
     positions: list[list[int]]
+    images: list[ImageInputs | None] = field(default_factory=list)
+    """A vision-language teacher's image inputs, one per sequence (None: a sequence without images), for
+    the image tokens in it; empty when no sequence has images."""
 
     def __post_init__(self) -> None:
         if len(self.sequences) != len(self.positions):
             raise ValueError(f"{len(self.sequences)} sequences but {len(self.positions)} position lists")
+        if self.images and len(self.images) != len(self.sequences):
+            raise ValueError(f"{len(self.sequences)} sequences but {len(self.images)} image inputs")
 
     @property
     def num_positions(self) -> int:
