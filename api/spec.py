@@ -137,6 +137,9 @@ class StudentSpec(SpecModel):
     """Recompute activations in the backward pass to save memory."""
     lora: LoraSpec = LoraSpec()
     """Low-rank adapters instead of full fine-tuning."""
+    freeze_vision: bool = True
+    """A vision-language student: keep its vision tower (and patch merger) fixed and train the language model;
+    no effect on a text model."""
 
 
 class RolloutSpec(SpecModel):

@@ -17,11 +17,13 @@ video. Teacher and student share one tokenisation, so they see the same image to
 import base64
 import binascii
 import io
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import torch
 
 from kubedistill.api.job import SpecError
 from kubedistill.runtime.data.errors import RecordProblem
@@ -62,15 +64,31 @@ class ImageInputs:
     def __hash__(self) -> int:
         return hash((self.image_grid_thw, self.image_token_id))
 
-    def model_inputs(self, input_ids: "list[int] | tuple[int, ...]") -> dict[str, np.ndarray]:
-        """The keyword arguments a Qwen-VL forward takes besides `input_ids` for this sequence (batch of one):
-        the pixels, the grids, and which tokens are image tokens (`mm_token_type_ids`, for mRoPE)."""
-        ids = np.asarray(input_ids)
-        return {
-            "pixel_values": self.pixel_values,
-            "image_grid_thw": np.asarray(self.image_grid_thw, dtype=np.int64),
-            "mm_token_type_ids": (ids == self.image_token_id).astype(np.int64)[None, :],
-        }
+
+def batch_image_inputs(
+    images: "Sequence[ImageInputs | None]", input_ids: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """The image keyword arguments of a Qwen-VL forward over the padded rows `input_ids` [B, L], row i having
+    `images[i]` (None: no images); empty when no row has any, so a text batch runs as text.
+
+    The model takes every row's patches concatenated in row order, one grid per image, and marks image tokens
+    in `mm_token_type_ids` to build its 3-D (mRoPE) positions; padding is never an image token, because the
+    pad token is not the image token (a processor's tokenizer keeps them apart)."""
+    present = [inputs for inputs in images if inputs is not None]
+    if not present:
+        return {}
+    token_ids = {inputs.image_token_id for inputs in present}
+    if len(token_ids) != 1:
+        raise ValueError(f"one batch, several image tokens: {sorted(token_ids)}")
+    (token_id,) = token_ids
+    has_images = torch.tensor([inputs is not None for inputs in images], dtype=torch.bool)[:, None]
+    return {
+        "pixel_values": torch.from_numpy(np.concatenate([inputs.pixel_values for inputs in present])),
+        "image_grid_thw": torch.tensor(
+            [grid for inputs in present for grid in inputs.image_grid_thw], dtype=torch.long
+        ),
+        "mm_token_type_ids": ((input_ids == token_id) & has_images).long(),
+    }
 
 
 @dataclass(frozen=True)

@@ -86,3 +86,51 @@ def write_jsonl(path: Path, records: list[dict]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(record) + "\n" for record in records), encoding="utf-8")
     return path
+
+
+# -- chats about pictures (vision-language models) ---------------------------------------------------------
+
+FRUITS_BY_COLOUR = {
+    "red": ((200, 30, 30), {"apple": 0.6, "cherry": 0.4}),
+    "yellow": ((230, 210, 40), {"banana": 0.5, "lemon": 0.5}),
+    "green": ((40, 170, 60), {"pear": 0.6, "melon": 0.4}),
+    "purple": ((120, 40, 150), {"grape": 0.5, "plum": 0.5}),
+}
+"""The picture's colour decides which fruits it may show; which one a record names is drawn, so only a
+teacher that saw many records knows the spread."""
+PICTURE_SIZE = (56, 56)
+"""The smallest picture a Qwen2-VL processor takes: 4 x 4 patches of 14 pixels, 4 image tokens."""
+
+
+def picture_records(folder: Path, count: int, seed: int) -> list[dict]:
+    """`count` chats asking which fruit a picture shows, their pictures written to `folder` (one PNG per
+    colour); the image parts name them relative to `folder`, where the data file goes."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for colour, (rgb, _) in FRUITS_BY_COLOUR.items():
+        Image.new("RGB", PICTURE_SIZE, rgb).save(folder / f"{colour}.png")
+    rng = random.Random(seed)
+    records = []
+    for _ in range(count):
+        colour = rng.choice(list(FRUITS_BY_COLOUR))
+        fruit = _draw(rng, FRUITS_BY_COLOUR[colour][1])
+        question = [
+            {"type": "image", "image": f"{colour}.png"},
+            {"type": "text", "text": "Which fruit is this?"},
+        ]
+        records.append(
+            {
+                "messages": [
+                    {"role": "user", "content": question},
+                    {"role": "assistant", "content": f"It is a {fruit}."},
+                ]
+            }
+        )
+    return records
+
+
+def picture_texts() -> list[str]:
+    """Every text the picture chats hold, to build a tokenizer that covers them."""
+    fruits = [fruit for _, spread in FRUITS_BY_COLOUR.values() for fruit in spread]
+    return ["Which fruit is this?", *(f"It is a {fruit}." for fruit in fruits)]

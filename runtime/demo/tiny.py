@@ -153,8 +153,9 @@ def build_vlm(
 
     images = build_image_processor()
     ids = {token: tokenizer.convert_tokens_to_ids(token) for token in VISION_TOKENS}
-    # mRoPE splits each head's rotary half into temporal, height and width sections.
-    half = shape.head_dim // 2
+    # mRoPE splits each head's rotary half into temporal, height and width sections. Qwen2-VL's heads are
+    # hidden_size / heads wide whatever `head_dim` says.
+    half = shape.hidden_size // shape.num_attention_heads // 2
     sections = [half - 2 * (half // 3), half // 3, half // 3]
     config = Qwen2VLConfig(
         text_config={

@@ -14,7 +14,13 @@ from safetensors import safe_open
 from kubedistill.api.spec import Precision
 
 HEAD_NAMES = ("lm_head.weight",)
-TIED_HEAD_NAMES = ("model.embed_tokens.weight", "embed_tokens.weight", "transformer.wte.weight")
+TIED_HEAD_NAMES = (
+    "model.embed_tokens.weight",
+    "embed_tokens.weight",
+    "transformer.wte.weight",
+    # Vision-language models (Qwen2-VL and later in transformers 5): the language model sits in `model`.
+    "model.language_model.embed_tokens.weight",
+)
 
 
 def compute_dtype(precision: Precision) -> torch.dtype:
@@ -28,9 +34,18 @@ def load_tokenizer(path: str):
 
 
 def load_causal_lm(path: str, dtype: torch.dtype = torch.float32) -> "PreTrainedModel":
-    from transformers import AutoModelForCausalLM
+    """The model at `path` with its output head: a causal LM, or a vision-language model (its config has a
+    `vision_config`), which transformers loads through `AutoModelForImageTextToText`, not the causal-LM
+    class."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
 
-    return AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    config = AutoConfig.from_pretrained(path)
+    auto = (
+        AutoModelForImageTextToText
+        if getattr(config, "vision_config", None) is not None
+        else AutoModelForCausalLM
+    )
+    return auto.from_pretrained(path, dtype=dtype)
 
 
 def copy_named_tensors(model: torch.nn.Module, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
@@ -52,7 +67,10 @@ def load_lm_head_weight(path: str, dtype: torch.dtype = torch.float32) -> torch.
     """
     directory = _local_directory(path)
     config = json.loads((directory / "config.json").read_text(encoding="utf-8"))
-    tied = bool(config.get("tie_word_embeddings", False))
+    # A vision-language config may keep the flag in its text model's part only.
+    tied = bool(
+        config.get("tie_word_embeddings", config.get("text_config", {}).get("tie_word_embeddings", False))
+    )
     names = (TIED_HEAD_NAMES + HEAD_NAMES) if tied else (HEAD_NAMES + TIED_HEAD_NAMES)
     files = _safetensors_files(directory)
     for name in names:

@@ -1,5 +1,5 @@
-"""Vision-language models: which part is the vision tower, and which parameters train when it stays fixed
-(the default issue 19 asks for; the student does not load vision-language models yet).
+"""Vision-language models: which part is the vision tower, which parameters train when it stays fixed
+(`spec.student.freezeVision`, the default), and which module turns tokens and images into hidden states.
 
 Qwen2-VL, Qwen2.5-VL and Qwen3-VL (transformers' `...ForConditionalGeneration`) hold the vision tower at
 `model.visual`, its patch merger (the projection into the language model's hidden size) included; LLaVA-style
@@ -20,6 +20,22 @@ def vision_tower(model: torch.nn.Module) -> torch.nn.Module | None:
             if isinstance(tower, torch.nn.Module):
                 return tower
     return None
+
+
+def backbone(model: torch.nn.Module) -> torch.nn.Module:
+    """The module whose output is the final, post-norm hidden states, the input of `lm_head`.
+
+    A causal LM's decoder takes tokens only; a vision-language model's inner `model` takes the images too,
+    runs the vision tower and places its output at the image tokens (its `get_decoder()` is the bare language
+    model, which would see the image tokens as text). A peft (LoRA) model is looked through to its base."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # pyright: ignore[reportCallIssue]
+    if vision_tower(base) is not None:
+        inner = getattr(base, "model", None)
+        assert isinstance(inner, torch.nn.Module), f"{type(base).__name__} has no inner model"
+        return inner
+    decoder = base.get_decoder() if hasattr(base, "get_decoder") else getattr(base, "model", None)  # pyright: ignore[reportCallIssue]
+    assert isinstance(decoder, torch.nn.Module), f"{type(base).__name__} has no decoder"
+    return decoder
 
 
 def trainable_parameters(model: torch.nn.Module, freeze_vision: bool) -> list[tuple[str, torch.nn.Parameter]]:

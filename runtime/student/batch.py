@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 import torch
 
 from kubedistill.runtime.data.batching import pad_right
+from kubedistill.runtime.data.images import batch_image_inputs
 from kubedistill.runtime.data.sample import Sample
 
 
@@ -22,6 +23,9 @@ class MicroBatch:
     """[n] the target token that follows each loss position."""
     extras: dict[str, torch.Tensor] = field(default_factory=dict)
     """The algorithm's own per-micro-batch tensors (`Algorithm.micro_batch_extras`)."""
+    images: dict[str, torch.Tensor] = field(default_factory=dict)
+    """A vision-language student's image inputs for the backbone (`data.images.batch_image_inputs`); empty
+    when no sample has images."""
 
     @property
     def num_targets(self) -> int:
@@ -62,4 +66,5 @@ class MicroBatch:
             columns=torch.tensor(columns, dtype=torch.long),
             labels=torch.tensor(labels, dtype=torch.long),
             extras=extras or {},
+            images=batch_image_inputs([s.images for s in samples], input_ids),
         )

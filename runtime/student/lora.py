@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from kubedistill.api.spec import LoraSpec
+from kubedistill.runtime.models.vision import vision_tower
 
 PEFT_PREFIX = "base_model.model."
 ADAPTER = "default"
@@ -31,9 +32,21 @@ def apply_lora(model: nn.Module, spec: LoraSpec) -> nn.Module:
         lora_alpha=spec.alpha,
         lora_dropout=spec.dropout,
         target_modules=targets,
+        # Adapters go on the language model: a vision-language model's tower sees pixels, not the text
+        # the distillation teaches (and is frozen by default).
+        exclude_modules=vision_module_names(model) or None,
         task_type="CAUSAL_LM",
     )
     return get_peft_model(model, config)
+
+
+def vision_module_names(model: nn.Module) -> list[str]:
+    """The full names of the vision tower's modules (none for a text model)."""
+    tower = vision_tower(model)
+    if tower is None:
+        return []
+    inside = {id(module) for module in tower.modules()}
+    return [name for name, module in model.named_modules() if name and id(module) in inside]
 
 
 def scaling(spec: LoraSpec) -> float:

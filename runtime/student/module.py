@@ -24,6 +24,7 @@ from kubedistill.runtime.models.roles import (
     teacher_model_path,
     teacher_tokenizer_path,
 )
+from kubedistill.runtime.models.vision import backbone, freeze_vision_tower
 from kubedistill.runtime.student.batch import MicroBatch
 from kubedistill.runtime.student.lora import apply_lora
 from kubedistill.runtime.student.parallelize import apply_fsdp, device_mesh
@@ -104,11 +105,11 @@ class DistillationModule(nn.Module):
 
     def student_hidden_states(self, batch: MicroBatch) -> torch.Tensor:
         device = self.output_head().device
-        backbone = self.student.get_decoder() if hasattr(self.student, "get_decoder") else self.student.model
-        outputs = backbone(
+        outputs = backbone(self.student)(
             input_ids=batch.input_ids.to(device),
             attention_mask=batch.attention_mask.to(device),
             use_cache=False,
+            **{name: value.to(device) for name, value in batch.images.items()},
         )
         return outputs.last_hidden_state
 
@@ -122,6 +123,8 @@ def build_module(job: DistillationJob, device: torch.device, world_size: int) ->
     spec = job.spec
     dtype = compute_dtype(spec.training.precision)
     student = load_causal_lm(spec.student.model, torch.float32)
+    if spec.student.freeze_vision:
+        freeze_vision_tower(student)
     if spec.student.gradient_checkpointing:
         student.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if spec.student.lora.rank > 0:
@@ -131,7 +134,7 @@ def build_module(job: DistillationJob, device: torch.device, world_size: int) ->
     algorithm = ALGORITHMS.get(spec.distillation.algorithm)(
         AlgorithmContext(
             config=kd_config(job),
-            student_hidden_size=int(student.config.hidden_size),
+            student_hidden_size=int(getattr(student.config, "text_config", student.config).hidden_size),
             teacher_hidden_size=None if teacher_head is None else int(teacher_head.shape[1]),
             student_tokenizer=student_tokenizer_path(job),
             teacher_tokenizer=teacher_tokenizer_path(job),

@@ -12,6 +12,7 @@ never looser than that.
 """
 
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -91,8 +92,11 @@ class WeightPublisher:
         assert teacher_head is not None, "self-distillation rebuilds teacher logits with the teacher's head"
         teacher_head.copy_(full_tensor(self._teacher.of(name, head)).to(teacher_head.dtype))
 
-    def export(self, directory: str, tokenizer: "PreTrainedTokenizerBase") -> None:
-        """Gather the full student on rank 0 and save it with its tokenizer (safetensors) (collective)."""
+    def export(
+        self, directory: str, tokenizer: "PreTrainedTokenizerBase", image_processor: Path | None = None
+    ) -> None:
+        """Gather the full student on rank 0 and save it with its tokenizer (safetensors) and, for a
+        vision-language student, its image processor's `preprocessor_config.json` (collective)."""
         state = get_model_state_dict(
             self._module, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
         )
@@ -108,6 +112,8 @@ class WeightPublisher:
             else:
                 student.save_pretrained(directory, state_dict=student_state)
             tokenizer.save_pretrained(directory)
+            if image_processor is not None:
+                shutil.copyfile(image_processor, Path(directory) / image_processor.name)
             share_exported_files(Path(directory))
         dist.barrier()
 

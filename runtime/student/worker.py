@@ -8,6 +8,7 @@ import math
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -217,7 +218,8 @@ class StudentWorker:
         self.checkpointer.load(directory)
 
     def export(self, directory: str) -> None:
-        self.publisher.export(directory, self.tokenizer)
+        processor = Path(self.job.spec.student.model) / "preprocessor_config.json"
+        self.publisher.export(directory, self.tokenizer, processor if processor.is_file() else None)
 
     def close(self) -> None:
         if dist.is_initialized():

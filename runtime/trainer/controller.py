@@ -19,12 +19,13 @@ from typing import Any
 from ray.exceptions import RayActorError
 
 from kubedistill.api import telemetry
-from kubedistill.api.job import DistillationJob
+from kubedistill.api.job import DistillationJob, SpecError
 from kubedistill.api.placement import Role
 from kubedistill.api.spec import DataSource, Mode
 from kubedistill.runtime.algorithms.base import ALGORITHMS
 from kubedistill.runtime.cluster.placement import ClusterView
 from kubedistill.runtime.data.errors import BadRecord
+from kubedistill.runtime.data.images import ImageProcessing, load_image_processing
 from kubedistill.runtime.data.load import load_samples
 from kubedistill.runtime.data.sample import Sample
 from kubedistill.runtime.models.loading import compute_dtype, load_tokenizer
@@ -91,6 +92,7 @@ class Trainer:
         self.tokenizer = load_tokenizer(student_tokenizer_path(job))
         self.algorithm = ALGORITHMS.get(self.spec.distillation.algorithm)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        self.images, self.teacher_images = self._image_processing()
         # On-policy (self-distillation too) trains on prompts; its eval data keeps the dataset's responses
         # to score.
         train_mode = Mode.ON_POLICY if self.spec.on_policy else self.spec.mode
@@ -147,8 +149,33 @@ class Trainer:
             teacher_tokenizer=teacher_tokenizer,
             field=field_path,
             cross_tokenizer=self.algorithm.cross_tokenizer,
+            images=self.images,
+            teacher_images=self.teacher_images,
         )
         return loaded.samples, loaded.bad_records
+
+    def _image_processing(self) -> tuple[ImageProcessing | None, ImageProcessing | None]:
+        """The student's image processing (None: a text model) and the teacher's, when it has its own.
+
+        A vision-language student learns from a teacher that sees the same images: a text-only teacher
+        would score the image tokens as text, so it is refused here, before any record is read."""
+        images = load_image_processing(self.spec.student.model, self.tokenizer)
+        if images is None or not has_teacher(self.job):
+            return images, None
+        teacher = teacher_spec(self.job)
+        if teacher.model is None or teacher.model == self.spec.student.model:
+            return images, None
+        teacher_images = load_image_processing(
+            teacher.model, load_tokenizer(teacher.tokenizer or teacher.model), "spec.teacher.model"
+        )
+        if teacher_images is None:
+            raise SpecError(
+                "spec.teacher.model",
+                f"the student {self.spec.student.model} is a vision-language model and the teacher "
+                f"{teacher.model} has no image processor (preprocessor_config.json); distil a "
+                "vision-language student from a vision-language teacher",
+            )
+        return images, teacher_images
 
     def run(self) -> RunResult:
         self.options.output_dir.mkdir(parents=True, exist_ok=True)

@@ -14,7 +14,12 @@ from PIL import Image
 from kubedistill.api.job import SpecError
 from kubedistill.api.spec import DataSource, Mode
 from kubedistill.runtime.data import BadRecordError, ChatTemplateError, load_samples
-from kubedistill.runtime.data.images import IMAGE_TOKEN, ImageProcessing, load_image_processing
+from kubedistill.runtime.data.images import (
+    IMAGE_TOKEN,
+    ImageProcessing,
+    batch_image_inputs,
+    load_image_processing,
+)
 from kubedistill.runtime.demo.tiny import (
     CHAT_TEMPLATE,
     TEACHER_SHAPE,
@@ -134,11 +139,10 @@ def test_the_tiny_student_runs_on_the_samples_tokens_and_images(tmp_path: Path, 
     (sample,) = load(write_data(tmp_path / "train.jsonl", [image_chat(url_part("a.png"))]), student).samples
     assert sample.images is not None
     model = AutoModelForImageTextToText.from_pretrained(models["student"])
-    inputs = {
-        name: torch.from_numpy(value) for name, value in sample.images.model_inputs(sample.input_ids).items()
-    }
+    input_ids = torch.tensor([sample.input_ids])
+    inputs = batch_image_inputs([sample.images], input_ids)
     # The model checks that the image features it makes match the image tokens in the sequence.
-    logits = model(input_ids=torch.tensor([sample.input_ids]), **inputs).logits
+    logits = model(input_ids=input_ids, **inputs).logits
     assert logits.shape[:2] == (1, len(sample.input_ids))
 
 
