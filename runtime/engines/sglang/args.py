@@ -262,6 +262,14 @@ def image_data_for(images: list[ImageInputs | None]) -> list[list[dict[str, Any]
 
 
 def _processor_output(inputs: ImageInputs) -> dict[str, Any]:
+    patches = sum(t * h * w for t, h, w in inputs.image_grid_thw)
+    if patches != len(inputs.pixel_values):
+        # SGLang would not split such an item per image (`mm_utils.py:1239-1241`) and the vision tower
+        # would read a grid that is not the pixels'.
+        raise ValueError(
+            f"image grids {list(inputs.image_grid_thw)} make {patches} patches, pixel_values has "
+            f"{len(inputs.pixel_values)}"
+        )
     # Copies: arrays that came through Ray's object store are read-only, which torch.from_numpy warns about.
     return {
         "format": PROCESSOR_OUTPUT,
