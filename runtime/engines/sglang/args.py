@@ -221,6 +221,30 @@ def rollout_input_ids(prompts: list[list[int]], samples_per_prompt: int) -> list
     return [prompt for prompt in prompts for _ in range(samples_per_prompt)]
 
 
+IMAGE_ARCHITECTURES = frozenset(
+    {
+        "Qwen2VLForConditionalGeneration",
+        "Qwen2_5_VLForConditionalGeneration",
+        "Qwen3VLForConditionalGeneration",
+    }
+)
+"""The architectures whose images `image_data_for` sends: SGLang 0.5.23 counts them multimodal
+(`multimodal_model_archs`, `srt/configs/model_config.py:2391`) and runs them through `QwenVLImageProcessor`.
+For any other model SGLang builds no multimodal processor and drops a request's `image_data` without a word
+(`srt/managers/tokenizer_manager.py:1159-1161`, then `mm_inputs = None` at `1268-1269`)."""
+
+
+def refuse_images_for(architectures: list[str], model_path: str) -> None:
+    """`ValueError` when a model of `architectures` is sent images SGLang would silently ignore."""
+    if not IMAGE_ARCHITECTURES.intersection(architectures):
+        named = ", ".join(architectures) or "no architecture"
+        raise ValueError(
+            f"a batch has images but the SGLang teacher {model_path} ({named}) is not a vision-language "
+            f"model SGLang takes images for ({', '.join(sorted(IMAGE_ARCHITECTURES))}); it would score the "
+            "image tokens without the images"
+        )
+
+
 PROCESSOR_OUTPUT = "processor_output"
 """The `format` of an `image_data` item that is an HF processor's output (SGLang 0.5.23
 `srt/multimodal/processors/base_processor.py:1061-1080`, `_get_preprocessed_input_format`)."""

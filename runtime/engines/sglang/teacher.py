@@ -24,6 +24,7 @@ from kubedistill.runtime.engines.sglang.args import (
     gather_hidden_states,
     hidden_state_sampling_params,
     image_data_for,
+    refuse_images_for,
     refuse_unusable_hidden_states,
     teacher_engine_args,
     teacher_weight_update_refusal,
@@ -48,7 +49,9 @@ class SGLangTeacher:
         from transformers import PretrainedConfig
 
         config, _ = PretrainedConfig.get_config_dict(model_path)
-        refuse_unusable_hidden_states(config.get("architectures") or [], model_path)
+        self._architectures: list[str] = config.get("architectures") or []
+        self._model_path = model_path
+        refuse_unusable_hidden_states(self._architectures, model_path)
         server_args = teacher_engine_args(
             teacher, model_path, placement, colocate=colocate, precision=precision
         )
@@ -72,12 +75,15 @@ class SGLangTeacher:
             )
         if not batch.sequences:
             return torch.empty(0, self._hidden_size, dtype=self._dtype)
+        image_data = image_data_for(batch.images)
+        if image_data is not None:
+            refuse_images_for(self._architectures, self._model_path)
         outputs = self._sglang.generate(
             input_ids=batch.sequences,
             sampling_params=hidden_state_sampling_params(),
             return_hidden_states=True,
             rid=request_ids(len(batch.sequences)),
-            image_data=image_data_for(batch.images),
+            image_data=image_data,
         )
         return gather_hidden_states(outputs, batch, self._hidden_size, self._dtype)
 

@@ -4,12 +4,16 @@ the design decision next to it must be reviewed, not just the test."""
 
 import ast
 
+import pytest
+
 from kubedistill.api.spec import Precision, RolloutSpec, TeacherSpec
 from kubedistill.runtime.engines.layout import EnginePlacement
 from kubedistill.runtime.engines.sglang.args import (
+    IMAGE_ARCHITECTURES,
     NCCL_ENVIRONMENT,
     PRE_NORM_HIDDEN_STATE_ARCHITECTURES,
     PROCESSOR_OUTPUT,
+    refuse_images_for,
     rollout_engine_args,
     teacher_engine_args,
 )
@@ -201,6 +205,22 @@ QWEN_VL_ARCHITECTURES = {
     "Qwen3VLForConditionalGeneration",
 }
 """The vision-language models `kubedistill.runtime.data.images` makes image inputs for."""
+
+
+def test_the_teacher_refuses_images_sglang_would_drop(sglang_source: SGLangSource) -> None:
+    assert IMAGE_ARCHITECTURES == QWEN_VL_ARCHITECTURES
+    tokenize = ast.unparse(
+        _function(sglang_source, "sglang.srt.managers.tokenizer_manager", "_tokenize_one_request")
+    )
+    assert "should_run_mm_processor = self.mm_processor is not None and (contains_mm_input or is_mossvl)" in (
+        tokenize
+    )
+    assert "else:\n        self.mm_processor = self.processor = None" in ast.unparse(
+        _function(sglang_source, "sglang.srt.managers.tokenizer_manager", "init_tokenizer_and_processor")
+    )
+    refuse_images_for(["Qwen2_5_VLForConditionalGeneration"], "m")
+    with pytest.raises(ValueError, match="Qwen2ForCausalLM"):
+        refuse_images_for(["Qwen2ForCausalLM"], "m")
 
 
 def test_qwen_vl_models_take_images_through_sglangs_qwen_vl_processor(sglang_source: SGLangSource) -> None:
