@@ -32,6 +32,9 @@ Facts of SGLang 0.5.23 these functions rely on (file paths inside the `sglang` p
   (node rank 0 drives them all).
 - Per-request `sampling_seed` is honoured only under `enable_deterministic_inference` (slower kernels); the
   engine-wide `random_seed` seeds sampling otherwise.
+- Images of a Qwen-VL model (Qwen2-VL, Qwen2.5-VL, Qwen3-VL: `QwenVLImageProcessor.models`,
+  `srt/multimodal/processors/qwen_vl.py:332-349`) go in as what the HF image processor made, beside
+  `input_ids` that already hold the expanded image tokens: see `image_data_for`.
 """
 
 from typing import Any
@@ -41,6 +44,7 @@ import torch
 
 from kubedistill.api.job import SpecError
 from kubedistill.api.spec import Precision, RolloutSpec, TeacherSpec
+from kubedistill.runtime.data.images import ImageInputs
 from kubedistill.runtime.engines.layout import EnginePlacement
 from kubedistill.runtime.engines.sglang.hidden_states import read_prefill_rows
 from kubedistill.runtime.rollout.backend import SamplingConfig
@@ -215,6 +219,98 @@ def rollout_input_ids(prompts: list[list[int]], samples_per_prompt: int) -> list
     alone, one after the other, and SGLang itself advises duplicating requests instead.
     """
     return [prompt for prompt in prompts for _ in range(samples_per_prompt)]
+
+
+IMAGE_ARCHITECTURES = frozenset(
+    {
+        "Qwen2VLForConditionalGeneration",
+        "Qwen2_5_VLForConditionalGeneration",
+        "Qwen3VLForConditionalGeneration",
+    }
+)
+"""The architectures whose images `image_data_for` sends: SGLang 0.5.23 counts them multimodal
+(`multimodal_model_archs`, `srt/configs/model_config.py:2391`) and runs them through `QwenVLImageProcessor`.
+For any other model SGLang builds no multimodal processor and drops a request's `image_data` without a word
+(`srt/managers/tokenizer_manager.py:1159-1161`, then `mm_inputs = None` at `1268-1269`)."""
+
+
+def refuse_images_for(architectures: list[str], model_path: str) -> None:
+    """`ValueError` when a model of `architectures` is sent images SGLang would silently ignore."""
+    if not IMAGE_ARCHITECTURES.intersection(architectures):
+        named = ", ".join(architectures) or "no architecture"
+        raise ValueError(
+            f"a batch has images but the SGLang teacher {model_path} ({named}) is not a vision-language "
+            f"model SGLang takes images for ({', '.join(sorted(IMAGE_ARCHITECTURES))}); it would score the "
+            "image tokens without the images"
+        )
+
+
+PROCESSOR_OUTPUT = "processor_output"
+"""The `format` of an `image_data` item that is an HF processor's output (SGLang 0.5.23
+`srt/multimodal/processors/base_processor.py:1061-1080`, `_get_preprocessed_input_format`)."""
+
+
+def image_data_for(images: list[ImageInputs | None]) -> list[list[dict[str, Any]]] | None:
+    """`Engine.generate`'s `image_data` for a batch whose sequences have `images` (one entry per sequence,
+    None for a sequence without images); None when no sequence has any (an empty `images` list).
+
+    Facts of SGLang 0.5.23 this relies on (paths inside the `sglang` package):
+
+    - A batch's `image_data` is one list per request; an empty list is a request without images
+      (`srt/managers/io_struct.py:645-684`, `_normalize_image_data`, and `has_valid_data`,
+      `srt/multimodal/mm_utils.py:53-58`). A request's images in the processor-output format must be
+      exactly one item (`base_processor.py:1220-1237`): one dict holding every image's patches and grids,
+      which is what `ImageInputs` is.
+    - The engine builds its multimodal processor for a multimodal model even with `skip_tokenizer_init`
+      (`srt/managers/tokenizer_manager.py:612-628`), hands it our `input_ids` when there is no text
+      (`tokenizer_manager.py:1178-1182`), and when every item is preprocessed keeps them as they are
+      (`base_processor.py:1293-1304`, the "fast path for preprocessed data"; `qwen_vl.py:1081-1089`). The
+      image tokens in them must therefore already be expanded, one per merged patch, as the HF processor
+      (and `kubedistill.runtime.data.images`) makes them: each image's item gets its `offsets` from the
+      runs of the image token in those ids (`base_processor.py:1999-2007`) and its own slice of the patches
+      from `image_grid_thw` (`srt/managers/mm_utils.py:1185-1263`, `get_new_expanded_mm_items`).
+    - A key becomes part of an image item through `ATTR_NAME_TO_MODALITY` (`pixel_values`,
+      `image_grid_thw`: `base_processor.py:420-424`); `pixel_values` is one of the `FEATURE_NAMES`
+      (`base_processor.py:456-457`) and becomes the item's `feature`, which the Qwen-VL models
+      `torch.cat` with the items' `image_grid_thw`, asserting both are 2-D (`srt/models/qwen2_vl.py:
+      499-507`; `qwen2_5_vl.py:765-790`; `qwen3_vl.py:1442-1470`): torch tensors, [patches, C*T*P*P] and
+      [images, 3]. The pixels are cast to the vision tower's dtype there, so float32 is sent as is.
+    - Positions stay ours: the scheduler replaces each image token by a pad value in place
+      (`srt/managers/schedule_batch.py:660-679`, `build_padded_input_ids`) and takes the padded ids only at
+      the request's length (`srt/managers/scheduler.py:2850-2870`), so the prefill's hidden-state row i is
+      still our token i and `gather_hidden_states` reads the same positions as for text.
+    """
+    if not any(inputs is not None for inputs in images):
+        return None
+    return [[] if inputs is None else [_processor_output(inputs)] for inputs in images]
+
+
+def _processor_output(inputs: ImageInputs) -> dict[str, Any]:
+    patches = sum(t * h * w for t, h, w in inputs.image_grid_thw)
+    if patches != len(inputs.pixel_values):
+        # SGLang would not split such an item per image (`mm_utils.py:1239-1241`) and the vision tower
+        # would read a grid that is not the pixels'.
+        raise ValueError(
+            f"image grids {list(inputs.image_grid_thw)} make {patches} patches, pixel_values has "
+            f"{len(inputs.pixel_values)}"
+        )
+    # Copies: arrays that came through Ray's object store are read-only, which torch.from_numpy warns about.
+    return {
+        "format": PROCESSOR_OUTPUT,
+        "pixel_values": torch.tensor(inputs.pixel_values, dtype=torch.float32),
+        "image_grid_thw": torch.tensor(inputs.image_grid_thw, dtype=torch.int64).reshape(-1, 3),
+    }
+
+
+def rollout_image_data(
+    images: list[ImageInputs | None] | None, samples_per_prompt: int
+) -> list[list[dict[str, Any]]] | None:
+    """`image_data` for `rollout_input_ids(prompts, samples_per_prompt)`: each prompt's entry repeated as its
+    prompt is (a dict of its own per request, the tensors shared); None when no prompt has images."""
+    per_prompt = image_data_for(images or [])
+    if per_prompt is None:
+        return None
+    return [[dict(item) for item in items] for items in per_prompt for _ in range(samples_per_prompt)]
 
 
 def output_ids(outputs: list[dict[str, Any]]) -> list[list[int]]:

@@ -89,12 +89,15 @@ class SGLangEngine:
         sampling_params: dict[str, Any],
         return_hidden_states: bool,
         rid: list[str] | None = None,
+        image_data: list[list[dict[str, Any]]] | None = None,
     ) -> list[dict[str, Any]]:
+        # image_data: `args.image_data_for` (None: no request has images, SGLang's own default).
         return self._engine.generate(
             input_ids=input_ids,
             sampling_params=sampling_params,
             return_hidden_states=return_hidden_states,
             rid=rid,
+            image_data=image_data,
         )
 
     def begin_weight_update(self) -> None:

@@ -2,9 +2,9 @@
 loaded in place after every optimizer step.
 
 Sampling follows `SamplingConfig`; each prompt is sent `samples_per_prompt` times (see
-`args.rollout_input_ids`). `SamplingConfig.seed` cannot be honoured per call: SGLang 0.5.23 reads a
-request's `sampling_seed` only with deterministic inference on (slower kernels), so the engine is seeded once,
-at construction, with `random_seed`.
+`args.rollout_input_ids`), with its images if it has any (`args.rollout_image_data`). `SamplingConfig.seed`
+cannot be honoured per call: SGLang 0.5.23 reads a request's `sampling_seed` only with deterministic inference
+on (slower kernels), so the engine is seeded once, at construction, with `random_seed`.
 
 Weights arrive one of two ways (the sequence of calls is in `kubedistill.runtime.engines.weight_sync`):
 - `begin_weight_update()`, then `update_weights(bucket)` per bucket, then `end_weight_update()`: the tensors
@@ -23,11 +23,13 @@ from operator import attrgetter
 import torch
 
 from kubedistill.api.spec import Precision, RolloutSpec
+from kubedistill.runtime.data.images import ImageInputs
 from kubedistill.runtime.engines.layout import EnginePlacement
 from kubedistill.runtime.engines.sglang.args import (
     engine_environment,
     output_ids,
     rollout_engine_args,
+    rollout_image_data,
     rollout_input_ids,
     rollout_sampling_params,
 )
@@ -60,13 +62,23 @@ class SGLangRollout:
         self._sync_group: str | None = None
         self._sglang = SGLangEngine(server_args, engine_environment(colocate=colocate))
 
-    def generate(self, prompts: list[list[int]], sampling: SamplingConfig) -> list[list[int]]:
+    def generate(
+        self,
+        prompts: list[list[int]],
+        sampling: SamplingConfig,
+        images: list[ImageInputs | None] | None = None,
+    ) -> list[list[int]]:
+        """`images`: a vision-language model's image inputs, one per prompt (None: a prompt without images),
+        for the image tokens already expanded in it; None or empty when no prompt has images."""
         if not prompts:
             return []
+        if images and len(images) != len(prompts):
+            raise ValueError(f"{len(prompts)} prompts but {len(images)} image inputs")
         outputs = self._sglang.generate(
             input_ids=rollout_input_ids(prompts, sampling.samples_per_prompt),
             sampling_params=rollout_sampling_params(sampling),
             return_hidden_states=False,
+            image_data=rollout_image_data(images, sampling.samples_per_prompt),
         )
         return output_ids(outputs)
 

@@ -3,7 +3,9 @@ scoring token ids with a whole-sequence prefill and returning the final post-nor
 
 What the hidden states are and how they come back is established from SGLang's source in
 `kubedistill.runtime.engines.sglang.args`; architectures whose states are not the input of `lm_head` are
-refused before an engine starts. A replica spanning nodes has one backend per node; only node rank 0's serves
+refused before an engine starts. A vision-language teacher's images go with their sequences in the HF
+processor's format (`args.image_data_for`); the image tokens are already in the sequences, so the hidden
+states keep our positions. A replica spanning nodes has one backend per node; only node rank 0's serves
 batches, sleeps and wakes (SGLang forwards those to every node's schedulers); the others only host ranks.
 
 sglang-router is not used: it balances HTTP servers, while these engines are in-process objects inside Ray
@@ -21,6 +23,8 @@ from kubedistill.runtime.engines.sglang.args import (
     engine_environment,
     gather_hidden_states,
     hidden_state_sampling_params,
+    image_data_for,
+    refuse_images_for,
     refuse_unusable_hidden_states,
     teacher_engine_args,
     teacher_weight_update_refusal,
@@ -45,7 +49,9 @@ class SGLangTeacher:
         from transformers import PretrainedConfig
 
         config, _ = PretrainedConfig.get_config_dict(model_path)
-        refuse_unusable_hidden_states(config.get("architectures") or [], model_path)
+        self._architectures: list[str] = config.get("architectures") or []
+        self._model_path = model_path
+        refuse_unusable_hidden_states(self._architectures, model_path)
         server_args = teacher_engine_args(
             teacher, model_path, placement, colocate=colocate, precision=precision
         )
@@ -69,11 +75,15 @@ class SGLangTeacher:
             )
         if not batch.sequences:
             return torch.empty(0, self._hidden_size, dtype=self._dtype)
+        image_data = image_data_for(batch.images)
+        if image_data is not None:
+            refuse_images_for(self._architectures, self._model_path)
         outputs = self._sglang.generate(
             input_ids=batch.sequences,
             sampling_params=hidden_state_sampling_params(),
             return_hidden_states=True,
             rid=request_ids(len(batch.sequences)),
+            image_data=image_data,
         )
         return gather_hidden_states(outputs, batch, self._hidden_size, self._dtype)
 

@@ -198,6 +198,101 @@ def unknown_keys(keys: set[str], known: set[str], label: str) -> list[str]:
 
 SERVER_ARG_BUILDERS = ("teacher_engine_args", "rollout_engine_args")
 SAMPLING_PARAM_BUILDERS = ("hidden_state_sampling_params", "rollout_sampling_params")
+IMAGE_ITEM_BUILDER = "_processor_output"
+IMAGE_DATA_BUILDERS = ("image_data_for", "rollout_image_data")
+MM_PROCESSOR = "sglang.srt.multimodal.processors.base_processor"
+FORMAT_KEY = "format"
+
+
+def _self_assignment(source: SGLangSource, module: str, attribute: str) -> ast.expr:
+    """The value of the one `self.<attribute> = ...` in a module."""
+    (value,) = [
+        node.value
+        for node in ast.walk(source.tree(module))
+        if isinstance(node, ast.Assign)
+        and any(ast.unparse(target) == f"self.{attribute}" for target in node.targets)
+    ]
+    return value
+
+
+def image_item_keys(source: SGLangSource) -> set[str]:
+    """Keys of a processor-output dict that SGLang puts into an image item: those `ATTR_NAME_TO_MODALITY`
+    maps to `Modality.IMAGE` (`BaseMultimodalProcessor.__init__`), read by
+    `collect_mm_items_from_processor_output`."""
+    mapping = _self_assignment(source, MM_PROCESSOR, "ATTR_NAME_TO_MODALITY")
+    if not isinstance(mapping, ast.Dict):
+        raise ValueError("ATTR_NAME_TO_MODALITY is not a dict literal")
+    return {
+        key.value
+        for key, value in zip(mapping.keys, mapping.values, strict=True)
+        if isinstance(key, ast.Constant)
+        and isinstance(key.value, str)
+        and ast.unparse(value) == "Modality.IMAGE"
+    }
+
+
+def feature_names(source: SGLangSource) -> set[str]:
+    """Keys that become an item's `feature` (what the model's vision tower reads)."""
+    return set(source.strings(MM_PROCESSOR, _self_assignment(source, MM_PROCESSOR, "FEATURE_NAMES")))
+
+
+def processor_output_formats(source: SGLangSource) -> set[str]:
+    """The `format` strings `_get_preprocessed_input_format` takes for an HF processor's output: the
+    literals of each `if` whose body returns `MultimodalInputFormat.PROCESSOR_OUTPUT`."""
+    _, cls = source.class_def(MM_PROCESSOR, "BaseMultimodalProcessor")
+    (function,) = [
+        s for s in cls.body if isinstance(s, ast.FunctionDef) and s.name == "_get_preprocessed_input_format"
+    ]
+    formats: set[str] = set()
+    for node in ast.walk(function):
+        if isinstance(node, ast.If) and any(
+            isinstance(s, ast.Return)
+            and s.value is not None
+            and ast.unparse(s.value) == "MultimodalInputFormat.PROCESSOR_OUTPUT"
+            for s in node.body
+        ):
+            formats |= {
+                c.value
+                for c in ast.walk(node.test)
+                if isinstance(c, ast.Constant) and isinstance(c.value, str)
+            }
+    return formats
+
+
+def image_item_problems(args: ast.Module, source: SGLangSource) -> list[str]:
+    """What our image item sends that SGLang would not read as a Qwen-VL image's processor output."""
+    label = f"{IMAGE_ITEM_BUILDER}: SGLang's processor output"
+    keys = literal_keys(args, IMAGE_ITEM_BUILDER)
+    problems = unknown_keys(keys - {FORMAT_KEY}, image_item_keys(source), f"{label} image keys")
+    if FORMAT_KEY not in keys:
+        problems.append(f"{label} needs a {FORMAT_KEY} key")
+    if not keys & feature_names(source):
+        problems.append(f"{label} has none of the feature keys {sorted(feature_names(source))}")
+    format_values = {
+        ast.unparse(value)
+        for node in ast.walk(args)
+        if isinstance(node, ast.Dict)
+        for key, value in zip(node.keys, node.values, strict=True)
+        if isinstance(key, ast.Constant) and key.value == FORMAT_KEY
+    }
+    if format_values != {"PROCESSOR_OUTPUT"}:
+        problems.append(f"{label}: format must be PROCESSOR_OUTPUT, is {sorted(format_values)}")
+    declared = _module_string(args, "PROCESSOR_OUTPUT")
+    if declared not in processor_output_formats(source):
+        problems.append(f"{label}: no format {declared!r} (takes {sorted(processor_output_formats(source))})")
+    return problems
+
+
+def _module_string(tree: ast.Module, name: str) -> str | None:
+    for statement in tree.body:
+        if (
+            isinstance(statement, ast.Assign)
+            and any(isinstance(t, ast.Name) and t.id == name for t in statement.targets)
+            and isinstance(statement.value, ast.Constant)
+            and isinstance(statement.value.value, str)
+        ):
+            return statement.value.value
+    return None
 
 
 def imported_from(tree: ast.Module, name: str) -> str | None:
@@ -256,4 +351,5 @@ def all_problems(source: SGLangSource) -> list[str]:
     sampling_fields = set(source.class_fields(*SAMPLING_PARAMS))
     for builder in SAMPLING_PARAM_BUILDERS:
         problems += unknown_keys(literal_keys(args, builder), sampling_fields, f"{builder}: SamplingParams")
+    problems += image_item_problems(args, source)
     return problems

@@ -4,11 +4,16 @@ the design decision next to it must be reviewed, not just the test."""
 
 import ast
 
+import pytest
+
 from kubedistill.api.spec import Precision, RolloutSpec, TeacherSpec
 from kubedistill.runtime.engines.layout import EnginePlacement
 from kubedistill.runtime.engines.sglang.args import (
+    IMAGE_ARCHITECTURES,
     NCCL_ENVIRONMENT,
     PRE_NORM_HIDDEN_STATE_ARCHITECTURES,
+    PROCESSOR_OUTPUT,
+    refuse_images_for,
     rollout_engine_args,
     teacher_engine_args,
 )
@@ -190,6 +195,136 @@ def test_pipeline_parallel_engines_relay_no_hidden_states_and_tensor_parallel_sp
     ranks = ast.unparse(_function(sglang_source, "sglang.srt.entrypoints.engine", "_calculate_rank_ranges"))
     assert "nnodes_per_pp_rank = max(nnodes // parallel.pp_size, 1)" in ranks
     assert "tp_size_per_node = parallel.tp_size // nnodes_per_tp_group" in ranks
+
+
+MM_PROCESSOR = "sglang.srt.multimodal.processors.base_processor"
+QWEN_VL_PROCESSOR = "sglang.srt.multimodal.processors.qwen_vl"
+QWEN_VL_ARCHITECTURES = {
+    "Qwen2VLForConditionalGeneration",
+    "Qwen2_5_VLForConditionalGeneration",
+    "Qwen3VLForConditionalGeneration",
+}
+"""The vision-language models `kubedistill.runtime.data.images` makes image inputs for."""
+
+
+def test_the_teacher_refuses_images_sglang_would_drop(sglang_source: SGLangSource) -> None:
+    assert IMAGE_ARCHITECTURES == QWEN_VL_ARCHITECTURES
+    tokenize = ast.unparse(
+        _function(sglang_source, "sglang.srt.managers.tokenizer_manager", "_tokenize_one_request")
+    )
+    assert "should_run_mm_processor = self.mm_processor is not None and (contains_mm_input or is_mossvl)" in (
+        tokenize
+    )
+    assert "else:\n        self.mm_processor = self.processor = None" in ast.unparse(
+        _function(sglang_source, "sglang.srt.managers.tokenizer_manager", "init_tokenizer_and_processor")
+    )
+    refuse_images_for(["Qwen2_5_VLForConditionalGeneration"], "m")
+    with pytest.raises(ValueError, match="Qwen2ForCausalLM"):
+        refuse_images_for(["Qwen2ForCausalLM"], "m")
+
+
+def test_qwen_vl_models_take_images_through_sglangs_qwen_vl_processor(sglang_source: SGLangSource) -> None:
+    _, processor = sglang_source.class_def(QWEN_VL_PROCESSOR, "QwenVLImageProcessor")
+    (models,) = [
+        s.value
+        for s in processor.body
+        if isinstance(s, ast.Assign) and any(ast.unparse(t) == "models" for t in s.targets)
+    ]
+    assert isinstance(models, ast.List)
+    assert {ast.unparse(model) for model in models.elts} >= QWEN_VL_ARCHITECTURES
+    # It is built for a multimodal model even when the engine has no tokenizer (skip_tokenizer_init).
+    init = ast.unparse(
+        _function(sglang_source, "sglang.srt.managers.tokenizer_manager", "init_tokenizer_and_processor")
+    )
+    multimodal = "if self.model_config.is_multimodal and (not get_disagg().language_model_only):"
+    assert (
+        init.index(multimodal)
+        < init.index("self.mm_processor = get_mm_processor(")
+        < init.index("if get_serving().skip_tokenizer_init:")
+    )
+    # `ModelConfig.is_multimodal` (`is_multimodal_model`) holds for the architectures of this list.
+    (archs,) = [
+        s.value
+        for s in sglang_source.tree("sglang.srt.configs.model_config").body
+        if isinstance(s, ast.Assign) and any(ast.unparse(t) == "multimodal_model_archs" for t in s.targets)
+    ]
+    multimodal_models = [e.value for e in ast.walk(archs) if isinstance(e, ast.Constant)]
+    assert set(multimodal_models) >= QWEN_VL_ARCHITECTURES
+
+
+def test_a_requests_processor_output_is_one_item_beside_its_input_ids(sglang_source: SGLangSource) -> None:
+    base = sglang_source.text(MM_PROCESSOR)
+    assert "you must pass exactly one item" in base
+    # Our input_ids reach the processor (there is no text) and come back as the request's input_ids.
+    tokenize = ast.unparse(
+        _function(sglang_source, "sglang.srt.managers.tokenizer_manager", "_tokenize_one_request")
+    )
+    assert "else input_text or input_ids" in tokenize
+    assert "input_text=mm_processor_input" in tokenize
+    assert (
+        "if mm_inputs and mm_inputs.input_ids is not None:\n            input_ids = mm_inputs.input_ids"
+        in tokenize
+    )
+    # Preprocessed items keep them as they are: no decode, no re-tokenisation, no expansion of placeholders.
+    load = ast.unparse(_function(sglang_source, MM_PROCESSOR, "load_mm_data"))
+    assert "input_ids = prompt if isinstance(prompt, list) else None" in load
+    assert (
+        "if input_ids is not None and self._all_mm_data_is_preprocessed(image_data, video_data, "
+        "audio_data):\n"
+        "        return BaseMultiModalProcessorOutput(input_text='', input_ids=input_ids,"
+    ) in load
+    combine = ast.unparse(_function(sglang_source, MM_PROCESSOR, "process_and_combine_mm_data"))
+    assert "input_ids = self._ensure_input_ids_is_tensor(base_output.input_ids)" in combine
+    assert "if input_format == MultimodalInputFormat.PROCESSOR_OUTPUT:" in combine
+    assert "items = self.collect_mm_items_from_processor_output(dict_item)" in combine
+    # Each image's span is a run of the image token in those ids: the tokens must already be expanded.
+    assert "mm_item.offsets = self.get_mm_item_offsets(input_ids=input_ids" in combine
+    qwen = ast.unparse(_function(sglang_source, QWEN_VL_PROCESSOR, "_process_mm_data_uncached"))
+    assert (
+        "if isinstance(base_input_ids, list) and len(base_input_ids) == input_ids.numel():\n"
+        "        input_ids_list = base_input_ids"
+    ) in qwen
+    assert "return MultimodalProcessorOutput(input_ids=input_ids_list" in qwen
+    assert PROCESSOR_OUTPUT == "processor_output"  # the format checked in test_signatures
+
+
+def test_image_tokens_keep_their_positions_so_hidden_states_stay_ours(sglang_source: SGLangSource) -> None:
+    pad = ast.unparse(
+        _function(sglang_source, "sglang.srt.managers.schedule_batch", "build_padded_input_ids")
+    )
+    assert "padded_input_ids[start:end + 1] = item.padding_sequence(end - start + 1)" in pad
+    apply = ast.unparse(
+        _function(sglang_source, "sglang.srt.managers.scheduler", "_try_apply_padded_mm_input_ids")
+    )
+    assert "if len(padded_input_ids) != recv_input_len:\n        return False" in apply
+
+
+def test_a_processor_outputs_images_are_split_by_their_grids(sglang_source: SGLangSource) -> None:
+    split = ast.unparse(_function(sglang_source, "sglang.srt.managers.mm_utils", "get_new_expanded_mm_items"))
+    assert "image_grid_thw = item.model_specific_data.get('image_grid_thw')" in split
+    assert "if not _is_rank2_grid(image_grid_thw):" in split
+    assert (
+        "if feature_len is None or slice_indices[-1] != feature_len:\n"
+        "                    expanded_mm_items.append(item)" in split
+    )
+
+
+def test_qwen_vl_models_read_the_feature_and_grids_as_tensors(sglang_source: SGLangSource) -> None:
+    grids = "image_grid_thw = torch.concat([item.image_grid_thw for item in items], dim=0)"
+    pixels = "pixel_values = torch.cat([item.feature for item in items], dim=0).type(self.visual.dtype)"
+    for module in ("sglang.srt.models.qwen2_vl", "sglang.srt.models.qwen2_5_vl"):
+        feature = ast.unparse(_function(sglang_source, module, "get_image_feature"))
+        assert grids in feature and pixels in feature, module
+    qwen3 = "sglang.srt.models.qwen3_vl"
+    assert grids in ast.unparse(_function(sglang_source, qwen3, "get_image_feature"))
+    assert "proxy = item.feature" in ast.unparse(_function(sglang_source, qwen3, "_materialize_visual_items"))
+
+
+def test_a_request_with_no_images_is_an_empty_list(sglang_source: SGLangSource) -> None:
+    io = ast.unparse(_function(sglang_source, "sglang.srt.managers.io_struct", "_normalize_image_data"))
+    assert "if len(self.image_data) > 0 and isinstance(self.image_data[0], list):" in io
+    valid = ast.unparse(_function(sglang_source, "sglang.srt.multimodal.mm_utils", "has_valid_data"))
+    assert "return any((has_valid_data(item) for item in flatten_nested_list(data)))" in valid
 
 
 def _entry_classes(tree: ast.Module) -> set[str]:

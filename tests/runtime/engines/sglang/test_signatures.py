@@ -21,6 +21,7 @@ from tests.runtime.engines.sglang.our_usage import (
     ARGS_MODULE,
     BACKEND_MODULES,
     ENGINE_MODULE,
+    IMAGE_DATA_BUILDERS,
     SAMPLING_PARAM_BUILDERS,
     SAMPLING_PARAMS,
     SERVER_ARG_BUILDERS,
@@ -29,6 +30,7 @@ from tests.runtime.engines.sglang.our_usage import (
     calls_of,
     engine_call_problems,
     engine_calls,
+    image_item_problems,
     literal_keys,
     method_calls,
     origins,
@@ -97,6 +99,65 @@ def test_every_request_carries_checked_sampling_params() -> None:
     ]
     assert len(calls) == len(BACKEND_MODULES)
     assert {called_name(value) for value in passed} == set(SAMPLING_PARAM_BUILDERS)
+
+
+def test_images_reach_sglang_only_from_the_checked_image_data_builders() -> None:
+    calls = [call for path in BACKEND_MODULES for call in method_calls(parse(path), "_sglang", "generate")]
+    passed = [keyword.value for call in calls for keyword in call.keywords if keyword.arg == "image_data"]
+    assert len(passed) == len(calls)
+    found = {
+        origin
+        for path in BACKEND_MODULES
+        for call in method_calls(parse(path), "_sglang", "generate")
+        for keyword in call.keywords
+        if keyword.arg == "image_data"
+        for origin in origins(parse(path), keyword.value)
+    }
+    assert found == set(IMAGE_DATA_BUILDERS)
+    (forwarded,) = [
+        keyword.value
+        for call in engine_calls(parse(ENGINE_MODULE))
+        if isinstance(call.func, ast.Attribute) and call.func.attr == "generate"
+        for keyword in call.keywords
+        if keyword.arg == "image_data"
+    ]
+    assert ast.unparse(forwarded) == "image_data"
+
+
+def test_our_image_item_is_a_processor_output_sglang_reads(sglang_source: SGLangSource) -> None:
+    assert image_item_problems(parse(ARGS_MODULE), sglang_source) == []
+
+
+@pytest.mark.parametrize(
+    ("item", "caught"),
+    [
+        (
+            '{"format": PROCESSOR_OUTPUT, "pixel_value": p, "image_grid_thw": g}',
+            "image keys has no pixel_value",
+        ),
+        ('{"format": PROCESSOR_OUTPUT, "pixel_values": p, "video_grid_thw": g}', "has no video_grid_thw"),
+        ('{"pixel_values": p, "image_grid_thw": g}', "needs a format key"),
+        ('{"format": PROCESSOR_OUTPUT, "image_grid_thw": g}', "none of the feature keys"),
+        ('{"format": "processor_output", "pixel_values": p}', "format must be PROCESSOR_OUTPUT"),
+    ],
+)
+def test_a_wrong_image_item_of_ours_fails_the_check(
+    item: str, caught: str, sglang_source: SGLangSource
+) -> None:
+    args = ast.parse(
+        f'PROCESSOR_OUTPUT = "processor_output"\ndef _processor_output(inputs):\n    return {item}\n'
+    )
+    problems = image_item_problems(args, sglang_source)
+    assert any(caught in problem for problem in problems), problems
+
+
+def test_a_format_sglang_does_not_take_fails_the_check(sglang_source: SGLangSource) -> None:
+    args = ast.parse(
+        'PROCESSOR_OUTPUT = "hf_output"\n'
+        "def _processor_output(inputs):\n"
+        '    return {"format": PROCESSOR_OUTPUT, "pixel_values": p, "image_grid_thw": g}\n'
+    )
+    assert any("no format 'hf_output'" in problem for problem in image_item_problems(args, sglang_source))
 
 
 @pytest.mark.parametrize("builder", SERVER_ARG_BUILDERS)
@@ -272,6 +333,24 @@ SGLANG_RENAMES = [
         "    top_p: float = 1.0\n",
         "    nucleus_p: float = 1.0\n",
         "rollout_sampling_params: SamplingParams has no top_p",
+    ),
+    Rename(
+        "sglang/srt/multimodal/processors/base_processor.py",
+        '            "processor_output",\n        ):',
+        '            "hf_processor_output",\n        ):',
+        "_processor_output: SGLang's processor output: no format 'processor_output'",
+    ),
+    Rename(
+        "sglang/srt/multimodal/processors/base_processor.py",
+        '            "image_grid_thw": Modality.IMAGE,',
+        '            "image_grid": Modality.IMAGE,',
+        "_processor_output: SGLang's processor output image keys has no image_grid_thw",
+    ),
+    Rename(
+        "sglang/srt/multimodal/processors/base_processor.py",
+        '            "pixel_values",\n            "pixel_values_videos",',
+        '            "pixel_values_videos",',
+        "_processor_output: SGLang's processor output has none of the feature keys",
     ),
     Rename(
         "sglang/srt/utils/common.py",
