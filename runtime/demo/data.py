@@ -91,10 +91,10 @@ def write_jsonl(path: Path, records: list[dict]) -> Path:
 # -- chats about pictures (vision-language models) ---------------------------------------------------------
 
 FRUITS_BY_COLOUR = {
-    "red": ((200, 30, 30), {"apple": 0.6, "cherry": 0.4}),
+    "red": ((230, 20, 20), {"apple": 0.6, "cherry": 0.4}),
     "yellow": ((230, 210, 40), {"banana": 0.5, "lemon": 0.5}),
     "green": ((40, 170, 60), {"pear": 0.6, "melon": 0.4}),
-    "purple": ((120, 40, 150), {"grape": 0.5, "plum": 0.5}),
+    "purple": ((70, 0, 210), {"grape": 0.5, "plum": 0.5}),
 }
 """The picture's colour decides which fruits it may show; which one a record names is drawn, so only a
 teacher that saw many records knows the spread."""
@@ -105,11 +105,16 @@ PICTURE_SIZE = (56, 56)
 def picture_records(folder: Path, count: int, seed: int) -> list[dict]:
     """`count` chats asking which fruit a picture shows, their pictures written to `folder` (one PNG per
     colour); the image parts name them relative to `folder`, where the data file goes."""
+    import numpy as np
     from PIL import Image
 
     folder.mkdir(parents=True, exist_ok=True)
-    for colour, (rgb, _) in FRUITS_BY_COLOUR.items():
-        Image.new("RGB", PICTURE_SIZE, rgb).save(folder / f"{colour}.png")
+    for index, (colour, (rgb, _)) in enumerate(FRUITS_BY_COLOUR.items()):
+        # Speckled, not flat: the vision tower normalises each patch, which would wash a flat colour's
+        # patches towards one another.
+        speckle = np.random.default_rng(index).integers(-60, 60, (*PICTURE_SIZE, 3))
+        pixels = np.clip(np.asarray(rgb) + speckle, 0, 255).astype(np.uint8)
+        Image.fromarray(pixels, "RGB").save(folder / f"{colour}.png")
     rng = random.Random(seed)
     records = []
     for _ in range(count):

@@ -6,6 +6,7 @@ from typing import Protocol
 
 import torch
 
+from kubedistill.runtime.data.images import ImageInputs
 from kubedistill.runtime.engines.weight_sync import TensorMeta, WeightSyncGroup
 
 
@@ -21,9 +22,15 @@ class SamplingConfig:
 class RolloutBackend(Protocol):
     """One generation engine. Implementations: transformers (CPU/GPU) and SGLang (GPU)."""
 
-    def generate(self, prompts: list[list[int]], sampling: SamplingConfig) -> list[list[int]]:
+    def generate(
+        self,
+        prompts: list[list[int]],
+        sampling: SamplingConfig,
+        images: list[ImageInputs | None] | None = None,
+    ) -> list[list[int]]:
         """Response token ids, `samples_per_prompt` per prompt, prompt-major, without the prompt; a
-        response ends with the end-of-sequence token unless it was cut at `max_new_tokens`."""
+        response ends with the end-of-sequence token unless it was cut at `max_new_tokens`. `images`: a
+        vision-language model's image inputs, one per prompt (None: a prompt without images)."""
         ...
 
     def begin_weight_update(self) -> None:

@@ -6,6 +6,7 @@ from kubedistill.api.job import DistillationJob, SpecError
 from kubedistill.api.placement import Role
 from kubedistill.api.spec import Backend
 from kubedistill.runtime.cluster.placement import ClusterView
+from kubedistill.runtime.data.images import ImageInputs
 from kubedistill.runtime.engines.group import EngineActorGroup, start_engine_actors
 from kubedistill.runtime.engines.layout import resolve_backend
 from kubedistill.runtime.rollout.actor import RolloutActor
@@ -32,19 +33,27 @@ class RolloutActorGroup(EngineActorGroup):
             )
         )
 
-    def generate(self, prompts: list[list[int]], sampling: SamplingConfig) -> list[list[int]]:
-        """`samples_per_prompt` responses per prompt, prompt-major, in the prompts' order.
+    def generate(
+        self,
+        prompts: list[list[int]],
+        sampling: SamplingConfig,
+        images: list[ImageInputs | None] | None = None,
+    ) -> list[list[int]]:
+        """`samples_per_prompt` responses per prompt, prompt-major, in the prompts' order; `images`, one
+        per prompt, go with their prompts.
 
         Engine e gets the contiguous slice e of the prompts, with its own seed derived from the round's.
         """
         engines = len(self.actors)
         size = -(-len(prompts) // engines)
-        slices = [prompts[e * size : (e + 1) * size] for e in range(engines)]
+        slices = [slice(e * size, (e + 1) * size) for e in range(engines)]
         refs = [
             actor.generate.remote(
-                part, SamplingConfig(**{**sampling.__dict__, "seed": sampling.seed * 1000 + e})
+                prompts[part],
+                SamplingConfig(**{**sampling.__dict__, "seed": sampling.seed * 1000 + e}),
+                None if images is None else images[part],
             )
             for e, (actor, part) in enumerate(zip(self.actors, slices, strict=True))
-            if part
+            if prompts[part]
         ]
         return [response for part in ray.get(refs) for response in part]

@@ -260,7 +260,8 @@ class Training:
         self.kd = kd_config(self.job)
         self.gpus = gpu_policy(groups)
         self.source = self._source()
-        probe = Probe(list(trainer.train[0].input_ids), self._probe_tokens(), trainer.tokenizer.decode)
+        first = trainer.train[0]
+        probe = Probe(list(first.input_ids), self._probe_tokens(), trainer.tokenizer.decode, first.images)
         self.followers = followers_of(groups, self.source, self.gpus, probe)
         self.gpus.start()
         self.planner = trainer.planner(groups)

@@ -10,6 +10,7 @@ from typing import Protocol
 
 from kubedistill.api.placement import Role
 from kubedistill.api.spec import Mode
+from kubedistill.runtime.data.images import ImageInputs
 from kubedistill.runtime.rollout.backend import SamplingConfig
 from kubedistill.runtime.rollout.group import RolloutActorGroup
 from kubedistill.runtime.trainer.checkpoints import TrainerState
@@ -68,7 +69,8 @@ class RolloutEngines:
     def sync(self, step: int) -> list[Record]:
         self.restore()
         with self._gpus.turn(self._rollout):
-            response = self._rollout.generate([self._probe.prompt], self._probe.sampling)[0]
+            images = None if self._probe.images is None else [self._probe.images]
+            response = self._rollout.generate([self._probe.prompt], self._probe.sampling, images)[0]
         return [ProbeRecord(step, self._probe.decode(response))]
 
     def restore(self) -> None:
@@ -87,8 +89,12 @@ class RolloutEngines:
 class Probe:
     """The student's greedy answer to the first training prompt after each rollout sync."""
 
-    def __init__(self, prompt: list[int], max_new_tokens: int, decode: "Decode") -> None:
+    def __init__(
+        self, prompt: list[int], max_new_tokens: int, decode: "Decode", images: ImageInputs | None = None
+    ) -> None:
         self.prompt = prompt
+        self.images = images
+        """The prompt's pictures (a vision-language student)."""
         self.sampling = SamplingConfig(
             max_new_tokens=max_new_tokens, temperature=0.0, top_p=1.0, samples_per_prompt=1, seed=0
         )

@@ -159,6 +159,7 @@ class RolloutBatches:
     def _generate_responses(self, prompts: list[Sample], epoch: int, index: int) -> list[list[int]]:
         rollout = self._spec.rollout
         assert rollout is not None
+        images = [p.images for p in prompts] if any(p.images is not None for p in prompts) else None
         return self._rollout.generate(
             [list(p.input_ids) for p in prompts],
             SamplingConfig(
@@ -169,6 +170,7 @@ class RolloutBatches:
                 # A round's samples depend on the seed and the weights only, so a resumed job redraws them.
                 seed=self._spec.training.seed + epoch * self.rounds_per_epoch + index,
             ),
+            images,
         )
 
 
@@ -189,4 +191,5 @@ def with_response(prompt: Sample, response: list[int], max_length: int) -> Sampl
         prompt_length=len(prompt.input_ids),
         teacher_input_ids=teacher_ids,
         teacher_target_mask=teacher_mask,
+        images=prompt.images,
     )

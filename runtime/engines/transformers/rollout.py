@@ -2,6 +2,7 @@
 
 import torch
 
+from kubedistill.runtime.data.images import ImageInputs, batch_image_inputs
 from kubedistill.runtime.engines.transformers.model import TransformersEngine
 from kubedistill.runtime.models.loading import load_tokenizer
 from kubedistill.runtime.rollout.backend import SamplingConfig
@@ -15,21 +16,35 @@ class TransformersRollout(TransformersEngine):
         self._pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self._eos
 
     @torch.inference_mode()
-    def generate(self, prompts: list[list[int]], sampling: SamplingConfig) -> list[list[int]]:
+    def generate(
+        self,
+        prompts: list[list[int]],
+        sampling: SamplingConfig,
+        images: list[ImageInputs | None] | None = None,
+    ) -> list[list[int]]:
         self._check_awake()
         generator_seed = torch.initial_seed()
         torch.manual_seed(sampling.seed)
+        each = images if images is not None else [None] * len(prompts)
         try:
-            return [response for prompt in prompts for response in self._sample(prompt, sampling)]
+            return [
+                response
+                for prompt, inputs in zip(prompts, each, strict=True)
+                for response in self._sample(prompt, sampling, inputs)
+            ]
         finally:
             torch.manual_seed(generator_seed)
 
-    def _sample(self, prompt: list[int], sampling: SamplingConfig) -> list[list[int]]:
+    def _sample(
+        self, prompt: list[int], sampling: SamplingConfig, images: ImageInputs | None
+    ) -> list[list[int]]:
         # One prompt at a time: no padding, so a prompt's samples do not depend on what it is batched with.
         input_ids = torch.tensor([prompt], dtype=torch.long, device=self._device)
+        pictures = batch_image_inputs([images], input_ids)
         greedy = sampling.temperature == 0
         outputs = self._model.generate(
             input_ids=input_ids,
+            **{name: value.to(self._device) for name, value in pictures.items()},
             attention_mask=torch.ones_like(input_ids),
             do_sample=not greedy,
             temperature=None if greedy else sampling.temperature,

@@ -23,7 +23,7 @@ SHAPE = TinyShape(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num
 @pytest.fixture(scope="module")
 def vlm(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("vision-teacher")
-    return save_tiny_vlm(root / "teacher", build_vlm_tokenizer(picture_texts(), vocab_size=160), SHAPE)
+    return save_tiny_vlm(root / "teacher", build_vlm_tokenizer(picture_texts(), vocab_size=600), SHAPE)
 
 
 def samples(vlm: Path, folder: Path, count: int = 4) -> list[Sample]:
