@@ -20,8 +20,17 @@ from typing import TYPE_CHECKING, Any
 from rich.console import Console
 from rich.table import Table
 
-from kubedistill.runtime.demo.data import chat_records, write_jsonl
-from kubedistill.runtime.demo.tiny import STUDENT_SHAPE, TEACHER_SHAPE, build_tokenizer, save_tiny
+from kubedistill.runtime.demo.data import chat_records, picture_records, picture_texts, write_jsonl
+from kubedistill.runtime.demo.tiny import (
+    STUDENT_SHAPE,
+    TEACHER_SHAPE,
+    VLM_STUDENT_SHAPE,
+    VLM_TEACHER_SHAPE,
+    build_tokenizer,
+    build_vlm_tokenizer,
+    save_tiny,
+    save_tiny_vlm,
+)
 
 if TYPE_CHECKING:
     from kubedistill.api.job import DistillationJob
@@ -32,6 +41,7 @@ STUDENT_RECORDS = 256
 rest, which is where it beats fine-tuning on the same few records."""
 EVAL_RECORDS = 256
 JOBS = ("teacher-sft", "offpolicy", "student-sft")
+PICTURE_RECORDS = 128
 
 
 @dataclass(frozen=True)
@@ -58,6 +68,11 @@ class Assets:
     def student_init(self) -> Path:
         return self.root / "assets" / "student-init"
 
+    @property
+    def pictures(self) -> Path:
+        """The picture chats' tokenizer-sharing tiny VLMs and data (`examples/local/pictures-*.yaml`)."""
+        return self.root / "assets" / "pictures"
+
     def run_dir(self, job: str) -> Path:
         return self.root / "runs" / job
 
@@ -65,6 +80,7 @@ class Assets:
 def prepare(root: Path, seed: int = 0) -> Assets:
     """Write the data, tokenizer and initial models (idempotent: existing assets are kept)."""
     assets = Assets(root)
+    prepare_pictures(assets.pictures, seed)
     if assets.student_init.joinpath("config.json").exists():
         return assets
     train = chat_records(TRAIN_RECORDS, seed)
@@ -77,6 +93,18 @@ def prepare(root: Path, seed: int = 0) -> Assets:
     save_tiny(assets.teacher_init, tokenizer, TEACHER_SHAPE, seed=seed)
     save_tiny(assets.student_init, tokenizer, STUDENT_SHAPE, seed=seed + 1)
     return assets
+
+
+def prepare_pictures(folder: Path, seed: int = 0) -> None:
+    """Tiny Qwen2-VL teacher and student (random weights, one tokenizer) and chats about pictures, for the
+    vision-language examples; `make demo` writes them but does not train on them. Idempotent."""
+    if (folder / "student-init" / "config.json").exists():
+        return
+    write_jsonl(folder / "data" / "train.jsonl", picture_records(folder / "data", PICTURE_RECORDS, seed))
+    write_jsonl(folder / "data" / "eval.jsonl", picture_records(folder / "data", 32, seed + 1))
+    tokenizer = build_vlm_tokenizer(picture_texts(), vocab_size=600)
+    save_tiny_vlm(folder / "teacher-init", tokenizer, VLM_TEACHER_SHAPE, seed=seed)
+    save_tiny_vlm(folder / "student-init", tokenizer, VLM_STUDENT_SHAPE, seed=seed + 1)
 
 
 def run(root: Path, examples: Path, console: Console | None = None) -> dict[str, Any]:

@@ -113,6 +113,13 @@ VLM_CHAT_TEMPLATE = (
     "{%- endfor %}"
     "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
 )
+VLM_TEACHER_SHAPE = TinyShape(
+    hidden_size=48, intermediate_size=96, num_hidden_layers=2, tie_word_embeddings=False
+)
+VLM_STUDENT_SHAPE = TinyShape(
+    hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1
+)
+"""The picture chats' teacher and student (`demo.data.picture_records`): a minute's training on two cores."""
 # The smallest image the processor takes is 56x56 pixels (patch 14, merged 2x2): 4x4 patches, 4 tokens. The
 # upper bound keeps test images to a few dozen tokens.
 TINY_MIN_PIXELS = 56 * 56

@@ -14,6 +14,14 @@ class TransformersRollout(TransformersEngine):
         tokenizer = load_tokenizer(model_path)
         self._eos = tokenizer.eos_token_id
         self._pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self._eos
+        config = self._model.config
+        # A vision-language model's placeholders stand for pixels: a response is text, so they are never
+        # sampled (an image token in a response would have no image behind it).
+        self._suppressed = [
+            int(token)
+            for token in (getattr(config, "image_token_id", None), getattr(config, "video_token_id", None))
+            if token is not None
+        ] or None
 
     @torch.inference_mode()
     def generate(
@@ -54,6 +62,7 @@ class TransformersRollout(TransformersEngine):
             num_return_sequences=sampling.samples_per_prompt,
             eos_token_id=self._eos,
             pad_token_id=self._pad,
+            suppress_tokens=self._suppressed,
         )
         return [_until_eos(row[len(prompt) :].tolist(), self._eos) for row in outputs]
 

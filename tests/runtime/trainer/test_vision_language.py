@@ -1,7 +1,8 @@
 """Vision-language distillation end to end: tiny Qwen2-VL teacher and students, pictures written here, real
 Ray actors, FSDP2 over two ranks, the transformers teacher.
 
-The teacher is fine-tuned on the picture chats first, so it knows which fruits a colour may show and how
+The models and data are the ones `make demo` writes for the local vision-language examples. The teacher is
+fine-tuned on the picture chats first, so it knows which fruits a colour may show and how
 often; each record names one. A student distilled from it then sits closer to it on held-out chats than the
 same student fine-tuned on the same records, steps and settings: the measure the issue asks for.
 """
@@ -12,14 +13,15 @@ from typing import Any
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 
 from kubedistill.api import parse_job
 from kubedistill.api.spec import DataSource, DataSpec, Mode
 from kubedistill.runtime.data import load_samples
 from kubedistill.runtime.data.images import load_image_processing
-from kubedistill.runtime.demo.data import FRUITS_BY_COLOUR, picture_records, picture_texts, write_jsonl
-from kubedistill.runtime.demo.tiny import TinyShape, build_vlm_tokenizer, save_tiny_vlm
+from kubedistill.runtime.demo.data import FRUITS_BY_COLOUR, write_jsonl
+from kubedistill.runtime.demo.run import Assets, prepare_pictures
 from kubedistill.runtime.engines.transformers.rollout import TransformersRollout
 from kubedistill.runtime.models.loading import load_tokenizer
 from kubedistill.runtime.rollout.backend import SamplingConfig
@@ -27,63 +29,43 @@ from kubedistill.runtime.trainer.controller import RunOptions, Trainer
 from kubedistill.runtime.trainer.records import read_records
 
 ASK = {"type": "text", "text": "Which fruit is this?"}
-TEACHER = TinyShape(hidden_size=48, intermediate_size=96, num_hidden_layers=2, tie_word_embeddings=False)
-STUDENT = TinyShape(
-    hidden_size=32,
-    intermediate_size=64,
-    num_hidden_layers=1,
-    num_attention_heads=2,
-    num_key_value_heads=1,
-    head_dim=16,
-)
+
+
+EXAMPLES = Path(__file__).parents[3] / "examples" / "local"
 
 
 @pytest.fixture(scope="module")
 def pictures(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("vlm")
-    tokenizer = build_vlm_tokenizer(picture_texts(), vocab_size=600)
+    assets = Assets(root / "demo-output")
+    prepare_pictures(assets.pictures)
     return {
         "root": root,
-        "teacher": save_tiny_vlm(root / "teacher", tokenizer, TEACHER, seed=0),
-        "student": save_tiny_vlm(root / "student", tokenizer, STUDENT, seed=1),
-        "train": write_jsonl(root / "data" / "train.jsonl", picture_records(root / "data", 128, seed=0)),
-        "eval": write_jsonl(root / "data" / "eval.jsonl", picture_records(root / "data", 32, seed=1)),
+        "teacher": assets.pictures / "teacher-init",
+        "student": assets.pictures / "student-init",
+        "train": assets.pictures / "data" / "train.jsonl",
+        "eval": assets.pictures / "data" / "eval.jsonl",
     }
+
+
+def example(pictures: dict[str, Path], name: str) -> dict[str, Any]:
+    """A local example as `kubedistill run` reads it from the directory `make demo` ran in."""
+    text = (EXAMPLES / f"{name}.yaml").read_text(encoding="utf-8")
+    return yaml.safe_load(text.replace("demo-output/", f"{pictures['root']}/demo-output/"))
 
 
 def vlm_job(pictures: dict[str, Path], name: str, **spec: Any) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "mode": "offPolicy",
-        "teacher": {"model": str(pictures["teacher"]), "backend": "transformers"},
-        "student": {"model": str(pictures["student"]), "replicas": 1, "gradientCheckpointing": False},
-        "distillation": {"loss": "fkl", "kdRatio": 1.0},
-        "data": {
-            "train": {"path": str(pictures["train"])},
-            "eval": {"path": str(pictures["eval"])},
-            "maxLength": 64,
-            "promptMaxLength": 48,
-        },
-        "training": {
-            "epochs": 5,
-            "globalBatchSize": 16,
-            "microBatchSize": 8,
-            "learningRate": 2.0e-2,
-            "warmupRatio": 0.0,
-            "precision": "fp32",
-            "seed": 3,
-        },
-    }
+    """The distillation example (`pictures-offpolicy.yaml`) with `spec`'s sections merged in (None: left
+    out), under its own name."""
+    manifest = example(pictures, "pictures-offpolicy")
+    body = manifest["spec"]
     for section, value in spec.items():
         if value is None:
             body.pop(section)
         else:
             body[section] = {**body[section], **value} if isinstance(body.get(section), dict) else value
-    return {
-        "apiVersion": "kubedistill.io/v1alpha1",
-        "kind": "DistillationJob",
-        "metadata": {"name": name},
-        "spec": body,
-    }
+    manifest["metadata"]["name"] = name
+    return manifest
 
 
 def run(manifest: dict[str, Any], output: Path) -> dict[str, Any]:
@@ -99,30 +81,23 @@ def run(manifest: dict[str, Any], output: Path) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def trained_teacher(pictures: dict[str, Path], ray_session: None) -> Path:
-    """The teacher fine-tuned on the picture chats (its vision tower trains too: freezeVision false)."""
-    output = pictures["root"] / "teacher-sft"
-    manifest = vlm_job(
-        pictures,
-        "vlm-teacher",
-        mode="sft",
-        teacher=None,
-        student={"model": str(pictures["teacher"]), "freezeVision": False},
-        training={"epochs": 12, "learningRate": 1.0e-2},
-    )
-    run(manifest, output)
-    return output
+    """The teacher fine-tuned on the picture chats by the example (its vision tower trains too)."""
+    manifest = example(pictures, "pictures-teacher-sft")
+    run(manifest, Path(manifest["spec"]["output"]["path"]))
+    return Path(manifest["spec"]["output"]["path"])
 
 
 def test_a_distilled_vision_language_student_ends_closer_to_its_teacher_than_fine_tuning(
     pictures: dict[str, Path], trained_teacher: Path
 ) -> None:
-    teacher = {"model": str(trained_teacher)}
     distilled = pictures["root"] / "distilled"
     baseline = pictures["root"] / "sft"
-    summary = run(vlm_job(pictures, "vlm-kd", teacher=teacher, student={"replicas": 2}), distilled)
+    manifest = example(pictures, "pictures-offpolicy")
+    assert manifest["spec"]["teacher"]["model"] == str(trained_teacher)
+    summary = run(manifest, distilled)
     run(vlm_job(pictures, "vlm-sft", mode="sft", teacher=None), baseline)
 
-    template = parse_job(vlm_job(pictures, "vlm-eval", teacher=teacher))
+    template = parse_job(manifest)
     options = RunOptions(
         output_dir=pictures["root"] / "eval", metrics_port=0, progress=False, print_summary=False
     )
@@ -162,7 +137,7 @@ def test_the_rollout_answers_what_the_picture_shows(pictures: dict[str, Path], t
         }
         for colour in FRUITS_BY_COLOUR
     }
-    data = write_jsonl(pictures["root"] / "data" / "prompts.jsonl", list(chats.values()))
+    data = write_jsonl(pictures["train"].parent / "prompts.jsonl", list(chats.values()))
     prompts = load_samples(
         DataSource(path=str(data)),
         DataSpec.model_validate({"train": {"path": str(data)}}),
