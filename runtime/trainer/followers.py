@@ -69,7 +69,9 @@ class RolloutEngines:
     def sync(self, step: int) -> list[Record]:
         self.restore()
         with self._gpus.turn(self._rollout):
-            images = None if self._probe.images is None else [self._probe.images]
+            images: list[ImageInputs | None] | None = (
+                None if self._probe.images is None else [self._probe.images]
+            )
             response = self._rollout.generate([self._probe.prompt], self._probe.sampling, images)[0]
         return [ProbeRecord(step, self._probe.decode(response))]
 
