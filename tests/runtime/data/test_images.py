@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -308,3 +309,34 @@ def test_a_chat_template_that_cannot_render_images_is_refused_as_the_templates_f
     source = write_data(tmp_path / "train.jsonl", [image_chat(url_part("a.png"))])
     with pytest.raises(ChatTemplateError, match=rf"train\.jsonl:1: the chat template {re.escape(problem)}"):
         load_samples(source, spec(source), text_only, mode=Mode.OFF_POLICY, images=images)
+
+
+def test_a_batch_keeps_each_rows_pictures_with_it_and_marks_only_their_tokens(
+    tmp_path: Path, student
+) -> None:
+    write_image(tmp_path / "a.png")
+    write_image(tmp_path / "b.png", size=(112, 56), color=(0, 0, 200))
+    text_chat = {"messages": [{"role": "user", "content": ASK}, {"role": "assistant", "content": ANSWER}]}
+    records = [image_chat(url_part("a.png")), text_chat]
+    records.append(image_chat(url_part("b.png"), url_part("a.png")))
+    first, text, last = load(write_data(tmp_path / "train.jsonl", records), student).samples
+    assert first.images is not None and text.images is None and last.images is not None
+    rows = [first, text, last]
+    width = max(len(sample.input_ids) for sample in rows)
+    pad = 0
+    input_ids = torch.tensor([list(s.input_ids) + [pad] * (width - len(s.input_ids)) for s in rows])
+
+    inputs = batch_image_inputs([sample.images for sample in rows], input_ids)
+
+    # Patches in row order, one grid per image: the first row's image, then the last row's two.
+    expected_pixels = [first.images.pixel_values, last.images.pixel_values]
+    assert torch.equal(inputs["pixel_values"], torch.from_numpy(np.concatenate(expected_pixels)))
+    assert inputs["image_grid_thw"].tolist() == [
+        list(g) for g in first.images.image_grid_thw + last.images.image_grid_thw
+    ]
+    marks = inputs["mm_token_type_ids"]
+    for row, sample in enumerate(rows):
+        image_tokens = [token == first.images.image_token_id for token in sample.input_ids]
+        assert marks[row, : len(sample.input_ids)].tolist() == [int(t) for t in image_tokens]
+        assert not marks[row, len(sample.input_ids) :].any(), "padding is no image token"
+    assert batch_image_inputs([text.images, None], input_ids[:2]) == {}, "a text batch runs as text"

@@ -67,3 +67,15 @@ def test_a_lora_job_trains_the_adapters_and_exports_them(
     changed = {name for name, value in trained.items() if not torch.equal(value, original[name])}
     assert changed, "the adapters changed nothing"
     assert all(("proj" in name) for name in changed), f"only adapted layers may change: {changed}"
+
+
+def test_adapters_go_on_a_vision_language_models_language_model_only(tmp_path: Path) -> None:
+    from kubedistill.runtime.demo.tiny import build_vlm_tokenizer, save_tiny_vlm
+    from kubedistill.runtime.models.vision import vision_tower
+
+    model = load_causal_lm(str(save_tiny_vlm(tmp_path / "vlm", build_vlm_tokenizer(["a picture of a cat"]))))
+    adapted = apply_lora(model, LoraSpec(rank=4, alpha=8))
+    lora = [name for name, _ in adapted.named_parameters() if "lora_A" in name]
+    assert lora and all(".visual." not in name for name in lora), lora
+    tower = vision_tower(adapted.get_base_model())
+    assert tower is not None and any(isinstance(m, torch.nn.Linear) for m in tower.modules())

@@ -17,11 +17,13 @@ import yaml
 from safetensors.torch import load_file
 
 from kubedistill.api import parse_job
+from kubedistill.api.job import SpecError
 from kubedistill.api.spec import DataSource, DataSpec, Mode
 from kubedistill.runtime.data import load_samples
 from kubedistill.runtime.data.images import load_image_processing
-from kubedistill.runtime.demo.data import FRUITS_BY_COLOUR, write_jsonl
+from kubedistill.runtime.demo.data import FRUITS_BY_COLOUR, picture_texts, write_jsonl
 from kubedistill.runtime.demo.run import Assets, prepare_pictures
+from kubedistill.runtime.demo.tiny import build_tokenizer, save_tiny
 from kubedistill.runtime.engines.transformers.rollout import TransformersRollout
 from kubedistill.runtime.models.loading import load_tokenizer
 from kubedistill.runtime.rollout.backend import SamplingConfig
@@ -176,3 +178,14 @@ def test_on_policy_the_student_learns_from_its_own_answers_to_the_pictures(
     assert summary["steps"] == 2
     probes = [record for record in read_records(output / "metrics.jsonl") if record["kind"] == "probe"]
     assert probes, "the rollout engine answered the first prompt, picture and all, after its weight sync"
+
+
+def test_a_text_only_teacher_for_a_vision_language_student_is_refused_naming_it(
+    pictures: dict[str, Path], tmp_path: Path
+) -> None:
+    text_teacher = save_tiny(tmp_path / "text-teacher", build_tokenizer(picture_texts()))
+    manifest = vlm_job(pictures, "vlm-text-teacher", teacher={"model": str(text_teacher)})
+    with pytest.raises(SpecError) as refused:
+        Trainer(parse_job(manifest), RunOptions(output_dir=tmp_path / "out", metrics_port=0))
+    assert refused.value.field == "spec.teacher.model"
+    assert "has no image processor" in str(refused.value)
