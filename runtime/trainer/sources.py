@@ -6,6 +6,7 @@ way every time, so a resumed job sees what an uninterrupted one would have seen.
 """
 
 import contextlib
+import logging
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
@@ -18,6 +19,8 @@ from kubedistill.runtime.data.batching import global_batches, steps_per_epoch
 from kubedistill.runtime.data.sample import Sample
 from kubedistill.runtime.rollout.backend import SamplingConfig
 from kubedistill.runtime.rollout.group import RolloutActorGroup
+
+log = logging.getLogger(__name__)
 
 
 def epoch_steps(spec: DistillationJobSpec, records: int) -> int:
@@ -154,6 +157,15 @@ class RolloutBatches:
                 (p for p in prompts for _ in range(rollout.samples_per_prompt)), responses, strict=True
             )
         ]
+        cut = [sample for sample in sequences if sample.truncation]
+        if cut:
+            log.warning(
+                "%d of %d generated responses were cut; the first: %s: %s",
+                len(cut),
+                len(sequences),
+                cut[0].source,
+                cut[0].truncation,
+            )
         return Round(epoch, index, sequences, time.perf_counter() - started)
 
     def _generate_responses(self, prompts: list[Sample], epoch: int, index: int) -> list[list[int]]:
@@ -179,7 +191,16 @@ def with_response(prompt: Sample, response: list[int], max_length: int) -> Sampl
     with its own (privileged) prompt gets the same response tokens after it, so the i-th target of each
     side is the same token."""
     room = max(1, max_length - len(prompt.input_ids))
+    notes = []
+    if len(response) > room:
+        notes.append(f"the response's last {len(response) - room} tokens cut to fit maxLength {max_length}")
     response = response[:room] or response[:1]
+    if prompt.images is not None and prompt.images.image_token_id in response:
+        # An engine that does not keep from sampling image placeholders (a response is text; nothing would
+        # stand behind the token): the response ends before the first.
+        at = response.index(prompt.images.image_token_id)
+        notes.append(f"the response cut at token {at}, an image placeholder the engine sampled")
+        response = response[:at]
     teacher_ids = teacher_mask = None
     if prompt.teacher_input_ids is not None:
         teacher_ids = prompt.teacher_input_ids + tuple(response)
@@ -191,5 +212,6 @@ def with_response(prompt: Sample, response: list[int], max_length: int) -> Sampl
         prompt_length=len(prompt.input_ids),
         teacher_input_ids=teacher_ids,
         teacher_target_mask=teacher_mask,
+        truncation="; ".join(notes) or None,
         images=prompt.images,
     )
