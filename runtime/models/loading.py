@@ -45,7 +45,7 @@ def load_causal_lm(path: str, dtype: torch.dtype = torch.float32) -> "PreTrained
         if getattr(config, "vision_config", None) is not None
         else AutoModelForCausalLM
     )
-    return auto.from_pretrained(path, dtype=dtype)
+    return auto.from_pretrained(path, config=config, dtype=dtype)
 
 
 def copy_named_tensors(model: torch.nn.Module, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:

@@ -1,11 +1,14 @@
 """Vision-language models: which part is the vision tower, which parameters train when it stays fixed
-(`spec.student.freezeVision`, the default), and which module turns tokens and images into hidden states.
+(`spec.student.freezeVision`, the default: the optimizer takes the parameters that require gradients), and
+which module turns tokens and images into hidden states.
 
 Qwen2-VL, Qwen2.5-VL and Qwen3-VL (transformers' `...ForConditionalGeneration`) hold the vision tower at
 `model.visual`, its patch merger (the projection into the language model's hidden size) included; LLaVA-style
 models call it `vision_tower`, Idefics-style ones `vision_model`. The language model and the output head are
 everything else.
 """
+
+from typing import Any
 
 import torch
 
@@ -22,6 +25,12 @@ def vision_tower(model: torch.nn.Module) -> torch.nn.Module | None:
     return None
 
 
+def language_config(config: Any) -> Any:
+    """The language model's part of a model's config (a vision-language config's `text_config`, where its
+    hidden size is); a text model's config itself."""
+    return getattr(config, "text_config", None) or config
+
+
 def backbone(model: torch.nn.Module) -> torch.nn.Module:
     """The module whose output is the final, post-norm hidden states, the input of `lm_head`.
 
@@ -36,14 +45,6 @@ def backbone(model: torch.nn.Module) -> torch.nn.Module:
     decoder = base.get_decoder() if hasattr(base, "get_decoder") else getattr(base, "model", None)  # pyright: ignore[reportCallIssue]
     assert isinstance(decoder, torch.nn.Module), f"{type(base).__name__} has no decoder"
     return decoder
-
-
-def trainable_parameters(model: torch.nn.Module, freeze_vision: bool) -> list[tuple[str, torch.nn.Parameter]]:
-    """The parameters the optimizer gets, by name: all of them, less the vision tower's when
-    `freeze_vision` (a text model has none to leave out)."""
-    tower = vision_tower(model) if freeze_vision else None
-    frozen = {id(parameter) for parameter in tower.parameters()} if tower is not None else set()
-    return [(name, parameter) for name, parameter in model.named_parameters() if id(parameter) not in frozen]
 
 
 def freeze_vision_tower(model: torch.nn.Module) -> int:

@@ -24,7 +24,7 @@ from kubedistill.runtime.models.roles import (
     teacher_model_path,
     teacher_tokenizer_path,
 )
-from kubedistill.runtime.models.vision import backbone, freeze_vision_tower
+from kubedistill.runtime.models.vision import backbone, freeze_vision_tower, language_config
 from kubedistill.runtime.student.batch import MicroBatch
 from kubedistill.runtime.student.lora import apply_lora
 from kubedistill.runtime.student.parallelize import apply_fsdp, device_mesh
@@ -134,7 +134,7 @@ def build_module(job: DistillationJob, device: torch.device, world_size: int) ->
     algorithm = ALGORITHMS.get(spec.distillation.algorithm)(
         AlgorithmContext(
             config=kd_config(job),
-            student_hidden_size=int(getattr(student.config, "text_config", student.config).hidden_size),
+            student_hidden_size=int(language_config(student.config).hidden_size),
             teacher_hidden_size=None if teacher_head is None else int(teacher_head.shape[1]),
             student_tokenizer=student_tokenizer_path(job),
             teacher_tokenizer=teacher_tokenizer_path(job),

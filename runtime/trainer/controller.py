@@ -29,7 +29,13 @@ from kubedistill.runtime.data.images import ImageProcessing, load_image_processi
 from kubedistill.runtime.data.load import load_samples
 from kubedistill.runtime.data.sample import Sample
 from kubedistill.runtime.models.loading import compute_dtype, load_tokenizer
-from kubedistill.runtime.models.roles import has_teacher, kd_config, student_tokenizer_path, teacher_spec
+from kubedistill.runtime.models.roles import (
+    has_teacher,
+    kd_config,
+    student_tokenizer_path,
+    teacher_spec,
+    teacher_tokenizer_path,
+)
 from kubedistill.runtime.student.actor import TeacherUnavailable
 from kubedistill.runtime.student.group import StudentActorGroup
 from kubedistill.runtime.student.worker import EvalStats, StepStats
@@ -92,6 +98,9 @@ class Trainer:
         self.tokenizer = load_tokenizer(student_tokenizer_path(job))
         self.algorithm = ALGORITHMS.get(self.spec.distillation.algorithm)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        teacher_tokenizer = teacher_tokenizer_path(job)
+        self.teacher_tokenizer = load_tokenizer(teacher_tokenizer) if teacher_tokenizer else None
+        """Read once for every data source; None without a teacher."""
         self.images, self.teacher_images = self._image_processing()
         # On-policy (self-distillation too) trains on prompts; its eval data keeps the dataset's responses
         # to score.
@@ -138,15 +147,12 @@ class Trainer:
         return is_finished(checkpoint, self.stop_step, self.options.output_dir, self.job.name)
 
     def _load(self, source: DataSource, field_path: str, mode: Mode) -> tuple[list[Sample], list[BadRecord]]:
-        teacher = teacher_spec(self.job) if has_teacher(self.job) else None
-        teacher_path = (teacher.tokenizer or teacher.model) if teacher is not None else None
-        teacher_tokenizer = load_tokenizer(teacher_path) if teacher_path else None
         loaded = load_samples(
             source,
             self.spec.data,
             self.tokenizer,
             mode=mode,
-            teacher_tokenizer=teacher_tokenizer,
+            teacher_tokenizer=self.teacher_tokenizer,
             field=field_path,
             cross_tokenizer=self.algorithm.cross_tokenizer,
             images=self.images,
@@ -165,9 +171,8 @@ class Trainer:
         teacher = teacher_spec(self.job)
         if teacher.model is None or teacher.model == self.spec.student.model:
             return images, None
-        teacher_images = load_image_processing(
-            teacher.model, load_tokenizer(teacher.tokenizer or teacher.model), "spec.teacher.model"
-        )
+        assert self.teacher_tokenizer is not None, "a job with a teacher has its tokenizer"
+        teacher_images = load_image_processing(teacher.model, self.teacher_tokenizer, "spec.teacher.model")
         if teacher_images is None:
             raise SpecError(
                 "spec.teacher.model",

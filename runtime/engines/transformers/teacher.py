@@ -5,21 +5,20 @@ import torch
 from kubedistill.runtime.data.batching import pad_right
 from kubedistill.runtime.data.images import batch_image_inputs
 from kubedistill.runtime.engines.transformers.model import TransformersEngine
-from kubedistill.runtime.models.vision import backbone
+from kubedistill.runtime.models.vision import backbone, language_config
 from kubedistill.runtime.teacher.backend import TeacherBatch
 
 
 class TransformersTeacher(TransformersEngine):
     @property
     def hidden_size(self) -> int:
-        config = self._model.config
-        return int(getattr(config, "text_config", config).hidden_size)
+        return int(language_config(self._model.config).hidden_size)
 
     @torch.inference_mode()
     def hidden_states(self, batch: TeacherBatch) -> torch.Tensor:
         self._check_awake()
         input_ids, attention_mask = pad_right(batch.sequences, pad_id=0)
-        images = batch_image_inputs(batch.images, input_ids) if batch.images else {}
+        images = batch_image_inputs(batch.images, input_ids)
         # The backbone's last output is after the final norm: exactly the input of lm_head, so the student
         # recomputes the teacher's logits bit for bit (checked in tests: lm_head(h) == logits).
         outputs = backbone(self._model)(
