@@ -42,6 +42,22 @@ class Backend(StrEnum):
     TRANSFORMERS = "transformers"
 
 
+class Reshard(StrEnum):
+    """When FSDP2 frees a decoder block's gathered weights (`reshardAfterForward`).
+
+    `always`: after every forward, and gradients are reduce-scattered after every micro-batch (least memory:
+    a rank holds one block's whole weights at a time). `never`: a rank keeps the whole student and its
+    gradients unsharded through a step's micro-batches, so a step all-gathers each block once and
+    reduce-scatters once (least communication; the memory of the whole model and its gradients). `auto`:
+    `never` on one rank (its shard is the whole model anyway) or when the whole student and its gradients
+    take at most an eighth of a device's memory, else `always`.
+    """
+
+    AUTO = "auto"
+    ALWAYS = "always"
+    NEVER = "never"
+
+
 class Quantization(StrEnum):
     FP8 = "fp8"
 
@@ -133,6 +149,8 @@ class StudentSpec(SpecModel):
     """Ranks one parameter is sharded over; -1 shards over all ranks, a divisor of replicas gives HSDP."""
     cpu_offload: bool = False
     """Keep parameters and optimizer state in host memory between uses."""
+    reshard_after_forward: Reshard = Reshard.AUTO
+    """When FSDP2 frees gathered weights: auto, always (least memory) or never (least communication)."""
     gradient_checkpointing: bool = True
     """Recompute activations in the backward pass to save memory."""
     lora: LoraSpec = LoraSpec()

@@ -27,7 +27,12 @@ from kubedistill.runtime.models.roles import (
 from kubedistill.runtime.models.vision import backbone, freeze_vision_tower, language_config
 from kubedistill.runtime.student.batch import MicroBatch
 from kubedistill.runtime.student.lora import apply_lora
-from kubedistill.runtime.student.parallelize import apply_fsdp, device_mesh
+from kubedistill.runtime.student.parallelize import (
+    apply_fsdp,
+    device_memory_bytes,
+    device_mesh,
+    keeps_unsharded,
+)
 
 
 @dataclass(frozen=True)
@@ -48,11 +53,18 @@ class DistillationModule(nn.Module):
     teacher_head: torch.Tensor | None
 
     def __init__(
-        self, student: PreTrainedModel, algorithm: Algorithm, teacher_head: torch.Tensor | None
+        self,
+        student: PreTrainedModel,
+        algorithm: Algorithm,
+        teacher_head: torch.Tensor | None,
+        unsharded_through_step: bool,
     ) -> None:
         super().__init__()
         self.student = student
         self.algorithm = algorithm
+        self.unsharded_through_step = unsharded_through_step
+        """Whether FSDP2 keeps the weights gathered and the gradients unreduced until a step's last
+        micro-batch (`keeps_unsharded`); the worker tells FSDP2 so before each micro-batch."""
         # A buffer, not a parameter: FSDP2 shards parameters only, so every rank keeps the whole frozen
         # head; and not persistent, so checkpoints and exports hold the student alone.
         self.register_buffer("teacher_head", teacher_head, persistent=False)
@@ -142,10 +154,26 @@ def build_module(job: DistillationJob, device: torch.device, world_size: int) ->
             distillation=spec.distillation,
         )
     )
-    module = DistillationModule(student, algorithm, teacher_head).to(device)
+    unsharded = keeps_unsharded(
+        spec.student.reshard_after_forward,
+        world_size,
+        unsharded_bytes([*student.parameters(), *algorithm.parameters()], dtype),
+        device_memory_bytes(device, world_size),
+        spec.student.cpu_offload,
+    )
+    module = DistillationModule(student, algorithm, teacher_head, unsharded).to(device)
     mesh = device_mesh(device.type, world_size, spec.student.fsdp_shard_size)
-    apply_fsdp(module, student, mesh, param_dtype=dtype, cpu_offload=spec.student.cpu_offload)
+    apply_fsdp(
+        module, student, mesh, param_dtype=dtype, cpu_offload=spec.student.cpu_offload, unsharded=unsharded
+    )
     return module
+
+
+def unsharded_bytes(parameters: list[nn.Parameter], dtype: torch.dtype) -> int:
+    """Bytes of every parameter gathered whole in `dtype`, and of the gradients of those that train."""
+    weights = sum(p.numel() for p in parameters)
+    gradients = sum(p.numel() for p in parameters if p.requires_grad)
+    return (weights + gradients) * dtype.itemsize
 
 
 def output_embeddings(model: PreTrainedModel) -> nn.Module:

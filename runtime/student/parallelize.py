@@ -1,10 +1,18 @@
 """Data parallelism of the student with FSDP2, applied in one place and one order: every decoder block, then
 the root (which then owns the embeddings, the final norm, the output head and the algorithm's weights)."""
 
+import os
+
 import torch
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
+
+from kubedistill.api.spec import Reshard
+
+UNSHARDED_SHARE = 8
+"""`reshardAfterForward: auto` keeps the student unsharded when it and its gradients take at most 1/8 of a
+device's memory: a 1.5B student in bf16 (6 GB) on an 80 GB H100, not a 4B one (16 GB)."""
 
 
 def process_group_backend(device_type: str) -> str:
@@ -36,6 +44,26 @@ def decoder_blocks(model: nn.Module) -> list[nn.Module]:
     raise ValueError(f"cannot find the decoder blocks of {type(model).__name__}")
 
 
+def device_memory_bytes(device: torch.device, ranks_here: int) -> int:
+    """The memory one rank may count on: its GPU's, or on CPU its share of the host's."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // max(ranks_here, 1)
+
+
+def keeps_unsharded(
+    policy: Reshard, world_size: int, unsharded_bytes: int, device_memory: int, cpu_offload: bool
+) -> bool:
+    """Whether the ranks keep the whole student and its gradients through a step (`Reshard` says when)."""
+    if policy is not Reshard.AUTO:
+        return policy is Reshard.NEVER
+    if world_size == 1:
+        # A one-rank shard is the whole parameter: resharding would free nothing and copy twice.
+        return True
+    # Offloading asks for the least device memory.
+    return not cpu_offload and unsharded_bytes * UNSHARDED_SHARE <= device_memory
+
+
 def apply_fsdp(
     root: nn.Module,
     student: nn.Module,
@@ -43,17 +71,15 @@ def apply_fsdp(
     *,
     param_dtype: torch.dtype,
     cpu_offload: bool,
+    unsharded: bool,
 ) -> None:
     mixed_precision = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
     offload = CPUOffloadPolicy() if cpu_offload else None
     options = {"mesh": mesh, "mp_policy": mixed_precision}
     if offload is not None:
         options["offload_policy"] = offload
-    # On a mesh of one rank a shard is the whole parameter: freeing the unsharded copy after each block's
-    # forward only to all-gather it again for the backward saves no memory and costs two copies.
-    reshard = mesh.size() > 1
     for block in decoder_blocks(student):
-        fully_shard(block, reshard_after_forward=reshard, **options)
+        fully_shard(block, reshard_after_forward=not unsharded, **options)
     # The root's parameters are needed again right after its forward (the loss and its backward follow at
     # once), so they stay unsharded between forward and backward.
     fully_shard(root, reshard_after_forward=False, **options)

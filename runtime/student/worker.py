@@ -131,11 +131,11 @@ class StudentWorker:
         backbone = loss = backward = 0.0
         last = len(micro_batches) - 1
         for index, (batch, hidden) in enumerate(zip(micro_batches, teacher_hidden, strict=True)):
-            if self.address.world_size == 1:
-                # On one rank a reduce-scatter only copies the gradient into its shard, which is the whole
-                # gradient: once, after the last micro-batch, is enough (on more ranks the unsharded
-                # gradients kept meanwhile would cost memory, so every micro-batch reduces its own).
+            if self.module.unsharded_through_step:
+                # Gathered weights and unreduced gradients stay until the last micro-batch: one all-gather
+                # and one reduce-scatter per block a step, however many micro-batches it has.
                 module.set_requires_gradient_sync(index == last)
+                module.set_reshard_after_backward(index == last)
             forward = self.module(batch, hidden, float(normalizer))
             output = forward.loss
             backbone, loss = backbone + forward.backbone_seconds, loss + forward.loss_seconds

@@ -51,6 +51,7 @@ MAY_CHANGE: tuple[str, ...] = (
     "spec.student.replicas",
     "spec.student.fsdpShardSize",
     "spec.student.cpuOffload",
+    "spec.student.reshardAfterForward",
     "spec.student.gradientCheckpointing",
     "spec.rollout.backend",
     "spec.rollout.engines",

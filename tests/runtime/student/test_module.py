@@ -16,7 +16,7 @@ def _module(tiny: TinyWorld) -> DistillationModule:
     student = load_causal_lm(str(tiny.student))
     head = load_lm_head_weight(str(tiny.teacher))
     context = AlgorithmContext(KDConfig(kd_ratio=0.5), int(student.config.hidden_size), int(head.shape[1]))
-    return DistillationModule(student, VanillaKD(context), head)
+    return DistillationModule(student, VanillaKD(context), head, unsharded_through_step=True)
 
 
 def test_a_placeholder_micro_batch_has_zero_loss_yet_reaches_every_parameter(tiny: TinyWorld) -> None:

@@ -113,6 +113,19 @@ def test_one_rank_and_two_ranks_train_the_same_model(
         torch.testing.assert_close(_weights(straight_run)[name], value, rtol=1e-4, atol=1e-5)
 
 
+def test_two_ranks_train_the_same_model_resharding_after_every_forward_or_never(
+    tiny: TinyWorld, straight_run: Path, tmp_path: Path
+) -> None:
+    """The tiny student stays unsharded through a step (`auto`); `always` gathers and reduces per micro-batch
+    and must reach the same weights."""
+    _run(tiny, tmp_path, student={"replicas": 2, "reshardAfterForward": "always"})
+    always = [r["loss"] for r in _history(tmp_path) if r["kind"] == "train"]
+    auto = [r["loss"] for r in _history(straight_run) if r["kind"] == "train"]
+    assert always == pytest.approx(auto, abs=1e-5)
+    for name, value in _weights(tmp_path).items():
+        torch.testing.assert_close(_weights(straight_run)[name], value, rtol=1e-4, atol=1e-5)
+
+
 def test_only_hidden_states_at_target_positions_cross_to_the_students(
     straight_run: Path, tiny: TinyWorld
 ) -> None:
