@@ -5,7 +5,8 @@ gloo, the demo's tiny Qwen3 models. Every figure is timed where it happens, by t
 comes back with the step's result (no profiler, nothing added to the step):
 
 - teacher wait: what the driver still waited for the teacher after dispatching its work a step ahead;
-- plan: the driver laying out the next step (micro-batches, the teacher's requests);
+- plan: the driver laying out the next step (micro-batches, the teacher's requests), while the ranks
+  compute this one (inside the Ray call's time, not added to it);
 - Ray call: the driver's wait for the student step beyond rank 0's time inside its actor (sending the
   micro-batches, scheduling, returning the result);
 - fetch: rank 0 reading the teacher's hidden states from the object store;

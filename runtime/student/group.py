@@ -58,13 +58,18 @@ class StudentActorGroup:
 
     def train_step(self, work: list[RankWork], normalizer: int) -> StepStats:
         """Every rank's reduced statistics are identical; rank 0's are returned."""
-        results = get_all(
-            [
-                actor.train_step.remote(share.micro_batches, share.teacher_refs, normalizer)
-                for actor, share in zip(self.actors, work, strict=True)
-            ]
-        )
-        return results[0]
+        return self.step_result(self.start_train_step(work, normalizer))
+
+    def start_train_step(self, work: list[RankWork], normalizer: int) -> list[ray.ObjectRef]:
+        """Send every rank its share of a step and return at once, so the driver can lay out the next step
+        while the ranks compute; `step_result` waits for it."""
+        return [
+            actor.train_step.remote(share.micro_batches, share.teacher_refs, normalizer)
+            for actor, share in zip(self.actors, work, strict=True)
+        ]
+
+    def step_result(self, step: list[ray.ObjectRef]) -> StepStats:
+        return get_all(step)[0]
 
     def evaluate(self, work: list[RankWork], normalizer: int) -> EvalStats:
         results = get_all(

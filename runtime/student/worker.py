@@ -130,6 +130,12 @@ class StudentWorker:
         started = time.perf_counter()
         backbone = loss = backward = 0.0
         last = len(micro_batches) - 1
+        if self.module.unsharded_through_step:
+            # Every block's all-gather goes out at once (its forward waits for its own): one exchange a
+            # step instead of one between each block's compute, which a rank waits out for its peers.
+            for part in self.module.modules():
+                if isinstance(part, FSDPModule):
+                    part.unshard(async_op=True)
         for index, (batch, hidden) in enumerate(zip(micro_batches, teacher_hidden, strict=True)):
             if self.module.unsharded_through_step:
                 # Gathered weights and unreduced gradients stay until the last micro-batch: one all-gather

@@ -339,7 +339,9 @@ class Training:
                 started = time.perf_counter()
                 teacher_seconds = await_teacher(plan)
                 following = self._advance(state)
-                # The next step's teacher work goes out before this step's student work is awaited.
+                calling = time.perf_counter()
+                step = self.groups.students.start_train_step(plan.work, plan.normalizer)
+                # While the ranks compute, the next step is laid out and its teacher work goes out.
                 prefetch = (
                     following.step < stop
                     and self.gpus.overlaps
@@ -347,8 +349,8 @@ class Training:
                 )
                 planning = time.perf_counter()
                 next_plan = self._plan(following) if prefetch else None
-                calling = time.perf_counter()
-                stats = self.groups.students.train_step(plan.work, plan.normalizer)
+                planned = time.perf_counter()
+                stats = self.groups.students.step_result(step)
                 done = time.perf_counter()
                 record = self._train_record(
                     following.step,
@@ -357,7 +359,7 @@ class Training:
                     plan,
                     done - started,
                     teacher_seconds,
-                    calling - planning,
+                    planned - planning,
                     done - calling,
                 )
                 state = replace(following, skipped_steps=state.skipped_steps + int(stats.skipped))

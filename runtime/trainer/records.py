@@ -34,7 +34,7 @@ class TrainRecord:
     teacher_seconds: float
     """Of `step_seconds`: waiting for the teacher's hidden states (zero when they were ready: overlap)."""
     plan_seconds: float
-    """Laying out the next step and dispatching its teacher work, done while this step's students wait."""
+    """Laying out the next step and dispatching its teacher work, done while this step's students compute."""
     student_call_seconds: float
     rollout_seconds: float
     """Generating the round this step's samples came from (on-policy; counted on the round's first step)."""

@@ -44,14 +44,15 @@ def test_off_policy_distillation_makes_the_loss_fall(straight_run: Path) -> None
 
 def test_each_step_record_says_where_rank_zeros_step_went(straight_run: Path) -> None:
     """The parts are timed where they happen and nest: the step's own parts within its compute, the compute
-    within the actor's call, the call within the driver's wait for it, that within the step."""
+    within the actor's call, the call within the driver's wait for it, that within the step; the next step's
+    planning is done inside the call's time, while the ranks compute."""
     for record in (r for r in _history(straight_run) if r["kind"] == "train"):
         compute_parts = record["backbone_seconds"] + record["loss_seconds"] + record["backward_seconds"]
         assert 0 < compute_parts <= record["compute_seconds"]
         in_actor = record["fetch_seconds"] + record["compute_seconds"] + record["optimizer_seconds"]
         assert 0 < in_actor <= record["actor_seconds"] <= record["student_call_seconds"]
-        driver = record["teacher_seconds"] + record["plan_seconds"] + record["student_call_seconds"]
-        assert driver <= record["step_seconds"]
+        assert 0 < record["plan_seconds"] <= record["student_call_seconds"]
+        assert record["teacher_seconds"] + record["student_call_seconds"] <= record["step_seconds"]
 
 
 def test_the_trained_student_is_exported_with_its_tokenizer(straight_run: Path, tiny: TinyWorld) -> None:
