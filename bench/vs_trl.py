@@ -28,11 +28,13 @@ machine's cores: TRL through torch's threads (one per core), KubeDistill through
 
 Every variant runs in a fresh process, the three in turn (TRL, 1 rank, 2 ranks, TRL, ...) `--repeats`
 times. Columns: s/step is the median over the steps after the first two (start-up and first-call costs
-excluded), `total s` the whole run (for KubeDistill from `ray.init` on: Ray, actors, model loading,
-training, export; for TRL from building the trainer to saving the model), each the median over repeats
-with their range; `vs TRL` is TRL's median s/step over this row's (above 1: faster than TRL), `total /
-TRL` the same for the whole run. KubeDistill's rows carry rank 0's step breakdown in ms (`bench.step`
-explains each part). The final train loss is the mean of the last four steps' loss
+excluded), `total s` the whole run as a user waits for it: the fresh process's wall time from its launch
+to its exit (Python's start, imports, reading the data, for KubeDistill Ray's start, the actors and their
+models, training, the export or TRL's save, shutting down), each the median over repeats with their
+range; `vs TRL` is TRL's median s/step over this row's (above 1: faster than TRL), `total / TRL` this
+row's total over TRL's. The start-up columns split the total (`STARTUP_PARTS`; what is left is the final
+evaluation, the export and shutting down). KubeDistill's rows carry rank 0's step breakdown in ms
+(`bench.step` explains each part). The final train loss is the mean of the last four steps' loss
 (one step's batch is only 16 sequences). The eval JSD is one measurement for every row, made here after
 training: the same generalized JSD of each trained student against the teacher over held-out records
 (per target token), and the untrained student's for reference.
@@ -107,6 +109,9 @@ WARM_STEPS = 2
 LAST_STEPS = 4
 """Steps the final train loss is averaged over."""
 VARIANTS = ("trl", "kubedistill-1-rank", "kubedistill-2-ranks")
+STARTUP_PARTS = ("driver s", "ray.init s", "actors s", "train s")
+"""Where the whole run's time goes: the process's start, imports and data (TRL: up to building its trainer),
+Ray's start, the actors' start with their imports and models, the training loop (TRL: `trainer.train()`)."""
 EVAL_BATCH = 16
 
 
@@ -212,7 +217,7 @@ def run_trl(root: Path, pair: Pair) -> dict[str, Any]:
         def on_step_end(self, *_: Any, **__: Any) -> None:
             self.seconds.append(time.perf_counter() - self.started)
 
-    started = time.perf_counter()
+    built = since_launch()
     config = GKDConfig(
         output_dir=str(root / "trl-out"),
         max_steps=pair.steps,
@@ -247,10 +252,13 @@ def run_trl(root: Path, pair: Pair) -> dict[str, Any]:
         processing_class=tokenizer,
         callbacks=[clock],
     )
+    training = time.perf_counter()
     trainer.train()
+    train_seconds = time.perf_counter() - training
     trainer.save_model(str(root / "trl-student"))
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
-    return _row(clock.seconds, losses, time.perf_counter() - started, root / "trl-student")
+    row = _row(clock.seconds, losses, root / "trl-student")
+    return {**row, "driver s": built, "train s": train_seconds}
 
 
 def run_kubedistill(root: Path, pair: Pair, ranks: int) -> dict[str, Any]:
@@ -290,27 +298,41 @@ def run_kubedistill(root: Path, pair: Pair, ranks: int) -> dict[str, Any]:
         },
     }
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    options = RunOptions(output_dir=output, metrics_port=0, progress=False, print_summary=False)
+    trainer = Trainer(parse_job(manifest), options)  # the data is read before Ray starts, as `run` does
+    built = since_launch()
     started = time.perf_counter()
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, configure_logging=False)
+    ray_seconds = time.perf_counter() - started
     try:
-        options = RunOptions(output_dir=output, metrics_port=0, progress=False, print_summary=False)
-        history = Trainer(parse_job(manifest), options).run().records()
-        total = time.perf_counter() - started
+        result = trainer.run()
     finally:
         ray.shutdown()
+    history = result.records()
     trains = [record for record in history if record["kind"] == "train"]
-    row = _row([r["step_seconds"] for r in trains], [r["loss"] for r in trains], total, output)
+    row = _row([r["step_seconds"] for r in trains], [r["loss"] for r in trains], output)
     return {
         **row,
+        "driver s": built,
+        "ray.init s": ray_seconds,
+        "actors s": result.summary["start_seconds"],
+        "train s": result.summary["train_seconds"],
         **{f"{part} ms": ms for part, ms in step_parts(trains[WARM_STEPS:]).items() if part != "step"},
     }
 
 
-def _row(step_seconds: list[float], losses: list[float], total: float, student: Path) -> dict[str, Any]:
+LAUNCHED = "KUBEDISTILL_BENCH_LAUNCHED"
+"""The wall-clock time the parent launched this process at (its start-up is part of the run)."""
+
+
+def since_launch() -> float:
+    return time.time() - float(os.environ[LAUNCHED])
+
+
+def _row(step_seconds: list[float], losses: list[float], student: Path) -> dict[str, Any]:
     return {
         "steps": len(step_seconds),
         "s/step": statistics.median(step_seconds[WARM_STEPS:]),
-        "total s": total,
         "first loss": losses[0],
         "final train loss": statistics.fmean(losses[-LAST_STEPS:]),
         "student": str(student),
@@ -366,12 +388,20 @@ def in_fresh_process(variant: str, root: Path, pair: str) -> dict[str, Any]:
         "--pairs",
         pair,
     ]
+    launched = time.time()
     done = subprocess.run(
-        command, cwd=Path(__file__).parents[1], capture_output=True, text=True, timeout=1800, check=False
+        command,
+        cwd=Path(__file__).parents[1],
+        capture_output=True,
+        text=True,
+        timeout=1800,
+        check=False,
+        env={**os.environ, LAUNCHED: repr(launched)},
     )
+    process_seconds = time.time() - launched
     if done.returncode != 0:
         raise RuntimeError(f"{variant} failed:\n{done.stderr[-4000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return {**json.loads(done.stdout.strip().splitlines()[-1]), "process s": process_seconds}
 
 
 def compare(name: str, repeats: int, train_records: int, eval_records: int) -> tuple[list[dict], list[Goal]]:
@@ -394,17 +424,21 @@ def compare(name: str, repeats: int, train_records: int, eval_records: int) -> t
         held_out = samples(root / "eval.jsonl", root / "student", pair)
         untrained = eval_jsd(root / "student", root / "teacher", held_out)
         trl_step = statistics.median(r["s/step"] for r in runs["trl"])
-        trl_total = statistics.median(r["total s"] for r in runs["trl"])
+        trl_total = statistics.median(r["process s"] for r in runs["trl"])
         rows, goals = [], []
         for variant, results in runs.items():
             step = statistics.median(r["s/step"] for r in results)
-            total = statistics.median(r["total s"] for r in results)
+            total = statistics.median(r["process s"] for r in results)
             row: dict[str, Any] = {
                 "variant": f"{name}: {variant}",
                 "s/step": spread([r["s/step"] for r in results]),
                 "vs TRL": trl_step / step,
-                "total s": spread([r["total s"] for r in results]),
+                "total s": spread([r["process s"] for r in results]),
                 "total / TRL": total / trl_total,
+                **{
+                    part: statistics.median(r[part] for r in results) if part in results[0] else ""
+                    for part in STARTUP_PARTS
+                },
                 "final train loss": statistics.median(r["final train loss"] for r in results),
                 "eval JSD": eval_jsd(Path(results[-1]["student"]), root / "teacher", held_out),
                 "untrained eval JSD": untrained,

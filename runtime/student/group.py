@@ -31,11 +31,15 @@ class RankWork:
 
 
 def student_actor_options(cluster: ClusterView) -> dict[str, Any]:
-    """Ray options of one rank: its resources, and the NCCL settings of the engines whose weight-update group
-    rank 0 joins (NCCL reads them when the rank's first communicator starts)."""
+    """Ray options of one rank: its resources, and on GPUs the NCCL settings of the engines whose
+    weight-update group rank 0 joins (NCCL reads them when the rank's first communicator starts).
+
+    Without GPUs there is no NCCL, and no runtime environment either: an actor that asks for one cannot take
+    the worker Ray started ahead of time, and waits for a new Python process to start and import Ray."""
     options = actor_resources(Role.STUDENT, 1.0, cluster).ray_options()
-    env_vars = options.get("runtime_env", {}).get("env_vars", {})
-    options["runtime_env"] = {"env_vars": {**env_vars, **NCCL_ENVIRONMENT}}
+    if cluster.has_gpus:
+        env_vars = options.get("runtime_env", {}).get("env_vars", {})
+        options["runtime_env"] = {"env_vars": {**env_vars, **NCCL_ENVIRONMENT}}
     return options
 
 

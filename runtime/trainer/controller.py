@@ -190,9 +190,10 @@ class Trainer:
         self.metrics.add(telemetry.TRUNCATED_RECORDS, len(self.truncated))
         training: Training | None = None
         try:
+            starting = time.perf_counter()
             groups = Groups.start(self.job, self.total_steps, ClusterView.current())
             try:
-                training = Training(self, groups)
+                training = Training(self, groups, start_seconds=time.perf_counter() - starting)
                 result = training.run()
             except BaseException:
                 # A failed collective can leave ranks waiting for a peer: stop them without asking.
@@ -257,8 +258,10 @@ class Trainer:
 class Training:
     """One run of a `Trainer`'s job on started groups: every part built here, at once."""
 
-    def __init__(self, trainer: Trainer, groups: Groups) -> None:
+    def __init__(self, trainer: Trainer, groups: Groups, start_seconds: float) -> None:
         self.trainer = trainer
+        self.start_seconds = start_seconds
+        """How long the groups took to start: actors up, their imports done, models loaded."""
         self.job = trainer.job
         self.spec = trainer.spec
         self.groups = groups
@@ -295,7 +298,9 @@ class Training:
         return self.spec.rollout.max_new_tokens if self.spec.rollout is not None else 0
 
     def run(self) -> RunResult:
+        training = time.perf_counter()
         state = self._train(self.state)
+        train_seconds = time.perf_counter() - training
         self._final_evaluation(state)
         self.groups.students.export(str(self.trainer.options.output_dir))
         checkpoints = self.trainer.checkpoints
@@ -303,7 +308,7 @@ class Training:
             self.records.totals.last is None or state.step % self.spec.checkpoint.every_steps
         ):
             self._save(state)
-        summary = self.report(state)
+        summary = self.report(state, train_seconds=train_seconds)
         if self.trainer.options.print_summary:
             print_summary(summary)
         return RunResult(summary, self.records.path)
@@ -502,8 +507,11 @@ class Training:
 
     # -- what the run leaves --------------------------------------------------------------------------------
 
-    def report(self, state: TrainerState, interrupted: bool = False) -> dict[str, Any]:
-        """The loss plot and `summary.json` of the run so far (`metrics.jsonl` is written as it goes)."""
+    def report(
+        self, state: TrainerState, interrupted: bool = False, train_seconds: float | None = None
+    ) -> dict[str, Any]:
+        """The loss plot and `summary.json` of the run so far (`metrics.jsonl` is written as it goes);
+        `train_seconds`: the training loop's wall time, once it is over."""
         trainer = self.trainer
         out = trainer.options.output_dir
         totals = self.records.totals
@@ -514,6 +522,8 @@ class Training:
             "steps": state.step,
             "total_steps": trainer.total_steps,
             "final_loss": totals.last_train["loss"] if totals.last_train else None,
+            "start_seconds": self.start_seconds,
+            "train_seconds": train_seconds,
             "mean_step_seconds": totals.step_seconds / trains if trains else None,
             "mean_tokens_per_second": totals.tokens_per_second / trains if trains else None,
             "transfer_bytes": totals.transfer_bytes,

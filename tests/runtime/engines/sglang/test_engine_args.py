@@ -190,12 +190,15 @@ def test_engines_start_with_nccl_cumem_off_like_the_student_rank_that_joins_them
     from kubedistill.runtime.student.group import student_actor_options
 
     engine = engine_environment(colocate=colocate)
-    for cluster in (
-        ClusterView(gpus=8.0, resources=frozenset()),
-        ClusterView(gpus=0.0, resources=frozenset()),
-    ):
-        student = student_actor_options(cluster)["runtime_env"]["env_vars"]
-        assert {name: student[name] for name in NCCL_ENVIRONMENT} == {
-            name: engine[name] for name in NCCL_ENVIRONMENT
-        }
+    student = student_actor_options(ClusterView(gpus=8.0, resources=frozenset()))["runtime_env"]["env_vars"]
+    assert {name: student[name] for name in NCCL_ENVIRONMENT} == {
+        name: engine[name] for name in NCCL_ENVIRONMENT
+    }
     assert NCCL_ENVIRONMENT == {"NCCL_CUMEM_ENABLE": "0"}
+
+
+def test_a_rank_without_gpus_asks_for_no_runtime_environment_so_it_takes_a_prestarted_worker() -> None:
+    from kubedistill.runtime.cluster.placement import ClusterView
+    from kubedistill.runtime.student.group import student_actor_options
+
+    assert "runtime_env" not in student_actor_options(ClusterView(gpus=0.0, resources=frozenset()))
