@@ -4,7 +4,7 @@ the repository root.
 
     .venv/bin/python -m bench [--full] [name ...]
 
-By default each benchmark runs at the settings in `QUICK` (about 12 minutes on a quiet 2-core machine):
+By default each benchmark runs at the settings in `QUICK` (not timed whole on the current code; see README):
 the goals' shapes and at least three alternating repeats, but one loss (fkl, the spec's default) instead
 of seven, the operator at 100 jobs and 300 running ones, and the step breakdown without the
 dynamic-batching runs. `--full` runs each benchmark at its own defaults (every loss, 1000 running jobs,
