@@ -23,24 +23,30 @@ from tests.runtime.conftest import TinyWorld
 SETTINGS = dataclasses.replace(FAST_SETTINGS, metrics_url_template=DEFAULT_METRICS_URL_TEMPLATE)
 """The operator's own metrics URL (the head Service's name), read five times a second."""
 
+STEPS = 60
+"""Five epochs of the tiny world's 96 records at eight a step."""
+
 
 def tiny_job(tiny: TinyWorld, work: Path) -> dict[str, Any]:
-    """A few off-policy steps on the tiny models; models on one claim, checkpoints and output on another,
-    each mounted in the pods at the path it has on this machine."""
+    """Off-policy steps on the tiny models; models on one claim, checkpoints and output on another, each
+    mounted in the pods at the path it has on this machine. Enough steps that training outlasts several of
+    the operator's reads (five a second): a tiny step takes a few hundredths of a second, and four of them
+    finished between two reads."""
     return job_manifest(
         "e2e",
         teacher={"model": str(tiny.teacher), "backend": "transformers"},
         student={"model": str(tiny.student), "replicas": 1, "gradientCheckpointing": False},
         data={"train": {"path": str(tiny.train)}, "maxLength": 64, "promptMaxLength": 32},
         training={
-            "maxSteps": 4,
+            "epochs": 5,
+            "maxSteps": STEPS,
             "globalBatchSize": 8,
             "microBatchSize": 4,
             "learningRate": 1.0e-2,
             "warmupRatio": 0.0,
             "precision": "fp32",
         },
-        checkpoint={"path": str(work / "checkpoints"), "everySteps": 2},
+        checkpoint={"path": str(work / "checkpoints"), "everySteps": STEPS // 2},
         output={"path": str(work / "student")},
         cluster={
             "volumes": [
@@ -102,7 +108,7 @@ async def test_a_job_runs_as_rendered_and_its_progress_reaches_status_until_it_s
     assert steps, f"no progress reached the status; the trainer's log:\n{kuberay.log()}"
     assert steps == sorted(steps) and steps[-1] > steps[0] >= 1, steps
     final = seen[-1]
-    assert final["totalSteps"] == 4
+    assert final["totalSteps"] == STEPS
     assert math.isfinite(final["loss"]) and final["loss"] > 0
     assert final["stepTimeSeconds"] > 0
     reads = [_progress_condition(status) for status in seen if "step" in status]
