@@ -26,18 +26,19 @@ local Ray, one teacher actor and one or two FSDP2 student ranks, each actor on o
 CPU), with the teacher's work for the next step dispatched while the students train. Both use the
 machine's cores: TRL through torch's threads (one per core), KubeDistill through its actors.
 
-Every variant runs in a fresh process, the three in turn (TRL, 1 rank, 2 ranks, TRL, ...) `--repeats`
-times. Columns: s/step is the median over the steps after the first two (start-up and first-call costs
-excluded), `total s` the whole run as a user waits for it: the fresh process's wall time from its launch
-to its exit (Python's start, imports, reading the data, for KubeDistill Ray's start, the actors and their
-models, training, the export or TRL's save, shutting down), each the median over repeats with their
-range; `vs TRL` is TRL's median s/step over this row's (above 1: faster than TRL), `total / TRL` this
-row's total over TRL's. The start-up columns split the total (`STARTUP_PARTS`; what is left is the final
-evaluation, the export and shutting down). KubeDistill's rows carry rank 0's step breakdown in ms
-(`bench.step` explains each part). The final train loss is the mean of the last four steps' loss
-(one step's batch is only 16 sequences). The eval JSD is one measurement for every row, made here after
-training: the same generalized JSD of each trained student against the teacher over held-out records
-(per target token), and the untrained student's for reference.
+Every variant runs in a fresh process, the three in turn (TRL, 1 rank, 2 ranks, TRL, ...) `--repeats` times.
+Columns: s/step is the median over the steps after the first two (start-up and first-call costs excluded),
+`total s` the whole run as a user waits for it: the fresh process's wall time from its launch to its exit
+(Python's start, imports, reading the data, for KubeDistill Ray's start, the actors and their models,
+training, the export or TRL's save, shutting down; KubeDistill starts and stops Ray as `kubedistill run` does
+and its process ends as the installed command's does, without the interpreter's teardown, TRL's as a Python
+script's), each the median over repeats with their range; `vs TRL` is TRL's median s/step over this row's
+(above 1: faster than TRL), `total / TRL` this row's total over TRL's. The start-up columns split the total
+(`STARTUP_PARTS`; what is left is the final evaluation, the export and shutting down). KubeDistill's rows
+carry rank 0's step breakdown in ms (`bench.step` explains each part). The final train loss is the mean of the
+last four steps' loss (one step's batch is only 16 sequences). The eval JSD is one measurement for every row,
+made here after training: the same generalized JSD of each trained student against the teacher over held-out
+records (per target token), and the untrained student's for reference.
 """
 
 import argparse
@@ -57,6 +58,7 @@ import torch
 from bench.report import Goal, alternate, report, spread
 from bench.step import PARTS, step_parts
 from kubedistill.api.spec import DataSource, DataSpec, Mode
+from kubedistill.cli.exit import exit_without_teardown
 from kubedistill.runtime.data.load import load_samples
 from kubedistill.runtime.data.sample import Sample
 from kubedistill.runtime.demo.data import chat_records, write_jsonl
@@ -262,9 +264,8 @@ def run_trl(root: Path, pair: Pair) -> dict[str, Any]:
 
 
 def run_kubedistill(root: Path, pair: Pair, ranks: int) -> dict[str, Any]:
-    import ray
-
     from kubedistill.api import parse_job
+    from kubedistill.runtime.cluster.session import connect, disconnect
     from kubedistill.runtime.trainer.controller import RunOptions, Trainer
 
     output = root / f"kubedistill-{ranks}"
@@ -297,17 +298,16 @@ def run_kubedistill(root: Path, pair: Pair, ranks: int) -> dict[str, Any]:
             },
         },
     }
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     options = RunOptions(output_dir=output, metrics_port=0, progress=False, print_summary=False)
     trainer = Trainer(parse_job(manifest), options)  # the data is read before Ray starts, as `run` does
     built = since_launch()
     started = time.perf_counter()
-    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, configure_logging=False)
+    connect()  # Ray as `kubedistill run` starts it; the process ends as the command does (`main`)
     ray_seconds = time.perf_counter() - started
     try:
         result = trainer.run()
     finally:
-        ray.shutdown()
+        disconnect()
     history = result.records()
     trains = [record for record in history if record["kind"] == "train"]
     row = _row([r["step_seconds"] for r in trains], [r["loss"] for r in trains], output)
@@ -470,6 +470,10 @@ def main() -> None:
     pairs = args.pairs.split(",")
     if args.variant:
         print(json.dumps(run_variant(args.variant, args.root, PAIRS[pairs[0]])))
+        if args.variant != "trl":
+            # As the installed `kubedistill` ends (`kubedistill.cli.commands.main`); TRL's script ends as
+            # a Python script does.
+            exit_without_teardown(0)
         return
 
     rows, goals = [], []

@@ -201,4 +201,20 @@ def operator(
 
 
 def main() -> None:
-    app()
+    """The installed command: the subcommand, then Ray left (and stopped, if the command started it on
+    this machine) and the process ended without tearing the interpreter down (`kubedistill.cli.exit`)."""
+    import sys
+
+    from kubedistill.cli.exit import exit_without_teardown
+
+    try:
+        app()
+        code: object = 0
+    except SystemExit as done:
+        code = done.code
+    if "ray" in sys.modules:
+        # Only `run` and `demo` import Ray; the other commands leave the runtime unimported.
+        from kubedistill.runtime.cluster.session import disconnect
+
+        disconnect()
+    exit_without_teardown(code)

@@ -31,6 +31,26 @@ def connect(num_cpus: int | None = None) -> None:
     )
 
 
+def disconnect() -> None:
+    """Leave Ray: a local one this process started is stopped (`ray.shutdown`), a cluster's is only left.
+
+    Ray's shutdown stops the GCS before the autoscaler's monitor, whose SIGTERM handler then reports to the
+    stopped GCS until Ray kills it a second later (`ray/_private/node.py:2060-2086` and
+    `ray/autoscaler/_private/monitor.py:588-596`, Ray 2.60): a local Ray has nothing to autoscale, so the
+    monitor is killed first and the run ends a second sooner. Called explicitly, the shutdown also skips
+    the half second Ray's exit hook sleeps for late worker logs.
+    """
+    import ray
+    from ray._private import worker
+
+    if not ray.is_initialized():
+        return
+    node = worker._global_node
+    if _watchdog is not None and node is not None:
+        node.kill_monitor(check_alive=False)
+    ray.shutdown()
+
+
 def _start_watchdog() -> None:
     global _watchdog
     if _watchdog is None:

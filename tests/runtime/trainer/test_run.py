@@ -36,6 +36,8 @@ STEPS = 12
 LOG_EVERY = 4
 KILLED_RAY_GRACE_SECONDS = 30
 """How long a killed run's Ray processes may take to go; without the watchdog Ray's agents stay 60-90 s."""
+FINISHED_RAY_GRACE_SECONDS = 5
+"""How long a finished run's Ray workers may take to go once the command exited (the watchdog's kill)."""
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,10 @@ class Job:
 
     def history(self) -> list[dict]:
         return [json.loads(line) for line in (self.output / "metrics.jsonl").read_text().splitlines()]
+
+
+Helpers = dict[psutil.Process, str]
+"""The processes a run started (its descendants), by name."""
 
 
 @pytest.fixture(scope="module")
@@ -120,8 +126,24 @@ def interrupted_history(job: Job, interrupted: Outcome) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def resumed(job: Job, interrupted_history: list[dict]) -> Outcome:
-    return kubedistill(["run", str(job.file)], job.root, {telemetry.METRICS_PORT_ENV: "0"})
+def resumed_run(job: Job, interrupted_history: list[dict]) -> Iterator[tuple[Outcome, Helpers]]:
+    """The re-run after Ctrl-C, to the end, with the processes it started (noted while it runs)."""
+    with tempfile.TemporaryDirectory(prefix="kd-ray-") as ray_root:
+        process = _start(["run", str(job.file)], job.root, ray_root)
+        helpers: Helpers = {}
+        while process.poll() is None:
+            helpers.update(_descendants(process.pid))
+            time.sleep(0.2)
+        stdout, stderr = process.communicate(timeout=CLI_TIMEOUT_SECONDS)
+        yield Outcome(process.returncode, stdout, stderr), helpers
+        for helper in helpers:
+            if _running(helper):
+                helper.kill()
+
+
+@pytest.fixture(scope="module")
+def resumed(resumed_run: tuple[Outcome, Helpers]) -> Outcome:
+    return resumed_run[0]
 
 
 def test_ctrl_c_says_where_it_stopped_and_where_a_rerun_resumes(job: Job, interrupted: Outcome) -> None:
@@ -252,8 +274,18 @@ def test_the_operator_fails_a_refused_job_with_reason_resume_refused(
     assert failed["message"] == outcome.lines[0].removeprefix(f"{changed}: ")
 
 
-Helpers = dict[psutil.Process, str]
-"""The processes a run started (its descendants), by name."""
+def _descendants(pid: int) -> Helpers:
+    helpers = {}
+    try:
+        children = psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return {}
+    for helper in children:
+        try:
+            helpers[helper] = helper.name()
+        except psutil.NoSuchProcess:
+            continue
+    return helpers
 
 
 def _running(process: psutil.Process) -> bool:
@@ -269,12 +301,7 @@ def restarted_and_killed(job: Job, resumed: Outcome) -> Iterator[tuple[Outcome, 
     with tempfile.TemporaryDirectory(prefix="kd-ray-") as ray_root:
         process = _start(["run", str(job.file), "--restart"], job.root, ray_root)
         _wait_for(job.checkpoints / "step-00000002", process)
-        helpers = {}
-        for helper in psutil.Process(process.pid).children(recursive=True):
-            try:
-                helpers[helper] = helper.name()
-            except psutil.NoSuchProcess:
-                continue
+        helpers = _descendants(process.pid)
         process.kill()
         stdout, stderr = process.communicate(timeout=CLI_TIMEOUT_SECONDS)
         yield Outcome(process.returncode, stdout, stderr), helpers
@@ -303,6 +330,19 @@ def test_a_killed_run_takes_its_local_ray_with_it(restarted_and_killed: tuple[Ou
             f"still running {KILLED_RAY_GRACE_SECONDS} s after the kill: {alive}"
         )
         time.sleep(0.5)
+
+
+def test_a_finished_run_stops_its_local_ray_before_it_exits(resumed_run: tuple[Outcome, Helpers]) -> None:
+    """The command stops Ray itself (`session.disconnect`, the autoscaler's monitor first) and ends without
+    Python's teardown; nothing it started outlives it by more than a moment, and Ray reports no error."""
+    outcome, helpers = resumed_run
+    assert outcome.exit_code == 0, outcome.stderr
+    assert {"raylet", "gcs_server"} <= set(helpers.values()), helpers
+    deadline = time.monotonic() + FINISHED_RAY_GRACE_SECONDS
+    while alive := [name for helper, name in helpers.items() if _running(helper)]:
+        assert time.monotonic() < deadline, f"running {FINISHED_RAY_GRACE_SECONDS} s after the exit: {alive}"
+        time.sleep(0.1)
+    assert "autoscaler failed" not in outcome.stderr + outcome.stdout
 
 
 def test_help_gives_the_metrics_port_the_run_really_uses() -> None:
