@@ -12,7 +12,7 @@ comes back with the step's result (no profiler, nothing added to the step):
 - fetch: rank 0 reading the teacher's hidden states from the object store;
 - backbone, loss, backward: the student's forward passes, the fused loss's chunk loop (it computes its
   gradients in the forward), the backward passes (FSDP2's all-gathers and reduce-scatters inside);
-- optimizer: gradient clipping and AdamW.
+- optimizer: the all-reduce of the loss sums with the gradient norm, gradient clipping and AdamW.
 
 A second table prices FSDP2 itself at one rank: the same micro-batches, teacher states, loss and optimizer
 through `StudentWorker.train_step` (FSDP2 over a one-rank gloo group, DTensor parameters) and through the

@@ -18,8 +18,8 @@ device's memory: a 1.5B student in bf16 (6 GB) on an 80 GB H100, not a 4B one (1
 def process_group_backend(device_type: str) -> str:
     """The default process group's backend: gloo for CPU tensors on every device, NCCL for CUDA ones.
 
-    The student's step all-reduces CPU tensors (the loss sums, `all_ranks_agree`), and under cpuOffload
-    FSDP2's gradient clipping and `full_tensor()` run collectives on CPU shards: NCCL alone has no CPU
+    The student's step all-reduces CPU tensors (the loss sums with the gradient norm, `all_ranks_agree`),
+    and under cpuOffload FSDP2's `full_tensor()` runs collectives on CPU shards: NCCL alone has no CPU
     backend ("No backend type associated with device type cpu"), so a CUDA group maps CPU to gloo.
     """
     return "cpu:gloo,cuda:nccl" if device_type == "cuda" else "cpu:gloo"

@@ -20,10 +20,11 @@ from kubedistill.runtime.models.loading import compute_dtype, load_tokenizer
 from kubedistill.runtime.models.roles import student_tokenizer_path
 from kubedistill.runtime.student.batch import MicroBatch
 from kubedistill.runtime.student.checkpoint import RankCheckpointer
+from kubedistill.runtime.student.clipping import LocalGradients
 from kubedistill.runtime.student.module import build_module
 from kubedistill.runtime.student.optimizer import OptimizerPlace, StudentOptimizer
 from kubedistill.runtime.student.parallelize import process_group_backend
-from kubedistill.runtime.student.publish import WeightPublisher, full_tensor
+from kubedistill.runtime.student.publish import WeightPublisher
 from kubedistill.runtime.student.teacher_weights import TeacherWeights
 
 
@@ -49,7 +50,8 @@ class StepStats:
     backward_seconds: float = 0.0
     """Of `compute_seconds`: the backward passes (FSDP2 reduce-scatters included)."""
     optimizer_seconds: float = 0.0
-    """Gradient clipping and the optimizer step, on rank 0."""
+    """The all-reduce of the loss sums and the gradient norm, gradient clipping and the optimizer step, on
+    rank 0."""
     fetch_seconds: float = 0.0
     """Reading the teacher's hidden states from the object store, on rank 0 (set by the actor)."""
     actor_seconds: float = 0.0
@@ -152,11 +154,14 @@ class StudentWorker:
                 [output.kd_sum.item(), output.ce_sum.item(), output.num_tokens, batch.num_tokens],
                 dtype=torch.float64,
             )
-        dist.all_reduce(sums)
         computed = time.perf_counter()
-        grad_norm = _full(
-            torch.nn.utils.clip_grad_norm_(self.module.parameters(), self.job.spec.training.max_grad_norm)
-        )
+        gradients = LocalGradients.of(self.module.parameters(), self.address.world_size)
+        # The loss sums and the gradients' squared norm in one all-reduce: each collective is a point where
+        # every rank waits for the slowest.
+        reduced = torch.cat([sums, gradients.square_sum().reshape(1)])
+        dist.all_reduce(reduced)
+        sums, grad_norm = reduced[:4], math.sqrt(float(reduced[4]))
+        gradients.clip_(grad_norm, self.job.spec.training.max_grad_norm)
         learning_rate = self.optimizer.learning_rate
         finite = math.isfinite(grad_norm) and bool(torch.isfinite(sums).all())
         if not finite and self.job.spec.training.on_non_finite == OnNonFinite.FAIL:
@@ -238,8 +243,3 @@ def all_ranks_agree(ok: bool) -> bool:
     flag = torch.tensor([1 if ok else 0], dtype=torch.int32)
     dist.all_reduce(flag, op=dist.ReduceOp.MIN)
     return bool(flag.item())
-
-
-def _full(value: torch.Tensor) -> float:
-    # clip_grad_norm_ over DTensor gradients returns a DTensor.
-    return float(full_tensor(value))

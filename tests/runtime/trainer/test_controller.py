@@ -127,6 +127,46 @@ def test_two_ranks_train_the_same_model_resharding_after_every_forward_or_never(
         torch.testing.assert_close(_weights(straight_run)[name], value, rtol=1e-4, atol=1e-5)
 
 
+@pytest.fixture(scope="module")
+def clipped_runs(tiny: TinyWorld, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The reference job with its gradients clipped (their norm is about 0.2) on one rank, two FSDP ranks and
+    two HSDP ranks that replicate every parameter (a (2, 1) mesh)."""
+    layouts = {
+        "one rank": {"replicas": 1},
+        "sharded": {"replicas": 2},
+        "replicated": {"replicas": 2, "fsdpShardSize": 1},
+    }
+    outputs = {}
+    for name, student in layouts.items():
+        outputs[name] = tmp_path_factory.mktemp(name.replace(" ", "-"))
+        _run(tiny, outputs[name], student=student, training={"maxGradNorm": CLIPPED_NORM})
+    return outputs
+
+
+CLIPPED_NORM = 0.05
+
+
+def test_gradients_are_clipped_to_the_same_norm_however_the_ranks_hold_them(
+    clipped_runs: dict[str, Path], straight_run: Path
+) -> None:
+    """Each rank sums the squares of the gradient elements it holds over how many ranks hold them: sharded or
+    replicated, the norm is the whole gradient's, and the clipped step the same."""
+    norms = {
+        name: [r["grad_norm"] for r in _history(out) if r["kind"] == "train"]
+        for name, out in clipped_runs.items()
+    }
+    assert min(norms["one rank"]) > CLIPPED_NORM, "every step is clipped"
+    for name in ("sharded", "replicated"):
+        assert norms[name] == pytest.approx(norms["one rank"], rel=1e-4), name
+        for key, value in _weights(clipped_runs["one rank"]).items():
+            torch.testing.assert_close(_weights(clipped_runs[name])[key], value, rtol=1e-4, atol=1e-5)
+    unclipped = _weights(straight_run)
+    assert any(
+        not torch.allclose(value, unclipped[key], atol=1e-4)
+        for key, value in _weights(clipped_runs["one rank"]).items()
+    ), "clipping changed the steps"
+
+
 def test_only_hidden_states_at_target_positions_cross_to_the_students(
     straight_run: Path, tiny: TinyWorld
 ) -> None:
