@@ -7,12 +7,14 @@ KDFlow compares: final hidden states in bf16 (what KubeDistill sends; exact), fu
 (exact), and the top-20 token ids (int32) with their logits (fp32), which ROLL and verl send (lossy). Each
 payload travels in the runtime's wire format (`kubedistill.runtime.teacher.transfer`): a producer actor
 returns it to the object store, a consumer actor receives it as an argument and rebuilds the tensor. Time is
-from the producer's call to the consumer's reply (median of the repeats, after one untimed transfer);
-building the payload is not timed. Both actors sit on this one node, so the object store is shared memory:
-this is the floor of a transfer, and a cross-node one adds the network on top, in proportion to the bytes.
+from the producer's call to the consumer's reply: each payload is sent once untimed, then the four in turn
+`--repeats` times (A B C D A B C D ...), and cells are the median with the range; building the payloads is
+not timed. Both actors sit on this one node, so the object store is shared memory: this is the floor of a
+transfer, and a cross-node one adds the network on top, in proportion to the bytes.
 
 Then the SGLang teacher's own hop, from its scheduler process to the engine's process, per N-token prefill
-whose every position is a loss position, timed with the code that runs there (median of the repeats):
+whose every position is a loss position, timed with the code that runs there (both paths in turn, `--repeats`
+times; the parts' medians and the total's range):
 - list path (SGLang 0.5.23 as released): the scheduler's `.cpu().clone().tolist()`, a msgpack round trip of
   the nested floats (msgpack-python standing in for SGLang's msgspec encoder: the same format), and our
   decoder `engines.sglang.args.gather_hidden_states` over them;
@@ -30,8 +32,9 @@ import msgpack
 import ray
 import torch
 
-from bench.report import report
+from bench.report import alternate, report, spread
 from bench.sglang_hop import decode_once, sglang_tolist
+from kubedistill.runtime.cluster.session import connect, disconnect
 from kubedistill.runtime.engines.sglang.hidden_states import shared_memory_method
 from kubedistill.runtime.teacher.backend import TeacherBatch
 from kubedistill.runtime.teacher.transfer import WireTensor, from_wire, to_wire
@@ -60,15 +63,17 @@ KINDS = ["hidden_bf16", "logits_fp32", "logits_bf16", f"top{TOP_K}"]
 @ray.remote(num_cpus=0.5)
 class Producer:
     def __init__(self) -> None:
-        self.payload: list[WireTensor] = []
+        self.payloads: dict[str, list[WireTensor]] = {}
 
-    def prepare(self, kind: str, n: int, d: int, v: int) -> int:
-        self.payload = []  # the previous payload goes first, so two never coexist
-        self.payload = _payload(kind, n, d, v)
-        return sum(wire.nbytes for wire in self.payload)
+    def prepare(self, n: int, d: int, v: int) -> dict[str, int]:
+        """Every kind's payload for one model, held together so that the kinds can be sent in turn; the
+        previous model's go first (together they would take twice the memory)."""
+        self.payloads = {}
+        self.payloads = {kind: _payload(kind, n, d, v) for kind in KINDS}
+        return {kind: sum(wire.nbytes for wire in payload) for kind, payload in self.payloads.items()}
 
-    def send(self) -> list[WireTensor]:
-        return self.payload
+    def send(self, kind: str) -> list[WireTensor]:
+        return self.payloads[kind]
 
 
 @ray.remote(num_cpus=0.5)
@@ -77,19 +82,36 @@ class Consumer:
         return sum(from_wire(wire).shape[0] for wire in payload)
 
 
-def _seconds(producer: Any, consumer: Any, n: int, repeats: int) -> float:
-    ray.get(consumer.receive.remote(producer.send.remote()))  # the first one also sets the store up
-    seconds = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        received = ray.get(consumer.receive.remote(producer.send.remote()))
-        seconds.append(time.perf_counter() - start)
-        if received % n:
-            raise RuntimeError(f"consumer saw {received} rows, not a multiple of {n}")
-    return statistics.median(seconds)
+def _transfer_seconds(producer: Any, consumer: Any, kind: str, n: int) -> float:
+    start = time.perf_counter()
+    received = ray.get(consumer.receive.remote(producer.send.remote(kind)))
+    seconds = time.perf_counter() - start
+    if received % n:
+        raise RuntimeError(f"consumer saw {received} rows of {kind}, not a multiple of {n}")
+    return seconds
+
+
+def transfer_row(producer: Any, consumer: Any, model: str, d: int, n: int, v: int, repeats: int) -> dict:
+    """One model's payloads, each sent once untimed (that also sets the store up), then all of them in turn
+    `repeats` times (A B C D A B C D ...): a neighbour's burst of load falls on every kind alike."""
+    nbytes = ray.get(producer.prepare.remote(n, d, v))
+    for kind in KINDS:
+        _transfer_seconds(producer, consumer, kind, n)
+    seconds = alternate(KINDS, repeats, lambda kind: _transfer_seconds(producer, consumer, kind, n))
+    row: dict[str, Any] = {"model": model, "d": d}
+    for kind in KINDS:
+        row[f"{kind}_mb"] = nbytes[kind] / MB
+        row[f"{kind}_seconds"] = spread(seconds[kind])
+    hidden = statistics.median(seconds["hidden_bf16"])
+    for logits in ("logits_fp32", "logits_bf16"):
+        suffix = "" if logits == "logits_fp32" else "_bf16"
+        row[f"bytes_ratio_logits{suffix}_over_hidden"] = nbytes[logits] / nbytes["hidden_bf16"]
+        row[f"time_ratio_logits{suffix}_over_hidden"] = statistics.median(seconds[logits]) / hidden
+    return row
 
 
 def decode_rows(n: int, repeats: int) -> list[dict[str, Any]]:
+    """Both paths of each model's hop, warmed up, then in turn `repeats` times."""
     paths = {
         "list (SGLang)": sglang_tolist,
         "shared memory (ours)": shared_memory_method(sglang_tolist, lambda: 0),
@@ -98,23 +120,28 @@ def decode_rows(n: int, repeats: int) -> list[dict[str, Any]]:
     for model, d in MODELS.items():
         hidden = torch.randn(n, d, generator=torch.Generator().manual_seed(0)).to(torch.bfloat16)
         batch = TeacherBatch(sequences=[[0] * n], positions=[list(range(n))])
-        totals = {}
-        for path, method in paths.items():
+        for method in paths.values():
             decode_once(method, hidden, batch)  # warms the allocator and the page cache up
-            timings = [decode_once(method, hidden, batch) for _ in range(repeats)]
-            scheduler, ipc, decode = (statistics.median(column) for column in zip(*timings, strict=True))
-            totals[path] = scheduler + ipc + decode
+        timings = alternate(
+            list(paths),
+            repeats,
+            lambda path, hidden=hidden, batch=batch: decode_once(paths[path], hidden, batch),
+        )
+        totals = {path: statistics.median(sum(parts) for parts in timings[path]) for path in paths}
+        for path in paths:
+            scheduler, ipc, decode = (
+                statistics.median(column) for column in zip(*timings[path], strict=True)
+            )
             rows.append(
                 {
                     "path": f"{model} {path}",
                     "scheduler_seconds": scheduler,
                     "ipc_seconds": ipc,
                     "decode_seconds": decode,
-                    "total_seconds": totals[path],
+                    "total_seconds": spread([sum(parts) for parts in timings[path]]),
+                    "speedup_over_list": totals["list (SGLang)"] / totals[path],
                 }
             )
-        rows[-1]["speedup_over_list"] = totals["list (SGLang)"] / totals["shared memory (ours)"]
-        rows[-2]["speedup_over_list"] = 1.0
     return rows
 
 
@@ -127,23 +154,13 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5, help="timed transfers per payload")
     args = parser.parse_args()
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    connect(num_cpus=2)
     producer, consumer = Producer.remote(), Consumer.remote()
-    rows = []
-    for model, d in MODELS.items():
-        row: dict[str, Any] = {"model": model, "d": d}
-        for kind in KINDS:
-            nbytes = ray.get(producer.prepare.remote(kind, args.n, d, args.v))
-            row[f"{kind}_mb"] = nbytes / MB
-            row[f"{kind}_seconds"] = _seconds(producer, consumer, args.n, args.repeats)
-        for logits in ("logits_fp32", "logits_bf16"):
-            suffix = "" if logits == "logits_fp32" else "_bf16"
-            row[f"bytes_ratio_logits{suffix}_over_hidden"] = row[f"{logits}_mb"] / row["hidden_bf16_mb"]
-            row[f"time_ratio_logits{suffix}_over_hidden"] = (
-                row[f"{logits}_seconds"] / row["hidden_bf16_seconds"]
-            )
-        rows.append(row)
-    ray.shutdown()
+    rows = [
+        transfer_row(producer, consumer, model, d, args.n, args.v, args.repeats)
+        for model, d in MODELS.items()
+    ]
+    disconnect()
 
     settings = {"n": args.n, "v": args.v, "top_k": TOP_K, "repeats": args.repeats, "ray": ray.__version__}
     title = f"Teacher output per {args.n} tokens between two Ray actors (one node, object store), V={args.v}"
