@@ -1,6 +1,6 @@
 """How fast the operator takes on new jobs, and how many API requests each one costs.
 
-    .venv/bin/python -m bench.operator [--jobs 10 100] [--idle 3]
+    .venv/bin/python -m bench.operator [--jobs 10 100] [--idle 3] [--repeats 3]
 
 The real operator (kopf, in a thread) against the emulated API server the operator tests use. For each
 count, that many DistillationJobs are created at once; the clock runs from the first create until every
@@ -8,7 +8,7 @@ job's RayJob exists, every job's status reports Created, and kopf has recorded e
 Requests are the operator's own (kopf and its client), counted from the server's log; the goal is a
 constant number per job, independent of the number of jobs (no listing or polling per job). Afterwards
 the operator idles for `--idle` seconds with nothing changing: it should make no requests at all
-(watches stay open; a pending job has no timers).
+(watches stay open; a pending job has no timers). Each count runs `--repeats` times, the counts in turn.
 
     .venv/bin/python -m bench.operator --running 1000 [--scrape-period 10] [--periods 3]
 
@@ -35,7 +35,7 @@ import aiohttp.web
 import kmock
 from prometheus_client import generate_latest
 
-from bench.report import report
+from bench.report import alternate, report, spread
 from kubedistill.api import telemetry
 from kubedistill.runtime.trainer.metrics import TrainerMetrics
 from tests.operator.apiserver import ArchivingApiServer
@@ -81,6 +81,21 @@ async def measure(jobs: int, idle_seconds: float) -> dict[str, Any]:
         "kopf patches/job": by_kind["patch distillationjobs"] / jobs,
         "lists+watches": sum(n for kind, n in by_kind.items() if kind.split()[0] in ("list", "watch")),
         "idle requests": idle,
+    }
+
+
+WITH_RANGE = ("seconds", "jobs/s", "idle requests")
+"""Columns shown with their range: the times follow the machine's load, and a request while idle (a status
+patch landing after the jobs settled) is worth seeing in any run; the per-job counts are the median's."""
+
+
+def over_repeats(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """One row of a job count's runs: medians, with the range where `WITH_RANGE` asks for it."""
+    return {
+        column: spread([r[column] for r in results])
+        if column in WITH_RANGE
+        else statistics.median(r[column] for r in results)
+        for column in results[0]
     }
 
 
@@ -233,16 +248,18 @@ def main() -> None:
     parser.add_argument(
         "--idle", type=float, default=3.0, help="seconds of idling after the jobs are created"
     )
+    parser.add_argument("--repeats", type=int, default=3, help="runs of each --jobs count, in turn")
     parser.add_argument("--running", type=int, nargs="*", default=[1000], help="running jobs, scraped")
     parser.add_argument("--scrape-period", type=float, default=10.0, help="the operator's, in seconds")
     parser.add_argument("--periods", type=int, default=3, help="scrape periods the status ages are watched")
     args = parser.parse_args()
-    rows = [asyncio.run(measure(jobs, args.idle)) for jobs in args.jobs]
+    runs = alternate(args.jobs, args.repeats, lambda jobs: asyncio.run(measure(jobs, args.idle)))
     report(
         "operator",
-        "Operator: jobs created against an emulated API server (1 operator, 2 CPU cores shared)",
-        rows,
-        {"jobs": args.jobs, "idle_seconds": args.idle},
+        "Operator: jobs created against an emulated API server (1 operator, 2 CPU cores shared); "
+        f"time: median (range) of {args.repeats} alternating runs, requests: median",
+        [over_repeats(results) for results in runs.values()],
+        {"jobs": args.jobs, "idle_seconds": args.idle, "repeats": args.repeats},
     )
     if args.running:
         running = [
