@@ -4,11 +4,11 @@ the repository root.
 
     .venv/bin/python -m bench [--full] [name ...]
 
-By default each benchmark runs at the settings in `QUICK` (not timed whole on the current code; see README):
+By default each benchmark runs at the settings in `QUICK` (13 minutes on a 2-core machine; see README):
 the goals' shapes and at least three alternating repeats, but one loss (fkl, the spec's default) instead
 of seven, the operator at 100 jobs and 300 running ones, and the step breakdown without the
 dynamic-batching runs. `--full` runs each benchmark at its own defaults (every loss, 1000 running jobs,
-dynamic batching): about three times as long.
+dynamic batching), which takes longer.
 """
 
 import json
