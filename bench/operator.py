@@ -35,7 +35,7 @@ import aiohttp.web
 import kmock
 from prometheus_client import generate_latest
 
-from bench.report import alternate, report, spread
+from bench.report import alternate, over_repeats, report
 from kubedistill.api import telemetry
 from kubedistill.runtime.trainer.metrics import TrainerMetrics
 from tests.operator.apiserver import ArchivingApiServer
@@ -87,16 +87,6 @@ async def measure(jobs: int, idle_seconds: float) -> dict[str, Any]:
 WITH_RANGE = ("seconds", "jobs/s", "idle requests")
 """Columns shown with their range: the times follow the machine's load, and a request while idle (a status
 patch landing after the jobs settled) is worth seeing in any run; the per-job counts are the median's."""
-
-
-def over_repeats(results: list[dict[str, Any]]) -> dict[str, Any]:
-    """One row of a job count's runs: medians, with the range where `WITH_RANGE` asks for it."""
-    return {
-        column: spread([r[column] for r in results])
-        if column in WITH_RANGE
-        else statistics.median(r[column] for r in results)
-        for column in results[0]
-    }
 
 
 def _settled(cluster: Cluster, name: str) -> bool:
@@ -258,7 +248,7 @@ def main() -> None:
         "operator",
         "Operator: jobs created against an emulated API server (1 operator, 2 CPU cores shared); "
         f"time: median (range) of {args.repeats} alternating runs, requests: median",
-        [over_repeats(results) for results in runs.values()],
+        [over_repeats(results, WITH_RANGE) for results in runs.values()],
         {"jobs": args.jobs, "idle_seconds": args.idle, "repeats": args.repeats},
     )
     if args.running:

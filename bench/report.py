@@ -12,7 +12,7 @@ import os
 import platform
 import statistics
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -46,6 +46,17 @@ def alternate(variants: Sequence[str], repeats: int, measure: Callable[[str], T]
 def spread(values: Sequence[float]) -> dict[str, float]:
     """Median, min and max of repeated measurements."""
     return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+def over_repeats(runs: Sequence[dict[str, Any]], ranged: Collection[str] | None = None) -> dict[str, Any]:
+    """One row from repeated runs of one variant: each column's median, as `spread` (with its range) for the
+    columns in `ranged` (every column when None)."""
+    return {
+        column: spread([run[column] for run in runs])
+        if ranged is None or column in ranged
+        else statistics.median(run[column] for run in runs)
+        for column in runs[0]
+    }
 
 
 @dataclass(frozen=True)

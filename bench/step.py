@@ -35,7 +35,7 @@ from typing import Any
 
 import torch
 
-from bench.report import alternate, report, spread
+from bench.report import alternate, over_repeats, report, spread
 from kubedistill.api import parse_job
 from kubedistill.runtime.cluster.session import connect
 from kubedistill.runtime.demo.data import chat_records, write_jsonl
@@ -103,10 +103,6 @@ def step_parts(records: list[dict]) -> dict[str, float]:
         "optimizer": median("optimizer_seconds"),
     }
     return {"step": median("step_seconds"), **parts}
-
-
-def over_repeats(runs: list[dict[str, float]]) -> dict[str, dict[str, float]]:
-    return {key: spread([run[key] for run in runs]) for key in runs[0]}
 
 
 def skewed_records(count: int, seed: int) -> list[dict]:

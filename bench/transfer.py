@@ -91,7 +91,9 @@ def _transfer_seconds(producer: Any, consumer: Any, kind: str, n: int) -> float:
     return seconds
 
 
-def transfer_row(producer: Any, consumer: Any, model: str, d: int, n: int, v: int, repeats: int) -> dict:
+def transfer_row(
+    producer: Any, consumer: Any, model: str, d: int, n: int, v: int, repeats: int
+) -> dict[str, Any]:
     """One model's payloads, each sent once untimed (that also sets the store up), then all of them in turn
     `repeats` times (A B C D A B C D ...): a neighbour's burst of load falls on every kind alike."""
     nbytes = ray.get(producer.prepare.remote(n, d, v))
@@ -127,7 +129,8 @@ def decode_rows(n: int, repeats: int) -> list[dict[str, Any]]:
             repeats,
             lambda path, hidden=hidden, batch=batch: decode_once(paths[path], hidden, batch),
         )
-        totals = {path: statistics.median(sum(parts) for parts in timings[path]) for path in paths}
+        totals = {path: [sum(parts) for parts in timings[path]] for path in paths}
+        list_total = statistics.median(totals["list (SGLang)"])
         for path in paths:
             scheduler, ipc, decode = (
                 statistics.median(column) for column in zip(*timings[path], strict=True)
@@ -138,8 +141,8 @@ def decode_rows(n: int, repeats: int) -> list[dict[str, Any]]:
                     "scheduler_seconds": scheduler,
                     "ipc_seconds": ipc,
                     "decode_seconds": decode,
-                    "total_seconds": spread([sum(parts) for parts in timings[path]]),
-                    "speedup_over_list": totals["list (SGLang)"] / totals[path],
+                    "total_seconds": spread(totals[path]),
+                    "speedup_over_list": list_total / statistics.median(totals[path]),
                 }
             )
     return rows
