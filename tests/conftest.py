@@ -7,6 +7,9 @@ idle. Collecting them first leaves the many short files to even out the end. The
 every file's own fixtures, are unchanged.
 """
 
+import importlib.util
+import os
+
 import pytest
 
 _SLOW_FIXTURES = {"ray_session", "tiny"}
@@ -15,7 +18,28 @@ _SLOW_FILES = {"tests/test_lint.py", "tests/test_bad_inputs.py"}
 """Files without those fixtures that are as slow: pyright over the tree; the installed command's runs."""
 
 
+SGLANG_TIER = "KUBEDISTILL_SGLANG_TIER"
+"""Set by `make test-sglang`: there a test that needs the real SGLang engine fails if SGLang is missing."""
+
+
+def _gate_sglang_tests(items: list[pytest.Item]) -> None:
+    """Tests marked `sglang` run the real engine from the SGLang layer (`make test-sglang`). Outside it they
+    are skipped, naming the command; inside it a missing SGLang is an error, so the tier cannot pass by
+    skipping."""
+    if importlib.util.find_spec("sglang") is not None:
+        return
+    needing = [item for item in items if item.get_closest_marker("sglang")]
+    if needing and os.environ.get(SGLANG_TIER):
+        raise pytest.UsageError(
+            f"{SGLANG_TIER} is set but sglang is not importable: run `make test-sglang`, which installs the "
+            "SGLang layer and puts it on PYTHONPATH"
+        )
+    for item in needing:
+        item.add_marker(pytest.mark.skip(reason="needs the SGLang-on-CPU layer: make test-sglang"))
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    _gate_sglang_tests(items)
     slow_files = {
         item.path
         for item in items

@@ -95,6 +95,7 @@ def start_engine_actors(
             gpus_per_actor=int(gpus_per_actor),
             colocate=colocate and cluster.has_gpus,
             gpus_per_node=job.spec.cluster.gpus_per_node,
+            on_gpus=cluster.has_gpus,
         )
         # The nodes of a multi-node engine wait for each other: they start together.
         get_all([actor.start.remote(placement) for actor, placement in zip(actors, placements, strict=True)])

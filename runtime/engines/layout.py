@@ -11,6 +11,7 @@ and hands the answer here.
 
 import importlib.util
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
@@ -26,12 +27,17 @@ class EnginePlacement:
     starts its actors with Ray's `RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES=1` and names the first GPU here.
     An engine spanning nodes has one actor per node, all with the same `dist_init_addr` (`host:port` on node
     rank 0's pod, a free port there) and their own `node_rank`.
+
+    `device` is "cpu" only when the actor group found no GPU in the Ray cluster (a local run on a machine
+    without one): running on the CPU is the placement's decision, never the engine's fallback, so an engine
+    placed on GPUs that finds none fails instead of quietly running on the CPU.
     """
 
     base_gpu_id: int = 0
     nnodes: int = 1
     node_rank: int = 0
     dist_init_addr: str | None = None
+    device: Literal["cuda", "cpu"] = "cuda"
 
     def __post_init__(self) -> None:
         if self.base_gpu_id < 0:
@@ -47,9 +53,10 @@ class EnginePlacement:
         return self.node_rank == 0
 
 
-def single_node_placement() -> EnginePlacement:
-    """An engine on the first GPUs its actor sees (Ray's CUDA_VISIBLE_DEVICES holds exactly its GPUs)."""
-    return EnginePlacement()
+def single_node_placement(device: Literal["cuda", "cpu"] = "cuda") -> EnginePlacement:
+    """An engine on the first GPUs its actor sees (Ray's CUDA_VISIBLE_DEVICES holds exactly its GPUs), or on
+    the CPU of a node without GPUs."""
+    return EnginePlacement(device=device)
 
 
 @dataclass(frozen=True)
@@ -89,8 +96,10 @@ def engine_placements(
     gpus_per_actor: int,
     colocate: bool,
     gpus_per_node: int,
+    on_gpus: bool = True,
 ) -> list[EnginePlacement]:
-    """The placement of each actor, in the order of `slots` (and of `landings`, where each one landed)."""
+    """The placement of each actor, in the order of `slots` (and of `landings`, where each one landed);
+    `on_gpus` False places every engine on its node's CPU (a cluster without GPUs)."""
     if len(slots) != len(landings):
         raise ValueError(f"{len(slots)} slots but {len(landings)} landings")
     rendezvous = {
@@ -116,6 +125,7 @@ def engine_placements(
                 nnodes=nodes_per_engine,
                 node_rank=slot.node_rank,
                 dist_init_addr=rendezvous.get(slot.engine),
+                device="cuda" if on_gpus else "cpu",
             )
         )
     return placements

@@ -53,6 +53,10 @@ from kubedistill.runtime.teacher.backend import TeacherBatch
 ENGINE_DTYPES = {Precision.BF16: "bfloat16", Precision.FP32: "float32"}
 
 BLOCK_NONZERO_RANK_CHILDREN = "SGLANG_BLOCK_NONZERO_RANK_CHILDREN"
+USE_CPU_ENGINE = "SGLANG_USE_CPU_ENGINE"
+"""SGLang 0.5.23's CPU switch (`srt/utils/common.py` `is_cpu()`, read by `srt/platforms` and every layer):
+device, attention backend (torch_native without AMX) and sampling backend (pytorch) follow from it. Without
+it SGLang takes its CUDA path on a machine without CUDA (it imports vllm there)."""
 MEMORY_SAVER_CUDA_GRAPH = "SGLANG_MEMORY_SAVER_CUDA_GRAPH"
 
 NCCL_ENVIRONMENT = {"NCCL_CUMEM_ENABLE": "0"}
@@ -109,7 +113,7 @@ def teacher_engine_args(
         "dp_size": data_parallel,
         "ep_size": teacher.expert_parallel,
         "mem_fraction_static": teacher.mem_fraction_static,
-        **_colocation_args(colocate),
+        **_colocation_args(colocate, placement),
         **_placement_args(placement),
     }
 
@@ -133,12 +137,12 @@ def rollout_engine_args(
         "tp_size": rollout.tensor_parallel,
         "mem_fraction_static": rollout.mem_fraction_static,
         "random_seed": seed,
-        **_colocation_args(colocate),
+        **_colocation_args(colocate, placement),
         **_placement_args(placement),
     }
 
 
-def _colocation_args(colocate: bool) -> dict[str, Any]:
+def _colocation_args(colocate: bool, placement: EnginePlacement) -> dict[str, Any]:
     # Sleeping releases the weights' GPU memory; the CPU backup brings them back without a reload from disk.
     # The graphs' memory is released with the `cuda_graph` tag only when they were captured inside the
     # memory saver's region, which needs SGLANG_MEMORY_SAVER_CUDA_GRAPH=1 (`engine_environment`; SGLang
@@ -147,6 +151,9 @@ def _colocation_args(colocate: bool) -> dict[str, Any]:
     # graph is not compatible with memory saver mode" under that setting (`breakable_cuda_graph_backend.py:
     # 84-94`), so colocated engines turn the prefill graph off, as KDFlow does (None: SGLang's default). The
     # teacher only prefills whole long sequences, where a graph saves little; rollout decode keeps its graphs.
+    # On the CPU there is no GPU memory to hand over and the memory saver (`torch_memory_saver`) is CUDA-only:
+    # sleep and wake still release and resume the engine's memory, without it.
+    colocate = colocate and placement.device == "cuda"
     return {
         "enable_memory_saver": colocate,
         "enable_weights_cpu_backup": colocate,
@@ -160,14 +167,17 @@ def _placement_args(placement: EnginePlacement) -> dict[str, Any]:
         "nnodes": placement.nnodes,
         "node_rank": placement.node_rank,
         "dist_init_addr": placement.dist_init_addr,
+        "device": placement.device,
     }
 
 
-def engine_environment(*, colocate: bool) -> dict[str, str]:
+def engine_environment(placement: EnginePlacement, *, colocate: bool) -> dict[str, str]:
     """Environment of the process that constructs the engine, inherited by its scheduler processes."""
     # Read by SGLang on node ranks >= 1 (see the module docstring).
     environment = {BLOCK_NONZERO_RANK_CHILDREN: "0", **NCCL_ENVIRONMENT}
-    if colocate:
+    if placement.device == "cpu":
+        environment[USE_CPU_ENGINE] = "1"
+    elif colocate:
         environment[MEMORY_SAVER_CUDA_GRAPH] = "1"  # see `_colocation_args`
     return environment
 

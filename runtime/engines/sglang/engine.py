@@ -67,10 +67,11 @@ class SGLangEngine:
         *,
         hidden_states_in_shared_memory: bool = False,
     ) -> None:
+        # Before SGLang's first import: some of it (the CPU switch among them) is read and cached at import.
+        os.environ.update(environment)
         require_sglang()
         from sglang.srt.entrypoints.engine import Engine
 
-        os.environ.update(environment)
         if hidden_states_in_shared_memory:
             # Still named Engine: the tests check the keywords of the one `Engine(...)` call.
             Engine = type(
@@ -193,7 +194,10 @@ def join_weight_sync_group(group: WeightSyncGroup) -> torch.distributed.ProcessG
 def run_scheduler_process(*args: Any, **kwargs: Any) -> None:
     """SGLang's scheduler process with `_append_prefill_hidden_states` replaced by `shared_memory_method`
     (runs in the spawned child; the arguments are SGLang's)."""
-    from sglang.srt.distributed import get_tensor_model_parallel_rank
+    # From its own module: SGLang 0.5.23's `sglang.srt.distributed` no longer re-exports it
+    # (`srt/distributed/parallel_state.py:3489-3560`: `__all__` leaves out every name of `_CONTEXT_NAME_OF`),
+    # and an ImportError here kills the scheduler ("Rank 0 scheduler died during initialization").
+    from sglang.srt.distributed.parallel_state import get_tensor_model_parallel_rank
     from sglang.srt.managers.scheduler import run_scheduler_process as run_sglang_scheduler_process
     from sglang.srt.managers.scheduler_components.batch_result_processor import (
         SchedulerBatchResultProcessor,

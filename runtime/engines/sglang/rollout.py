@@ -60,7 +60,7 @@ class SGLangRollout:
         )
         self._bucket_bytes = bucket_bytes
         self._sync_group: str | None = None
-        self._sglang = SGLangEngine(server_args, engine_environment(colocate=colocate))
+        self._sglang = SGLangEngine(server_args, engine_environment(placement, colocate=colocate))
 
     def generate(
         self,

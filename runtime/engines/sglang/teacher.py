@@ -60,7 +60,7 @@ class SGLangTeacher:
         self._placement = placement
         self._weight_update_refusal = teacher_weight_update_refusal(server_args)
         self._sglang = SGLangEngine(
-            server_args, engine_environment(colocate=colocate), hidden_states_in_shared_memory=True
+            server_args, engine_environment(placement, colocate=colocate), hidden_states_in_shared_memory=True
         )
 
     @property

@@ -78,3 +78,21 @@ def test_slots_and_landings_must_match() -> None:
             colocate=False,
             gpus_per_node=8,
         )
+
+
+@pytest.mark.parametrize("on_gpus", [True, False])
+def test_engines_run_on_the_cpu_only_when_the_cluster_has_no_gpus(on_gpus: bool) -> None:
+    placements = engine_placements(
+        engine_slots(2, 1),
+        _landings("node-a", "node-a"),
+        nodes_per_engine=1,
+        gpus_per_actor=1,
+        colocate=False,
+        gpus_per_node=8,
+        on_gpus=on_gpus,
+    )
+    assert {p.device for p in placements} == {"cuda" if on_gpus else "cpu"}
+
+
+def test_a_placement_is_on_gpus_unless_it_says_otherwise() -> None:
+    assert EnginePlacement().device == "cuda"

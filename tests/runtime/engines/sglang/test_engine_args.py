@@ -8,6 +8,7 @@ from kubedistill.runtime.engines.sglang.args import (
     BLOCK_NONZERO_RANK_CHILDREN,
     MEMORY_SAVER_CUDA_GRAPH,
     NCCL_ENVIRONMENT,
+    USE_CPU_ENGINE,
     engine_environment,
     refuse_unusable_hidden_states,
     rollout_engine_args,
@@ -77,7 +78,7 @@ def test_a_teacher_spanning_nodes_gets_its_node_rank_and_rendezvous_address() ->
     args = _teacher(spec, TWO_NODES)
     assert (args["nnodes"], args["node_rank"], args["dist_init_addr"]) == (2, 1, "10.0.0.1:20000")
     assert not TWO_NODES.serves_requests
-    assert engine_environment(colocate=False)[BLOCK_NONZERO_RANK_CHILDREN] == "0"
+    assert engine_environment(TWO_NODES, colocate=False)[BLOCK_NONZERO_RANK_CHILDREN] == "0"
 
 
 def test_an_engine_starts_at_the_gpu_its_placement_names() -> None:
@@ -181,7 +182,7 @@ def test_colocated_engines_capture_graphs_where_sleeping_frees_them(colocate: bo
     for args in (_teacher(colocate=colocate), _rollout(colocate=colocate)):
         assert args["cuda_graph_backend_prefill"] == ("disabled" if colocate else None)
         assert "cuda_graph_backend_decode" not in args
-    assert (engine_environment(colocate=colocate).get(MEMORY_SAVER_CUDA_GRAPH) == "1") is colocate
+    assert (engine_environment(ONE_NODE, colocate=colocate).get(MEMORY_SAVER_CUDA_GRAPH) == "1") is colocate
 
 
 @pytest.mark.parametrize("colocate", [True, False])
@@ -189,7 +190,7 @@ def test_engines_start_with_nccl_cumem_off_like_the_student_rank_that_joins_them
     from kubedistill.runtime.cluster.placement import ClusterView
     from kubedistill.runtime.student.group import student_actor_options
 
-    engine = engine_environment(colocate=colocate)
+    engine = engine_environment(ONE_NODE, colocate=colocate)
     student = student_actor_options(ClusterView(gpus=8.0, resources=frozenset()))["runtime_env"]["env_vars"]
     assert {name: student[name] for name in NCCL_ENVIRONMENT} == {
         name: engine[name] for name in NCCL_ENVIRONMENT
@@ -202,3 +203,30 @@ def test_a_rank_without_gpus_asks_for_no_runtime_environment_so_it_takes_a_prest
     from kubedistill.runtime.student.group import student_actor_options
 
     assert "runtime_env" not in student_actor_options(ClusterView(gpus=0.0, resources=frozenset()))
+
+
+def test_an_engine_placed_on_gpus_gets_no_cpu_switch_so_it_cannot_quietly_run_on_the_cpu() -> None:
+    # Production defaults: a GPU placement names its device and leaves SGLang's CPU switch unset.
+    for colocate in (True, False):
+        assert USE_CPU_ENGINE not in engine_environment(ONE_NODE, colocate=colocate)
+    assert _teacher()["device"] == "cuda"
+    assert _rollout()["device"] == "cuda"
+
+
+def test_an_engine_placed_on_a_node_without_gpus_runs_sglangs_cpu_engine() -> None:
+    cpu = single_node_placement("cpu")
+    assert engine_environment(cpu, colocate=False)[USE_CPU_ENGINE] == "1"
+    assert _teacher(placement=cpu)["device"] == "cpu"
+    assert (
+        rollout_engine_args(RolloutSpec(), "m", cpu, colocate=False, precision=Precision.BF16, seed=0)[
+            "device"
+        ]
+        == "cpu"
+    )
+
+
+def test_on_the_cpu_colocation_asks_for_no_memory_saver_which_is_cuda_only() -> None:
+    cpu = single_node_placement("cpu")
+    args = _teacher(placement=cpu, colocate=True)
+    assert (args["enable_memory_saver"], args["enable_weights_cpu_backup"]) == (False, False)
+    assert MEMORY_SAVER_CUDA_GRAPH not in engine_environment(cpu, colocate=True)

@@ -267,11 +267,17 @@ ENVIRONMENT_READERS = {
     "SGLANG_BLOCK_NONZERO_RANK_CHILDREN": "sglang.srt.entrypoints.engine",
     "NCCL_CUMEM_ENABLE": "sglang.srt.entrypoints.engine",
     "SGLANG_MEMORY_SAVER_CUDA_GRAPH": "sglang.srt.model_executor.runner_backend.full_cuda_graph_backend",
+    "SGLANG_USE_CPU_ENGINE": "sglang.srt.utils.common",
 }
 
 
 def test_the_environment_we_set_is_read_by_the_engine(sglang_source: SGLangSource) -> None:
-    set_by_us = set(engine_environment(colocate=True)) | set(engine_environment(colocate=False))
+    set_by_us = {
+        variable
+        for placement in (EnginePlacement(), EnginePlacement(device="cpu"))
+        for colocate in (True, False)
+        for variable in engine_environment(placement, colocate=colocate)
+    }
     assert set_by_us == set(ENVIRONMENT_READERS)
     for variable, module in ENVIRONMENT_READERS.items():
         assert variable in _environment_reads(sglang_source.tree(module)), (variable, module)
