@@ -85,6 +85,14 @@ def read_prefill_rows(rid: str, positions: list[int], length: int) -> torch.Tens
         path.unlink()
 
 
+def remove_prefill_rows(rids: list[str]) -> None:
+    """Remove whatever the scheduler left for these requests (their rows, or a half-written copy)."""
+    for rid in rids:
+        path = hidden_state_file(rid)
+        path.unlink(missing_ok=True)
+        path.with_suffix(".partial").unlink(missing_ok=True)
+
+
 def take_prefill_rows(
     req: Any, hidden_states: torch.Tensor, offset: int, length: int, *, store: bool, writes: bool
 ) -> int:

@@ -30,7 +30,7 @@ from kubedistill.runtime.engines.sglang.args import (
     teacher_weight_update_refusal,
 )
 from kubedistill.runtime.engines.sglang.engine import ALL_MEMORY, SGLangEngine
-from kubedistill.runtime.engines.sglang.hidden_states import request_ids
+from kubedistill.runtime.engines.sglang.hidden_states import remove_prefill_rows, request_ids
 from kubedistill.runtime.teacher.backend import TeacherBatch
 
 __all__ = ["EnginePlacement", "SGLangTeacher", "single_node_placement"]
@@ -78,14 +78,20 @@ class SGLangTeacher:
         image_data = image_data_for(batch.images)
         if image_data is not None:
             refuse_images_for(self._architectures, self._model_path)
-        outputs = self._sglang.generate(
-            input_ids=batch.sequences,
-            sampling_params=hidden_state_sampling_params(),
-            return_hidden_states=True,
-            rid=request_ids(len(batch.sequences)),
-            image_data=image_data,
-        )
-        return gather_hidden_states(outputs, batch, self._hidden_size, self._dtype)
+        rids = request_ids(len(batch.sequences))
+        try:
+            outputs = self._sglang.generate(
+                input_ids=batch.sequences,
+                sampling_params=hidden_state_sampling_params(),
+                return_hidden_states=True,
+                rid=rids,
+                image_data=image_data,
+            )
+            return gather_hidden_states(outputs, batch, self._hidden_size, self._dtype)
+        finally:
+            # Reading a request's rows removes its file; a batch refused or aborted part-way leaves the
+            # files of the requests after it, which /dev/shm (RAM) would keep until the pod ends.
+            remove_prefill_rows(rids)
 
     def begin_weight_update(self) -> None:
         if self._weight_update_refusal is not None:
