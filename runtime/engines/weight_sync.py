@@ -119,6 +119,12 @@ def buckets(items: Iterable[Item], size: Callable[[Item], int], bucket_bytes: in
         yield bucket
 
 
+def process_group_backend(device: str) -> str:
+    """The collective backend of a weight-sync group whose members hold their tensors on `device` ("cuda"
+    or "cpu"): NCCL between GPUs, gloo between CPU processes (a cluster without GPUs, e.g. a local run)."""
+    return "nccl" if device == "cuda" else "gloo"
+
+
 def tcp_init_method(address: str, port: int) -> str:
     host = f"[{address}]" if ":" in address else address
     return f"tcp://{host}:{port}"

@@ -101,7 +101,7 @@ class StudentActor:
         """Rank 0 joins the broadcast group of the rollout engines (replacing an earlier one): with SGLang's
         helper when they are SGLang engines, so both sides build the group the same way."""
         if sglang:
-            self.weight_sync = join_weight_sync_group(group)
+            self.weight_sync = join_weight_sync_group(group, self._worker.device.type)
         else:
             self.weight_sync = open_weight_sync_group(group, self._worker.device)
 

@@ -1,5 +1,5 @@
 """The one place that calls SGLang: an offline `sglang.Engine` behind plain methods, and the trainer's side
-of the NCCL weight-sync group.
+of the weight-sync group (NCCL, gloo on the CPU).
 
 Every call passes literal keywords whose values come from `engines.sglang.args` and `engines.weight_sync`;
 `tests/runtime/engines/sglang/` checks each class, method and keyword against the pinned release's source and
@@ -22,7 +22,12 @@ from kubedistill.runtime.engines.sglang.hidden_states import (
     keyword_only_parameters,
     shared_memory_method,
 )
-from kubedistill.runtime.engines.weight_sync import TensorMeta, WeightSyncGroup, tcp_init_method
+from kubedistill.runtime.engines.weight_sync import (
+    TensorMeta,
+    WeightSyncGroup,
+    process_group_backend,
+    tcp_init_method,
+)
 
 INSTALL_HINT = "pip install 'kubedistill[sglang]'"
 
@@ -134,7 +139,10 @@ class SGLangEngine:
             self._engine.update_weights_from_tensor(named_tensors=named_tensors, flush_cache=False),
         )
 
-    def join_weight_sync_group(self, group: WeightSyncGroup) -> None:
+    def join_weight_sync_group(self, group: WeightSyncGroup, device: str) -> None:
+        """Join with the engine's ranks, whose tensors are on `device` ("cuda", or "cpu": SGLang receives
+        into `torch.empty(..., device=self.device)` and broadcasts over the group's backend, SGLang 0.5.23
+        `srt/model_executor/model_runner_components/weight_updater.py:100-144,280-296`)."""
         _succeeded(
             "init_weights_update_group",
             self._engine.init_weights_update_group(
@@ -143,7 +151,7 @@ class SGLangEngine:
                 rank_offset=group.rank_offset,
                 world_size=group.world_size,
                 group_name=group.group_name,
-                backend="nccl",
+                backend=process_group_backend(device),
             ),
         )
 
@@ -176,14 +184,15 @@ class SGLangEngine:
         self._engine.shutdown()
 
 
-def join_weight_sync_group(group: WeightSyncGroup) -> torch.distributed.ProcessGroup:
+def join_weight_sync_group(group: WeightSyncGroup, device: str) -> torch.distributed.ProcessGroup:
     """The trainer's side of `SGLangEngine.join_weight_sync_group`, with the helper SGLang's engine ranks use:
-    a process group outside the trainer's default one, whose ranks are the group's own."""
+    a process group outside the trainer's default one, whose ranks are the group's own; `device` is where
+    the trainer's tensors are ("cuda" or "cpu")."""
     require_sglang()
     from sglang.srt.utils.common import init_custom_process_group
 
     return init_custom_process_group(
-        backend="nccl",
+        backend=process_group_backend(device),
         init_method=tcp_init_method(group.master_address, group.master_port),
         world_size=group.world_size,
         rank=group.rank_offset,

@@ -11,7 +11,7 @@ Weights arrive one of two ways (the sequence of calls is in `kubedistill.runtime
   themselves, when they can reach this actor (colocated GPUs, same node); works asleep too, by waking the
   weights alone, once for the whole sync;
 - `init_weight_sync_group(group)` once, then `receive_weights(metas)` per update: the trainer broadcasts over
-  NCCL to engines on other GPUs or nodes.
+  NCCL to engines on other GPUs or nodes (gloo between CPU processes).
 
 sglang-router is not used: it balances HTTP servers, while these engines are in-process objects inside Ray
 actors and the rollout group spreads prompts over them itself.
@@ -59,6 +59,7 @@ class SGLangRollout:
             rollout, model_path, placement, colocate=colocate, precision=precision, seed=seed
         )
         self._bucket_bytes = bucket_bytes
+        self._device = placement.device
         self._sync_group: str | None = None
         self._sglang = SGLangEngine(server_args, engine_environment(placement, colocate=colocate))
 
@@ -92,8 +93,9 @@ class SGLangRollout:
         self._sglang.end_weight_update()
 
     def init_weight_sync_group(self, group: WeightSyncGroup) -> None:
-        """Join the trainer's NCCL group; returns once the trainer and every other engine have joined."""
-        self._sglang.join_weight_sync_group(group)
+        """Join the trainer's broadcast group (NCCL, or gloo on the CPU); returns once the trainer and every
+        other engine have joined."""
+        self._sglang.join_weight_sync_group(group, self._device)
         self._sync_group = group.group_name
 
     def receive_weights(self, metas: list[TensorMeta]) -> None:

@@ -183,7 +183,7 @@ def check_broadcast(model_path: Path, prompts: list[list[int]], models: dict[str
 
     def trainer_side(group: WeightSyncGroup) -> None:
         # Student rank 0's part, in a thread: the engine's calls block until it has joined and sent.
-        process_group = join_weight_sync_group(group)
+        process_group = join_weight_sync_group(group, "cuda")
         broadcast_tensors((tensor for _, tensor in named), process_group)
 
     try:

@@ -59,12 +59,15 @@ class TransformersRollout(TransformersEngine):
             top_p=None if greedy else sampling.top_p,
             top_k=None if greedy else 0,
             max_new_tokens=sampling.max_new_tokens,
-            num_return_sequences=sampling.samples_per_prompt,
+            # Greedy samples are all alike: one is decoded and repeated. transformers 5.19 (SGLang 0.5.23's
+            # pin, so the runtime image's) refuses num_return_sequences > 1 without sampling.
+            num_return_sequences=1 if greedy else sampling.samples_per_prompt,
             eos_token_id=self._eos,
             pad_token_id=self._pad,
             suppress_tokens=self._suppressed,
         )
-        return [_until_eos(row[len(prompt) :].tolist(), self._eos) for row in outputs]
+        responses = [_until_eos(row[len(prompt) :].tolist(), self._eos) for row in outputs]
+        return responses * sampling.samples_per_prompt if greedy else responses
 
 
 def _until_eos(tokens: list[int], eos: int) -> list[int]:

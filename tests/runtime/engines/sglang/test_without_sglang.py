@@ -50,7 +50,7 @@ starts = {
     "rollout": lambda: SGLangRollout(
         RolloutSpec(), sys.argv[1], single_node_placement(), colocate=True, precision=Precision.BF16, seed=0
     ),
-    "trainer": lambda: join_weight_sync_group(weight_sync_layout([1], "127.0.0.1", 29500).trainer),
+    "trainer": lambda: join_weight_sync_group(weight_sync_layout([1], "127.0.0.1", 29500).trainer, "cuda"),
 }
 errors = {}
 for name, start in starts.items():
