@@ -198,8 +198,8 @@ class KubeRay:
     async def _running(self, head: HeadProcess) -> AsyncIterator[asyncio.subprocess.Process]:
         home = self.root / "home"
         home.mkdir(parents=True, exist_ok=True)
-        # What the runtime image provides besides the pod's env: its PATH (with `kubedistill` on it), and its
-        # Python's packages: in the SGLang tier the SGLang layer on PYTHONPATH, as the runtime image has SGLang.
+        # What the runtime image provides besides the pod's env: its PATH (with `kubedistill` on it), and
+        # its Python's packages: in the SGLang tier the SGLang layer on PYTHONPATH (the image has SGLang).
         image_env = {"PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}", "HOME": str(home)}
         if "PYTHONPATH" in os.environ:
             image_env["PYTHONPATH"] = os.environ["PYTHONPATH"]
