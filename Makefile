@@ -70,7 +70,7 @@ soak: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/kubedistill demo
 
-bench: $(STAMP)
+bench: $(STAMP) $(SGLANG_STAMP)
 	$(PY) -m bench
 
 crds: $(STAMP)

@@ -52,6 +52,14 @@ from kubedistill.runtime.teacher.backend import TeacherBatch
 
 ENGINE_DTYPES = {Precision.BF16: "bfloat16", Precision.FP32: "float32"}
 
+CPU_KV_CACHE_TOKENS = 16384
+"""The KV cache of an engine placed on the CPU, in tokens. There SGLang sizes the cache as
+`mem_fraction_static` of the whole machine's free RAM and writes every page of it (measured: a tiny model's
+scheduler at 7.3 GB resident with 0.3 of 21 GB free), so two or three engines beside Ray and the student
+ranks exhaust a machine. A CPU engine serves tests and local runs of small models: 16384 tokens hold one
+16k-token sequence, or a whole tiny micro-batch, and a request longer than the cache is aborted by SGLang
+naming its length. On GPUs SGLang's own sizing stands (None)."""
+
 BLOCK_NONZERO_RANK_CHILDREN = "SGLANG_BLOCK_NONZERO_RANK_CHILDREN"
 USE_CPU_ENGINE = "SGLANG_USE_CPU_ENGINE"
 """SGLang 0.5.23's CPU switch (`srt/utils/common.py` `is_cpu()`, read by `srt/platforms` and every layer):
@@ -168,6 +176,12 @@ def _placement_args(placement: EnginePlacement) -> dict[str, Any]:
         "node_rank": placement.node_rank,
         "dist_init_addr": placement.dist_init_addr,
         "device": placement.device,
+        # An idle scheduler polls for requests without pause (SGLang 0.5.23 `srt/managers/scheduler.py:
+        # 6160-6162`, `arg_groups/fields/device.py:74`: off by default). On a GPU node that is one host core
+        # per engine, SGLang's own trade; on the CPU it is a core taken from the engine's own work and the
+        # student ranks beside it (measured: 0.85-1.0 of a core idle, 0.02 with it on).
+        "sleep_on_idle": placement.device == "cpu",
+        "max_total_tokens": CPU_KV_CACHE_TOKENS if placement.device == "cpu" else None,
     }
 
 

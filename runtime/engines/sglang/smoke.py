@@ -1,7 +1,8 @@
 """A check of the SGLang backends on a real GPU, for a runtime image with SGLang: run by
-`images/runtime/gpu-smoke.sh` (`python -m kubedistill.runtime.engines.sglang.smoke`). No machine of ours has
-SGLang, so this never runs in `make test`; the signature tests in `tests/runtime/engines/sglang/` cover what
-runs without it.
+`images/runtime/gpu-smoke.sh` (`python -m kubedistill.runtime.engines.sglang.smoke`). `make test` runs the
+same checks and more on the CPU, on SGLang's own engine in its SGLang tier (`tests/runtime/engines/sglang/
+test_teacher_engine.py`, `test_rollout_engine.py`); this script is what only a GPU adds: CUDA devices,
+bf16 kernels, the memory saver and NCCL broadcast.
 
 1. A tiny random Qwen3 is saved from a config (`kubedistill.runtime.demo.tiny`, heads 64 wide for SGLang's
    attention kernels, an untied lm_head).

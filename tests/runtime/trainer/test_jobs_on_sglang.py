@@ -1,6 +1,7 @@
-"""Whole jobs with their engines on the real SGLang engine (CPU, fp32), against the same jobs on transformers:
-real Ray actors, FSDP2 ranks over gloo, the teacher's hidden states through SGLang's replaced scheduler and
-/dev/shm, rollout engines that take the student's weights over a gloo broadcast group.
+"""A whole on-policy job with its engines on the real SGLang engine (CPU, fp32), against the same job on
+transformers: real Ray actors, FSDP2 ranks over gloo, the teacher's hidden states through SGLang's replaced
+scheduler and /dev/shm, a rollout engine that takes the student's weights over a gloo broadcast group.
+(`test_run_on_sglang.py` runs the off-policy path through `kubedistill run`.)
 
 In fp32 the two backends agree to float32 rounding (`tests/runtime/engines/sglang/`), so a job trains the
 same losses on either; greedy rollouts sample the same responses.
@@ -15,14 +16,12 @@ from typing import Any
 import psutil
 import pytest
 import ray
-import yaml
 
-from kubedistill.api import parse_job, telemetry
+from kubedistill.api import parse_job
 from kubedistill.runtime.trainer.controller import RunOptions, Trainer
 from kubedistill.runtime.trainer.groups import Groups
 from tests.runtime.conftest import TINY_ROLLOUT, TinyWorld, job_manifest
 from tests.runtime.trainer.test_faults import strike_once
-from tests.test_bad_inputs import kubedistill
 
 pytestmark = [pytest.mark.sglang, pytest.mark.usefixtures("ray_session")]
 
@@ -59,37 +58,35 @@ def kill_teacher_engine(groups: Groups) -> None:
         child.send_signal(signal.SIGKILL)
 
 
-def test_kubedistill_run_off_policy_on_the_sglang_teacher_trains_the_losses_of_the_transformers_teacher(
-    tiny: TinyWorld, straight_run: Path, tmp_path: Path
-) -> None:
-    """As a user runs it: the installed command, its own local Ray, the manifest naming backend sglang."""
-    manifest = job_manifest(tiny, "sglang-run", teacher=SGLANG, output={"path": str(tmp_path / "out")})
-    job = tmp_path / "job.yaml"
-    job.write_text(yaml.safe_dump(manifest), encoding="utf-8")
-    outcome = kubedistill(["run", str(job)], tmp_path, env={telemetry.METRICS_PORT_ENV: "0"})
-    assert outcome.exit_code == 0, outcome.stderr[-3000:]
-    assert _losses(tmp_path / "out") == pytest.approx(_losses(straight_run), abs=LOSS_TOLERANCE)
-
-
-def test_a_crashed_sglang_teacher_engine_is_restarted_and_the_step_retried_with_nothing_lost(
-    tiny: TinyWorld, straight_run: Path, tmp_path: Path
-) -> None:
-    summary = _run(tiny, tmp_path, on_step=strike_once(2, kill_teacher_engine), teacher=SGLANG)
-    assert [r["error"] for r in summary["recoveries"]] == ["TeacherUnavailable"]
-    assert _losses(tmp_path) == pytest.approx(_losses(straight_run), abs=LOSS_TOLERANCE)
-
-
-def test_on_policy_with_sglang_rollout_engines_samples_and_trains_as_on_transformers(
+def test_on_policy_self_distillation_on_sglang_engines_trains_as_on_transformers_through_an_engine_crash(
     tiny: TinyWorld, tmp_path: Path
 ) -> None:
-    """Greedy rounds, so both backends sample the same responses; the engines take the student's weights
-    over a gloo broadcast group after every step (SGLang's own weight-update group)."""
-    greedy = {**TINY_ROLLOUT, "temperature": 0.0}
+    """The student samples on an SGLang rollout engine (the student's weights over a gloo broadcast group
+    after every step) and is scored by an SGLang teacher that starts as the student, sees the whole chat
+    (privileged input, as the local example does) and takes the student's weights every 2 steps (CPU
+    tensors into the engine). Greedy rounds, so both backends sample the same responses.
+
+    After step 3 the teacher's engine crashes: it is restarted, given the step-2 teacher's weights again,
+    and step 4 is retried with nothing lost or repeated.
+
+    Without the privileged input the teacher is the student and the divergence is zero: Adam would then
+    turn float32 rounding into whole steps, and no two backends would agree."""
+    losses = {}
     for backend in ("transformers", "sglang"):
-        rollout = {**greedy, "backend": backend, "memFractionStatic": 0.3}
-        _run(
-            tiny, tmp_path / backend, stop=3, mode="onPolicy", rollout=rollout, distillation={"kdRatio": 1.0}
+        engine = {"backend": backend, "memFractionStatic": 0.3}
+        summary = _run(
+            tiny,
+            tmp_path / backend,
+            stop=5,
+            on_step=strike_once(3, kill_teacher_engine) if backend == "sglang" else None,
+            mode="selfDistillation",
+            teacher={"model": None, **engine},
+            rollout={**TINY_ROLLOUT, **engine, "temperature": 0.0},
+            distillation={"kdRatio": 1.0, "teacherUpdateFreq": 2},
+            data={"train": {"path": str(tiny.train), "teacherInputKey": "messages"}},
         )
-    assert _losses(tmp_path / "sglang") == pytest.approx(
-        _losses(tmp_path / "transformers"), abs=LOSS_TOLERANCE
-    )
+        losses[backend] = _losses(tmp_path / backend)
+    assert [r["error"] for r in summary["recoveries"]] == ["TeacherUnavailable"]
+    assert losses["sglang"] == pytest.approx(losses["transformers"], abs=LOSS_TOLERANCE)
+    assert len(losses["sglang"]) == 5
+    assert max(losses["transformers"]) > 1e-3, "the privileged teacher disagrees with the student"

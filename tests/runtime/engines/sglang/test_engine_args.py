@@ -230,3 +230,17 @@ def test_on_the_cpu_colocation_asks_for_no_memory_saver_which_is_cuda_only() -> 
     args = _teacher(placement=cpu, colocate=True)
     assert (args["enable_memory_saver"], args["enable_weights_cpu_backup"]) == (False, False)
     assert MEMORY_SAVER_CUDA_GRAPH not in engine_environment(cpu, colocate=True)
+
+
+def test_an_idle_engine_sleeps_on_the_cpu_and_polls_as_sglang_does_on_gpus() -> None:
+    assert _teacher(placement=single_node_placement("cpu"))["sleep_on_idle"] is True
+    assert _teacher()["sleep_on_idle"] is False
+    assert _rollout()["sleep_on_idle"] is False
+
+
+def test_on_the_cpu_the_kv_cache_is_bounded_in_tokens_not_a_share_of_the_machines_ram() -> None:
+    from kubedistill.runtime.engines.sglang.args import CPU_KV_CACHE_TOKENS
+
+    assert _teacher(placement=single_node_placement("cpu"))["max_total_tokens"] == CPU_KV_CACHE_TOKENS
+    assert _teacher()["max_total_tokens"] is None
+    assert _rollout()["max_total_tokens"] is None
