@@ -9,10 +9,10 @@ project's CPU machines put `.venv/sglang-cpu` (`make sglang-venv` builds it) in 
 PYTHONPATH above; on a GPU image with SGLang installed, `python -m bench.sglang --device cuda`. Without
 SGLang it exits at once, saying so.
 
-One tiny Qwen3 (`SHAPE`, heads 64 wide for SGLang's GPU attention kernels, random weights) and one
-micro-batch per `--batch-sizes` entry, of token sequences whose lengths are drawn uniformly from
-[--min-length, --max-length] (seeded: every run and both backends see the same batches). Per precision the
-SGLang teacher (`SGLangTeacher`, its own engine, not colocated) starts and the transformers teacher
+One tiny Qwen3 (the GPU smoke check's `SHAPE`, heads 64 wide for SGLang's GPU attention kernels, random
+weights) and one micro-batch per `--batch-sizes` entry, of token sequences whose lengths are drawn uniformly
+from [--min-length, --max-length] (seeded: every run and both backends see the same batches). Per precision
+the SGLang teacher (`SGLangTeacher`, its own engine, not colocated) starts and the transformers teacher
 (`TransformersTeacher`) loads, both on `--device`; each scores every batch once untimed (warm-up; those
 outputs give the largest difference between the two), then, per batch, the two take turns (SGLang,
 transformers, SGLang, ...) for `--repeats` rounds.
@@ -49,21 +49,13 @@ import torch
 
 from bench.report import alternate, report, spread
 from kubedistill.api.spec import Precision, TeacherSpec
-from kubedistill.runtime.demo.tiny import TinyShape, build_tokenizer, save_tiny
+from kubedistill.runtime.demo.tiny import build_tokenizer, save_tiny
 from kubedistill.runtime.engines.layout import single_node_placement
+from kubedistill.runtime.engines.sglang.smoke import SHAPE
 from kubedistill.runtime.engines.sglang.teacher import SGLangTeacher
 from kubedistill.runtime.engines.transformers.teacher import TransformersTeacher
 from kubedistill.runtime.teacher.backend import TeacherBackend, TeacherBatch
 
-SHAPE = TinyShape(
-    hidden_size=256,
-    intermediate_size=512,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    head_dim=64,
-    tie_word_embeddings=False,
-)
 TEXTS = ["The teacher scores every token of a sequence in one prefill, and the student learns from it."]
 BACKENDS = ("sglang", "transformers")
 DTYPES = {Precision.FP32: torch.float32, Precision.BF16: torch.bfloat16}
