@@ -31,8 +31,11 @@ from tests.runtime.conftest import TinyWorld, job_manifest
 from tests.test_bad_inputs import KUBEDISTILL, Outcome, kubedistill
 
 CLI_TIMEOUT_SECONDS = 600
-STEPS = 12
-"""Two epochs of the tiny world's 96 records in global batches of 16."""
+EPOCHS = 6
+STEPS = 36
+"""Six epochs of the tiny world's 96 records in global batches of 16: a tiny step takes 0.06-0.1 s, and the
+Ctrl-C sent once the step-2 checkpoint shows must land before the run ends, also when the test's own
+process is starved for seconds by the other tests on the same two cores (with two epochs it came too late)."""
 LOG_EVERY = 4
 KILLED_RAY_GRACE_SECONDS = 30
 """How long a killed run's Ray processes may take to go; without the watchdog Ray's agents stay 60-90 s."""
@@ -77,7 +80,7 @@ def job(tiny: TinyWorld, tmp_path_factory: pytest.TempPathFactory) -> Job:
     manifest = job_manifest(
         tiny,
         "cli-run",
-        training={"epochs": 2, "logEverySteps": LOG_EVERY},
+        training={"epochs": EPOCHS, "logEverySteps": LOG_EVERY},
         checkpoint={"path": str(root / "ckpt"), "everySteps": 2},
         output={"path": str(root / "out")},
     )
