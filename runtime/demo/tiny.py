@@ -188,6 +188,9 @@ def build_vlm(
             "patch_size": images.patch_size,
             "spatial_merge_size": images.merge_size,
             "temporal_patch_size": images.temporal_patch_size,
+            # Qwen2-VL's published configs name the pixel channels `in_chans` (transformers reads
+            # `in_channels`, default 3); SGLang 0.5.23 reads `in_chans` (`srt/models/qwen2_vl.py:302`).
+            "in_chans": 3,
         },
         image_token_id=ids["<|image_pad|>"],
         vision_start_token_id=ids["<|vision_start|>"],
