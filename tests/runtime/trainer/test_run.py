@@ -31,11 +31,9 @@ from tests.runtime.conftest import TinyWorld, job_manifest
 from tests.test_bad_inputs import KUBEDISTILL, Outcome, kubedistill
 
 CLI_TIMEOUT_SECONDS = 600
-EPOCHS = 6
-STEPS = 36
-"""Six epochs of the tiny world's 96 records in global batches of 16: a tiny step takes 0.06-0.1 s, and the
-Ctrl-C sent once the step-2 checkpoint shows must land before the run ends, also when the test's own
-process is starved for seconds by the other tests on the same two cores (with two epochs it came too late)."""
+EPOCHS = 2
+STEPS = 12
+"""Two epochs of the tiny world's 96 records in global batches of 16."""
 LOG_EVERY = 4
 KILLED_RAY_GRACE_SECONDS = 30
 """How long a killed run's Ray processes may take to go; without the watchdog Ray's agents stay 60-90 s."""
@@ -89,6 +87,14 @@ def job(tiny: TinyWorld, tmp_path_factory: pytest.TempPathFactory) -> Job:
     return Job(root, file, manifest)
 
 
+def _as_a_shell_starts_a_job() -> None:
+    """A shell starts a foreground job with Ctrl-C's default action and no signal blocked. A test worker
+    may not be so: its SIGINT ignored or blocked, which a child inherits across exec, so Ctrl-C never
+    reached the run (seen in `make test` on two workers: the run trained to its end and exited 0)."""
+    signal.pthread_sigmask(signal.SIG_SETMASK, [])
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _start(args: list[str], cwd: Path, ray_root: str) -> subprocess.Popen:
     """The command in a process group of its own, as a shell runs a foreground job."""
     env = {key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"}
@@ -100,6 +106,7 @@ def _start(args: list[str], cwd: Path, ray_root: str) -> subprocess.Popen:
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,
+        preexec_fn=_as_a_shell_starts_a_job,
     )
 
 
