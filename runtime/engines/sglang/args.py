@@ -150,6 +150,13 @@ def rollout_engine_args(
     }
 
 
+def uses_memory_saver(placement: EnginePlacement, *, colocate: bool) -> bool:
+    """Whether the engine hands its GPU memory over while asleep, through SGLang's memory saver: colocated
+    engines on GPUs. On the CPU there is no GPU memory to hand over and the saver (`torch_memory_saver`) is
+    CUDA-only; sleep and wake still release and resume the engine's memory there, without it."""
+    return colocate and placement.device == "cuda"
+
+
 def _colocation_args(colocate: bool, placement: EnginePlacement) -> dict[str, Any]:
     # Sleeping releases the weights' GPU memory; the CPU backup brings them back without a reload from disk.
     # The graphs' memory is released with the `cuda_graph` tag only when they were captured inside the
@@ -159,13 +166,11 @@ def _colocation_args(colocate: bool, placement: EnginePlacement) -> dict[str, An
     # graph is not compatible with memory saver mode" under that setting (`breakable_cuda_graph_backend.py:
     # 84-94`), so colocated engines turn the prefill graph off, as KDFlow does (None: SGLang's default). The
     # teacher only prefills whole long sequences, where a graph saves little; rollout decode keeps its graphs.
-    # On the CPU there is no GPU memory to hand over and the memory saver (`torch_memory_saver`) is CUDA-only:
-    # sleep and wake still release and resume the engine's memory, without it.
-    colocate = colocate and placement.device == "cuda"
+    saver = uses_memory_saver(placement, colocate=colocate)
     return {
-        "enable_memory_saver": colocate,
-        "enable_weights_cpu_backup": colocate,
-        "cuda_graph_backend_prefill": "disabled" if colocate else None,
+        "enable_memory_saver": saver,
+        "enable_weights_cpu_backup": saver,
+        "cuda_graph_backend_prefill": "disabled" if saver else None,
     }
 
 
@@ -191,7 +196,7 @@ def engine_environment(placement: EnginePlacement, *, colocate: bool) -> dict[st
     environment = {BLOCK_NONZERO_RANK_CHILDREN: "0", **NCCL_ENVIRONMENT}
     if placement.device == "cpu":
         environment[USE_CPU_ENGINE] = "1"
-    elif colocate:
+    if uses_memory_saver(placement, colocate=colocate):
         environment[MEMORY_SAVER_CUDA_GRAPH] = "1"  # see `_colocation_args`
     return environment
 

@@ -24,6 +24,7 @@ from kubedistill.runtime.engines.weight_sync import broadcast_tensors, tensor_me
 from kubedistill.runtime.models.loading import load_tokenizer
 from kubedistill.runtime.rollout.backend import SamplingConfig
 from tests.runtime.conftest import TEACHER, TinyWorld
+from tests.runtime.engines.sglang.weights import push_weights
 
 pytestmark = pytest.mark.sglang
 
@@ -104,9 +105,7 @@ def ends_at_once(model_path: Path, directory: Path) -> Path:
 @pytest.fixture
 def restore(rollout: SGLangRollout, model: Path) -> Iterator[None]:
     yield
-    rollout.begin_weight_update()
-    rollout.update_weights(state_of(model))
-    rollout.end_weight_update()
+    push_weights(rollout, state_of(model))
 
 
 def test_greedy_responses_equal_the_transformers_rollouts_token_for_token(
@@ -124,9 +123,7 @@ def test_a_response_ends_with_the_end_of_sequence_token_as_on_transformers(
 ) -> None:
     eos = load_tokenizer(str(model)).eos_token_id
     stopping = ends_at_once(model, tmp_path / "stops")
-    rollout.begin_weight_update()
-    rollout.update_weights(state_of(stopping))
-    rollout.end_weight_update()
+    push_weights(rollout, state_of(stopping))
     responses = rollout.generate(prompts, GREEDY)
     assert responses == [[eos]] * 6
     assert responses == transformers_responses(stopping, prompts, GREEDY)
@@ -160,10 +157,7 @@ def test_weights_pushed_as_cpu_tensors_while_asleep_replace_the_model(
     other = another_model(model, tmp_path / "other", seed=9)
     named = state_of(other)
     rollout.sleep()
-    rollout.begin_weight_update()
-    rollout.update_weights(named[: len(named) // 2])
-    rollout.update_weights(named[len(named) // 2 :])
-    rollout.end_weight_update()
+    push_weights(rollout, named, buckets=2)
     rollout.wake()
     responses = rollout.generate(prompts, GREEDY)
     assert responses == transformers_responses(other, prompts, GREEDY)

@@ -21,6 +21,7 @@ from kubedistill.runtime.engines.transformers.teacher import TransformersTeacher
 from kubedistill.runtime.models.loading import load_tokenizer
 from kubedistill.runtime.teacher.backend import TeacherBatch
 from tests.runtime.conftest import TEACHER, TinyWorld
+from tests.runtime.engines.sglang.weights import push_weights
 
 pytestmark = pytest.mark.sglang
 
@@ -170,10 +171,7 @@ def test_pushed_weights_replace_the_model_and_sleep_and_wake_keep_them(
     batch = loss_positions(sequences)
     try:
         fp32_engine.sleep()
-        fp32_engine.begin_weight_update()
-        fp32_engine.update_weights(named[: len(named) // 2])
-        fp32_engine.update_weights(named[len(named) // 2 :])
-        fp32_engine.end_weight_update()
+        push_weights(fp32_engine, named, buckets=2)
         fp32_engine.wake()
         torch.testing.assert_close(
             fp32_engine.hidden_states(batch),
@@ -183,9 +181,7 @@ def test_pushed_weights_replace_the_model_and_sleep_and_wake_keep_them(
         )
     finally:
         original = AutoModelForCausalLM.from_pretrained(tiny.teacher, dtype=torch.float32)
-        fp32_engine.begin_weight_update()
-        fp32_engine.update_weights(original.state_dict().items())
-        fp32_engine.end_weight_update()
+        push_weights(fp32_engine, original.state_dict().items())
     torch.testing.assert_close(
         fp32_engine.hidden_states(batch),
         reference(tiny.teacher, batch, torch.float32),
