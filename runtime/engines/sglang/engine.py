@@ -37,6 +37,9 @@ CUDA_GRAPH = "cuda_graph"
 ALL_MEMORY = (KV_CACHE, WEIGHTS, CUDA_GRAPH)
 """SGLang's memory-occupation tags (`sglang.srt.constants.GPU_MEMORY_ALL_TYPES`)."""
 
+_engines_in_this_process: set[int] = set()
+"""The running `SGLangEngine`s of this process (at most one: see `SGLangEngine.shutdown`)."""
+
 
 class SGLangNotInstalled(ImportError):
     pass
@@ -72,6 +75,11 @@ class SGLangEngine:
         *,
         hidden_states_in_shared_memory: bool = False,
     ) -> None:
+        if _engines_in_this_process:
+            raise SGLangError(
+                "an SGLang engine already runs in this process; each needs a process of its own (an actor), "
+                "since shutting one down kills every child process of its parent, the other's included"
+            )
         # Before SGLang's first import: some of it (the CPU switch among them) is read and cached at import.
         os.environ.update(environment)
         require_sglang()
@@ -85,6 +93,7 @@ class SGLangEngine:
                 {"run_scheduler_process_func": staticmethod(run_scheduler_process)},
             )
         self._engine = Engine(**server_args)
+        _engines_in_this_process.add(id(self))
         self._released: set[str] = set()
         self._weights_were_released = False
 
@@ -181,7 +190,12 @@ class SGLangEngine:
             self._released.difference_update(pending)
 
     def shutdown(self) -> None:
-        self._engine.shutdown()
+        # SGLang 0.5.23 `Engine.shutdown` ends in `kill_process_tree(os.getpid(), include_parent=False)`
+        # (`srt/entrypoints/engine.py:1491`): every child of this process, whichever engine started it.
+        try:
+            self._engine.shutdown()
+        finally:
+            _engines_in_this_process.discard(id(self))
 
 
 def join_weight_sync_group(group: WeightSyncGroup, device: str) -> torch.distributed.ProcessGroup:

@@ -5,6 +5,9 @@ runs on a CPU (CPU tensors in an update session, and a gloo broadcast group with
 One engine for the module; tests that change its weights put the original ones back.
 """
 
+import json
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +20,7 @@ from kubedistill.api.spec import Precision, RolloutSpec
 from kubedistill.runtime.cluster.actors import free_port
 from kubedistill.runtime.demo.tiny import build_model
 from kubedistill.runtime.engines.layout import single_node_placement
-from kubedistill.runtime.engines.sglang.engine import join_weight_sync_group
+from kubedistill.runtime.engines.sglang.engine import SGLangError, join_weight_sync_group
 from kubedistill.runtime.engines.sglang.rollout import SGLangRollout
 from kubedistill.runtime.engines.transformers.rollout import TransformersRollout
 from kubedistill.runtime.engines.weight_sync import broadcast_tensors, tensor_metas, weight_sync_layout
@@ -25,6 +28,7 @@ from kubedistill.runtime.models.loading import load_tokenizer
 from kubedistill.runtime.rollout.backend import SamplingConfig
 from tests.runtime.conftest import TEACHER, TinyWorld
 from tests.runtime.engines.sglang.weights import push_weights
+from tests.runtime.engines.sglang.wheel_source import ROOT
 
 pytestmark = pytest.mark.sglang
 
@@ -40,20 +44,35 @@ def model(tiny: TinyWorld) -> Path:
     return tiny.teacher
 
 
-@pytest.fixture(scope="module")
-def rollout(model: Path) -> Iterator[SGLangRollout]:
-    engine = SGLangRollout(
+SAMPLED = SamplingConfig(
+    max_new_tokens=MAX_NEW_TOKENS, temperature=1.0, top_p=1.0, samples_per_prompt=4, seed=0
+)
+
+
+def started(model: Path | str, seed: int) -> SGLangRollout:
+    return SGLangRollout(
         RolloutSpec(mem_fraction_static=0.3),
         str(model),
         single_node_placement("cpu"),
         colocate=False,
         precision=Precision.FP32,
-        seed=0,
+        seed=seed,
     )
+
+
+@pytest.fixture(scope="module")
+def seeded(model: Path, prompts: list[list[int]]) -> Iterator[tuple[SGLangRollout, list[list[int]]]]:
+    """The module's engine (seed 0) and what it sampled first, before any other test used it."""
+    engine = started(model, seed=0)
     try:
-        yield engine
+        yield engine, engine.generate(prompts, SAMPLED)
     finally:
         engine.close()
+
+
+@pytest.fixture(scope="module")
+def rollout(seeded: tuple[SGLangRollout, list[list[int]]]) -> SGLangRollout:
+    return seeded[0]
 
 
 @pytest.fixture(scope="module")
@@ -129,15 +148,17 @@ def test_a_response_ends_with_the_end_of_sequence_token_as_on_transformers(
     assert responses == transformers_responses(stopping, prompts, GREEDY)
 
 
-def test_sampling_takes_temperature_and_top_p(rollout: SGLangRollout, prompts: list[list[int]]) -> None:
-    sampled = rollout.generate(
-        prompts,
-        SamplingConfig(
-            max_new_tokens=MAX_NEW_TOKENS, temperature=1.0, top_p=1.0, samples_per_prompt=4, seed=0
-        ),
-    )
+def test_sampling_takes_temperature_and_top_p(
+    rollout: SGLangRollout, prompts: list[list[int]], model: Path
+) -> None:
+    sampled = rollout.generate(prompts, SAMPLED)
     assert len(sampled) == 12
-    assert all(len(response) == MAX_NEW_TOKENS for response in sampled)
+    # A sampled response may draw the end-of-sequence token (its last) before max_new_tokens.
+    eos = load_tokenizer(str(model)).eos_token_id
+    assert all(
+        len(response) == MAX_NEW_TOKENS or (0 < len(response) < MAX_NEW_TOKENS and response[-1] == eos)
+        for response in sampled
+    ), sampled
     assert len({tuple(response) for response in sampled}) > 3, "temperature 1 samples differ"
     # A top_p this small keeps only the most likely token: sampling becomes greedy.
     nucleus = rollout.generate(
@@ -147,6 +168,56 @@ def test_sampling_takes_temperature_and_top_p(rollout: SGLangRollout, prompts: l
         ),
     )
     assert nucleus == rollout.generate(prompts, GREEDY)
+
+
+RESTARTED = """
+import json, sys
+
+# The repository root after the standard library: its folder operator/ must not hide `operator`.
+sys.path.append(sys.argv[1])
+
+from tests.runtime.engines.sglang.test_rollout_engine import SAMPLED, started
+
+
+if __name__ == "__main__":
+    model, prompts = sys.argv[2], json.loads(sys.argv[3])
+    engine = started(model, seed=0)
+    try:
+        print(json.dumps(engine.generate(prompts, SAMPLED)))
+    finally:
+        engine.close()
+"""
+
+
+def test_an_engine_started_with_the_same_seed_samples_the_same_responses(
+    seeded: tuple[SGLangRollout, list[list[int]]], prompts: list[list[int]], model: Path, tmp_path: Path
+) -> None:
+    """SGLang 0.5.23 reads a request's `sampling_seed` only with deterministic inference on, so the job's seed
+    reaches the engine once, as `random_seed`, and a restarted engine samples its first batch again as the
+    first one did. (`SamplingConfig.seed` per call is honoured by the transformers rollout only.) The
+    restarted engine runs in a process of its own, as each engine does in a job (see the next test)."""
+    _, first = seeded
+    assert len({tuple(response) for response in first}) > 3, "temperature 1: the samples differ"
+    script = tmp_path / "restarted.py"
+    script.write_text(RESTARTED, encoding="utf-8")
+    done = subprocess.run(
+        [sys.executable, str(script), str(ROOT), str(model), json.dumps(prompts)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == first
+
+
+def test_a_second_engine_in_the_same_process_is_refused_before_it_starts(
+    rollout: SGLangRollout, model: Path
+) -> None:
+    # SGLang's shutdown of either would kill the other's scheduler (and, through its watchdog, this process).
+    with pytest.raises(SGLangError, match="already runs in this process"):
+        started(model, seed=1)
+    assert rollout.generate([[1, 2, 3]], GREEDY), "the running engine is untouched"
 
 
 def test_weights_pushed_as_cpu_tensors_while_asleep_replace_the_model(

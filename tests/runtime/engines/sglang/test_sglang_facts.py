@@ -339,3 +339,9 @@ def _entry_classes(tree: ast.Module) -> set[str]:
 
 def _module(path: str) -> str:
     return path.removesuffix(".py").removesuffix("/__init__").replace("/", ".")
+
+
+def test_shutting_an_engine_down_kills_every_child_of_its_process(sglang_source: SGLangSource) -> None:
+    # So `SGLangEngine` refuses a second engine in one process: each engine lives in an actor of its own.
+    shutdown = ast.unparse(sglang_source.methods("sglang.srt.entrypoints.engine", "Engine")["shutdown"])
+    assert "kill_process_tree(os.getpid(), include_parent=False" in shutdown
