@@ -1,5 +1,5 @@
 """Images in chat records: reading them, and turning them into the inputs and tokens of a vision-language
-model (Qwen2-VL, Qwen2.5-VL, Qwen3-VL).
+model of the Qwen-VL families (Qwen2-VL, Qwen2.5-VL, Qwen3-VL and its MoE, Qwen3.5).
 
 A user message's content parts may carry images, in the OpenAI chat format or Hugging Face's:
 `{"type": "image_url", "image_url": {"url": ...}}` (or `"image_url": "..."`) and `{"type": "image",

@@ -255,10 +255,16 @@ IMAGE_ARCHITECTURES = frozenset(
         "Qwen2VLForConditionalGeneration",
         "Qwen2_5_VLForConditionalGeneration",
         "Qwen3VLForConditionalGeneration",
+        "Qwen3VLMoeForConditionalGeneration",
+        "Qwen3_5ForConditionalGeneration",
+        "Qwen3_5MoeForConditionalGeneration",
     }
 )
 """The architectures whose images `image_data_for` sends: SGLang 0.5.23 counts them multimodal
-(`multimodal_model_archs`, `srt/configs/model_config.py:2391`) and runs them through `QwenVLImageProcessor`.
+(`multimodal_model_archs`, `srt/configs/model_config.py:2391`) and runs them through `QwenVLImageProcessor`
+(`srt/multimodal/processors/qwen_vl.py:336-349`), whose Qwen-VL models take `pixel_values` and
+`image_grid_thw` as `runtime.data.images` makes them. The test of this set derives it from that list, less the
+models it leaves out on purpose (`tests/runtime/engines/sglang/test_sglang_facts.py`, `NOT_QWEN_VL_IMAGES`).
 For any other model SGLang builds no multimodal processor and drops a request's `image_data` without a word
 (`srt/managers/tokenizer_manager.py:1159-1161`, then `mm_inputs = None` at `1268-1269`)."""
 

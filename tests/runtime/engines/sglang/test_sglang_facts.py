@@ -199,16 +199,50 @@ def test_pipeline_parallel_engines_relay_no_hidden_states_and_tensor_parallel_sp
 
 MM_PROCESSOR = "sglang.srt.multimodal.processors.base_processor"
 QWEN_VL_PROCESSOR = "sglang.srt.multimodal.processors.qwen_vl"
-QWEN_VL_ARCHITECTURES = {
-    "Qwen2VLForConditionalGeneration",
-    "Qwen2_5_VLForConditionalGeneration",
-    "Qwen3VLForConditionalGeneration",
+NOT_QWEN_VL_IMAGES = {
+    "Qwen3_5ForCausalLMMTP": "Qwen3.5's multi-token-prediction draft model, never a teacher",
+    "Qwen3OmniMoeForConditionalGeneration": "a thinker-talker model with audio and video: its language model "
+    "and lm_head sit under `thinker`, which the teacher's head loading does not read",
+    "Qwen4ExpForConditionalGeneration": "an experimental model without a published Hugging Face processor",
+    "InternS2PreviewForConditionalGeneration": "another family, whose image tokens and processor are its own",
+    "InternS2MobiusForConditionalGeneration": "another family, whose image tokens and processor are its own",
+    "Cosmos3ForConditionalGeneration": "another family, whose image tokens and processor are its own",
 }
-"""The vision-language models `kubedistill.runtime.data.images` makes image inputs for."""
+"""Models SGLang's `QwenVLImageProcessor` serves that a teacher with pictures is refused for, and why."""
+
+
+def qwen_vl_processor_models(sglang_source: SGLangSource) -> set[str]:
+    _, processor = sglang_source.class_def(QWEN_VL_PROCESSOR, "QwenVLImageProcessor")
+    (models,) = [
+        s.value
+        for s in processor.body
+        if isinstance(s, ast.Assign) and any(ast.unparse(t) == "models" for t in s.targets)
+    ]
+    assert isinstance(models, ast.List)
+    return {ast.unparse(model) for model in models.elts}
+
+
+def multimodal_model_archs(sglang_source: SGLangSource) -> set[str]:
+    """The names written in SGLang's `multimodal_model_archs` list (some of it is spliced from others)."""
+    (archs,) = [
+        s.value
+        for s in sglang_source.tree("sglang.srt.configs.model_config").body
+        if isinstance(s, ast.Assign) and any(ast.unparse(t) == "multimodal_model_archs" for t in s.targets)
+    ]
+    return {e.value for e in ast.walk(archs) if isinstance(e, ast.Constant) and isinstance(e.value, str)}
+
+
+def test_teachers_take_pictures_for_every_qwen_vl_model_sglangs_processor_serves(
+    sglang_source: SGLangSource,
+) -> None:
+    served = qwen_vl_processor_models(sglang_source)
+    assert served >= NOT_QWEN_VL_IMAGES.keys(), "a model left out on purpose is no longer served: review"
+    assert served - NOT_QWEN_VL_IMAGES.keys() == IMAGE_ARCHITECTURES
+    for architecture in ("Qwen3VLMoeForConditionalGeneration", "Qwen3_5ForConditionalGeneration"):
+        refuse_images_for([architecture], "teacher")
 
 
 def test_the_teacher_refuses_images_sglang_would_drop(sglang_source: SGLangSource) -> None:
-    assert IMAGE_ARCHITECTURES == QWEN_VL_ARCHITECTURES
     tokenize = ast.unparse(
         _function(sglang_source, "sglang.srt.managers.tokenizer_manager", "_tokenize_one_request")
     )
@@ -224,14 +258,7 @@ def test_the_teacher_refuses_images_sglang_would_drop(sglang_source: SGLangSourc
 
 
 def test_qwen_vl_models_take_images_through_sglangs_qwen_vl_processor(sglang_source: SGLangSource) -> None:
-    _, processor = sglang_source.class_def(QWEN_VL_PROCESSOR, "QwenVLImageProcessor")
-    (models,) = [
-        s.value
-        for s in processor.body
-        if isinstance(s, ast.Assign) and any(ast.unparse(t) == "models" for t in s.targets)
-    ]
-    assert isinstance(models, ast.List)
-    assert {ast.unparse(model) for model in models.elts} >= QWEN_VL_ARCHITECTURES
+    assert qwen_vl_processor_models(sglang_source) >= IMAGE_ARCHITECTURES
     # It is built for a multimodal model even when the engine has no tokenizer (skip_tokenizer_init).
     init = ast.unparse(
         _function(sglang_source, "sglang.srt.managers.tokenizer_manager", "init_tokenizer_and_processor")
@@ -243,13 +270,7 @@ def test_qwen_vl_models_take_images_through_sglangs_qwen_vl_processor(sglang_sou
         < init.index("if get_serving().skip_tokenizer_init:")
     )
     # `ModelConfig.is_multimodal` (`is_multimodal_model`) holds for the architectures of this list.
-    (archs,) = [
-        s.value
-        for s in sglang_source.tree("sglang.srt.configs.model_config").body
-        if isinstance(s, ast.Assign) and any(ast.unparse(t) == "multimodal_model_archs" for t in s.targets)
-    ]
-    multimodal_models = [e.value for e in ast.walk(archs) if isinstance(e, ast.Constant)]
-    assert set(multimodal_models) >= QWEN_VL_ARCHITECTURES
+    assert multimodal_model_archs(sglang_source) >= IMAGE_ARCHITECTURES
 
 
 def test_a_requests_processor_output_is_one_item_beside_its_input_ids(sglang_source: SGLangSource) -> None:
