@@ -20,6 +20,7 @@ and removes it. Other requests, and last-token capture, keep SGLang's behaviour.
 """
 
 import inspect
+import os
 import tempfile
 import uuid
 from collections.abc import Callable
@@ -54,6 +55,36 @@ def hidden_state_file(rid: str) -> Path:
     """Where the scheduler leaves a request's rows: RAM-backed /dev/shm where there is one (Linux pods)."""
     shm = Path("/dev/shm")
     return (shm if shm.is_dir() else Path(tempfile.gettempdir())) / f"{rid}.hidden.pt"
+
+
+def shared_memory_size(folder: Path = Path("/dev/shm")) -> int | None:
+    """Size of this node's /dev/shm tmpfs in bytes; None where there is none (not Linux)."""
+    if not folder.is_dir():
+        return None
+    stats = os.statvfs(folder)
+    return stats.f_frsize * stats.f_blocks
+
+
+def shared_memory_shortfall(shm_bytes: int, batch_tokens: int, hidden_size: int, itemsize: int) -> str | None:
+    """A warning when /dev/shm (`shm_bytes`) holds less than twice the largest teacher batch, or None.
+
+    The scheduler writes every position's rows of a batch there (`batch_tokens` x `hidden_size` x `itemsize`
+    bytes) before the engine's process reads the loss positions out, and Ray's object store, which then holds
+    them for the student, lives on the same tmpfs and may take up to 95% of it (Ray 2.60
+    `_private/utils.py:619-624`, `resolve_object_store_memory`). A full tmpfs fails the write mid-batch."""
+    needed = 2 * batch_tokens * hidden_size * itemsize
+    if shm_bytes >= needed:
+        return None
+    return (
+        f"spec.cluster.shmSize: /dev/shm holds {_gib(shm_bytes)}, less than twice the largest teacher batch "
+        f"({batch_tokens} tokens x {hidden_size} x {itemsize} bytes = {_gib(needed // 2)}), which the SGLang "
+        f"teacher writes there beside Ray's object store; raise shmSize to at least {_gib(needed)} or lower "
+        "spec.training.microBatchSize / maxTokensPerDevice"
+    )
+
+
+def _gib(size: int) -> str:
+    return f"{size / 2**30:.2f} GiB"
 
 
 def write_prefill_rows(rows: torch.Tensor, rid: str) -> None:

@@ -8,6 +8,8 @@ the wheel tests below pin those to the release.
 """
 
 import ast
+import os
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,6 +22,8 @@ from kubedistill.runtime.engines.sglang.hidden_states import (
     hidden_state_file,
     request_ids,
     shared_memory_method,
+    shared_memory_shortfall,
+    shared_memory_size,
 )
 from kubedistill.runtime.teacher.backend import TeacherBatch
 from tests.runtime.engines.sglang.wheel_source import SGLangSource
@@ -145,3 +149,27 @@ def test_an_output_names_its_request_and_may_carry_an_empty_chunk(sglang_source:
     assert "HiddenStateChunk = List[Optional[Union[float, List[float]]]]" in io_struct
     generate = sglang_source.methods("sglang.srt.entrypoints.engine", "Engine")["generate"]
     assert "rid" in {a.arg for a in generate.args.args + generate.args.kwonlyargs}
+
+
+GIB = 2**30
+
+
+def test_a_shared_memory_holding_twice_the_largest_batch_raises_no_warning() -> None:
+    # 8 sequences of 4096 tokens of a 5120-wide bf16 teacher: 320 MiB a batch.
+    assert shared_memory_shortfall(640 * 2**20, 8 * 4096, 5120, 2) is None
+
+
+def test_a_shared_memory_too_small_for_two_batches_is_named_with_the_size_it_needs() -> None:
+    warning = shared_memory_shortfall(GIB // 2, 8 * 4096, 5120, 2)
+    assert warning is not None
+    assert warning.startswith("spec.cluster.shmSize: /dev/shm holds 0.50 GiB")
+    assert "32768 tokens x 5120 x 2 bytes = 0.31 GiB" in warning
+    assert "at least 0.62 GiB" in warning
+
+
+def test_the_size_of_a_real_tmpfs_is_read_and_a_missing_one_is_none(tmp_path: Path) -> None:
+    shm = Path("/dev/shm")
+    if shm.is_dir():
+        stats = os.statvfs(shm)
+        assert shared_memory_size() == stats.f_frsize * stats.f_blocks > 0
+    assert shared_memory_size(tmp_path / "absent") is None
