@@ -326,27 +326,44 @@ class OutputSpec(SpecModel):
     """Where the trained student is exported (safetensors and tokenizer)."""
 
 
-class HeadResources(SpecModel):
+class HeadSpec(SpecModel):
     cpu: Quantity = "4"
     """CPU of the Ray head pod, which runs the trainer driver."""
     memory: Quantity = "32Gi"
     """Memory of the Ray head pod."""
+    node_selector: dict[str, str] = {}
+    """Node selector of the Ray head pod. The head needs no GPU, so it does not take
+    spec.cluster.nodeSelector (the GPU workers'); without one it prefers nodes without GPUs."""
+    tolerations: list[KubernetesObject] = []
+    """Tolerations of the Ray head pod (Kubernetes Toleration objects); not spec.cluster.tolerations (the GPU
+    workers')."""
 
 
-class WorkerResources(SpecModel):
+class WorkerSpec(SpecModel):
     cpu_per_gpu: Quantity = "8"
     """CPU requested per GPU on worker pods."""
     memory_per_gpu: Quantity = "64Gi"
     """Memory requested per GPU on worker pods."""
+    extra_resources: dict[str, Quantity] = {}
+    """Further extended resources of every worker pod, requested and limited alike, e.g. `rdma/ib: "1"` for
+    an InfiniBand device of the RDMA device plugin, so NCCL between nodes runs over RDMA instead of TCP."""
+    annotations: dict[str, str] = {}
+    """Annotations of every worker pod, e.g. `k8s.v1.cni.cncf.io/networks` for the Multus secondary networks
+    (InfiniBand or RoCE interfaces) NCCL uses between nodes."""
+    ipc_lock: bool = False
+    """Give the worker containers the IPC_LOCK capability, with which RDMA pins memory beyond the memlock
+    limit. IPC_LOCK is in neither the restricted nor the baseline Pod Security profile: the worker pods
+    then need a namespace whose enforced level is privileged."""
 
 
 class ClusterSpec(SpecModel):
     image: Annotated[str, Field(min_length=1)] | None = None
     """Runtime image of the Ray pods; the operator's default image when unset."""
     node_selector: dict[str, str] = {}
-    """Node selector of every Ray pod (e.g. to pick an H100 or H20 pool)."""
+    """Node selector of the GPU worker pods (e.g. to pick an H100 or H20 pool); the head has its own
+    (spec.cluster.head.nodeSelector)."""
     tolerations: list[KubernetesObject] = []
-    """Tolerations of every Ray pod (Kubernetes Toleration objects)."""
+    """Tolerations of the GPU worker pods (Kubernetes Toleration objects); the head has its own."""
     gpu_resource: Annotated[str, Field(min_length=1)] = "nvidia.com/gpu"
     """Extended resource name of a GPU."""
     gpus_per_node: PositiveInt = 8
@@ -369,10 +386,10 @@ class ClusterSpec(SpecModel):
     """ServiceAccount of every Ray pod."""
     image_pull_secrets: list[KubernetesObject] = []
     """Secrets to pull the image from a private registry (Kubernetes LocalObjectReference objects)."""
-    head: HeadResources = HeadResources()
-    """Resources of the Ray head pod."""
-    worker: WorkerResources = WorkerResources()
-    """Per-GPU resources of the worker pods."""
+    head: HeadSpec = HeadSpec()
+    """Resources and placement of the Ray head pod."""
+    worker: WorkerSpec = WorkerSpec()
+    """Resources, annotations and capabilities of the worker pods."""
 
 
 class DistillationJobSpec(SpecModel):
@@ -408,7 +425,14 @@ class DistillationJobSpec(SpecModel):
     backoff_limit: Annotated[int, Field(ge=0)] = 2
     """Retries of the whole Ray job, each resuming from the newest checkpoint."""
     active_deadline_seconds: PositiveInt | None = None
-    """Wall-clock limit of the job."""
+    """Wall-clock limit of one attempt, not of the whole job: KubeRay starts the clock each time it creates
+    the job's Ray cluster (at the start, on every retry of spec.backoffLimit, on every resume after a
+    suspension), so a job may run backoffLimit + 1 such spans. An attempt past it fails the job without a
+    retry (reason ActiveDeadlineExceeded)."""
+    pre_running_deadline_seconds: PositiveInt = 3600
+    """Limit on the wait for the Ray cluster to run (pods scheduled, images pulled, Ray started), counted
+    from each attempt's start like activeDeadlineSeconds; time queued while suspended does not count. An
+    attempt past it fails (reason PreRunningDeadlineExceeded) and is retried within spec.backoffLimit."""
     ttl_seconds_after_finished: Annotated[int, Field(ge=0)] = 60
     """Seconds the finished Ray cluster (GPU workers included) is kept before it is deleted; the student is
     exported before the job ends, so the default frees the GPUs within a minute. Raise it (e.g. 86400) to

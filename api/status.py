@@ -64,6 +64,11 @@ class Reason(StrEnum):
     """Created is False: the cluster serves no ray.io/v1 RayJob (KubeRay is not installed yet)."""
     PATH_NOT_ON_VOLUME = "PathNotOnVolume"
     """EphemeralStorage is True: a path of the spec is on no (lasting) volume."""
+    ACTIVE_DEADLINE_EXCEEDED = "ActiveDeadlineExceeded"
+    """Failed: an attempt ran past spec.activeDeadlineSeconds (KubeRay's DeadlineExceeded)."""
+    PRE_RUNNING_DEADLINE_EXCEEDED = "PreRunningDeadlineExceeded"
+    """Failed: the last attempt's Ray cluster did not run within spec.preRunningDeadlineSeconds (pods not
+    scheduled, images not pulled or Ray not ready)."""
 
 
 RESUME_REFUSED_WORDS = "cannot resume from"

@@ -15,6 +15,21 @@ from kubedistill.operator.conditions import DesiredCondition, Status, with_condi
 
 SUSPENDED_DEPLOYMENTS = frozenset({"Suspending", "Suspended"})
 FAILED_DEPLOYMENTS = frozenset({"Failed", "ValidationFailed"})
+DEADLINES = {
+    # KubeRay's reason (rayjob_types.go:72 at kuberay feeaf72f) -> ours, the field (the RayJob's and the
+    # DistillationJob's share the name), and what ran out. Both count from the attempt's start.
+    "DeadlineExceeded": (
+        Reason.ACTIVE_DEADLINE_EXCEEDED,
+        "activeDeadlineSeconds",
+        "an attempt ran past spec.activeDeadlineSeconds ({seconds} s), which is not retried",
+    ),
+    "PreRunningDeadlineExceeded": (
+        Reason.PRE_RUNNING_DEADLINE_EXCEEDED,
+        "preRunningDeadlineSeconds",
+        "the Ray cluster was not running within spec.preRunningDeadlineSeconds ({seconds} s) of the last"
+        " attempt's start: its pods were not scheduled, their image not pulled, or Ray not ready",
+    ),
+}
 
 
 @dataclass(frozen=True)
@@ -36,6 +51,12 @@ def observe(rayjob: Mapping[str, Any]) -> Observed:
         refused = _resume_refusal(message)
         if refused:
             return Observed(Phase.FAILED, Reason.RESUME_REFUSED, refused)
+        if status.get("reason") in DEADLINES:
+            reason, field, what = DEADLINES[status["reason"]]
+            rayjob_spec: Mapping[str, Any] = rayjob.get("spec") or {}
+            seconds = rayjob_spec.get(field, "?")
+            text = f"RayJob {name} failed: {what.format(seconds=seconds)}"
+            return Observed(Phase.FAILED, reason, f"{text} (KubeRay: {message})" if message else text)
         return Observed(Phase.FAILED, Reason.RAY_JOB_FAILED, _failure_message(name, status))
     if deployment in SUSPENDED_DEPLOYMENTS:
         return Observed(

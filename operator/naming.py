@@ -22,6 +22,17 @@ def labels_for(job_name: str) -> dict[str, str]:
     }
 
 
+def pod_labels_for(job_name: str) -> dict[str, str]:
+    """The labels of the Ray pods' templates: ours but `app.kubernetes.io/name`, which KubeRay sets to
+    `kuberay` on every Ray pod (common/pod.go:1174 at kuberay feeaf72f) and its per-RayJob head Service
+    `<rayjob>-head-svc` selects on (common/job.go:25 builds it without the template's labels, so its
+    selector is KubeRay's defaults, common/service.go:30 and :52); a template label replaces KubeRay's
+    (common/pod.go:1187), which left that Service without endpoints."""
+    labels = labels_for(job_name)
+    del labels["app.kubernetes.io/name"]
+    return labels
+
+
 MAX_CHILD_NAME_LENGTH = 47
 """KubeRay's limit on RayJob names (`MaxRayJobNameLength`, 53 minus the 6 characters of the RayCluster's
 random suffix; ray-operator/controllers/ray/utils/validation.go), kept for the ConfigMap too."""

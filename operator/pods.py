@@ -8,7 +8,7 @@ from typing import Any
 from kubedistill.api.job import DistillationJob
 from kubedistill.api.placement import JOB_CONFIG_PATH
 from kubedistill.api.telemetry import DEFAULT_METRICS_PORT, METRICS_PORT_ENV, NAMESPACE_ENV
-from kubedistill.operator.naming import config_map_name, labels_for
+from kubedistill.operator.naming import config_map_name, pod_labels_for
 from kubedistill.operator.topology import WorkerGroup
 
 KubeObject = dict[str, Any]
@@ -19,21 +19,41 @@ SHM_VOLUME = "dshm"
 CONFIG_VOLUME = "kubedistill-job"
 
 RAY_METRICS_PORT = 8080
-"""Ray's own metrics exporter on the head (KubeRay's default), beside the trainer's `/metrics` port
+"""Ray's own metrics exporter (KubeRay's default), beside the trainer's `/metrics` port
 (`kubedistill.api.telemetry.DEFAULT_METRICS_PORT`) in the same container."""
+TRAINER_METRICS_PORT_NAME = "trainer-metrics"
+"""Not `metrics`: KubeRay names Ray's exporter so (utils/constant.go:115 at kuberay feeaf72f), adds a
+`metrics` port on 8080 to the head Service when the container names none (common/service.go:413), and its
+sample PodMonitor and ServiceMonitor scrape `metrics` as Ray's."""
 
-# KubeRay builds the head Service from the head container's ports once any is declared, so the ports
-# its submitter and workers use are declared next to the trainer's metrics port.
+# KubeRay builds the head Service from the head container's ports once any is declared
+# (common/service.go:430), so the ports its workers and dashboard clients use are declared next to the
+# trainer's metrics port.
 HEAD_PORTS = (
     {"name": "gcs-server", "containerPort": 6379},
     {"name": "dashboard", "containerPort": 8265},
     {"name": "client", "containerPort": 10001},
-    {"name": "metrics", "containerPort": DEFAULT_METRICS_PORT},
-    {"name": "ray-metrics", "containerPort": RAY_METRICS_PORT},
+    {"name": "metrics", "containerPort": RAY_METRICS_PORT},
+    {"name": TRAINER_METRICS_PORT_NAME, "containerPort": DEFAULT_METRICS_PORT},
 )
+
+GPU_NODE_LABEL = "nvidia.com/gpu.present"
+"""The label NVIDIA's GPU Feature Discovery (GPU Operator) puts on every GPU node."""
+HEAD_AVOIDS_GPU_NODES: KubeObject = {
+    "nodeAffinity": {
+        "preferredDuringSchedulingIgnoredDuringExecution": [
+            {
+                "weight": 100,
+                "preference": {"matchExpressions": [{"key": GPU_NODE_LABEL, "operator": "DoesNotExist"}]},
+            }
+        ]
+    }
+}
+"""Preferred, not required: a cluster without that label, or with nodes of one kind, still runs the head."""
 
 
 def head_template(job: DistillationJob, image: str) -> KubeObject:
+    """The head runs the trainer driver without a GPU: its own placement, not the GPU workers'."""
     head = job.spec.cluster.head
     resources = {"cpu": head.cpu, "memory": head.memory}
     metrics_port_env = {"name": METRICS_PORT_ENV, "value": str(DEFAULT_METRICS_PORT)}
@@ -41,18 +61,39 @@ def head_template(job: DistillationJob, image: str) -> KubeObject:
         job, "ray-head", image, resources, extra_env=[metrics_port_env, *api_key_env(job)]
     )
     container["ports"] = [dict(port) for port in HEAD_PORTS]
-    return _template(job, container, _ray_volumes(job))
+    template = _template(job, container, _ray_volumes(job))
+    spec = template["spec"]
+    if head.node_selector:
+        spec["nodeSelector"] = dict(head.node_selector)
+    else:
+        spec["affinity"] = copy.deepcopy(HEAD_AVOIDS_GPU_NODES)
+    if head.tolerations:
+        spec["tolerations"] = copy.deepcopy(head.tolerations)
+    return template
 
 
 def worker_template(job: DistillationJob, group: WorkerGroup, image: str) -> KubeObject:
     cluster = job.spec.cluster
+    worker = cluster.worker
     gpus = group.gpus_per_pod
     resources = {
-        "cpu": multiply_quantity(cluster.worker.cpu_per_gpu, gpus),
-        "memory": multiply_quantity(cluster.worker.memory_per_gpu, gpus),
+        "cpu": multiply_quantity(worker.cpu_per_gpu, gpus),
+        "memory": multiply_quantity(worker.memory_per_gpu, gpus),
         cluster.gpu_resource: str(gpus),
+        **worker.extra_resources,
     }
-    return _template(job, _ray_container(job, "ray-worker", image, resources), _ray_volumes(job))
+    container = _ray_container(job, "ray-worker", image, resources)
+    if worker.ipc_lock:
+        container["securityContext"]["capabilities"]["add"] = ["IPC_LOCK"]
+    template = _template(job, container, _ray_volumes(job))
+    if worker.annotations:
+        template["metadata"]["annotations"] = dict(worker.annotations)
+    spec = template["spec"]
+    if cluster.node_selector:
+        spec["nodeSelector"] = dict(cluster.node_selector)
+    if cluster.tolerations:
+        spec["tolerations"] = copy.deepcopy(cluster.tolerations)
+    return template
 
 
 def multiply_quantity(quantity: str, factor: int) -> str:
@@ -92,6 +133,7 @@ def _ray_container(
             {"name": CONFIG_VOLUME, "mountPath": CONFIG_DIR, "readOnly": True},
             *copy.deepcopy(cluster.volume_mounts),
         ],
+        "securityContext": copy.deepcopy(CONTAINER_SECURITY_CONTEXT),
     }
 
 
@@ -99,7 +141,7 @@ def api_key_env(job: DistillationJob) -> list[KubeObject]:
     """The generation endpoint's API key, from its Secret: a reference, so the key itself is in no object
     the operator writes (the ConfigMap carries the manifest, which names only the Secret). Only the head
     gets it: the requests are made by the driver (`kubedistill run`), which KubeRay's job submission runs on
-    the head; the workers and the submitter never need the key."""
+    the head; the workers never need the key."""
     generation = job.spec.generation
     endpoint = generation.endpoint if generation else None
     if endpoint is None or endpoint.api_key is None or endpoint.api_key.secret_key_ref is None:
@@ -108,39 +150,16 @@ def api_key_env(job: DistillationJob) -> list[KubeObject]:
     return [{"name": endpoint.api_key.env, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}}]
 
 
-SUBMITTER_CONTAINER = "ray-job-submitter"
-SUBMITTER_RESOURCES: KubeObject = {
-    "requests": {"cpu": "500m", "memory": "200Mi"},
-    "limits": {"cpu": "1", "memory": "1Gi"},
-}
-"""KubeRay's own for its default submitter (GetDefaultSubmitterContainer, common/job.go:230-246 at
-feeaf72f)."""
-
-
-def submitter_template(job: DistillationJob, image: str) -> KubeObject:
-    """The pod of KubeRay's submitter Job (K8sJobMode), which runs `ray job submit` against the head.
-
-    Without it KubeRay builds one with only a container and `restartPolicy: Never` (GetSubmitterTemplate,
-    common/job.go:215-227 at feeaf72f): no service account, pull secrets, node selector, tolerations or
-    security context, so a private registry or restricted Pod Security rejects it. The container has no
-    command: KubeRay then sets its own submit command and env (configureSubmitterContainer,
-    rayjob_controller.go:634-662). SidecarMode, the alternative without a separate pod, injects KubeRay's
-    container into the head pod without a securityContext, which restricted Pod Security rejects too.
-    """
-    container = {"name": SUBMITTER_CONTAINER, "image": image, "resources": copy.deepcopy(SUBMITTER_RESOURCES)}
-    template = _template(job, container, [])
-    template["spec"]["restartPolicy"] = "Never"
-    return template
-
-
 RUNTIME_UID = 10001
 """The unprivileged user of the runtime image (images/runtime/Dockerfile)."""
 POD_SECURITY_CONTEXT: KubeObject = {
     "runAsNonRoot": True,
     "runAsUser": RUNTIME_UID,
     "runAsGroup": RUNTIME_UID,
-    # Volumes (the shared PVC for checkpoints and exports) become writable by that user.
+    # Volumes (the shared PVC for checkpoints and exports) become writable by that user, and are chowned
+    # only when their root is not already the group's: not every file of a model volume at every start.
     "fsGroup": RUNTIME_UID,
+    "fsGroupChangePolicy": "OnRootMismatch",
     "seccompProfile": {"type": "RuntimeDefault"},
 }
 CONTAINER_SECURITY_CONTEXT: KubeObject = {
@@ -151,24 +170,19 @@ CONTAINER_SECURITY_CONTEXT: KubeObject = {
 
 
 def _template(job: DistillationJob, container: KubeObject, volumes: list[KubeObject]) -> KubeObject:
-    """A pod of the job: it meets the "restricted" Pod Security Standard, unless the spec's own volumes
-    or environment do not."""
+    """A pod of the job: it meets the "restricted" Pod Security Standard, unless the spec's own volumes,
+    environment or `cluster.worker.ipcLock` do not. Placement is the caller's: head and workers differ."""
     cluster = job.spec.cluster
-    container["securityContext"] = copy.deepcopy(CONTAINER_SECURITY_CONTEXT)
     spec: KubeObject = {"securityContext": copy.deepcopy(POD_SECURITY_CONTEXT), "containers": [container]}
     if volumes:
         spec["volumes"] = volumes
     if cluster.image_pull_secrets:
         spec["imagePullSecrets"] = copy.deepcopy(cluster.image_pull_secrets)
-    if cluster.node_selector:
-        spec["nodeSelector"] = dict(cluster.node_selector)
-    if cluster.tolerations:
-        spec["tolerations"] = copy.deepcopy(cluster.tolerations)
     if cluster.priority_class_name:
         spec["priorityClassName"] = cluster.priority_class_name
     if cluster.service_account_name:
         spec["serviceAccountName"] = cluster.service_account_name
-    return {"metadata": {"labels": labels_for(job.name)}, "spec": spec}
+    return {"metadata": {"labels": pod_labels_for(job.name)}, "spec": spec}
 
 
 def _ray_volumes(job: DistillationJob) -> list[KubeObject]:

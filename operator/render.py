@@ -17,7 +17,7 @@ from kubedistill.operator.naming import (
     owner_reference,
     rayjob_name,
 )
-from kubedistill.operator.pods import head_template, submitter_template, worker_template
+from kubedistill.operator.pods import head_template, worker_template
 from kubedistill.operator.settings import RenderSettings
 from kubedistill.operator.topology import WorkerGroup, worker_groups
 
@@ -26,6 +26,15 @@ KubeObject = dict[str, Any]
 RAYJOB_API_VERSION = "ray.io/v1"
 CONFIG_FILE = JOB_CONFIG_PATH.rsplit("/", 1)[1]
 ENTRYPOINT = f"kubedistill run {JOB_CONFIG_PATH}"
+RAY_VERSION = "2.60.0"
+"""The Ray of the runtime image: pyproject.toml pins it (the operator's own image has no Ray to ask)."""
+SUBMISSION_MODE = "HTTPMode"
+"""KubeRay submits the job to the head's dashboard itself (rayjob_types.go:84 at kuberay feeaf72f), and only
+in K8sJobMode and SidecarMode does it watch a submitter (rayjob_controller.go:230, :279). K8sJobMode's
+submitter Job ends in `ray job logs --follow` (common/job.go:130): a log stream that breaks fails the Job
+after its retries, and a clean close completes it; either ended the RayJob while training ran. In HTTPMode
+KubeRay posts the job once it is not found (rayjob_controller.go:305, :1315) and follows it through the
+dashboard's job status, as in every mode; there is no submitter pod to place or secure."""
 
 
 def render(job: DistillationJob, settings: RenderSettings) -> list[KubeObject]:
@@ -64,10 +73,13 @@ def render_rayjob(job: DistillationJob, settings: RenderSettings) -> KubeObject:
     metadata = _metadata(job, rayjob_name(job.name))
     rayjob_spec: KubeObject = {
         "entrypoint": ENTRYPOINT,
-        "submitterPodTemplate": submitter_template(job, image),
+        "submissionMode": SUBMISSION_MODE,
         "shutdownAfterJobFinishes": True,
         "ttlSecondsAfterFinished": spec.ttl_seconds_after_finished,
         "backoffLimit": spec.backoff_limit,
+        # Counted from the attempt's start, which KubeRay resets for every new cluster
+        # (rayjob_controller.go:916), and checked while the cluster starts (rayjob_controller.go:188).
+        "preRunningDeadlineSeconds": spec.pre_running_deadline_seconds,
     }
     if spec.active_deadline_seconds is not None:
         rayjob_spec["activeDeadlineSeconds"] = spec.active_deadline_seconds
@@ -77,6 +89,7 @@ def render_rayjob(job: DistillationJob, settings: RenderSettings) -> KubeObject:
     else:
         rayjob_spec["suspend"] = spec.suspend
     rayjob_spec["rayClusterSpec"] = {
+        "rayVersion": RAY_VERSION,
         "headGroupSpec": {
             "rayStartParams": {},
             # The trainer driver runs here; no GPU, so Ray places no GPU actor on the head.

@@ -39,6 +39,7 @@ MAY_CHANGE: tuple[str, ...] = (
     "spec.suspend",
     "spec.backoffLimit",
     "spec.activeDeadlineSeconds",
+    "spec.preRunningDeadlineSeconds",
     "spec.ttlSecondsAfterFinished",
     "spec.teacher.backend",
     "spec.teacher.replicas",

@@ -1,8 +1,8 @@
 """The ServiceMonitor scrapes the operator's metrics Service, and the PodMonitor scrapes the trainer's
 `/metrics` on every job's Ray head pod and nothing else. Both are off by default.
 
-The PodMonitor is checked against pods the operator really renders (`kubedistill.operator.render`), with
-the labels KubeRay adds (`ray.io/node-type`)."""
+The PodMonitor is checked against pods the operator really renders (`kubedistill.operator.render`),
+labelled as KubeRay labels their pods (`tests.operator.kuberay.pod_labels`)."""
 
 from pathlib import Path
 from typing import Any
@@ -15,6 +15,7 @@ from kubedistill.api.telemetry import DEFAULT_METRICS_PORT
 from kubedistill.operator.render import render_rayjob
 from kubedistill.operator.settings import RenderSettings
 from tests.charts.helm import CHART, NAMESPACE, template
+from tests.operator import kuberay
 
 CI = CHART / "ci"
 
@@ -51,8 +52,9 @@ def _ray_pods() -> dict[str, dict[str, Any]]:
     pods = {"head": cluster["headGroupSpec"]["template"]}
     for group in cluster["workerGroupSpecs"]:
         pods[group["groupName"]] = group["template"]
-    for node_type, pod in pods.items():
-        pod["metadata"]["labels"]["ray.io/node-type"] = "head" if node_type == "head" else "worker"
+    for group, pod in pods.items():
+        node_type = "head" if group == "head" else "worker"
+        pod["metadata"]["labels"] = kuberay.pod_labels(pod["metadata"]["labels"], node_type, "kd-x1", group)
     return pods
 
 

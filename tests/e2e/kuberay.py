@@ -1,11 +1,15 @@
 """KubeRay and the kubelet for one RayJob, on this machine: they run what the operator rendered.
 
 The head pod's container is read as rendered (its env, `fieldRef`s included, its volume mounts and its
-`metrics` port) and the RayJob's `entrypoint` is run as a subprocess with exactly that environment, the
-way KubeRay's submitter has the head's Ray run it as the job's driver (`ray job submit -- <entrypoint>`,
-ray-operator/controllers/ray/common/job.go:90-212 at feeaf72f). The RayJob's status moves as KubeRay
-moves it: Initializing with the cluster's name (rayjob_controller.go:887-917), Running once the job is
-submitted (:236), then Complete, or Failed with reason AppFailed when the Ray job failed (:343-349).
+trainer's metrics port) and the RayJob's `entrypoint` is run as a subprocess with exactly that
+environment, the way the head's Ray runs it as the job's driver. It runs the one submission mode the
+operator renders, HTTPMode, as KubeRay does (kuberay feeaf72f): no submitter pod; Initializing with the
+cluster's name (rayjob_controller.go:916 starts the attempt's clock), Running once the cluster is up,
+before anything is submitted (rayjob_controller.go:236: only K8sJobMode makes a submitter Job there,
+rayjob_controller.go:230); then, the job not being found on the head, KubeRay posts it to the dashboard
+(rayjob_controller.go:305, rayjob_controller.go:1315) and copies the Ray job's status, RUNNING, then
+SUCCEEDED with Complete, or FAILED with Failed and reason AppFailed, the message being Ray's
+(rayjob_controller.go:356).
 
 What differs from a cluster, and why: a kubelet bind-mounts each volume at its mountPath; this one cannot
 write to paths such as /etc/kubedistill, so it gives each mount a host directory and hands the process
@@ -16,8 +20,9 @@ resolves the head Service that KubeRay creates for the cluster (`<cluster>-head-
 
 A pod has its own network namespace, so its metrics port is its own; a process here shares the host's with
 every other test. The kubelet therefore gives the head a free host port in place of the rendered one, in
-the variable the pod names it with (`KUBEDISTILL_METRICS_PORT`, which must hold the container's `metrics`
-port, else a cluster's scrape would miss too), and the DNS connects the Service's port to that host port.
+the variable the pod names it with (`KUBEDISTILL_METRICS_PORT`, which must hold the container's
+`trainer-metrics` port, else a cluster's scrape would miss too), and the DNS connects the Service's port to
+that host port.
 """
 
 import asyncio
@@ -36,6 +41,7 @@ from typing import Any
 from aiohttp.abc import AbstractResolver, ResolveResult
 
 from kubedistill.api.telemetry import METRICS_PORT_ENV
+from kubedistill.operator.pods import TRAINER_METRICS_PORT_NAME
 from tests.operator.harness import CONFIGMAPS, Cluster
 
 KubeObject = dict[str, Any]
@@ -98,7 +104,9 @@ def head_process(
     namespace = rayjob["metadata"]["namespace"]
     fields = {"metadata.namespace": namespace, "metadata.name": pod_name, "status.podIP": "127.0.0.1"}
     env = {var["name"]: _value(var, fields) for var in container.get("env", [])}
-    (metrics_port,) = (p["containerPort"] for p in container["ports"] if p["name"] == "metrics")
+    (metrics_port,) = (
+        p["containerPort"] for p in container["ports"] if p["name"] == TRAINER_METRICS_PORT_NAME
+    )
     assert env.get(METRICS_PORT_ENV) == str(metrics_port), (
         f"the trainer serves on {METRICS_PORT_ENV}={env.get(METRICS_PORT_ENV)}, "
         f"the pod exposes containerPort {metrics_port}"
@@ -160,6 +168,9 @@ class KubeRay:
         """Run the RayJob to its end, as KubeRay and the kubelet would; the entrypoint's exit status."""
         rayjob = self.cluster.rayjob(rayjob_name)
         assert rayjob is not None, f"no RayJob {rayjob_name}"
+        mode = rayjob["spec"].get("submissionMode", "K8sJobMode")
+        if mode != "HTTPMode" or "submitterPodTemplate" in rayjob["spec"]:
+            raise NotImplementedError(f"this KubeRay runs HTTPMode without a submitter pod, not {mode}")
         namespace = rayjob["metadata"]["namespace"]
         suffix = "".join(random.choices(string.ascii_lowercase + string.digits, k=5))
         ray_cluster = f"{rayjob_name}-{suffix}"  # utils.GenerateRayClusterName
@@ -174,13 +185,11 @@ class KubeRay:
         head = head_process(rayjob, config_maps, self.claims, self.root, pod_name=f"{ray_cluster}-head-x1")
         service = f"{ray_cluster}-head-svc.{namespace}.svc"
         self.dns.services[service] = {head.metrics_port: head.host_metrics_port}
+        await self.cluster.set_rayjob_status(
+            rayjob_name, jobDeploymentStatus="Running", dashboardURL=f"{service}.cluster.local:8265"
+        )
         async with self._running(head) as process:
-            await self.cluster.set_rayjob_status(
-                rayjob_name,
-                jobDeploymentStatus="Running",
-                jobStatus="RUNNING",
-                dashboardURL=f"{service}.cluster.local:8265",
-            )
+            await self.cluster.set_rayjob_status(rayjob_name, jobStatus="RUNNING")
             code = await process.wait()
         if code == 0:
             final = {"jobDeploymentStatus": "Complete", "jobStatus": "SUCCEEDED"}

@@ -5,7 +5,6 @@ roles as its comment says. (tests/api/test_crd.py and tests/operator/test_confor
 DistillationJob against the model, the CRD and KubeRay's CRD.)"""
 
 import re
-from collections import Counter
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -114,40 +113,52 @@ def test_the_queued_job_reaches_a_cluster_queue_through_its_namespaces_local_que
     }
 
 
-def _total_requests(rayjob: dict[str, Any]) -> Counter[str]:
-    """What Kueue's Workload asks for: every pod of the head and the worker groups, all at once."""
+def _pod_sets(rayjob: dict[str, Any]) -> list[tuple[int, dict[str, Any]]]:
+    """Kueue's pod sets of a RayJob: the head and each worker group, (pods, template)."""
     cluster = rayjob["spec"]["rayClusterSpec"]
-    groups = [(1, cluster["headGroupSpec"]["template"])]
-    groups += [(group["replicas"], group["template"]) for group in cluster["workerGroupSpecs"]]
-    total: Counter[str] = Counter()
-    for pods, template in groups:
-        for container in template["spec"]["containers"]:
-            for resource, quantity in container["resources"]["requests"].items():
-                total[resource] += pods * parse_quantity(quantity)
-    return total
+    return [(1, cluster["headGroupSpec"]["template"])] + [
+        (group["replicas"], group["template"]) for group in cluster["workerGroupSpecs"]
+    ]
 
 
-def test_the_cluster_queue_can_admit_the_queued_job_and_its_pods_tolerate_the_flavor() -> None:
+def _fits(flavor: dict[str, Any], pod: dict[str, Any]) -> bool:
+    """Kueue's flavor check: the pod set tolerates the flavor's taints and selects no other node labels."""
+    tolerated = all(
+        any(
+            t["key"] == taint["key"] and t.get("effect") == taint["effect"]
+            for t in pod.get("tolerations", [])
+        )
+        for taint in flavor.get("spec", {}).get("nodeTaints", [])
+    )
+    labels = flavor.get("spec", {}).get("nodeLabels", {})
+    selected = all(labels.get(key, value) == value for key, value in pod.get("nodeSelector", {}).items())
+    return tolerated and selected
+
+
+def test_the_cluster_queue_admits_the_queued_job_with_the_gpu_pods_on_h100_and_the_head_off_it() -> None:
     job = _job("qwen3-32b-to-4b-queued")
     rayjob = render_rayjob(job, SETTINGS)
     assert rayjob["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == job.spec.cluster.queue_name
     (cluster_queue,) = _of_kind("ClusterQueue", "kueue")
     (group,) = cluster_queue["spec"]["resourceGroups"]
-    (flavor,) = group["flavors"]
-    quota = {item["name"]: parse_quantity(item["nominalQuota"]) for item in flavor["resources"]}
-    requests = _total_requests(rayjob)
-    assert set(requests) <= set(group["coveredResources"])
-    assert requests["nvidia.com/gpu"] == Decimal(16)
-    for resource, amount in requests.items():
-        assert amount <= quota[resource], resource
-    (resource_flavor,) = [
-        f for f in _of_kind("ResourceFlavor", "kueue") if f["metadata"]["name"] == flavor["name"]
-    ]
-    for taint in resource_flavor["spec"]["nodeTaints"]:
-        assert any(
-            toleration["key"] == taint["key"] and toleration["effect"] == taint["effect"]
-            for toleration in job.spec.cluster.tolerations
-        ), taint
+    flavors = {f["metadata"]["name"]: f for f in _of_kind("ResourceFlavor", "kueue")}
+    used: dict[str, dict[str, Decimal]] = {}
+    assigned = []
+    for pods, template in _pod_sets(rayjob):
+        # Kueue tries the group's flavors in order and takes the first that fits.
+        name = next(f["name"] for f in group["flavors"] if _fits(flavors[f["name"]], template["spec"]))
+        assigned.append(name)
+        for container in template["spec"]["containers"]:
+            for resource, quantity in container["resources"]["requests"].items():
+                assert resource in group["coveredResources"], resource
+                totals = used.setdefault(name, {})
+                totals[resource] = totals.get(resource, Decimal(0)) + pods * parse_quantity(quantity)
+    assert assigned == ["cpu", "h100", "h100"], "head, teacher, student"
+    assert used["h100"]["nvidia.com/gpu"] == Decimal(16)
+    for flavor in group["flavors"]:
+        quota = {item["name"]: parse_quantity(item["nominalQuota"]) for item in flavor["resources"]}
+        for resource, amount in used.get(flavor["name"], {}).items():
+            assert amount <= quota[resource], (flavor["name"], resource)
 
 
 def test_the_h20_job_runs_every_role_on_the_same_eight_gpus() -> None:
@@ -164,6 +175,23 @@ def test_the_two_node_teacher_spans_two_pods_of_eight_gpus_beside_a_two_node_stu
     assert teacher is not None
     # Tensor parallelism across the nodes: pipeline-parallel SGLang engines return no hidden states.
     assert (teacher.tensor_parallel, teacher.pipeline_parallel, teacher.nodes_per_replica) == (16, 1, 2)
+
+
+def test_the_infiniband_job_gives_every_worker_an_rdma_device_the_ib_network_and_ipc_lock() -> None:
+    job = _job("qwen3-235b-a22b-to-8b-infiniband", "infiniband")
+    assert _groups(job) == {"teacher": (2, 8), "student": (2, 8)}, "NCCL crosses nodes in both groups"
+    cluster = render_rayjob(job, SETTINGS)["spec"]["rayClusterSpec"]
+    for group in cluster["workerGroupSpecs"]:
+        template = group["template"]
+        (container,) = template["spec"]["containers"]
+        assert container["resources"]["limits"]["rdma/ib"] == "1"
+        assert template["metadata"]["annotations"]["k8s.v1.cni.cncf.io/networks"] == "ib-net"
+        assert container["securityContext"]["capabilities"]["add"] == ["IPC_LOCK"]
+    (namespace,) = [
+        ns for ns in _of_kind("Namespace", "infiniband") if ns["metadata"]["name"] == job.metadata.namespace
+    ]
+    # IPC_LOCK is in neither the restricted nor the baseline profile.
+    assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "privileged"
 
 
 def test_the_h100_job_puts_teacher_and_student_on_a_node_each() -> None:

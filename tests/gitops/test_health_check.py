@@ -75,9 +75,9 @@ CASES = [
     ("succeeded", _mirrored(jobDeploymentStatus="Complete", jobStatus="SUCCEEDED"), "Healthy", "succeeded"),
     (
         "ray-job-failed",
-        _mirrored(jobDeploymentStatus="Failed", reason="DeadlineExceeded", message="past the deadline"),
+        _mirrored(jobDeploymentStatus="Failed", reason="SubmissionFailed", message="dashboard refused it"),
         "Degraded",
-        "reason DeadlineExceeded): past the deadline",
+        "reason SubmissionFailed): dashboard refused it",
     ),
     (
         "invalid-spec",

@@ -94,19 +94,29 @@ async def test_the_rayjob_lifecycle_is_mirrored_into_phase_and_conditions(cluste
 
 
 @pytest.mark.parametrize(
-    ("kuberay_status", "in_message"),
+    ("kuberay_status", "reason", "in_message"),
     [
-        ({"jobDeploymentStatus": "Complete", "jobStatus": "FAILED"}, "jobStatus FAILED"),
+        ({"jobDeploymentStatus": "Complete", "jobStatus": "FAILED"}, "RayJobFailed", "jobStatus FAILED"),
         (
-            {"jobDeploymentStatus": "Failed", "reason": "DeadlineExceeded", "message": "past the deadline"},
-            "reason DeadlineExceeded",
+            {
+                "jobDeploymentStatus": "Failed",
+                "reason": "SubmissionFailed",
+                "message": "dashboard refused it",
+            },
+            "RayJobFailed",
+            "reason SubmissionFailed",
         ),
-        ({"jobDeploymentStatus": "Complete", "jobStatus": "STOPPED"}, "jobStatus STOPPED"),
+        ({"jobDeploymentStatus": "Complete", "jobStatus": "STOPPED"}, "RayJobFailed", "jobStatus STOPPED"),
+        (
+            {"jobDeploymentStatus": "Failed", "reason": "PreRunningDeadlineExceeded", "message": "never ran"},
+            "PreRunningDeadlineExceeded",
+            "spec.preRunningDeadlineSeconds (3600 s)",
+        ),
     ],
-    ids=["complete-but-failed", "deployment-failed", "stopped"],
+    ids=["complete-but-failed", "deployment-failed", "stopped", "never-ran"],
 )
 async def test_a_failed_rayjob_fails_the_job_saying_why(
-    cluster: Cluster, kuberay_status: dict[str, str], in_message: str
+    cluster: Cluster, kuberay_status: dict[str, str], reason: str, in_message: str
 ) -> None:
     async with running_operator(cluster.server):
         await cluster.create_job(job_manifest())
@@ -115,7 +125,7 @@ async def test_a_failed_rayjob_fails_the_job_saying_why(
         await eventually(lambda: cluster.status()["phase"] == "Failed")
 
     failed = cluster.condition("Failed")
-    assert (failed["status"], failed["reason"]) == ("True", "RayJobFailed")
+    assert (failed["status"], failed["reason"]) == ("True", reason)
     assert in_message in failed["message"]
 
 

@@ -1,11 +1,10 @@
-"""Every pod a rendered job makes (Ray head, workers, KubeRay's submitter) meets the Kubernetes "restricted"
-Pod Security Standard, so it runs in a namespace labelled `pod-security.kubernetes.io/enforce: restricted`.
+"""Every pod a rendered job makes (Ray head and workers; KubeRay submits the job over HTTP, so there is no
+submitter pod) meets the Kubernetes "restricted" Pod Security Standard, so it runs in a namespace labelled
+`pod-security.kubernetes.io/enforce: restricted`; the one exception is asked for by name
+(`spec.cluster.worker.ipcLock`, for RDMA), and breaks that control alone, on the workers alone.
 
 The checks are the standard's own controls, baseline and restricted, as written at
-https://kubernetes.io/docs/concepts/security/pod-security-standards/ (policy version v1.33). The submitter
-pod is the rendered `submitterPodTemplate`, or, without one, the default KubeRay builds (GetSubmitterTemplate,
-ray-operator/controllers/ray/common/job.go:215-227 at feeaf72f: a container with the head's image and
-nothing else).
+https://kubernetes.io/docs/concepts/security/pod-security-standards/ (policy version v1.33).
 """
 
 from collections.abc import Iterator
@@ -16,7 +15,7 @@ import pytest
 from kubedistill.api.job import DistillationJob
 from kubedistill.operator.render import render_rayjob
 from kubedistill.operator.settings import RenderSettings
-from tests.operator.manifests import GOLDEN_IMAGE, example_jobs, golden_cases, golden_job, small_job
+from tests.operator.manifests import GOLDEN_IMAGE, example_jobs, golden_cases, golden_job
 
 PodSpec = dict[str, Any]
 
@@ -40,6 +39,7 @@ SAFE_SYSCTLS = {
     "net.ipv4.tcp_keepalive_time", "net.ipv4.tcp_fin_timeout", "net.ipv4.tcp_keepalive_intvl",
     "net.ipv4.tcp_keepalive_probes",
 }  # fmt: skip
+ADDED_CAPABILITY = "capabilities may add only NET_BIND_SERVICE"
 SELINUX_TYPES = {"", "container_t", "container_init_t", "container_kvm_t", "container_engine_t"}
 
 
@@ -80,7 +80,7 @@ def restricted_violations(pod: PodSpec) -> list[str]:
             problems.append(f"{where}: capabilities must drop ALL")
         added = set(capabilities.get("add") or [])
         if not added <= {"NET_BIND_SERVICE"} or not added <= BASELINE_CAPABILITIES:
-            problems.append(f"{where}: capabilities may add only NET_BIND_SERVICE")
+            problems.append(f"{where}: {ADDED_CAPABILITY}")
         if context.get("runAsNonRoot") is False or not (pod_non_root or context.get("runAsNonRoot") is True):
             problems.append(f"{where}: runAsNonRoot must be true (pod or container)")
         seccomp = (context.get("seccompProfile") or {}).get("type")
@@ -109,21 +109,20 @@ def _context_problems(where: str, context: dict[str, Any]) -> list[str]:
 
 
 def pods_of(job: DistillationJob) -> dict[str, PodSpec]:
-    """Every pod template the job's RayJob makes: head, worker groups and the submitter."""
+    """Every pod template the job's RayJob makes: the head and the worker groups."""
     rayjob = render_rayjob(job, RenderSettings(GOLDEN_IMAGE))
+    assert rayjob["spec"]["submissionMode"] == "HTTPMode", "KubeRay makes no submitter pod"
     cluster = rayjob["spec"]["rayClusterSpec"]
-    head = cluster["headGroupSpec"]["template"]["spec"]
-    pods = {"head": head}
-    pods |= {group["groupName"]: group["template"]["spec"] for group in cluster["workerGroupSpecs"]}
-    kuberay_default = {"containers": [{"name": "ray-job-submitter", "image": head["containers"][0]["image"]}]}
-    pods["submitter"] = rayjob["spec"].get("submitterPodTemplate", {"spec": kuberay_default})["spec"]
-    return pods
+    pods = {"head": cluster["headGroupSpec"]["template"]["spec"]}
+    return pods | {group["groupName"]: group["template"]["spec"] for group in cluster["workerGroupSpecs"]}
 
 
 JOBS = example_jobs() + [(f"golden/{case.name}", golden_job(case)) for case in golden_cases()]
+RESTRICTED_JOBS = [(name, job) for name, job in JOBS if not job.spec.cluster.worker.ipc_lock]
+IPC_LOCK_JOBS = [(name, job) for name, job in JOBS if job.spec.cluster.worker.ipc_lock]
 
 
-@pytest.mark.parametrize(("name", "job"), JOBS, ids=[name for name, _ in JOBS])
+@pytest.mark.parametrize(("name", "job"), RESTRICTED_JOBS, ids=[name for name, _ in RESTRICTED_JOBS])
 def test_every_pod_of_a_rendered_job_meets_the_restricted_pod_security_standard(
     name: str, job: DistillationJob
 ) -> None:
@@ -131,24 +130,18 @@ def test_every_pod_of_a_rendered_job_meets_the_restricted_pod_security_standard(
         assert restricted_violations(pod) == [], f"{name}: the {pod_name} pod"
 
 
-def test_the_submitter_pod_gets_what_the_jobs_pods_get() -> None:
-    cluster = {
-        "image": "registry.example.com/private/runtime:1",
-        "imagePullSecrets": [{"name": "registry"}],
-        "serviceAccountName": "distill",
-        "nodeSelector": {"pool": "h100"},
-        "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists"}],
-        "priorityClassName": "high",
-    }
-    pods = pods_of(small_job({"cluster": cluster}))
-    submitter = pods["submitter"]
-    for key, value in cluster.items():
-        if key != "image":
-            assert submitter[key] == pods["head"][key] == value, key
-    (container,) = submitter["containers"]
-    assert container["image"] == cluster["image"]
-    assert "command" not in container, "KubeRay sets its own `ray job submit` command"
-    assert submitter["restartPolicy"] == "Never"
+@pytest.mark.parametrize(("name", "job"), IPC_LOCK_JOBS, ids=[name for name, _ in IPC_LOCK_JOBS])
+def test_ipc_lock_is_the_only_control_a_job_asking_for_it_breaks_and_only_on_its_workers(
+    name: str, job: DistillationJob
+) -> None:
+    for pod_name, pod in pods_of(job).items():
+        expected = [] if pod_name == "head" else [f"container ray-worker: {ADDED_CAPABILITY}"]
+        assert restricted_violations(pod) == expected, f"{name}: the {pod_name} pod"
+    assert "IPC_LOCK" not in BASELINE_CAPABILITIES, "the baseline profile forbids it too: privileged only"
+
+
+def test_an_example_asks_for_ipc_lock() -> None:
+    assert IPC_LOCK_JOBS
 
 
 @pytest.mark.parametrize(

@@ -1,15 +1,22 @@
 """Rendering, as plain table tests: which groups, how many GPUs, which labels and settings where."""
 
 import re
+import tomllib
+from importlib.metadata import version
+from pathlib import Path
 from typing import Any
 
 import pytest
+from packaging.requirements import Requirement
 
 from kubedistill.api import parse_job
 from kubedistill.api.job import DistillationJob
-from kubedistill.operator.pods import multiply_quantity
+from kubedistill.operator.pods import TRAINER_METRICS_PORT_NAME, multiply_quantity
 from kubedistill.operator.render import render
 from kubedistill.operator.settings import RenderSettings
+from tests.operator import kuberay
+
+ROOT = Path(__file__).resolve().parents[2]
 
 DEFAULT_IMAGE = "registry.test/runtime:default"
 BASE: dict[str, Any] = {
@@ -166,10 +173,8 @@ def test_the_head_runs_the_trainer_without_gpus_and_serves_its_metrics() -> None
     container = head["template"]["spec"]["containers"][0]
     assert head["resources"] == {"GPU": "0"}
     assert container["resources"]["limits"] == {"cpu": "6", "memory": "48Gi"}
-    assert {"name": "metrics", "containerPort": 8090} in container["ports"]
+    assert {"name": TRAINER_METRICS_PORT_NAME, "containerPort": 8090} in container["ports"]
     assert {"name": "KUBEDISTILL_METRICS_PORT", "value": "8090"} in container["env"]
-    # Ray's own exporter keeps its default port beside the trainer's.
-    assert {"name": "ray-metrics", "containerPort": 8080} in container["ports"]
 
 
 @pytest.mark.parametrize(
@@ -202,20 +207,19 @@ def test_job_level_settings_reach_the_rayjob() -> None:
     assert spec["shutdownAfterJobFinishes"] is True
 
 
-def test_every_object_and_pod_template_carries_the_labels() -> None:
-    expected = {
-        "app.kubernetes.io/name": "kubedistill",
+def test_every_object_and_pod_template_carries_the_labels_and_pods_keep_kuberays_name() -> None:
+    ours = {
         "app.kubernetes.io/instance": "demo",
         "app.kubernetes.io/managed-by": "kubedistill",
         "kubedistill.io/job": "demo",
     }
     config_map, rayjob = rendered(job())
+    for labels in (config_map["metadata"]["labels"], rayjob["metadata"]["labels"]):
+        assert (ours | {"app.kubernetes.io/name": "kubedistill"}).items() <= labels.items()
     cluster = rayjob["spec"]["rayClusterSpec"]
     templates = [cluster["headGroupSpec"]["template"]] + [g["template"] for g in cluster["workerGroupSpecs"]]
-    for labels in [config_map["metadata"]["labels"], rayjob["metadata"]["labels"]] + [
-        t["metadata"]["labels"] for t in templates
-    ]:
-        assert expected.items() <= labels.items()
+    for template in templates:
+        assert template["metadata"]["labels"] == ours, "KubeRay names its pods `kuberay`"
 
 
 @pytest.mark.parametrize(
@@ -241,7 +245,9 @@ def test_owner_references_need_the_jobs_uid(metadata: dict[str, str], owner_uid:
             ]
 
 
-def test_every_pod_gets_the_cluster_settings_the_manifest_and_shared_memory() -> None:
+def test_every_pod_gets_the_cluster_settings_the_manifest_and_shared_memory_and_workers_the_gpu_pool() -> (
+    None
+):
     cluster = {
         "image": "registry.example.com/runtime:1",
         "nodeSelector": {"pool": "h100"},
@@ -255,12 +261,13 @@ def test_every_pod_gets_the_cluster_settings_the_manifest_and_shared_memory() ->
     }
     _, rayjob = rendered(job(cluster=cluster))
     spec = rayjob["spec"]["rayClusterSpec"]
-    for template in [spec["headGroupSpec"]["template"]] + [g["template"] for g in spec["workerGroupSpecs"]]:
+    workers = [g["template"] for g in spec["workerGroupSpecs"]]
+    for template in [spec["headGroupSpec"]["template"], *workers]:
         pod = template["spec"]
         (container,) = pod["containers"]
         assert container["image"] == "registry.example.com/runtime:1"
-        assert pod["nodeSelector"] == {"pool": "h100"}
-        assert pod["tolerations"] == cluster["tolerations"]
+        if template in workers:
+            assert (pod["nodeSelector"], pod["tolerations"]) == ({"pool": "h100"}, cluster["tolerations"])
         assert (pod["priorityClassName"], pod["serviceAccountName"]) == ("high", "distill")
         assert {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "16Gi"}} in pod["volumes"]
         assert {"name": "kubedistill-job", "configMap": {"name": "demo-spec"}} in pod["volumes"]
@@ -319,6 +326,8 @@ def test_every_ray_pod_runs_as_the_runtime_images_unprivileged_user() -> None:
             "runAsUser": 10001,
             "runAsGroup": 10001,
             "fsGroup": 10001,
+            # Not a recursive chown of every volume (a model PVC of hundreds of GB) at every pod start.
+            "fsGroupChangePolicy": "OnRootMismatch",
             "seccompProfile": {"type": "RuntimeDefault"},
         }
         for container in template["spec"]["containers"]:
@@ -379,3 +388,112 @@ def test_by_default_a_finished_jobs_ray_cluster_and_its_gpus_go_within_minutes()
 def test_a_finished_cluster_can_be_kept_for_debugging() -> None:
     _, rayjob = rendered(job(ttlSecondsAfterFinished=86400))
     assert rayjob["spec"]["ttlSecondsAfterFinished"] == 86400
+
+
+def test_kuberay_submits_the_job_itself_so_no_submitter_pod_follows_its_logs() -> None:
+    # K8sJobMode's submitter Job ends in `ray job logs --follow` (common/job.go:130 at kuberay feeaf72f), and
+    # its end, clean or not, ended the RayJob while training ran.
+    _, rayjob = rendered(job())
+    assert rayjob["spec"]["submissionMode"] == "HTTPMode"
+    assert not {"submitterPodTemplate", "submitterConfig"} & set(rayjob["spec"])
+
+
+@pytest.mark.parametrize(
+    ("spec", "pre_running"), [({}, 3600), ({"preRunningDeadlineSeconds": 600}, 600)], ids=["default", "set"]
+)
+def test_a_ray_cluster_that_never_runs_fails_the_attempt_after_the_pre_running_deadline(
+    spec: dict[str, Any], pre_running: int
+) -> None:
+    _, rayjob = rendered(job(**spec))
+    assert rayjob["spec"]["preRunningDeadlineSeconds"] == pre_running
+    assert "activeDeadlineSeconds" not in rayjob["spec"]
+
+
+GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+
+
+def _pods(rayjob: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    cluster = rayjob["spec"]["rayClusterSpec"]
+    return cluster["headGroupSpec"]["template"], [group["template"] for group in cluster["workerGroupSpecs"]]
+
+
+def test_the_head_takes_its_own_placement_not_the_gpu_workers() -> None:
+    head_placement = {
+        "nodeSelector": {"pool": "cpu"},
+        "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "ml", "effect": "NoSchedule"}],
+    }
+    cluster = {"nodeSelector": {"pool": "h100"}, "tolerations": [GPU_TOLERATION], "head": head_placement}
+    head, workers = _pods(rendered(job(cluster=cluster))[1])
+    assert head["spec"]["nodeSelector"] == {"pool": "cpu"}
+    assert head["spec"]["tolerations"] == head_placement["tolerations"]
+    assert "affinity" not in head["spec"], "a chosen node selector is the whole placement"
+    for worker in workers:
+        assert (worker["spec"]["nodeSelector"], worker["spec"]["tolerations"]) == (
+            {"pool": "h100"},
+            [GPU_TOLERATION],
+        )
+
+
+def test_by_default_the_head_keeps_off_gpu_nodes() -> None:
+    cluster = {"nodeSelector": {"pool": "h100"}, "tolerations": [GPU_TOLERATION]}
+    head, _ = _pods(rendered(job(cluster=cluster))[1])
+    assert "nodeSelector" not in head["spec"] and "tolerations" not in head["spec"]
+    (preferred,) = head["spec"]["affinity"]["nodeAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+    assert preferred["preference"] == {
+        "matchExpressions": [{"key": "nvidia.com/gpu.present", "operator": "DoesNotExist"}]
+    }
+    assert set(head["spec"]["containers"][0]["resources"]["limits"]) == {"cpu", "memory"}
+
+
+def test_worker_pods_ask_for_rdma_devices_secondary_networks_and_locked_memory() -> None:
+    networks = "kubedistill/ib-0,kubedistill/ib-1"
+    worker = {
+        "extraResources": {"rdma/ib": "1"},
+        "annotations": {"k8s.v1.cni.cncf.io/networks": networks},
+        "ipcLock": True,
+    }
+    head, workers = _pods(rendered(job(cluster={"worker": worker}))[1])
+    assert len(workers) == 2
+    for template in workers:
+        (container,) = template["spec"]["containers"]
+        assert (
+            container["resources"]["requests"]["rdma/ib"]
+            == container["resources"]["limits"]["rdma/ib"]
+            == "1"
+        )
+        assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
+        assert template["metadata"]["annotations"] == {"k8s.v1.cni.cncf.io/networks": networks}
+        assert container["securityContext"]["capabilities"] == {"drop": ["ALL"], "add": ["IPC_LOCK"]}
+    (head_container,) = head["spec"]["containers"]
+    assert "rdma/ib" not in head_container["resources"]["limits"]
+    assert "annotations" not in head["metadata"]
+    assert head_container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+
+
+def test_kuberays_own_head_service_for_the_rayjob_reaches_the_head_pod() -> None:
+    # `kubectl port-forward svc/<rayjob>-head-svc 8265` (KubeRay's docs) needs the head pod selected.
+    head, _ = _pods(rendered(job())[1])
+    labels = kuberay.pod_labels(head["metadata"]["labels"], "head", "demo-x7k2p", "headgroup")
+    assert kuberay.rayjob_head_service_selector("demo-x7k2p").items() <= labels.items()
+    assert labels["kubedistill.io/job"] == labels["app.kubernetes.io/instance"] == "demo"
+    assert labels["app.kubernetes.io/managed-by"] == "kubedistill"
+
+
+def test_the_port_kuberay_scrapes_as_rays_is_rays_and_the_trainer_serves_on_its_own() -> None:
+    head, _ = _pods(rendered(job())[1])
+    (container,) = head["spec"]["containers"]
+    ports = kuberay.head_service_ports(container["ports"])
+    assert ports["metrics"] == 8080, "Ray's exporter, where KubeRay's monitors look for Ray's metrics"
+    assert ports[TRAINER_METRICS_PORT_NAME] == 8090
+    assert {"name": "KUBEDISTILL_METRICS_PORT", "value": "8090"} in container["env"]
+    assert len(set(ports.values())) == len(ports), "no port is exposed twice"
+
+
+def test_the_ray_cluster_names_the_ray_that_the_runtime_image_installs() -> None:
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    runtime = pyproject["project"]["optional-dependencies"]["runtime"]
+    (ray,) = [Requirement(r) for r in runtime if Requirement(r).name == "ray"]
+    (pin,) = ray.specifier
+    assert pin.operator == "=="
+    _, rayjob = rendered(job())
+    assert rayjob["spec"]["rayClusterSpec"]["rayVersion"] == pin.version == version("ray")

@@ -20,7 +20,7 @@ ENDPOINT = {
 
 def _containers(rayjob: dict[str, Any]) -> dict[str, dict[str, Any]]:
     cluster = rayjob["spec"]["rayClusterSpec"]
-    pods = {"head": cluster["headGroupSpec"]["template"], "submitter": rayjob["spec"]["submitterPodTemplate"]}
+    pods = {"head": cluster["headGroupSpec"]["template"]}
     pods |= {group["groupName"]: group["template"] for group in cluster["workerGroupSpecs"]}
     return {name: pod["spec"]["containers"][0] for name, pod in pods.items()}
 
@@ -36,9 +36,8 @@ def test_the_api_key_is_a_secret_reference_on_the_head_only() -> None:
             "valueFrom": {"secretKeyRef": {"name": "hosted-teacher", "key": "api-key"}},
         }
     ]
-    assert set(env) == {"head", "submitter", "student"}
-    for name in ("submitter", "student"):
-        assert "HOSTED_API_KEY" not in {var["name"] for var in env[name]}, name
+    assert set(env) == {"head", "student"}
+    assert "HOSTED_API_KEY" not in {var["name"] for var in env["student"]}
     (manifest,) = config_map["data"].values()
     endpoint = yaml.safe_load(manifest)["spec"]["generation"]["endpoint"]
     assert endpoint["apiKey"] == ENDPOINT["apiKey"], "the ConfigMap names the Secret, holds no key"

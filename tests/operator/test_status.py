@@ -96,10 +96,44 @@ def test_kuberay_states_map_to_a_phase_and_conditions(
 
 
 def test_a_failure_message_carries_kuberays_reason_and_message() -> None:
-    kuberay = rayjob(jobDeploymentStatus="Failed", reason="DeadlineExceeded", message="ran past 3600 s")
+    kuberay = rayjob(
+        jobDeploymentStatus="Failed", reason="JobStatusCheckTimeoutExceeded", message="since 10:00"
+    )
     status = mirrored_status({}, kuberay, generation=1, now=T0)
     failed = next(c for c in status["conditions"] if c["type"] == "Failed")
-    assert "reason DeadlineExceeded" in failed["message"] and "ran past 3600 s" in failed["message"]
+    assert "reason JobStatusCheckTimeoutExceeded" in failed["message"] and "since 10:00" in failed["message"]
+
+
+@pytest.mark.parametrize(
+    ("kuberay_reason", "deadline", "reason", "words"),
+    [
+        (
+            "DeadlineExceeded",
+            {"activeDeadlineSeconds": 7200},
+            "ActiveDeadlineExceeded",
+            "spec.activeDeadlineSeconds",
+        ),
+        (
+            "PreRunningDeadlineExceeded",
+            {"preRunningDeadlineSeconds": 3600},
+            "PreRunningDeadlineExceeded",
+            "spec.preRunningDeadlineSeconds",
+        ),
+    ],
+    ids=["active", "pre-running"],
+)
+def test_a_deadline_failure_names_the_field_and_its_limit(
+    kuberay_reason: str, deadline: dict[str, int], reason: str, words: str
+) -> None:
+    kuberay = rayjob(jobDeploymentStatus="Failed", reason=kuberay_reason, message="passed it") | {
+        "spec": deadline
+    }
+    status = mirrored_status({}, kuberay, generation=1, now=T0)
+    failed = next(c for c in status["conditions"] if c["type"] == "Failed")
+    assert failed["reason"] == reason
+    (seconds,) = deadline.values()
+    assert f"{words} ({seconds} s)" in failed["message"]
+    assert "passed it" in failed["message"], "KubeRay's own message stays"
 
 
 def test_times_and_the_dashboard_are_copied() -> None:

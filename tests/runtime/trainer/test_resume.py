@@ -37,6 +37,7 @@ def _roundtrip(origin: Origin) -> Origin:
         {"spec.student.replicas": 4},
         {"spec.cluster.colocate": True},
         {"spec.backoffLimit": 0},
+        {"spec.preRunningDeadlineSeconds": 600},
         {"spec.data.train.path": "/elsewhere/train.jsonl"},
     ],
     ids=lambda change: next(iter(change)),
