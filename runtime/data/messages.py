@@ -10,10 +10,12 @@ Accepted as the OpenAI chat format writes them:
 - `tool_calls` on assistant messages: `{"type": "function", "function": {"name", "arguments"}}` (`id`
   optional). `arguments` as a JSON string (OpenAI) becomes the object it encodes, the form templates read
   (Qwen2.5's renders `arguments | tojson`, Qwen3-Coder's iterates over it);
-- `tool` messages, the results of the tool calls before them (`tool_call_id`, `name` kept for templates).
+- `tool` messages, the results of the tool calls before them (`tool_call_id`, `name` kept for templates);
+- `reasoning_content` on assistant messages, a reasoning model's thinking (Qwen3's and DeepSeek-R1's
+  templates render it, vLLM and SGLang return it, and the generation phase writes it).
 
 Every key the template needs is kept and nothing else, so a key the data happens to carry cannot change
-what the mask covers.
+what the mask covers. `wire_messages` turns checked messages back into what the OpenAI chat API takes.
 """
 
 import json
@@ -63,6 +65,9 @@ def chat_messages(value: Any, key: str, image_folder: Path | None = None) -> lis
             checked["tool_calls"] = [
                 _tool_call(call, key, i, j) for j, call in enumerate(_list(calls, key, i))
             ]
+        thinking = message.get("reasoning_content")
+        if role == "assistant" and isinstance(thinking, str) and thinking:
+            checked["reasoning_content"] = unicode_text(thinking, f"{key}[{i}].reasoning_content")
         if role == "tool":
             if not _follows_a_tool_call(messages):
                 raise RecordProblem(
@@ -168,3 +173,50 @@ def _follows_a_tool_call(messages: list[Message]) -> bool:
         if message["role"] != "tool":
             return bool(message.get("tool_calls"))
     return False
+
+
+def wire_messages(messages: list[Message]) -> list[dict[str, Any]]:
+    """Checked text messages as the OpenAI chat API takes them (openai-python `types/chat/`
+    `chat_completion_message_function_tool_call_param.py` and `chat_completion_tool_message_param.py`): a
+    tool call's `arguments` as JSON text, every call with an `id` (`call_<message>_<call>` where the record
+    gave none), every tool result with the `tool_call_id` of its call (the record's, else the first call
+    still unanswered whose name it gives, else the first unanswered), and no key the API does not define
+    (a tool result's `name` is the templates')."""
+    wire: list[dict[str, Any]] = []
+    unanswered: list[tuple[str, str]] = []
+    """(id, function name) of the last assistant's calls no tool result has answered yet."""
+    for i, message in enumerate(messages):
+        sent: dict[str, Any] = {"role": message["role"], "content": message["content"]}
+        if message.get("tool_calls"):
+            calls = [
+                {
+                    "id": call.get("id") or f"call_{i}_{j}",
+                    "type": "function",
+                    "function": {
+                        "name": call["function"]["name"],
+                        "arguments": json.dumps(call["function"]["arguments"], ensure_ascii=False),
+                    },
+                }
+                for j, call in enumerate(message["tool_calls"])
+            ]
+            sent = {"role": "assistant", "content": message["content"] or None, "tool_calls": calls}
+            unanswered = [(call["id"], call["function"]["name"]) for call in calls]
+        elif message["role"] == "tool":
+            sent["tool_call_id"] = _answered_call(message, unanswered)
+        wire.append(sent)
+    return wire
+
+
+def _answered_call(result: Message, unanswered: list[tuple[str, str]]) -> str:
+    given = result.get("tool_call_id")
+    candidates = (
+        [call for call in unanswered if call[0] == given]
+        or [call for call in unanswered if call[1] == result.get("name")]
+        or unanswered
+    )
+    if not candidates:
+        # More results than calls: nothing to match; the endpoint refuses the request and says so.
+        return given or "call_unmatched"
+    answered = candidates[0]
+    unanswered.remove(answered)
+    return given or answered[0]

@@ -95,3 +95,30 @@ def test_tool_calls_with_a_teacher_of_another_tokenizer_are_a_bad_record_not_a_w
         BadRecordError, match=r"^mem:1: assistant message 1 calls tools, and tool calls cannot be"
     ):
         builder(Record("mem:1", TOOL_CHAT))
+
+
+# The part of Qwen3's chat template (its tokenizer_config.json) that renders an assistant's thinking.
+REASONING_TEMPLATE = (
+    "{%- for message in messages %}"
+    "{%- if message.role == 'assistant' %}"
+    "{{- '<|im_start|>assistant\\n' }}"
+    "{%- if message.reasoning_content %}"
+    "{{- '<think>\\n' + message.reasoning_content + '\\n</think>\\n\\n' }}"
+    "{%- endif %}"
+    "{{- message.content + '<|im_end|>\\n' }}"
+    "{%- else %}"
+    "{{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>\\n' }}"
+    "{%- endif %}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+)
+
+
+def test_an_assistants_reasoning_content_reaches_a_template_that_renders_it(tokenizer) -> None:
+    thinking = copy.deepcopy(tokenizer)
+    thinking.chat_template = REASONING_TEMPLATE
+    record = chat(("user", "What is 2+2?"), ("assistant", "The answer is 4."))
+    record["messages"][1]["reasoning_content"] = "two and two"
+    sample = build(thinking, record)
+    targets = decoded_targets(thinking, sample.input_ids, sample.target_mask)
+    assert targets == "<think>\ntwo and two\n</think>\n\nThe answer is 4.<|im_end|>"
