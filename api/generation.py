@@ -46,8 +46,10 @@ class EndpointSpec(SpecModel):
     max_retries: Annotated[int, Field(ge=0)] = 5
     """Retries of a request answered 429 or 5xx, or that could not connect or timed out (exponential
     backoff with jitter, honouring Retry-After); a request still failing is recorded as skipped."""
-    timeout_seconds: Annotated[float, Field(gt=0.0)] = 120.0
-    """Limit on one request, response included."""
+    timeout_seconds: Annotated[float, Field(gt=0.0)] | None = None
+    """Limit on one answer, from its request sent to its response read (the wait for a connection and the
+    connect itself are not counted); unset: 60 s plus 0.1 s per maxNewTokens token (a teacher writing at
+    least 10 tokens a second), since a reasoning teacher's long answers take minutes."""
 
 
 class GenerationSpec(SpecModel):
@@ -57,16 +59,29 @@ class GenerationSpec(SpecModel):
     samples_per_prompt: Annotated[int, Field(ge=1)] = 1
     """Responses generated per prompt; each becomes a training record."""
     max_new_tokens: Annotated[int, Field(ge=1)] = 1024
-    """Longest response generated."""
-    temperature: Annotated[float, Field(ge=0.0)] = 0.7
-    """Sampling temperature; 0 decodes greedily."""
-    top_p: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0
-    """Nucleus-sampling probability mass."""
+    """Longest response generated (sent to an endpoint as `max_completion_tokens`, its reasoning included)."""
+    temperature: Annotated[float, Field(ge=0.0)] | None = None
+    """Sampling temperature; 0 decodes greedily. Unset: not sent to an endpoint, which samples at its model's
+    default (OpenAI's reasoning models refuse any other); the job's own teacher samples at 1.0."""
+    top_p: Annotated[float, Field(gt=0.0, le=1.0)] | None = None
+    """Nucleus-sampling probability mass. Unset: not sent to an endpoint; the job's own teacher uses 1.0."""
     seed: Annotated[int, Field(ge=0)] | None = None
     """Sampling seed (sent to an endpoint as `seed`); unset: spec.training.seed."""
     keep_truncated: bool = False
     """Keep responses cut off at maxNewTokens (finish_reason length) as training records; by default they
     are skipped and counted, since a cut-off answer teaches the student to stop mid-sentence."""
+    keep_reasoning: bool = True
+    """Keep a reasoning teacher's thinking (an endpoint's `reasoning_content` or vLLM's `reasoning`) as the
+    generated assistant message's `reasoning_content`, which chat templates such as Qwen3's render; false
+    trains on the answers alone."""
+    min_kept_fraction: Annotated[float, Field(ge=0.0, le=1.0)] = 0.9
+    """Fewest (prompt, sample) pairs, as a share of all, that must become training records; below it the
+    phase fails naming the skipped file and the commonest reason instead of training on what is left."""
+
+
+OWN_TEACHER_TEMPERATURE = 1.0
+"""The job's own teacher's temperature and top_p when spec.generation leaves them unset."""
+OWN_TEACHER_TOP_P = 1.0
 
 
 def teacher_generates(spec: "DistillationJobSpec") -> bool:
@@ -77,3 +92,10 @@ def teacher_generates(spec: "DistillationJobSpec") -> bool:
 def runs_teacher(spec: "DistillationJobSpec") -> bool:
     """Teacher engines run in the job: to give hidden states (every mode but sft), or to generate."""
     return spec.mode != "sft" or teacher_generates(spec)
+
+
+def answer_timeout_seconds(endpoint: EndpointSpec, max_new_tokens: int) -> float:
+    """spec.generation.endpoint.timeoutSeconds, or its default derived from maxNewTokens."""
+    if endpoint.timeout_seconds is not None:
+        return endpoint.timeout_seconds
+    return 60.0 + max_new_tokens / 10.0

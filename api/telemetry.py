@@ -74,6 +74,29 @@ EVAL_TEACHER_AGREEMENT = Metric(
     Kind.GAUGE,
     "Share of eval tokens where student and teacher agree on the most likely next token.",
 )
+GENERATION_PAIRS = Metric(
+    "kubedistill_generation_pairs",
+    Kind.GAUGE,
+    "(prompt, sample) pairs spec.generation asks the teacher for.",
+)
+GENERATION_KEPT_PAIRS = Metric(
+    "kubedistill_generation_kept_pairs", Kind.GAUGE, "Generated pairs kept as training records so far."
+)
+GENERATION_SKIPPED_PAIRS = Metric(
+    "kubedistill_generation_skipped_pairs",
+    Kind.GAUGE,
+    "Generated pairs skipped so far (failed, refused, empty, cut off or filtered; <job>.skipped.jsonl).",
+)
+GENERATION_PROMPT_TOKENS = Metric(
+    "kubedistill_generation_prompt_tokens",
+    Kind.GAUGE,
+    "Prompt tokens an endpoint billed for the generation, every run of it so far.",
+)
+GENERATION_COMPLETION_TOKENS = Metric(
+    "kubedistill_generation_completion_tokens",
+    Kind.GAUGE,
+    "Completion tokens (reasoning included) an endpoint billed for the generation, every run so far.",
+)
 
 ALL = (
     STEP,
@@ -96,4 +119,9 @@ ALL = (
     EVAL_LOSS,
     EVAL_KD_DIVERGENCE,
     EVAL_TEACHER_AGREEMENT,
+    GENERATION_PAIRS,
+    GENERATION_KEPT_PAIRS,
+    GENERATION_SKIPPED_PAIRS,
+    GENERATION_PROMPT_TOKENS,
+    GENERATION_COMPLETION_TOKENS,
 )

@@ -3,13 +3,21 @@
 
 A request answered 429 or 5xx, or that could not connect or timed out, is retried up to `maxRetries` times
 with exponential backoff and full jitter (base x 2^attempt, capped), or after the server's `Retry-After`
-when it sends one. A request still failing after that comes back as a failure, recorded by the caller. A 401
-or 403 stops the whole phase: the key is wrong for every request alike.
+when it sends one. A request still failing after that comes back as a failure, recorded by the caller and
+asked again by the next run. A 401 or 403 stops the whole phase (the key is wrong for every request alike),
+and so does any other 4xx before the endpoint has answered once: a wrong model name, or a server that takes
+no `tools` (vLLM without `--enable-auto-tool-choice`) would refuse every request alike. A 4xx after that
+refuses that request only (a prompt too long for the model).
 
-The API key goes only into the Authorization header; no message here includes headers.
+Proxies: `HTTPS_PROXY`/`HTTP_PROXY`/`NO_PROXY` are honoured as curl does (aiohttp's `trust_env`, aiohttp 3.14
+`client.py:813-817`, `helpers.py:324-336`), since a cluster's egress often goes through one.
+
+The API key goes only into the Authorization header; no message here includes headers. The lines of
+aiohttp, openai-python and SGLang cited here are checked in tests/runtime/generation/test_cited_sources.py.
 """
 
 import asyncio
+import json
 import random
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -19,14 +27,17 @@ import aiohttp
 
 from kubedistill.api.generation import EndpointSpec
 from kubedistill.runtime.data.chat import Message
-from kubedistill.runtime.generation.store import Response, Settings
+from kubedistill.runtime.data.messages import wire_messages
+from kubedistill.runtime.generation.store import FAILED, REJECTED, Response, Settings, Usage
 
 RETRIED_STATUSES = frozenset({408, 409, 429}) | frozenset(range(500, 600))
 MAX_BACKOFF_SECONDS = 30.0
+CONNECT_TIMEOUT_SECONDS = 30.0
+"""Limit on opening a connection (through the proxy, TLS included); the answer has its own limit."""
 
 
 class EndpointRefused(Exception):
-    """The endpoint refuses the job as a whole (a bad API key); one line for the user."""
+    """The endpoint refuses the job as a whole (a bad API key, a model it does not serve); one line."""
 
 
 @dataclass(frozen=True)
@@ -43,8 +54,10 @@ class Request:
 class Outcome:
     key: tuple[str, int]
     response: Response | None
-    """None when the request kept failing (`failure` says how)."""
+    """None when the request kept failing or was refused (`failure` says how, `reason` which)."""
     failure: str = ""
+    reason: str = FAILED
+    """`failed` (asked again by the next run) or `rejected` (this request is refused for good)."""
 
 
 class ChatCompletionsClient:
@@ -53,31 +66,50 @@ class ChatCompletionsClient:
         endpoint: EndpointSpec,
         settings: Settings,
         api_key: str | None,
+        answer_timeout: float,
         backoff_seconds: float = 0.5,
     ) -> None:
         self._endpoint = endpoint
         self._settings = settings
         self._url = endpoint.base_url.rstrip("/") + "/chat/completions"
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._answer_timeout = answer_timeout
         self._backoff = backoff_seconds
+        self._answered = False
+        """Whether the endpoint has answered a request (so a 4xx is about one request, not the job)."""
 
     def body(self, request: Request) -> dict[str, Any]:
         settings = self._settings
+        # max_completion_tokens, not max_tokens: OpenAI refuses max_tokens for its reasoning models
+        # (openai-python `types/chat/completion_create_params.py:196-204`), and vLLM and SGLang take both
+        # (vLLM `chat_completion/protocol.py` ChatCompletionRequest.build_tok_params; SGLang 0.5.23
+        # `srt/entrypoints/openai/protocol.py:1214`). Sampling settings go only when the manifest sets them:
+        # those models refuse any temperature but their default.
+        sampling = {"temperature": settings.temperature, "top_p": settings.top_p}
         return {
             "model": self._endpoint.model,
-            "messages": request.messages,
-            "temperature": settings.temperature,
-            "top_p": settings.top_p,
-            "max_tokens": settings.max_new_tokens,
+            "messages": wire_messages(request.messages),
+            "max_completion_tokens": settings.max_new_tokens,
             "seed": request.seed,
             "stream": False,
-        } | ({"tools": request.tools} if request.tools else {})
+            **{key: value for key, value in sampling.items() if value is not None},
+            **({"tools": request.tools} if request.tools else {}),
+        }
 
     async def complete_all(self, requests: Sequence[Request]) -> AsyncIterator[Outcome]:
         """Outcomes in the order they finish."""
         limit = asyncio.Semaphore(self._endpoint.concurrency)
-        timeout = aiohttp.ClientTimeout(total=self._endpoint.timeout_seconds)
-        async with aiohttp.ClientSession(timeout=timeout, headers=self._headers) as session:
+        # One connection per request in flight: aiohttp's default pool holds 100 (aiohttp 3.14
+        # `connector.py:287`), and the wait for a pooled connection counts against the request's timeout
+        # (`client.py:703-708`, `connector.py:631-645`), so up to 1024 in flight would time out queueing.
+        connector = aiohttp.TCPConnector(limit=self._endpoint.concurrency, limit_per_host=0)
+        timeout = aiohttp.ClientTimeout(
+            total=CONNECT_TIMEOUT_SECONDS + self._answer_timeout,
+            connect=CONNECT_TIMEOUT_SECONDS,
+        )
+        async with aiohttp.ClientSession(
+            connector=connector, timeout=timeout, headers=self._headers, trust_env=True
+        ) as session:
 
             async def one(request: Request) -> Outcome:
                 async with limit:
@@ -98,8 +130,10 @@ class ChatCompletionsClient:
             try:
                 async with session.post(self._url, json=self.body(request)) as answer:
                     if answer.status == 200:
-                        return Outcome(request.key, _response_of(await answer.json(content_type=None)))
-                    text = (await answer.text())[:200]
+                        response = _response_of(await answer.json(content_type=None))
+                        self._answered = True
+                        return Outcome(request.key, response)
+                    text = (await answer.text())[:300]
                     failure = f"HTTP {answer.status}: {text.strip() or answer.reason}"
                     if answer.status in (401, 403):
                         raise EndpointRefused(
@@ -107,7 +141,13 @@ class ChatCompletionsClient:
                             f"{failure}; check the API key"
                         )
                     if answer.status not in RETRIED_STATUSES:
-                        return Outcome(request.key, None, failure)
+                        if not self._answered:
+                            raise EndpointRefused(
+                                f"spec.generation.endpoint: {self._url} refused the first request with "
+                                f"{failure}; check endpoint.model, and that the server takes what the "
+                                "request asks (a record's tools need a server that parses tool calls)"
+                            )
+                        return Outcome(request.key, None, failure, REJECTED)
                     wait = _retry_after(answer.headers.get("Retry-After"))
             except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError) as error:
                 failure = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
@@ -122,10 +162,36 @@ class ChatCompletionsClient:
 
 def _response_of(completion: dict[str, Any]) -> Response:
     choice = completion["choices"][0]
-    content = choice["message"].get("content") or ""
+    message = choice["message"]
+    content = message.get("content") or ""
     if not isinstance(content, str):
         raise TypeError(f"message content is {type(content).__name__}, not text")
-    return Response(content, str(choice.get("finish_reason") or "stop"))
+    # The thinking of a reasoning teacher: SGLang's `reasoning_content` (0.5.23
+    # `srt/entrypoints/openai/protocol.py:1293-1297`), vLLM's `reasoning` (`vllm/entrypoints/openai/
+    # chat_completion/protocol.py` ChatMessage); OpenAI's own models return none.
+    reasoning = message.get("reasoning_content") or message.get("reasoning") or None
+    usage = completion.get("usage") or {}
+    return Response(
+        content,
+        str(choice.get("finish_reason") or "stop"),
+        tool_calls=[_tool_call(call) for call in message.get("tool_calls") or []] or None,
+        reasoning=reasoning if isinstance(reasoning, str) else None,
+        usage=Usage(int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)),
+    )
+
+
+def _tool_call(call: dict[str, Any]) -> dict[str, Any]:
+    """A call of the answer as the API sends it (`arguments` JSON text, which the data pipeline reads)."""
+    function = call["function"]
+    arguments = function.get("arguments")
+    return {
+        "id": str(call["id"]),
+        "type": "function",
+        "function": {
+            "name": str(function["name"]),
+            "arguments": arguments if isinstance(arguments, str) else json.dumps(arguments),
+        },
+    }
 
 
 def _retry_after(header: str | None) -> float | None:

@@ -94,6 +94,9 @@ class TeacherGenerators(EngineActorGroup):
         Calls go round-robin to the engines (each runs its calls in turn); a call draws every sample of its
         prompts and keeps the missing ones, with seed + the call's index.
         """
+        assert settings.temperature is not None and settings.top_p is not None, (
+            "settings_of fills in the own teacher's sampling"
+        )
         calls = [prompts[i : i + PROMPTS_PER_CALL] for i in range(0, len(prompts), PROMPTS_PER_CALL)]
         pending: dict[ray.ObjectRef, list[Prompt]] = {}
         for index, call in enumerate(calls):

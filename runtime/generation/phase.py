@@ -4,19 +4,55 @@ the file (`training_job`)."""
 
 import asyncio
 import logging
-from collections.abc import Mapping
-from dataclasses import dataclass
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kubedistill.api.generation import OWN_TEACHER_TEMPERATURE, OWN_TEACHER_TOP_P, answer_timeout_seconds
 from kubedistill.api.job import DistillationJob
 from kubedistill.api.spec import DataFormat, DataSource, Mode
 from kubedistill.runtime.generation.prompts import Prompt, read_prompts
-from kubedistill.runtime.generation.store import GeneratedFile, Response, Settings, Skipped, verdict
+from kubedistill.runtime.generation.store import (
+    FAILED,
+    GeneratedFile,
+    Response,
+    Settings,
+    Skipped,
+    Usage,
+    verdict,
+)
 
 log = logging.getLogger(__name__)
 
 GENERATED_DIR = "generated"
+PROGRESS_EVERY_SECONDS = 30.0
+"""A progress line at least this often while answers arrive, besides one per tenth of the pairs."""
+
+
+@dataclass
+class GenerationProgress:
+    """Where the phase stands, earlier runs' pairs included; what the log lines and /metrics show."""
+
+    pairs: int
+    """Every (prompt, sample) pair the job asks for."""
+    kept: int = 0
+    skipped: Counter[str] = field(default_factory=Counter)
+    usage: Usage = field(default_factory=Usage)
+
+    @property
+    def done(self) -> int:
+        return self.kept + self.skipped.total()
+
+    def line(self) -> str:
+        reasons = ", ".join(f"{count} {reason}" for reason, count in self.skipped.most_common())
+        return (
+            f"generation: {self.done} of {self.pairs} pairs done, {self.kept} kept"
+            + (f", skipped: {reasons}" if reasons else "")
+            + f"; {self.usage.prompt_tokens} prompt and {self.usage.completion_tokens} completion tokens"
+        )
 
 
 @dataclass(frozen=True)
@@ -31,12 +67,41 @@ class GenerationResult:
         report = self.report
         skipped = ", ".join(f"{count} {reason}" for reason, count in sorted(report["skipped"].items()))
         how = "reused" if self.reused else f"{report['generated'] - report['reusedLines']} new"
+        usage = Usage.from_json(report.get("usage"))
         return (
             f"generation: {report['generated']} responses to {report['prompts']} prompts in {self.path} "
             f"({how}); skipped: {skipped or 'none'}"
-            + (f" (listed in {self.path.with_suffix('.skipped.jsonl')})" if skipped else "")
+            + (f" (listed in {self.skipped_path})" if skipped else "")
+            + f"; tokens: {usage.prompt_tokens} prompt, {usage.completion_tokens} completion"
             + _repeated(report.get("repeatedPrompts", []))
         )
+
+    @property
+    def skipped_path(self) -> Path:
+        return self.path.with_suffix(".skipped.jsonl")
+
+    def problem(self, min_kept_fraction: float) -> str | None:
+        """Why training must not start on this file (a `field: problem` line), or None."""
+        report = self.report
+        skipped: dict[str, int] = report["skipped"]
+        pairs, kept = report["pairs"], report["generated"]
+        if not report["finished"]:
+            return (
+                f"spec.generation.endpoint: {skipped[FAILED]} of {pairs} requests still failed after "
+                f"their retries (e.g. {report['skippedExamples'][FAILED]}); the {kept} answers so far are "
+                f"kept in {self.path}, and a rerun asks only the failed pairs again (KubeRay's retries do "
+                f"so): rerun once the endpoint answers, or raise endpoint.maxRetries; see {self.skipped_path}"
+            )
+        if not kept:
+            return f"spec.generation: no response was kept (see {self.skipped_path}); nothing to train on"
+        if kept < min_kept_fraction * pairs:
+            reason, count = Counter(skipped).most_common(1)[0]
+            return (
+                f"spec.generation.minKeptFraction: {kept} of {pairs} (prompt, sample) pairs became training "
+                f"records ({kept / pairs:.0%}), fewer than {min_kept_fraction:g}; most skipped: {count} "
+                f"{reason} (e.g. {report['skippedExamples'][reason] or reason}); see {self.skipped_path}"
+            )
+        return None
 
 
 def _repeated(sources: list[str]) -> str:
@@ -56,11 +121,16 @@ def settings_of(job: DistillationJob) -> Settings:
     teacher = endpoint.model if endpoint else (spec.teacher.model if spec.teacher else None)
     if teacher is None:
         raise ValueError("spec.teacher.model: required when spec.generation has no endpoint")
+    temperature, top_p = generation.temperature, generation.top_p
+    if endpoint is None:
+        # The job's own engines need values; an endpoint is sent only what the manifest sets.
+        temperature = OWN_TEACHER_TEMPERATURE if temperature is None else temperature
+        top_p = OWN_TEACHER_TOP_P if top_p is None else top_p
     return Settings(
         teacher=teacher,
         endpoint=endpoint.base_url if endpoint else None,
-        temperature=generation.temperature,
-        top_p=generation.top_p,
+        temperature=temperature,
+        top_p=top_p,
         max_new_tokens=generation.max_new_tokens,
         seed=spec.training.seed if generation.seed is None else generation.seed,
     )
@@ -75,6 +145,7 @@ def generated_file(job: DistillationJob, output_dir: Path) -> GeneratedFile:
         settings_of(job),
         generation.samples_per_prompt,
         generation.keep_truncated,
+        generation.keep_reasoning,
     )
 
 
@@ -84,8 +155,12 @@ def run_generation(
     environ: Mapping[str, str],
     *,
     backoff_seconds: float = 0.5,
+    on_progress: Callable[[GenerationProgress], None] | None = None,
 ) -> GenerationResult:
-    """Generate what the file lacks (own teacher: Ray must be connected), then finish the file."""
+    """Generate what the file lacks (own teacher: Ray must be connected), then finish the file.
+
+    `on_progress` sees the counts after every answer (the /metrics gauges); a log line says them every
+    tenth of the pairs or PROGRESS_EVERY_SECONDS."""
     generation = job.spec.generation
     assert generation is not None
     store = generated_file(job, output_dir)
@@ -95,25 +170,50 @@ def run_generation(
     read = read_prompts(job.spec.data.train, job.spec.data.on_bad_record)
     prompts = read.prompts
     done = store.existing(prompts)
+    skipped = store.settled(prompts)
+    earlier = store.earlier()
     samples = generation.samples_per_prompt
-    missing = {p.id: [s for s in range(samples) if (p.id, s) not in done] for p in prompts}
+    asked = done | {(skip.prompt_id, skip.sample) for skip in skipped}
+    missing = {p.id: [s for s in range(samples) if (p.id, s) not in asked] for p in prompts}
     todo = [p for p in prompts if missing[p.id]]
+    progress = GenerationProgress(
+        len(prompts) * samples,
+        kept=len(done),
+        skipped=Counter(skip.reason for skip in skipped),
+        usage=Usage.from_json(earlier.get("usage")) if earlier else Usage(),
+    )
     log.info(
         "generation: %d of %d (prompt, sample) pairs to generate into %s",
-        sum(map(len, missing.values())),
-        len(prompts) * samples,
+        progress.pairs - progress.done,
+        progress.pairs,
         store.path,
     )
-    skipped: list[Skipped] = []
+    shown = (progress.done, time.monotonic())
 
-    def keep(prompt: Prompt, sample: int, response: Response | None, failure: str = "") -> None:
-        reason = "failed" if response is None else verdict(response, generation.keep_truncated)
+    def keep(
+        prompt: Prompt, sample: int, response: Response | None, failure: str = "", why: str = FAILED
+    ) -> None:
+        nonlocal shown
+        reason = why if response is None else verdict(response, generation.keep_truncated)
+        if response is not None:
+            progress.usage += response.usage
         if reason is None and response is not None:
             store.append(store.line(prompt, sample, response))
-            return
-        detail = failure or (f"finish_reason {response.finish_reason}" if response else "")
-        skipped.append(Skipped(prompt.id, sample, prompt.source, reason or "failed", detail))
+            progress.kept += 1
+        else:
+            detail = failure or (f"finish_reason {response.finish_reason}" if response else "")
+            skipped.append(Skipped(prompt.id, sample, prompt.source, reason or FAILED, detail))
+            progress.skipped[reason or FAILED] += 1
+        if on_progress is not None:
+            on_progress(progress)
+        now = time.monotonic()
+        tenth = max(1, progress.pairs // 10)
+        if progress.done - shown[0] >= tenth or now - shown[1] >= PROGRESS_EVERY_SECONDS:
+            log.info("%s", progress.line())
+            shown = (progress.done, now)
 
+    if on_progress is not None:
+        on_progress(progress)
     if todo and generation.endpoint is not None:
         asyncio.run(_from_endpoint(job, store.settings, todo, missing, environ, keep, backoff_seconds))
     elif todo:
@@ -127,6 +227,7 @@ def run_generation(
             "repeatedPrompts": read.repeated,
             "badRecords": [str(record) for record in read.bad],
         },
+        progress.usage,
     )
     return GenerationResult(store.path, report, reused=False)
 
@@ -148,7 +249,8 @@ async def _from_endpoint(
     )
     endpoint = generation.endpoint
     api_key = environ.get(endpoint.api_key.env) if endpoint.api_key else None
-    client = ChatCompletionsClient(endpoint, settings, api_key, backoff_seconds)
+    timeout = answer_timeout_seconds(endpoint, generation.max_new_tokens)
+    client = ChatCompletionsClient(endpoint, settings, api_key, timeout, backoff_seconds)
     by_id = {prompt.id: prompt for prompt in prompts}
     requests = [
         Request((prompt.id, sample), prompt.messages, settings.seed + sample, prompt.carried.get("tools"))
@@ -157,7 +259,7 @@ async def _from_endpoint(
     ]
     async for outcome in client.complete_all(requests):
         prompt_id, sample = outcome.key
-        keep(by_id[prompt_id], sample, outcome.response, outcome.failure)
+        keep(by_id[prompt_id], sample, outcome.response, outcome.failure, outcome.reason)
 
 
 def _from_own_teacher(

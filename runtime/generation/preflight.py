@@ -2,8 +2,9 @@
 sent: each one a `field: problem` line (see `kubedistill.runtime.trainer.preflight`)."""
 
 import socket
+import urllib.request
 from collections.abc import Mapping
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 from kubedistill.api.job import DistillationJob
 
@@ -30,12 +31,29 @@ def check_generation(
         ]
     url = urlsplit(endpoint.base_url)
     port = url.port or (443 if url.scheme == "https" else 80)
+    proxy = proxy_for(url)
+    where = f"{url.hostname}:{port}"
+    if proxy is not None:
+        variable, proxy_url = proxy
+        # The requests go through the proxy (aiohttp's trust_env): it is what must answer here; whether
+        # it reaches the endpoint shows in the first request.
+        url = urlsplit(proxy_url)
+        port = url.port or (443 if url.scheme == "https" else 80)
+        where = f"{url.hostname}:{port}, the proxy {variable} names for {where}"
     try:
         socket.create_connection((url.hostname, port), timeout=timeout).close()
     except OSError as error:
         reason = error.strerror or type(error).__name__
-        return [
-            f"spec.generation.endpoint.baseUrl: nothing answers at {url.hostname}:{port} ({reason} within "
-            f"{timeout:g} s)"
-        ]
+        problem = f"nothing answers at {where} ({reason} within {timeout:g} s)"
+        return [f"spec.generation.endpoint.baseUrl: {problem}"]
     return []
+
+
+def proxy_for(url: SplitResult) -> tuple[str, str] | None:
+    """(variable, proxy URL) that requests to `url` go through: read from the environment as the client
+    reads it (aiohttp's trust_env calls the same `urllib.request.getproxies` and `proxy_bypass`, aiohttp 3.14
+    `helpers.py:324-336`): the lowercase name wins, NO_PROXY exempts hosts."""
+    proxy = urllib.request.getproxies().get(url.scheme)
+    if proxy is None or url.hostname is None or urllib.request.proxy_bypass(url.hostname):
+        return None
+    return f"{url.scheme.upper()}_PROXY", proxy

@@ -3,12 +3,16 @@
 - Lines are appended as responses arrive, each with one `write` on a file opened for appending, so a run
   killed mid-way leaves whole lines and at most one partial last line; a rerun cuts that line off and
   generates only the (prompt, sample) pairs not yet in the file.
-- A pair that could not be generated (the request kept failing, the response was empty, or cut off at
-  maxNewTokens unless keepTruncated) goes to `<job>.skipped.jsonl` with its reason, never silently away.
+- A pair that is not a training record goes to `<job>.skipped.jsonl` with its reason, never silently away:
+  `failed` (the request kept failing: the endpoint was down or overloaded), `rejected` (the endpoint answered
+  this request with a 4xx), `empty`, `length` (cut off at maxNewTokens, unless keepTruncated), or any other
+  finish_reason (`content_filter`, SGLang's `abort`).
 - When every pair is done, the file is rewritten in prompt order (so two runs of one job train on the same
-  order) and `<job>.report.json` is written: from then on a rerun reuses the file as it is, without asking
-  again for the skipped pairs (which would change the data a checkpoint was trained on). Delete the report
-  to retry them, or the file to generate everything again.
+  order) and `<job>.report.json` is written. Without `failed` pairs it is finished: a rerun reuses the file as
+  it is, without asking again for the skipped pairs (which would change the data a checkpoint was trained
+  on); delete the report to retry them, or the file to generate everything again. With `failed` pairs it is
+  not: a rerun (KubeRay's retries, or the user's once the endpoint is back) asks those pairs again and only
+  them, and training starts only once none is left.
 - Every line records the teacher and the sampling settings; a rerun with others, over other prompts, with
   fewer samples per prompt, or without keepTruncated over a file holding cut-off responses, is refused
   rather than mixing the two. More samples per prompt, or keepTruncated turned on, generate what is missing.
@@ -26,6 +30,11 @@ from kubedistill.runtime.generation.prompts import Prompt
 
 FINISHED = "stop"
 CUT_OFF = "length"
+CALLS_TOOLS = "tool_calls"
+"""The finish_reason of an answer that is a tool call (openai-python `types/chat/chat_completion.py`)."""
+FAILED = "failed"
+"""The skip reason of a pair whose request kept failing; the only one a rerun asks again."""
+REJECTED = "rejected"
 
 
 class GenerationRefused(ValueError):
@@ -40,8 +49,9 @@ class Settings:
     """The model id: spec.teacher.model, or the endpoint's model."""
     endpoint: str | None
     """The endpoint's baseUrl; None for the job's own teacher."""
-    temperature: float
-    top_p: float
+    temperature: float | None
+    """None: not sent (the endpoint's default)."""
+    top_p: float | None
     max_new_tokens: int
     seed: int
     """Sample i of a prompt is drawn with seed + i."""
@@ -56,10 +66,36 @@ class Settings:
 
 
 @dataclass(frozen=True)
+class Usage:
+    """Tokens an endpoint billed (its `usage`); zero for the job's own teacher."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    def __add__(self, other: "Usage") -> "Usage":
+        return Usage(
+            self.prompt_tokens + other.prompt_tokens, self.completion_tokens + other.completion_tokens
+        )
+
+    def to_json(self) -> dict[str, int]:
+        return {"promptTokens": self.prompt_tokens, "completionTokens": self.completion_tokens}
+
+    @staticmethod
+    def from_json(data: Mapping[str, Any] | None) -> "Usage":
+        data = data or {}
+        return Usage(int(data.get("promptTokens", 0)), int(data.get("completionTokens", 0)))
+
+
+@dataclass(frozen=True)
 class Response:
     text: str
     finish_reason: str
-    """OpenAI's: `stop` (the model ended it) or `length` (cut at maxNewTokens)."""
+    """OpenAI's: `stop` (the model ended it), `length` (cut at maxNewTokens), `tool_calls`, or another."""
+    tool_calls: list[dict[str, Any]] | None = None
+    """The tool calls the answer makes, in the OpenAI wire format (`arguments` a JSON string)."""
+    reasoning: str | None = None
+    """A reasoning teacher's thinking, apart from its answer."""
+    usage: Usage = Usage()
 
 
 @dataclass(frozen=True)
@@ -68,22 +104,33 @@ class Skipped:
     sample: int
     source: str
     reason: str
-    """`failed` (the request kept failing), `empty` or `length` (cut off at maxNewTokens)."""
+    """`failed`, `rejected`, `empty`, or the finish_reason of an answer not kept (module docstring)."""
     detail: str
 
 
 def verdict(response: Response, keep_truncated: bool) -> str | None:
-    """Why a response is not a training record (a `Skipped.reason`), or None to keep it."""
-    if not response.text.strip():
+    """Why a response is not a training record (a `Skipped.reason`), or None to keep it.
+
+    Only answers the model ended are kept (and cut-off ones when asked): `content_filter` is a refusal or a
+    redacted answer, SGLang's `abort` an answer the server dropped (SGLang 0.5.23
+    `srt/entrypoints/openai/protocol.py:1307-1316`), and whatever else a server may add is not known good."""
+    kept = {FINISHED, CALLS_TOOLS} | ({CUT_OFF} if keep_truncated else set())
+    if response.finish_reason not in kept:
+        return response.finish_reason
+    if not response.text.strip() and not response.tool_calls:
         return "empty"
-    if response.finish_reason == CUT_OFF and not keep_truncated:
-        return CUT_OFF
     return None
 
 
 class GeneratedFile:
     def __init__(
-        self, directory: Path, name: str, settings: Settings, samples_per_prompt: int, keep_truncated: bool
+        self,
+        directory: Path,
+        name: str,
+        settings: Settings,
+        samples_per_prompt: int,
+        keep_truncated: bool,
+        keep_reasoning: bool = True,
     ) -> None:
         self.path = directory / f"{name}.jsonl"
         self.skipped_path = directory / f"{name}.skipped.jsonl"
@@ -91,18 +138,41 @@ class GeneratedFile:
         self.settings = settings
         self.samples_per_prompt = samples_per_prompt
         self.keep_truncated = keep_truncated
+        self.keep_reasoning = keep_reasoning
 
     def report(self) -> dict[str, Any] | None:
         """The report of a finished generation with these settings; None when none finished."""
+        report = self.earlier()
+        return report if report is not None and report.get("finished") is True else None
+
+    def earlier(self) -> dict[str, Any] | None:
+        """The report of an earlier run with these settings, finished or not (failed pairs left)."""
         if not self.report_path.is_file() or not self.path.is_file():
             return None
         report = json.loads(self.report_path.read_text(encoding="utf-8"))
-        same = (report.get("settings"), report.get("samplesPerPrompt"), report.get("keepTruncated"))
+        same = (
+            report.get("settings"),
+            report.get("samplesPerPrompt"),
+            report.get("keepTruncated"),
+            report.get("keepReasoning"),
+        )
         # Other numbers of samples or another keepTruncated: the lines are checked one by one instead, and
         # what is missing is generated.
-        return (
-            report if same == (asdict(self.settings), self.samples_per_prompt, self.keep_truncated) else None
-        )
+        wanted = (asdict(self.settings), self.samples_per_prompt, self.keep_truncated, self.keep_reasoning)
+        return report if same == wanted else None
+
+    def settled(self, prompts: Iterable[Prompt]) -> list[Skipped]:
+        """The pairs an earlier run of these settings skipped for good (every reason but `failed`): a
+        rerun counts them again instead of paying for the same answer twice."""
+        if self.earlier() is None or not self.skipped_path.is_file():
+            return []
+        known = {prompt.id for prompt in prompts}
+        lines = self.skipped_path.read_text(encoding="utf-8").splitlines()
+        return [
+            skip
+            for skip in (Skipped(**json.loads(text)) for text in lines)
+            if skip.reason != FAILED and skip.prompt_id in known and skip.sample < self.samples_per_prompt
+        ]
 
     def existing(self, prompts: Iterable[Prompt]) -> set[tuple[str, int]]:
         """The (prompt id, sample) pairs already in the file, after cutting off a partial last line."""
@@ -142,6 +212,9 @@ class GeneratedFile:
             )
         elif line.get("finishReason") == CUT_OFF and not self.keep_truncated:
             why = "a response cut off at maxNewTokens, kept when spec.generation.keepTruncated was true"
+        elif line.get("reasoning") and _keeps_reasoning(line) != self.keep_reasoning:
+            was = "true" if _keeps_reasoning(line) else "false"
+            why = f"an answer written when spec.generation.keepReasoning was {was}"
         elif line.get("promptId") not in known:
             why = "answers a prompt that is no longer in spec.data.train"
         else:
@@ -151,11 +224,20 @@ class GeneratedFile:
         )
 
     def line(self, prompt: Prompt, sample: int, response: Response) -> dict[str, Any]:
+        answer: dict[str, Any] = {"role": "assistant", "content": response.text}
+        if response.tool_calls:
+            # null, not "": the content of a message that only calls tools (what the API and templates
+            # such as DeepSeek's read); the data pipeline reads the calls' JSON-text arguments.
+            calls = response.tool_calls
+            answer = {"role": "assistant", "content": response.text or None, "tool_calls": calls}
+        if response.reasoning and self.keep_reasoning:
+            answer["reasoning_content"] = response.reasoning
         return {
-            "messages": [*prompt.messages, {"role": "assistant", "content": response.text}],
+            "messages": [*prompt.messages, answer],
             **prompt.carried,
             "prompt": prompt.messages,
             "response": response.text,
+            **({"reasoning": response.reasoning} if response.reasoning else {}),
             "teacher": self.settings.teacher,
             "endpoint": self.settings.endpoint,
             "sampling": self.settings.sampling(),
@@ -176,8 +258,11 @@ class GeneratedFile:
         finally:
             os.close(descriptor)
 
-    def finish(self, prompts: list[Prompt], skipped: list[Skipped], report: dict[str, Any]) -> dict[str, Any]:
-        """Sort the file by prompt; write the skipped pairs and the report (the mark of a finished run)."""
+    def finish(
+        self, prompts: list[Prompt], skipped: list[Skipped], report: dict[str, Any], usage: Usage
+    ) -> dict[str, Any]:
+        """Sort the file by prompt; write the skipped pairs and the report (the mark of a finished run, when
+        no pair failed). `usage`: the tokens of every run of this generation so far."""
         order = {prompt.id: index for index, prompt in enumerate(prompts)}
         self.path.parent.mkdir(parents=True, exist_ok=True)
         lines = self.path.read_text(encoding="utf-8").splitlines() if self.path.is_file() else []
@@ -192,9 +277,14 @@ class GeneratedFile:
             "settings": asdict(self.settings),
             "samplesPerPrompt": self.samples_per_prompt,
             "keepTruncated": self.keep_truncated,
+            "keepReasoning": self.keep_reasoning,
             **report,
+            "finished": not any(s.reason == FAILED for s in skipped),
+            "pairs": len(prompts) * self.samples_per_prompt,
             "generated": len(keyed),
             "skipped": dict(Counter(s.reason for s in skipped)),
+            "skippedExamples": {s.reason: s.detail for s in reversed(skipped)},
+            "usage": usage.to_json(),
         }
         _replace(self.report_path, json.dumps(full, indent=2) + "\n")
         return full
@@ -205,6 +295,11 @@ def _replace(path: Path, text: str) -> None:
     partial = path.with_name(f".{path.name}.partial")
     partial.write_text(text, encoding="utf-8")
     partial.replace(path)
+
+
+def _keeps_reasoning(line: Mapping[str, Any]) -> bool:
+    messages = line.get("messages") or [{}]
+    return "reasoning_content" in messages[-1]
 
 
 def _describe(teacher: Any, endpoint: Any, sampling: Any) -> str:

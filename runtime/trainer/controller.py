@@ -11,7 +11,7 @@ engines that follow, evaluate, checkpoint. Teacher inference for step N+1 overla
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -44,7 +44,13 @@ from kubedistill.runtime.trainer.checkpoints import Checkpoint, CheckpointDirect
 from kubedistill.runtime.trainer.colocation import gpu_policy
 from kubedistill.runtime.trainer.followers import Probe, followers_of
 from kubedistill.runtime.trainer.groups import Groups, NoTeacher, Teacher
-from kubedistill.runtime.trainer.metrics import TrainerMetrics, publish_eval, publish_step
+from kubedistill.runtime.trainer.metrics import (
+    LOCAL_NAMESPACE,
+    TrainerMetrics,
+    publish_eval,
+    publish_step,
+    serve_metrics,
+)
 from kubedistill.runtime.trainer.planning import Planner, StepPlan, await_teacher
 from kubedistill.runtime.trainer.preflight import metrics_port_asked
 from kubedistill.runtime.trainer.records import EvalRecord, RecordLog, TrainRecord, read_records
@@ -72,12 +78,17 @@ class RunOptions:
     metrics_port: int | None = None
     """Port of /metrics; None reads KUBEDISTILL_METRICS_PORT (else the default, which alone may fall back to
     a free port when busy), 0 picks a free port."""
-    namespace: str = "local"
+    namespace: str = LOCAL_NAMESPACE
     progress: bool = True
     print_summary: bool = True
     on_step: Callable[[StepEvent], None] | None = None
     """Called in the training loop after each step: for notebooks, benchmarks and tests (a fault injected
     at a known step)."""
+    metrics: TrainerMetrics | None = None
+    """/metrics already served (by the generation phase before it, so the operator saw its progress); None:
+    the trainer makes and serves its own."""
+    generation: Mapping[str, Any] | None = None
+    """What the generation phase reports for `summary.json` (its counts and the tokens it paid for)."""
 
 
 @dataclass(frozen=True)
@@ -125,7 +136,7 @@ class Trainer:
             if self.spec.checkpoint.path
             else None
         )
-        self.metrics = TrainerMetrics(options.namespace, job.name)
+        self.metrics = options.metrics or TrainerMetrics(options.namespace, job.name)
         self.steps_done: int | None = None
         """The step training reached (what an interrupted run stopped at); None before it started."""
 
@@ -244,15 +255,9 @@ class Trainer:
         )
 
     def _serve_metrics(self) -> None:
-        try:
-            port = self.metrics.serve(self.options.metrics_port)
-        except OSError as error:
-            # A port someone asked for is theirs to fix; only the default may give way.
-            if metrics_port_asked(self.options.metrics_port) is not None:
-                raise
-            port = self.metrics.serve(0)
-            log.warning("metrics port busy (%s); serving /metrics on port %d instead", error, port)
-        log.info("serving /metrics on port %d", port)
+        if self.metrics.port is None:
+            port = self.options.metrics_port
+            serve_metrics(self.metrics, port, metrics_port_asked(port))
 
 
 class Training:
@@ -539,6 +544,8 @@ class Training:
         }
         if interrupted:
             summary["interrupted"] = True
+        if trainer.options.generation is not None:
+            summary["generation"] = dict(trainer.options.generation)
         if totals.last_eval:
             summary.update(
                 {k: v for k, v in totals.last_eval.items() if k.startswith("eval_") and v is not None}

@@ -4,9 +4,11 @@ Names, kinds and help texts come from `kubedistill.api.telemetry`, the contract 
 labels are the job's namespace and name (`telemetry.LABELS`).
 """
 
+import logging
 import math
 import os
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
@@ -15,6 +17,13 @@ from kubedistill.api.job import DistillationJob
 from kubedistill.api.telemetry import Kind, Metric
 from kubedistill.runtime.trainer.records import EvalRecord, TrainRecord
 
+if TYPE_CHECKING:
+    from kubedistill.runtime.generation.phase import GenerationProgress
+
+log = logging.getLogger(__name__)
+
+LOCAL_NAMESPACE = "local"
+"""The namespace label of a run outside Kubernetes, of a manifest without one."""
 STEP_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300)
 
 
@@ -81,6 +90,28 @@ class TrainerMetrics:
             server.shutdown()
             server.server_close()
             self._server = None
+
+
+def serve_metrics(metrics: TrainerMetrics, port: int | None, asked: int | None) -> int:
+    """Serve /metrics on `port` (None: $KUBEDISTILL_METRICS_PORT, else the default); `asked`: the port
+    someone asked for, which is theirs to fix when busy, where the default gives way to a free one."""
+    try:
+        served = metrics.serve(port)
+    except OSError as error:
+        if asked is not None:
+            raise
+        served = metrics.serve(0)
+        log.warning("metrics port busy (%s); serving /metrics on port %d instead", error, served)
+    log.info("serving /metrics on port %d", served)
+    return served
+
+
+def publish_generation(metrics: TrainerMetrics, progress: "GenerationProgress") -> None:
+    metrics.set(telemetry.GENERATION_PAIRS, progress.pairs)
+    metrics.set(telemetry.GENERATION_KEPT_PAIRS, progress.kept)
+    metrics.set(telemetry.GENERATION_SKIPPED_PAIRS, progress.skipped.total())
+    metrics.set(telemetry.GENERATION_PROMPT_TOKENS, progress.usage.prompt_tokens)
+    metrics.set(telemetry.GENERATION_COMPLETION_TOKENS, progress.usage.completion_tokens)
 
 
 def publish_step(metrics: TrainerMetrics, record: TrainRecord, total_steps: int) -> None:

@@ -16,6 +16,7 @@ from kubedistill.runtime.trainer import preflight
 if TYPE_CHECKING:
     from kubedistill.api.job import DistillationJob
     from kubedistill.runtime.trainer.controller import Trainer
+    from kubedistill.runtime.trainer.metrics import TrainerMetrics
 
 
 def run_job(
@@ -29,8 +30,14 @@ def run_job(
 ) -> None:
     """Train `job` (read from `file`, which problems are reported against); `typer.Exit(1)` with one line
     per problem for a mistake the user can fix."""
+    from kubedistill.runtime.trainer.metrics import LOCAL_NAMESPACE, TrainerMetrics, pod_namespace
+
+    metrics: TrainerMetrics | None = None
+    """Served from the generation phase on; otherwise the trainer serves its own."""
 
     def fail(problems: list[str]) -> typer.Exit:
+        if metrics is not None:
+            metrics.close()
         for problem in problems:
             typer.echo(f"{file}: {problem}", err=True)
         return typer.Exit(1)
@@ -42,20 +49,27 @@ def run_job(
     )
     if problems:
         raise fail(problems)
+    # The operator keeps only the series labelled with the job's namespace (its pod's, on a cluster).
+    namespace = pod_namespace(job, os.environ) or LOCAL_NAMESPACE
+    generation: dict[str, object] | None = None
     if job.spec.generation is not None:
-        job = _generate(file, job, out)
+        # /metrics from the start of the generation, which may take hours: the operator reads its progress.
+        metrics = TrainerMetrics(namespace, job.name)
+        job, generation = _generate(file, job, out, metrics, metrics_port)
     # torch, ray and transformers only now: the checks above answer in a second or two.
     from kubedistill.runtime.cluster.session import connect
     from kubedistill.runtime.data.errors import BadRecordError, ChatTemplateError, DataFileError
     from kubedistill.runtime.trainer.checkpoints import CheckpointDirectory
     from kubedistill.runtime.trainer.controller import RunOptions, Trainer
-    from kubedistill.runtime.trainer.metrics import pod_namespace
     from kubedistill.runtime.trainer.resume import ResumeRefused
 
-    # The operator keeps only the series labelled with the job's namespace (its pod's, on a cluster).
-    namespace = pod_namespace(job, os.environ) or RunOptions.namespace
     options = RunOptions(
-        output_dir=out, stop_after_steps=max_steps, metrics_port=metrics_port, namespace=namespace
+        output_dir=out,
+        stop_after_steps=max_steps,
+        metrics_port=metrics_port,
+        namespace=namespace,
+        metrics=metrics,
+        generation=generation,
     )
     try:
         # The trainer reads and tokenises the data as it is built: before Ray starts, so that bad data
@@ -86,6 +100,7 @@ def run_job(
             f"{file}: job {job.name} is finished: trained to {where} ({resume_from.path}), output in {out}. "
             "Nothing to do (--restart trains it again)."
         )
+        trainer.metrics.close()  # served since the generation phase, if the job has one
         return
     try:
         connect()
@@ -94,18 +109,21 @@ def run_job(
         raise _interrupted(file, trainer) from None
 
 
-def _generate(file: Path, job: "DistillationJob", out: Path) -> "DistillationJob":
+def _generate(
+    file: Path, job: "DistillationJob", out: Path, metrics: "TrainerMetrics", metrics_port: int | None
+) -> "tuple[DistillationJob, dict[str, object]]":
     """spec.generation: the teacher answers the training prompts into <out>/generated/ (resuming what an
-    earlier run wrote); returns the job that trains on that file."""
-    import os
-
+    earlier run wrote), its progress on /metrics; returns the job that trains on that file and what
+    summary.json says of the generation."""
     from kubedistill.runtime.data.errors import BadRecordError, DataFileError
     from kubedistill.runtime.generation import phase
     from kubedistill.runtime.generation.endpoint import EndpointRefused
     from kubedistill.runtime.generation.preflight import check_generation
-    from kubedistill.runtime.generation.store import GenerationRefused
+    from kubedistill.runtime.generation.store import GenerationRefused, Usage
+    from kubedistill.runtime.trainer.metrics import publish_generation, serve_metrics
 
     def fail(problem: str) -> typer.Exit:
+        metrics.close()
         typer.echo(f"{file}: {problem}", err=True)
         return typer.Exit(1)
 
@@ -116,21 +134,36 @@ def _generate(file: Path, job: "DistillationJob", out: Path) -> "DistillationJob
         problems = check_generation(job, os.environ)
         if problems:
             raise fail(problems[0])
+    serve_metrics(metrics, metrics_port, preflight.metrics_port_asked(metrics_port))
     try:
         if generation.endpoint is None and store.report() is None:
             from kubedistill.runtime.cluster.session import connect
 
             connect()
-        result = phase.run_generation(job, out, os.environ)
+        result = phase.run_generation(
+            job, out, os.environ, on_progress=lambda progress: publish_generation(metrics, progress)
+        )
     except (GenerationRefused, EndpointRefused, BadRecordError, DataFileError) as error:
         raise fail(str(error)) from None
     except KeyboardInterrupt:
+        metrics.close()
         typer.echo(f"{file}: interrupted during generation; a re-run goes on from {store.path}", err=True)
         raise typer.Exit(130) from None
     typer.echo(f"{file}: {result.summary()}")
-    if not result.report["generated"]:
-        raise fail(f"spec.generation: no response was kept (see {store.skipped_path}); nothing to train on")
-    return phase.training_job(job, result.path)
+    problem = result.problem(generation.min_kept_fraction)
+    if problem is not None:
+        raise fail(problem)
+    report = result.report
+    usage = Usage.from_json(report.get("usage"))
+    summary: dict[str, object] = {
+        "file": str(result.path),
+        "pairs": report["pairs"],
+        "kept": report["generated"],
+        "skipped": report["skipped"],
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+    }
+    return phase.training_job(job, result.path), summary
 
 
 def _interrupted(file: Path, trainer: "Trainer") -> typer.Exit:

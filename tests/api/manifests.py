@@ -321,6 +321,20 @@ BAD_MANIFESTS: list[Bad] = [
         "spec.generation.endpoint.apiKey.env",
     ),
     Bad(
+        "min-kept-fraction-above-one",
+        {"spec.mode": "sft", "spec.generation": {"minKeptFraction": 1.5}},
+        "spec.generation.minKeptFraction",
+    ),
+    Bad(
+        "endpoint-timeout-zero",
+        {
+            "spec.mode": "sft",
+            "spec.teacher": DELETE,
+            "spec.generation": {"endpoint": {**ENDPOINT, "timeoutSeconds": 0}},
+        },
+        "spec.generation.endpoint.timeoutSeconds",
+    ),
+    Bad(
         "generation-with-plain-text",
         {"spec.generation": {}, "spec.data.applyChatTemplate": False},
         "spec.data.applyChatTemplate",

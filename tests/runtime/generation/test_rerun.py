@@ -97,3 +97,26 @@ def test_cut_off_responses_kept_once_are_refused_when_no_longer_kept(tmp_path: P
         run_generation(endpoint_job(prompts, server.url, keepTruncated=True), tmp_path / "out", ENV)
         with pytest.raises(GenerationRefused, match=r":1: a response cut off at maxNewTokens"):
             run_generation(endpoint_job(prompts, server.url), tmp_path / "out", ENV)
+
+
+def test_a_rerun_asks_the_failed_pairs_again_and_only_them(tmp_path: Path) -> None:
+    prompts = prompt_file(tmp_path / "prompts.jsonl", ["cow", "down", "empty"])
+    # The endpoint is down for "down" during the first run and back for the second.
+    script = {"down": [(503, "overloaded", {}), completion("back")], "empty": [completion("")]}
+    with scripted_server(script) as server:
+        job = endpoint_job(prompts, server.url, endpoint={"maxRetries": 0})
+        first = run_generation(job, tmp_path / "out", ENV)
+        problem = first.problem(min_kept_fraction=0.0)
+        again = run_generation(job, tmp_path / "out", ENV)
+    assert not first.report["finished"] and first.report["skipped"] == {"failed": 1, "empty": 1}
+    assert problem is not None and problem.startswith(
+        "spec.generation.endpoint: 1 of 3 requests still failed after their retries (e.g. HTTP 503: "
+        "overloaded (after 0 retries)); the 1 answers so far are kept in "
+    )
+    assert "a rerun asks only the failed pairs again" in problem
+    assert not again.reused and again.report["finished"]
+    assert dict(server.asked) == {"cow": 1, "down": 2, "empty": 1}, "the empty answer is not bought twice"
+    assert again.report["skipped"] == {"empty": 1} and again.report["generated"] == 2
+    assert again.report["usage"] == {"promptTokens": 3 * 7, "completionTokens": 3 * 5}, "both runs' tokens"
+    assert again.problem(min_kept_fraction=0.0) is None
+    assert run_generation(job, tmp_path / "out", ENV).reused

@@ -1,12 +1,13 @@
 """The endpoint path against a real OpenAI-compatible server: `transformers serve` (the transformers release
 the venv installs) serving the tiny teacher on loopback, one server for the module.
 
-What the tests rely on, in transformers 5.24 `cli/serving/`: the positional model pins the server to it and
-a request must name the same `model` (`utils.py:1206-1213`); `max_tokens` becomes `max_new_tokens`
-(`chat_completion.py:350-353`); `seed` reseeds torch per request (`utils.py:1259-1260`); a response that
-fills max_new_tokens has finish_reason `length` (`chat_completion.py:301,325-326`). The tiny teacher's
-weights are random, so it never ends an answer: every response here is cut off, which is what the skip test
-needs and why the training test keeps cut-off responses.
+What the tests rely on, in transformers 5.25 `cli/serving/` (checked in test_cited_sources.py): the
+positional model pins the server to it and a request naming another `model` is answered 400
+(`model_manager.py:515`); `max_completion_tokens` becomes `max_new_tokens` (`chat_completion.py:276-277`);
+its `usage` counts the generated ids (`chat_completion.py:228-233`); `seed` reseeds torch per request
+(`utils.py:832-834`); a response that fills max_new_tokens has finish_reason `length` (`utils.py:1279-1285`,
+`chat_completion.py:254`). The tiny teacher's weights are random, so it never ends an answer: every response
+here is cut off, which is what the skip test needs and why the training test keeps cut-off responses.
 """
 
 import json
@@ -23,6 +24,7 @@ from typing import Any
 
 import pytest
 
+from kubedistill.runtime.generation.endpoint import EndpointRefused
 from kubedistill.runtime.generation.phase import run_generation
 from tests.runtime.conftest import TinyWorld
 from tests.runtime.generation.examples import distinct_prompts, example_manifest, write_manifest
@@ -110,6 +112,10 @@ def test_the_endpoint_example_generates_then_trains_the_student_on_the_answers(
     assert f"generation: 16 responses to 16 prompts in {generated} (16 new); skipped: none" in done.stdout
     summary = json.loads((out / "summary.json").read_text())
     assert summary["steps"] == 1, "one global batch of the 16 generated records"
+    generation = summary["generation"]
+    assert (generation["pairs"], generation["kept"], generation["skipped"]) == (16, 16, {})
+    assert generation["completion_tokens"] == 16 * 8, "every answer filled maxNewTokens, as the server counts"
+    assert generation["prompt_tokens"] > 16
     assert (out / "config.json").is_file(), "the student is exported"
 
 
@@ -127,7 +133,7 @@ def test_cut_off_answers_are_skipped_and_counted_and_none_left_fails_naming_the_
     assert {json.loads(line)["reason"] for line in skipped.read_text().splitlines()} == {"length"}
 
 
-def test_a_model_the_server_does_not_serve_is_recorded_per_request(
+def test_a_model_the_server_does_not_serve_stops_the_phase_with_the_servers_message(
     served_teacher: str, tiny: TinyWorld, prompts: Path, tmp_path: Path
 ) -> None:
     from kubedistill.api import parse_job
@@ -137,7 +143,10 @@ def test_a_model_the_server_does_not_serve_is_recorded_per_request(
         _paths(tiny, prompts, tmp_path / "out"),
         endpoint={"baseUrl": served_teacher, "model": "another-model", "maxRetries": 0},
     )
-    result = run_generation(parse_job(manifest), tmp_path / "out", {})
-    assert result.report["generated"] == 0 and result.report["skipped"] == {"failed": 16}
-    first = json.loads(result.path.with_suffix(".skipped.jsonl").read_text().splitlines()[0])
-    assert first["detail"].startswith("HTTP 400: ") and "pinned to" in first["detail"]
+    with pytest.raises(EndpointRefused) as refused:
+        run_generation(parse_job(manifest), tmp_path / "out", {})
+    message = str(refused.value)
+    assert message.startswith(
+        f"spec.generation.endpoint: {served_teacher}/chat/completions refused the first "
+    )
+    assert "HTTP 400: " in message and "pinned to" in message
