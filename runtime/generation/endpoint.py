@@ -174,18 +174,19 @@ def _response_of(completion: dict[str, Any]) -> Response:
     return Response(
         content,
         str(choice.get("finish_reason") or "stop"),
-        tool_calls=[_tool_call(call) for call in message.get("tool_calls") or []] or None,
+        tool_calls=[_tool_call(call, j) for j, call in enumerate(message.get("tool_calls") or [])] or None,
         reasoning=reasoning if isinstance(reasoning, str) else None,
         usage=Usage(int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)),
     )
 
 
-def _tool_call(call: dict[str, Any]) -> dict[str, Any]:
-    """A call of the answer as the API sends it (`arguments` JSON text, which the data pipeline reads)."""
+def _tool_call(call: dict[str, Any], index: int) -> dict[str, Any]:
+    """A call of the answer as the API sends it (`arguments` JSON text, which the data pipeline reads); an id
+    where a server gave none, for the tool results a later turn pairs with it."""
     function = call["function"]
     arguments = function.get("arguments")
     return {
-        "id": str(call["id"]),
+        "id": str(call.get("id") or f"call_{index}"),
         "type": "function",
         "function": {
             "name": str(function["name"]),

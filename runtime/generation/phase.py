@@ -51,7 +51,7 @@ class GenerationProgress:
         return (
             f"generation: {self.done} of {self.pairs} pairs done, {self.kept} kept"
             + (f", skipped: {reasons}" if reasons else "")
-            + f"; {self.usage.prompt_tokens} prompt and {self.usage.completion_tokens} completion tokens"
+            + _tokens(self.usage, "; {} prompt and {} completion tokens")
         )
 
 
@@ -72,7 +72,7 @@ class GenerationResult:
             f"generation: {report['generated']} responses to {report['prompts']} prompts in {self.path} "
             f"({how}); skipped: {skipped or 'none'}"
             + (f" (listed in {self.skipped_path})" if skipped else "")
-            + f"; tokens: {usage.prompt_tokens} prompt, {usage.completion_tokens} completion"
+            + _tokens(usage, "; tokens: {} prompt, {} completion")
             + _repeated(report.get("repeatedPrompts", []))
         )
 
@@ -102,6 +102,13 @@ class GenerationResult:
                 f"{reason} (e.g. {report['skippedExamples'][reason] or reason}); see {self.skipped_path}"
             )
         return None
+
+
+def _tokens(usage: Usage, form: str) -> str:
+    """What an endpoint billed, in `form`; nothing for the job's own teacher, which bills none."""
+    if usage == Usage():
+        return ""
+    return form.format(usage.prompt_tokens, usage.completion_tokens)
 
 
 def _repeated(sources: list[str]) -> str:

@@ -322,3 +322,19 @@ def test_the_answer_timeout_grows_with_max_new_tokens_unless_set(
 ) -> None:
     endpoint = EndpointSpec(base_url="https://api.example.com/v1", model="m", timeout_seconds=timeout)
     assert answer_timeout_seconds(endpoint, max_new_tokens) == pytest.approx(expected)
+
+
+def test_a_tool_call_answered_without_an_id_gets_one_and_object_arguments_become_text(tmp_path: Path) -> None:
+    train = _write(
+        tmp_path / "tools.jsonl", [{"messages": [{"role": "user", "content": "rain?"}], "tools": TOOLS}]
+    )
+    loose = {"type": "function", "function": {"name": "weather", "arguments": {"city": "Oslo"}}}
+    script = {"rain?": [completion("", finish_reason="tool_calls", tool_calls=[loose])]}
+    with scripted_server(script) as server:
+        result = run_generation(
+            endpoint_job(train, server.url), tmp_path / "out", ENV, backoff_seconds=BACKOFF
+        )
+    (line,) = _lines(result.path)
+    assert line["messages"][-1]["tool_calls"] == [
+        {"id": "call_0", "type": "function", "function": {"name": "weather", "arguments": '{"city": "Oslo"}'}}
+    ]
