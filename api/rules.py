@@ -334,6 +334,13 @@ RULES: tuple[Rule, ...] = (
         f"{value('training.globalBatchSize')} % {value('student.replicas')} == 0",
     ),
     Rule(
+        "training.minLearningRate",
+        "must be at most spec.training.learningRate: it is the floor the schedule decays to from that peak, "
+        "and a floor above the peak would raise the rate instead",
+        lambda s: s.training.min_learning_rate <= s.training.learning_rate,
+        f"{value('training.minLearningRate')} <= {value('training.learningRate')}",
+    ),
+    Rule(
         "training.evalEverySteps",
         "needs spec.data.eval (the records to evaluate on)",
         lambda s: s.training.eval_every_steps is None or s.data.eval is not None,

@@ -238,6 +238,19 @@ BAD_MANIFESTS: list[Bad] = [
     Bad("unknown-algorithm", {"spec.distillation.algorithm": "dkd"}, "spec.distillation.algorithm", None),
     Bad("negative-lora-rank", {"spec.student.lora": {"rank": -1}}, "spec.student.lora.rank"),
     Bad("zero-learning-rate", {"spec.training.learningRate": 0}, "spec.training.learningRate"),
+    Bad(
+        "min-learning-rate-above-learning-rate",
+        {"spec.training.learningRate": 1.0e-5, "spec.training.minLearningRate": 1.0e-4},
+        "spec.training.minLearningRate",
+        "cel",
+    ),
+    # The floor's default (1e-8) is above a peak set lower: the rule holds against the default too.
+    Bad(
+        "learning-rate-below-the-default-min-learning-rate",
+        {"spec.training.learningRate": 1.0e-9},
+        "spec.training.minLearningRate",
+        "cel",
+    ),
     Bad("three-adam-betas", {"spec.training.adamBetas": [0.9, 0.98, 0.99]}, "spec.training.adamBetas"),
     Bad("adam-beta-of-one", {"spec.training.adamBetas": [0.9, 1.0]}, "spec.training.adamBetas[1]"),
     Bad("shm-size-not-a-quantity", {"spec.cluster.shmSize": "lots"}, "spec.cluster.shmSize"),
