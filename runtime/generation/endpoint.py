@@ -77,6 +77,9 @@ class ChatCompletionsClient:
         self._backoff = backoff_seconds
         self._answered = False
         """Whether the endpoint has answered a request (so a 4xx is about one request, not the job)."""
+        self.retrying: dict[tuple[str, int], str] = {}
+        """The requests waiting to be sent again, with their last failure: what a progress line reports while
+        an endpoint that is down answers nothing for minutes."""
 
     def body(self, request: Request) -> dict[str, Any]:
         settings = self._settings
@@ -113,7 +116,10 @@ class ChatCompletionsClient:
 
             async def one(request: Request) -> Outcome:
                 async with limit:
-                    return await self._complete(session, request)
+                    try:
+                        return await self._complete(session, request)
+                    finally:
+                        self.retrying.pop(request.key, None)
 
             tasks = [asyncio.ensure_future(one(request)) for request in requests]
             try:
@@ -155,6 +161,7 @@ class ChatCompletionsClient:
                 # A 200 whose body is not a chat completion: the server is not what baseUrl promised.
                 return Outcome(request.key, None, f"not a chat completion: {type(error).__name__}: {error}")
             if attempt < self._endpoint.max_retries:
+                self.retrying[request.key] = failure
                 cap = min(MAX_BACKOFF_SECONDS, self._backoff * 2**attempt)
                 await asyncio.sleep(wait if wait is not None else random.uniform(0, cap))
         return Outcome(request.key, None, f"{failure} (after {self._endpoint.max_retries} retries)")

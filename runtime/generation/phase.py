@@ -222,7 +222,9 @@ def run_generation(
     if on_progress is not None:
         on_progress(progress)
     if todo and generation.endpoint is not None:
-        asyncio.run(_from_endpoint(job, store.settings, todo, missing, environ, keep, backoff_seconds))
+        asyncio.run(
+            _from_endpoint(job, store.settings, todo, missing, environ, keep, backoff_seconds, progress)
+        )
     elif todo:
         _from_own_teacher(job, store.settings, todo, missing, samples, keep)
     report = store.finish(
@@ -247,6 +249,7 @@ async def _from_endpoint(
     environ: Mapping[str, str],
     keep: Any,
     backoff_seconds: float,
+    progress: GenerationProgress,
 ) -> None:
     from kubedistill.runtime.generation.endpoint import ChatCompletionsClient, Request
 
@@ -264,9 +267,22 @@ async def _from_endpoint(
         for prompt in prompts
         for sample in missing[prompt.id]
     ]
-    async for outcome in client.complete_all(requests):
-        prompt_id, sample = outcome.key
-        keep(by_id[prompt_id], sample, outcome.response, outcome.failure, outcome.reason)
+
+    async def report_retries() -> None:
+        # Answers may stop arriving for minutes (an endpoint that is down): say what is being retried.
+        while True:
+            await asyncio.sleep(PROGRESS_EVERY_SECONDS)
+            if client.retrying:
+                failure = next(iter(client.retrying.values()))
+                log.info("%s; waiting to retry: %d (e.g. %s)", progress.line(), len(client.retrying), failure)
+
+    reporter = asyncio.ensure_future(report_retries())
+    try:
+        async for outcome in client.complete_all(requests):
+            prompt_id, sample = outcome.key
+            keep(by_id[prompt_id], sample, outcome.response, outcome.failure, outcome.reason)
+    finally:
+        reporter.cancel()
 
 
 def _from_own_teacher(

@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from kubedistill.runtime.generation import phase
 from tests.runtime.conftest import TinyWorld
 from tests.runtime.generation.examples import example_manifest, write_manifest
-from tests.runtime.generation.jobs import prompt_file
+from tests.runtime.generation.jobs import endpoint_job, prompt_file
 from tests.runtime.generation.scripted_server import completion, scripted_server
 from tests.test_bad_inputs import assert_rejected, invoke
 
@@ -103,4 +104,22 @@ def test_pairs_still_failing_stop_the_run_saying_a_rerun_asks_them_again(
         "spec.generation.endpoint: 5 of 10 requests still failed after their retries (e.g. HTTP 503: "
         f"overloaded (after 0 retries)); the 5 answers so far are kept in {generated}, and a rerun asks only "
         "the failed pairs again",
+    )
+
+
+def test_requests_waiting_to_be_retried_are_reported_while_no_answer_arrives(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(phase, "PROGRESS_EVERY_SECONDS", 0.05)
+    caplog.set_level(logging.INFO, logger="kubedistill.runtime.generation.phase")
+    down = [(503, "overloaded", {"Retry-After": "0.5"}), completion("back")]
+    prompts = prompt_file(tmp_path / "prompts.jsonl", ["cow"])
+    with scripted_server({"cow": down}) as server:
+        job = endpoint_job(prompts, server.url, endpoint={"maxRetries": 1})
+        result = phase.run_generation(job, tmp_path / "out", {"TEST_API_KEY": "sk-test"})
+    assert result.report["generated"] == 1
+    waiting = [record.getMessage() for record in caplog.records if "waiting to retry" in record.getMessage()]
+    assert waiting, "no line while the request waited half a second to be retried"
+    assert (
+        waiting[0] == "generation: 0 of 1 pairs done, 0 kept; waiting to retry: 1 (e.g. HTTP 503: overloaded)"
     )
