@@ -104,6 +104,16 @@ class DistillationJobStatus(SpecModel):
     step_time_seconds: float | None = None
     tokens_per_second: float | None = None
     last_checkpoint_step: Annotated[int, Field(ge=0)] | None = None
+    generation_pairs: Annotated[int, Field(ge=0)] | None = None
+    """(prompt, sample) pairs spec.generation asks the teacher for; set while and after it generates."""
+    generated_pairs: Annotated[int, Field(ge=0)] | None = None
+    """Of those, the answers kept as training records so far."""
+    generation_skipped_pairs: Annotated[int, Field(ge=0)] | None = None
+    """Of those, the pairs skipped so far (the run's `<job>.skipped.jsonl` says why)."""
+    generation_prompt_tokens: Annotated[int, Field(ge=0)] | None = None
+    """Prompt tokens a hosted teacher billed for the generation, every run of it so far."""
+    generation_completion_tokens: Annotated[int, Field(ge=0)] | None = None
+    """Completion tokens (reasoning included) a hosted teacher billed, every run so far."""
     ray_job_name: str | None = None
     """The job's RayJob: its name is derived from the job's (cut to KubeRay's 47 characters with a hash)."""
     config_map_name: str | None = None

@@ -22,6 +22,12 @@ STATUS_FIELDS: dict[str, tuple[str, bool]] = {
     telemetry.LAST_STEP_SECONDS.name: ("step_time_seconds", False),
     telemetry.TOKENS_PER_SECOND.name: ("tokens_per_second", False),
     telemetry.LAST_CHECKPOINT_STEP.name: ("last_checkpoint_step", True),
+    # While spec.generation runs, before the first step: the job is making its data, not stuck.
+    telemetry.GENERATION_PAIRS.name: ("generation_pairs", True),
+    telemetry.GENERATION_KEPT_PAIRS.name: ("generated_pairs", True),
+    telemetry.GENERATION_SKIPPED_PAIRS.name: ("generation_skipped_pairs", True),
+    telemetry.GENERATION_PROMPT_TOKENS.name: ("generation_prompt_tokens", True),
+    telemetry.GENERATION_COMPLETION_TOKENS.name: ("generation_completion_tokens", True),
 }
 
 

@@ -1,5 +1,7 @@
 """The pure status functions: conditions, the RayJob mirror, progress parsing, spec edits."""
 
+from collections import Counter
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -9,13 +11,15 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from kubedistill.api import parse_job, telemetry
 from kubedistill.api.status import ConditionType, Reason
-from kubedistill.operator.conditions import ConditionStatus, DesiredCondition, with_conditions
+from kubedistill.operator.conditions import ConditionStatus, DesiredCondition, condition_of, with_conditions
 from kubedistill.operator.lifecycle import created_status, spec_change_status
 from kubedistill.operator.mirror import deleted_rayjob_status, mirrored_status
 from kubedistill.operator.progress import parse_progress, with_metrics_unreachable, with_progress
 from kubedistill.operator.render import render_config_map
 from kubedistill.operator.spec_changes import classify
-from kubedistill.runtime.trainer.metrics import TrainerMetrics, pod_namespace
+from kubedistill.runtime.generation.phase import GenerationProgress
+from kubedistill.runtime.generation.store import Usage
+from kubedistill.runtime.trainer.metrics import TrainerMetrics, pod_namespace, publish_generation
 
 T0, T1 = "2026-11-25T10:00:00Z", "2026-11-25T11:00:00Z"
 
@@ -182,6 +186,24 @@ def test_progress_takes_this_jobs_gauges_and_skips_non_finite_values() -> None:
     fields = parse_progress(page, namespace="ml", job="demo")
     assert fields == {"step": 42, "kd_loss": 0.25, "step_time_seconds": 1.5}
     assert isinstance(fields["step"], int)
+
+
+def test_progress_while_the_teacher_generates_the_data_reaches_the_status() -> None:
+    metrics = TrainerMetrics("ml", "demo")
+    progress = GenerationProgress(pairs=300, kept=120, skipped=Counter(length=7, failed=3))
+    publish_generation(metrics, replace(progress, usage=Usage(prompt_tokens=9000, completion_tokens=4800)))
+    fields = parse_progress(generate_latest(metrics.registry).decode(), namespace="ml", job="demo")
+    assert fields == {
+        "generation_pairs": 300,
+        "generated_pairs": 120,
+        "generation_skipped_pairs": 10,
+        "generation_prompt_tokens": 9000,
+        "generation_completion_tokens": 4800,
+    }
+    status = with_progress({}, fields, url="http://head:8090/metrics", generation=1, now=T0)
+    assert (status["generatedPairs"], status["generationPairs"]) == (120, 300)
+    known = condition_of(status, ConditionType.PROGRESS_UNKNOWN)
+    assert known is not None and known["status"] == "False", "the job is making its data, not stuck"
 
 
 @pytest.mark.parametrize(("namespace", "job"), [("ml", "other"), ("team-b", "demo"), ("local", "demo")])
