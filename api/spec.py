@@ -319,6 +319,11 @@ class CheckpointSpec(SpecModel):
     """Save every this many optimizer steps (and at the end)."""
     keep: PositiveInt = 3
     """Newest checkpoints kept; older ones are deleted after a save succeeds."""
+    resume_from: Annotated[str, Field(min_length=1)] | None = None
+    """Start from another job's checkpoint (a `step-NNNNNNNN` folder, or a checkpoint path whose newest one
+    is taken): this job takes its student weights and trains them on its own data with its own schedule from
+    step 0, e.g. to continue with new data. Only while `path` holds no checkpoint of this job: a re-run
+    resumes from its own. Without it, a checkpoint of another job in `path` is refused."""
 
 
 class OutputSpec(SpecModel):

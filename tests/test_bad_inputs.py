@@ -27,6 +27,7 @@ from typer.testing import CliRunner
 from kubedistill.api.spec import Mode
 from kubedistill.cli import app
 from kubedistill.runtime.demo.tiny import build_tokenizer, save_tiny
+from kubedistill.runtime.trainer.checkpoints import CheckpointDirectory, TrainerState
 from tests.api.manifests import BAD_MANIFESTS, Bad, apply_changes
 from tests.runtime.conftest import ON_POLICY, STUDENT, TEACHER, TinyWorld, job_manifest
 from tests.runtime.data.builders import CORPUS, FILES
@@ -366,6 +367,12 @@ class BadSetting:
     env: dict[str, str | None] = field(default_factory=dict)
 
 
+ONE_RECORD_BATCHES = {
+    "training": {"globalBatchSize": 1, "microBatchSize": 1},
+    "student": {"replicas": 1},
+}
+"""The world's one record fills a global batch: the row gets past that check to its own."""
+
 BAD_SETTINGS = [
     BadSetting(
         "local-model-path-missing",
@@ -412,6 +419,17 @@ BAD_SETTINGS = [
         {"checkpoint": {"path": "{a_file}/ckpt"}},
     ),
     BadSetting(
+        "checkpoint-of-another-job",
+        "spec.checkpoint.path: cannot resume from {root}/shared-ckpt/step-00000002 (step 2): it is a "
+        "checkpoint of job another-job, not of this job bad-setting (the two jobs share the folder)",
+        {"checkpoint": {"path": "{root}/shared-ckpt"}, **ONE_RECORD_BATCHES},
+    ),
+    BadSetting(
+        "resume-from-no-checkpoint",
+        "spec.checkpoint.resumeFrom: no checkpoint at '{root}/no-such-ckpt'",
+        {"checkpoint": {"resumeFrom": "{root}/no-such-ckpt"}, **ONE_RECORD_BATCHES},
+    ),
+    BadSetting(
         "dataset-smaller-than-a-global-batch",
         "spec.training.globalBatchSize: 16 is more than the 1 training records (spec.data.train)",
     ),
@@ -453,10 +471,13 @@ def setting_processes(
     tiny_world: TinyWorld, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[dict[str, tuple[Path, str, Outcome]]]:
     """Every row run as the installed command, next to a busy port (something listens) and a closed one
-    (bound, not listening: connections are refused at once)."""
+    (bound, not listening: connections are refused at once), and a checkpoint folder of another job."""
     root = tmp_path_factory.mktemp("bad-settings")
     a_file = root / "a-file"
     a_file.write_text("not a directory")
+    shared = CheckpointDirectory(root / "shared-ckpt", keep=1)
+    another_job = {"spec": {}, "data": {"records": 1, "sha256": ""}, "job": "another-job"}
+    shared.commit(shared.staging(2), TrainerState(step=2, epoch=0, batch_in_epoch=2), another_job)
     with socket.create_server(("", 0)) as busy, socket.socket() as closed:
         closed.bind(("127.0.0.1", 0))
         names = {

@@ -134,6 +134,9 @@ class StudentActor:
     def load_checkpoint(self, directory: str) -> None:
         self._worker.load_checkpoint(directory)
 
+    def load_weights(self, directory: str) -> None:
+        self._worker.load_weights(directory)
+
     def export(self, directory: str) -> None:
         self._worker.export(directory)
 

@@ -11,7 +11,12 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+from torch.distributed.checkpoint.state_dict import (
+    get_model_state_dict,
+    get_state_dict,
+    set_model_state_dict,
+    set_state_dict,
+)
 from torch.distributed.checkpoint.state_dict_loader import load as dcp_load
 from torch.distributed.checkpoint.state_dict_saver import save as dcp_save
 
@@ -55,6 +60,14 @@ class RankCheckpointer:
         extra = torch.load(Path(directory) / f"rank-{self._rank}.pt", weights_only=False)
         self._optimizer.scheduler.load_state_dict(extra["scheduler"])
         _set_rng_state(extra["rng"])
+        dist.barrier()
+
+    def load_weights(self, directory: str) -> None:
+        """The model's shards alone (the student's and any projector's): a job started from another job's
+        checkpoint keeps its own optimizer, schedule and RNG, laid out for its own data from step 0."""
+        state = {"model": get_model_state_dict(self._module)}
+        dcp_load(state, checkpoint_id=directory)
+        set_model_state_dict(self._module, state["model"])
         dist.barrier()
 
 

@@ -148,6 +148,10 @@ class StudentActorGroup:
     def load_checkpoint(self, directory: str) -> None:
         get_all([actor.load_checkpoint.remote(directory) for actor in self.actors])
 
+    def load_weights(self, directory: str) -> None:
+        """The model's weights only, from a checkpoint of another job (spec.checkpoint.resumeFrom)."""
+        get_all([actor.load_weights.remote(directory) for actor in self.actors])
+
     def export(self, directory: str) -> None:
         get_all([actor.export.remote(directory) for actor in self.actors])
 

@@ -228,6 +228,9 @@ class StudentWorker:
     def load_checkpoint(self, directory: str) -> None:
         self.checkpointer.load(directory)
 
+    def load_weights(self, directory: str) -> None:
+        self.checkpointer.load_weights(directory)
+
     def export(self, directory: str) -> None:
         processor = Path(self.job.spec.student.model) / "preprocessor_config.json"
         self.publisher.export(directory, self.tokenizer, processor if processor.is_file() else None)

@@ -76,15 +76,7 @@ class CheckpointDirectory:
             return None
         for stale in self.root.glob("step-*.tmp"):
             shutil.rmtree(stale, ignore_errors=True)
-        committed = self._committed()
-        for path in reversed(committed):
-            state_file = path / TRAINER_STATE
-            if state_file.is_file():
-                state = TrainerState.from_json(json.loads(state_file.read_text(encoding="utf-8")))
-                origin_file = path / ORIGIN
-                origin = json.loads(origin_file.read_text(encoding="utf-8")) if origin_file.exists() else None
-                return Checkpoint(path, state, origin)
-        return None
+        return _newest(self._committed())
 
     def move_aside(self, now: datetime) -> Path | None:
         """Rename the whole directory to `<root>.old-<UTC time>` (a fresh start keeps the old run); None when
@@ -96,8 +88,31 @@ class CheckpointDirectory:
         return aside
 
     def _committed(self) -> list[Path]:
-        return sorted(p for p in self.root.iterdir() if p.is_dir() and _COMMITTED.match(p.name))
+        return _committed_in(self.root)
 
     def _retain(self) -> None:
         for old in self._committed()[: -self.keep]:
             shutil.rmtree(old, ignore_errors=True)
+
+
+def find_checkpoint(path: Path) -> Checkpoint | None:
+    """The checkpoint at `path`: a committed `step-NNNNNNNN` folder itself, or the newest one in a checkpoint
+    folder. Reads only: the folder may be another job's, whose staging directories are its own business."""
+    if _COMMITTED.match(path.name):
+        return _newest([path])
+    return _newest(_committed_in(path)) if path.is_dir() else None
+
+
+def _committed_in(root: Path) -> list[Path]:
+    return sorted(p for p in root.iterdir() if p.is_dir() and _COMMITTED.match(p.name))
+
+
+def _newest(committed: list[Path]) -> Checkpoint | None:
+    for path in reversed(committed):
+        state_file = path / TRAINER_STATE
+        if state_file.is_file():
+            state = TrainerState.from_json(json.loads(state_file.read_text(encoding="utf-8")))
+            origin_file = path / ORIGIN
+            origin = json.loads(origin_file.read_text(encoding="utf-8")) if origin_file.exists() else None
+            return Checkpoint(path, state, origin)
+    return None

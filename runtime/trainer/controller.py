@@ -40,7 +40,12 @@ from kubedistill.runtime.student.actor import TeacherUnavailable
 from kubedistill.runtime.student.group import StudentActorGroup
 from kubedistill.runtime.student.worker import EvalStats, StepStats
 from kubedistill.runtime.teacher.group import TeacherActorGroup
-from kubedistill.runtime.trainer.checkpoints import Checkpoint, CheckpointDirectory, TrainerState
+from kubedistill.runtime.trainer.checkpoints import (
+    Checkpoint,
+    CheckpointDirectory,
+    TrainerState,
+    find_checkpoint,
+)
 from kubedistill.runtime.trainer.colocation import gpu_policy
 from kubedistill.runtime.trainer.followers import Probe, followers_of
 from kubedistill.runtime.trainer.groups import Groups, NoTeacher, Teacher
@@ -55,7 +60,7 @@ from kubedistill.runtime.trainer.planning import Planner, StepPlan, await_teache
 from kubedistill.runtime.trainer.preflight import metrics_port_asked
 from kubedistill.runtime.trainer.records import EvalRecord, RecordLog, TrainRecord, read_records
 from kubedistill.runtime.trainer.report import Progress, plot_losses, print_summary, write_summary
-from kubedistill.runtime.trainer.resume import check_resumable, is_finished, origin_of
+from kubedistill.runtime.trainer.resume import check_resumable, check_start, is_finished, origin_of
 from kubedistill.runtime.trainer.sources import BatchSource, DatasetBatches, RolloutBatches, epoch_steps
 
 log = logging.getLogger(__name__)
@@ -152,6 +157,14 @@ class Trainer:
         if latest is not None:
             check_resumable(latest, self.origin)
         return latest
+
+    def start_from(self) -> Checkpoint | None:
+        """spec.checkpoint.resumeFrom's checkpoint, whose student weights a job without a checkpoint of its
+        own starts from; `ResumeRefused` when it cannot."""
+        asked = self.spec.checkpoint.resume_from
+        if asked is None:
+            return None
+        return check_start(find_checkpoint(Path(asked)), asked, self.origin, self.spec.checkpoint.path)
 
     def finished(self, checkpoint: Checkpoint | None) -> bool:
         """Whether this run has nothing left to do: trained to its stop step, and the output written."""
@@ -477,10 +490,14 @@ class Training:
 
     def _resume(self, latest: Checkpoint | None, restarted: bool) -> TrainerState:
         """Where training goes on from: the newest checkpoint, loaded into the ranks, with every engine that
-        follows the student brought to its weights; else step 0 (after a restart of the ranks, their
-        followers go back to the initial weights too)."""
+        follows the student brought to its weights; else step 0, from spec.checkpoint.resumeFrom's weights
+        where it is set (after a restart of the ranks, their followers go back to those weights too)."""
         if latest is None:
-            if restarted:
+            start = self.trainer.start_from()
+            if start is not None:
+                log.info("starting from the student weights of %s (step %d)", start.path, start.state.step)
+                self.groups.students.load_weights(str(start.path))
+            if restarted or start is not None:
                 self.followers.restore()
             return TrainerState(step=0, epoch=0, batch_in_epoch=0, bad_records=len(self.trainer.bad_records))
         log.info("resuming from %s (step %d)", latest.path, latest.state.step)

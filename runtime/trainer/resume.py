@@ -81,13 +81,15 @@ class Origin:
     spec: dict[str, Any]
     """The spec as the manifest spells it (camelCase), flattened to dotted field paths."""
     data: DataIdentity
+    job: str | None = None
+    """The job's name: a checkpoint belongs to one job. None in checkpoints that did not record it."""
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_json(cls, value: Mapping[str, Any]) -> "Origin":
-        return cls(spec=dict(value["spec"]), data=DataIdentity(**value["data"]))
+        return cls(spec=dict(value["spec"]), data=DataIdentity(**value["data"]), job=value.get("job"))
 
 
 class ResumeRefused(Exception):
@@ -96,7 +98,7 @@ class ResumeRefused(Exception):
 
 def origin_of(job: DistillationJob, train: Iterable[Sample]) -> Origin:
     spec = job.spec.model_dump(mode="json", by_alias=True)
-    return Origin(spec=dict(_flatten(spec, "spec")), data=data_identity(train))
+    return Origin(spec=dict(_flatten(spec, "spec")), data=data_identity(train), job=job.name)
 
 
 def data_identity(samples: Iterable[Sample]) -> DataIdentity:
@@ -134,8 +136,19 @@ def changes(saved: Origin, current: Origin) -> list[str]:
 
 
 def check_resumable(checkpoint: Checkpoint, current: Origin) -> None:
-    """`ResumeRefused` unless `checkpoint` was made from a job that differs from this one in `MAY_CHANGE`
-    fields only."""
+    """`ResumeRefused` unless `checkpoint` was made by this job (its name), from a spec that differs from
+    this one in `MAY_CHANGE` fields only."""
+    owner = Origin.from_json(checkpoint.origin).job if checkpoint.origin is not None else None
+    if owner is not None and owner != current.job:
+        # Two jobs given one spec.checkpoint.path: going on from the other's step would train it under this
+        # job's name (or find it finished and train nothing).
+        raise ResumeRefused(
+            f"spec.checkpoint.path: {RESUME_REFUSED_WORDS} {checkpoint.path} (step {checkpoint.state.step}): "
+            f"it is a checkpoint of job {owner}, not of this job {current.job} (the two jobs share the "
+            "folder). To start this job from it: spec.checkpoint.resumeFrom: "
+            f"{checkpoint.path}, with a spec.checkpoint.path of this job's own; to start afresh: a "
+            "spec.checkpoint.path of this job's own"
+        )
     changed = (
         changes(Origin.from_json(checkpoint.origin), current)
         if checkpoint.origin is not None
@@ -143,6 +156,33 @@ def check_resumable(checkpoint: Checkpoint, current: Origin) -> None:
     )
     if changed:
         raise ResumeRefused(refusal(str(checkpoint.path), checkpoint.state.step, changed))
+
+
+def check_start(start: Checkpoint | None, asked: str, current: Origin, own_folder: str | None) -> Checkpoint:
+    """The checkpoint spec.checkpoint.resumeFrom (`asked`) names, found at `start`; `ResumeRefused` where
+    none is there, where it lies among the checkpoints this job writes, or where its student is another
+    model (whose shapes the checkpoint loader would refuse deep inside)."""
+    field = "spec.checkpoint.resumeFrom"
+    if start is None:
+        raise ResumeRefused(
+            f"{field}: no checkpoint at '{asked}' (a step-NNNNNNNN folder, or a checkpoint folder holding "
+            "one)"
+        )
+    where = start.path.resolve()
+    if own_folder is not None and Path(own_folder).resolve() in (where, *where.parents):
+        raise ResumeRefused(
+            f"{field}: {start.path} lies in spec.checkpoint.path {own_folder}, where this job writes its own "
+            "checkpoints among those it starts from: give this job a spec.checkpoint.path of its own"
+        )
+    if start.origin is not None:
+        key = "spec.student.model"
+        theirs, ours = Origin.from_json(start.origin).spec.get(key), current.spec.get(key)
+        if theirs != ours:
+            raise ResumeRefused(
+                f"{field}: {start.path} holds a student of {_show(theirs)}, not {key} {_show(ours)}: "
+                "a checkpoint gives its weights to the same model only"
+            )
+    return start
 
 
 def is_finished(checkpoint: Checkpoint | None, stop_step: int, output_dir: Path, job_name: str) -> bool:
@@ -165,7 +205,9 @@ def refusal(checkpoint: str, step: int, changed: list[str]) -> str:
     return (
         f"spec.checkpoint.path: {RESUME_REFUSED_WORDS} {checkpoint} (step {step}): the job changed since: "
         f"{'; '.join(changed)}. To start afresh: `kubedistill run --restart` (moves the old checkpoints "
-        "aside), or a new spec.checkpoint.path; to resume, undo the changes"
+        "aside), or a new spec.checkpoint.path; to go on from its weights as changed (new data, say): "
+        f"spec.checkpoint.resumeFrom: {checkpoint}, with a new spec.checkpoint.path; to resume, undo the "
+        "changes"
     )
 
 

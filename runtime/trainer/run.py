@@ -90,6 +90,8 @@ def run_job(
             typer.echo(f"{file}: --restart: moved the old checkpoints aside to {aside}", err=True)
     try:
         resume_from = trainer.resume_point()
+        if resume_from is None:
+            trainer.start_from()  # refused here, before Ray starts, rather than once the ranks load it
     except ResumeRefused as refused:
         raise fail([str(refused)]) from None
     if trainer.finished(resume_from):

@@ -3,7 +3,7 @@
 from datetime import UTC, datetime
 from pathlib import Path
 
-from kubedistill.runtime.trainer.checkpoints import CheckpointDirectory, TrainerState
+from kubedistill.runtime.trainer.checkpoints import CheckpointDirectory, TrainerState, find_checkpoint
 
 ORIGIN = {"spec": {"spec.training.learningRate": 0.01}, "data": {"records": 4, "sha256": "00"}}
 
@@ -61,3 +61,18 @@ def test_moving_aside_keeps_the_old_checkpoints_under_a_dated_name(tmp_path: Pat
     assert (aside / "step-00000002" / "trainer.json").is_file()
     assert directory.latest() is None
     assert directory.move_aside(datetime(2026, 12, 2, tzinfo=UTC)) is None, "nothing left to move"
+
+
+def test_another_jobs_checkpoint_is_found_by_its_folder_or_its_step_without_touching_the_folder(
+    tmp_path: Path,
+) -> None:
+    """spec.checkpoint.resumeFrom reads another job's folder: its staging directory is that job's own."""
+    directory = CheckpointDirectory(tmp_path, keep=3)
+    _write(directory, 2)
+    newest = _write(directory, 4)
+    staging = directory.staging(6)
+    assert find_checkpoint(tmp_path) == find_checkpoint(newest)
+    found = find_checkpoint(tmp_path / "step-00000002")
+    assert found is not None and found.state.step == 2
+    assert find_checkpoint(tmp_path / "absent") is None
+    assert staging.is_dir()

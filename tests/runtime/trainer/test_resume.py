@@ -8,7 +8,17 @@ import pytest
 from kubedistill.api import parse_job
 from kubedistill.api.spec import DistillationJobSpec
 from kubedistill.runtime.data.sample import Sample
-from kubedistill.runtime.trainer.resume import MAY_CHANGE, Origin, changes, data_identity, origin_of
+from kubedistill.runtime.trainer.checkpoints import Checkpoint, TrainerState
+from kubedistill.runtime.trainer.resume import (
+    MAY_CHANGE,
+    Origin,
+    ResumeRefused,
+    changes,
+    check_resumable,
+    check_start,
+    data_identity,
+    origin_of,
+)
 from tests.api.manifests import BASE, apply_changes
 
 RECORDS = [
@@ -104,3 +114,66 @@ def test_the_readme_lists_every_field_that_may_change() -> None:
     for field in MAY_CHANGE:
         name = field.removeprefix("spec.")
         assert f"`{name}`" in readme or f"`{name}.*`" in readme, name
+
+
+def _checkpoint(origin: Origin, path: str = "/ckpt/step-00000004") -> Checkpoint:
+    return Checkpoint(
+        Path(path), TrainerState(step=4, epoch=0, batch_in_epoch=4), _roundtrip(origin).to_json()
+    )
+
+
+def _named(name: str, changes_: dict[str, Any] | None = None) -> Origin:
+    return _origin({"metadata.name": name, **(changes_ or {})})
+
+
+def test_a_checkpoint_of_another_job_is_refused_naming_both_jobs() -> None:
+    """Two jobs given one spec.checkpoint.path, the same spec otherwise: neither goes on from the other's."""
+    with pytest.raises(ResumeRefused) as refused:
+        check_resumable(_checkpoint(_named("first")), _named("second"))
+    assert str(refused.value).startswith(
+        "spec.checkpoint.path: cannot resume from /ckpt/step-00000004 (step 4): it is a checkpoint of job "
+        "first, not of this job second (the two jobs share the folder). To start this job from it: "
+        "spec.checkpoint.resumeFrom: /ckpt/step-00000004"
+    )
+
+
+def test_a_checkpoint_of_the_same_job_resumes() -> None:
+    check_resumable(_checkpoint(_named("first")), _named("first"))
+
+
+def test_a_refusal_for_a_changed_job_points_to_resume_from_for_new_data() -> None:
+    with pytest.raises(ResumeRefused) as refused:
+        check_resumable(_checkpoint(_origin()), _origin({"spec.training.learningRate": 1.0e-5}))
+    assert "spec.checkpoint.resumeFrom: /ckpt/step-00000004, with a new spec.checkpoint.path" in str(
+        refused.value
+    )
+
+
+def test_resume_from_is_refused_where_nothing_is_found() -> None:
+    with pytest.raises(ResumeRefused, match=r"^spec.checkpoint.resumeFrom: no checkpoint at '/nowhere' "):
+        check_start(None, "/nowhere", _origin(), None)
+
+
+def test_resume_from_inside_this_jobs_own_checkpoint_folder_is_refused() -> None:
+    """This job's own checkpoints would land among those it starts from (and overwrite equal steps)."""
+    start = _checkpoint(_named("first"), "/ckpt/step-00000004")
+    with pytest.raises(ResumeRefused, match=r"^spec.checkpoint.resumeFrom: .* lies in spec.checkpoint.path"):
+        check_start(start, "/ckpt", _named("second"), "/ckpt")
+    assert check_start(start, "/ckpt", _named("second"), "/ckpt-second") == start
+
+
+def test_resume_from_a_checkpoint_of_another_student_model_is_refused_naming_both() -> None:
+    start = _checkpoint(_origin())
+    with pytest.raises(ResumeRefused) as refused:
+        check_start(start, "/ckpt", _origin({"spec.student.model": "/models/other"}), None)
+    assert str(refused.value) == (
+        'spec.checkpoint.resumeFrom: /ckpt/step-00000004 holds a student of "/models/Qwen3-4B", not '
+        'spec.student.model "/models/other": a checkpoint gives its weights to the same model only'
+    )
+
+
+def test_resume_from_takes_another_jobs_checkpoint_with_other_data_and_settings() -> None:
+    """Going on with new data is what resumeFrom is for: only the student model must be the same."""
+    start = _checkpoint(_named("first"))
+    changed = _origin({"metadata.name": "second", "spec.training.learningRate": 1.0e-5}, records=RECORDS[:1])
+    assert check_start(start, "/ckpt", changed, "/ckpt-second") == start

@@ -242,7 +242,9 @@ def test_a_changed_job_is_refused_naming_each_change_before_ray_starts(
         f'(step {STEPS}): the job changed since: spec.data.train.path "{old_data}" -> "{more_data}"; '
         "spec.training.globalBatchSize 16 -> 8; spec.training.learningRate 0.01 -> 1e-05; "
         "training data 96 -> 112 records. To start afresh: `kubedistill run --restart` (moves the old "
-        "checkpoints aside), or a new spec.checkpoint.path; to resume, undo the changes"
+        "checkpoints aside), or a new spec.checkpoint.path; to go on from its weights as changed (new data, "
+        f"say): spec.checkpoint.resumeFrom: {job.checkpoints / f'step-{STEPS:08d}'}, with a new "
+        "spec.checkpoint.path; to resume, undo the changes"
     ]
 
 
