@@ -11,6 +11,8 @@ With `with_spans`, each target token also gets its span in the response text (`d
 how a teacher with another tokenizer is matched to the student.
 """
 
+import json
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -30,6 +32,12 @@ templates read them."""
 MARKUP, CONTENT, SYSTEM_CONTENT = 0, 1, 2
 """What a prompt token is, for truncation (`Encoded.cut_rank`): chat markup (role headers, end-of-turn
 tokens) is never cut; the content of the prompt's messages goes first, the system prompt's last."""
+
+
+_NULL_CONTENT_TEST = re.compile(r"content(?:'\]|\"\])?\s+is\s+none\b")
+"""A template that tells tool-call messages by their null content: `message['content'] is none`."""
+_CONTEXT = 24
+"""Characters shown either side of where two renders part."""
 
 
 class TemplateRejection(ValueError):
@@ -82,7 +90,7 @@ def encode_chat(
         return text if expand is None else expand(text)
 
     text = render(messages, add_generation_prompt)
-    _check_tool_calls_rendered(messages, render)
+    _check_tool_calls_rendered(messages, render, tokenizer.chat_template or "")
     spans = []
     turns: list[Turn] = []
     for i in range(first_response, len(messages)):
@@ -98,10 +106,9 @@ def encode_chat(
             )
         if not text.startswith(through):
             raise ChatTemplateError(
-                f"the chat template renders messages 0..{i} differently once later turns follow (Qwen3's "
-                "template, for one, drops the thinking block of earlier turns), so assistant tokens cannot "
-                "be found in this chat; use a template that renders every turn the same way, or one-turn "
-                "chats"
+                f"the chat template renders messages 0..{i} differently once later turns follow "
+                f"({_difference(through, text)}), so assistant tokens cannot be found in this chat; use a "
+                "template that renders every turn the same way whatever follows it, or one-turn chats"
             )
         spans.append((len(before), max(len(before), len(through.rstrip()))))
         if with_spans and messages[i].get("tool_calls"):
@@ -162,28 +169,92 @@ def render_chat(
     tools: list[Any] | None = None,
 ) -> str:
     try:
-        return tokenizer.apply_chat_template(
-            list(messages), tools=tools, tokenize=False, add_generation_prompt=add_generation_prompt
-        )
+        try:
+            return tokenizer.apply_chat_template(
+                list(messages), tools=tools, tokenize=False, add_generation_prompt=add_generation_prompt
+            )
+        except TypeError:
+            if not any(message.get("tool_calls") for message in messages):
+                raise
+        # Templates read a tool call's arguments as an object (transformers' documented form) or, like
+        # DeepSeek-V3's, add them to text: the OpenAI form, JSON text.
+        try:
+            return tokenizer.apply_chat_template(
+                _arguments_as_json(messages),
+                tools=tools,
+                tokenize=False,
+                add_generation_prompt=add_generation_prompt,
+            )
+        except TypeError as error:
+            raise ChatTemplateError(
+                f"the chat template fails on tool calls, with their arguments as an object and as JSON text "
+                f"alike ({error}); use a template with tool support"
+            ) from error
     except TemplateError as error:
         raise TemplateRejection(f"the chat template rejects the chat: {error}") from error
+
+
+def _arguments_as_json(messages: Sequence[Message]) -> list[Message]:
+    return [
+        {
+            **message,
+            "tool_calls": [
+                {
+                    **call,
+                    "function": {
+                        **call["function"],
+                        "arguments": json.dumps(call["function"]["arguments"], ensure_ascii=False),
+                    },
+                }
+                for call in message["tool_calls"]
+            ],
+        }
+        if message.get("tool_calls")
+        else message
+        for message in messages
+    ]
 
 
 Render = Callable[[Sequence[Message], bool], str]
 
 
-def _check_tool_calls_rendered(messages: Sequence[Message], render: Render) -> None:
+def _difference(alone: str, followed: str) -> str:
+    """Where the chat rendered alone stops being a prefix of it rendered with later turns, as text a user can
+    match against the template: gpt-oss's ends the last turn `<|return|>` and every earlier one `<|end|>`,
+    Qwen3's gives the last turn an empty thinking block that earlier turns lose."""
+    same = next(
+        (i for i, (a, b) in enumerate(zip(alone, followed, strict=False)) if a != b),
+        min(len(alone), len(followed)),
+    )
+    start = max(0, same - _CONTEXT)
+    return (
+        f"alone they read {alone[start : same + _CONTEXT]!r}, "
+        f"followed by later turns {followed[start : same + _CONTEXT]!r}"
+    )
+
+
+def _check_tool_calls_rendered(messages: Sequence[Message], render: Render, template: str) -> None:
     """A template without tool support renders an assistant's tool calls as nothing: refuse it rather than
     train on the message's (often empty) text alone."""
     for i, message in enumerate(messages):
         if not message.get("tool_calls"):
             continue
         without = {key: value for key, value in message.items() if key != "tool_calls"}
-        if render([*messages[:i], message], False) == render([*messages[:i], without], False):
+        if render([*messages[:i], message], False) != render([*messages[:i], without], False):
+            continue
+        if not message["content"] and _NULL_CONTENT_TEST.search(template):
+            # transformers drops every null key of a message before rendering (tokenization_utils_base's
+            # `_normalize_chat_messages`), so such a template's tool-call branch is never reached.
             raise ChatTemplateError(
-                f"the chat template does not render the tool_calls of message {i}, so they would be lost; "
-                "use a template with tool support (e.g. the model's own, if it was trained for tool use)"
+                f"the chat template renders tool calls only in a message whose content is null (it tests "
+                f"`content is none`, as DeepSeek-R1's does), and transformers passes templates no null "
+                f"content, so the tool_calls of message {i} would be lost; use a template that renders tool "
+                "calls beside content (for DeepSeek models TRL's chat_templates/deepseekv3_training.jinja)"
             )
+        raise ChatTemplateError(
+            f"the chat template does not render the tool_calls of message {i}, so they would be lost; "
+            "use a template with tool support (e.g. the model's own, if it was trained for tool use)"
+        )
 
 
 def _prompt_contents(prompt: Sequence[Message], render: Render) -> list[tuple[int, int, int]]:

@@ -1,7 +1,8 @@
 """A data source -> samples, applying `spec.data.onBadRecord`: fail on the first bad record, or skip each one
 and hand it back so the trainer counts it (`kubedistill_bad_records_total`) and lists it in the summary.
 Records shortened to fit the length limits are counted the same way (`kubedistill_truncated_records_total`)
-and warned about once per source, naming the first."""
+and warned about once per source, naming the first; so are records whose assistant reasoning the chat
+template leaves out of what is trained (`data.reasoning`)."""
 
 import logging
 from dataclasses import dataclass
@@ -12,6 +13,7 @@ from kubedistill.api.spec import DataSource, DataSpec, Mode, OnBadRecord
 from kubedistill.runtime.data.alignment import same_vocabulary
 from kubedistill.runtime.data.errors import BadRecord, BadRecordError, DataFileError
 from kubedistill.runtime.data.images import ImageProcessing
+from kubedistill.runtime.data.reasoning import UnrenderedReasoning
 from kubedistill.runtime.data.records import read_records
 from kubedistill.runtime.data.sample import Sample
 from kubedistill.runtime.data.tokenize import SampleBuilder
@@ -70,6 +72,7 @@ def load_samples(
             "(simpleCtkd or dskd)",
         )
     own_tokens = cross_tokenizer and not _same_tokens(tokenizer, teacher, data)
+    reasoning = UnrenderedReasoning(field, tokenizer.name_or_path)
     build = SampleBuilder(
         source,
         data,
@@ -80,6 +83,7 @@ def load_samples(
         cross_tokenizer=own_tokens,
         images=images,
         teacher_images=teacher_images,
+        reasoning=reasoning,
     )
     samples: list[Sample] = []
     bad_records: list[BadRecord] = []
@@ -100,6 +104,7 @@ def load_samples(
             f"the first: {bad_records[0]}"
         )
     loaded = LoadedData(samples, bad_records)
+    reasoning.warn(len(samples))
     if loaded.truncated:
         first = loaded.truncated[0]
         log.warning(

@@ -11,8 +11,8 @@ Accepted as the OpenAI chat format writes them:
   optional). `arguments` as a JSON string (OpenAI) becomes the object it encodes, the form templates read
   (Qwen2.5's renders `arguments | tojson`, Qwen3-Coder's iterates over it);
 - `tool` messages, the results of the tool calls before them (`tool_call_id`, `name` kept for templates);
-- `reasoning_content` on assistant messages, a reasoning model's thinking (Qwen3's and DeepSeek-R1's
-  templates render it, vLLM and SGLang return it, and the generation phase writes it).
+- `reasoning_content` (or gpt-oss's `thinking`, vLLM's `reasoning`) on assistant messages, a reasoning
+  model's thinking, kept under the names templates read it by (`data.reasoning`).
 
 Every key the template needs is kept and nothing else, so a key the data happens to carry cannot change
 what the mask covers. `wire_messages` turns checked messages back into what the OpenAI chat API takes.
@@ -25,6 +25,7 @@ from typing import Any
 from kubedistill.runtime.data.chat import Message
 from kubedistill.runtime.data.errors import RecordProblem
 from kubedistill.runtime.data.images import IMAGE_PART_TYPES, ImageInTextJob, image_reference, load_image
+from kubedistill.runtime.data.reasoning import TEMPLATE_KEYS, reasoning_key
 from kubedistill.runtime.data.records import json_type
 
 ROLES = ("system", "user", "assistant", "tool")
@@ -65,9 +66,10 @@ def chat_messages(value: Any, key: str, image_folder: Path | None = None) -> lis
             checked["tool_calls"] = [
                 _tool_call(call, key, i, j) for j, call in enumerate(_list(calls, key, i))
             ]
-        thinking = message.get("reasoning_content")
-        if role == "assistant" and isinstance(thinking, str) and thinking:
-            checked["reasoning_content"] = unicode_text(thinking, f"{key}[{i}].reasoning_content")
+        thinking = reasoning_key(message) if role == "assistant" else None
+        if thinking is not None:
+            text = unicode_text(message[thinking], f"{key}[{i}].{thinking}")
+            checked.update((name, text) for name in TEMPLATE_KEYS)
         if role == "tool":
             if not _follows_a_tool_call(messages):
                 raise RecordProblem(

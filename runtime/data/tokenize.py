@@ -39,6 +39,7 @@ from kubedistill.runtime.data.images import (
     expand_placeholders,
 )
 from kubedistill.runtime.data.messages import chat_messages, has_images, unicode_text
+from kubedistill.runtime.data.reasoning import UnrenderedReasoning
 from kubedistill.runtime.data.records import Record, json_type
 from kubedistill.runtime.data.sample import Sample
 from kubedistill.runtime.data.truncate import fit_turns, fits, truncate, truncate_teacher
@@ -83,6 +84,8 @@ class SampleBuilder:
     teacher_images: ImageProcessing | None = None
     """The teacher's own image processor, checked to read every image as the student's does; None: the
     student's."""
+    reasoning: UnrenderedReasoning | None = None
+    """Counts the records whose assistant reasoning the student's template leaves out; None: unchecked."""
 
     def __post_init__(self) -> None:
         self._check_config()
@@ -150,6 +153,15 @@ class SampleBuilder:
 
     def _build(self, record: Record) -> Sample:
         exchange = self._student_exchange(record.fields, self._image_folder(record))
+        if self.reasoning is not None and exchange.messages is not None and self.source.prompt_key is None:
+            self.reasoning.check(
+                self.tokenizer,
+                record.source,
+                record.fields[self.source.input_key],
+                exchange.messages,
+                exchange.first_response,
+                exchange.tools,
+            )
         if exchange.messages is not None and any(has_images(message) for message in exchange.messages):
             return self._with_images(record, exchange)
         student, untruncated, dropped = self._fitted_student(exchange)

@@ -1,0 +1,100 @@
+"""An assistant's reasoning in training records, and the chat templates that leave it out of what is trained.
+
+Records carry a reasoning model's thinking beside the answer under one of three names: `reasoning_content`
+(DeepSeek's API, vLLM, SGLang and the generation phase), `thinking` (gpt-oss's chat template reads this one)
+or `reasoning` (vLLM's newer name). A message keeps it under both names templates read, as transformers 5
+does itself (`_alias_reasoning_fields`), so it reaches every template that renders it whatever the
+transformers version.
+
+A template that renders no reasoning (Llama's, DeepSeek-R1's, which cuts it off) or only the last turn's
+trains the answers without it. That is reported, once per data source, naming the field and the template:
+the rendered chat is compared with the one rendered without the message's reasoning, and where the two are
+the same the reasoning is not in what is trained.
+"""
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from kubedistill.runtime.data.chat import Message, render_chat
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+log = logging.getLogger(__name__)
+
+RECORD_KEYS = ("reasoning_content", "thinking", "reasoning")
+"""The names a record's assistant message may carry its reasoning under, in the order they are looked at."""
+TEMPLATE_KEYS = ("reasoning_content", "thinking")
+"""The names chat templates read it by: Qwen3's and DeepSeek's `reasoning_content`, gpt-oss's `thinking`."""
+
+
+def reasoning_key(message: Mapping[str, Any]) -> str | None:
+    """The key under which a record's message carries its reasoning (a non-empty string); None without."""
+    return next((key for key in RECORD_KEYS if isinstance(message.get(key), str) and message[key]), None)
+
+
+@dataclass
+class UnrenderedReasoning:
+    """The records of one data source whose assistant reasoning the chat template leaves out."""
+
+    field: str
+    """The source's spec path, e.g. `spec.data.train`."""
+    template: str
+    """Whose chat template: the tokenizer's name or path."""
+    records: int = 0
+    keys: set[str] = field(default_factory=set)
+    """The record keys the lost reasoning came under."""
+    first: str | None = None
+    """`path:line (message i)` of the first."""
+
+    def check(
+        self,
+        tokenizer: "PreTrainedTokenizerBase",
+        source: str,
+        raw: Sequence[Any],
+        messages: Sequence[Message],
+        first_response: int,
+        tools: list[Any] | None,
+    ) -> None:
+        """Count the record at `source` if the trained text lacks the reasoning of one of its responses
+        (`raw`: the record's messages as written, which name the key)."""
+        carrying = [
+            i
+            for i in range(first_response, len(messages))
+            if any(key in messages[i] for key in TEMPLATE_KEYS)
+        ]
+        if not carrying:
+            return
+        rendered = render_chat(tokenizer, messages, False, tools)
+        lost = [
+            i for i in carrying if render_chat(tokenizer, _without(messages, i), False, tools) == rendered
+        ]
+        if not lost:
+            return
+        self.records += 1
+        self.keys.update(key for i in lost if (key := reasoning_key(raw[i])) is not None)
+        if self.first is None:
+            self.first = f"{source} (message {lost[0]})"
+
+    def warn(self, records: int) -> None:
+        """One warning for the source, if any of its `records` lost reasoning."""
+        if not self.records:
+            return
+        log.warning(
+            "%s: %d of %d records carry an assistant's reasoning (%s) that the chat template of %s does not "
+            "render, so the run trains on their answers without it; the first: %s. Use a template that "
+            "renders it, or drop the field to train on answers alone",
+            self.field,
+            self.records,
+            records,
+            ", ".join(sorted(self.keys)),
+            self.template,
+            self.first,
+        )
+
+
+def _without(messages: Sequence[Message], i: int) -> list[Message]:
+    stripped = {key: value for key, value in messages[i].items() if key not in TEMPLATE_KEYS}
+    return [*messages[:i], stripped, *messages[i + 1 :]]
