@@ -8,6 +8,7 @@ is pointed at an empty folder (RAY_TMPDIR) that must stay without a session, and
 a Ray that does start leaves one there.
 """
 
+import copy
 import os
 import shutil
 import socket
@@ -21,12 +22,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import trl
 import yaml
 from typer.testing import CliRunner
 
 from kubedistill.api.spec import Mode
 from kubedistill.cli import app
-from kubedistill.runtime.demo.tiny import build_tokenizer, save_tiny
+from kubedistill.runtime.demo.tiny import build_tokenizer, build_vlm_tokenizer, save_tiny, save_tiny_vlm
 from kubedistill.runtime.trainer.checkpoints import CheckpointDirectory, TrainerState
 from tests.api.manifests import BAD_MANIFESTS, Bad, apply_changes
 from tests.runtime.conftest import ON_POLICY, STUDENT, TEACHER, TinyWorld, job_manifest
@@ -236,6 +238,33 @@ BAD_DATA = [
         "spec.data.promptMaxLength",
         "must be less than spec.data.maxLength",
     ),
+    # A vision-language teacher's tokenizer is not a text student's: the picture is named, not the algorithm.
+    BadData(
+        "image_part.jsonl-vision-teacher",
+        _train("image_part.jsonl"),
+        "spec.data.train",
+        f"{FILES / 'image_part.jsonl'}:2 has an image, but spec.student.model ({{root}}/student) has "
+        "no image processor",
+        {"teacher": {"model": "{root}/vision-teacher"}},
+    ),
+    # gpt-oss's template ends the last turn <|return|> and earlier ones <|end|>: named, not Qwen3's template.
+    BadData(
+        "gpt_oss_two_turns.jsonl",
+        _train("gpt_oss_two_turns.jsonl"),
+        f"{FILES / 'gpt_oss_two_turns.jsonl'}:1",
+        "the chat template renders messages 0..1 differently once later turns follow (alone they read "
+        "'nel|>final<|message|>4<|return|>', followed by later turns 'nel|>final<|message|>4<|end|><|start|>",
+        {"student": {"tokenizer": "{root}/templates/gptoss"}},
+    ),
+    # DeepSeek-R1's template renders tool calls only where content is null, which transformers never passes.
+    BadData(
+        "deepseek_r1_tool_call.jsonl",
+        _train("deepseek_r1_tool_call.jsonl"),
+        f"{FILES / 'deepseek_r1_tool_call.jsonl'}:1",
+        "the chat template renders tool calls only in a message whose content is null (it tests `content is "
+        "none`",
+        {"student": {"tokenizer": "{root}/templates/deepseek_r1_distill"}},
+    ),
     BadData(
         "missing-file",
         _train("no_such_file.jsonl"),
@@ -287,6 +316,11 @@ BAD_DATA = [
 ]
 
 
+TRL_TEMPLATES = Path(trl.__file__).parent / "chat_templates"
+REAL_TEMPLATES = ("gptoss", "deepseek_r1_distill")
+"""Models' own chat templates, each saved as a tokenizer the rows above name (`{root}/templates/<name>`)."""
+
+
 @pytest.fixture(scope="module")
 def tiny_world(tmp_path_factory: pytest.TempPathFactory) -> TinyWorld:
     """Tiny models with the tokenizer the loader's own tests use, so their expected messages hold here."""
@@ -296,6 +330,11 @@ def tiny_world(tmp_path_factory: pytest.TempPathFactory) -> TinyWorld:
     good.write_text(
         '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "4"}]}\n'
     )
+    for template in REAL_TEMPLATES:
+        templated = copy.deepcopy(tokenizer)
+        templated.chat_template = (TRL_TEMPLATES / f"{template}.jinja").read_text()
+        templated.save_pretrained(root / "templates" / template)
+    save_tiny_vlm(root / "vision-teacher", build_vlm_tokenizer(CORPUS), TEACHER)
     return TinyWorld(
         root=root,
         teacher=save_tiny(root / "teacher", tokenizer, TEACHER, seed=0),
@@ -313,17 +352,19 @@ def bad_data_jobs(tiny_world: TinyWorld, tmp_path_factory: pytest.TempPathFactor
     for bad in BAD_DATA:
         files[bad.id] = root / bad.id / "job.yaml"
         files[bad.id].parent.mkdir()
-        manifest = job_manifest(tiny_world, "bad-data", data=bad.data, **bad.spec)
+        spec = _fill(bad.spec, {"root": str(tiny_world.root)})
+        manifest = job_manifest(tiny_world, "bad-data", data=bad.data, **spec)
         files[bad.id].write_text(yaml.safe_dump(manifest), encoding="utf-8")
     return files
 
 
 @pytest.mark.parametrize("bad", BAD_DATA, ids=lambda bad: bad.id)
 def test_a_run_on_bad_data_exits_1_naming_where_and_what(
-    bad_data_jobs: dict[str, Path], bad: BadData
+    tiny_world: TinyWorld, bad_data_jobs: dict[str, Path], bad: BadData
 ) -> None:
     file = bad_data_jobs[bad.id]
-    assert_rejected(invoke(["run", str(file)]), file, f"{bad.where}: {bad.problem}")
+    problem = bad.problem.replace("{root}", str(tiny_world.root))
+    assert_rejected(invoke(["run", str(file)]), file, f"{bad.where}: {problem}")
 
 
 DATA_IN_A_PROCESS = ("truncated_json.jsonl", "empty.jsonl", "chats-without-chat-template")

@@ -12,9 +12,9 @@ from kubedistill.api.job import SpecError
 from kubedistill.api.spec import DataSource, DataSpec, Mode, OnBadRecord
 from kubedistill.runtime.data.alignment import same_vocabulary
 from kubedistill.runtime.data.errors import BadRecord, BadRecordError, DataFileError
-from kubedistill.runtime.data.images import ImageProcessing
+from kubedistill.runtime.data.images import IMAGE_PART_TYPES, ImageProcessing
 from kubedistill.runtime.data.reasoning import UnrenderedReasoning
-from kubedistill.runtime.data.records import read_records
+from kubedistill.runtime.data.records import Record, read_records
 from kubedistill.runtime.data.sample import Sample
 from kubedistill.runtime.data.tokenize import SampleBuilder
 
@@ -65,6 +65,16 @@ def load_samples(
     """
     teacher = teacher_tokenizer or tokenizer
     if not cross_tokenizer and not same_vocabulary(tokenizer, teacher):
+        # A vision-language teacher's tokenizer has image tokens a text student's lacks: with pictures in
+        # the data, the student, not the algorithm, is what cannot work.
+        picture = None if images is not None else _first_image(source, field)
+        if picture is not None:
+            raise SpecError(
+                field,
+                f"{picture} has an image, but spec.student.model ({tokenizer.name_or_path}) has no image "
+                "processor (preprocessor_config.json), whatever the teacher reads; use a vision-language "
+                "student, or data without images",
+            )
         raise SpecError(
             "spec.distillation.algorithm",
             "the teacher's tokenizer has another vocabulary than the student's, "
@@ -119,6 +129,19 @@ def load_samples(
             first.truncation,
         )
     return loaded
+
+
+def _first_image(source: DataSource, field: str) -> str | None:
+    """Where the first chat record with an image is (`path:line`); None when no record has one."""
+    for record in read_records(source, field):
+        messages = record.fields.get(source.input_key) if isinstance(record, Record) else None
+        for message in messages if isinstance(messages, list) else []:
+            content = message.get("content") if isinstance(message, dict) else None
+            if isinstance(content, list) and any(
+                isinstance(part, dict) and part.get("type") in IMAGE_PART_TYPES for part in content
+            ):
+                return record.source
+    return None
 
 
 def _same_tokens(
