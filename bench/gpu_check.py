@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from bench.report import report
@@ -211,8 +212,8 @@ def fsdp_row(device: torch.device, scratch: Path, cpu_offload: bool) -> dict:
         port = probe.getsockname()[1]
     worker = StudentWorker(job, RankAddress(0, 1, "127.0.0.1", port), total_steps=1)
     sample = Sample(
-        input_ids=tuple(range(5, 37)),
-        target_mask=(False,) * 16 + (True,) * 16,
+        input_ids=np.arange(5, 37),
+        target_mask=np.arange(32) >= 16,
         source="gpu-check",
         prompt_length=16,
     )

@@ -206,7 +206,7 @@ def run_trl(root: Path, pair: Pair) -> dict[str, Any]:
         # The collator takes the tokens from input_ids and completion_mask; it only insists on a prompt text.
         prompt = tokenizer.decode(sample.input_ids[: sample.prompt_length])
         records.append(
-            {"prompt": prompt, "input_ids": list(sample.input_ids[:end]), "completion_mask": completion}
+            {"prompt": prompt, "input_ids": sample.input_ids[:end].tolist(), "completion_mask": completion}
         )
 
     class StepClock(TrainerCallback):

@@ -92,7 +92,7 @@ class DualSpaceKD(Algorithm):
             "teacher_aligned": _long(teacher),
             "student_inputs": _long([s.input_ids[p] for s in samples for p in s.loss_positions()]),
             "teacher_inputs": _long(
-                [(s.teacher_input_ids or s.input_ids)[p] for s in samples for p in s.teacher_loss_positions()]
+                [s.teacher_sequence[p] for s in samples for p in s.teacher_loss_positions()]
             ),
             "teacher_labels": _long([label for s in samples for label in s.teacher_labels()]),
             "student_counts": _long([s.num_targets for s in samples]),

@@ -1,7 +1,15 @@
-"""One training sequence with its loss mask, as the trainer, teacher and student consume it."""
+"""One training sequence with its loss mask, as the trainer, teacher and student consume it.
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+Sequences are numpy arrays (token ids int32, masks bool: 5 bytes a token), not tuples of Python ints (about
+29 bytes a token on the driver), because a real training set holds 10^8-10^10 tokens. Whatever sequence a
+caller hands in (a rollout's list, a test's tuple) is stored as such an array, read-only.
+"""
+
+from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import numpy.typing as npt
 
 from kubedistill.runtime.data.alignment import Span, aligned_by_start, aligned_exactly
 
@@ -9,7 +17,13 @@ if TYPE_CHECKING:
     from kubedistill.runtime.data.images import ImageInputs
 
 
-@dataclass(frozen=True)
+TokenIds = npt.NDArray[np.int32]
+Mask = npt.NDArray[np.bool_]
+Spans = npt.NDArray[np.int32]
+"""[n, 2]: each target's (start, end) in the response text."""
+
+
+@dataclass(frozen=True, slots=True, eq=False)
 class Sample:
     """Token ids (prompt then response) and which of them are training targets.
 
@@ -18,22 +32,22 @@ class Sample:
     the number of loss positions.
     """
 
-    input_ids: tuple[int, ...]
+    input_ids: TokenIds
     """Prompt and response, in the student's tokenizer."""
-    target_mask: tuple[bool, ...]
+    target_mask: Mask
     """True where the token is a training target: assistant tokens incl. the end-of-turn token after them."""
     source: str
     """Where the record came from: `path:line` (jsonl, json) or `path:row N` (parquet)."""
     prompt_length: int
     """Tokens before the first target; on-policy, the whole sequence (the prompt to generate from)."""
-    teacher_input_ids: tuple[int, ...] | None = None
+    teacher_input_ids: TokenIds | None = None
     """Context distillation: what the teacher sees instead of `input_ids`; None means the same sequence."""
-    teacher_target_mask: tuple[bool, ...] | None = None
+    teacher_target_mask: Mask | None = None
     """Targets within `teacher_input_ids`: the same response tokens, so as many as `target_mask` has (unless
     the teacher has its own tokenizer)."""
-    target_spans: tuple[Span, ...] | None = None
+    target_spans: Spans | None = None
     """Teacher with its own tokenizer: each target's span in the response text (`data.alignment`)."""
-    teacher_target_spans: tuple[Span, ...] | None = None
+    teacher_target_spans: Spans | None = None
     """Teacher with its own tokenizer: each teacher target's span in the same response text."""
     truncation: str | None = None
     """What fitting the record into spec.data.maxLength / promptMaxLength removed; None when nothing."""
@@ -42,14 +56,18 @@ class Sample:
     which teacher and student both see; None for text."""
 
     def __post_init__(self) -> None:
+        for name, kind in _ARRAYS.items():
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, _frozen_array(value, kind, spans=name.endswith("spans")))
         _check_sequence(self.input_ids, self.target_mask, "")
         if not 0 <= self.prompt_length <= len(self.input_ids):
             raise ValueError(f"prompt_length {self.prompt_length} outside 0..{len(self.input_ids)}")
-        if any(self.target_mask[: self.prompt_length]):
+        if self.target_mask[: self.prompt_length].any():
             raise ValueError("a target lies within the prompt (before prompt_length)")
-        if self.images is not None and any(
-            target and token == self.images.image_token_id
-            for token, target in zip(self.input_ids, self.target_mask, strict=True)
+        if (
+            self.images is not None
+            and (self.target_mask & (self.input_ids == self.images.image_token_id)).any()
         ):
             raise ValueError("an image token is a target; only the assistant's text is")
         if (self.teacher_input_ids is None) != (self.teacher_target_mask is None):
@@ -61,26 +79,37 @@ class Sample:
                 raise ValueError("target spans describe a teacher tokenization: teacher_input_ids is missing")
             for spans, count, prefix in (
                 (self.target_spans, self.num_targets, ""),
-                (self.teacher_target_spans, sum(self.teacher_target_mask), "teacher_"),
+                (self.teacher_target_spans, int(self.teacher_target_mask.sum()), "teacher_"),
             ):
                 if len(spans) != count:
                     raise ValueError(f"{prefix}target_spans has {len(spans)} spans for {count} targets")
         if self.teacher_input_ids is not None and self.teacher_target_mask is not None:
             _check_sequence(self.teacher_input_ids, self.teacher_target_mask, "teacher_")
-            if self.target_spans is None and sum(self.teacher_target_mask) != self.num_targets:
-                raise ValueError(
-                    f"teacher has {sum(self.teacher_target_mask)} targets, the student {self.num_targets}"
-                )
+            teacher_targets = int(self.teacher_target_mask.sum())
+            if self.target_spans is None and teacher_targets != self.num_targets:
+                raise ValueError(f"teacher has {teacher_targets} targets, the student {self.num_targets}")
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Sample):
+            return NotImplemented
+        return all(_same(getattr(self, f.name), getattr(other, f.name)) for f in fields(self))
+
+    __hash__ = None  # type: ignore[assignment]  # arrays are mutable in general, so samples are unhashable
 
     @property
     def num_targets(self) -> int:
-        return sum(self.target_mask)
+        return int(self.target_mask.sum())
+
+    @property
+    def teacher_sequence(self) -> TokenIds:
+        """What the teacher sees: `teacher_input_ids`, else the student's own sequence."""
+        return self.input_ids if self.teacher_input_ids is None else self.teacher_input_ids
 
     def loss_positions(self) -> list[int]:
         return _loss_positions(self.target_mask)
 
     def labels(self) -> list[int]:
-        return [self.input_ids[t + 1] for t in self.loss_positions()]
+        return self.input_ids[1:][self.target_mask[1:]].tolist()
 
     def teacher_loss_positions(self) -> list[int]:
         """Loss positions within what the teacher sees (`teacher_input_ids`, else `input_ids`)."""
@@ -90,8 +119,9 @@ class Sample:
 
     def teacher_labels(self) -> list[int]:
         """The targets within what the teacher sees, in order."""
-        sequence = self.teacher_input_ids or self.input_ids
-        return [sequence[t + 1] for t in self.teacher_loss_positions()]
+        if self.teacher_target_mask is None:
+            return self.labels()
+        return self.teacher_sequence[1:][self.teacher_target_mask[1:]].tolist()
 
     def aligned_targets(self, exactly: bool = False) -> list[tuple[int, int]]:
         """(student target, teacher target) index pairs predicted from the same response text (`exactly`: the
@@ -99,17 +129,53 @@ class Sample:
         if self.target_spans is None or self.teacher_target_spans is None:
             return [(i, i) for i in range(self.num_targets)]
         align = aligned_exactly if exactly else aligned_by_start
-        return align(self.target_spans, self.teacher_target_spans)
+        return align(_span_list(self.target_spans), _span_list(self.teacher_target_spans))
 
 
-def _loss_positions(mask: tuple[bool, ...]) -> list[int]:
-    return [t for t in range(len(mask) - 1) if mask[t + 1]]
+_ARRAYS = {
+    "input_ids": np.int32,
+    "target_mask": np.bool_,
+    "teacher_input_ids": np.int32,
+    "teacher_target_mask": np.bool_,
+    "target_spans": np.int32,
+    "teacher_target_spans": np.int32,
+}
 
 
-def _check_sequence(ids: tuple[int, ...], mask: tuple[bool, ...], prefix: str) -> None:
+def _frozen_array(value: Any, kind: type, *, spans: bool) -> npt.NDArray[Any]:
+    array = np.asarray(value)
+    if array.dtype != kind:
+        # Vocabularies and response texts stay far below 2^31, so int32 holds every id and offset.
+        array = array.astype(kind)
+    if spans:
+        array = array.reshape(-1, 2)
+    array.flags.writeable = False
+    return array
+
+
+def _same(first: Any, second: Any) -> bool:
+    if isinstance(first, np.ndarray) or isinstance(second, np.ndarray):
+        return (
+            isinstance(first, np.ndarray)
+            and isinstance(second, np.ndarray)
+            and first.shape == second.shape
+            and bool((first == second).all())
+        )
+    return bool(first == second)
+
+
+def _span_list(spans: Spans) -> list[Span]:
+    return [(start, end) for start, end in spans.tolist()]
+
+
+def _loss_positions(mask: Mask) -> list[int]:
+    return np.flatnonzero(mask[1:]).tolist()
+
+
+def _check_sequence(ids: TokenIds, mask: Mask, prefix: str) -> None:
     if len(ids) != len(mask):
         raise ValueError(f"{prefix}input_ids has {len(ids)} tokens but {prefix}target_mask {len(mask)}")
-    if not ids:
+    if len(ids) == 0:
         raise ValueError(f"{prefix}input_ids is empty")
     if mask[0]:
         raise ValueError(f"the first token of {prefix}input_ids cannot be a target: nothing predicts it")

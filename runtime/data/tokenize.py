@@ -167,8 +167,8 @@ class SampleBuilder:
         student, untruncated, dropped = self._fitted_student(exchange)
         encoded, cut = truncate(untruncated, self.data)
         sample = Sample(
-            input_ids=tuple(encoded.ids),
-            target_mask=tuple(encoded.mask),
+            input_ids=encoded.ids,
+            target_mask=encoded.mask,
             source=record.source,
             prompt_length=len(encoded.ids) if self._on_policy else encoded.first_target,
             truncation="; ".join(note for note in (dropped, cut) if note) or None,
@@ -186,7 +186,7 @@ class SampleBuilder:
         teacher = truncate_teacher(teacher, encoded.num_targets, self.data)
         if self.teacher_tokenizer is self.tokenizer and _targets(teacher) != _targets(encoded):
             raise RecordProblem("the teacher's response tokens differ from the student's")
-        return replace(sample, teacher_input_ids=tuple(teacher.ids), teacher_target_mask=tuple(teacher.mask))
+        return replace(sample, teacher_input_ids=teacher.ids, teacher_target_mask=teacher.mask)
 
     def _fitted_student(self, student: _Exchange) -> tuple[_Exchange, Encoded, str | None]:
         """The student's exchange, encoded; a chat too long for the limits without its earliest turns."""
@@ -220,10 +220,10 @@ class SampleBuilder:
         teacher = truncate_teacher(teacher, kept, self.data)
         return replace(
             sample,
-            teacher_input_ids=tuple(teacher.ids),
-            teacher_target_mask=tuple(teacher.mask),
-            target_spans=tuple(encoded.spans),
-            teacher_target_spans=tuple(teacher.spans),
+            teacher_input_ids=teacher.ids,
+            teacher_target_mask=teacher.mask,
+            target_spans=encoded.spans,
+            teacher_target_spans=teacher.spans,
         )
 
     def _image_folder(self, record: Record) -> Path | None:
@@ -297,8 +297,8 @@ class SampleBuilder:
                 "raise maxLength or split the chat"
             )
         return Sample(
-            input_ids=tuple(cut.ids),
-            target_mask=tuple(cut.mask),
+            input_ids=cut.ids,
+            target_mask=cut.mask,
             source=record.source,
             prompt_length=len(cut.ids) if self._on_policy else cut.first_target,
             truncation=note,

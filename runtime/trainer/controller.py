@@ -287,7 +287,7 @@ class Training:
         self.gpus = gpu_policy(groups)
         self.source = self._source()
         first = trainer.train[0]
-        probe = Probe(list(first.input_ids), self._probe_tokens(), trainer.tokenizer.decode, first.images)
+        probe = Probe(first.input_ids.tolist(), self._probe_tokens(), trainer.tokenizer.decode, first.images)
         self.followers = followers_of(groups, self.source, self.gpus, probe)
         self.gpus.start()
         self.planner = trainer.planner(groups)

@@ -113,7 +113,7 @@ def teacher_batch(samples: list[Sample]) -> TeacherBatch:
     # Images come with the one sequence teacher and student share (no teacher input of its own).
     images = [s.images for s in samples] if any(s.images is not None for s in samples) else []
     return TeacherBatch(
-        sequences=[list(s.teacher_input_ids or s.input_ids) for s in samples],
+        sequences=[s.teacher_sequence.tolist() for s in samples],
         positions=[s.teacher_loss_positions() for s in samples],
         images=images,
     )

@@ -10,11 +10,12 @@ schedule, or fail deep in the checkpoint loader (another student model's shapes)
 
 import hashlib
 import json
-from array import array
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from kubedistill.api.job import DistillationJob
 from kubedistill.api.status import RESUME_REFUSED_WORDS
@@ -107,10 +108,13 @@ def data_identity(samples: Iterable[Sample]) -> DataIdentity:
     records = 0
     for sample in samples:
         records += 1
-        for tokens in (sample.input_ids, sample.teacher_input_ids or ()):
-            digest.update(array("q", tokens).tobytes() + b"|")
-        for mask in (sample.target_mask, sample.teacher_target_mask or ()):
-            digest.update(bytes(mask) + b"|")
+        # int64 and one byte a mask entry: the bytes checkpoints recorded when samples were tuples.
+        for tokens in (sample.input_ids, sample.teacher_input_ids):
+            digest.update(b"" if tokens is None else tokens.astype(np.int64).tobytes())
+            digest.update(b"|")
+        for mask in (sample.target_mask, sample.teacher_target_mask):
+            digest.update(b"" if mask is None else mask.tobytes())
+            digest.update(b"|")
     return DataIdentity(records=records, sha256=digest.hexdigest())
 
 

@@ -13,6 +13,8 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Protocol
 
+import numpy as np
+
 from kubedistill.api.job import DistillationJob, SpecError
 from kubedistill.api.spec import DistillationJobSpec
 from kubedistill.runtime.data.batching import global_batches, steps_per_epoch
@@ -173,7 +175,7 @@ class RolloutBatches:
         assert rollout is not None
         images = [p.images for p in prompts] if any(p.images is not None for p in prompts) else None
         return self._rollout.generate(
-            [list(p.input_ids) for p in prompts],
+            [p.input_ids.tolist() for p in prompts],
             SamplingConfig(
                 max_new_tokens=rollout.max_new_tokens,
                 temperature=rollout.temperature,
@@ -201,13 +203,14 @@ def with_response(prompt: Sample, response: list[int], max_length: int) -> Sampl
         at = response.index(prompt.images.image_token_id)
         notes.append(f"the response cut at token {at}, an image placeholder the engine sampled")
         response = response[:at]
+    generated = np.asarray(response, dtype=np.int32)
     teacher_ids = teacher_mask = None
     if prompt.teacher_input_ids is not None:
-        teacher_ids = prompt.teacher_input_ids + tuple(response)
-        teacher_mask = (False,) * len(prompt.teacher_input_ids) + (True,) * len(response)
+        teacher_ids = np.concatenate([prompt.teacher_input_ids, generated])
+        teacher_mask = np.arange(len(teacher_ids)) >= len(prompt.teacher_input_ids)
     return Sample(
-        input_ids=prompt.input_ids + tuple(response),
-        target_mask=(False,) * len(prompt.input_ids) + (True,) * len(response),
+        input_ids=np.concatenate([prompt.input_ids, generated]),
+        target_mask=np.arange(len(prompt.input_ids) + len(response)) >= len(prompt.input_ids),
         source=f"{prompt.source} (rollout)",
         prompt_length=len(prompt.input_ids),
         teacher_input_ids=teacher_ids,

@@ -97,9 +97,9 @@ def test_both_part_shapes_and_a_data_url_give_the_same_sample(tmp_path: Path, st
     assert len(samples) == 4
     first = samples[0]
     for other in samples[1:]:
-        assert (other.input_ids, other.target_mask, other.images) == (
-            first.input_ids,
-            first.target_mask,
+        assert (other.input_ids.tolist(), other.target_mask.tolist(), other.images) == (
+            first.input_ids.tolist(),
+            first.target_mask.tolist(),
             first.images,
         )
 
@@ -127,7 +127,7 @@ def test_the_loss_covers_the_assistants_text_only_and_each_image_becomes_its_pat
     # 60x70 resizes to 56x70 -> 4x5 patches; 112x112 -> 8x8; every 2x2 patches make one token.
     assert sample.images.image_grid_thw == ((1, 4, 4), (1, 8, 8))
     image_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
-    assert sample.input_ids.count(image_id) == 4 + 16
+    assert sample.input_ids.tolist().count(image_id) == 4 + 16
     assert sample.images.pixel_values.shape[0] == 16 + 64
     prompt = tokenizer.decode(sample.input_ids[: sample.prompt_length])
     assert prompt.endswith(f"<|vision_end|>{ASK}<|im_end|>\n<|im_start|>assistant\n")
@@ -263,7 +263,8 @@ def test_a_long_response_is_cut_but_a_prompt_with_images_is_not(tmp_path: Path, 
     source = write_data(tmp_path / "train.jsonl", [long])
     full = load(source, student, max_length=4096, prompt_max_length=2048).samples[0]
     (cut,) = load(source, student, max_length=full.prompt_length + 3, prompt_max_length=2048).samples
-    assert cut.input_ids == full.input_ids[: full.prompt_length + 3] and cut.images == full.images
+    assert cut.input_ids.tolist() == full.input_ids[: full.prompt_length + 3].tolist()
+    assert cut.images == full.images
     assert cut.truncation is not None and "maxLength" in cut.truncation
     with pytest.raises(BadRecordError, match="a prompt with images is not cut"):
         load(source, student, max_length=4096, prompt_max_length=full.prompt_length - 1)

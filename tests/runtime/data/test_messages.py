@@ -74,7 +74,7 @@ def test_a_template_that_drops_tool_calls_is_refused_rather_than_losing_them(tok
 
 def test_a_record_without_tool_calls_is_read_as_before_by_a_tool_template(tool_tokenizer, tokenizer) -> None:
     plain = chat(("user", "What is 2+2?"), ("assistant", "The answer is 4."))
-    assert build(tool_tokenizer, plain).input_ids == build(tokenizer, plain).input_ids
+    assert build(tool_tokenizer, plain).input_ids.tolist() == build(tokenizer, plain).input_ids.tolist()
 
 
 def test_tool_calls_with_a_teacher_of_another_tokenizer_are_a_bad_record_not_a_wrong_alignment(

@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 
 from kubedistill.runtime.data.sample import Sample
@@ -65,3 +66,19 @@ def test_without_teacher_input_the_teacher_loss_positions_are_the_students() -> 
 def test_inconsistent_samples_are_rejected(overrides: dict[str, object], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         sample(**overrides)
+
+
+def test_sequences_are_held_as_read_only_int32_and_bool_arrays_whatever_was_handed_in() -> None:
+    built = sample(teacher_input_ids=[20, 21, 22, 13, 14], teacher_target_mask=[0, 0, 0, 1, 1])
+    assert [(array.dtype, array.flags.writeable) for array in (built.input_ids, built.teacher_input_ids)] == [
+        (np.int32, False),
+        (np.int32, False),
+    ]
+    assert built.target_mask.dtype == built.teacher_target_mask.dtype == np.bool_
+    assert built.teacher_labels() == [13, 14]
+
+
+def test_samples_are_equal_when_every_field_is_and_differ_in_one_token() -> None:
+    assert sample() == sample(input_ids=np.array([10, 11, 12, 13, 14, 15], dtype=np.int64))
+    assert sample() != sample(input_ids=(10, 11, 12, 13, 14, 16))
+    assert sample() != sample(source="train.jsonl:2")

@@ -50,10 +50,7 @@ def test_every_training_mode_reads_a_record_the_same_way(tokenizer, mode: Mode) 
 
 def test_a_prompt_response_record_with_the_template_is_a_user_and_an_assistant_message(tokenizer) -> None:
     pair = build(tokenizer, {"prompt": "What is 2+2?", "response": "The answer is 4."}, PAIRS)
-    assert (pair.input_ids, pair.target_mask) == (
-        build(tokenizer, QUESTION).input_ids,
-        build(tokenizer, QUESTION).target_mask,
-    )
+    assert pair == build(tokenizer, QUESTION)
 
 
 def test_a_prompt_response_record_without_the_template_is_plain_text_ending_in_eos(tokenizer) -> None:
@@ -70,7 +67,7 @@ def test_a_prompt_response_record_without_the_template_is_plain_text_ending_in_e
 def test_a_long_record_loses_the_end_of_its_response(tokenizer) -> None:
     full = build(tokenizer, LONG)
     cut = build(tokenizer, LONG, max_length=full.prompt_length + 5)
-    assert cut.input_ids == full.input_ids[: full.prompt_length + 5]
+    assert cut.input_ids.tolist() == full.input_ids[: full.prompt_length + 5].tolist()
     assert cut.num_targets == 5
     assert cut.labels() == full.labels()[:5]
 
@@ -150,7 +147,7 @@ def test_context_distillation_keeps_every_assistant_turn_of_a_chat_for_the_teach
         "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n"
         "<|im_start|>assistant\nParis is the capital of France.<|im_end|>\n"
     )
-    assert sample.teacher_target_mask.count(True) == sample.num_targets
+    assert sample.teacher_target_mask.sum() == sample.num_targets
 
 
 def test_prompt_response_records_give_the_teacher_the_context_key_as_its_prompt(tokenizer) -> None:

@@ -122,7 +122,7 @@ def test_a_prompt_whose_markup_alone_is_too_long_is_a_bad_record_naming_the_limi
 def test_the_teacher_prompt_is_cut_inside_its_content_too(tokenizer) -> None:
     record = QUESTION | {"context": "You are a careful tutor. " * 6 + "What is 2+2?"}
     cut = build(tokenizer, record, CONTEXT, prompt_max_length=20)
-    teacher_prompt = cut.teacher_target_mask.index(True)
+    teacher_prompt = cut.teacher_target_mask.tolist().index(True)
     assert teacher_prompt == 20
     assert tokenizer.decode(cut.teacher_input_ids[:teacher_prompt]).startswith("<|im_start|>user\n")
     assert tokenizer.decode(cut.teacher_input_ids[:teacher_prompt]).endswith(
@@ -162,5 +162,5 @@ def test_plain_text_prompts_lose_their_beginning(tokenizer) -> None:
     fields = {"prompt": "Tell me more about it. " * 8 + "What is 2+2?", "response": " The answer is 4."}
     full = build(tokenizer, fields, pairs, apply_chat_template=False)
     cut = build(tokenizer, fields, pairs, apply_chat_template=False, prompt_max_length=10)
-    assert cut.input_ids == full.input_ids[full.prompt_length - 10 :]
+    assert cut.input_ids.tolist() == full.input_ids[full.prompt_length - 10 :].tolist()
     assert cut.truncation.startswith("cut ")

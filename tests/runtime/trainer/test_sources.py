@@ -62,7 +62,7 @@ def _prompt(images: ImageInputs | None = None) -> Sample:
 
 def test_a_generated_response_becomes_the_targets_after_its_prompt_whole() -> None:
     sample = with_response(_prompt(), [7, 8, 9], max_length=16)
-    assert sample.input_ids == (1, 2, 3, 3, 4, 7, 8, 9)
+    assert sample.input_ids.tolist() == [1, 2, 3, 3, 4, 7, 8, 9]
     assert sample.labels() == [7, 8, 9]
     assert sample.truncation is None
 
