@@ -377,6 +377,10 @@ class ClusterSpec(SpecModel):
     """Teacher, student (and rollout) share the same GPUs, taking turns (SGLang sleep/wake-up)."""
     shm_size: Quantity = "64Gi"
     """Size of the memory-backed /dev/shm of every Ray pod."""
+    termination_grace_period_seconds: PositiveInt = 300
+    """Seconds a Ray pod has between SIGTERM and SIGKILL when it is stopped (eviction, preemption, a node
+    drain, `helm uninstall`): the trainer finishes its step and writes a checkpoint in that time, which a
+    large student's checkpoint needs more of than Kubernetes' default 30."""
     volumes: list[KubernetesObject] = []
     """Extra pod volumes (Kubernetes Volume objects), e.g. PVCs holding models, data and checkpoints."""
     volume_mounts: list[KubernetesObject] = []

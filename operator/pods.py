@@ -173,7 +173,12 @@ def _template(job: DistillationJob, container: KubeObject, volumes: list[KubeObj
     """A pod of the job: it meets the "restricted" Pod Security Standard, unless the spec's own volumes,
     environment or `cluster.worker.ipcLock` do not. Placement is the caller's: head and workers differ."""
     cluster = job.spec.cluster
-    spec: KubeObject = {"securityContext": copy.deepcopy(POD_SECURITY_CONTEXT), "containers": [container]}
+    spec: KubeObject = {
+        "securityContext": copy.deepcopy(POD_SECURITY_CONTEXT),
+        "containers": [container],
+        # Time for the trainer to end its step and checkpoint after SIGTERM (runtime/trainer/stopping.py).
+        "terminationGracePeriodSeconds": cluster.termination_grace_period_seconds,
+    }
     if volumes:
         spec["volumes"] = volumes
     if cluster.image_pull_secrets:

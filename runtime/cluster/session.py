@@ -2,8 +2,12 @@
 
 import logging
 import os
+import signal
 import subprocess
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 log = logging.getLogger(__name__)
 
@@ -20,15 +24,17 @@ def connect(num_cpus: int | None = None) -> None:
     # RayJob the cluster's own settings apply.
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     if os.environ.get("RAY_ADDRESS"):
-        ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=True)
+        with _sigterm_left_to_the_driver():
+            ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=True)
         return
     _start_watchdog()
-    ray.init(
-        num_cpus=num_cpus or os.cpu_count() or 1,
-        include_dashboard=False,
-        log_to_driver=True,
-        logging_level=logging.WARNING,
-    )
+    with _sigterm_left_to_the_driver():
+        ray.init(
+            num_cpus=num_cpus or os.cpu_count() or 1,
+            include_dashboard=False,
+            log_to_driver=True,
+            logging_level=logging.WARNING,
+        )
 
 
 def disconnect() -> None:
@@ -49,6 +55,26 @@ def disconnect() -> None:
     if _watchdog is not None and node is not None:
         node.kill_monitor(check_alive=False)
     ray.shutdown()
+
+
+@contextmanager
+def _sigterm_left_to_the_driver() -> Iterator[None]:
+    """Around `ray.init`: the driver's SIGTERM handler stays its own (Ray's would `sys.exit` at once), and the
+    processes a local Ray starts, which share the driver's process group, are born with SIGTERM blocked, as
+    Ray blocks SIGINT in them (`ray/_private/services.py:1049`, Ray 2.60): a SIGTERM to the group (a
+    container's stop, a terminal's `kill -TERM -PGID`) reaches the driver alone, which ends the step and
+    checkpoints before it stops them. Ray stops its processes with SIGKILL, which no mask blocks."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    handler = signal.getsignal(signal.SIGTERM)
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    try:
+        yield
+    finally:
+        if handler is not None:  # None: a handler set outside Python, which Ray's did not replace
+            signal.signal(signal.SIGTERM, handler)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
 
 def _start_watchdog() -> None:

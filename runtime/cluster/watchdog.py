@@ -61,8 +61,10 @@ def watch(driver: int) -> None:
 
 
 def main() -> None:
-    # Ctrl-C reaches the whole process group: the driver handles it, and this process must outlive it.
+    # Ctrl-C and a SIGTERM to the process group reach this process too: the driver handles them, and this
+    # process must outlive it.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     watch(int(sys.argv[1]))
 
 

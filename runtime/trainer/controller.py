@@ -12,7 +12,8 @@ engines that follow, evaluate, checkpoint. Teacher inference for step N+1 overla
 import logging
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from kubedistill.runtime.data.errors import BadRecord
 from kubedistill.runtime.data.images import ImageProcessing, load_image_processing
 from kubedistill.runtime.data.load import load_samples
 from kubedistill.runtime.data.sample import Sample
+from kubedistill.runtime.models.chat_clock import pin_chat_clock
 from kubedistill.runtime.models.loading import compute_dtype, load_tokenizer
 from kubedistill.runtime.models.roles import (
     has_teacher,
@@ -60,8 +62,9 @@ from kubedistill.runtime.trainer.planning import Planner, StepPlan, await_teache
 from kubedistill.runtime.trainer.preflight import metrics_port_asked
 from kubedistill.runtime.trainer.records import EvalRecord, RecordLog, TrainRecord, read_records
 from kubedistill.runtime.trainer.report import Progress, plot_losses, print_summary, write_summary
-from kubedistill.runtime.trainer.resume import check_resumable, check_start, is_finished, origin_of
+from kubedistill.runtime.trainer.resume import Origin, check_resumable, check_start, is_finished, origin_of
 from kubedistill.runtime.trainer.sources import BatchSource, DatasetBatches, RolloutBatches, epoch_steps
+from kubedistill.runtime.trainer.stopping import Stopping, Terminated
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +97,8 @@ class RunOptions:
     the trainer makes and serves its own."""
     generation: Mapping[str, Any] | None = None
     """What the generation phase reports for `summary.json` (its counts and the tokens it paid for)."""
+    stopping: Stopping = field(default_factory=Stopping)
+    """Whether SIGTERM asked the run to stop: `kubedistill run` installs it as the signal's handler."""
 
 
 @dataclass(frozen=True)
@@ -117,6 +122,11 @@ class Trainer:
         teacher_tokenizer = teacher_tokenizer_path(job)
         self.teacher_tokenizer = load_tokenizer(teacher_tokenizer) if teacher_tokenizer else None
         """Read once for every data source; None without a teacher."""
+        self.chat_clock = self._chat_clock()
+        """The moment the chat templates see, whichever day the run renders the records on."""
+        for tokenizer in (self.tokenizer, self.teacher_tokenizer):
+            if tokenizer is not None:
+                pin_chat_clock(tokenizer, self.chat_clock)
         self.images, self.teacher_images = self._image_processing()
         # On-policy (self-distillation too) trains on prompts; its eval data keeps the dataset's responses
         # to score.
@@ -131,7 +141,7 @@ class Trainer:
         for bad in self.bad_records:
             log.warning("skipped bad record %s", bad)
         self.truncated = [sample for sample in self.train + self.eval if sample.truncation]
-        self.origin = origin_of(job, self.train)
+        self.origin = origin_of(job, self.train, self.chat_clock)
         self.steps_per_epoch = epoch_steps(self.spec, len(self.train))
         self.total_steps = self.steps_per_epoch * self.spec.training.epochs
         if self.spec.training.max_steps is not None:
@@ -169,6 +179,14 @@ class Trainer:
     def finished(self, checkpoint: Checkpoint | None) -> bool:
         """Whether this run has nothing left to do: trained to its stop step, and the output written."""
         return is_finished(checkpoint, self.stop_step, self.options.output_dir, self.job.name)
+
+    def _chat_clock(self) -> datetime:
+        """The moment the newest checkpoint's run rendered its records at (what a resume must render again),
+        else now: a job's templates see one date, its first run's."""
+        path = self.spec.checkpoint.path
+        latest = find_checkpoint(Path(path)) if path else None
+        recorded = Origin.from_json(latest.origin).chat_clock if latest and latest.origin else None
+        return datetime.fromisoformat(recorded) if recorded else datetime.now().astimezone()
 
     def _load(self, source: DataSource, field_path: str, mode: Mode) -> tuple[list[Sample], list[BadRecord]]:
         loaded = load_samples(
@@ -224,7 +242,7 @@ class Trainer:
                 groups.shutdown(graceful=False)
                 raise
             groups.shutdown()
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, Terminated):
             # What was done stays readable; the checkpoints hold what a re-run goes on from.
             if training is not None and training.records.totals.last is not None:
                 training.report(training.state, interrupted=True)
@@ -357,6 +375,8 @@ class Training:
             options.progress,
         )
         plan = self._plan(state) if state.step < stop else None
+        stopping = options.stopping
+        stopping.graceful = True
         try:
             while plan is not None:
                 started = time.perf_counter()
@@ -393,12 +413,27 @@ class Training:
                 self._reached(state)
                 if options.on_step is not None:
                     options.on_step(StepEvent(state, record, self.groups))
+                if stopping.requested and state.step < stop:
+                    self._stop(state)
                 if next_plan is None and state.step < stop:
                     next_plan = self._plan(state)
                 plan = next_plan
         finally:
+            stopping.graceful = False
             progress.close()
         return state
+
+    def _stop(self, state: TrainerState) -> None:
+        """SIGTERM came during the step just done: checkpoint it (unless it was checkpointed as due, or is
+        inside an on-policy round, whose samples came from weights no checkpoint holds), then stop."""
+        log.warning("SIGTERM: stopping after step %d", state.step)
+        if (
+            self.trainer.checkpoints
+            and not self._checkpoint_due(state)
+            and self.source.resumable_at(state.batch_in_epoch)
+        ):
+            self._save(state)
+        raise Terminated
 
     def _plan(self, state: TrainerState) -> StepPlan:
         batch = self.source.samples(state.epoch, state.batch_in_epoch)

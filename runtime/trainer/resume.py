@@ -12,6 +12,7 @@ import hashlib
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -84,22 +85,35 @@ class Origin:
     data: DataIdentity
     job: str | None = None
     """The job's name: a checkpoint belongs to one job. None in checkpoints that did not record it."""
+    chat_clock: str | None = None
+    """The moment (ISO 8601) the chat templates saw when the records were rendered: a template that writes
+    today's date into prompts renders the same tokens on a later day (`runtime/models/chat_clock.py`)."""
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_json(cls, value: Mapping[str, Any]) -> "Origin":
-        return cls(spec=dict(value["spec"]), data=DataIdentity(**value["data"]), job=value.get("job"))
+        return cls(
+            spec=dict(value["spec"]),
+            data=DataIdentity(**value["data"]),
+            job=value.get("job"),
+            chat_clock=value.get("chat_clock"),
+        )
 
 
 class ResumeRefused(Exception):
     """The checkpoint was made from another job: its message is the one line a user (or the operator) sees."""
 
 
-def origin_of(job: DistillationJob, train: Iterable[Sample]) -> Origin:
+def origin_of(job: DistillationJob, train: Iterable[Sample], chat_clock: datetime | None = None) -> Origin:
     spec = job.spec.model_dump(mode="json", by_alias=True)
-    return Origin(spec=dict(_flatten(spec, "spec")), data=data_identity(train), job=job.name)
+    return Origin(
+        spec=dict(_flatten(spec, "spec")),
+        data=data_identity(train),
+        job=job.name,
+        chat_clock=chat_clock.isoformat() if chat_clock else None,
+    )
 
 
 def data_identity(samples: Iterable[Sample]) -> DataIdentity:

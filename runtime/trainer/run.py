@@ -1,4 +1,5 @@
-"""`kubedistill run`'s work on this machine: the checks before Ray, resume or restart, train, Ctrl-C.
+"""`kubedistill run`'s work on this machine: the checks before Ray, resume or restart, train, Ctrl-C and
+SIGTERM.
 
 The command line itself (parsing, loading the manifest) is `kubedistill.cli`, above the packages.
 """
@@ -12,6 +13,7 @@ import typer
 
 from kubedistill.api.job import DistillationJob, SpecError
 from kubedistill.runtime.trainer import preflight
+from kubedistill.runtime.trainer.stopping import TERMINATED_EXIT_CODE, Stopping, Terminated
 
 if TYPE_CHECKING:
     from kubedistill.api.job import DistillationJob
@@ -29,7 +31,34 @@ def run_job(
     restart: bool,
 ) -> None:
     """Train `job` (read from `file`, which problems are reported against); `typer.Exit(1)` with one line
-    per problem for a mistake the user can fix."""
+    per problem for a mistake the user can fix, `typer.Exit(130)` after Ctrl-C and `typer.Exit(143)` after
+    SIGTERM, each with a line saying where it stopped."""
+    try:
+        with Stopping().handling_sigterm() as stopping:
+            _run_job(
+                job,
+                file,
+                stopping,
+                max_steps=max_steps,
+                output=output,
+                metrics_port=metrics_port,
+                restart=restart,
+            )
+    except Terminated:
+        typer.echo(f"{file}: stopped by SIGTERM before training started", err=True)
+        raise typer.Exit(TERMINATED_EXIT_CODE) from None
+
+
+def _run_job(
+    job: DistillationJob,
+    file: Path,
+    stopping: Stopping,
+    *,
+    max_steps: int | None,
+    output: Path | None,
+    metrics_port: int | None,
+    restart: bool,
+) -> None:
     from kubedistill.runtime.trainer.metrics import LOCAL_NAMESPACE, TrainerMetrics, pod_namespace
 
     metrics: TrainerMetrics | None = None
@@ -70,6 +99,7 @@ def run_job(
         namespace=namespace,
         metrics=metrics,
         generation=generation,
+        stopping=stopping,
     )
     try:
         # The trainer reads and tokenises the data as it is built: before Ray starts, so that bad data
@@ -108,7 +138,9 @@ def run_job(
         connect()
         trainer.run()
     except KeyboardInterrupt:
-        raise _interrupted(file, trainer) from None
+        raise _interrupted(file, trainer, "interrupted", 130) from None
+    except Terminated:
+        raise _interrupted(file, trainer, "stopped by SIGTERM", TERMINATED_EXIT_CODE) from None
 
 
 def _generate(
@@ -151,6 +183,12 @@ def _generate(
         metrics.close()
         typer.echo(f"{file}: interrupted during generation; a re-run goes on from {store.path}", err=True)
         raise typer.Exit(130) from None
+    except Terminated:
+        metrics.close()
+        typer.echo(
+            f"{file}: stopped by SIGTERM during generation; a re-run goes on from {store.path}", err=True
+        )
+        raise typer.Exit(TERMINATED_EXIT_CODE) from None
     typer.echo(f"{file}: {result.summary()}")
     problem = result.problem(generation.min_kept_fraction)
     if problem is not None:
@@ -168,8 +206,8 @@ def _generate(
     return phase.training_job(job, result.path), summary
 
 
-def _interrupted(file: Path, trainer: "Trainer") -> typer.Exit:
-    """Ctrl-C: where training stopped, and where a re-run goes on from."""
+def _interrupted(file: Path, trainer: "Trainer", how: str, code: int) -> typer.Exit:
+    """Ctrl-C or SIGTERM: where training stopped, and where a re-run goes on from."""
     reached = trainer.steps_done
     where = "before training started" if reached is None else f"at step {reached} of {trainer.total_steps}"
     latest = trainer.checkpoints.latest() if trainer.checkpoints else None
@@ -180,5 +218,5 @@ def _interrupted(file: Path, trainer: "Trainer") -> typer.Exit:
     else:
         then = "spec.checkpoint.path is unset: a re-run starts from step 0"
     written = f"; what was done is in {trainer.options.output_dir}" if reached else ""
-    typer.echo(f"{file}: interrupted {where}; {then}{written}", err=True)
-    return typer.Exit(130)
+    typer.echo(f"{file}: {how} {where}; {then}{written}", err=True)
+    return typer.Exit(code)

@@ -93,13 +93,22 @@ CITED: list[tuple[str, int, str]] = [
     ("controllers/ray/utils/constant.go", 108, "DefaultMetricsPort              = 8080"),
     ("controllers/ray/utils/constant.go", 115, 'MetricsPortName   = "metrics"'),
     ("controllers/ray/utils/constant.go", 126, 'ApplicationName = "kuberay"'),
+    # SIGTERM (issue 33, item 4): a run that exits non-zero fails the RayJob, which is retried.
+    ("controllers/ray/rayjob_controller.go", 346, "jobDeploymentStatus = rayv1.JobDeploymentStatusFailed"),
+    (
+        "controllers/ray/rayjob_controller.go",
+        542,
+        "if rayJob.Status.JobDeploymentStatus == rayv1.JobDeploymentStatusFailed && rayJob.Spec.BackoffLimit",
+    ),
 ]
 
-# Where the operator's code and the tests' stand-ins for KubeRay cite its source.
+# Where the code (the operator's, the trainer's exit on SIGTERM) and the tests' stand-ins for KubeRay cite
+# its source.
 CITING = [
     *sorted((ROOT / "operator").glob("*.py")),
     ROOT / "tests" / "e2e" / "kuberay.py",
     Path(__file__).resolve().parent / "kuberay.py",
+    ROOT / "runtime" / "trainer" / "stopping.py",
 ]
 CITATION = re.compile(r"\b([\w/]+\.go):(\d+)")
 

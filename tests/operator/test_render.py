@@ -497,3 +497,16 @@ def test_the_ray_cluster_names_the_ray_that_the_runtime_image_installs() -> None
     assert pin.operator == "=="
     _, rayjob = rendered(job())
     assert rayjob["spec"]["rayClusterSpec"]["rayVersion"] == pin.version == version("ray")
+
+
+@pytest.mark.parametrize(("cluster", "seconds"), [({}, 300), ({"terminationGracePeriodSeconds": 900}, 900)])
+def test_every_ray_pod_gives_the_trainer_time_to_checkpoint_after_sigterm(
+    cluster: dict[str, Any], seconds: int
+) -> None:
+    """Eviction, preemption and a drain send SIGTERM, then SIGKILL after the pod's grace period (Kubernetes'
+    default 30 s): the trainer ends its step and writes a checkpoint in between."""
+    _, rayjob = rendered(job(cluster=cluster))
+    head, workers = _pods(rayjob)
+    assert [pod["spec"]["terminationGracePeriodSeconds"] for pod in (head, *workers)] == [seconds] * (
+        1 + len(workers)
+    )

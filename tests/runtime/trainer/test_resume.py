@@ -1,14 +1,20 @@
 """What a checkpoint was made from, and which changes to a job it survives."""
 
+import shutil
+from datetime import datetime, timedelta, tzinfo
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
 import pytest
+from transformers.utils import chat_template_utils
 
 from kubedistill.api import parse_job
 from kubedistill.api.spec import DistillationJobSpec
 from kubedistill.runtime.data.sample import Sample
-from kubedistill.runtime.trainer.checkpoints import Checkpoint, TrainerState
+from kubedistill.runtime.trainer import controller
+from kubedistill.runtime.trainer.checkpoints import Checkpoint, CheckpointDirectory, TrainerState
+from kubedistill.runtime.trainer.controller import RunOptions, Trainer
 from kubedistill.runtime.trainer.resume import (
     MAY_CHANGE,
     Origin,
@@ -20,6 +26,7 @@ from kubedistill.runtime.trainer.resume import (
     origin_of,
 )
 from tests.api.manifests import BASE, apply_changes
+from tests.runtime.conftest import TinyWorld, job_manifest
 
 RECORDS = [
     Sample(input_ids=(1, 2, 3, 4), target_mask=(False, False, True, True), source="a:1", prompt_length=2),
@@ -177,3 +184,56 @@ def test_resume_from_takes_another_jobs_checkpoint_with_other_data_and_settings(
     start = _checkpoint(_named("first"))
     changed = _origin({"metadata.name": "second", "spec.training.learningRate": 1.0e-5}, records=RECORDS[:1])
     assert check_start(start, "/ckpt", changed, "/ckpt-second") == start
+
+
+class _Tomorrow(datetime):
+    """The clock a day on: what a run after midnight reads."""
+
+    @classmethod
+    def now(cls, tz: tzinfo | None = None) -> "_Tomorrow":
+        today = datetime.now(tz)
+        return cls.fromtimestamp(today.timestamp(), today.tzinfo) + timedelta(days=1)
+
+
+@pytest.mark.parametrize(
+    ("template", "date_format"), [("llama3_2.jinja", "Today Date: %d %b %Y"), ("gptoss.jinja", "%Y-%m-%d")]
+)
+def test_a_resume_the_next_day_renders_the_first_days_date_and_is_not_refused(
+    tiny: TinyWorld, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, template: str, date_format: str
+) -> None:
+    """Llama 3.x and gpt-oss templates write today's date into every prompt: the job's first run records the
+    moment its templates saw, and a run the next day renders the records as on the first day."""
+    student = tmp_path / "student"
+    shutil.copytree(tiny.student, student)
+    (student / "chat_template.jinja").write_text((files("trl") / "chat_templates" / template).read_text())
+    train = tmp_path / "train.jsonl"
+    train.write_text("".join(tiny.train.read_text().splitlines(keepends=True)[:16]))
+    checkpoints = tmp_path / "ckpt"
+    manifest = job_manifest(
+        tiny,
+        "next-day",
+        mode="sft",
+        teacher=None,
+        student={"model": str(student)},
+        # One global batch of records; the templates' system prompts are long.
+        data={"train": {"path": str(train)}, "maxLength": 2048, "promptMaxLength": 1024},
+        checkpoint={"path": str(checkpoints)},
+    )
+    job = parse_job(manifest)
+    options = RunOptions(output_dir=tmp_path / "out")
+    first = Trainer(job, options)
+    assert datetime.now().strftime(date_format) in first.tokenizer.decode(list(first.train[0].input_ids))
+    directory = CheckpointDirectory(checkpoints, keep=1)
+    directory.commit(
+        directory.staging(2), TrainerState(step=2, epoch=0, batch_in_epoch=2), first.origin.to_json()
+    )
+
+    monkeypatch.setattr(chat_template_utils, "datetime", _Tomorrow)
+    monkeypatch.setattr(controller, "datetime", _Tomorrow)
+    fresh = Trainer(parse_job({**manifest, "spec": {**manifest["spec"], "checkpoint": {}}}), options)
+    assert _Tomorrow.now().strftime(date_format) in fresh.tokenizer.decode(list(fresh.train[0].input_ids)), (
+        "a job without a checkpoint renders the day it runs"
+    )
+    resumed = Trainer(job, options)
+    resumed.resume_point()
+    assert [list(s.input_ids) for s in resumed.train] == [list(s.input_ids) for s in first.train]

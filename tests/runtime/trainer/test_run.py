@@ -1,8 +1,10 @@
-"""`kubedistill run` as a user meets it across runs: Ctrl-C, a re-run that resumes, a re-run of a finished
-job, a changed job, `--restart`, and a kill -9.
+"""`kubedistill run` as a user meets it across runs: Ctrl-C, SIGTERM, a re-run that resumes, a re-run of a
+finished job, a changed job, `--restart`, a kill -9, and a second job started from the first one's
+checkpoint.
 
-One job is run for real three times (interrupted, resumed to its end, restarted and killed); every other
-re-run here is refused or found finished before Ray starts, so it takes seconds.
+One job is run for real three times (interrupted, resumed to its end, restarted and killed), and a second
+job once (started from the first's checkpoint, stopped by SIGTERM); every other re-run here is refused or
+found finished before Ray starts, so it takes seconds.
 """
 
 import json
@@ -88,11 +90,12 @@ def job(tiny: TinyWorld, tmp_path_factory: pytest.TempPathFactory) -> Job:
 
 
 def _as_a_shell_starts_a_job() -> None:
-    """A shell starts a foreground job with Ctrl-C's default action and no signal blocked. A test worker
-    may not be so: its SIGINT ignored or blocked, which a child inherits across exec, so Ctrl-C never
-    reached the run (seen in `make test` on two workers: the run trained to its end and exited 0)."""
+    """A shell starts a foreground job with Ctrl-C's and SIGTERM's default actions and no signal blocked. A
+    test worker may not be so: its SIGINT ignored or blocked, which a child inherits across exec, so Ctrl-C
+    never reached the run (seen in `make test` on two workers: the run trained to its end and exited 0)."""
     signal.pthread_sigmask(signal.SIG_SETMASK, [])
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def _start(args: list[str], cwd: Path, ray_root: str) -> subprocess.Popen:
@@ -133,6 +136,44 @@ def interrupted(job: Job) -> Outcome:
 @pytest.fixture(scope="module")
 def interrupted_history(job: Job, interrupted: Outcome) -> list[dict]:
     return job.history()
+
+
+@dataclass(frozen=True)
+class Terminated:
+    outcome: Outcome
+    file: Path
+    checkpoints: Path
+    output: Path
+
+    def history(self) -> list[dict]:
+        return [json.loads(line) for line in (self.output / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def terminated(job: Job, interrupted_history: list[dict]) -> Terminated:
+    """A second job, started from the interrupted job's checkpoints (spec.checkpoint.resumeFrom), given
+    SIGTERM (to the whole process group, as `docker stop` or a kubelet stopping a container whose first
+    process it is) once two steps are done. It checkpoints only when stopped (everySteps beyond its end)."""
+    root = job.root / "next"
+    root.mkdir()
+    spec = {
+        **job.manifest["spec"],
+        "checkpoint": {"path": str(root / "ckpt"), "everySteps": 100, "resumeFrom": str(job.checkpoints)},
+        "output": {"path": str(root / "out")},
+    }
+    file = root / "job.yaml"
+    file.write_text(yaml.safe_dump({**job.manifest, "metadata": {"name": "cli-run-next"}, "spec": spec}))
+    records = root / "out" / "metrics.jsonl"
+    with tempfile.TemporaryDirectory(prefix="kd-ray-") as ray_root:
+        process = _start(["run", str(file)], root, ray_root)
+        deadline = time.monotonic() + CLI_TIMEOUT_SECONDS
+        while not records.is_file() or len(records.read_text().splitlines()) < 2:
+            assert process.poll() is None, f"the run ended before two steps:\n{process.communicate()[1]}"
+            assert time.monotonic() < deadline, f"no two steps after {CLI_TIMEOUT_SECONDS} s"
+            time.sleep(0.1)
+        os.killpg(process.pid, signal.SIGTERM)
+        stdout, stderr = process.communicate(timeout=CLI_TIMEOUT_SECONDS)
+    return Terminated(Outcome(process.returncode, stdout, stderr), file, root / "ckpt", root / "out")
 
 
 @pytest.fixture(scope="module")
@@ -176,6 +217,40 @@ def test_ctrl_c_leaves_the_metrics_and_summary_of_what_was_done(
     assert summary["steps"] >= 2
     trained = [record["step"] for record in interrupted_history if record["kind"] == "train"]
     assert trained == list(range(1, summary["steps"] + 1))
+
+
+def test_sigterm_ends_the_step_checkpoints_it_and_exits_143_saying_where(terminated: Terminated) -> None:
+    """143 (128 + SIGTERM) fails the Ray job, which KubeRay retries; the retry resumes from the checkpoint."""
+    outcome = terminated.outcome
+    assert outcome.exit_code == 143, outcome.stderr
+    summary = json.loads((terminated.output / "summary.json").read_text())
+    step = summary["steps"]
+    (line,) = [line for line in outcome.lines if line.startswith(f"{terminated.file}: ")]
+    checkpoint = terminated.checkpoints / f"step-{step:08d}"
+    assert line == (
+        f"{terminated.file}: stopped by SIGTERM at step {step} of {STEPS}; a re-run resumes from "
+        f"{checkpoint} (step {step}); what was done is in {terminated.output}"
+    )
+    assert sorted(path.name for path in terminated.checkpoints.iterdir()) == [f"step-{step:08d}"], (
+        "one checkpoint, at the step it stopped, and no staging directory left"
+    )
+    assert summary["interrupted"] is True
+    trained = [record["step"] for record in terminated.history() if record["kind"] == "train"]
+    assert trained == list(range(1, step + 1))
+    assert "SIGTERM received" not in outcome.stderr and "Traceback" not in outcome.stderr, outcome.stderr
+
+
+def test_a_job_started_from_another_jobs_checkpoint_takes_its_student_weights(
+    terminated: Terminated, interrupted_history: list[dict]
+) -> None:
+    """spec.checkpoint.resumeFrom: the second job counts its own steps from 1, on the same first batch as the
+    first job's step 1, from the first job's trained weights (a lower loss), under its own name."""
+    first = next(record for record in interrupted_history if record["kind"] == "train")
+    second = next(record for record in terminated.history() if record["kind"] == "train")
+    assert (first["step"], second["step"]) == (1, 1)
+    assert second["loss"] < first["loss"] - 0.05, (second["loss"], first["loss"])
+    (checkpoint,) = terminated.checkpoints.iterdir()
+    assert json.loads((checkpoint / "origin.json").read_text())["job"] == "cli-run-next"
 
 
 def test_a_rerun_after_ctrl_c_resumes_and_trains_to_the_end(job: Job, resumed: Outcome) -> None:
