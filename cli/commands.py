@@ -103,6 +103,33 @@ def run(
     run_job(job, file, max_steps=max_steps, output=output, metrics_port=metrics_port, restart=restart)
 
 
+@app.command(name="inspect")
+def inspect_data(
+    file: Annotated[
+        Path, typer.Argument(exists=True, dir_okay=False, readable=True, help="The job manifest.")
+    ],
+    records: Annotated[int, typer.Option(min=0, help="How many of the first training samples to show.")] = 3,
+    output: Annotated[
+        Path | None,
+        typer.Option(help="Where spec.generation wrote its records (default: spec.output.path, as run)."),
+    ] = None,
+) -> None:
+    """Show what a job trains on: the first samples' text with the trained tokens between [[ and ]], what the
+    teacher sees where it differs, and the counts of each data source.
+
+    The data is read as `run` reads it (templates, truncation, onBadRecord), without starting Ray.
+    """
+    import logging
+
+    from kubedistill.api.manifest import load_job
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    job = _load(file, load_job)
+    from kubedistill.runtime.trainer.inspection import inspect_job
+
+    inspect_job(job, file, records=records, output=output, echo=typer.echo)
+
+
 @app.command()
 def demo(
     output: Annotated[Path, typer.Option(help="Where assets and runs go.")] = Path("demo-output"),

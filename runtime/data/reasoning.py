@@ -39,8 +39,8 @@ def reasoning_key(message: Mapping[str, Any]) -> str | None:
 class UnrenderedReasoning:
     """The records of one data source whose assistant reasoning the chat template leaves out."""
 
-    field: str
-    """The source's spec path, e.g. `spec.data.train`."""
+    spec_path: str
+    """The source's field, e.g. `spec.data.train`."""
     template: str
     """Whose chat template: the tokenizer's name or path."""
     records: int = 0
@@ -86,7 +86,7 @@ class UnrenderedReasoning:
             "%s: %d of %d records carry an assistant's reasoning (%s) that the chat template of %s does not "
             "render, so the run trains on their answers without it; the first: %s. Use a template that "
             "renders it, or drop the field to train on answers alone",
-            self.field,
+            self.spec_path,
             self.records,
             records,
             ", ".join(sorted(self.keys)),

@@ -47,7 +47,7 @@ def load(
 
 def targets(tokenizer: Any, loaded: LoadedData) -> str:
     (sample,) = loaded.samples
-    return decoded_targets(tokenizer, sample.input_ids, sample.target_mask)
+    return decoded_targets(tokenizer, list(sample.input_ids), list(sample.target_mask))
 
 
 def reasoning_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:

@@ -1,0 +1,99 @@
+"""`kubedistill inspect`: what a job trains on, before a run, as the trainer itself reads the data."""
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from transformers import AutoTokenizer
+
+from kubedistill.api.spec import DataSource, DataSpec, Mode
+from kubedistill.runtime.data import load_samples
+from tests.runtime.conftest import TinyWorld, job_manifest
+from tests.test_bad_inputs import invoke
+
+
+def _job(tmp_path: Path, tiny: TinyWorld, **spec: Any) -> Path:
+    job = tmp_path / "job.yaml"
+    job.write_text(yaml.safe_dump(job_manifest(tiny, "inspected", **spec)), encoding="utf-8")
+    return job
+
+
+def _chat(record: dict[str, Any]) -> tuple[str, str]:
+    user, assistant = record["messages"]
+    return user["content"], assistant["content"]
+
+
+@pytest.fixture(scope="module")
+def student_tokenizer(tiny: TinyWorld) -> Any:
+    return AutoTokenizer.from_pretrained(tiny.student)
+
+
+def test_inspect_marks_the_trained_tokens_of_the_first_records_and_counts_every_source(
+    tiny: TinyWorld, tmp_path: Path, student_tokenizer: Any
+) -> None:
+    job = _job(tmp_path, tiny, data={"eval": {"path": str(tiny.eval)}})
+
+    done = invoke(["inspect", str(job), "--records", "2"])
+
+    assert done.exit_code == 0, done.stderr
+    records = [json.loads(line) for line in tiny.train.read_text().splitlines()]
+    for number, record in enumerate(records[:2], start=1):
+        question, answer = _chat(record)
+        assert (
+            f"<|im_start|>user\n{question}<|im_end|>\n<|im_start|>assistant\n[[{answer}<|im_end|>]]\n"
+        ) in done.stdout
+        assert f"── {tiny.train}:{number}: " in done.stdout
+    assert f"── {tiny.train}:3: " not in done.stdout
+    for field, path in (("spec.data.train", tiny.train), ("spec.data.eval", tiny.eval)):
+        source = DataSource(path=str(path))
+        samples = load_samples(
+            source,
+            DataSpec(train=source, max_length=64, prompt_max_length=32),
+            student_tokenizer,
+            mode=Mode.OFF_POLICY,
+        ).samples
+        tokens = sum(len(sample.input_ids) for sample in samples)
+        targets = sum(sample.num_targets for sample in samples)
+        assert (
+            f"{field}: {len(samples)} samples, {tokens} tokens, {targets} trained, 0 shortened" in done.stdout
+        )
+    assert "bad records skipped (onBadRecord: skip): 0" in done.stdout
+
+
+def test_inspect_shows_the_teachers_own_prompt_beside_the_students(tiny: TinyWorld, tmp_path: Path) -> None:
+    data = tmp_path / "context.jsonl"
+    chat = {
+        "messages": [
+            {"role": "user", "content": "Tell me about a frog."},
+            {"role": "assistant", "content": "The frog likes ponds."},
+        ],
+        "hint": "Answer tersely. Tell me about a frog.",
+    }
+    # As many as the tiny job's global batch: fewer would be refused, by inspect as by run.
+    data.write_text((json.dumps(chat) + "\n") * 16, encoding="utf-8")
+    job = _job(
+        tmp_path, tiny, data={"train": {"path": str(data), "teacherInputKey": "hint"}, "promptMaxLength": 48}
+    )
+
+    done = invoke(["inspect", str(job), "--records", "1"])
+
+    assert done.exit_code == 0, done.stderr
+    student, teacher = done.stdout.split("   the teacher sees (its prompt from 'hint'): ")
+    assert "<|im_start|>user\nTell me about a frog.<|im_end|>" in student
+    assert teacher.split("\n", 1)[1].startswith(
+        "<|im_start|>user\nAnswer tersely. Tell me about a frog.<|im_end|>\n"
+        "<|im_start|>assistant\n[[The frog likes ponds.<|im_end|>]]"
+    )
+
+
+def test_inspect_refuses_bad_data_with_the_line_a_run_prints(tiny: TinyWorld, tmp_path: Path) -> None:
+    data = tmp_path / "train.jsonl"
+    data.write_text('{"messages": [{"role": "user", "content": "hi"}]}\n', encoding="utf-8")
+    job = _job(tmp_path, tiny, data={"train": {"path": str(data)}})
+
+    done = invoke(["inspect", str(job)])
+
+    assert done.exit_code == 1
+    assert done.stderr.splitlines() == [f"{job}: {data}:1: 'messages' has no assistant message to train on"]
