@@ -1,8 +1,8 @@
 """The SGLang teacher backend on the real engine (CPU): hidden states through its replaced scheduler and
 shared memory, against the transformers teacher on the same tiny model and the same token ids.
 
-One fp32 and one bf16 engine for the module (an engine takes ~25 s to start here). The model is the tiny
-teacher the whole-job tests train from.
+One fp32 engine for the module (an engine takes ~15-25 s to start here; the bf16 one has a module of its
+own, since one process runs one engine). The model is the tiny teacher the whole-job tests train from.
 """
 
 from collections.abc import Iterator
@@ -31,10 +31,6 @@ FP32_TOLERANCE = 1e-6
 """fp32: equal up to float32 rounding. The values are of order 1 (at most ~4 here, where a float32 step is
 4.8e-7); SGLang runs the batch ragged and transformers padded, so sums go in another order. Measured 4.8e-7;
 one prompt alone is bit-equal."""
-BF16_TOLERANCE = 0.02
-"""bf16 gap allowed, relative to the largest reference value: about two bf16 steps (2^-7 relative) of
-that value. The two backends run different kernels (SGLang's forward_native, transformers' sdpa), so bf16
-rounding differs; measured 0.0086 on this model."""
 
 
 def teacher_engine(tiny: TinyWorld, precision: Precision) -> Iterator[SGLangTeacher]:
@@ -50,11 +46,6 @@ def teacher_engine(tiny: TinyWorld, precision: Precision) -> Iterator[SGLangTeac
 @pytest.fixture(scope="module")
 def fp32_engine(tiny: TinyWorld) -> Iterator[SGLangTeacher]:
     yield from teacher_engine(tiny, Precision.FP32)
-
-
-@pytest.fixture(scope="module")
-def bf16_engine(tiny: TinyWorld) -> Iterator[SGLangTeacher]:
-    yield from teacher_engine(tiny, Precision.BF16)
 
 
 @pytest.fixture(scope="module")
@@ -98,17 +89,6 @@ def test_fp32_hidden_states_equal_the_transformers_teachers_exactly(
         hidden, reference(tiny.teacher, batch, torch.float32), rtol=0, atol=FP32_TOLERANCE
     )
     assert files_left() == []
-
-
-def test_bf16_hidden_states_equal_the_transformers_teachers_within_bf16_rounding(
-    bf16_engine: SGLangTeacher, sequences: list[list[int]], tiny: TinyWorld
-) -> None:
-    batch = loss_positions(sequences)
-    hidden = bf16_engine.hidden_states(batch)
-    expected = reference(tiny.teacher, batch, torch.bfloat16)
-    assert hidden.dtype == torch.bfloat16
-    gap = (hidden.float() - expected.float()).abs().max() / expected.float().abs().max()
-    assert gap <= BF16_TOLERANCE
 
 
 def test_the_engine_reports_the_models_hidden_size(fp32_engine: SGLangTeacher) -> None:
