@@ -95,7 +95,8 @@ def write_summary(directory: Path, summary: dict) -> Path:
 def print_summary(summary: dict, console: Console | None = None) -> None:
     table = Table(title=f"KubeDistill run: {summary['job']}", show_header=True)
     table.add_column("metric")
-    table.add_column("value", justify="right")
+    # Folded, not cut: the output folder, the metrics file and the plot are paths a user copies.
+    table.add_column("value", justify="right", overflow="fold")
     for key, value in summary.items():
         if key == "job" or isinstance(value, (dict, list)):
             continue
