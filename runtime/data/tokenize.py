@@ -28,6 +28,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from kubedistill.api.job import SpecError
 from kubedistill.api.spec import DataSource, DataSpec, Mode
 from kubedistill.runtime.data.chat import Encoded, Message, TemplateRejection, encode_chat, encode_plain
@@ -280,7 +282,7 @@ class SampleBuilder:
                 "image-aware chat template"
             ) from error
         image_tokens = sum(counts)
-        if list(encoded.ids).count(self.images.image_token_id) != image_tokens:
+        if np.count_nonzero(encoded.ids == self.images.image_token_id) != image_tokens:
             raise ChatTemplateError(
                 f"the chat template renders fewer {IMAGE_TOKEN} placeholders than the chat has images "
                 f"({len(images)}); use the model's own image-aware chat template"
@@ -291,7 +293,7 @@ class SampleBuilder:
                 f"promptMaxLength {self.data.prompt_max_length}; a prompt with images is not cut"
             )
         cut, note = truncate(encoded, self.data)
-        if list(cut.ids).count(self.images.image_token_id) != image_tokens:
+        if np.count_nonzero(cut.ids == self.images.image_token_id) != image_tokens:
             raise RecordProblem(
                 f"fitting maxLength {self.data.max_length} would cut into a later turn's images; "
                 "raise maxLength or split the chat"
@@ -382,7 +384,7 @@ def _encode(
 
 
 def _targets(encoded: Encoded) -> list[int]:
-    return [token for token, target in zip(encoded.ids, encoded.mask, strict=True) if target]
+    return encoded.ids[encoded.mask].tolist()
 
 
 def _tools(fields: Mapping[str, Any]) -> list[Any] | None:

@@ -15,6 +15,9 @@ Each returns a note of what it removed, so that every shortened record is counte
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+import numpy.typing as npt
+
 from kubedistill.api.spec import DataSpec
 from kubedistill.runtime.data.chat import CONTENT, SYSTEM_CONTENT, Encoded, Message, render_chat
 from kubedistill.runtime.data.errors import RecordProblem
@@ -86,7 +89,7 @@ def truncate(encoded: Encoded, data: DataSpec) -> tuple[Encoded, str | None]:
     keep, note = _cut_prompt(encoded, data.prompt_max_length)
     if encoded.num_targets == 0:
         return _select(encoded, keep), note
-    prompt_length = sum(1 for i in keep if i < encoded.first_target)
+    prompt_length = int(np.count_nonzero(keep < encoded.first_target))
     if prompt_length == 0:
         raise RecordProblem("the response starts at the first token; a prompt must come before it")
     if prompt_length >= data.max_length:
@@ -113,40 +116,43 @@ def truncate_teacher(teacher: Encoded, kept_targets: int, data: DataSpec) -> Enc
     keep, _ = _cut_prompt(teacher, data.prompt_max_length)
     if teacher.num_targets == 0:
         return _select(teacher, keep)
-    if not any(i < teacher.first_target for i in keep):
+    if not (keep < teacher.first_target).any():
         raise RecordProblem("the teacher's response starts at its first token; a prompt must come before it")
     if kept_targets < teacher.num_targets:
-        last = [i for i, target in enumerate(teacher.mask) if target][kept_targets - 1]
-        keep = [i for i in keep if i <= last]
+        last = np.flatnonzero(teacher.mask)[kept_targets - 1]
+        keep = keep[keep <= last]
     return _select(teacher, keep)
 
 
-def _cut_prompt(encoded: Encoded, prompt_max_length: int) -> tuple[list[int], str | None]:
-    """The token indices to keep once the prompt's content lost enough tokens, earliest first."""
+Indices = npt.NDArray[np.intp]
+
+
+def _cut_prompt(encoded: Encoded, prompt_max_length: int) -> tuple[Indices, str | None]:
+    """The token indices to keep (ascending) once the prompt's content lost enough tokens, earliest first."""
     excess = encoded.first_target - prompt_max_length
-    every = list(range(len(encoded.ids)))
+    every = np.arange(len(encoded.ids))
     if excess <= 0:
         return every, None
-    ranks = encoded.cut_rank or [0] * len(encoded.ids)
-    prompt = range(encoded.first_target)
-    order = [i for i in prompt if ranks[i] == CONTENT] + [i for i in prompt if ranks[i] == SYSTEM_CONTENT]
+    ranks = encoded.cut_rank if encoded.cut_rank is not None else np.zeros(len(encoded.ids), dtype=np.int8)
+    prompt = ranks[: encoded.first_target]
+    order = np.concatenate([np.flatnonzero(prompt == CONTENT), np.flatnonzero(prompt == SYSTEM_CONTENT)])
     if len(order) < excess:
         raise RecordProblem(
             f"the prompt has {encoded.first_target} tokens, and cutting all {len(order)} of its messages' "
             f"content cannot bring it to promptMaxLength {prompt_max_length} (the chat markup stays)"
         )
-    removed = set(order[:excess])
+    removed = order[:excess]
     note = (
         f"cut {excess} of its {encoded.first_target} prompt tokens to fit promptMaxLength {prompt_max_length}"
     )
-    if any(ranks[i] == SYSTEM_CONTENT for i in removed):
+    if (ranks[removed] == SYSTEM_CONTENT).any():
         note += ", the system prompt's among them"
-    return [i for i in every if i not in removed], note
+    return np.delete(every, removed), note
 
 
-def _select(encoded: Encoded, keep: list[int]) -> Encoded:
+def _select(encoded: Encoded, keep: Indices) -> Encoded:
     """The tokens at `keep` (ascending); only prompt tokens and a tail of targets may be left out."""
-    mask = [encoded.mask[i] for i in keep]
-    spans = None if encoded.spans is None else encoded.spans[: sum(mask)]
-    ranks = None if encoded.cut_rank is None else [encoded.cut_rank[i] for i in keep]
-    return Encoded([encoded.ids[i] for i in keep], mask, spans, ranks)
+    mask = encoded.mask[keep]
+    spans = None if encoded.spans is None else encoded.spans[: int(mask.sum())]
+    ranks = None if encoded.cut_rank is None else encoded.cut_rank[keep]
+    return Encoded(encoded.ids[keep], mask, spans, ranks)

@@ -53,7 +53,7 @@ def test_system_user_and_assistant_header_are_not_targets(tokenizer) -> None:
 def test_the_newline_after_the_end_of_turn_token_is_not_a_target(tokenizer) -> None:
     encoded = encode_chat(tokenizer, SINGLE_TURN, first_response=2, add_generation_prompt=False)
     assert tokenizer.decode(encoded.ids[-2:]) == "<|im_end|>\n"
-    assert encoded.mask[-2:] == [True, False]
+    assert encoded.mask[-2:].tolist() == [True, False]
 
 
 def test_every_assistant_turn_of_a_multi_turn_chat_is_a_target_and_nothing_else(tokenizer) -> None:
