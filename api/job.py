@@ -89,6 +89,11 @@ class SpecError(ValueError):
         self.field = field
         self.message = message
 
+    def __reduce__(self) -> tuple[type["SpecError"], tuple[str, str]]:
+        # Raised in a data-preparation worker process, it crosses back pickled; the default pickling would
+        # call __init__ with the one formatted message.
+        return SpecError, (self.field, self.message)
+
 
 @dataclass
 class InvalidJob(Exception):

@@ -13,6 +13,7 @@ from kubedistill.api.spec import DataSource, DataSpec, Mode, OnBadRecord
 from kubedistill.runtime.data.alignment import same_vocabulary
 from kubedistill.runtime.data.errors import BadRecord, BadRecordError, DataFileError
 from kubedistill.runtime.data.images import IMAGE_PART_TYPES, ImageProcessing
+from kubedistill.runtime.data.prepare import available_cores, build_samples
 from kubedistill.runtime.data.reasoning import UnrenderedReasoning
 from kubedistill.runtime.data.records import Record, read_records
 from kubedistill.runtime.data.sample import Sample
@@ -48,6 +49,7 @@ def load_samples(
     cross_tokenizer: bool = False,
     images: ImageProcessing | None = None,
     teacher_images: ImageProcessing | None = None,
+    processes: int | None = None,
 ) -> LoadedData:
     """Read and tokenise every record of `source` (`field` is its spec path, named in errors).
 
@@ -58,6 +60,8 @@ def load_samples(
     `images`: the student's image processing (`data.images.load_image_processing`), for a vision-language
     student; without it a record with an image raises `SpecError` naming `field`. `teacher_images`: the
     teacher's, when it has its own processor files (each record's images are checked to read the same).
+
+    `processes`: how many worker processes tokenise a large source (`data.prepare`); None: one a core.
 
     Raises `BadRecordError` for the first bad record under `onBadRecord: fail`, `DataFileError` when the
     file is unusable, holds no records, or holds only bad ones, and `SpecError` naming the spec field when
@@ -97,15 +101,14 @@ def load_samples(
     )
     samples: list[Sample] = []
     bad_records: list[BadRecord] = []
-    for record in read_records(source, field):
-        try:
-            if isinstance(record, BadRecord):
-                raise BadRecordError(record)
-            samples.append(build(record))
-        except BadRecordError as error:
-            if data.on_bad_record == OnBadRecord.FAIL:
-                raise
-            bad_records.append(error.record)
+    workers = available_cores() if processes is None else processes
+    for built in build_samples(build, read_records(source, field), workers):
+        if isinstance(built, Sample):
+            samples.append(built)
+        elif data.on_bad_record == OnBadRecord.FAIL:
+            raise BadRecordError(built)
+        else:
+            bad_records.append(built)
     if not samples and not bad_records:
         raise DataFileError(f"{source.path}: the file holds no records ({field}.path)")
     if not samples:

@@ -1,0 +1,152 @@
+"""Records -> samples across the machine's cores, in file order, with progress in the log.
+
+A real set holds 10^5-10^7 records, and tokenising is CPU-bound Python around a Rust tokenizer, so one
+process tokenises at one core's pace. The records are read here, in order, and handed out in chunks to worker
+processes that each hold a copy of the `SampleBuilder`; results come back in the order sent, so samples, bad
+records (with their `path:line`) and truncation notes are exactly what building one record after another
+gives.
+
+Workers start with `spawn`: the caller (the Ray driver) has threads, which `fork` would copy mid-lock. A
+spawned worker imports transformers first (a second or two), so the first `SERIAL_RECORDS` records are built
+here while the workers start, and a source of no more records (tests, demos) never starts any. At most
+`IN_FLIGHT` chunks per worker are out at a time, so memory stays bounded whatever the file's size.
+"""
+
+import logging
+import multiprocessing
+import os
+import time
+from collections import deque
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import replace
+from itertools import islice
+
+from kubedistill.runtime.data.errors import BadRecord, BadRecordError
+from kubedistill.runtime.data.reasoning import UnrenderedReasoning
+from kubedistill.runtime.data.records import Record
+from kubedistill.runtime.data.sample import Sample
+from kubedistill.runtime.data.tokenize import SampleBuilder
+
+log = logging.getLogger(__name__)
+
+SERIAL_RECORDS = 2048
+CHUNK_RECORDS = 64
+IN_FLIGHT = 4
+PROGRESS_SECONDS = 10.0
+Built = Sample | BadRecord
+
+_worker_build: SampleBuilder | None = None
+
+
+def available_cores() -> int:
+    """The cores this process may run on (a container's CPU set, not the host's count)."""
+    return len(os.sched_getaffinity(0))
+
+
+def build_samples(
+    build: SampleBuilder,
+    records: Iterable[Record | BadRecord],
+    processes: int,
+    *,
+    serial_records: int = SERIAL_RECORDS,
+    chunk_records: int = CHUNK_RECORDS,
+) -> Iterator[Built]:
+    """Each record's sample, or the `BadRecord` it is, in the records' order; `processes` > 1 builds on that
+    many worker processes once the source holds more than `serial_records` records."""
+    progress = _Progress(build.field)
+    records = iter(records)
+    head = list(islice(records, serial_records + 1))
+    if processes <= 1 or len(head) <= serial_records:
+        for record in (*head, *records):
+            yield progress.count(_build_one(build, record))
+        progress.finish()
+        return
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(processes, context, initializer=_start_worker, initargs=(build,)) as pool:
+        pending: deque[Future[tuple[list[Built], UnrenderedReasoning | None]]] = deque()
+
+        def submit() -> bool:
+            chunk = list(islice(records, chunk_records))
+            if chunk:
+                pending.append(pool.submit(_build_chunk, chunk))
+            return bool(chunk)
+
+        while len(pending) < IN_FLIGHT * processes and submit():
+            pass
+        for record in head:
+            yield progress.count(_build_one(build, record))
+        while pending:
+            done, reasoning = pending.popleft().result()
+            submit()
+            if build.reasoning is not None and reasoning is not None:
+                _add_reasoning(build.reasoning, reasoning)
+            for built in done:
+                yield progress.count(built)
+    progress.finish()
+
+
+def _build_one(build: SampleBuilder, record: Record | BadRecord) -> Built:
+    if isinstance(record, BadRecord):
+        return record
+    try:
+        return build(record)
+    except BadRecordError as error:
+        return error.record
+
+
+def _start_worker(build: SampleBuilder) -> None:
+    global _worker_build
+    _worker_build = build
+
+
+def _build_chunk(records: list[Record | BadRecord]) -> tuple[list[Built], UnrenderedReasoning | None]:
+    """The chunk's samples, and what the chunk alone adds to the builder's count of unrendered reasoning
+    (a worker's copy of the count would never reach the caller)."""
+    assert _worker_build is not None, "the pool's initializer sets the builder"
+    build, reasoning = _worker_build, _worker_build.reasoning
+    if reasoning is not None:
+        build = replace(build, reasoning=UnrenderedReasoning(reasoning.spec_path, reasoning.template))
+    return [_build_one(build, record) for record in records], build.reasoning
+
+
+def _add_reasoning(total: UnrenderedReasoning, chunk: UnrenderedReasoning) -> None:
+    total.records += chunk.records
+    total.keys |= chunk.keys
+    total.first = total.first or chunk.first
+
+
+class _Progress:
+    """Records and tokens a second in the log every `PROGRESS_SECONDS`, so a long preparation shows it is
+    working, not stuck."""
+
+    def __init__(self, field: str) -> None:
+        self.field = field
+        self.started = self.logged = time.monotonic()
+        self.records = self.tokens = 0
+
+    def count(self, built: Built) -> Built:
+        self.records += 1
+        if isinstance(built, Sample):
+            self.tokens += len(built.input_ids)
+        now = time.monotonic()
+        if now - self.logged >= PROGRESS_SECONDS:
+            self.logged = now
+            self._log("preparing", now)
+        return built
+
+    def finish(self) -> None:
+        self._log("prepared", time.monotonic())
+
+    def _log(self, what: str, now: float) -> None:
+        seconds = max(now - self.started, 1e-9)
+        log.info(
+            "%s: %s %d records (%d tokens) in %.0f s: %.0f records/s, %.0f tokens/s",
+            self.field,
+            what,
+            self.records,
+            self.tokens,
+            seconds,
+            self.records / seconds,
+            self.tokens / seconds,
+        )
