@@ -14,7 +14,7 @@ from kubedistill.runtime.data.sample import Sample
 
 
 def steps_per_epoch(num_samples: int, global_batch_size: int) -> int:
-    """Optimizer steps in one pass: only full global batches count (the incomplete tail is dropped)."""
+    """Full global batches in one pass (what an on-policy epoch's rounds of prompts are)."""
     if global_batch_size < 1:
         raise ValueError(f"global_batch_size must be at least 1, got {global_batch_size}")
     steps = num_samples // global_batch_size
@@ -26,17 +26,24 @@ def steps_per_epoch(num_samples: int, global_batch_size: int) -> int:
     return steps
 
 
-def global_batches(num_samples: int, global_batch_size: int, seed: int, epoch: int) -> list[list[int]]:
-    """Sample indices of each step of `epoch`: a permutation fixed by (seed, epoch), cut into full batches.
+def batches_per_epoch(num_samples: int, global_batch_size: int) -> int:
+    """Global batches in one pass over every sample: the full ones, and the remainder's smaller one."""
+    steps_per_epoch(num_samples, global_batch_size)
+    return -(-num_samples // global_batch_size)
 
-    The incomplete tail is dropped, so every step sees the same number of sequences; each epoch's own
-    permutation drops different samples.
+
+def global_batches(num_samples: int, global_batch_size: int, seed: int, epoch: int) -> list[list[int]]:
+    """Sample indices of each step of `epoch`: a permutation fixed by (seed, epoch), cut into global batches.
+
+    Every sample is in one batch an epoch: where the global batch does not divide the samples, the last batch
+    is the smaller remainder (the loss of any step is normalised by its own target tokens, so a smaller one
+    is the same mean over fewer sequences). On-policy rounds take only the full ones (`steps_per_epoch`).
     """
-    steps = steps_per_epoch(num_samples, global_batch_size)
+    batches = batches_per_epoch(num_samples, global_batch_size)
     order = list(range(num_samples))
     # A string seed is hashed whole (sha512), so (seed, epoch) pairs never collide the way seed + epoch would.
     random.Random(f"kubedistill:{seed}:{epoch}").shuffle(order)
-    return [order[step * global_batch_size : (step + 1) * global_batch_size] for step in range(steps)]
+    return [order[step * global_batch_size : (step + 1) * global_batch_size] for step in range(batches)]
 
 
 def balance(costs: Sequence[int], bins: int) -> list[list[int]]:
@@ -64,7 +71,8 @@ def shard_micro_batches(
     With `max_tokens` (dynamic batching; it wins over `micro_batch_size`, as the spec says) samples are
     balanced over ranks by token count and packed, longest first, into micro-batches whose padded size
     (longest x count) stays within the budget; a sample longer than the budget gets a micro-batch of its
-    own. Otherwise each rank gets a contiguous `len / ranks` samples, cut into `micro_batch_size` pieces.
+    own. Otherwise each rank gets a contiguous `len / ranks` samples, cut into `micro_batch_size` pieces (the
+    first ranks one more where they do not split evenly: an epoch's last, smaller batch).
 
     Every rank gets the same number of micro-batches, padded with empty ones: FSDP2's collectives deadlock
     when one rank runs a forward the others do not. A rank must still take part in an empty micro-batch.
@@ -77,10 +85,9 @@ def shard_micro_batches(
             for shard in balance([len(s.input_ids) for s in samples], ranks)
         ]
     elif micro_batch_size is not None:
-        if len(samples) % ranks:
-            raise ValueError(f"{len(samples)} samples do not split evenly over {ranks} ranks")
-        size = len(samples) // ranks
-        per_rank = [_chunks(samples[r * size : (r + 1) * size], micro_batch_size) for r in range(ranks)]
+        size, extra = divmod(len(samples), ranks)
+        bounds = [r * size + min(r, extra) for r in range(ranks + 1)]
+        per_rank = [_chunks(samples[bounds[r] : bounds[r + 1]], micro_batch_size) for r in range(ranks)]
     else:
         raise ValueError("set micro_batch_size or max_tokens")
     depth = max(len(batches) for batches in per_rank)

@@ -63,7 +63,13 @@ from kubedistill.runtime.trainer.preflight import metrics_port_asked
 from kubedistill.runtime.trainer.records import EvalRecord, RecordLog, TrainRecord, read_records
 from kubedistill.runtime.trainer.report import Progress, plot_losses, print_summary, write_summary
 from kubedistill.runtime.trainer.resume import Origin, check_resumable, check_start, is_finished, origin_of
-from kubedistill.runtime.trainer.sources import BatchSource, DatasetBatches, RolloutBatches, epoch_steps
+from kubedistill.runtime.trainer.sources import (
+    BatchSource,
+    DatasetBatches,
+    RolloutBatches,
+    epoch_steps,
+    prompts_left_out,
+)
 from kubedistill.runtime.trainer.stopping import Stopping, Terminated
 
 log = logging.getLogger(__name__)
@@ -143,6 +149,17 @@ class Trainer:
         self.truncated = [sample for sample in self.train + self.eval if sample.truncation]
         self.origin = origin_of(job, self.train, self.chat_clock)
         self.steps_per_epoch = epoch_steps(self.spec, len(self.train))
+        self.prompts_left_out = prompts_left_out(self.spec, len(self.train))
+        """On-policy: prompts of each epoch that fill no rollout round (reported, never dropped unsaid)."""
+        if self.prompts_left_out:
+            assert self.spec.rollout is not None
+            log.warning(
+                "%d of the %d prompts fill no round of spec.rollout.batchSize %d: each epoch leaves that "
+                "many out (others each epoch)",
+                self.prompts_left_out,
+                len(self.train),
+                self.spec.rollout.batch_size,
+            )
         self.total_steps = self.steps_per_epoch * self.spec.training.epochs
         if self.spec.training.max_steps is not None:
             self.total_steps = min(self.total_steps, self.spec.training.max_steps)
@@ -588,6 +605,7 @@ class Training:
             "recoveries": self.recoveries,
             "bad_records": len(trainer.bad_records),
             "bad_record_sources": [str(bad) for bad in trainer.bad_records[:20]],
+            "prompts_left_out_per_epoch": trainer.prompts_left_out,
             "truncated_records": len(trainer.truncated),
             "truncated_record_sources": [
                 f"{sample.source}: {sample.truncation}" for sample in trainer.truncated[:20]

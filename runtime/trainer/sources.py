@@ -17,7 +17,7 @@ import numpy as np
 
 from kubedistill.api.job import DistillationJob, SpecError
 from kubedistill.api.spec import DistillationJobSpec
-from kubedistill.runtime.data.batching import global_batches, steps_per_epoch
+from kubedistill.runtime.data.batching import batches_per_epoch, global_batches, steps_per_epoch
 from kubedistill.runtime.data.sample import Sample
 from kubedistill.runtime.rollout.backend import SamplingConfig
 from kubedistill.runtime.rollout.group import RolloutActorGroup
@@ -26,8 +26,9 @@ log = logging.getLogger(__name__)
 
 
 def epoch_steps(spec: DistillationJobSpec, records: int) -> int:
-    """Optimizer steps in one epoch over `records` training records: full global batches, or (on-policy)
-    full rounds of prompts, each feeding `steps_per_round` steps."""
+    """Optimizer steps in one epoch over `records` training records: every record in global batches (the
+    last one smaller where they do not divide), or (on-policy) full rounds of prompts, each feeding
+    `steps_per_round` steps (the remaining prompts wait for another epoch's order: `prompts_left_out`)."""
     rollout = spec.rollout if spec.on_policy else None
     field, batch = (
         ("spec.rollout.batchSize", rollout.batch_size)
@@ -39,8 +40,16 @@ def epoch_steps(spec: DistillationJobSpec, records: int) -> int:
             field,
             f"{batch} is more than the {records} training records (spec.data.train): lower it or add data",
         )
-    steps = steps_per_epoch(records, batch)
-    return steps if rollout is None else steps * steps_per_round(spec)
+    if rollout is None:
+        return batches_per_epoch(records, batch)
+    return steps_per_epoch(records, batch) * steps_per_round(spec)
+
+
+def prompts_left_out(spec: DistillationJobSpec, records: int) -> int:
+    """On-policy: the prompts of each epoch that fill no round (others each epoch, its order being its own);
+    zero otherwise, every record being trained every epoch."""
+    rollout = spec.rollout if spec.on_policy else None
+    return 0 if rollout is None else records % rollout.batch_size
 
 
 def steps_per_round(spec: DistillationJobSpec) -> int:

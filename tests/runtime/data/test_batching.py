@@ -3,7 +3,13 @@ from collections import Counter
 
 import pytest
 
-from kubedistill.runtime.data.batching import balance, global_batches, shard_micro_batches, steps_per_epoch
+from kubedistill.runtime.data.batching import (
+    balance,
+    batches_per_epoch,
+    global_batches,
+    shard_micro_batches,
+    steps_per_epoch,
+)
 from kubedistill.runtime.data.sample import Sample
 
 
@@ -38,18 +44,27 @@ def test_the_data_order_is_stable_across_releases() -> None:
     assert global_batches(6, 2, seed=42, epoch=0) == [[0, 1], [4, 2], [5, 3]]
 
 
-def test_global_batches_are_full_and_the_tail_is_dropped() -> None:
-    batches = global_batches(10, 3, seed=0, epoch=0)
-    assert [len(batch) for batch in batches] == [3, 3, 3]
-    used = [index for batch in batches for index in batch]
-    assert len(set(used)) == 9
-    assert set(used) <= set(range(10))
+def test_every_sample_is_in_one_batch_an_epoch_and_the_last_holds_the_remainder() -> None:
+    """31 records at global batch 8: the fourth step trains the 7 that used to be dropped unsaid."""
+    batches = global_batches(31, 8, seed=0, epoch=0)
+    assert [len(batch) for batch in batches] == [8, 8, 8, 7]
+    assert sorted(index for batch in batches for index in batch) == list(range(31))
 
 
-@pytest.mark.parametrize(("num_samples", "batch", "steps"), [(10, 3, 3), (9, 3, 3), (3, 3, 1), (128, 128, 1)])
-def test_steps_per_epoch_counts_full_batches(num_samples: int, batch: int, steps: int) -> None:
-    assert steps_per_epoch(num_samples, batch) == steps
-    assert len(global_batches(num_samples, batch, seed=0, epoch=0)) == steps
+def test_the_full_batches_keep_the_order_they_had_before_the_remainder_was_trained() -> None:
+    # A job resumed across the change re-derives its epoch's full batches; on-policy rounds are only those.
+    assert global_batches(7, 2, seed=42, epoch=0) == [[0, 1], [4, 2], [6, 5], [3]]
+
+
+@pytest.mark.parametrize(
+    ("num_samples", "batch", "full", "batches"), [(10, 3, 3, 4), (9, 3, 3, 3), (3, 3, 1, 1), (128, 128, 1, 1)]
+)
+def test_an_epoch_has_its_full_batches_and_one_for_the_remainder(
+    num_samples: int, batch: int, full: int, batches: int
+) -> None:
+    assert steps_per_epoch(num_samples, batch) == full
+    assert batches_per_epoch(num_samples, batch) == batches
+    assert len(global_batches(num_samples, batch, seed=0, epoch=0)) == batches
 
 
 def test_too_few_samples_for_one_global_batch_name_the_field() -> None:
@@ -90,9 +105,14 @@ def test_fixed_micro_batches_split_the_batch_contiguously_over_ranks() -> None:
     ]
 
 
-def test_fixed_micro_batches_need_a_batch_that_splits_evenly() -> None:
-    with pytest.raises(ValueError, match="7 samples do not split evenly over 2 ranks"):
-        shard_micro_batches(samples_of([4] * 7), ranks=2, micro_batch_size=1, max_tokens=None)
+def test_a_batch_that_does_not_split_evenly_gives_the_first_ranks_one_sample_more() -> None:
+    """An epoch's last, smaller batch; every rank runs as many micro-batches (an empty one where short)."""
+    shards = shard_micro_batches(samples_of([4] * 7), ranks=3, micro_batch_size=2, max_tokens=None)
+    assert [names(rank) for rank in shards] == [
+        [["s0", "s1"], ["s2"]],
+        [["s3", "s4"], []],
+        [["s5", "s6"], []],
+    ]
 
 
 LENGTHS = random.Random(3).choices(range(2, 600), k=61)

@@ -102,28 +102,6 @@ def test_resuming_from_a_checkpoint_gives_the_uninterrupted_result(
         torch.testing.assert_close(_weights(output)[name], value, rtol=0, atol=1e-6)
 
 
-def test_a_job_started_from_another_jobs_checkpoint_takes_its_weights_and_its_own_schedule(
-    straight_run: Path, tiny: TinyWorld, tmp_path: Path
-) -> None:
-    """spec.checkpoint.resumeFrom: the first step's loss is that of the reference run's step-3 weights on the
-    first batch (lower than the initial weights'), the steps count from 1, and the checkpoint written is this
-    job's."""
-    first = straight_run / "ckpt" / "step-00000003"
-    second = {"path": str(tmp_path / "second"), "everySteps": 1, "resumeFrom": str(first)}
-    job = parse_job(job_manifest(tiny, "second-job", checkpoint=second))
-    options = RunOptions(
-        tmp_path / "out", stop_after_steps=1, metrics_port=0, progress=False, print_summary=False
-    )
-    Trainer(job, options).run()
-
-    (started,) = [r for r in _history(tmp_path / "out") if r["kind"] == "train"]
-    straight = [r for r in _history(straight_run) if r["kind"] == "train"]
-    assert started["step"] == 1
-    assert started["loss"] < straight[0]["loss"] - 0.05, (started["loss"], straight[0]["loss"])
-    origin = json.loads((tmp_path / "second" / "step-00000001" / "origin.json").read_text())
-    assert origin["job"] == "second-job"
-
-
 def test_one_rank_and_two_ranks_train_the_same_model(
     tiny: TinyWorld, straight_run: Path, tmp_path: Path
 ) -> None:

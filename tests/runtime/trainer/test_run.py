@@ -34,8 +34,10 @@ from tests.test_bad_inputs import KUBEDISTILL, Outcome, kubedistill
 
 CLI_TIMEOUT_SECONDS = 600
 EPOCHS = 2
+RECORDS = 89
 STEPS = 12
-"""Two epochs of the tiny world's 96 records in global batches of 16."""
+"""Two epochs of 89 of the tiny world's records in global batches of 16: five full ones and the last 9,
+which uneven ranks share (5 and 4)."""
 LOG_EVERY = 4
 KILLED_RAY_GRACE_SECONDS = 30
 """How long a killed run's Ray processes may take to go; without the watchdog Ray's agents stay 60-90 s."""
@@ -77,9 +79,12 @@ Helpers = dict[psutil.Process, str]
 @pytest.fixture(scope="module")
 def job(tiny: TinyWorld, tmp_path_factory: pytest.TempPathFactory) -> Job:
     root = tmp_path_factory.mktemp("cli-run")
+    train = root / "train.jsonl"
+    train.write_text("".join(tiny.train.read_text().splitlines(keepends=True)[:RECORDS]))
     manifest = job_manifest(
         tiny,
         "cli-run",
+        data={"train": {"path": str(train)}},
         training={"epochs": EPOCHS, "logEverySteps": LOG_EVERY},
         checkpoint={"path": str(root / "ckpt"), "everySteps": 2},
         output={"path": str(root / "out")},
@@ -260,6 +265,12 @@ def test_a_rerun_after_ctrl_c_resumes_and_trains_to_the_end(job: Job, resumed: O
     assert trained == list(range(1, STEPS + 1))
 
 
+def test_each_epoch_trains_every_record_its_last_step_the_remainder(job: Job, resumed: Outcome) -> None:
+    """89 records at global batch 16: six steps an epoch, not five with 9 records never trained."""
+    epochs = [record["epoch"] for record in job.history() if record["kind"] == "train"]
+    assert epochs == [0] * 6 + [1] * 6
+
+
 def test_the_run_logs_a_progress_line_every_log_every_steps(job: Job, resumed: Outcome) -> None:
     (resumed_at,) = (int(step) for step in re.findall(r"resuming from .* \(step (\d+)\)", resumed.stderr))
     logged = [int(step) for step in re.findall(rf"step (\d+)/{STEPS}: loss \d", resumed.stderr)]
@@ -316,9 +327,9 @@ def test_a_changed_job_is_refused_naming_each_change_before_ray_starts(
         f"{changed}: spec.checkpoint.path: cannot resume from {job.checkpoints / f'step-{STEPS:08d}'} "
         f'(step {STEPS}): the job changed since: spec.data.train.path "{old_data}" -> "{more_data}"; '
         "spec.training.globalBatchSize 16 -> 8; spec.training.learningRate 0.01 -> 1e-05; "
-        "training data 96 -> 112 records. To start afresh: `kubedistill run --restart` (moves the old "
-        "checkpoints aside), or a new spec.checkpoint.path; to go on from its weights as changed (new data, "
-        f"say): spec.checkpoint.resumeFrom: {job.checkpoints / f'step-{STEPS:08d}'}, with a new "
+        f"training data {RECORDS} -> 112 records. To start afresh: `kubedistill run --restart` (moves the "
+        "old checkpoints aside), or a new spec.checkpoint.path; to go on from its weights as changed (new "
+        f"data, say): spec.checkpoint.resumeFrom: {job.checkpoints / f'step-{STEPS:08d}'}, with a new "
         "spec.checkpoint.path; to resume, undo the changes"
     ]
 

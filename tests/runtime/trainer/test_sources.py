@@ -7,7 +7,7 @@ from kubedistill.api.job import SpecError, parse_job
 from kubedistill.api.spec import DistillationJobSpec
 from kubedistill.runtime.data.images import ImageInputs
 from kubedistill.runtime.data.sample import Sample
-from kubedistill.runtime.trainer.sources import epoch_steps, steps_per_round, with_response
+from kubedistill.runtime.trainer.sources import epoch_steps, prompts_left_out, steps_per_round, with_response
 from tests.api.manifests import BASE, ON_POLICY_ROLLOUT, apply_changes
 
 
@@ -25,8 +25,13 @@ ON_POLICY = {
 }
 
 
-def test_an_epoch_is_the_full_global_batches_of_the_records() -> None:
-    assert epoch_steps(_spec(OFF_POLICY), 10) == 2
+def test_an_epoch_is_every_record_in_global_batches_the_last_one_smaller() -> None:
+    assert epoch_steps(_spec(OFF_POLICY), 10) == 3
+    assert prompts_left_out(_spec(OFF_POLICY), 10) == 0
+
+
+def test_the_prompts_that_fill_no_on_policy_round_are_counted() -> None:
+    assert prompts_left_out(_spec(ON_POLICY), 17) == 1
 
 
 def test_an_on_policy_epoch_is_its_full_rounds_of_prompts_times_the_steps_each_round_feeds() -> None:
