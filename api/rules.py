@@ -15,7 +15,7 @@ from pydantic import BaseModel
 
 from kubedistill.api.base import model_in
 from kubedistill.api.generation import teacher_generates
-from kubedistill.api.spec import Backend, DataFormat, DistillationJobSpec, Mode, TeacherSpec
+from kubedistill.api.spec import Backend, DataFormat, DistillationJobSpec, LrScheduler, Mode, TeacherSpec
 
 
 @dataclass(frozen=True)
@@ -339,6 +339,17 @@ RULES: tuple[Rule, ...] = (
         "and a floor above the peak would raise the rate instead",
         lambda s: s.training.min_learning_rate <= s.training.learning_rate,
         f"{value('training.minLearningRate')} <= {value('training.learningRate')}",
+    ),
+    Rule(
+        "training.lrDecayRatio",
+        "spec.training.warmupRatio + spec.training.lrDecayRatio must be at most 1 with "
+        "spec.training.lrScheduler wsd: the warm-up and the decay share the steps",
+        lambda s: (
+            s.training.lr_scheduler != LrScheduler.WSD
+            or s.training.warmup_ratio + s.training.lr_decay_ratio <= 1.0
+        ),
+        f"{value('training.lrScheduler')} != 'wsd' || "
+        f"{value('training.warmupRatio')} + {value('training.lrDecayRatio')} <= 1.0",
     ),
     Rule(
         "training.evalEverySteps",

@@ -83,6 +83,9 @@ class OnBadRecord(StrEnum):
 class LrScheduler(StrEnum):
     COSINE_WITH_MIN_LR = "cosineWithMinLr"
     CONSTANT = "constant"
+    LINEAR = "linear"
+    COSINE_WITH_RESTARTS = "cosineWithRestarts"
+    WSD = "wsd"
 
 
 class Precision(StrEnum):
@@ -185,7 +188,8 @@ class DistillationSpec(SpecModel):
     algorithm: Annotated[str, Field(min_length=1)] = "vanilla"
     """Distillation algorithm: vanilla, dskd, simpleCtkd, or a registered plugin."""
     loss: Annotated[str, Field(min_length=1)] = "fkl"
-    """Divergence between teacher and student: fkl, rkl, jsd, tvd, skl, srkl, akl, or a registered plugin."""
+    """Divergence between teacher and student: fkl, rkl, jsd, tvd, skl, srkl, akl, top1Ce, hrl, or a
+    registered plugin."""
     temperature: Annotated[float, Field(gt=0.0)] = 1.0
     """Both models' logits are divided by it before the softmax."""
     kd_ratio: Fraction = 0.5
@@ -196,6 +200,8 @@ class DistillationSpec(SpecModel):
     """Mixing weight of skewed KL (skl, srkl)."""
     adaptive_alpha: Annotated[float, Field(gt=0.0, le=1.0)] = 0.5
     """Probability mass that makes the head of the teacher's distribution in adaptive KL (akl)."""
+    hrl_top_k: PositiveInt = 5
+    """How many of each model's most likely tokens the hierarchical ranking loss (hrl) compares."""
     teacher_update_freq: PositiveInt = 1
     """Self-distillation: copy the student's weights into the teacher every this many steps."""
     teacher_ema_decay: Annotated[float, Field(gt=0.0, lt=1.0)] | None = None
@@ -281,11 +287,17 @@ class TrainingSpec(SpecModel):
     learning_rate: Annotated[float, Field(gt=0.0)] = 1.0e-6
     """Peak learning rate of AdamW."""
     lr_scheduler: LrScheduler = LrScheduler.COSINE_WITH_MIN_LR
-    """Learning-rate schedule after the linear warm-up."""
+    """Learning-rate schedule after the linear warm-up: cosine or linear decay to minLearningRate, cosine
+    decays restarting from the peak (lrCycles of them), warmup-stable-decay (the peak until the last
+    lrDecayRatio of the steps, then a linear decay), or constant."""
     warmup_ratio: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.05
     """Share of the steps spent warming the learning rate up from zero."""
     min_learning_rate: Annotated[float, Field(ge=0.0)] = 1.0e-8
-    """Floor of the cosine schedule."""
+    """Floor the schedule decays to."""
+    lr_cycles: PositiveInt = 2
+    """cosineWithRestarts: how many cosine decays share the steps after the warm-up."""
+    lr_decay_ratio: Annotated[float, Field(gt=0.0, le=1.0)] = 0.1
+    """wsd: share of the steps spent decaying to minLearningRate at the end."""
     max_grad_norm: Annotated[float, Field(gt=0.0)] = 1.0
     """Gradients are clipped to this global norm."""
     weight_decay: Annotated[float, Field(ge=0.0)] = 0.0

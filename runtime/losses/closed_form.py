@@ -7,6 +7,7 @@ With p = softmax(teacher), q = softmax(student) and z the student's logits (alre
 
     fkl = KL(p || q):  d/dz = q - p
     rkl = KL(q || p):  d/dz = q * (log q - log p - rkl)
+    top1Ce = -p_t log q_t, t = argmax p:  d/dz = p_t (q - onehot(t))
 
 At temperature 1 over equal vocabularies, cross-entropy and fkl share one log_softmax of the student's
 block, computed in place (`cross_entropy_and_forward_kl_`): the default loss's chunk then holds three
@@ -21,6 +22,7 @@ from torch import Tensor
 
 from kubedistill.runtime.losses.divergences import forward_kl, reverse_kl, teacher_log_probs
 from kubedistill.runtime.losses.registry import Divergence
+from kubedistill.runtime.losses.teacher_top import top1_cross_entropy, top1_cross_entropy_value_and_grad
 
 ValueAndGrad = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
 """(student_logits [N, V], teacher_logits [N, V]) -> (per-token divergence [N], its gradient [N, V])."""
@@ -46,6 +48,7 @@ def reverse_kl_value_and_grad(student_logits: Tensor, teacher_logits: Tensor) ->
 CLOSED_FORMS: dict[Divergence, ValueAndGrad] = {
     forward_kl: forward_kl_value_and_grad,
     reverse_kl: reverse_kl_value_and_grad,
+    top1_cross_entropy: top1_cross_entropy_value_and_grad,
 }
 
 

@@ -22,6 +22,7 @@ class KDConfig:
     jsd_beta: float = _spec_default("jsd_beta")
     skew_lambda: float = _spec_default("skew_lambda")
     adaptive_alpha: float = _spec_default("adaptive_alpha")
+    hrl_top_k: int = _spec_default("hrl_top_k")
     chunk_size: int | None = _spec_default("loss_chunk_size")
     """None: chosen from the shapes (`chunking.memory_bound_chunk`)."""
 
@@ -34,5 +35,6 @@ class KDConfig:
             jsd_beta=spec.jsd_beta,
             skew_lambda=spec.skew_lambda,
             adaptive_alpha=spec.adaptive_alpha,
+            hrl_top_k=spec.hrl_top_k,
             chunk_size=spec.loss_chunk_size,
         )

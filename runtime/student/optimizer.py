@@ -1,6 +1,21 @@
 """The student's optimizer and its learning-rate schedule, built in one place: AdamW over two parameter
-groups (the model's, and an algorithm's projectors at their own rate), linear warm-up then cosine decay to a
-floor (KDFlow's cosine_with_min_lr), and where its state lives while a colocated engine has the GPU."""
+groups (the model's, and an algorithm's projectors at their own rate), linear warm-up then the schedule's
+decay to a floor, and where its state lives while a colocated engine has the GPU.
+
+After the warm-up, with progress x from 0 to 1 over the remaining steps and f = minLearningRate /
+learningRate, the multiplier of the peak is
+
+    cosineWithMinLr     f + (1 - f) (1 + cos(pi x)) / 2                 (KDFlow's default, transformers'
+                                                                          cosine_with_min_lr)
+    linear              f + (1 - f) (1 - x)
+    cosineWithRestarts  f + (1 - f) (1 + cos(pi ((c x) mod 1))) / 2      c = lrCycles (transformers'
+                                                                          cosine_with_hard_restarts, floored)
+    wsd                 1 until the last d = ceil(lrDecayRatio x steps) steps, then f + (1 - f) (1 - y),
+                        y from 0 to 1 over those d steps (warmup-stable-decay; linear decay as in Hagele
+                        et al. 2024, "Scaling Laws and Compute-Optimal Training Beyond Fixed Training
+                        Durations")
+    constant            1
+"""
 
 import math
 from collections.abc import Iterable
@@ -23,11 +38,23 @@ def lr_factor(step: int, training: TrainingSpec, total_steps: int) -> float:
     warmup = warmup_steps(training, total_steps)
     if step < warmup:
         return (step + 1) / (warmup + 1)
-    if training.lr_scheduler == LrScheduler.CONSTANT:
+    schedule = training.lr_scheduler
+    if schedule == LrScheduler.CONSTANT:
         return 1.0
     floor = training.min_learning_rate / training.learning_rate
-    progress = (step - warmup) / max(1, total_steps - warmup)
-    return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+    if schedule == LrScheduler.LINEAR:
+        remaining = 1.0 - progress
+    elif schedule == LrScheduler.COSINE_WITH_RESTARTS:
+        # At the end of the last cycle the rate stays at the floor instead of restarting.
+        cycle = (training.lr_cycles * progress) % 1.0 if progress < 1.0 else 1.0
+        remaining = 0.5 * (1.0 + math.cos(math.pi * cycle))
+    elif schedule == LrScheduler.WSD:
+        decay = max(1, math.ceil(training.lr_decay_ratio * total_steps))
+        remaining = 1.0 - min(1.0, max(0, step - (total_steps - decay)) / decay)
+    else:
+        remaining = 0.5 * (1.0 + math.cos(math.pi * progress))
+    return floor + (1.0 - floor) * remaining
 
 
 class StudentOptimizer:

@@ -10,6 +10,7 @@ def test_from_spec_carries_every_loss_setting() -> None:
         jsd_beta=0.2,
         skew_lambda=0.3,
         adaptive_alpha=0.6,
+        hrl_top_k=3,
         loss_chunk_size=256,
     )
     assert KDConfig.from_spec(spec) == KDConfig(
@@ -19,6 +20,7 @@ def test_from_spec_carries_every_loss_setting() -> None:
         jsd_beta=0.2,
         skew_lambda=0.3,
         adaptive_alpha=0.6,
+        hrl_top_k=3,
         chunk_size=256,
     )
 

@@ -3,7 +3,7 @@ import torch
 from torch import Tensor
 
 from kubedistill.api.registry import known_losses
-from kubedistill.runtime.losses import KDConfig, fused_kd_loss, get_loss, register_loss
+from kubedistill.runtime.losses import KDConfig, fused_kd_loss, get_loss, register_loss, teacher_top
 from kubedistill.runtime.losses import divergences as builtin
 from tests.runtime.losses.problems import make_problem, reference_from_hidden
 
@@ -18,6 +18,8 @@ from tests.runtime.losses.problems import make_problem, reference_from_hidden
         ("skl", builtin.skewed_kl),
         ("srkl", builtin.skewed_reverse_kl),
         ("akl", builtin.adaptive_kl),
+        ("top1Ce", teacher_top.top1_cross_entropy),
+        ("hrl", teacher_top.hierarchical_ranking),
     ],
 )
 def test_builtin_names_resolve_through_entry_points(name: str, divergence: object) -> None:
