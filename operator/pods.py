@@ -52,6 +52,14 @@ HEAD_AVOIDS_GPU_NODES: KubeObject = {
 """Preferred, not required: a cluster without that label, or with nodes of one kind, still runs the head."""
 
 
+STOP_DRIVER_FIRST: KubeObject = {
+    "preStop": {"exec": {"command": ["python3", "-I", "-m", "kubedistill.runtime.cluster.stop_driver"]}}
+}
+"""The head's preStop hook: the pod's SIGTERM reaches only `ray start`, which stops Ray at once; the hook
+sends it to the trainer (`kubedistill run`) first and waits while it checkpoints
+(`kubedistill.runtime.cluster.stop_driver`)."""
+
+
 def head_template(job: DistillationJob, image: str) -> KubeObject:
     """The head runs the trainer driver without a GPU: its own placement, not the GPU workers'."""
     head = job.spec.cluster.head
@@ -61,6 +69,7 @@ def head_template(job: DistillationJob, image: str) -> KubeObject:
         job, "ray-head", image, resources, extra_env=[metrics_port_env, *api_key_env(job)]
     )
     container["ports"] = [dict(port) for port in HEAD_PORTS]
+    container["lifecycle"] = copy.deepcopy(STOP_DRIVER_FIRST)
     template = _template(job, container, _ray_volumes(job))
     spec = template["spec"]
     if head.node_selector:

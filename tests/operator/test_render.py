@@ -1,5 +1,6 @@
 """Rendering, as plain table tests: which groups, how many GPUs, which labels and settings where."""
 
+import importlib.util
 import re
 import tomllib
 from importlib.metadata import version
@@ -510,3 +511,16 @@ def test_every_ray_pod_gives_the_trainer_time_to_checkpoint_after_sigterm(
     assert [pod["spec"]["terminationGracePeriodSeconds"] for pod in (head, *workers)] == [seconds] * (
         1 + len(workers)
     )
+
+
+def test_the_head_hands_sigterm_to_the_trainer_before_ray_stops() -> None:
+    """The pod's SIGTERM reaches only `ray start`, which stops Ray at once; the preStop hook, which the
+    kubelet runs first and waits for, gives it to the trainer (`kubedistill run`) and waits while it
+    checkpoints."""
+    _, rayjob = rendered(job())
+    head, workers = _pods(rayjob)
+    (container,) = head["spec"]["containers"]
+    command = container["lifecycle"]["preStop"]["exec"]["command"]
+    assert command[:3] == ["python3", "-I", "-m"]
+    assert importlib.util.find_spec(command[3]) is not None, command[3]
+    assert all("lifecycle" not in worker["spec"]["containers"][0] for worker in workers)
