@@ -6,11 +6,13 @@ template leaves out of what is trained (`data.reasoning`)."""
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from kubedistill.api.job import SpecError
 from kubedistill.api.spec import DataSource, DataSpec, Mode, OnBadRecord
 from kubedistill.runtime.data.alignment import same_vocabulary
+from kubedistill.runtime.data.cache import Prepared, cache_key, read_prepared, write_prepared
 from kubedistill.runtime.data.errors import BadRecord, BadRecordError, DataFileError
 from kubedistill.runtime.data.images import IMAGE_PART_TYPES, ImageProcessing
 from kubedistill.runtime.data.prepare import available_cores, build_samples
@@ -31,6 +33,8 @@ class LoadedData:
     """In file order."""
     bad_records: list[BadRecord]
     """Records skipped under `onBadRecord: skip`, in file order; empty under `fail`."""
+    key: str | None = None
+    """The prepared set's cache key (`data.cache`) when a cache folder was given; None otherwise."""
 
     @property
     def truncated(self) -> list[Sample]:
@@ -50,6 +54,7 @@ def load_samples(
     images: ImageProcessing | None = None,
     teacher_images: ImageProcessing | None = None,
     processes: int | None = None,
+    cache: Path | None = None,
 ) -> LoadedData:
     """Read and tokenise every record of `source` (`field` is its spec path, named in errors).
 
@@ -62,6 +67,8 @@ def load_samples(
     teacher's, when it has its own processor files (each record's images are checked to read the same).
 
     `processes`: how many worker processes tokenise a large source (`data.prepare`); None: one a core.
+    `cache`: a folder (on the job's checkpoint volume) where the prepared set is kept and, on a later run
+    with the same files and settings, read back instead (`data.cache`); sets with images are not kept.
 
     Raises `BadRecordError` for the first bad record under `onBadRecord: fail`, `DataFileError` when the
     file is unusable, holds no records, or holds only bad ones, and `SpecError` naming the spec field when
@@ -86,6 +93,63 @@ def load_samples(
             "(simpleCtkd or dskd)",
         )
     own_tokens = cross_tokenizer and not _same_tokens(tokenizer, teacher, data)
+    key = None
+    if cache is not None and images is None:
+        key = cache_key(
+            source,
+            data,
+            mode=mode,
+            field=field,
+            tokenizer=tokenizer,
+            teacher_tokenizer=teacher,
+            cross_tokenizer=own_tokens,
+        )
+    prepared = None if key is None or cache is None else read_prepared(cache, field, key)
+    if prepared is not None:
+        log.info("%s: read %d prepared samples from %s", field, len(prepared.samples), cache)
+    else:
+        prepared = _prepare(
+            source, data, tokenizer, teacher, mode, field, own_tokens, images, teacher_images, processes
+        )
+        if key is not None and cache is not None:
+            try:
+                write_prepared(cache, field, key, prepared)
+            except OSError as error:
+                # The cache saves time on a later run; a volume without room for it must not fail this one.
+                log.warning("%s: cannot keep the prepared samples in %s: %s", field, cache, error)
+    samples, bad_records = prepared.samples, prepared.bad_records
+    loaded = LoadedData(samples, bad_records, key)
+    if prepared.reasoning is not None:
+        prepared.reasoning.warn(len(samples))
+    if loaded.truncated:
+        first = loaded.truncated[0]
+        log.warning(
+            "%s: %d of %d records were shortened to fit spec.data.maxLength %d / promptMaxLength %d; "
+            "the first: %s: %s",
+            field,
+            len(loaded.truncated),
+            len(samples),
+            data.max_length,
+            data.prompt_max_length,
+            first.source,
+            first.truncation,
+        )
+    return loaded
+
+
+def _prepare(
+    source: DataSource,
+    data: DataSpec,
+    tokenizer: "PreTrainedTokenizerBase",
+    teacher: "PreTrainedTokenizerBase",
+    mode: Mode,
+    field: str,
+    own_tokens: bool,
+    images: ImageProcessing | None,
+    teacher_images: ImageProcessing | None,
+    processes: int | None,
+) -> Prepared:
+    """Every record of `source` tokenised, on `processes` worker processes (`data.prepare`)."""
     reasoning = UnrenderedReasoning(field, tokenizer.name_or_path)
     build = SampleBuilder(
         source,
@@ -116,22 +180,7 @@ def load_samples(
             f"{source.path}: all {len(bad_records)} records are bad ({field}.path); "
             f"the first: {bad_records[0]}"
         )
-    loaded = LoadedData(samples, bad_records)
-    reasoning.warn(len(samples))
-    if loaded.truncated:
-        first = loaded.truncated[0]
-        log.warning(
-            "%s: %d of %d records were shortened to fit spec.data.maxLength %d / promptMaxLength %d; "
-            "the first: %s: %s",
-            field,
-            len(loaded.truncated),
-            len(samples),
-            data.max_length,
-            data.prompt_max_length,
-            first.source,
-            first.truncation,
-        )
-    return loaded
+    return Prepared(samples, bad_records, reasoning)
 
 
 def _first_image(source: DataSource, field: str) -> str | None:

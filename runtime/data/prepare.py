@@ -7,9 +7,10 @@ records (with their `path:line`) and truncation notes are exactly what building 
 gives.
 
 Workers start with `spawn`: the caller (the Ray driver) has threads, which `fork` would copy mid-lock. A
-spawned worker imports transformers first (a second or two), so the first `SERIAL_RECORDS` records are built
-here while the workers start, and a source of no more records (tests, demos) never starts any. At most
-`IN_FLIGHT` chunks per worker are out at a time, so memory stays bounded whatever the file's size.
+spawned worker imports transformers first (a second or two), so a source of at most `SERIAL_RECORDS` records
+(tests, demos) is built here without any; a larger one goes wholly to the workers, and this process only
+reads, hands out and collects. At most `IN_FLIGHT` chunks per worker are out at a time, so memory stays
+bounded whatever the file's size.
 """
 
 import logging
@@ -20,18 +21,19 @@ from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import replace
-from itertools import islice
+from itertools import chain, islice
 
 from kubedistill.runtime.data.errors import BadRecord, BadRecordError
 from kubedistill.runtime.data.reasoning import UnrenderedReasoning
 from kubedistill.runtime.data.records import Record
-from kubedistill.runtime.data.sample import Sample
+from kubedistill.runtime.data.sample import Sample, packed
 from kubedistill.runtime.data.tokenize import SampleBuilder
 
 log = logging.getLogger(__name__)
 
 SERIAL_RECORDS = 2048
 CHUNK_RECORDS = 64
+PACK_RECORDS = 256
 IN_FLIGHT = 4
 PROGRESS_SECONDS = 10.0
 Built = Sample | BadRecord
@@ -58,10 +60,19 @@ def build_samples(
     records = iter(records)
     head = list(islice(records, serial_records + 1))
     if processes <= 1 or len(head) <= serial_records:
-        for record in (*head, *records):
-            yield progress.count(_build_one(build, record))
-        progress.finish()
-        return
+        yield from _packed_runs(progress.count(_build_one(build, record)) for record in (*head, *records))
+    else:
+        yield from _packed_runs(_on_workers(build, chain(head, records), processes, chunk_records, progress))
+    progress.finish()
+
+
+def _on_workers(
+    build: SampleBuilder,
+    records: Iterator[Record | BadRecord],
+    processes: int,
+    chunk_records: int,
+    progress: "_Progress",
+) -> Iterator[Built]:
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(processes, context, initializer=_start_worker, initargs=(build,)) as pool:
         pending: deque[Future[tuple[list[Built], UnrenderedReasoning | None]]] = deque()
@@ -74,8 +85,6 @@ def build_samples(
 
         while len(pending) < IN_FLIGHT * processes and submit():
             pass
-        for record in head:
-            yield progress.count(_build_one(build, record))
         while pending:
             done, reasoning = pending.popleft().result()
             submit()
@@ -83,7 +92,19 @@ def build_samples(
                 _add_reasoning(build.reasoning, reasoning)
             for built in done:
                 yield progress.count(built)
-    progress.finish()
+
+
+def _packed_runs(built: Iterable[Built]) -> Iterator[Built]:
+    """The same, with the samples of every `PACK_RECORDS` records packed (`sample.packed`): the small arrays
+    a run was built or received in are freed before the next run, which reuses their memory."""
+    run: list[Built] = []
+    for each in chain(built, [None]):
+        if each is not None:
+            run.append(each)
+        if run and (each is None or len(run) == PACK_RECORDS):
+            samples = iter(packed([s for s in run if isinstance(s, Sample)]))
+            yield from (next(samples) if isinstance(s, Sample) else s for s in run)
+            run = []
 
 
 def _build_one(build: SampleBuilder, record: Record | BadRecord) -> Built:

@@ -100,11 +100,23 @@ def read_records(source: DataSource, field: str = "spec.data.train") -> Iterator
     with the source as a whole (an unknown format, a folder without data files) are raised here, before the
     first record is read.
     """
+    files = data_files(source, field)
+    if files is None:
+        return _read_hub(source, field) if _on_hub(source) else _read_saved(source, field)
+    formats = [data_format(source, field, file) for file in files]
+    return itertools.chain.from_iterable(
+        _READERS[format](file, field) for file, format in zip(files, formats, strict=True)
+    )
+
+
+def data_files(source: DataSource, field: str = "spec.data.train") -> list[str] | None:
+    """The files `source` reads, in order; None for a hub dataset or one saved with `save_to_disk`, which
+    `datasets` reads. Raises `DataFileError` as `read_records` does."""
     path = Path(source.path)
-    if source.format == DataFormat.HUB or (source.format == DataFormat.AUTO and _is_hub_id(source)):
-        return _read_hub(source, field)
+    if _on_hub(source):
+        return None
     if path.is_dir() and any((path / marker).is_file() for marker in _SAVED_DATASET_MARKERS):
-        return _read_saved(source, field)
+        return None
     if path.is_dir() and source.format != DataFormat.AUTO and source.format not in _FILE_FORMATS:
         raise DataFileError(f"{field}.format: {source.format} cannot read the folder {source.path!r}")
     if path.is_dir():
@@ -115,10 +127,11 @@ def read_records(source: DataSource, field: str = "spec.data.train") -> Iterator
         raise DataFileError(f"{field}.path: cannot read {source.path!r}: No such file or directory")
     else:
         files = [source.path]
-    formats = [data_format(source, field, file) for file in files]
-    return itertools.chain.from_iterable(
-        _READERS[format](file, field) for file, format in zip(files, formats, strict=True)
-    )
+    return files
+
+
+def _on_hub(source: DataSource) -> bool:
+    return source.format == DataFormat.HUB or (source.format == DataFormat.AUTO and _is_hub_id(source))
 
 
 def _is_hub_id(source: DataSource) -> bool:

@@ -25,6 +25,7 @@ from kubedistill.api.placement import Role
 from kubedistill.api.spec import DataSource, Mode
 from kubedistill.runtime.algorithms.base import ALGORITHMS
 from kubedistill.runtime.cluster.placement import ClusterView
+from kubedistill.runtime.data.cache import CACHE_FOLDER
 from kubedistill.runtime.data.errors import BadRecord
 from kubedistill.runtime.data.images import ImageProcessing, load_image_processing
 from kubedistill.runtime.data.load import load_samples
@@ -216,6 +217,8 @@ class Trainer:
             cross_tokenizer=self.algorithm.cross_tokenizer,
             images=self.images,
             teacher_images=self.teacher_images,
+            # Prepared once: a restarted or retried job maps the set from its checkpoint volume.
+            cache=Path(self.spec.checkpoint.path) / CACHE_FOLDER if self.spec.checkpoint.path else None,
         )
         return loaded.samples, loaded.bad_records
 

@@ -1,0 +1,139 @@
+"""Prepared once: a second load with the same files and settings maps the kept set instead of tokenising, and
+gets exactly the samples, bad records and truncation notes the first one prepared; anything that shapes the
+samples (a file, a data setting, the tokenizer's chat template) makes it prepare afresh."""
+
+import copy
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from kubedistill.api.spec import DataSource, DataSpec, Mode
+from kubedistill.runtime.data import load
+from kubedistill.runtime.data.load import LoadedData, load_samples
+
+from .builders import chat, write_jsonl
+
+RECORDS = [
+    chat(("user", "What is 2+2?"), ("assistant", "The answer is 4.")),
+    {"messages": "not a list"},
+    chat(("system", "Be brief. " * 30), ("user", "Tell me more about it."), ("assistant", "I am fine.")),
+]
+
+
+def load_twice(tmp_path: Path, tokenizer: Any, monkeypatch: pytest.MonkeyPatch) -> tuple[LoadedData, int]:
+    """Load, then load again; the second load's count of preparations (0: it read the kept set)."""
+    source = write_jsonl(tmp_path / "train.jsonl", RECORDS)
+    data = DataSpec(train=source, on_bad_record="skip", prompt_max_length=24)
+    first = load_samples(source, data, tokenizer, mode=Mode.OFF_POLICY, cache=tmp_path / "prepared")
+    preparations = counting_preparations(monkeypatch)
+    second = load_samples(source, data, tokenizer, mode=Mode.OFF_POLICY, cache=tmp_path / "prepared")
+    assert (second.samples, second.bad_records, second.key) == (first.samples, first.bad_records, first.key)
+    return second, len(preparations)
+
+
+def counting_preparations(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    calls: list[str] = []
+    prepare = load._prepare
+
+    def counted(*args: Any) -> Any:
+        calls.append(args[5])
+        return prepare(*args)
+
+    monkeypatch.setattr(load, "_prepare", counted)
+    return calls
+
+
+def test_a_second_load_maps_the_prepared_set_and_gets_the_same_samples(
+    tokenizer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    second, preparations = load_twice(tmp_path, tokenizer, monkeypatch)
+    assert preparations == 0
+    assert all(isinstance(sample.input_ids.base, np.memmap) for sample in second.samples)
+    assert [bad.source.rsplit(":", 1)[1] for bad in second.bad_records] == ["2"]
+    assert (
+        second.truncated[0].truncation is not None and "promptMaxLength 24" in second.truncated[0].truncation
+    )
+
+
+def test_a_teacher_of_its_own_with_its_spans_comes_back_whole(tokenizer, tmp_path: Path) -> None:
+    from kubedistill.runtime.demo.tiny import build_tokenizer
+
+    from .builders import CORPUS
+
+    teacher = build_tokenizer(CORPUS, vocab_size=300)
+    source = write_jsonl(tmp_path / "train.jsonl", [RECORDS[0], RECORDS[2]])
+    data = DataSpec(train=source, max_length=400)
+
+    def loaded() -> LoadedData:
+        return load_samples(
+            source,
+            data,
+            tokenizer,
+            mode=Mode.OFF_POLICY,
+            teacher_tokenizer=teacher,
+            cross_tokenizer=True,
+            cache=tmp_path / "prepared",
+        )
+
+    first, second = loaded(), loaded()
+    assert second.samples == first.samples
+    assert all(sample.teacher_target_spans is not None for sample in second.samples)
+
+
+def touch_file(source: DataSource, data: DataSpec, tokenizer: Any) -> tuple[DataSource, DataSpec, Any]:
+    path = Path(source.path)
+    path.write_text(path.read_text().replace("2+2", "3+1"))
+    stat = path.stat()
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
+    return source, data, tokenizer
+
+
+def other_max_length(source: DataSource, data: DataSpec, tokenizer: Any) -> tuple[DataSource, DataSpec, Any]:
+    return source, data.model_copy(update={"max_length": 64}), tokenizer
+
+
+def other_template(source: DataSource, data: DataSpec, tokenizer: Any) -> tuple[DataSource, DataSpec, Any]:
+    changed = copy.deepcopy(tokenizer)
+    changed.chat_template = tokenizer.chat_template.replace("<|im_end|>", "<|im_end|> ")
+    return source, data, changed
+
+
+def other_response_key(
+    source: DataSource, data: DataSpec, tokenizer: Any
+) -> tuple[DataSource, DataSpec, Any]:
+    return source.model_copy(update={"teacher_input_key": "context"}), data, tokenizer
+
+
+@pytest.mark.parametrize(
+    "change",
+    [touch_file, other_max_length, other_template, other_response_key],
+    ids=["data-file", "spec.data.maxLength", "chat-template", "spec.data.train.teacherInputKey"],
+)
+def test_anything_that_shapes_the_samples_makes_a_new_set(
+    tokenizer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, change: Any
+) -> None:
+    source = write_jsonl(tmp_path / "train.jsonl", [RECORDS[0], {**RECORDS[0], "context": "Be brief."}])
+    data = DataSpec(train=source, on_bad_record="skip")
+    cache = tmp_path / "prepared"
+    first = load_samples(source, data, tokenizer, mode=Mode.OFF_POLICY, cache=cache)
+    source, data, tokenizer = change(source, data, tokenizer)
+    preparations = counting_preparations(monkeypatch)
+    again = load_samples(source, data, tokenizer, mode=Mode.OFF_POLICY, cache=cache)
+    assert len(preparations) == 1
+    assert again.key != first.key
+    assert [path.name for path in cache.iterdir()] == [f"spec.data.train-{again.key}"], "one set a source"
+
+
+def test_a_source_read_through_datasets_is_not_kept(tokenizer, tmp_path: Path) -> None:
+    from datasets import Dataset
+
+    folder = tmp_path / "saved"
+    Dataset.from_list([RECORDS[0]]).save_to_disk(str(folder))
+    source = DataSource(path=str(folder))
+    loaded = load_samples(
+        source, DataSpec(train=source), tokenizer, mode=Mode.OFF_POLICY, cache=tmp_path / "c"
+    )
+    assert loaded.key is None and not (tmp_path / "c").exists()
