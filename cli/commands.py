@@ -130,6 +130,40 @@ def inspect_data(
     inspect_job(job, file, records=records, output=output, echo=typer.echo)
 
 
+@app.command(
+    name="from-kdflow",
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+)
+def from_kdflow(
+    context: typer.Context,
+    name: Annotated[
+        str | None, typer.Option(help="metadata.name (default: from --wandb_run_name or --save_path).")
+    ] = None,
+) -> None:
+    """Print the DistillationJob of a KDFlow command line: `kubedistill from-kdflow python -m
+    kdflow.cli.train_kd_off_policy --kd_loss_fn jsd --jsd_beta 0.9 ...` (the launcher in front is optional).
+
+    KDFlow's conventions are converted (jsd_beta, adaptive_alpha, DSKD's defaults); every argument converted
+    in value, dropped or unsupported is listed on stderr.
+    """
+    import yaml
+
+    from kubedistill.cli.kdflow import NotAKDFlowCommand, convert
+
+    try:
+        conversion = convert(context.args, name)
+    except NotAKDFlowCommand as error:
+        typer.echo(f"from-kdflow: {error}", err=True)
+        raise typer.Exit(1) from None
+    except InvalidJob as invalid:
+        for problem in invalid.problems:
+            typer.echo(f"from-kdflow: the converted manifest: {problem}", err=True)
+        raise typer.Exit(1) from None
+    for note in conversion.notes:
+        typer.echo(note, err=True)
+    typer.echo(yaml.safe_dump(conversion.manifest, sort_keys=False), nl=False)
+
+
 @app.command()
 def demo(
     output: Annotated[Path, typer.Option(help="Where assets and runs go.")] = Path("demo-output"),
