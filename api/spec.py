@@ -341,6 +341,9 @@ class CheckpointSpec(SpecModel):
 class OutputSpec(SpecModel):
     path: Annotated[str, Field(min_length=1)] | None = None
     """Where the trained student is exported (safetensors and tokenizer)."""
+    rollout_rounds: Annotated[int, Field(ge=0)] = 20
+    """On-policy: the newest rounds whose sampled responses are kept in `<path>/rollouts/step-N.jsonl`
+    (one file a round, named for the first step trained on it); 0 keeps none."""
 
 
 class HeadSpec(SpecModel):
