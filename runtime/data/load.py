@@ -106,7 +106,7 @@ def load_samples(
         )
     prepared = None if key is None or cache is None else read_prepared(cache, field, key)
     if prepared is not None:
-        log.info("%s: read %d prepared samples from %s", field, len(prepared.samples), cache)
+        log.debug("%s: read %d prepared samples from %s", field, len(prepared.samples), cache)
     else:
         prepared = _prepare(
             source, data, tokenizer, teacher, mode, field, own_tokens, images, teacher_images, processes

@@ -139,7 +139,7 @@ def _add_reasoning(total: UnrenderedReasoning, chunk: UnrenderedReasoning) -> No
 
 class _Progress:
     """Records and tokens a second in the log every `PROGRESS_SECONDS`, so a long preparation shows it is
-    working, not stuck."""
+    working, not stuck, and once more at its end; a preparation done within the interval logs nothing."""
 
     def __init__(self, field: str) -> None:
         self.field = field
@@ -157,7 +157,8 @@ class _Progress:
         return built
 
     def finish(self) -> None:
-        self._log("prepared", time.monotonic())
+        if self.logged > self.started:
+            self._log("prepared", time.monotonic())
 
     def _log(self, what: str, now: float) -> None:
         seconds = max(now - self.started, 1e-9)

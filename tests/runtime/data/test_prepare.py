@@ -98,13 +98,29 @@ def test_a_small_source_is_prepared_in_this_process(tokenizer, tmp_path: Path, m
     assert [sample.source for sample in built] == [f"{source.path}:{line}" for line in range(1, 6)]
 
 
-def test_preparing_logs_records_and_tokens_a_second(tokenizer, tmp_path: Path, caplog) -> None:
+def test_a_long_preparation_logs_records_and_tokens_a_second(
+    tokenizer, tmp_path: Path, caplog, monkeypatch
+) -> None:
+    source = write_jsonl(tmp_path / "train.jsonl", varied_chats(3))
+    build = SampleBuilder(source, DataSpec(train=source), tokenizer, Mode.OFF_POLICY, tokenizer)
+    monkeypatch.setattr(prepare, "PROGRESS_SECONDS", 0.0)
+    with caplog.at_level(logging.INFO, logger=prepare.__name__):
+        built = list(build_samples(build, read_records(source), 1))
+    tokens = [len(sample.input_ids) for sample in built if isinstance(sample, Sample)]
+    assert [record.getMessage().split(" in ")[0] for record in caplog.records] == [
+        f"spec.data.train: preparing 1 records ({tokens[0]} tokens)",
+        f"spec.data.train: preparing 2 records ({sum(tokens[:2])} tokens)",
+        f"spec.data.train: preparing 3 records ({sum(tokens)} tokens)",
+        f"spec.data.train: prepared 3 records ({sum(tokens)} tokens)",
+    ]
+
+
+def test_a_quick_preparation_logs_nothing(tokenizer, tmp_path: Path, caplog) -> None:
     source = write_jsonl(tmp_path / "train.jsonl", varied_chats(3))
     build = SampleBuilder(source, DataSpec(train=source), tokenizer, Mode.OFF_POLICY, tokenizer)
     with caplog.at_level(logging.INFO, logger=prepare.__name__):
-        built = list(build_samples(build, read_records(source), 1))
-    tokens = sum(len(sample.input_ids) for sample in built if isinstance(sample, Sample))
-    assert f"spec.data.train: prepared 3 records ({tokens} tokens) in " in caplog.text
+        list(build_samples(build, read_records(source), 1))
+    assert caplog.records == []
 
 
 def test_a_record_is_built_from_its_fields_alone(tokenizer) -> None:
