@@ -64,12 +64,14 @@ from kubedistill.runtime.trainer.preflight import metrics_port_asked
 from kubedistill.runtime.trainer.records import EvalRecord, RecordLog, TrainRecord, read_records
 from kubedistill.runtime.trainer.report import Progress, plot_losses, print_summary, write_summary
 from kubedistill.runtime.trainer.resume import Origin, check_resumable, check_start, is_finished, origin_of
+from kubedistill.runtime.trainer.rollouts import RolloutLog
 from kubedistill.runtime.trainer.sources import (
     BatchSource,
     DatasetBatches,
     RolloutBatches,
     epoch_steps,
     prompts_left_out,
+    steps_per_round,
 )
 from kubedistill.runtime.trainer.stopping import Stopping, Terminated
 
@@ -323,6 +325,7 @@ class Training:
         self.groups = groups
         self.kd = kd_config(self.job)
         self.gpus = gpu_policy(groups)
+        self.rollouts = self._rollout_log()
         self.source = self._source()
         first = trainer.train[0]
         probe = Probe(first.input_ids.tolist(), self._probe_tokens(), trainer.tokenizer.decode, first.images)
@@ -333,6 +336,8 @@ class Training:
         """Failures survived: the step training went on from, and what failed."""
         latest = trainer.resume_point()
         self.records = RecordLog(trainer.options.output_dir, latest.state.step if latest else None)
+        if self.rollouts is not None:
+            self.rollouts.rewind(latest.state.step if latest else None)
         self.state = self._resume(latest, restarted=False)
         """Where training stands, step by step (what a fault or an interruption finds)."""
         trainer.steps_done = self.state.step
@@ -348,6 +353,23 @@ class Training:
             rollout,
             self.spec.data.max_length,
             turn=lambda: self.gpus.turn(rollout),
+            on_round=self.rollouts.write if self.rollouts is not None else None,
+        )
+
+    def _rollout_log(self) -> RolloutLog | None:
+        """On-policy: where the sampled responses go (`<output>/rollouts/`); None without a rollout group."""
+        rollout = self.spec.rollout
+        if self.groups.rollout is None or rollout is None:
+            return None
+        tokenizer = self.trainer.tokenizer
+        return RolloutLog(
+            self.trainer.options.output_dir,
+            self.spec.output.rollout_rounds,
+            tokenizer.decode,
+            tokenizer.eos_token_id,
+            rollout.max_new_tokens,
+            steps_per_round(self.spec),
+            self.spec.training.log_every_steps,
         )
 
     def _probe_tokens(self) -> int:
@@ -580,6 +602,8 @@ class Training:
         self.followers.rejoin()
         latest = self.trainer.resume_point()
         self.records.rewind(latest.state.step if latest else None)
+        if self.rollouts is not None:
+            self.rollouts.rewind(latest.state.step if latest else None)
         return self._resume(latest, restarted=True)
 
     # -- what the run leaves --------------------------------------------------------------------------------

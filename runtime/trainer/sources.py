@@ -119,6 +119,7 @@ class RolloutBatches:
         rollout: RolloutActorGroup,
         max_length: int,
         turn: Callable[[], AbstractContextManager[None]] = contextlib.nullcontext,
+        on_round: Callable[[int, list[Sample], list[list[int]]], None] | None = None,
     ) -> None:
         spec = job.spec
         assert spec.rollout is not None
@@ -128,6 +129,9 @@ class RolloutBatches:
         self._max_length = max_length
         self._turn = turn
         """Entered around generation: colocated, it is the rollout engines' turn on the GPUs."""
+        self._on_round = on_round
+        """Given each round as sampled: the first step trained on it, each response's prompt, the
+        responses."""
         self._global = spec.training.global_batch_size
         self.steps_per_round = steps_per_round(spec)
         self.rounds_per_epoch = steps_per_epoch(len(prompts), spec.rollout.batch_size)
@@ -162,11 +166,13 @@ class RolloutBatches:
         started = time.perf_counter()
         with self._turn():
             responses = self._generate_responses(prompts, epoch, index)
+        answered = [p for p in prompts for _ in range(rollout.samples_per_prompt)]
+        if self._on_round is not None:
+            first_step = (epoch * self.rounds_per_epoch + index) * self.steps_per_round + 1
+            self._on_round(first_step, answered, responses)
         sequences = [
             with_response(prompt, response, self._max_length)
-            for prompt, response in zip(
-                (p for p in prompts for _ in range(rollout.samples_per_prompt)), responses, strict=True
-            )
+            for prompt, response in zip(answered, responses, strict=True)
         ]
         cut = [sample for sample in sequences if sample.truncation]
         if cut:

@@ -1,6 +1,7 @@
 """Every distillation mode end to end, with real Ray actors and FSDP2 ranks: what each mode promises."""
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -20,13 +21,13 @@ from tests.runtime.conftest import TINY_ROLLOUT, TinyWorld, job_manifest
 pytestmark = pytest.mark.usefixtures("ray_session")
 
 
-def _run(tiny: TinyWorld, output: Path, stop: int | None = None, **spec) -> list[dict]:
+def _run(tiny: TinyWorld, output_dir: Path, stop: int | None = None, **spec) -> list[dict]:
     job = parse_job(job_manifest(tiny, "modes-test", **spec))
     options = RunOptions(
-        output_dir=output, stop_after_steps=stop, metrics_port=0, progress=False, print_summary=False
+        output_dir=output_dir, stop_after_steps=stop, metrics_port=0, progress=False, print_summary=False
     )
     Trainer(job, options).run()
-    return [json.loads(line) for line in (output / "metrics.jsonl").read_text().splitlines()]
+    return [json.loads(line) for line in (output_dir / "metrics.jsonl").read_text().splitlines()]
 
 
 def _train(history: list[dict]) -> list[dict]:
@@ -77,11 +78,21 @@ def test_a_weight_sync_makes_the_rollout_engines_hold_the_students_exact_weights
 
 
 def test_on_policy_distillation_trains_on_its_own_samples_and_its_answers_change(
-    tiny: TinyWorld, tmp_path: Path
+    tiny: TinyWorld, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    history = _run(
-        tiny, tmp_path, stop=3, mode="onPolicy", rollout=TINY_ROLLOUT, distillation={"kdRatio": 1.0}
-    )
+    """...and keeps what it sampled: the newest two rounds' responses in <output>/rollouts/step-N.jsonl, the
+    tokens trained, and one response logged for the round of the step that logs a progress line."""
+    with caplog.at_level(logging.INFO, logger="kubedistill.runtime.trainer.rollouts"):
+        history = _run(
+            tiny,
+            tmp_path,
+            stop=3,
+            mode="onPolicy",
+            rollout=TINY_ROLLOUT,
+            distillation={"kdRatio": 1.0},
+            training={"logEverySteps": 2},
+            output={"rolloutRounds": 2},
+        )
     train = _train(history)
     assert len(train) == 3
     assert all(r["rollout_seconds"] > 0 for r in train), "every step opens a new round (8 prompts x 2 = 16)"
@@ -89,6 +100,18 @@ def test_on_policy_distillation_trains_on_its_own_samples_and_its_answers_change
     probes = [r["response"] for r in history if r["kind"] == "probe"]
     assert len(probes) == 3
     assert len(set(probes)) > 1, f"the student's greedy answer never changed: {probes}"
+
+    rollouts = tmp_path / "rollouts"
+    assert sorted(path.name for path in rollouts.iterdir()) == ["step-2.jsonl", "step-3.jsonl"]
+    for record in train[1:]:
+        lines = (rollouts / f"step-{record['step']}.jsonl").read_text().splitlines()
+        rounds = [json.loads(line) for line in lines]
+        assert len(rounds) == 16 and {r["step"] for r in rounds} == {record["step"]}
+        assert sum(r["response_tokens"] for r in rounds) == record["targets"], "the responses trained on"
+        assert all(r["prompt"].startswith("<|im_start|>user") and r["response"] for r in rounds)
+        assert all(r["response_tokens"] == TINY_ROLLOUT["maxNewTokens"] for r in rounds if r["cut"])
+    (logged,) = [message for message in caplog.messages if message.startswith("rollout for step")]
+    assert logged.startswith("rollout for step 2: 16 responses, ")
 
 
 def test_self_distillation_syncs_the_teacher_every_n_steps(tiny: TinyWorld, tmp_path: Path) -> None:
