@@ -14,6 +14,8 @@ from dataclasses import asdict, dataclass, fields
 from datetime import datetime
 from pathlib import Path
 
+from kubedistill.runtime.data.cache import CACHE_FOLDER
+
 TRAINER_STATE = "trainer.json"
 ORIGIN = "origin.json"
 _COMMITTED = re.compile(r"^step-(\d{8})$")
@@ -81,7 +83,8 @@ class CheckpointDirectory:
     def move_aside(self, now: datetime) -> Path | None:
         """Rename the whole directory to `<root>.old-<UTC time>` (a fresh start keeps the old run); None when
         there is nothing to move."""
-        if not self.root.exists() or not any(self.root.iterdir()):
+        # The prepared data (`data.cache`) alone is no old run: it is keyed by what it was made from.
+        if not self.root.exists() or all(path.name == CACHE_FOLDER for path in self.root.iterdir()):
             return None
         aside = self.root.with_name(f"{self.root.name}.old-{now.strftime('%Y%m%dT%H%M%SZ')}")
         self.root.rename(aside)

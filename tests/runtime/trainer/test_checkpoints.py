@@ -63,6 +63,14 @@ def test_moving_aside_keeps_the_old_checkpoints_under_a_dated_name(tmp_path: Pat
     assert directory.move_aside(datetime(2026, 12, 2, tzinfo=UTC)) is None, "nothing left to move"
 
 
+def test_a_folder_holding_only_the_prepared_data_is_no_old_run_to_move_aside(tmp_path: Path) -> None:
+    (tmp_path / "ckpt" / "prepared" / "spec.data.train-0123").mkdir(parents=True)
+    assert (
+        CheckpointDirectory(tmp_path / "ckpt", keep=3).move_aside(datetime(2026, 12, 2, tzinfo=UTC)) is None
+    )
+    assert (tmp_path / "ckpt" / "prepared").is_dir()
+
+
 def test_another_jobs_checkpoint_is_found_by_its_folder_or_its_step_without_touching_the_folder(
     tmp_path: Path,
 ) -> None:

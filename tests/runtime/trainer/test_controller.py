@@ -85,7 +85,7 @@ def test_resuming_from_a_checkpoint_gives_the_uninterrupted_result(
     checkpoint = {"path": str(tmp_path / "ckpt"), "everySteps": 3}
     output = tmp_path / "out"
     _run(tiny, output, stop=3, checkpoint=checkpoint)
-    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["step-00000003"]
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["prepared", "step-00000003"]
     trainer_state = json.loads((tmp_path / "ckpt" / "step-00000003" / "trainer.json").read_text())
     assert set(trainer_state) == {"step", "epoch", "batch_in_epoch", "bad_records", "skipped_steps"}, (
         "checkpoints hold counters; the records are in metrics.jsonl"

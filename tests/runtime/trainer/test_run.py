@@ -236,9 +236,10 @@ def test_sigterm_ends_the_step_checkpoints_it_and_exits_143_saying_where(termina
         f"{terminated.file}: stopped by SIGTERM at step {step} of {STEPS}; a re-run resumes from "
         f"{checkpoint} (step {step}); what was done is in {terminated.output}"
     )
-    assert sorted(path.name for path in terminated.checkpoints.iterdir()) == [f"step-{step:08d}"], (
-        "one checkpoint, at the step it stopped, and no staging directory left"
-    )
+    assert sorted(path.name for path in terminated.checkpoints.iterdir()) == [
+        "prepared",
+        f"step-{step:08d}",
+    ], "one checkpoint, at the step it stopped, and no staging directory left"
     assert summary["interrupted"] is True
     trained = [record["step"] for record in terminated.history() if record["kind"] == "train"]
     assert trained == list(range(1, step + 1))
@@ -254,7 +255,7 @@ def test_a_job_started_from_another_jobs_checkpoint_takes_its_student_weights(
     second = next(record for record in terminated.history() if record["kind"] == "train")
     assert (first["step"], second["step"]) == (1, 1)
     assert second["loss"] < first["loss"] - 0.05, (second["loss"], first["loss"])
-    (checkpoint,) = terminated.checkpoints.iterdir()
+    (checkpoint,) = terminated.checkpoints.glob("step-*")
     assert json.loads((checkpoint / "origin.json").read_text())["job"] == "cli-run-next"
 
 
@@ -415,7 +416,7 @@ def test_restart_moves_the_old_checkpoints_aside_and_starts_from_step_0(
     (aside,) = job.root.glob("ckpt.old-*")
     assert f"{job.file}: --restart: moved the old checkpoints aside to {aside}" in outcome.lines
     assert (aside / f"step-{STEPS:08d}" / "trainer.json").is_file(), "the finished run's checkpoints are kept"
-    assert min(path.name for path in job.checkpoints.iterdir()) == "step-00000002"
+    assert min(path.name for path in job.checkpoints.glob("step-*")) == "step-00000002"
 
 
 def test_a_killed_run_takes_its_local_ray_with_it(restarted_and_killed: tuple[Outcome, Helpers]) -> None:
