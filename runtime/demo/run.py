@@ -42,6 +42,8 @@ rest, which is where it beats fine-tuning on the same few records."""
 EVAL_RECORDS = 256
 JOBS = ("teacher-sft", "offpolicy", "student-sft")
 PICTURE_RECORDS = 128
+DEMO_LOG = "demo.log"
+"""In the demo's folder: what its jobs and their Ray workers logged (warnings and up), run after run."""
 
 
 @dataclass(frozen=True)
@@ -111,16 +113,21 @@ def run(root: Path, examples: Path, console: Console | None = None) -> dict[str,
     """Run the three jobs (reusing an output that holds a finished run of the job's steps) and compare the
     students."""
     from kubedistill.api.manifest import load_job
+    from kubedistill.runtime.cluster.console import WHAT_THE_LOG_HOLDS, keep_log
     from kubedistill.runtime.cluster.session import connect
 
     console = console or Console()
     assets = prepare(root)
     connect()
+    log_file = root / DEMO_LOG
+    keep_log(log_file)
+    console.print(f"log: {log_file} ({WHAT_THE_LOG_HOLDS})")
     for name in JOBS:
         train_or_reuse(name, load_job(examples / f"{name}.yaml"), console)
     comparison = compare(examples, assets)
     print_comparison(comparison, console)
     (root / "comparison.json").write_text(json.dumps(comparison, indent=2), encoding="utf-8")
+    console.print(f"log: {log_file}")
     return comparison
 
 

@@ -15,6 +15,9 @@ from kubedistill.api.job import DistillationJob, SpecError
 from kubedistill.runtime.trainer import preflight
 from kubedistill.runtime.trainer.stopping import TERMINATED_EXIT_CODE, Stopping, Terminated
 
+RUN_LOG = "run.log"
+"""In the output directory: what the run and its Ray workers logged, appended run after run."""
+
 if TYPE_CHECKING:
     from kubedistill.api.job import DistillationJob
     from kubedistill.runtime.trainer.controller import Trainer
@@ -86,6 +89,7 @@ def _run_job(
         metrics = TrainerMetrics(namespace, job.name)
         job, generation = _generate(file, job, out, metrics, metrics_port)
     # torch, ray and transformers only now: the checks above answer in a second or two.
+    from kubedistill.runtime.cluster.console import WHAT_THE_LOG_HOLDS, keep_log
     from kubedistill.runtime.cluster.session import connect
     from kubedistill.runtime.data.errors import BadRecordError, ChatTemplateError, DataFileError
     from kubedistill.runtime.trainer.checkpoints import CheckpointDirectory
@@ -134,13 +138,18 @@ def _run_job(
         )
         trainer.metrics.close()  # served since the generation phase, if the job has one
         return
+    log_file = out / RUN_LOG
+    typer.echo(f"log: {log_file} ({WHAT_THE_LOG_HOLDS})", err=True)
     try:
         connect()
+        keep_log(log_file)
         trainer.run()
     except KeyboardInterrupt:
         raise _interrupted(file, trainer, "interrupted", 130) from None
     except Terminated:
         raise _interrupted(file, trainer, "stopped by SIGTERM", TERMINATED_EXIT_CODE) from None
+    finally:
+        typer.echo(f"log: {log_file}", err=True)
 
 
 def _generate(

@@ -279,6 +279,23 @@ def test_the_run_logs_a_progress_line_every_log_every_steps(job: Job, resumed: O
     assert logged, "no line was due"
 
 
+def test_the_console_leaves_the_workers_bars_and_notices_to_the_runs_log_file(
+    job: Job, resumed: Outcome
+) -> None:
+    """The progress, the warnings and the summary stay in sight; the workers' weight-loading bars and the
+    gloo ranks' shutdown notice are in <output>/run.log, which the run names as it starts and ends."""
+    log_file = job.output / "run.log"
+    named = [line for line in resumed.lines if line.startswith("log: ")]
+    assert named[0].startswith(f"log: {log_file} (") and named[-1] == resumed.lines[-1] == f"log: {log_file}"
+    log = log_file.read_text(encoding="utf-8")
+    for noise in ("Loading weights", "Writing model shards", "No backend of type 0 found for Process Group"):
+        assert noise not in resumed.stdout + resumed.stderr
+        assert noise in log
+    assert re.search(r"\(StudentActor pid=\d+\) Loading weights: 100%", log), "a bar's last state, by whom"
+    assert "KubeDistill run: cli-run" in resumed.stdout, "the summary"
+    assert re.search(rf"step {STEPS}/{STEPS}: loss \d", log), "the driver's lines are in the log too"
+
+
 def test_a_finished_job_says_so_and_leaves_everything_as_it_is(job: Job, resumed: Outcome) -> None:
     metrics = (job.output / "metrics.jsonl").read_bytes()
     again = kubedistill(["run", str(job.file)], job.root)
