@@ -4,11 +4,13 @@
 import json
 import logging
 from collections.abc import Sequence
+from contextlib import ExitStack
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from kubedistill.runtime.trainer.records import TrainRecord
 
@@ -35,6 +37,11 @@ class Progress:
             disable=not enabled,
             leave=True,
         )
+        self._redirect = ExitStack()
+        if enabled:
+            # A log line written between two redraws would land on the bar's own line: through tqdm, the bar
+            # steps aside for it and is drawn again below.
+            self._redirect.enter_context(logging_redirect_tqdm())
 
     def update(self, record: TrainRecord) -> None:
         self._bar.set_postfix(
@@ -56,6 +63,7 @@ class Progress:
 
     def close(self) -> None:
         self._bar.close()
+        self._redirect.close()
 
 
 def plot_losses(directory: Path, history: Sequence[dict], title: str) -> Path:

@@ -26,9 +26,11 @@ import yaml
 from kubedistill.api import telemetry
 from kubedistill.api.status import Reason
 from kubedistill.operator.mirror import mirrored_status
+from kubedistill.runtime.cluster.console import last_frame
 from kubedistill.runtime.demo.data import chat_records, write_jsonl
 from kubedistill.runtime.demo.tiny import TinyShape, save_tiny
 from kubedistill.runtime.models.loading import load_tokenizer
+from kubedistill.runtime.trainer import report
 from tests.runtime.conftest import TinyWorld, job_manifest
 from tests.test_bad_inputs import KUBEDISTILL, Outcome, kubedistill
 
@@ -293,6 +295,10 @@ def test_the_console_leaves_the_workers_bars_and_notices_to_the_runs_log_file(
         assert noise in log
     assert re.search(r"\(StudentActor pid=\d+\) Loading weights: 100%", log), "a bar's last state, by whom"
     assert "KubeDistill run: cli-run" in resumed.stdout, "the summary"
+    logged = [line for line in resumed.lines if re.search(rf"step \d+/{STEPS}: loss \d", line)]
+    assert logged and all(last_frame(line).startswith(f"INFO {report.__name__}: step ") for line in logged), (
+        "a log line is drawn after the bar clears itself, not on the bar's line"
+    )
     assert re.search(rf"step {STEPS}/{STEPS}: loss \d", log), "the driver's lines are in the log too"
 
 
