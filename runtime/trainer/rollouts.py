@@ -134,8 +134,11 @@ class RolloutLog:
 
     def write(self, step: int, prompts: Sequence[Sample], responses: Sequence[list[int]]) -> None:
         """A round sampled for `step` on: `prompts[i]` is the prompt `responses[i]` answers."""
+        logged = is_logged_round(step, self._steps_per_round, self._log_every)
+        if not (logged or self._keep):
+            return
         records = rollout_records(step, prompts, responses, self._decode, self._eos, self._max_new_tokens)
-        if records and is_logged_round(step, self._steps_per_round, self._log_every):
+        if logged and records:
             log.info("%s", describe(records))
         if not self._keep:
             return
