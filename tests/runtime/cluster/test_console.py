@@ -3,11 +3,21 @@ only, everything else to both (the whole path, through `kubedistill run`: `train
 
 import io
 import logging
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from tqdm import tqdm
 
-from kubedistill.runtime.cluster.console import FilteredPrinter, Forwarded, is_noise, last_frame
+from kubedistill.runtime.cluster.console import (
+    RAY_PRINT_HANDLER,
+    WORKERS_LOGGER,
+    FilteredPrinter,
+    Forwarded,
+    is_noise,
+    keep_log,
+    last_frame,
+)
 
 GLOO_SHUTDOWN = (
     "[rank0]:[W1206 18:46:35.771878623 ProcessGroup.hpp:1006] Warning: No backend of type 0 found for "
@@ -105,3 +115,40 @@ def test_the_autoscalers_lines_are_left_to_ray(caplog: pytest.LogCaptureFixture)
         FilteredPrinter(printed, workers)(batch)
     assert printed.batches == [batch]
     assert caplog.messages == []
+
+
+@pytest.fixture
+def ray_printer() -> Iterator[_Printed]:
+    """A stand-in for the printer `ray.init(log_to_driver=True)` puts in Ray's dispatcher, under its name."""
+    from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
+
+    printed = _Printed()
+    dispatcher.add_handler(RAY_PRINT_HANDLER, printed)
+    yield printed
+    dispatcher.remove_handler(RAY_PRINT_HANDLER)
+    workers = logging.getLogger(WORKERS_LOGGER)
+    for handler in [*workers.handlers]:
+        workers.removeHandler(handler)
+        logging.getLogger().removeHandler(handler)
+        handler.close()
+
+
+def test_a_kept_log_gets_the_drivers_records_and_the_workers_lines_once_per_job(
+    ray_printer: _Printed, tmp_path: Path
+) -> None:
+    """Two jobs in one process (the demo runs three): the second log replaces the first, and Ray's printer
+    is filtered once, not twice."""
+    from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
+
+    for job in ("first", "second"):
+        keep_log(tmp_path / job / "run.log")
+        logging.getLogger("kubedistill.test").warning("%s: a driver's warning", job)
+        dispatcher.emit(_batch("7", [GLOO_SHUTDOWN, f"{job}: a worker's warning"]))
+    assert ray_printer.batches == [_batch("7", [f"{job}: a worker's warning"]) for job in ("first", "second")]
+    for job in ("first", "second"):
+        lines = (tmp_path / job / "run.log").read_text().splitlines()
+        assert [line.split(" ", 2)[2] for line in lines] == [
+            f"WARNING kubedistill.test: {job}: a driver's warning",
+            f"INFO kubedistill.workers: (StudentActor pid=7) {GLOO_SHUTDOWN}",
+            f"INFO kubedistill.workers: (StudentActor pid=7) {job}: a worker's warning",
+        ]
