@@ -112,6 +112,12 @@ def test_on_policy_after_a_student_rank_is_killed_the_engine_takes_the_checkpoin
     struck = run(tmp_path / "struck", strike=True)
     assert [r["step"] for r in struck][-2:] == [3, 4]
     assert [r["loss"] for r in struck][-2:] == pytest.approx([r["loss"] for r in straight][-2:], abs=1e-6)
+    # The rounds after the checkpoint are sampled again from its weights, as the straight run sampled them.
+    kept = {run: sorted((tmp_path / run / "rollouts").iterdir()) for run in ("straight", "struck")}
+    assert [path.name for path in kept["struck"]] == [f"step-{step}.jsonl" for step in (1, 2, 3, 4)]
+    assert [path.read_text() for path in kept["struck"][:3]] == [
+        path.read_text() for path in kept["straight"][:3]
+    ]
 
 
 def test_failures_beyond_the_backoff_limit_fail_the_run(tiny: TinyWorld, tmp_path: Path) -> None:
