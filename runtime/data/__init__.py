@@ -1,6 +1,6 @@
-"""Training data: reading records, tokenising them with loss masks, and forming batches."""
+"""Training data: reading records, tokenising them with loss masks, and forming batches (`batching`, which
+needs torch, is left out here: preparing data, also in worker processes, imports this package)."""
 
-from kubedistill.runtime.data.batching import balance, global_batches, shard_micro_batches, steps_per_epoch
 from kubedistill.runtime.data.errors import BadRecord, BadRecordError, ChatTemplateError, DataFileError
 from kubedistill.runtime.data.load import LoadedData, load_samples
 from kubedistill.runtime.data.sample import Sample
@@ -12,9 +12,5 @@ __all__ = [
     "DataFileError",
     "LoadedData",
     "Sample",
-    "balance",
-    "global_batches",
     "load_samples",
-    "shard_micro_batches",
-    "steps_per_epoch",
 ]

@@ -23,13 +23,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from kubedistill.api.job import SpecError
 from kubedistill.runtime.data.errors import RecordProblem
 from kubedistill.runtime.data.records import json_type
 
 if TYPE_CHECKING:
+    import torch
     from PIL.Image import Image
 
 IMAGE_TOKEN = "<|image_pad|>"
@@ -66,14 +66,18 @@ class ImageInputs:
 
 
 def batch_image_inputs(
-    images: "Sequence[ImageInputs | None]", input_ids: torch.Tensor
-) -> dict[str, torch.Tensor]:
+    images: "Sequence[ImageInputs | None]", input_ids: "torch.Tensor"
+) -> "dict[str, torch.Tensor]":
     """The image keyword arguments of a Qwen-VL forward over the padded rows `input_ids` [B, L], row i having
     `images[i]` (None: no images); empty when no row has any, so a text batch runs as text.
 
     The model takes every row's patches concatenated in row order, one grid per image, and marks image tokens
     in `mm_token_type_ids` to build its 3-D (mRoPE) positions; padding is never an image token, because the
     pad token is not the image token (a processor's tokenizer keeps them apart)."""
+    # Imported here: preparing data (also in worker processes, which start by importing this module) needs
+    # no torch, whose import takes seconds.
+    import torch
+
     present = [inputs for inputs in images if inputs is not None]
     if not present:
         return {}

@@ -4,6 +4,8 @@
 import logging
 import pickle
 import random
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -140,3 +142,10 @@ def test_a_spec_error_crosses_back_from_a_worker_naming_its_field() -> None:
         "has an image",
         "spec.data.train: has an image",
     )
+
+
+def test_a_worker_starts_without_importing_torch() -> None:
+    """A spawned worker imports the preparing module first; torch would add seconds to every start."""
+    check = "import sys, kubedistill.runtime.data.prepare; print('torch' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False"
