@@ -10,6 +10,8 @@ rounds), so none inherits another's allocator or page cache state:
 
 - `load_samples, N processes`: what `Trainer.__init__` does for spec.data.train (`load_samples`), with N
   worker processes; tokens/s counts the samples' tokens over the call's wall time.
+- `first run with a checkpoint volume`: `load_samples` on 2 processes with a cache folder of its own, as a
+  job with spec.checkpoint.path prepares its set the first time: it writes the set and maps it back.
 - `cached restart`: `load_samples` with the cache folder a job with spec.checkpoint.path uses, after one
   untimed run prepared the set there: what a restarted or retried job does (`data.cache`).
 - `batched tokenizer alone`: the same chats through `apply_chat_template`, then one batched call of the
@@ -99,7 +101,9 @@ def measure(variant: str, path: Path) -> None:
         records = len(texts)
     else:
         cache = path.parent / "prepared" if variant == "cached" else None
-        processes = 1 if variant == "cached" else int(variant)
+        if variant == "first":
+            cache = Path(tempfile.mkdtemp(dir=path.parent)) / "prepared"
+        processes = {"cached": 1, "first": 2}.get(variant) or int(variant)
         loaded = load_samples(source, data, tokenizer, mode=Mode.OFF_POLICY, processes=processes, cache=cache)
         tokens = sum(len(sample.input_ids) for sample in loaded.samples)
         records = len(loaded.samples)
@@ -126,6 +130,7 @@ VARIANTS = {
     "tokenizer": "batched tokenizer alone (1 process)",
     "1": "load_samples, 1 process",
     "2": "load_samples, 2 processes",
+    "first": "first run with a checkpoint volume, 2 processes",
     "cached": "cached restart",
 }
 
@@ -158,7 +163,11 @@ def main() -> None:
     }
     tokens = runs["1"][0]["tokens"]
     records = runs["1"][0]["records"]
-    bytes_per_token = statistics.median(run["resident_bytes"] for run in runs["1"]) / tokens
+    resident = {
+        variant: statistics.median(run["resident_bytes"] for run in results)
+        for variant, results in runs.items()
+    }
+    bytes_per_token = resident["1"] / tokens
     rows = [
         {
             "variant": name,
@@ -169,8 +178,7 @@ def main() -> None:
             "tokens_per_cpu_s": statistics.median(
                 run["tokens"] / run["cpu_seconds"] for run in runs[variant]
             ),
-            "resident_bytes_per_token": statistics.median(run["resident_bytes"] for run in runs[variant])
-            / tokens,
+            "resident_bytes_per_token": resident[variant] / tokens,
             "resume_hash_s": statistics.median(run["resume_hash_seconds"] for run in runs[variant]),
         }
         for variant, name in variants.items()
@@ -180,7 +188,10 @@ def main() -> None:
         Goal("one process / batched tokenizer alone", median["1"] / median["tokenizer"], 0.5),
         Goal("2 processes / 1 process", median["2"] / median["1"], 1.8),
         Goal("2 processes / 1 process, projected on 2 free cores", 2 * cpu_rate["2"] / cpu_rate["1"], 1.8),
-        Goal("bytes a token resident", bytes_per_token, 6.0, at_least=False),
+        Goal("bytes a token resident, 1 process, no cache", bytes_per_token, 6.0, at_least=False),
+        Goal(
+            "bytes a token resident, first run with a cache", resident["first"] / tokens, 6.0, at_least=False
+        ),
     ]
     settings = {
         "records": records,

@@ -113,7 +113,10 @@ def load_samples(
         )
         if key is not None and cache is not None:
             try:
-                write_prepared(cache, field, key, prepared)
+                if write_prepared(cache, field, key, prepared):
+                    # Mapped rather than held, as a restarted job holds them: the tokens are then the page
+                    # cache's to keep or drop, and the heap they were prepared in goes back to the system.
+                    prepared = read_prepared(cache, field, key) or prepared
             except OSError as error:
                 # The cache saves time on a later run; a volume without room for it must not fail this one.
                 log.warning("%s: cannot keep the prepared samples in %s: %s", field, cache, error)

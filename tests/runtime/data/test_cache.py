@@ -58,6 +58,15 @@ def test_a_second_load_maps_the_prepared_set_and_gets_the_same_samples(
     )
 
 
+def test_the_first_load_too_holds_the_set_it_kept_memory_mapped(tokenizer, tmp_path: Path) -> None:
+    source = write_jsonl(tmp_path / "train.jsonl", RECORDS)
+    data = DataSpec(train=source, on_bad_record="skip")
+    first = load_samples(source, data, tokenizer, mode=Mode.OFF_POLICY, cache=tmp_path / "prepared")
+    without = load_samples(source, data, tokenizer, mode=Mode.OFF_POLICY)
+    assert first.samples == without.samples and first.bad_records == without.bad_records
+    assert all(isinstance(sample.target_mask.base, np.memmap) for sample in first.samples)
+
+
 def test_a_teacher_of_its_own_with_its_spans_comes_back_whole(tokenizer, tmp_path: Path) -> None:
     from kubedistill.runtime.demo.tiny import build_tokenizer
 
