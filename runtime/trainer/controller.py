@@ -108,6 +108,8 @@ class RunOptions:
     """What the generation phase reports for `summary.json` (its counts and the tokens it paid for)."""
     stopping: Stopping = field(default_factory=Stopping)
     """Whether SIGTERM asked the run to stop: `kubedistill run` installs it as the signal's handler."""
+    keep_prepared: bool = True
+    """Keep the prepared data on the checkpoint volume (`data.cache`); `kubedistill inspect` only reads."""
 
 
 @dataclass(frozen=True)
@@ -220,9 +222,13 @@ class Trainer:
             images=self.images,
             teacher_images=self.teacher_images,
             # Prepared once: a restarted or retried job maps the set from its checkpoint volume.
-            cache=Path(self.spec.checkpoint.path) / CACHE_FOLDER if self.spec.checkpoint.path else None,
+            cache=self._prepared_folder(),
         )
         return loaded.samples, loaded.bad_records
+
+    def _prepared_folder(self) -> Path | None:
+        path = self.spec.checkpoint.path
+        return Path(path) / CACHE_FOLDER if path and self.options.keep_prepared else None
 
     def _image_processing(self) -> tuple[ImageProcessing | None, ImageProcessing | None]:
         """The student's image processing (None: a text model) and the teacher's, when it has its own.

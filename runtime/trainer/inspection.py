@@ -48,7 +48,8 @@ def inspect_job(
     out = output or Path(job.spec.output.path or f"output/{job.name}")
     try:
         job = _training_job(job, out)
-        trainer = Trainer(job, RunOptions(output_dir=out, progress=False, print_summary=False))
+        options = RunOptions(output_dir=out, progress=False, print_summary=False, keep_prepared=False)
+        trainer = Trainer(job, options)
     except (BadRecordError, DataFileError, ChatTemplateError, SpecError) as error:
         typer.echo(f"{file}: {error}", err=True)
         raise typer.Exit(1) from None

@@ -97,3 +97,11 @@ def test_inspect_refuses_bad_data_with_the_line_a_run_prints(tiny: TinyWorld, tm
 
     assert done.exit_code == 1
     assert done.stderr.splitlines() == [f"{job}: {data}:1: 'messages' has no assistant message to train on"]
+
+
+def test_inspect_leaves_the_checkpoint_folder_alone(tiny: TinyWorld, tmp_path: Path) -> None:
+    """Only a run keeps the prepared data there (`data.cache`); inspecting a job only reads."""
+    job = _job(tmp_path, tiny, checkpoint={"path": str(tmp_path / "ckpt")})
+    done = invoke(["inspect", str(job), "--records", "1"])
+    assert done.exit_code == 0, done.stderr
+    assert not (tmp_path / "ckpt").exists()
