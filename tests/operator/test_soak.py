@@ -64,7 +64,7 @@ class Life:
 LIVES = {
     "succeeds": Life((INITIALIZING, RUNNING, SUCCEEDED), "Succeeded", "RayJobSucceeded"),
     "fails": Life((INITIALIZING, RUNNING, RAY_FAILED), "Failed", "RayJobFailed"),
-    "cannot-deploy": Life((INITIALIZING, DEPLOYMENT_FAILED), "Failed", "RayJobFailed"),
+    "cannot-deploy": Life((INITIALIZING, DEPLOYMENT_FAILED), "Failed", "ActiveDeadlineExceeded"),
     "suspended": Life((INITIALIZING, SUSPENDED), "Suspended", "RayJobSuspended"),
     "resumed": Life((INITIALIZING, SUSPENDED, RUNNING, SUCCEEDED), "Succeeded", "RayJobSucceeded"),
     "rayjob-deleted": Life((INITIALIZING, RUNNING, DELETED), "Failed", "RayJobDeleted"),
