@@ -38,8 +38,9 @@ def _response(tokenizer) -> list[int]:
 def test_the_teacher_scores_the_sampled_response_after_its_privileged_prompt(tokenizer) -> None:
     prompt, response = _prompt(tokenizer), _response(tokenizer)
     sample = with_response(prompt, response, max_length=64)
-    assert sample.input_ids == prompt.input_ids + tuple(response)
-    assert sample.teacher_input_ids == prompt.teacher_input_ids + tuple(response)
+    assert list(sample.input_ids) == [*prompt.input_ids, *response]
+    assert sample.teacher_input_ids is not None and prompt.teacher_input_ids is not None
+    assert list(sample.teacher_input_ids) == [*prompt.teacher_input_ids, *response]
     assert tokenizer.decode(prompt.teacher_input_ids).startswith("<|im_start|>user\nYou are a careful tutor.")
     assert sample.source == "prompts.jsonl:3 (rollout)"
 
