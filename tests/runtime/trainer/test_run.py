@@ -292,7 +292,10 @@ def test_the_console_leaves_the_workers_bars_and_notices_to_the_runs_log_file(
     log = log_file.read_text(encoding="utf-8")
     for noise in ("Loading weights", "Writing model shards", "No backend of type 0 found for Process Group"):
         assert noise not in resumed.stdout + resumed.stderr
-        assert noise in log
+    # Every run loads weights; the gloo notice comes only from a rank whose group is torn down after a
+    # certain point, not in every run, so only the bars are sure to be in the file.
+    for bar in ("Loading weights", "Writing model shards"):
+        assert bar in log
     assert re.search(r"\(StudentActor pid=\d+\) Loading weights: 100%", log), "a bar's last state, by whom"
     assert "KubeDistill run: cli-run" in resumed.stdout, "the summary"
     logged = [line for line in resumed.lines if re.search(rf"step \d+/{STEPS}: loss \d", line)]
