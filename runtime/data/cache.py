@@ -11,6 +11,11 @@ changed or replaced file gets a new key), both tokenizers (their full definition
 data settings, the source's settings, the mode and whether the teacher tokenises on its own, and `FORMAT`,
 raised whenever preparation changes what it produces. A folder is written under a temporary name and renamed
 when complete, so a job killed mid-write leaves no half set behind.
+
+The set also keeps the hash of its samples that resume's origin check compares (`samples_sha256`): a restarted
+job reads it with the set instead of hashing every token again. The key alone cannot stand in for it: a file
+moved or touched without a change reads the same records, and may be resumed from (resume.py's
+`MAY_CHANGE`), but gets a new key.
 """
 
 import hashlib
@@ -18,6 +23,7 @@ import json
 import os
 import pickle
 import shutil
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -46,6 +52,8 @@ class Prepared:
     bad_records: list[BadRecord]
     reasoning: UnrenderedReasoning | None
     """What the source's preparation counted of reasoning the chat template leaves out, to warn again."""
+    sha256: str | None = None
+    """`samples_sha256(samples)`, when the set was kept (a set kept before it was recorded has none)."""
 
 
 def cache_key(
@@ -101,7 +109,7 @@ def read_prepared(folder: Path, field: str, key: str) -> Prepared | None:
         samples.append(
             Sample(source=source, prompt_length=prompt_length, truncation=truncation, **views)  # type: ignore[arg-type]
         )
-    return Prepared(samples, records["bad_records"], records["reasoning"])
+    return Prepared(samples, records["bad_records"], records["reasoning"], records.get("sha256"))
 
 
 def write_prepared(folder: Path, field: str, key: str, prepared: Prepared) -> bool:
@@ -128,6 +136,7 @@ def write_prepared(folder: Path, field: str, key: str, prepared: Prepared) -> bo
         "samples": [(s.source, s.prompt_length, s.truncation) for s in samples],
         "bad_records": prepared.bad_records,
         "reasoning": prepared.reasoning,
+        "sha256": samples_sha256(samples),
     }
     with (staging / _RECORDS).open("wb") as file:
         pickle.dump(records, file, protocol=pickle.HIGHEST_PROTOCOL)
@@ -141,3 +150,18 @@ def _offsets(parts: list[npt.NDArray[Any]]) -> npt.NDArray[np.int64]:
     offsets = np.zeros(len(parts) + 1, dtype=np.int64)
     np.cumsum([len(part) for part in parts], out=offsets[1:])
     return offsets
+
+
+def samples_sha256(samples: Iterable[Sample]) -> str:
+    """The hash of the samples' tokens and masks in order: what resume's origin check compares
+    (`resume.data_identity`), wherever the files lie."""
+    digest = hashlib.sha256()
+    for sample in samples:
+        # int64 and one byte a mask entry: the bytes checkpoints recorded when samples were tuples.
+        for tokens in (sample.input_ids, sample.teacher_input_ids):
+            digest.update(b"" if tokens is None else tokens.astype(np.int64).tobytes())
+            digest.update(b"|")
+        for mask in (sample.target_mask, sample.teacher_target_mask):
+            digest.update(b"" if mask is None else mask.tobytes())
+            digest.update(b"|")
+    return digest.hexdigest()

@@ -35,6 +35,9 @@ class LoadedData:
     """Records skipped under `onBadRecord: skip`, in file order; empty under `fail`."""
     key: str | None = None
     """The prepared set's cache key (`data.cache`) when a cache folder was given; None otherwise."""
+    sha256: str | None = None
+    """The samples' hash (`cache.samples_sha256`) as the prepared set keeps it: resume's data identity,
+    without hashing every token again. None where no set was kept (no cache folder, images, a hub set)."""
 
     @property
     def truncated(self) -> list[Sample]:
@@ -121,7 +124,7 @@ def load_samples(
                 # The cache saves time on a later run; a volume without room for it must not fail this one.
                 log.warning("%s: cannot keep the prepared samples in %s: %s", field, cache, error)
     samples, bad_records = prepared.samples, prepared.bad_records
-    loaded = LoadedData(samples, bad_records, key)
+    loaded = LoadedData(samples, bad_records, key, prepared.sha256)
     if prepared.reasoning is not None:
         prepared.reasoning.warn(len(samples))
     if loaded.truncated:

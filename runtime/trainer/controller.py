@@ -28,7 +28,7 @@ from kubedistill.runtime.cluster.placement import ClusterView
 from kubedistill.runtime.data.cache import CACHE_FOLDER
 from kubedistill.runtime.data.errors import BadRecord
 from kubedistill.runtime.data.images import ImageProcessing, load_image_processing
-from kubedistill.runtime.data.load import load_samples
+from kubedistill.runtime.data.load import LoadedData, load_samples
 from kubedistill.runtime.data.sample import Sample
 from kubedistill.runtime.models.chat_clock import pin_chat_clock
 from kubedistill.runtime.models.loading import compute_dtype, load_tokenizer
@@ -142,17 +142,20 @@ class Trainer:
         # On-policy (self-distillation too) trains on prompts; its eval data keeps the dataset's responses
         # to score.
         train_mode = Mode.ON_POLICY if self.spec.on_policy else self.spec.mode
-        self.train, bad_train = self._load(self.spec.data.train, "spec.data.train", train_mode)
+        train = self._load(self.spec.data.train, "spec.data.train", train_mode)
+        self.train, bad_train = train.samples, train.bad_records
         self.eval: list[Sample] = []
         bad_eval: list[BadRecord] = []
         if self.spec.data.eval is not None:
             mode = Mode.OFF_POLICY if self.spec.on_policy else self.spec.mode
-            self.eval, bad_eval = self._load(self.spec.data.eval, "spec.data.eval", mode)
+            evaluated = self._load(self.spec.data.eval, "spec.data.eval", mode)
+            self.eval, bad_eval = evaluated.samples, evaluated.bad_records
         self.bad_records = bad_train + bad_eval
         for bad in self.bad_records:
             log.warning("skipped bad record %s", bad)
         self.truncated = [sample for sample in self.train + self.eval if sample.truncation]
-        self.origin = origin_of(job, self.train, self.chat_clock)
+        # A prepared set read back carries its hash: a restart compares without hashing every token.
+        self.origin = origin_of(job, self.train, self.chat_clock, train_sha256=train.sha256)
         self.steps_per_epoch = epoch_steps(self.spec, len(self.train))
         self.prompts_left_out = prompts_left_out(self.spec, len(self.train))
         """On-policy: prompts of each epoch that fill no rollout round (reported, never dropped unsaid)."""
@@ -210,7 +213,7 @@ class Trainer:
         recorded = Origin.from_json(latest.origin).chat_clock if latest and latest.origin else None
         return datetime.fromisoformat(recorded) if recorded else datetime.now().astimezone()
 
-    def _load(self, source: DataSource, field_path: str, mode: Mode) -> tuple[list[Sample], list[BadRecord]]:
+    def _load(self, source: DataSource, field_path: str, mode: Mode) -> LoadedData:
         loaded = load_samples(
             source,
             self.spec.data,
@@ -224,7 +227,7 @@ class Trainer:
             # Prepared once: a restarted or retried job maps the set from its checkpoint volume.
             cache=self._prepared_folder(),
         )
-        return loaded.samples, loaded.bad_records
+        return loaded
 
     def _prepared_folder(self) -> Path | None:
         path = self.spec.checkpoint.path

@@ -8,7 +8,6 @@ else changed is refused, naming each field, before Ray starts: resuming would si
 schedule, or fail deep in the checkpoint loader (another student model's shapes).
 """
 
-import hashlib
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
@@ -16,10 +15,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from kubedistill.api.job import DistillationJob
 from kubedistill.api.status import RESUME_REFUSED_WORDS
+from kubedistill.runtime.data.cache import samples_sha256
 from kubedistill.runtime.data.sample import Sample
 from kubedistill.runtime.trainer.checkpoints import ORIGIN, Checkpoint
 from kubedistill.runtime.trainer.report import SUMMARY_FILE
@@ -106,30 +104,29 @@ class ResumeRefused(Exception):
     """The checkpoint was made from another job: its message is the one line a user (or the operator) sees."""
 
 
-def origin_of(job: DistillationJob, train: Iterable[Sample], chat_clock: datetime | None = None) -> Origin:
+def origin_of(
+    job: DistillationJob,
+    train: Iterable[Sample],
+    chat_clock: datetime | None = None,
+    *,
+    train_sha256: str | None = None,
+) -> Origin:
     spec = job.spec.model_dump(mode="json", by_alias=True)
     return Origin(
         spec=dict(_flatten(spec, "spec")),
-        data=data_identity(train),
+        data=data_identity(train, train_sha256),
         job=job.name,
         chat_clock=chat_clock.isoformat() if chat_clock else None,
     )
 
 
-def data_identity(samples: Iterable[Sample]) -> DataIdentity:
-    """The tokenised training records in order: what the student learns from, wherever the files lie."""
-    digest = hashlib.sha256()
-    records = 0
-    for sample in samples:
-        records += 1
-        # int64 and one byte a mask entry: the bytes checkpoints recorded when samples were tuples.
-        for tokens in (sample.input_ids, sample.teacher_input_ids):
-            digest.update(b"" if tokens is None else tokens.astype(np.int64).tobytes())
-            digest.update(b"|")
-        for mask in (sample.target_mask, sample.teacher_target_mask):
-            digest.update(b"" if mask is None else mask.tobytes())
-            digest.update(b"|")
-    return DataIdentity(records=records, sha256=digest.hexdigest())
+def data_identity(samples: Iterable[Sample], sha256: str | None = None) -> DataIdentity:
+    """The tokenised training records in order: what the student learns from, wherever the files lie.
+    `sha256`: their hash as the prepared set keeps it (`LoadedData.sha256`), which spares hashing every
+    token again (0.13-0.19 s per 16.8 M tokens) on a restart; it is the value hashing them gives, so the
+    checkpoints of earlier versions compare as they always did."""
+    samples = list(samples)
+    return DataIdentity(len(samples), samples_sha256(samples) if sha256 is None else sha256)
 
 
 def changes(saved: Origin, current: Origin) -> list[str]:

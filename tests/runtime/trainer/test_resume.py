@@ -10,9 +10,11 @@ import pytest
 from transformers.utils import chat_template_utils
 
 from kubedistill.api import parse_job
-from kubedistill.api.spec import DistillationJobSpec
+from kubedistill.api.spec import DataSource, DataSpec, DistillationJobSpec, Mode
+from kubedistill.runtime.data.load import load_samples
 from kubedistill.runtime.data.sample import Sample
-from kubedistill.runtime.trainer import controller
+from kubedistill.runtime.demo.tiny import build_tokenizer
+from kubedistill.runtime.trainer import controller, resume
 from kubedistill.runtime.trainer.checkpoints import Checkpoint, CheckpointDirectory, TrainerState
 from kubedistill.runtime.trainer.controller import RunOptions, Trainer
 from kubedistill.runtime.trainer.resume import (
@@ -27,6 +29,7 @@ from kubedistill.runtime.trainer.resume import (
 )
 from tests.api.manifests import BASE, apply_changes
 from tests.runtime.conftest import TinyWorld, job_manifest
+from tests.runtime.data.builders import CORPUS, chat, write_jsonl
 
 RECORDS = [
     Sample(input_ids=(1, 2, 3, 4), target_mask=(False, False, True, True), source="a:1", prompt_length=2),
@@ -98,6 +101,34 @@ def test_the_same_number_of_other_records_is_still_a_change() -> None:
 def test_data_identity_ignores_where_a_record_came_from() -> None:
     moved = [Sample(s.input_ids, s.target_mask, "b:9", s.prompt_length) for s in RECORDS]
     assert data_identity(moved) == data_identity(RECORDS)
+
+
+def test_a_restart_compares_the_hash_its_prepared_set_keeps_as_checkpoints_always_recorded_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A restarted job reads its samples' hash with the prepared set instead of hashing every token, and
+    compares it with what any checkpoint recorded: the same records resume (moved, too, though the moved
+    file's set is prepared afresh under a new key), other records are refused."""
+    tokenizer = build_tokenizer(CORPUS, vocab_size=512)
+    chats = [chat(("user", "What is 2+2?"), ("assistant", f"The answer is {n}.")) for n in range(4)]
+    source = write_jsonl(tmp_path / "train.jsonl", chats)
+    data, cache = DataSpec(train=source), tmp_path / "ckpt" / "prepared"
+    job = parse_job(apply_changes(BASE, {"spec.data.train.path": source.path}))
+
+    def restart(source: DataSource) -> Origin:
+        loaded = load_samples(source, data, tokenizer, mode=Mode.OFF_POLICY, cache=cache)
+        assert loaded.sha256 is not None, "the kept set holds its hash"
+        return origin_of(job, loaded.samples, train_sha256=loaded.sha256)
+
+    # A checkpoint as every version wrote it: the hash of the samples prepared without a cache.
+    saved = _roundtrip(origin_of(job, load_samples(source, data, tokenizer, mode=Mode.OFF_POLICY).samples))
+    restart(source)
+    monkeypatch.setattr(resume, "samples_sha256", None)  # from here on, a hash computed would fail
+    assert changes(saved, restart(source)) == []
+    moved = write_jsonl(tmp_path / "elsewhere.jsonl", chats)
+    assert changes(saved, restart(moved)) == []
+    other = write_jsonl(tmp_path / "train.jsonl", [*chats[:3], chat(("user", "Hi"), ("assistant", "Hello"))])
+    assert changes(saved, restart(other)) == ["training data: other records (4 either way)"]
 
 
 def test_every_field_that_may_change_is_a_spec_field() -> None:
