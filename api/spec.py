@@ -315,6 +315,11 @@ class TrainingSpec(SpecModel):
     """Compute precision of the student (bf16 mixed precision keeps fp32 master weights) and the teacher."""
     max_tokens_per_device: PositiveInt | None = None
     """Dynamic batching: form micro-batches by this token budget instead of microBatchSize."""
+    packing: bool = True
+    """Padding-free packing: each micro-batch's sequences share one row, each attending only to itself, so no
+    compute goes to padding; with maxTokensPerDevice the budget is the row's total tokens (whole sequences,
+    first-fit decreasing), without it a row holds microBatchSize sequences. Same losses and gradients as
+    padded rows; vision-language students always use padded rows."""
     log_every_steps: PositiveInt = 10
     """Log a progress line (step, loss, step time, tokens per second) every this many steps; /metrics and
     metrics.jsonl have every step."""

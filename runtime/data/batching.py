@@ -64,13 +64,19 @@ def balance(costs: Sequence[int], bins: int) -> list[list[int]]:
 
 
 def shard_micro_batches(
-    samples: Sequence[Sample], ranks: int, micro_batch_size: int | None, max_tokens: int | None
+    samples: Sequence[Sample],
+    ranks: int,
+    micro_batch_size: int | None,
+    max_tokens: int | None,
+    packed: bool = False,
 ) -> list[list[list[Sample]]]:
     """The micro-batches of each student rank for one global batch, indexed [rank][micro_batch].
 
     With `max_tokens` (dynamic batching; it wins over `micro_batch_size`, as the spec says) samples are
-    balanced over ranks by token count and packed, longest first, into micro-batches whose padded size
-    (longest x count) stays within the budget; a sample longer than the budget gets a micro-batch of its
+    balanced over ranks by token count and packed, longest first, into micro-batches whose size stays
+    within the budget: padded (`packed` false), the longest times the count; packed into one row
+    (`MicroBatch.from_samples(packed=True)`), the sum of the lengths, each sample going to the first
+    micro-batch it fits (first-fit decreasing). A sample longer than the budget gets a micro-batch of its
     own. Otherwise each rank gets a contiguous `len / ranks` samples, cut into `micro_batch_size` pieces (the
     first ranks one more where they do not split evenly: an epoch's last, smaller batch).
 
@@ -81,7 +87,9 @@ def shard_micro_batches(
         raise ValueError(f"ranks must be at least 1, got {ranks}")
     if max_tokens is not None:
         per_rank = [
-            _pack(sorted((samples[i] for i in shard), key=lambda s: -len(s.input_ids)), max_tokens)
+            (_first_fit if packed else _pack)(
+                sorted((samples[i] for i in shard), key=lambda s: -len(s.input_ids)), max_tokens
+            )
             for shard in balance([len(s.input_ids) for s in samples], ranks)
         ]
     elif micro_batch_size is not None:
@@ -110,6 +118,25 @@ def _pack(longest_first: list[Sample], max_tokens: int) -> list[list[Sample]]:
             batches[-1].append(sample)
         else:
             batches.append([sample])
+    return batches
+
+
+def _first_fit(longest_first: list[Sample], max_tokens: int) -> list[list[Sample]]:
+    """Whole samples into rows of at most `max_tokens` tokens: no sample is ever cut across rows (the
+    attention of a packed row stays within each sample, and a cut one would lose its beginning)."""
+    if max_tokens < 1:
+        raise ValueError(f"max_tokens must be at least 1, got {max_tokens}")
+    batches: list[list[Sample]] = []
+    loads: list[int] = []
+    for sample in longest_first:
+        length = len(sample.input_ids)
+        row = next((i for i, load in enumerate(loads) if load + length <= max_tokens), None)
+        if row is None:
+            batches.append([sample])
+            loads.append(length)
+        else:
+            batches[row].append(sample)
+            loads[row] += length
     return batches
 
 

@@ -1,7 +1,18 @@
-"""A micro-batch as the student ranks receive it: padded tokens and loss positions, built on the driver."""
+"""A micro-batch as the student ranks receive it: tokens (right-padded rows, or one packed row) and loss
+positions, built on the driver.
 
+A packed micro-batch (`training.packing`) puts its samples one after the other in a single row, with no
+padding: `position_ids` restart at 0 for each sample, and the model is called without an attention mask, from
+which transformers builds a block-diagonal causal mask (each token attends only to the earlier tokens of its
+own sample). Loss positions, labels and their order are those of the padded micro-batch of the same samples,
+so the teacher's hidden states (returned per sample, in order), the losses and the algorithms' alignments
+(`Algorithm.micro_batch_extras`) pair with them unchanged.
+"""
+
+import itertools
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from kubedistill.runtime.data.batching import pad_right
@@ -14,7 +25,7 @@ class MicroBatch:
     input_ids: torch.Tensor
     """[B, L] right-padded token ids."""
     attention_mask: torch.Tensor
-    """[B, L] 1 on tokens, 0 on padding."""
+    """[B, L] 1 on tokens, 0 on padding (all ones in a packed row)."""
     rows: torch.Tensor
     """[n] batch row of each loss position."""
     columns: torch.Tensor
@@ -26,6 +37,13 @@ class MicroBatch:
     images: dict[str, torch.Tensor] = field(default_factory=dict)
     """A vision-language student's image inputs for the backbone (`data.images.batch_image_inputs`); empty
     when no sample has images."""
+    position_ids: torch.Tensor | None = None
+    """[1, L] each token's position within its own sample, in a packed row; None for padded rows (the model
+    derives the positions from the attention mask)."""
+
+    @property
+    def packed(self) -> bool:
+        return self.position_ids is not None
 
     @property
     def num_targets(self) -> int:
@@ -35,11 +53,24 @@ class MicroBatch:
     def num_tokens(self) -> int:
         return int(self.attention_mask.sum().item())
 
+    @property
+    def num_slots(self) -> int:
+        """Token slots the forward computes, padding included."""
+        return int(self.input_ids.numel())
+
     @classmethod
     def from_samples(
-        cls, samples: list[Sample], pad_id: int, extras: dict[str, torch.Tensor] | None = None
+        cls,
+        samples: list[Sample],
+        pad_id: int,
+        extras: dict[str, torch.Tensor] | None = None,
+        packed: bool = False,
     ) -> "MicroBatch":
-        """Samples packed for one forward pass; with no samples, a one-token placeholder without targets.
+        """Samples for one forward pass, right-padded or (`packed`) in one row; with no samples, a one-token
+        placeholder without targets.
+
+        Samples with images are never packed: a vision-language model's positions (Qwen2-VL's multimodal
+        rotary positions) are computed from the whole row and its attention mask, not per sample.
 
         A rank with fewer micro-batches than the others still has to take part in every FSDP2 collective,
         so it runs the placeholder, whose loss is zero but whose backward reaches every parameter.
@@ -52,6 +83,8 @@ class MicroBatch:
                 columns=torch.zeros(0, dtype=torch.long),
                 labels=torch.zeros(0, dtype=torch.long),
             )
+        if packed and all(s.images is None for s in samples):
+            return cls._packed(samples, extras)
         input_ids, attention_mask = pad_right([s.input_ids for s in samples], pad_id)
         rows, columns, labels = [], [], []
         for row, sample in enumerate(samples):
@@ -67,4 +100,23 @@ class MicroBatch:
             labels=torch.tensor(labels, dtype=torch.long),
             extras=extras or {},
             images=batch_image_inputs([s.images for s in samples], input_ids),
+        )
+
+    @classmethod
+    def _packed(cls, samples: list[Sample], extras: dict[str, torch.Tensor] | None) -> "MicroBatch":
+        lengths = [len(s.input_ids) for s in samples]
+        offsets = [0, *itertools.accumulate(lengths)][:-1]
+        columns, labels = [], []
+        for offset, sample in zip(offsets, samples, strict=True):
+            columns.extend(offset + position for position in sample.loss_positions())
+            labels.extend(sample.labels())
+        input_ids = torch.from_numpy(np.concatenate([s.input_ids for s in samples])).long().unsqueeze(0)
+        return cls(
+            input_ids=input_ids,
+            attention_mask=torch.ones_like(input_ids),
+            rows=torch.zeros(len(columns), dtype=torch.long),
+            columns=torch.tensor(columns, dtype=torch.long),
+            labels=torch.tensor(labels, dtype=torch.long),
+            extras=extras or {},
+            position_ids=torch.cat([torch.arange(length) for length in lengths]).unsqueeze(0),
         )

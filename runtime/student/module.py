@@ -119,14 +119,31 @@ class DistillationModule(nn.Module):
         device = self.output_head().device
         outputs = backbone(self.student)(
             input_ids=batch.input_ids.to(device),
-            attention_mask=batch.attention_mask.to(device),
             use_cache=False,
+            **_sequence_bounds(batch, device),
             **{name: value.to(device) for name, value in batch.images.items()},
         )
         return outputs.last_hidden_state
 
     def output_head(self) -> torch.Tensor:
         return output_embeddings(self.student).weight
+
+
+def _sequence_bounds(batch: MicroBatch, device: torch.device) -> dict[str, torch.Tensor]:
+    """What tells the model where its sequences are: the padded rows' attention mask, or a packed row's
+    restarting positions with no attention mask at all.
+
+    transformers (5.x) looks for packed sequences only when the attention mask is None and there is no cache
+    (masking_utils.py:864-870, `_preprocess_mask_arguments`): a new sequence starts wherever a position is not
+    the previous one plus 1 (`find_packed_sequence_indices`, masking_utils.py:756-758), so a first sample of
+    a single token is found too; sdpa and eager then get a causal mask confined to each sequence
+    (masking_utils.py:991-1002). flash-attention takes its varlen path when the one row's positions restart
+    (modeling_flash_attention_utils.py:562-577 and 853). The row has no padding to treat: a packed
+    micro-batch is one row holding exactly its samples' tokens.
+    """
+    if batch.position_ids is not None:
+        return {"position_ids": batch.position_ids.to(device)}
+    return {"attention_mask": batch.attention_mask.to(device)}
 
 
 def build_module(job: DistillationJob, device: torch.device, world_size: int) -> DistillationModule:

@@ -314,6 +314,9 @@ class Trainer:
             self.pad_id,
             training.micro_batch_size,
             training.max_tokens_per_device,
+            # Packing is exact for text models only: a vision-language model computes its (multimodal
+            # rotary) positions over the whole row (`MicroBatch.from_samples`).
+            packing=training.packing and self.images is None,
         )
 
     def _serve_metrics(self) -> None:

@@ -43,6 +43,7 @@ class Planner:
         pad_id: int,
         micro_batch_size: int,
         max_tokens_per_device: int | None,
+        packing: bool = False,
     ) -> None:
         self._groups = groups
         self._gpus = gpus
@@ -50,11 +51,17 @@ class Planner:
         self._pad_id = pad_id
         self._micro_batch_size = micro_batch_size
         self._max_tokens = max_tokens_per_device
+        self._packing = packing
+        """Each micro-batch one padding-free row (`MicroBatch.from_samples(packed=True)`)."""
 
     def train_step(self, samples: list[Sample], rollout_seconds: float) -> StepPlan:
         """A global batch cut into micro-batches per rank (token-balanced), the teacher's work dispatched."""
         shards = shard_micro_batches(
-            samples, self._groups.students.world_size, self._micro_batch_size, self._max_tokens
+            samples,
+            self._groups.students.world_size,
+            self._micro_batch_size,
+            self._max_tokens,
+            self._packing,
         )
         return self._lay_out(shards, rollout_seconds)
 
@@ -85,7 +92,8 @@ class Planner:
         work = [
             RankWork(
                 micro_batches=[
-                    MicroBatch.from_samples(batch, self._pad_id, self._extras(batch)) for batch in batches
+                    MicroBatch.from_samples(batch, self._pad_id, self._extras(batch), self._packing)
+                    for batch in batches
                 ],
                 teacher_refs=[refs.get((rank, index)) for index in range(len(batches))],
             )

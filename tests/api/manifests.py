@@ -151,6 +151,7 @@ BAD_MANIFESTS: list[Bad] = [
         "spec.training.globalBatchSize",
         "cel",
     ),
+    Bad("packing-not-a-boolean", {"spec.training.packing": "sometimes"}, "spec.training.packing"),
     Bad(
         "eval-every-without-eval", {"spec.training.evalEverySteps": 10}, "spec.training.evalEverySteps", "cel"
     ),

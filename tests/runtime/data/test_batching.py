@@ -156,3 +156,52 @@ def test_dynamic_batching_wins_over_the_micro_batch_size() -> None:
 def test_sharding_needs_a_micro_batch_size_or_a_token_budget() -> None:
     with pytest.raises(ValueError, match="set micro_batch_size or max_tokens"):
         shard_micro_batches(samples_of([4]), ranks=1, micro_batch_size=None, max_tokens=None)
+
+
+# -- packing: rows filled by their real tokens ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def packed() -> list[list[list[Sample]]]:
+    return shard_micro_batches(
+        samples_of([*LENGTHS, 1500]), ranks=4, micro_batch_size=1, max_tokens=1024, packed=True
+    )
+
+
+def test_packed_rows_stay_within_the_token_budget_counting_real_tokens(packed) -> None:
+    for batch in (batch for rank in packed for batch in rank if len(batch) > 1):
+        assert sum(len(s.input_ids) for s in batch) <= 1024
+
+
+def test_packing_keeps_every_sample_whole_once_the_equal_micro_batch_count_and_the_rank_balance(
+    packed, dynamic
+) -> None:
+    placed = Counter(s.source for rank in packed for batch in rank for s in batch)
+    assert placed == Counter(f"s{i}" for i in range(62))
+    assert len({len(rank) for rank in packed}) == 1
+    # The ranks get the same samples as with padded dynamic batching: only the rows are cut otherwise.
+    assert [sorted(s.source for b in rank for s in b) for rank in packed] == [
+        sorted(s.source for b in rank for s in b) for rank in dynamic
+    ]
+
+
+def test_packing_needs_fewer_micro_batches_than_padded_dynamic_batching(packed, dynamic) -> None:
+    assert len(packed[0]) < len(dynamic[0])
+    holding = [batch for rank in packed for batch in rank if any(s.source == "s61" for s in batch)]
+    assert names(holding) == [["s61"]]
+
+
+def test_a_sample_goes_to_the_first_row_with_room_for_it() -> None:
+    """First-fit decreasing: 6 then 5 open two rows of budget 10; 4 fills the first (6 + 4), 3 and 2 fill the
+    second (5 + 3 + 2), and 1 fits neither: a third row."""
+    shards = shard_micro_batches(
+        samples_of([3, 6, 1, 5, 4, 2]), ranks=1, micro_batch_size=1, max_tokens=10, packed=True
+    )
+    assert names(shards[0]) == [["s1", "s4"], ["s3", "s0", "s5"], ["s2"]]
+
+
+def test_without_a_token_budget_packing_keeps_the_micro_batch_size() -> None:
+    shards = shard_micro_batches(
+        samples_of([4] * 5), ranks=1, micro_batch_size=2, max_tokens=None, packed=True
+    )
+    assert names(shards[0]) == [["s0", "s1"], ["s2", "s3"], ["s4"]]
