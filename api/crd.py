@@ -150,6 +150,8 @@ def _translate(node: Schema, definitions: dict[str, Schema]) -> Schema:
             if exclusive in node:
                 out[inclusive] = node[exclusive]
                 out[exclusive] = True
+    elif node.get(PRESERVE_UNKNOWN):
+        out[PRESERVE_UNKNOWN] = True
     else:
         raise ValueError(f"no structural translation for schema node {node!r}")
 
@@ -162,6 +164,8 @@ def _translate(node: Schema, definitions: dict[str, Schema]) -> Schema:
 
 
 _NO_DEFAULT = object()
+PRESERVE_UNKNOWN = "x-kubernetes-preserve-unknown-fields"
+"""A value of any JSON type (a node without a type of its own, which a structural schema allows only so)."""
 
 
 def _resolve(node: Schema, definitions: dict[str, Schema]) -> Schema:

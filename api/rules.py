@@ -17,6 +17,10 @@ from kubedistill.api.base import model_in
 from kubedistill.api.generation import teacher_generates
 from kubedistill.api.spec import Backend, DataFormat, DistillationJobSpec, LrScheduler, Mode, TeacherSpec
 
+RENDER_ARGUMENTS = ("messages", "tools", "documents", "add_generation_prompt", "continue_final_message")
+"""What a chat template is rendered with by transformers' `apply_chat_template` itself (4.5x-5.x: these are
+its arguments and the template's variables), so spec.data.chatTemplateKwargs cannot set them."""
+
 
 @dataclass(frozen=True)
 class Problem:
@@ -209,6 +213,27 @@ RULES: tuple[Rule, ...] = (
         "must be true with spec.generation: the generated records are chats",
         lambda s: s.generation is None or s.data.apply_chat_template,
         f"!has(self.generation) || {value('data.applyChatTemplate')}",
+    ),
+    Rule(
+        "data.chatTemplate",
+        "needs spec.data.applyChatTemplate: true (plain text is not rendered through a template)",
+        lambda s: s.data.chat_template is None or s.data.apply_chat_template,
+        f"!{present('data.chatTemplate')} || {value('data.applyChatTemplate')}",
+    ),
+    Rule(
+        "data.chatTemplateKwargs",
+        "needs spec.data.applyChatTemplate: true (plain text is not rendered through a template)",
+        lambda s: not s.data.chat_template_kwargs or s.data.apply_chat_template,
+        f"!{present('data.chatTemplateKwargs')} || size(self.data.chatTemplateKwargs) == 0 "
+        f"|| {value('data.applyChatTemplate')}",
+    ),
+    Rule(
+        "data.chatTemplateKwargs",
+        f"must not set what the chat is rendered with ({', '.join(RENDER_ARGUMENTS)}): those come from "
+        "the records and the mode",
+        lambda s: not set(s.data.chat_template_kwargs) & set(RENDER_ARGUMENTS),
+        f"!{present('data.chatTemplateKwargs')} "
+        f"|| !self.data.chatTemplateKwargs.exists(k, k in {list(RENDER_ARGUMENTS)})",
     ),
     Rule(
         "generation.maxNewTokens",

@@ -11,7 +11,7 @@ explicit `null` in YAML means the same as leaving the field out (the API server 
 from enum import StrEnum
 from typing import Annotated, Any
 
-from pydantic import Field, ValidationInfo, field_validator
+from pydantic import Field, ValidationInfo, WithJsonSchema, field_validator
 
 from kubedistill.api.base import SpecModel
 from kubedistill.api.generation import GenerationSpec
@@ -101,6 +101,11 @@ class OnNonFinite(StrEnum):
 class DskdTokenAlign(StrEnum):
     ETA = "eta"
     CMA = "cma"
+
+
+class TrainTurns(StrEnum):
+    ALL = "all"
+    LAST = "last"
 
 
 class LoraSpec(SpecModel):
@@ -271,6 +276,17 @@ class DataSpec(SpecModel):
     """Longest prompt in tokens; longer prompts lose their beginning."""
     apply_chat_template: bool = True
     """Format records with the tokenizer's chat template."""
+    chat_template: Annotated[str, Field(min_length=1)] | None = None
+    """A Jinja chat template file (inside the pods) used instead of the student's own, e.g. a model's
+    training variant; the teacher renders with it too where it reads the student's tokens."""
+    chat_template_kwargs: dict[
+        str, Annotated[Any, WithJsonSchema({"x-kubernetes-preserve-unknown-fields": True})]
+    ] = {}
+    """Switches the chat template reads besides the messages, e.g. enable_thinking: false for Qwen3."""
+    train_turns: TrainTurns = TrainTurns.ALL
+    """Which assistant messages of a chat are trained: all, each as the template renders it when it is
+    generated (a template that re-renders earlier turns once later ones follow, like Qwen3's, which drops
+    their reasoning, makes one sample per such turn), or only the last, in one sample (as KDFlow)."""
     on_bad_record: OnBadRecord = OnBadRecord.FAIL
     """A malformed record stops the job (naming file:line) or is skipped and counted."""
 

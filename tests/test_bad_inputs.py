@@ -247,15 +247,6 @@ BAD_DATA = [
         "no image processor",
         {"teacher": {"model": "{root}/vision-teacher"}},
     ),
-    # gpt-oss's template ends the last turn <|return|> and earlier ones <|end|>: named, not Qwen3's template.
-    BadData(
-        "gpt_oss_two_turns.jsonl",
-        _train("gpt_oss_two_turns.jsonl"),
-        f"{FILES / 'gpt_oss_two_turns.jsonl'}:1",
-        "the chat template renders messages 0..1 differently once later turns follow (alone they read "
-        "'nel|>final<|message|>4<|return|>', followed by later turns 'nel|>final<|message|>4<|end|><|start|>",
-        {"student": {"tokenizer": "{root}/templates/gptoss"}},
-    ),
     # DeepSeek-R1's template renders tool calls only where content is null, which transformers never passes.
     BadData(
         "deepseek_r1_tool_call.jsonl",
@@ -317,7 +308,7 @@ BAD_DATA = [
 
 
 TRL_TEMPLATES = Path(trl.__file__).parent / "chat_templates"
-REAL_TEMPLATES = ("gptoss", "deepseek_r1_distill")
+REAL_TEMPLATES = ("deepseek_r1_distill",)
 """Models' own chat templates, each saved as a tokenizer the rows above name (`{root}/templates/<name>`)."""
 
 

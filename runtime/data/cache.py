@@ -84,6 +84,10 @@ def cache_key(
     for each in (tokenizer, teacher_tokenizer):
         digest.update(each.backend_tokenizer.to_str().encode())
         digest.update(repr((each.chat_template, each.bos_token, each.eos_token)).encode())
+    if data.chat_template is not None and Path(data.chat_template).is_file():
+        # The settings name spec.data.chatTemplate's file; what renders the chats is its text. A file that
+        # is not there is reported by the preparation, naming the field.
+        digest.update(Path(data.chat_template).read_bytes())
     return digest.hexdigest()[:32]
 
 

@@ -7,6 +7,12 @@ the whole chat. The characters between the two prefixes are the message's conten
 the fast tokenizer's offsets map them to tokens. A template that breaks the prefix property (e.g. one that
 rewrites earlier turns) raises `ChatTemplateError` instead of producing a wrong mask.
 
+Such templates are common: Qwen3's drops the reasoning of the turns before the last question, gpt-oss's
+ends the last turn `<|return|>` and earlier ones `<|end|>`. `trained_parts` splits a chat into the parts
+that each train their assistant messages exactly as the template renders them when they are generated:
+the whole chat trains the messages it renders as they were generated, and each earlier one that it
+renders otherwise is trained in the chat cut after it.
+
 With `with_spans`, each target token also gets its span in the response text (`data.alignment`), which is
 how a teacher with another tokenizer is matched to the student.
 """
@@ -15,7 +21,7 @@ import itertools
 import json
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -23,7 +29,7 @@ import numpy.typing as npt
 from jinja2 import TemplateError
 
 from kubedistill.runtime.data.alignment import Span, Turn, locate_turn, response_spans
-from kubedistill.runtime.data.errors import ChatTemplateError, RecordProblem
+from kubedistill.runtime.data.errors import ChatTemplateError, EarlierTurnsRerendered, RecordProblem
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -41,6 +47,24 @@ _NULL_CONTENT_TEST = re.compile(r"content(?:'\]|\"\])?\s+is\s+none\b")
 """A template that tells tool-call messages by their null content: `message['content'] is none`."""
 _CONTEXT = 24
 """Characters shown either side of where two renders part."""
+
+
+@dataclass(frozen=True)
+class ChatFormat:
+    """How chats are rendered besides their messages: `template`, spec.data.chatTemplate's text (None: the
+    tokenizer's own), and `kwargs`, spec.data.chatTemplateKwargs (template variables such as Qwen3's
+    `enable_thinking`, passed through transformers' `apply_chat_template`)."""
+
+    template: str | None = None
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def source(self, tokenizer: "PreTrainedTokenizerBase") -> str:
+        """The template's text."""
+        return self.template or tokenizer.chat_template or ""
+
+
+OWN_FORMAT = ChatFormat()
+"""The tokenizer's own template, without variables."""
 
 
 class TemplateRejection(ValueError):
@@ -80,6 +104,7 @@ def encode_chat(
     tools: list[Any] | None = None,
     cut_ranks: bool = False,
     expand: Callable[[str], str] | None = None,
+    chat_format: ChatFormat = OWN_FORMAT,
 ) -> Encoded:
     """The chat's tokens; targets are the assistant messages from index `first_response` on.
 
@@ -92,11 +117,11 @@ def encode_chat(
     """
 
     def render(part: Sequence[Message], generation_prompt: bool) -> str:
-        text = render_chat(tokenizer, part, generation_prompt, tools)
+        text = render_chat(tokenizer, part, generation_prompt, tools, chat_format)
         return text if expand is None else expand(text)
 
     text = render(messages, add_generation_prompt)
-    _check_tool_calls_rendered(messages, render, tokenizer.chat_template or "")
+    _check_tool_calls_rendered(messages, render, chat_format.source(tokenizer))
     spans = []
     turns: list[Turn] = []
     for i in range(first_response, len(messages)):
@@ -111,10 +136,10 @@ def encode_chat(
                 "cannot be found with this template"
             )
         if not text.startswith(through):
-            raise ChatTemplateError(
+            raise EarlierTurnsRerendered(
                 f"the chat template renders messages 0..{i} differently once later turns follow "
-                f"({_difference(through, text)}), so assistant tokens cannot be found in this chat; use a "
-                "template that renders every turn the same way whatever follows it, or one-turn chats"
+                f"({_difference(through, text)}), so assistant tokens cannot be found in this chat; train "
+                "it in parts (`trained_parts`)"
             )
         spans.append((len(before), max(len(before), len(through.rstrip()))))
         if with_spans and messages[i].get("tool_calls"):
@@ -168,16 +193,54 @@ def encode_plain(
     )
 
 
+def trained_parts(
+    tokenizer: "PreTrainedTokenizerBase",
+    messages: Sequence[Message],
+    first_response: int,
+    tools: list[Any] | None = None,
+    chat_format: ChatFormat = OWN_FORMAT,
+) -> list[tuple[int, int]]:
+    """(end, first) of each part a chat is trained in, the last part first: the chat cut to `messages[:end]`,
+    whose assistant messages from index `first` on are targets. Together they train every assistant message
+    from `first_response` on once, each in the longest part that renders it as the template renders it
+    when it is generated (the chat cut after it): one part for a template that renders every turn the same
+    whatever follows it, one per re-rendered turn otherwise (Qwen3's: one per question with reasoning)."""
+    assistants = [i for i in range(first_response, len(messages)) if messages[i]["role"] == "assistant"]
+    parts = []
+    end = len(messages)
+    while assistants:
+        whole = render_chat(tokenizer, messages[:end], False, tools, chat_format)
+        first = len(assistants)
+        while first and whole.startswith(
+            render_chat(tokenizer, messages[: assistants[first - 1] + 1], False, tools, chat_format)
+        ):
+            first -= 1
+        if first == len(assistants):
+            # Messages after the last assistant message change how it renders: they have no targets.
+            end = assistants[-1] + 1
+            continue
+        parts.append((end, assistants[first]))
+        del assistants[first:]
+        end = assistants[-1] + 1 if assistants else end
+    return parts
+
+
 def render_chat(
     tokenizer: "PreTrainedTokenizerBase",
     messages: Sequence[Message],
     add_generation_prompt: bool,
     tools: list[Any] | None = None,
+    chat_format: ChatFormat = OWN_FORMAT,
 ) -> str:
+    settings = {"chat_template": chat_format.template, **chat_format.kwargs}
     try:
         try:
             return tokenizer.apply_chat_template(
-                list(messages), tools=tools, tokenize=False, add_generation_prompt=add_generation_prompt
+                list(messages),
+                tools=tools,
+                tokenize=False,
+                add_generation_prompt=add_generation_prompt,
+                **settings,
             )
         except TypeError:
             if not any(message.get("tool_calls") for message in messages):
@@ -190,6 +253,7 @@ def render_chat(
                 tools=tools,
                 tokenize=False,
                 add_generation_prompt=add_generation_prompt,
+                **settings,
             )
         except TypeError as error:
             raise ChatTemplateError(

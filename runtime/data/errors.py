@@ -39,3 +39,8 @@ class ChatTemplateError(ValueError):
     Always fatal: it is the template's fault, not the record's, and skipping would drop every chat it
     renders the same way.
     """
+
+
+class EarlierTurnsRerendered(ChatTemplateError):
+    """The chat template renders an earlier assistant message otherwise once later turns follow (Qwen3's
+    drops its reasoning): the chat is trained in parts (`chat.trained_parts`)."""

@@ -60,7 +60,9 @@ def build_samples(
     records = iter(records)
     head = list(islice(records, serial_records + 1))
     if processes <= 1 or len(head) <= serial_records:
-        yield from _packed_runs(progress.count(_build_one(build, record)) for record in (*head, *records))
+        yield from _packed_runs(
+            built for record in (*head, *records) for built in progress.count(_build_one(build, record))
+        )
     else:
         yield from _packed_runs(_on_workers(build, chain(head, records), processes, chunk_records, progress))
     progress.finish()
@@ -75,7 +77,7 @@ def _on_workers(
 ) -> Iterator[Built]:
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(processes, context, initializer=_start_worker, initargs=(build,)) as pool:
-        pending: deque[Future[tuple[list[Built], UnrenderedReasoning | None]]] = deque()
+        pending: deque[Future[tuple[list[list[Built]], UnrenderedReasoning | None]]] = deque()
 
         def submit() -> bool:
             chunk = list(islice(records, chunk_records))
@@ -90,8 +92,8 @@ def _on_workers(
             submit()
             if build.reasoning is not None and reasoning is not None:
                 _add_reasoning(build.reasoning, reasoning)
-            for built in done:
-                yield progress.count(built)
+            for each in done:
+                yield from progress.count(each)
 
 
 def _packed_runs(built: Iterable[Built]) -> Iterator[Built]:
@@ -107,13 +109,14 @@ def _packed_runs(built: Iterable[Built]) -> Iterator[Built]:
             run = []
 
 
-def _build_one(build: SampleBuilder, record: Record | BadRecord) -> Built:
+def _build_one(build: SampleBuilder, record: Record | BadRecord) -> list[Built]:
+    """The record's samples (a chat trained in parts makes several), or the `BadRecord` it is."""
     if isinstance(record, BadRecord):
-        return record
+        return [record]
     try:
-        return build(record)
+        return list(build.samples(record))
     except BadRecordError as error:
-        return error.record
+        return [error.record]
 
 
 def _start_worker(build: SampleBuilder) -> None:
@@ -121,7 +124,7 @@ def _start_worker(build: SampleBuilder) -> None:
     _worker_build = build
 
 
-def _build_chunk(records: list[Record | BadRecord]) -> tuple[list[Built], UnrenderedReasoning | None]:
+def _build_chunk(records: list[Record | BadRecord]) -> tuple[list[list[Built]], UnrenderedReasoning | None]:
     """The chunk's samples, and what the chunk alone adds to the builder's count of unrendered reasoning
     (a worker's copy of the count would never reach the caller)."""
     assert _worker_build is not None, "the pool's initializer sets the builder"
@@ -146,10 +149,10 @@ class _Progress:
         self.started = self.logged = time.monotonic()
         self.records = self.tokens = 0
 
-    def count(self, built: Built) -> Built:
+    def count(self, built: list[Built]) -> list[Built]:
+        """What one record became."""
         self.records += 1
-        if isinstance(built, Sample):
-            self.tokens += len(built.input_ids)
+        self.tokens += sum(len(each.input_ids) for each in built if isinstance(each, Sample))
         now = time.monotonic()
         if now - self.logged >= PROGRESS_SECONDS:
             self.logged = now

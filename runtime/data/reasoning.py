@@ -6,10 +6,12 @@ or `reasoning` (vLLM's newer name). A message keeps it under both names template
 does itself (`_alias_reasoning_fields`), so it reaches every template that renders it whatever the
 transformers version.
 
-A template that renders no reasoning (Llama's, DeepSeek-R1's, which cuts it off) or only the last turn's
-trains the answers without it. That is reported, once per data source, naming the field and the template:
-the rendered chat is compared with the one rendered without the message's reasoning, and where the two are
-the same the reasoning is not in what is trained.
+A template that renders no reasoning (Llama's, DeepSeek-R1's, which cuts it off, or any with
+spec.data.chatTemplateKwargs that turn it off) trains the answers without it. That is reported, once per
+data source, naming the field and the template: the rendered chat is compared with the one rendered
+without the message's reasoning, and where the two are the same the reasoning is not in what is trained.
+A template that renders only the last turn's (Qwen3's) is no such case: each earlier turn is trained in a
+part of its own (`chat.trained_parts`), with its reasoning.
 """
 
 import logging
@@ -17,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from kubedistill.runtime.data.chat import Message, render_chat
+from kubedistill.runtime.data.chat import OWN_FORMAT, ChatFormat, Message, render_chat
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -55,28 +57,31 @@ class UnrenderedReasoning:
         source: str,
         raw: Sequence[Any],
         messages: Sequence[Message],
-        first_response: int,
+        parts: Sequence[tuple[int, int]],
         tools: list[Any] | None,
+        chat_format: ChatFormat = OWN_FORMAT,
     ) -> None:
         """Count the record at `source` if the trained text lacks the reasoning of one of its responses
-        (`raw`: the record's messages as written, which name the key)."""
-        carrying = [
-            i
-            for i in range(first_response, len(messages))
-            if any(key in messages[i] for key in TEMPLATE_KEYS)
-        ]
-        if not carrying:
-            return
-        rendered = render_chat(tokenizer, messages, False, tools)
-        lost = [
-            i for i in carrying if render_chat(tokenizer, _without(messages, i), False, tools) == rendered
-        ]
+        (`raw`: the record's messages as written, which name the key). `parts`: (end, first) of each part
+        the chat is trained in (`chat.trained_parts`)."""
+        lost = []
+        for end, first in parts:
+            part = messages[:end]
+            carrying = [i for i in range(first, end) if any(key in part[i] for key in TEMPLATE_KEYS)]
+            if not carrying:
+                continue
+            rendered = render_chat(tokenizer, part, False, tools, chat_format)
+            lost += [
+                i
+                for i in carrying
+                if render_chat(tokenizer, _without(part, i), False, tools, chat_format) == rendered
+            ]
         if not lost:
             return
         self.records += 1
         self.keys.update(key for i in lost if (key := reasoning_key(raw[i])) is not None)
         if self.first is None:
-            self.first = f"{source} (message {lost[0]})"
+            self.first = f"{source} (message {min(lost)})"
 
     def warn(self, records: int) -> None:
         """One warning for the source, if any of its `records` lost reasoning."""

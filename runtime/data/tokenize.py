@@ -3,7 +3,9 @@
 What a record holds, by `spec.data.<source>`:
 - chats (`inputKey`, a list of messages in the OpenAI chat format, `data.messages`; a record's `tools`
   go to the chat template): every assistant message from the first one on is a target, its tool calls
-  included; on-policy, the chat without a trailing assistant message is the prompt.
+  included, or with `trainTurns: last` only the last; on-policy, the chat without a trailing assistant
+  message is the prompt. A template that renders earlier turns otherwise once later ones follow (Qwen3's)
+  makes one sample per such turn, each the chat cut after it (`chat.trained_parts`).
 - prompt/response (`promptKey`, `responseKey`): with `applyChatTemplate` a user and an assistant message,
   otherwise plain text `prompt + response + eos`.
 - `teacherInputKey` (context distillation): the teacher's prompt (a string is a user message, a list is
@@ -25,15 +27,31 @@ student's kept targets cover).
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from kubedistill.api.job import SpecError
-from kubedistill.api.spec import DataSource, DataSpec, Mode
-from kubedistill.runtime.data.chat import Encoded, Message, TemplateRejection, encode_chat, encode_plain
-from kubedistill.runtime.data.errors import BadRecord, BadRecordError, ChatTemplateError, RecordProblem
+from kubedistill.api.spec import DataSource, DataSpec, Mode, TrainTurns
+from kubedistill.runtime.data.chat import (
+    OWN_FORMAT,
+    ChatFormat,
+    Encoded,
+    Message,
+    TemplateRejection,
+    encode_chat,
+    encode_plain,
+    trained_parts,
+)
+from kubedistill.runtime.data.errors import (
+    BadRecord,
+    BadRecordError,
+    ChatTemplateError,
+    EarlierTurnsRerendered,
+    RecordProblem,
+)
 from kubedistill.runtime.data.images import (
     IMAGE_TOKEN,
     ImageInTextJob,
@@ -93,7 +111,13 @@ class SampleBuilder:
         self._check_config()
 
     def __call__(self, record: Record) -> Sample:
-        """The sample of one record; a malformed record raises `BadRecordError` naming its source."""
+        """The sample of a record that makes one (a chat its template renders the same whatever follows)."""
+        (sample,) = self.samples(record)
+        return sample
+
+    def samples(self, record: Record) -> list[Sample]:
+        """The samples of one record: one, or one per part of a chat (`chat.trained_parts`); a malformed
+        record raises `BadRecordError` naming its source."""
         try:
             return self._build(record)
         except ImageInTextJob as problem:
@@ -112,6 +136,26 @@ class SampleBuilder:
     def _on_policy(self) -> bool:
         return self.mode == Mode.ON_POLICY
 
+    @cached_property
+    def chat_format(self) -> ChatFormat:
+        """The student's: spec.data.chatTemplate's text and chatTemplateKwargs (read once, before the
+        builder goes to worker processes)."""
+        template = None
+        if self.data.chat_template is not None:
+            try:
+                template = Path(self.data.chat_template).read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as error:
+                raise SpecError(
+                    "spec.data.chatTemplate", f"cannot read the chat template file: {error}"
+                ) from error
+        return ChatFormat(template, dict(self.data.chat_template_kwargs))
+
+    @property
+    def _teacher_format(self) -> ChatFormat:
+        """A teacher with its own tokenizer renders with its own template; one that reads the student's
+        tokens, with the student's."""
+        return ChatFormat(None, self.chat_format.kwargs) if self.cross_tokenizer else self.chat_format
+
     def _check_config(self) -> None:
         """Settings that would make every record fail, reported once and naming the field to change."""
         source, data, tokenizer, field = self.source, self.data, self.tokenizer, self.field
@@ -125,7 +169,7 @@ class SampleBuilder:
                 "chat records need the chat template; set it to true, or set "
                 f"{field}.promptKey and {field}.responseKey for plain prompt/response records",
             )
-        if data.apply_chat_template and not tokenizer.chat_template:
+        if data.apply_chat_template and not self.chat_format.source(tokenizer):
             raise SpecError(
                 "spec.data.applyChatTemplate",
                 "the tokenizer has no chat template; set it to false and use "
@@ -153,17 +197,39 @@ class SampleBuilder:
                 "plain text ends with the tokenizer's eos token, and it has none",
             )
 
-    def _build(self, record: Record) -> Sample:
+    def _build(self, record: Record) -> list[Sample]:
         exchange = self._student_exchange(record.fields, self._image_folder(record))
-        if self.reasoning is not None and exchange.messages is not None and self.source.prompt_key is None:
+        if exchange.messages is None:
+            return [self._build_part(record, exchange)]
+        parts = [(len(exchange.messages), exchange.first_response)]
+        try:
+            samples = [self._build_part(record, exchange)]
+        except EarlierTurnsRerendered:
+            parts = trained_parts(
+                self.tokenizer, exchange.messages, exchange.first_response, exchange.tools, self.chat_format
+            )
+            if len(parts) == 1:
+                raise
+            samples = [
+                self._build_part(
+                    record, replace(exchange, messages=exchange.messages[:end], first_response=first)
+                )
+                for end, first in reversed(parts)
+            ]
+        if self.reasoning is not None and self.source.prompt_key is None:
             self.reasoning.check(
                 self.tokenizer,
                 record.source,
                 record.fields[self.source.input_key],
                 exchange.messages,
-                exchange.first_response,
+                parts,
                 exchange.tools,
+                self.chat_format,
             )
+        return samples
+
+    def _build_part(self, record: Record, exchange: _Exchange) -> Sample:
+        """The sample of the exchange, a record's chat or a part of it."""
         if exchange.messages is not None and any(has_images(message) for message in exchange.messages):
             return self._with_images(record, exchange)
         student, untruncated, dropped = self._fitted_student(exchange)
@@ -179,7 +245,12 @@ class SampleBuilder:
             return self._with_own_teacher_tokens(sample, record, student, untruncated, encoded)
         if self.source.teacher_input_key is None:
             return sample
-        teacher = _encode(self.teacher_tokenizer, self._teacher_exchange(record.fields, student), self.data)
+        teacher = _encode(
+            self.teacher_tokenizer,
+            self._teacher_exchange(record.fields, student),
+            self.data,
+            chat_format=self._teacher_format,
+        )
         if teacher.num_targets != untruncated.num_targets:
             raise RecordProblem(
                 f"the teacher sees {teacher.num_targets} response tokens, "
@@ -192,7 +263,7 @@ class SampleBuilder:
 
     def _fitted_student(self, student: _Exchange) -> tuple[_Exchange, Encoded, str | None]:
         """The student's exchange, encoded; a chat too long for the limits without its earliest turns."""
-        encoded = _encode(self.tokenizer, student, self.data, self.cross_tokenizer)
+        encoded = _encode(self.tokenizer, student, self.data, self.cross_tokenizer, self.chat_format)
         if student.messages is None or fits(encoded, self.data):
             return student, encoded, None
         fitted = fit_turns(
@@ -201,12 +272,18 @@ class SampleBuilder:
             self.data,
             has_response=student.has_response,
             tools=student.tools,
+            first_response=student.first_response,
+            chat_format=self.chat_format,
         )
         if fitted is None:
             return student, encoded, None
         messages, first_response, note = fitted
         student = replace(student, messages=messages, first_response=first_response)
-        return student, _encode(self.tokenizer, student, self.data, self.cross_tokenizer), note
+        return (
+            student,
+            _encode(self.tokenizer, student, self.data, self.cross_tokenizer, self.chat_format),
+            note,
+        )
 
     def _with_own_teacher_tokens(
         self, sample: Sample, record: Record, student: _Exchange, untruncated: Encoded, encoded: Encoded
@@ -214,7 +291,9 @@ class SampleBuilder:
         exchange = student
         if self.source.teacher_input_key is not None:
             exchange = self._teacher_exchange(record.fields, student)
-        teacher = _encode(self.teacher_tokenizer, exchange, self.data, with_spans=True)
+        teacher = _encode(
+            self.teacher_tokenizer, exchange, self.data, with_spans=True, chat_format=self._teacher_format
+        )
         kept = teacher.num_targets
         if encoded.num_targets < untruncated.num_targets:
             covered = encoded.spans[-1][1]
@@ -274,6 +353,7 @@ class SampleBuilder:
                 add_generation_prompt=not exchange.has_response,
                 tools=exchange.tools,
                 expand=lambda text: expand_placeholders(text, counts),
+                chat_format=self.chat_format,
             )
         except TypeError as error:
             # A text model's template adds the content to a string, which a list of parts cannot be.
@@ -326,7 +406,8 @@ class SampleBuilder:
             for i in assistants:
                 if not messages[i]["content"].strip() and not messages[i].get("tool_calls"):
                     raise RecordProblem(f"{source.input_key!r}: assistant message {i} is empty")
-            return _Exchange(messages=messages, first_response=assistants[0], tools=tools)
+            first = assistants[-1] if self.data.train_turns == TrainTurns.LAST else assistants[0]
+            return _Exchange(messages=messages, first_response=first, tools=tools)
         prompt = _text(fields, source.prompt_key, f"{field}.promptKey")
         response = None
         if source.response_key is not None and not self._on_policy:
@@ -361,7 +442,11 @@ def _exchange_from_text(prompt: str, response: str | None, data: DataSpec) -> _E
 
 
 def _encode(
-    tokenizer: "PreTrainedTokenizerBase", exchange: _Exchange, data: DataSpec, with_spans: bool = False
+    tokenizer: "PreTrainedTokenizerBase",
+    exchange: _Exchange,
+    data: DataSpec,
+    with_spans: bool = False,
+    chat_format: ChatFormat = OWN_FORMAT,
 ) -> Encoded:
     """The exchange's tokens; a chat whose prompt is longer than `promptMaxLength` with its content marked,
     for `truncate` to cut inside it."""
@@ -377,6 +462,7 @@ def _encode(
             with_spans=with_spans,
             tools=exchange.tools,
             cut_ranks=cut_ranks,
+            chat_format=chat_format,
         )
         if encoded.first_target <= data.prompt_max_length:
             break

@@ -19,7 +19,15 @@ import numpy as np
 import numpy.typing as npt
 
 from kubedistill.api.spec import DataSpec
-from kubedistill.runtime.data.chat import CONTENT, SYSTEM_CONTENT, Encoded, Message, render_chat
+from kubedistill.runtime.data.chat import (
+    CONTENT,
+    OWN_FORMAT,
+    SYSTEM_CONTENT,
+    ChatFormat,
+    Encoded,
+    Message,
+    render_chat,
+)
 from kubedistill.runtime.data.errors import RecordProblem
 
 if TYPE_CHECKING:
@@ -37,19 +45,21 @@ def fit_turns(
     *,
     has_response: bool,
     tools: list[Any] | None,
+    first_response: int = 0,
+    chat_format: ChatFormat = OWN_FORMAT,
 ) -> tuple[list[Message], int, str] | None:
     """The chat without as few of its earliest turns as make it fit (or without all but its last turn with
     a target, when none do), where its first target now is, and a note saying what was dropped; None when
-    it has no turn to drop."""
+    it has no turn to drop. Targets stay those from `first_response` on (`trained_parts`, trainTurns)."""
     lead = next((i for i, message in enumerate(messages) if message["role"] != "system"), len(messages))
     best: tuple[list[Message], int] | None = None
     for start in (i for i in range(lead + 1, len(messages)) if messages[i]["role"] == "user"):
         kept = [*messages[:lead], *messages[start:]]
-        first = _first_target(kept, lead, has_response)
+        first = _first_target(kept, lead + max(first_response - start, 0), has_response)
         if first is None:
             break
         best = kept, first
-        prompt, total = _lengths(tokenizer, kept, first, has_response, tools)
+        prompt, total = _lengths(tokenizer, kept, first, has_response, tools, chat_format)
         if prompt <= data.prompt_max_length and total <= data.max_length:
             break
     if best is None:
@@ -72,12 +82,13 @@ def _lengths(
     first: int,
     has_response: bool,
     tools: list[Any] | None,
+    chat_format: ChatFormat,
 ) -> tuple[int, int]:
     """Tokens of the prompt and of the whole chat (counted apart: a little off at the seam, which only
     makes the later steps cut a token or two)."""
 
     def count(part: Sequence[Message], generation_prompt: bool) -> int:
-        text = render_chat(tokenizer, part, generation_prompt, tools)
+        text = render_chat(tokenizer, part, generation_prompt, tools, chat_format)
         return len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
     total = count(messages, not has_response)

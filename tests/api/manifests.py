@@ -368,4 +368,24 @@ BAD_MANIFESTS: list[Bad] = [
         "spec.data.applyChatTemplate",
         "cel",
     ),
+    Bad(
+        "chat-template-with-plain-text",
+        {"spec.data.chatTemplate": "/templates/qwen3.jinja", "spec.data.applyChatTemplate": False},
+        "spec.data.chatTemplate",
+        "cel",
+    ),
+    Bad(
+        "chat-template-kwargs-with-plain-text",
+        {"spec.data.chatTemplateKwargs": {"enable_thinking": False}, "spec.data.applyChatTemplate": False},
+        "spec.data.chatTemplateKwargs",
+        "cel",
+    ),
+    Bad(
+        "chat-template-kwargs-setting-the-generation-prompt",
+        {"spec.data.chatTemplateKwargs": {"add_generation_prompt": True}},
+        "spec.data.chatTemplateKwargs",
+        "cel",
+    ),
+    Bad("chat-template-empty", {"spec.data.chatTemplate": ""}, "spec.data.chatTemplate"),
+    Bad("train-turns-unknown", {"spec.data.trainTurns": "first"}, "spec.data.trainTurns"),
 ]

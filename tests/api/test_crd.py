@@ -43,7 +43,8 @@ def _walk(node: Any, path: str = "$"):
 
 @pytest.mark.parametrize("path,node", list(_walk(SCHEMA)), ids=lambda v: v if isinstance(v, str) else "")
 def test_every_schema_node_is_structural(path: str, node: dict[str, Any]) -> None:
-    assert "type" in node, f"{path} has no type"
+    # Kubernetes' structural schema rule 1 exempts a node that preserves unknown fields (a value of any type).
+    assert "type" in node or node.get("x-kubernetes-preserve-unknown-fields") is True, f"{path} has no type"
     for forbidden in ("$ref", "anyOf", "oneOf", "allOf", "nullable", "default", "title", "$defs"):
         assert forbidden not in node, f"{path} has {forbidden}"
     if "exclusiveMinimum" in node:

@@ -178,14 +178,14 @@ def test_a_chat_the_template_rejects_is_a_bad_record(tokenizer, tmp_path: Path) 
 
 def test_a_template_that_hides_assistant_tokens_fails_even_when_skipping(tokenizer, tmp_path: Path) -> None:
     rewriting = copy.deepcopy(tokenizer)
+    # Its generation prompt opens a block its assistant messages lack: no render shows one as generated.
     rewriting.chat_template = (
-        "{%- for m in messages %}<|im_start|>{{ m.role }}\n"
-        "{%- if m.role == 'assistant' and not loop.last %}...{% else %}{{ m.content }}{% endif %}"
-        "<|im_end|>\n{%- endfor %}{%- if add_generation_prompt %}<|im_start|>assistant\n{%- endif %}"
+        "{%- for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{%- endfor %}"
+        "{%- if add_generation_prompt %}<|im_start|>assistant\n<think>\n{%- endif %}"
     )
     record = chat(("user", "What is 2+2?"), ("assistant", "4"), ("user", "And 3+3?"), ("assistant", "6"))
     source = write_jsonl(tmp_path / "train.jsonl", [record])
     with pytest.raises(
-        ChatTemplateError, match=rf"^{source.path}:1: the chat template renders messages 0..1"
+        ChatTemplateError, match=rf"^{source.path}:1: the chat template renders assistant message 1 without"
     ):
         load_samples(source, spec(source, on_bad_record="skip"), rewriting, mode=Mode.OFF_POLICY)

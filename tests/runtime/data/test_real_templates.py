@@ -80,21 +80,39 @@ def test_qwen3_trains_the_reasoning_of_every_tool_calling_step_after_the_questio
     )
 
 
-def test_qwen3_refuses_a_chat_whose_earlier_answer_loses_its_reasoning_showing_where(
-    tmp_path: Path, templated
+TWO_QUESTIONS = [
+    QUESTION,
+    answer("4", reasoning_content="two"),
+    {"role": "user", "content": "And 3+3?"},
+    answer("6", reasoning_content="three"),
+]
+
+
+def test_qwen3_trains_each_answer_of_a_multi_turn_chat_with_its_reasoning_as_it_was_generated(
+    tmp_path: Path, templated, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Qwen3's template renders the reasoning of the turns after the last question only."""
-    turns = [
-        QUESTION,
-        answer("4", reasoning_content="two"),
-        {"role": "user", "content": "And 3+3?"},
-        answer("6", reasoning_content="three"),
-    ]
-    with pytest.raises(
-        ChatTemplateError,
-        match=r"alone they read .*<think>\\ntwo\\n</think>.*followed by later turns .*assistant\\n4<\|im_end",
-    ):
-        load(tmp_path, templated("qwen3"), turns)
+    """Qwen3's template renders the reasoning of the turns after the last question only: the first answer
+    is trained in the chat cut after it, the second in the whole chat, where the first has lost it."""
+    qwen3 = templated("qwen3")
+    first, second = load(tmp_path, qwen3, TWO_QUESTIONS).samples
+    assert decoded_targets(qwen3, list(first.input_ids), list(first.target_mask)) == (
+        "<think>\ntwo\n</think>\n\n4<|im_end|>"
+    )
+    assert qwen3.decode(first.input_ids).endswith(
+        "<|im_start|>assistant\n<think>\ntwo\n</think>\n\n4<|im_end|>\n"
+    )
+    assert decoded_targets(qwen3, list(second.input_ids), list(second.target_mask)) == (
+        "<think>\nthree\n</think>\n\n6<|im_end|>"
+    )
+    assert "<|im_start|>assistant\n4<|im_end|>\n<|im_start|>user\nAnd 3+3?" in qwen3.decode(second.input_ids)
+    assert reasoning_warnings(caplog) == []
+
+
+def test_train_turns_last_trains_only_the_last_answer_in_one_sample(tmp_path: Path, templated) -> None:
+    qwen3 = templated("qwen3")
+    source = write_jsonl(tmp_path / "train.jsonl", [{"messages": TWO_QUESTIONS}])
+    loaded = load_samples(source, spec(source, trainTurns="last"), qwen3, mode=Mode.OFF_POLICY)
+    assert targets(qwen3, loaded) == "<think>\nthree\n</think>\n\n6<|im_end|>"
 
 
 def test_gpt_oss_trains_a_records_thinking_as_its_analysis_channel(tmp_path: Path, templated) -> None:
