@@ -1,12 +1,14 @@
 """`kubedistill run` as a user meets it across runs: Ctrl-C, SIGTERM, a re-run that resumes, a re-run of a
 finished job, a changed job, `--restart`, a kill -9, and a second job started from the first one's
-checkpoint.
+checkpoint; on data as people keep it (gzipped shards in a folder beside a README, one dialogue too long
+for the job's limits).
 
 One job is run for real three times (interrupted, resumed to its end, restarted and killed), and a second
 job once (started from the first's checkpoint, stopped by SIGTERM); every other re-run here is refused or
 found finished before Ray starts, so it takes seconds.
 """
 
+import gzip
 import json
 import os
 import re
@@ -37,9 +39,12 @@ from tests.test_bad_inputs import KUBEDISTILL, Outcome, kubedistill
 CLI_TIMEOUT_SECONDS = 600
 EPOCHS = 2
 RECORDS = 89
+"""88 of the tiny world's records in two gzipped shards, the second ending in a dialogue too long for the
+job's limits."""
 STEPS = 12
-"""Two epochs of 89 of the tiny world's records in global batches of 16: five full ones and the last 9,
-which uneven ranks share (5 and 4)."""
+"""Two epochs of 89 records in global batches of 16: five full ones and the last 9, which uneven ranks
+share (5 and 4)."""
+FIRST_SHARD = 48
 LOG_EVERY = 4
 KILLED_RAY_GRACE_SECONDS = 30
 """How long a killed run's Ray processes may take to go; without the watchdog Ray's agents stay 60-90 s."""
@@ -81,8 +86,13 @@ Helpers = dict[psutil.Process, str]
 @pytest.fixture(scope="module")
 def job(tiny: TinyWorld, tmp_path_factory: pytest.TempPathFactory) -> Job:
     root = tmp_path_factory.mktemp("cli-run")
-    train = root / "train.jsonl"
-    train.write_text("".join(tiny.train.read_text().splitlines(keepends=True)[:RECORDS]))
+    lines = tiny.train.read_text().splitlines(keepends=True)[: RECORDS - 1]
+    train = root / "shards"
+    train.mkdir()
+    (train / "train-0.jsonl.gz").write_bytes(gzip.compress("".join(lines[:FIRST_SHARD]).encode()))
+    long_shard = "".join(lines[FIRST_SHARD:]) + json.dumps(_dialogue(20)) + "\n"
+    (train / "train-1.jsonl.gz").write_bytes(gzip.compress(long_shard.encode()))
+    (train / "README.md").write_text("Shards of the tiny task.\n")
     manifest = job_manifest(
         tiny,
         "cli-run",
@@ -94,6 +104,16 @@ def job(tiny: TinyWorld, tmp_path_factory: pytest.TempPathFactory) -> Job:
     file = root / "job.yaml"
     file.write_text(yaml.safe_dump(manifest), encoding="utf-8")
     return Job(root, file, manifest)
+
+
+def _dialogue(turns: int) -> dict:
+    messages = [{"role": "system", "content": "You are a careful tutor."}]
+    for turn in range(turns):
+        messages += [
+            {"role": "user", "content": f"What is {turn}+{turn}?"},
+            {"role": "assistant", "content": "4"},
+        ]
+    return {"messages": messages}
 
 
 def _as_a_shell_starts_a_job() -> None:
@@ -259,6 +279,26 @@ def test_a_job_started_from_another_jobs_checkpoint_takes_its_student_weights(
     assert second["loss"] < first["loss"] - 0.05, (second["loss"], first["loss"])
     (checkpoint,) = terminated.checkpoints.glob("step-*")
     assert json.loads((checkpoint / "origin.json").read_text())["job"] == "cli-run-next"
+
+
+def test_the_record_shortened_to_fit_is_counted_and_named_by_shard_and_line(job: Job, resumed: Outcome) -> None:
+    """Nothing is cut without a word: the warning names the gzipped shard's line, and so does the summary."""
+    shard = job.root / "shards" / "train-1.jsonl.gz"
+    line = RECORDS - FIRST_SHARD
+    assert (
+        "spec.data.train: 1 of 89 records were shortened to fit spec.data.maxLength 64 / promptMaxLength 32; "
+        f"the first: {shard}:{line}: dropped its "
+    ) in resumed.stderr
+    summary = json.loads((job.output / "summary.json").read_text())
+    assert (summary["steps"], summary["truncated_records"]) == (STEPS, 1)
+    assert summary["truncated_record_sources"][0].startswith(f"{shard}:{line}: ")
+
+
+def test_the_exported_weights_can_be_read_by_other_users(job: Job, resumed: Outcome) -> None:
+    weights, config = (
+        (job.output / name).stat().st_mode & 0o777 for name in ("model.safetensors", "config.json")
+    )
+    assert weights == config and weights & 0o044, f"model.safetensors is {weights:o}, config.json {config:o}"
 
 
 def test_a_rerun_after_ctrl_c_resumes_and_trains_to_the_end(job: Job, resumed: Outcome) -> None:
