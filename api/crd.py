@@ -30,6 +30,7 @@ Schema = dict[str, Any]
 PRINTER_COLUMNS = [
     {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
     {"name": "Step", "type": "integer", "jsonPath": ".status.step"},
+    {"name": "Prepared", "type": "integer", "jsonPath": ".status.preparedRecords", "priority": 1},
     {"name": "Generated", "type": "integer", "jsonPath": ".status.generatedPairs", "priority": 1},
     {"name": "Total", "type": "integer", "jsonPath": ".status.totalSteps", "priority": 1},
     {"name": "Loss", "type": "number", "jsonPath": ".status.loss"},

@@ -114,6 +114,13 @@ class DistillationJobStatus(SpecModel):
     """Prompt tokens a hosted teacher billed for the generation, every run of it so far."""
     generation_completion_tokens: Annotated[int, Field(ge=0)] | None = None
     """Completion tokens (reasoning included) a hosted teacher billed, every run so far."""
+    prepared_records: Annotated[int, Field(ge=0)] | None = None
+    """Records tokenised so far by the data preparation before training (spec.data.train's, then
+    spec.data.eval's); unset when the job maps a set prepared by an earlier run."""
+    preparation_records_per_second: Annotated[float, Field(ge=0)] | None = None
+    """The preparation's pace."""
+    preparation_eta_seconds: Annotated[float, Field(ge=0)] | None = None
+    """Seconds the preparation has left at that pace (by the share of its files read); 0 when done."""
     ray_job_name: str | None = None
     """The job's RayJob: its name is derived from the job's (cut to KubeRay's 47 characters with a hash)."""
     config_map_name: str | None = None

@@ -98,6 +98,29 @@ GENERATION_COMPLETION_TOKENS = Metric(
     "Completion tokens (reasoning included) an endpoint billed for the generation, every run so far.",
 )
 
+PREPARE_RECORDS = Metric(
+    "kubedistill_prepare_records",
+    Kind.GAUGE,
+    "Records of the data source being prepared (tokenised) so far: spec.data.train's, then spec.data.eval's.",
+)
+PREPARE_TOKENS = Metric("kubedistill_prepare_tokens", Kind.GAUGE, "Tokens of the records prepared so far.")
+PREPARE_RECORDS_PER_SECOND = Metric(
+    "kubedistill_prepare_records_per_second", Kind.GAUGE, "Records prepared a second, over the preparation."
+)
+PREPARE_READ_BYTES = Metric(
+    "kubedistill_prepare_read_bytes",
+    Kind.GAUGE,
+    "Bytes of the data source's files read so far (as stored: compressed, for .gz).",
+)
+PREPARE_SOURCE_BYTES = Metric(
+    "kubedistill_prepare_source_bytes", Kind.GAUGE, "Bytes of the data source's files."
+)
+PREPARE_ETA_SECONDS = Metric(
+    "kubedistill_prepare_eta_seconds",
+    Kind.GAUGE,
+    "Seconds the preparation has left at its pace so far (by the share of its files read); 0 when done.",
+)
+
 ALL = (
     STEP,
     TOTAL_STEPS,
@@ -124,4 +147,10 @@ ALL = (
     GENERATION_SKIPPED_PAIRS,
     GENERATION_PROMPT_TOKENS,
     GENERATION_COMPLETION_TOKENS,
+    PREPARE_RECORDS,
+    PREPARE_TOKENS,
+    PREPARE_RECORDS_PER_SECOND,
+    PREPARE_READ_BYTES,
+    PREPARE_SOURCE_BYTES,
+    PREPARE_ETA_SECONDS,
 )

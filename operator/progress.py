@@ -28,6 +28,10 @@ STATUS_FIELDS: dict[str, tuple[str, bool]] = {
     telemetry.GENERATION_SKIPPED_PAIRS.name: ("generation_skipped_pairs", True),
     telemetry.GENERATION_PROMPT_TOKENS.name: ("generation_prompt_tokens", True),
     telemetry.GENERATION_COMPLETION_TOKENS.name: ("generation_completion_tokens", True),
+    # While the records are tokenised, before the first step: the job is preparing its data, not stuck.
+    telemetry.PREPARE_RECORDS.name: ("prepared_records", True),
+    telemetry.PREPARE_RECORDS_PER_SECOND.name: ("preparation_records_per_second", False),
+    telemetry.PREPARE_ETA_SECONDS.name: ("preparation_eta_seconds", False),
 }
 
 

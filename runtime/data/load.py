@@ -5,6 +5,7 @@ and warned about once per source, naming the first; so are records whose assista
 template leaves out of what is trained (`data.reasoning`)."""
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -15,9 +16,9 @@ from kubedistill.runtime.data.alignment import same_vocabulary
 from kubedistill.runtime.data.cache import Prepared, cache_key, read_prepared, write_prepared
 from kubedistill.runtime.data.errors import BadRecord, BadRecordError, DataFileError
 from kubedistill.runtime.data.images import IMAGE_PART_TYPES, ImageProcessing
-from kubedistill.runtime.data.prepare import available_cores, build_samples
+from kubedistill.runtime.data.prepare import PrepareProgress, available_cores, build_samples
 from kubedistill.runtime.data.reasoning import UnrenderedReasoning
-from kubedistill.runtime.data.records import Record, read_records
+from kubedistill.runtime.data.records import Record, bytes_to_read, read_records
 from kubedistill.runtime.data.sample import Sample
 from kubedistill.runtime.data.tokenize import SampleBuilder
 
@@ -58,6 +59,7 @@ def load_samples(
     teacher_images: ImageProcessing | None = None,
     processes: int | None = None,
     cache: Path | None = None,
+    on_progress: Callable[[PrepareProgress], None] | None = None,
 ) -> LoadedData:
     """Read and tokenise every record of `source` (`field` is its spec path, named in errors).
 
@@ -72,6 +74,7 @@ def load_samples(
     `processes`: how many worker processes tokenise a large source (`data.prepare`); None: one a core.
     `cache`: a folder (on the job's checkpoint volume) where the prepared set is kept and, on a later run
     with the same files and settings, read back instead (`data.cache`); sets with images are not kept.
+    `on_progress`: called with the preparation's progress every second or so and at its end (/metrics).
 
     Raises `BadRecordError` for the first bad record under `onBadRecord: fail`, `DataFileError` when the
     file is unusable, holds no records, or holds only bad ones, and `SpecError` naming the spec field when
@@ -112,7 +115,17 @@ def load_samples(
         log.debug("%s: read %d prepared samples from %s", field, len(prepared.samples), cache)
     else:
         prepared = _prepare(
-            source, data, tokenizer, teacher, mode, field, own_tokens, images, teacher_images, processes
+            source,
+            data,
+            tokenizer,
+            teacher,
+            mode,
+            field,
+            own_tokens,
+            images,
+            teacher_images,
+            processes,
+            on_progress,
         )
         if key is not None and cache is not None:
             try:
@@ -154,6 +167,7 @@ def _prepare(
     images: ImageProcessing | None,
     teacher_images: ImageProcessing | None,
     processes: int | None,
+    on_progress: Callable[[PrepareProgress], None] | None = None,
 ) -> Prepared:
     """Every record of `source` tokenised, on `processes` worker processes (`data.prepare`)."""
     reasoning = UnrenderedReasoning(field, tokenizer.name_or_path)
@@ -172,7 +186,9 @@ def _prepare(
     samples: list[Sample] = []
     bad_records: list[BadRecord] = []
     workers = available_cores() if processes is None else processes
-    for built in build_samples(build, read_records(source, field), workers):
+    read = bytes_to_read(source, field)
+    records = read_records(source, field, read)
+    for built in build_samples(build, records, workers, read=read, on_progress=on_progress):
         if isinstance(built, Sample):
             samples.append(built)
         elif data.on_bad_record == OnBadRecord.FAIL:

@@ -18,14 +18,14 @@ import multiprocessing
 import os
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from itertools import chain, islice
 
 from kubedistill.runtime.data.errors import BadRecord, BadRecordError
 from kubedistill.runtime.data.reasoning import UnrenderedReasoning
-from kubedistill.runtime.data.records import Record
+from kubedistill.runtime.data.records import BytesRead, Record
 from kubedistill.runtime.data.sample import Sample, packed
 from kubedistill.runtime.data.tokenize import SampleBuilder
 
@@ -36,9 +36,35 @@ CHUNK_RECORDS = 64
 PACK_RECORDS = 256
 IN_FLIGHT = 4
 PROGRESS_SECONDS = 10.0
+PUBLISH_SECONDS = 1.0
 Built = Sample | BadRecord
 
 _worker_build: SampleBuilder | None = None
+
+
+@dataclass(frozen=True)
+class PrepareProgress:
+    """Where a source's preparation stands: what the log line says and /metrics carries."""
+
+    field: str
+    records: int
+    tokens: int
+    seconds: float
+    read_bytes: int | None = None
+    """Of the source's files (`records.BytesRead`); None for a source `datasets` reads."""
+    total_bytes: int | None = None
+
+    @property
+    def records_per_second(self) -> float:
+        return self.records / max(self.seconds, 1e-9)
+
+    @property
+    def eta_seconds(self) -> float | None:
+        """Seconds left at the pace so far, by the share of the files' bytes read (records vary in length,
+        bytes track tokens); None before the first is read and for a source without files of its own."""
+        if not self.read_bytes or self.total_bytes is None:
+            return None
+        return self.seconds * max(self.total_bytes - self.read_bytes, 0) / self.read_bytes
 
 
 def available_cores() -> int:
@@ -53,15 +79,20 @@ def build_samples(
     *,
     serial_records: int = SERIAL_RECORDS,
     chunk_records: int = CHUNK_RECORDS,
+    read: BytesRead | None = None,
+    on_progress: Callable[[PrepareProgress], None] | None = None,
 ) -> Iterator[Built]:
     """Each record's sample, or the `BadRecord` it is, in the records' order; `processes` > 1 builds on that
-    many worker processes once the source holds more than `serial_records` records."""
-    progress = _Progress(build.field)
+    many worker processes once the source holds more than `serial_records` records. `read`: the bytes
+    `records` has read of its files, for the time left; `on_progress`: called with the progress every
+    `PUBLISH_SECONDS` and at the end."""
+    progress = _Progress(build.field, read, on_progress)
     records = iter(records)
     head = list(islice(records, serial_records + 1))
     if processes <= 1 or len(head) <= serial_records:
+        # Read as built, not all first: the records of a large file held at once would outweigh its samples.
         yield from _packed_runs(
-            built for record in (*head, *records) for built in progress.count(_build_one(build, record))
+            built for record in chain(head, records) for built in progress.count(_build_one(build, record))
         )
     else:
         yield from _packed_runs(_on_workers(build, chain(head, records), processes, chunk_records, progress))
@@ -141,12 +172,17 @@ def _add_reasoning(total: UnrenderedReasoning, chunk: UnrenderedReasoning) -> No
 
 
 class _Progress:
-    """Records and tokens a second in the log every `PROGRESS_SECONDS`, so a long preparation shows it is
-    working, not stuck, and once more at its end; a preparation done within the interval logs nothing."""
+    """Records and tokens a second, and the time left, in the log every `PROGRESS_SECONDS`, so a long
+    preparation shows it is working, not stuck, and once more at its end (a preparation done within the
+    interval logs nothing); handed to `on_progress` (/metrics) every `PUBLISH_SECONDS` and at the end."""
 
-    def __init__(self, field: str) -> None:
+    def __init__(
+        self, field: str, read: BytesRead | None, on_progress: Callable[[PrepareProgress], None] | None
+    ) -> None:
         self.field = field
-        self.started = self.logged = time.monotonic()
+        self.read = read
+        self.on_progress = on_progress
+        self.started = self.logged = self.published = time.monotonic()
         self.records = self.tokens = 0
 
     def count(self, built: list[Built]) -> list[Built]:
@@ -154,24 +190,48 @@ class _Progress:
         self.records += 1
         self.tokens += sum(len(each.input_ids) for each in built if isinstance(each, Sample))
         now = time.monotonic()
+        if self.on_progress is not None and now - self.published >= PUBLISH_SECONDS:
+            self.published = now
+            self.on_progress(self.now(now))
         if now - self.logged >= PROGRESS_SECONDS:
             self.logged = now
-            self._log("preparing", now)
+            self._log("preparing", self.now(now))
         return built
 
     def finish(self) -> None:
+        done = self.now(time.monotonic())
+        if self.on_progress is not None:
+            self.on_progress(done)
         if self.logged > self.started:
-            self._log("prepared", time.monotonic())
+            self._log("prepared", done)
 
-    def _log(self, what: str, now: float) -> None:
-        seconds = max(now - self.started, 1e-9)
-        log.info(
-            "%s: %s %d records (%d tokens) in %.0f s: %.0f records/s, %.0f tokens/s",
+    def now(self, now: float) -> PrepareProgress:
+        read = self.read
+        return PrepareProgress(
             self.field,
-            what,
             self.records,
             self.tokens,
-            seconds,
-            self.records / seconds,
-            self.tokens / seconds,
+            now - self.started,
+            None if read is None else read.done,
+            None if read is None else read.total,
         )
+
+    def _log(self, what: str, progress: PrepareProgress) -> None:
+        seconds = max(progress.seconds, 1e-9)
+        eta = progress.eta_seconds
+        log.info(
+            "%s: %s %d records (%d tokens) in %.0f s: %.0f records/s, %.0f tokens/s%s",
+            self.field,
+            what,
+            progress.records,
+            progress.tokens,
+            seconds,
+            progress.records_per_second,
+            progress.tokens / seconds,
+            "" if eta is None or what == "prepared" else _left(progress, eta),
+        )
+
+
+def _left(progress: PrepareProgress, eta: float) -> str:
+    share = (progress.read_bytes or 0) / max(progress.total_bytes or 0, 1)
+    return f"; {share:.0%} of the files read, about {eta:.0f} s left"

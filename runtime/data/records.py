@@ -93,19 +93,36 @@ def _extension_format(path: str) -> DataFormat | None:
     return next((found for suffix, found in _EXTENSIONS.items() if name.endswith(suffix)), None)
 
 
-def read_records(source: DataSource, field: str = "spec.data.train") -> Iterator[Record | BadRecord]:
+@dataclass
+class BytesRead:
+    """How far `read_records` got through a source's files, in bytes as stored (compressed, for `.gz`): what
+    a long preparation's ETA is estimated from. Plain JSON lines count line by line, other files once read."""
+
+    total: int
+    done: int = 0
+
+
+def bytes_to_read(source: DataSource, field: str = "spec.data.train") -> BytesRead | None:
+    """The size of the files `source` reads; None for what `datasets` reads (no files of its own)."""
+    files = data_files(source, field)
+    return None if files is None else BytesRead(sum(os.path.getsize(file) for file in files))
+
+
+def read_records(
+    source: DataSource, field: str = "spec.data.train", read: BytesRead | None = None
+) -> Iterator[Record | BadRecord]:
     """Records of `source` in order (file by file); records that cannot be read come as `BadRecord`s.
 
     `field` is the spec path of `source` (`spec.data.train` or `spec.data.eval`), named in errors. Problems
     with the source as a whole (an unknown format, a folder without data files) are raised here, before the
-    first record is read.
+    first record is read. `read`: counts the bytes read (`bytes_to_read`).
     """
     files = data_files(source, field)
     if files is None:
         return _read_hub(source, field) if _on_hub(source) else _read_saved(source, field)
     formats = [data_format(source, field, file) for file in files]
     return itertools.chain.from_iterable(
-        _READERS[format](file, field) for file, format in zip(files, formats, strict=True)
+        _counted(file, format, field, read) for file, format in zip(files, formats, strict=True)
     )
 
 
@@ -191,12 +208,28 @@ def _corrupt(path: str, field: str, error: Exception, after_line: int | None = N
     return DataFileError(f"{field}.path: cannot read {path!r}: the gzip data is corrupt{where} ({error})")
 
 
-def _read_jsonl(path: str, field: str) -> Iterator[Record | BadRecord]:
+def _counted(
+    path: str, format: DataFormat, field: str, read: BytesRead | None
+) -> Iterator[Record | BadRecord]:
+    if read is None:
+        yield from _READERS[format](path, field)
+        return
+    before = read.done
+    if format == DataFormat.JSONL and not _gzipped(path):
+        yield from _read_jsonl(path, field, read)
+    else:
+        yield from _READERS[format](path, field)
+    read.done = before + os.path.getsize(path)
+
+
+def _read_jsonl(path: str, field: str, read: BytesRead | None = None) -> Iterator[Record | BadRecord]:
     lines = 0
     try:
         with (gzip.open if _gzipped(path) else open)(path, "rb") as file:
             for number, raw in enumerate(file, start=1):
                 lines = number
+                if read is not None:
+                    read.done += len(raw)
                 yield from _parse_lines(path, [(number, raw)])
     except _GZIP_ERRORS as error:
         raise _corrupt(path, field, error, lines) from error

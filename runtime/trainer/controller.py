@@ -56,6 +56,7 @@ from kubedistill.runtime.trainer.metrics import (
     LOCAL_NAMESPACE,
     TrainerMetrics,
     publish_eval,
+    publish_preparation,
     publish_step,
     serve_metrics,
 )
@@ -139,6 +140,8 @@ class Trainer:
             if tokenizer is not None:
                 pin_chat_clock(tokenizer, self.chat_clock)
         self.images, self.teacher_images = self._image_processing()
+        self.metrics = options.metrics or TrainerMetrics(options.namespace, job.name)
+        """`kubedistill run` serves it before the data is prepared: the operator sees the preparing."""
         # On-policy (self-distillation too) trains on prompts; its eval data keeps the dataset's responses
         # to score.
         train_mode = Mode.ON_POLICY if self.spec.on_policy else self.spec.mode
@@ -176,7 +179,6 @@ class Trainer:
             if self.spec.checkpoint.path
             else None
         )
-        self.metrics = options.metrics or TrainerMetrics(options.namespace, job.name)
         self.steps_done: int | None = None
         """The step training reached (what an interrupted run stopped at); None before it started."""
 
@@ -226,6 +228,7 @@ class Trainer:
             teacher_images=self.teacher_images,
             # Prepared once: a restarted or retried job maps the set from its checkpoint volume.
             cache=self._prepared_folder(),
+            on_progress=lambda progress: publish_preparation(self.metrics, progress),
         )
         return loaded
 

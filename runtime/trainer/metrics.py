@@ -18,6 +18,7 @@ from kubedistill.api.telemetry import Kind, Metric
 from kubedistill.runtime.trainer.records import EvalRecord, TrainRecord
 
 if TYPE_CHECKING:
+    from kubedistill.runtime.data.prepare import PrepareProgress
     from kubedistill.runtime.generation.phase import GenerationProgress
 
 log = logging.getLogger(__name__)
@@ -112,6 +113,18 @@ def publish_generation(metrics: TrainerMetrics, progress: "GenerationProgress") 
     metrics.set(telemetry.GENERATION_SKIPPED_PAIRS, progress.skipped.total())
     metrics.set(telemetry.GENERATION_PROMPT_TOKENS, progress.usage.prompt_tokens)
     metrics.set(telemetry.GENERATION_COMPLETION_TOKENS, progress.usage.completion_tokens)
+
+
+def publish_preparation(metrics: TrainerMetrics, progress: "PrepareProgress") -> None:
+    metrics.set(telemetry.PREPARE_RECORDS, progress.records)
+    metrics.set(telemetry.PREPARE_TOKENS, progress.tokens)
+    metrics.set(telemetry.PREPARE_RECORDS_PER_SECOND, progress.records_per_second)
+    if progress.total_bytes is not None and progress.read_bytes is not None:
+        metrics.set(telemetry.PREPARE_READ_BYTES, progress.read_bytes)
+        metrics.set(telemetry.PREPARE_SOURCE_BYTES, progress.total_bytes)
+    eta = progress.eta_seconds
+    if eta is not None:
+        metrics.set(telemetry.PREPARE_ETA_SECONDS, eta)
 
 
 def publish_step(metrics: TrainerMetrics, record: TrainRecord, total_steps: int) -> None:

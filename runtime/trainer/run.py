@@ -62,10 +62,15 @@ def _run_job(
     metrics_port: int | None,
     restart: bool,
 ) -> None:
-    from kubedistill.runtime.trainer.metrics import LOCAL_NAMESPACE, TrainerMetrics, pod_namespace
+    from kubedistill.runtime.trainer.metrics import (
+        LOCAL_NAMESPACE,
+        TrainerMetrics,
+        pod_namespace,
+        serve_metrics,
+    )
 
     metrics: TrainerMetrics | None = None
-    """Served from the generation phase on; otherwise the trainer serves its own."""
+    """Served from the generation phase on, else from the data's preparation on."""
 
     def fail(problems: list[str]) -> typer.Exit:
         if metrics is not None:
@@ -88,6 +93,10 @@ def _run_job(
         # /metrics from the start of the generation, which may take hours: the operator reads its progress.
         metrics = TrainerMetrics(namespace, job.name)
         job, generation = _generate(file, job, out, metrics, metrics_port)
+    if metrics is None:
+        # /metrics before the records are tokenised, which may take an hour: the operator reads its progress.
+        metrics = TrainerMetrics(namespace, job.name)
+        serve_metrics(metrics, metrics_port, preflight.metrics_port_asked(metrics_port))
     # torch, ray and transformers only now: the checks above answer in a second or two.
     from kubedistill.runtime.cluster.console import WHAT_THE_LOG_HOLDS, keep_log
     from kubedistill.runtime.cluster.session import connect

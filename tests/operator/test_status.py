@@ -2,6 +2,7 @@
 
 from collections import Counter
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -10,6 +11,7 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from kubedistill.api import parse_job, telemetry
+from kubedistill.api.spec import DataSpec, Mode
 from kubedistill.api.status import ConditionType, Reason
 from kubedistill.operator.conditions import ConditionStatus, DesiredCondition, condition_of, with_conditions
 from kubedistill.operator.lifecycle import created_status, spec_change_status
@@ -17,9 +19,20 @@ from kubedistill.operator.mirror import deleted_rayjob_status, mirrored_status
 from kubedistill.operator.progress import parse_progress, with_metrics_unreachable, with_progress
 from kubedistill.operator.render import render_config_map
 from kubedistill.operator.spec_changes import classify
+from kubedistill.runtime.data import prepare
+from kubedistill.runtime.data.prepare import PrepareProgress, build_samples
+from kubedistill.runtime.data.records import bytes_to_read, read_records
+from kubedistill.runtime.data.tokenize import SampleBuilder
+from kubedistill.runtime.demo.tiny import build_tokenizer
 from kubedistill.runtime.generation.phase import GenerationProgress
 from kubedistill.runtime.generation.store import Usage
-from kubedistill.runtime.trainer.metrics import TrainerMetrics, pod_namespace, publish_generation
+from kubedistill.runtime.trainer.metrics import (
+    TrainerMetrics,
+    pod_namespace,
+    publish_generation,
+    publish_preparation,
+)
+from tests.runtime.data.builders import CORPUS, chat, write_jsonl
 
 T0, T1 = "2026-11-25T10:00:00Z", "2026-11-25T11:00:00Z"
 
@@ -204,6 +217,40 @@ def test_progress_while_the_teacher_generates_the_data_reaches_the_status() -> N
     assert (status["generatedPairs"], status["generationPairs"]) == (120, 300)
     known = condition_of(status, ConditionType.PROGRESS_UNKNOWN)
     assert known is not None and known["status"] == "False", "the job is making its data, not stuck"
+
+
+def test_progress_while_the_records_are_prepared_reaches_the_status(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The preparation's own progress, published as it goes, read back by the operator's parser: records
+    done, their pace and the time left by the share of the file read, 0 once all is done."""
+    tokenizer = build_tokenizer(CORPUS, vocab_size=512)
+    chats = [
+        chat(("user", "What is 2+2? " * (n % 5 + 1)), ("assistant", "The answer is 4.")) for n in range(12)
+    ]
+    source = write_jsonl(tmp_path / "train.jsonl", chats)
+    build = SampleBuilder(source, DataSpec(train=source), tokenizer, Mode.OFF_POLICY, tokenizer)
+    metrics = TrainerMetrics("ml", "demo")
+    pages: list[str] = []
+
+    def publish(progress: PrepareProgress) -> None:
+        publish_preparation(metrics, progress)
+        pages.append(generate_latest(metrics.registry).decode())
+
+    monkeypatch.setattr(prepare, "PUBLISH_SECONDS", 0.0)
+    read = bytes_to_read(source)
+    records = read_records(source, read=read)
+    samples = list(build_samples(build, records, 1, serial_records=2, read=read, on_progress=publish))
+
+    halfway = parse_progress(pages[5], namespace="ml", job="demo")
+    assert halfway["prepared_records"] == 6
+    assert halfway["preparation_eta_seconds"] > 0 and halfway["preparation_records_per_second"] > 0
+    done = parse_progress(pages[-1], namespace="ml", job="demo")
+    assert (done["prepared_records"], done["preparation_eta_seconds"]) == (len(samples), 0.0)
+    status = with_progress({}, done, url="http://head:8090/metrics", generation=1, now=T0)
+    assert status["preparedRecords"] == 12
+    known = condition_of(status, ConditionType.PROGRESS_UNKNOWN)
+    assert known is not None and known["status"] == "False", "the job is preparing its data, not stuck"
 
 
 @pytest.mark.parametrize(("namespace", "job"), [("ml", "other"), ("team-b", "demo"), ("local", "demo")])

@@ -15,7 +15,7 @@ from kubedistill.api.spec import DataSource, DataSpec, Mode
 from kubedistill.runtime.data import prepare
 from kubedistill.runtime.data.errors import BadRecord, BadRecordError
 from kubedistill.runtime.data.prepare import build_samples
-from kubedistill.runtime.data.records import Record, read_records
+from kubedistill.runtime.data.records import Record, bytes_to_read, read_records
 from kubedistill.runtime.data.sample import Sample
 from kubedistill.runtime.data.tokenize import SampleBuilder
 from kubedistill.runtime.demo.tiny import build_tokenizer
@@ -115,6 +115,27 @@ def test_a_long_preparation_logs_records_and_tokens_a_second(
         f"spec.data.train: preparing 3 records ({sum(tokens)} tokens)",
         f"spec.data.train: prepared 3 records ({sum(tokens)} tokens)",
     ]
+
+
+def test_a_long_preparation_logs_the_share_of_its_files_read_and_the_time_left(
+    tokenizer, tmp_path: Path, caplog, monkeypatch
+) -> None:
+    source = write_jsonl(tmp_path / "train.jsonl", varied_chats(4))
+    build = SampleBuilder(source, DataSpec(train=source), tokenizer, Mode.OFF_POLICY, tokenizer)
+    monkeypatch.setattr(prepare, "PROGRESS_SECONDS", 0.0)
+    read = bytes_to_read(source)
+    assert read is not None and read.total == Path(source.path).stat().st_size
+    lines = Path(source.path).read_bytes().splitlines(keepends=True)
+    with caplog.at_level(logging.INFO, logger=prepare.__name__):
+        list(build_samples(build, read_records(source, read=read), 1, serial_records=1, read=read))
+    # Two are read before the first is built (the head that decides between one process and workers), then
+    # one a record.
+    shares = [len(b"".join(lines[:read_lines])) / read.total for read_lines in (2, 2, 3, 4)]
+    messages = [record.getMessage() for record in caplog.records]
+    assert [message.split("; ")[-1].split(", about")[0] for message in messages[:4]] == [
+        f"{share:.0%} of the files read" for share in shares
+    ]
+    assert messages[-1].startswith("spec.data.train: prepared 4 records") and "left" not in messages[-1]
 
 
 def test_a_quick_preparation_logs_nothing(tokenizer, tmp_path: Path, caplog) -> None:
