@@ -16,6 +16,7 @@ from pydantic import Field, ValidationInfo, WithJsonSchema, field_validator
 from kubedistill.api.base import SpecModel
 from kubedistill.api.generation import GenerationSpec
 from kubedistill.api.registry import ALGORITHM_GROUP, LOSS_GROUP, known_names
+from kubedistill.api.tracking import TrackingSpec
 
 Quantity = Annotated[str, Field(pattern=r"^[0-9]+(\.[0-9]+)?(m|k|Ki|M|Mi|G|Gi|T|Ti|P|Pi|E|Ei)?$")]
 PositiveInt = Annotated[int, Field(ge=1)]
@@ -463,6 +464,8 @@ class DistillationJobSpec(SpecModel):
     """Periodic checkpoints, from which a restarted job resumes."""
     output: OutputSpec = OutputSpec()
     """Export of the trained student."""
+    tracking: TrackingSpec = TrackingSpec()
+    """Experiment trackers (TensorBoard, MLflow, W&B) that get every record `metrics.jsonl` gets."""
     cluster: ClusterSpec = ClusterSpec()
     """Placement and pod settings on Kubernetes (ignored by local runs)."""
     suspend: bool = False

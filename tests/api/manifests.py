@@ -388,4 +388,24 @@ BAD_MANIFESTS: list[Bad] = [
     ),
     Bad("chat-template-empty", {"spec.data.chatTemplate": ""}, "spec.data.chatTemplate"),
     Bad("train-turns-unknown", {"spec.data.trainTurns": "first"}, "spec.data.trainTurns"),
+    Bad(
+        "mlflow-tracking-uri-without-scheme",
+        {"spec.tracking": {"mlflow": {"trackingUri": "mlflow.mlops:5000"}}},
+        "spec.tracking.mlflow.trackingUri",
+    ),
+    Bad(
+        "wandb-without-project",
+        {"spec.tracking": {"wandb": {"mode": "offline"}}},
+        "spec.tracking.wandb.project",
+    ),
+    Bad(
+        "tracker-secret-without-key",
+        {
+            "spec.tracking": {
+                "wandb": {"project": "p", "credentials": {"env": "KEY", "secretKeyRef": {"name": "w"}}}
+            }
+        },
+        "spec.tracking.wandb.credentials.secretKeyRef.key",
+    ),
+    Bad("tracker-unknown", {"spec.tracking": {"comet": {}}}, "spec.tracking.comet", "unknown-field"),
 ]
