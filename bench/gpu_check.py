@@ -11,6 +11,9 @@
 4. The SGLang teacher's hidden-state hop without SGLang: the scheduler method that replaces SGLang's, fed
    the device's bf16 hidden states of a 4096-token prefill, against SGLang's `.tolist()`, both decoded by
    the teacher's decoder: time of each and equality of the rows.
+7. Padding-free packing (`spec.training.packing`): the same length-skewed samples (log-normal lengths) as
+   padded micro-batches and as packed rows, through one FSDP2 student rank: equal loss sums (evaluated on
+   the same weights) and the time of a training step each, with real tokens per second.
 
 Needs torch (CUDA), transformers, tokenizers, safetensors, numpy and rich; the spec needs pydantic, which a
 bare machine may lack: `make gpu-wheels` downloads it (with its dependencies) into .whl/ to be carried along.
@@ -242,6 +245,100 @@ def fsdp_row(device: torch.device, scratch: Path, cpu_offload: bool) -> dict:
     )
 
 
+def packing_rows(device: torch.device, scratch: Path, repeats: int) -> list[dict]:
+    """Padded against packed micro-batches of the same samples: equal losses, then a step's time each."""
+    import random
+
+    from kubedistill.api import parse_job
+    from kubedistill.runtime.data.batching import shard_micro_batches
+    from kubedistill.runtime.data.sample import Sample
+    from kubedistill.runtime.demo.data import chat_records
+    from kubedistill.runtime.demo.tiny import STUDENT_SHAPE, TinyShape, build_tokenizer, save_tiny
+    from kubedistill.runtime.student.batch import MicroBatch
+    from kubedistill.runtime.student.worker import RankAddress, StudentWorker
+
+    cuda = device.type == "cuda"
+    # On the GPU a ~100M-parameter student and sequences up to 4096 tokens; on CPU what checks the script.
+    shape = TinyShape(1024, 2816, 8, 16, 8, 64, False) if cuda else STUDENT_SHAPE
+    count, median, longest, budget, micro = (64, 512, 4096, 16384, 8) if cuda else (8, 24, 96, 256, 4)
+    texts = [" ".join(m["content"] for m in r["messages"]) for r in chat_records(200, 0)]
+    path = save_tiny(scratch / "packing-student", build_tokenizer(texts, 300), shape)
+    job = parse_job(
+        {
+            "apiVersion": "kubedistill.io/v1alpha1",
+            "kind": "DistillationJob",
+            "metadata": {"name": "gpu-check-packing"},
+            "spec": {
+                "mode": "selfDistillation",
+                "teacher": {"backend": "transformers"},
+                "student": {"model": str(path)},
+                "data": {"train": {"path": "unused.jsonl"}},
+                "training": {"globalBatchSize": count, "precision": "bf16" if cuda else "fp32"},
+            },
+        }
+    )
+    rng = random.Random(0)
+    lengths = [min(longest, max(8, round(rng.lognormvariate(math.log(median), 0.9)))) for _ in range(count)]
+    tokens = np.random.default_rng(0).integers(3, 300, size=sum(lengths), dtype=np.int32)
+    starts = np.cumsum([0, *lengths])
+    samples = [
+        Sample(
+            input_ids=tokens[start : start + n],
+            target_mask=np.arange(n) >= n // 4,
+            source="gpu-check",
+            prompt_length=n // 4,
+        )
+        for start, n in zip(starts, lengths, strict=False)
+    ]
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    worker = StudentWorker(job, RankAddress(0, 1, "127.0.0.1", port), total_steps=10**6)
+    width = worker.module.teacher_head.shape[1]
+    plans = {}
+    for packed in (False, True):
+        (shard,) = shard_micro_batches(samples, 1, micro, budget if packed else None, packed)
+        batches = [MicroBatch.from_samples(batch, 0, packed=packed) for batch in shard]
+        generator = torch.Generator().manual_seed(1)
+        # The same teacher states for both: each sample's rows in sample order, cut per micro-batch.
+        states = {id(s): torch.randn(s.num_targets, width, generator=generator) for s in samples}
+        hidden = [
+            torch.cat([states[id(s)] for s in batch]).to(device, worker.module.teacher_head.dtype)
+            for batch in shard
+        ]
+        plans["packed" if packed else "padded"] = (batches, hidden)
+    normalizer = sum(s.num_targets for s in samples)
+    sums = {name: worker.evaluate(batches, hidden, normalizer) for name, (batches, hidden) in plans.items()}
+    padded_sum, packed_sum = (sums[name].kd_sum + sums[name].ce_sum for name in ("padded", "packed"))
+    tolerance = 2e-2 if cuda else 1e-4
+    equal = abs(packed_sum - padded_sum) <= tolerance * abs(padded_sum)
+    seconds: dict[str, list[float]] = {name: [] for name in plans}
+    # A first, untimed round on the GPU (kernels picked, memory pooled); on CPU one round checks the script.
+    for _ in range(repeats + 1 if cuda else 1):
+        for name, (batches, hidden) in plans.items():
+            _sync(device)
+            started = time.perf_counter()
+            worker.train_step(batches, hidden, normalizer)
+            _sync(device)
+            seconds[name].append(time.perf_counter() - started)
+    worker.close()
+    real = sum(lengths)
+    rows = []
+    for name, (batches, _) in plans.items():
+        step = statistics.median(seconds[name][1:] if cuda else seconds[name])
+        slots = sum(b.num_slots for b in batches)
+        rows.append(
+            _check(
+                f"{name} micro-batches, {count} sequences of {min(lengths)}-{max(lengths)} tokens",
+                equal,
+                f"{len(batches)} micro-batches, padding {1 - real / slots:.0%}, "
+                f"{real / step:.0f} real tokens/s; loss sums packed {packed_sum:.6g} padded {padded_sum:.6g}",
+                step,
+            )
+        )
+    return rows
+
+
 def hidden_state_rows(device: torch.device, n: int, d: int, repeats: int) -> list[dict]:
     """SGLang's list path and ours for one n-token prefill, from the device's bf16 states to the decoded
     tensor, with SGLang's scheduler method and our replacement called as its prefill loop calls them."""
@@ -285,6 +382,7 @@ def run_checks(
         # FSDP2's CPUOffloadPolicy needs an accelerator ("Cannot access accelerator device").
         offloads = (False, True) if device.type == "cuda" else (False,)
         rows.extend(fsdp_row(device, Path(scratch), cpu_offload) for cpu_offload in offloads)
+        rows.extend(packing_rows(device, Path(scratch), repeats))
     rows.extend(hidden_state_rows(device, decode_tokens, d, repeats))
     return rows
 

@@ -30,6 +30,7 @@ MAY_CHANGE: tuple[str, ...] = (
     "spec.training.onNonFinite",
     "spec.training.microBatchSize",
     "spec.training.maxTokensPerDevice",
+    "spec.training.packing",
     "spec.data.eval",
     "spec.data.onBadRecord",
     "spec.data.train",

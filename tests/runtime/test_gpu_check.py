@@ -18,6 +18,10 @@ def test_every_gpu_check_runs_and_passes_at_small_sizes_on_cpu() -> None:
     assert [c for c in checks if c.startswith("one FSDP2")] == [
         "one FSDP2 training step on cpu:gloo, world size 1"
     ]
+    assert [c.split(",")[0] for c in checks if "micro-batches" in c] == [
+        "padded micro-batches",
+        "packed micro-batches",
+    ]
     assert [c for c in checks if c.startswith("SGLang teacher")] == [
         "SGLang teacher hidden states, list path, 128 x 32 bf16",
         "SGLang teacher hidden states, shared memory path, 128 x 32 bf16",
