@@ -15,7 +15,15 @@ from pydantic import BaseModel
 
 from kubedistill.api.base import model_in
 from kubedistill.api.generation import teacher_generates
-from kubedistill.api.spec import Backend, DataFormat, DistillationJobSpec, LrScheduler, Mode, TeacherSpec
+from kubedistill.api.spec import (
+    Attention,
+    Backend,
+    DataFormat,
+    DistillationJobSpec,
+    LrScheduler,
+    Mode,
+    TeacherSpec,
+)
 
 RENDER_ARGUMENTS = ("messages", "tools", "documents", "add_generation_prompt", "continue_final_message")
 """What a chat template is rendered with by transformers' `apply_chat_template` itself (4.5x-5.x: these are
@@ -445,6 +453,28 @@ RULES: tuple[Rule, ...] = (
         "only used when spec.mode is selfDistillation",
         lambda s: s.distillation.teacher_ema_decay is None or s.mode == Mode.SELF_DISTILLATION,
         f"!{present('distillation.teacherEmaDecay')} || {value('mode')} == 'selfDistillation'",
+    ),
+    Rule(
+        "teacher.stepsPerWake",
+        "more than 1 needs spec.cluster.colocate: a teacher on GPUs of its own computes every step's hidden "
+        "states while the students train the step before",
+        lambda s: s.teacher is None or s.teacher.steps_per_wake == 1 or s.cluster.colocate,
+        f"{value('teacher.stepsPerWake')} == 1 || {value('cluster.colocate')}",
+    ),
+    Rule(
+        "student.attention",
+        "flash_attention_2 and eager have no SGLang counterpart: choose sdpa, flash_attention_3 or "
+        "flex_attention with an SGLang teacher or rollout (spec.teacher.backend, spec.rollout.backend), or "
+        "their transformers backend",
+        lambda s: (
+            s.student.attention not in (Attention.FLASH_ATTENTION_2, Attention.EAGER)
+            or (
+                (s.teacher is None or s.teacher.backend != Backend.SGLANG)
+                and (s.rollout is None or s.rollout.backend != Backend.SGLANG)
+            )
+        ),
+        f"!({value('student.attention')} in ['flash_attention_2', 'eager']) || "
+        f"({value('teacher.backend')} != 'sglang' && {value('rollout.backend')} != 'sglang')",
     ),
     Rule(
         "cluster.colocate",

@@ -63,6 +63,24 @@ class Quantization(StrEnum):
     FP8 = "fp8"
 
 
+class Attention(StrEnum):
+    """The attention kernel of the student and of the engines that run a model with transformers (the teacher,
+    the rollout engines): transformers' `attn_implementation`.
+
+    SGLang engines take their own vocabulary (`attention_backend`, SGLang 0.5.23
+    `srt/arg_groups/choices.py:69-99`): flash_attention_3 becomes `fa3` and flex_attention `flex_attention`;
+    under sdpa SGLang keeps its own choice for the GPU (it serves with no SDPA kernel of its own but the
+    torch_native reference path). flash_attention_2 and eager have no SGLang counterpart, and are refused
+    with an SGLang teacher or rollout.
+    """
+
+    SDPA = "sdpa"
+    FLASH_ATTENTION_2 = "flash_attention_2"
+    FLASH_ATTENTION_3 = "flash_attention_3"
+    FLEX_ATTENTION = "flex_attention"
+    EAGER = "eager"
+
+
 class LoraExport(StrEnum):
     MERGED = "merged"
     ADAPTER = "adapter"
@@ -145,6 +163,12 @@ class TeacherSpec(SpecModel):
     """Fraction of each GPU's memory SGLang reserves for weights and KV cache."""
     quantization: Quantization | None = None
     """Online weight quantization of the teacher (SGLang only)."""
+    steps_per_wake: PositiveInt = 1
+    """Colocated (spec.cluster.colocate): the optimizer steps whose teacher hidden states one wake of the
+    teacher computes (KDFlow's teacher_forward_n_batches); they wait in Ray's object store while the students
+    train those steps. A wake ends early where engines take the student's new weights (the end of an
+    on-policy rollout round, a self-distillation teacher's update), so no hidden state comes from weights
+    older than a step trains on."""
 
 
 class StudentSpec(SpecModel):
@@ -167,6 +191,14 @@ class StudentSpec(SpecModel):
     freeze_vision: bool = True
     """A vision-language student: keep its vision tower (and patch merger) fixed and train the language model;
     no effect on a text model."""
+    attention: Attention = Attention.SDPA
+    """Attention kernel of the student, and of transformers teachers and rollout engines: sdpa, eager, or on
+    CUDA GPUs flex_attention (torch's) and, with their packages installed, flash_attention_2 (flash-attn)
+    and flash_attention_3 (flash-attn-3). SGLang engines: fa3 for flash_attention_3, flex_attention for
+    flex_attention, their own choice for sdpa; flash_attention_2 and eager are refused with them."""
+    liger_kernel: bool = False
+    """Liger's Triton kernels (RMSNorm, RoPE, SwiGLU) in the student's decoder (CUDA GPUs only; the loss stays
+    KubeDistill's own)."""
 
 
 class RolloutSpec(SpecModel):

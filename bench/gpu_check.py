@@ -11,6 +11,11 @@
 4. The SGLang teacher's hidden-state hop without SGLang: the scheduler method that replaces SGLang's, fed
    the device's bf16 hidden states of a 4096-token prefill, against SGLang's `.tolist()`, both decoded by
    the teacher's decoder: time of each and equality of the rows.
+5. On CUDA only: the student's attention kernels (spec.student.attention: flash_attention_2,
+   flash_attention_3, flex_attention) and Liger's kernels (spec.student.ligerKernel) against sdpa on a tiny
+   Qwen3 in bf16: the same logits; a kernel whose package is missing is reported so, not failed.
+6. On CUDA only: colocation's offload (`student_offload`): the GPU memory a trained student rank frees when
+   an engine's turn comes, and a step trained after it came back.
 7. Padding-free packing (`spec.training.packing`): the same length-skewed samples (log-normal lengths) as
    padded micro-batches and as packed rows, through one FSDP2 student rank: equal loss sums (evaluated on
    the same weights) and the time of a training step each, with real tokens per second.
@@ -367,6 +372,108 @@ def hidden_state_rows(device: torch.device, n: int, d: int, repeats: int) -> lis
     ]
 
 
+def _tiny_student(scratch: Path) -> Path:
+    from kubedistill.runtime.demo.data import chat_records
+    from kubedistill.runtime.demo.tiny import STUDENT_SHAPE, build_tokenizer, save_tiny
+
+    texts = [" ".join(m["content"] for m in r["messages"]) for r in chat_records(200, 0)]
+    return save_tiny(scratch / "kernels-student", build_tokenizer(texts, 300), STUDENT_SHAPE)
+
+
+def kernel_rows(device: torch.device, scratch: Path) -> list[dict]:
+    """Each kernel's logits against sdpa's on the same bf16 weights; installed or not."""
+    import importlib.util
+
+    from kubedistill.api.spec import Attention
+    from kubedistill.runtime.models.loading import load_causal_lm
+    from kubedistill.runtime.trainer.preflight import KERNEL_PACKAGES
+
+    path = str(_tiny_student(scratch))
+    tokens = torch.randint(5, 250, (2, 256), generator=torch.Generator().manual_seed(0)).to(device)
+    reference = load_causal_lm(path, torch.bfloat16).to(device).eval()
+    with torch.no_grad():
+        expected = reference(tokens).logits.float()
+    cases: list[tuple[str, Attention, bool, str | None]] = [
+        (f"attention {kernel}", kernel, False, KERNEL_PACKAGES.get(kernel, (None,))[0])
+        for kernel in (Attention.FLASH_ATTENTION_2, Attention.FLASH_ATTENTION_3, Attention.FLEX_ATTENTION)
+    ]
+    cases.append(("Liger kernels (RMSNorm, RoPE, SwiGLU)", Attention.SDPA, True, "liger_kernel"))
+    rows = []
+    for name, kernel, liger, module in cases:
+        if module is not None and importlib.util.find_spec(module) is None:
+            rows.append(_check(f"student {name} == sdpa", True, f"{module} not installed here: not run"))
+            continue
+        model = load_causal_lm(path, torch.bfloat16, kernel, liger).to(device).eval()
+        _sync(device)
+        started = time.perf_counter()
+        with torch.no_grad():
+            logits = model(tokens).logits.float()
+        _sync(device)
+        difference = float((logits - expected).abs().max())
+        rows.append(
+            _check(
+                f"student {name} == sdpa, bf16",
+                difference < 5e-2,
+                f"max abs diff of the logits {difference:.3g}",
+                time.perf_counter() - started,
+            )
+        )
+    return rows
+
+
+def offload_row(device: torch.device, scratch: Path) -> dict:
+    """A colocated engine's turn on a trained rank: what `student_offload` moves, measured on the device."""
+    from kubedistill.api import parse_job
+    from kubedistill.runtime.data.sample import Sample
+    from kubedistill.runtime.student.batch import MicroBatch
+    from kubedistill.runtime.student.worker import RankAddress, StudentWorker
+    from kubedistill.runtime.trainer.colocation import student_offload
+
+    job = parse_job(
+        {
+            "apiVersion": "kubedistill.io/v1alpha1",
+            "kind": "DistillationJob",
+            "metadata": {"name": "gpu-check-offload"},
+            "spec": {
+                "mode": "selfDistillation",
+                "teacher": {"backend": "transformers"},
+                "student": {"model": str(_tiny_student(scratch)), "reshardAfterForward": "never"},
+                "data": {"train": {"path": "unused.jsonl"}},
+                "training": {"globalBatchSize": 4, "learningRate": 1e-3, "precision": "bf16"},
+                "cluster": {"colocate": True},
+            },
+        }
+    )
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    worker = StudentWorker(job, RankAddress(0, 1, "127.0.0.1", port), total_steps=2)
+    sample = Sample(
+        input_ids=np.arange(5, 37), target_mask=np.arange(32) >= 16, source="gpu-check", prompt_length=16
+    )
+    batch = MicroBatch.from_samples([sample] * 4, pad_id=0)
+    head = worker.module.teacher_head
+    hidden = [torch.randn(batch.num_targets, head.shape[1], device=device, dtype=head.dtype)]
+    worker.train_step([batch], hidden, batch.num_targets)
+    parts = student_offload(job.spec.student.cpu_offload)
+    _sync(device)
+    held = torch.cuda.memory_allocated(device)
+    started = time.perf_counter()
+    worker.move_training_state("cpu", parts)
+    away = torch.cuda.memory_allocated(device)
+    worker.move_training_state("device", parts)
+    seconds = time.perf_counter() - started
+    stats = worker.train_step([batch], hidden, batch.num_targets)
+    worker.close()
+    finite = math.isfinite(stats.grad_norm) and stats.kd_sum == stats.kd_sum
+    return _check(
+        f"colocated turn: {', '.join(sorted(parts))} leave the GPU and come back",
+        away < held and finite,
+        f"{held / 2**20:.1f} MiB held, {away / 2**20:.1f} MiB during the turn; next step finite: {finite}",
+        seconds,
+    )
+
+
 def run_checks(
     device: torch.device,
     tokens: list[int],
@@ -382,6 +489,9 @@ def run_checks(
         # FSDP2's CPUOffloadPolicy needs an accelerator ("Cannot access accelerator device").
         offloads = (False, True) if device.type == "cuda" else (False,)
         rows.extend(fsdp_row(device, Path(scratch), cpu_offload) for cpu_offload in offloads)
+        if device.type == "cuda":
+            rows.extend(kernel_rows(device, Path(scratch)))
+            rows.append(offload_row(device, Path(scratch)))
         rows.extend(packing_rows(device, Path(scratch), repeats))
     rows.extend(hidden_state_rows(device, decode_tokens, d, repeats))
     return rows

@@ -163,13 +163,10 @@ NO_EFFECT_HERE: dict[str, str] = {
     "full_determinism": "no such switch",
     "load_checkpoint": "a job always resumes from the newest checkpoint in spec.checkpoint.path",
     "local_rank": "set by the launcher",
-    "attn_implementation": "the runtime picks the attention implementation",
-    "use_liger_kernel": "the loss is fused and chunked already",
     "disable_fast_tokenizer": "the fast tokenizer is always used",
     "preprocess_num_workers": "no such setting",
     "packing_samples": "no packing option",
     "label_key": "only read for rollout prompts' reference answers, which KubeDistill does not use",
-    "teacher_forward_n_batches": "no such setting",
     "teacher_offload_tags": "no such setting",
     "teacher_dp_size": "set from the GPUs, as KDFlow itself does",
     "rollout_num_engines": "set from the GPUs, as KDFlow itself does",
@@ -386,6 +383,8 @@ def _models(b: _Builder, mode: str) -> None:
     b.set("spec.student.replicas", gpus)
     b.set("spec.cluster.gpusPerNode", per_node)
     b.carry("gradient_checkpointing", "student.gradientCheckpointing", bool)
+    b.carry("use_liger_kernel", "student.ligerKernel", bool)
+    _attention(b, mode)
     b.carry("cpu_offload", "student.cpuOffload", bool)
     b.carry("fsdp_size", "student.fsdpShardSize", int)
     if b.number("lora_rank", int) > 0:
@@ -418,6 +417,26 @@ def _models(b: _Builder, mode: str) -> None:
         b.set("spec.teacher.quantization", b.value("teacher_quantization"))
     # KDFlow places every role on the same GPUs (one placement group), whatever enable_sleep says.
     b.set("spec.cluster.colocate", True)
+    # KDFlow's off-policy trainer gathers this many global batches for one teacher forward between the
+    # teacher's wake-up and sleep (`teacher_forward_n`), then trains them one step each.
+    b.carry("teacher_forward_n_batches", "teacher.stepsPerWake", int)
+
+
+def _attention(b: _Builder, mode: str) -> None:
+    """KDFlow hands --attn_implementation to the student's from_pretrained only; its teacher and rollout run
+    on SGLang, which has no backend for flash_attention_2 or eager (spec.student.attention): with those
+    engines the student keeps sdpa, said on stderr."""
+    if "attn_implementation" not in b.given:
+        return
+    kernel = b.value("attn_implementation")
+    if kernel in ("flash_attention_2", "eager") and mode != "sft":
+        b.note(
+            "attn_implementation",
+            "dropped: spec.student.attention would carry it to the SGLang teacher and rollout engines, which "
+            "have no such backend; the student keeps sdpa",
+        )
+        return
+    b.set("spec.student.attention", kernel)
 
 
 def _rollout(b: _Builder, mode: str) -> None:

@@ -481,6 +481,22 @@ BAD_SETTINGS = [
         env={"KUBEDISTILL_METRICS_PORT": "{busy_port}"},
     ),
     BadSetting(
+        "mlflow-server-down",
+        "spec.tracking.mlflow.trackingUri: no MLflow server answers at http://127.0.0.1:{closed_port}",
+        {"tracking": {"mlflow": {"trackingUri": "http://127.0.0.1:{closed_port}"}}},
+    ),
+    BadSetting(
+        "flash-attention-without-a-gpu",
+        "spec.student.attention: flash_attention_2 runs on CUDA GPUs only, and this machine has none",
+        {"student": {"attention": "flash_attention_2"}},
+    ),
+    BadSetting(
+        "liger-kernels-without-a-gpu",
+        "spec.student.ligerKernel: Liger's kernels are Triton kernels for CUDA GPUs, and this machine has "
+        "none",
+        {"student": {"ligerKernel": True}},
+    ),
+    BadSetting(
         "ray-address-unreachable",
         "RAY_ADDRESS=127.0.0.1:{closed_port}: no Ray cluster answers there",
         env={"RAY_ADDRESS": "127.0.0.1:{closed_port}"},

@@ -11,7 +11,8 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel
 from safetensors import safe_open
 
-from kubedistill.api.spec import Precision
+from kubedistill.api.job import SpecError
+from kubedistill.api.spec import Attention, Precision
 
 HEAD_NAMES = ("lm_head.weight",)
 TIED_HEAD_NAMES = (
@@ -33,10 +34,16 @@ def load_tokenizer(path: str):
     return AutoTokenizer.from_pretrained(path)
 
 
-def load_causal_lm(path: str, dtype: torch.dtype = torch.float32) -> "PreTrainedModel":
+def load_causal_lm(
+    path: str,
+    dtype: torch.dtype = torch.float32,
+    attention: Attention = Attention.SDPA,
+    liger_kernel: bool = False,
+) -> "PreTrainedModel":
     """The model at `path` with its output head: a causal LM, or a vision-language model (its config has a
     `vision_config`), which transformers loads through `AutoModelForImageTextToText`, not the causal-LM
-    class."""
+    class. `attention` is transformers' `attn_implementation` (spec.student.attention); `liger_kernel` puts
+    Liger's kernels in its decoder (spec.student.ligerKernel)."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
 
     config = AutoConfig.from_pretrained(path)
@@ -45,7 +52,32 @@ def load_causal_lm(path: str, dtype: torch.dtype = torch.float32) -> "PreTrained
         if getattr(config, "vision_config", None) is not None
         else AutoModelForCausalLM
     )
-    return auto.from_pretrained(path, config=config, dtype=dtype)
+    model = auto.from_pretrained(path, config=config, dtype=dtype, attn_implementation=str(attention))
+    if liger_kernel:
+        apply_liger_kernels(model)
+    return model
+
+
+def apply_liger_kernels(model: "PreTrainedModel") -> None:
+    """Liger's RMSNorm, RoPE and SwiGLU kernels in `model`'s decoder, in place (liger-kernel 0.8.2,
+    `src/liger_kernel/transformers/monkey_patch.py:3623-3649`, `_apply_liger_kernel_to_instance`).
+
+    Its fused linear cross-entropy, on by default (e.g. `apply_liger_kernel_to_qwen3`, same file:1665-1668),
+    replaces the model's forward with one that computes the loss on the labels; the student's loss here is the
+    distillation algorithm's, computed from the backbone's hidden states (`DistillationModule.forward`), so
+    both loss kernels stay off. Liger skips a model type it has no kernels for with an info log only: that
+    is refused here, so a job never trains without the kernels it asked for."""
+    from liger_kernel.transformers.monkey_patch import (  # type: ignore[import-not-found]
+        MODEL_TYPE_TO_APPLY_LIGER_FN,
+        _apply_liger_kernel_to_instance,
+    )
+
+    model_type = model.config.model_type
+    if model_type not in MODEL_TYPE_TO_APPLY_LIGER_FN:
+        raise SpecError(
+            "spec.student.ligerKernel", f"Liger has no kernels for {model_type} models; remove the field"
+        )
+    _apply_liger_kernel_to_instance(model, fused_linear_cross_entropy=False, cross_entropy=False)
 
 
 def copy_named_tensors(model: torch.nn.Module, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:

@@ -38,7 +38,10 @@ def build_rollout(job: DistillationJob, placement: EnginePlacement) -> RolloutBa
             colocate=spec.cluster.colocate,
             precision=spec.training.precision,
             seed=spec.training.seed,
+            attention=spec.student.attention,
         )
     from kubedistill.runtime.engines.transformers.rollout import TransformersRollout
 
-    return TransformersRollout(model_path, compute_dtype(spec.training.precision), engine_device(placement))
+    return TransformersRollout(
+        model_path, compute_dtype(spec.training.precision), engine_device(placement), spec.student.attention
+    )

@@ -19,6 +19,7 @@ from kubedistill.runtime.engines.weight_sync import (
     tensor_nbytes,
 )
 from kubedistill.runtime.student.batch import MicroBatch
+from kubedistill.runtime.student.offload import StudentState
 from kubedistill.runtime.student.optimizer import OptimizerPlace
 from kubedistill.runtime.student.worker import (
     EvalStats,
@@ -119,8 +120,8 @@ class StudentActor:
                 sent += sum(tensor_nbytes(named) for named in bucket)
         return sent
 
-    def move_optimizer_state(self, place: OptimizerPlace) -> None:
-        self._worker.move_optimizer_state(place)
+    def move_training_state(self, place: OptimizerPlace, parts: frozenset[StudentState]) -> None:
+        self._worker.move_training_state(place, parts)
 
     def take_teacher_weights(self) -> None:
         self._worker.take_teacher_weights()

@@ -15,6 +15,7 @@ from kubedistill.runtime.engines.sglang.args import NCCL_ENVIRONMENT
 from kubedistill.runtime.engines.weight_sync import WEIGHT_SYNC_GROUP, weight_sync_layout
 from kubedistill.runtime.student.actor import StudentActor
 from kubedistill.runtime.student.batch import MicroBatch
+from kubedistill.runtime.student.offload import StudentState
 from kubedistill.runtime.student.optimizer import OptimizerPlace
 from kubedistill.runtime.student.worker import EvalStats, RankAddress, StepStats
 
@@ -125,9 +126,9 @@ class StudentActorGroup:
         )
         return sent[0]
 
-    def move_optimizer_state(self, place: OptimizerPlace) -> None:
-        """ "cpu" to make room for a colocated engine, "device" to train again."""
-        get_all([actor.move_optimizer_state.remote(place) for actor in self.actors])
+    def move_training_state(self, place: OptimizerPlace, parts: frozenset[StudentState]) -> None:
+        """`parts` to the CPU ("cpu") to make room for a colocated engine, back ("device") to train again."""
+        get_all([actor.move_training_state.remote(place, parts) for actor in self.actors])
 
     def become_teacher(self, teachers: list[ActorHandle]) -> int:
         """Self-distillation, at a teacher update: the teacher takes the student's current weights (or their

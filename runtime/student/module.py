@@ -151,7 +151,9 @@ def build_module(job: DistillationJob, device: torch.device, world_size: int) ->
     module, sharded by FSDP2 over `world_size` ranks."""
     spec = job.spec
     dtype = compute_dtype(spec.training.precision)
-    student = load_causal_lm(spec.student.model, torch.float32)
+    student = load_causal_lm(
+        spec.student.model, torch.float32, spec.student.attention, spec.student.liger_kernel
+    )
     if spec.student.freeze_vision:
         freeze_vision_tower(student)
     if spec.student.gradient_checkpointing:

@@ -22,6 +22,7 @@ from kubedistill.runtime.student.batch import MicroBatch
 from kubedistill.runtime.student.checkpoint import RankCheckpointer
 from kubedistill.runtime.student.clipping import LocalGradients
 from kubedistill.runtime.student.module import build_module
+from kubedistill.runtime.student.offload import StudentState, move_student
 from kubedistill.runtime.student.optimizer import OptimizerPlace, StudentOptimizer
 from kubedistill.runtime.student.parallelize import process_group_backend
 from kubedistill.runtime.student.publish import WeightPublisher
@@ -188,8 +189,8 @@ class StudentWorker:
             optimizer_seconds=time.perf_counter() - computed,
         )
 
-    def move_optimizer_state(self, place: OptimizerPlace) -> None:
-        self.optimizer.move_state(place)
+    def move_training_state(self, place: OptimizerPlace, parts: frozenset[StudentState]) -> None:
+        move_student(self.module, self.optimizer, self.device, place, parts)
 
     @torch.no_grad()
     def evaluate(

@@ -3,7 +3,7 @@
 import logging
 
 from kubedistill.api.job import DistillationJob
-from kubedistill.api.spec import Backend, Precision, TeacherSpec
+from kubedistill.api.spec import Attention, Backend, Precision, TeacherSpec
 from kubedistill.runtime.engines.actor import EngineActor
 from kubedistill.runtime.engines.layout import EnginePlacement, engine_device, resolve_backend
 from kubedistill.runtime.engines.sglang.hidden_states import shared_memory_shortfall, shared_memory_size
@@ -25,6 +25,7 @@ class TeacherActor(EngineActor):
             self.job.spec.training.precision,
             colocate=self.job.spec.cluster.colocate,
             placement=placement,
+            attention=self.job.spec.student.attention,
         )
         if resolve_backend(teacher.backend) == Backend.SGLANG and placement.serves_requests:
             warn_of_a_small_shared_memory(self.job, backend.hidden_size)
@@ -38,16 +39,24 @@ class TeacherActor(EngineActor):
 
 
 def build_teacher(
-    spec: TeacherSpec, model_path: str, precision: Precision, *, colocate: bool, placement: EnginePlacement
+    spec: TeacherSpec,
+    model_path: str,
+    precision: Precision,
+    *,
+    colocate: bool,
+    placement: EnginePlacement,
+    attention: Attention = Attention.SDPA,
 ) -> TeacherBackend:
     backend = resolve_backend(spec.backend)
     if backend == Backend.SGLANG:
         from kubedistill.runtime.engines.sglang.teacher import SGLangTeacher
 
-        return SGLangTeacher(spec, model_path, placement, colocate=colocate, precision=precision)
+        return SGLangTeacher(
+            spec, model_path, placement, colocate=colocate, precision=precision, attention=attention
+        )
     from kubedistill.runtime.engines.transformers.teacher import TransformersTeacher
 
-    return TransformersTeacher(model_path, compute_dtype(precision), engine_device(placement))
+    return TransformersTeacher(model_path, compute_dtype(precision), engine_device(placement), attention)
 
 
 def largest_teacher_batch_tokens(job: DistillationJob) -> int:

@@ -2,18 +2,56 @@
 
 Engines on GPUs of their own compute whenever asked, so the teacher's work for the next step runs while the
 students train this one. Colocated (`spec.cluster.colocate`), teacher, rollout engines and students share the
-GPUs: the engines start asleep, and each call is the engine's turn (it wakes, the students' optimizer state
-waits on the CPU, and the engine sleeps again, its answers finished, before the students train).
+GPUs: the engines start asleep, and each call is the engine's turn (it wakes, what the students hold on
+the GPU waits on the CPU, `student_offload`, and the engine sleeps again, its answers finished, before the
+students train). One turn of the teacher may score the batches of several steps (spec.teacher.stepsPerWake,
+`steps_of_a_wake`): its answers wait in Ray's object store until their step trains.
 """
 
 import contextlib
-from collections.abc import Iterator
-from typing import Protocol
+from collections import Counter
+from collections.abc import Callable, Iterator
+from typing import Protocol, TypeVar
 
 import ray
 from ray.actor import ActorHandle
 
+from kubedistill.runtime.student.offload import StudentState
 from kubedistill.runtime.trainer.groups import Groups
+
+State = TypeVar("State")
+
+
+def student_offload(cpu_offload: bool) -> frozenset[StudentState]:
+    """What of every student rank leaves the GPU while a colocated engine has it: everything a rank keeps
+    there between steps. Gradients are not among them: each step ends by freeing them
+    (`StudentOptimizer.zero_grad`, set_to_none), so none exist between steps. With spec.student.cpuOffload
+    FSDP2 keeps the parameter shards and the optimizer state on the CPU already, and moves each shard in for
+    its use; the teacher head, a buffer FSDP2 does not offload, still leaves."""
+    if cpu_offload:
+        return frozenset({StudentState.TEACHER_HEAD})
+    return frozenset({StudentState.PARAMETERS, StudentState.TEACHER_HEAD, StudentState.OPTIMIZER_STATE})
+
+
+def steps_of_a_wake(
+    first: State,
+    steps_per_wake: int,
+    trains: Callable[[State], bool],
+    advance: Callable[[State], State],
+    new_weights_after: Callable[[State], bool],
+) -> list[State]:
+    """The states the steps of one wake of the teacher start from: `first`'s step and the ones after it, up
+    to `steps_per_wake` of them, while `trains` (the step from a state is one the run trains) and while no
+    engine takes new weights after the step before (`new_weights_after`, checked on the state that step
+    reaches): an on-policy round's end, a self-distillation teacher's update. Those steps need inputs the
+    weights trained by then decide, so they wait for a wake of their own."""
+    states = [first]
+    while len(states) < steps_per_wake:
+        following = advance(states[-1])
+        if not trains(following) or new_weights_after(following):
+            break
+        states.append(following)
+    return states
 
 
 class Engines(Protocol):
@@ -29,6 +67,11 @@ class Engines(Protocol):
 class OwnGpus:
     overlaps = True
     """The next step's teacher work may run while this step's students train."""
+    steps_per_wake = 1
+
+    def __init__(self) -> None:
+        self.wakes: Counter[str] = Counter()
+        """Engines on GPUs of their own never sleep: none."""
 
     def start(self) -> None:
         """Nothing to hand over: every group has its own devices."""
@@ -48,6 +91,12 @@ class SharedGpus:
 
     def __init__(self, groups: Groups) -> None:
         self._groups = groups
+        teacher = groups.job.spec.teacher
+        self.steps_per_wake = teacher.steps_per_wake if teacher is not None else 1
+        self._offload = student_offload(groups.job.spec.student.cpu_offload)
+        self._awake: Engines | None = None
+        self.wakes: Counter[str] = Counter()
+        """Turns taken, by role ("teacher", "rollout"): what the summary reports."""
 
     def start(self) -> None:
         """Engines start asleep: the GPUs are the students' until an engine's turn."""
@@ -56,18 +105,23 @@ class SharedGpus:
 
     @contextlib.contextmanager
     def turn(self, engines: Engines) -> Iterator[None]:
-        if not engines.actors:
-            # An SFT job's teacher has no engines: nothing to hand the GPUs to.
+        if not engines.actors or engines is self._awake:
+            # An SFT job's teacher has no engines: nothing to hand the GPUs to. A turn inside the same
+            # engines' turn (a wake over several steps) goes on in it.
             yield
             return
+        assert self._awake is None, "one engine at a time on shared GPUs"
         students = self._groups.students
-        students.move_optimizer_state("cpu")
+        students.move_training_state("cpu", self._offload)
         engines.wake()
+        self._awake = engines
+        self.wakes["teacher" if engines is self._groups.teacher else "rollout"] += 1
         try:
             yield
         finally:
+            self._awake = None
             engines.sleep()
-            students.move_optimizer_state("device")
+            students.move_training_state("device", self._offload)
 
     def finish(self, answers: list[ray.ObjectRef]) -> None:
         """Inside a turn: the engine must finish before it sleeps; its answers wait in the object store."""

@@ -11,6 +11,7 @@ engines that follow, evaluate, checkpoint. Teacher inference for step N+1 overla
 
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -49,7 +50,7 @@ from kubedistill.runtime.trainer.checkpoints import (
     TrainerState,
     find_checkpoint,
 )
-from kubedistill.runtime.trainer.colocation import gpu_policy
+from kubedistill.runtime.trainer.colocation import gpu_policy, steps_of_a_wake
 from kubedistill.runtime.trainer.followers import Probe, followers_of
 from kubedistill.runtime.trainer.groups import Groups, NoTeacher, Teacher
 from kubedistill.runtime.trainer.metrics import (
@@ -431,11 +432,13 @@ class Training:
             self.spec.training.log_every_steps,
             options.progress,
         )
-        plan = self._plan(state) if state.step < stop else None
+        plans = deque(self._plans(state) if state.step < stop else [])
+        """Laid out ahead, their teacher work dispatched: the next step's, or a colocated wake's steps."""
         stopping = options.stopping
         stopping.graceful = True
         try:
-            while plan is not None:
+            while plans:
+                plan = plans.popleft()
                 started = time.perf_counter()
                 teacher_seconds = await_teacher(plan)
                 following = self._advance(state)
@@ -443,12 +446,14 @@ class Training:
                 step = self.groups.students.start_train_step(plan.work, plan.normalizer)
                 # While the ranks compute, the next step is laid out and its teacher work goes out.
                 prefetch = (
-                    following.step < stop
+                    not plans
+                    and following.step < stop
                     and self.gpus.overlaps
                     and not self.followers.blocks_prefetch(following)
                 )
                 planning = time.perf_counter()
-                next_plan = self._plan(following) if prefetch else None
+                if prefetch:
+                    plans.extend(self._plans(following))
                 planned = time.perf_counter()
                 stats = self.groups.students.step_result(step)
                 done = time.perf_counter()
@@ -472,9 +477,8 @@ class Training:
                     options.on_step(StepEvent(state, record, self.groups))
                 if stopping.requested and state.step < stop:
                     self._stop(state)
-                if next_plan is None and state.step < stop:
-                    next_plan = self._plan(state)
-                plan = next_plan
+                if not plans and state.step < stop:
+                    plans.extend(self._plans(state))
         finally:
             stopping.graceful = False
             progress.close()
@@ -492,9 +496,19 @@ class Training:
             self._save(state)
         raise Terminated
 
-    def _plan(self, state: TrainerState) -> StepPlan:
-        batch = self.source.samples(state.epoch, state.batch_in_epoch)
-        return self.planner.train_step(batch.samples, batch.generation_seconds)
+    def _plans(self, state: TrainerState) -> list[StepPlan]:
+        """The step from `state`, and colocated the steps after it that the same wake of the teacher scores
+        (`steps_of_a_wake`). Their batches come first: a new rollout round takes the rollout engines' turn."""
+        states = steps_of_a_wake(
+            state,
+            self.gpus.steps_per_wake,
+            lambda following: following.step < self.trainer.stop_step,
+            self._advance,
+            self.followers.blocks_prefetch,
+        )
+        batches = [self.source.samples(s.epoch, s.batch_in_epoch) for s in states]
+        with self.gpus.turn(self.groups.teacher):
+            return [self.planner.train_step(b.samples, b.generation_seconds) for b in batches]
 
     def _after_step(self, state: TrainerState) -> TrainerState:
         """What follows a step, in order: weights to the engines that follow the student, eval, checkpoint."""
@@ -645,6 +659,7 @@ class Training:
             "transfer_bytes": totals.transfer_bytes,
             "skipped_steps": state.skipped_steps,
             "recoveries": self.recoveries,
+            "wakes": dict(self.gpus.wakes),
             "bad_records": len(trainer.bad_records),
             "bad_record_sources": [str(bad) for bad in trainer.bad_records[:20]],
             "prompts_left_out_per_epoch": trainer.prompts_left_out,

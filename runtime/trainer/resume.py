@@ -50,11 +50,14 @@ MAY_CHANGE: tuple[str, ...] = (
     "spec.teacher.gpusPerReplica",
     "spec.teacher.nodesPerReplica",
     "spec.teacher.memFractionStatic",
+    "spec.teacher.stepsPerWake",
     "spec.student.replicas",
     "spec.student.fsdpShardSize",
     "spec.student.cpuOffload",
     "spec.student.reshardAfterForward",
     "spec.student.gradientCheckpointing",
+    "spec.student.attention",
+    "spec.student.ligerKernel",
     "spec.rollout.backend",
     "spec.rollout.engines",
     "spec.rollout.tensorParallel",
@@ -64,9 +67,10 @@ MAY_CHANGE: tuple[str, ...] = (
 """Spec fields (and sections) a job may change and still resume from its checkpoint.
 
 `maxSteps` and `epochs` lay the learning-rate schedule out again for the new length, from the step reached.
-The micro-batch size and the layout (replicas, parallelism, backends) change how a global batch is computed,
-not what it sums to. `spec.data.train` may point elsewhere, in another format, as long as the records read
-are the same ones: the data's own identity is compared instead."""
+The micro-batch size, the layout (replicas, parallelism, backends) and the kernels (attention, Liger) change
+how a global batch is computed, not what it sums to; so does how many steps one wake of a colocated teacher
+scores. `spec.data.train` may point elsewhere, in another format, as long as the records read are the same
+ones: the data's own identity is compared instead."""
 
 
 @dataclass(frozen=True)

@@ -101,6 +101,7 @@ def test_kdflows_off_policy_example_becomes_a_colocated_job_with_its_teacher_spl
         "replicas": 2,
         "gpusPerReplica": 4,
         "memFractionStatic": 0.4,
+        "stepsPerWake": 10,
     }
     assert spec["cluster"] == {"gpusPerNode": 8, "colocate": True}
     assert spec["distillation"] == {"algorithm": "vanilla", "loss": "fkl", "kdRatio": 0.5}
@@ -129,7 +130,6 @@ def test_every_argument_without_a_counterpart_is_named_on_stderr() -> None:
         "enable_thinking",
         "preprocess_num_workers",
         "packing_samples",
-        "teacher_forward_n_batches",
         "teacher_dp_size",
         "use_wandb",
         "wandb_project",
@@ -255,3 +255,19 @@ def test_a_rule_kdflow_does_not_have_is_reported_naming_the_field() -> None:
     # KDFlow's default rollout batch (32 prompts) feeds no whole step of its default 128 sequences.
     outcome = failure(f"python -m kdflow.cli.train_kd_on_policy {MINIMAL}")
     assert "the converted manifest: spec.rollout.batchSize:" in outcome.stderr
+
+
+def test_the_students_kernels_carry_over_where_sglang_engines_can_follow() -> None:
+    manifest, notes = convert(f"{MINIMAL} --attn_implementation flash_attention_3 --use_liger_kernel True")
+    assert manifest["spec"]["student"]["attention"] == "flash_attention_3"
+    assert manifest["spec"]["student"]["ligerKernel"] is True
+    assert "attn_implementation" not in notes
+
+
+def test_flash_attention_2_stays_with_kdflow_where_its_sglang_engines_have_no_such_backend() -> None:
+    manifest, notes = convert(f"{MINIMAL} --attn_implementation flash_attention_2")
+    assert "attention" not in manifest["spec"]["student"]
+    assert "SGLang teacher and rollout engines, which have no such backend" in notes["attn_implementation"]
+    sft, sft_notes = convert(SFT + " --attn_implementation flash_attention_2")
+    assert sft["spec"]["student"]["attention"] == "flash_attention_2"
+    assert "attn_implementation" not in sft_notes

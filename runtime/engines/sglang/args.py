@@ -43,7 +43,7 @@ import numpy as np
 import torch
 
 from kubedistill.api.job import SpecError
-from kubedistill.api.spec import Precision, RolloutSpec, TeacherSpec
+from kubedistill.api.spec import Attention, Precision, RolloutSpec, TeacherSpec
 from kubedistill.runtime.data.images import ImageInputs
 from kubedistill.runtime.engines.layout import EnginePlacement
 from kubedistill.runtime.engines.sglang.hidden_states import read_prefill_rows
@@ -92,8 +92,36 @@ PRE_NORM_HIDDEN_STATE_ARCHITECTURES = frozenset(
 forward we run, so the returned states are not the input of `lm_head`."""
 
 
+SGLANG_ATTENTION_BACKENDS: dict[Attention, str | None] = {
+    Attention.SDPA: None,
+    Attention.FLASH_ATTENTION_3: "fa3",
+    Attention.FLEX_ATTENTION: "flex_attention",
+}
+"""spec.student.attention in SGLang 0.5.23's `attention_backend` vocabulary (`srt/arg_groups/choices.py:
+69-99`, read by `srt/arg_groups/fields/exec_.py:207-213`); None keeps SGLang's own choice. FlashAttention-2
+and eager attention have no SGLang backend."""
+
+
+def sglang_attention_backend(attention: Attention, placement: EnginePlacement) -> str | None:
+    """SGLang's `attention_backend` for the job's kernel. An engine on the CPU keeps the backend SGLang's CPU
+    switch picks (`USE_CPU_ENGINE`): the GPU kernels do not run there."""
+    if attention not in SGLANG_ATTENTION_BACKENDS:
+        raise SpecError(
+            "spec.student.attention",
+            f"{attention} has no SGLang counterpart (SGLang engines take sdpa, flash_attention_3 or "
+            "flex_attention); choose one of those, or set the engines' backend to transformers",
+        )
+    return SGLANG_ATTENTION_BACKENDS[attention] if placement.device == "cuda" else None
+
+
 def teacher_engine_args(
-    teacher: TeacherSpec, model_path: str, placement: EnginePlacement, *, colocate: bool, precision: Precision
+    teacher: TeacherSpec,
+    model_path: str,
+    placement: EnginePlacement,
+    *,
+    colocate: bool,
+    precision: Precision,
+    attention: Attention = Attention.SDPA,
 ) -> dict[str, Any]:
     """`sglang.Engine` keyword arguments of one teacher replica: whole-sequence prefill, hidden states out."""
     if placement.nnodes != teacher.nodes_per_replica:
@@ -121,6 +149,7 @@ def teacher_engine_args(
         "dp_size": data_parallel,
         "ep_size": teacher.expert_parallel,
         "mem_fraction_static": teacher.mem_fraction_static,
+        "attention_backend": sglang_attention_backend(attention, placement),
         **_colocation_args(colocate, placement),
         **_placement_args(placement),
     }
@@ -134,6 +163,7 @@ def rollout_engine_args(
     colocate: bool,
     precision: Precision,
     seed: int,
+    attention: Attention = Attention.SDPA,
 ) -> dict[str, Any]:
     """`sglang.Engine` keyword arguments of one rollout engine (token ids in and out, prefix cache on)."""
     if placement.nnodes != 1:
@@ -145,6 +175,7 @@ def rollout_engine_args(
         "tp_size": rollout.tensor_parallel,
         "mem_fraction_static": rollout.mem_fraction_static,
         "random_seed": seed,
+        "attention_backend": sglang_attention_backend(attention, placement),
         **_colocation_args(colocate, placement),
         **_placement_args(placement),
     }

@@ -22,7 +22,7 @@ from operator import attrgetter
 
 import torch
 
-from kubedistill.api.spec import Precision, RolloutSpec
+from kubedistill.api.spec import Attention, Precision, RolloutSpec
 from kubedistill.runtime.data.images import ImageInputs
 from kubedistill.runtime.engines.layout import EnginePlacement
 from kubedistill.runtime.engines.sglang.args import (
@@ -54,9 +54,16 @@ class SGLangRollout:
         precision: Precision,
         seed: int,
         bucket_bytes: int = DEFAULT_BUCKET_BYTES,
+        attention: Attention = Attention.SDPA,
     ) -> None:
         server_args = rollout_engine_args(
-            rollout, model_path, placement, colocate=colocate, precision=precision, seed=seed
+            rollout,
+            model_path,
+            placement,
+            colocate=colocate,
+            precision=precision,
+            seed=seed,
+            attention=attention,
         )
         self._bucket_bytes = bucket_bytes
         self._device = placement.device

@@ -16,7 +16,7 @@ from collections.abc import Iterable
 
 import torch
 
-from kubedistill.api.spec import Precision, TeacherSpec
+from kubedistill.api.spec import Attention, Precision, TeacherSpec
 from kubedistill.runtime.engines.layout import EnginePlacement, single_node_placement
 from kubedistill.runtime.engines.sglang.args import (
     ENGINE_DTYPES,
@@ -45,6 +45,7 @@ class SGLangTeacher:
         *,
         colocate: bool,
         precision: Precision,
+        attention: Attention = Attention.SDPA,
     ) -> None:
         from transformers import PretrainedConfig
 
@@ -53,7 +54,7 @@ class SGLangTeacher:
         self._model_path = model_path
         refuse_unusable_hidden_states(self._architectures, model_path)
         server_args = teacher_engine_args(
-            teacher, model_path, placement, colocate=colocate, precision=precision
+            teacher, model_path, placement, colocate=colocate, precision=precision, attention=attention
         )
         self._hidden_size = int(config.get("text_config", config)["hidden_size"])
         self._dtype: torch.dtype = getattr(torch, ENGINE_DTYPES[precision])

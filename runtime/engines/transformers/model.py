@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
+from kubedistill.api.spec import Attention
 from kubedistill.runtime.engines.weight_sync import (
     TensorMeta,
     WeightSyncGroup,
@@ -28,9 +29,15 @@ class WeightUpdateCounts:
 class TransformersEngine:
     """A frozen causal LM on one device (CPU or one GPU)."""
 
-    def __init__(self, model_path: str, dtype: torch.dtype, device: torch.device) -> None:
+    def __init__(
+        self,
+        model_path: str,
+        dtype: torch.dtype,
+        device: torch.device,
+        attention: Attention = Attention.SDPA,
+    ) -> None:
         self._device = device
-        self._model = load_causal_lm(model_path, dtype).to(device).eval()
+        self._model = load_causal_lm(model_path, dtype, attention).to(device).eval()
         self._model.requires_grad_(False)
         self._asleep = False
         self._updating = False

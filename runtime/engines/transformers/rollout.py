@@ -2,6 +2,7 @@
 
 import torch
 
+from kubedistill.api.spec import Attention
 from kubedistill.runtime.data.images import ImageInputs, batch_image_inputs
 from kubedistill.runtime.engines.transformers.model import TransformersEngine
 from kubedistill.runtime.models.loading import load_tokenizer
@@ -9,8 +10,14 @@ from kubedistill.runtime.rollout.backend import SamplingConfig
 
 
 class TransformersRollout(TransformersEngine):
-    def __init__(self, model_path: str, dtype: torch.dtype, device: torch.device) -> None:
-        super().__init__(model_path, dtype, device)
+    def __init__(
+        self,
+        model_path: str,
+        dtype: torch.dtype,
+        device: torch.device,
+        attention: Attention = Attention.SDPA,
+    ) -> None:
+        super().__init__(model_path, dtype, device, attention)
         tokenizer = load_tokenizer(model_path)
         self._eos = tokenizer.eos_token_id
         self._pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self._eos

@@ -56,6 +56,8 @@ def _roundtrip(origin: Origin) -> Origin:
         {"spec.checkpoint.everySteps": 7},
         {"spec.student.replicas": 4},
         {"spec.cluster.colocate": True},
+        {"spec.student.ligerKernel": True},
+        {"spec.student.attention": "eager"},
         {"spec.backoffLimit": 0},
         {"spec.preRunningDeadlineSeconds": 600},
         {"spec.data.train.path": "/elsewhere/train.jsonl"},

@@ -2,7 +2,8 @@
 
 import pytest
 
-from kubedistill.api.spec import Precision, RolloutSpec, TeacherSpec
+from kubedistill.api.job import SpecError
+from kubedistill.api.spec import Attention, Precision, RolloutSpec, TeacherSpec
 from kubedistill.runtime.engines.layout import EnginePlacement, single_node_placement
 from kubedistill.runtime.engines.sglang.args import (
     BLOCK_NONZERO_RANK_CHILDREN,
@@ -244,3 +245,33 @@ def test_on_the_cpu_the_kv_cache_is_bounded_in_tokens_not_a_share_of_the_machine
     assert _teacher(placement=single_node_placement("cpu"))["max_total_tokens"] == CPU_KV_CACHE_TOKENS
     assert _teacher()["max_total_tokens"] is None
     assert _rollout()["max_total_tokens"] is None
+
+
+@pytest.mark.parametrize(
+    ("attention", "backend"),
+    [
+        (Attention.SDPA, None),
+        (Attention.FLASH_ATTENTION_3, "fa3"),
+        (Attention.FLEX_ATTENTION, "flex_attention"),
+    ],
+)
+def test_the_students_attention_kernel_becomes_sglangs_attention_backend_on_gpus(
+    attention: Attention, backend: str | None
+) -> None:
+    gpu = EnginePlacement(device="cuda")
+    assert _teacher(placement=gpu, attention=attention)["attention_backend"] == backend
+    rollout = rollout_engine_args(
+        RolloutSpec(), "m", gpu, colocate=False, precision=Precision.BF16, seed=0, attention=attention
+    )
+    assert rollout["attention_backend"] == backend
+
+
+def test_an_engine_on_the_cpu_keeps_the_backend_sglangs_cpu_switch_picks() -> None:
+    cpu = EnginePlacement(device="cpu")
+    assert _teacher(placement=cpu, attention=Attention.FLASH_ATTENTION_3)["attention_backend"] is None
+
+
+@pytest.mark.parametrize("attention", [Attention.FLASH_ATTENTION_2, Attention.EAGER])
+def test_a_kernel_sglang_has_no_backend_for_is_refused_naming_the_field(attention: Attention) -> None:
+    with pytest.raises(SpecError, match=r"^spec\.student\.attention: .* no SGLang counterpart"):
+        _teacher(placement=EnginePlacement(device="cuda"), attention=attention)
