@@ -19,6 +19,7 @@ from kubedistill.api.spec import (
     Attention,
     Backend,
     DataFormat,
+    DataSource,
     DistillationJobSpec,
     LrScheduler,
     Mode,
@@ -112,6 +113,25 @@ def _teacher_gpus(spec: DistillationJobSpec) -> int:
     return teacher.replicas * teacher.gpus_per_replica
 
 
+def _source_default(alias: str) -> Any:
+    """The default of a data source's field (`DataSource`), for CEL over spec.data.mixture's items."""
+    field = next(f for f in DataSource.model_fields.values() if f.alias == alias)
+    return field.get_default(call_default_factory=True)
+
+
+def _every_training_source_has_teacher_input(spec: DistillationJobSpec) -> bool:
+    sources = spec.data.training_sources
+    return bool(sources) and all(source.teacher_input_key is not None for _, source in sources)
+
+
+def _every_training_source_has(alias: str) -> str:
+    """CEL twin of `_every_training_source_has_teacher_input` for the field `alias`."""
+    return (
+        f"({present('data.train.' + alias)} || "
+        f"({present('data.mixture')} && self.data.mixture.all(m, has(m.{alias}))))"
+    )
+
+
 def _source_keys_pair(source_path: str) -> Rule:
     def holds(spec: DistillationJobSpec) -> bool:
         source = spec.data.eval if source_path == "eval" else spec.data.train
@@ -172,12 +192,12 @@ RULES: tuple[Rule, ...] = (
         lambda s: (
             s.mode != Mode.SELF_DISTILLATION
             or s.rollout is None
-            or s.data.train.teacher_input_key is not None
+            or _every_training_source_has_teacher_input(s)
             or s.distillation.teacher_ema_decay is not None
             or s.distillation.teacher_update_freq > 1
         ),
         f"{value('mode')} != 'selfDistillation' || !has(self.rollout) || "
-        f"{present('data.train.teacherInputKey')} || {present('distillation.teacherEmaDecay')} || "
+        f"{_every_training_source_has('teacherInputKey')} || {present('distillation.teacherEmaDecay')} || "
         f"{value('distillation.teacherUpdateFreq')} > 1",
     ),
     Rule(
@@ -424,10 +444,50 @@ RULES: tuple[Rule, ...] = (
     _hub_split("train"),
     _hub_split("eval"),
     Rule(
+        "data.train",
+        "set exactly one of spec.data.train (one source) and spec.data.mixture (weighted sources)",
+        lambda s: (s.data.train is None) != (s.data.mixture is None),
+        f"{present('data.train')} != {present('data.mixture')}",
+    ),
+    Rule(
+        "data.mixture",
+        "every source's promptKey and responseKey go together: set both (prompt/response records) or "
+        "neither (chat records); onPolicy (or selfDistillation with a rollout section) may set promptKey "
+        "alone",
+        lambda s: all(
+            (m.prompt_key is None) == (m.response_key is None) or (s.on_policy and m.response_key is None)
+            for m in s.data.mixture or []
+        ),
+        f"!{present('data.mixture')} || self.data.mixture.all(m, has(m.promptKey) == has(m.responseKey)"
+        f" || ({_on_policy()} && !has(m.responseKey)))",
+    ),
+    Rule(
+        "data.mixture",
+        "every source whose format is hub needs a split (the split of the hub dataset to read, e.g. train)",
+        lambda s: all(m.format != DataFormat.HUB or m.split is not None for m in s.data.mixture or []),
+        f"!{present('data.mixture')} || self.data.mixture.all(m, "
+        f"(has(m.format) ? m.format : {_cel_literal(_source_default('format'))}) != 'hub' || has(m.split))",
+    ),
+    Rule(
+        "data.mixture",
+        "not with spec.generation yet, which writes the responses to spec.data.train's prompts into one "
+        "generated file: use spec.data.train",
+        lambda s: s.data.mixture is None or s.generation is None,
+        f"!{present('data.mixture')} || !has(self.generation)",
+    ),
+    Rule(
         "data.train.teacherInputKey",
         "not used when spec.mode is sft (there is no teacher)",
-        lambda s: s.mode != Mode.SFT or s.data.train.teacher_input_key is None,
-        f"{value('mode')} != 'sft' || !has(self.data.train.teacherInputKey)",
+        lambda s: s.mode != Mode.SFT or s.data.train is None or s.data.train.teacher_input_key is None,
+        f"{value('mode')} != 'sft' || !{present('data.train.teacherInputKey')}",
+    ),
+    Rule(
+        "data.mixture",
+        "teacherInputKey is not used when spec.mode is sft (there is no teacher): remove it from every "
+        "source",
+        lambda s: s.mode != Mode.SFT or all(m.teacher_input_key is None for m in s.data.mixture or []),
+        f"{value('mode')} != 'sft' || !{present('data.mixture')} || "
+        "self.data.mixture.all(m, !has(m.teacherInputKey))",
     ),
     Rule(
         "student.fsdpShardSize",

@@ -296,11 +296,28 @@ class DataSource(SpecModel):
     """Key of the plain-text response; set with promptKey."""
     teacher_input_key: Annotated[str, Field(min_length=1)] | None = None
     """Key of what the teacher sees instead of the student's prompt (context distillation)."""
+    max_samples: PositiveInt | None = None
+    """Read only the first this many records, in file order (bad ones skipped under onBadRecord skip count
+    among them); the rest are never read, e.g. to train on the head of a set too large to hold. Unset: every
+    record."""
+
+
+class MixtureSource(DataSource):
+    weight: Annotated[float, Field(gt=0.0)]
+    """This source's share of every epoch, relative to the other sources' weights (they need not sum to 1)."""
 
 
 class DataSpec(SpecModel):
-    train: DataSource
-    """Training records."""
+    train: DataSource | None = None
+    """Training records from one source; or spec.data.mixture (exactly one of the two)."""
+    mixture: Annotated[list[MixtureSource], Field(min_length=2, max_length=64)] | None = None
+    """Training records from several sources by weight, instead of spec.data.train. An epoch has as many
+    samples as all the sources hold together (so as many steps as without weights); source i supplies
+    round(weight_i / sum of weights x that total) of them (largest remainders, so they add up exactly), drawn
+    from an endless series of seeded shuffles of its own records: a source given more than it holds repeats
+    records, one given fewer takes others each epoch, going on where the last epoch stopped. The epoch's
+    samples are then shuffled together. All of it follows from spec.training.seed and the epoch, so a resumed
+    job trains on the batches an uninterrupted one would. At most 64 sources."""
     eval: DataSource | None = None
     """Held-out records for the eval loss and teacher agreement."""
     max_length: PositiveInt = 4096
@@ -322,6 +339,13 @@ class DataSpec(SpecModel):
     their reasoning, makes one sample per such turn), or only the last, in one sample (as KDFlow)."""
     on_bad_record: OnBadRecord = OnBadRecord.FAIL
     """A malformed record stops the job (naming file:line) or is skipped and counted."""
+
+    @property
+    def training_sources(self) -> list[tuple[str, DataSource]]:
+        """(field path, source) of each training source: spec.data.train, or each of spec.data.mixture."""
+        if self.mixture is not None:
+            return [(f"spec.data.mixture[{i}]", source) for i, source in enumerate(self.mixture)]
+        return [] if self.train is None else [("spec.data.train", self.train)]
 
 
 class TrainingSpec(SpecModel):

@@ -59,7 +59,8 @@ def _paths(spec: DistillationJobSpec) -> Iterator[tuple[str, str, bool]]:
         yield from _maybe("spec.teacher.tokenizer", spec.teacher.tokenizer, False)
     yield from _maybe("spec.student.model", spec.student.model, False)
     yield from _maybe("spec.student.tokenizer", spec.student.tokenizer, False)
-    yield from _maybe("spec.data.train.path", spec.data.train.path, True)
+    for field, source in spec.data.training_sources:
+        yield from _maybe(f"{field}.path", source.path, True)
     if spec.data.eval is not None:
         yield from _maybe("spec.data.eval.path", spec.data.eval.path, True)
     yield from _maybe("spec.checkpoint.path", spec.checkpoint.path, True)

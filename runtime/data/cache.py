@@ -18,6 +18,7 @@ moved or touched without a change reads the same records, and may be resumed fro
 `MAY_CHANGE`), but gets a new key.
 """
 
+import glob
 import hashlib
 import json
 import os
@@ -74,8 +75,9 @@ def cache_key(
     settings = {
         "format": FORMAT,
         "field": field,
-        "source": source.model_dump(mode="json"),
-        "data": data.model_dump(mode="json", exclude={"train", "eval"}),
+        # A mixture part's weight picks among its samples, it does not shape them: re-weighting keeps the set.
+        "source": source.model_dump(mode="json", exclude={"weight"}),
+        "data": data.model_dump(mode="json", exclude={"train", "eval", "mixture"}),
         "mode": mode.value,
         "cross_tokenizer": cross_tokenizer,
         "files": [_identity(file) for file in files],
@@ -144,7 +146,8 @@ def write_prepared(folder: Path, field: str, key: str, prepared: Prepared) -> bo
     }
     with (staging / _RECORDS).open("wb") as file:
         pickle.dump(records, file, protocol=pickle.HIGHEST_PROTOCOL)
-    for earlier in folder.glob(f"{field}-*"):
+    # A mixture's fields hold brackets (`spec.data.mixture[0]`), which glob reads as a character class.
+    for earlier in folder.glob(f"{glob.escape(field)}-*"):
         shutil.rmtree(earlier, ignore_errors=True)
     os.replace(staging, folder / f"{field}-{key}")
     return True

@@ -61,7 +61,8 @@ def load_samples(
     cache: Path | None = None,
     on_progress: Callable[[PrepareProgress], None] | None = None,
 ) -> LoadedData:
-    """Read and tokenise every record of `source` (`field` is its spec path, named in errors).
+    """Read and tokenise every record of `source` (`field` is its spec path, named in errors), or its first
+    `maxSamples`; the log says how many were taken.
 
     `cross_tokenizer`: the algorithm matches tokens of different tokenizers, so a teacher tokenizer other
     than the student's (another vocabulary, or another chat template where one is applied) tokenises every
@@ -137,6 +138,8 @@ def load_samples(
                 # The cache saves time on a later run; a volume without room for it must not fail this one.
                 log.warning("%s: cannot keep the prepared samples in %s: %s", field, cache, error)
     samples, bad_records = prepared.samples, prepared.bad_records
+    if source.max_samples is not None:
+        _report_max_samples(source.max_samples, len(samples) + len(bad_records), field)
     loaded = LoadedData(samples, bad_records, key, prepared.sha256)
     if prepared.reasoning is not None:
         prepared.reasoning.warn(len(samples))
@@ -203,6 +206,15 @@ def _prepare(
             f"the first: {bad_records[0]}"
         )
     return Prepared(samples, bad_records, reasoning)
+
+
+def _report_max_samples(max_samples: int, records: int, field: str) -> None:
+    if records < max_samples:
+        log.info("%s: read all %d records (maxSamples %d is more)", field, records, max_samples)
+    else:
+        log.info(
+            "%s: took the first %d records (maxSamples); any after them were not read", field, max_samples
+        )
 
 
 def _first_image(source: DataSource, field: str) -> str | None:

@@ -24,6 +24,9 @@ Formats and why each is read the way it is:
   copied into a cache); rows are typed columns, so the row number (0-based, as `datasets` and pyarrow index
   rows) is the useful location.
 
+`maxSamples` stops reading after that many records (good or bad): the files after them are never opened, and
+the rest of the file they end in is never parsed, so a malformed record beyond them cannot fail the job.
+
 Bytes that are not UTF-8 make the record bad (jsonl, json); a missing, unreadable or corrupt file (a gzip
 stream that breaks off), a folder without data files and a glob that matches nothing raise `DataFileError`
 naming the path and the spec field.
@@ -111,19 +114,22 @@ def bytes_to_read(source: DataSource, field: str = "spec.data.train") -> BytesRe
 def read_records(
     source: DataSource, field: str = "spec.data.train", read: BytesRead | None = None
 ) -> Iterator[Record | BadRecord]:
-    """Records of `source` in order (file by file); records that cannot be read come as `BadRecord`s.
+    """Records of `source` in order (file by file), the first `source.maxSamples` of them where it is set;
+    records that cannot be read come as `BadRecord`s.
 
-    `field` is the spec path of `source` (`spec.data.train` or `spec.data.eval`), named in errors. Problems
-    with the source as a whole (an unknown format, a folder without data files) are raised here, before the
-    first record is read. `read`: counts the bytes read (`bytes_to_read`).
+    `field` is the spec path of `source` (`spec.data.train`, `spec.data.eval`, `spec.data.mixture[i]`), named
+    in errors. Problems with the source as a whole (an unknown format, a folder without data files) are
+    raised here, before the first record is read. `read`: counts the bytes read (`bytes_to_read`).
     """
     files = data_files(source, field)
     if files is None:
-        return _read_hub(source, field) if _on_hub(source) else _read_saved(source, field)
-    formats = [data_format(source, field, file) for file in files]
-    return itertools.chain.from_iterable(
-        _counted(file, format, field, read) for file, format in zip(files, formats, strict=True)
-    )
+        records = _read_hub(source, field) if _on_hub(source) else _read_saved(source, field)
+    else:
+        formats = [data_format(source, field, file) for file in files]
+        records = itertools.chain.from_iterable(
+            _counted(file, format, field, read) for file, format in zip(files, formats, strict=True)
+        )
+    return records if source.max_samples is None else itertools.islice(records, source.max_samples)
 
 
 def data_files(source: DataSource, field: str = "spec.data.train") -> list[str] | None:

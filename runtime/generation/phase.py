@@ -174,6 +174,8 @@ def run_generation(
     report = store.report()
     if report is not None:
         return GenerationResult(store.path, report, reused=True)
+    # A rule refuses spec.data.mixture with spec.generation, so its prompts are spec.data.train's.
+    assert job.spec.data.train is not None
     read = read_prompts(job.spec.data.train, job.spec.data.on_bad_record)
     prompts = read.prompts
     done = store.existing(prompts)
@@ -308,6 +310,7 @@ def _from_own_teacher(
 def training_job(job: DistillationJob, generated: Path) -> DistillationJob:
     """The job training runs: spec.data.train is the generated file; sft has no teacher any more."""
     spec = job.spec
+    assert spec.data.train is not None, "a rule refuses spec.data.mixture with spec.generation"
     train = DataSource(
         path=str(generated),
         format=DataFormat.JSONL,

@@ -30,6 +30,7 @@ from kubedistill.runtime.data.cache import CACHE_FOLDER
 from kubedistill.runtime.data.errors import BadRecord
 from kubedistill.runtime.data.images import ImageProcessing, load_image_processing
 from kubedistill.runtime.data.load import LoadedData, load_samples
+from kubedistill.runtime.data.mixture import Mixture, share_lines
 from kubedistill.runtime.data.sample import Sample
 from kubedistill.runtime.models.chat_clock import pin_chat_clock
 from kubedistill.runtime.models.loading import compute_dtype, load_tokenizer
@@ -146,7 +147,7 @@ class Trainer:
         # On-policy (self-distillation too) trains on prompts; its eval data keeps the dataset's responses
         # to score.
         train_mode = Mode.ON_POLICY if self.spec.on_policy else self.spec.mode
-        train = self._load(self.spec.data.train, "spec.data.train", train_mode)
+        train, self.mixture = self._load_training(train_mode)
         self.train, bad_train = train.samples, train.bad_records
         self.eval: list[Sample] = []
         bad_eval: list[BadRecord] = []
@@ -215,6 +216,21 @@ class Trainer:
         latest = find_checkpoint(Path(path)) if path else None
         recorded = Origin.from_json(latest.origin).chat_clock if latest and latest.origin else None
         return datetime.fromisoformat(recorded) if recorded else datetime.now().astimezone()
+
+    def _load_training(self, mode: Mode) -> tuple[LoadedData, Mixture | None]:
+        """spec.data.train's samples; or every spec.data.mixture source's end to end, and how each epoch
+        draws from them."""
+        if self.spec.data.mixture is None:
+            assert self.spec.data.train is not None, "a rule asks for spec.data.train or spec.data.mixture"
+            return self._load(self.spec.data.train, "spec.data.train", mode), None
+        sources = self.spec.data.training_sources
+        parts = [self._load(source, field_path, mode) for field_path, source in sources]
+        weights = tuple(source.weight for source in self.spec.data.mixture)
+        mixture = Mixture(tuple(len(part.samples) for part in parts), weights, self.spec.training.seed)
+        for line in share_lines([field_path for field_path, _ in sources], mixture):
+            log.info("%s", line)
+        samples = [sample for part in parts for sample in part.samples]
+        return LoadedData(samples, [bad for part in parts for bad in part.bad_records]), mixture
 
     def _load(self, source: DataSource, field_path: str, mode: Mode) -> LoadedData:
         loaded = load_samples(
@@ -362,7 +378,9 @@ class Training:
         rollout = self.groups.rollout
         if rollout is None:
             training = self.spec.training
-            return DatasetBatches(self.trainer.train, training.global_batch_size, training.seed)
+            return DatasetBatches(
+                self.trainer.train, training.global_batch_size, training.seed, self.trainer.mixture
+            )
         return RolloutBatches(
             self.trainer.train,
             self.job,
@@ -370,6 +388,7 @@ class Training:
             self.spec.data.max_length,
             turn=lambda: self.gpus.turn(rollout),
             on_round=self.rollouts.write if self.rollouts is not None else None,
+            mixture=self.trainer.mixture,
         )
 
     def _rollout_log(self) -> RolloutLog | None:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import typer
 
 from kubedistill.api.job import DistillationJob, SpecError
+from kubedistill.runtime.data.mixture import share_lines
 from kubedistill.runtime.trainer import preflight
 
 if TYPE_CHECKING:
@@ -79,8 +80,9 @@ def describe(trainer: "Trainer", records: int) -> list[str]:
     student = trainer.tokenizer
     teacher = trainer.teacher_tokenizer or student
     shown = trainer.train[:records]
+    data = "spec.data.mixture" if trainer.mixture is not None else "spec.data.train"
     lines = [
-        f"spec.data.train: the first {len(shown)} of {len(trainer.train)} samples, trained tokens between "
+        f"{data}: the first {len(shown)} of {len(trainer.train)} samples, trained tokens between "
         f"{TARGET_START} and {TARGET_END}"
         + (" (onPolicy: prompts; the student writes the responses it learns on)" if spec.on_policy else ""),
     ]
@@ -99,7 +101,7 @@ def describe(trainer: "Trainer", records: int) -> list[str]:
                 marked_text(teacher, ids, mask).rstrip("\n"),
             ]
     lines.append("")
-    lines.append(source_counts("spec.data.train", trainer.train))
+    lines += training_counts(trainer)
     if spec.data.eval is not None:
         lines.append(source_counts("spec.data.eval", trainer.eval))
     bad = trainer.bad_records
@@ -124,6 +126,18 @@ def marked_text(tokenizer: Any, ids: Sequence[int], mask: Sequence[bool]) -> str
     return "".join(parts)
 
 
+def training_counts(trainer: "Trainer") -> list[str]:
+    """The counts of spec.data.train, or of each spec.data.mixture source and its share of an epoch."""
+    if trainer.mixture is None:
+        return [source_counts("spec.data.train", trainer.train)]
+    fields = [field for field, _ in trainer.spec.data.training_sources]
+    lines, start = [], 0
+    for field, size in zip(fields, trainer.mixture.sizes, strict=True):
+        lines.append(source_counts(field, trainer.train[start : start + size]))
+        start += size
+    return lines + [f"  {line}" for line in share_lines(fields, trainer.mixture)]
+
+
 def source_counts(field: str, samples: Sequence["Sample"]) -> str:
     tokens = sum(len(sample.input_ids) for sample in samples)
     targets = sum(sample.num_targets for sample in samples)
@@ -141,8 +155,12 @@ def _counts(ids: Sequence[int], mask: Sequence[bool]) -> str:
 def _teacher_view(trainer: "Trainer", sample: "Sample") -> str:
     """Why the teacher's sequence is not the student's."""
     reasons = []
-    if trainer.spec.data.train.teacher_input_key is not None:
-        reasons.append(f"its prompt from {trainer.spec.data.train.teacher_input_key!r}")
+    keys = {source.teacher_input_key for _, source in trainer.spec.data.training_sources}
+    named = sorted(key for key in keys if key is not None)
+    if len(named) == 1 and len(keys) == 1:
+        reasons.append(f"its prompt from {named[0]!r}")
+    elif named:
+        reasons.append("its prompt from its source's teacherInputKey, where it has one")
     if sample.target_spans is not None:
         name = trainer.teacher_tokenizer.name_or_path if trainer.teacher_tokenizer else ""
         reasons.append(f"its own tokenizer {name}".rstrip())

@@ -18,6 +18,7 @@ import numpy as np
 from kubedistill.api.job import DistillationJob, SpecError
 from kubedistill.api.spec import DistillationJobSpec
 from kubedistill.runtime.data.batching import batches_per_epoch, global_batches, steps_per_epoch
+from kubedistill.runtime.data.mixture import Mixture
 from kubedistill.runtime.data.sample import Sample
 from kubedistill.runtime.rollout.backend import SamplingConfig
 from kubedistill.runtime.rollout.group import RolloutActorGroup
@@ -36,9 +37,9 @@ def epoch_steps(spec: DistillationJobSpec, records: int) -> int:
         else ("spec.training.globalBatchSize", spec.training.global_batch_size)
     )
     if records < batch:
+        data = "spec.data.mixture" if spec.data.mixture is not None else "spec.data.train"
         raise SpecError(
-            field,
-            f"{batch} is more than the {records} training records (spec.data.train): lower it or add data",
+            field, f"{batch} is more than the {records} training records ({data}): lower it or add data"
         )
     if rollout is None:
         return batches_per_epoch(records, batch)
@@ -77,9 +78,31 @@ class BatchSource(Protocol):
         ...
 
 
+class EpochSamples:
+    """The samples each epoch trains on, as indices into the training samples: all of them, or with a
+    mixture (spec.data.mixture, whose sources' samples lie end to end) what each source supplies that epoch.
+    The last epoch's are kept: a step asks for them again and again."""
+
+    def __init__(self, count: int, mixture: Mixture | None) -> None:
+        self._count = count
+        self._mixture = mixture
+        self._epoch = -1
+        self._chosen: list[int] = []
+
+    def __call__(self, epoch: int) -> list[int]:
+        if self._mixture is None:
+            return list(range(self._count))
+        if epoch != self._epoch:
+            self._chosen, self._epoch = self._mixture.epoch(epoch), epoch
+        return self._chosen
+
+
 class DatasetBatches:
-    def __init__(self, samples: list[Sample], global_batch_size: int, seed: int) -> None:
+    def __init__(
+        self, samples: list[Sample], global_batch_size: int, seed: int, mixture: Mixture | None = None
+    ) -> None:
         self._samples = samples
+        self._epoch_samples = EpochSamples(len(samples), mixture)
         self._size = global_batch_size
         self._seed = seed
         self._epoch = -1
@@ -87,7 +110,9 @@ class DatasetBatches:
 
     def samples(self, epoch: int, step_in_epoch: int) -> StepSamples:
         if epoch != self._epoch:
-            self._batches = global_batches(len(self._samples), self._size, self._seed, epoch)
+            chosen = self._epoch_samples(epoch)
+            batches = global_batches(len(chosen), self._size, self._seed, epoch)
+            self._batches = [[chosen[i] for i in batch] for batch in batches]
             self._epoch = epoch
         return StepSamples([self._samples[i] for i in self._batches[step_in_epoch]])
 
@@ -120,10 +145,13 @@ class RolloutBatches:
         max_length: int,
         turn: Callable[[], AbstractContextManager[None]] = contextlib.nullcontext,
         on_round: Callable[[int, list[Sample], list[list[int]]], None] | None = None,
+        mixture: Mixture | None = None,
     ) -> None:
         spec = job.spec
         assert spec.rollout is not None
         self._prompts = prompts
+        self._epoch_prompts = EpochSamples(len(prompts), mixture)
+        """With a mixture (spec.data.mixture), the prompts each epoch draws from its sources."""
         self._rollout = rollout
         self._spec = spec
         self._max_length = max_length
@@ -159,10 +187,9 @@ class RolloutBatches:
     def _generate(self, epoch: int, index: int) -> Round:
         rollout = self._spec.rollout
         assert rollout is not None
-        chosen = global_batches(len(self._prompts), rollout.batch_size, self._spec.training.seed, epoch)[
-            index
-        ]
-        prompts = [self._prompts[i] for i in chosen]
+        drawn = self._epoch_prompts(epoch)
+        chosen = global_batches(len(drawn), rollout.batch_size, self._spec.training.seed, epoch)[index]
+        prompts = [self._prompts[drawn[i]] for i in chosen]
         started = time.perf_counter()
         with self._turn():
             responses = self._generate_responses(prompts, epoch, index)

@@ -17,6 +17,7 @@ BASE: dict[str, Any] = {
 }
 
 ON_POLICY_ROLLOUT = {"engines": 2, "batchSize": 32, "maxNewTokens": 1024}
+MIXTURE = [{"path": "/data/a.jsonl", "weight": 0.7}, {"path": "/data/b.jsonl", "weight": 0.3}]
 ENDPOINT = {"baseUrl": "https://api.example.com/v1", "model": "big-model", "apiKey": {"env": "API_KEY"}}
 
 DELETE = object()
@@ -317,6 +318,70 @@ BAD_MANIFESTS: list[Bad] = [
     ),
     Bad("unknown-data-format", {"spec.data.train.format": "csv"}, "spec.data.train.format"),
     Bad("hub-without-split", {"spec.data.train.format": "hub"}, "spec.data.train.split", "cel"),
+    Bad("zero-max-samples", {"spec.data.train.maxSamples": 0}, "spec.data.train.maxSamples"),
+    Bad("train-and-mixture", {"spec.data.mixture": MIXTURE}, "spec.data.train", "cel"),
+    Bad("neither-train-nor-mixture", {"spec.data.train": DELETE}, "spec.data.train", "cel"),
+    Bad(
+        "mixture-of-one-source",
+        {"spec.data.train": DELETE, "spec.data.mixture": MIXTURE[:1]},
+        "spec.data.mixture",
+    ),
+    Bad(
+        "mixture-source-without-weight",
+        {"spec.data.train": DELETE, "spec.data.mixture": [MIXTURE[0], {"path": "/data/b.jsonl"}]},
+        "spec.data.mixture[1].weight",
+    ),
+    Bad(
+        "mixture-source-of-weight-zero",
+        {"spec.data.train": DELETE, "spec.data.mixture": [MIXTURE[0], {**MIXTURE[1], "weight": 0}]},
+        "spec.data.mixture[1].weight",
+    ),
+    Bad(
+        "mixture-source-of-zero-max-samples",
+        {"spec.data.train": DELETE, "spec.data.mixture": [MIXTURE[0], {**MIXTURE[1], "maxSamples": 0}]},
+        "spec.data.mixture[1].maxSamples",
+    ),
+    Bad(
+        "mixture-source-with-prompt-key-alone",
+        {"spec.data.train": DELETE, "spec.data.mixture": [MIXTURE[0], {**MIXTURE[1], "promptKey": "q"}]},
+        "spec.data.mixture",
+        "cel",
+    ),
+    Bad(
+        "mixture-source-on-the-hub-without-split",
+        {"spec.data.train": DELETE, "spec.data.mixture": [MIXTURE[0], {**MIXTURE[1], "format": "hub"}]},
+        "spec.data.mixture",
+        "cel",
+    ),
+    Bad(
+        "mixture-source-with-teacher-input-in-sft",
+        {
+            "spec.mode": "sft",
+            "spec.teacher": DELETE,
+            "spec.data.train": DELETE,
+            "spec.data.mixture": [MIXTURE[0], {**MIXTURE[1], "teacherInputKey": "context"}],
+        },
+        "spec.data.mixture",
+        "cel",
+    ),
+    Bad(
+        "mixture-with-generation",
+        {"spec.mode": "sft", "spec.data.train": DELETE, "spec.data.mixture": MIXTURE, "spec.generation": {}},
+        "spec.data.mixture",
+        "cel",
+    ),
+    Bad(
+        "mixture-in-on-policy-self-distillation-with-a-source-the-teacher-sees-as-the-student",
+        {
+            "spec.mode": "selfDistillation",
+            "spec.teacher.model": DELETE,
+            "spec.rollout": {**ON_POLICY_ROLLOUT, "batchSize": 128},
+            "spec.data.train": DELETE,
+            "spec.data.mixture": [{**MIXTURE[0], "teacherInputKey": "hint"}, MIXTURE[1]],
+        },
+        "spec.rollout",
+        "cel",
+    ),
     Bad("unknown-precision", {"spec.training.precision": "fp16"}, "spec.training.precision"),
     Bad("replicas-as-text", {"spec.student.replicas": "eight"}, "spec.student.replicas"),
     Bad("empty-model-path", {"spec.student.model": ""}, "spec.student.model"),

@@ -41,6 +41,15 @@ def misplaced(spec: dict[str, Any], mounts: dict[str, dict[str, Any]]) -> list[s
             {"/data": PVC},
             ["spec.data.eval.path"],
         ),
+        (
+            {
+                "data": {
+                    "mixture": [{"path": "/data/a.jsonl", "weight": 1}, {"path": "/b/b.jsonl", "weight": 1}]
+                }
+            },
+            {"/data": PVC},
+            ["spec.data.mixture[1].path"],
+        ),
         ({"checkpoint": {"path": "/ckpt"}}, {"/data": PVC}, ["spec.checkpoint.path"]),
         (
             {"checkpoint": {"path": "/scratch/ckpt"}},
@@ -60,6 +69,7 @@ def misplaced(spec: dict[str, Any], mounts: dict[str, dict[str, Any]]) -> list[s
         "urls-are-not-paths",
         "a-relative-data-path-is-in-the-image",
         "eval-data-too",
+        "every-source-of-a-mixture",
         "checkpoints-on-no-volume",
         "checkpoints-on-an-emptydir-go-with-the-pod",
         "output-on-a-claim",

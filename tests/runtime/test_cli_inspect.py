@@ -105,3 +105,41 @@ def test_inspect_leaves_the_checkpoint_folder_alone(tiny: TinyWorld, tmp_path: P
     done = invoke(["inspect", str(job), "--records", "1"])
     assert done.exit_code == 0, done.stderr
     assert not (tmp_path / "ckpt").exists()
+
+
+def test_inspect_counts_each_source_of_a_mixture_and_its_share_of_an_epoch(
+    tiny: TinyWorld, tmp_path: Path
+) -> None:
+    """The trainer's own loading: each source read up to its maxSamples, and what an epoch takes of each."""
+    mixture = [
+        {"path": str(tiny.train), "maxSamples": 10, "weight": 3},
+        {"path": str(tiny.eval), "weight": 1},
+    ]
+    job = _job(tmp_path, tiny, data={"train": None, "mixture": mixture})
+    assert len(tiny.eval.read_text().splitlines()) == 24
+
+    done = invoke(["inspect", str(job), "--records", "1"])
+
+    assert done.exit_code == 0, done.stderr
+    assert "spec.data.mixture: the first 1 of 34 samples" in done.stdout
+    assert "spec.data.mixture[0]: 10 samples, " in done.stdout
+    assert "spec.data.mixture[1]: 24 samples, " in done.stdout
+    # 34 x 3/4 = 25.5 and 34 x 1/4 = 8.5: the remainders tie, and the earlier source takes the one left.
+    assert "spec.data.mixture[0]: 10 samples, 26 of each epoch's 34 (repeating its samples)" in done.stdout
+    assert "spec.data.mixture[1]: 24 samples, 8 of each epoch's 34 (others each epoch" in done.stdout
+
+
+def test_a_bad_record_of_a_mixture_source_names_its_file_line_and_its_own_field(
+    tiny: TinyWorld, tmp_path: Path
+) -> None:
+    data = tmp_path / "other.jsonl"
+    data.write_text('{"conversation": []}\n', encoding="utf-8")
+    mixture = [{"path": str(tiny.train), "weight": 1}, {"path": str(data), "weight": 1}]
+    job = _job(tmp_path, tiny, data={"train": None, "mixture": mixture})
+
+    done = invoke(["inspect", str(job)])
+
+    assert done.exit_code == 1
+    assert done.stderr.splitlines() == [
+        f"{job}: {data}:1: missing key 'messages' (spec.data.mixture[1].inputKey)"
+    ]

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from kubedistill.api.spec import DataSource, DataSpec, Mode
+from kubedistill.api.spec import DataSource, DataSpec, MixtureSource, Mode
 from kubedistill.runtime.data import load
 from kubedistill.runtime.data.load import LoadedData, load_samples
 
@@ -116,10 +116,20 @@ def other_response_key(
     return source.model_copy(update={"teacher_input_key": "context"}), data, tokenizer
 
 
+def other_max_samples(source: DataSource, data: DataSpec, tokenizer: Any) -> tuple[DataSource, DataSpec, Any]:
+    return source.model_copy(update={"max_samples": 1}), data, tokenizer
+
+
 @pytest.mark.parametrize(
     "change",
-    [touch_file, other_max_length, other_template, other_response_key],
-    ids=["data-file", "spec.data.maxLength", "chat-template", "spec.data.train.teacherInputKey"],
+    [touch_file, other_max_length, other_template, other_response_key, other_max_samples],
+    ids=[
+        "data-file",
+        "spec.data.maxLength",
+        "chat-template",
+        "spec.data.train.teacherInputKey",
+        "spec.data.train.maxSamples",
+    ],
 )
 def test_anything_that_shapes_the_samples_makes_a_new_set(
     tokenizer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, change: Any
@@ -146,3 +156,29 @@ def test_a_source_read_through_datasets_is_not_kept(tokenizer, tmp_path: Path) -
         source, DataSpec(train=source), tokenizer, mode=Mode.OFF_POLICY, cache=tmp_path / "c"
     )
     assert loaded.key is None and not (tmp_path / "c").exists()
+
+
+def test_a_mixture_source_keeps_its_set_when_reweighted_and_replaces_it_when_its_records_change(
+    tokenizer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = write_jsonl(tmp_path / "a.jsonl", [RECORDS[0], RECORDS[0]]).path
+    other = write_jsonl(tmp_path / "b.jsonl", [RECORDS[0]]).path
+    part = MixtureSource(path=path, weight=0.7)
+    data = DataSpec(mixture=[part, MixtureSource(path=other, weight=0.3)])
+    field, cache = "spec.data.mixture[0]", tmp_path / "prepared"
+    first = load_samples(part, data, tokenizer, mode=Mode.OFF_POLICY, field=field, cache=cache)
+    preparations = counting_preparations(monkeypatch)
+
+    # The weight picks among the samples; it does not shape them.
+    reweighted = DataSpec(
+        mixture=[part.model_copy(update={"weight": 0.2}), MixtureSource(path=other, weight=0.8)]
+    )
+    again = load_samples(
+        reweighted.mixture[0], reweighted, tokenizer, mode=Mode.OFF_POLICY, field=field, cache=cache
+    )
+    assert (len(preparations), again.key) == (0, first.key)
+
+    fewer = part.model_copy(update={"max_samples": 1})
+    cut = load_samples(fewer, data, tokenizer, mode=Mode.OFF_POLICY, field=field, cache=cache)
+    assert (len(preparations), len(cut.samples)) == (1, 1)
+    assert [path.name for path in cache.iterdir()] == [f"{field}-{cut.key}"], "the earlier set is replaced"

@@ -189,3 +189,21 @@ def test_a_template_that_hides_assistant_tokens_fails_even_when_skipping(tokeniz
         ChatTemplateError, match=rf"^{source.path}:1: the chat template renders assistant message 1 without"
     ):
         load_samples(source, spec(source, on_bad_record="skip"), rewriting, mode=Mode.OFF_POLICY)
+
+
+def test_max_samples_loads_the_first_records_of_a_file_broken_after_them_and_says_so(
+    tokenizer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    good = chat(("user", "What is 2+2?"), ("assistant", "4."))
+    path = tmp_path / "train.jsonl"
+    write_jsonl(path, [good, good])
+    path.write_text(path.read_text() + '{"messages": \n')
+    source = DataSource(path=str(path), max_samples=2)
+    with caplog.at_level("INFO", logger="kubedistill.runtime.data.load"):
+        loaded = load_samples(source, spec(source), tokenizer, mode=Mode.OFF_POLICY)
+    assert [sample.source for sample in loaded.samples] == [f"{path}:1", f"{path}:2"]
+    assert (
+        "spec.data.train: took the first 2 records (maxSamples); any after them were not read" in caplog.text
+    )
+    with pytest.raises(BadRecordError, match=f"{path}:3"):
+        load_samples(DataSource(path=str(path)), spec(source), tokenizer, mode=Mode.OFF_POLICY)

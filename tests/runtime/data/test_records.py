@@ -121,3 +121,27 @@ def test_a_missing_file_names_the_path_and_the_spec_field(tmp_path: Path, name: 
     path = tmp_path / name
     with pytest.raises(DataFileError, match=rf"^spec.data.train.path: cannot read '{path}'"):
         list(read_records(DataSource(path=str(path))))
+
+
+def test_max_samples_reads_the_first_records_and_never_the_rest(tmp_path: Path) -> None:
+    """Record 3 of the jsonl file is broken, the json array breaks off after its third record, and the third
+    file is no gzip at all: none of it is read with maxSamples 2 (a bad record counts as one read)."""
+    (tmp_path / "a.jsonl").write_text('{"a": 1}\n{"a": 2}\n{"a": \n')
+    (tmp_path / "b.json").write_text('[{"b": 1}, "not an object", {"b": 3} {"b": 4}]')
+    (tmp_path / "c.jsonl.gz").write_bytes(b"not gzip")
+    taken = list(read_records(DataSource(path=str(tmp_path / "a.jsonl"), max_samples=2)))
+    assert taken == [Record(f"{tmp_path}/a.jsonl:1", {"a": 1}), Record(f"{tmp_path}/a.jsonl:2", {"a": 2})]
+
+    array = list(read_records(DataSource(path=str(tmp_path / "b.json"), max_samples=2)))
+    assert sources(array) == [f"{tmp_path}/b.json:1", f"{tmp_path}/b.json:1"]
+    assert isinstance(array[1], BadRecord)
+
+    folder = list(read_records(DataSource(path=str(tmp_path), max_samples=3)))
+    assert sources(folder) == [f"{tmp_path}/a.jsonl:1", f"{tmp_path}/a.jsonl:2", f"{tmp_path}/a.jsonl:3"]
+    assert isinstance(folder[2], BadRecord)
+
+
+def test_max_samples_beyond_the_records_reads_them_all(tmp_path: Path) -> None:
+    path = tmp_path / "a.jsonl"
+    path.write_text('{"a": 1}\n{"a": 2}\n')
+    assert len(list(read_records(DataSource(path=str(path), max_samples=5)))) == 2

@@ -27,7 +27,7 @@ from kubedistill.runtime.trainer.resume import (
     data_identity,
     origin_of,
 )
-from tests.api.manifests import BASE, apply_changes
+from tests.api.manifests import BASE, DELETE, MIXTURE, apply_changes
 from tests.runtime.conftest import TinyWorld, job_manifest
 from tests.runtime.data.builders import CORPUS, chat, write_jsonl
 
@@ -61,6 +61,8 @@ def _roundtrip(origin: Origin) -> Origin:
         {"spec.backoffLimit": 0},
         {"spec.preRunningDeadlineSeconds": 600},
         {"spec.data.train.path": "/elsewhere/train.jsonl"},
+        # As long as the records read stay the same: a file of fewer records than maxSamples.
+        {"spec.data.train.maxSamples": 1000},
     ],
     ids=lambda change: next(iter(change)),
 )
@@ -97,6 +99,21 @@ def test_the_same_number_of_other_records_is_still_a_change() -> None:
     other = [RECORDS[0], Sample((5, 6, 8), (False, True, True), "a:2", 1)]
     assert changes(_roundtrip(_origin()), _origin(records=other)) == [
         "training data: other records (2 either way)"
+    ]
+
+
+def test_a_mixtures_sources_and_weights_are_what_a_checkpoint_was_made_from() -> None:
+    """The weights decide which samples each step trains on: a resume with others would not go on the same."""
+    mixed = {"spec.data.train": DELETE, "spec.data.mixture": MIXTURE}
+    reweighted = {
+        **mixed,
+        "spec.data.mixture": [{**MIXTURE[0], "weight": 0.3}, {**MIXTURE[1], "weight": 0.7}],
+    }
+    assert changes(_roundtrip(_origin(mixed)), _origin(mixed)) == []
+    (found,) = changes(_roundtrip(_origin(mixed)), _origin(reweighted))
+    assert found.startswith("spec.data.mixture [") and '"weight": 0.3' in found
+    assert changes(_roundtrip(_origin(mixed)), _origin(mixed, records=RECORDS[:1])) == [
+        "training data 2 -> 1 records"
     ]
 
 

@@ -1,4 +1,8 @@
-"""How many optimizer steps an epoch has: computed once, from the spec and the number of training records."""
+"""How many optimizer steps an epoch has (computed once, from the spec and the number of training records),
+and which samples each step trains on."""
+
+from collections import Counter
+from typing import cast
 
 import numpy as np
 import pytest
@@ -6,8 +10,18 @@ import pytest
 from kubedistill.api.job import SpecError, parse_job
 from kubedistill.api.spec import DistillationJobSpec
 from kubedistill.runtime.data.images import ImageInputs
+from kubedistill.runtime.data.mixture import Mixture
 from kubedistill.runtime.data.sample import Sample
-from kubedistill.runtime.trainer.sources import epoch_steps, prompts_left_out, steps_per_round, with_response
+from kubedistill.runtime.rollout.group import RolloutActorGroup
+from kubedistill.runtime.trainer.sources import (
+    BatchSource,
+    DatasetBatches,
+    RolloutBatches,
+    epoch_steps,
+    prompts_left_out,
+    steps_per_round,
+    with_response,
+)
 from tests.api.manifests import BASE, ON_POLICY_ROLLOUT, apply_changes
 
 
@@ -84,3 +98,84 @@ def test_a_response_ends_before_an_image_placeholder_the_engine_sampled() -> Non
     assert sample.labels() == [7, 8]
     assert sample.images is pictures, "the prompt's pictures stay with it"
     assert sample.truncation == "the response cut at token 2, an image placeholder the engine sampled"
+
+
+# -- mixtures (spec.data.mixture) ---------------------------------------------------------------------------
+
+MIXED = Mixture(sizes=(6, 4, 3), weights=(0.5, 0.25, 0.25), seed=7)
+"""13 samples an epoch: 7 of the first source's 6 (one repeated), 3 of the second's 4, 3 of the third's 3."""
+
+
+def _sources(mixture: Mixture) -> list[Sample]:
+    """Samples end to end, source by source, each naming its source and its place in it."""
+    return [
+        Sample(input_ids=(1, 2, 3), target_mask=(False, True, True), source=f"{source}:{i}", prompt_length=1)
+        for source, size in enumerate(mixture.sizes)
+        for i in range(size)
+    ]
+
+
+def _walk(batches: BatchSource, epochs: range, steps: int, start: int = 0) -> list[list[str]]:
+    return [
+        [sample.source for sample in batches.samples(epoch, step).samples]
+        for epoch in epochs
+        for step in range(start if epoch == epochs.start else 0, steps)
+    ]
+
+
+def test_a_mixture_epoch_has_the_steps_of_all_its_samples_and_each_sources_share_of_them() -> None:
+    batches = DatasetBatches(_sources(MIXED), global_batch_size=4, seed=7, mixture=MIXED)
+    epoch = _walk(batches, range(1), steps=4)
+    assert [len(step) for step in epoch] == [4, 4, 4, 1]
+    sources = Counter(name.split(":")[0] for step in epoch for name in step)
+    assert sources == {"0": 7, "1": 3, "2": 3}
+
+
+def test_a_mixture_resumed_mid_epoch_trains_on_the_batches_an_uninterrupted_run_does() -> None:
+    uninterrupted = _walk(DatasetBatches(_sources(MIXED), 4, 7, MIXED), range(3), steps=4)
+    resumed = _walk(DatasetBatches(_sources(MIXED), 4, 7, MIXED), range(1, 3), steps=4, start=2)
+    assert resumed == uninterrupted[4 + 2 :]
+    assert uninterrupted[:4] != uninterrupted[4:8], "each epoch draws and shuffles anew"
+
+
+class _EchoRollout:
+    """Answers every prompt with one token, and keeps the prompts asked for."""
+
+    def __init__(self) -> None:
+        self.asked: list[list[list[int]]] = []
+
+    def generate(self, prompts: list[list[int]], sampling: object, images: object = None) -> list[list[int]]:
+        self.asked.append(prompts)
+        return [[9] for _ in prompts]
+
+
+def _on_policy_batches(mixture: Mixture) -> tuple[RolloutBatches, _EchoRollout]:
+    prompts = [
+        Sample(input_ids=(source, i), target_mask=(False, False), source=f"{source}:{i}", prompt_length=2)
+        for source, size in enumerate(mixture.sizes)
+        for i in range(size)
+    ]
+    spec = {
+        **ON_POLICY,
+        "spec.rollout": {**ON_POLICY_ROLLOUT, "batchSize": 4, "samplesPerPrompt": 1},
+        "spec.training.seed": 7,
+    }
+    rollout = _EchoRollout()
+    job = parse_job(apply_changes(BASE, spec))
+    group = cast(RolloutActorGroup, rollout)
+    return RolloutBatches(prompts, job, group, max_length=16, mixture=mixture), rollout
+
+
+def test_on_policy_rounds_draw_their_prompts_from_the_mixture_and_resume_the_same() -> None:
+    batches, rollout = _on_policy_batches(MIXED)
+    for epoch in range(2):
+        for step in range(3):
+            batches.samples(epoch, step)
+    first_epoch = Counter(prompt[0] for round_ in rollout.asked[:3] for prompt in round_)
+    # 13 prompts an epoch fill 3 rounds of 4; the one left over waits for another epoch's order.
+    assert sum(first_epoch.values()) == 12
+    assert all(share - 1 <= first_epoch[source] <= share for source, share in enumerate(MIXED.shares))
+
+    resumed, asked = _on_policy_batches(MIXED)
+    resumed.samples(1, 1)
+    assert asked.asked == [rollout.asked[4]]
