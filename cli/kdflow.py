@@ -182,11 +182,9 @@ NO_EFFECT_HERE: dict[str, str] = {
 """Arguments without a counterpart that changes nothing of what is trained, and why."""
 
 UNSUPPORTED: dict[str, str] = {
-    "train_dataset_probs": "one training source per job",
     "image_key": "pictures are read from the chat messages' image parts (README, Pictures)",
     "output_key": "responses are read from the chat messages, or from promptKey/responseKey records",
     "input_template": "no input template; use the chat template or promptKey/responseKey",
-    "max_samples": "the job trains on every record",
     "enable_thinking": "no chat-template switches in the spec yet; the template renders with its default",
     "ring_attn_size": "no context parallelism",
     "dskd_topk_vocab": "KubeDistill's DSKD learns both projectors and has no pseudo-inverse initialisation "
@@ -464,16 +462,57 @@ def _rollout(b: _Builder, mode: str) -> None:
 
 
 def _data(b: _Builder) -> None:
-    b.set("spec.data.train", _source(b, "train_dataset_path", "train_split"))
+    paths = [path.strip() for path in b.value("train_dataset_path").split(",")]
+    if len(paths) == 1:
+        b.set("spec.data.train", _source(b, paths[0], "train_split"))
+        if b.value("train_dataset_probs"):
+            b.note("train_dataset_probs", "dropped: one training source")
+    else:
+        b.set("spec.data.mixture", _mixture(b, paths))
     if b.value("eval_dataset_path"):
-        b.set("spec.data.eval", _source(b, "eval_dataset_path", "eval_split"))
+        b.set("spec.data.eval", _source(b, b.value("eval_dataset_path"), "eval_split"))
     b.carry("max_len", "data.maxLength", int)
     b.carry("prompt_max_len", "data.promptMaxLength", int)
     b.carry("apply_chat_template", "data.applyChatTemplate", bool)
 
 
+def _mixture(b: _Builder, paths: list[str]) -> list[dict[str, Any]]:
+    """KDFlow's comma-separated sources: blended by `datasets.interleave_datasets` with the probabilities,
+    until every source is used up (`all_exhausted`), or without probabilities concatenated
+    (kdflow/datasets/utils.py:17,88-98 @ 06d050e); each capped at --max_samples (utils.py:80)."""
+    given = b.value("train_dataset_probs")
+    try:
+        weights = [float(p) for p in given.split(",")] if given else [1.0] * len(paths)
+    except ValueError:
+        raise NotAKDFlowCommand(f"--train_dataset_probs {given}: not numbers") from None
+    if len(weights) != len(paths):
+        # KDFlow asserts the same (utils.py:33).
+        raise NotAKDFlowCommand(
+            f"--train_dataset_probs {given}: {len(weights)} probabilities for {len(paths)} datasets"
+        )
+    if given:
+        b.note(
+            "train_dataset_probs",
+            "spec.data.mixture weights: each epoch holds as many samples as the sources together, shared by "
+            "weight, where KDFlow draws by probability until every source is used up (all_exhausted)",
+        )
+    else:
+        b.notes.append(
+            "--train_dataset_path (several, no --train_dataset_probs): spec.data.mixture with equal weights, "
+            "where KDFlow concatenates them; weigh each source by its record count for the same epochs"
+        )
+    if "max_samples" in b.given:
+        b.note(
+            "max_samples",
+            "spec.data.mixture[*].maxSamples: each source's first records, as KDFlow takes them; KDFlow then "
+            "also keeps only that many of the blend",
+        )
+    sources = zip(paths, weights, strict=True)
+    return [_source(b, path, "train_split") | {"weight": weight} for path, weight in sources]
+
+
 def _source(b: _Builder, path: str, split: str) -> dict[str, Any]:
-    source: dict[str, Any] = {"path": b.value(path)}
+    source: dict[str, Any] = {"path": path}
     # KDFlow reads every dataset by split; a file's records are its `train` split in datasets.
     if split in b.given or not DATA_FILE.search(source["path"]):
         source["split"] = b.value(split)
@@ -481,6 +520,8 @@ def _source(b: _Builder, path: str, split: str) -> dict[str, Any]:
         source["inputKey"] = b.value("input_key")
     if b.value("teacher_input_key"):
         source["teacherInputKey"] = b.value("teacher_input_key")
+    if "max_samples" in b.given and b.number("max_samples", int) < int(KDFLOW_DEFAULTS["max_samples"]):
+        source["maxSamples"] = b.number("max_samples", int)
     return source
 
 

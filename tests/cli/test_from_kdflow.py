@@ -251,6 +251,38 @@ def test_what_kdflow_would_refuse_is_refused_naming_the_argument(arguments: str,
     assert named in outcome.stderr
 
 
+MIXED = "--student_name_or_path s --teacher_name_or_path t --teacher_tp_size 1 --train_dataset_path a.jsonl,b"
+
+
+def test_kdflows_weighted_datasets_become_a_mixture_whose_epochs_differ_from_kdflows_said_so() -> None:
+    manifest, notes = convert(f"{MIXED} --train_dataset_probs 0.7,0.3 --max_samples 1000 --input_key chat")
+    assert manifest["spec"]["data"]["mixture"] == [
+        {"path": "a.jsonl", "inputKey": "chat", "maxSamples": 1000, "weight": 0.7},
+        {"path": "b", "split": "train", "inputKey": "chat", "maxSamples": 1000, "weight": 0.3},
+    ]
+    assert "train" not in manifest["spec"]["data"]
+    assert "until every source is used up (all_exhausted)" in notes["train_dataset_probs"]
+    assert "KDFlow then also keeps only that many of the blend" in notes["max_samples"]
+
+
+def test_kdflows_max_samples_takes_the_first_records_of_one_source_and_of_its_eval_set() -> None:
+    manifest, notes = convert(f"{MINIMAL} --max_samples 500 --eval_dataset_path e.jsonl")
+    data = manifest["spec"]["data"]
+    assert (data["train"]["maxSamples"], data["eval"]["maxSamples"]) == (500, 500)
+    assert "max_samples" not in notes
+
+
+def test_kdflows_unweighted_datasets_are_concatenated_there_and_weighed_equally_here_said_so() -> None:
+    manifest, notes = convert(MIXED)
+    assert [source["weight"] for source in manifest["spec"]["data"]["mixture"]] == [1.0, 1.0]
+    assert "where KDFlow concatenates them" in notes["train_dataset_path"]
+
+
+def test_as_many_probabilities_as_datasets_are_needed_as_kdflow_asserts() -> None:
+    outcome = failure(f"{MIXED} --train_dataset_probs 1.0")
+    assert "--train_dataset_probs 1.0: 1 probabilities for 2 datasets" in outcome.stderr
+
+
 def test_a_rule_kdflow_does_not_have_is_reported_naming_the_field() -> None:
     # KDFlow's default rollout batch (32 prompts) feeds no whole step of its default 128 sequences.
     outcome = failure(f"python -m kdflow.cli.train_kd_on_policy {MINIMAL}")
