@@ -226,7 +226,7 @@ class DistillationSpec(SpecModel):
     algorithm: Annotated[str, Field(min_length=1)] = "vanilla"
     """Distillation algorithm: vanilla, dskd, simpleCtkd, or a registered plugin."""
     loss: Annotated[str, Field(min_length=1)] = "fkl"
-    """Divergence between teacher and student: fkl, rkl, jsd, tvd, skl, srkl, akl, top1Ce, hrl, or a
+    """Divergence between teacher and student: fkl, rkl, jsd, tvd, skl, srkl, akl, top1Ce, hrl, uld, or a
     registered plugin."""
     temperature: Annotated[float, Field(gt=0.0)] = 1.0
     """Both models' logits are divided by it before the softmax."""

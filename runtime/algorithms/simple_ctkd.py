@@ -25,6 +25,12 @@ kdRatio 0.5) pairing by start alone ended at eval CE 0.441, pairing by piece at 
 simple_ctkd pairs the same way). Both parts run through the fused chunked
 loss (`fused_kd_loss`), so neither model's [tokens x vocab] logits exist in full; the aligned positions'
 student logits are computed twice (once per part), the price of reusing it unchanged.
+
+With spec.distillation.loss `uld`, KD_i is GOLD's hybrid ULD instead (`losses.uld`): the shared pieces are
+compared entry by entry, as above but without renormalising, and every other piece of both whole
+vocabularies by sorted probabilities. The pairing stays the exact one: GOLD also merges the probabilities of
+a group of tokens that spans the same text as the other side's group (gold_trainer.py:555-623); here such
+positions get the cross-entropy only, as for the other losses.
 """
 
 from dataclasses import replace
@@ -39,6 +45,7 @@ from kubedistill.runtime.data.alignment import SharedVocabulary, aligned_positio
 from kubedistill.runtime.data.sample import Sample
 from kubedistill.runtime.losses.fused import fused_kd_loss
 from kubedistill.runtime.losses.output import IGNORE_INDEX, LossOutput
+from kubedistill.runtime.losses.uld import ULD, hybrid_uld_sum
 from kubedistill.runtime.models.loading import load_tokenizer
 
 if TYPE_CHECKING:
@@ -82,6 +89,8 @@ class SimpleCrossTokenizerKD(Algorithm):
         if inputs.teacher_hidden is None or inputs.teacher_head is None or config.kd_ratio == 0.0:
             return ce
         student_rows, teacher_rows = _labelled_pairs(inputs)
+        if config.loss == ULD:
+            return self._hybrid_uld(inputs, ce, student_rows, teacher_rows)
         kd = fused_kd_loss(
             inputs.student_hidden.index_select(0, student_rows),
             inputs.student_head.index_select(0, self.student_pieces),
@@ -98,6 +107,38 @@ class SimpleCrossTokenizerKD(Algorithm):
             ce_sum=ce.ce_sum,
             num_tokens=ce.num_tokens,
         )
+
+    def _hybrid_uld(
+        self, inputs: LossInputs, ce: LossOutput, student_rows: Tensor, teacher_rows: Tensor
+    ) -> LossOutput:
+        """GOLD's hybrid ULD at the aligned positions, over both whole vocabularies (`losses.uld`): the heads
+        are reordered so that the shared pieces come first, pairwise, and the rest follow."""
+        config = self.context.config
+        kd_sum = hybrid_uld_sum(
+            inputs.student_hidden.index_select(0, student_rows),
+            inputs.student_head.index_select(
+                0, _shared_first(self.student_pieces, inputs.student_head.shape[0])
+            ),
+            inputs.teacher_hidden.index_select(0, teacher_rows),
+            inputs.teacher_head.index_select(
+                0, _shared_first(self.teacher_pieces, inputs.teacher_head.shape[0])
+            ),
+            self.student_pieces.numel(),
+            config,
+        )
+        return LossOutput(
+            loss=(1.0 - config.kd_ratio) * ce.loss + config.kd_ratio * kd_sum / inputs.normalizer,
+            kd_sum=kd_sum.detach(),
+            ce_sum=ce.ce_sum,
+            num_tokens=ce.num_tokens,
+        )
+
+
+def _shared_first(shared: Tensor, vocab: int) -> Tensor:
+    """Row order of a head: the shared pieces' ids in the given order, then every other row in id order."""
+    rest = torch.ones(vocab, dtype=torch.bool, device=shared.device)
+    rest[shared] = False
+    return torch.cat([shared, rest.nonzero().squeeze(-1)])
 
 
 def checked_shared_vocabulary(

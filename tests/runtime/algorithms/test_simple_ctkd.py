@@ -146,3 +146,36 @@ def test_a_placeholder_micro_batch_has_a_zero_loss(tokenizers: Tokenizers) -> No
     algorithm = SimpleCrossTokenizerKD(context(tokenizers, KDConfig()))
     inputs = replace(batch.inputs({}), teacher_hidden=None)
     assert algorithm(inputs).loss.item() == 0.0
+
+
+@pytest.mark.parametrize("finer_teacher", [False, True], ids=["coarser-teacher", "finer-teacher"])
+def test_with_uld_it_is_golds_hybrid_where_both_predict_the_same_piece(
+    tiny: TinyWorld, tokenizers: Tokenizers, finer_teacher: bool
+) -> None:
+    """Over both whole vocabularies, the shared pieces being GOLD's matched ones: TRL's own hybrid
+    (`ULDLoss._compute_hybrid_uld_loss`, a mean over the rows it is given) at the aligned positions."""
+    from tests.runtime.losses.test_uld import gold, with_matches
+
+    tokenizers = tokenizers.swapped() if finer_teacher else tokenizers
+    built = samples(tiny, tokenizers.student, tokenizers.teacher)
+    batch = random_batch(built, len(tokenizers.student), len(tokenizers.teacher))
+    config = KDConfig(loss="uld", temperature=1.5, kd_ratio=0.6, jsd_beta=0.3, chunk_size=7)
+    output, hidden_grad, _ = run(SimpleCrossTokenizerKD(context(tokenizers, config)), batch)
+
+    shared = shared_vocabulary(tokenizers.student, tokenizers.teacher)
+    hidden = batch.student_hidden.detach().clone().requires_grad_()
+    student_logits = hidden @ batch.student_head.T
+    teacher_logits = batch.teacher_hidden @ batch.teacher_head.T
+    ce = F.cross_entropy(student_logits, batch.micro_batch.labels, reduction="sum")
+    extras = SimpleCrossTokenizerKD.micro_batch_extras(built)
+    rows, teacher_rows = extras["student_aligned"], extras["teacher_aligned"]
+    assert 0 < rows.numel() < batch.micro_batch.num_targets
+    matched = dict(zip(shared.teacher_ids, shared.student_ids, strict=True))
+    hybrid = with_matches(gold(beta=0.3, hybrid=True), matched)
+    mean = hybrid._compute_hybrid_uld_loss(
+        F.softmax(student_logits[rows] / 1.5, -1), F.softmax(teacher_logits[teacher_rows] / 1.5, -1)
+    )
+    expected = (0.4 * ce + 0.6 * mean * rows.numel()) / batch.normalizer
+    torch.testing.assert_close(output.loss, expected, rtol=0, atol=1e-12)
+    torch.testing.assert_close(hidden_grad, torch.autograd.grad(expected, hidden)[0], rtol=0, atol=1e-12)
+    torch.testing.assert_close(output.kd_sum, mean.detach() * rows.numel(), rtol=0, atol=1e-10)

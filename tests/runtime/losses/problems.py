@@ -8,7 +8,7 @@ from torch import Tensor
 
 from kubedistill.runtime.losses import IGNORE_INDEX, KDConfig, LossOutput, fused_kd_loss, reference_kd_loss
 
-LOSSES = ["fkl", "rkl", "jsd", "tvd", "skl", "srkl", "akl", "top1Ce", "hrl"]
+LOSSES = ["fkl", "rkl", "jsd", "tvd", "skl", "srkl", "akl", "top1Ce", "hrl", "uld"]
 DIVERGENCES = [loss for loss in LOSSES if loss != "top1Ce"]
 """The losses that vanish when the student is the teacher: top1Ce is a cross-entropy, -p_t log p_t there."""
 

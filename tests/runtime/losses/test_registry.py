@@ -3,7 +3,7 @@ import torch
 from torch import Tensor
 
 from kubedistill.api.registry import known_losses
-from kubedistill.runtime.losses import KDConfig, fused_kd_loss, get_loss, register_loss, teacher_top
+from kubedistill.runtime.losses import KDConfig, fused_kd_loss, get_loss, register_loss, teacher_top, uld
 from kubedistill.runtime.losses import divergences as builtin
 from tests.runtime.losses.problems import make_problem, reference_from_hidden
 
@@ -20,6 +20,7 @@ from tests.runtime.losses.problems import make_problem, reference_from_hidden
         ("akl", builtin.adaptive_kl),
         ("top1Ce", teacher_top.top1_cross_entropy),
         ("hrl", teacher_top.hierarchical_ranking),
+        ("uld", uld.universal_logit_distillation),
     ],
 )
 def test_builtin_names_resolve_through_entry_points(name: str, divergence: object) -> None:
