@@ -60,12 +60,14 @@ def _train_losses(run: RunResult) -> list[float]:
 def off_policy_runs(
     tiny: TinyWorld, tmp_path_factory: pytest.TempPathFactory, ray_session: None
 ) -> dict[int, RunResult]:
-    """The colocated off-policy job, 3 steps, by spec.teacher.stepsPerWake: 1 and 2."""
+    """The colocated off-policy job, 3 steps, by spec.teacher.stepsPerWake: 1, and 2 with a checkpoint after
+    every step (the first made inside the wake of steps 1 and 2)."""
     del ray_session
-    return {
-        n: _colocated_run(tiny, tmp_path_factory.mktemp(f"wake-{n}"), 3, teacher={"stepsPerWake": n})
-        for n in (1, 2)
-    }
+    one = _colocated_run(tiny, tmp_path_factory.mktemp("wake-1"), 3)
+    out = tmp_path_factory.mktemp("wake-2")
+    checkpoint = {"path": str(out / "checkpoints"), "everySteps": 1}
+    two = _colocated_run(tiny, out, 3, teacher={"stepsPerWake": 2}, checkpoint=checkpoint)
+    return {1: one, 2: two}
 
 
 def test_a_colocated_job_wakes_the_teacher_for_each_step_only(off_policy_runs: dict[int, RunResult]) -> None:
@@ -80,8 +82,8 @@ def test_a_colocated_job_wakes_the_teacher_for_each_step_only(off_policy_runs: d
 def test_one_wake_scoring_two_steps_trains_the_losses_of_one_wake_a_step(
     off_policy_runs: dict[int, RunResult],
 ) -> None:
-    """Two steps' hidden states wait in the object store while the first trains; the third step, past the
-    wake's two, has one of its own (training stops there)."""
+    """Two steps' hidden states wait in the object store while the first trains (and is checkpointed); the
+    third step, past the wake's two, has one of its own (training stops there)."""
     assert _train_losses(off_policy_runs[2]) == pytest.approx(_train_losses(off_policy_runs[1]), rel=1e-6)
     assert off_policy_runs[2].summary["wakes"] == {"teacher": 2}
 
