@@ -138,25 +138,32 @@ def load_samples(
                 # The cache saves time on a later run; a volume without room for it must not fail this one.
                 log.warning("%s: cannot keep the prepared samples in %s: %s", field, cache, error)
     samples, bad_records = prepared.samples, prepared.bad_records
+    records = records_of(samples)
     if source.max_samples is not None:
-        _report_max_samples(source.max_samples, len(samples) + len(bad_records), field)
+        _report_max_samples(source.max_samples, records + len(bad_records), field)
     loaded = LoadedData(samples, bad_records, key, prepared.sha256)
     if prepared.reasoning is not None:
-        prepared.reasoning.warn(len(samples))
+        prepared.reasoning.warn(records)
     if loaded.truncated:
         first = loaded.truncated[0]
         log.warning(
             "%s: %d of %d records were shortened to fit spec.data.maxLength %d / promptMaxLength %d; "
             "the first: %s: %s",
             field,
-            len(loaded.truncated),
-            len(samples),
+            records_of(loaded.truncated),
+            records,
             data.max_length,
             data.prompt_max_length,
             first.source,
             first.truncation,
         )
     return loaded
+
+
+def records_of(samples: list[Sample]) -> int:
+    """How many records `samples` (in file order) came from: a chat its template shows otherwise once later
+    turns follow is trained in parts (`data.chat`), one sample each, all with the record's `path:line`."""
+    return sum(1 for i, sample in enumerate(samples) if i == 0 or sample.source != samples[i - 1].source)
 
 
 def _prepare(

@@ -29,7 +29,7 @@ from kubedistill.runtime.cluster.placement import ClusterView
 from kubedistill.runtime.data.cache import CACHE_FOLDER
 from kubedistill.runtime.data.errors import BadRecord
 from kubedistill.runtime.data.images import ImageProcessing, load_image_processing
-from kubedistill.runtime.data.load import LoadedData, load_samples
+from kubedistill.runtime.data.load import LoadedData, load_samples, records_of
 from kubedistill.runtime.data.mixture import Mixture, share_lines
 from kubedistill.runtime.data.sample import Sample
 from kubedistill.runtime.models.chat_clock import pin_chat_clock
@@ -280,7 +280,7 @@ class Trainer:
         self._serve_metrics()
         self.metrics.set(telemetry.TOTAL_STEPS, self.total_steps)
         self.metrics.add(telemetry.BAD_RECORDS, len(self.bad_records))
-        self.metrics.add(telemetry.TRUNCATED_RECORDS, len(self.truncated))
+        self.metrics.add(telemetry.TRUNCATED_RECORDS, records_of(self.truncated))
         training: Training | None = None
         try:
             starting = time.perf_counter()
@@ -682,7 +682,7 @@ class Training:
             "bad_records": len(trainer.bad_records),
             "bad_record_sources": [str(bad) for bad in trainer.bad_records[:20]],
             "prompts_left_out_per_epoch": trainer.prompts_left_out,
-            "truncated_records": len(trainer.truncated),
+            "truncated_records": records_of(trainer.truncated),
             "truncated_record_sources": [
                 f"{sample.source}: {sample.truncation}" for sample in trainer.truncated[:20]
             ],

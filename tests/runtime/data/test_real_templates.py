@@ -108,6 +108,21 @@ def test_qwen3_trains_each_answer_of_a_multi_turn_chat_with_its_reasoning_as_it_
     assert reasoning_warnings(caplog) == []
 
 
+def test_a_chat_trained_in_parts_is_counted_as_one_record_when_its_parts_are_shortened(
+    tmp_path: Path, templated, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The warning counts records, as a user counts the lines of the file, not the parts they became."""
+    qwen3 = templated("qwen3")
+    source = write_jsonl(tmp_path / "train.jsonl", [{"messages": TWO_QUESTIONS}, {"messages": TWO_QUESTIONS}])
+    with caplog.at_level(logging.WARNING, logger="kubedistill.runtime.data.load"):
+        loaded = load_samples(
+            source, spec(source, maxLength=20, promptMaxLength=12), qwen3, mode=Mode.OFF_POLICY
+        )
+    assert len(loaded.truncated) == len(loaded.samples) == 4, "each chat in two parts, every part shortened"
+    (warning,) = [r.getMessage() for r in caplog.records if "were shortened" in r.getMessage()]
+    assert warning.startswith("spec.data.train: 2 of 2 records were shortened"), warning
+
+
 def test_train_turns_last_trains_only_the_last_answer_in_one_sample(tmp_path: Path, templated) -> None:
     qwen3 = templated("qwen3")
     source = write_jsonl(tmp_path / "train.jsonl", [{"messages": TWO_QUESTIONS}])
