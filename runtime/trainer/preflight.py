@@ -154,6 +154,83 @@ def check_model_path(path: str, required: str) -> str | None:
     """What is wrong with a local model directory or Hub id; None when it can be loaded."""
     local = Path(path).expanduser()
     if local.is_dir():
+KERNEL_PACKAGES: dict[Attention, tuple[str, str]] = {
+    Attention.FLASH_ATTENTION_2: ("flash_attn", "flash-attn"),
+    Attention.FLASH_ATTENTION_3: ("flash_attn_interface", "flash-attn-3"),
+}
+"""The module transformers imports for a flash kernel, and the package that installs it (transformers 5.25
+`utils/import_utils.py:1324-1355`, `is_flash_attn_2_available` / `is_flash_attn_3_available`: both also
+need CUDA)."""
+
+NO_SGLANG_ATTENTION = (Attention.FLASH_ATTENTION_2, Attention.EAGER)
+"""Kernels SGLang has no `attention_backend` for (`runtime/engines/sglang/args.py`)."""
+
+
+def check_kernels(job: DistillationJob, environ: Mapping[str, str]) -> list[str]:
+    """The student's attention kernel and Liger kernels on the machine that trains: this one for a local
+    run. Under a RAY_ADDRESS the driver runs in the head pod, which has the workers' image (its packages) but
+    not their GPUs: only the packages are checked there."""
+    student = job.spec.student
+    if student.attention == Attention.SDPA and not student.liger_kernel:
+        return []  # nothing to check, and torch stays unimported
+    import torch
+
+    cuda = None if environ.get("RAY_ADDRESS") else torch.cuda.is_available()
+    return kernel_problems(job, cuda, lambda module: importlib.util.find_spec(module) is not None)
+
+
+def kernel_problems(job: DistillationJob, cuda: bool | None, installed: Callable[[str], bool]) -> list[str]:
+    """One line per kernel field that cannot run: `cuda` says whether the training machine has a CUDA GPU
+    (None: unknown here), `installed` whether a module can be imported there."""
+    spec = job.spec
+    attention = spec.student.attention
+    problems = []
+    if attention in KERNEL_PACKAGES:
+        module, package = KERNEL_PACKAGES[attention]
+        if cuda is False:
+            problems.append(
+                f"spec.student.attention: {attention} runs on CUDA GPUs only, and this machine has none; "
+                "choose sdpa, eager or flex_attention"
+            )
+        elif not installed(module):
+            problems.append(
+                f"spec.student.attention: {attention} needs the {package} package, which is not installed "
+                f"here (pip install {package}); or choose sdpa"
+            )
+    elif attention == Attention.FLEX_ATTENTION and cuda is False:
+        # torch 2.11: "FlexAttention does not support backward on CPU", raised by any forward whose inputs
+        # require gradients, which the student's do.
+        problems.append(
+            "spec.student.attention: flex_attention trains on CUDA GPUs only (torch's FlexAttention has no "
+            "backward on the CPU), and this machine has none; choose sdpa or eager"
+        )
+    elif attention in NO_SGLANG_ATTENTION and cuda and installed("sglang") and _auto_engines(spec):
+        problems.append(
+            f"spec.student.attention: {attention} has no SGLang counterpart, and backend auto picks SGLang "
+            "on this machine; choose sdpa, flash_attention_3 or flex_attention, or set the engines' backend "
+            "to transformers"
+        )
+    if spec.student.liger_kernel:
+        if cuda is False:
+            problems.append(
+                "spec.student.ligerKernel: Liger's kernels are Triton kernels for CUDA GPUs, and this "
+                "machine has none; remove the field"
+            )
+        elif not installed("liger_kernel"):
+            problems.append(
+                "spec.student.ligerKernel: needs the liger-kernel package (the runtime image has it), which "
+                "is not installed here (pip install liger-kernel)"
+            )
+    return problems
+
+
+def _auto_engines(spec: DistillationJobSpec) -> bool:
+    """Whether an engine of the job picks its backend where it runs (auto)."""
+    teacher = spec.teacher is not None and spec.mode != Mode.SFT and spec.teacher.backend == Backend.AUTO
+    rollout = spec.rollout is not None and spec.rollout.backend == Backend.AUTO
+    return teacher or rollout
+
+
         if not (local / required).is_file():
             return f"'{path}' holds no {required}: not a Hugging Face model directory"
         return None
