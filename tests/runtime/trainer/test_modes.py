@@ -151,11 +151,13 @@ def _straight(straight_run: Path) -> list[dict]:
     return [json.loads(line) for line in (straight_run / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_dynamic_batching_trains_the_same_model_as_fixed_micro_batches(
+def test_padded_dynamic_batching_trains_the_same_model_as_packed_fixed_micro_batches(
     tiny: TinyWorld, straight_run: Path, tmp_path: Path
 ) -> None:
-    """Micro-batches formed by a token budget change the work per forward, not the gradient of the step."""
-    dynamic = _run(tiny, tmp_path, stop=2, training={"maxTokensPerDevice": 96})
+    """Micro-batches formed by a token budget, and padded rows instead of packed ones (the reference run packs
+    its micro-batches of 4, `training.packing`'s default), change the work per forward, not the gradient of
+    the step."""
+    dynamic = _run(tiny, tmp_path, stop=2, training={"maxTokensPerDevice": 96, "packing": False})
     fixed = _train(_straight(straight_run))[:2]
     assert [r["loss"] for r in _train(dynamic)] == pytest.approx([r["loss"] for r in fixed], abs=1e-5)
 
