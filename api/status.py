@@ -121,6 +121,9 @@ class DistillationJobStatus(SpecModel):
     """The preparation's pace."""
     preparation_eta_seconds: Annotated[float, Field(ge=0)] | None = None
     """Seconds the preparation has left at that pace (by the share of its files read); 0 when done."""
+    tracker_urls: Annotated[dict[str, str] | None, Field(alias="trackerURLs")] = None
+    """The page of the job's run in each experiment tracker that has one (spec.tracking: mlflow, wandb
+    online), by tracker."""
     ray_job_name: str | None = None
     """The job's RayJob: its name is derived from the job's (cut to KubeRay's 47 characters with a hash)."""
     config_map_name: str | None = None

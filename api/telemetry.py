@@ -98,6 +98,21 @@ GENERATION_COMPLETION_TOKENS = Metric(
     "Completion tokens (reasoning included) an endpoint billed for the generation, every run so far.",
 )
 
+TRACKER_ERRORS = Metric(
+    "kubedistill_tracker_errors_total",
+    Kind.COUNTER,
+    "Calls to an experiment tracker (spec.tracking) that failed; training goes on without them.",
+)
+TRACKER_RUN = Metric(
+    "kubedistill_tracker_run_info",
+    Kind.GAUGE,
+    "1 for each experiment tracker's run, with its page in the `url` label: the status' trackerURLs.",
+)
+"""Labelled with `TRACKER_LABELS` besides `LABELS`: one series a tracker (three at most), its URL fixed for
+the run, like a build_info metric. Not in `ALL`, whose series carry `LABELS` alone."""
+TRACKER_LABEL = "tracker"
+URL_LABEL = "url"
+TRACKER_LABELS = (TRACKER_LABEL, URL_LABEL)
 PREPARE_RECORDS = Metric(
     "kubedistill_prepare_records",
     Kind.GAUGE,
@@ -153,4 +168,5 @@ ALL = (
     PREPARE_READ_BYTES,
     PREPARE_SOURCE_BYTES,
     PREPARE_ETA_SECONDS,
+    TRACKER_ERRORS,
 )

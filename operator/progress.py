@@ -1,12 +1,13 @@
 """Training progress in the job's status, read from the trainer's Prometheus metrics."""
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import aiohttp
 from aiohttp.abc import AbstractResolver
 from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
 
 from kubedistill.api import telemetry
 from kubedistill.api.status import ConditionType, Reason
@@ -47,7 +48,7 @@ def scrape_session(resolver: AbstractResolver | None = None) -> aiohttp.ClientSe
     return aiohttp.ClientSession(connector=connector)
 
 
-def parse_progress(text: str, *, namespace: str, job: str) -> dict[str, int | float]:
+def parse_progress(text: str, *, namespace: str, job: str) -> dict[str, int | float | dict[str, str]]:
     """The status fields (by their Python names) found in a `/metrics` page; samples labelled for another
     job are skipped.
 
@@ -55,8 +56,12 @@ def parse_progress(text: str, *, namespace: str, job: str) -> dict[str, int | fl
     loss) are left out: JSON cannot carry them and the previous value is more useful.
     """
     wanted = {telemetry.NAMESPACE_LABEL: namespace, telemetry.JOB_LABEL: job}
-    fields: dict[str, int | float] = {}
+    fields: dict[str, int | float | dict[str, str]] = {}
+    urls: dict[str, str] = {}
     for family in text_string_to_metric_families(text):
+        if family.name == telemetry.TRACKER_RUN.name:
+            urls |= _tracker_urls(family.samples, wanted)
+            continue
         if family.name not in STATUS_FIELDS:
             continue
         field, is_count = STATUS_FIELDS[family.name]
@@ -66,12 +71,27 @@ def parse_progress(text: str, *, namespace: str, job: str) -> dict[str, int | fl
             if any(sample.labels.get(key, value) != value for key, value in wanted.items()):
                 continue
             fields[field] = int(sample.value) if is_count else float(sample.value)
+    if urls:
+        fields["tracker_urls"] = urls
     return fields
+
+
+def _tracker_urls(samples: Iterable[Sample], wanted: Mapping[str, str]) -> dict[str, str]:
+    """The page of each tracker's run (`kubedistill_tracker_run_info{tracker, url}`) of this job."""
+    urls: dict[str, str] = {}
+    for sample in samples:
+        labels = sample.labels
+        if any(labels.get(key) != value for key, value in wanted.items()) or sample.value != 1:
+            continue
+        tracker, url = labels.get(telemetry.TRACKER_LABEL), labels.get(telemetry.URL_LABEL)
+        if tracker and url:
+            urls[tracker] = url
+    return urls
 
 
 def with_progress(
     status: Mapping[str, Any],
-    fields: Mapping[str, int | float],
+    fields: Mapping[str, int | float | dict[str, str]],
     *,
     url: str,
     generation: int | None,

@@ -77,6 +77,8 @@ from kubedistill.runtime.trainer.sources import (
     steps_per_round,
 )
 from kubedistill.runtime.trainer.stopping import Stopping, Terminated
+from kubedistill.runtime.trainer.tracking.opening import open_trackers, student_files
+from kubedistill.runtime.trainer.tracking.sinks import TrackerFailure
 
 log = logging.getLogger(__name__)
 
@@ -282,12 +284,14 @@ class Trainer:
         self.metrics.add(telemetry.BAD_RECORDS, len(self.bad_records))
         self.metrics.add(telemetry.TRUNCATED_RECORDS, records_of(self.truncated))
         training: Training | None = None
+        succeeded = False
         try:
             starting = time.perf_counter()
             groups = Groups.start(self.job, self.total_steps, ClusterView.current())
             try:
                 training = Training(self, groups, start_seconds=time.perf_counter() - starting)
                 result = training.run()
+                succeeded = True
             except BaseException:
                 # A failed collective can leave ranks waiting for a peer: stop them without asking.
                 groups.shutdown(graceful=False)
@@ -299,6 +303,9 @@ class Trainer:
                 training.report(training.state, interrupted=True)
             raise
         finally:
+            if training is not None:
+                # Their last calls sent (the student's upload among them) and their runs ended.
+                training.trackers.close(succeeded)
             self.metrics.close()
         return result
 
@@ -367,7 +374,11 @@ class Training:
         self.recoveries: list[dict[str, Any]] = []
         """Failures survived: the step training went on from, and what failed."""
         latest = trainer.resume_point()
-        self.records = RecordLog(trainer.options.output_dir, latest.state.step if latest else None)
+        resume_step = latest.state.step if latest else None
+        self.trackers = open_trackers(self.job, trainer.options.output_dir, resume_step, self._tracker_failed)
+        for tracker, url in self.trackers.urls.items():
+            trainer.metrics.set_tracker_url(tracker, url)
+        self.records = RecordLog(trainer.options.output_dir, resume_step, sink=self.trackers.record)
         if self.rollouts is not None:
             self.rollouts.rewind(latest.state.step if latest else None)
         self.state = self._resume(latest, restarted=False)
@@ -405,6 +416,7 @@ class Training:
             rollout.max_new_tokens,
             steps_per_round(self.spec),
             self.spec.training.log_every_steps,
+            sink=lambda step, records: self.trackers.rollouts(step, records),
         )
 
     def _probe_tokens(self) -> int:
@@ -416,6 +428,8 @@ class Training:
         train_seconds = time.perf_counter() - training
         self._final_evaluation(state)
         self.groups.students.export(str(self.trainer.options.output_dir))
+        if self.spec.tracking.upload_student:
+            self.trackers.upload(student_files(self.trainer.options.output_dir), "student")
         checkpoints = self.trainer.checkpoints
         if checkpoints and (
             self.records.totals.last is None or state.step % self.spec.checkpoint.every_steps
@@ -700,7 +714,11 @@ class Training:
             summary["loss_plot"] = str(plot_losses(out, list(read_records(self.records.path)), self.job.name))
         summary["metrics_file"] = str(self.records.path)
         write_summary(out, summary)
+        self.trackers.summary(summary)
         return summary
+
+    def _tracker_failed(self, failure: TrackerFailure) -> None:
+        self.trainer.metrics.add(telemetry.TRACKER_ERRORS, 1)
 
 
 def evaluate(groups: Groups, planner: Planner, samples: list[Sample]) -> EvalStats:

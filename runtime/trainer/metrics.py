@@ -76,6 +76,14 @@ class TrainerMetrics:
     def observe(self, metric: Metric, value: float) -> None:
         self._histograms[metric.name].observe(value)
 
+    def set_tracker_url(self, tracker: str, url: str) -> None:
+        """The page of a tracker's run (`telemetry.TRACKER_RUN`), which the operator puts in the status."""
+        if not hasattr(self, "_tracker_runs"):
+            labels = [*telemetry.LABELS, *telemetry.TRACKER_LABELS]
+            metric = telemetry.TRACKER_RUN
+            self._tracker_runs = Gauge(metric.name, metric.help, labels, registry=self.registry)
+        self._tracker_runs.labels(**self._labels, tracker=tracker, url=url).set(1)
+
     def serve(self, port: int | None = None) -> int:
         """Serve /metrics over HTTP; port from KUBEDISTILL_METRICS_PORT (0 picks a free one). Returns it."""
         if port is None:

@@ -61,7 +61,11 @@ def check_surroundings(
             check_ray_address(environ["RAY_ADDRESS"])
     except PreflightError as error:
         return [str(error)]
-    return []
+    # Each tracker's clients, credentials and server (an MLflow server that is down is a wrong URI or a
+    # server not started, not something to retry for minutes once the actors are up).
+    from kubedistill.runtime.trainer.tracking.opening import check_trackers
+
+    return check_trackers(job.spec.tracking, output, environ, check_writable)
 
 
 def check_models(job: DistillationJob) -> list[str]:

@@ -7,7 +7,7 @@ that was interrupted and resumed reads like the file of one that was not.
 """
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar
@@ -110,12 +110,18 @@ class Totals:
 class RecordLog:
     """`metrics.jsonl` in the output directory: one JSON line per record, flushed as it is written."""
 
-    def __init__(self, directory: Path, resume_step: int | None) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        resume_step: int | None,
+        sink: Callable[[dict[str, Any]], None] | None = None,
+    ) -> None:
         """A fresh run (`resume_step` None) starts an empty file; a resumed one keeps the lines of the steps
-        up to `resume_step`."""
+        up to `resume_step`. `sink` gets each line as it is written (the experiment trackers)."""
         directory.mkdir(parents=True, exist_ok=True)
         self.path = directory / METRICS_FILE
         self.totals = Totals()
+        self._sink = sink
         self.rewind(resume_step)
 
     def rewind(self, step: int | None) -> None:
@@ -133,6 +139,8 @@ class RecordLog:
         with self.path.open("a", encoding="utf-8") as stream:
             stream.write(json.dumps(line) + "\n")
         self.totals = self.totals.add(line)
+        if self._sink is not None:
+            self._sink(line)
 
 
 def read_records(path: Path) -> Iterator[dict[str, Any]]:

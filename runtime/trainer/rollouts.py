@@ -118,7 +118,9 @@ class RolloutLog:
         max_new_tokens: int,
         steps_per_round: int,
         log_every: int,
+        sink: Callable[[int, list[RolloutRecord]], None] | None = None,
     ) -> None:
+        """`sink` gets every round's records (the experiment trackers' tables)."""
         self.directory = output_dir / ROLLOUTS_FOLDER
         self._keep = keep
         self._decode = decode
@@ -126,6 +128,7 @@ class RolloutLog:
         self._max_new_tokens = max_new_tokens
         self._steps_per_round = steps_per_round
         self._log_every = log_every
+        self._sink = sink
 
     def rewind(self, step: int | None) -> None:
         """Keep the rounds up to `step` (None: none): training goes on from there, sampling the rest anew."""
@@ -135,11 +138,13 @@ class RolloutLog:
     def write(self, step: int, prompts: Sequence[Sample], responses: Sequence[list[int]]) -> None:
         """A round sampled for `step` on: `prompts[i]` is the prompt `responses[i]` answers."""
         logged = is_logged_round(step, self._steps_per_round, self._log_every)
-        if not (logged or self._keep):
+        if not (logged or self._keep or self._sink):
             return
         records = rollout_records(step, prompts, responses, self._decode, self._eos, self._max_new_tokens)
         if logged and records:
             log.info("%s", describe(records))
+        if self._sink is not None and records:
+            self._sink(step, records)
         if not self._keep:
             return
         self.directory.mkdir(parents=True, exist_ok=True)
