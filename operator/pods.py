@@ -66,7 +66,11 @@ def head_template(job: DistillationJob, image: str) -> KubeObject:
     resources = {"cpu": head.cpu, "memory": head.memory}
     metrics_port_env = {"name": METRICS_PORT_ENV, "value": str(DEFAULT_METRICS_PORT)}
     container = _ray_container(
-        job, "ray-head", image, resources, extra_env=[metrics_port_env, *api_key_env(job)]
+        job,
+        "ray-head",
+        image,
+        resources,
+        extra_env=[metrics_port_env, *api_key_env(job), *tracker_credentials_env(job)],
     )
     container["ports"] = [dict(port) for port in HEAD_PORTS]
     container["lifecycle"] = copy.deepcopy(STOP_DRIVER_FIRST)
@@ -157,6 +161,21 @@ def api_key_env(job: DistillationJob) -> list[KubeObject]:
         return []
     ref = endpoint.api_key.secret_key_ref
     return [{"name": endpoint.api_key.env, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}}]
+
+
+def tracker_credentials_env(job: DistillationJob) -> list[KubeObject]:
+    """The trackers' credentials (spec.tracking.*.credentials), from their Secrets, like the endpoint's API
+    key: references only, on the head only, where the driver writes to the trackers."""
+    tracking = job.spec.tracking
+    env: list[KubeObject] = []
+    for spec in (tracking.mlflow, tracking.wandb):
+        credentials = spec.credentials if spec is not None else None
+        if credentials is None or credentials.secret_key_ref is None:
+            continue
+        ref = credentials.secret_key_ref
+        secret = {"secretKeyRef": {"name": ref.name, "key": ref.key}}
+        env.append({"name": credentials.env, "valueFrom": secret})
+    return env
 
 
 RUNTIME_UID = 10001
