@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kubedistill.api.spec import DistillationSpec
+from kubedistill.runtime.losses.mixture import TeacherMixture
 
 
 def _spec_default(field: str) -> Any:
@@ -25,6 +26,9 @@ class KDConfig:
     hrl_top_k: int = _spec_default("hrl_top_k")
     chunk_size: int | None = _spec_default("loss_chunk_size")
     """None: chosen from the shapes (`chunking.memory_bound_chunk`)."""
+    teachers: TeacherMixture | None = None
+    """Several teachers (spec.teachers): their hidden states and heads side by side, and the target is their
+    mixture (`mixture`); None for one teacher. Set by the student from the job, not read from the spec."""
 
     @classmethod
     def from_spec(cls, spec: DistillationSpec) -> "KDConfig":

@@ -29,6 +29,7 @@ from kubedistill.runtime.losses.closed_form import (
 )
 from kubedistill.runtime.losses.config import KDConfig
 from kubedistill.runtime.losses.divergences import forward_kl
+from kubedistill.runtime.losses.mixture import TeacherMixture, mixed_teacher_logits
 from kubedistill.runtime.losses.output import IGNORE_INDEX, LossOutput
 from kubedistill.runtime.losses.registry import Divergence, get_loss
 
@@ -127,9 +128,14 @@ class _FusedKDLoss(torch.autograd.Function):
             chunk = slice(start, start + rows)
             teacher_logits = None
             if teacher_rows is not None and teacher_head is not None:
-                teacher_logits = F.linear(teacher_rows[chunk], teacher_head).to(compute_dtype)
-                if config.temperature != 1.0:
-                    teacher_logits.div_(config.temperature)
+                if config.teachers is not None:
+                    teacher_logits = mixed_teacher_logits(
+                        teacher_rows[chunk], teacher_head, config.teachers, compute_dtype, config.temperature
+                    )
+                else:
+                    teacher_logits = F.linear(teacher_rows[chunk], teacher_head).to(compute_dtype)
+                    if config.temperature != 1.0:
+                        teacher_logits.div_(config.temperature)
             grad_logits, ce, kd = _chunk_logits_grad(
                 hidden[chunk],
                 student_weight,
@@ -207,14 +213,22 @@ def top1_agreements(
     teacher_hidden: torch.Tensor,
     teacher_head: torch.Tensor,
     chunk_size: int | None,
+    teachers: TeacherMixture | None = None,
 ) -> int:
-    """Positions where student and teacher rank the same next token first (over their shared vocabulary)."""
+    """Positions where student and teacher rank the same next token first (over their shared vocabulary);
+    with several teachers, the token their mixture ranks first."""
     vocab = min(student_head.shape[0], teacher_head.shape[0])
     agreements = 0
     chunk = chunk_rows(chunk_size, student_hidden.shape[0], student_hidden.shape[1], vocab)
     for start in range(0, student_hidden.shape[0], chunk):
         stop = start + chunk
         student_top = (student_hidden[start:stop] @ student_head[:vocab].T).argmax(dim=-1)
-        teacher_top = (teacher_hidden[start:stop] @ teacher_head[:vocab].T).argmax(dim=-1)
+        if teachers is not None:
+            rows, heads = teacher_hidden[start:stop], teacher_head[:vocab]
+            teacher_top = mixed_teacher_logits(
+                rows, heads, teachers, _compute_dtype(heads.dtype), 1.0
+            ).argmax(dim=-1)
+        else:
+            teacher_top = (teacher_hidden[start:stop] @ teacher_head[:vocab].T).argmax(dim=-1)
         agreements += int((student_top == teacher_top).sum().item())
     return agreements
