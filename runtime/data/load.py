@@ -60,6 +60,7 @@ def load_samples(
     processes: int | None = None,
     cache: Path | None = None,
     on_progress: Callable[[PrepareProgress], None] | None = None,
+    on_ray: bool = False,
 ) -> LoadedData:
     """Read and tokenise every record of `source` (`field` is its spec path, named in errors), or its first
     `maxSamples`; the log says how many were taken.
@@ -76,6 +77,8 @@ def load_samples(
     `cache`: a folder (on the job's checkpoint volume) where the prepared set is kept and, on a later run
     with the same files and settings, read back instead (`data.cache`); sets with images are not kept.
     `on_progress`: called with the preparation's progress every second or so and at its end (/metrics).
+    `on_ray`: a large source is tokenised by Ray tasks over the cluster this process is attached to, instead
+    of by `processes` on this machine (a job on a cluster of several nodes).
 
     Raises `BadRecordError` for the first bad record under `onBadRecord: fail`, `DataFileError` when the
     file is unusable, holds no records, or holds only bad ones, and `SpecError` naming the spec field when
@@ -127,6 +130,7 @@ def load_samples(
             teacher_images,
             processes,
             on_progress,
+            on_ray,
         )
         if key is not None and cache is not None:
             try:
@@ -178,6 +182,7 @@ def _prepare(
     teacher_images: ImageProcessing | None,
     processes: int | None,
     on_progress: Callable[[PrepareProgress], None] | None = None,
+    on_ray: bool = False,
 ) -> Prepared:
     """Every record of `source` tokenised, on `processes` worker processes (`data.prepare`)."""
     reasoning = UnrenderedReasoning(field, tokenizer.name_or_path)
@@ -198,7 +203,7 @@ def _prepare(
     workers = available_cores() if processes is None else processes
     read = bytes_to_read(source, field)
     records = read_records(source, field, read)
-    for built in build_samples(build, records, workers, read=read, on_progress=on_progress):
+    for built in build_samples(build, records, workers, read=read, on_progress=on_progress, on_ray=on_ray):
         if isinstance(built, Sample):
             samples.append(built)
         elif data.on_bad_record == OnBadRecord.FAIL:

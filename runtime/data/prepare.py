@@ -16,18 +16,23 @@ bounded whatever the file's size.
 import logging
 import multiprocessing
 import os
+import sys
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, replace
 from itertools import chain, islice
+from typing import TYPE_CHECKING, TypeVar
 
 from kubedistill.runtime.data.errors import BadRecord, BadRecordError
 from kubedistill.runtime.data.reasoning import UnrenderedReasoning
 from kubedistill.runtime.data.records import BytesRead, Record
 from kubedistill.runtime.data.sample import Sample, packed
 from kubedistill.runtime.data.tokenize import SampleBuilder
+
+if TYPE_CHECKING:
+    import ray
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +45,8 @@ PUBLISH_SECONDS = 1.0
 Built = Sample | BadRecord
 
 _worker_build: SampleBuilder | None = None
+_ray_builders: dict[str, SampleBuilder] = {}
+"""A Ray worker process's builder, by its object's id (`_build_chunk_on_ray`)."""
 
 
 @dataclass(frozen=True)
@@ -81,15 +88,18 @@ def build_samples(
     chunk_records: int = CHUNK_RECORDS,
     read: BytesRead | None = None,
     on_progress: Callable[[PrepareProgress], None] | None = None,
+    on_ray: bool = False,
 ) -> Iterator[Built]:
     """Each record's sample, or the `BadRecord` it is, in the records' order; `processes` > 1 builds on that
-    many worker processes once the source holds more than `serial_records` records. `read`: the bytes
-    `records` has read of its files, for the time left; `on_progress`: called with the progress every
-    `PUBLISH_SECONDS` and at the end."""
+    many worker processes once the source holds more than `serial_records` records; `on_ray`, on Ray tasks
+    over the cluster this process is attached to instead. `read`: the bytes `records` has read of its files,
+    for the time left; `on_progress`: called with the progress every `PUBLISH_SECONDS` and at the end."""
     progress = _Progress(build.field, read, on_progress)
     records = iter(records)
     head = list(islice(records, serial_records + 1))
-    if processes <= 1 or len(head) <= serial_records:
+    if on_ray and len(head) > serial_records:
+        yield from _packed_runs(_on_ray_tasks(build, chain(head, records), chunk_records, progress))
+    elif processes <= 1 or len(head) <= serial_records:
         # Read as built, not all first: the records of a large file held at once would outweigh its samples.
         yield from _packed_runs(
             built for record in chain(head, records) for built in progress.count(_build_one(build, record))
@@ -108,23 +118,71 @@ def _on_workers(
 ) -> Iterator[Built]:
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(processes, context, initializer=_start_worker, initargs=(build,)) as pool:
-        pending: deque[Future[tuple[list[list[Built]], UnrenderedReasoning | None]]] = deque()
+        yield from _in_order(
+            build,
+            records,
+            chunk_records,
+            IN_FLIGHT * processes,
+            lambda chunk: pool.submit(_build_chunk, chunk),
+            Future.result,
+            progress,
+        )
 
-        def submit() -> bool:
-            chunk = list(islice(records, chunk_records))
-            if chunk:
-                pending.append(pool.submit(_build_chunk, chunk))
-            return bool(chunk)
 
-        while len(pending) < IN_FLIGHT * processes and submit():
-            pass
-        while pending:
-            done, reasoning = pending.popleft().result()
-            submit()
-            if build.reasoning is not None and reasoning is not None:
-                _add_reasoning(build.reasoning, reasoning)
-            for each in done:
-                yield from progress.count(each)
+def _on_ray_tasks(
+    build: SampleBuilder, records: Iterator[Record | BadRecord], chunk_records: int, progress: "_Progress"
+) -> Iterator[Built]:
+    """The chunks on Ray tasks, which Ray spreads over the cluster's nodes (a set beyond one node's cores);
+    at most `IN_FLIGHT` chunks a CPU of the cluster are out at a time. The records are still read here, so
+    the workers need no access to the data files, and results are taken in the order sent."""
+    import ray
+
+    builder = ray.put(build)
+    task = ray.remote(_build_chunk_on_ray)
+    cpus = max(int(ray.cluster_resources().get("CPU", 1)), 1)
+    yield from _in_order(
+        build,
+        records,
+        chunk_records,
+        IN_FLIGHT * cpus,
+        lambda chunk: task.remote([builder], chunk),
+        ray.get,
+        progress,
+    )
+
+
+Chunk = tuple[list[list[Built]], UnrenderedReasoning | None]
+Handle = TypeVar("Handle")
+
+
+def _in_order(
+    build: SampleBuilder,
+    records: Iterator[Record | BadRecord],
+    chunk_records: int,
+    in_flight: int,
+    start: Callable[[list[Record | BadRecord]], Handle],
+    result: Callable[[Handle], Chunk],
+    progress: "_Progress",
+) -> Iterator[Built]:
+    """Chunks of `records` started (`start`) up to `in_flight` ahead, their results taken in the order
+    sent: what one record after another gives, whichever chunk finishes first."""
+    pending: deque[Handle] = deque()
+
+    def submit() -> bool:
+        chunk = list(islice(records, chunk_records))
+        if chunk:
+            pending.append(start(chunk))
+        return bool(chunk)
+
+    while len(pending) < in_flight and submit():
+        pass
+    while pending:
+        done, reasoning = result(pending.popleft())
+        submit()
+        if build.reasoning is not None and reasoning is not None:
+            _add_reasoning(build.reasoning, reasoning)
+        for each in done:
+            yield from progress.count(each)
 
 
 def _packed_runs(built: Iterable[Built]) -> Iterator[Built]:
@@ -155,11 +213,38 @@ def _start_worker(build: SampleBuilder) -> None:
     _worker_build = build
 
 
-def _build_chunk(records: list[Record | BadRecord]) -> tuple[list[list[Built]], UnrenderedReasoning | None]:
+def _build_chunk(records: list[Record | BadRecord]) -> Chunk:
+    assert _worker_build is not None, "the pool's initializer sets the builder"
+    return _chunk_of(_worker_build, records)
+
+
+def _build_chunk_on_ray(
+    builder: "list[ray.ObjectRef[SampleBuilder]]", records: list[Record | BadRecord]
+) -> Chunk:
+    """A Ray task's chunk. The builder's ref comes in a list, which Ray hands over unresolved: a worker
+    process unpickles the builder (its tokenizers, megabytes for a real model) once, not with every chunk."""
+    import ray
+
+    key = builder[0].hex()
+    if key not in _ray_builders:
+        _ray_builders.clear()
+        _ray_builders[key] = ray.get(builder[0])
+    return _chunk_of(_ray_builders[key], records)
+
+
+def ray_cluster_nodes() -> int:
+    """The alive nodes of the Ray cluster this process is attached to; 0 when it is attached to none."""
+    if "ray" not in sys.modules:  # never attached: no need to import it
+        return 0
+    import ray
+
+    return sum(1 for node in ray.nodes() if node["Alive"]) if ray.is_initialized() else 0
+
+
+def _chunk_of(build: SampleBuilder, records: list[Record | BadRecord]) -> Chunk:
     """The chunk's samples, and what the chunk alone adds to the builder's count of unrendered reasoning
     (a worker's copy of the count would never reach the caller)."""
-    assert _worker_build is not None, "the pool's initializer sets the builder"
-    build, reasoning = _worker_build, _worker_build.reasoning
+    reasoning = build.reasoning
     if reasoning is not None:
         build = replace(build, reasoning=UnrenderedReasoning(reasoning.spec_path, reasoning.template))
     return [_build_one(build, record) for record in records], build.reasoning

@@ -31,6 +31,7 @@ from kubedistill.runtime.data.errors import BadRecord
 from kubedistill.runtime.data.images import ImageProcessing, load_image_processing
 from kubedistill.runtime.data.load import LoadedData, load_samples, records_of
 from kubedistill.runtime.data.mixture import Mixture, share_lines
+from kubedistill.runtime.data.prepare import ray_cluster_nodes
 from kubedistill.runtime.data.sample import Sample
 from kubedistill.runtime.models.chat_clock import pin_chat_clock
 from kubedistill.runtime.models.loading import compute_dtype, load_tokenizer
@@ -248,6 +249,9 @@ class Trainer:
             # Prepared once: a restarted or retried job maps the set from its checkpoint volume.
             cache=self._prepared_folder(),
             on_progress=lambda progress: publish_preparation(self.metrics, progress),
+            # Attached to a cluster of several nodes (a RayJob's), its nodes tokenise a set beyond the head's
+            # cores.
+            on_ray=ray_cluster_nodes() > 1,
         )
         return loaded
 

@@ -114,6 +114,9 @@ def _run_job(
         generation=generation,
         stopping=stopping,
     )
+    if os.environ.get("RAY_ADDRESS"):
+        # Inside a RayJob the cluster is up already: attached now, its nodes can tokenise the data.
+        connect()
     try:
         # The trainer reads and tokenises the data as it is built: before Ray starts, so that bad data
         # fails in seconds rather than after the cluster is up.

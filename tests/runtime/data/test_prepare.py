@@ -92,6 +92,30 @@ def test_workers_prepare_exactly_what_one_record_after_another_gives(
     assert all((sample.target_spans is not None) == cross_tokenizer for sample in samples)
 
 
+def test_ray_tasks_prepare_exactly_what_one_record_after_another_gives(
+    ray_session: None, tokenizer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cluster's nodes prepare in chunks too: the same samples, spans, truncation notes and bad records
+    with their `path:line`, in file order."""
+    source = catalogue_and_chats(tmp_path).model_copy(update={"teacher_input_key": "context"})
+    data = DataSpec(train=source, max_length=96, prompt_max_length=48, on_bad_record="skip")
+    teacher = build_tokenizer(CORPUS, vocab_size=300)
+    build = SampleBuilder(source, data, tokenizer, Mode.OFF_POLICY, teacher, cross_tokenizer=True)
+    expected = one_after_another(build, source)
+
+    monkeypatch.setattr(prepare, "_build_one", None)  # this process only reads: the tasks build
+    built = list(
+        build_samples(build, read_records(source), 1, serial_records=8, chunk_records=5, on_ray=True)
+    )
+
+    assert built == expected
+    samples = [each for each in built if isinstance(each, Sample)]
+    bad = [each for each in built if isinstance(each, BadRecord)]
+    assert bad and all(each.source.startswith(f"{source.path}:") for each in bad)
+    assert sum(sample.truncation is not None for sample in samples) > len(samples) // 4
+    assert all(sample.target_spans is not None for sample in samples)
+
+
 def test_a_small_source_is_prepared_in_this_process(tokenizer, tmp_path: Path, monkeypatch) -> None:
     source = write_jsonl(tmp_path / "train.jsonl", varied_chats(5))
     build = SampleBuilder(source, DataSpec(train=source), tokenizer, Mode.OFF_POLICY, tokenizer)
