@@ -74,6 +74,12 @@ class GenerationSpec(SpecModel):
     """Keep a reasoning teacher's thinking (an endpoint's `reasoning_content` or vLLM's `reasoning`) as the
     generated assistant message's `reasoning_content`, which chat templates such as Qwen3's render; false
     trains on the answers alone."""
+    top_logprobs: Annotated[int, Field(ge=1, le=20)] | None = None
+    """Ask the endpoint for the log-probabilities of its k most likely tokens at every response token
+    (`logprobs: true, top_logprobs: k`; OpenAI allows up to 20) and keep them with each record, mapped to the
+    student's token ids, as sparse targets (`sparse_kd_loss`: the top k plus the tail's mass). The student
+    must share the endpoint model's vocabulary: a response whose tokens the student's tokenizer does not
+    write the same way is skipped as `unmapped`. Unset: only the text is kept (black-box KD)."""
     min_kept_fraction: Annotated[float, Field(ge=0.0, le=1.0)] = 0.9
     """Fewest (prompt, sample) pairs, as a share of all, that must become training records; below it the
     phase fails naming the skipped file and the commonest reason instead of training on what is left."""

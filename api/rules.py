@@ -237,6 +237,15 @@ RULES: tuple[Rule, ...] = (
         f"!has(self.generation) || has(self.generation.endpoint) || {present('teacher.model')}",
     ),
     Rule(
+        "generation.topLogprobs",
+        "asks an endpoint for its log-probabilities; set spec.generation.endpoint, or remove topLogprobs "
+        "(the job's own teacher gives its hidden states to mode offPolicy instead)",
+        lambda s: (
+            s.generation is None or s.generation.top_logprobs is None or s.generation.endpoint is not None
+        ),
+        f"!{present('generation.topLogprobs')} || {present('generation.endpoint')}",
+    ),
+    Rule(
         "data.applyChatTemplate",
         "must be true with spec.generation: the generated records are chats",
         lambda s: s.generation is None or s.data.apply_chat_template,

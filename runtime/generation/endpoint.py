@@ -28,6 +28,7 @@ import aiohttp
 from kubedistill.api.generation import EndpointSpec
 from kubedistill.runtime.data.chat import Message
 from kubedistill.runtime.data.messages import wire_messages
+from kubedistill.runtime.generation.logprobs import token_logprobs_of
 from kubedistill.runtime.generation.store import FAILED, REJECTED, Response, Settings, Usage
 
 RETRIED_STATUSES = frozenset({408, 409, 429}) | frozenset(range(500, 600))
@@ -97,6 +98,10 @@ class ChatCompletionsClient:
             "stream": False,
             **{key: value for key, value in sampling.items() if value is not None},
             **({"tools": request.tools} if request.tools else {}),
+            # The top-k at every generated token (openai-python `types/chat/completion_create_params.py`
+            # `logprobs`, `top_logprobs` 0-20; SGLang 0.5.23 `serving_chat.py:1372-1374`). transformers serve
+            # 5.25 ignores both (`transformers/cli/serving/chat_completion.py:70-88`): its answers carry none.
+            **({"logprobs": True, "top_logprobs": settings.top_logprobs} if settings.top_logprobs else {}),
         }
 
     async def complete_all(self, requests: Sequence[Request]) -> AsyncIterator[Outcome]:
@@ -184,6 +189,9 @@ def _response_of(completion: dict[str, Any]) -> Response:
         tool_calls=[_tool_call(call, j) for j, call in enumerate(message.get("tool_calls") or [])] or None,
         reasoning=reasoning if isinstance(reasoning, str) else None,
         usage=Usage(int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)),
+        logprobs=token_logprobs_of(logprobs["content"] or [])
+        if (logprobs := choice.get("logprobs"))
+        else None,
     )
 
 

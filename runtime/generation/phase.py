@@ -7,13 +7,14 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from kubedistill.api.generation import OWN_TEACHER_TEMPERATURE, OWN_TEACHER_TOP_P, answer_timeout_seconds
 from kubedistill.api.job import DistillationJob
 from kubedistill.api.spec import DataFormat, DataSource, Mode
+from kubedistill.runtime.generation.logprobs import Unmapped, sparse_targets, vocabulary_bytes
 from kubedistill.runtime.generation.prompts import Prompt, read_prompts
 from kubedistill.runtime.generation.store import (
     FAILED,
@@ -104,6 +105,33 @@ class GenerationResult:
         return None
 
 
+UNMAPPED = "unmapped"
+"""The skip reason of a response whose tokens are not the student's (spec.generation.topLogprobs)."""
+NO_LOGPROBS = "noLogprobs"
+"""The skip reason of an answer without the log-probabilities asked for."""
+
+
+def _student_vocabulary(job: DistillationJob) -> tuple[Any, dict[bytes, int | None]]:
+    from kubedistill.runtime.models.loading import load_tokenizer
+    from kubedistill.runtime.models.roles import student_tokenizer_path
+
+    tokenizer = load_tokenizer(student_tokenizer_path(job))
+    return tokenizer, vocabulary_bytes(tokenizer)
+
+
+def with_sparse_targets(
+    response: Response, tokenizer: Any, table: Mapping[bytes, int | None]
+) -> tuple[Response, str | None, str]:
+    """The response with its log-probabilities in the student's ids; or why it is skipped, and the detail."""
+    if not response.logprobs:
+        return response, NO_LOGPROBS, "the endpoint returned no logprobs (transformers serve ignores them)"
+    try:
+        targets = sparse_targets(response.logprobs, tokenizer, table)
+    except Unmapped as error:
+        return response, UNMAPPED, f"{error}: spec.student's tokenizer is not the endpoint model's"
+    return replace(response, logprobs=None, targets=targets), None, ""
+
+
 def _tokens(usage: Usage, form: str) -> str:
     """What an endpoint billed, in `form`; nothing for the job's own teacher, which bills none."""
     if usage == Usage():
@@ -140,6 +168,7 @@ def settings_of(job: DistillationJob) -> Settings:
         top_p=top_p,
         max_new_tokens=generation.max_new_tokens,
         seed=spec.training.seed if generation.seed is None else generation.seed,
+        top_logprobs=generation.top_logprobs,
     )
 
 
@@ -198,6 +227,7 @@ def run_generation(
         store.path,
     )
     shown = (progress.done, time.monotonic())
+    to_student = _student_vocabulary(job) if generation.top_logprobs is not None else None
 
     def keep(
         prompt: Prompt, sample: int, response: Response | None, failure: str = "", why: str = FAILED
@@ -206,6 +236,8 @@ def run_generation(
         reason = why if response is None else verdict(response, generation.keep_truncated)
         if response is not None:
             progress.usage += response.usage
+        if reason is None and response is not None and to_student is not None:
+            response, reason, failure = with_sparse_targets(response, *to_student)
         if reason is None and response is not None:
             store.append(store.line(prompt, sample, response))
             progress.kept += 1

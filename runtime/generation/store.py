@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from kubedistill.runtime.generation.logprobs import SparseTargets, TokenLogprobs
 from kubedistill.runtime.generation.prompts import Prompt
 
 FINISHED = "stop"
@@ -55,6 +56,8 @@ class Settings:
     max_new_tokens: int
     seed: int
     """Sample i of a prompt is drawn with seed + i."""
+    top_logprobs: int | None = None
+    """spec.generation.topLogprobs: the endpoint's top-k log-probabilities are asked and kept."""
 
     def sampling(self) -> dict[str, Any]:
         return {
@@ -62,6 +65,8 @@ class Settings:
             "topP": self.top_p,
             "maxNewTokens": self.max_new_tokens,
             "seed": self.seed,
+            # Only when asked: the lines of files generated before this setting existed stay valid.
+            **({"topLogprobs": self.top_logprobs} if self.top_logprobs is not None else {}),
         }
 
 
@@ -96,6 +101,10 @@ class Response:
     reasoning: str | None = None
     """A reasoning teacher's thinking, apart from its answer."""
     usage: Usage = Usage()
+    logprobs: list[TokenLogprobs] | None = None
+    """Every generated token (thinking and tool calls included) with the endpoint's top-k, when asked."""
+    targets: SparseTargets | None = None
+    """`logprobs` in the student's token ids (set by the phase, which holds the student's tokenizer)."""
 
 
 @dataclass(frozen=True)
@@ -243,6 +252,7 @@ class GeneratedFile:
             "sampling": self.settings.sampling(),
             "sample": sample,
             "finishReason": response.finish_reason,
+            **({"teacherLogprobs": response.targets.to_json()} if response.targets is not None else {}),
             "promptId": prompt.id,
             "source": prompt.source,
         }

@@ -420,6 +420,21 @@ BAD_MANIFESTS: list[Bad] = [
         "cel",
     ),
     Bad(
+        "top-logprobs-from-the-own-teacher",
+        {"spec.generation": {"topLogprobs": 5}},
+        "spec.generation.topLogprobs",
+        "cel",
+    ),
+    Bad(
+        "top-logprobs-beyond-openais-20",
+        {
+            "spec.mode": "sft",
+            "spec.teacher": DELETE,
+            "spec.generation": {"endpoint": ENDPOINT, "topLogprobs": 21},
+        },
+        "spec.generation.topLogprobs",
+    ),
+    Bad(
         "endpoint-url-without-v1",
         {
             "spec.mode": "sft",

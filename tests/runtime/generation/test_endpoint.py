@@ -13,6 +13,7 @@ from kubedistill.api.generation import EndpointSpec, answer_timeout_seconds
 from kubedistill.runtime.data.messages import chat_messages
 from kubedistill.runtime.generation.endpoint import EndpointRefused
 from kubedistill.runtime.generation.phase import run_generation
+from tests.runtime.conftest import TinyWorld
 from tests.runtime.generation.jobs import endpoint_job, prompt_file
 from tests.runtime.generation.openai_contract import request_problem
 from tests.runtime.generation.scripted_server import completion, scripted_server
@@ -338,3 +339,52 @@ def test_a_tool_call_answered_without_an_id_gets_one_and_object_arguments_become
     assert line["messages"][-1]["tool_calls"] == [
         {"id": "call_0", "type": "function", "function": {"name": "weather", "arguments": '{"city": "Oslo"}'}}
     ]
+
+
+def served_logprobs(tokenizer: Any, text: str) -> dict[str, Any]:
+    """`choices[0].logprobs` for `text` written with the tokenizer's own tokens, each its own top-1 and one
+    alternative (id 30), as OpenAI-compatible servers write it (text and UTF-8 bytes per token)."""
+
+    def entry(index: int, logprob: float) -> dict[str, Any]:
+        piece = tokenizer.decode([index])
+        return {"token": piece, "bytes": list(piece.encode("utf-8")), "logprob": logprob}
+
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    return {"content": [{**entry(i, -0.25), "top_logprobs": [entry(i, -0.25), entry(30, -2.5)]} for i in ids]}
+
+
+def with_logprobs(answer: Any, logprobs: dict[str, Any]) -> Any:
+    status, body, headers = answer
+    return status, {**body, "choices": [{**body["choices"][0], "logprobs": logprobs}]}, headers
+
+
+def test_top_logprobs_are_asked_and_kept_in_the_students_ids_or_the_answer_is_skipped(
+    tiny: TinyWorld, tmp_path: Path
+) -> None:
+    from kubedistill.runtime.models.loading import load_tokenizer
+
+    tokenizer = load_tokenizer(str(tiny.student))
+    foreign = served_logprobs(tokenizer, "fine")
+    foreign["content"][0]["top_logprobs"][1] = {"token": "zebra", "bytes": list(b"zebra"), "logprob": -3.0}
+    script = {
+        "fine": [with_logprobs(completion("fine today"), served_logprobs(tokenizer, "fine today"))],
+        "foreign": [with_logprobs(completion("fine"), foreign)],
+        "without": [completion("fine")],
+    }
+    prompts = prompt_file(tmp_path / "prompts.jsonl", list(script))
+    with scripted_server(script) as server:
+        job = endpoint_job(prompts, server.url, student=str(tiny.student), topLogprobs=2, minKeptFraction=0.0)
+        result = run_generation(job, tmp_path / "out", ENV, backoff_seconds=BACKOFF)
+    assert server.invalid == [], "logprobs and top_logprobs are the API's own fields"
+    assert {(body["logprobs"], body["top_logprobs"]) for body in server.bodies} == {(True, 2)}
+    (line,) = _lines(result.path)
+    ids = tokenizer.encode("fine today", add_special_tokens=False)
+    assert line["teacherLogprobs"] == {
+        "ids": ids,
+        "logprobs": [-0.25] * len(ids),
+        "topIds": [[i, 30] for i in ids],
+        "topLogprobs": [[-0.25, -2.5]] * len(ids),
+    }
+    assert line["sampling"]["topLogprobs"] == 2, "a rerun asking another k is refused, not mixed"
+    assert result.report["skipped"] == {"unmapped": 1, "noLogprobs": 1}
+    assert "b'zebra' is not in the student's vocabulary" in result.report["skippedExamples"]["unmapped"]
