@@ -34,6 +34,9 @@ QUEUE_LENGTH = 10_000
 """Calls waiting per tracker (steps, evals, rounds) before it counts as stuck and is dropped."""
 CLOSE_TIMEOUT_SECONDS = 1800.0
 """How long the end of a run waits for a tracker's last calls (the student's upload among them)."""
+STOP_TIMEOUT_SECONDS = 30.0
+"""How long a run that stops early (Ctrl-C, SIGTERM, a failure) waits for them: it has a checkpoint to
+resume from, and Kubernetes' grace period is running."""
 
 
 class Sink(Protocol):
@@ -88,6 +91,10 @@ class _Worker:
         self.dropped = False
         self._thread = threading.Thread(target=self._drain, name=f"tracker-{sink.tracker}", daemon=True)
         self._thread.start()
+
+    @property
+    def pending(self) -> int:
+        return self._calls.qsize()
 
     def submit(self, call: Callable[[], None]) -> None:
         if self.dropped:
@@ -174,10 +181,16 @@ class Trackers:
         for worker in self._workers:
             worker.submit(lambda sink=worker.sink: sink.upload(files, name))
 
-    def close(self, succeeded: bool, timeout: float = CLOSE_TIMEOUT_SECONDS) -> None:
-        """Send each tracker's last calls and end its run (finished, or killed: a resume reopens it)."""
+    def close(self, succeeded: bool, timeout: float | None = None) -> None:
+        """Send each tracker's last calls and end its run (finished, or killed: a resume reopens it), waiting
+        `timeout` at most (default: `CLOSE_TIMEOUT_SECONDS` for a finished run, `STOP_TIMEOUT_SECONDS`
+        otherwise)."""
+        if timeout is None:
+            timeout = CLOSE_TIMEOUT_SECONDS if succeeded else STOP_TIMEOUT_SECONDS
         for worker in self._workers:
             worker.submit(lambda sink=worker.sink: sink.close(succeeded))
+            if worker.pending > 1:
+                log.info("tracker %s: sending its last %d calls", worker.sink.tracker, worker.pending)
         for worker in self._workers:
             worker.finish(timeout)
         self._workers = []

@@ -141,6 +141,21 @@ def test_a_hanging_tracker_never_holds_up_the_steps_and_is_dropped_once_its_queu
     assert len(hanging.steps) <= 1 and hanging.closed is None, "dropped once its queue filled"
 
 
+def test_a_run_that_stops_early_waits_only_briefly_for_a_hanging_tracker(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(sinks, "STOP_TIMEOUT_SECONDS", 0.5)
+    release = threading.Event()
+    hanging = Recording(Tracker.WANDB, release=release)
+    trackers = Trackers([hanging], lambda failure: None)
+    trackers.record({"kind": "train", "step": 1, "loss": 1.0})
+    started = time.perf_counter()
+    trackers.close(succeeded=False)
+    waited = time.perf_counter() - started
+    release.set()
+    assert 0.5 <= waited < 5.0, "a stopped run waits STOP_TIMEOUT_SECONDS, not the finished run's half hour"
+
+
 def test_the_exported_student_is_the_top_files_of_the_output_less_the_runs_own(tmp_path: Path) -> None:
     for name in ("model.safetensors", "config.json", "tokenizer.json", "metrics.jsonl", "summary.json",
                  "loss.png", "run.log", "tracking.json"):  # fmt: skip
