@@ -13,6 +13,7 @@ from pathlib import Path
 
 from kubedistill.api.job import DistillationJob
 from kubedistill.api.tracking import Tracker, TrackingSpec, WandbMode
+from kubedistill.runtime.trainer.preflight import PreflightError
 from kubedistill.runtime.trainer.records import METRICS_FILE
 from kubedistill.runtime.trainer.report import LOSS_PLOT, SUMMARY_FILE
 from kubedistill.runtime.trainer.tracking.sinks import (
@@ -85,7 +86,7 @@ def check_trackers(
     if tracking.tensorboard is not None:
         try:
             check_writable(tensorboard_dir(tracking, output_dir), "spec.tracking.tensorboard.logDir")
-        except Exception as error:  # PreflightError: its line is the problem
+        except PreflightError as error:
             problems.append(str(error))
     return problems
 

@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from kubedistill.api.tracking import Tracker, WandbSpec
+from kubedistill.api.tracking import Tracker, WandbMode, WandbSpec
 from kubedistill.runtime.trainer.rollouts import RolloutRecord
 from kubedistill.runtime.trainer.tracking.records import ROLLOUT_COLUMNS, rollout_rows, summary_scalars
 
@@ -47,7 +47,7 @@ class WandbSink:
         )
         self._run.define_metric("*", step_metric=STEP_METRIC)
         self.run_id = self._run.id
-        self.url = self._run.url if spec.mode == spec.mode.ONLINE else None
+        self.url = self._run.url if spec.mode == WandbMode.ONLINE else None
         self._job = job_name
 
     def log(self, step: int, scalars: Mapping[str, float], texts: Mapping[str, str]) -> None:
