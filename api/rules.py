@@ -98,6 +98,10 @@ def _mode_is(*modes: Mode) -> str:
     return f"{value('mode')} in [{', '.join(repr(str(m)) for m in modes)}]"
 
 
+def _training_sources(spec: DistillationJobSpec) -> list[DataSource]:
+    return [source for _, source in spec.data.training_sources]
+
+
 def _on_policy() -> str:
     """CEL twin of `DistillationJobSpec.on_policy`."""
     return f"({value('mode')} == 'onPolicy' || ({value('mode')} == 'selfDistillation' && has(self.rollout)))"
@@ -429,6 +433,32 @@ RULES: tuple[Rule, ...] = (
         ),
         f"!has(self.rollout) || ({value('rollout.batchSize')} * {value('rollout.samplesPerPrompt')})"
         f" % {value('training.globalBatchSize')} == 0",
+    ),
+    Rule(
+        "rollout.lmbda",
+        "below 1 needs spec.rollout.batchSize x spec.rollout.samplesPerPrompt == "
+        "spec.training.globalBatchSize (an on-policy step answers the prompts of its own global batch of the "
+        "dataset: one round per step)",
+        lambda s: (
+            s.rollout is None
+            or s.rollout.lmbda >= 1.0
+            or s.rollout.batch_size * s.rollout.samples_per_prompt == s.training.global_batch_size
+        ),
+        f"!has(self.rollout) || {value('rollout.lmbda')} >= 1.0 || {value('rollout.batchSize')} * "
+        f"{value('rollout.samplesPerPrompt')} == {value('training.globalBatchSize')}",
+    ),
+    Rule(
+        "rollout.lmbda",
+        "below 1 trains the other steps on the dataset's responses: every training source with promptKey "
+        "needs its responseKey",
+        lambda s: (
+            s.rollout is None
+            or s.rollout.lmbda >= 1.0
+            or all(each.prompt_key is None or each.response_key is not None for each in _training_sources(s))
+        ),
+        f"!has(self.rollout) || {value('rollout.lmbda')} >= 1.0 || ((!{present('data.train.promptKey')} || "
+        f"{present('data.train.responseKey')}) && (!{present('data.mixture')} || "
+        "self.data.mixture.all(m, !has(m.promptKey) || has(m.responseKey))))",
     ),
     Rule(
         "rollout.maxNewTokens",

@@ -220,6 +220,10 @@ class RolloutSpec(SpecModel):
     """Nucleus-sampling probability mass."""
     mem_fraction_static: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.6
     """Fraction of each GPU's memory SGLang reserves for weights and KV cache."""
+    lmbda: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0
+    """Share of steps trained on the student's own samples, drawn per step (TRL GKD's lmbda); the others train
+    on the dataset's responses. Below 1 every step is a global batch of the dataset whose prompts an on-policy
+    step gives to the student to answer, one rollout round per on-policy step."""
 
 
 class DistillationSpec(SpecModel):
@@ -548,3 +552,9 @@ class DistillationJobSpec(SpecModel):
         section) rather than on the dataset's responses."""
         sampled_self_distillation = self.mode == Mode.SELF_DISTILLATION and self.rollout is not None
         return self.mode == Mode.ON_POLICY or sampled_self_distillation
+
+    @property
+    def mixes_policies(self) -> bool:
+        """Whether on-policy steps alternate with steps on the dataset's responses (spec.rollout.lmbda below
+        1): the training data keeps its responses, and the student answers the prompts of some steps."""
+        return self.on_policy and self.rollout is not None and self.rollout.lmbda < 1.0

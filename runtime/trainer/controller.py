@@ -72,6 +72,7 @@ from kubedistill.runtime.trainer.rollouts import RolloutLog
 from kubedistill.runtime.trainer.sources import (
     BatchSource,
     DatasetBatches,
+    MixedBatches,
     RolloutBatches,
     epoch_steps,
     prompts_left_out,
@@ -148,8 +149,10 @@ class Trainer:
         self.metrics = options.metrics or TrainerMetrics(options.namespace, job.name)
         """`kubedistill run` serves it before the data is prepared: the operator sees the preparing."""
         # On-policy (self-distillation too) trains on prompts; its eval data keeps the dataset's responses
-        # to score.
+        # to score. Mixing policies, the data keeps its responses too: the student answers their prompts.
         train_mode = Mode.ON_POLICY if self.spec.on_policy else self.spec.mode
+        if self.spec.mixes_policies:
+            train_mode = Mode.OFF_POLICY if self.spec.mode == Mode.ON_POLICY else self.spec.mode
         train, self.mixture = self._load_training(train_mode)
         self.train, bad_train = train.samples, train.bad_records
         self.eval: list[Sample] = []
@@ -396,7 +399,8 @@ class Training:
             return DatasetBatches(
                 self.trainer.train, training.global_batch_size, training.seed, self.trainer.mixture
             )
-        return RolloutBatches(
+        batches = MixedBatches if self.spec.mixes_policies else RolloutBatches
+        return batches(
             self.trainer.train,
             self.job,
             rollout,
@@ -503,6 +507,7 @@ class Training:
                     teacher_seconds,
                     planned - planning,
                     done - calling,
+                    self.source.trains_own_samples(state.epoch, state.batch_in_epoch),
                 )
                 state = replace(following, skipped_steps=state.skipped_steps + int(stats.skipped))
                 self.records.append(record)
@@ -579,6 +584,7 @@ class Training:
         teacher_seconds: float,
         plan_seconds: float,
         call_seconds: float,
+        on_policy: bool,
     ) -> TrainRecord:
         targets = max(stats.num_targets, 1)
         kd_loss = stats.kd_sum / targets
@@ -601,6 +607,7 @@ class Training:
             plan_seconds=plan_seconds,
             student_call_seconds=call_seconds,
             rollout_seconds=plan.rollout_seconds,
+            on_policy=on_policy,
             transfer_bytes=plan.teacher_positions * self.groups.teacher.hidden_size * itemsize,
             timings=stats.timings(),
         )

@@ -64,7 +64,7 @@ class RolloutEngines:
         self.rejoin()
 
     def due(self, state: TrainerState) -> bool:
-        return self._source.needs_new_weights(state.batch_in_epoch)
+        return self._source.needs_new_weights(state.epoch, state.batch_in_epoch)
 
     def sync(self, step: int) -> list[Record]:
         self.restore()

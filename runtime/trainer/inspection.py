@@ -84,7 +84,11 @@ def describe(trainer: "Trainer", records: int) -> list[str]:
     lines = [
         f"{data}: the first {len(shown)} of {len(trainer.train)} samples, trained tokens between "
         f"{TARGET_START} and {TARGET_END}"
-        + (" (onPolicy: prompts; the student writes the responses it learns on)" if spec.on_policy else ""),
+        + (
+            " (onPolicy: prompts; the student writes the responses it learns on)"
+            if spec.on_policy and not spec.mixes_policies
+            else ""
+        ),
     ]
     for sample in shown:
         ids, mask = list(sample.input_ids), list(sample.target_mask)

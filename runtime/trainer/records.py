@@ -40,6 +40,9 @@ class TrainRecord:
     """Generating the round this step's samples came from (on-policy; counted on the round's first step)."""
     transfer_bytes: int
     """Teacher hidden states moved to the students (nothing else crosses)."""
+    on_policy: bool = False
+    """Whether the step trained on the student's own samples rather than the dataset's responses (which of
+    the two, step by step, when spec.rollout.lmbda mixes them)."""
     timings: dict[str, float] = field(default_factory=dict)
     """Rank 0's breakdown of its step (`StepStats.timings`): compute, backbone, loss, optimizer..."""
 

@@ -29,8 +29,9 @@ log = logging.getLogger(__name__)
 def epoch_steps(spec: DistillationJobSpec, records: int) -> int:
     """Optimizer steps in one epoch over `records` training records: every record in global batches (the
     last one smaller where they do not divide), or (on-policy) full rounds of prompts, each feeding
-    `steps_per_round` steps (the remaining prompts wait for another epoch's order: `prompts_left_out`)."""
-    rollout = spec.rollout if spec.on_policy else None
+    `steps_per_round` steps (the remaining prompts wait for another epoch's order: `prompts_left_out`). Mixing
+    policies (spec.rollout.lmbda below 1), a step is a global batch of the dataset either way."""
+    rollout = spec.rollout if spec.on_policy and not spec.mixes_policies else None
     field, batch = (
         ("spec.rollout.batchSize", rollout.batch_size)
         if rollout is not None
@@ -49,7 +50,7 @@ def epoch_steps(spec: DistillationJobSpec, records: int) -> int:
 def prompts_left_out(spec: DistillationJobSpec, records: int) -> int:
     """On-policy: the prompts of each epoch that fill no round (others each epoch, its order being its own);
     zero otherwise, every record being trained every epoch."""
-    rollout = spec.rollout if spec.on_policy else None
+    rollout = spec.rollout if spec.on_policy and not spec.mixes_policies else None
     return 0 if rollout is None else records % rollout.batch_size
 
 
@@ -69,8 +70,13 @@ class StepSamples:
 class BatchSource(Protocol):
     def samples(self, epoch: int, step_in_epoch: int) -> StepSamples: ...
 
-    def needs_new_weights(self, step_in_epoch: int) -> bool:
+    def needs_new_weights(self, epoch: int, step_in_epoch: int) -> bool:
         """Whether the batch at this position depends on the weights trained up to the step before it."""
+        ...
+
+    def trains_own_samples(self, epoch: int, step_in_epoch: int) -> bool:
+        """Whether the batch at this position is the student's own samples rather than the dataset's
+        responses (each step's `on_policy` in metrics.jsonl)."""
         ...
 
     def resumable_at(self, step_in_epoch: int) -> bool:
@@ -116,8 +122,12 @@ class DatasetBatches:
             self._epoch = epoch
         return StepSamples([self._samples[i] for i in self._batches[step_in_epoch]])
 
-    def needs_new_weights(self, step_in_epoch: int) -> bool:
-        del step_in_epoch
+    def needs_new_weights(self, epoch: int, step_in_epoch: int) -> bool:
+        del epoch, step_in_epoch
+        return False
+
+    def trains_own_samples(self, epoch: int, step_in_epoch: int) -> bool:
+        del epoch, step_in_epoch
         return False
 
     def resumable_at(self, step_in_epoch: int) -> bool:
@@ -176,20 +186,23 @@ class RolloutBatches:
             self._round.sequences[within * self._global : (within + 1) * self._global], seconds
         )
 
-    def needs_new_weights(self, step_in_epoch: int) -> bool:
+    def needs_new_weights(self, epoch: int, step_in_epoch: int) -> bool:
         """A round's first step: its samples come from the student's weights after the last round."""
+        del epoch
         return step_in_epoch % self.steps_per_round == 0
+
+    def trains_own_samples(self, epoch: int, step_in_epoch: int) -> bool:
+        del epoch, step_in_epoch
+        return True
 
     def resumable_at(self, step_in_epoch: int) -> bool:
         # Inside a round, the samples came from weights a checkpoint no longer holds.
-        return self.needs_new_weights(step_in_epoch)
+        return step_in_epoch % self.steps_per_round == 0
 
     def _generate(self, epoch: int, index: int) -> Round:
         rollout = self._spec.rollout
         assert rollout is not None
-        drawn = self._epoch_prompts(epoch)
-        chosen = global_batches(len(drawn), rollout.batch_size, self._spec.training.seed, epoch)[index]
-        prompts = [self._prompts[drawn[i]] for i in chosen]
+        prompts = self._round_prompts(epoch, index)
         started = time.perf_counter()
         with self._turn():
             responses = self._generate_responses(prompts, epoch, index)
@@ -212,6 +225,13 @@ class RolloutBatches:
             )
         return Round(epoch, index, sequences, time.perf_counter() - started)
 
+    def _round_prompts(self, epoch: int, index: int) -> list[Sample]:
+        rollout = self._spec.rollout
+        assert rollout is not None
+        drawn = self._epoch_prompts(epoch)
+        chosen = global_batches(len(drawn), rollout.batch_size, self._spec.training.seed, epoch)[index]
+        return [self._prompts[drawn[i]] for i in chosen]
+
     def _generate_responses(self, prompts: list[Sample], epoch: int, index: int) -> list[list[int]]:
         rollout = self._spec.rollout
         assert rollout is not None
@@ -228,6 +248,101 @@ class RolloutBatches:
             ),
             images,
         )
+
+
+LMBDA_DRAWS = 0x6C6D6264
+"""Mixed into the seed of the per-step draw (spec.rollout.lmbda), so it is a stream of its own, apart from
+the shuffles that use (seed, epoch)."""
+
+
+def on_policy_step(seed: int, epoch: int, step_in_epoch: int, lmbda: float) -> bool:
+    """Whether the step at this position trains on the student's own samples: with probability `lmbda`, as
+    TRL GKD draws each step (`random.random() <= self.lmbda`, trl/experimental/gkd/gkd_trainer.py:416 @ TRL
+    1.16.0), but a pure function of the position, so a resumed job decides every step as before."""
+    if lmbda >= 1.0:
+        return True
+    return bool(np.random.default_rng([LMBDA_DRAWS, seed, epoch, step_in_epoch]).random() < lmbda)
+
+
+def prompt_of(sample: Sample) -> Sample:
+    """A dataset sample's prompt as an on-policy step reads it: everything before its last response (the last
+    run of targets), which the student answers instead. TRL GKD prompts the same way: the chat but its last
+    message, with the generation prompt (DataCollatorForChatML, trl/experimental/utils.py:298-300)."""
+    start = _last_run_start(sample.target_mask)
+    teacher_ids = teacher_mask = None
+    if sample.teacher_input_ids is not None:
+        assert sample.teacher_target_mask is not None, "a teacher's own sequence has its own targets"
+        teacher_ids = sample.teacher_input_ids[: _last_run_start(sample.teacher_target_mask)]
+        teacher_mask = np.zeros(len(teacher_ids), dtype=bool)
+    return Sample(
+        input_ids=sample.input_ids[:start],
+        target_mask=np.zeros(start, dtype=bool),
+        source=sample.source,
+        prompt_length=start,
+        teacher_input_ids=teacher_ids,
+        teacher_target_mask=teacher_mask,
+        images=sample.images,
+    )
+
+
+def _last_run_start(mask: np.ndarray) -> int:
+    targets = np.flatnonzero(mask)
+    assert len(targets), "a training sample has targets"
+    breaks = np.flatnonzero(np.diff(targets) > 1)
+    return int(targets[breaks[-1] + 1] if len(breaks) else targets[0])
+
+
+class MixedBatches(RolloutBatches):
+    """spec.rollout.lmbda below 1: every step is the dataset's global batch at its position (as
+    `DatasetBatches`); a step drawn on-policy (`on_policy_step`) instead trains on the student's answers to
+    that batch's first rollout.batchSize prompts (`prompt_of`), sampled with the weights trained up to it:
+    one rollout round per on-policy step (a rule makes batchSize x samplesPerPrompt the global batch), so the
+    rollout engines take the weights only before an on-policy step, and any step can be resumed exactly."""
+
+    def __init__(
+        self,
+        samples: list[Sample],
+        job: DistillationJob,
+        rollout: RolloutActorGroup,
+        max_length: int,
+        turn: Callable[[], AbstractContextManager[None]] = contextlib.nullcontext,
+        on_round: Callable[[int, list[Sample], list[list[int]]], None] | None = None,
+        mixture: Mixture | None = None,
+    ) -> None:
+        if any(sample.teacher_target_spans is not None for sample in samples):
+            raise SpecError(
+                "spec.rollout.lmbda",
+                "below 1 is not supported with a teacher that has its own tokenizer; set it to 1",
+            )
+        super().__init__(samples, job, rollout, max_length, turn, on_round, mixture)
+        spec = job.spec
+        assert spec.rollout is not None and self.steps_per_round == 1
+        self._lmbda = spec.rollout.lmbda
+        self._seed = spec.training.seed
+        self._dataset = DatasetBatches(samples, spec.training.global_batch_size, spec.training.seed, mixture)
+        # A round per step: its first step's number and its sampling seed count steps, not rounds.
+        self.rounds_per_epoch = batches_per_epoch(len(samples), spec.training.global_batch_size)
+
+    def samples(self, epoch: int, step_in_epoch: int) -> StepSamples:
+        if self.trains_own_samples(epoch, step_in_epoch):
+            return super().samples(epoch, step_in_epoch)
+        return self._dataset.samples(epoch, step_in_epoch)
+
+    def needs_new_weights(self, epoch: int, step_in_epoch: int) -> bool:
+        return self.trains_own_samples(epoch, step_in_epoch)
+
+    def trains_own_samples(self, epoch: int, step_in_epoch: int) -> bool:
+        return on_policy_step(self._seed, epoch, step_in_epoch, self._lmbda)
+
+    def resumable_at(self, step_in_epoch: int) -> bool:
+        del step_in_epoch
+        return True
+
+    def _round_prompts(self, epoch: int, index: int) -> list[Sample]:
+        rollout = self._spec.rollout
+        assert rollout is not None
+        batch = self._dataset.samples(epoch, index).samples
+        return [prompt_of(sample) for sample in batch[: rollout.batch_size]]
 
 
 def with_response(prompt: Sample, response: list[int], max_length: int) -> Sample:

@@ -180,6 +180,32 @@ BAD_MANIFESTS: list[Bad] = [
         "spec.rollout.tensorParallel",
         "cel",
     ),
+    Bad(
+        "lmbda-above-one",
+        {"spec.mode": "onPolicy", "spec.rollout": {**ON_POLICY_ROLLOUT, "batchSize": 128, "lmbda": 1.5}},
+        "spec.rollout.lmbda",
+    ),
+    Bad(
+        "lmbda-zero",
+        {"spec.mode": "onPolicy", "spec.rollout": {**ON_POLICY_ROLLOUT, "batchSize": 128, "lmbda": 0}},
+        "spec.rollout.lmbda",
+    ),
+    Bad(
+        "mixed-policies-with-a-round-of-several-steps",
+        {"spec.mode": "onPolicy", "spec.rollout": {**ON_POLICY_ROLLOUT, "batchSize": 256, "lmbda": 0.5}},
+        "spec.rollout.lmbda",
+        "cel",
+    ),
+    Bad(
+        "mixed-policies-on-prompts-alone",
+        {
+            "spec.mode": "onPolicy",
+            "spec.rollout": {**ON_POLICY_ROLLOUT, "batchSize": 128, "lmbda": 0.5},
+            "spec.data.train.promptKey": "prompt",
+        },
+        "spec.rollout.lmbda",
+        "cel",
+    ),
     Bad("prompt-longer-than-max", {"spec.data.promptMaxLength": 4096}, "spec.data.promptMaxLength", "cel"),
     Bad(
         "prompt-key-alone",
