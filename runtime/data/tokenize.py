@@ -175,13 +175,6 @@ class SampleBuilder:
                 "the tokenizer has no chat template; set it to false and use "
                 f"{field}.promptKey and {field}.responseKey",
             )
-        if self.cross_tokenizer and self._on_policy:
-            raise SpecError(
-                "spec.mode",
-                "onPolicy with a teacher tokenizer other than the student's is not supported yet "
-                "(the generated responses would have to be tokenised again for the teacher); use offPolicy, "
-                "or a teacher with the student's tokenizer",
-            )
         if self.cross_tokenizer and data.apply_chat_template and not self.teacher_tokenizer.chat_template:
             raise SpecError(
                 "spec.teacher.tokenizer",

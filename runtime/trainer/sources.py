@@ -19,6 +19,7 @@ from kubedistill.api.job import DistillationJob, SpecError
 from kubedistill.api.spec import DistillationJobSpec
 from kubedistill.runtime.data.batching import batches_per_epoch, global_batches, steps_per_epoch
 from kubedistill.runtime.data.mixture import Mixture
+from kubedistill.runtime.data.retokenize import Retokenizer, alignment_counts
 from kubedistill.runtime.data.sample import Sample
 from kubedistill.runtime.rollout.backend import SamplingConfig
 from kubedistill.runtime.rollout.group import RolloutActorGroup
@@ -175,6 +176,9 @@ class RolloutBatches:
         self.rounds_per_epoch = steps_per_epoch(len(prompts), spec.rollout.batch_size)
         self._round: Round | None = None
         """The round the current steps train on: the only one kept."""
+        own_tokens = any(prompt.teacher_target_spans is not None for prompt in prompts)
+        self._retokenize = Retokenizer.for_job(job) if own_tokens else None
+        """A teacher with its own tokenizer: what gives it each response in its tokens."""
 
     def samples(self, epoch: int, step_in_epoch: int) -> StepSamples:
         index, within = divmod(step_in_epoch, self.steps_per_round)
@@ -211,9 +215,19 @@ class RolloutBatches:
             first_step = (epoch * self.rounds_per_epoch + index) * self.steps_per_round + 1
             self._on_round(first_step, answered, responses)
         sequences = [
-            with_response(prompt, response, self._max_length)
+            with_response(prompt, response, self._max_length, self._retokenize)
             for prompt, response in zip(answered, responses, strict=True)
         ]
+        if self._retokenize is not None:
+            aligned, targets, unaligned = alignment_counts(sequences)
+            log.info(
+                "the teacher's tokens of the generated responses: %d of %d targets aligned exactly, %d of %d "
+                "responses with none",
+                aligned,
+                targets,
+                unaligned,
+                len(sequences),
+            )
         cut = [sample for sample in sequences if sample.truncation]
         if cut:
             log.warning(
@@ -345,10 +359,13 @@ class MixedBatches(RolloutBatches):
         return [prompt_of(sample) for sample in batch[: rollout.batch_size]]
 
 
-def with_response(prompt: Sample, response: list[int], max_length: int) -> Sample:
+def with_response(
+    prompt: Sample, response: list[int], max_length: int, retokenize: Retokenizer | None = None
+) -> Sample:
     """A prompt-only sample completed by a generated response, whose tokens become the targets. A teacher
     with its own (privileged) prompt gets the same response tokens after it, so the i-th target of each
-    side is the same token."""
+    side is the same token; a teacher with its own tokenizer gets the response's text in its tokens
+    (`retokenize`, `data.retokenize`)."""
     room = max(1, max_length - len(prompt.input_ids))
     notes = []
     if len(response) > room:
@@ -362,10 +379,11 @@ def with_response(prompt: Sample, response: list[int], max_length: int) -> Sampl
         response = response[:at]
     generated = np.asarray(response, dtype=np.int32)
     teacher_ids = teacher_mask = None
-    if prompt.teacher_input_ids is not None:
+    own_tokens = prompt.teacher_target_spans is not None
+    if prompt.teacher_input_ids is not None and not own_tokens:
         teacher_ids = np.concatenate([prompt.teacher_input_ids, generated])
         teacher_mask = np.arange(len(teacher_ids)) >= len(prompt.teacher_input_ids)
-    return Sample(
+    completed = Sample(
         input_ids=np.concatenate([prompt.input_ids, generated]),
         target_mask=np.arange(len(prompt.input_ids) + len(response)) >= len(prompt.input_ids),
         source=f"{prompt.source} (rollout)",
@@ -375,3 +393,7 @@ def with_response(prompt: Sample, response: list[int], max_length: int) -> Sampl
         truncation="; ".join(notes) or None,
         images=prompt.images,
     )
+    if own_tokens:
+        assert retokenize is not None, "a teacher with its own tokenizer reads the response retokenised"
+        return retokenize(prompt, completed)
+    return completed

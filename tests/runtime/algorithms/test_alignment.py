@@ -186,15 +186,6 @@ def test_a_cut_response_keeps_the_teacher_targets_that_start_within_the_students
     assert cut.teacher_target_spans.tolist() == full.teacher_target_spans[:kept].tolist()
 
 
-def test_on_policy_training_with_a_teacher_tokenizer_of_its_own_is_refused_naming_the_mode(
-    tokenizers: Tokenizers,
-) -> None:
-    with pytest.raises(
-        ValueError, match=r"^spec.mode: onPolicy with a teacher tokenizer other than the student's"
-    ):
-        build(tokenizers.student, tokenizers.teacher, RECORDS[0], mode=Mode.ON_POLICY)
-
-
 def test_a_template_that_rewrites_the_content_cannot_be_aligned(tokenizers: Tokenizers) -> None:
     shouting = copy.deepcopy(tokenizers.teacher)
     shouting.chat_template = tokenizers.teacher.chat_template.replace(

@@ -2,6 +2,7 @@
 the student's, two FSDP2 student ranks on gloo, through the real `Trainer`."""
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ from kubedistill.api import parse_job
 from kubedistill.runtime.demo.tiny import build_tokenizer, save_tiny
 from kubedistill.runtime.trainer.controller import RunOptions, Trainer
 from tests.runtime.algorithms.conftest import TEACHER_VOCABULARY, demo_texts
-from tests.runtime.conftest import TEACHER, TinyWorld, job_manifest
+from tests.runtime.conftest import ON_POLICY, TEACHER, TinyWorld, job_manifest
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 
@@ -28,12 +29,13 @@ def cross_world(tiny: TinyWorld, tmp_path_factory: pytest.TempPathFactory) -> Ti
     return TinyWorld(root=tiny.root, teacher=teacher, student=tiny.student, train=tiny.train, eval=tiny.eval)
 
 
-def train(world: TinyWorld, output: Path, **distillation: object) -> list[dict]:
+def train(world: TinyWorld, output: Path, spec: dict | None = None, **distillation: object) -> list[dict]:
     manifest = job_manifest(
         world,
         "cross-tokenizer",
         distillation={"loss": "fkl", "kdRatio": 0.8, **distillation},
         checkpoint={"path": str(output / "checkpoints"), "everySteps": 1, "keep": STEPS},
+        **(spec or {}),
     )
     options = RunOptions(
         output_dir=output, stop_after_steps=STEPS, metrics_port=0, progress=False, print_summary=False
@@ -59,8 +61,17 @@ def projectors(checkpoint: Path, scratch: Path) -> dict[str, torch.Tensor]:
     return {name: value for name, value in model.items() if name.startswith("algorithm.")}
 
 
-def test_simple_ctkd_distils_across_tokenizers(cross_world: TinyWorld, tmp_path: Path) -> None:
-    assert_distils_from_its_own_tokens(train(cross_world, tmp_path, algorithm="simpleCtkd"))
+def test_simple_ctkd_distils_across_tokenizers_on_the_students_own_samples_with_uld(
+    cross_world: TinyWorld, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """On-policy: each sampled response reaches the teacher as text in its own tokens (`data.retokenize`),
+    and GOLD's hybrid ULD compares the two vocabularies. Off-policy cross-tokenizer data runs in the dskd
+    job below."""
+    with caplog.at_level(logging.INFO, logger="kubedistill.runtime.trainer.sources"):
+        records = train(cross_world, tmp_path, ON_POLICY, algorithm="simpleCtkd", loss="uld")
+    assert_distils_from_its_own_tokens(records)
+    counts = [r.getMessage() for r in caplog.records if "aligned exactly" in r.getMessage()]
+    assert len(counts) == STEPS, "one round of rollouts a step, each reporting its alignment"
 
 
 def test_dskd_distils_across_tokenizers_and_trains_its_projectors(
