@@ -244,17 +244,6 @@ def test_a_bad_record_fails_the_run_naming_file_and_line(tiny: TinyWorld, tmp_pa
         Trainer(parse_job(manifest), RunOptions(output_dir=tmp_path / "out"))
 
 
-def test_skipped_bad_records_are_counted_in_the_summary(tiny: TinyWorld, tmp_path: Path) -> None:
-    data = tmp_path / "train.jsonl"
-    lines = tiny.train.read_text().splitlines()
-    lines[4] = "not json"
-    lines[9] = '{"messages": []}'
-    data.write_text("\n".join(lines) + "\n")
-    summary = _run(tiny, tmp_path / "out", stop=1, data={"train": {"path": str(data)}, "onBadRecord": "skip"})
-    assert summary["bad_records"] == 2
-    assert [source.split(": ")[0] for source in summary["bad_record_sources"]] == [f"{data}:5", f"{data}:10"]
-
-
 def test_the_exported_weights_are_as_readable_as_the_files_beside_them(straight_run: Path) -> None:
     """Other pods (an evaluation job, a server) read the output volume as another user."""
     mode = (straight_run / "config.json").stat().st_mode & 0o777
@@ -264,27 +253,36 @@ def test_the_exported_weights_are_as_readable_as_the_files_beside_them(straight_
     }
 
 
-def test_shortened_records_are_counted_in_the_summary_and_the_metrics(
+def test_skipped_bad_records_and_shortened_ones_are_counted_in_the_summary_and_the_metrics(
     tiny: TinyWorld, tmp_path: Path
 ) -> None:
+    """One run (a job start costs more than its checks) with two bad records skipped and one too long."""
     turns = [{"role": "system", "content": "You are a careful tutor."}]
     for turn in range(20):
         turns += [
             {"role": "user", "content": f"What is {turn}+{turn}?"},
             {"role": "assistant", "content": "4"},
         ]
+    lines = tiny.train.read_text().splitlines()
+    lines[4] = "not json"
+    lines[9] = '{"messages": []}'
     data = tmp_path / "train.jsonl"
-    data.write_text(tiny.train.read_text() + json.dumps({"messages": turns}) + "\n")
-    job = parse_job(job_manifest(tiny, "truncation-test", data={"train": {"path": str(data)}}))
+    data.write_text("\n".join([*lines, json.dumps({"messages": turns})]) + "\n")
+    job = parse_job(
+        job_manifest(tiny, "truncation-test", data={"train": {"path": str(data)}, "onBadRecord": "skip"})
+    )
     options = RunOptions(
         output_dir=tmp_path / "out", stop_after_steps=1, metrics_port=0, progress=False, print_summary=False
     )
     trainer = Trainer(job, options)
     trainer.run()
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["bad_records"] == 2
+    assert [source.split(": ")[0] for source in summary["bad_record_sources"]] == [f"{data}:5", f"{data}:10"]
     assert summary["truncated_records"] == 1
     [source] = summary["truncated_record_sources"]
     assert source.startswith(f"{data}:97: dropped its ")
     assert "earliest messages of 41 (whole turns after the system prompt)" in source
     labels = {telemetry.NAMESPACE_LABEL: options.namespace, telemetry.JOB_LABEL: "truncation-test"}
     assert trainer.metrics.registry.get_sample_value("kubedistill_truncated_records_total", labels) == 1
+    assert trainer.metrics.registry.get_sample_value("kubedistill_bad_records_total", labels) == 2
