@@ -75,6 +75,7 @@ from kubedistill.runtime.trainer.sources import (
     MixedBatches,
     RolloutBatches,
     epoch_steps,
+    prompt_of,
     prompts_left_out,
     steps_per_round,
 )
@@ -373,7 +374,8 @@ class Training:
         self.gpus = gpu_policy(groups)
         self.rollouts = self._rollout_log()
         self.source = self._source()
-        first = trainer.train[0]
+        # Mixing policies, the training samples hold the dataset's answers: the probe asks their prompt.
+        first = prompt_of(trainer.train[0]) if self.spec.mixes_policies else trainer.train[0]
         probe = Probe(first.input_ids.tolist(), self._probe_tokens(), trainer.tokenizer.decode, first.images)
         self.followers = followers_of(groups, self.source, self.gpus, probe)
         self.gpus.start()
