@@ -174,7 +174,7 @@ def _hub_split(source_path: str) -> Rule:
     )
 
 
-RULES: tuple[Rule, ...] = (
+_RULES: tuple[Rule, ...] = (
     Rule(
         "rollout",
         "required when spec.mode is onPolicy",
@@ -206,12 +206,47 @@ RULES: tuple[Rule, ...] = (
     ),
     Rule(
         "teacher.model",
-        "required when spec.mode is offPolicy or onPolicy",
+        "required when spec.mode is offPolicy or onPolicy (or give spec.teachers)",
         lambda s: (
             s.mode not in (Mode.OFF_POLICY, Mode.ON_POLICY)
             or (s.teacher is not None and s.teacher.model is not None)
+            or s.teachers is not None
         ),
-        f"!({_mode_is(Mode.OFF_POLICY, Mode.ON_POLICY)}) || {present('teacher.model')}",
+        f"!({_mode_is(Mode.OFF_POLICY, Mode.ON_POLICY)}) || {present('teacher.model')} || has(self.teachers)",
+    ),
+    Rule(
+        "teachers",
+        "replaces spec.teacher: give one teacher (spec.teacher) or several (spec.teachers), not both",
+        lambda s: s.teachers is None or s.teacher is None,
+        "!has(self.teachers) || !has(self.teacher)",
+    ),
+    Rule(
+        "teachers",
+        "only used when spec.mode is offPolicy or onPolicy (self-distillation's teacher is the student, sft "
+        "has none)",
+        lambda s: s.teachers is None or s.mode in (Mode.OFF_POLICY, Mode.ON_POLICY),
+        f"!has(self.teachers) || {_mode_is(Mode.OFF_POLICY, Mode.ON_POLICY)}",
+    ),
+    Rule(
+        "teachers",
+        "needs spec.distillation.algorithm vanilla: the cross-tokenizer algorithms match the tokens of one "
+        "teacher",
+        lambda s: s.teachers is None or s.distillation.algorithm == "vanilla",
+        f"!has(self.teachers) || {value('distillation.algorithm')} == 'vanilla'",
+    ),
+    Rule(
+        "teachers",
+        "cannot take turns on the students' GPUs yet: remove spec.cluster.colocate (each teacher gets GPUs "
+        "of its own)",
+        lambda s: s.teachers is None or not s.cluster.colocate,
+        f"!has(self.teachers) || !{value('cluster.colocate')}",
+    ),
+    Rule(
+        "teachers",
+        "cannot write spec.generation's responses (one teacher writes them): give spec.teacher, or an "
+        "endpoint with spec.mode sft",
+        lambda s: s.teachers is None or s.generation is None,
+        "!has(self.teachers) || !has(self.generation)",
     ),
     Rule(
         "teacher",
@@ -596,3 +631,28 @@ RULES: tuple[Rule, ...] = (
         f"{value('rollout.engines')} * {value('rollout.tensorParallel')} == {value('student.replicas')}",
     ),
 )
+
+
+def _for_every_teacher(rule: Rule) -> Rule:
+    """A rule on spec.teacher's own settings, applied to each of spec.teachers: the predicate on the spec with
+    that teacher as its only one, the CEL with the list item `t` for self.teacher."""
+    item = rule.cel.replace("has(self.teacher)", "true").replace("self.teacher.", "t.")
+    setting = rule.field.removeprefix("teacher.")
+    return Rule(
+        "teachers",
+        f"each teacher's {setting}: {rule.message.replace('spec.teacher.', 'its ')}",
+        lambda s: s.teachers is None or all(rule.holds(one) for one in s.as_each_teacher()),
+        f"!has(self.teachers) || self.teachers.all(t, {item})",
+    )
+
+
+RULES: tuple[Rule, ...] = _RULES + tuple(
+    _for_every_teacher(rule)
+    for rule in _RULES
+    if rule.field.startswith("teacher.")
+    and rule.field != "teacher.model"
+    and "self.teacher." in rule.cel
+    and "self.mode" not in rule.cel
+)
+"""spec.teacher's layout rules hold for each of spec.teachers too (its model is required there; rules of a
+mode or a section that allows no spec.teachers are left out)."""

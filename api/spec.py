@@ -171,6 +171,17 @@ class TeacherSpec(SpecModel):
     older than a step trains on."""
 
 
+class WeightedTeacherSpec(TeacherSpec):
+    """One of several teachers (spec.teachers): a teacher's settings and its share of the mixture."""
+
+    # Required here, where spec.teacher's may be left out (self-distillation's teacher is the student).
+    model: Annotated[str, Field(min_length=1)]  # pyright: ignore[reportGeneralTypeIssues, reportIncompatibleVariableOverride]
+    """Path or hub id of this teacher. Every teacher has the same vocabulary (its output head's rows) as the
+    first: their next-token distributions are mixed token by token."""
+    weight: Annotated[float, Field(gt=0.0)] = 1.0
+    """This teacher's share of the target distribution: its weight over the sum of every teacher's."""
+
+
 class StudentSpec(SpecModel):
     model: Annotated[str, Field(min_length=1)]
     """Path or hub id of the student to train."""
@@ -506,6 +517,9 @@ class DistillationJobSpec(SpecModel):
     teacher: TeacherSpec | None = None
     """The teacher; required for offPolicy and onPolicy, optional for selfDistillation, absent for sft (unless
     it generates the training responses, spec.generation)."""
+    teachers: Annotated[list[WeightedTeacherSpec], Field(min_length=2, max_length=8)] | None = None
+    """Several teachers instead of spec.teacher (offPolicy and onPolicy, vanilla algorithm): the student
+    learns from the weighted mixture of their next-token distributions, each teacher its own engines."""
     student: StudentSpec
     """The model being trained."""
     rollout: RolloutSpec | None = None
@@ -545,6 +559,22 @@ class DistillationJobSpec(SpecModel):
     """Seconds the finished Ray cluster (GPU workers included) is kept before it is deleted; the student is
     exported before the job ends, so the default frees the GPUs within a minute. Raise it (e.g. 86400) to
     keep a finished cluster for debugging."""
+
+    def as_each_teacher(self) -> list["DistillationJobSpec"]:
+        """With spec.teachers: the spec once per teacher, that teacher as spec.teacher (its weight left out)
+        and no spec.teachers; what each teacher's engines, pods and layout rules are made from. Without: the
+        spec itself."""
+        if self.teachers is None:
+            return [self]
+        return [
+            self.model_copy(
+                update={
+                    "teacher": TeacherSpec(**{name: getattr(t, name) for name in TeacherSpec.model_fields}),
+                    "teachers": None,
+                }
+            )
+            for t in self.teachers
+        ]
 
     @property
     def on_policy(self) -> bool:

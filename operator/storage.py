@@ -57,6 +57,9 @@ def _paths(spec: DistillationJobSpec) -> Iterator[tuple[str, str, bool]]:
     if spec.teacher is not None:
         yield from _maybe("spec.teacher.model", spec.teacher.model, False)
         yield from _maybe("spec.teacher.tokenizer", spec.teacher.tokenizer, False)
+    for index, teacher in enumerate(spec.teachers or []):
+        yield from _maybe(f"spec.teachers[{index}].model", teacher.model, False)
+        yield from _maybe(f"spec.teachers[{index}].tokenizer", teacher.tokenizer, False)
     yield from _maybe("spec.student.model", spec.student.model, False)
     yield from _maybe("spec.student.tokenizer", spec.student.tokenizer, False)
     for field, source in spec.data.training_sources:

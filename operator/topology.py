@@ -32,7 +32,7 @@ def worker_groups(spec: DistillationJobSpec) -> list[WorkerGroup]:
         return [WorkerGroup(COLOCATED_GROUP, student.pods, student.gpus_per_pod, hosted_roles(spec))]
     groups: list[WorkerGroup] = []
     if runs_teacher(spec):
-        groups.append(_teacher_group(spec.teacher or TeacherSpec()))
+        groups.extend(_teacher_groups(spec))
     groups.append(student)
     if spec.rollout is not None:
         groups.append(
@@ -54,9 +54,23 @@ def hosted_roles(spec: DistillationJobSpec) -> tuple[Role, ...]:
     return tuple(roles)
 
 
-def _teacher_group(teacher: TeacherSpec) -> WorkerGroup:
+def _teacher_groups(spec: DistillationJobSpec) -> list[WorkerGroup]:
+    """The teacher's group; with spec.teachers one group per teacher, teacher-0, teacher-1, ... in their
+    order, each of its own size (their pods advertise the same role resource: the runtime starts the larger
+    engines first, `runtime.teacher.several`)."""
+    if spec.teachers is None:
+        return [_teacher_group(spec.teacher or TeacherSpec())]
+    teachers = [one.teacher for one in spec.as_each_teacher()]
+    return [
+        _teacher_group(teacher, f"{Role.TEACHER.value}-{index}")
+        for index, teacher in enumerate(teachers)
+        if teacher is not None
+    ]
+
+
+def _teacher_group(teacher: TeacherSpec, name: str = Role.TEACHER.value) -> WorkerGroup:
     return WorkerGroup(
-        Role.TEACHER.value,
+        name,
         teacher.replicas * teacher.nodes_per_replica,
         teacher.gpus_per_replica // teacher.nodes_per_replica,
         (Role.TEACHER,),

@@ -12,6 +12,10 @@ def has_teacher(job: DistillationJob) -> bool:
 def teacher_spec(job: DistillationJob) -> TeacherSpec:
     """The teacher's settings; in self-distillation with no teacher section, the student's own model."""
     spec = job.spec
+    if spec.teachers is not None:
+        # Several teachers share one vocabulary and tokenizer: the first answers for all of them (each
+        # teacher's engines read their own, `runtime.teacher.several`).
+        spec = spec.as_each_teacher()[0]
     if spec.teacher is None:
         return TeacherSpec(model=spec.student.model)
     if spec.teacher.model is None:

@@ -7,7 +7,7 @@ DTensor shards.
 """
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
@@ -16,6 +16,7 @@ from transformers import PreTrainedModel
 from kubedistill.api.job import DistillationJob
 from kubedistill.runtime.algorithms.base import ALGORITHMS, Algorithm, AlgorithmContext, LossInputs
 from kubedistill.runtime.losses.fused import top1_agreements
+from kubedistill.runtime.losses.mixture import TeacherMixture
 from kubedistill.runtime.losses.output import LossOutput
 from kubedistill.runtime.models.loading import compute_dtype, load_causal_lm, load_lm_head_weight
 from kubedistill.runtime.models.roles import (
@@ -33,6 +34,7 @@ from kubedistill.runtime.student.parallelize import (
     device_mesh,
     keeps_unsharded,
 )
+from kubedistill.runtime.teacher.several import teacher_weights
 
 
 @dataclass(frozen=True)
@@ -112,7 +114,8 @@ class DistillationModule(nn.Module):
             and teacher.shape[0] == selected.shape[0]
         ):
             chunk = self.algorithm.context.config.chunk_size
-            agreements = top1_agreements(selected, head, teacher, teacher_head, chunk)
+            teachers = self.algorithm.context.config.teachers
+            agreements = top1_agreements(selected, head, teacher, teacher_head, chunk, teachers)
         return ForwardOutput(output, agreements, backbone_done - started, loss_seconds)
 
     def student_hidden_states(self, batch: MicroBatch) -> torch.Tensor:
@@ -161,10 +164,11 @@ def build_module(job: DistillationJob, device: torch.device, world_size: int) ->
     if spec.student.lora.rank > 0:
         student = apply_lora(student, spec.student.lora)
     teacher_path = teacher_model_path(job)
-    teacher_head = None if teacher_path is None else load_lm_head_weight(teacher_path, dtype).to(device)
+    teacher_head, teachers = _teacher_heads(job, dtype)
+    teacher_head = None if teacher_head is None else teacher_head.to(device)
     algorithm = ALGORITHMS.get(spec.distillation.algorithm)(
         AlgorithmContext(
-            config=kd_config(job),
+            config=replace(kd_config(job), teachers=teachers),
             student_hidden_size=int(language_config(student.config).hidden_size),
             teacher_hidden_size=None if teacher_head is None else int(teacher_head.shape[1]),
             student_tokenizer=student_tokenizer_path(job),
@@ -186,6 +190,20 @@ def build_module(job: DistillationJob, device: torch.device, world_size: int) ->
         module, student, mesh, param_dtype=dtype, cpu_offload=spec.student.cpu_offload, unsharded=unsharded
     )
     return module
+
+
+def _teacher_heads(
+    job: DistillationJob, dtype: torch.dtype
+) -> tuple[torch.Tensor | None, TeacherMixture | None]:
+    """The teacher's output head; with spec.teachers every teacher's, side by side ([vocab x sum d_t], in
+    the teachers' order, as their hidden states arrive) and the mixture that splits them. None without a
+    teacher."""
+    if job.spec.teachers is None:
+        path = teacher_model_path(job)
+        return (None if path is None else load_lm_head_weight(path, dtype)), None
+    heads = [load_lm_head_weight(teacher.model, dtype) for teacher in job.spec.teachers]
+    mixture = TeacherMixture.of([int(head.shape[1]) for head in heads], teacher_weights(job))
+    return torch.cat(heads, dim=1), mixture
 
 
 def unsharded_bytes(parameters: list[nn.Parameter], dtype: torch.dtype) -> int:

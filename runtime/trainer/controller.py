@@ -45,7 +45,7 @@ from kubedistill.runtime.models.roles import (
 from kubedistill.runtime.student.actor import TeacherUnavailable
 from kubedistill.runtime.student.group import StudentActorGroup
 from kubedistill.runtime.student.worker import EvalStats, StepStats
-from kubedistill.runtime.teacher.group import TeacherActorGroup
+from kubedistill.runtime.teacher.several import check_one_vocabulary, start_teachers
 from kubedistill.runtime.trainer.checkpoints import (
     Checkpoint,
     CheckpointDirectory,
@@ -138,6 +138,7 @@ class Trainer:
         self.tokenizer = load_tokenizer(student_tokenizer_path(job))
         self.algorithm = ALGORITHMS.get(self.spec.distillation.algorithm)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        check_one_vocabulary(job)
         teacher_tokenizer = teacher_tokenizer_path(job)
         self.teacher_tokenizer = load_tokenizer(teacher_tokenizer) if teacher_tokenizer else None
         """Read once for every data source; None without a teacher."""
@@ -321,7 +322,7 @@ class Trainer:
         """Evaluate each student model (a path, as on disk) against this job's teacher on data.eval, without
         training; the teacher is started once for all of them. The models share the job's tokenizer."""
         cluster = ClusterView.current()
-        teacher: Teacher = TeacherActorGroup(self.job, cluster) if has_teacher(self.job) else NoTeacher()
+        teacher: Teacher = start_teachers(self.job, cluster) if has_teacher(self.job) else NoTeacher()
         records = []
         try:
             for model in models:

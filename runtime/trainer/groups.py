@@ -18,6 +18,7 @@ from kubedistill.runtime.rollout.group import RolloutActorGroup
 from kubedistill.runtime.student.group import StudentActorGroup
 from kubedistill.runtime.teacher.backend import TeacherBatch
 from kubedistill.runtime.teacher.group import TeacherActorGroup
+from kubedistill.runtime.teacher.several import SeveralTeachers, start_teachers
 
 
 class NoTeacher:
@@ -40,7 +41,7 @@ class NoTeacher:
         del graceful
 
 
-Teacher = TeacherActorGroup | NoTeacher
+Teacher = TeacherActorGroup | SeveralTeachers | NoTeacher
 
 
 @dataclass
@@ -59,7 +60,7 @@ class Groups:
         with ThreadPoolExecutor(max_workers=2) as pool:
             students = pool.submit(StudentActorGroup, job, total_steps, cluster)
             teacher: Future[Teacher] | None = (
-                pool.submit(TeacherActorGroup, job, cluster) if has_teacher(job) else None
+                pool.submit(start_teachers, job, cluster) if has_teacher(job) else None
             )
         started = [f.result() for f in (students, teacher) if f is not None and f.exception() is None]
         try:
@@ -85,7 +86,7 @@ class Groups:
 
     def restart_teacher(self) -> None:
         self.teacher.shutdown(graceful=False)
-        self.teacher = TeacherActorGroup(self.job, ClusterView.current())
+        self.teacher = start_teachers(self.job, ClusterView.current())
 
     def restart_students(self) -> None:
         self.students.shutdown(graceful=False)

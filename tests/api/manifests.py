@@ -22,6 +22,13 @@ ENDPOINT = {"baseUrl": "https://api.example.com/v1", "model": "big-model", "apiK
 
 DELETE = object()
 
+TEACHERS = [
+    {"model": "/models/Qwen3-32B", "tensorParallel": 8, "gpusPerReplica": 8, "weight": 3},
+    {"model": "/models/QwQ-32B", "tensorParallel": 4, "gpusPerReplica": 4},
+]
+"""spec.teachers in place of BASE's spec.teacher: two teachers of one vocabulary, 3/4 and 1/4 of the mixture."""
+SEVERAL_TEACHERS = {"spec.teacher": DELETE, "spec.teachers": TEACHERS}
+
 
 @dataclass(frozen=True)
 class Bad:
@@ -538,4 +545,46 @@ BAD_MANIFESTS: list[Bad] = [
         "spec.tracking.wandb.credentials.secretKeyRef.key",
     ),
     Bad("tracker-unknown", {"spec.tracking": {"comet": {}}}, "spec.tracking.comet", "unknown-field"),
+    Bad("teacher-and-teachers", {"spec.teachers": TEACHERS}, "spec.teachers", "cel"),
+    Bad("teachers-of-one", {**SEVERAL_TEACHERS, "spec.teachers": TEACHERS[:1]}, "spec.teachers"),
+    Bad(
+        "teachers-without-a-model",
+        {**SEVERAL_TEACHERS, "spec.teachers": [TEACHERS[0], {"weight": 1}]},
+        "spec.teachers[1].model",
+    ),
+    Bad(
+        "teachers-of-weight-zero",
+        {**SEVERAL_TEACHERS, "spec.teachers": [TEACHERS[0], {**TEACHERS[1], "weight": 0}]},
+        "spec.teachers[1].weight",
+    ),
+    Bad(
+        "teachers-in-self-distillation",
+        {**SEVERAL_TEACHERS, "spec.mode": "selfDistillation"},
+        "spec.teachers",
+        "cel",
+    ),
+    Bad(
+        "teachers-with-a-cross-tokenizer-algorithm",
+        {**SEVERAL_TEACHERS, "spec.distillation": {"algorithm": "dskd"}},
+        "spec.teachers",
+        "cel",
+    ),
+    Bad(
+        "teachers-colocated",
+        {**SEVERAL_TEACHERS, "spec.cluster": {"colocate": True}},
+        "spec.teachers",
+        "cel",
+    ),
+    Bad(
+        "teachers-generating",
+        {**SEVERAL_TEACHERS, "spec.generation": {"maxNewTokens": 256}},
+        "spec.teachers",
+        "cel",
+    ),
+    Bad(
+        "teachers-one-of-a-layout-that-does-not-divide",
+        {**SEVERAL_TEACHERS, "spec.teachers": [TEACHERS[0], {**TEACHERS[1], "gpusPerReplica": 6}]},
+        "spec.teachers",
+        "cel",
+    ),
 ]

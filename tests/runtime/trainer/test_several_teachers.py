@@ -1,0 +1,92 @@
+"""Several teachers (spec.teachers) end to end: each teacher its own engines, the students learning from their
+mixture; what a checkpoint records of them; teachers of two vocabularies refused before anything starts.
+The mixture's arithmetic is tested in float64 in tests/runtime/losses/test_mixture.py."""
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kubedistill.api import parse_job
+from kubedistill.api.job import SpecError
+from kubedistill.runtime.demo.tiny import TinyShape, build_tokenizer, save_tiny
+from kubedistill.runtime.models.loading import load_tokenizer
+from kubedistill.runtime.teacher.several import check_one_vocabulary
+from kubedistill.runtime.trainer.controller import RunOptions, Trainer
+from kubedistill.runtime.trainer.resume import Origin, changes, origin_of
+from tests.api.manifests import BASE, SEVERAL_TEACHERS, TEACHERS, apply_changes
+from tests.runtime.conftest import TEACHER, TinyWorld, job_manifest
+
+OTHER_TEACHER = TinyShape(
+    hidden_size=40, intermediate_size=80, num_hidden_layers=1, tie_word_embeddings=False
+)
+"""A second teacher of another width (and depth) on the tiny world's tokenizer."""
+
+
+def two_teachers(tiny: TinyWorld, other: Path) -> list[dict[str, Any]]:
+    return [
+        {"model": str(tiny.teacher), "backend": "transformers", "weight": 3},
+        {"model": str(other), "backend": "transformers"},
+    ]
+
+
+@pytest.fixture(scope="module")
+def other_teacher(tiny: TinyWorld) -> Path:
+    return save_tiny(tiny.root / "other-teacher", load_tokenizer(str(tiny.teacher)), OTHER_TEACHER, seed=5)
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_two_teachers_each_on_its_own_engines_teach_the_student_their_mixture(
+    tiny: TinyWorld, other_teacher: Path, tmp_path: Path
+) -> None:
+    manifest = job_manifest(
+        tiny,
+        "two-teachers",
+        teacher=None,
+        teachers=two_teachers(tiny, other_teacher),
+        data={"eval": {"path": str(tiny.eval)}},
+        training={"maxSteps": 2, "evalEverySteps": 2},
+    )
+    options = RunOptions(output_dir=tmp_path, metrics_port=0, progress=False, print_summary=False)
+    Trainer(parse_job(manifest), options).run()
+
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in records if r["kind"] == "train"]
+    (evaluation,) = [r for r in records if r["kind"] == "eval"]
+    assert [r["step"] for r in train] == [1, 2]
+    assert all(math.isfinite(r["loss"]) and r["kd_loss"] > 0.0 for r in train)
+    # Both teachers' fp32 hidden states reach the students side by side, one object per micro-batch.
+    width = TEACHER.hidden_size + OTHER_TEACHER.hidden_size
+    assert all(r["transfer_bytes"] > 0 and r["transfer_bytes"] % (width * 4) == 0 for r in train)
+    assert evaluation["eval_kd_divergence"] > 0.0
+    assert 0.0 <= evaluation["eval_teacher_agreement"] <= 1.0
+
+
+def test_a_checkpoint_records_every_teacher_and_its_weight() -> None:
+    several = parse_job(apply_changes(BASE, SEVERAL_TEACHERS))
+    reweighted = parse_job(
+        apply_changes(
+            BASE, {**SEVERAL_TEACHERS, "spec.teachers": [TEACHERS[0], {**TEACHERS[1], "weight": 2}]}
+        )
+    )
+    saved = Origin.from_json(origin_of(several, []).to_json())
+    assert changes(saved, origin_of(several, [])) == []
+    (found,) = changes(saved, origin_of(reweighted, []))
+    assert found.startswith("spec.teachers [") and '"weight": 2' in found
+    one_teacher = changes(saved, origin_of(parse_job(BASE), []))
+    assert any(change.startswith("spec.teachers [") for change in one_teacher)
+    assert any(change.startswith("spec.teacher.model ") for change in one_teacher)
+
+
+def test_teachers_of_another_vocabulary_are_refused_naming_the_teacher(
+    tiny: TinyWorld, tmp_path: Path
+) -> None:
+    tokenizer = build_tokenizer(["a few words of another corpus", "and some more of them"], vocab_size=300)
+    other = save_tiny(tmp_path / "other-vocabulary", tokenizer, OTHER_TEACHER)
+    job = parse_job(job_manifest(tiny, "two-vocabularies", teacher=None, teachers=two_teachers(tiny, other)))
+    with pytest.raises(SpecError) as refused:
+        check_one_vocabulary(job)
+    assert refused.value.field == "spec.teachers[1].model"
+    assert "one vocabulary" in refused.value.message
