@@ -36,6 +36,10 @@ def model_paths(job: DistillationJob) -> Iterator[tuple[str, str, str]]:
         yield "spec.teacher.model", spec.teacher.model, "config.json"
     if spec.teacher is not None and spec.teacher.tokenizer:
         yield "spec.teacher.tokenizer", spec.teacher.tokenizer, "tokenizer_config.json"
+    for index, teacher in enumerate(spec.teachers or []):
+        yield f"spec.teachers[{index}].model", teacher.model, "config.json"
+        if teacher.tokenizer:
+            yield f"spec.teachers[{index}].tokenizer", teacher.tokenizer, "tokenizer_config.json"
 
 
 def check_surroundings(
@@ -149,7 +153,8 @@ def kernel_problems(job: DistillationJob, cuda: bool | None, installed: Callable
 
 def _auto_engines(spec: DistillationJobSpec) -> bool:
     """Whether an engine of the job picks its backend where it runs (auto)."""
-    teacher = spec.teacher is not None and spec.mode != Mode.SFT and spec.teacher.backend == Backend.AUTO
+    teachers = [spec.teacher] if spec.teacher is not None else spec.teachers or []
+    teacher = spec.mode != Mode.SFT and any(one.backend == Backend.AUTO for one in teachers)
     rollout = spec.rollout is not None and spec.rollout.backend == Backend.AUTO
     return teacher or rollout
 

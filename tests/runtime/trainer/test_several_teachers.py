@@ -15,6 +15,7 @@ from kubedistill.runtime.demo.tiny import TinyShape, build_tokenizer, save_tiny
 from kubedistill.runtime.models.loading import load_tokenizer
 from kubedistill.runtime.teacher.several import check_one_vocabulary
 from kubedistill.runtime.trainer.controller import RunOptions, Trainer
+from kubedistill.runtime.trainer.preflight import check_models
 from kubedistill.runtime.trainer.resume import Origin, changes, origin_of
 from tests.api.manifests import BASE, SEVERAL_TEACHERS, TEACHERS, apply_changes
 from tests.runtime.conftest import TEACHER, TinyWorld, job_manifest
@@ -90,3 +91,10 @@ def test_teachers_of_another_vocabulary_are_refused_naming_the_teacher(
         check_one_vocabulary(job)
     assert refused.value.field == "spec.teachers[1].model"
     assert "one vocabulary" in refused.value.message
+
+
+def test_a_missing_teacher_model_is_one_line_naming_that_teacher(tiny: TinyWorld, tmp_path: Path) -> None:
+    teachers = [{"model": str(tiny.teacher)}, {"model": str(tmp_path / "nowhere")}]
+    job = parse_job(job_manifest(tiny, "a-missing-teacher", teacher=None, teachers=teachers))
+    (problem,) = check_models(job)
+    assert problem.startswith("spec.teachers[1].model: ")
