@@ -134,6 +134,20 @@ def groups(job_: DistillationJob) -> dict[str, tuple[int, str, dict[str, str]]]:
             {"mode": "sft", "student": {"model": "s", "replicas": 2}, "cluster": {"colocate": True}},
             {"colocated": (1, "2", {"GPU": "2", "kubedistill_student": "2"})},
         ),
+        (
+            {
+                "teacher": None,
+                "teachers": [
+                    {"model": "a", "tensorParallel": 4, "gpusPerReplica": 4, "weight": 3},
+                    {"model": "b", "replicas": 2},
+                ],
+            },
+            {
+                "teacher-0": (1, "4", {"GPU": "4", "kubedistill_teacher": "4"}),
+                "teacher-1": (2, "1", {"GPU": "1", "kubedistill_teacher": "1"}),
+                "student": (1, "1", {"GPU": "1", "kubedistill_student": "1"}),
+            },
+        ),
     ],
     ids=[
         "defaults",
@@ -145,6 +159,7 @@ def groups(job_: DistillationJob) -> dict[str, tuple[int, str, dict[str, str]]]:
         "on-policy-self-distillation-adds-rollout-engines",
         "colocated-hosts-every-role-on-the-student-pods",
         "colocated-sft",
+        "several-teachers-each-its-own-group",
     ],
 )
 def test_worker_groups_per_role(spec: dict[str, Any], expected: dict[str, Any]) -> None:

@@ -59,6 +59,14 @@ def misplaced(spec: dict[str, Any], mounts: dict[str, dict[str, Any]]) -> list[s
         ({"output": {"path": "/data/out"}}, {"/data": PVC}, []),
         ({"output": {"path": "/dev/shm/out"}}, {"/data": PVC}, ["spec.output.path"]),
         ({"student": {"model": "/scratch/s"}}, {"/data": PVC, "/scratch": {"emptyDir": {}}}, []),
+        (
+            {
+                "teacher": None,
+                "teachers": [{"model": "/mnt/models/a"}, {"model": "/b/b", "tokenizer": "/b/tokenizer"}],
+            },
+            {"/data": PVC, "/mnt/models": PVC},
+            ["spec.teachers[1].model", "spec.teachers[1].tokenizer"],
+        ),
     ],
     ids=[
         "data-on-a-claim",
@@ -75,6 +83,7 @@ def misplaced(spec: dict[str, Any], mounts: dict[str, dict[str, Any]]) -> list[s
         "output-on-a-claim",
         "output-on-shared-memory-goes-with-the-pod",
         "models-may-be-read-from-an-emptydir",
+        "every-teacher-of-several",
     ],
 )
 def test_paths_on_no_lasting_volume_are_named_by_field(
