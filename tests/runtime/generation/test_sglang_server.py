@@ -7,6 +7,7 @@ tool; one server for the module.
 """
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -17,16 +18,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 from kubedistill.api import parse_job
 from kubedistill.runtime.cluster.actors import free_port
 from kubedistill.runtime.demo.data import write_jsonl
 from kubedistill.runtime.generation.phase import GenerationResult, run_generation
+from kubedistill.runtime.losses.sparse import sparse_kd_loss
+from kubedistill.runtime.models.loading import load_causal_lm, load_tokenizer
 from tests.runtime.conftest import TinyWorld
 from tests.runtime.generation.examples import example_manifest
 from tests.runtime.generation.reasoning_teacher import (
     ANSWER_TOKENS,
     ARGUMENTS,
+    PIECES,
     REASONING,
     TOOL,
     WEATHER_TOOL,
@@ -79,7 +84,13 @@ def sglang_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[st
 
 
 def generate(
-    server: tuple[str, Path], tiny: TinyWorld, tmp_path: Path, *, tools: bool, **generation: Any
+    server: tuple[str, Path],
+    tiny: TinyWorld,
+    tmp_path: Path,
+    *,
+    tools: bool,
+    student: Path | None = None,
+    **generation: Any,
 ) -> GenerationResult:
     url, model = server
     records = [
@@ -97,7 +108,10 @@ def generate(
         endpoint={"baseUrl": url, "model": str(model), "maxRetries": 0},
         **generation,
     )
-    del manifest["spec"]["generation"]["temperature"]  # sent only when the manifest sets it
+    if "temperature" not in generation:
+        del manifest["spec"]["generation"]["temperature"]  # sent only when the manifest sets it
+    if student is not None:
+        manifest["spec"]["student"]["model"] = str(student)
     return run_generation(parse_job(manifest), tmp_path / "out", {})
 
 
@@ -148,3 +162,67 @@ def test_answers_cut_off_by_the_server_are_skipped_as_length(
     reasons = [json.loads(line)["reason"] for line in skipped.read_text(encoding="utf-8").splitlines()]
     assert reasons == ["length"] * len(QUESTIONS)
     assert result.report["usage"]["completionTokens"] == len(QUESTIONS) * 3, "cut-off answers are billed too"
+
+
+TOP = 5
+
+
+def test_top_logprobs_are_the_served_models_own_and_a_sparse_kd_step_trains_on_them(
+    sglang_server: tuple[str, Path], tiny: TinyWorld, tmp_path: Path
+) -> None:
+    """The student shares the served model's vocabulary (its own directory): every answer maps, its stored
+    top-k is the model's log-softmax at each generated token (checked against transformers on the same
+    weights), and a few steps of sparse KD on the stored targets bring a perturbed copy towards it."""
+    _, model = sglang_server
+    result = generate(
+        sglang_server, tiny, tmp_path, tools=False, student=model, topLogprobs=TOP, temperature=0.0
+    )
+    generated = lines(result)
+    assert result.report["skipped"] == {} and len(generated) == len(QUESTIONS), "every answer maps"
+    tokenizer = load_tokenizer(str(model))
+    chain = [*tokenizer.convert_tokens_to_ids(list(PIECES)), tokenizer.eos_token_id]
+    teacher = load_causal_lm(str(model)).eval()
+    student = load_causal_lm(str(model))
+    with torch.no_grad():
+        head = student.get_output_embeddings()
+        assert isinstance(head, torch.nn.Linear)
+        head.weight.add_(torch.randn(head.weight.shape, generator=torch.Generator().manual_seed(0)) * 3.0)
+    batch = []
+    for line in generated:
+        targets = line["teacherLogprobs"]
+        assert targets["ids"] == chain, "the sampled tokens, in the student's ids: the model's whole answer"
+        prompt = tokenizer.apply_chat_template(line["prompt"], add_generation_prompt=True, return_dict=True)[
+            "input_ids"
+        ]
+        tokens = torch.tensor([[*prompt, *targets["ids"]]])
+        positions = slice(len(prompt) - 1, tokens.shape[1] - 1)
+        with torch.no_grad():
+            expected = torch.log_softmax(teacher(tokens).logits[0, positions].double(), -1).topk(TOP, -1)
+        top_ids, top_logprobs = torch.tensor(targets["topIds"]), torch.tensor(targets["topLogprobs"])
+        assert top_ids.shape == (len(chain), TOP)
+        # The top-1 ids must match; the rest tie (every other token scores the same) in any order.
+        assert (top_ids[:, 0] == expected.indices[:, 0]).all(), "greedy: each sampled token is the top-1"
+        torch.testing.assert_close(top_logprobs, expected.values.float(), atol=1e-3, rtol=0)
+        torch.testing.assert_close(torch.tensor(targets["logprobs"]), top_logprobs[:, 0])
+        batch.append((tokens, positions, top_ids, top_logprobs))
+    prompted = sum(tokens.shape[1] - len(chain) for tokens, *_ in batch)
+    assert prompted == result.report["usage"]["promptTokens"], "the prompts as the server read them"
+    # The served teacher is sure of each token (log p = 0, so the tail is TRL's clamp); a student with a
+    # noisy head is not, and sparse KD on the stored targets alone brings it back.
+    optimizer = torch.optim.Adam(student.parameters(), lr=0.003)
+    losses = []
+    for _ in range(8):
+        loss = torch.stack(
+            [
+                sparse_kd_loss(
+                    student(tokens).logits[0, where], ids, logprobs, torch.ones_like(ids, dtype=torch.bool)
+                )
+                for tokens, where, ids, logprobs in batch
+            ]
+        ).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert all(math.isfinite(value) for value in losses)
+    assert losses[-1] < losses[0] / 10, losses
