@@ -496,6 +496,24 @@ _RULES: tuple[Rule, ...] = (
         "self.data.mixture.all(m, !has(m.promptKey) || has(m.responseKey))))",
     ),
     Rule(
+        "rollout.sequenceKd",
+        "needs spec.rollout.lmbda below 1: the teacher writes the responses of the steps not drawn on-policy",
+        lambda s: s.rollout is None or not s.rollout.sequence_kd or s.rollout.lmbda < 1.0,
+        f"!has(self.rollout) || !{value('rollout.sequenceKd')} || {value('rollout.lmbda')} < 1.0",
+    ),
+    Rule(
+        "rollout.sequenceKd",
+        "needs spec.teacher.backend transformers (a teacher samples during training on transformers engines "
+        "only; one teacher, not spec.teachers)",
+        lambda s: (
+            s.rollout is None
+            or not s.rollout.sequence_kd
+            or (s.teacher is not None and s.teacher.backend == Backend.TRANSFORMERS)
+        ),
+        f"!has(self.rollout) || !{value('rollout.sequenceKd')} || "
+        f"({present('teacher')} && {value('teacher.backend')} == 'transformers')",
+    ),
+    Rule(
         "rollout.maxNewTokens",
         "must be less than spec.data.maxLength (prompt and response share it)",
         lambda s: s.rollout is None or s.rollout.max_new_tokens < s.data.max_length,

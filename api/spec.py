@@ -235,6 +235,10 @@ class RolloutSpec(SpecModel):
     """Share of steps trained on the student's own samples, drawn per step (TRL GKD's lmbda); the others train
     on the dataset's responses. Below 1 every step is a global batch of the dataset whose prompts an on-policy
     step gives to the student to answer, one rollout round per on-policy step."""
+    sequence_kd: bool = False
+    """Sequence-level KD (TRL GKD's seq_kd): the steps not drawn on-policy train on the teacher's answers to
+    their prompts, sampled during training with this section's sampling settings, instead of the dataset's
+    responses. Needs lmbda below 1 and a transformers teacher."""
 
 
 class DistillationSpec(SpecModel):

@@ -8,9 +8,11 @@ import torch
 
 from kubedistill.api.job import DistillationJob
 from kubedistill.runtime.cluster.actors import free_port
+from kubedistill.runtime.data.images import ImageInputs
 from kubedistill.runtime.engines.layout import EnginePlacement, Landing
 from kubedistill.runtime.engines.transformers.model import WeightUpdateCounts
 from kubedistill.runtime.engines.weight_sync import TensorMeta, WeightSyncGroup
+from kubedistill.runtime.rollout.backend import SamplingConfig
 
 
 class EngineActor:
@@ -65,6 +67,16 @@ class EngineActor:
     def named_parameters(self) -> dict[str, torch.Tensor]:
         """The engine's current weights (transformers only), to check a weight sync."""
         return self.backend.named_parameters()
+
+    def generate(
+        self,
+        prompts: list[list[int]],
+        sampling: SamplingConfig,
+        images: list[ImageInputs | None] | None = None,
+    ) -> list[list[int]]:
+        """Responses sampled by an engine that generates: a rollout engine, or a teacher writing a step's
+        responses (sequence-level KD)."""
+        return self.backend.generate(prompts, sampling, images)
 
     def sleep(self) -> None:
         self.backend.sleep()

@@ -3,24 +3,15 @@ student's initial weights)."""
 
 from kubedistill.api.job import DistillationJob, SpecError
 from kubedistill.api.spec import Backend
-from kubedistill.runtime.data.images import ImageInputs
 from kubedistill.runtime.engines.actor import EngineActor
 from kubedistill.runtime.engines.layout import EnginePlacement, engine_device, resolve_backend
 from kubedistill.runtime.models.loading import compute_dtype
-from kubedistill.runtime.rollout.backend import RolloutBackend, SamplingConfig
+from kubedistill.runtime.rollout.backend import RolloutBackend
 
 
 class RolloutActor(EngineActor):
     def build(self, placement: EnginePlacement) -> RolloutBackend:
         return build_rollout(self.job, placement)
-
-    def generate(
-        self,
-        prompts: list[list[int]],
-        sampling: SamplingConfig,
-        images: list[ImageInputs | None] | None = None,
-    ) -> list[list[int]]:
-        return self.backend.generate(prompts, sampling, images)
 
 
 def build_rollout(job: DistillationJob, placement: EnginePlacement) -> RolloutBackend:

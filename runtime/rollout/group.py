@@ -1,6 +1,7 @@
 """The rollout actor group: engines generating with the student's current weights, prompts spread evenly."""
 
 import ray
+from ray.actor import ActorHandle
 
 from kubedistill.api.job import DistillationJob, SpecError
 from kubedistill.api.placement import Role
@@ -40,20 +41,29 @@ class RolloutActorGroup(EngineActorGroup):
         images: list[ImageInputs | None] | None = None,
     ) -> list[list[int]]:
         """`samples_per_prompt` responses per prompt, prompt-major, in the prompts' order; `images`, one
-        per prompt, go with their prompts.
+        per prompt, go with their prompts."""
+        return generate_on(self.actors, prompts, sampling, images)
 
-        Engine e gets the contiguous slice e of the prompts, with its own seed derived from the round's.
-        """
-        engines = len(self.actors)
-        size = -(-len(prompts) // engines)
-        slices = [slice(e * size, (e + 1) * size) for e in range(engines)]
-        refs = [
-            actor.generate.remote(
-                prompts[part],
-                SamplingConfig(**{**sampling.__dict__, "seed": sampling.seed * 1000 + e}),
-                None if images is None else images[part],
-            )
-            for e, (actor, part) in enumerate(zip(self.actors, slices, strict=True))
-            if prompts[part]
-        ]
-        return [response for part in ray.get(refs) for response in part]
+
+def generate_on(
+    actors: list[ActorHandle],
+    prompts: list[list[int]],
+    sampling: SamplingConfig,
+    images: list[ImageInputs | None] | None = None,
+) -> list[list[int]]:
+    """Responses from the engines of `actors` (rollout engines, or teachers writing a step's responses),
+    prompt-major in the prompts' order. Engine e gets the contiguous slice e of the prompts, with its own seed
+    derived from the round's."""
+    engines = len(actors)
+    size = -(-len(prompts) // engines)
+    slices = [slice(e * size, (e + 1) * size) for e in range(engines)]
+    refs = [
+        actor.generate.remote(
+            prompts[part],
+            SamplingConfig(**{**sampling.__dict__, "seed": sampling.seed * 1000 + e}),
+            None if images is None else images[part],
+        )
+        for e, (actor, part) in enumerate(zip(actors, slices, strict=True))
+        if prompts[part]
+    ]
+    return [response for part in ray.get(refs) for response in part]

@@ -15,6 +15,7 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,7 @@ from kubedistill.runtime.models.roles import (
     teacher_spec,
     teacher_tokenizer_path,
 )
+from kubedistill.runtime.rollout.group import generate_on
 from kubedistill.runtime.student.actor import TeacherUnavailable
 from kubedistill.runtime.student.group import StudentActorGroup
 from kubedistill.runtime.student.worker import EvalStats, StepStats
@@ -74,6 +76,7 @@ from kubedistill.runtime.trainer.sources import (
     DatasetBatches,
     MixedBatches,
     RolloutBatches,
+    TeacherSampler,
     epoch_steps,
     prompt_of,
     prompts_left_out,
@@ -402,7 +405,15 @@ class Training:
             return DatasetBatches(
                 self.trainer.train, training.global_batch_size, training.seed, self.trainer.mixture
             )
-        batches = MixedBatches if self.spec.mixes_policies else RolloutBatches
+        batches = (
+            partial(
+                MixedBatches,
+                teacher=self._teacher_sampler(),
+                teacher_turn=lambda: self.gpus.turn(self.groups.teacher),
+            )
+            if self.spec.mixes_policies
+            else RolloutBatches
+        )
         return batches(
             self.trainer.train,
             self.job,
@@ -412,6 +423,14 @@ class Training:
             on_round=self.rollouts.write if self.rollouts is not None else None,
             mixture=self.trainer.mixture,
         )
+
+    def _teacher_sampler(self) -> TeacherSampler | None:
+        """Sequence-level KD (spec.rollout.sequenceKd): the teacher's engines answer the prompts of the steps
+        not drawn on-policy."""
+        rollout = self.spec.rollout
+        if rollout is None or not rollout.sequence_kd:
+            return None
+        return partial(generate_on, self.groups.teacher.actors)
 
     def _rollout_log(self) -> RolloutLog | None:
         """On-policy: where the sampled responses go (`<output>/rollouts/`); None without a rollout group."""

@@ -18,6 +18,7 @@ import numpy as np
 from kubedistill.api.job import DistillationJob, SpecError
 from kubedistill.api.spec import DistillationJobSpec
 from kubedistill.runtime.data.batching import batches_per_epoch, global_batches, steps_per_epoch
+from kubedistill.runtime.data.images import ImageInputs
 from kubedistill.runtime.data.mixture import Mixture
 from kubedistill.runtime.data.retokenize import Retokenizer, alignment_counts
 from kubedistill.runtime.data.sample import Sample
@@ -306,12 +307,18 @@ def _last_run_start(mask: np.ndarray) -> int:
     return int(targets[breaks[-1] + 1] if len(breaks) else targets[0])
 
 
+TeacherSampler = Callable[[list[list[int]], SamplingConfig, list[ImageInputs | None] | None], list[list[int]]]
+"""The teacher's engines answering prompts (`generate_on` its actors): sequence-level KD."""
+
+
 class MixedBatches(RolloutBatches):
     """spec.rollout.lmbda below 1: every step is the dataset's global batch at its position (as
     `DatasetBatches`); a step drawn on-policy (`on_policy_step`) instead trains on the student's answers to
     that batch's first rollout.batchSize prompts (`prompt_of`), sampled with the weights trained up to it:
     one rollout round per on-policy step (a rule makes batchSize x samplesPerPrompt the global batch), so the
-    rollout engines take the weights only before an on-policy step, and any step can be resumed exactly."""
+    rollout engines take the weights only before an on-policy step, and any step can be resumed exactly.
+    With `teacher` (spec.rollout.sequenceKd) the other steps train on the teacher's answers to their batch's
+    prompts instead of the dataset's, sampled as the step comes (TRL GKD's seq_kd, gkd_trainer.py:431-444)."""
 
     def __init__(
         self,
@@ -322,6 +329,8 @@ class MixedBatches(RolloutBatches):
         turn: Callable[[], AbstractContextManager[None]] = contextlib.nullcontext,
         on_round: Callable[[int, list[Sample], list[list[int]]], None] | None = None,
         mixture: Mixture | None = None,
+        teacher: TeacherSampler | None = None,
+        teacher_turn: Callable[[], AbstractContextManager[None]] = contextlib.nullcontext,
     ) -> None:
         if any(sample.teacher_target_spans is not None for sample in samples):
             raise SpecError(
@@ -336,11 +345,20 @@ class MixedBatches(RolloutBatches):
         self._dataset = DatasetBatches(samples, spec.training.global_batch_size, spec.training.seed, mixture)
         # A round per step: its first step's number and its sampling seed count steps, not rounds.
         self.rounds_per_epoch = batches_per_epoch(len(samples), spec.training.global_batch_size)
+        self._teacher = teacher
+        self._teacher_turn = teacher_turn
+        """Entered around the teacher's sampling: colocated, it is the teacher's turn on the GPUs."""
+        self._answers: tuple[tuple[int, int], StepSamples] | None = None
+        """The teacher's answers of the step asked for last (a step asks for its batch again when retried)."""
 
     def samples(self, epoch: int, step_in_epoch: int) -> StepSamples:
         if self.trains_own_samples(epoch, step_in_epoch):
             return super().samples(epoch, step_in_epoch)
-        return self._dataset.samples(epoch, step_in_epoch)
+        if self._teacher is None:
+            return self._dataset.samples(epoch, step_in_epoch)
+        if self._answers is None or self._answers[0] != (epoch, step_in_epoch):
+            self._answers = (epoch, step_in_epoch), self._teachers_answers(epoch, step_in_epoch)
+        return self._answers[1]
 
     def needs_new_weights(self, epoch: int, step_in_epoch: int) -> bool:
         return self.trains_own_samples(epoch, step_in_epoch)
@@ -357,6 +375,35 @@ class MixedBatches(RolloutBatches):
         assert rollout is not None
         batch = self._dataset.samples(epoch, index).samples
         return [prompt_of(sample) for sample in batch[: rollout.batch_size]]
+
+    def _teachers_answers(self, epoch: int, step_in_epoch: int) -> StepSamples:
+        """Every prompt of the step's batch answered once by the teacher, as TRL's seq_kd answers the batch,
+        from the prompt the teacher sees (its own where it has one); the answer is both models' target."""
+        rollout = self._spec.rollout
+        assert rollout is not None and self._teacher is not None
+        prompts = [prompt_of(sample) for sample in self._dataset.samples(epoch, step_in_epoch).samples]
+        asked = [
+            (p.input_ids if p.teacher_input_ids is None else p.teacher_input_ids).tolist() for p in prompts
+        ]
+        images = [p.images for p in prompts] if any(p.images is not None for p in prompts) else None
+        step = epoch * self.rounds_per_epoch + step_in_epoch
+        sampling = SamplingConfig(
+            max_new_tokens=rollout.max_new_tokens,
+            temperature=rollout.temperature,
+            top_p=rollout.top_p,
+            samples_per_prompt=1,
+            seed=self._seed + step,
+        )
+        started = time.perf_counter()
+        with self._teacher_turn():
+            responses = self._teacher(asked, sampling, images)
+        if self._on_round is not None:
+            self._on_round(step + 1, prompts, responses)
+        sequences = [
+            with_response(prompt, response, self._max_length)
+            for prompt, response in zip(prompts, responses, strict=True)
+        ]
+        return StepSamples(sequences, time.perf_counter() - started)
 
 
 def with_response(

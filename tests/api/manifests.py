@@ -213,6 +213,26 @@ BAD_MANIFESTS: list[Bad] = [
         "spec.rollout.lmbda",
         "cel",
     ),
+    Bad(
+        "sequence-kd-without-off-policy-steps",
+        {
+            "spec.mode": "onPolicy",
+            "spec.teacher.backend": "transformers",
+            "spec.rollout": {**ON_POLICY_ROLLOUT, "batchSize": 128, "sequenceKd": True},
+        },
+        "spec.rollout.sequenceKd",
+        "cel",
+    ),
+    Bad(
+        "sequence-kd-with-an-sglang-teacher",
+        {
+            "spec.mode": "onPolicy",
+            "spec.teacher.backend": "sglang",
+            "spec.rollout": {**ON_POLICY_ROLLOUT, "batchSize": 128, "lmbda": 0.5, "sequenceKd": True},
+        },
+        "spec.rollout.sequenceKd",
+        "cel",
+    ),
     Bad("prompt-longer-than-max", {"spec.data.promptMaxLength": 4096}, "spec.data.promptMaxLength", "cel"),
     Bad(
         "prompt-key-alone",

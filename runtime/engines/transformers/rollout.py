@@ -1,6 +1,9 @@
 """On-policy generation on transformers (CPU or one GPU per engine). SGLang serves the same protocol."""
 
+from functools import cached_property
+
 import torch
+from transformers import PreTrainedTokenizerBase
 
 from kubedistill.api.spec import Attention
 from kubedistill.runtime.data.images import ImageInputs, batch_image_inputs
@@ -18,9 +21,7 @@ class TransformersRollout(TransformersEngine):
         attention: Attention = Attention.SDPA,
     ) -> None:
         super().__init__(model_path, dtype, device, attention)
-        tokenizer = load_tokenizer(model_path)
-        self._eos = tokenizer.eos_token_id
-        self._pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self._eos
+        self._model_path = model_path
         config = self._model.config
         # A vision-language model's placeholders stand for pixels: a response is text, so they are never
         # sampled (an image token in a response would have no image behind it).
@@ -29,6 +30,20 @@ class TransformersRollout(TransformersEngine):
             for token in (getattr(config, "image_token_id", None), getattr(config, "video_token_id", None))
             if token is not None
         ] or None
+
+    @cached_property
+    def _tokenizer(self) -> PreTrainedTokenizerBase:
+        # Read when the engine first samples: a teacher that never does needs no tokenizer beside its model.
+        return load_tokenizer(self._model_path)
+
+    @property
+    def _eos(self) -> int:
+        return self._tokenizer.eos_token_id
+
+    @property
+    def _pad(self) -> int:
+        pad = self._tokenizer.pad_token_id
+        return pad if pad is not None else self._eos
 
     @torch.inference_mode()
     def generate(

@@ -4,12 +4,15 @@ import torch
 
 from kubedistill.runtime.data.batching import pad_right
 from kubedistill.runtime.data.images import batch_image_inputs
-from kubedistill.runtime.engines.transformers.model import TransformersEngine
+from kubedistill.runtime.engines.transformers.rollout import TransformersRollout
 from kubedistill.runtime.models.vision import backbone, language_config
 from kubedistill.runtime.teacher.backend import TeacherBatch
 
 
-class TransformersTeacher(TransformersEngine):
+class TransformersTeacher(TransformersRollout):
+    """Hidden states of given sequences; and, for sequence-level KD (spec.rollout.sequenceKd), answers to
+    prompts sampled during training, as a rollout engine samples them."""
+
     @property
     def hidden_size(self) -> int:
         return int(language_config(self._model.config).hidden_size)

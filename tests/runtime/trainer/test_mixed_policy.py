@@ -95,13 +95,20 @@ class _Rollout:
         return [[p[-1] + 100, n] for p in prompts for n in range(sampling.samples_per_prompt)]
 
 
-def _mixed(samples: list[Sample]) -> tuple[MixedBatches, _Rollout, list[int]]:
+def _mixed(
+    samples: list[Sample], teacher: _Rollout | None = None
+) -> tuple[MixedBatches, _Rollout, list[int]]:
     rollout = _Rollout()
     rounds: list[int] = []
     job = parse_job(apply_changes(BASE, MIXED))
     group = cast(RolloutActorGroup, rollout)
     batches = MixedBatches(
-        samples, job, group, max_length=16, on_round=lambda step, prompts, responses: rounds.append(step)
+        samples,
+        job,
+        group,
+        max_length=16,
+        on_round=lambda step, prompts, responses: rounds.append(step),
+        teacher=None if teacher is None else teacher.generate,
     )
     return batches, rollout, rounds
 
@@ -144,6 +151,33 @@ def test_an_on_policy_step_trains_on_the_students_answers_to_its_batchs_prompts_
     assert asked.asked == [rollout.asked[-1]]
 
 
+def test_with_sequence_kd_the_other_steps_train_on_the_teachers_answers_to_each_prompt_of_their_batch() -> (
+    None
+):
+    samples = [_two_turns(i) for i in range(12)]
+    teacher = _Rollout()
+    batches, rollout, rounds = _mixed(samples, teacher)
+    data = DatasetBatches(samples, global_batch_size=4, seed=7)
+    positions = [(epoch, step) for epoch in range(2) for step in range(3)]
+    off = [(epoch, step) for epoch, step in positions if not on_policy_step(7, epoch, step, 0.5)]
+    for epoch, step in positions:
+        trained = batches.samples(epoch, step).samples
+        if (epoch, step) not in off:
+            continue
+        assert batches.samples(epoch, step).samples == trained, "asked again, the same answers"
+        # Every prompt of the batch once, the teacher asked its own prompt; its answer ends both sequences.
+        firsts = [int(s.input_ids[1]) for s in data.samples(epoch, step).samples]
+        assert [s.input_ids.tolist() for s in trained] == [[1, i, 50, 51, 2, i, i + 100, 0] for i in firsts]
+        assert [s.teacher_input_ids.tolist() for s in trained if s.teacher_input_ids is not None] == [
+            [3, 1, i, 50, 51, 2, i, i + 100, 0] for i in firsts
+        ]
+        assert all(s.labels() == [s.input_ids[-2], 0] for s in trained)
+        assert not batches.needs_new_weights(epoch, step), "the teacher's weights do not change"
+    assert len(teacher.asked) == len(off) and all(len(prompts) == 4 for prompts, _ in teacher.asked)
+    assert len(rollout.asked) == len(positions) - len(off)
+    assert rounds == [epoch * 3 + step + 1 for epoch, step in positions], "every step's samples are logged"
+
+
 def test_a_mixed_epoch_is_every_record_in_global_batches() -> None:
     spec = parse_job(apply_changes(BASE, MIXED)).spec
     assert epoch_steps(spec, 17) == 5
@@ -170,10 +204,11 @@ def test_a_teacher_with_its_own_tokenizer_is_refused_naming_lmbda() -> None:
 
 
 @pytest.mark.usefixtures("ray_session")
-def test_a_mixed_job_trains_the_drawn_steps_on_its_own_samples_and_syncs_only_before_them(
+def test_a_mixed_job_trains_drawn_steps_on_its_own_samples_the_others_on_the_teachers_syncing_before_its_own(
     tiny: TinyWorld, tmp_path: Path
 ) -> None:
-    """Seed 4 draws steps 1, 3 and 4 on-policy and step 2 on the dataset's responses (step 5 off again)."""
+    """Seed 4 draws steps 1, 3 and 4 on-policy and step 2 off-policy (step 5 off again), where the teacher
+    answers the batch's prompts during training (sequenceKd)."""
     seed, stop = 4, 4
     drawn = [on_policy_step(seed, 0, position, 0.5) for position in range(stop + 1)]
     assert drawn == [True, False, True, True, False]
@@ -182,7 +217,7 @@ def test_a_mixed_job_trains_the_drawn_steps_on_its_own_samples_and_syncs_only_be
             tiny,
             "mixed-test",
             mode="onPolicy",
-            rollout={**TINY_ROLLOUT, "lmbda": 0.5},
+            rollout={**TINY_ROLLOUT, "lmbda": 0.5, "sequenceKd": True},
             training={"seed": seed},
             output={"rolloutRounds": 4},
         )
@@ -193,14 +228,12 @@ def test_a_mixed_job_trains_the_drawn_steps_on_its_own_samples_and_syncs_only_be
 
     train = [r for r in history if r["kind"] == "train"]
     assert [r["on_policy"] for r in train] == drawn[:stop]
-    assert [r["rollout_seconds"] > 0 for r in train] == drawn[:stop], "only on-policy steps generate"
+    assert all(r["rollout_seconds"] > 0 for r in train), "the student samples, or the teacher"
     # The engines start with the student's weights: they take new ones after the steps before steps 3 and 4.
     assert [r["step"] for r in history if r["kind"] == "probe"] == [2, 3]
     rounds = tmp_path / "rollouts"
-    assert sorted(path.name for path in rounds.iterdir()) == ["step-1.jsonl", "step-3.jsonl", "step-4.jsonl"]
+    assert sorted(path.name for path in rounds.iterdir()) == [f"step-{step}.jsonl" for step in range(1, 5)]
     for record in train:
-        if not record["on_policy"]:
-            continue
         responses = [
             json.loads(line) for line in (rounds / f"step-{record['step']}.jsonl").read_text().splitlines()
         ]
@@ -209,4 +242,4 @@ def test_a_mixed_job_trains_the_drawn_steps_on_its_own_samples_and_syncs_only_be
         assert all(r["prompt"].startswith("<|im_start|>user") for r in responses)
         assert all(r["prompt"].endswith("<|im_start|>assistant\n") for r in responses)
     (off,) = [r for r in train if not r["on_policy"]]
-    assert off["targets"] > 16 * TINY_ROLLOUT["maxNewTokens"], "the dataset's responses, longer than samples"
+    assert off["targets"] <= 16 * TINY_ROLLOUT["maxNewTokens"], "the teacher's answers, not the dataset's"
