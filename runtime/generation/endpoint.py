@@ -98,9 +98,10 @@ class ChatCompletionsClient:
             "stream": False,
             **{key: value for key, value in sampling.items() if value is not None},
             **({"tools": request.tools} if request.tools else {}),
-            # The top-k at every generated token (openai-python `types/chat/completion_create_params.py`
-            # `logprobs`, `top_logprobs` 0-20; SGLang 0.5.23 `serving_chat.py:1372-1374`). transformers serve
-            # 5.25 ignores both (`transformers/cli/serving/chat_completion.py:70-88`): its answers carry none.
+            # The top-k at every generated token (openai-python `types/chat/completion_create_params.py:182,
+            # 424-430`: `logprobs`, `top_logprobs` 0-20; SGLang 0.5.23 `srt/entrypoints/openai/
+            # serving_chat.py:1372-1374`). transformers serve 5.25 ignores both
+            # (`transformers/cli/serving/chat_completion.py:70-88`): its answers carry none.
             **({"logprobs": True, "top_logprobs": settings.top_logprobs} if settings.top_logprobs else {}),
         }
 

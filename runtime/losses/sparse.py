@@ -1,6 +1,6 @@
 """Sparse KD from a hosted teacher's log-probabilities: the divergence over the teacher's top-k tokens, plus
 one bucket for the rest of the vocabulary, TRL's server distillation (trl 1.16.0,
-`trl/experimental/server_distillation/server_distillation_trainer.py:498-540`,
+`trl/experimental/server_distillation/server_distillation_trainer.py:500-542`,
 `_compute_server_forward_kl_loss`, with `_add_tail_bucket` at :72-82 and `_jsd_divergence` at :28-69 for
 beta 0).
 

@@ -12,6 +12,8 @@ import pytest
 from tests.runtime.engines.sglang.wheel_source import pinned_sglang_version, pinned_wheel
 
 SGLANG_PROTOCOL = "sglang/srt/entrypoints/openai/protocol.py"
+SGLANG_CHAT = "sglang/srt/entrypoints/openai/serving_chat.py"
+TRL_SERVER = "experimental/server_distillation/server_distillation_trainer.py"
 
 CITED = [
     # (package, release cited, file, first line, last line, text within those lines)
@@ -45,6 +47,19 @@ CITED = [
     ("sglang", "0.5.23", SGLANG_PROTOCOL, 1214, 1214, "self.max_completion_tokens or self.max_tokens"),
     ("sglang", "0.5.23", SGLANG_PROTOCOL, 1293, 1297, "reasoning_content: Optional[str] = None"),
     ("sglang", "0.5.23", SGLANG_PROTOCOL, 1307, 1316, '"content_filter", "function_call", "abort"'),
+    # spec.generation.topLogprobs: what is asked, what SGLang sends back, that transformers serve ignores it,
+    # and TRL's sparse loss that runtime/losses/sparse.py follows.
+    ("openai", "3.63.0", "types/chat/completion_create_params.py", 182, 182, "logprobs: Optional[bool]"),
+    ("openai", "3.63.0", "types/chat/completion_create_params.py", 424, 430, "An integer between 0 and 20"),
+    ("sglang", "0.5.23", SGLANG_CHAT, 1372, 1374, "top_logprobs_num=request.top_logprobs or 0"),
+    ("sglang", "0.5.23", SGLANG_CHAT, 3062, 3124, "token_bytes = token_id_to_bytes(tokenizer, token_id)"),
+    ("sglang", "0.5.23", "sglang/srt/entrypoints/openai/utils.py", 96, 123, "_BYTE_DECODER.get(ch)"),
+    ("transformers", "5.25.0", "cli/serving/chat_completion.py", 70, 88, '"top_logprobs",'),
+    ("transformers", "5.25.0", "cli/serving/chat_completion.py", 70, 88, "ignored, with a warning"),
+    ("trl", "1.16.0", TRL_SERVER, 28, 69, "def _jsd_divergence("),
+    ("trl", "1.16.0", TRL_SERVER, 72, 82, "def _add_tail_bucket("),
+    ("trl", "1.16.0", TRL_SERVER, 79, 79, "torch.clamp(log_sum, max=-1e-7)"),
+    ("trl", "1.16.0", TRL_SERVER, 500, 542, "def _compute_server_forward_kl_loss("),
 ]
 
 
