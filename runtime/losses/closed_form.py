@@ -60,14 +60,15 @@ def _log_softmax_(logits: Tensor) -> Tensor:
 def cross_entropy_and_forward_kl_(
     logits: Tensor, targets: Tensor, teacher_logits: Tensor, ce_scale: float, kd_scale: float
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """The summed cross-entropy and forward KL of `logits` [N, V] (temperature 1, the teacher's vocabulary
-    as wide), and the gradient of ce_scale * CE + kd_scale * fkl, with one log_softmax shared by both:
-    d/dz = ce_scale (q - onehot) + kd_scale (q - p). Overwrites `logits` and `teacher_logits`."""
+    """The summed cross-entropy and the per-token forward KL ([N]) of `logits` [N, V] (temperature 1, the
+    teacher's vocabulary as wide), and the gradient of ce_scale * CE + kd_scale * fkl, with one log_softmax
+    shared by both: d/dz = ce_scale (q - onehot) + kd_scale (q - p). Overwrites `logits` and
+    `teacher_logits`."""
     log_q = _log_softmax_(logits)
     ce = -log_q.gather(1, targets[:, None]).sum()
     log_p = _log_softmax_(teacher_logits).clamp_min_(torch.finfo(teacher_logits.dtype).min)
     p = log_p.exp()
-    fkl = log_p.sub_(log_q).mul_(p).sum()
+    fkl = log_p.sub_(log_q).mul_(p).sum(dim=-1)
     grad = log_q.exp_().mul_(ce_scale + kd_scale).sub_(p, alpha=kd_scale)
     grad.scatter_add_(1, targets[:, None], grad.new_full((targets.shape[0], 1), -ce_scale))
     return ce, fkl, grad

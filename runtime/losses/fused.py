@@ -54,8 +54,9 @@ def _chunk_logits_grad(
     config: KDConfig,
     ce_scale: float,
     kd_scale: float,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """d(ce_scale * CE + kd_scale * KD)/d(student logits) of one chunk, with the chunk's CE and KD sums."""
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """d(ce_scale * CE + kd_scale * KD)/d(student logits) of one chunk, with the chunk's CE sum and its
+    per-token KD ([chunk]; None without a teacher)."""
     logits = F.linear(hidden, weight).to(_compute_dtype(hidden.dtype))
     if divergence is None or teacher_logits is None or divergence in CLOSED_FORMS:
         return _closed_form_chunk(logits, targets, teacher_logits, divergence, config, ce_scale, kd_scale)
@@ -64,12 +65,12 @@ def _chunk_logits_grad(
         # At kd_ratio 1 the cross-entropy is only reported, so it stays out of the graph.
         ce = F.cross_entropy(logits if ce_scale > 0.0 else logits.detach(), targets, reduction="sum")
         objective = ce * ce_scale
-        kd = logits.new_zeros(())
+        kd = None
         if divergence is not None and teacher_logits is not None:
-            kd = divergence(_tempered(logits, teacher_logits, config), teacher_logits, config).sum()
-            objective = objective + kd * kd_scale
+            kd = divergence(_tempered(logits, teacher_logits, config), teacher_logits, config)
+            objective = objective + kd.sum() * kd_scale
         (grad_logits,) = torch.autograd.grad(objective, logits)
-    return grad_logits, ce.detach(), kd.detach()
+    return grad_logits, ce.detach(), None if kd is None else kd.detach()
 
 
 def _closed_form_chunk(
@@ -80,17 +81,16 @@ def _closed_form_chunk(
     config: KDConfig,
     ce_scale: float,
     kd_scale: float,
-) -> tuple[Tensor, Tensor, Tensor]:
+) -> tuple[Tensor, Tensor, Tensor | None]:
     """`_chunk_logits_grad` for cross-entropy alone or with one of `CLOSED_FORMS`, without autograd."""
     shared = config.temperature == 1.0 and teacher_logits is not None
     if shared and divergence is forward_kl and teacher_logits.shape[-1] == logits.shape[-1]:
         ce, kd, grad = cross_entropy_and_forward_kl_(logits, targets, teacher_logits, ce_scale, kd_scale)
         return grad, ce, kd
     ce, grad = cross_entropy_value_and_grad(logits, targets, ce_scale)
-    kd = logits.new_zeros(())
+    kd = None
     if divergence is not None and teacher_logits is not None:
-        values, kd_grad = CLOSED_FORMS[divergence](_tempered(logits, teacher_logits, config), teacher_logits)
-        kd = values.sum()
+        kd, kd_grad = CLOSED_FORMS[divergence](_tempered(logits, teacher_logits, config), teacher_logits)
         # d/dz of the divergence of z / T is its gradient at z / T, divided by T.
         grad[:, : teacher_logits.shape[-1]].add_(kd_grad, alpha=kd_scale / config.temperature)
     return grad, ce, kd
@@ -109,7 +109,7 @@ class _FusedKDLoss(torch.autograd.Function):
         config: KDConfig,
         normalizer: float,
         divergence: Divergence | None,
-    ) -> tuple[Tensor, Tensor, Tensor]:
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         ce_weight, kd_weight = (
             (1.0 - config.kd_ratio, config.kd_ratio) if divergence is not None else (1.0, 0.0)
         )
@@ -119,6 +119,9 @@ class _FusedKDLoss(torch.autograd.Function):
         grad_weight = torch.zeros_like(student_weight, dtype=compute_dtype)
         ce_sum = torch.zeros((), dtype=compute_dtype, device=hidden.device)
         kd_sum = torch.zeros_like(ce_sum)
+        # Each kept token's divergence, kept for the per-sample figures (`per_sample_means`): [tokens]
+        # floats next to the [chunk x vocab] blocks, and no pass over them beyond the one the sum makes.
+        kd_tokens = hidden.new_zeros(hidden.shape[0], dtype=compute_dtype)
         teacher_rows = teacher_head = None
         if divergence is not None and teacher_hidden is not None and teacher_weight is not None:
             teacher_rows = teacher_hidden.index_select(0, kept).to(teacher_weight.dtype)
@@ -148,7 +151,9 @@ class _FusedKDLoss(torch.autograd.Function):
             )
             del teacher_logits
             ce_sum += ce
-            kd_sum += kd
+            if kd is not None:
+                kd_sum += kd.sum()
+                kd_tokens[chunk] = kd
             grad_logits = grad_logits.to(student_weight.dtype)
             torch.mm(grad_logits, student_weight, out=grad_hidden[chunk])
             if grad_weight.dtype == student_weight.dtype:
@@ -158,12 +163,12 @@ class _FusedKDLoss(torch.autograd.Function):
         ctx.save_for_backward(kept, grad_hidden, grad_weight)
         ctx.hidden_shape = student_hidden.shape
         ctx.weight_dtype = student_weight.dtype
-        ctx.mark_non_differentiable(kd_sum, ce_sum)
-        return (ce_weight * ce_sum + kd_weight * kd_sum) / normalizer, kd_sum, ce_sum
+        ctx.mark_non_differentiable(kd_sum, ce_sum, kd_tokens)
+        return (ce_weight * ce_sum + kd_weight * kd_sum) / normalizer, kd_sum, ce_sum, kd_tokens
 
     @staticmethod
     def backward(
-        ctx: FunctionCtx, grad_loss: Tensor, _grad_kd: Tensor, _grad_ce: Tensor
+        ctx: FunctionCtx, grad_loss: Tensor, _grad_kd: Tensor, _grad_ce: Tensor, _grad_tokens: Tensor
     ) -> tuple[Tensor | None, ...]:
         kept, grad_hidden_kept, grad_weight = ctx.saved_tensors
         grad_hidden = grad_hidden_kept.new_zeros(ctx.hidden_shape)
@@ -192,7 +197,7 @@ def fused_kd_loss(
     with_kd = teacher_hidden is not None and config.kd_ratio > 0.0
     divergence = get_loss(config.loss) if with_kd else None
     kept = (labels != IGNORE_INDEX).nonzero().squeeze(-1)
-    loss, kd_sum, ce_sum = _FusedKDLoss.apply(
+    loss, kd_sum, ce_sum, kd_tokens = _FusedKDLoss.apply(
         student_hidden,
         student_weight,
         teacher_hidden,
@@ -203,7 +208,12 @@ def fused_kd_loss(
         normalizer,
         divergence,
     )
-    return LossOutput(loss=loss, kd_sum=kd_sum, ce_sum=ce_sum, num_tokens=kept.numel())
+    per_position = None
+    if divergence is not None:
+        per_position = kd_tokens.new_zeros(labels.shape[0]).index_copy_(0, kept, kd_tokens)
+    return LossOutput(
+        loss=loss, kd_sum=kd_sum, ce_sum=ce_sum, num_tokens=kept.numel(), kd_per_position=per_position
+    )
 
 
 @torch.no_grad()

@@ -28,6 +28,7 @@ def reference_kd_loss(
     kd_ratio 0) the loss is the cross-entropy alone, at full weight (SFT)."""
     kept = labels != IGNORE_INDEX
     ce_sum = F.cross_entropy(student_logits, labels, ignore_index=IGNORE_INDEX, reduction="sum")
+    per_position = None
     if teacher_logits is None or config.kd_ratio == 0.0:
         kd_sum = ce_sum.new_zeros(())
         kd_ratio = 0.0
@@ -36,8 +37,14 @@ def reference_kd_loss(
         vocab = min(student_logits.shape[-1], teacher_logits.shape[-1])
         student = student_logits[kept, :vocab] / config.temperature
         teacher = teacher_logits[kept, :vocab].to(student.dtype) / config.temperature
-        kd_sum = get_loss(config.loss)(student, teacher, config).sum()
+        kd = get_loss(config.loss)(student, teacher, config)
+        kd_sum = kd.sum()
+        per_position = kd.new_zeros(labels.shape[0]).masked_scatter_(kept, kd.detach())
     loss = ((1.0 - kd_ratio) * ce_sum + kd_ratio * kd_sum) / normalizer
     return LossOutput(
-        loss=loss, kd_sum=kd_sum.detach(), ce_sum=ce_sum.detach(), num_tokens=int(kept.sum().item())
+        loss=loss,
+        kd_sum=kd_sum.detach(),
+        ce_sum=ce_sum.detach(),
+        num_tokens=int(kept.sum().item()),
+        kd_per_position=per_position,
     )

@@ -19,6 +19,11 @@ def assert_same(problem: Problem, config: KDConfig) -> None:
     torch.testing.assert_close(actual.kd_sum, expected.kd_sum, **TOLERANCE)
     torch.testing.assert_close(actual.ce_sum, expected.ce_sum, **TOLERANCE)
     assert actual.num_tokens == expected.num_tokens
+    if expected.kd_per_position is None:
+        assert actual.kd_per_position is None
+    else:
+        assert actual.kd_per_position is not None
+        torch.testing.assert_close(actual.kd_per_position, expected.kd_per_position, **TOLERANCE)
     torch.testing.assert_close(grad_hidden, expected_grad_hidden, **TOLERANCE)
     torch.testing.assert_close(grad_weight, expected_grad_weight, **TOLERANCE)
 
