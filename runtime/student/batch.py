@@ -40,6 +40,11 @@ class MicroBatch:
     position_ids: torch.Tensor | None = None
     """[1, L] each token's position within its own sample, in a packed row; None for padded rows (the model
     derives the positions from the attention mask)."""
+    sample_index: torch.Tensor | None = None
+    """[n] the sample (its place in the list given to `from_samples`) of each loss position, padded or
+    packed alike: what reduces a per-position figure per sample (`losses.output.per_sample_means`)."""
+    samples: int = 0
+    """How many samples the micro-batch holds (0: the placeholder)."""
 
     @property
     def packed(self) -> bool:
@@ -92,24 +97,29 @@ class MicroBatch:
             rows.extend([row] * len(positions))
             columns.extend(positions)
             labels.extend(sample.labels())
+        rows_tensor = torch.tensor(rows, dtype=torch.long)
         return cls(
             input_ids=input_ids,
             attention_mask=attention_mask,
-            rows=torch.tensor(rows, dtype=torch.long),
+            rows=rows_tensor,
             columns=torch.tensor(columns, dtype=torch.long),
             labels=torch.tensor(labels, dtype=torch.long),
             extras=extras or {},
             images=batch_image_inputs([s.images for s in samples], input_ids),
+            sample_index=rows_tensor,
+            samples=len(samples),
         )
 
     @classmethod
     def _packed(cls, samples: list[Sample], extras: dict[str, torch.Tensor] | None) -> "MicroBatch":
         lengths = [len(s.input_ids) for s in samples]
         offsets = [0, *itertools.accumulate(lengths)][:-1]
-        columns, labels = [], []
-        for offset, sample in zip(offsets, samples, strict=True):
-            columns.extend(offset + position for position in sample.loss_positions())
+        columns, labels, sample_index = [], [], []
+        for index, (offset, sample) in enumerate(zip(offsets, samples, strict=True)):
+            positions = sample.loss_positions()
+            columns.extend(offset + position for position in positions)
             labels.extend(sample.labels())
+            sample_index.extend([index] * len(positions))
         input_ids = torch.from_numpy(np.concatenate([s.input_ids for s in samples])).long().unsqueeze(0)
         return cls(
             input_ids=input_ids,
@@ -119,4 +129,6 @@ class MicroBatch:
             labels=torch.tensor(labels, dtype=torch.long),
             extras=extras or {},
             position_ids=torch.cat([torch.arange(length) for length in lengths]).unsqueeze(0),
+            sample_index=torch.tensor(sample_index, dtype=torch.long),
+            samples=len(samples),
         )

@@ -1,7 +1,7 @@
 """The student actor group: K FSDP2 ranks behind plain methods; placement decided once, here."""
 
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import ray
@@ -74,7 +74,11 @@ class StudentActorGroup:
         ]
 
     def step_result(self, step: list[ray.ObjectRef]) -> StepStats:
-        return get_all(step)[0]
+        """Rank 0's statistics, with every rank's per-sample divergences after its own, rank by rank: the
+        order of `StepPlan.order`."""
+        ranks = get_all(step)
+        divergences = tuple(batch for rank in ranks for batch in rank.sample_divergences)
+        return replace(ranks[0], sample_divergences=divergences)
 
     def evaluate(self, work: list[RankWork], normalizer: int) -> EvalStats:
         results = get_all(

@@ -7,7 +7,7 @@ DTensor shards.
 """
 
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import nn
@@ -17,7 +17,7 @@ from kubedistill.api.job import DistillationJob
 from kubedistill.runtime.algorithms.base import ALGORITHMS, Algorithm, AlgorithmContext, LossInputs
 from kubedistill.runtime.losses.fused import top1_agreements
 from kubedistill.runtime.losses.mixture import TeacherMixture
-from kubedistill.runtime.losses.output import LossOutput
+from kubedistill.runtime.losses.output import LossOutput, per_sample_means
 from kubedistill.runtime.models.loading import compute_dtype, load_causal_lm, load_lm_head_weight
 from kubedistill.runtime.models.roles import (
     kd_config,
@@ -46,6 +46,9 @@ class ForwardOutput:
     """The backbone's forward pass (with FSDP2's all-gathers of its blocks)."""
     loss_seconds: float = 0.0
     """The algorithm's loss (the fused loss computes its gradients here, in the forward)."""
+    sample_divergences: list[float | None] = field(default_factory=list)
+    """Each sample's mean divergence over its targets, in the micro-batch's order of samples; None where
+    the algorithm gives no divergence per position (`LossOutput.kd_per_position`)."""
 
 
 class DistillationModule(nn.Module):
@@ -116,7 +119,9 @@ class DistillationModule(nn.Module):
             chunk = self.algorithm.context.config.chunk_size
             teachers = self.algorithm.context.config.teachers
             agreements = top1_agreements(selected, head, teacher, teacher_head, chunk, teachers)
-        return ForwardOutput(output, agreements, backbone_done - started, loss_seconds)
+        return ForwardOutput(
+            output, agreements, backbone_done - started, loss_seconds, sample_divergences(batch, output)
+        )
 
     def student_hidden_states(self, batch: MicroBatch) -> torch.Tensor:
         device = self.output_head().device
@@ -130,6 +135,14 @@ class DistillationModule(nn.Module):
 
     def output_head(self) -> torch.Tensor:
         return output_embeddings(self.student).weight
+
+
+def sample_divergences(batch: MicroBatch, output: LossOutput) -> list[float | None]:
+    """Each sample's mean divergence (None for each without `output.kd_per_position`): one [targets] float
+    tensor a micro-batch, reduced here on the rank, so a step returns one figure a sample."""
+    if output.kd_per_position is None or batch.sample_index is None:
+        return [None] * batch.samples
+    return per_sample_means(output.kd_per_position, batch.labels, batch.sample_index, batch.samples)
 
 
 def _sequence_bounds(batch: MicroBatch, device: torch.device) -> dict[str, torch.Tensor]:

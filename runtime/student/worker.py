@@ -57,6 +57,9 @@ class StepStats:
     """Reading the teacher's hidden states from the object store, on rank 0 (set by the actor)."""
     actor_seconds: float = 0.0
     """The whole call inside rank 0's actor; what the driver waited beyond it is Ray's (set by the actor)."""
+    sample_divergences: tuple[tuple[float | None, ...], ...] = ()
+    """This rank's micro-batches' per-sample mean divergences (`ForwardOutput.sample_divergences`), under
+    the weights this step trains; the group puts every rank's together (`StudentActorGroup.step_result`)."""
 
     def timings(self) -> dict[str, float]:
         """Every `*_seconds` figure, by name: where rank 0's step went."""
@@ -132,6 +135,7 @@ class StudentWorker:
         scale = float(self.address.world_size)
         started = time.perf_counter()
         backbone = loss = backward = 0.0
+        divergences: list[tuple[float | None, ...]] = []
         last = len(micro_batches) - 1
         if self.module.unsharded_through_step:
             # Every block's all-gather goes out at once (its forward waits for its own): one exchange a
@@ -148,6 +152,7 @@ class StudentWorker:
             forward = self.module(batch, hidden, float(normalizer))
             output = forward.loss
             backbone, loss = backbone + forward.backbone_seconds, loss + forward.loss_seconds
+            divergences.append(tuple(forward.sample_divergences))
             backward_started = time.perf_counter()
             (output.loss * scale).backward()
             backward += time.perf_counter() - backward_started
@@ -187,6 +192,7 @@ class StudentWorker:
             loss_seconds=loss,
             backward_seconds=backward,
             optimizer_seconds=time.perf_counter() - computed,
+            sample_divergences=tuple(divergences),
         )
 
     def move_training_state(self, place: OptimizerPlace, parts: frozenset[StudentState]) -> None:

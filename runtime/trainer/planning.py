@@ -7,7 +7,9 @@ teacher computes step N+1 while the students train step N (unless they share GPU
 
 import math
 import time
-from dataclasses import dataclass
+from collections import defaultdict, deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 
 import ray
 
@@ -29,6 +31,18 @@ class StepPlan:
     teacher_positions: int
     """Positions whose hidden states the teacher returns (what crosses the network)."""
     rollout_seconds: float = 0.0
+    order: list[int] = field(default_factory=list)
+    """The step's place of each sample, in the order the ranks' micro-batches hold them (rank by rank,
+    micro-batch by micro-batch): what brings the ranks' per-sample figures back to the step's samples."""
+
+    def in_step_order(self, per_micro_batch: Sequence[Sequence[float | None]]) -> list[float | None]:
+        """Figures given a micro-batch at a time, in the ranks' order, as the step's samples have them."""
+        figures = [figure for batch in per_micro_batch for figure in batch]
+        assert len(figures) == len(self.order), "a figure for each of the step's samples"
+        ordered: list[float | None] = [None] * len(figures)
+        for place, figure in zip(self.order, figures, strict=True):
+            ordered[place] = figure
+        return ordered
 
     def teacher_refs(self) -> list[ray.ObjectRef]:
         return [ref for share in self.work for ref in share.teacher_refs if ref is not None]
@@ -63,7 +77,7 @@ class Planner:
             self._max_tokens,
             self._packing,
         )
-        return self._lay_out(shards, rollout_seconds)
+        return replace(self._lay_out(shards, rollout_seconds), order=sample_order(samples, shards))
 
     def evaluation(self, samples: list[Sample]) -> StepPlan:
         """The eval set, strided over the ranks; every rank runs the same number of micro-batches (FSDP2
@@ -105,6 +119,16 @@ class Planner:
             if ref is not None
         )
         return StepPlan(work, max(normalizer, 1), positions, rollout_seconds)
+
+
+def sample_order(samples: Sequence[Sample], shards: list[list[list[Sample]]]) -> list[int]:
+    """The place in `samples` of each sample of `shards`, rank by rank, micro-batch by micro-batch. A sample
+    is known by its identity (the same record twice in a batch is one object twice: it takes its places in
+    turn)."""
+    places: defaultdict[int, deque[int]] = defaultdict(deque)
+    for place, sample in enumerate(samples):
+        places[id(sample)].append(place)
+    return [places[id(sample)].popleft() for batches in shards for batch in batches for sample in batch]
 
 
 def await_teacher(plan: StepPlan) -> float:

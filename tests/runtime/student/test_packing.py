@@ -220,3 +220,49 @@ def test_a_first_sample_of_one_token_and_samples_of_one_token_are_kept_apart(tin
         row = module.student_hidden_states(packed)[0]
     real = padded.attention_mask.bool()
     torch.testing.assert_close(row, rows[real], rtol=1e-10, atol=1e-14)
+
+
+@pytest.mark.parametrize("case", ["offPolicy fkl", "offPolicy jsd"])
+def test_a_packed_step_gives_each_sample_the_padded_steps_mean_divergence_in_float64(
+    tiny: TinyWorld, same_samples: list[Sample], case: str
+) -> None:
+    """The per-sample figures an on-policy round's responses carry: the same packed or padded, and weighted
+    by each sample's targets they add up to the step's divergence, and so to its loss."""
+    algorithm, teacher, distillation = CASES[case]
+    module, teacher_width = float64_module(tiny, algorithm, teacher, distillation)
+    padded = MicroBatch.from_samples(same_samples, PAD)
+    packed = MicroBatch.from_samples(same_samples, PAD, packed=True)
+    positions = sum(len(s.teacher_loss_positions()) for s in same_samples)
+    hidden = torch.randn(positions, teacher_width, generator=torch.Generator().manual_seed(1)).double()
+    normalizer = float(padded.num_targets + 7)
+
+    padded_out = module(padded, hidden, normalizer)
+    packed_out = module(packed, hidden, normalizer)
+
+    assert len(padded_out.sample_divergences) == len(same_samples)
+    means = [mean for mean in padded_out.sample_divergences if mean is not None]
+    assert len(means) == len(same_samples) and all(mean > 0.0 for mean in means)
+    assert packed_out.sample_divergences == pytest.approx(means, rel=1e-10, abs=0.0)
+    targets = [s.num_targets for s in same_samples]
+    kd_sum = sum(mean * count for mean, count in zip(means, targets, strict=True))
+    loss = padded_out.loss
+    assert kd_sum == pytest.approx(loss.kd_sum.item(), rel=1e-12)
+    kd_ratio = module.algorithm.context.config.kd_ratio
+    step_loss = ((1.0 - kd_ratio) * loss.ce_sum.item() + kd_ratio * kd_sum) / normalizer
+    assert step_loss == pytest.approx(loss.loss.item(), rel=1e-12)
+
+
+def test_an_algorithm_over_aligned_positions_gives_no_per_sample_divergence(
+    tiny: TinyWorld, teacher_tokenizer: Path, cross_samples: list[Sample]
+) -> None:
+    module, teacher_width = float64_module(
+        tiny, SimpleCrossTokenizerKD, "cross", {"algorithm": "simpleCtkd"}, teacher_tokenizer
+    )
+    batch = MicroBatch.from_samples(
+        cross_samples, PAD, SimpleCrossTokenizerKD.micro_batch_extras(cross_samples)
+    )
+    positions = sum(len(s.teacher_loss_positions()) for s in cross_samples)
+    hidden = torch.randn(positions, teacher_width, generator=torch.Generator().manual_seed(1)).double()
+    output = module(batch, hidden, float(batch.num_targets))
+    assert output.loss.kd_sum.item() > 0.0
+    assert output.sample_divergences == [None] * len(cross_samples)
