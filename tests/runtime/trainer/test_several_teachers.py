@@ -8,9 +8,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
+import torch.nn.functional as F
+from transformers import AutoModelForCausalLM
 
 from kubedistill.api import parse_job
 from kubedistill.api.job import SpecError
+from kubedistill.runtime.data.sample import Sample
 from kubedistill.runtime.demo.tiny import TinyShape, build_tokenizer, save_tiny
 from kubedistill.runtime.models.loading import load_tokenizer
 from kubedistill.runtime.teacher.several import check_one_vocabulary
@@ -51,7 +55,8 @@ def test_two_teachers_each_on_its_own_engines_teach_the_student_their_mixture(
         training={"maxSteps": 2, "evalEverySteps": 2},
     )
     options = RunOptions(output_dir=tmp_path, metrics_port=0, progress=False, print_summary=False)
-    Trainer(parse_job(manifest), options).run()
+    trainer = Trainer(parse_job(manifest), options)
+    trainer.run()
 
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in records if r["kind"] == "train"]
@@ -61,8 +66,37 @@ def test_two_teachers_each_on_its_own_engines_teach_the_student_their_mixture(
     # Both teachers' fp32 hidden states reach the students side by side, one object per micro-batch.
     width = TEACHER.hidden_size + OTHER_TEACHER.hidden_size
     assert all(r["transfer_bytes"] > 0 and r["transfer_bytes"] % (width * 4) == 0 for r in train)
-    assert evaluation["eval_kd_divergence"] > 0.0
     assert 0.0 <= evaluation["eval_teacher_agreement"] <= 1.0
+    # The last eval scored the exported student: recomputed here from the three models' full logits and the
+    # mixture written out (3/4 and 1/4), its divergence is the one the job measured.
+    expected = eval_divergence_from_the_mixture(
+        trainer.eval, tmp_path, [tiny.teacher, other_teacher], [0.75, 0.25]
+    )
+    assert evaluation["eval_kd_divergence"] == pytest.approx(expected, rel=1e-4)
+
+
+def eval_divergence_from_the_mixture(
+    samples: list[Sample], student: Path, teachers: list[Path], weights: list[float]
+) -> float:
+    """Mean fkl(m || q) over the samples' loss positions, m = sum_t w_t softmax(teacher t's logits)."""
+    models = [
+        AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32) for path in [student, *teachers]
+    ]
+    total, targets = 0.0, 0
+    with torch.no_grad():
+        for sample in samples:
+            ids = torch.as_tensor(sample.input_ids).unsqueeze(0)
+            positions = list(sample.loss_positions())
+            student_logits, *teacher_logits = [model(ids).logits[0, positions] for model in models]
+            vocab = min(logits.shape[-1] for logits in [student_logits, *teacher_logits])
+            mixture = sum(
+                w * F.softmax(z[:, :vocab], dim=-1) for w, z in zip(weights, teacher_logits, strict=True)
+            )
+            assert isinstance(mixture, torch.Tensor)
+            log_q = F.log_softmax(student_logits[:, :vocab], dim=-1)
+            total += float((mixture * (mixture.log() - log_q)).sum())
+            targets += len(positions)
+    return total / targets
 
 
 def test_a_checkpoint_records_every_teacher_and_its_weight() -> None:
