@@ -59,6 +59,14 @@ class Settings:
     top_logprobs: int | None = None
     """spec.generation.topLogprobs: the endpoint's top-k log-probabilities are asked and kept."""
 
+    def recorded(self) -> dict[str, Any]:
+        """The settings as the report records them; topLogprobs only when asked, so that a finished
+        generation from before that setting is still reused as it is."""
+        fields = asdict(self)
+        if self.top_logprobs is None:
+            del fields["top_logprobs"]
+        return fields
+
     def sampling(self) -> dict[str, Any]:
         return {
             "temperature": self.temperature,
@@ -167,7 +175,7 @@ class GeneratedFile:
         )
         # Other numbers of samples or another keepTruncated: the lines are checked one by one instead, and
         # what is missing is generated.
-        wanted = (asdict(self.settings), self.samples_per_prompt, self.keep_truncated, self.keep_reasoning)
+        wanted = (self.settings.recorded(), self.samples_per_prompt, self.keep_truncated, self.keep_reasoning)
         return report if same == wanted else None
 
     def settled(self, prompts: Iterable[Prompt]) -> list[Skipped]:
@@ -284,7 +292,7 @@ class GeneratedFile:
             self.skipped_path, "".join(json.dumps(asdict(s), ensure_ascii=False) + "\n" for s in skipped)
         )
         full = {
-            "settings": asdict(self.settings),
+            "settings": self.settings.recorded(),
             "samplesPerPrompt": self.samples_per_prompt,
             "keepTruncated": self.keep_truncated,
             "keepReasoning": self.keep_reasoning,

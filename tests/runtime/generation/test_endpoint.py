@@ -13,6 +13,7 @@ from kubedistill.api.generation import EndpointSpec, answer_timeout_seconds
 from kubedistill.runtime.data.messages import chat_messages
 from kubedistill.runtime.generation.endpoint import EndpointRefused
 from kubedistill.runtime.generation.phase import run_generation
+from kubedistill.runtime.generation.store import GenerationRefused
 from tests.runtime.conftest import TinyWorld
 from tests.runtime.generation.jobs import endpoint_job, prompt_file
 from tests.runtime.generation.openai_contract import request_problem
@@ -388,3 +389,19 @@ def test_top_logprobs_are_asked_and_kept_in_the_students_ids_or_the_answer_is_sk
     assert line["sampling"]["topLogprobs"] == 2, "a rerun asking another k is refused, not mixed"
     assert result.report["skipped"] == {"unmapped": 1, "noLogprobs": 1}
     assert "b'zebra' is not in the student's vocabulary" in result.report["skippedExamples"]["unmapped"]
+
+
+def test_a_generation_without_top_logprobs_is_reused_as_it_was_and_refused_when_they_are_asked(
+    prompts: Path, tmp_path: Path
+) -> None:
+    """Files written before topLogprobs existed keep their report's settings; asking for log-probabilities
+    later would mix lines with and without them, so the file is refused naming the setting."""
+    with scripted_server({}) as server:
+        first = run_generation(endpoint_job(prompts, server.url), tmp_path, ENV, backoff_seconds=BACKOFF)
+        assert "top_logprobs" not in first.report["settings"], "the report as it was before the setting"
+        again = run_generation(endpoint_job(prompts, server.url), tmp_path, ENV, backoff_seconds=BACKOFF)
+        assert again.reused
+        with pytest.raises(GenerationRefused, match='"topLogprobs": 2'):
+            run_generation(
+                endpoint_job(prompts, server.url, topLogprobs=2), tmp_path, ENV, backoff_seconds=BACKOFF
+            )
