@@ -420,7 +420,7 @@ class Training:
             rollout,
             self.spec.data.max_length,
             turn=lambda: self.gpus.turn(rollout),
-            on_round=self.rollouts.write if self.rollouts is not None else None,
+            on_round=self.rollouts.sampled if self.rollouts is not None else None,
             mixture=self.trainer.mixture,
         )
 
@@ -455,6 +455,8 @@ class Training:
     def run(self) -> RunResult:
         training = time.perf_counter()
         state = self._train(self.state)
+        if self.rollouts is not None:
+            self.rollouts.flush()
         train_seconds = time.perf_counter() - training
         self._final_evaluation(state)
         self.groups.students.export(str(self.trainer.options.output_dir))
@@ -535,6 +537,8 @@ class Training:
                 self.records.append(record)
                 publish_step(self.trainer.metrics, record, self.trainer.total_steps)
                 progress.update(record)
+                if self.rollouts is not None:
+                    self.rollouts.trained(record.step, plan.in_step_order(stats.sample_divergences))
                 state = self._after_step(state)
                 self._reached(state)
                 if options.on_step is not None:

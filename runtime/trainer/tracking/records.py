@@ -10,7 +10,7 @@ from typing import Any
 
 from kubedistill.runtime.trainer.rollouts import RolloutRecord
 
-ROLLOUT_COLUMNS = ("step", "source", "prompt", "response", "response_tokens", "cut")
+ROLLOUT_COLUMNS = ("step", "source", "prompt", "response", "response_tokens", "cut", "kd_divergence")
 
 
 def scalars(record: Mapping[str, Any]) -> dict[str, float]:

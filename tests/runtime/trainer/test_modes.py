@@ -2,6 +2,7 @@
 
 import json
 import logging
+import math
 from pathlib import Path
 
 import pytest
@@ -110,6 +111,11 @@ def test_on_policy_distillation_trains_on_its_own_samples_and_its_answers_change
         assert sum(r["response_tokens"] for r in rounds) == record["targets"], "the responses trained on"
         assert all(r["prompt"].startswith("<|im_start|>user") and r["response"] for r in rounds)
         assert all(r["response_tokens"] == TINY_ROLLOUT["maxNewTokens"] for r in rounds if r["cut"])
+        divergences = [r["kd_divergence"] for r in rounds]
+        assert all(d is not None and math.isfinite(d) and d > 0 for d in divergences), divergences
+        # Weighted by its tokens, each response's divergence adds up to the step's (kdRatio 1: its loss).
+        kd_sum = sum(r["kd_divergence"] * r["response_tokens"] for r in rounds)
+        assert kd_sum / record["targets"] == pytest.approx(record["kd_loss"], rel=1e-4)
     (logged,) = [message for message in caplog.messages if message.startswith("rollout for step")]
     assert logged.startswith("rollout for step 2: 16 responses, ")
 

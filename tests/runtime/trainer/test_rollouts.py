@@ -1,9 +1,12 @@
-"""On-policy rounds as people read them: a file of the sampled responses per round, the newest kept, one
-response logged per round at the log interval (what a real run writes: `test_modes.py`)."""
+"""On-policy rounds as people read them: a file of the sampled responses per round, each with the teacher's
+divergence on it, written once the round's steps are done, the newest kept, one response logged per round at
+the log interval (what a real run writes: `test_modes.py`)."""
 
 import json
 import logging
+import math
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -32,8 +35,21 @@ def _log(tmp_path: Path, keep: int, steps_per_round: int = 1, log_every: int = 1
     return RolloutLog(tmp_path, keep, _decode, EOS, MAX_NEW_TOKENS, steps_per_round, log_every)
 
 
-def _round(log: RolloutLog, step: int) -> None:
-    log.write(step, [_prompt("p.jsonl:1"), _prompt("p.jsonl:1")], [[5, EOS], [5, 6, 7]])
+def _sample(log: RolloutLog, step: int) -> None:
+    log.sampled(step, [_prompt("p.jsonl:1"), _prompt("p.jsonl:1")], [[5, EOS], [5, 6, 7]])
+
+
+def _round(log: RolloutLog, step: int, steps_per_round: int = 1) -> None:
+    """A round of two responses sampled and trained through, its responses' divergences 0.5 and 0.25."""
+    _sample(log, step)
+    divergences = [0.5, 0.25]
+    size = len(divergences) // steps_per_round
+    for within in range(steps_per_round):
+        log.trained(step + within, divergences[within * size : (within + 1) * size])
+
+
+def _file(log: RolloutLog, step: int) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in (log.directory / f"step-{step}.jsonl").read_text().splitlines()]
 
 
 @pytest.mark.parametrize(
@@ -69,6 +85,7 @@ def test_a_record_holds_the_decoded_prompt_and_response_their_length_and_the_ste
             "response": "t5 t2",
             "response_tokens": 2,
             "cut": False,
+            "kd_divergence": None,
         },
         {
             "step": 7,
@@ -77,6 +94,7 @@ def test_a_record_holds_the_decoded_prompt_and_response_their_length_and_the_ste
             "response": "t6 t6 t6",
             "response_tokens": 3,
             "cut": True,
+            "kd_divergence": None,
         },
     ]
 
@@ -148,9 +166,57 @@ def test_one_response_of_a_round_is_logged_at_the_log_interval(
     log = _log(tmp_path, keep=0, steps_per_round=2, log_every=4)
     with caplog.at_level(logging.INFO, logger="kubedistill.runtime.trainer.rollouts"):
         for step in (1, 3, 5, 7):
-            _round(log, step)
+            _round(log, step, steps_per_round=2)
     assert caplog.messages == [
-        f'rollout for step {step}: 2 responses, 1 cut at maxNewTokens; p.jsonl:1: ..."t9 t8" -> "t5 t2" '
-        "(2 tokens)"
+        f"rollout for step {step}: 2 responses, 1 cut at maxNewTokens, mean KD divergence 0.375; "
+        'p.jsonl:1: ..."t9 t8" -> "t5 t2" (2 tokens, KD divergence 0.5)'
         for step in (3, 7)
     ]
+
+
+def test_a_round_is_written_when_its_last_step_is_done_each_response_with_its_divergence(
+    tmp_path: Path,
+) -> None:
+    tables: list[tuple[int, list[Any]]] = []
+    log = RolloutLog(tmp_path, 5, _decode, EOS, MAX_NEW_TOKENS, 2, 1, sink=lambda s, r: tables.append((s, r)))
+    _sample(log, 1)
+    log.trained(1, [0.5])
+    assert not log.directory.exists() and not tables, "the round's second response is not trained yet"
+    log.trained(2, [math.nan])
+    # A skipped step's NaN is no number JSON can hold: the response has none.
+    assert [r["kd_divergence"] for r in _file(log, 1)] == [0.5, None]
+    assert [(step, [r.kd_divergence for r in records]) for step, records in tables] == [(1, [0.5, None])]
+
+
+def test_a_round_sampled_ahead_waits_for_its_own_steps_and_other_steps_are_no_concern(
+    tmp_path: Path,
+) -> None:
+    log = _log(tmp_path, keep=5)
+    _sample(log, 1)
+    _sample(log, 2)  # the next step's round, laid out while step 1 trains
+    log.trained(1, [0.5, 0.25])
+    assert kept_steps(log.directory) == [1]
+    log.trained(3, [0.1, 0.1])  # mixing policies: a step on the dataset's responses
+    log.trained(2, [0.75, 1.0])
+    assert kept_steps(log.directory) == [1, 2]
+    assert [r["kd_divergence"] for r in _file(log, 2)] == [0.75, 1.0]
+
+
+def test_a_run_that_stops_inside_a_round_writes_it_as_it_stands(tmp_path: Path) -> None:
+    log = _log(tmp_path, keep=5, steps_per_round=2)
+    _sample(log, 1)
+    log.trained(1, [0.5])
+    log.flush()
+    assert [r["kd_divergence"] for r in _file(log, 1)] == [0.5, None]
+
+
+def test_a_round_held_across_a_recovery_is_trained_again_from_its_first_step(tmp_path: Path) -> None:
+    log = _log(tmp_path, keep=5, steps_per_round=2)
+    _sample(log, 1)
+    log.trained(1, [0.5])
+    log.rewind(0)  # the ranks restarted from the checkpoint before the round; the source kept its samples
+    log.trained(2, [0.25])
+    assert not log.directory.exists(), "step 1 is trained again"
+    log.trained(1, [0.75])
+    log.trained(2, [0.25])
+    assert [r["kd_divergence"] for r in _file(log, 1)] == [0.75, 0.25]

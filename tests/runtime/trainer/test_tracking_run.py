@@ -155,6 +155,7 @@ def test_tensorboard_gets_every_step_the_spec_the_rollout_tables_and_the_summary
         json.loads(line) for line in (tracked_run / "rollouts" / "step-1.jsonl").read_text().splitlines()
     ]
     assert rounds[0][1].count("\n") == len(first_round) + 1, "a header, a rule and a row per response"
+    assert rounds[0][1].startswith("| step |") and "| kd_divergence |" in rounds[0][1].splitlines()[0]
     ((_, summary),) = tensorboard_text(events, "summary")
     assert '"final_loss"' in summary
 
