@@ -128,7 +128,11 @@ def with_sparse_targets(
     try:
         targets = sparse_targets(response.logprobs, tokenizer, table)
     except Unmapped as error:
-        return response, UNMAPPED, f"{error}: spec.student's tokenizer is not the endpoint model's"
+        return (
+            response,
+            UNMAPPED,
+            f"{error} (spec.generation.topLogprobs needs the endpoint model's tokenizer as spec.student's)",
+        )
     return replace(response, logprobs=None, targets=targets), None, ""
 
 

@@ -5,8 +5,9 @@
   generates only the (prompt, sample) pairs not yet in the file.
 - A pair that is not a training record goes to `<job>.skipped.jsonl` with its reason, never silently away:
   `failed` (the request kept failing: the endpoint was down or overloaded), `rejected` (the endpoint answered
-  this request with a 4xx), `empty`, `length` (cut off at maxNewTokens, unless keepTruncated), or any other
-  finish_reason (`content_filter`, SGLang's `abort`).
+  this request with a 4xx), `empty`, `length` (cut off at maxNewTokens, unless keepTruncated), any other
+  finish_reason (`content_filter`, SGLang's `abort`), and with topLogprobs `unmapped` (tokens that are not
+  the student's) or `noLogprobs` (an answer without them).
 - When every pair is done, the file is rewritten in prompt order (so two runs of one job train on the same
   order) and `<job>.report.json` is written. Without `failed` pairs it is finished: a rerun reuses the file as
   it is, without asking again for the skipped pairs (which would change the data a checkpoint was trained

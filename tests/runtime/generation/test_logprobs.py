@@ -97,4 +97,4 @@ def test_the_phase_skips_unmapped_answers_and_answers_without_logprobs(tokenizer
     assert reason == NO_LOGPROBS and "no logprobs" in detail
     other = build_tokenizer(["completely different words for another vocabulary"], vocab_size=270)
     _, reason, detail = with_sparse_targets(Response("hello there", "stop", logprobs=served), other, table)
-    assert reason == UNMAPPED and "tokenizer is not the endpoint model's" in detail
+    assert reason == UNMAPPED and "needs the endpoint model's tokenizer as spec.student's" in detail
