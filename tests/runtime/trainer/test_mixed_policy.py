@@ -1,8 +1,7 @@
 """Mixing on- and off-policy steps (spec.rollout.lmbda, TRL GKD's lmbda): which steps train on the student's
-own samples, what those samples are, and a mixed job end to end on local Ray."""
+own samples and what those samples are. A mixed job runs end to end on local Ray in test_tracking_run.py,
+where it feeds the experiment trackers too."""
 
-import json
-from pathlib import Path
 from typing import cast
 
 import numpy as np
@@ -12,7 +11,6 @@ from kubedistill.api.job import SpecError, parse_job
 from kubedistill.runtime.data.sample import Sample
 from kubedistill.runtime.rollout.backend import SamplingConfig
 from kubedistill.runtime.rollout.group import RolloutActorGroup
-from kubedistill.runtime.trainer.controller import RunOptions, Trainer
 from kubedistill.runtime.trainer.sources import (
     DatasetBatches,
     MixedBatches,
@@ -22,7 +20,6 @@ from kubedistill.runtime.trainer.sources import (
     prompts_left_out,
 )
 from tests.api.manifests import BASE, ON_POLICY_ROLLOUT, apply_changes
-from tests.runtime.conftest import TINY_ROLLOUT, TinyWorld, job_manifest
 
 MIXED = {
     "spec.mode": "onPolicy",
@@ -198,48 +195,3 @@ def test_a_teacher_with_its_own_tokenizer_is_refused_naming_lmbda() -> None:
     with pytest.raises(SpecError) as raised:
         _mixed([own] * 4)
     assert raised.value.field == "spec.rollout.lmbda"
-
-
-# -- end to end ---------------------------------------------------------------------------------------------
-
-
-@pytest.mark.usefixtures("ray_session")
-def test_a_mixed_job_trains_drawn_steps_on_its_own_samples_the_others_on_the_teachers_syncing_before_its_own(
-    tiny: TinyWorld, tmp_path: Path
-) -> None:
-    """Seed 4 draws steps 1, 3 and 4 on-policy and step 2 off-policy (step 5 off again), where the teacher
-    answers the batch's prompts during training (sequenceKd)."""
-    seed, stop = 4, 4
-    drawn = [on_policy_step(seed, 0, position, 0.5) for position in range(stop + 1)]
-    assert drawn == [True, False, True, True, False]
-    job = parse_job(
-        job_manifest(
-            tiny,
-            "mixed-test",
-            mode="onPolicy",
-            rollout={**TINY_ROLLOUT, "lmbda": 0.5, "sequenceKd": True},
-            training={"seed": seed},
-            output={"rolloutRounds": 4},
-        )
-    )
-    options = RunOptions(output_dir=tmp_path, stop_after_steps=stop, metrics_port=0, progress=False)
-    Trainer(job, options).run()
-    history = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-
-    train = [r for r in history if r["kind"] == "train"]
-    assert [r["on_policy"] for r in train] == drawn[:stop]
-    assert all(r["rollout_seconds"] > 0 for r in train), "the student samples, or the teacher"
-    # The engines start with the student's weights: they take new ones after the steps before steps 3 and 4.
-    assert [r["step"] for r in history if r["kind"] == "probe"] == [2, 3]
-    rounds = tmp_path / "rollouts"
-    assert sorted(path.name for path in rounds.iterdir()) == [f"step-{step}.jsonl" for step in range(1, 5)]
-    for record in train:
-        responses = [
-            json.loads(line) for line in (rounds / f"step-{record['step']}.jsonl").read_text().splitlines()
-        ]
-        assert len(responses) == 16 and sum(r["response_tokens"] for r in responses) == record["targets"]
-        # The dataset's chats up to their last answer, which the student writes instead.
-        assert all(r["prompt"].startswith("<|im_start|>user") for r in responses)
-        assert all(r["prompt"].endswith("<|im_start|>assistant\n") for r in responses)
-    (off,) = [r for r in train if not r["on_policy"]]
-    assert off["targets"] <= 16 * TINY_ROLLOUT["maxNewTokens"], "the teacher's answers, not the dataset's"

@@ -1,7 +1,9 @@
 """`kubedistill run` with all three experiment trackers against the real things: a `mlflow server` on
 loopback, W&B offline (its transaction log read back), TensorBoard event files (read with TensorBoard's own
-reader). One on-policy job of two steps feeds them all: its steps, its evaluation, its spec, its rollout
-rounds, its summary and the exported student.
+reader). One job of four steps feeds them all: its steps, its evaluation, its spec, its rollout rounds, its
+summary and the exported student. The job mixes on- and off-policy steps (spec.rollout.lmbda, TRL GKD's
+lmbda) and has the teacher answer the off-policy steps' prompts (sequenceKd), so the same run shows that end
+to end too: a job start costs more than all the checks made on it.
 
 A resumed job's trackers are checked without Ray: opened again on a step, as the trainer does, they go on in
 the runs the first opening made.
@@ -19,9 +21,10 @@ from typer.testing import CliRunner
 from kubedistill.api import parse_job
 from kubedistill.cli import app
 from kubedistill.runtime.trainer.records import read_records
+from kubedistill.runtime.trainer.sources import on_policy_step
 from kubedistill.runtime.trainer.tracking.opening import open_trackers, student_files
 from kubedistill.runtime.trainer.tracking.sinks import RUNS_FILE, read_runs
-from tests.runtime.conftest import ON_POLICY, TinyWorld, job_manifest
+from tests.runtime.conftest import TINY_ROLLOUT, TinyWorld, job_manifest
 from tests.runtime.trainer.tracking_readers import (
     MlflowServer,
     start_mlflow,
@@ -33,7 +36,9 @@ from tests.runtime.trainer.tracking_readers import (
     wandb_of_kind,
 )
 
-STEPS = 2
+STEPS = 4
+SEED = 4
+"""Seed 4 draws steps 1, 3 and 4 on-policy and step 2 off-policy (step 5 off again)."""
 
 
 @pytest.fixture(scope="module")
@@ -60,9 +65,11 @@ def tracked_run(
     manifest = job_manifest(
         tiny,
         "tracked",
-        **ON_POLICY,
+        mode="onPolicy",
+        rollout={**TINY_ROLLOUT, "lmbda": 0.5, "sequenceKd": True},
         data={"eval": {"path": str(tiny.eval)}},
-        training={"maxSteps": STEPS, "logEverySteps": 1},
+        training={"maxSteps": STEPS, "logEverySteps": 1, "seed": SEED},
+        output={"rolloutRounds": STEPS},
         tracking=tracking(mlflow_server, "tracked"),
     )
     file = root / "job.yaml"
@@ -76,6 +83,31 @@ def tracked_run(
 def _wandb_run_file(output: Path) -> Path:
     (run_file,) = output.glob("wandb/offline-run-*/run-*.wandb")
     return run_file
+
+
+def test_the_mixed_job_trains_drawn_steps_on_its_samples_the_others_on_the_teachers_syncing_before_its_own(
+    tracked_run: Path,
+) -> None:
+    drawn = [on_policy_step(SEED, 0, position, 0.5) for position in range(STEPS + 1)]
+    assert drawn == [True, False, True, True, False]
+    history = list(read_records(tracked_run / "metrics.jsonl"))
+    train = [r for r in history if r["kind"] == "train"]
+    assert [r["on_policy"] for r in train] == drawn[:STEPS]
+    assert all(r["rollout_seconds"] > 0 for r in train), "the student samples, or the teacher"
+    # The engines start with the student's weights: they take new ones after the steps before steps 3 and 4.
+    assert [r["step"] for r in history if r["kind"] == "probe"] == [2, 3]
+    rounds = tracked_run / "rollouts"
+    assert sorted(path.name for path in rounds.iterdir()) == [f"step-{step}.jsonl" for step in range(1, 5)]
+    for record in train:
+        responses = [
+            json.loads(line) for line in (rounds / f"step-{record['step']}.jsonl").read_text().splitlines()
+        ]
+        assert len(responses) == 16 and sum(r["response_tokens"] for r in responses) == record["targets"]
+        # The dataset's chats up to their last answer, which the student writes instead.
+        assert all(r["prompt"].startswith("<|im_start|>user") for r in responses)
+        assert all(r["prompt"].endswith("<|im_start|>assistant\n") for r in responses)
+    (off,) = [r for r in train if not r["on_policy"]]
+    assert off["targets"] <= 16 * TINY_ROLLOUT["maxNewTokens"], "the teacher's answers, not the dataset's"
 
 
 def test_mlflow_gets_every_step_the_eval_the_spec_the_rollouts_the_summary_and_the_student(
