@@ -281,7 +281,9 @@ def test_a_job_started_from_another_jobs_checkpoint_takes_its_student_weights(
     assert json.loads((checkpoint / "origin.json").read_text())["job"] == "cli-run-next"
 
 
-def test_the_record_shortened_to_fit_is_counted_and_named_by_shard_and_line(job: Job, resumed: Outcome) -> None:
+def test_the_record_shortened_to_fit_is_counted_and_named_by_shard_and_line(
+    job: Job, resumed: Outcome
+) -> None:
     """Nothing is cut without a word: the warning names the gzipped shard's line, and so does the summary."""
     shard = job.root / "shards" / "train-1.jsonl.gz"
     line = RECORDS - FIRST_SHARD
