@@ -27,6 +27,7 @@ from kubedistill.runtime.models.roles import (
 )
 from kubedistill.runtime.models.vision import backbone, freeze_vision_tower, language_config
 from kubedistill.runtime.student.batch import MicroBatch
+from kubedistill.runtime.student.context_parallel import ContextChunk
 from kubedistill.runtime.student.lora import apply_lora
 from kubedistill.runtime.student.parallelize import (
     apply_fsdp,
@@ -145,7 +146,7 @@ def sample_divergences(batch: MicroBatch, output: LossOutput) -> list[float | No
     return per_sample_means(output.kd_per_position, batch.labels, batch.sample_index, batch.samples)
 
 
-def _sequence_bounds(batch: MicroBatch, device: torch.device) -> dict[str, torch.Tensor]:
+def _sequence_bounds(batch: MicroBatch, device: torch.device) -> dict[str, object]:
     """What tells the model where its sequences are: the padded rows' attention mask, or a packed row's
     restarting positions with no attention mask at all.
 
@@ -157,6 +158,9 @@ def _sequence_bounds(batch: MicroBatch, device: torch.device) -> dict[str, torch
     (modeling_flash_attention_utils.py:562-577 and 853). The row has no padding to treat: a packed
     micro-batch is one row holding exactly its samples' tokens.
     """
+    if isinstance(batch, ContextChunk):
+        # One rank's chunk of a context-parallel micro-batch: its key mask over the whole sequence.
+        return batch.sequence_bounds(device)
     if batch.position_ids is not None:
         return {"position_ids": batch.position_ids.to(device)}
     return {"attention_mask": batch.attention_mask.to(device)}

@@ -5,6 +5,7 @@ import os
 
 import torch
 from torch import nn
+from torch.distributed import ProcessGroup
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
 
@@ -32,6 +33,18 @@ def device_mesh(device_type: str, world_size: int, shard_size: int) -> DeviceMes
     return init_device_mesh(
         device_type, (world_size // shard_size, shard_size), mesh_dim_names=("replicate", "shard")
     )
+
+
+def context_mesh(device_type: str, world_size: int, context_parallel: int) -> tuple[DeviceMesh, ProcessGroup]:
+    """Ranks as (data, context): each `context_parallel` consecutive ranks share a sequence. FSDP2 shards over
+    every rank (the mesh flattened, as torchtitan's dp_shard_cp), since context ranks train the same weights
+    on different tokens; the second is the group a rank's context-parallel attention gathers over."""
+    if world_size % context_parallel:
+        raise ValueError(f"{world_size} ranks cannot form context groups of {context_parallel}")
+    mesh = init_device_mesh(
+        device_type, (world_size // context_parallel, context_parallel), mesh_dim_names=("data", "context")
+    )
+    return mesh._flatten("shard"), mesh["context"].get_group()
 
 
 def decoder_blocks(model: nn.Module) -> list[nn.Module]:
