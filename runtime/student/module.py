@@ -25,10 +25,16 @@ from kubedistill.runtime.models.roles import (
     teacher_model_path,
     teacher_tokenizer_path,
 )
-from kubedistill.runtime.models.vision import backbone, freeze_vision_tower, language_config
+from kubedistill.runtime.models.vision import backbone, freeze_vision_tower, language_config, vision_tower
 from kubedistill.runtime.student.batch import MicroBatch
 from kubedistill.runtime.student.context_parallel import ContextChunk
 from kubedistill.runtime.student.lora import apply_lora
+from kubedistill.runtime.student.packed_attention import (
+    BASES,
+    PACKED_LENGTHS,
+    segment_lengths,
+    use_packed_attention,
+)
 from kubedistill.runtime.student.parallelize import (
     apply_fsdp,
     device_memory_bytes,
@@ -155,14 +161,20 @@ def _sequence_bounds(batch: MicroBatch, device: torch.device) -> dict[str, objec
     the previous one plus 1 (`find_packed_sequence_indices`, masking_utils.py:756-758), so a first sample of
     a single token is found too; sdpa and eager then get a causal mask confined to each sequence
     (masking_utils.py:991-1002). flash-attention takes its varlen path when the one row's positions restart
-    (modeling_flash_attention_utils.py:562-577 and 853). The row has no padding to treat: a packed
-    micro-batch is one row holding exactly its samples' tokens.
+    (modeling_flash_attention_utils.py:562-577 and 853). A student on the packed attention (sdpa and eager
+    under packing, `build_module`) gets no mask but the samples' lengths. The row has no padding to treat: a
+    packed micro-batch is one row holding exactly its samples' tokens.
     """
     if isinstance(batch, ContextChunk):
         # One rank's chunk of a context-parallel micro-batch: its key mask over the whole sequence.
         return batch.sequence_bounds(device)
     if batch.position_ids is not None:
-        return {"position_ids": batch.position_ids.to(device)}
+        # The samples' lengths, found once here for every layer of the packed attention (`packed_attention`);
+        # other implementations ignore the kwarg.
+        return {
+            "position_ids": batch.position_ids.to(device),
+            PACKED_LENGTHS: segment_lengths(batch.position_ids),
+        }
     return {"attention_mask": batch.attention_mask.to(device)}
 
 
@@ -174,6 +186,11 @@ def build_module(job: DistillationJob, device: torch.device, world_size: int) ->
     student = load_causal_lm(
         spec.student.model, torch.float32, spec.student.attention, spec.student.liger_kernel
     )
+    if spec.training.packing and spec.student.attention in BASES and vision_tower(student) is None:
+        # Packed rows pay each sample's own attention, not the whole row's (`packed_attention`); a
+        # context-parallel student switches to its own attention afterwards. A vision-language model's
+        # vision tower (bidirectional, its own segments) keeps the implementation it was loaded with.
+        use_packed_attention(student, str(spec.student.attention))
     if spec.student.freeze_vision:
         freeze_vision_tower(student)
     if spec.student.gradient_checkpointing:

@@ -5,12 +5,13 @@ a teacher)."""
 
 from dataclasses import replace
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import pytest
 import torch
 
-from kubedistill.api.spec import DataSource, DataSpec, DistillationSpec, Mode
+from kubedistill.api.spec import Attention, DataSource, DataSpec, DistillationSpec, Mode
 from kubedistill.runtime.algorithms.base import Algorithm, AlgorithmContext
 from kubedistill.runtime.algorithms.dskd import DualSpaceKD
 from kubedistill.runtime.algorithms.simple_ctkd import SimpleCrossTokenizerKD
@@ -20,8 +21,10 @@ from kubedistill.runtime.data.sample import Sample
 from kubedistill.runtime.demo.tiny import build_tokenizer
 from kubedistill.runtime.losses.config import KDConfig
 from kubedistill.runtime.models.loading import load_causal_lm, load_lm_head_weight, load_tokenizer
+from kubedistill.runtime.student import packed_attention
 from kubedistill.runtime.student.batch import MicroBatch
 from kubedistill.runtime.student.module import DistillationModule
+from kubedistill.runtime.student.packed_attention import use_packed_attention
 from tests.runtime.algorithms.conftest import demo_texts
 from tests.runtime.conftest import TinyWorld
 
@@ -106,11 +109,14 @@ def float64_module(
     teacher: str | None,
     distillation: dict[str, str] | None = None,
     teacher_tokenizer: Path | None = None,
+    attention: Attention = Attention.SDPA,
 ) -> tuple[DistillationModule, int]:
     """The tiny student in float64 with the algorithm `kind`; the teacher's head is the tiny teacher's
-    (`same`), a random one over the second tokenizer's vocabulary (`cross`), or none (sft)."""
+    (`same`), a random one over the second tokenizer's vocabulary (`cross`), or none (sft). Its attention is
+    the packed one over `attention`, as a packing job's (`build_module`)."""
     torch.manual_seed(0)
-    student = load_causal_lm(str(tiny.student), torch.float64)
+    student = load_causal_lm(str(tiny.student), torch.float64, attention)
+    use_packed_attention(student, str(attention))
     head = None
     if teacher == "same":
         head = load_lm_head_weight(str(tiny.teacher), torch.float64)
@@ -172,8 +178,16 @@ def test_a_packed_step_has_the_padded_steps_loss_and_gradients_in_float64(
     hidden = None if teacher is None else torch.randn(positions, teacher_width, generator=generator).double()
     normalizer = float(padded.num_targets + 7)  # a global batch's other micro-batches have targets too
 
-    padded_loss, padded_gradients = loss_and_gradients(module, padded, hidden, normalizer)
-    packed_loss, packed_gradients = loss_and_gradients(module, packed, hidden, normalizer)
+    with mock.patch.object(
+        packed_attention, "segmented_attention", wraps=packed_attention.segmented_attention
+    ) as segmented:
+        padded_loss, padded_gradients = loss_and_gradients(module, padded, hidden, normalizer)
+        assert segmented.call_count == 0, "padded rows run sdpa under their mask"
+        packed_loss, packed_gradients = loss_and_gradients(module, packed, hidden, normalizer)
+    # Every layer of the packed step attended per sample, over the lengths found once for the micro-batch.
+    assert segmented.call_count == module.student.config.num_hidden_layers
+    lengths = tuple(len(s.input_ids) for s in samples)
+    assert all(call.args[3] == lengths for call in segmented.call_args_list)
 
     assert padded_loss.item() > 0.0
     torch.testing.assert_close(packed_loss, padded_loss, rtol=1e-10, atol=0.0)
@@ -208,10 +222,16 @@ def test_without_restarting_positions_the_samples_of_a_row_would_see_each_other(
     assert not torch.allclose(apart[first:], together[first:])
 
 
-def test_a_first_sample_of_one_token_and_samples_of_one_token_are_kept_apart(tiny: TinyWorld) -> None:
-    """transformers finds a sequence's start where a position is not its predecessor plus one: a first
-    sequence of one token (positions 0, 0, 1, ...) and two single tokens in a row (0, 0) are found too."""
-    module, _ = float64_module(tiny, VanillaKD, None)
+@pytest.mark.parametrize("attention", [Attention.SDPA, Attention.EAGER])
+def test_a_first_sample_of_one_token_and_samples_of_one_token_are_kept_apart(
+    tiny: TinyWorld, attention: Attention
+) -> None:
+    """A sequence starts where a position is not its predecessor plus one (as transformers finds them): a
+    first sequence of one token (positions 0, 0, 1, ...) and two single tokens in a row (0, 0) are found too;
+    the packed row matches the padded rows under sdpa's and eager's masks alike (eager's softmax runs in
+    float32 whatever the dtype, models/qwen3/modeling_qwen3.py:194 @ transformers 5.25: float32's
+    tolerance)."""
+    module, _ = float64_module(tiny, VanillaKD, None, attention=attention)
     samples = [sample([17], 1), sample([23], 1), sample([40, 41, 42, 43], 1), sample([50, 51], 1)]
     padded = MicroBatch.from_samples(samples, PAD)
     packed = MicroBatch.from_samples(samples, PAD, packed=True)
@@ -219,7 +239,10 @@ def test_a_first_sample_of_one_token_and_samples_of_one_token_are_kept_apart(tin
         rows = module.student_hidden_states(padded)
         row = module.student_hidden_states(packed)[0]
     real = padded.attention_mask.bool()
-    torch.testing.assert_close(row, rows[real], rtol=1e-10, atol=1e-14)
+    if attention == Attention.SDPA:
+        torch.testing.assert_close(row, rows[real], rtol=1e-10, atol=1e-14)
+    else:
+        torch.testing.assert_close(row, rows[real], rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("case", ["offPolicy fkl", "offPolicy jsd"])
