@@ -54,9 +54,6 @@ class GenerationActor(EngineActor):
             teacher.model, compute_dtype(spec.training.precision), engine_device(placement)
         )
 
-    def generate(self, prompts: list[list[int]], sampling: SamplingConfig) -> list[list[int]]:
-        return self.backend.generate(prompts, sampling)
-
 
 class TeacherGenerators(EngineActorGroup):
     def __init__(self, job: DistillationJob, cluster: ClusterView) -> None:
