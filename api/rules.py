@@ -21,6 +21,7 @@ from kubedistill.api.spec import (
     DataFormat,
     DataSource,
     DistillationJobSpec,
+    DskdProjectorInit,
     LrScheduler,
     Mode,
     TeacherSpec,
@@ -605,6 +606,17 @@ _RULES: tuple[Rule, ...] = (
         "only used when spec.mode is selfDistillation",
         lambda s: s.distillation.teacher_ema_decay is None or s.mode == Mode.SELF_DISTILLATION,
         f"!{present('distillation.teacherEmaDecay')} || {value('mode')} == 'selfDistillation'",
+    ),
+    Rule(
+        "distillation.topkVocab",
+        "only used when spec.distillation.dskdProjectorInit is pseudoInverse (it picks the tokens the "
+        "pseudo-inverse fits over)",
+        lambda s: (
+            s.distillation.topk_vocab is None
+            or s.distillation.dskd_projector_init == DskdProjectorInit.PSEUDO_INVERSE
+        ),
+        f"!{present('distillation.topkVocab')} || "
+        f"{value('distillation.dskdProjectorInit')} == 'pseudoInverse'",
     ),
     Rule(
         "teacher.stepsPerWake",

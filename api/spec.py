@@ -122,6 +122,11 @@ class DskdTokenAlign(StrEnum):
     CMA = "cma"
 
 
+class DskdProjectorInit(StrEnum):
+    LEARNED = "learned"
+    PSEUDO_INVERSE = "pseudoInverse"
+
+
 class TrainTurns(StrEnum):
     ALL = "all"
     LAST = "last"
@@ -267,6 +272,13 @@ class DistillationSpec(SpecModel):
     """DSKD token alignment across tokenizers: exact (eta) or cross-model attention (cma)."""
     projector_learning_rate: Annotated[float, Field(gt=0.0)] = 1.0e-3
     """DSKD: learning rate of the projectors between the two hidden spaces."""
+    dskd_projector_init: DskdProjectorInit = DskdProjectorInit.LEARNED
+    """DSKD projectors: both learned from a plain initialisation (the paper's code), or pseudoInverse (KDFlow,
+    DSKDv2): the teacher-to-student projector starts where both heads give equal logits over the shared
+    tokens and is learned, the student-to-teacher one is recomputed every step from the student's head."""
+    topk_vocab: PositiveInt | None = None
+    """DSKD pseudoInverse: the equal-logits fit runs over the first this many shared tokens (lowest teacher
+    ids) instead of the whole shared vocabulary (KDFlow's --dskd_topk_vocab; unset is its -1)."""
     loss_chunk_size: PositiveInt | None = None
     """Tokens per chunk of the fused loss: memory grows with it, kernel launches shrink. Unset: chosen per
     micro-batch from its shapes so that a chunk's logits are about the size of its hidden states

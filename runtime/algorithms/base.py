@@ -66,6 +66,12 @@ class Algorithm(nn.Module):
         super().__init__()
         self.context = context
 
+    def initialise(self, student_head: Tensor, teacher_head: Tensor | None) -> None:
+        """Called once, before FSDP2 shards the module, with both output heads in full ([vocab, hidden]; the
+        student's on the CPU, the teacher's on the device), for weights that start from them (DSKD's
+        pseudo-inverse projectors)."""
+        del student_head, teacher_head
+
     @classmethod
     def micro_batch_extras(cls, samples: "list[Sample]") -> dict[str, Tensor]:
         """Per-micro-batch tensors the loss needs beyond tokens and labels, built on the driver from the

@@ -46,23 +46,51 @@ uses the configured one, as here). Which teacher state a student position gets, 
   is kept to positions whose z_ts predicts the target, as the authors' implementation does: early on, the
   attention's mixture is noise a student should not imitate.
 
+spec.distillation.dskdProjectorInit pseudoInverse (KDFlow, DSKDv2) replaces the plain initialisation with
+one where both heads give the same logits over R, the first spec.distillation.topkVocab tokens both
+vocabularies share (all of them when unset), W[R] a head's rows for them and ^+ the pseudo-inverse:
+
+    P_ts := W_s[R]^+ W_t[R]                     at the start, then learned: W_s[R] P_ts h_t = W_t[R] h_t
+    P_st  = W_t[R]^+ sg(W_s[R])                 every step, from the student's current head; not learned
+
+KDFlow (kdflow/algorithms/dskd.py @ 3a7a21a): init_t2s = (W_t[R]^T @ pinv(W_s[R]^T))^T (135-137), the
+teacher part's pinv kept (140), s2t = W_s[R]^T @ pinv(W_t[R]^T) applied as h_s @ s2t (276-281, 353-356,
+419-424); pinv(A^T) = pinv(A)^T makes these the two lines above. R there is the first k ids with one
+vocabulary (114-116) and the first k of the overlap otherwise (130-132). Where we differ, on purpose:
+- W_s in P_st is the student's head of this step, as in DSKDv2 (code/criterions/dual_space_kd_v2.py,
+  `init_s2t_projector`); KDFlow takes a copy made at the start (31), so its P_st never moves.
+- The overlap is `data.alignment.shared_vocabulary` (the same bytes), in the teacher's id order, so "the
+  first k" are the lowest ids (BPE's earliest merges, its most frequent pieces). KDFlow's overlap is the
+  student's `get_vocab()` order (121-123), a hash map's: which k it keeps is arbitrary.
+- KDFlow's cma path takes the whole overlap's rows for s2t (354), not cut to k as its pinv's are (130-132,
+  140): with k smaller than the overlap the product's shapes disagree. Here every path uses the same R.
+Cost, once at the start on the teacher head's device, in float32 (float64 if the heads are): two SVDs of
+[k x d] matrices, O(k d^2) (k = 150k, d = 4k: 2.4e12 multiply-adds each) with about three [k x d] copies
+alive at a time, and the kept W_t[R]^+ ([d_t x k] float32: 2.4 GB at d_t = 4096, k = 150k) on every student
+rank; each step adds the [d_t x k] @ [k x d_s] product. topkVocab bounds all of it.
+
 Every term runs through the fused chunked loss, so no [tokens x vocab] logits exist in full.
 """
 
 import math
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kubedistill.api.spec import DskdTokenAlign
+from kubedistill.api.spec import DskdProjectorInit, DskdTokenAlign
 from kubedistill.runtime.algorithms.base import Algorithm, AlgorithmContext, LossInputs
-from kubedistill.runtime.data.alignment import aligned_positions
+from kubedistill.runtime.data.alignment import aligned_positions, same_vocabulary, shared_vocabulary
 from kubedistill.runtime.data.sample import Sample
 from kubedistill.runtime.losses.chunking import chunk_rows
 from kubedistill.runtime.losses.fused import fused_kd_loss
 from kubedistill.runtime.losses.output import IGNORE_INDEX, LossOutput
+from kubedistill.runtime.models.loading import load_tokenizer
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 
 def _long(values: list[int]) -> Tensor:
@@ -77,12 +105,42 @@ class DualSpaceKD(Algorithm):
         self.t2s: nn.Linear | None = None
         self.s2t: nn.Linear | None = None
         self.query: nn.Linear | None = None
+        self.pseudo_inverse = context.distillation.dskd_projector_init == DskdProjectorInit.PSEUDO_INVERSE
+        # pseudoInverse: R's rows of the student's head and W_t[R]^+, set by `initialise`. Buffers follow the
+        # module to its device; not persistent, so checkpoints hold none (the teacher's head never changes).
+        self.student_rows: Tensor | None
+        self.teacher_pinv: Tensor | None
+        self.register_buffer("student_rows", None, persistent=False)
+        self.register_buffer("teacher_pinv", None, persistent=False)
         teacher_size, student_size = context.teacher_hidden_size, context.student_hidden_size
         if teacher_size is not None:
             self.t2s = nn.Linear(teacher_size, student_size, bias=False)
-            self.s2t = nn.Linear(student_size, teacher_size, bias=False)
+            if not self.pseudo_inverse:
+                self.s2t = nn.Linear(student_size, teacher_size, bias=False)
             if context.distillation.dskd_token_align == DskdTokenAlign.CMA:
                 self.query = nn.Linear(2 * student_size, 2 * teacher_size, bias=False)
+
+    def initialise(self, student_head: Tensor, teacher_head: Tensor | None) -> None:
+        if not self.pseudo_inverse or teacher_head is None or self.t2s is None:
+            return
+        context = self.context
+        assert context.student_tokenizer is not None and context.teacher_tokenizer is not None
+        student_rows, teacher_rows = fitted_rows(
+            load_tokenizer(context.student_tokenizer),
+            load_tokenizer(context.teacher_tokenizer),
+            (int(student_head.shape[0]), int(teacher_head.shape[0])),
+            context.distillation.topk_vocab,
+        )
+        device = teacher_head.device
+        wide = torch.promote_types(teacher_head.dtype, torch.float32)
+        t2s, teacher_pinv = pseudo_inverse_projectors(
+            student_head.detach().to(device, wide).index_select(0, student_rows.to(device)),
+            teacher_head.detach().to(wide).index_select(0, teacher_rows.to(device)),
+        )
+        with torch.no_grad():
+            self.t2s.weight.copy_(t2s)
+        self.student_rows = student_rows.to(device)
+        self.teacher_pinv = teacher_pinv
 
     @classmethod
     def micro_batch_extras(cls, samples: list[Sample]) -> dict[str, Tensor]:
@@ -128,7 +186,9 @@ class DualSpaceKD(Algorithm):
         student, teacher = student[kept], teacher[kept]
         dtype = self.t2s.weight.dtype
         teacher_in_student = self.t2s(inputs.teacher_hidden.index_select(0, teacher).to(dtype))
-        student_in_teacher = self.s2t(inputs.student_hidden.index_select(0, student).to(dtype))
+        student_in_teacher = self._in_teacher_space(
+            inputs.student_hidden.index_select(0, student).to(dtype), inputs.student_head
+        )
         everywhere = torch.arange(student.numel(), device=student.device)
         return self._dual_space(inputs, student, teacher_in_student, everywhere, teacher, student_in_teacher)
 
@@ -153,7 +213,7 @@ class DualSpaceKD(Algorithm):
                 + _standardised(teacher_head[extras["teacher_labels"]])
             ).to(dtype)
         )
-        student_values = self.s2t(inputs.student_hidden.to(dtype))
+        student_values = self._in_teacher_space(inputs.student_hidden.to(dtype), inputs.student_head)
         scale = 1.0 / math.sqrt(keys.shape[-1])
         student_counts = extras["student_counts"].tolist()
         teacher_counts = extras["teacher_counts"].tolist()
@@ -178,6 +238,14 @@ class DualSpaceKD(Algorithm):
         )
         agreeing = (predicted == inputs.labels).nonzero().squeeze(-1)
         return self._dual_space(inputs, student, projected, agreeing, teacher, torch.cat(student_in_teacher))
+
+    def _in_teacher_space(self, student_hidden: Tensor, student_head: Tensor) -> Tensor:
+        """P_st h_s: learned, or W_t[R]^+ sg(W_s[R]) h_s with the head of this step (pseudoInverse)."""
+        if self.s2t is not None:
+            return self.s2t(student_hidden)
+        assert self.teacher_pinv is not None and self.student_rows is not None, "initialise() was not called"
+        rows = student_head.detach().index_select(0, self.student_rows).to(self.teacher_pinv.dtype)
+        return F.linear(student_hidden.to(self.teacher_pinv.dtype), self.teacher_pinv @ rows)
 
     def _dual_space(
         self,
@@ -236,3 +304,33 @@ def _predictions(hidden: Tensor, head: Tensor, chunk_size: int | None) -> Tensor
         F.linear(hidden[start : start + chunk], head).argmax(-1) for start in range(0, hidden.shape[0], chunk)
     ]
     return torch.cat(found) if found else hidden.new_zeros(0, dtype=torch.long)
+
+
+def fitted_rows(
+    student: "PreTrainedTokenizerBase",
+    teacher: "PreTrainedTokenizerBase",
+    head_rows: tuple[int, int],
+    topk: int | None,
+) -> tuple[Tensor, Tensor]:
+    """R, as rows of the student's head and of the teacher's: with one vocabulary its first ids (KDFlow,
+    dskd.py:114-116), else the shared pieces in the teacher's id order; the first `topk` of them (all when
+    None). A head may have more rows than its tokenizer has tokens (padding): only rows of both heads count.
+    """
+    if same_vocabulary(student, teacher):
+        student_ids = teacher_ids = list(range(min(head_rows)))
+    else:
+        shared = shared_vocabulary(student, teacher)
+        inside = [
+            (s, t)
+            for s, t in zip(shared.student_ids, shared.teacher_ids, strict=True)
+            if s < head_rows[0] and t < head_rows[1]
+        ]
+        student_ids, teacher_ids = [s for s, _ in inside], [t for _, t in inside]
+    return _long(student_ids[:topk]), _long(teacher_ids[:topk])
+
+
+def pseudo_inverse_projectors(student_rows: Tensor, teacher_rows: Tensor) -> tuple[Tensor, Tensor]:
+    """(W_s[R]^+ W_t[R], W_t[R]^+) from the heads' rows for R ([k x d_s], [k x d_t]): the teacher-to-student
+    projector's weight [d_s x d_t] under which both heads give the same logits over R, as well as a least-
+    squares fit can, and what the student-to-teacher one is built from each step ([d_t x k])."""
+    return torch.linalg.pinv(student_rows) @ teacher_rows, torch.linalg.pinv(teacher_rows)

@@ -211,6 +211,7 @@ def build_module(job: DistillationJob, device: torch.device, world_size: int) ->
             distillation=spec.distillation,
         )
     )
+    algorithm.initialise(output_embeddings(student).weight, teacher_head)
     unsharded = keeps_unsharded(
         spec.student.reshard_after_forward,
         world_size,

@@ -265,6 +265,18 @@ BAD_MANIFESTS: list[Bad] = [
         "cel",
     ),
     Bad(
+        "dskd-topk-vocab-with-learned-projectors",
+        {"spec.distillation": {"algorithm": "dskd", "topkVocab": 20000}},
+        "spec.distillation.topkVocab",
+        "cel",
+    ),
+    Bad("dskd-topk-vocab-zero", {"spec.distillation.topkVocab": 0}, "spec.distillation.topkVocab"),
+    Bad(
+        "dskd-unknown-projector-init",
+        {"spec.distillation.dskdProjectorInit": "svd"},
+        "spec.distillation.dskdProjectorInit",
+    ),
+    Bad(
         "ema-outside-self-distillation",
         {"spec.distillation.teacherEmaDecay": 0.999},
         "spec.distillation.teacherEmaDecay",

@@ -77,10 +77,20 @@ def test_simple_ctkd_distils_across_tokenizers_on_the_students_own_samples_with_
 def test_dskd_distils_across_tokenizers_and_trains_its_projectors(
     cross_world: TinyWorld, tmp_path: Path
 ) -> None:
-    records = train(cross_world, tmp_path, algorithm="dskd", dskdTokenAlign="cma")
+    """With KDFlow's pseudo-inverse projectors, set up from both heads before FSDP2 shards them: the
+    student-to-teacher one is rebuilt each step (not learned), so checkpoints hold the other two alone.
+    The learned student-to-teacher projector is checked against a float64 reference in test_dskd.py."""
+    records = train(
+        cross_world,
+        tmp_path,
+        algorithm="dskd",
+        dskdTokenAlign="cma",
+        dskdProjectorInit="pseudoInverse",
+        topkVocab=200,
+    )
     assert_distils_from_its_own_tokens(records)
     first = projectors(tmp_path / "checkpoints" / "step-00000001", tmp_path / "first.pt")
     last = projectors(tmp_path / "checkpoints" / f"step-{STEPS:08d}", tmp_path / "last.pt")
-    assert sorted(first) == ["algorithm.query.weight", "algorithm.s2t.weight", "algorithm.t2s.weight"]
+    assert sorted(first) == ["algorithm.query.weight", "algorithm.t2s.weight"]
     for name, value in first.items():
         assert not torch.equal(value, last[name]), f"{name} did not train"

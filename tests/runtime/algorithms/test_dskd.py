@@ -1,4 +1,5 @@
-"""DSKD: KD in both hidden spaces through learned projectors, with one tokenizer or two (eta, cma)."""
+"""DSKD: KD in both hidden spaces through learned projectors, with one tokenizer or two (eta, cma), and with
+KDFlow's pseudo-inverse projectors."""
 
 import math
 from dataclasses import replace
@@ -7,7 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kubedistill.runtime.algorithms.dskd import DualSpaceKD
+from kubedistill.runtime.algorithms.dskd import DualSpaceKD, fitted_rows
+from kubedistill.runtime.data.alignment import shared_vocabulary
 from kubedistill.runtime.losses.config import KDConfig
 from kubedistill.runtime.losses.registry import get_loss
 from kubedistill.runtime.student.batch import MicroBatch
@@ -79,8 +81,34 @@ def backward_and_gradients(
     return found | {name: p.grad for name, p in dskd.named_parameters()}
 
 
-def reference(dskd: DualSpaceKD, batch: Batch, config: KDConfig) -> dict[str, torch.Tensor]:
-    """The paper's loss over full float64 logits with exact alignment, and its gradients."""
+Rows = tuple[torch.Tensor, torch.Tensor]
+"""R as rows of the student's head and of the teacher's (pseudoInverse)."""
+
+
+def kdflow_t2s(head: torch.Tensor, teacher_head: torch.Tensor, rows: Rows) -> torch.Tensor:
+    """KDFlow's initial t2s weight, its heads being [hidden x vocab] (kdflow/algorithms/dskd.py @ 3a7a21a:
+    110-111, 135-137): init_t2s = (part_teacher_head @ pinv(part_student_head))^T."""
+    part_student_head, part_teacher_head = head.detach().T[:, rows[0]], teacher_head.T[:, rows[1]]
+    return (part_teacher_head @ torch.linalg.pinv(part_student_head)).T
+
+
+def kdflow_s2t(head: torch.Tensor, teacher_head: torch.Tensor, rows: Rows) -> torch.Tensor:
+    """KDFlow's s2t [d_s x d_t], applied as hidden @ s2t (dskd.py:140, 276-281): the student's head part
+    (detached) @ pinv(part_teacher_head)."""
+    return head.detach().T[:, rows[0]] @ torch.linalg.pinv(teacher_head.T[:, rows[1]])
+
+
+def in_teacher_space(
+    dskd: DualSpaceKD, hidden: torch.Tensor, head: torch.Tensor, teacher_head: torch.Tensor, rows: Rows | None
+) -> torch.Tensor:
+    return dskd.s2t(hidden) if rows is None else hidden @ kdflow_s2t(head, teacher_head, rows)
+
+
+def reference(
+    dskd: DualSpaceKD, batch: Batch, config: KDConfig, rows: Rows | None = None
+) -> dict[str, torch.Tensor]:
+    """The paper's loss over full float64 logits with exact alignment, and its gradients; with `rows`, the
+    student-to-teacher projector is KDFlow's pseudo-inverse one."""
     hidden = batch.student_hidden.detach().clone().requires_grad_()
     head = batch.student_head.detach().clone().requires_grad_()
     teacher_hidden, teacher_head = batch.teacher_hidden, batch.teacher_head
@@ -89,7 +117,7 @@ def reference(dskd: DualSpaceKD, batch: Batch, config: KDConfig) -> dict[str, to
     dskd.zero_grad(set_to_none=True)
     logits = hidden @ head.T
     teacher_in_student = dskd.t2s(teacher_hidden[teacher]) @ head.detach().T
-    student_in_teacher = dskd.s2t(hidden[student]) @ teacher_head.T
+    student_in_teacher = in_teacher_space(dskd, hidden[student], head, teacher_head, rows) @ teacher_head.T
     kd = (
         F.cross_entropy(teacher_in_student, labels[student], reduction="sum")
         + divergence(logits[student], teacher_in_student.detach(), config)
@@ -130,7 +158,9 @@ def test_exact_token_alignment_distils_only_identical_pieces(
         torch.testing.assert_close(ours[name], expected[name], rtol=0, atol=1e-10, msg=name)
 
 
-def cma_reference(dskd: DualSpaceKD, batch: Batch, config: KDConfig) -> dict[str, torch.Tensor]:
+def cma_reference(
+    dskd: DualSpaceKD, batch: Batch, config: KDConfig, rows: Rows | None = None
+) -> dict[str, torch.Tensor]:
     """Cross-model attention written over the whole micro-batch, other samples masked out."""
     hidden = batch.student_hidden.detach().clone().requires_grad_()
     head = batch.student_head.detach().clone().requires_grad_()
@@ -152,7 +182,8 @@ def cma_reference(dskd: DualSpaceKD, batch: Batch, config: KDConfig) -> dict[str
     same_sample = student_rows[:, None] == teacher_rows[None, :]
     scores = (query @ key.T / math.sqrt(2 * TEACHER_WIDTH)).masked_fill(~same_sample, -math.inf)
     teacher_in_student = (scores.softmax(-1) @ value) @ head.detach().T
-    student_in_teacher = (scores.T.softmax(-1) @ dskd.s2t(hidden)) @ teacher_head.T
+    student_values = in_teacher_space(dskd, hidden, head, teacher_head, rows)
+    student_in_teacher = (scores.T.softmax(-1) @ student_values) @ teacher_head.T
     logits = hidden @ head.T
     correct = teacher_in_student.argmax(-1) == labels
     kd = (
@@ -269,3 +300,72 @@ def test_a_placeholder_micro_batch_still_reaches_every_projector(tokenizers: Tok
     output.loss.backward()
     assert output.loss.item() == 0.0
     assert all(p.grad is not None and not p.grad.any() for p in dskd.parameters())
+
+
+def pseudo_inverse(
+    tokenizers: Tokenizers, batch: Batch, align: str, topk: int | None, same: bool = False
+) -> tuple[DualSpaceKD, Rows]:
+    """DSKD with pseudoInverse projectors, initialised from the batch's heads, and its R."""
+    torch.manual_seed(0)
+    distillation = {"dskdTokenAlign": align, "dskdProjectorInit": "pseudoInverse", "topkVocab": topk}
+    dskd = DualSpaceKD(context(tokenizers, CONFIG, same=same, **distillation)).double()
+    dskd.initialise(batch.student_head, batch.teacher_head)
+    teacher = tokenizers.student if same else tokenizers.teacher
+    shape = (batch.student_head.shape[0], batch.teacher_head.shape[0])
+    return dskd, fitted_rows(tokenizers.student, teacher, shape, topk)
+
+
+def cross_batch(tiny: TinyWorld, tokenizers: Tokenizers) -> Batch:
+    student, teacher = tokenizers.student, tokenizers.teacher
+    return random_batch(samples(tiny, student, teacher), len(student), len(teacher))
+
+
+@pytest.mark.parametrize("topk", [None, 6])
+@pytest.mark.parametrize("same", [True, False], ids=["one-tokenizer", "two-tokenizers"])
+def test_pseudo_inverse_projectors_are_kdflows_over_the_first_shared_tokens(
+    tiny: TinyWorld, tokenizers: Tokenizers, same: bool, topk: int | None
+) -> None:
+    if same:
+        student = tokenizers.student
+        batch = random_batch(samples(tiny, student, student), len(student), len(student))
+        shared = list(range(len(student)))
+        expected_rows = (shared, shared)
+    else:
+        batch = cross_batch(tiny, tokenizers)
+        vocabulary = shared_vocabulary(tokenizers.student, tokenizers.teacher)
+        expected_rows = (list(vocabulary.student_ids), list(vocabulary.teacher_ids))
+        assert 6 < len(vocabulary) < len(tokenizers.teacher), "some pieces shared, not all"
+    dskd, rows = pseudo_inverse(tokenizers, batch, "eta", topk, same=same)
+    assert [r.tolist() for r in rows] == [ids[:topk] for ids in expected_rows]
+    assert dskd.s2t is None and [name for name, _ in dskd.named_parameters()] == ["t2s.weight"]
+    assert dskd.t2s is not None
+    head, teacher_head = batch.student_head, batch.teacher_head
+    torch.testing.assert_close(dskd.t2s.weight, kdflow_t2s(head, teacher_head, rows), rtol=0, atol=1e-10)
+    assert dskd.teacher_pinv is not None and dskd.student_rows is not None
+    ours = (dskd.teacher_pinv @ head[dskd.student_rows]).T
+    torch.testing.assert_close(ours, kdflow_s2t(head, teacher_head, rows), rtol=0, atol=1e-10)
+
+
+def test_pseudo_inverse_over_fewer_tokens_than_the_student_width_gives_the_teachers_logits_there(
+    tiny: TinyWorld, tokenizers: Tokenizers
+) -> None:
+    batch = cross_batch(tiny, tokenizers)
+    for topk, exact in ((STUDENT_WIDTH - 2, True), (None, False)):
+        dskd, (student_rows, teacher_rows) = pseudo_inverse(tokenizers, batch, "eta", topk)
+        assert dskd.t2s is not None
+        teacher_in_student = dskd.t2s(batch.teacher_hidden) @ batch.student_head[student_rows].T
+        teacher_logits = batch.teacher_hidden @ batch.teacher_head[teacher_rows].T
+        assert torch.allclose(teacher_in_student, teacher_logits, rtol=0, atol=1e-10) == exact, topk
+
+
+@pytest.mark.parametrize("align", ["eta", "cma"])
+def test_pseudo_inverse_losses_and_gradients_match_the_float64_reference(
+    tiny: TinyWorld, tokenizers: Tokenizers, align: str
+) -> None:
+    batch = cross_batch(tiny, tokenizers)
+    dskd, rows = pseudo_inverse(tokenizers, batch, align, topk=40)
+    check = reference if align == "eta" else cma_reference
+    ours, expected = gradients(dskd, batch), check(dskd, batch, CONFIG, rows)
+    names = ["loss", "kd_sum", "student_hidden", "student_head", "t2s.weight"]
+    for name in names + (["query.weight"] if align == "cma" else []):
+        torch.testing.assert_close(ours[name], expected[name], rtol=0, atol=1e-10, msg=name)
