@@ -93,6 +93,18 @@ def test_the_chunks_masks_put_together_are_the_unsplit_mask(packed: bool) -> Non
     assert not whole[:, :, length:].any(), "the added padding is never attended"
 
 
+@pytest.mark.parametrize("case", ["padded", "packed", "placeholder"])
+def test_every_query_of_every_chunk_attends_at_least_one_key(case: str) -> None:
+    """sdpa gives NaN for a query with no key: the added padding and a rank's placeholder micro-batch (one
+    token, no targets) must still see a token."""
+    samples = [] if case == "placeholder" else SMALL
+    batch = MicroBatch.from_samples(samples, PAD, packed=case == "packed")
+    for rank in range(SIZE):
+        chunk = chunk_micro_batch(batch, SIZE, rank)
+        assert chunk.key_mask is not None
+        assert chunk.key_mask.any(dim=-1).all()
+
+
 def test_micro_batches_with_alignments_are_not_cut() -> None:
     batch = MicroBatch.from_samples(SMALL, PAD, {"alignment": torch.zeros(3)})
     with pytest.raises(ValueError, match="extras"):
