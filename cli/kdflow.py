@@ -14,6 +14,9 @@ is converted so that the loss is the same:
   1 - a, which splits the vocabulary at the same place but for the one token straddling it.
 - `--dskd_token_align` defaults to eta and `--dskd_projector_lr` to 1e-4 in KDFlow
   (kdflow/arguments/distillation_args.py:68-82); ours to cma and 1e-3, so a DSKD job states both.
+- KDFlow's DSKD always starts its projectors by pseudo-inverse (kdflow/algorithms/dskd.py:97-141), over the
+  first `--dskd_topk_vocab` shared tokens: a DSKD job states dskdProjectorInit pseudoInverse (ours defaults
+  to learned) and topkVocab where k is not -1.
 - `--kd_loss_fn hrl` ignores `--kd_temperature` and `--hrl_topk`: the loss never divides by the temperature,
   and `build_loss_fn` passes `hrl_topk` (kdflow/loss/__init__.py:36) to a function whose parameter is
   `hr_topk` (kdflow/loss/hierarchical_ranking_loss.py:13), so KDFlow always ranks the top 5.
@@ -187,8 +190,6 @@ UNSUPPORTED: dict[str, str] = {
     "input_template": "no input template; use the chat template or promptKey/responseKey",
     "enable_thinking": "no chat-template switches in the spec yet; the template renders with its default",
     "ring_attn_size": "no context parallelism",
-    "dskd_topk_vocab": "KubeDistill's DSKD learns both projectors and has no pseudo-inverse initialisation "
-    "for the first k vocabulary rows to restrict",
 }
 """Arguments that change training in KDFlow and have no counterpart here, and why; noted when they differ
 from KDFlow's default."""
@@ -560,7 +561,19 @@ def _distillation(b: _Builder, mode: str) -> None:
     if algorithm == "dskd":
         b.set("spec.distillation.dskdTokenAlign", b.value("dskd_token_align"))
         b.set("spec.distillation.projectorLearningRate", b.number("dskd_projector_lr"))
-    b.used.update({"dskd_token_align", "dskd_projector_lr"})
+        b.set("spec.distillation.dskdProjectorInit", "pseudoInverse")
+        topk = b.number("dskd_topk_vocab", int)
+        if topk != -1:
+            b.set("spec.distillation.topkVocab", topk)
+        if "dskd_topk_vocab" in b.given:
+            b.note(
+                "dskd_topk_vocab",
+                f"spec.distillation.topkVocab {topk} (pseudoInverse); between two vocabularies the first "
+                "k shared tokens are the lowest teacher ids (KDFlow's: its get_vocab() order), and the "
+                "student-to-teacher projector follows the student's head as it trains (KDFlow's keeps "
+                "the head the job started with)",
+            )
+    b.used.update({"dskd_token_align", "dskd_projector_lr", "dskd_topk_vocab"})
 
 
 def _loss_settings(b: _Builder, loss: str) -> None:

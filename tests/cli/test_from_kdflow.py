@@ -142,7 +142,7 @@ def test_every_argument_without_a_counterpart_is_named_on_stderr() -> None:
     assert "dropped" in notes["packing_samples"]
 
 
-def test_kdflows_dskd_example_keeps_kdflows_alignment_and_projector_rate_and_reports_topk_vocab() -> None:
+def test_kdflows_dskd_example_keeps_kdflows_alignment_projector_rate_and_pseudo_inverse_over_topk() -> None:
     manifest, notes = convert(DSKD_OFF_POLICY)
     assert manifest["spec"]["distillation"] == {
         "algorithm": "dskd",
@@ -150,14 +150,17 @@ def test_kdflows_dskd_example_keeps_kdflows_alignment_and_projector_rate_and_rep
         "kdRatio": 0.5,
         "dskdTokenAlign": "eta",
         "projectorLearningRate": 5e-4,
+        "dskdProjectorInit": "pseudoInverse",
+        "topkVocab": 20000,
     }
-    assert notes["dskd_topk_vocab"].startswith("--dskd_topk_vocab 20000: unsupported")
+    assert notes["dskd_topk_vocab"].startswith("--dskd_topk_vocab 20000: spec.distillation.topkVocab 20000")
 
 
 def test_dskd_without_alignment_or_projector_rate_gets_kdflows_defaults_not_ours() -> None:
     manifest, _ = convert(f"{MINIMAL} --kd_algorithm dskd")
     distillation = manifest["spec"]["distillation"]
     assert (distillation["dskdTokenAlign"], distillation["projectorLearningRate"]) == ("eta", 1e-4)
+    assert distillation["dskdProjectorInit"] == "pseudoInverse" and "topkVocab" not in distillation
 
 
 def test_kdflows_on_policy_example_gets_one_rollout_engine_per_gpu() -> None:
