@@ -50,7 +50,8 @@ spec.distillation.dskdProjectorInit pseudoInverse (KDFlow, DSKDv2) replaces the 
 one where both heads give the same logits over R, the first spec.distillation.topkVocab tokens both
 vocabularies share (all of them when unset), W[R] a head's rows for them and ^+ the pseudo-inverse:
 
-    P_ts := W_s[R]^+ W_t[R]                     at the start, then learned: W_s[R] P_ts h_t = W_t[R] h_t
+    P_ts := W_s[R]^+ W_t[R]                     at the start, then learned: W_s[R] P_ts h_t = W_t[R] h_t,
+                                                exactly for k <= d_s, else as near as least squares gets
     P_st  = W_t[R]^+ sg(W_s[R])                 every step, from the student's current head; not learned
 
 KDFlow (kdflow/algorithms/dskd.py @ 3a7a21a): init_t2s = (W_t[R]^T @ pinv(W_s[R]^T))^T (135-137), the
@@ -67,7 +68,9 @@ vocabulary (114-116) and the first k of the overlap otherwise (130-132). Where w
 Cost, once at the start on the teacher head's device, in float32 (float64 if the heads are): two SVDs of
 [k x d] matrices, O(k d^2) (k = 150k, d = 4k: 2.4e12 multiply-adds each) with about three [k x d] copies
 alive at a time, and the kept W_t[R]^+ ([d_t x k] float32: 2.4 GB at d_t = 4096, k = 150k) on every student
-rank; each step adds the [d_t x k] @ [k x d_s] product. topkVocab bounds all of it.
+rank; each micro-batch adds the [d_t x k] @ [k x d_s] product (2.4e12 multiply-adds at that size; once a
+micro-batch rather than through [n x k]: cheaper from about d_s d_t / (d_s + d_t) tokens on). topkVocab
+bounds all of it.
 
 Every term runs through the fused chunked loss, so no [tokens x vocab] logits exist in full.
 """
@@ -134,7 +137,7 @@ class DualSpaceKD(Algorithm):
         device = teacher_head.device
         wide = torch.promote_types(teacher_head.dtype, torch.float32)
         t2s, teacher_pinv = pseudo_inverse_projectors(
-            student_head.detach().to(device, wide).index_select(0, student_rows.to(device)),
+            student_head.detach().index_select(0, student_rows.to(student_head.device)).to(device, wide),
             teacher_head.detach().to(wide).index_select(0, teacher_rows.to(device)),
         )
         with torch.no_grad():
