@@ -60,6 +60,7 @@ from kubedistill.runtime.trainer.groups import Groups, NoTeacher, Teacher
 from kubedistill.runtime.trainer.metrics import (
     LOCAL_NAMESPACE,
     TrainerMetrics,
+    announce,
     publish_eval,
     publish_preparation,
     publish_step,
@@ -362,6 +363,9 @@ class Trainer:
         if self.metrics.port is None:
             port = self.options.metrics_port
             serve_metrics(self.metrics, port, metrics_port_asked(port))
+        # Said here, in the run's log, though `kubedistill run` served it from the data's preparation on: a
+        # job refused before it trains prints its refusal alone.
+        announce(self.metrics)
 
 
 class Training:

@@ -103,7 +103,9 @@ class TrainerMetrics:
 
 def serve_metrics(metrics: TrainerMetrics, port: int | None, asked: int | None) -> int:
     """Serve /metrics on `port` (None: $KUBEDISTILL_METRICS_PORT, else the default); `asked`: the port
-    someone asked for, which is theirs to fix when busy, where the default gives way to a free one."""
+    someone asked for, which is theirs to fix when busy, where the default gives way to a free one. Quiet:
+    the caller says where (`announce`) once its output goes to the run's log, so that a job refused before it
+    trains prints its refusal alone."""
     try:
         served = metrics.serve(port)
     except OSError as error:
@@ -111,8 +113,11 @@ def serve_metrics(metrics: TrainerMetrics, port: int | None, asked: int | None) 
             raise
         served = metrics.serve(0)
         log.warning("metrics port busy (%s); serving /metrics on port %d instead", error, served)
-    log.info("serving /metrics on port %d", served)
     return served
+
+
+def announce(metrics: TrainerMetrics) -> None:
+    log.info("serving /metrics on port %d", metrics.port)
 
 
 def publish_generation(metrics: TrainerMetrics, progress: "GenerationProgress") -> None:

@@ -175,7 +175,7 @@ def _generate(
     from kubedistill.runtime.generation.endpoint import EndpointRefused
     from kubedistill.runtime.generation.preflight import check_generation
     from kubedistill.runtime.generation.store import GenerationRefused, Usage
-    from kubedistill.runtime.trainer.metrics import publish_generation, serve_metrics
+    from kubedistill.runtime.trainer.metrics import announce, publish_generation, serve_metrics
 
     def fail(problem: str) -> typer.Exit:
         metrics.close()
@@ -190,6 +190,7 @@ def _generate(
         if problems:
             raise fail(problems[0])
     serve_metrics(metrics, metrics_port, preflight.metrics_port_asked(metrics_port))
+    announce(metrics)
     try:
         if generation.endpoint is None and store.report() is None:
             from kubedistill.runtime.cluster.session import connect
