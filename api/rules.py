@@ -593,6 +593,34 @@ _RULES: tuple[Rule, ...] = (
         f" && {value('student.replicas')} % {value('student.fsdpShardSize')} == 0)",
     ),
     Rule(
+        "student.contextParallel",
+        "must divide spec.student.replicas (each context group of ranks shares its sequences)",
+        lambda s: s.student.replicas % s.student.context_parallel == 0,
+        f"{value('student.replicas')} % {value('student.contextParallel')} == 0",
+    ),
+    Rule(
+        "student.contextParallel",
+        "more than 1 needs spec.student.attention sdpa or eager (its attention gathers keys and values and "
+        "runs sdpa under a mask of the whole sequence)",
+        lambda s: s.student.context_parallel == 1 or s.student.attention in (Attention.SDPA, Attention.EAGER),
+        f"{value('student.contextParallel')} == 1 || {value('student.attention')} in ['sdpa', 'eager']",
+    ),
+    Rule(
+        "student.contextParallel",
+        "more than 1 is not for dskd or simpleCtkd yet: their alignments describe the whole sequence, which "
+        "no rank holds",
+        lambda s: s.student.context_parallel == 1 or s.distillation.algorithm not in ("dskd", "simpleCtkd"),
+        f"{value('student.contextParallel')} == 1"
+        f" || !({value('distillation.algorithm')} in ['dskd', 'simpleCtkd'])",
+    ),
+    Rule(
+        "student.contextParallel",
+        "more than 1 needs spec.student.fsdpShardSize -1 (parameters are sharded over every rank of the "
+        "(data, context) mesh)",
+        lambda s: s.student.context_parallel == 1 or s.student.fsdp_shard_size == -1,
+        f"{value('student.contextParallel')} == 1 || {value('student.fsdpShardSize')} == -1",
+    ),
+    Rule(
         "student.replicas",
         "must be at most spec.cluster.gpusPerNode or a multiple of it (student pods fill whole nodes)",
         lambda s: (

@@ -196,6 +196,10 @@ class StudentSpec(SpecModel):
     """FSDP2 ranks (one GPU each) training the student."""
     fsdp_shard_size: Annotated[int, Field(ge=-1)] = -1
     """Ranks one parameter is sharded over; -1 shards over all ranks, a divisor of replicas gives HSDP."""
+    context_parallel: PositiveInt = 1
+    """Ranks one sequence is cut over (context parallelism: each holds a zigzag chunk of every micro-batch and
+    attention gathers the keys and values of the whole sequence); must divide replicas. Text students on sdpa
+    or eager, vanilla-style algorithms (no dskd or simpleCtkd), fsdpShardSize -1."""
     cpu_offload: bool = False
     """Keep parameters and optimizer state in host memory between uses."""
     reshard_after_forward: Reshard = Reshard.AUTO

@@ -30,6 +30,7 @@ from torch.distributed.nn.functional import all_gather
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
+from kubedistill.runtime.losses.output import IGNORE_INDEX
 from kubedistill.runtime.student.batch import MicroBatch
 
 ATTENTION = "kubedistill_context_parallel"
@@ -112,6 +113,56 @@ def chunk_micro_batch(
         group=group,
         targets=mine.nonzero().squeeze(1),
     )
+
+
+def rank_share(
+    batch: MicroBatch, hidden: torch.Tensor | None, group: dist.ProcessGroup
+) -> tuple[ContextChunk, torch.Tensor | None]:
+    """This rank's chunk of a micro-batch its whole context group holds, with the teacher's hidden states of
+    the chunk's loss positions (the teacher answered for the whole micro-batch, in its order of positions)."""
+    chunk = chunk_micro_batch(batch, dist.get_world_size(group), dist.get_rank(group), group)
+    assert chunk.targets is not None
+    return chunk, None if hidden is None else hidden[chunk.targets.to(hidden.device)]
+
+
+def group_sample_divergences(
+    chunks: list[ContextChunk], figures: list[tuple[float | None, ...]], group: dist.ProcessGroup
+) -> tuple[tuple[float | None, ...], ...]:
+    """Each sample's mean divergence over the whole micro-batch, from each rank's means over its chunk: the
+    means times their counts summed over the group (one all-reduce for the step), then divided by the summed
+    counts, not the ranks' means averaged. None where any rank had no figure for a position of the sample (an
+    algorithm without per-position divergences) or the sample has no target. The group's first rank returns
+    them; the others return no figures, so the ranks' figures put together hold each sample once
+    (`StepPlan.in_step_order`, whose order lists each context group's samples once)."""
+    rows = []
+    for chunk, means in zip(chunks, figures, strict=True):
+        counts = torch.zeros(chunk.samples, dtype=torch.float64)
+        if chunk.sample_index is not None:
+            kept = chunk.sample_index[chunk.labels != IGNORE_INDEX]
+            counts = torch.bincount(kept, minlength=chunk.samples).to(torch.float64)
+        known = torch.tensor([mean is not None for mean in means], dtype=torch.bool)
+        values = torch.tensor([0.0 if mean is None else mean for mean in means], dtype=torch.float64)
+        # A NaN mean (a non-finite step) stays NaN; a sample with no position on this rank adds nothing.
+        totals = torch.where(counts > 0, values * counts, 0.0)
+        rows.append(torch.stack([totals, counts, torch.where(known, 0.0, counts)]))
+    if not rows:
+        return ()
+    reduced = torch.cat(rows, dim=1)
+    dist.all_reduce(reduced, group=group)
+    if dist.get_rank(group) != 0:
+        return tuple(() for _ in chunks)
+    results: list[tuple[float | None, ...]] = []
+    start = 0
+    for chunk in chunks:
+        totals, counts, unknown = reduced[:, start : start + chunk.samples].tolist()
+        start += chunk.samples
+        results.append(
+            tuple(
+                total / count if count and not missing else None
+                for total, count, missing in zip(totals, counts, unknown, strict=True)
+            )
+        )
+    return tuple(results)
 
 
 def sample_ids(positions: torch.Tensor) -> torch.Tensor:

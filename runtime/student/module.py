@@ -11,6 +11,7 @@ from dataclasses import dataclass, field, replace
 
 import torch
 from torch import nn
+from torch.distributed import ProcessGroup
 from transformers import PreTrainedModel
 
 from kubedistill.api.job import DistillationJob
@@ -27,7 +28,7 @@ from kubedistill.runtime.models.roles import (
 )
 from kubedistill.runtime.models.vision import backbone, freeze_vision_tower, language_config, vision_tower
 from kubedistill.runtime.student.batch import MicroBatch
-from kubedistill.runtime.student.context_parallel import ContextChunk
+from kubedistill.runtime.student.context_parallel import ContextChunk, use_context_parallel_attention
 from kubedistill.runtime.student.lora import apply_lora
 from kubedistill.runtime.student.packed_attention import (
     BASES,
@@ -37,6 +38,7 @@ from kubedistill.runtime.student.packed_attention import (
 )
 from kubedistill.runtime.student.parallelize import (
     apply_fsdp,
+    context_mesh,
     device_memory_bytes,
     device_mesh,
     keeps_unsharded,
@@ -63,6 +65,8 @@ class DistillationModule(nn.Module):
     # `Tensor | Module`. A LoRA student is a peft model, which forwards these calls to the model it wraps.
     student: PreTrainedModel
     teacher_head: torch.Tensor | None
+    context_group: ProcessGroup | None = None
+    """The ranks this one's micro-batches are cut over (spec.student.contextParallel > 1; build_module)."""
 
     def __init__(
         self,
@@ -220,7 +224,13 @@ def build_module(job: DistillationJob, device: torch.device, world_size: int) ->
         spec.student.cpu_offload,
     )
     module = DistillationModule(student, algorithm, teacher_head, unsharded).to(device)
-    mesh = device_mesh(device.type, world_size, spec.student.fsdp_shard_size)
+    if spec.student.context_parallel > 1:
+        # After the packed attention's switch: a context-parallel chunk needs its own attention (its key mask
+        # over the whole sequence), packed or padded.
+        use_context_parallel_attention(student)
+        mesh, module.context_group = context_mesh(device.type, world_size, spec.student.context_parallel)
+    else:
+        mesh = device_mesh(device.type, world_size, spec.student.fsdp_shard_size)
     apply_fsdp(
         module, student, mesh, param_dtype=dtype, cpu_offload=spec.student.cpu_offload, unsharded=unsharded
     )

@@ -21,6 +21,7 @@ from kubedistill.runtime.models.roles import student_tokenizer_path
 from kubedistill.runtime.student.batch import MicroBatch
 from kubedistill.runtime.student.checkpoint import RankCheckpointer
 from kubedistill.runtime.student.clipping import LocalGradients
+from kubedistill.runtime.student.context_parallel import ContextChunk, group_sample_divergences, rank_share
 from kubedistill.runtime.student.module import build_module
 from kubedistill.runtime.student.offload import StudentState, move_student
 from kubedistill.runtime.student.optimizer import OptimizerPlace, StudentOptimizer
@@ -136,6 +137,8 @@ class StudentWorker:
         started = time.perf_counter()
         backbone = loss = backward = 0.0
         divergences: list[tuple[float | None, ...]] = []
+        chunks: list[ContextChunk] = []
+        group = self.module.context_group
         last = len(micro_batches) - 1
         if self.module.unsharded_through_step:
             # Every block's all-gather goes out at once (its forward waits for its own): one exchange a
@@ -149,6 +152,10 @@ class StudentWorker:
                 # and one reduce-scatter per block a step, however many micro-batches it has.
                 module.set_requires_gradient_sync(index == last)
                 module.set_reshard_after_backward(index == last)
+            if group is not None:
+                # Every rank of the context group holds the same micro-batch: this rank trains its chunk.
+                batch, hidden = rank_share(batch, hidden, group)
+                chunks.append(batch)
             forward = self.module(batch, hidden, float(normalizer))
             output = forward.loss
             backbone, loss = backbone + forward.backbone_seconds, loss + forward.loss_seconds
@@ -160,6 +167,8 @@ class StudentWorker:
                 [output.kd_sum.item(), output.ce_sum.item(), output.num_tokens, batch.num_tokens],
                 dtype=torch.float64,
             )
+        if group is not None:
+            divergences = list(group_sample_divergences(chunks, divergences, group))
         computed = time.perf_counter()
         gradients = LocalGradients.of(self.module.parameters(), self.address.world_size)
         # The loss sums and the gradients' squared norm in one all-reduce: each collective is a point where
@@ -204,7 +213,11 @@ class StudentWorker:
     ) -> EvalStats:
         self.module.eval()
         sums = torch.zeros(4, dtype=torch.float64)
+        group = self.module.context_group
         for batch, hidden in zip(micro_batches, teacher_hidden, strict=True):
+            if group is not None:
+                # Each rank's chunk holds its own loss positions: the sums over all ranks count each once.
+                batch, hidden = rank_share(batch, hidden, group)
             output = self.module(batch, hidden, float(normalizer), measure_agreement=True)
             loss = output.loss
             sums += torch.tensor(

@@ -357,6 +357,7 @@ class Trainer:
             # Packing is exact for text models only: a vision-language model computes its (multimodal
             # rotary) positions over the whole row (`MicroBatch.from_samples`).
             packing=training.packing and self.images is None,
+            context_parallel=self.spec.student.context_parallel,
         )
 
     def _serve_metrics(self) -> None:

@@ -45,7 +45,10 @@ class StepPlan:
         return ordered
 
     def teacher_refs(self) -> list[ray.ObjectRef]:
-        return [ref for share in self.work for ref in share.teacher_refs if ref is not None]
+        # Once each: a context group's ranks share their micro-batches' refs.
+        return list(
+            dict.fromkeys(ref for share in self.work for ref in share.teacher_refs if ref is not None)
+        )
 
 
 class Planner:
@@ -58,6 +61,7 @@ class Planner:
         micro_batch_size: int,
         max_tokens_per_device: int | None,
         packing: bool = False,
+        context_parallel: int = 1,
     ) -> None:
         self._groups = groups
         self._gpus = gpus
@@ -67,12 +71,15 @@ class Planner:
         self._max_tokens = max_tokens_per_device
         self._packing = packing
         """Each micro-batch one padding-free row (`MicroBatch.from_samples(packed=True)`)."""
+        self._context = context_parallel
+        """Consecutive ranks that share every micro-batch, each training its chunk of the sequence
+        (spec.student.contextParallel): the batch is cut over world size / this many data shards."""
 
     def train_step(self, samples: list[Sample], rollout_seconds: float) -> StepPlan:
         """A global batch cut into micro-batches per rank (token-balanced), the teacher's work dispatched."""
         shards = shard_micro_batches(
             samples,
-            self._groups.students.world_size,
+            self._groups.students.world_size // self._context,
             self._micro_batch_size,
             self._max_tokens,
             self._packing,
@@ -82,7 +89,7 @@ class Planner:
     def evaluation(self, samples: list[Sample]) -> StepPlan:
         """The eval set, strided over the ranks; every rank runs the same number of micro-batches (FSDP2
         collectives), so short ranks get empty ones."""
-        ranks = self._groups.students.world_size
+        ranks = self._groups.students.world_size // self._context
         size = self._micro_batch_size
         shares = [samples[rank::ranks] for rank in range(ranks)]
         depth = max(math.ceil(len(share) / size) for share in shares)
@@ -91,10 +98,13 @@ class Planner:
         )
 
     def _lay_out(self, shards: list[list[list[Sample]]], rollout_seconds: float) -> StepPlan:
+        """Work for each data shard's ranks (`shards` indexed [data shard][micro-batch]): a context group's
+        ranks get the same micro-batches and teacher refs; the teacher is asked, and the normaliser counts
+        each shard's targets, once."""
         normalizer = sum(sample.num_targets for batches in shards for batch in batches for sample in batch)
         requests = [
-            (rank, index, teacher_batch(batch))
-            for rank, batches in enumerate(shards)
+            (shard, index, teacher_batch(batch))
+            for shard, batches in enumerate(shards)
             for index, batch in enumerate(batches)
             if batch
         ]
@@ -102,17 +112,19 @@ class Planner:
         with self._gpus.turn(teacher):
             answers = teacher.hidden_states_refs([request for _, _, request in requests])
             self._gpus.finish([ref for ref in answers if ref is not None])
-        refs = {(rank, index): ref for (rank, index, _), ref in zip(requests, answers, strict=True)}
-        work = [
+        refs = {(shard, index): ref for (shard, index, _), ref in zip(requests, answers, strict=True)}
+        shares = [
             RankWork(
                 micro_batches=[
                     MicroBatch.from_samples(batch, self._pad_id, self._extras(batch), self._packing)
                     for batch in batches
                 ],
-                teacher_refs=[refs.get((rank, index)) for index in range(len(batches))],
+                teacher_refs=[refs.get((shard, index)) for index in range(len(batches))],
             )
-            for rank, batches in enumerate(shards)
+            for shard, batches in enumerate(shards)
         ]
+        # Ranks as context_mesh lays them out: each `context` consecutive ranks share a data shard.
+        work = [share for share in shares for _ in range(self._context)]
         positions = sum(
             request.num_positions
             for (_, _, request), ref in zip(requests, answers, strict=True)

@@ -258,6 +258,31 @@ BAD_MANIFESTS: list[Bad] = [
     ),
     Bad("shard-size-not-dividing", {"spec.student.fsdpShardSize": 3}, "spec.student.fsdpShardSize", "cel"),
     Bad("shard-size-zero", {"spec.student.fsdpShardSize": 0}, "spec.student.fsdpShardSize", "cel"),
+    Bad("context-parallel-zero", {"spec.student.contextParallel": 0}, "spec.student.contextParallel"),
+    Bad(
+        "context-parallel-not-dividing",
+        {"spec.student.contextParallel": 3},
+        "spec.student.contextParallel",
+        "cel",
+    ),
+    Bad(
+        "context-parallel-with-flash-attention",
+        {"spec.student.contextParallel": 2, "spec.student.attention": "flash_attention_2"},
+        "spec.student.contextParallel",
+        "cel",
+    ),
+    Bad(
+        "context-parallel-with-dskd",
+        {"spec.student.contextParallel": 2, "spec.distillation.algorithm": "dskd"},
+        "spec.student.contextParallel",
+        "cel",
+    ),
+    Bad(
+        "context-parallel-with-hsdp",
+        {"spec.student.contextParallel": 2, "spec.student.fsdpShardSize": 4},
+        "spec.student.contextParallel",
+        "cel",
+    ),
     Bad(
         "student-not-filling-nodes",
         {"spec.student.replicas": 12, "spec.training.globalBatchSize": 120},

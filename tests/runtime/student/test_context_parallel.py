@@ -20,6 +20,7 @@ from kubedistill.runtime.data.sample import Sample
 from kubedistill.runtime.student.batch import MicroBatch
 from kubedistill.runtime.student.context_parallel import (
     chunk_micro_batch,
+    group_sample_divergences,
     use_context_parallel_attention,
     zigzag_columns,
 )
@@ -122,6 +123,7 @@ def _rank(rank: int, tiny: TinyWorld, cases: dict, directory: str) -> None:
         for name, (batch, hidden, normalizer) in cases.items():
             reference, _ = float64_module(tiny, VanillaKD, "same")
             expected = loss_and_gradients(reference, batch, hidden, normalizer)
+            figures = reference(batch, hidden, normalizer).sample_divergences
             module, _ = float64_module(tiny, VanillaKD, "same")
             use_context_parallel_attention(module.student)
             mesh, group = context_mesh("cpu", SIZE, SIZE)
@@ -131,13 +133,16 @@ def _rank(rank: int, tiny: TinyWorld, cases: dict, directory: str) -> None:
             fully_shard(module, mesh=mesh, reshard_after_forward=False)
             chunk = chunk_micro_batch(batch, SIZE, rank, group)
             assert chunk.targets is not None and chunk.num_targets > 0
-            loss = module(chunk, hidden[chunk.targets], normalizer).loss.loss
+            forward = module(chunk, hidden[chunk.targets], normalizer)
+            loss = forward.loss.loss
+            # The chunk's per-sample means, put together over the group as the worker does.
+            (split_figures,) = group_sample_divergences([chunk], [tuple(forward.sample_divergences)], group)
             # The worker's scale: FSDP2 averages the ranks' gradients, the loss is already the global one's.
             (loss * SIZE).backward()
             total = loss.detach().clone()
             dist.all_reduce(total)
             gradients = {name: whole(p.grad) for name, p in module.named_parameters() if p.grad is not None}
-            results[name] = (expected, (total, gradients))
+            results[name] = (expected, (total, gradients), (figures, split_figures))
         if rank == 0:
             torch.save(results, f"{directory}/results.pt")
     finally:
@@ -169,10 +174,20 @@ def two_rank_steps(tiny: TinyWorld) -> dict:
 def test_a_context_parallel_step_has_the_unsplit_steps_loss_and_gradients(
     two_rank_steps: dict, case: str
 ) -> None:
-    (loss, gradients), (split_loss, split_gradients) = two_rank_steps[case]
+    (loss, gradients), (split_loss, split_gradients), _ = two_rank_steps[case]
     assert loss.item() > 0.0
     torch.testing.assert_close(split_loss, loss, rtol=1e-10, atol=0.0)
     assert split_gradients.keys() == gradients.keys()
     assert len(gradients) >= 10
     for name, gradient in gradients.items():
         torch.testing.assert_close(split_gradients[name], gradient, rtol=1e-9, atol=1e-13, msg=name)
+
+
+@pytest.mark.parametrize("case", ["padded", "packed"])
+def test_each_samples_divergence_is_its_mean_over_the_whole_sequence_not_the_ranks_means_averaged(
+    two_rank_steps: dict, case: str
+) -> None:
+    """Rank 0 reports them (sums and counts added over the group), once for the micro-batch."""
+    _, _, (figures, split_figures) = two_rank_steps[case]
+    assert len(figures) == 5 and all(figure is not None and figure > 0 for figure in figures)
+    assert split_figures == pytest.approx(figures, rel=1e-10)
