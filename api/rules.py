@@ -286,6 +286,23 @@ _RULES: tuple[Rule, ...] = (
         f"!{present('generation.topLogprobs')} || {present('generation.endpoint')}",
     ),
     Rule(
+        "distillation.algorithm",
+        "sparseKd trains on a hosted teacher's stored log-probabilities: it needs spec.mode sft and "
+        "spec.generation.topLogprobs (with spec.generation.endpoint)",
+        lambda s: (
+            s.distillation.algorithm != "sparseKd"
+            or (s.mode == Mode.SFT and s.generation is not None and s.generation.top_logprobs is not None)
+        ),
+        f"{value('distillation.algorithm')} != 'sparseKd' || ({_mode_is(Mode.SFT)} && "
+        f"{present('generation.topLogprobs')})",
+    ),
+    Rule(
+        "distillation.lossAddTail",
+        "only shapes spec.distillation.algorithm sparseKd's loss; remove it, or use sparseKd",
+        lambda s: s.distillation.loss_add_tail or s.distillation.algorithm == "sparseKd",
+        f"{value('distillation.lossAddTail')} || {value('distillation.algorithm')} == 'sparseKd'",
+    ),
+    Rule(
         "data.applyChatTemplate",
         "must be true with spec.generation: the generated records are chats",
         lambda s: s.generation is None or s.data.apply_chat_template,

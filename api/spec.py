@@ -252,7 +252,8 @@ class RolloutSpec(SpecModel):
 
 class DistillationSpec(SpecModel):
     algorithm: Annotated[str, Field(min_length=1)] = "vanilla"
-    """Distillation algorithm: vanilla, dskd, simpleCtkd, or a registered plugin."""
+    """Distillation algorithm: vanilla, dskd, simpleCtkd, sparseKd (mode sft on a hosted teacher's stored
+    top-k log-probabilities, spec.generation.topLogprobs), or a registered plugin."""
     loss: Annotated[str, Field(min_length=1)] = "fkl"
     """Divergence between teacher and student: fkl, rkl, jsd, tvd, skl, srkl, akl, top1Ce, hrl, uld, or a
     registered plugin."""
@@ -266,6 +267,9 @@ class DistillationSpec(SpecModel):
     """Mixing weight of skewed KL (skl, srkl)."""
     adaptive_alpha: Annotated[float, Field(gt=0.0, le=1.0)] = 0.5
     """Probability mass that makes the head of the teacher's distribution in adaptive KL (akl)."""
+    loss_add_tail: bool = True
+    """sparseKd: compare the teacher's top-k plus one bucket for the rest of the vocabulary's mass (TRL's
+    server distillation `loss_add_tail`); false renormalises both sides over the top-k alone."""
     hrl_top_k: PositiveInt = 5
     """How many of each model's most likely tokens the hierarchical ranking loss (hrl) compares."""
     teacher_update_freq: PositiveInt = 1

@@ -62,6 +62,10 @@ class Algorithm(nn.Module):
     """The algorithm matches the tokens of a teacher with its own tokenizer: the trainer then has every sample
     carry the teacher's tokenization of the same conversation (`Sample.aligned_targets`)."""
 
+    sparse_targets: ClassVar[bool] = False
+    """The algorithm trains on a hosted teacher's stored top-k log-probabilities: every sample carries its
+    record's `teacherLogprobs` (`Sample.teacher_top_ids`)."""
+
     def __init__(self, context: AlgorithmContext) -> None:
         super().__init__()
         self.context = context

@@ -66,6 +66,7 @@ def cache_key(
     tokenizer: "PreTrainedTokenizerBase",
     teacher_tokenizer: "PreTrainedTokenizerBase",
     cross_tokenizer: bool,
+    sparse_targets: bool = False,
 ) -> str | None:
     """The prepared set's key; None for sources read through `datasets` (hub or saved datasets), which
     have no files of their own to name."""
@@ -81,6 +82,8 @@ def cache_key(
         "mode": mode.value,
         "cross_tokenizer": cross_tokenizer,
         "files": [_identity(file) for file in files],
+        # Named only when set, so the sets prepared before sparse KD keep their keys.
+        **({"sparse_targets": True} if sparse_targets else {}),
     }
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
     for each in (tokenizer, teacher_tokenizer):

@@ -61,6 +61,7 @@ def load_samples(
     cache: Path | None = None,
     on_progress: Callable[[PrepareProgress], None] | None = None,
     on_ray: bool = False,
+    sparse_targets: bool = False,
 ) -> LoadedData:
     """Read and tokenise every record of `source` (`field` is its spec path, named in errors), or its first
     `maxSamples`; the log says how many were taken.
@@ -79,6 +80,8 @@ def load_samples(
     `on_progress`: called with the preparation's progress every second or so and at its end (/metrics).
     `on_ray`: a large source is tokenised by Ray tasks over the cluster this process is attached to, instead
     of by `processes` on this machine (a job on a cluster of several nodes).
+    `sparse_targets`: every sample carries its record's `teacherLogprobs` (sparse KD); a record without
+    them, or whose targets are not the tokens the teacher sampled, is bad.
 
     Raises `BadRecordError` for the first bad record under `onBadRecord: fail`, `DataFileError` when the
     file is unusable, holds no records, or holds only bad ones, and `SpecError` naming the spec field when
@@ -113,6 +116,7 @@ def load_samples(
             tokenizer=tokenizer,
             teacher_tokenizer=teacher,
             cross_tokenizer=own_tokens,
+            sparse_targets=sparse_targets,
         )
     prepared = None if key is None or cache is None else read_prepared(cache, field, key)
     if prepared is not None:
@@ -131,6 +135,7 @@ def load_samples(
             processes,
             on_progress,
             on_ray,
+            sparse_targets,
         )
         if key is not None and cache is not None:
             try:
@@ -183,6 +188,7 @@ def _prepare(
     processes: int | None,
     on_progress: Callable[[PrepareProgress], None] | None = None,
     on_ray: bool = False,
+    sparse_targets: bool = False,
 ) -> Prepared:
     """Every record of `source` tokenised, on `processes` worker processes (`data.prepare`)."""
     reasoning = UnrenderedReasoning(field, tokenizer.name_or_path)
@@ -197,6 +203,7 @@ def _prepare(
         images=images,
         teacher_images=teacher_images,
         reasoning=reasoning,
+        sparse_targets=sparse_targets,
     )
     samples: list[Sample] = []
     bad_records: list[BadRecord] = []

@@ -22,6 +22,11 @@ TokenIds = npt.NDArray[np.int32]
 Mask = npt.NDArray[np.bool_]
 Spans = npt.NDArray[np.int32]
 """[n, 2]: each target's (start, end) in the response text."""
+TopIds = npt.NDArray[np.int32]
+"""[targets, k]: a hosted teacher's k most likely next tokens at each target, in the student's ids; -1 where
+the teacher named fewer than k, or nothing (the template's end-of-turn tokens after the sampled response)."""
+TopLogprobs = npt.NDArray[np.float32]
+"""[targets, k]: the teacher's log-probabilities of `TopIds` (any value where the id is -1)."""
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -55,6 +60,10 @@ class Sample:
     images: "ImageInputs | None" = None
     """A vision-language model's image inputs (pixels and patch grids) for the image tokens in `input_ids`,
     which teacher and student both see; None for text."""
+    teacher_top_ids: TopIds | None = None
+    """Sparse KD (spec.generation.topLogprobs): the hosted teacher's top-k at each target, in target order."""
+    teacher_top_logprobs: TopLogprobs | None = None
+    """Sparse KD: their log-probabilities."""
 
     def __post_init__(self) -> None:
         for name, kind in SEQUENCES.items():
@@ -84,6 +93,15 @@ class Sample:
             ):
                 if len(spans) != count:
                     raise ValueError(f"{prefix}target_spans has {len(spans)} spans for {count} targets")
+        if (self.teacher_top_ids is None) != (self.teacher_top_logprobs is None):
+            raise ValueError("teacher_top_ids and teacher_top_logprobs go together")
+        if self.teacher_top_ids is not None and self.teacher_top_logprobs is not None:
+            shape = self.teacher_top_ids.shape
+            if len(shape) != 2 or shape[0] != self.num_targets or self.teacher_top_logprobs.shape != shape:
+                raise ValueError(
+                    f"teacher_top_ids {shape} and teacher_top_logprobs {self.teacher_top_logprobs.shape} "
+                    f"must both be [{self.num_targets} targets, k]"
+                )
         if self.teacher_input_ids is not None and self.teacher_target_mask is not None:
             _check_sequence(self.teacher_input_ids, self.teacher_target_mask, "teacher_")
             teacher_targets = int(self.teacher_target_mask.sum())
@@ -164,6 +182,9 @@ SEQUENCES = {
     "teacher_target_mask": np.bool_,
     "target_spans": np.int32,
     "teacher_target_spans": np.int32,
+    # [targets, k] each: concatenated and cut by rows like the 1-D sequences.
+    "teacher_top_ids": np.int32,
+    "teacher_top_logprobs": np.float32,
 }
 
 

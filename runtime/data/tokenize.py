@@ -106,6 +106,8 @@ class SampleBuilder:
     student's."""
     reasoning: UnrenderedReasoning | None = None
     """Counts the records whose assistant reasoning the student's template leaves out; None: unchecked."""
+    sparse_targets: bool = False
+    """Sparse KD: each sample carries its record's `teacherLogprobs` (spec.generation.topLogprobs)."""
 
     def __post_init__(self) -> None:
         self._check_config()
@@ -219,7 +221,52 @@ class SampleBuilder:
                 exchange.tools,
                 self.chat_format,
             )
+        if self.sparse_targets:
+            return [self._with_sparse_targets(record, samples)]
         return samples
+
+    def _with_sparse_targets(self, record: Record, samples: list[Sample]) -> Sample:
+        """The record's one sample with the teacher's top-k at each target. The targets must begin with the
+        tokens the teacher sampled (`teacherLogprobs.ids`), else the log-probabilities belong to other
+        positions; the targets after them (the template's end of turn) get none, and a cut response keeps
+        those of its kept tokens."""
+        logprobs = record.fields.get("teacherLogprobs")
+        if not isinstance(logprobs, Mapping):
+            raise RecordProblem(
+                "has no teacherLogprobs, which spec.distillation.algorithm sparseKd trains on; generate the "
+                "file with spec.generation.topLogprobs"
+            )
+        if len(samples) != 1:
+            raise RecordProblem(
+                f"the chat template renders it as {len(samples)} trained parts; sparse KD's "
+                "teacherLogprobs belong to one response"
+            )
+        (sample,) = samples
+        targets = sample.input_ids[1:][sample.target_mask[1:]]
+        sampled = np.asarray(logprobs["ids"], dtype=np.int64)
+        shared = min(len(targets), len(sampled))
+        differ = np.flatnonzero(targets[:shared] != sampled[:shared])
+        if len(differ) or (len(targets) < len(sampled) and sample.truncation is None):
+            at = int(differ[0]) if len(differ) else len(targets)
+            rendered = self.tokenizer.decode(targets[at : at + 8].tolist())
+            teacher = self.tokenizer.decode(sampled[at : at + 8].tolist())
+            raise RecordProblem(
+                f"the chat template renders the response otherwise than the teacher sampled it "
+                f"(teacherLogprobs.ids), from response token {at}: {rendered!r} instead of {teacher!r}; "
+                "sparse KD needs the sampled tokens as the targets (e.g. a template that renders reasoning "
+                "its own way: set spec.generation.keepReasoning false, or a template that renders it as "
+                "sampled)"
+            )
+        top_ids, top_logprobs = logprobs["topIds"], logprobs["topLogprobs"]
+        k = max((len(row) for row in top_ids), default=0)
+        ids = np.full((len(targets), k), -1, dtype=np.int32)
+        values = np.zeros((len(targets), k), dtype=np.float32)
+        for position, (row, row_values) in enumerate(
+            zip(top_ids[:shared], top_logprobs[:shared], strict=True)
+        ):
+            ids[position, : len(row)] = row
+            values[position, : len(row)] = row_values
+        return replace(sample, teacher_top_ids=ids, teacher_top_logprobs=values)
 
     def _build_part(self, record: Record, exchange: _Exchange) -> Sample:
         """The sample of the exchange, a record's chat or a part of it."""

@@ -29,9 +29,12 @@ def teacher_model_path(job: DistillationJob) -> str | None:
 
 
 def kd_config(job: DistillationJob) -> KDConfig:
-    """The loss settings; sft trains on the data alone (kdRatio 0)."""
+    """The loss settings; sft trains on the data alone (kdRatio 0), unless its algorithm distils the stored
+    log-probabilities of a hosted teacher (sparseKd)."""
+    from kubedistill.runtime.algorithms.base import ALGORITHMS  # the algorithms import the losses' config
+
     config = KDConfig.from_spec(job.spec.distillation)
-    if not has_teacher(job):
+    if not has_teacher(job) and not ALGORITHMS.get(job.spec.distillation.algorithm).sparse_targets:
         return KDConfig(**{**config.__dict__, "kd_ratio": 0.0})
     return config
 

@@ -253,6 +253,7 @@ class Trainer:
             teacher_tokenizer=self.teacher_tokenizer,
             field=field_path,
             cross_tokenizer=self.algorithm.cross_tokenizer,
+            sparse_targets=self.algorithm.sparse_targets,
             images=self.images,
             teacher_images=self.teacher_images,
             # Prepared once: a restarted or retried job maps the set from its checkpoint volume.

@@ -525,6 +525,29 @@ BAD_MANIFESTS: list[Bad] = [
         "spec.generation.topLogprobs",
     ),
     Bad(
+        "sparse-kd-without-the-endpoints-top-logprobs",
+        {
+            "spec.mode": "sft",
+            "spec.teacher": DELETE,
+            "spec.generation": {"endpoint": ENDPOINT},
+            "spec.distillation.algorithm": "sparseKd",
+        },
+        "spec.distillation.algorithm",
+        "cel",
+    ),
+    Bad(
+        "sparse-kd-beside-the-jobs-own-teacher",
+        {"spec.distillation.algorithm": "sparseKd"},
+        "spec.distillation.algorithm",
+        "cel",
+    ),
+    Bad(
+        "loss-add-tail-without-sparse-kd",
+        {"spec.distillation.lossAddTail": False},
+        "spec.distillation.lossAddTail",
+        "cel",
+    ),
+    Bad(
         "endpoint-url-without-v1",
         {
             "spec.mode": "sft",
