@@ -22,17 +22,21 @@ class SparseKD(Algorithm):
     @classmethod
     def micro_batch_extras(cls, samples: "list[Sample]") -> dict[str, torch.Tensor]:
         """Each loss position's top-k ids and log-probabilities ([targets, k]), in the micro-batch's order of
-        loss positions (sample by sample, padded or packed alike: `MicroBatch.from_samples`)."""
+        loss positions (sample by sample, padded or packed alike: `MicroBatch.from_samples`). A sample without
+        them (held-out data, spec.data.eval, that no endpoint scored) gets empty rows: cross-entropy alone."""
         if not samples:
             return {}
-        ids = [sample.teacher_top_ids for sample in samples]
-        values = [sample.teacher_top_logprobs for sample in samples]
-        if any(each is None for each in ids):
-            raise ValueError("sparseKd: a sample without the teacher's top-k (Sample.teacher_top_ids)")
-        return {
-            "top_ids": torch.from_numpy(np.concatenate(ids)).long(),  # type: ignore[arg-type]
-            "top_logprobs": torch.from_numpy(np.concatenate(values)),  # type: ignore[arg-type]
-        }
+        k = max((s.teacher_top_ids.shape[1] for s in samples if s.teacher_top_ids is not None), default=1)
+        ids = np.full((sum(s.num_targets for s in samples), k), -1, dtype=np.int64)
+        values = np.zeros(ids.shape, dtype=np.float32)
+        row = 0
+        for sample in samples:
+            if sample.teacher_top_ids is not None and sample.teacher_top_logprobs is not None:
+                width = sample.teacher_top_ids.shape[1]
+                ids[row : row + sample.num_targets, :width] = sample.teacher_top_ids
+                values[row : row + sample.num_targets, :width] = sample.teacher_top_logprobs
+            row += sample.num_targets
+        return {"top_ids": torch.from_numpy(ids), "top_logprobs": torch.from_numpy(values)}
 
     def forward(self, inputs: LossInputs) -> LossOutput:
         config, extras = self.context.config, inputs.extras

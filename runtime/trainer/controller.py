@@ -253,7 +253,8 @@ class Trainer:
             teacher_tokenizer=self.teacher_tokenizer,
             field=field_path,
             cross_tokenizer=self.algorithm.cross_tokenizer,
-            sparse_targets=self.algorithm.sparse_targets,
+            # Held-out data need no endpoint's scores: without them it is evaluated by cross-entropy.
+            sparse_targets=self.algorithm.sparse_targets and field_path != "spec.data.eval",
             images=self.images,
             teacher_images=self.teacher_images,
             # Prepared once: a restarted or retried job maps the set from its checkpoint volume.

@@ -127,6 +127,19 @@ def test_the_extras_pair_each_loss_position_with_its_own_targets_top_k(tokenizer
     )
 
 
+def test_a_sample_without_stored_targets_gets_empty_rows_and_trains_by_cross_entropy_alone(
+    tokenizer,
+) -> None:
+    scored = build(tokenizer, generated(tokenizer, "The answer is 4."))
+    held_out = Sample(scored.input_ids, scored.target_mask, "eval.jsonl:1", scored.prompt_length)
+    extras = SparseKD.micro_batch_extras([held_out, scored])
+    assert extras["top_ids"].shape == (2 * scored.num_targets, 2)
+    assert (extras["top_ids"][: scored.num_targets] == -1).all()
+    assert torch.equal(
+        extras["top_ids"][scored.num_targets :], torch.tensor(scored.teacher_top_ids.tolist())
+    )
+
+
 def _case(seed: int = 0):
     generator = torch.Generator().manual_seed(seed)
     n, vocab, width, k = 13, 40, 6, 4

@@ -86,6 +86,8 @@ def test_a_sparse_kd_job_generates_with_top_logprobs_then_trains_the_student_tow
         )
         manifest["spec"]["distillation"] = {"algorithm": "sparseKd", "kdRatio": 0.9}
         manifest["spec"]["training"]["epochs"] = 4  # maxSteps 4 of the one global batch of 16 records
+        # Held-out chats no endpoint scored (the prompts' own answers): evaluated by cross-entropy.
+        manifest["spec"]["data"]["eval"] = {"path": str(prompts)}
         done = invoke(["run", str(write_manifest(tmp_path / "job.yaml", manifest))])
     assert done.exit_code == 0, done.stderr
     assert server.invalid == [] and {body["top_logprobs"] for body in server.bodies} == {2}
@@ -97,6 +99,8 @@ def test_a_sparse_kd_job_generates_with_top_logprobs_then_trains_the_student_tow
     assert len(train) == 4
     assert all(record["kd_loss"] > 0 for record in train), "the stored top-k are a KD term of every step"
     assert train[-1]["kd_loss"] < train[0]["kd_loss"]
+    (evaluation,) = [record for record in history if record["kind"] == "eval"]
+    assert evaluation["eval_tokens"] > 0 and evaluation["eval_ce_loss"] > 0
     before = _stored_divergence(tiny.student, lines, tokenizer)
     after = _stored_divergence(out, lines, tokenizer)
     assert after[0] < before[0], "the exported student is nearer the stored distribution"
