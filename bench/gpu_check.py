@@ -19,6 +19,8 @@
 7. Padding-free packing (`spec.training.packing`): the same length-skewed samples (log-normal lengths) as
    padded micro-batches and as packed rows, through one FSDP2 student rank: equal loss sums (evaluated on
    the same weights) and the time of a training step each, with real tokens per second.
+8. On CUDA with two GPUs: a context-parallel step (spec.student.contextParallel 2, NCCL, fp32 without tf32)
+   against the same two ranks' unsplit step: loss and gradients. With fewer GPUs the row says it did not run.
 
 Needs torch (CUDA), transformers, tokenizers, safetensors, numpy and rich; the spec needs pydantic, which a
 bare machine may lack: `make gpu-wheels` downloads it (with its dependencies) into .whl/ to be carried along.
@@ -421,6 +423,106 @@ def kernel_rows(device: torch.device, scratch: Path) -> list[dict]:
     return rows
 
 
+def context_parallel_row(device: torch.device, scratch: Path, backend: str = "nccl") -> dict:
+    """A context-parallel step (spec.student.contextParallel 2: the sequence cut over two ranks, keys and
+    values gathered) against the unsplit step of the same two ranks: loss and gradients. Two ranks of NCCL
+    need two GPUs; with fewer the row says so. `backend` gloo runs it on the CPU, to check the row itself."""
+    from torch.multiprocessing.spawn import spawn
+
+    check = "context-parallel step (2 ranks) == unsplit step: loss, gradients"
+    if backend == "nccl" and torch.cuda.device_count() < 2:
+        return _check(check, True, f"needs 2 GPUs, this machine has {torch.cuda.device_count()}: not run")
+    path = _tiny_student(scratch)
+    started = time.perf_counter()
+    spawn(_context_parallel_rank, args=(device.type, backend, str(path), str(scratch)), nprocs=2, join=True)
+    seconds = time.perf_counter() - started
+    (loss, gradients), (split_loss, split_gradients) = torch.load(scratch / "context-parallel.pt")
+    loss_difference = abs(split_loss - loss) / max(abs(loss), 1e-12)
+    gradient_difference = max(
+        float((split_gradients[name] - gradient).abs().max() / gradient.abs().max().clamp_min(1e-12))
+        for name, gradient in gradients.items()
+    )
+    # fp32 weights, tf32 off: only the order of the sums differs (the gathered keys, the split loss).
+    ok = loss > 0 and loss_difference < 1e-4 and gradient_difference < 1e-3 and len(gradients) >= 10
+    detail = (
+        f"loss {loss:.6g}, relative difference {loss_difference:.2g}; largest gradient difference "
+        f"{gradient_difference:.2g} of the largest element, {len(gradients)} parameters"
+    )
+    return _check(check, ok, detail, seconds)
+
+
+def _context_parallel_rank(rank: int, device_type: str, backend: str, path: str, scratch: str) -> None:
+    import torch.distributed as dist
+
+    from kubedistill.api import parse_job
+    from kubedistill.runtime.data.sample import Sample
+    from kubedistill.runtime.student.batch import MicroBatch
+    from kubedistill.runtime.student.context_parallel import rank_share
+    from kubedistill.runtime.student.module import build_module
+
+    device = torch.device(device_type, rank) if device_type == "cuda" else torch.device("cpu")
+    if device_type == "cuda":
+        torch.cuda.set_device(device)
+        torch.backends.cuda.matmul.allow_tf32 = False
+    torch.set_num_threads(1)
+    dist.init_process_group(backend, init_method=f"file://{scratch}/cp-store", rank=rank, world_size=2)
+    generator = torch.Generator().manual_seed(0)
+    lengths = (384, 256, 300)
+    samples = [
+        Sample(
+            input_ids=torch.randint(5, 250, (n,), generator=generator).numpy(),
+            target_mask=np.arange(n) >= n // 4,
+            source="gpu-check",
+            prompt_length=n // 4,
+        )
+        for n in lengths
+    ]
+    batch = MicroBatch.from_samples(samples, pad_id=0)
+    results = []
+    hidden: torch.Tensor | None = None
+    for context in (1, 2):
+        job = parse_job(
+            {
+                "apiVersion": "kubedistill.io/v1alpha1",
+                "kind": "DistillationJob",
+                "metadata": {"name": "gpu-check"},
+                "spec": {
+                    "mode": "selfDistillation",
+                    "teacher": {"backend": "transformers"},
+                    "student": {"model": path, "replicas": 2, "contextParallel": context},
+                    "data": {"train": {"path": "unused.jsonl"}},
+                    "training": {"globalBatchSize": 2, "microBatchSize": 1, "precision": "fp32"},
+                },
+            }
+        )
+        module = build_module(job, device, 2)
+        assert module.teacher_head is not None
+        if hidden is None:  # the same teacher states for both steps
+            hidden = torch.randn(batch.num_targets, module.teacher_head.shape[1], generator=generator).to(
+                device
+            )
+        share, share_hidden = (
+            (batch, hidden)
+            if module.context_group is None
+            else rank_share(batch, hidden, module.context_group)
+        )
+        loss = module(share, share_hidden, float(batch.num_targets)).loss.loss
+        # As the worker: FSDP2 averages the ranks' gradients. Unsplit, both ranks run the whole micro-batch.
+        (loss * (2 if module.context_group is not None else 1)).backward()
+        total = loss.detach().clone()
+        if module.context_group is not None:
+            dist.all_reduce(total)
+        gradients = {
+            name: p.grad.full_tensor().float().cpu()  # type: ignore[union-attr]
+            for name, p in module.named_parameters()
+            if p.grad is not None
+        }
+        results.append((float(total), gradients))
+    if rank == 0:
+        torch.save(results, Path(scratch) / "context-parallel.pt")
+    dist.destroy_process_group()
+
+
 def offload_row(device: torch.device, scratch: Path) -> dict:
     """A colocated engine's turn on a trained rank: what `student_offload` moves, measured on the device."""
     from kubedistill.api import parse_job
@@ -492,6 +594,7 @@ def run_checks(
         if device.type == "cuda":
             rows.extend(kernel_rows(device, Path(scratch)))
             rows.append(offload_row(device, Path(scratch)))
+            rows.append(context_parallel_row(device, Path(scratch)))
         rows.extend(packing_rows(device, Path(scratch), repeats))
     rows.extend(hidden_state_rows(device, decode_tokens, d, repeats))
     return rows
