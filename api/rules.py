@@ -297,6 +297,13 @@ _RULES: tuple[Rule, ...] = (
         f"{present('generation.topLogprobs')})",
     ),
     Rule(
+        "distillation.temperature",
+        "must be 1 with spec.distillation.algorithm sparseKd: the stored log-probabilities are compared as "
+        "the endpoint returned them",
+        lambda s: s.distillation.algorithm != "sparseKd" or s.distillation.temperature == 1.0,
+        f"{value('distillation.algorithm')} != 'sparseKd' || {value('distillation.temperature')} == 1.0",
+    ),
+    Rule(
         "distillation.lossAddTail",
         "only shapes spec.distillation.algorithm sparseKd's loss; remove it, or use sparseKd",
         lambda s: s.distillation.loss_add_tail or s.distillation.algorithm == "sparseKd",

@@ -174,4 +174,9 @@ def samples_sha256(samples: Iterable[Sample]) -> str:
         for mask in (sample.target_mask, sample.teacher_target_mask):
             digest.update(b"" if mask is None else mask.tobytes())
             digest.update(b"|")
+        # Sparse KD's stored targets are the data too; only hashed where present, so other sets keep theirs.
+        for targets in (sample.teacher_top_ids, sample.teacher_top_logprobs):
+            if targets is not None:
+                digest.update(np.ascontiguousarray(targets).tobytes())
+                digest.update(b"|")
     return digest.hexdigest()

@@ -542,6 +542,18 @@ BAD_MANIFESTS: list[Bad] = [
         "cel",
     ),
     Bad(
+        "sparse-kd-with-a-temperature",
+        {
+            "spec.mode": "sft",
+            "spec.teacher": DELETE,
+            "spec.generation": {"endpoint": ENDPOINT, "topLogprobs": 5},
+            "spec.distillation.algorithm": "sparseKd",
+            "spec.distillation.temperature": 2.0,
+        },
+        "spec.distillation.temperature",
+        "cel",
+    ),
+    Bad(
         "loss-add-tail-without-sparse-kd",
         {"spec.distillation.lossAddTail": False},
         "spec.distillation.lossAddTail",

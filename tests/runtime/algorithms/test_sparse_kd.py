@@ -111,6 +111,18 @@ def test_the_prepared_set_cache_keeps_the_top_k_and_sparse_jobs_have_their_own_k
         assert fresh == mapped and mapped.teacher_top_ids is not None
         assert mapped.teacher_top_logprobs is not None and mapped.teacher_top_logprobs.dtype == np.float32
     assert all(sample.teacher_top_ids is None for sample in plain.samples)
+    rescored = [
+        {
+            **record,
+            "teacherLogprobs": {
+                **record["teacherLogprobs"],
+                "topLogprobs": [[-0.5, -1.0]] * len(record["teacherLogprobs"]["ids"]),
+            },
+        }
+        for record in records
+    ]
+    path.write_text("".join(json.dumps(record) + "\n" for record in rescored))
+    assert load(True).sha256 != first.sha256, "resume's data identity sees other stored targets"
 
 
 @pytest.mark.parametrize("packed", [False, True])
@@ -131,13 +143,12 @@ def test_a_sample_without_stored_targets_gets_empty_rows_and_trains_by_cross_ent
     tokenizer,
 ) -> None:
     scored = build(tokenizer, generated(tokenizer, "The answer is 4."))
+    assert scored.teacher_top_ids is not None
     held_out = Sample(scored.input_ids, scored.target_mask, "eval.jsonl:1", scored.prompt_length)
     extras = SparseKD.micro_batch_extras([held_out, scored])
     assert extras["top_ids"].shape == (2 * scored.num_targets, 2)
     assert (extras["top_ids"][: scored.num_targets] == -1).all()
-    assert torch.equal(
-        extras["top_ids"][scored.num_targets :], torch.tensor(scored.teacher_top_ids.tolist())
-    )
+    assert torch.equal(extras["top_ids"][scored.num_targets :], torch.tensor(scored.teacher_top_ids.tolist()))
 
 
 def _case(seed: int = 0):
