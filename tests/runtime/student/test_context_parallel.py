@@ -24,6 +24,7 @@ from kubedistill.runtime.student.context_parallel import (
     use_context_parallel_attention,
     zigzag_columns,
 )
+from kubedistill.runtime.student.module import ForwardOutput
 from kubedistill.runtime.student.parallelize import context_mesh, decoder_blocks
 from tests.runtime.conftest import TEACHER, TinyWorld
 from tests.runtime.student.test_packing import PAD, float64_module, loss_and_gradients, real_samples
@@ -142,11 +143,24 @@ def _rank(rank: int, tiny: TinyWorld, cases: dict, directory: str) -> None:
             total = loss.detach().clone()
             dist.all_reduce(total)
             gradients = {name: whole(p.grad) for name, p in module.named_parameters() if p.grad is not None}
-            results[name] = (expected, (total, gradients), (figures, split_figures))
+            # Evaluation's sums (the worker's evaluate all-reduces them over every rank).
+            with torch.no_grad():
+                unsplit = evaluation_sums(reference(batch, hidden, normalizer, measure_agreement=True))
+                split = evaluation_sums(
+                    module(chunk, hidden[chunk.targets], normalizer, measure_agreement=True)
+                )
+            dist.all_reduce(split)
+            results[name] = (expected, (total, gradients), (figures, split_figures), (unsplit, split))
         if rank == 0:
             torch.save(results, f"{directory}/results.pt")
     finally:
         dist.destroy_process_group()
+
+
+def evaluation_sums(output: ForwardOutput) -> torch.Tensor:
+    loss = output.loss
+    figures = [loss.kd_sum.item(), loss.ce_sum.item(), loss.num_tokens, output.agreements]
+    return torch.tensor(figures, dtype=torch.float64)
 
 
 def whole(gradient: torch.Tensor) -> torch.Tensor:
@@ -174,7 +188,7 @@ def two_rank_steps(tiny: TinyWorld) -> dict:
 def test_a_context_parallel_step_has_the_unsplit_steps_loss_and_gradients(
     two_rank_steps: dict, case: str
 ) -> None:
-    (loss, gradients), (split_loss, split_gradients), _ = two_rank_steps[case]
+    (loss, gradients), (split_loss, split_gradients), _, _ = two_rank_steps[case]
     assert loss.item() > 0.0
     torch.testing.assert_close(split_loss, loss, rtol=1e-10, atol=0.0)
     assert split_gradients.keys() == gradients.keys()
@@ -188,6 +202,15 @@ def test_each_samples_divergence_is_its_mean_over_the_whole_sequence_not_the_ran
     two_rank_steps: dict, case: str
 ) -> None:
     """Rank 0 reports them (sums and counts added over the group), once for the micro-batch."""
-    _, _, (figures, split_figures) = two_rank_steps[case]
+    _, _, (figures, split_figures), _ = two_rank_steps[case]
     assert len(figures) == 5 and all(figure is not None and figure > 0 for figure in figures)
     assert split_figures == pytest.approx(figures, rel=1e-10)
+
+
+@pytest.mark.parametrize("case", ["padded", "packed"])
+def test_evaluation_sums_over_the_chunks_are_the_unsplit_ones(two_rank_steps: dict, case: str) -> None:
+    """Divergence and cross-entropy sums, targets and top-1 agreements with the teacher, each position counted
+    by the one rank whose chunk holds it."""
+    _, _, _, (unsplit, split) = two_rank_steps[case]
+    assert unsplit[0] > 0 and unsplit[2] > 0
+    torch.testing.assert_close(split, unsplit, rtol=1e-10, atol=0.0)
