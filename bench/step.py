@@ -27,6 +27,7 @@ padded micro-batches, padded dynamic batching and packed rows, real tokens per s
 and of the step with its teacher's forward, against TRL's GKDTrainer on the same sequences.
 
     .venv/bin/python -m bench.step [--steps 12] [--repeats 3] [--no-dynamic-batching] [--packing-only]
+        [--packing-steps 4]
 """
 
 import argparse
@@ -259,14 +260,16 @@ def skewed_samples(count: int, vocabulary: int, seed: int) -> list[Sample]:
     ]
 
 
-def packing_variants(assets: Path, repeats: int) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+def packing_variants(
+    assets: Path, repeats: int, steps_per_round: int = SKEWED_STEPS
+) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
     """Real (non-pad) tokens per second with padded micro-batches of `SKEWED_MICRO_BATCH`, padded dynamic
     batching and packed rows of `SKEWED_TOKENS_PER_DEVICE` tokens, and of TRL's GKDTrainer on the same
     sequences: of the student's step (a one-rank FSDP2 `StudentWorker` fed hidden states computed
     beforehand), and of the step with the teacher's forward of its micro-batches added (transformers
     teacher; TRL runs its teacher inside its step, as here, one after the other).
 
-    On one thread each (as an actor has), in turn, `repeats` rounds of `SKEWED_STEPS` steps; a round's
+    On one thread each (as an actor has), in turn, `repeats` rounds of `steps_per_round` steps; a round's
     figure is its steps after the first.
     """
     import torch.distributed as dist
@@ -286,7 +289,7 @@ def packing_variants(assets: Path, repeats: int) -> tuple[dict[str, dict[str, An
     spec = parse_job(manifest)
     tokenizer = load_tokenizer(spec.spec.student.model)
     pad_id = int(tokenizer.pad_token_id)
-    samples = skewed_samples(SKEWED_GLOBAL_BATCH * SKEWED_STEPS, len(tokenizer), seed=5)
+    samples = skewed_samples(SKEWED_GLOBAL_BATCH * steps_per_round, len(tokenizer), seed=5)
     steps = [samples[i : i + SKEWED_GLOBAL_BATCH] for i in range(0, len(samples), SKEWED_GLOBAL_BATCH)]
     cuts = {
         "padded": (SKEWED_MICRO_BATCH, None, False),
@@ -357,7 +360,7 @@ def packing_variants(assets: Path, repeats: int) -> tuple[dict[str, dict[str, An
         "global_batch": SKEWED_GLOBAL_BATCH,
         "micro_batch": SKEWED_MICRO_BATCH,
         "tokens_per_device": SKEWED_TOKENS_PER_DEVICE,
-        "steps_per_round": SKEWED_STEPS,
+        "steps_per_round": steps_per_round,
         "threads": 1,
         "loss": "jsd beta 0.5, kdRatio 1, fp32",
         "student": CPU_STUDENT,
@@ -472,8 +475,8 @@ def report_packing(rows: dict[str, dict[str, Any]], settings: dict[str, Any], re
     report(
         "step-packing",
         f"Real (non-pad) tokens per second on length-skewed data, median over {repeats} alternating rounds "
-        f"of {SKEWED_STEPS - 1} timed steps (range over rounds); padding is the share of computed token "
-        "slots that are padding",
+        f"of {settings['steps_per_round'] - 1} timed steps (range over rounds); padding is the share of "
+        "computed token slots that are padding",
         [{"variant": variant, **row} for variant, row in rows.items()],
         {**settings, "repeats": repeats, "device": "cpu"},
         goals,
@@ -485,6 +488,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--packing-steps",
+        type=int,
+        default=SKEWED_STEPS,
+        help="steps a packing round (the first untimed), of 32 sequences each; fewer for a loaded machine",
+    )
     parser.add_argument("--no-dynamic-batching", action="store_true", help="leave out the skewed-data runs")
     parser.add_argument(
         "--packing-only", action="store_true", help="only padded, dynamic and packed steps against TRL's"
@@ -496,7 +505,8 @@ def main() -> None:
         goals: list[Goal] = []
         if not args.no_dynamic_batching or args.packing_only:
             models = cpu_sized_models(assets, root / "cpu-sized")
-            goals = report_packing(*packing_variants(models, args.repeats), args.repeats)
+            rows, settings = packing_variants(models, args.repeats, args.packing_steps)
+            goals = report_packing(rows, settings, args.repeats)
         if args.packing_only:
             return
         overhead = fsdp_overhead(assets, args.repeats, args.steps)
