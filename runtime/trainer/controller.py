@@ -276,6 +276,13 @@ class Trainer:
         A vision-language student learns from a teacher that sees the same images: a text-only teacher
         would score the image tokens as text, so it is refused here, before any record is read."""
         images = load_image_processing(self.spec.student.model, self.tokenizer)
+        if images is not None and self.spec.student.context_parallel > 1:
+            # The vision tower and the multimodal rotary positions see the whole sequence: no chunk can.
+            raise SpecError(
+                "spec.student.contextParallel",
+                f"the student {self.spec.student.model} is a vision-language model, whose sequences context "
+                "parallelism does not cut yet; remove the field",
+            )
         if images is None or not has_teacher(self.job):
             return images, None
         teacher = teacher_spec(self.job)

@@ -189,3 +189,15 @@ def test_a_text_only_teacher_for_a_vision_language_student_is_refused_naming_it(
         Trainer(parse_job(manifest), RunOptions(output_dir=tmp_path / "out", metrics_port=0))
     assert refused.value.field == "spec.teacher.model"
     assert "has no image processor" in str(refused.value)
+
+
+def test_context_parallelism_is_refused_for_a_vision_language_student(
+    pictures: dict[str, Path], tmp_path: Path
+) -> None:
+    manifest = vlm_job(pictures, "vlm-context-parallel", student={"replicas": 2, "contextParallel": 2})
+    # Its own weights as the teacher: refused before any teacher (trained by another test here) is read.
+    manifest["spec"]["teacher"]["model"] = manifest["spec"]["student"]["model"]
+    with pytest.raises(SpecError) as refused:
+        Trainer(parse_job(manifest), RunOptions(output_dir=tmp_path / "out", metrics_port=0))
+    assert refused.value.field == "spec.student.contextParallel"
+    assert "vision-language" in str(refused.value)
