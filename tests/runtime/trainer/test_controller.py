@@ -11,6 +11,9 @@ import torch
 from safetensors.torch import load_file
 
 from kubedistill.api import parse_job, telemetry
+from kubedistill.api.job import SpecError
+from kubedistill.runtime.algorithms.base import ALGORITHMS
+from kubedistill.runtime.algorithms.vanilla import VanillaKD
 from kubedistill.runtime.data.errors import BadRecordError
 from kubedistill.runtime.trainer.controller import RunOptions, Trainer
 from tests.runtime.conftest import TinyWorld, job_manifest
@@ -126,6 +129,30 @@ def test_two_ranks_train_the_same_model_resharding_after_every_forward_or_never(
     assert always == pytest.approx(auto, abs=1e-5)
     for name, value in _weights(tmp_path).items():
         torch.testing.assert_close(_weights(straight_run)[name], value, rtol=1e-4, atol=1e-5)
+
+
+def test_context_parallelism_is_refused_for_an_algorithm_with_micro_batch_extras(
+    tiny: TinyWorld, tmp_path: Path
+) -> None:
+    """CEL names dskd and simpleCtkd; a plugin's extras describe the whole sequence too, which no chunk
+    holds."""
+
+    @ALGORITHMS.register("contextParallelTestExtras")
+    class WithExtras(VanillaKD):
+        @classmethod
+        def micro_batch_extras(cls, samples: list) -> dict[str, torch.Tensor]:
+            return {"whole": torch.zeros(len(samples))}
+
+    manifest = job_manifest(
+        tiny,
+        "cp-extras",
+        student={"replicas": 2, "contextParallel": 2},
+        distillation={"algorithm": "contextParallelTestExtras"},
+    )
+    with pytest.raises(SpecError) as refused:
+        Trainer(parse_job(manifest), RunOptions(output_dir=tmp_path))
+    assert refused.value.field == "spec.student.contextParallel"
+    assert "contextParallelTestExtras" in str(refused.value)
 
 
 @pytest.fixture(scope="module")
