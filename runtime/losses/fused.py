@@ -170,15 +170,23 @@ class _FusedKDLoss(torch.autograd.Function):
     def backward(
         ctx: FunctionCtx, grad_loss: Tensor, _grad_kd: Tensor, _grad_ce: Tensor, _grad_tokens: Tensor
     ) -> tuple[Tensor | None, ...]:
-        kept, grad_hidden_kept, grad_weight = ctx.saved_tensors
-        grad_hidden = grad_hidden_kept.new_zeros(ctx.hidden_shape)
-        grad_hidden.index_copy_(0, kept, grad_hidden_kept)
-        grad_weight = grad_weight.to(ctx.weight_dtype)
-        # Under gradient accumulation the upstream gradient is 1; skipping the multiply saves a [V x d] pass.
-        if not torch.equal(grad_loss, torch.ones_like(grad_loss)):
-            grad_hidden = grad_hidden * grad_loss
-            grad_weight = grad_weight * grad_loss
+        grad_hidden, grad_weight = kept_gradients(ctx, grad_loss)
         return grad_hidden, grad_weight, None, None, None, None, None, None, None
+
+
+def kept_gradients(ctx: FunctionCtx, grad_loss: Tensor) -> tuple[Tensor, Tensor]:
+    """The student's hidden-state and head gradients of a loss whose forward computed them for the `kept`
+    rows only and saved (kept, their hidden gradients, the head's gradient): zero for the other rows, scaled
+    by the upstream gradient."""
+    kept, grad_hidden_kept, grad_weight = ctx.saved_tensors
+    grad_hidden = grad_hidden_kept.new_zeros(ctx.hidden_shape)
+    grad_hidden.index_copy_(0, kept, grad_hidden_kept)
+    grad_weight = grad_weight.to(ctx.weight_dtype)
+    # Under gradient accumulation the upstream gradient is 1; skipping the multiply saves a [V x d] pass.
+    if not torch.equal(grad_loss, torch.ones_like(grad_loss)):
+        grad_hidden = grad_hidden * grad_loss
+        grad_weight = grad_weight * grad_loss
+    return grad_hidden, grad_weight
 
 
 def fused_kd_loss(

@@ -25,6 +25,7 @@ from torch import Tensor
 from torch.autograd.function import FunctionCtx
 
 from kubedistill.runtime.losses.chunking import chunk_rows
+from kubedistill.runtime.losses.fused import kept_gradients
 from kubedistill.runtime.losses.output import IGNORE_INDEX, LossOutput
 
 TAIL_LOG_SUM_MAX = -1e-7
@@ -158,9 +159,5 @@ class _FusedSparseKD(torch.autograd.Function):
     def backward(
         ctx: FunctionCtx, grad_loss: Tensor, _grad_kd: Tensor, _grad_ce: Tensor, _grad_tokens: Tensor
     ) -> tuple[Tensor | None, ...]:
-        kept, grad_hidden_kept, grad_weight = ctx.saved_tensors
-        grad_hidden = grad_hidden_kept.new_zeros(ctx.hidden_shape)
-        grad_hidden.index_copy_(0, kept, grad_hidden_kept)
-        grad_hidden = grad_hidden * grad_loss
-        grad_weight = (grad_weight * grad_loss).to(ctx.weight_dtype)
+        grad_hidden, grad_weight = kept_gradients(ctx, grad_loss)
         return grad_hidden, grad_weight, None, None, None, None, None, None, None, None
