@@ -10,7 +10,7 @@ schedule, or fail deep in the checkpoint loader (another student model's shapes)
 
 import json
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -91,9 +91,13 @@ class Origin:
     chat_clock: str | None = None
     """The moment (ISO 8601) the chat templates saw when the records were rendered: a template that writes
     today's date into prompts renders the same tokens on a later day (`runtime/models/chat_clock.py`)."""
+    defaulted: frozenset[str] = field(default=frozenset(), compare=False)
+    """The fields of `spec` the manifest leaves to their defaults (not kept in the checkpoint): where a
+    checkpoint of an earlier version lacks such a field, the field is newer than the checkpoint, and its
+    default is what that version did."""
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        return {"spec": self.spec, "data": asdict(self.data), "job": self.job, "chat_clock": self.chat_clock}
 
     @classmethod
     def from_json(cls, value: Mapping[str, Any]) -> "Origin":
@@ -116,13 +120,23 @@ def origin_of(
     *,
     train_sha256: str | None = None,
 ) -> Origin:
-    spec = job.spec.model_dump(mode="json", by_alias=True)
+    spec = dict(_flatten(job.spec.model_dump(mode="json", by_alias=True), "spec"))
+    written = [
+        key
+        for key, _ in _flatten(job.spec.model_dump(mode="json", by_alias=True, exclude_unset=True), "spec")
+    ]
     return Origin(
-        spec=dict(_flatten(spec, "spec")),
+        spec=spec,
         data=data_identity(train, train_sha256),
         job=job.name,
         chat_clock=chat_clock.isoformat() if chat_clock else None,
+        defaulted=frozenset(key for key in spec if not any(_within(key, set_key) for set_key in written)),
     )
+
+
+def _within(key: str, written: str) -> bool:
+    """Whether the flattened `key` is `written` or lies inside it (a section the manifest wrote whole)."""
+    return key == written or key.startswith(f"{written}.")
 
 
 def data_identity(samples: Iterable[Sample], sha256: str | None = None) -> DataIdentity:
@@ -141,6 +155,9 @@ def changes(saved: Origin, current: Origin) -> list[str]:
     for key in sorted(saved.spec.keys() | current.spec.keys()):
         old, new = saved.spec.get(key, _UNSET), current.spec.get(key, _UNSET)
         if old == new:
+            continue
+        # A field this version added: a checkpoint written before it existed did what its default does.
+        if old is _UNSET and key in current.defaulted:
             continue
         # The train source may move; named only when the records read changed too.
         if _may_change(key) and not (data_differs and key.startswith("spec.data.train.")):

@@ -287,3 +287,24 @@ def test_a_resume_the_next_day_renders_the_first_days_date_and_is_not_refused(
     resumed = Trainer(job, options)
     resumed.resume_point()
     assert [list(s.input_ids) for s in resumed.train] == [list(s.input_ids) for s in first.train]
+
+
+def test_a_checkpoint_from_before_a_field_existed_resumes_when_the_job_leaves_it_to_its_default() -> None:
+    """An upgrade of KubeDistill mid-job: the checkpoint's spec lacks the fields added since, and a job that
+    does not set them gets their defaults, which do what the earlier version did."""
+    saved = _origin().to_json()
+    added = ["spec.student.contextParallel", "spec.student.attention", "spec.training.packing"]
+    assert set(added) <= _origin().defaulted
+    for key in added:
+        del saved["spec"][key]
+    assert changes(Origin.from_json(saved), _origin()) == []
+    assert changes(Origin.from_json(saved), _origin({"spec.student.contextParallel": 2})) == [
+        "spec.student.contextParallel (unset) -> 2"
+    ]
+
+
+def test_a_field_newer_than_the_checkpoint_that_the_job_sets_is_still_a_change() -> None:
+    saved = _origin().to_json()
+    del saved["spec"]["spec.training.seed"]
+    (found,) = changes(Origin.from_json(saved), _origin({"spec.training.seed": 7}))
+    assert found == "spec.training.seed (unset) -> 7"
