@@ -26,7 +26,7 @@ TEACHERS = [
     {"model": "/models/Qwen3-32B", "tensorParallel": 8, "gpusPerReplica": 8, "weight": 3},
     {"model": "/models/QwQ-32B", "tensorParallel": 4, "gpusPerReplica": 4},
 ]
-"""spec.teachers in place of BASE's spec.teacher: two teachers of one vocabulary, 3/4 and 1/4 of the mixture."""
+"""spec.teachers in place of BASE's spec.teacher: two teachers of one vocabulary, 3/4 and 1/4 of the mix."""
 SEVERAL_TEACHERS = {"spec.teacher": DELETE, "spec.teachers": TEACHERS}
 
 
