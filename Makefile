@@ -28,13 +28,11 @@ help:
 $(STAMP): pyproject.toml
 	test -x $(PY) || (cd /tmp && $(PYTHON) -m venv $(CURDIR)/$(VENV))
 	$(PIP) install -q --upgrade pip
-	# --no-compile: pip would compile every module of torch, transformers, mlflow... to bytecode (about a
-	# minute of CPU on two cores); Python compiles the ones the tests import when they first import them.
-	$(PIP) install -q --no-compile $(TORCH_PIN)
+	$(PIP) install -q $(TORCH_PIN)
 	# Held as a constraint too: if any requirement ever asked for another torch, pip fails here instead
 	# of fetching CUDA wheels.
 	echo '$(TORCH_PIN)' > $(VENV)/torch-constraint.txt
-	$(PIP) install -q --no-compile -c $(VENV)/torch-constraint.txt -e '.[runtime,operator,dev]'
+	$(PIP) install -q -c $(VENV)/torch-constraint.txt -e '.[runtime,operator,dev]'
 	# SGLang's wheel, read (not imported) by the tests that check our calls against its source; the real
 	# engine runs in the SGLang tier's own layer ($(SGLANG_SITE)).
 	$(PIP) download -q --no-deps --only-binary=:all: $(SGLANG_PIN) -d $(WHEELS)
@@ -50,7 +48,7 @@ venv: $(STAMP)
 
 $(SGLANG_STAMP): $(STAMP) $(SGLANG_SOURCES)
 	rm -rf $(SGLANG_SITE)
-	$(PIP) install -q --no-compile --no-deps --target $(SGLANG_SITE) -r images/sglang-cpu/requirements.txt
+	$(PIP) install -q --no-deps --target $(SGLANG_SITE) -r images/sglang-cpu/requirements.txt
 	cp -r images/sglang-cpu/site/. $(SGLANG_SITE)/
 	touch $(SGLANG_STAMP)
 
