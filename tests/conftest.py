@@ -16,10 +16,6 @@ _SLOW_FIXTURES = {"ray_session", "tiny"}
 """Fixtures of the tests that run real jobs: local Ray, and the tiny models and data they train."""
 _SLOW_FILES = {"tests/test_lint.py", "tests/test_bad_inputs.py"}
 """Files without those fixtures that are as slow: pyright over the tree; the installed command's runs."""
-_FIRST_FILES = ("tests/runtime/trainer/test_run_on_sglang.py", "tests/runtime/trainer/test_jobs_on_sglang.py")
-"""The SGLang tier's two files of about three minutes each (most of its work): collected last, as the
-alphabet had them, they started on both workers at the end and the tier waited on them side by side; first,
-one on each worker, the other files fill in beside them (about 40 s off the tier's 370 s)."""
 
 
 SGLANG_TIER = "KUBEDISTILL_SGLANG_TIER"
@@ -51,5 +47,4 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         or item.path.relative_to(config.rootpath).as_posix() in _SLOW_FILES
         or item.path.relative_to(config.rootpath).parts[:2] == ("tests", "e2e")
     }
-    first = {config.rootpath / path for path in _FIRST_FILES}
-    items.sort(key=lambda item: (item.path not in first, item.path not in slow_files))
+    items.sort(key=lambda item: item.path not in slow_files)
