@@ -7,7 +7,6 @@ import itertools
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
@@ -16,7 +15,6 @@ from torch.distributed.tensor import DTensor
 from torch.multiprocessing.spawn import spawn
 
 from kubedistill.runtime.algorithms.vanilla import VanillaKD
-from kubedistill.runtime.data.sample import Sample
 from kubedistill.runtime.student.batch import MicroBatch
 from kubedistill.runtime.student.context_parallel import (
     chunk_micro_batch,
@@ -27,18 +25,9 @@ from kubedistill.runtime.student.context_parallel import (
 from kubedistill.runtime.student.module import ForwardOutput
 from kubedistill.runtime.student.parallelize import context_mesh, decoder_blocks
 from tests.runtime.conftest import TEACHER, TinyWorld
-from tests.runtime.student.test_packing import PAD, float64_module, loss_and_gradients, real_samples
+from tests.runtime.student.test_packing import PAD, float64_module, loss_and_gradients, real_samples, sample
 
 SIZE = 2
-
-
-def sample(tokens: list[int], prompt: int) -> Sample:
-    return Sample(
-        input_ids=np.array(tokens, dtype=np.int32),
-        target_mask=np.arange(len(tokens)) >= prompt,
-        source="t",
-        prompt_length=prompt,
-    )
 
 
 SMALL = [sample([5, 6, 7], 1), sample([8], 1), sample([9, 10, 11, 12, 13], 2)]
