@@ -100,6 +100,12 @@ def job_manifest(tiny: TinyWorld, name: str, **spec_changes: Any) -> dict[str, A
 
 STRAIGHT_CHECKPOINTS = {"everySteps": 3}
 
+ONE_RANK = {"replicas": 1}
+"""`student` for a job whose subject is not the student's sharding. A rank is an actor: its start (torch,
+transformers and FSDP2 imported, the model loaded) costs about 5 CPU-seconds, a job's largest cost on make
+test's two cores. The jobs about ranks, resharding, checkpoints across ranks and a rank's death keep two
+(`job_manifest`'s default), as do those compared with `straight_run`."""
+
 TINY_ROLLOUT = {
     "engines": 1,
     "batchSize": 8,

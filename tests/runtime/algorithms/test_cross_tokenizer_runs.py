@@ -1,5 +1,6 @@
 """Cross-tokenizer jobs end to end with real parts: Ray actors, a transformers teacher whose tokenizer is not
-the student's, two FSDP2 student ranks on gloo, through the real `Trainer`."""
+the student's, FSDP2 student ranks on gloo (two for dskd, whose projectors are sharded), through the real
+`Trainer`."""
 
 import json
 import logging
@@ -13,7 +14,7 @@ from kubedistill.api import parse_job
 from kubedistill.runtime.demo.tiny import build_tokenizer, save_tiny
 from kubedistill.runtime.trainer.controller import RunOptions, Trainer
 from tests.runtime.algorithms.conftest import TEACHER_VOCABULARY, demo_texts
-from tests.runtime.conftest import ON_POLICY, TEACHER, TinyWorld, job_manifest
+from tests.runtime.conftest import ON_POLICY, ONE_RANK, TEACHER, TinyWorld, job_manifest
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 
@@ -68,7 +69,9 @@ def test_simple_ctkd_distils_across_tokenizers_on_the_students_own_samples_with_
     and GOLD's hybrid ULD compares the two vocabularies. Off-policy cross-tokenizer data runs in the dskd
     job below."""
     with caplog.at_level(logging.INFO, logger="kubedistill.runtime.trainer.sources"):
-        records = train(cross_world, tmp_path, ON_POLICY, algorithm="simpleCtkd", loss="uld")
+        records = train(
+            cross_world, tmp_path, {**ON_POLICY, "student": ONE_RANK}, algorithm="simpleCtkd", loss="uld"
+        )
     assert_distils_from_its_own_tokens(records)
     counts = [r.getMessage() for r in caplog.records if "aligned exactly" in r.getMessage()]
     assert len(counts) == STEPS, "one round of rollouts a step, each reporting its alignment"

@@ -37,14 +37,15 @@ def test_an_incomplete_layer_is_an_error_not_a_silent_drop() -> None:
 
 
 @pytest.mark.usefixtures("ray_session")
-@pytest.mark.parametrize("export", ["merged", "adapter"])
+@pytest.mark.parametrize(("export", "replicas"), [("merged", 2), ("adapter", 1)])
 def test_a_lora_job_trains_the_adapters_and_exports_them(
-    tiny: TinyWorld, tmp_path: Path, export: str
+    tiny: TinyWorld, tmp_path: Path, export: str, replicas: int
 ) -> None:
+    """Merged from adapters sharded over two FSDP2 ranks, and saved as adapters alone from one."""
     manifest = job_manifest(
         tiny,
         "lora-test",
-        student={"lora": {"rank": 4, "alpha": 8, "export": export}},
+        student={"replicas": replicas, "lora": {"rank": 4, "alpha": 8, "export": export}},
         training={"learningRate": 3e-2},
     )
     options = RunOptions(

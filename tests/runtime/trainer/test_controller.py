@@ -16,7 +16,7 @@ from kubedistill.runtime.algorithms.base import ALGORITHMS
 from kubedistill.runtime.algorithms.vanilla import VanillaKD
 from kubedistill.runtime.data.errors import BadRecordError
 from kubedistill.runtime.trainer.controller import RunOptions, Trainer
-from tests.runtime.conftest import TinyWorld, job_manifest
+from tests.runtime.conftest import ONE_RANK, TinyWorld, job_manifest
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 
@@ -213,7 +213,7 @@ def test_only_hidden_states_at_target_positions_cross_to_the_students(
 
 
 def test_sft_trains_on_the_data_alone_without_a_teacher(tiny: TinyWorld, tmp_path: Path) -> None:
-    summary = _run(tiny, tmp_path, stop=2, mode="sft", teacher=None)
+    summary = _run(tiny, tmp_path, stop=2, mode="sft", teacher=None, student=ONE_RANK)
     assert summary["steps"] == 2
     assert summary["transfer_bytes"] == 0
     records = [r for r in _history(tmp_path) if r["kind"] == "train"]
@@ -225,7 +225,11 @@ LOCAL_LABELS = 'distillationjob="metrics-test",distillationjob_namespace="local"
 
 def test_every_metric_is_served_over_http_while_training(tiny: TinyWorld, tmp_path: Path) -> None:
     manifest = job_manifest(
-        tiny, "metrics-test", data={"eval": {"path": str(tiny.eval)}}, training={"evalEverySteps": 2}
+        tiny,
+        "metrics-test",
+        student=ONE_RANK,
+        data={"eval": {"path": str(tiny.eval)}},
+        training={"evalEverySteps": 2},
     )
     trainer = Trainer(
         parse_job(manifest),
@@ -297,7 +301,12 @@ def test_skipped_bad_records_and_shortened_ones_are_counted_in_the_summary_and_t
     data = tmp_path / "train.jsonl"
     data.write_text("\n".join([*lines, json.dumps({"messages": turns})]) + "\n")
     job = parse_job(
-        job_manifest(tiny, "truncation-test", data={"train": {"path": str(data)}, "onBadRecord": "skip"})
+        job_manifest(
+            tiny,
+            "truncation-test",
+            student=ONE_RANK,
+            data={"train": {"path": str(data)}, "onBadRecord": "skip"},
+        )
     )
     options = RunOptions(
         output_dir=tmp_path / "out", stop_after_steps=1, metrics_port=0, progress=False, print_summary=False

@@ -13,7 +13,7 @@ from kubedistill.api import parse_job
 from kubedistill.runtime.student.worker import NonFiniteLoss
 from kubedistill.runtime.trainer.controller import RunOptions, StepEvent, Trainer
 from kubedistill.runtime.trainer.groups import Groups
-from tests.runtime.conftest import ON_POLICY, STRAIGHT_CHECKPOINTS, TinyWorld, job_manifest
+from tests.runtime.conftest import ON_POLICY, ONE_RANK, STRAIGHT_CHECKPOINTS, TinyWorld, job_manifest
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 
@@ -121,13 +121,19 @@ def test_on_policy_after_a_student_rank_is_killed_the_engine_takes_the_checkpoin
 
 
 def test_failures_beyond_the_backoff_limit_fail_the_run(tiny: TinyWorld, tmp_path: Path) -> None:
-    trainer = _trainer(tiny, tmp_path, strike_once(1, kill_teacher), backoffLimit=0)
+    trainer = _trainer(tiny, tmp_path, strike_once(1, kill_teacher), backoffLimit=0, student=ONE_RANK)
     with pytest.raises(Exception, match="teacher hidden states could not be read"):
         trainer.run()
 
 
 def test_a_non_finite_loss_is_skipped_and_counted_when_asked(tiny: TinyWorld, tmp_path: Path) -> None:
-    trainer = _trainer(tiny, tmp_path, distillation={"loss": "alwaysNan"}, training={"onNonFinite": "skip"})
+    trainer = _trainer(
+        tiny,
+        tmp_path,
+        student=ONE_RANK,
+        distillation={"loss": "alwaysNan"},
+        training={"onNonFinite": "skip"},
+    )
     trainer.options = RunOptions(
         output_dir=tmp_path, stop_after_steps=2, metrics_port=0, progress=False, print_summary=False
     )
@@ -143,6 +149,7 @@ def test_a_non_finite_loss_fails_the_run_by_default_and_writes_no_checkpoint(
     trainer = _trainer(
         tiny,
         tmp_path,
+        student=ONE_RANK,
         distillation={"loss": "alwaysNan"},
         checkpoint={"path": str(checkpoints), "everySteps": 2},
     )

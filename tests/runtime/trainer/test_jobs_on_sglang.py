@@ -20,7 +20,7 @@ import ray
 from kubedistill.api import parse_job
 from kubedistill.runtime.trainer.controller import RunOptions, Trainer
 from kubedistill.runtime.trainer.groups import Groups
-from tests.runtime.conftest import TINY_ROLLOUT, TinyWorld, job_manifest
+from tests.runtime.conftest import ONE_RANK, TINY_ROLLOUT, TinyWorld, job_manifest
 from tests.runtime.trainer.test_faults import strike_once
 
 pytestmark = [pytest.mark.sglang, pytest.mark.usefixtures("ray_session")]
@@ -81,6 +81,7 @@ def test_on_policy_self_distillation_on_sglang_engines_trains_as_on_transformers
             on_step=strike_once(3, kill_teacher_engine) if backend == "sglang" else None,
             mode="selfDistillation",
             teacher={"model": None, **engine},
+            student=ONE_RANK,
             rollout={**TINY_ROLLOUT, **engine, "temperature": 0.0},
             distillation={"kdRatio": 1.0, "teacherUpdateFreq": 2},
             data={"train": {"path": str(tiny.train), "teacherInputKey": "messages"}},

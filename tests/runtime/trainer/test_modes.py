@@ -17,7 +17,7 @@ from kubedistill.runtime.rollout.group import RolloutActorGroup
 from kubedistill.runtime.student.batch import MicroBatch
 from kubedistill.runtime.student.group import RankWork, StudentActorGroup
 from kubedistill.runtime.trainer.controller import RunOptions, Trainer
-from tests.runtime.conftest import TINY_ROLLOUT, TinyWorld, job_manifest
+from tests.runtime.conftest import ONE_RANK, TINY_ROLLOUT, TinyWorld, job_manifest
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 
@@ -35,44 +35,45 @@ def _train(history: list[dict]) -> list[dict]:
     return [r for r in history if r["kind"] == "train"]
 
 
-@pytest.mark.parametrize("path", ["tensors", "broadcast"])
 def test_a_weight_sync_makes_the_rollout_engines_hold_the_students_exact_weights(
-    tiny: TinyWorld, tmp_path: Path, path: str
+    tiny: TinyWorld, tmp_path: Path
 ) -> None:
-    """Both ways weights travel: as tensors through Ray (colocated engines), and over a broadcast group of
-    student rank 0 and the engines (gloo here, NCCL on GPUs), which is opened anew for each student group."""
+    """Both ways weights travel, in turn to the same engines after a step each: as tensors through Ray
+    (colocated engines), then over a broadcast group of student rank 0 and the engines (gloo here, NCCL on
+    GPUs), which is opened anew for each student group."""
     # The student trains without a teacher here (sft) so one hand-made step moves its weights.
     student_job = parse_job(job_manifest(tiny, "sync-test", mode="sft", teacher=None))
     rollout_job = parse_job(
         job_manifest(tiny, "sync-test", mode="onPolicy", rollout={**TINY_ROLLOUT, "engines": 2})
     )
     cluster = ClusterView.current()
-    students = StudentActorGroup(student_job, total_steps=1, cluster=cluster)
+    students = StudentActorGroup(student_job, total_steps=2, cluster=cluster)
     rollout = RolloutActorGroup(rollout_job, cluster)
-    if path == "broadcast":
-        # A group joined before is replaced, as after a restart of the student ranks.
-        students.join_engines(rollout.actors, rollout.tensor_parallel, sglang=False)
-        students.join_engines(rollout.actors, rollout.tensor_parallel, sglang=False)
-    sync = students.push_weights if path == "tensors" else students.broadcast_weights
+    sample = Sample(
+        input_ids=(5, 6, 7, 8, 9),
+        target_mask=(False, False, True, True, True),
+        source="t",
+        prompt_length=2,
+    )
+    step = RankWork([MicroBatch.from_samples([sample] * 4, pad_id=0)], [None])
     try:
-        sample = Sample(
-            input_ids=(5, 6, 7, 8, 9),
-            target_mask=(False, False, True, True, True),
-            source="t",
-            prompt_length=2,
-        )
-        step = RankWork([MicroBatch.from_samples([sample] * 4, pad_id=0)], [None])
-        students.train_step([step, step], normalizer=24)
-        students.export(str(tmp_path))
-        trained = load_file(tmp_path / "model.safetensors")
-        engine = ray.get(rollout.actors[0].named_parameters.remote())
-        assert any(not torch.equal(value, trained[name]) for name, value in engine.items()), "nothing to sync"
+        for path in ("tensors", "broadcast"):
+            if path == "broadcast":
+                # A group joined before is replaced, as after a restart of the student ranks.
+                students.join_engines(rollout.actors, rollout.tensor_parallel, sglang=False)
+                students.join_engines(rollout.actors, rollout.tensor_parallel, sglang=False)
+            sync = students.push_weights if path == "tensors" else students.broadcast_weights
+            students.train_step([step, step], normalizer=24)
+            students.export(str(tmp_path / path))
+            trained = load_file(tmp_path / path / "model.safetensors")
+            engine = ray.get(rollout.actors[0].named_parameters.remote())
+            assert any(not torch.equal(value, trained[name]) for name, value in engine.items()), path
 
-        assert sync(rollout.actors) == sum(v.numel() * 4 for v in engine.values())
-        for actor in rollout.actors:
-            engine = ray.get(actor.named_parameters.remote())
-            for name, value in engine.items():
-                assert torch.equal(value, trained[name]), name
+            assert sync(rollout.actors) == sum(v.numel() * 4 for v in engine.values())
+            for actor in rollout.actors:
+                engine = ray.get(actor.named_parameters.remote())
+                for name, value in engine.items():
+                    assert torch.equal(value, trained[name]), (path, name)
     finally:
         students.shutdown()
         rollout.shutdown()
@@ -90,6 +91,7 @@ def test_on_policy_distillation_trains_on_its_own_samples_and_its_answers_change
             stop=3,
             mode="onPolicy",
             rollout=TINY_ROLLOUT,
+            student=ONE_RANK,
             distillation={"kdRatio": 1.0},
             training={"logEverySteps": 2},
             output={"rolloutRounds": 2},
@@ -128,6 +130,7 @@ def test_self_distillation_syncs_the_teacher_every_n_steps(tiny: TinyWorld, tmp_
         tmp_path,
         mode="selfDistillation",
         teacher={"model": None, "backend": "transformers"},
+        student=ONE_RANK,
         distillation={"teacherUpdateFreq": 3},
     )
     kd = [r["kd_loss"] for r in _train(history)]
@@ -145,6 +148,7 @@ def test_self_distillation_with_an_ema_teacher_lags_behind_the_student(
         stop=4,
         mode="selfDistillation",
         teacher={"model": None, "backend": "transformers"},
+        student=ONE_RANK,
         distillation={"teacherEmaDecay": 0.5},
     )
     kd = [r["kd_loss"] for r in _train(history)]
@@ -170,7 +174,11 @@ def test_padded_dynamic_batching_trains_the_same_model_as_packed_fixed_micro_bat
 
 def test_a_loss_from_a_plugin_package_trains(tiny: TinyWorld, tmp_path: Path) -> None:
     history = _run(
-        tiny, tmp_path, stop=3, distillation={"loss": "squaredProbabilityDistance", "kdRatio": 1.0}
+        tiny,
+        tmp_path,
+        stop=3,
+        student=ONE_RANK,
+        distillation={"loss": "squaredProbabilityDistance", "kdRatio": 1.0},
     )
     kd = [r["kd_loss"] for r in _train(history)]
     assert len(kd) == 3 and all(value > 0 for value in kd)

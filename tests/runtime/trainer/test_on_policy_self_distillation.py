@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 
 from kubedistill.api import parse_job
 from kubedistill.runtime.trainer.controller import RunOptions, Trainer
-from tests.runtime.conftest import TinyWorld
+from tests.runtime.conftest import ONE_RANK, TinyWorld
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 
@@ -27,10 +27,11 @@ STEPS = 2 * CHECKPOINT_EVERY
 
 
 def _example(tiny: TinyWorld, checkpoints: Path) -> dict[str, Any]:
-    """The local example on the tiny world's student and chats, for a few steps, evaluated after each."""
+    """The local example on the tiny world's student and chats, for a few steps, evaluated after each, on one
+    student rank (`ONE_RANK`)."""
     manifest = yaml.safe_load(EXAMPLE.read_text())
     spec = manifest["spec"]
-    spec["student"]["model"] = str(tiny.student)
+    spec["student"] |= {"model": str(tiny.student), **ONE_RANK}
     spec["data"]["train"]["path"] = str(tiny.train)
     spec["data"]["eval"]["path"] = str(tiny.eval)
     spec["training"] |= {"maxSteps": STEPS, "evalEverySteps": 1}
@@ -98,7 +99,6 @@ def test_colocated_the_engines_take_turns_and_follow_the_student_while_asleep(
     both take the student's weights while asleep (the teacher after every step here)."""
     manifest = _example(tiny, tmp_path / "ckpt")
     spec = manifest["spec"]
-    spec["student"]["replicas"] = 1
     spec["cluster"] = {"colocate": True}
     spec["distillation"]["teacherUpdateFreq"] = 1
     spec["training"] |= {"maxSteps": 2, "evalEverySteps": None}

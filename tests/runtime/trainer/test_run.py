@@ -33,7 +33,7 @@ from kubedistill.runtime.demo.data import chat_records, write_jsonl
 from kubedistill.runtime.demo.tiny import TinyShape, save_tiny
 from kubedistill.runtime.models.loading import load_tokenizer
 from kubedistill.runtime.trainer import report
-from tests.runtime.conftest import TinyWorld, job_manifest
+from tests.runtime.conftest import ONE_RANK, TinyWorld, job_manifest
 from tests.test_bad_inputs import KUBEDISTILL, Outcome, kubedistill
 
 CLI_TIMEOUT_SECONDS = 600
@@ -180,11 +180,13 @@ class Terminated:
 def terminated(job: Job, interrupted_history: list[dict]) -> Terminated:
     """A second job, started from the interrupted job's checkpoints (spec.checkpoint.resumeFrom), given
     SIGTERM (to the whole process group, as `docker stop` or a kubelet stopping a container whose first
-    process it is) once two steps are done. It checkpoints only when stopped (everySteps beyond its end)."""
+    process it is) once two steps are done. It checkpoints only when stopped (everySteps beyond its end). It
+    trains on one rank the weights two ranks saved."""
     root = job.root / "next"
     root.mkdir()
     spec = {
         **job.manifest["spec"],
+        "student": {**job.manifest["spec"]["student"], **ONE_RANK},
         "checkpoint": {"path": str(root / "ckpt"), "everySteps": 100, "resumeFrom": str(job.checkpoints)},
         "output": {"path": str(root / "out")},
     }

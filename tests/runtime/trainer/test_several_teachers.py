@@ -22,7 +22,7 @@ from kubedistill.runtime.trainer.controller import RunOptions, Trainer
 from kubedistill.runtime.trainer.preflight import check_models
 from kubedistill.runtime.trainer.resume import Origin, changes, origin_of
 from tests.api.manifests import BASE, SEVERAL_TEACHERS, TEACHERS, apply_changes
-from tests.runtime.conftest import TEACHER, TinyWorld, job_manifest
+from tests.runtime.conftest import ONE_RANK, TEACHER, TinyWorld, job_manifest
 
 OTHER_TEACHER = TinyShape(
     hidden_size=40, intermediate_size=80, num_hidden_layers=1, tie_word_embeddings=False
@@ -51,6 +51,7 @@ def test_two_teachers_each_on_its_own_engines_teach_the_student_their_mixture(
         "two-teachers",
         teacher=None,
         teachers=two_teachers(tiny, other_teacher),
+        student=ONE_RANK,
         data={"eval": {"path": str(tiny.eval)}},
         training={"maxSteps": 2, "evalEverySteps": 2},
     )

@@ -24,7 +24,7 @@ from kubedistill.runtime.trainer.records import read_records
 from kubedistill.runtime.trainer.sources import on_policy_step
 from kubedistill.runtime.trainer.tracking.opening import open_trackers, student_files
 from kubedistill.runtime.trainer.tracking.sinks import RUNS_FILE, read_runs
-from tests.runtime.conftest import TINY_ROLLOUT, TinyWorld, job_manifest
+from tests.runtime.conftest import ONE_RANK, TINY_ROLLOUT, TinyWorld, job_manifest
 from tests.runtime.trainer.tracking_readers import (
     MlflowServer,
     start_mlflow,
@@ -67,6 +67,7 @@ def tracked_run(
         "tracked",
         mode="onPolicy",
         rollout={**TINY_ROLLOUT, "lmbda": 0.5, "sequenceKd": True},
+        student=ONE_RANK,
         data={"eval": {"path": str(tiny.eval)}},
         training={"maxSteps": STEPS, "logEverySteps": 1, "seed": SEED},
         output={"rolloutRounds": STEPS},

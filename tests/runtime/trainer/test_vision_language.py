@@ -29,6 +29,7 @@ from kubedistill.runtime.models.loading import load_tokenizer
 from kubedistill.runtime.rollout.backend import SamplingConfig
 from kubedistill.runtime.trainer.controller import RunOptions, Trainer
 from kubedistill.runtime.trainer.records import read_records
+from tests.runtime.conftest import ONE_RANK
 
 ASK = {"type": "text", "text": "Which fruit is this?"}
 
@@ -89,40 +90,51 @@ def trained_teacher(pictures: dict[str, Path], ray_session: None) -> Path:
     return Path(manifest["spec"]["output"]["path"])
 
 
-def test_a_distilled_vision_language_student_ends_closer_to_its_teacher_than_fine_tuning(
-    pictures: dict[str, Path], trained_teacher: Path
-) -> None:
-    distilled = pictures["root"] / "distilled"
-    baseline = pictures["root"] / "sft"
+Distilled = tuple[dict[str, Any], Path, dict[str, Any]]
+"""The distillation example's manifest, output and summary."""
+
+
+@pytest.fixture(scope="module")
+def distilled(pictures: dict[str, Path], trained_teacher: Path) -> Distilled:
+    """The distillation example run whole from the fine-tuned teacher, on one student rank (the on-policy job
+    below shards its student)."""
     manifest = example(pictures, "pictures-offpolicy")
     assert manifest["spec"]["teacher"]["model"] == str(trained_teacher)
-    summary = run(manifest, distilled)
-    run(vlm_job(pictures, "vlm-sft", mode="sft", teacher=None), baseline)
+    manifest["spec"]["student"] |= ONE_RANK
+    output = pictures["root"] / "distilled"
+    return manifest, output, run(manifest, output)
+
+
+def test_a_distilled_vision_language_student_ends_closer_to_its_teacher_than_fine_tuning(
+    pictures: dict[str, Path], distilled: Distilled
+) -> None:
+    manifest, output, summary = distilled
+    baseline = pictures["root"] / "sft"
+    run(vlm_job(pictures, "vlm-sft", mode="sft", teacher=None, student=ONE_RANK), baseline)
 
     template = parse_job(manifest)
     options = RunOptions(
         output_dir=pictures["root"] / "eval", metrics_port=0, progress=False, print_summary=False
     )
-    kd, sft = Trainer(template, options).evaluate_students([str(distilled), str(baseline)])
+    kd, sft = Trainer(template, options).evaluate_students([str(output), str(baseline)])
     assert kd["eval_kd_divergence"] < sft["eval_kd_divergence"], (kd, sft)
     assert summary["steps"] == 40
     # The export is a vision-language model a processor can read back: weights, tokenizer, image processor.
-    assert json.loads((distilled / "config.json").read_text())["vision_config"]
-    assert (distilled / "preprocessor_config.json").is_file()
+    assert json.loads((output / "config.json").read_text())["vision_config"]
+    assert (output / "preprocessor_config.json").is_file()
 
 
 def test_the_vision_tower_stays_as_loaded_unless_asked_to_train(
-    pictures: dict[str, Path], trained_teacher: Path
+    pictures: dict[str, Path], trained_teacher: Path, distilled: Distilled
 ) -> None:
+    """The distillation example leaves `student.freezeVision` at its default."""
+
     def tower(directory: Path) -> dict[str, torch.Tensor]:
         weights = load_file(directory / "model.safetensors")
         return {name: value for name, value in weights.items() if ".visual." in f".{name}"}
 
-    frozen = pictures["root"] / "frozen"
-    run(
-        vlm_job(pictures, "vlm-frozen", teacher={"model": str(trained_teacher)}, training={"epochs": 1}),
-        frozen,
-    )
+    manifest, frozen, _ = distilled
+    assert "freezeVision" not in manifest["spec"]["student"]
     before, after = tower(pictures["student"]), tower(frozen)
     assert before and before.keys() == after.keys()
     assert all(torch.equal(before[name], after[name]) for name in before)
