@@ -87,12 +87,16 @@ def test_on_policy_after_a_student_rank_is_killed_the_engine_takes_the_checkpoin
 ) -> None:
     """The rollout engine outlives the student ranks and holds step 3's weights when they die; the restarted
     ranks open a new broadcast group with it and send it the step-2 checkpoint's weights, so it samples what
-    it would have sampled without the fault."""
+    it would have sampled without the fault. The rank killed is rank 0 of one, the end of that group."""
 
     def run(output: Path, strike: bool) -> list[dict]:
         checkpoints = output / "ckpt"
         manifest = job_manifest(
-            tiny, "trainer-test", **ON_POLICY, checkpoint={"path": str(checkpoints), "everySteps": 2}
+            tiny,
+            "trainer-test",
+            **ON_POLICY,
+            student=ONE_RANK,
+            checkpoint={"path": str(checkpoints), "everySteps": 2},
         )
         options = RunOptions(
             output_dir=output,
@@ -100,7 +104,7 @@ def test_on_policy_after_a_student_rank_is_killed_the_engine_takes_the_checkpoin
             metrics_port=0,
             progress=False,
             print_summary=False,
-            on_step=strike_once(3, kill_student_rank(1)) if strike else None,
+            on_step=strike_once(3, kill_student_rank(0)) if strike else None,
         )
         summary = Trainer(parse_job(manifest), options).run().summary
         if strike:
