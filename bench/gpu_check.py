@@ -37,12 +37,17 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from bench.report import report
+
+if TYPE_CHECKING:
+    from kubedistill.api.job import DistillationJob
+    from kubedistill.runtime.demo.tiny import TinyShape
+    from kubedistill.runtime.student.worker import StudentWorker
 
 GIB = 2**30
 
@@ -189,38 +194,21 @@ def teacher_row(device: torch.device, scratch: Path) -> dict:
 
 
 def fsdp_row(device: torch.device, scratch: Path, cpu_offload: bool) -> dict:
-    from kubedistill.api import parse_job
     from kubedistill.runtime.data.sample import Sample
-    from kubedistill.runtime.demo.data import chat_records
-    from kubedistill.runtime.demo.tiny import STUDENT_SHAPE, build_tokenizer, save_tiny
     from kubedistill.runtime.student.batch import MicroBatch
     from kubedistill.runtime.student.parallelize import process_group_backend
-    from kubedistill.runtime.student.worker import RankAddress, StudentWorker
 
-    texts = [" ".join(m["content"] for m in r["messages"]) for r in chat_records(200, 0)]
-    path = save_tiny(scratch / "student", build_tokenizer(texts, 300), STUDENT_SHAPE)
-    job = parse_job(
+    path = _tiny_student(scratch)
+    job = _job(
+        "gpu-check",
+        {"model": str(path), "gradientCheckpointing": True, "cpuOffload": cpu_offload},
         {
-            "apiVersion": "kubedistill.io/v1alpha1",
-            "kind": "DistillationJob",
-            "metadata": {"name": "gpu-check"},
-            "spec": {
-                "mode": "selfDistillation",
-                "teacher": {"backend": "transformers"},
-                "student": {"model": str(path), "gradientCheckpointing": True, "cpuOffload": cpu_offload},
-                "data": {"train": {"path": "unused.jsonl"}},
-                "training": {
-                    "globalBatchSize": 4,
-                    "learningRate": 1e-3,
-                    "precision": "bf16" if device.type == "cuda" else "fp32",
-                },
-            },
-        }
+            "globalBatchSize": 4,
+            "learningRate": 1e-3,
+            "precision": "bf16" if device.type == "cuda" else "fp32",
+        },
     )
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    worker = StudentWorker(job, RankAddress(0, 1, "127.0.0.1", port), total_steps=1)
+    worker = _one_rank(job, total_steps=1)
     sample = Sample(
         input_ids=np.arange(5, 37),
         target_mask=np.arange(32) >= 16,
@@ -256,33 +244,20 @@ def packing_rows(device: torch.device, scratch: Path, repeats: int) -> list[dict
     """Padded against packed micro-batches of the same samples: equal losses, then a step's time each."""
     import random
 
-    from kubedistill.api import parse_job
     from kubedistill.runtime.data.batching import shard_micro_batches
     from kubedistill.runtime.data.sample import Sample
-    from kubedistill.runtime.demo.data import chat_records
-    from kubedistill.runtime.demo.tiny import STUDENT_SHAPE, TinyShape, build_tokenizer, save_tiny
+    from kubedistill.runtime.demo.tiny import TinyShape
     from kubedistill.runtime.student.batch import MicroBatch
-    from kubedistill.runtime.student.worker import RankAddress, StudentWorker
 
     cuda = device.type == "cuda"
     # On the GPU a ~100M-parameter student and sequences up to 4096 tokens; on CPU what checks the script.
-    shape = TinyShape(1024, 2816, 8, 16, 8, 64, False) if cuda else STUDENT_SHAPE
+    shape = TinyShape(1024, 2816, 8, 16, 8, 64, False) if cuda else None
     count, median, longest, budget, micro = (64, 512, 4096, 16384, 8) if cuda else (8, 24, 96, 256, 4)
-    texts = [" ".join(m["content"] for m in r["messages"]) for r in chat_records(200, 0)]
-    path = save_tiny(scratch / "packing-student", build_tokenizer(texts, 300), shape)
-    job = parse_job(
-        {
-            "apiVersion": "kubedistill.io/v1alpha1",
-            "kind": "DistillationJob",
-            "metadata": {"name": "gpu-check-packing"},
-            "spec": {
-                "mode": "selfDistillation",
-                "teacher": {"backend": "transformers"},
-                "student": {"model": str(path)},
-                "data": {"train": {"path": "unused.jsonl"}},
-                "training": {"globalBatchSize": count, "precision": "bf16" if cuda else "fp32"},
-            },
-        }
+    path = _tiny_student(scratch, "packing-student", shape)
+    job = _job(
+        "gpu-check-packing",
+        {"model": str(path)},
+        {"globalBatchSize": count, "precision": "bf16" if cuda else "fp32"},
     )
     rng = random.Random(0)
     lengths = [min(longest, max(8, round(rng.lognormvariate(math.log(median), 0.9)))) for _ in range(count)]
@@ -297,10 +272,7 @@ def packing_rows(device: torch.device, scratch: Path, repeats: int) -> list[dict
         )
         for start, n in zip(starts, lengths, strict=False)
     ]
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    worker = StudentWorker(job, RankAddress(0, 1, "127.0.0.1", port), total_steps=10**6)
+    worker = _one_rank(job, total_steps=10**6)
     width = worker.module.teacher_head.shape[1]
     plans = {}
     for packed in (False, True):
@@ -374,12 +346,48 @@ def hidden_state_rows(device: torch.device, n: int, d: int, repeats: int) -> lis
     ]
 
 
-def _tiny_student(scratch: Path) -> Path:
+def _tiny_student(scratch: Path, name: str = "student", shape: "TinyShape | None" = None) -> Path:
+    """The demo's student (or one of `shape`) on the demo chats' tokenizer, saved once under `name`."""
     from kubedistill.runtime.demo.data import chat_records
     from kubedistill.runtime.demo.tiny import STUDENT_SHAPE, build_tokenizer, save_tiny
 
+    if (scratch / name / "config.json").is_file():
+        return scratch / name
     texts = [" ".join(m["content"] for m in r["messages"]) for r in chat_records(200, 0)]
-    return save_tiny(scratch / "kernels-student", build_tokenizer(texts, 300), STUDENT_SHAPE)
+    return save_tiny(scratch / name, build_tokenizer(texts, 300), shape or STUDENT_SHAPE)
+
+
+def _job(name: str, student: dict, training: dict, cluster: dict | None = None) -> "DistillationJob":
+    """A self-distillation job around one student, as the rows' workers read it (no data is read)."""
+    from kubedistill.api import parse_job
+
+    spec = {
+        "mode": "selfDistillation",
+        "teacher": {"backend": "transformers"},
+        "student": student,
+        "data": {"train": {"path": "unused.jsonl"}},
+        "training": training,
+    }
+    if cluster is not None:
+        spec["cluster"] = cluster
+    return parse_job(
+        {
+            "apiVersion": "kubedistill.io/v1alpha1",
+            "kind": "DistillationJob",
+            "metadata": {"name": name},
+            "spec": spec,
+        }
+    )
+
+
+def _one_rank(job: "DistillationJob", total_steps: int) -> "StudentWorker":
+    """The job's student as one FSDP2 rank in this process, on a free loopback port."""
+    from kubedistill.runtime.student.worker import RankAddress, StudentWorker
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    return StudentWorker(job, RankAddress(0, 1, "127.0.0.1", port), total_steps=total_steps)
 
 
 def kernel_rows(device: torch.device, scratch: Path) -> list[dict]:
@@ -454,7 +462,6 @@ def context_parallel_row(device: torch.device, scratch: Path, backend: str = "nc
 def _context_parallel_rank(rank: int, device_type: str, backend: str, path: str, scratch: str) -> None:
     import torch.distributed as dist
 
-    from kubedistill.api import parse_job
     from kubedistill.runtime.data.sample import Sample
     from kubedistill.runtime.student.batch import MicroBatch
     from kubedistill.runtime.student.context_parallel import rank_share
@@ -481,19 +488,10 @@ def _context_parallel_rank(rank: int, device_type: str, backend: str, path: str,
     results = []
     hidden: torch.Tensor | None = None
     for context in (1, 2):
-        job = parse_job(
-            {
-                "apiVersion": "kubedistill.io/v1alpha1",
-                "kind": "DistillationJob",
-                "metadata": {"name": "gpu-check"},
-                "spec": {
-                    "mode": "selfDistillation",
-                    "teacher": {"backend": "transformers"},
-                    "student": {"model": path, "replicas": 2, "contextParallel": context},
-                    "data": {"train": {"path": "unused.jsonl"}},
-                    "training": {"globalBatchSize": 2, "microBatchSize": 1, "precision": "fp32"},
-                },
-            }
+        job = _job(
+            "gpu-check",
+            {"model": path, "replicas": 2, "contextParallel": context},
+            {"globalBatchSize": 2, "microBatchSize": 1, "precision": "fp32"},
         )
         module = build_module(job, device, 2)
         assert module.teacher_head is not None
@@ -525,31 +523,17 @@ def _context_parallel_rank(rank: int, device_type: str, backend: str, path: str,
 
 def offload_row(device: torch.device, scratch: Path) -> dict:
     """A colocated engine's turn on a trained rank: what `student_offload` moves, measured on the device."""
-    from kubedistill.api import parse_job
     from kubedistill.runtime.data.sample import Sample
     from kubedistill.runtime.student.batch import MicroBatch
-    from kubedistill.runtime.student.worker import RankAddress, StudentWorker
     from kubedistill.runtime.trainer.colocation import student_offload
 
-    job = parse_job(
-        {
-            "apiVersion": "kubedistill.io/v1alpha1",
-            "kind": "DistillationJob",
-            "metadata": {"name": "gpu-check-offload"},
-            "spec": {
-                "mode": "selfDistillation",
-                "teacher": {"backend": "transformers"},
-                "student": {"model": str(_tiny_student(scratch)), "reshardAfterForward": "never"},
-                "data": {"train": {"path": "unused.jsonl"}},
-                "training": {"globalBatchSize": 4, "learningRate": 1e-3, "precision": "bf16"},
-                "cluster": {"colocate": True},
-            },
-        }
+    job = _job(
+        "gpu-check-offload",
+        {"model": str(_tiny_student(scratch)), "reshardAfterForward": "never"},
+        {"globalBatchSize": 4, "learningRate": 1e-3, "precision": "bf16"},
+        cluster={"colocate": True},
     )
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    worker = StudentWorker(job, RankAddress(0, 1, "127.0.0.1", port), total_steps=2)
+    worker = _one_rank(job, total_steps=2)
     sample = Sample(
         input_ids=np.arange(5, 37), target_mask=np.arange(32) >= 16, source="gpu-check", prompt_length=16
     )
