@@ -13,6 +13,14 @@ that each train their assistant messages exactly as the template renders them wh
 the whole chat trains the messages it renders as they were generated, and each earlier one that it
 renders otherwise is trained in the chat cut after it.
 
+DeepSeek-R1's template breaks the prefix property another way: its generation prompt opens the reasoning
+block (`<｜Assistant｜><think>\\n`, so that the model always reasons) and its assistant turns render
+without it (the answer alone, whatever reasoning the message carries). Where the generation prompt ends in
+an opened `<think>` that the rendered turn lacks, the turn is trained as the model writes it: after the
+prompt the template really sends, its reasoning, `</think>`, the answer and the end of turn
+(`_written_turn`). Later turns see it as the template renders history, so each such turn ends a part of its
+own.
+
 With `with_spans`, each target token also gets its span in the response text (`data.alignment`), which is
 how a teacher with another tokenizer is matched to the student.
 """
@@ -47,6 +55,8 @@ _NULL_CONTENT_TEST = re.compile(r"content(?:'\]|\"\])?\s+is\s+none\b")
 """A template that tells tool-call messages by their null content: `message['content'] is none`."""
 _CONTEXT = 24
 """Characters shown either side of where two renders part."""
+THOUGHT_OPEN, THOUGHT_CLOSE = "<think>", "</think>"
+"""The reasoning block of DeepSeek-R1 and its distills, which Qwen3 took over."""
 
 
 @dataclass(frozen=True)
@@ -124,12 +134,14 @@ def encode_chat(
     _check_tool_calls_rendered(messages, render, chat_format.source(tokenizer))
     spans = []
     turns: list[Turn] = []
+    join = None
     for i in range(first_response, len(messages)):
         if messages[i]["role"] != "assistant":
             continue
         before = render(messages[:i], True)
         through = render(messages[: i + 1], False)
-        if not through.startswith(before):
+        opened = _thought_opened(before, through)
+        if opened is None and not through.startswith(before):
             raise ChatTemplateError(
                 f"the chat template renders assistant message {i} without the generation prompt it "
                 f"renders before it ({before[-40:]!r} is not followed by the message); assistant tokens "
@@ -141,6 +153,16 @@ def encode_chat(
                 f"({_difference(through, text)}), so assistant tokens cannot be found in this chat; train "
                 "it in parts (`trained_parts`)"
             )
+        if opened is not None:
+            if i < len(messages) - 1:
+                raise EarlierTurnsRerendered(
+                    f"the chat template's generation prompt opens a reasoning block "
+                    f"({before[opened:]!r}) that assistant message {i} is rendered without, so it is trained "
+                    "as the model writes it, which the later turns do not show; train it in parts "
+                    "(`trained_parts`)"
+                )
+            written = before + _written_turn(through[opened:], messages[i])
+            text, through, join = written + text[len(through) :], written, len(before)
         spans.append((len(before), max(len(before), len(through.rstrip()))))
         if with_spans and messages[i].get("tool_calls"):
             raise RecordProblem(
@@ -165,6 +187,7 @@ def encode_chat(
         add_special_tokens=False,
         turns=turns if with_spans else None,
         contents=contents,
+        join=join,
     )
 
 
@@ -211,9 +234,17 @@ def trained_parts(
     while assistants:
         whole = render_chat(tokenizer, messages[:end], False, tools, chat_format)
         first = len(assistants)
-        while first and whole.startswith(
-            render_chat(tokenizer, messages[: assistants[first - 1] + 1], False, tools, chat_format)
-        ):
+        while first:
+            at = assistants[first - 1]
+            through = render_chat(tokenizer, messages[: at + 1], False, tools, chat_format)
+            if not whole.startswith(through):
+                break
+            # A turn after a generation prompt that opens its reasoning is trained only where it ends the
+            # chat (`encode_chat`).
+            if at + 1 < end and _thought_opened(
+                render_chat(tokenizer, messages[:at], True, tools, chat_format), through
+            ):
+                break
             first -= 1
         if first == len(assistants):
             # Messages after the last assistant message change how it renders: they have no targets.
@@ -223,6 +254,21 @@ def trained_parts(
         del assistants[first:]
         end = assistants[-1] + 1 if assistants else end
     return parts
+
+
+def written_turn(
+    tokenizer: "PreTrainedTokenizerBase",
+    messages: Sequence[Message],
+    tools: list[Any] | None = None,
+    chat_format: ChatFormat = OWN_FORMAT,
+) -> str | None:
+    """The chat's last message, an assistant's, as `encode_chat` trains it after a generation prompt that
+    opens a reasoning block the message is rendered without (DeepSeek-R1's); None where the template renders
+    it after its generation prompt as it is."""
+    before = render_chat(tokenizer, messages[:-1], True, tools, chat_format)
+    through = render_chat(tokenizer, messages, False, tools, chat_format)
+    opened = _thought_opened(before, through)
+    return None if opened is None else _written_turn(through[opened:], messages[-1])
 
 
 def render_chat(
@@ -286,6 +332,53 @@ def _arguments_as_json(messages: Sequence[Message]) -> list[Message]:
 
 
 Render = Callable[[Sequence[Message], bool], str]
+
+
+def _thought_opened(before: str, through: str) -> int | None:
+    """Where the generation prompt `before` opens a reasoning block that the assistant turn rendered after the
+    same messages, `through`, lacks: the length of the prompt without its opener. None where the turn follows
+    the prompt as it is, or the prompt does not end in an opened block.
+
+    DeepSeek-R1's template ends its generation prompt `<｜Assistant｜><think>\\n` and renders the turn
+    `<｜Assistant｜>` + answer (trl/chat_templates/deepseek_r1_distill.jinja, and its training variant):
+    DeepSeek forces the opener because R1 models otherwise skip their reasoning (deepseek-ai/DeepSeek-R1
+    README.md:195-196).
+    """
+    if through.startswith(before):
+        return None
+    opener = before.rstrip()
+    if not opener.endswith(THOUGHT_OPEN):
+        return None
+    head = len(opener) - len(THOUGHT_OPEN)
+    return head if through.startswith(before[:head]) else None
+
+
+def _written_turn(rendered: str, message: Message) -> str:
+    """What the model writes after a generation prompt that opened its reasoning block, from the turn as the
+    template `rendered` it after the prompt without the opener: its thought, `</think>`, the answer and end of
+    turn.
+
+    The thought is the one the rendering holds (TRL's training variant renders content as it is, a thought
+    inline in it included), else the message's `reasoning_content` (every record key for it arrives under
+    this name, `messages.chat_messages`), else the one inline in its content that the template cut off
+    (DeepSeek-R1's keeps what follows `</think>`); an inline thought is read as Qwen3's template reads it
+    (trl/chat_templates/qwen3.jinja:38-40). It is written as R1 writes it and Qwen3's template renders it
+    (qwen3.jinja:45): `thought\\n</think>\\n\\nanswer`. A message without one gets the empty thought, which
+    follows the opener as `\\n</think>\\n\\n`: `<think>\\n\\n</think>` is how R1 models answer without
+    reasoning (deepseek-ai/DeepSeek-R1 README.md:195), and a record without reasoning says the model answered
+    so.
+    """
+    content, reasoning = message.get("content"), message.get("reasoning_content")
+    if THOUGHT_CLOSE in rendered:
+        thought = rendered.split(THOUGHT_CLOSE)[0].split(THOUGHT_OPEN)[-1]
+    elif isinstance(reasoning, str):
+        thought = reasoning
+    elif isinstance(content, str) and THOUGHT_CLOSE in content:
+        thought = content.split(THOUGHT_CLOSE)[0].split(THOUGHT_OPEN)[-1]
+    else:
+        thought = ""
+    answer = rendered.split(THOUGHT_CLOSE)[-1]
+    return thought.strip("\n") + "\n" + THOUGHT_CLOSE + "\n\n" + answer.lstrip("\n")
 
 
 def _difference(alone: str, followed: str) -> str:
@@ -354,8 +447,20 @@ def _encode_spans(
     add_special_tokens: bool,
     turns: list[Turn] | None,
     contents: list[tuple[int, int, int]] | None,
+    join: int | None = None,
 ) -> Encoded:
-    ids, offsets = _tokens(tokenizer, text, add_special_tokens)
+    """`join`: where a response after a prompt that opened its reasoning block starts, tokenised apart from
+    the prompt as it is at generation, where the prompt is tokenised alone: whole, BPE would merge the
+    prompt's `<think>\\n` with the empty thought's `\\n` (Qwen's tokenizers, which the R1 distills use, have
+    a `\\n\\n` token)."""
+    if join is None:
+        ids, offsets = _tokens(tokenizer, text, add_special_tokens)
+    else:
+        (prompt_ids, prompt_offsets), (ids, offsets) = (
+            _tokens(tokenizer, text[:join], add_special_tokens),
+            _tokens(tokenizer, text[join:], False),
+        )
+        ids, offsets = np.concatenate([prompt_ids, ids]), np.concatenate([prompt_offsets, offsets + join])
     mask = _overlaps(offsets, spans)
     return Encoded(
         ids,

@@ -6,12 +6,13 @@ or `reasoning` (vLLM's newer name). A message keeps it under both names template
 does itself (`_alias_reasoning_fields`), so it reaches every template that renders it whatever the
 transformers version.
 
-A template that renders no reasoning (Llama's, DeepSeek-R1's, which cuts it off, or any with
-spec.data.chatTemplateKwargs that turn it off) trains the answers without it. That is reported, once per
-data source, naming the field and the template: the rendered chat is compared with the one rendered
-without the message's reasoning, and where the two are the same the reasoning is not in what is trained.
-A template that renders only the last turn's (Qwen3's) is no such case: each earlier turn is trained in a
-part of its own (`chat.trained_parts`), with its reasoning.
+A template that renders no reasoning (Llama's, or any with spec.data.chatTemplateKwargs that turn it off)
+trains the answers without it. That is reported, once per data source, naming the field and the template:
+the rendered chat is compared with the one rendered without the message's reasoning, and where the two are
+the same the reasoning is not in what is trained. A template that renders only the last turn's (Qwen3's) is
+no such case: each earlier turn is trained in a part of its own (`chat.trained_parts`), with its reasoning.
+Nor is DeepSeek-R1's, which renders none but opens the reasoning block in its generation prompt: each turn is
+trained as the model writes it, reasoning included (`chat.written_turn`).
 """
 
 import logging
@@ -19,7 +20,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from kubedistill.runtime.data.chat import OWN_FORMAT, ChatFormat, Message, render_chat
+from kubedistill.runtime.data.chat import OWN_FORMAT, ChatFormat, Message, render_chat, written_turn
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -75,6 +76,11 @@ class UnrenderedReasoning:
                 i
                 for i in carrying
                 if render_chat(tokenizer, _without(part, i), False, tools, chat_format) == rendered
+                and (
+                    i < end - 1
+                    or written_turn(tokenizer, part, tools, chat_format)
+                    == written_turn(tokenizer, _without(part, i), tools, chat_format)
+                )
             ]
         if not lost:
             return

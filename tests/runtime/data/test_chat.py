@@ -84,7 +84,7 @@ REWRITES_EARLIER_TURNS = (
 )
 GENERATION_PROMPT_NOT_IN_MESSAGES = (
     "{%- for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{%- endfor %}"
-    "{%- if add_generation_prompt %}<|im_start|>assistant\n<think>\n{%- endif %}"
+    "{%- if add_generation_prompt %}<|im_start|>assistant\n<answer>\n{%- endif %}"
 )
 
 
@@ -94,7 +94,11 @@ GENERATION_PROMPT_NOT_IN_MESSAGES = (
         pytest.param(
             REWRITES_EARLIER_TURNS, "differently once later turns follow", id="rewrites-earlier-turns"
         ),
-        pytest.param(GENERATION_PROMPT_NOT_IN_MESSAGES, "generation prompt", id="generation-prompt-differs"),
+        pytest.param(
+            GENERATION_PROMPT_NOT_IN_MESSAGES,
+            "without the generation prompt it renders before it",
+            id="generation-prompt-differs",
+        ),
     ],
 )
 def test_a_template_without_the_prefix_property_is_refused(tokenizer, template: str, message: str) -> None:

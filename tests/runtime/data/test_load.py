@@ -178,10 +178,11 @@ def test_a_chat_the_template_rejects_is_a_bad_record(tokenizer, tmp_path: Path) 
 
 def test_a_template_that_hides_assistant_tokens_fails_even_when_skipping(tokenizer, tmp_path: Path) -> None:
     rewriting = copy.deepcopy(tokenizer)
-    # Its generation prompt opens a block its assistant messages lack: no render shows one as generated.
+    # Its generation prompt ends in markup its assistant messages lack, and not in an opened reasoning block
+    # (which is trained as the model writes it): no render shows one as generated.
     rewriting.chat_template = (
         "{%- for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{%- endfor %}"
-        "{%- if add_generation_prompt %}<|im_start|>assistant\n<think>\n{%- endif %}"
+        "{%- if add_generation_prompt %}<|im_start|>assistant\n<answer>\n{%- endif %}"
     )
     record = chat(("user", "What is 2+2?"), ("assistant", "4"), ("user", "And 3+3?"), ("assistant", "6"))
     source = write_jsonl(tmp_path / "train.jsonl", [record])

@@ -168,11 +168,25 @@ def test_deepseek_v3_gets_tool_call_arguments_as_the_json_text_it_adds_to_its_ma
     assert '<｜tool▁sep｜>add\n```json\n{"a": 2, "b": 2}\n```' in deepseek.decode(sample.input_ids)
 
 
-def test_deepseek_r1s_tool_calls_are_refused_naming_its_null_content_test(tmp_path: Path, templated) -> None:
+@pytest.mark.parametrize("template", ["deepseek_r1_distill", "deepseek_r1_distill_training"])
+def test_deepseek_r1_trains_the_reasoning_content_its_template_leaves_out_and_warns_of_nothing(
+    tmp_path: Path, templated, caplog: pytest.LogCaptureFixture, template: str
+) -> None:
+    """Neither template renders reasoning_content; the model writes it after the prefilled `<think>\\n`."""
+    r1 = templated(template)
+    loaded = load(tmp_path, r1, [QUESTION, answer("The answer is 4.", reasoning_content="two and two")])
+    assert targets(r1, loaded) == "two and two\n</think>\n\nThe answer is 4.<｜end▁of▁sentence｜>"
+    assert reasoning_warnings(caplog) == []
+
+
+@pytest.mark.parametrize("template", ["deepseek_r1_distill", "deepseek_r1_distill_training"])
+def test_deepseek_r1s_tool_calls_are_refused_naming_its_null_content_test(
+    tmp_path: Path, templated, template: str
+) -> None:
     call = {"type": "function", "function": {"name": "add", "arguments": json.dumps({"a": 2})}}
     chat = [QUESTION, answer(None, tool_calls=[call]), {"role": "tool", "content": "4"}, answer("4")]
     with pytest.raises(
         ChatTemplateError,
         match=r":1: the chat template renders tool calls only in a message whose content is null",
     ):
-        load(tmp_path, templated("deepseek_r1_distill"), chat)
+        load(tmp_path, templated(template), chat)

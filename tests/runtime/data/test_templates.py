@@ -10,7 +10,7 @@ import pytest
 import trl
 
 from kubedistill.api.spec import Mode
-from kubedistill.runtime.data import ChatTemplateError, load_samples
+from kubedistill.runtime.data import load_samples
 
 from .builders import decoded_targets, spec, write_jsonl
 
@@ -19,6 +19,7 @@ SYSTEM = {"role": "system", "content": "Be brief."}
 QUESTION = {"role": "user", "content": "What is 2+2?"}
 FOLLOW_UP = {"role": "user", "content": "And 3+3?"}
 PROMPT_TEXTS = ("Be brief.", "What is 2+2?", "And 3+3?")
+R1_EOS = "<｜end▁of▁sentence｜>"
 ADD = {"type": "function", "function": {"name": "add", "arguments": {"a": 2, "b": 2}}}
 
 THINKING_TWO_TURNS = [
@@ -116,6 +117,32 @@ def trained(tmp_path: Path, tokenizer: Any, messages: list[dict[str, Any]], **da
             id="gpt-oss-tool-call",
         ),
         pytest.param("gemma3", TWO_TURNS, ["4<end_of_turn>6<end_of_turn>"], id="gemma3-two-turns"),
+        # DeepSeek-R1's generation prompt opens the thinking block its rendered answers lack: each answer is
+        # trained as the model writes it after `<think>\n`, in a sample of its own.
+        pytest.param(
+            "deepseek_r1_distill",
+            THINKING_TWO_TURNS,
+            [f"two and two\n</think>\n\n4{R1_EOS}", f"three and three\n</think>\n\n6{R1_EOS}"],
+            id="deepseek-r1-thinking-two-turns",
+        ),
+        pytest.param(
+            "deepseek_r1_distill",
+            TWO_TURNS,
+            [f"\n</think>\n\n4{R1_EOS}", f"\n</think>\n\n6{R1_EOS}"],
+            id="deepseek-r1-two-turns-without-reasoning",
+        ),
+        # TRL's DeepSeek-V3 template prefills `<think>\n` too, but renders tool calls beside content; after
+        # tool results the model answers without the opener.
+        pytest.param(
+            "deepseekv3",
+            TOOL_CALL,
+            [
+                "\n</think>\n\n<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>add\n```json\n"
+                f'{{"a": 2, "b": 2}}\n```<｜tool▁call▁end｜><｜tool▁calls▁end｜>{R1_EOS}',
+                f"The answer is 4.{R1_EOS}",
+            ],
+            id="deepseek-v3-tool-call",
+        ),
         pytest.param(
             "qwen2_5",
             TOOL_CALL,
@@ -135,13 +162,98 @@ def test_each_assistant_message_is_trained_once_as_generated_and_no_prompt_token
     assert not [text for text in PROMPT_TEXTS for target in targets if text in target]
 
 
-def test_deepseek_r1s_template_whose_prompt_opens_a_thinking_block_its_history_lacks_is_refused(
+def prompts_and_targets(tmp_path: Path, tokenizer: Any, messages: list[dict[str, Any]], **data: Any) -> list:
+    """Each sample's prompt (the tokens before its first target) and targets, decoded."""
+    source = write_jsonl(tmp_path / "train.jsonl", [{"messages": messages}])
+    loaded = load_samples(source, spec(source, **data), tokenizer, mode=Mode.OFF_POLICY)
+    return [
+        (
+            tokenizer.decode(s.input_ids[: s.prompt_length]),
+            decoded_targets(tokenizer, list(s.input_ids), list(s.target_mask)),
+        )
+        for s in loaded.samples
+    ]
+
+
+SECOND_R1_PROMPT = (
+    f"Be brief.<｜User｜>What is 2+2?<｜Assistant｜>4{R1_EOS}<｜User｜>And 3+3?<｜Assistant｜><think>\n"
+)
+
+
+def test_deepseek_r1_trains_each_answer_after_the_prompt_it_sends_with_earlier_answers_as_it_renders_them(
     tmp_path: Path, tokenizer: Any
 ) -> None:
-    """It prefills `<think>\\n` and cuts every earlier answer's reasoning off, so no rendering of the chat
-    shows an answer as the model wrote it (TRL's training variant neither)."""
-    with pytest.raises(ChatTemplateError, match="without the generation prompt it renders before it"):
-        trained(tmp_path, with_template(tokenizer, "deepseek_r1_distill"), THINKING_TWO_TURNS)
+    """The prefilled `<think>\\n` is prompt, the thought, `</think>` and end of sentence are targets, and the
+    second question sees the first answer without its reasoning, as DeepSeek's template cuts it."""
+    r1 = with_template(tokenizer, "deepseek_r1_distill")
+    assert prompts_and_targets(tmp_path, r1, THINKING_TWO_TURNS) == [
+        ("Be brief.<｜User｜>What is 2+2?<｜Assistant｜><think>\n", f"two and two\n</think>\n\n4{R1_EOS}"),
+        (
+            SECOND_R1_PROMPT,
+            f"three and three\n</think>\n\n6{R1_EOS}",
+        ),
+    ]
+    assert prompts_and_targets(tmp_path, r1, THINKING_TWO_TURNS, trainTurns="last") == [
+        (
+            SECOND_R1_PROMPT,
+            f"three and three\n</think>\n\n6{R1_EOS}",
+        )
+    ]
+
+
+@pytest.mark.parametrize(
+    "answer",
+    ["<think>\ntwo and two\n</think>\n\n4", "two and two</think>4"],
+    ids=["whole-block", "without-opener"],
+)
+def test_deepseek_r1_trains_a_thought_inline_in_the_answer_that_its_template_cuts_off(
+    tmp_path: Path, tokenizer: Any, answer: str
+) -> None:
+    r1 = with_template(tokenizer, "deepseek_r1_distill")
+    chat = [QUESTION, {"role": "assistant", "content": answer}]
+    assert trained(tmp_path, r1, chat) == [f"two and two\n</think>\n\n4{R1_EOS}"]
+
+
+def test_deepseek_r1s_training_variant_as_a_template_file_trains_reasoning_content_as_the_original_does(
+    tmp_path: Path, tokenizer: Any
+) -> None:
+    """TRL's variant renders content as it is: a thought held in reasoning_content is trained after the
+    prefilled opener, one inline in the content is history too, so the chat is one sample."""
+    r1 = with_template(tokenizer, "deepseek_r1_distill")
+    variant = str(TEMPLATES / "deepseek_r1_distill_training.jinja")
+    assert trained(tmp_path, r1, THINKING_TWO_TURNS, chatTemplate=variant) == [
+        f"two and two\n</think>\n\n4{R1_EOS}",
+        f"three and three\n</think>\n\n6{R1_EOS}",
+    ]
+    inline = [
+        QUESTION,
+        {"role": "assistant", "content": "<think>\ntwo\n</think>\n\n4"},
+        FOLLOW_UP,
+        {"role": "assistant", "content": "three</think>6"},
+    ]
+    assert trained(tmp_path, r1, inline, chatTemplate=variant) == [
+        f"two\n</think>\n\n4{R1_EOS}three\n</think>\n\n6{R1_EOS}"
+    ]
+
+
+def test_deepseek_r1s_answer_is_tokenised_apart_from_the_prefilled_opener_as_at_generation(
+    tmp_path: Path, tokenizer: Any
+) -> None:
+    """Qwen's tokenizers (the R1 distills') have a `\\n\\n` token: tokenised whole, the opener's newline and
+    the empty thought's would merge into one token the model never sees after the prompt it is sent."""
+    r1 = with_template(tokenizer, "deepseek_r1_distill")
+    r1.add_tokens(["\n\n"])
+    source = write_jsonl(
+        tmp_path / "train.jsonl", [{"messages": [QUESTION, {"role": "assistant", "content": "4"}]}]
+    )
+    (sample,) = load_samples(source, spec(source), r1, mode=Mode.OFF_POLICY).samples
+    ids = sample.input_ids.tolist()
+    assert ids[: sample.prompt_length] == r1("<｜User｜>What is 2+2?<｜Assistant｜><think>\n")["input_ids"]
+    assert ids[sample.prompt_length :] == r1(f"\n</think>\n\n4{R1_EOS}")["input_ids"]
+    assert (
+        sample.target_mask[sample.prompt_length :].all()
+        and not sample.target_mask[: sample.prompt_length].any()
+    )
 
 
 def test_chat_template_kwargs_reach_the_template_qwen3_without_thinking_trains_the_answer_alone(
