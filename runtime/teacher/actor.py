@@ -26,6 +26,7 @@ class TeacherActor(EngineActor):
             colocate=self.job.spec.cluster.colocate,
             placement=placement,
             attention=self.job.spec.student.attention,
+            seed=self.job.spec.training.seed,
         )
         if resolve_backend(teacher.backend) == Backend.SGLANG and placement.serves_requests:
             warn_of_a_small_shared_memory(self.job, backend.hidden_size)
@@ -46,13 +47,22 @@ def build_teacher(
     colocate: bool,
     placement: EnginePlacement,
     attention: Attention = Attention.SDPA,
+    seed: int | None = None,
 ) -> TeacherBackend:
+    """`seed`: an SGLang engine's sampling seed (sequence-level KD); a transformers teacher takes each
+    call's."""
     backend = resolve_backend(spec.backend)
     if backend == Backend.SGLANG:
         from kubedistill.runtime.engines.sglang.teacher import SGLangTeacher
 
         return SGLangTeacher(
-            spec, model_path, placement, colocate=colocate, precision=precision, attention=attention
+            spec,
+            model_path,
+            placement,
+            colocate=colocate,
+            precision=precision,
+            attention=attention,
+            seed=seed,
         )
     from kubedistill.runtime.engines.transformers.teacher import TransformersTeacher
 

@@ -12,6 +12,7 @@ from typing import Protocol
 import torch
 
 from kubedistill.runtime.data.images import ImageInputs
+from kubedistill.runtime.rollout.backend import SamplingConfig
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,16 @@ class TeacherBackend(Protocol):
 
     def hidden_states(self, batch: TeacherBatch) -> torch.Tensor:
         """[batch.num_positions, hidden_size] on the CPU, sequences in order, positions in order."""
+        ...
+
+    def generate(
+        self,
+        prompts: list[list[int]],
+        sampling: SamplingConfig,
+        images: list[ImageInputs | None] | None = None,
+    ) -> list[list[int]]:
+        """Answers to prompts, sampled as a rollout engine samples them (`RolloutBackend.generate`): the
+        responses of the steps sequence-level KD (spec.rollout.sequenceKd) trains on."""
         ...
 
     def begin_weight_update(self) -> None:

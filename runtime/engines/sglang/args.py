@@ -122,8 +122,12 @@ def teacher_engine_args(
     colocate: bool,
     precision: Precision,
     attention: Attention = Attention.SDPA,
+    seed: int | None = None,
 ) -> dict[str, Any]:
-    """`sglang.Engine` keyword arguments of one teacher replica: whole-sequence prefill, hidden states out."""
+    """`sglang.Engine` keyword arguments of one teacher replica: whole-sequence prefill, hidden states out.
+    `seed` seeds its sampling, as a rollout engine's, for a teacher that writes steps' responses
+    (sequence-level KD); None, for one that only scores, leaves SGLang to draw one (SGLang 0.5.23
+    `srt/arg_groups/serving_hook.py:660-665`)."""
     if placement.nnodes != teacher.nodes_per_replica:
         raise ValueError(
             f"placement spans {placement.nnodes} nodes but spec.teacher.nodesPerReplica is "
@@ -149,6 +153,7 @@ def teacher_engine_args(
         "dp_size": data_parallel,
         "ep_size": teacher.expert_parallel,
         "mem_fraction_static": teacher.mem_fraction_static,
+        "random_seed": seed,
         "attention_backend": sglang_attention_backend(attention, placement),
         **_colocation_args(colocate, placement),
         **_placement_args(placement),

@@ -4,7 +4,8 @@ loaded in place after every optimizer step.
 Sampling follows `SamplingConfig`; each prompt is sent `samples_per_prompt` times (see
 `args.rollout_input_ids`), with its images if it has any (`args.rollout_image_data`). `SamplingConfig.seed`
 cannot be honoured per call: SGLang 0.5.23 reads a request's `sampling_seed` only with deterministic inference
-on (slower kernels), so the engine is seeded once, at construction, with `random_seed`.
+on (slower kernels), so the engine is seeded once, at construction, with `random_seed`. The SGLang teacher
+answers prompts the same way (`SGLangSampler`) when it writes a step's responses (sequence-level KD).
 
 Weights arrive one of two ways (the sequence of calls is in `kubedistill.runtime.engines.weight_sync`):
 - `begin_weight_update()`, then `update_weights(bucket)` per bucket, then `end_weight_update()`: the tensors
@@ -43,7 +44,34 @@ from kubedistill.runtime.engines.weight_sync import (
 from kubedistill.runtime.rollout.backend import SamplingConfig
 
 
-class SGLangRollout:
+class SGLangSampler:
+    """Answers to prompts from an SGLang engine (`_sglang`, set by the subclass): the rollout engines', and
+    the teacher's when it writes a step's responses (sequence-level KD), so both sample alike."""
+
+    _sglang: SGLangEngine
+
+    def generate(
+        self,
+        prompts: list[list[int]],
+        sampling: SamplingConfig,
+        images: list[ImageInputs | None] | None = None,
+    ) -> list[list[int]]:
+        """`images`: a vision-language model's image inputs, one per prompt (None: a prompt without images),
+        for the image tokens already expanded in it; None or empty when no prompt has images."""
+        if not prompts:
+            return []
+        if images and len(images) != len(prompts):
+            raise ValueError(f"{len(prompts)} prompts but {len(images)} image inputs")
+        outputs = self._sglang.generate(
+            input_ids=rollout_input_ids(prompts, sampling.samples_per_prompt),
+            sampling_params=rollout_sampling_params(sampling),
+            return_hidden_states=False,
+            image_data=rollout_image_data(images, sampling.samples_per_prompt),
+        )
+        return output_ids(outputs)
+
+
+class SGLangRollout(SGLangSampler):
     def __init__(
         self,
         rollout: RolloutSpec,
@@ -69,26 +97,6 @@ class SGLangRollout:
         self._device = placement.device
         self._sync_group: str | None = None
         self._sglang = SGLangEngine(server_args, engine_environment(placement, colocate=colocate))
-
-    def generate(
-        self,
-        prompts: list[list[int]],
-        sampling: SamplingConfig,
-        images: list[ImageInputs | None] | None = None,
-    ) -> list[list[int]]:
-        """`images`: a vision-language model's image inputs, one per prompt (None: a prompt without images),
-        for the image tokens already expanded in it; None or empty when no prompt has images."""
-        if not prompts:
-            return []
-        if images and len(images) != len(prompts):
-            raise ValueError(f"{len(prompts)} prompts but {len(images)} image inputs")
-        outputs = self._sglang.generate(
-            input_ids=rollout_input_ids(prompts, sampling.samples_per_prompt),
-            sampling_params=rollout_sampling_params(sampling),
-            return_hidden_states=False,
-            image_data=rollout_image_data(images, sampling.samples_per_prompt),
-        )
-        return output_ids(outputs)
 
     def begin_weight_update(self) -> None:
         self._sglang.begin_weight_update()

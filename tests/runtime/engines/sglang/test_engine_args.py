@@ -124,6 +124,11 @@ def test_an_impossible_placement_is_refused(fields: dict, message: str) -> None:
         EnginePlacement(**fields)
 
 
+def test_a_teacher_writing_responses_samples_from_its_seed_as_a_rollout_engine_does() -> None:
+    assert _teacher(seed=1234)["random_seed"] == _rollout(seed=1234)["random_seed"] == 1234
+    assert _teacher()["random_seed"] is None, "one that only scores leaves SGLang to draw a seed"
+
+
 def test_the_rollout_samples_with_the_job_seed_and_keeps_its_prefix_cache() -> None:
     args = rollout_engine_args(
         RolloutSpec(tensor_parallel=2, mem_fraction_static=0.5),

@@ -175,7 +175,7 @@ def test_sampling_params_are_sampling_params_fields(builder: str, sglang_source:
 MULTI_NODE = EnginePlacement(nnodes=2, node_rank=1, dist_init_addr="10.0.0.1:20000")
 ENGINE_ARG_VARIANTS: list[Callable[[], dict[str, Any]]] = [
     lambda: teacher_engine_args(
-        TeacherSpec(), "m", EnginePlacement(), colocate=False, precision=Precision.BF16
+        TeacherSpec(), "m", EnginePlacement(), colocate=False, precision=Precision.BF16, seed=7
     ),
     lambda: teacher_engine_args(
         TeacherSpec(
