@@ -9,6 +9,7 @@ engines that follow, evaluate, checkpoint. Teacher inference for step N+1 overla
 (KDFlow runs them one after the other) unless they share GPUs.
 """
 
+import contextlib
 import logging
 import time
 from collections import deque
@@ -19,7 +20,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from ray.exceptions import RayActorError
+from ray.exceptions import RayActorError, RayError
 
 from kubedistill.api import telemetry
 from kubedistill.api.job import DistillationJob, SpecError
@@ -29,7 +30,7 @@ from kubedistill.runtime.algorithms.base import ALGORITHMS, Algorithm
 from kubedistill.runtime.cluster.placement import ClusterView
 from kubedistill.runtime.data.cache import CACHE_FOLDER
 from kubedistill.runtime.data.errors import BadRecord
-from kubedistill.runtime.data.images import ImageProcessing, load_image_processing
+from kubedistill.runtime.data.images import ImageInputs, ImageProcessing, load_image_processing
 from kubedistill.runtime.data.load import LoadedData, load_samples, records_of
 from kubedistill.runtime.data.mixture import Mixture, share_lines
 from kubedistill.runtime.data.prepare import ray_cluster_nodes
@@ -43,6 +44,7 @@ from kubedistill.runtime.models.roles import (
     teacher_spec,
     teacher_tokenizer_path,
 )
+from kubedistill.runtime.rollout.backend import SamplingConfig
 from kubedistill.runtime.rollout.group import generate_on
 from kubedistill.runtime.student.actor import TeacherUnavailable
 from kubedistill.runtime.student.group import StudentActorGroup
@@ -453,7 +455,19 @@ class Training:
         rollout = self.spec.rollout
         if rollout is None or not rollout.sequence_kd:
             return None
-        return partial(generate_on, self.groups.teacher.actors)
+        return self._teachers_answers
+
+    def _teachers_answers(
+        self, prompts: list[list[int]], sampling: SamplingConfig, images: list[ImageInputs | None] | None
+    ) -> list[list[int]]:
+        # The group of the moment: a restarted teacher is a new group. Its engine dying mid-answer is the
+        # failure the student ranks meet reading its hidden states: restart it and retry the step.
+        try:
+            return generate_on(self.groups.teacher.actors, prompts, sampling, images)
+        except RayError as error:
+            raise TeacherUnavailable(
+                f"the teacher's engines could not answer the step's prompts: {error}"
+            ) from error
 
     def _rollout_log(self) -> RolloutLog | None:
         """On-policy: where the sampled responses go (`<output>/rollouts/`); None without a rollout group."""
@@ -541,7 +555,10 @@ class Training:
                 )
                 planning = time.perf_counter()
                 if prefetch:
-                    plans.extend(self._plans(following))
+                    # A teacher dying as it answers the next step's prompts (sequence-level KD) is met again
+                    # when that step is planned after this one: retried now, this step would train twice.
+                    with contextlib.suppress(TeacherUnavailable):
+                        plans.extend(self._plans(following))
                 planned = time.perf_counter()
                 stats = self.groups.students.step_result(step)
                 done = time.perf_counter()
