@@ -528,15 +528,9 @@ _RULES: tuple[Rule, ...] = (
     ),
     Rule(
         "rollout.sequenceKd",
-        "needs spec.teacher.backend transformers (a teacher samples during training on transformers engines "
-        "only; one teacher, not spec.teachers)",
-        lambda s: (
-            s.rollout is None
-            or not s.rollout.sequence_kd
-            or (s.teacher is not None and s.teacher.backend == Backend.TRANSFORMERS)
-        ),
-        f"!has(self.rollout) || !{value('rollout.sequenceKd')} || "
-        f"({present('teacher')} && {value('teacher.backend')} == 'transformers')",
+        "needs one teacher (spec.teacher), not spec.teachers: that teacher's engines write the responses",
+        lambda s: s.rollout is None or not s.rollout.sequence_kd or s.teachers is None,
+        f"!has(self.rollout) || !{value('rollout.sequenceKd')} || !has(self.teachers)",
     ),
     Rule(
         "rollout.maxNewTokens",

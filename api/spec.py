@@ -247,7 +247,7 @@ class RolloutSpec(SpecModel):
     sequence_kd: bool = False
     """Sequence-level KD (TRL GKD's seq_kd): the steps not drawn on-policy train on the teacher's answers to
     their prompts, sampled during training with this section's sampling settings, instead of the dataset's
-    responses. Needs lmbda below 1 and a transformers teacher."""
+    responses. Needs lmbda below 1 and one teacher (spec.teacher, not spec.teachers)."""
 
 
 class DistillationSpec(SpecModel):

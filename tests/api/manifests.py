@@ -217,17 +217,16 @@ BAD_MANIFESTS: list[Bad] = [
         "sequence-kd-without-off-policy-steps",
         {
             "spec.mode": "onPolicy",
-            "spec.teacher.backend": "transformers",
             "spec.rollout": {**ON_POLICY_ROLLOUT, "batchSize": 128, "sequenceKd": True},
         },
         "spec.rollout.sequenceKd",
         "cel",
     ),
     Bad(
-        "sequence-kd-with-an-sglang-teacher",
+        "sequence-kd-with-several-teachers",
         {
+            **SEVERAL_TEACHERS,
             "spec.mode": "onPolicy",
-            "spec.teacher.backend": "sglang",
             "spec.rollout": {**ON_POLICY_ROLLOUT, "batchSize": 128, "lmbda": 0.5, "sequenceKd": True},
         },
         "spec.rollout.sequenceKd",

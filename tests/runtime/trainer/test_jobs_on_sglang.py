@@ -4,7 +4,8 @@ scheduler and /dev/shm, a rollout engine that takes the student's weights over a
 (`test_run_on_sglang.py` runs the off-policy path through `kubedistill run`.)
 
 In fp32 the two backends agree to float32 rounding (`tests/runtime/engines/sglang/`), so a job trains the
-same losses on either; greedy rollouts sample the same responses.
+same losses on either; greedy rollouts sample the same responses, the student's and, for sequence-level KD,
+the teacher's.
 """
 
 import json
@@ -20,6 +21,7 @@ import ray
 from kubedistill.api import parse_job
 from kubedistill.runtime.trainer.controller import RunOptions, Trainer
 from kubedistill.runtime.trainer.groups import Groups
+from kubedistill.runtime.trainer.sources import on_policy_step
 from tests.runtime.conftest import ONE_RANK, TINY_ROLLOUT, TinyWorld, job_manifest
 from tests.runtime.trainer.test_faults import strike_once
 
@@ -28,6 +30,8 @@ pytestmark = [pytest.mark.sglang, pytest.mark.usefixtures("ray_session")]
 SGLANG = {"backend": "sglang", "memFractionStatic": 0.3}
 LOSS_TOLERANCE = 1e-5
 """The same job on either teacher: losses equal to float32 rounding of the hidden states (4.8e-7)."""
+LMBDA = 0.3
+"""With job_manifest's seed 7, steps 1, 2 and 4 train on the student's samples, 3 and 5 on the teacher's."""
 
 
 def _run(tiny: TinyWorld, output: Path, *, stop: int | None = None, on_step=None, **spec: Any) -> dict:
@@ -42,9 +46,9 @@ def _run(tiny: TinyWorld, output: Path, *, stop: int | None = None, on_step=None
     return Trainer(parse_job(job_manifest(tiny, "sglang-job", **spec)), options).run().summary
 
 
-def _losses(output: Path) -> list[float]:
+def _steps(output: Path) -> list[dict]:
     records = [json.loads(line) for line in (output / "metrics.jsonl").read_text().splitlines()]
-    return [record["loss"] for record in records if record["kind"] == "train"]
+    return [record for record in records if record["kind"] == "train"]
 
 
 def kill_teacher_engine(groups: Groups) -> None:
@@ -62,32 +66,45 @@ def test_on_policy_self_distillation_on_sglang_engines_trains_as_on_transformers
     tiny: TinyWorld, tmp_path: Path
 ) -> None:
     """The student samples on an SGLang rollout engine (the student's weights over a gloo broadcast group
-    after every step) and is scored by an SGLang teacher that starts as the student, sees the whole chat
-    (privileged input, as the local example does) and takes the student's weights every 2 steps (CPU
-    tensors into the engine). Greedy rounds, so both backends sample the same responses.
+    before the steps drawn on-policy, rollout.lmbda) and is scored by an SGLang teacher that starts as the
+    student, sees the whole chat (privileged input, as the local example does) and takes the student's
+    weights every 2 steps (CPU tensors into the engine). The other steps train on the teacher's answers to
+    their prompts (sequenceKd), sampled by the same SGLang teacher engine. Greedy, so both backends sample
+    the same responses, the student's and the teacher's.
 
-    After step 3 the teacher's engine crashes: it is restarted, given the step-2 teacher's weights again,
-    and step 4 is retried with nothing lost or repeated.
+    After step 2 the teacher's engine crashes: answering step 3's prompts fails, the engine is restarted,
+    given the step-2 teacher's weights again, and step 3 is retried with nothing lost or repeated; step 5 is
+    answered by the restarted engine.
 
     Without the privileged input the teacher is the student and the divergence is zero: Adam would then
     turn float32 rounding into whole steps, and no two backends would agree."""
-    losses = {}
+    steps = {}
     for backend in ("transformers", "sglang"):
         engine = {"backend": backend, "memFractionStatic": 0.3}
         summary = _run(
             tiny,
             tmp_path / backend,
             stop=5,
-            on_step=strike_once(3, kill_teacher_engine) if backend == "sglang" else None,
+            on_step=strike_once(2, kill_teacher_engine) if backend == "sglang" else None,
             mode="selfDistillation",
             teacher={"model": None, **engine},
             student=ONE_RANK,
-            rollout={**TINY_ROLLOUT, **engine, "temperature": 0.0},
+            rollout={**TINY_ROLLOUT, **engine, "temperature": 0.0, "lmbda": LMBDA, "sequenceKd": True},
             distillation={"kdRatio": 1.0, "teacherUpdateFreq": 2},
             data={"train": {"path": str(tiny.train), "teacherInputKey": "messages"}},
         )
-        losses[backend] = _losses(tmp_path / backend)
-    assert [r["error"] for r in summary["recoveries"]] == ["TeacherUnavailable"]
+        steps[backend] = _steps(tmp_path / backend)
+    # The step after the crash is the teacher's to answer: the failure met is its answering, not its scoring.
+    assert summary["recoveries"] == [{"step": 2, "error": "TeacherUnavailable"}]
+    drawn = [on_policy_step(7, 0, position, LMBDA) for position in range(5)]
+    assert drawn == [True, True, False, True, False]
+    for backend in steps:
+        assert [step["on_policy"] for step in steps[backend]] == drawn, backend
+    losses = {backend: [step["loss"] for step in records] for backend, records in steps.items()}
     assert losses["sglang"] == pytest.approx(losses["transformers"], abs=LOSS_TOLERANCE)
-    assert len(losses["sglang"]) == 5
     assert max(losses["transformers"]) > 1e-3, "the privileged teacher disagrees with the student"
+    # Greedy: the same answers, so as many targets each step; the teacher's 16 are cut at maxNewTokens.
+    targets = {backend: [step["targets"] for step in records] for backend, records in steps.items()}
+    assert targets["sglang"] == targets["transformers"]
+    teachers = [step for step in steps["sglang"] if not step["on_policy"]]
+    assert all(step["targets"] <= 16 * TINY_ROLLOUT["maxNewTokens"] for step in teachers)
