@@ -389,8 +389,10 @@ def trl_tokens_per_second(assets: Path, steps: list[list[Sample]]) -> float:
     """
     from datasets import Dataset
     from torch.utils.data import SequentialSampler
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl.experimental.gkd import GKDConfig, GKDTrainer
+
+    from bench.step_clock import StepClock
 
     tokenizer = AutoTokenizer.from_pretrained(assets / "student-init")
     records = [
@@ -402,16 +404,6 @@ def trl_tokens_per_second(assets: Path, steps: list[list[Sample]]) -> float:
         for batch in steps
         for s in batch
     ]
-
-    class StepClock(TrainerCallback):
-        def __init__(self) -> None:
-            self.seconds: list[float] = []
-
-        def on_step_begin(self, *_: Any, **__: Any) -> None:
-            self.started = time.perf_counter()
-
-        def on_step_end(self, *_: Any, **__: Any) -> None:
-            self.seconds.append(time.perf_counter() - self.started)
 
     class InOrder(GKDTrainer):
         # The same global batches as KubeDistill's variants, not a shuffled order.

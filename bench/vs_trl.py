@@ -193,8 +193,10 @@ def finetune_teacher(path: Path, pair: Pair, train: list[Sample]) -> None:
 
 def run_trl(root: Path, pair: Pair) -> dict[str, Any]:
     from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl.experimental.gkd import GKDConfig, GKDTrainer
+
+    from bench.step_clock import StepClock
 
     tokenizer = AutoTokenizer.from_pretrained(root / "student")
     records = []
@@ -208,16 +210,6 @@ def run_trl(root: Path, pair: Pair) -> dict[str, Any]:
         records.append(
             {"prompt": prompt, "input_ids": sample.input_ids[:end].tolist(), "completion_mask": completion}
         )
-
-    class StepClock(TrainerCallback):
-        def __init__(self) -> None:
-            self.seconds: list[float] = []
-
-        def on_step_begin(self, *_: Any, **__: Any) -> None:
-            self.started = time.perf_counter()
-
-        def on_step_end(self, *_: Any, **__: Any) -> None:
-            self.seconds.append(time.perf_counter() - self.started)
 
     built = since_launch()
     config = GKDConfig(
