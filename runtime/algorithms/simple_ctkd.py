@@ -28,11 +28,14 @@ student logits are computed twice (once per part), the price of reusing it uncha
 
 With spec.distillation.loss `uld`, KD_i is GOLD's hybrid ULD instead (`losses.uld`): the shared pieces are
 compared entry by entry, as above but without renormalising, and every other piece of both whole
-vocabularies by sorted probabilities. The pairing stays the exact one: GOLD also merges the probabilities of
-a group of tokens that spans the same text as the other side's group (gold_trainer.py:555-623); here such
-positions get the cross-entropy only, as for the other losses.
+vocabularies by sorted probabilities. It is also taken where the sides split a text differently, as GOLD
+does: each run of tokens that is the same text as a run of the other side's (" purple" against " pur"
+"ple") counts once, each side's run merged into one distribution by the chain rule
+(`data.alignment.aligned_groups`, `losses.uld`). With the other losses such positions get the cross-entropy
+only.
 """
 
+from collections.abc import Mapping
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
@@ -41,11 +44,16 @@ from torch import Tensor
 
 from kubedistill.api.job import SpecError
 from kubedistill.runtime.algorithms.base import Algorithm, AlgorithmContext, LossInputs
-from kubedistill.runtime.data.alignment import SharedVocabulary, aligned_positions, shared_vocabulary
+from kubedistill.runtime.data.alignment import (
+    SharedVocabulary,
+    aligned_positions,
+    merged_groups,
+    shared_vocabulary,
+)
 from kubedistill.runtime.data.sample import Sample
 from kubedistill.runtime.losses.fused import fused_kd_loss
 from kubedistill.runtime.losses.output import IGNORE_INDEX, LossOutput
-from kubedistill.runtime.losses.uld import ULD, hybrid_uld_sum
+from kubedistill.runtime.losses.uld import ULD, GroupRows, grouped_hybrid_uld_sum
 from kubedistill.runtime.models.loading import load_tokenizer
 
 if TYPE_CHECKING:
@@ -76,10 +84,17 @@ class SimpleCrossTokenizerKD(Algorithm):
     @classmethod
     def micro_batch_extras(cls, samples: list[Sample]) -> dict[str, Tensor]:
         student, teacher = aligned_positions(samples, exactly=True)
-        return {
-            "student_aligned": torch.tensor(student, dtype=torch.long),
-            "teacher_aligned": torch.tensor(teacher, dtype=torch.long),
-        }
+        merged = merged_groups(samples)
+        student_targets = [target for sample in samples for target in sample.labels()]
+        teacher_targets = [target for sample in samples for target in sample.teacher_labels()]
+        return (
+            {
+                "student_aligned": torch.tensor(student, dtype=torch.long),
+                "teacher_aligned": torch.tensor(teacher, dtype=torch.long),
+            }
+            | _group_extras("student", GroupRows.of([group[0] for group in merged], student_targets))
+            | _group_extras("teacher", GroupRows.of([group[1] for group in merged], teacher_targets))
+        )
 
     def forward(self, inputs: LossInputs) -> LossOutput:
         config = self.context.config
@@ -88,9 +103,9 @@ class SimpleCrossTokenizerKD(Algorithm):
         )
         if inputs.teacher_hidden is None or inputs.teacher_head is None or config.kd_ratio == 0.0:
             return ce
-        student_rows, teacher_rows = _labelled_pairs(inputs)
         if config.loss == ULD:
-            return self._hybrid_uld(inputs, ce, student_rows, teacher_rows)
+            return self._hybrid_uld(inputs, ce, inputs.teacher_hidden, inputs.teacher_head)
+        student_rows, teacher_rows = _labelled_pairs(inputs)
         kd = fused_kd_loss(
             inputs.student_hidden.index_select(0, student_rows),
             inputs.student_head.index_select(0, self.student_pieces),
@@ -109,21 +124,27 @@ class SimpleCrossTokenizerKD(Algorithm):
         )
 
     def _hybrid_uld(
-        self, inputs: LossInputs, ce: LossOutput, student_rows: Tensor, teacher_rows: Tensor
+        self, inputs: LossInputs, ce: LossOutput, teacher_hidden: Tensor, teacher_head: Tensor
     ) -> LossOutput:
-        """GOLD's hybrid ULD at the aligned positions, over both whole vocabularies (`losses.uld`): the heads
-        are reordered so that the shared pieces come first, pairwise, and the rest follow."""
+        """GOLD's hybrid ULD over both whole vocabularies (`losses.uld`) at every aligned group: the pairs
+        of single tokens and the merged groups."""
         config = self.context.config
-        kd_sum = hybrid_uld_sum(
-            inputs.student_hidden.index_select(0, student_rows),
-            inputs.student_head.index_select(
-                0, _shared_first(self.student_pieces, inputs.student_head.shape[0])
-            ),
-            inputs.teacher_hidden.index_select(0, teacher_rows),
-            inputs.teacher_head.index_select(
-                0, _shared_first(self.teacher_pieces, inputs.teacher_head.shape[0])
-            ),
-            self.student_pieces.numel(),
+        extras = inputs.extras
+        student = _group_rows(extras, "student").after_single_tokens(extras["student_aligned"])
+        teacher = _group_rows(extras, "teacher").after_single_tokens(extras["teacher_aligned"])
+        ignored = inputs.labels == IGNORE_INDEX
+        ignored_earlier = torch.zeros_like(student.last).index_add(
+            0, student.earlier_group, ignored.index_select(0, student.earlier).long()
+        )
+        kept = ~ignored.index_select(0, student.last) & (ignored_earlier == 0)
+        kd_sum = grouped_hybrid_uld_sum(
+            inputs.student_hidden,
+            inputs.student_head,
+            student.only(kept),
+            teacher_hidden,
+            teacher_head,
+            teacher.only(kept),
+            (self.student_pieces, self.teacher_pieces),
             config,
         )
         return LossOutput(
@@ -134,11 +155,22 @@ class SimpleCrossTokenizerKD(Algorithm):
         )
 
 
-def _shared_first(shared: Tensor, vocab: int) -> Tensor:
-    """Row order of a head: the shared pieces' ids in the given order, then every other row in id order."""
-    rest = torch.ones(vocab, dtype=torch.bool, device=shared.device)
-    rest[shared] = False
-    return torch.cat([shared, rest.nonzero().squeeze(-1)])
+def _group_extras(side: str, rows: GroupRows) -> dict[str, Tensor]:
+    return {
+        f"{side}_merged": rows.last,
+        f"{side}_merged_earlier": rows.earlier,
+        f"{side}_merged_earlier_targets": rows.earlier_targets,
+        f"{side}_merged_earlier_group": rows.earlier_group,
+    }
+
+
+def _group_rows(extras: Mapping[str, Tensor], side: str) -> GroupRows:
+    return GroupRows(
+        extras[f"{side}_merged"],
+        extras[f"{side}_merged_earlier"],
+        extras[f"{side}_merged_earlier_targets"],
+        extras[f"{side}_merged_earlier_group"],
+    )
 
 
 def checked_shared_vocabulary(

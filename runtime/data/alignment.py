@@ -18,7 +18,9 @@ anything before it (template markup) to the content's start.
 **Alignment.** Position t's hidden state predicts target t from the text before the target's span start.
 Student target i and teacher target j are predicted from the same response prefix when their spans start
 at the same character and both cover something (`aligned_by_start`); they are the same piece of text when
-their spans are equal and the tokens after both begin a new character (`aligned_exactly`).
+their spans are equal and the tokens after both begin a new character (`aligned_exactly`). Where the two
+tokenizations split a text differently (" purple" against " pur" "ple"), the shortest runs of tokens of both
+sides that are the same text are its aligned groups (`aligned_groups`, TRL GOLD's).
 """
 
 import json
@@ -125,6 +127,79 @@ def aligned_exactly(student: Sequence[Span], teacher: Sequence[Span]) -> list[tu
     ]
 
 
+Group = tuple[list[int], list[int]]
+"""(student targets, teacher targets): consecutive tokens of each side that are the same text."""
+
+
+def aligned_groups(student: Sequence[Span], teacher: Sequence[Span]) -> list[Group]:
+    """The shortest runs of student and of teacher targets that are the same text predicted from the same
+    prefix, in order: TRL GOLD's alignment groups (`ULDLoss._align_by_byte_offsets`,
+    trl/experimental/gold/gold_trainer.py:530-553, which walks both sides' token ends and closes a group
+    where they meet). A token is taken with the tokens after it that cover nothing (the rest of its last
+    character's bytes). The groups of one token on each side are `aligned_exactly`'s pairs.
+
+    GOLD walks one completion from its start; here a run must also start at the same character on both
+    sides and cover the text without a gap (a turn's end), so text one side lacks (the other's truncation, a
+    template's trimming) forms no group where GOLD would pair it as its trailing leftover."""
+    student_units, teacher_units = _units(student), _units(teacher)
+    teacher_at = {teacher[unit[0]][0]: k for k, unit in enumerate(teacher_units)}
+    groups: list[Group] = []
+    k = 0
+    while k < len(student_units):
+        start = student[student_units[k][0]][0]
+        if start not in teacher_at:
+            k += 1
+            continue
+        ends = _first_common_end(student, student_units, k, teacher, teacher_units, teacher_at[start])
+        if ends is None:
+            k += 1
+            continue
+        last, teacher_last = ends
+        groups.append(
+            (
+                [i for unit in student_units[k : last + 1] for i in unit],
+                [j for unit in teacher_units[teacher_at[start] : teacher_last + 1] for j in unit],
+            )
+        )
+        k = last + 1
+    return groups
+
+
+def _units(spans: Sequence[Span]) -> list[list[int]]:
+    """Targets as units: a token that covers something and the tokens after it that cover nothing."""
+    units: list[list[int]] = []
+    for i, (start, end) in enumerate(spans):
+        if start < end:
+            units.append([i])
+        elif units:
+            units[-1].append(i)
+    return units
+
+
+def _first_common_end(
+    student: Sequence[Span],
+    student_units: list[list[int]],
+    k: int,
+    teacher: Sequence[Span],
+    teacher_units: list[list[int]],
+    m: int,
+) -> tuple[int, int] | None:
+    """From units k and m (starting at the same character), the last units of each side up to the first end
+    both reach, advancing the side that ends earlier (GOLD's walk); None at a gap or the end of either."""
+    while True:
+        student_end, teacher_end = student[student_units[k][0]][1], teacher[teacher_units[m][0]][1]
+        if student_end == teacher_end:
+            return k, m
+        if student_end < teacher_end:
+            k += 1
+            if k == len(student_units) or student[student_units[k][0]][0] != student_end:
+                return None
+        else:
+            m += 1
+            if m == len(teacher_units) or teacher[teacher_units[m][0]][0] != teacher_end:
+                return None
+
+
 def aligned_positions(samples: "Sequence[Sample]", exactly: bool = False) -> tuple[list[int], list[int]]:
     """A micro-batch's aligned targets, as indices into its student loss positions and into the teacher's
     hidden states: both flat, in sample order then position order, as the student and the teacher lay them
@@ -139,6 +214,26 @@ def aligned_positions(samples: "Sequence[Sample]", exactly: bool = False) -> tup
         student_offset += sample.num_targets
         teacher_offset += len(sample.teacher_loss_positions())
     return student, teacher
+
+
+def merged_groups(samples: "Sequence[Sample]") -> list[Group]:
+    """A micro-batch's aligned groups of more than one token on either side (`aligned_groups`), as indices
+    laid out as `aligned_positions` lays out pairs; none where both sides share one tokenizer."""
+    groups: list[Group] = []
+    student_offset = teacher_offset = 0
+    for sample in samples:
+        if sample.target_spans is not None and sample.teacher_target_spans is not None:
+            for student, teacher in aligned_groups(
+                [(start, end) for start, end in sample.target_spans.tolist()],
+                [(start, end) for start, end in sample.teacher_target_spans.tolist()],
+            ):
+                if len(student) > 1 or len(teacher) > 1:
+                    groups.append(
+                        ([student_offset + i for i in student], [teacher_offset + j for j in teacher])
+                    )
+        student_offset += sample.num_targets
+        teacher_offset += len(sample.teacher_loss_positions())
+    return groups
 
 
 def _whole(spans: Sequence[Span], i: int) -> bool:

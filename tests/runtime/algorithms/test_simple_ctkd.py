@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from kubedistill.api.spec import DataSource, DataSpec, Mode
 from kubedistill.runtime.algorithms.simple_ctkd import SimpleCrossTokenizerKD
 from kubedistill.runtime.algorithms.vanilla import VanillaKD
-from kubedistill.runtime.data.alignment import shared_vocabulary
+from kubedistill.runtime.data.alignment import aligned_groups, shared_vocabulary
 from kubedistill.runtime.data.records import Record, read_records
 from kubedistill.runtime.data.sample import Sample
 from kubedistill.runtime.data.tokenize import SampleBuilder
@@ -149,11 +149,12 @@ def test_a_placeholder_micro_batch_has_a_zero_loss(tokenizers: Tokenizers) -> No
 
 
 @pytest.mark.parametrize("finer_teacher", [False, True], ids=["coarser-teacher", "finer-teacher"])
-def test_with_uld_it_is_golds_hybrid_where_both_predict_the_same_piece(
+def test_with_uld_it_is_golds_hybrid_at_every_aligned_group(
     tiny: TinyWorld, tokenizers: Tokenizers, finer_teacher: bool
 ) -> None:
-    """Over both whole vocabularies, the shared pieces being GOLD's matched ones: TRL's own hybrid
-    (`ULDLoss._compute_hybrid_uld_loss`, a mean over the rows it is given) at the aligned positions."""
+    """Over both whole vocabularies, the shared pieces being GOLD's matched ones, at each sample's aligned
+    groups merged by TRL's own chain rule (`ULDLoss._merge_probabilities_with_alignment_groups`, "bayesian")
+    and compared by its own hybrid (`_compute_hybrid_uld_loss`, a mean over the rows it is given)."""
     from tests.runtime.losses.test_uld import gold, with_matches
 
     tokenizers = tokenizers.swapped() if finer_teacher else tokenizers
@@ -163,19 +164,41 @@ def test_with_uld_it_is_golds_hybrid_where_both_predict_the_same_piece(
     output, hidden_grad, _ = run(SimpleCrossTokenizerKD(context(tokenizers, config)), batch)
 
     shared = shared_vocabulary(tokenizers.student, tokenizers.teacher)
-    hidden = batch.student_hidden.detach().clone().requires_grad_()
-    student_logits = hidden @ batch.student_head.T
-    teacher_logits = batch.teacher_hidden @ batch.teacher_head.T
-    ce = F.cross_entropy(student_logits, batch.micro_batch.labels, reduction="sum")
-    extras = SimpleCrossTokenizerKD.micro_batch_extras(built)
-    rows, teacher_rows = extras["student_aligned"], extras["teacher_aligned"]
-    assert 0 < rows.numel() < batch.micro_batch.num_targets
     matched = dict(zip(shared.teacher_ids, shared.student_ids, strict=True))
-    hybrid = with_matches(gold(beta=0.3, hybrid=True), matched)
-    mean = hybrid._compute_hybrid_uld_loss(
-        F.softmax(student_logits[rows] / 1.5, -1), F.softmax(teacher_logits[teacher_rows] / 1.5, -1)
-    )
-    expected = (0.4 * ce + 0.6 * mean * rows.numel()) / batch.normalizer
+    theirs = with_matches(gold(beta=0.3, hybrid=True, merged=True, temperature=1.5), matched)
+    hidden = batch.student_hidden.detach().clone().requires_grad_()
+    student_probs = F.softmax(hidden @ batch.student_head.T / 1.5, -1)
+    teacher_probs = F.softmax(batch.teacher_hidden @ batch.teacher_head.T / 1.5, -1)
+    ce = F.cross_entropy(hidden @ batch.student_head.T, batch.micro_batch.labels, reduction="sum")
+    student_merged, teacher_merged, offset, teacher_offset, multi_token = [], [], 0, 0, 0
+    for sample in built:
+        assert sample.target_spans is not None and sample.teacher_target_spans is not None
+        groups = aligned_groups(
+            [(start, end) for start, end in sample.target_spans.tolist()],
+            [(start, end) for start, end in sample.teacher_target_spans.tolist()],
+        )
+        singles = [(s[0], t[0]) for s, t in groups if len(s) == len(t) == 1]
+        assert singles == sample.aligned_targets(exactly=True)
+        multi_token += len(groups) - len(singles)
+        teacher_targets = len(sample.teacher_loss_positions())
+        student_merged.append(
+            theirs._merge_probabilities_with_alignment_groups(
+                student_probs[offset : offset + sample.num_targets], [s for s, _ in groups], sample.labels()
+            )
+        )
+        teacher_merged.append(
+            theirs._merge_probabilities_with_alignment_groups(
+                teacher_probs[teacher_offset : teacher_offset + teacher_targets],
+                [t for _, t in groups],
+                sample.teacher_labels(),
+            )
+        )
+        offset += sample.num_targets
+        teacher_offset += teacher_targets
+    assert multi_token > 0
+    rows = sum(len(merged) for merged in student_merged)
+    mean = theirs._compute_hybrid_uld_loss(torch.cat(student_merged), torch.cat(teacher_merged))
+    expected = (0.4 * ce + 0.6 * mean * rows) / batch.normalizer
     torch.testing.assert_close(output.loss, expected, rtol=0, atol=1e-12)
     torch.testing.assert_close(hidden_grad, torch.autograd.grad(expected, hidden)[0], rtol=0, atol=1e-12)
-    torch.testing.assert_close(output.kd_sum, mean.detach() * rows.numel(), rtol=0, atol=1e-10)
+    torch.testing.assert_close(output.kd_sum, mean.detach() * rows, rtol=0, atol=1e-10)
