@@ -118,6 +118,17 @@ def _teacher_gpus(spec: DistillationJobSpec) -> int:
     return teacher.replicas * teacher.gpus_per_replica
 
 
+def _each_teacher(cel: str) -> str:
+    """CEL over spec.teacher's settings, said of the list item `t` of spec.teachers instead."""
+    return cel.replace("has(self.teacher)", "true").replace("self.teacher.", "t.")
+
+
+_COLOCATED_TEACHER_GPUS = (
+    f"{value('teacher.replicas')} * {value('teacher.gpusPerReplica')} == {value('student.replicas')}"
+)
+"""CEL twin of `_teacher_gpus(spec) == spec.student.replicas`."""
+
+
 def _source_default(alias: str) -> Any:
     """The default of a data source's field (`DataSource`), for CEL over spec.data.mixture's items."""
     field = next(f for f in DataSource.model_fields.values() if f.alias == alias)
@@ -234,13 +245,6 @@ _RULES: tuple[Rule, ...] = (
         "teacher",
         lambda s: s.teachers is None or s.distillation.algorithm == "vanilla",
         f"!has(self.teachers) || {value('distillation.algorithm')} == 'vanilla'",
-    ),
-    Rule(
-        "teachers",
-        "cannot take turns on the students' GPUs yet: remove spec.cluster.colocate (each teacher gets GPUs "
-        "of its own)",
-        lambda s: s.teachers is None or not s.cluster.colocate,
-        f"!has(self.teachers) || !{value('cluster.colocate')}",
     ),
     Rule(
         "teachers",
@@ -688,11 +692,16 @@ _RULES: tuple[Rule, ...] = (
     ),
     Rule(
         "cluster.colocate",
-        "needs spec.teacher.replicas x spec.teacher.gpusPerReplica == spec.student.replicas (teacher and "
-        "student take turns on the same GPUs)",
-        lambda s: not s.cluster.colocate or s.mode == Mode.SFT or _teacher_gpus(s) == s.student.replicas,
+        "needs spec.teacher.replicas x spec.teacher.gpusPerReplica == spec.student.replicas, for each of "
+        "spec.teachers too (teacher and student take turns on the same GPUs)",
+        lambda s: (
+            not s.cluster.colocate
+            or s.mode == Mode.SFT
+            or all(_teacher_gpus(one) == s.student.replicas for one in s.as_each_teacher())
+        ),
         f"!{value('cluster.colocate')} || {value('mode')} == 'sft' || "
-        f"{value('teacher.replicas')} * {value('teacher.gpusPerReplica')} == {value('student.replicas')}",
+        f"(has(self.teachers) ? self.teachers.all(t, {_each_teacher(_COLOCATED_TEACHER_GPUS)}) : "
+        f"{_COLOCATED_TEACHER_GPUS})",
     ),
     Rule(
         "cluster.colocate",
@@ -712,7 +721,7 @@ _RULES: tuple[Rule, ...] = (
 def _for_every_teacher(rule: Rule) -> Rule:
     """A rule on spec.teacher's own settings, applied to each of spec.teachers: the predicate on the spec with
     that teacher as its only one, the CEL with the list item `t` for self.teacher."""
-    item = rule.cel.replace("has(self.teacher)", "true").replace("self.teacher.", "t.")
+    item = _each_teacher(rule.cel)
     setting = rule.field.removeprefix("teacher.")
     return Rule(
         "teachers",

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from math import ceil
 
 from kubedistill.api.generation import runs_teacher
-from kubedistill.api.placement import COLOCATED_GROUP, Role, role_resource
+from kubedistill.api.placement import COLOCATED_GROUP, Role, own_teacher_units, role_resource
 from kubedistill.api.spec import DistillationJobSpec, TeacherSpec
 
 
@@ -18,18 +18,29 @@ class WorkerGroup:
     pods: int
     gpus_per_pod: int
     roles: tuple[Role, ...]
+    teachers: int = 0
+    """Colocated with spec.teachers (`own_teacher_units`): how many teachers, each with units of its own in
+    place of the teacher role's."""
 
     @property
     def ray_resources(self) -> dict[str, str]:
         """The group's Ray logical resources: its GPUs and one unit per GPU of each role it hosts."""
         units = str(self.gpus_per_pod)
-        return {"GPU": units} | {role_resource(role): units for role in self.roles}
+        names = [
+            role_resource(role, teacher)
+            for role in self.roles
+            for teacher in (range(self.teachers) if role == Role.TEACHER and self.teachers else [None])
+        ]
+        return {"GPU": units} | {name: units for name in names}
 
 
 def worker_groups(spec: DistillationJobSpec) -> list[WorkerGroup]:
     student = _student_group(spec)
     if spec.cluster.colocate:
-        return [WorkerGroup(COLOCATED_GROUP, student.pods, student.gpus_per_pod, hosted_roles(spec))]
+        teachers = len(spec.teachers or []) if own_teacher_units(spec) else 0
+        return [
+            WorkerGroup(COLOCATED_GROUP, student.pods, student.gpus_per_pod, hosted_roles(spec), teachers)
+        ]
     groups: list[WorkerGroup] = []
     if runs_teacher(spec):
         groups.extend(_teacher_groups(spec))

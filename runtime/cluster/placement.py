@@ -55,8 +55,11 @@ class ClusterView:
         return self.gpus > 0
 
 
-def actor_resources(role: Role, gpus: float, cluster: ClusterView, colocate: bool = False) -> ActorResources:
-    """Resources of one actor of `role` that drives `gpus` accelerators when there are any.
+def actor_resources(
+    role: Role, gpus: float, cluster: ClusterView, colocate: bool = False, teacher: int | None = None
+) -> ActorResources:
+    """Resources of one actor of `role` that drives `gpus` accelerators when there are any; `teacher`: the
+    index of one of several colocated teachers, which asks for its own units (`own_teacher_units`).
 
     Colocated, the student ranks hold the GPUs in Ray's accounting and the engines take turns on the same
     devices: an engine asks for its role's units on the node (placing it there) but no GPU of its own, and
@@ -64,7 +67,8 @@ def actor_resources(role: Role, gpus: float, cluster: ClusterView, colocate: boo
     """
     if not cluster.has_gpus:
         return ActorResources(num_cpus=LOCAL_CPU_SHARE)
-    resources = {role_resource(role): gpus} if role_resource(role) in cluster.resources else {}
+    name = role_resource(role, teacher)
+    resources = {name: gpus} if name in cluster.resources else {}
     if colocate and role != Role.STUDENT:
         return ActorResources(num_cpus=1.0, num_gpus=0.0, resources=resources, env=SHARED_GPU_ENV)
     return ActorResources(num_cpus=1.0, num_gpus=gpus, resources=resources)

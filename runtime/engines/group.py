@@ -64,11 +64,13 @@ def start_engine_actors(
     nodes_per_engine: int,
     gpus_per_actor: float,
     cluster: ClusterView,
+    teacher: int | None = None,
 ) -> EngineActors:
     """Create the actors (an engine spanning nodes gets one per node, on distinct nodes), learn where each
-    landed, and start every engine with its placement."""
+    landed, and start every engine with its placement. `teacher`: the index of one of several colocated
+    teachers, whose actors ask for that teacher's own units (`actor_resources`)."""
     colocate = job.spec.cluster.colocate
-    resources = actor_resources(role, gpus_per_actor, cluster, colocate)
+    resources = actor_resources(role, gpus_per_actor, cluster, colocate, teacher)
     started = EngineActors(engines=[])
     try:
         if nodes_per_engine > 1:

@@ -17,7 +17,8 @@ from kubedistill.runtime.teacher.backend import TeacherBatch
 
 
 class TeacherActorGroup(EngineActorGroup):
-    def __init__(self, job: DistillationJob, cluster: ClusterView) -> None:
+    def __init__(self, job: DistillationJob, cluster: ClusterView, index: int | None = None) -> None:
+        """`index`: which of several colocated teachers this is (its engines ask for its own units)."""
         spec = teacher_spec(job)
         engine_gpus = 1.0
         if resolve_backend(spec.backend) == Backend.SGLANG:
@@ -31,6 +32,7 @@ class TeacherActorGroup(EngineActorGroup):
                 nodes_per_engine=spec.nodes_per_replica,
                 gpus_per_actor=engine_gpus,
                 cluster=cluster,
+                teacher=index,
             )
         )
         # An actor method's result is untyped (Ray's `.remote` is dynamic), and pyright picks `ray.get`'s

@@ -7,7 +7,9 @@ each micro-batch every group computes its hidden states, and a Ray task puts the
 with one teacher, and split it by the teachers' widths (`runtime.losses.mixture`). The task costs one more
 copy of the micro-batch's hidden states, small beside the teachers' forward passes; a teacher that fails
 fails the task, which the student ranks see as any unreadable teacher output (the controller restarts the
-teachers and retries the step).
+teachers and retries the step). Colocated (spec.cluster.colocate), each teacher's engines take turns of their
+own on the students' GPUs (`trainer.colocation.SharedGpus.hidden_states_refs`), and ask for units of their
+own on the students' pods (`own_teacher_units`).
 """
 
 from concurrent.futures import ThreadPoolExecutor
@@ -17,6 +19,7 @@ import torch
 from ray.actor import ActorHandle
 
 from kubedistill.api.job import DistillationJob, SpecError
+from kubedistill.api.placement import own_teacher_units
 from kubedistill.runtime.cluster.placement import ClusterView
 from kubedistill.runtime.models.loading import load_tokenizer
 from kubedistill.runtime.models.vision import language_config
@@ -75,16 +78,21 @@ class SeveralTeachers:
 
     def __init__(self, job: DistillationJob, cluster: ClusterView) -> None:
         jobs = teacher_jobs(job)
+        own_units = own_teacher_units(job.spec)
         started: dict[int, TeacherActorGroup] = {}
         self.groups: list[TeacherActorGroup] = []
         try:
-            # All teachers' pods advertise the same role resource, and an engine fits only a pod of at least
-            # its GPUs: the larger engines start first, so each group is left the pods of its own size.
+            # All teachers' pods advertise the same role resource (colocated, each teacher its own units on
+            # the students' pods, `own_teacher_units`), and an engine fits only a pod of at least its GPUs:
+            # the larger engines start first, so each group is left the pods of its own size.
             # Teachers of one size start together (their actors load their models at the same time).
             for size in sorted({_gpus_per_pod(one) for one in jobs}, reverse=True):
                 indices = [i for i, one in enumerate(jobs) if _gpus_per_pod(one) == size]
                 with ThreadPoolExecutor(max_workers=len(indices)) as pool:
-                    futures = {i: pool.submit(TeacherActorGroup, jobs[i], cluster) for i in indices}
+                    futures = {
+                        i: pool.submit(TeacherActorGroup, jobs[i], cluster, i if own_units else None)
+                        for i in indices
+                    }
                 started |= {i: f.result() for i, f in futures.items() if f.exception() is None}
                 for future in futures.values():
                     if (error := future.exception()) is not None:
@@ -100,7 +108,11 @@ class SeveralTeachers:
 
     def hidden_states_refs(self, batches: list[TeacherBatch]) -> list[ray.ObjectRef]:
         """One object ref per batch, in order: every teacher's hidden states of it, side by side."""
-        parts = [group.hidden_states_refs(batches) for group in self.groups]
+        return self.side_by_side([group.hidden_states_refs(batches) for group in self.groups])
+
+    def side_by_side(self, parts: list[list[ray.ObjectRef]]) -> list[ray.ObjectRef]:
+        """Per batch, one object of every teacher's hidden states of it; `parts`: each teacher's refs, in the
+        teachers' order (asked together, or colocated in each teacher's turns)."""
         return [_side_by_side.remote(*refs) for refs in zip(*parts, strict=True)]
 
     def sleep(self) -> None:

@@ -5,7 +5,9 @@ students train this one. Colocated (`spec.cluster.colocate`), teacher, rollout e
 GPUs: the engines start asleep, and each call is the engine's turn (it wakes, what the students hold on
 the GPU waits on the CPU, `student_offload`, and the engine sleeps again, its answers finished, before the
 students train). One turn of the teacher may score the batches of several steps (spec.teacher.stepsPerWake,
-`steps_of_a_wake`): its answers wait in Ray's object store until their step trains.
+`steps_of_a_wake`): its answers wait in Ray's object store until their step trains. Several teachers
+(spec.teachers) take their turns one after another, each with its own stepsPerWake, while the students are
+away once (`SharedGpus.hidden_states_refs`).
 """
 
 import contextlib
@@ -17,7 +19,9 @@ import ray
 from ray.actor import ActorHandle
 
 from kubedistill.runtime.student.offload import StudentState
-from kubedistill.runtime.trainer.groups import Groups
+from kubedistill.runtime.teacher.backend import TeacherBatch
+from kubedistill.runtime.teacher.several import SeveralTeachers
+from kubedistill.runtime.trainer.groups import Groups, Teacher
 
 State = TypeVar("State")
 
@@ -85,18 +89,31 @@ class OwnGpus:
         """The engine keeps its GPUs after the turn: its answers arrive when they are ready."""
         del answers
 
+    def hidden_states_refs(
+        self, teacher: Teacher, steps: list[list[TeacherBatch]]
+    ) -> list[list[ray.ObjectRef | None]]:
+        """Each step's batches asked of the teacher, all teachers at once."""
+        return [list(teacher.hidden_states_refs(batches)) for batches in steps]
+
 
 class SharedGpus:
     overlaps = False
 
     def __init__(self, groups: Groups) -> None:
         self._groups = groups
-        teacher = groups.job.spec.teacher
-        self.steps_per_wake = teacher.steps_per_wake if teacher is not None else 1
+        self._teacher_steps_per_wake = [
+            one.teacher.steps_per_wake if one.teacher is not None else 1
+            for one in groups.job.spec.as_each_teacher()
+        ]
+        """Per teacher (one, or each of spec.teachers), the steps one of its wakes scores."""
+        self.steps_per_wake = max(self._teacher_steps_per_wake)
+        """The steps laid out together: the longest wake's."""
         self._offload = student_offload(groups.job.spec.student.cpu_offload)
         self._awake: Engines | None = None
+        self._students_away = False
         self.wakes: Counter[str] = Counter()
-        """Turns taken, by role ("teacher", "rollout"): what the summary reports."""
+        """Turns taken, by role ("teacher", "rollout"; each of several teachers by its worker group's name,
+        "teacher-0", "teacher-1", ...): what the summary reports."""
 
     def start(self) -> None:
         """Engines start asleep: the GPUs are the students' until an engine's turn."""
@@ -107,26 +124,77 @@ class SharedGpus:
     def turn(self, engines: Engines) -> Iterator[None]:
         if not engines.actors or engines is self._awake:
             # An SFT job's teacher has no engines: nothing to hand the GPUs to. A turn inside the same
-            # engines' turn (a wake over several steps) goes on in it.
+            # engines' turn goes on in it.
             yield
             return
-        assert self._awake is None, "one engine at a time on shared GPUs"
-        students = self._groups.students
-        students.move_training_state("cpu", self._offload)
-        engines.wake()
-        self._awake = engines
-        self.wakes["teacher" if engines is self._groups.teacher else "rollout"] += 1
-        try:
+        assert not isinstance(engines, SeveralTeachers), "several teachers take turns one by one"
+        with (
+            self._students_off(),
+            self._awake_for(engines, "teacher" if engines is self._groups.teacher else "rollout"),
+        ):
             yield
-        finally:
-            self._awake = None
-            engines.sleep()
-            students.move_training_state("device", self._offload)
 
     def finish(self, answers: list[ray.ObjectRef]) -> None:
         """Inside a turn: the engine must finish before it sleeps; its answers wait in the object store."""
         if answers:
             ray.wait(answers, num_returns=len(answers), fetch_local=False)
+
+    def hidden_states_refs(
+        self, teacher: Teacher, steps: list[list[TeacherBatch]]
+    ) -> list[list[ray.ObjectRef | None]]:
+        """Each step's batches scored in the teacher's turns: one teacher in one wake (the steps are those of
+        one wake, `steps_of_a_wake`). Several teachers take theirs one after another while the students stay
+        off the GPUs, each in wakes of up to its own stepsPerWake of the steps (one with fewer than the
+        longest wakes again within the same absence), and each batch's answers are put side by side."""
+        if not isinstance(teacher, SeveralTeachers):
+            with self.turn(teacher):
+                answers: list[list[ray.ObjectRef | None]] = [
+                    list(teacher.hidden_states_refs(batches)) for batches in steps
+                ]
+                self.finish([ref for refs in answers for ref in refs if ref is not None])
+            return answers
+        by_teacher: list[list[list[ray.ObjectRef]]] = []
+        with self._students_off():
+            for index, (group, per_wake) in enumerate(
+                zip(teacher.groups, self._teacher_steps_per_wake, strict=True)
+            ):
+                scored: list[list[ray.ObjectRef]] = []
+                for first in range(0, len(steps), per_wake):
+                    with self._awake_for(group, f"teacher-{index}"):
+                        wake = [
+                            group.hidden_states_refs(batches) for batches in steps[first : first + per_wake]
+                        ]
+                        self.finish([ref for refs in wake for ref in refs])
+                    scored.extend(wake)
+                by_teacher.append(scored)
+        return [list(teacher.side_by_side(list(parts))) for parts in zip(*by_teacher, strict=True)]
+
+    @contextlib.contextmanager
+    def _students_off(self) -> Iterator[None]:
+        """What the students hold on the GPUs waits on the CPU, once for engine turns one after another."""
+        if self._students_away:
+            yield
+            return
+        students = self._groups.students
+        students.move_training_state("cpu", self._offload)
+        self._students_away = True
+        try:
+            yield
+        finally:
+            self._students_away = False
+            students.move_training_state("device", self._offload)
+
+    @contextlib.contextmanager
+    def _awake_for(self, engines: Engines, role: str) -> Iterator[None]:
+        assert self._awake is None, "one engine at a time on shared GPUs"
+        engines.wake()
+        self._awake = engines
+        self.wakes[role] += 1
+        try:
+            yield
+        finally:
+            self._awake = None
+            engines.sleep()
 
 
 GpuPolicy = OwnGpus | SharedGpus

@@ -56,7 +56,7 @@ from kubedistill.runtime.trainer.checkpoints import (
     TrainerState,
     find_checkpoint,
 )
-from kubedistill.runtime.trainer.colocation import gpu_policy, steps_of_a_wake
+from kubedistill.runtime.trainer.colocation import GpuPolicy, gpu_policy, steps_of_a_wake
 from kubedistill.runtime.trainer.followers import Probe, followers_of
 from kubedistill.runtime.trainer.groups import Groups, NoTeacher, Teacher
 from kubedistill.runtime.trainer.metrics import (
@@ -356,7 +356,7 @@ class Trainer:
                     job, self.total_steps, StudentActorGroup(job, self.total_steps, cluster), teacher, None
                 )
                 try:
-                    planner = self.planner(groups)
+                    planner = self.planner(groups, gpu_policy(groups))
                     record = eval_record(self.job, step=0, stats=evaluate(groups, planner, self.eval))
                 finally:
                     groups.students.shutdown()
@@ -365,11 +365,13 @@ class Trainer:
             teacher.shutdown()
         return records
 
-    def planner(self, groups: Groups) -> Planner:
+    def planner(self, groups: Groups, gpus: GpuPolicy) -> Planner:
+        """`gpus`: the run's one policy, whose turns the planner's teacher work takes (a second policy over
+        the same groups would wake and put to sleep engines the first holds awake)."""
         training = self.spec.training
         return Planner(
             groups,
-            gpu_policy(groups),
+            gpus,
             self.algorithm,
             self.pad_id,
             training.micro_batch_size,
@@ -408,7 +410,7 @@ class Training:
         probe = Probe(first.input_ids.tolist(), self._probe_tokens(), trainer.tokenizer.decode, first.images)
         self.followers = followers_of(groups, self.source, self.gpus, probe)
         self.gpus.start()
-        self.planner = trainer.planner(groups)
+        self.planner = trainer.planner(groups, self.gpus)
         self.recoveries: list[dict[str, Any]] = []
         """Failures survived: the step training went on from, and what failed."""
         latest = trainer.resume_point()
@@ -606,7 +608,8 @@ class Training:
 
     def _plans(self, state: TrainerState) -> list[StepPlan]:
         """The step from `state`, and colocated the steps after it that the same wake of the teacher scores
-        (`steps_of_a_wake`). Their batches come first: a new rollout round takes the rollout engines' turn."""
+        (`steps_of_a_wake`; of several teachers, the longest wake's). Their batches come first: a new rollout
+        round takes the rollout engines' turn."""
         states = steps_of_a_wake(
             state,
             self.gpus.steps_per_wake,
@@ -615,8 +618,7 @@ class Training:
             self.followers.blocks_prefetch,
         )
         batches = [self.source.samples(s.epoch, s.batch_in_epoch) for s in states]
-        with self.gpus.turn(self.groups.teacher):
-            return [self.planner.train_step(b.samples, b.generation_seconds) for b in batches]
+        return self.planner.train_steps([(b.samples, b.generation_seconds) for b in batches])
 
     def _after_step(self, state: TrainerState) -> TrainerState:
         """What follows a step, in order: weights to the engines that follow the student, eval, checkpoint."""

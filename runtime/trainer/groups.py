@@ -80,6 +80,9 @@ class Groups:
         engines: list[EngineActorGroup] = []
         if isinstance(self.teacher, TeacherActorGroup):
             engines.append(self.teacher)
+        if isinstance(self.teacher, SeveralTeachers):
+            # Each teacher takes its own turns (`SharedGpus.hidden_states_refs`).
+            engines.extend(self.teacher.groups)
         if self.rollout is not None:
             engines.append(self.rollout)
         return engines

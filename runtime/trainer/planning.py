@@ -75,16 +75,24 @@ class Planner:
         """Consecutive ranks that share every micro-batch, each training its chunk of the sequence
         (spec.student.contextParallel): the batch is cut over world size / this many data shards."""
 
-    def train_step(self, samples: list[Sample], rollout_seconds: float) -> StepPlan:
-        """A global batch cut into micro-batches per rank (token-balanced), the teacher's work dispatched."""
-        shards = shard_micro_batches(
-            samples,
-            self._groups.students.world_size // self._context,
-            self._micro_batch_size,
-            self._max_tokens,
-            self._packing,
-        )
-        return replace(self._lay_out(shards, rollout_seconds), order=sample_order(samples, shards))
+    def train_steps(self, batches: list[tuple[list[Sample], float]]) -> list[StepPlan]:
+        """The plans of steps whose teacher work goes out together (a colocated wake's steps): each step's
+        global batch, with its rollout seconds, cut into micro-batches per rank (token-balanced)."""
+        layouts = [
+            shard_micro_batches(
+                samples,
+                self._groups.students.world_size // self._context,
+                self._micro_batch_size,
+                self._max_tokens,
+                self._packing,
+            )
+            for samples, _ in batches
+        ]
+        plans = self._lay_out(layouts, [seconds for _, seconds in batches])
+        return [
+            replace(plan, order=sample_order(samples, shards))
+            for plan, (samples, _), shards in zip(plans, batches, layouts, strict=True)
+        ]
 
     def evaluation(self, samples: list[Sample]) -> StepPlan:
         """The eval set, strided over the ranks; every rank runs the same number of micro-batches (FSDP2
@@ -93,25 +101,45 @@ class Planner:
         size = self._micro_batch_size
         shares = [samples[rank::ranks] for rank in range(ranks)]
         depth = max(math.ceil(len(share) / size) for share in shares)
-        return self._lay_out(
-            [[share[i * size : (i + 1) * size] for i in range(depth)] for share in shares], 0.0
+        (plan,) = self._lay_out(
+            [[[share[i * size : (i + 1) * size] for i in range(depth)] for share in shares]], [0.0]
         )
+        return plan
 
-    def _lay_out(self, shards: list[list[list[Sample]]], rollout_seconds: float) -> StepPlan:
-        """Work for each data shard's ranks (`shards` indexed [data shard][micro-batch]): a context group's
-        ranks get the same micro-batches and teacher refs; the teacher is asked, and the normaliser counts
-        each shard's targets, once."""
-        normalizer = sum(sample.num_targets for batches in shards for batch in batches for sample in batch)
+    def _lay_out(
+        self, layouts: list[list[list[list[Sample]]]], rollout_seconds: list[float]
+    ) -> list[StepPlan]:
+        """Each step's work, its teacher work asked in one go (`GpuPolicy.hidden_states_refs`: a colocated
+        teacher's turns); a step's shards are indexed [data shard][micro-batch]."""
         requests = [
-            (shard, index, teacher_batch(batch))
-            for shard, batches in enumerate(shards)
-            for index, batch in enumerate(batches)
-            if batch
+            [
+                (shard, index, teacher_batch(batch))
+                for shard, batches in enumerate(shards)
+                for index, batch in enumerate(batches)
+                if batch
+            ]
+            for shards in layouts
         ]
-        teacher = self._groups.teacher
-        with self._gpus.turn(teacher):
-            answers = teacher.hidden_states_refs([request for _, _, request in requests])
-            self._gpus.finish([ref for ref in answers if ref is not None])
+        answers = self._gpus.hidden_states_refs(
+            self._groups.teacher, [[request for _, _, request in step] for step in requests]
+        )
+        return [
+            self._plan(shards, step_requests, step_answers, seconds)
+            for shards, step_requests, step_answers, seconds in zip(
+                layouts, requests, answers, rollout_seconds, strict=True
+            )
+        ]
+
+    def _plan(
+        self,
+        shards: list[list[list[Sample]]],
+        requests: list[tuple[int, int, TeacherBatch]],
+        answers: list[ray.ObjectRef | None],
+        rollout_seconds: float,
+    ) -> StepPlan:
+        """Work for each data shard's ranks: a context group's ranks get the same micro-batches and teacher
+        refs; the normaliser counts each shard's targets once."""
+        normalizer = sum(sample.num_targets for batches in shards for batch in batches for sample in batch)
         refs = {(shard, index): ref for (shard, index, _), ref in zip(requests, answers, strict=True)}
         shares = [
             RankWork(

@@ -661,9 +661,9 @@ BAD_MANIFESTS: list[Bad] = [
         "cel",
     ),
     Bad(
-        "teachers-colocated",
+        "teachers-colocated-one-on-fewer-gpus",
         {**SEVERAL_TEACHERS, "spec.cluster": {"colocate": True}},
-        "spec.teachers",
+        "spec.cluster.colocate",
         "cel",
     ),
     Bad(

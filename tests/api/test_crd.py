@@ -10,7 +10,16 @@ from kubedistill.api.crd import render_crd_yaml
 from kubedistill.api.job import InvalidJob, parse_job
 from kubedistill.api.manifest import load_documents
 from tests.api.crd_check import CRD, SCHEMA, cel_violations, schema_errors, unknown_fields
-from tests.api.manifests import BAD_MANIFESTS, BASE, DELETE, ON_POLICY_ROLLOUT, Bad, apply_changes
+from tests.api.manifests import (
+    BAD_MANIFESTS,
+    BASE,
+    DELETE,
+    ON_POLICY_ROLLOUT,
+    SEVERAL_TEACHERS,
+    TEACHERS,
+    Bad,
+    apply_changes,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 CRD_FILE = ROOT / "crds" / "kubedistill.io_distillationjobs.yaml"
@@ -124,6 +133,16 @@ def test_self_distillation_may_sample_its_own_responses(teacher: dict[str, Any])
 def test_self_distillation_without_a_rollout_section_trains_on_the_datasets_responses() -> None:
     manifest = apply_changes(BASE, {"spec.mode": "selfDistillation", "spec.teacher.model": DELETE})
     assert not parse_job(manifest).spec.on_policy
+
+
+def test_several_teachers_each_on_all_the_students_gpus_may_take_turns_on_them() -> None:
+    """Colocated, each teacher's engines cover the students' eight GPUs: 1 x 8, and 2 x 4."""
+    teachers = [TEACHERS[0], {**TEACHERS[1], "replicas": 2}]
+    manifest = apply_changes(
+        BASE, {**SEVERAL_TEACHERS, "spec.teachers": teachers, "spec.cluster.colocate": True}
+    )
+    assert cel_violations(manifest) == []
+    assert parse_job(manifest).spec.cluster.colocate
 
 
 def test_each_cel_rule_agrees_with_its_python_twin_on_the_valid_base() -> None:

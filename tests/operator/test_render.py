@@ -148,6 +148,29 @@ def groups(job_: DistillationJob) -> dict[str, tuple[int, str, dict[str, str]]]:
                 "student": (1, "1", {"GPU": "1", "kubedistill_student": "1"}),
             },
         ),
+        (
+            {
+                "teacher": None,
+                "teachers": [
+                    {"model": "a", "backend": "sglang", "tensorParallel": 2, "gpusPerReplica": 2},
+                    {"model": "b", "replicas": 2, "stepsPerWake": 4},
+                ],
+                "student": {"model": "s", "replicas": 2},
+                "cluster": {"colocate": True},
+            },
+            {
+                "colocated": (
+                    1,
+                    "2",
+                    {
+                        "GPU": "2",
+                        "kubedistill_teacher_0": "2",
+                        "kubedistill_teacher_1": "2",
+                        "kubedistill_student": "2",
+                    },
+                )
+            },
+        ),
     ],
     ids=[
         "defaults",
@@ -160,6 +183,7 @@ def groups(job_: DistillationJob) -> dict[str, tuple[int, str, dict[str, str]]]:
         "colocated-hosts-every-role-on-the-student-pods",
         "colocated-sft",
         "several-teachers-each-its-own-group",
+        "several-colocated-teachers-each-its-own-units-on-the-student-pods",
     ],
 )
 def test_worker_groups_per_role(spec: dict[str, Any], expected: dict[str, Any]) -> None:

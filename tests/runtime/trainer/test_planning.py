@@ -55,7 +55,7 @@ def test_a_context_group_shares_its_micro_batches_and_the_teacher_is_asked_once_
     teacher = _Teacher()
     groups = cast(Any, SimpleNamespace(students=SimpleNamespace(world_size=4), teacher=teacher))
     planner = Planner(groups, OwnGpus(), VanillaKD, 0, 2, None, context_parallel=2)
-    plan = planner.train_step(samples, 0.0)
+    (plan,) = planner.train_steps([(samples, 0.0)])
     assert len(plan.work) == 4
     for first, second in ((0, 1), (2, 3)):
         assert plan.work[first] is plan.work[second]

@@ -1,6 +1,7 @@
-"""Several teachers (spec.teachers) end to end: each teacher its own engines, the students learning from their
-mixture; what a checkpoint records of them; teachers of two vocabularies refused before anything starts.
-The mixture's arithmetic is tested in float64 in tests/runtime/losses/test_mixture.py."""
+"""Several teachers (spec.teachers) end to end: each teacher its own engines, taking turns on the students'
+devices, the students learning from their mixture; what a checkpoint records of them; teachers of two
+vocabularies refused before anything starts. The mixture's arithmetic is tested in float64 in
+tests/runtime/losses/test_mixture.py."""
 
 import json
 import math
@@ -46,18 +47,25 @@ def other_teacher(tiny: TinyWorld) -> Path:
 def test_two_teachers_each_on_its_own_engines_teach_the_student_their_mixture(
     tiny: TinyWorld, other_teacher: Path, tmp_path: Path
 ) -> None:
+    """Colocated with the student: each teacher's engines take their own turns on its devices (they start
+    asleep and refuse work while asleep, so the run completes only if each is asked in its turns), the first
+    scoring both steps in one wake, the second a step a wake."""
+    first, second = two_teachers(tiny, other_teacher)
     manifest = job_manifest(
         tiny,
         "two-teachers",
         teacher=None,
-        teachers=two_teachers(tiny, other_teacher),
+        teachers=[{**first, "stepsPerWake": 2}, second],
         student=ONE_RANK,
         data={"eval": {"path": str(tiny.eval)}},
         training={"maxSteps": 2, "evalEverySteps": 2},
+        cluster={"colocate": True},
     )
     options = RunOptions(output_dir=tmp_path, metrics_port=0, progress=False, print_summary=False)
     trainer = Trainer(parse_job(manifest), options)
-    trainer.run()
+    run = trainer.run()
+    # Steps 1 and 2: one wake of teacher-0, two of teacher-1; then one each for the exported student's eval.
+    assert run.summary["wakes"] == {"teacher-0": 2, "teacher-1": 3}
 
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in records if r["kind"] == "train"]
