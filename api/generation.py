@@ -80,6 +80,12 @@ class GenerationSpec(SpecModel):
     student's token ids, as sparse targets (`sparse_kd_loss`: the top k plus the tail's mass). The student
     must share the endpoint model's vocabulary: a response whose tokens the student's tokenizer does not
     write the same way is skipped as `unmapped`. Unset: only the text is kept (black-box KD)."""
+    score_answers: bool = False
+    """Keep spec.data.train's own answers instead of generating new ones: the endpoint scores each record's
+    last assistant message, rendered with the student's chat template, and returns its top-k
+    log-probabilities at every answer token (`POST <baseUrl>/completions` with the token ids as the prompt,
+    `echo: true, logprobs: topLogprobs, max_tokens: 1`; vLLM and SGLang serve it), kept as with topLogprobs.
+    Needs topLogprobs and one sample per prompt; every record must end in one assistant answer."""
     min_kept_fraction: Annotated[float, Field(ge=0.0, le=1.0)] = 0.9
     """Fewest (prompt, sample) pairs, as a share of all, that must become training records; below it the
     phase fails naming the skipped file and the commonest reason instead of training on what is left."""

@@ -290,6 +290,22 @@ _RULES: tuple[Rule, ...] = (
         f"!{present('generation.topLogprobs')} || {present('generation.endpoint')}",
     ),
     Rule(
+        "generation.scoreAnswers",
+        "asks an endpoint to score the data's answers with its log-probabilities: it needs "
+        "spec.generation.endpoint and topLogprobs, and samplesPerPrompt 1 (one answer per record)",
+        lambda s: (
+            s.generation is None
+            or not s.generation.score_answers
+            or (
+                s.generation.endpoint is not None
+                and s.generation.top_logprobs is not None
+                and s.generation.samples_per_prompt == 1
+            )
+        ),
+        f"!{value('generation.scoreAnswers')} || ({present('generation.endpoint')} && "
+        f"{present('generation.topLogprobs')} && {value('generation.samplesPerPrompt')} == 1)",
+    ),
+    Rule(
         "distillation.algorithm",
         "sparseKd trains on a hosted teacher's stored log-probabilities: it needs spec.mode sft and "
         "spec.generation.topLogprobs (with spec.generation.endpoint)",

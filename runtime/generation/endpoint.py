@@ -49,6 +49,8 @@ class Request:
     seed: int
     tools: list[Any] | None = None
     """The record's function definitions, for a prompt that may call them."""
+    token_ids: tuple[int, ...] = ()
+    """scoreAnswers: the chat with its answer, as the student's token ids, for the endpoint to score."""
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,8 @@ class Outcome:
 
 
 class ChatCompletionsClient:
+    path = "/chat/completions"
+
     def __init__(
         self,
         endpoint: EndpointSpec,
@@ -72,7 +76,7 @@ class ChatCompletionsClient:
     ) -> None:
         self._endpoint = endpoint
         self._settings = settings
-        self._url = endpoint.base_url.rstrip("/") + "/chat/completions"
+        self._url = endpoint.base_url.rstrip("/") + self.path
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._answer_timeout = answer_timeout
         self._backoff = backoff_seconds
@@ -142,7 +146,7 @@ class ChatCompletionsClient:
             try:
                 async with session.post(self._url, json=self.body(request)) as answer:
                     if answer.status == 200:
-                        response = _response_of(await answer.json(content_type=None))
+                        response = self.response_of(await answer.json(content_type=None))
                         self._answered = True
                         return Outcome(request.key, response)
                     text = (await answer.text())[:300]
@@ -157,20 +161,72 @@ class ChatCompletionsClient:
                             raise EndpointRefused(
                                 f"spec.generation.endpoint: {self._url} refused the first request with "
                                 f"{failure}; check endpoint.model, and that the server takes what the "
-                                "request asks (a record's tools need a server that parses tool calls)"
+                                f"request asks ({self.asks})"
                             )
                         return Outcome(request.key, None, failure, REJECTED)
                     wait = _retry_after(answer.headers.get("Retry-After"))
             except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError) as error:
                 failure = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
             except (ValueError, KeyError, TypeError, IndexError) as error:
-                # A 200 whose body is not a chat completion: the server is not what baseUrl promised.
-                return Outcome(request.key, None, f"not a chat completion: {type(error).__name__}: {error}")
+                # A 200 whose body is not a completion: the server is not what baseUrl promised.
+                return Outcome(request.key, None, f"not a {self.what}: {type(error).__name__}: {error}")
             if attempt < self._endpoint.max_retries:
                 self.retrying[request.key] = failure
                 cap = min(MAX_BACKOFF_SECONDS, self._backoff * 2**attempt)
                 await asyncio.sleep(wait if wait is not None else random.uniform(0, cap))
         return Outcome(request.key, None, f"{failure} (after {self._endpoint.max_retries} retries)")
+
+    what = "chat completion"
+    asks = "a record's tools need a server that parses tool calls"
+
+    @staticmethod
+    def response_of(completion: dict[str, Any]) -> Response:
+        return _response_of(completion)
+
+
+class ScoringClient(ChatCompletionsClient):
+    """spec.generation.scoreAnswers: `POST {baseUrl}/completions` with the chat's token ids as the prompt,
+    `echo` and `logprobs`: the endpoint returns its top-k at every prompt token, then at one generated token
+    (which is not read).
+
+    The one form both servers take: vLLM computes the prompt's log-probabilities for `echo` with `logprobs`
+    (`entrypoints/openai/completion/protocol.py` CompletionRequest.to_sampling_params: `prompt_logprobs =
+    self.logprobs`; `completion/serving.py` puts them before the answer's in `logprobs`); SGLang scores from
+    the first prompt token for `echo` with `logprobs` (0.5.23 `srt/entrypoints/openai/serving_completions.py:
+    88-92`, its warning at 77-81 notwithstanding). One token is generated, not none: SGLang refuses
+    `max_tokens: 0` (`protocol.py:448-452`). Token ids as the prompt (both take a list of ints: vLLM
+    CompletionRequest.prompt, SGLang `protocol.py:372` and `serving_completions.py:98-103`) so that the
+    positions are exactly the student's: text would be tokenised again by the server."""
+
+    path = "/completions"
+    what = "completion"
+    asks = "scoreAnswers needs a server that scores a prompt's tokens, echo with logprobs: vLLM or SGLang"
+
+    def body(self, request: Request) -> dict[str, Any]:
+        return {
+            "model": self._endpoint.model,
+            "prompt": list(request.token_ids),
+            "echo": True,
+            "logprobs": self._settings.top_logprobs,
+            "max_tokens": 1,
+            "stream": False,
+            # vLLM names the top tokens by id instead of text; SGLang ignores what it does not know.
+            "return_tokens_as_token_ids": True,
+        }
+
+    @staticmethod
+    def response_of(completion: dict[str, Any]) -> Response:
+        (choice, *_) = completion["choices"]
+        scores = choice["logprobs"]
+        if not isinstance(scores, dict) or not isinstance(scores.get("top_logprobs"), list):
+            raise TypeError("no logprobs.top_logprobs in the completion")
+        usage = completion.get("usage") or {}
+        return Response(
+            "",
+            str(choice.get("finish_reason") or "stop"),
+            usage=Usage(int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)),
+            scores=scores,
+        )
 
 
 def _response_of(completion: dict[str, Any]) -> Response:

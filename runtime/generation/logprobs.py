@@ -126,6 +126,51 @@ def sparse_targets(
     )
 
 
+def scored_targets(
+    logprobs: Mapping[str, Any],
+    ids: Sequence[int],
+    positions: Sequence[int],
+    k: int,
+    table: Mapping[bytes, int | None],
+) -> SparseTargets:
+    """The teacher's scores of `ids` (the token ids sent as the prompt) at `positions`, from a completion's
+    `choices[0].logprobs` with `echo`: the legacy form, one entry per prompt token (`tokens`,
+    `token_logprobs`, `top_logprobs` as {token: logprob}). vLLM names each token `token_id:<id>` when asked
+    (`return_tokens_as_token_ids`, vLLM `entrypoints/openai/completion/protocol.py` CompletionRequest) and
+    may add the scored token to its top (k+1 entries); SGLang names them by text, a byte-level fragment as
+    latin-1, one character per byte (0.5.23 `srt/entrypoints/openai/utils.py:177-203`), which the student's
+    `table` maps back. The scored tokens are the ids sent, so only the top tokens need mapping. A fragment of
+    a tokenizer SGLang does not take for byte-level is U+FFFD (`utils.py:193-199`), and fragments then share
+    one key: such a token names none, and is left out of the top, its mass counted in the tail."""
+    token_logprobs, tops = logprobs["token_logprobs"], logprobs["top_logprobs"]
+    if len(token_logprobs) < len(ids) or len(tops) < len(ids):
+        raise ValueError(f"scores of {len(token_logprobs)} tokens for a prompt of {len(ids)}")
+
+    def id_of(token: str, position: int) -> int | None:
+        if token.startswith("token_id:"):
+            return int(token.removeprefix("token_id:"))
+        index = table.get(token.encode("utf-8"))
+        if index is None and all(ord(char) < 256 for char in token):
+            index = table.get(token.encode("latin-1"))
+        if index is None and "\ufffd" not in token:
+            raise Unmapped(f"top token {token!r} at position {position} is not one token of the student's")
+        return index
+
+    top_ids: list[list[int]] = []
+    top_logprobs: list[list[float]] = []
+    for position in positions:
+        ranked = sorted(((float(value), token) for token, value in tops[position].items()), reverse=True)[:k]
+        named = [(id_of(token, position), value) for value, token in ranked]
+        top_ids.append([index for index, _ in named if index is not None])
+        top_logprobs.append([value for index, value in named if index is not None])
+    return SparseTargets(
+        [ids[position] for position in positions],
+        [float(token_logprobs[position]) for position in positions],
+        top_ids,
+        top_logprobs,
+    )
+
+
 def _is_byte_level(tokenizer: Any) -> bool:
     """The tokenizer stores its pieces in GPT-2's printable-byte alphabet (a ByteLevel decoder)."""
     backend = getattr(tokenizer, "backend_tokenizer", None)

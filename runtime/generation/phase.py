@@ -14,10 +14,12 @@ from typing import Any
 from kubedistill.api.generation import OWN_TEACHER_TEMPERATURE, OWN_TEACHER_TOP_P, answer_timeout_seconds
 from kubedistill.api.job import DistillationJob
 from kubedistill.api.spec import DataFormat, DataSource, Mode
-from kubedistill.runtime.generation.logprobs import Unmapped, sparse_targets, vocabulary_bytes
+from kubedistill.runtime.data.chat import ChatFormat, encode_chat
+from kubedistill.runtime.generation.logprobs import Unmapped, scored_targets, sparse_targets, vocabulary_bytes
 from kubedistill.runtime.generation.prompts import Prompt, read_prompts
 from kubedistill.runtime.generation.store import (
     FAILED,
+    FINISHED,
     GeneratedFile,
     Response,
     Settings,
@@ -109,6 +111,51 @@ UNMAPPED = "unmapped"
 """The skip reason of a response whose tokens are not the student's (spec.generation.topLogprobs)."""
 NO_LOGPROBS = "noLogprobs"
 """The skip reason of an answer without the log-probabilities asked for."""
+UNRENDERED = "unrendered"
+"""The skip reason of a record whose answer the student's chat template cannot render (scoreAnswers)."""
+
+
+@dataclass(frozen=True)
+class ScoredChat:
+    """A record's chat as the student's ids and the positions training learns (spec.generation.scoreAnswers):
+    what the endpoint scores, so that its scores line up with the targets one for one."""
+
+    ids: list[int]
+    positions: list[int]
+
+
+def scored_chat(prompt: Prompt, tokenizer: Any, chat_format: ChatFormat) -> ScoredChat:
+    """Rendered as the data pipeline renders it for training (`encode_chat`, every assistant message a target,
+    its end-of-turn token included); up to the last target, since nothing after it is scored."""
+    encoded = encode_chat(
+        tokenizer,
+        [*prompt.messages, *prompt.answer],
+        first_response=0,
+        add_generation_prompt=False,
+        tools=prompt.carried.get("tools"),
+        chat_format=chat_format,
+    )
+    positions = [int(position) for position in encoded.mask.nonzero()[0]]
+    if not positions or positions[0] == 0:
+        raise ValueError("the chat template renders no answer token to score")
+    return ScoredChat([int(token) for token in encoded.ids[: positions[-1] + 1]], positions)
+
+
+def with_scored_targets(
+    response: Response, chat: ScoredChat, k: int, table: Mapping[bytes, int | None]
+) -> tuple[Response, str | None, str]:
+    """The endpoint's scores of the chat's targets in the student's ids; or why it is skipped, and why."""
+    if response.scores is None:
+        return response, NO_LOGPROBS, "the endpoint returned no logprobs"
+    try:
+        targets = scored_targets(response.scores, chat.ids, chat.positions, k, table)
+    except Unmapped as error:
+        return (
+            response,
+            UNMAPPED,
+            f"{error} (spec.generation.scoreAnswers needs the endpoint model's tokenizer as spec.student's)",
+        )
+    return replace(response, scores=None, targets=targets), None, ""
 
 
 def _student_vocabulary(job: DistillationJob) -> tuple[Any, dict[bytes, int | None]]:
@@ -117,6 +164,13 @@ def _student_vocabulary(job: DistillationJob) -> tuple[Any, dict[bytes, int | No
 
     tokenizer = load_tokenizer(student_tokenizer_path(job))
     return tokenizer, vocabulary_bytes(tokenizer)
+
+
+def _chat_format(job: DistillationJob) -> ChatFormat:
+    """The student's chat template and its variables, as training renders with them."""
+    data = job.spec.data
+    template = Path(data.chat_template).read_text(encoding="utf-8") if data.chat_template else None
+    return ChatFormat(template, dict(data.chat_template_kwargs))
 
 
 def with_sparse_targets(
@@ -173,6 +227,7 @@ def settings_of(job: DistillationJob) -> Settings:
         max_new_tokens=generation.max_new_tokens,
         seed=spec.training.seed if generation.seed is None else generation.seed,
         top_logprobs=generation.top_logprobs,
+        score_answers=generation.score_answers,
     )
 
 
@@ -209,7 +264,7 @@ def run_generation(
         return GenerationResult(store.path, report, reused=True)
     # A rule refuses spec.data.mixture with spec.generation, so its prompts are spec.data.train's.
     assert job.spec.data.train is not None
-    read = read_prompts(job.spec.data.train, job.spec.data.on_bad_record)
+    read = read_prompts(job.spec.data.train, job.spec.data.on_bad_record, answers=generation.score_answers)
     prompts = read.prompts
     done = store.existing(prompts)
     skipped = store.settled(prompts)
@@ -232,16 +287,31 @@ def run_generation(
     )
     shown = (progress.done, time.monotonic())
     to_student = _student_vocabulary(job) if generation.top_logprobs is not None else None
+    chats: dict[str, ScoredChat] = {}
 
     def keep(
         prompt: Prompt, sample: int, response: Response | None, failure: str = "", why: str = FAILED
     ) -> None:
         nonlocal shown
-        reason = why if response is None else verdict(response, generation.keep_truncated)
         if response is not None:
             progress.usage += response.usage
-        if reason is None and response is not None and to_student is not None:
-            response, reason, failure = with_sparse_targets(response, *to_student)
+        if response is not None and prompt.id in chats:
+            # The data's own answer: kept whatever the (empty) completion's finish.
+            assert to_student is not None and generation.top_logprobs is not None, "a rule asks topLogprobs"
+            content = prompt.answer[-1].get("content")
+            text = content if isinstance(content, str) else ""
+            response, reason, failure = with_scored_targets(
+                replace(response, text=text, finish_reason=FINISHED),
+                chats[prompt.id],
+                generation.top_logprobs,
+                to_student[1],
+            )
+        elif response is not None:
+            reason = verdict(response, generation.keep_truncated)
+            if reason is None and to_student is not None:
+                response, reason, failure = with_sparse_targets(response, *to_student)
+        else:
+            reason = why
         if reason is None and response is not None:
             store.append(store.line(prompt, sample, response))
             progress.kept += 1
@@ -257,11 +327,21 @@ def run_generation(
             log.info("%s", progress.line())
             shown = (progress.done, now)
 
+    if generation.score_answers and to_student is not None:
+        chat_format = _chat_format(job)
+        for prompt in list(todo):
+            try:
+                chats[prompt.id] = scored_chat(prompt, to_student[0], chat_format)
+            except ValueError as error:
+                todo.remove(prompt)
+                keep(prompt, 0, None, str(error), UNRENDERED)
     if on_progress is not None:
         on_progress(progress)
     if todo and generation.endpoint is not None:
         asyncio.run(
-            _from_endpoint(job, store.settings, todo, missing, environ, keep, backoff_seconds, progress)
+            _from_endpoint(
+                job, store.settings, todo, missing, environ, keep, backoff_seconds, progress, chats
+            )
         )
     elif todo:
         _from_own_teacher(job, store.settings, todo, missing, samples, keep)
@@ -288,8 +368,9 @@ async def _from_endpoint(
     keep: Any,
     backoff_seconds: float,
     progress: GenerationProgress,
+    chats: Mapping[str, ScoredChat],
 ) -> None:
-    from kubedistill.runtime.generation.endpoint import ChatCompletionsClient, Request
+    from kubedistill.runtime.generation.endpoint import ChatCompletionsClient, Request, ScoringClient
 
     generation = job.spec.generation
     assert generation is not None and generation.endpoint is not None, (
@@ -298,10 +379,17 @@ async def _from_endpoint(
     endpoint = generation.endpoint
     api_key = environ.get(endpoint.api_key.env) if endpoint.api_key else None
     timeout = answer_timeout_seconds(endpoint, generation.max_new_tokens)
-    client = ChatCompletionsClient(endpoint, settings, api_key, timeout, backoff_seconds)
+    kind = ScoringClient if generation.score_answers else ChatCompletionsClient
+    client = kind(endpoint, settings, api_key, timeout, backoff_seconds)
     by_id = {prompt.id: prompt for prompt in prompts}
     requests = [
-        Request((prompt.id, sample), prompt.messages, settings.seed + sample, prompt.carried.get("tools"))
+        Request(
+            (prompt.id, sample),
+            prompt.messages,
+            settings.seed + sample,
+            prompt.carried.get("tools"),
+            tuple(chats[prompt.id].ids) if prompt.id in chats else (),
+        )
         for prompt in prompts
         for sample in missing[prompt.id]
     ]

@@ -4,12 +4,14 @@ A chat record's prompt is its messages up to and including the last user turn (a
 it, if any, is what the teacher replaces); a prompt/response record's prompt is its `promptKey` text as a
 user message (its response, if any, is replaced the same way). Records are read and checked by the data
 pipeline's own readers, so a bad line names its `file:line` as in training.
+
+With spec.generation.scoreAnswers the answer is kept instead (`Prompt.answer`), for the teacher to score.
 """
 
 import hashlib
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from kubedistill.api.spec import DataSource, OnBadRecord
@@ -28,6 +30,8 @@ class Prompt:
     """`path:line` of the record."""
     carried: Mapping[str, Any]
     """Fields the generated record keeps from the source record (its `teacherInputKey` and `tools`)."""
+    answer: list[Message] = field(default_factory=list)
+    """With `answers`: the record's messages after its last user turn, ending in the assistant's answer."""
 
 
 def prompt_id(messages: list[Message]) -> str:
@@ -45,7 +49,11 @@ class Prompts:
     """Records skipped under `onBadRecord: skip`."""
 
 
-def read_prompts(source: DataSource, on_bad_record: OnBadRecord, field: str = "spec.data.train") -> Prompts:
+def read_prompts(
+    source: DataSource, on_bad_record: OnBadRecord, field: str = "spec.data.train", answers: bool = False
+) -> Prompts:
+    """The distinct prompts; with `answers` (spec.generation.scoreAnswers) each with its record's answer, and
+    a prompt is the pair, so that two answers to one question are both scored."""
     prompts: dict[str, Prompt] = {}
     repeated: list[str] = []
     bad: list[BadRecord] = []
@@ -55,6 +63,7 @@ def read_prompts(source: DataSource, on_bad_record: OnBadRecord, field: str = "s
                 raise BadRecordError(record)
             try:
                 messages = _prompt_messages(record.fields, source, field)
+                answer = _answer_messages(record.fields, source, field, len(messages)) if answers else []
             except RecordProblem as problem:
                 raise BadRecordError(BadRecord(record.source, str(problem))) from None
         except BadRecordError as error:
@@ -67,7 +76,7 @@ def read_prompts(source: DataSource, on_bad_record: OnBadRecord, field: str = "s
             for key in (source.teacher_input_key, "tools")
             if key is not None and record.fields.get(key) is not None
         }
-        found = Prompt(prompt_id(messages), messages, record.source, carried)
+        found = Prompt(prompt_id(messages + answer), messages, record.source, carried, answer)
         if found.id in prompts:
             repeated.append(record.source)
         else:
@@ -96,3 +105,20 @@ def _prompt_messages(fields: Mapping[str, Any], source: DataSource, field: str) 
     if not users:
         raise RecordProblem(f"{source.input_key!r} has no user message to answer")
     return messages[: users[-1] + 1]
+
+
+def _answer_messages(fields: Mapping[str, Any], source: DataSource, field: str, after: int) -> list[Message]:
+    if source.prompt_key is not None:
+        text = fields.get(source.response_key) if source.response_key is not None else None
+        if not isinstance(text, str) or not text.strip():
+            raise RecordProblem(
+                f"has no response ({field}.responseKey) for spec.generation.scoreAnswers to score"
+            )
+        return [{"role": "assistant", "content": unicode_text(text, source.response_key or "")}]
+    answer = chat_messages(fields[source.input_key], source.input_key)[after:]
+    if not answer or answer[-1]["role"] != "assistant":
+        raise RecordProblem(
+            f"{source.input_key!r} does not end in an assistant answer after its last user turn, which "
+            "spec.generation.scoreAnswers scores"
+        )
+    return answer

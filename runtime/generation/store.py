@@ -7,7 +7,8 @@
   `failed` (the request kept failing: the endpoint was down or overloaded), `rejected` (the endpoint answered
   this request with a 4xx), `empty`, `length` (cut off at maxNewTokens, unless keepTruncated), any other
   finish_reason (`content_filter`, SGLang's `abort`), and with topLogprobs `unmapped` (tokens that are not
-  the student's) or `noLogprobs` (an answer without them).
+  the student's) or `noLogprobs` (an answer without them). With scoreAnswers a line is a record's own answer
+  with the teacher's scores, and `unrendered` skips one the student's chat template cannot render.
 - When every pair is done, the file is rewritten in prompt order (so two runs of one job train on the same
   order) and `<job>.report.json` is written. Without `failed` pairs it is finished: a rerun reuses the file as
   it is, without asking again for the skipped pairs (which would change the data a checkpoint was trained
@@ -59,13 +60,17 @@ class Settings:
     """Sample i of a prompt is drawn with seed + i."""
     top_logprobs: int | None = None
     """spec.generation.topLogprobs: the endpoint's top-k log-probabilities are asked and kept."""
+    score_answers: bool = False
+    """spec.generation.scoreAnswers: the data's own answers are scored instead of new ones generated."""
 
     def recorded(self) -> dict[str, Any]:
-        """The settings as the report records them; topLogprobs only when asked, so that a finished
-        generation from before that setting is still reused as it is."""
+        """The settings as the report records them; topLogprobs and scoreAnswers only when asked, so that a
+        finished generation from before those settings is still reused as it is."""
         fields = asdict(self)
         if self.top_logprobs is None:
             del fields["top_logprobs"]
+        if not self.score_answers:
+            del fields["score_answers"]
         return fields
 
     def sampling(self) -> dict[str, Any]:
@@ -76,6 +81,7 @@ class Settings:
             "seed": self.seed,
             # Only when asked: the lines of files generated before this setting existed stay valid.
             **({"topLogprobs": self.top_logprobs} if self.top_logprobs is not None else {}),
+            **({"scoreAnswers": True} if self.score_answers else {}),
         }
 
 
@@ -114,6 +120,8 @@ class Response:
     """Every generated token (thinking and tool calls included) with the endpoint's top-k, when asked."""
     targets: SparseTargets | None = None
     """`logprobs` in the student's token ids (set by the phase, which holds the student's tokenizer)."""
+    scores: Mapping[str, Any] | None = None
+    """scoreAnswers: the completion's `logprobs` over the chat sent (legacy form), mapped by the phase."""
 
 
 @dataclass(frozen=True)
@@ -242,16 +250,11 @@ class GeneratedFile:
         )
 
     def line(self, prompt: Prompt, sample: int, response: Response) -> dict[str, Any]:
-        answer: dict[str, Any] = {"role": "assistant", "content": response.text}
-        if response.tool_calls:
-            # null, not "": the content of a message that only calls tools (what the API and templates
-            # such as DeepSeek's read); the data pipeline reads the calls' JSON-text arguments.
-            calls = response.tool_calls
-            answer = {"role": "assistant", "content": response.text or None, "tool_calls": calls}
-        if response.reasoning and self.keep_reasoning:
-            answer["reasoning_content"] = response.reasoning
+        # A scored answer (scoreAnswers) stays as the record wrote it, tool turns included, so that training
+        # renders exactly the tokens the teacher scored.
+        answer = prompt.answer or [self._answer(response)]
         return {
-            "messages": [*prompt.messages, answer],
+            "messages": [*prompt.messages, *answer],
             **prompt.carried,
             "prompt": prompt.messages,
             "response": response.text,
@@ -265,6 +268,17 @@ class GeneratedFile:
             "promptId": prompt.id,
             "source": prompt.source,
         }
+
+    def _answer(self, response: Response) -> dict[str, Any]:
+        answer: dict[str, Any] = {"role": "assistant", "content": response.text}
+        if response.tool_calls:
+            # null, not "": the content of a message that only calls tools (what the API and templates
+            # such as DeepSeek's read); the data pipeline reads the calls' JSON-text arguments.
+            calls = response.tool_calls
+            answer = {"role": "assistant", "content": response.text or None, "tool_calls": calls}
+        if response.reasoning and self.keep_reasoning:
+            answer["reasoning_content"] = response.reasoning
+        return answer
 
     def append(self, line: Mapping[str, Any]) -> None:
         data = (json.dumps(line, ensure_ascii=False) + "\n").encode("utf-8")

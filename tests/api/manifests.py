@@ -524,6 +524,31 @@ BAD_MANIFESTS: list[Bad] = [
         "spec.generation.topLogprobs",
     ),
     Bad(
+        "score-answers-without-top-logprobs",
+        {
+            "spec.mode": "sft",
+            "spec.teacher": DELETE,
+            "spec.generation": {"endpoint": ENDPOINT, "scoreAnswers": True},
+        },
+        "spec.generation.scoreAnswers",
+        "cel",
+    ),
+    Bad(
+        "score-answers-with-several-samples",
+        {
+            "spec.mode": "sft",
+            "spec.teacher": DELETE,
+            "spec.generation": {
+                "endpoint": ENDPOINT,
+                "topLogprobs": 5,
+                "scoreAnswers": True,
+                "samplesPerPrompt": 2,
+            },
+        },
+        "spec.generation.scoreAnswers",
+        "cel",
+    ),
+    Bad(
         "sparse-kd-without-the-endpoints-top-logprobs",
         {
             "spec.mode": "sft",

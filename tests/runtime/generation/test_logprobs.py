@@ -1,21 +1,31 @@
 """An endpoint's log-probabilities mapped to the student's token ids (same vocabulary), and refused where the
-student's tokenizer does not write the response with the sampled tokens."""
+student's tokenizer does not write the response with the sampled tokens; and its scores of a given answer
+(scoreAnswers), read from the completion's echoed prompt as vLLM and SGLang write it."""
 
 from typing import Any
 
 import pytest
 
+from kubedistill.api.generation import EndpointSpec
 from kubedistill.runtime.demo.tiny import build_tokenizer
+from kubedistill.runtime.generation.endpoint import Request, ScoringClient
 from kubedistill.runtime.generation.logprobs import (
     SparseTargets,
     TokenLogprobs,
     Unmapped,
+    scored_targets,
     sparse_targets,
     token_logprobs_of,
     vocabulary_bytes,
 )
-from kubedistill.runtime.generation.phase import NO_LOGPROBS, UNMAPPED, with_sparse_targets
-from kubedistill.runtime.generation.store import Response
+from kubedistill.runtime.generation.phase import (
+    NO_LOGPROBS,
+    UNMAPPED,
+    ScoredChat,
+    with_scored_targets,
+    with_sparse_targets,
+)
+from kubedistill.runtime.generation.store import Response, Settings
 
 TEXT = "the weather in paris é today<|im_end|>"
 """With a two-byte character (é, two byte-level pieces or one) and the end-of-turn special token."""
@@ -98,3 +108,85 @@ def test_the_phase_skips_unmapped_answers_and_answers_without_logprobs(tokenizer
     other = build_tokenizer(["completely different words for another vocabulary"], vocab_size=270)
     _, reason, detail = with_sparse_targets(Response("hello there", "stop", logprobs=served), other, table)
     assert reason == UNMAPPED and "needs the endpoint model's tokenizer as spec.student's" in detail
+
+
+def echoed(ids: list[int], name: Any) -> dict[str, Any]:
+    """`choices[0].logprobs` of a completion with `echo` over `ids` (the legacy form): each token scored
+    -0.5, its top two the token itself and id 30 at -3.0, and the first token unscored, as both servers write
+    it; `name(id)` is how the server names a token."""
+    return {
+        "tokens": [name(i) for i in ids],
+        "token_logprobs": [None, *[-0.5] * (len(ids) - 1)],
+        "top_logprobs": [None, *[{name(30): -3.0, name(i): -0.5} for i in ids[1:]]],
+        "text_offset": [-1] * len(ids),
+    }
+
+
+@pytest.mark.parametrize(
+    "server",
+    [
+        "vllm",  # return_tokens_as_token_ids: `token_id:<id>`
+        "sglang",  # text; a byte-level fragment as latin-1, one character per byte
+    ],
+)
+def test_a_scored_answer_keeps_the_sent_ids_and_maps_the_top_tokens_however_named(
+    tokenizer: Any, server: str
+) -> None:
+    table = vocabulary_bytes(tokenizer)
+    fragment = tokenizer.convert_tokens_to_ids("Ã")  # the first byte of é, C3: U+FFFD as text
+
+    def name(index: int) -> str:
+        if server == "vllm":
+            return f"token_id:{index}"
+        return "\xc3" if index == fragment else tokenizer.decode([index])
+
+    ids = [*tokenizer.encode("hello there", add_special_tokens=False), fragment]
+    scores = echoed(ids, name)
+    positions = list(range(2, len(ids)))
+    targets = scored_targets(scores, ids, positions, 2, table)
+    assert targets.ids == ids[2:], "the ids sent, not read back from the server's text"
+    assert targets.logprobs == [-0.5] * len(positions)
+    assert targets.top_ids == [[i, 30] for i in ids[2:]], "most likely first"
+    assert targets.top_logprobs == [[-0.5, -3.0]] * len(positions)
+    assert scored_targets(scores, ids, positions, 1, table).top_ids == [[i] for i in ids[2:]], (
+        "vLLM adds the scored token to its top k: only k are kept"
+    )
+
+
+def test_a_scored_top_token_not_the_students_is_unmapped_and_one_sglang_cannot_name_is_tail(
+    tokenizer: Any,
+) -> None:
+    ids = tokenizer.encode("hello there", add_special_tokens=False)
+    scores = echoed(ids, tokenizer.decode)
+    scores["top_logprobs"][1]["zebra"] = -1.0
+    _, reason, detail = with_scored_targets(
+        Response("", "stop", scores=scores), ScoredChat(ids, [1]), 2, vocabulary_bytes(tokenizer)
+    )
+    assert reason == UNMAPPED and "'zebra'" in detail
+    del scores["top_logprobs"][1]["zebra"]
+    scores["top_logprobs"][1]["\ufffd"] = -1.0  # a fragment SGLang cannot name: counted in the tail
+    kept, reason, _ = with_scored_targets(
+        Response("", "stop", scores=scores), ScoredChat(ids, [1]), 2, vocabulary_bytes(tokenizer)
+    )
+    assert reason is None and kept.targets is not None
+    assert kept.targets.top_ids == [[ids[1]]] and kept.targets.top_logprobs == [[-0.5]]
+    with pytest.raises(ValueError, match="scores of 2 tokens for a prompt of 3"):
+        scored_targets({"token_logprobs": [None, -1.0], "top_logprobs": [None, {}]}, [1, 2, 3], [2], 1, {})
+
+
+def test_the_scoring_request_sends_token_ids_and_asks_the_prompts_top_k() -> None:
+    settings = Settings(
+        "m", "http://127.0.0.1:30000/v1", None, None, 16, 0, top_logprobs=5, score_answers=True
+    )
+    client = ScoringClient(
+        EndpointSpec(base_url="http://127.0.0.1:30000/v1", model="m"), settings, None, 60.0
+    )
+    body = client.body(Request(("p", 0), [], 0, token_ids=(4, 8, 15)))
+    assert body["prompt"] == [4, 8, 15], "ids, never text the server would tokenise again"
+    assert (body["echo"], body["logprobs"], body["max_tokens"]) == (True, 5, 1)
+    scores = echoed([4, 8, 15], str)
+    completion = {"choices": [{"text": "", "logprobs": scores}], "usage": {"prompt_tokens": 3}}
+    response = ScoringClient.response_of(completion)
+    assert response.scores == scores and response.usage.prompt_tokens == 3
+    with pytest.raises(TypeError, match="no logprobs"):
+        ScoringClient.response_of({"choices": [{"text": "", "logprobs": None}]})
