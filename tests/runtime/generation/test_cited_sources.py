@@ -13,6 +13,7 @@ from tests.runtime.engines.sglang.wheel_source import pinned_sglang_version, pin
 
 SGLANG_PROTOCOL = "sglang/srt/entrypoints/openai/protocol.py"
 SGLANG_CHAT = "sglang/srt/entrypoints/openai/serving_chat.py"
+SGLANG_COMPLETIONS = "sglang/srt/entrypoints/openai/serving_completions.py"
 TRL_SERVER = "experimental/server_distillation/server_distillation_trainer.py"
 
 CITED = [
@@ -60,6 +61,14 @@ CITED = [
     ("trl", "1.16.0", TRL_SERVER, 72, 82, "def _add_tail_bucket("),
     ("trl", "1.16.0", TRL_SERVER, 79, 79, "torch.clamp(log_sum, max=-1e-7)"),
     ("trl", "1.16.0", TRL_SERVER, 500, 542, "def _compute_server_forward_kl_loss("),
+    # spec.generation.scoreAnswers: SGLang scores a token-id prompt for echo with logprobs, generates at
+    # least one token, and names a byte-level fragment as latin-1.
+    ("sglang", "0.5.23", SGLANG_COMPLETIONS, 77, 81, "Echo is not compatible with logprobs"),
+    ("sglang", "0.5.23", SGLANG_COMPLETIONS, 88, 92, "logprob_start_len = 0"),
+    ("sglang", "0.5.23", SGLANG_COMPLETIONS, 98, 103, 'prompt_kwargs = {"input_ids": prompt}'),
+    ("sglang", "0.5.23", SGLANG_PROTOCOL, 372, 372, "prompt: Union[List[int]"),
+    ("sglang", "0.5.23", SGLANG_PROTOCOL, 448, 452, "max_tokens must be positive"),
+    ("sglang", "0.5.23", "sglang/srt/entrypoints/openai/utils.py", 177, 203, "render them as latin-1"),
 ]
 
 

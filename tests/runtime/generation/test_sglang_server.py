@@ -15,13 +15,16 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pytest
 import torch
 
 from kubedistill.api import parse_job
+from kubedistill.api.spec import DataSource, DataSpec, Mode
 from kubedistill.runtime.cluster.actors import free_port
+from kubedistill.runtime.data.load import load_samples
 from kubedistill.runtime.demo.data import write_jsonl
 from kubedistill.runtime.generation.phase import GenerationResult, run_generation
 from kubedistill.runtime.losses.sparse import sparse_kd_loss
@@ -37,6 +40,9 @@ from tests.runtime.generation.reasoning_teacher import (
     WEATHER_TOOL,
     save_reasoning_teacher,
 )
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 pytestmark = pytest.mark.sglang
 
@@ -90,12 +96,20 @@ def generate(
     *,
     tools: bool,
     student: Path | None = None,
+    answers: tuple[str, ...] = (),
     **generation: Any,
 ) -> GenerationResult:
+    """Answers to QUESTIONS; with `answers`, the records carry those (for scoreAnswers)."""
     url, model = server
     records = [
-        {"messages": [{"role": "user", "content": question}], **({"tools": [WEATHER_TOOL]} if tools else {})}
-        for question in QUESTIONS
+        {
+            "messages": [
+                {"role": "user", "content": question},
+                *([{"role": "assistant", "content": answers[i]}] if answers else []),
+            ],
+            **({"tools": [WEATHER_TOOL]} if tools else {}),
+        }
+        for i, question in enumerate(QUESTIONS)
     ]
     prompts = write_jsonl(tmp_path / "prompts.jsonl", records)
     manifest = example_manifest(
@@ -165,6 +179,32 @@ def test_answers_cut_off_by_the_server_are_skipped_as_length(
 
 
 TOP = 5
+Scored = tuple[torch.Tensor, slice | torch.Tensor, torch.Tensor, torch.Tensor]
+"""A sequence, the rows of its logits that predict the scored tokens, and their stored top-k (-1: none)."""
+
+
+def sparse_kd_steps(student: "PreTrainedModel", batch: list[Scored], steps: int = 8) -> list[float]:
+    """The loss of each of `steps` Adam steps of sparse KD on the stored targets alone, from the student with
+    a noisy head (so that it has something to learn)."""
+    with torch.no_grad():
+        head = student.get_output_embeddings()
+        assert isinstance(head, torch.nn.Linear)
+        head.weight.add_(torch.randn(head.weight.shape, generator=torch.Generator().manual_seed(0)) * 3.0)
+    optimizer = torch.optim.Adam(student.parameters(), lr=0.003)
+    losses = []
+    for _ in range(steps):
+        loss = torch.stack(
+            [
+                sparse_kd_loss(student(tokens).logits[0, where], ids, logprobs, ids >= 0).mean()
+                for tokens, where, ids, logprobs in batch
+            ]
+        ).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert all(math.isfinite(value) for value in losses)
+    return losses
 
 
 def test_top_logprobs_are_the_served_models_own_and_a_sparse_kd_step_trains_on_them(
@@ -182,11 +222,6 @@ def test_top_logprobs_are_the_served_models_own_and_a_sparse_kd_step_trains_on_t
     tokenizer = load_tokenizer(str(model))
     chain = [*tokenizer.convert_tokens_to_ids(list(PIECES)), tokenizer.eos_token_id]
     teacher = load_causal_lm(str(model)).eval()
-    student = load_causal_lm(str(model))
-    with torch.no_grad():
-        head = student.get_output_embeddings()
-        assert isinstance(head, torch.nn.Linear)
-        head.weight.add_(torch.randn(head.weight.shape, generator=torch.Generator().manual_seed(0)) * 3.0)
     batch = []
     for line in generated:
         targets = line["teacherLogprobs"]
@@ -209,20 +244,70 @@ def test_top_logprobs_are_the_served_models_own_and_a_sparse_kd_step_trains_on_t
     assert prompted == result.report["usage"]["promptTokens"], "the prompts as the server read them"
     # The served teacher is sure of each token (log p = 0, so the tail is TRL's clamp); a student with a
     # noisy head is not, and sparse KD on the stored targets alone brings it back.
-    optimizer = torch.optim.Adam(student.parameters(), lr=0.003)
-    losses = []
-    for _ in range(8):
-        loss = torch.stack(
-            [
-                sparse_kd_loss(
-                    student(tokens).logits[0, where], ids, logprobs, torch.ones_like(ids, dtype=torch.bool)
-                )
-                for tokens, where, ids, logprobs in batch
-            ]
-        ).mean()
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
-    assert all(math.isfinite(value) for value in losses)
+    losses = sparse_kd_steps(load_causal_lm(str(model)), batch)
+    assert losses[-1] < losses[0] / 10, losses
+
+
+ANSWERS = ("the weather in paris today", "hello there", "what is the weather")
+"""Answers the served model would never write (it writes its chain): scored where it is unsure."""
+
+
+def test_the_datas_own_answers_are_scored_by_the_served_model_and_sparse_kd_trains_on_them(
+    sglang_server: tuple[str, Path], tiny: TinyWorld, tmp_path: Path
+) -> None:
+    """scoreAnswers: SGLang's /v1/completions scores each record's answer, sent as the student's token ids
+    (the served model's own tokenizer); the stored top-k at every target the data pipeline trains on is the
+    model's log-softmax there (transformers on the same weights, fp32), and sparse KD on the samples the
+    pipeline builds from the file brings a perturbed copy towards it."""
+    _, model = sglang_server
+    result = generate(
+        sglang_server, tiny, tmp_path, tools=False, student=model, answers=ANSWERS, topLogprobs=TOP,
+        scoreAnswers=True,
+    )  # fmt: skip
+    generated = lines(result)
+    assert result.report["skipped"] == {} and len(generated) == len(QUESTIONS), "every answer maps"
+    assert [line["messages"][-1]["content"] for line in generated] == list(ANSWERS), "the data's answers"
+    tokenizer = load_tokenizer(str(model))
+    source = DataSource(path=str(result.path))
+    samples = load_samples(
+        source,
+        DataSpec(train=source, max_length=512, prompt_max_length=256),
+        tokenizer,
+        mode=Mode.SFT,
+        processes=1,
+        sparse_targets=True,
+    ).samples
+    assert len(samples) == len(ANSWERS), "the pipeline takes every record, its targets the scored tokens"
+    teacher = load_causal_lm(str(model)).eval()
+    batch, shares = [], []
+    for sample, line in zip(samples, generated, strict=True):
+        assert sample.teacher_top_ids is not None and sample.teacher_top_logprobs is not None
+        tokens = torch.tensor(sample.input_ids[None].astype(np.int64))
+        targets = torch.from_numpy(sample.target_mask[1:])
+        with torch.no_grad():
+            expected = torch.log_softmax(teacher(tokens).logits[0, :-1][targets].double(), -1)
+        top_ids = torch.from_numpy(sample.teacher_top_ids.astype(np.int64))
+        top_logprobs = torch.from_numpy(sample.teacher_top_logprobs)
+        named = top_ids >= 0
+        assert named.any(1).all(), "every target scored, the end of turn included"
+        assert top_ids.shape[1] <= TOP
+        # Ties (every token off the model's chain scores the same) come in any order, and SGLang cannot name
+        # a byte fragment of this tokenizer (left out): each stored token's log-probability is the model's
+        # for that token, and among its k largest.
+        torch.testing.assert_close(
+            top_logprobs[named], expected.gather(1, top_ids.clamp(min=0)).float()[named], atol=1e-3, rtol=0
+        )
+        kth = expected.topk(TOP, -1).values[:, -1:].float().expand_as(top_logprobs)
+        assert (top_logprobs[named] >= kth[named] - 1e-3).all()
+        shares.append(named.sum().item() / (named.shape[0] * TOP))
+        scored = torch.tensor(line["teacherLogprobs"]["ids"])
+        assert (scored == tokens[0, 1:][targets]).all()
+        chosen = expected.gather(1, scored[:, None])[:, 0].float()
+        torch.testing.assert_close(
+            torch.tensor(line["teacherLogprobs"]["logprobs"]), chosen, atol=1e-3, rtol=0
+        )
+        assert chosen.min() < -5.0, "the given answer, not the model's: it is unsure of some tokens"
+        batch.append((tokens, targets.nonzero()[:, 0], top_ids, top_logprobs))
+    assert sum(shares) / len(shares) > 0.9, f"SGLang names all but a few fragments: {shares}"
+    losses = sparse_kd_steps(load_causal_lm(str(model)), batch)
     assert losses[-1] < losses[0] / 10, losses
