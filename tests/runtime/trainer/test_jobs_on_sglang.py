@@ -51,6 +51,12 @@ def _steps(output: Path) -> list[dict]:
     return [record for record in records if record["kind"] == "train"]
 
 
+def _answers(output: Path, step: int) -> list[tuple[str, str]]:
+    """The step's sampled responses, the student's or the teacher's, each with the record it answers."""
+    lines = (output / "rollouts" / f"step-{step}.jsonl").read_text().splitlines()
+    return [(record["source"], record["response"]) for record in map(json.loads, lines)]
+
+
 def kill_teacher_engine(groups: Groups) -> None:
     """SIGKILL the SGLang scheduler processes of the teacher's engine (the actor's children): the engine
     crashes, as an out-of-memory kill or a kernel fault would end it."""
@@ -103,8 +109,9 @@ def test_on_policy_self_distillation_on_sglang_engines_trains_as_on_transformers
     losses = {backend: [step["loss"] for step in records] for backend, records in steps.items()}
     assert losses["sglang"] == pytest.approx(losses["transformers"], abs=LOSS_TOLERANCE)
     assert max(losses["transformers"]) > 1e-3, "the privileged teacher disagrees with the student"
-    # Greedy: the same answers, so as many targets each step; the teacher's 16 are cut at maxNewTokens.
-    targets = {backend: [step["targets"] for step in records] for backend, records in steps.items()}
-    assert targets["sglang"] == targets["transformers"]
-    teachers = [step for step in steps["sglang"] if not step["on_policy"]]
-    assert all(step["targets"] <= 16 * TINY_ROLLOUT["maxNewTokens"] for step in teachers)
+    for step, on_policy in enumerate(drawn, start=1):
+        answers = {backend: _answers(tmp_path / backend, step) for backend in steps}
+        assert answers["sglang"] == answers["transformers"], f"greedy: the same answers at step {step}"
+        # The student answers the batch's first 8 prompts twice each; the teacher each of its 16 records once.
+        records = [source for source, _ in answers["sglang"]]
+        assert len(records) == 16 and len(set(records)) == (8 if on_policy else 16), step
