@@ -27,6 +27,7 @@ from kubedistill.runtime.data.chat import (
     Encoded,
     Message,
     render_chat,
+    written_turn,
 )
 from kubedistill.runtime.data.errors import RecordProblem
 
@@ -92,6 +93,15 @@ def _lengths(
         return len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
     total = count(messages, not has_response)
+    if has_response and messages[-1]["role"] == "assistant":
+        written = written_turn(tokenizer, messages, tools, chat_format)
+        if written is not None:
+            # DeepSeek-R1's: the last answer is trained as the model writes it after the generation prompt,
+            # its thought included, which the chat's own rendering cuts (`encode_chat`). Measured without
+            # it, a long thought would seem to fit and the response be cut instead of the earliest turns.
+            total = count(messages[:-1], True) + len(
+                tokenizer(written, add_special_tokens=False)["input_ids"]
+            )
     return (count(messages[:first], True) if has_response else total), total
 
 

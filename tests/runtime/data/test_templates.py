@@ -201,6 +201,46 @@ def test_deepseek_r1_trains_each_answer_after_the_prompt_it_sends_with_earlier_a
     ]
 
 
+def test_deepseek_r1_drops_earlier_turns_to_fit_the_thought_it_trains_not_only_the_answer_it_renders(
+    tmp_path: Path, tokenizer: Any
+) -> None:
+    """A chat too long for maxLength loses its earliest turns before its response is cut; for DeepSeek-R1 the
+    length is the sample's, the last answer's thought included, which the template's rendering of the chat
+    cuts off."""
+    r1 = with_template(tokenizer, "deepseek_r1_distill")
+    thought = " ".join(["two and two make four"] * 12)
+    last = [
+        {"role": "user", "content": "And 4+4?"},
+        {"role": "assistant", "content": "8", "reasoning_content": thought},
+    ]
+    history = [
+        QUESTION,
+        {"role": "assistant", "content": "4"},
+        FOLLOW_UP,
+        {"role": "assistant", "content": "6"},
+    ]
+
+    def last_sample(messages: list[dict[str, Any]], **data: Any) -> Any:
+        source = write_jsonl(tmp_path / "train.jsonl", [{"messages": messages}])
+        limits = {"maxLength": 4096, "promptMaxLength": 4096, **data}
+        loaded = load_samples(source, spec(source, trainTurns="last", **limits), r1, mode=Mode.OFF_POLICY)
+        (sample,) = loaded.samples
+        return sample
+
+    one_turn_dropped = len(last_sample([SYSTEM, *history[2:], *last]).input_ids)
+    both_dropped = len(last_sample([SYSTEM, *last]).input_ids)
+    thought_tokens = len(r1(thought, add_special_tokens=False)["input_ids"])
+    assert one_turn_dropped - thought_tokens <= both_dropped < one_turn_dropped, (
+        "one turn dropped, the chat as rendered fits; the sample does not"
+    )
+    fitted = last_sample([SYSTEM, *history, *last], maxLength=both_dropped)
+    assert len(fitted.input_ids) == both_dropped
+    assert decoded_targets(r1, list(fitted.input_ids), list(fitted.target_mask)) == (
+        f"{thought}\n</think>\n\n8{R1_EOS}"
+    )
+    assert fitted.truncation.startswith("dropped its 4 earliest messages of 7"), fitted.truncation
+
+
 @pytest.mark.parametrize(
     "answer",
     ["<think>\ntwo and two\n</think>\n\n4", "two and two</think>4"],
