@@ -140,17 +140,8 @@ class SampleBuilder:
 
     @cached_property
     def chat_format(self) -> ChatFormat:
-        """The student's: spec.data.chatTemplate's text and chatTemplateKwargs (read once, before the
-        builder goes to worker processes)."""
-        template = None
-        if self.data.chat_template is not None:
-            try:
-                template = Path(self.data.chat_template).read_text(encoding="utf-8")
-            except (OSError, UnicodeDecodeError) as error:
-                raise SpecError(
-                    "spec.data.chatTemplate", f"cannot read the chat template file: {error}"
-                ) from error
-        return ChatFormat(template, dict(self.data.chat_template_kwargs))
+        """The student's (read once, before the builder goes to worker processes)."""
+        return student_chat_format(self.data)
 
     @property
     def _teacher_format(self) -> ChatFormat:
@@ -479,6 +470,19 @@ def _exchange_from_text(prompt: str, response: str | None, data: DataSpec) -> _E
     if response is not None:
         messages.append({"role": "assistant", "content": response})
     return _Exchange(messages=messages, first_response=1)
+
+
+def student_chat_format(data: DataSpec) -> ChatFormat:
+    """How the student's chats are rendered: spec.data.chatTemplate's text and chatTemplateKwargs."""
+    template = None
+    if data.chat_template is not None:
+        try:
+            template = Path(data.chat_template).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as error:
+            raise SpecError(
+                "spec.data.chatTemplate", f"cannot read the chat template file: {error}"
+            ) from error
+    return ChatFormat(template, dict(data.chat_template_kwargs))
 
 
 def _encode(

@@ -15,6 +15,7 @@ from kubedistill.api.generation import OWN_TEACHER_TEMPERATURE, OWN_TEACHER_TOP_
 from kubedistill.api.job import DistillationJob
 from kubedistill.api.spec import DataFormat, DataSource, Mode
 from kubedistill.runtime.data.chat import ChatFormat, encode_chat
+from kubedistill.runtime.data.tokenize import student_chat_format
 from kubedistill.runtime.generation.logprobs import Unmapped, scored_targets, sparse_targets, vocabulary_bytes
 from kubedistill.runtime.generation.prompts import Prompt, read_prompts
 from kubedistill.runtime.generation.store import (
@@ -164,13 +165,6 @@ def _student_vocabulary(job: DistillationJob) -> tuple[Any, dict[bytes, int | No
 
     tokenizer = load_tokenizer(student_tokenizer_path(job))
     return tokenizer, vocabulary_bytes(tokenizer)
-
-
-def _chat_format(job: DistillationJob) -> ChatFormat:
-    """The student's chat template and its variables, as training renders with them."""
-    data = job.spec.data
-    template = Path(data.chat_template).read_text(encoding="utf-8") if data.chat_template else None
-    return ChatFormat(template, dict(data.chat_template_kwargs))
 
 
 def with_sparse_targets(
@@ -328,7 +322,7 @@ def run_generation(
             shown = (progress.done, now)
 
     if generation.score_answers and to_student is not None:
-        chat_format = _chat_format(job)
+        chat_format = student_chat_format(job.spec.data)
         for prompt in list(todo):
             try:
                 chats[prompt.id] = scored_chat(prompt, to_student[0], chat_format)
