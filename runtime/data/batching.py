@@ -63,6 +63,18 @@ def balance(costs: Sequence[int], bins: int) -> list[list[int]]:
     return [sorted(indices) for indices in assigned]
 
 
+def groups_of(samples: Sequence[Sample]) -> list[list[Sample]]:
+    """The samples as the units batching never cuts: each run of consecutive samples with one `Sample.group`
+    id (a DPO pair, a GRPO prompt's answers), and each sample without one on its own."""
+    units: list[list[Sample]] = []
+    for sample in samples:
+        if units and sample.group is not None and units[-1][-1].group == sample.group:
+            units[-1].append(sample)
+        else:
+            units.append([sample])
+    return units
+
+
 def shard_micro_batches(
     samples: Sequence[Sample],
     ranks: int,
@@ -80,62 +92,93 @@ def shard_micro_batches(
     own. Otherwise each rank gets a contiguous `len / ranks` samples, cut into `micro_batch_size` pieces (the
     first ranks one more where they do not split evenly: an epoch's last, smaller batch).
 
+    A group of samples (`groups_of`: a loss over several sequences at once) is one unit throughout: it goes
+    whole to one rank and one micro-batch, in its order; `micro_batch_size` then counts the sequences of the
+    whole groups a micro-batch takes (at least one group), and a group's tokens are its cost and its size.
+
     Every rank gets the same number of micro-batches, padded with empty ones: FSDP2's collectives deadlock
     when one rank runs a forward the others do not. A rank must still take part in an empty micro-batch.
     """
     if ranks < 1:
         raise ValueError(f"ranks must be at least 1, got {ranks}")
+    units = groups_of(samples)
     if max_tokens is not None:
         per_rank = [
             (_first_fit if packed else _pack)(
-                sorted((samples[i] for i in shard), key=lambda s: -len(s.input_ids)), max_tokens
+                sorted((units[i] for i in shard), key=lambda unit: -_longest(unit)), max_tokens
             )
-            for shard in balance([len(s.input_ids) for s in samples], ranks)
+            for shard in balance([_tokens(unit) for unit in units], ranks)
         ]
     elif micro_batch_size is not None:
-        size, extra = divmod(len(samples), ranks)
+        size, extra = divmod(len(units), ranks)
         bounds = [r * size + min(r, extra) for r in range(ranks + 1)]
-        per_rank = [_chunks(samples[bounds[r] : bounds[r + 1]], micro_batch_size) for r in range(ranks)]
+        per_rank = [_chunks(units[bounds[r] : bounds[r + 1]], micro_batch_size) for r in range(ranks)]
     else:
         raise ValueError("set micro_batch_size or max_tokens")
     depth = max(len(batches) for batches in per_rank)
     return [batches + [[] for _ in range(depth - len(batches))] for batches in per_rank]
 
 
-def _chunks(samples: Sequence[Sample], size: int) -> list[list[Sample]]:
+def strided_micro_batches(samples: Sequence[Sample], ranks: int, size: int) -> list[list[list[Sample]]]:
+    """An evaluation's micro-batches, [rank][micro_batch]: the units (`groups_of`) dealt to the ranks in turn
+    and cut into micro-batches of `size` sequences as `shard_micro_batches` cuts them; every rank gets the same
+    number of micro-batches (FSDP2's collectives), short ranks empty ones."""
+    units = groups_of(samples)
+    per_rank = [_chunks(units[rank::ranks], size) for rank in range(ranks)]
+    depth = max(len(batches) for batches in per_rank)
+    return [batches + [[] for _ in range(depth - len(batches))] for batches in per_rank]
+
+
+def _tokens(unit: Sequence[Sample]) -> int:
+    return sum(len(sample.input_ids) for sample in unit)
+
+
+def _longest(unit: Sequence[Sample]) -> int:
+    return max(len(sample.input_ids) for sample in unit)
+
+
+def _chunks(units: Sequence[list[Sample]], size: int) -> list[list[Sample]]:
+    """Whole units, in order, into micro-batches of `size` sequences; a micro-batch takes one more unit while
+    it holds fewer than `size`, so a group larger than `size` is a micro-batch of its own."""
     if size < 1:
         raise ValueError(f"micro_batch_size must be at least 1, got {size}")
-    return [list(samples[start : start + size]) for start in range(0, len(samples), size)]
-
-
-def _pack(longest_first: list[Sample], max_tokens: int) -> list[list[Sample]]:
-    if max_tokens < 1:
-        raise ValueError(f"max_tokens must be at least 1, got {max_tokens}")
     batches: list[list[Sample]] = []
-    for sample in longest_first:
-        # Longest first, so the batch's first sample sets its padded width.
-        if batches and len(batches[-1][0].input_ids) * (len(batches[-1]) + 1) <= max_tokens:
-            batches[-1].append(sample)
+    for unit in units:
+        if batches and len(batches[-1]) + len(unit) <= size:
+            batches[-1].extend(unit)
         else:
-            batches.append([sample])
+            batches.append(list(unit))
     return batches
 
 
-def _first_fit(longest_first: list[Sample], max_tokens: int) -> list[list[Sample]]:
-    """Whole samples into rows of at most `max_tokens` tokens: no sample is ever cut across rows (the
+def _pack(longest_first: list[list[Sample]], max_tokens: int) -> list[list[Sample]]:
+    if max_tokens < 1:
+        raise ValueError(f"max_tokens must be at least 1, got {max_tokens}")
+    batches: list[list[Sample]] = []
+    for unit in longest_first:
+        # Longest first, so the batch's first unit sets its padded width.
+        if batches and _longest(batches[-1]) * (len(batches[-1]) + len(unit)) <= max_tokens:
+            batches[-1].extend(unit)
+        else:
+            batches.append(list(unit))
+    return batches
+
+
+def _first_fit(longest_first: list[list[Sample]], max_tokens: int) -> list[list[Sample]]:
+    """Whole units into rows of at most `max_tokens` tokens: no sample is ever cut across rows (the
     attention of a packed row stays within each sample, and a cut one would lose its beginning)."""
     if max_tokens < 1:
         raise ValueError(f"max_tokens must be at least 1, got {max_tokens}")
     batches: list[list[Sample]] = []
     loads: list[int] = []
-    for sample in longest_first:
-        length = len(sample.input_ids)
+    for unit in longest_first:
+        length = _tokens(unit)
         row = next((i for i, load in enumerate(loads) if load + length <= max_tokens), None)
         if row is None:
-            batches.append([sample])
+            batches.append(list(unit))
             loads.append(length)
         else:
-            batches[row].append(sample)
+            batches[row].extend(unit)
             loads[row] += length
     return batches
 

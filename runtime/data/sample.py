@@ -64,6 +64,10 @@ class Sample:
     """Sparse KD (spec.generation.topLogprobs): the hosted teacher's top-k at each target, in target order."""
     teacher_top_logprobs: TopLogprobs | None = None
     """Sparse KD: their log-probabilities."""
+    group: int | None = None
+    """Samples whose loss is one of their group's (a DPO pair, chosen then rejected; a GRPO prompt's answers)
+    share an id: a step's batching keeps a group consecutive, whole and in order in one micro-batch
+    (`data.batching.groups_of`). None: a sample on its own."""
 
     def __post_init__(self) -> None:
         for name, kind in SEQUENCES.items():

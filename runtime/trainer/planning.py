@@ -5,7 +5,6 @@ teacher actors to the student ranks; the trainer awaits them only when the step 
 teacher computes step N+1 while the students train step N (unless they share GPUs).
 """
 
-import math
 import time
 from collections import defaultdict, deque
 from collections.abc import Sequence
@@ -14,7 +13,7 @@ from dataclasses import dataclass, field, replace
 import ray
 
 from kubedistill.runtime.algorithms.base import Algorithm
-from kubedistill.runtime.data.batching import shard_micro_batches
+from kubedistill.runtime.data.batching import shard_micro_batches, strided_micro_batches
 from kubedistill.runtime.data.sample import Sample
 from kubedistill.runtime.student.batch import MicroBatch
 from kubedistill.runtime.student.group import RankWork
@@ -66,6 +65,7 @@ class Planner:
         self._groups = groups
         self._gpus = gpus
         self._extras = algorithm.micro_batch_extras
+        self._normalizer = algorithm.normalizer
         self._pad_id = pad_id
         self._micro_batch_size = micro_batch_size
         self._max_tokens = max_tokens_per_device
@@ -98,12 +98,7 @@ class Planner:
         """The eval set, strided over the ranks; every rank runs the same number of micro-batches (FSDP2
         collectives), so short ranks get empty ones."""
         ranks = self._groups.students.world_size // self._context
-        size = self._micro_batch_size
-        shares = [samples[rank::ranks] for rank in range(ranks)]
-        depth = max(math.ceil(len(share) / size) for share in shares)
-        (plan,) = self._lay_out(
-            [[[share[i * size : (i + 1) * size] for i in range(depth)] for share in shares]], [0.0]
-        )
+        (plan,) = self._lay_out([strided_micro_batches(samples, ranks, self._micro_batch_size)], [0.0])
         return plan
 
     def _lay_out(
@@ -139,7 +134,7 @@ class Planner:
     ) -> StepPlan:
         """Work for each data shard's ranks: a context group's ranks get the same micro-batches and teacher
         refs; the normaliser counts each shard's targets once."""
-        normalizer = sum(sample.num_targets for batches in shards for batch in batches for sample in batch)
+        normalizer = self._normalizer([sample for batches in shards for batch in batches for sample in batch])
         refs = {(shard, index): ref for (shard, index, _), ref in zip(requests, answers, strict=True)}
         shares = [
             RankWork(

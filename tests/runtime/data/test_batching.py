@@ -1,4 +1,5 @@
 import random
+from dataclasses import replace
 from collections import Counter
 
 import pytest
@@ -205,3 +206,42 @@ def test_without_a_token_budget_packing_keeps_the_micro_batch_size() -> None:
         samples_of([4] * 5), ranks=1, micro_batch_size=2, max_tokens=None, packed=True
     )
     assert names(shards[0]) == [["s0", "s1"], ["s2", "s3"], ["s4"]]
+
+
+def grouped(lengths: list[int], group_size: int) -> list[Sample]:
+    """Samples whose consecutive `group_size` share a group id (a DPO pair, a GRPO prompt's answers)."""
+    return [
+        replace(sample(f"g{i // group_size}.{i % group_size}", length), group=i // group_size)
+        for i, length in enumerate(lengths)
+    ]
+
+
+def groups_in(batches: list[list[list[Sample]]]) -> list[list[int | None]]:
+    return [[s.group for s in batch] for rank in batches for batch in rank]
+
+
+@pytest.mark.parametrize(
+    ("micro_batch_size", "max_tokens", "packed"),
+    [(3, None, False), (2, None, False), (None, 40, False), (None, 40, True)],
+)
+def test_a_group_goes_whole_and_in_order_to_one_micro_batch_of_one_rank(
+    micro_batch_size: int | None, max_tokens: int | None, packed: bool
+) -> None:
+    samples = grouped([9, 4, 12, 3, 5, 7, 16, 2, 6, 6, 8, 11], group_size=2)
+    batches = shard_micro_batches(samples, 2, micro_batch_size, max_tokens, packed)
+    for batch in (batch for rank in batches for batch in rank):
+        for group in {s.group for s in batch}:
+            members = [s.source for s in batch if s.group == group]
+            assert members == [f"g{group}.0", f"g{group}.1"], "both members, chosen first"
+    placed = sorted(s.source for rank in batches for batch in rank for s in batch)
+    assert placed == sorted(s.source for s in samples)
+
+
+def test_a_group_larger_than_the_micro_batch_size_is_a_micro_batch_of_its_own() -> None:
+    samples = grouped([5] * 8, group_size=4)
+    assert groups_in(shard_micro_batches(samples, 1, 3, None)) == [[0, 0, 0, 0], [1, 1, 1, 1]]
+
+
+def test_the_micro_batch_size_counts_the_sequences_of_whole_groups() -> None:
+    samples = grouped([5] * 8, group_size=2)
+    assert groups_in(shard_micro_batches(samples, 1, 4, None)) == [[0, 0, 1, 1], [2, 2, 3, 3]]
