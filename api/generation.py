@@ -102,8 +102,9 @@ def teacher_generates(spec: "DistillationJobSpec") -> bool:
 
 
 def runs_teacher(spec: "DistillationJobSpec") -> bool:
-    """Teacher engines run in the job: to give hidden states (every mode but sft), or to generate."""
-    return spec.mode != "sft" or teacher_generates(spec)
+    """Teacher engines run in the job: to give hidden states (every mode but sft and preference, whose
+    teacher only writes answers), or to generate."""
+    return spec.mode not in ("sft", "preference") or teacher_generates(spec)
 
 
 def answer_timeout_seconds(endpoint: EndpointSpec, max_new_tokens: int) -> float:

@@ -105,7 +105,10 @@ def _training_sources(spec: DistillationJobSpec) -> list[DataSource]:
 
 def _on_policy() -> str:
     """CEL twin of `DistillationJobSpec.on_policy`."""
-    return f"({value('mode')} == 'onPolicy' || ({value('mode')} == 'selfDistillation' && has(self.rollout)))"
+    return (
+        f"({value('mode')} == 'onPolicy' || {value('mode')} == 'reinforcement' "
+        f"|| ({value('mode')} == 'selfDistillation' && has(self.rollout)))"
+    )
 
 
 def _gpus_per_teacher_node(spec: DistillationJobSpec) -> int:

@@ -29,6 +29,8 @@ class Mode(StrEnum):
     ON_POLICY = "onPolicy"
     SELF_DISTILLATION = "selfDistillation"
     SFT = "sft"
+    PREFERENCE = "preference"
+    REINFORCEMENT = "reinforcement"
 
 
 class Backend(StrEnum):
@@ -248,6 +250,31 @@ class RolloutSpec(SpecModel):
     """Sequence-level KD (TRL GKD's seq_kd): the steps not drawn on-policy train on the teacher's answers to
     their prompts, sampled during training with this section's sampling settings, instead of the dataset's
     responses. Needs lmbda below 1 and one teacher (spec.teacher, not spec.teachers)."""
+
+
+class PreferenceSpec(SpecModel):
+    """Ranking-based distillation (mode preference): DPO on pairs of the teacher's answer (chosen) and the
+    student's own (rejected), against the initial student as the frozen reference."""
+
+    beta: Annotated[float, Field(gt=0.0)] = 0.1
+    """DPO's beta: how far the student may move from the reference to widen a pair's margin (TRL's
+    default)."""
+
+
+class Reward(StrEnum):
+    TEACHER_LIKELIHOOD = "teacherLikelihood"
+    """A sample's reward is the job's teacher's mean log-probability per answer token, computed exactly on
+    the student ranks from the teacher's hidden states and its output head."""
+
+
+class ReinforcementSpec(SpecModel):
+    """RL-based distillation (mode reinforcement): GRPO on the student's own samples, the teacher as the
+    reward, with a KL penalty to the initial student as the frozen reference."""
+
+    kl_coef: Annotated[float, Field(ge=0.0)] = 0.04
+    """Weight of the per-token KL to the reference (GRPO's beta); 0 drops it."""
+    reward: Reward = Reward.TEACHER_LIKELIHOOD
+    """How the teacher judges a sample."""
 
 
 class DistillationSpec(SpecModel):
@@ -537,7 +564,9 @@ class DistillationJobSpec(SpecModel):
     mode: Mode = Mode.OFF_POLICY
     """offPolicy distills on dataset responses, onPolicy on the student's own samples, selfDistillation from
     the student's own (earlier or averaged) weights (on dataset responses, or on the student's own samples
-    with a rollout section), sft trains on the data alone."""
+    with a rollout section), sft trains on the data alone, preference by DPO on pairs of the teacher's
+    answer over the student's own, reinforcement by GRPO on the student's own samples with the teacher's
+    judgement as the reward."""
     teacher: TeacherSpec | None = None
     """The teacher; required for offPolicy and onPolicy, optional for selfDistillation, absent for sft (unless
     it generates the training responses, spec.generation)."""
@@ -549,6 +578,10 @@ class DistillationJobSpec(SpecModel):
     rollout: RolloutSpec | None = None
     """Generation of on-policy samples: required for onPolicy; with selfDistillation, the student learns
     from its own samples too (on-policy self-distillation); not allowed otherwise."""
+    preference: PreferenceSpec | None = None
+    """Settings of mode preference (DPO); its defaults when left out."""
+    reinforcement: ReinforcementSpec | None = None
+    """Settings of mode reinforcement (GRPO); its defaults when left out."""
     generation: GenerationSpec | None = None
     """Responses to the training prompts written by a teacher (the job's own or an OpenAI-compatible
     endpoint) before training, then trained on with sft, or offPolicy with the job's own teacher."""
@@ -605,7 +638,7 @@ class DistillationJobSpec(SpecModel):
         """Whether the student trains on its own samples (onPolicy, or selfDistillation with a rollout
         section) rather than on the dataset's responses."""
         sampled_self_distillation = self.mode == Mode.SELF_DISTILLATION and self.rollout is not None
-        return self.mode == Mode.ON_POLICY or sampled_self_distillation
+        return self.mode in (Mode.ON_POLICY, Mode.REINFORCEMENT) or sampled_self_distillation
 
     @property
     def mixes_policies(self) -> bool:

@@ -5,6 +5,7 @@ and checkpointed with the student; it runs inside the FSDP2 root module's forwar
 output head is unsharded.
 """
 
+import importlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar
@@ -12,7 +13,7 @@ from typing import TYPE_CHECKING, ClassVar
 from torch import Tensor, nn
 
 from kubedistill.api.registry import ALGORITHM_GROUP
-from kubedistill.api.spec import DistillationSpec
+from kubedistill.api.spec import DistillationJobSpec, DistillationSpec, Mode, PreferenceSpec
 from kubedistill.runtime.losses.config import KDConfig
 from kubedistill.runtime.losses.output import LossOutput
 from kubedistill.runtime.losses.registry import Registry
@@ -52,6 +53,8 @@ class AlgorithmContext:
     """Path of the teacher model, for algorithms that read more of it than the output head."""
     distillation: DistillationSpec = field(default_factory=DistillationSpec)
     """The job's spec.distillation, for settings of an algorithm's own (e.g. dskdTokenAlign)."""
+    preference: PreferenceSpec = field(default_factory=PreferenceSpec)
+    """The job's spec.preference (DPO's beta), its defaults where the manifest leaves it out."""
 
 
 class Algorithm(nn.Module):
@@ -65,6 +68,15 @@ class Algorithm(nn.Module):
     sparse_targets: ClassVar[bool] = False
     """The algorithm trains on a hosted teacher's stored top-k log-probabilities: every sample carries its
     record's `teacherLogprobs` (`Sample.teacher_top_ids`)."""
+
+    needs_reference: ClassVar[bool] = False
+    """The loss compares the student with its frozen initial self (DPO, GRPO): each rank keeps the initial
+    values of its trainable parameters and, before a step's forward passes, scores every micro-batch under
+    them; `LossInputs.extras["reference_logprobs"]` is then the reference's log-probability of each label."""
+
+    figure_names: ClassVar[tuple[str, ...]] = ()
+    """Names of the scalar sums every `LossOutput.figures` holds (snake_case, as metrics.jsonl's keys): the
+    worker adds them up over micro-batches and ranks, and `summarize` turns them into the step's figures."""
 
     def __init__(self, context: AlgorithmContext) -> None:
         super().__init__()
@@ -83,9 +95,39 @@ class Algorithm(nn.Module):
         del samples
         return {}
 
+    @classmethod
+    def normalizer(cls, samples: "list[Sample]") -> int:
+        """What every rank's loss of a step is divided by, from the step's samples: their targets (a mean over
+        the global batch's tokens), unless the loss is a mean over something else (DPO's pairs)."""
+        return sum(sample.num_targets for sample in samples)
+
+    @classmethod
+    def summarize(cls, sums: Mapping[str, float]) -> dict[str, float]:
+        """The step's figures (metrics.jsonl, /metrics' records, the trackers) from the sums of
+        `figure_names` over the whole step; one named `loss` stands for the record's loss."""
+        del sums
+        return {}
+
     def forward(self, inputs: LossInputs) -> LossOutput:
         raise NotImplementedError
 
 
 ALGORITHMS: Registry[type[Algorithm]] = Registry(ALGORITHM_GROUP, "algorithm")
 register_algorithm = ALGORITHMS.register
+
+MODE_ALGORITHMS = {
+    Mode.PREFERENCE: ("kubedistill.runtime.algorithms.dpo", "DPO"),
+    Mode.REINFORCEMENT: ("kubedistill.runtime.algorithms.grpo", "GRPO"),
+}
+"""The modes whose loss is their own, not a choice of spec.distillation.algorithm (a rule leaves that at its
+default for them); imported when asked, as the registry loads its entries."""
+
+
+def algorithm_for(spec: DistillationJobSpec) -> type[Algorithm]:
+    """The algorithm a job trains with: its mode's own (preference: DPO, reinforcement: GRPO), else the
+    registered spec.distillation.algorithm."""
+    if spec.mode in MODE_ALGORITHMS:
+        module, name = MODE_ALGORITHMS[spec.mode]
+        algorithm: type[Algorithm] = getattr(importlib.import_module(module), name)
+        return algorithm
+    return ALGORITHMS.get(spec.distillation.algorithm)

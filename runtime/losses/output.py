@@ -1,6 +1,7 @@
 """What a distillation loss returns, whichever implementation computed it."""
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -23,6 +24,8 @@ class LossOutput:
     """Detached [N]: each position's divergence, 0 where masked, summing to `kd_sum`; None without a
     teacher, and from an algorithm whose divergence is not one per student position (the cross-tokenizer
     ones: theirs is over aligned positions or projected spaces)."""
+    figures: Mapping[str, Tensor] = field(default_factory=dict)
+    """Detached scalar sums of the algorithm's own figures (`Algorithm.figure_names`) over this call."""
 
 
 def per_sample_means(

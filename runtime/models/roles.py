@@ -6,7 +6,9 @@ from kubedistill.runtime.losses.config import KDConfig
 
 
 def has_teacher(job: DistillationJob) -> bool:
-    return job.spec.mode != Mode.SFT
+    """Whether teacher engines give hidden states in training: not in sft, nor in preference, whose
+    teacher only writes the chosen answers before training (its reference is the student's own)."""
+    return job.spec.mode not in (Mode.SFT, Mode.PREFERENCE)
 
 
 def teacher_spec(job: DistillationJob) -> TeacherSpec:
@@ -31,10 +33,10 @@ def teacher_model_path(job: DistillationJob) -> str | None:
 def kd_config(job: DistillationJob) -> KDConfig:
     """The loss settings; sft trains on the data alone (kdRatio 0), unless its algorithm distils the stored
     log-probabilities of a hosted teacher (sparseKd)."""
-    from kubedistill.runtime.algorithms.base import ALGORITHMS  # the algorithms import the losses' config
+    from kubedistill.runtime.algorithms.base import algorithm_for  # the algorithms import the losses' config
 
     config = KDConfig.from_spec(job.spec.distillation)
-    if not has_teacher(job) and not ALGORITHMS.get(job.spec.distillation.algorithm).sparse_targets:
+    if not has_teacher(job) and not algorithm_for(job.spec).sparse_targets:
         return KDConfig(**{**config.__dict__, "kd_ratio": 0.0})
     return config
 

@@ -1,5 +1,5 @@
-"""A student rank's part of a checkpoint: its DCP shards of the model, the optimizer and the
-self-distillation teacher's weights, and its own schedule and RNG state (`rank-N.pt`).
+"""A student rank's part of a checkpoint: its DCP shards of the model, the optimizer, the
+self-distillation teacher's weights and the frozen reference's (DPO, GRPO), and its own schedule and RNG state (`rank-N.pt`).
 
 The driver's side (atomic commits, retention, `trainer.json`) is `kubedistill.runtime.trainer.checkpoints`.
 """
@@ -22,23 +22,35 @@ from torch.distributed.checkpoint.state_dict_saver import save as dcp_save
 
 from kubedistill.runtime.student.module import DistillationModule
 from kubedistill.runtime.student.optimizer import StudentOptimizer
+from kubedistill.runtime.student.reference import ReferenceWeights
 from kubedistill.runtime.student.teacher_weights import TeacherWeights
 
 
 class RankCheckpointer:
     def __init__(
-        self, module: DistillationModule, optimizer: StudentOptimizer, teacher: TeacherWeights, rank: int
+        self,
+        module: DistillationModule,
+        optimizer: StudentOptimizer,
+        teacher: TeacherWeights,
+        reference: ReferenceWeights,
+        rank: int,
     ) -> None:
         self._module = module
         self._optimizer = optimizer
         self._teacher = teacher
+        self._reference = reference
         self._rank = rank
 
     def save(self, directory: str) -> None:
         """Write this rank's shards and its schedule and RNG state into `directory` (collective)."""
         model_state, optimizer_state = get_state_dict(self._module, self._optimizer.optimizer)
         dcp_save(
-            {"model": model_state, "optimizer": optimizer_state, "teacher": self._teacher.tensors},
+            {
+                "model": model_state,
+                "optimizer": optimizer_state,
+                "teacher": self._teacher.tensors,
+                "reference": self._reference.tensors,
+            },
             checkpoint_id=directory,
         )
         torch.save(
@@ -49,7 +61,12 @@ class RankCheckpointer:
 
     def load(self, directory: str) -> None:
         model_state, optimizer_state = get_state_dict(self._module, self._optimizer.optimizer)
-        state = {"model": model_state, "optimizer": optimizer_state, "teacher": self._teacher.tensors}
+        state = {
+            "model": model_state,
+            "optimizer": optimizer_state,
+            "teacher": self._teacher.tensors,
+            "reference": self._reference.tensors,
+        }
         dcp_load(state, checkpoint_id=directory)
         set_state_dict(
             self._module,

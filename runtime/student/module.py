@@ -15,8 +15,10 @@ from torch.distributed import ProcessGroup
 from transformers import PreTrainedModel
 
 from kubedistill.api.job import DistillationJob
-from kubedistill.runtime.algorithms.base import ALGORITHMS, Algorithm, AlgorithmContext, LossInputs
+from kubedistill.api.spec import PreferenceSpec
+from kubedistill.runtime.algorithms.base import Algorithm, AlgorithmContext, LossInputs, algorithm_for
 from kubedistill.runtime.losses.fused import top1_agreements
+from kubedistill.runtime.losses.label_logprobs import label_logprobs
 from kubedistill.runtime.losses.mixture import TeacherMixture
 from kubedistill.runtime.losses.output import LossOutput, per_sample_means
 from kubedistill.runtime.models.loading import compute_dtype, load_causal_lm, load_lm_head_weight
@@ -58,6 +60,8 @@ class ForwardOutput:
     sample_divergences: list[float | None] = field(default_factory=list)
     """Each sample's mean divergence over its targets, in the micro-batch's order of samples; None where
     the algorithm gives no divergence per position (`LossOutput.kd_per_position`)."""
+    label_logprobs: torch.Tensor | None = None
+    """[targets] the weights' log-probability of each label, when asked (`score_labels`) instead of a loss."""
 
 
 class DistillationModule(nn.Module):
@@ -91,12 +95,22 @@ class DistillationModule(nn.Module):
         teacher_hidden: torch.Tensor | None,
         normalizer: float,
         measure_agreement: bool = False,
+        score_labels: bool = False,
     ) -> ForwardOutput:
+        """The algorithm's loss of the micro-batch; `score_labels`: each label's log-probability under the
+        weights instead (the reference's turn, `ReferenceWeights.swapped`), asked through this same call
+        because the FSDP2 root's forward is what gathers the output head."""
         started = time.perf_counter()
         hidden = self.student_hidden_states(batch)
         backbone_done = time.perf_counter()
         selected = hidden[batch.rows.to(hidden.device), batch.columns.to(hidden.device)]
         head = self.output_head()
+        if score_labels:
+            scores = label_logprobs(
+                selected, head, batch.labels.to(selected.device), self.algorithm.context.config.chunk_size
+            )
+            zero = scores.new_zeros(())
+            return ForwardOutput(LossOutput(zero, zero, zero, 0), 0, label_logprobs=scores)
         teacher = None if teacher_hidden is None else teacher_hidden.to(selected.device)
         output = self.algorithm(
             LossInputs(
@@ -204,7 +218,7 @@ def build_module(job: DistillationJob, device: torch.device, world_size: int) ->
     teacher_path = teacher_model_path(job)
     teacher_head, teachers = _teacher_heads(job, dtype)
     teacher_head = None if teacher_head is None else teacher_head.to(device)
-    algorithm = ALGORITHMS.get(spec.distillation.algorithm)(
+    algorithm = algorithm_for(spec)(
         AlgorithmContext(
             config=replace(kd_config(job), teachers=teachers),
             student_hidden_size=int(language_config(student.config).hidden_size),
@@ -213,6 +227,7 @@ def build_module(job: DistillationJob, device: torch.device, world_size: int) ->
             teacher_tokenizer=teacher_tokenizer_path(job),
             teacher_model=teacher_path,
             distillation=spec.distillation,
+            preference=spec.preference or PreferenceSpec(),
         )
     )
     algorithm.initialise(output_embeddings(student).weight, teacher_head)

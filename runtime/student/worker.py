@@ -6,8 +6,8 @@ A plain object (the Ray actor around it only resolves object refs), so it runs i
 
 import math
 import time
-from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -27,6 +27,7 @@ from kubedistill.runtime.student.offload import StudentState, move_student
 from kubedistill.runtime.student.optimizer import OptimizerPlace, StudentOptimizer
 from kubedistill.runtime.student.parallelize import process_group_backend
 from kubedistill.runtime.student.publish import WeightPublisher
+from kubedistill.runtime.student.reference import ReferenceWeights
 from kubedistill.runtime.student.teacher_weights import TeacherWeights
 
 
@@ -61,6 +62,8 @@ class StepStats:
     sample_divergences: tuple[tuple[float | None, ...], ...] = ()
     """This rank's micro-batches' per-sample mean divergences (`ForwardOutput.sample_divergences`), under
     the weights this step trains; the group puts every rank's together (`StudentActorGroup.step_result`)."""
+    figures: dict[str, float] = field(default_factory=dict)
+    """The algorithm's own sums (`Algorithm.figure_names`) over the whole step, every rank's."""
 
     def timings(self) -> dict[str, float]:
         """Every `*_seconds` figure, by name: where rank 0's step went."""
@@ -73,6 +76,8 @@ class EvalStats:
     ce_sum: float
     num_targets: int
     agreements: int
+    figures: dict[str, float] = field(default_factory=dict)
+    """The algorithm's own sums (`Algorithm.figure_names`) over the whole evaluation, every rank's."""
 
 
 @dataclass(frozen=True)
@@ -112,6 +117,7 @@ class StudentWorker:
             self.device,
         )
         self.teacher = TeacherWeights(job, self.module.student)
+        self.reference = ReferenceWeights(self.module.student, keeps=self.module.algorithm.needs_reference)
         self.publisher = WeightPublisher(
             self.module,
             self.teacher,
@@ -120,17 +126,21 @@ class StudentWorker:
             compute_dtype(spec.training.precision),
             self.device,
         )
-        self.checkpointer = RankCheckpointer(self.module, self.optimizer, self.teacher, address.rank)
+        self.checkpointer = RankCheckpointer(
+            self.module, self.optimizer, self.teacher, self.reference, address.rank
+        )
 
     # -- training -------------------------------------------------------------------------------------------
 
     def train_step(
         self, micro_batches: list[MicroBatch], teacher_hidden: list[torch.Tensor | None], normalizer: int
     ) -> StepStats:
+        micro_batches = self._with_reference(micro_batches)
         self.module.train()
         module = self.module
         assert isinstance(module, FSDPModule), "build_module shards the root"
         sums = torch.zeros(4, dtype=torch.float64)
+        figures = torch.zeros(len(self._figure_names), dtype=torch.float64)
         # FSDP2 averages gradients over ranks, while the loss is already normalised by the global batch's
         # token count: scaling by the world size makes the reduced gradient the global batch's.
         scale = float(self.address.world_size)
@@ -167,15 +177,16 @@ class StudentWorker:
                 [output.kd_sum.item(), output.ce_sum.item(), output.num_tokens, batch.num_tokens],
                 dtype=torch.float64,
             )
+            figures += self._figures(output.figures)
         if group is not None:
             divergences = list(group_sample_divergences(chunks, divergences, group))
         computed = time.perf_counter()
         gradients = LocalGradients.of(self.module.parameters(), self.address.world_size)
         # The loss sums and the gradients' squared norm in one all-reduce: each collective is a point where
         # every rank waits for the slowest.
-        reduced = torch.cat([sums, gradients.square_sum().reshape(1)])
+        reduced = torch.cat([sums, gradients.square_sum().reshape(1), figures])
         dist.all_reduce(reduced)
-        sums, grad_norm = reduced[:4], math.sqrt(float(reduced[4]))
+        sums, grad_norm, figures = reduced[:4], math.sqrt(float(reduced[4])), reduced[5:]
         gradients.clip_(grad_norm, self.job.spec.training.max_grad_norm)
         learning_rate = self.optimizer.learning_rate
         finite = math.isfinite(grad_norm) and bool(torch.isfinite(sums).all())
@@ -202,6 +213,7 @@ class StudentWorker:
             backward_seconds=backward,
             optimizer_seconds=time.perf_counter() - computed,
             sample_divergences=tuple(divergences),
+            figures=dict(zip(self._figure_names, figures.tolist(), strict=True)),
         )
 
     def move_training_state(self, place: OptimizerPlace, parts: frozenset[StudentState]) -> None:
@@ -211,8 +223,9 @@ class StudentWorker:
     def evaluate(
         self, micro_batches: list[MicroBatch], teacher_hidden: list[torch.Tensor | None], normalizer: int
     ) -> EvalStats:
+        micro_batches = self._with_reference(micro_batches)
         self.module.eval()
-        sums = torch.zeros(4, dtype=torch.float64)
+        sums = torch.zeros(4 + len(self._figure_names), dtype=torch.float64)
         group = self.module.context_group
         for batch, hidden in zip(micro_batches, teacher_hidden, strict=True):
             if group is not None:
@@ -220,14 +233,55 @@ class StudentWorker:
                 batch, hidden = rank_share(batch, hidden, group)
             output = self.module(batch, hidden, float(normalizer), measure_agreement=True)
             loss = output.loss
-            sums += torch.tensor(
-                [loss.kd_sum.item(), loss.ce_sum.item(), loss.num_tokens, output.agreements],
-                dtype=torch.float64,
+            sums += torch.cat(
+                [
+                    torch.tensor(
+                        [loss.kd_sum.item(), loss.ce_sum.item(), loss.num_tokens, output.agreements],
+                        dtype=torch.float64,
+                    ),
+                    self._figures(loss.figures),
+                ]
             )
         dist.all_reduce(sums)
         return EvalStats(
-            kd_sum=float(sums[0]), ce_sum=float(sums[1]), num_targets=int(sums[2]), agreements=int(sums[3])
+            kd_sum=float(sums[0]),
+            ce_sum=float(sums[1]),
+            num_targets=int(sums[2]),
+            agreements=int(sums[3]),
+            figures=dict(zip(self._figure_names, sums[4:].tolist(), strict=True)),
         )
+
+    # -- the algorithm's own parts ---------------------------------------------------------------------------
+
+    @property
+    def _figure_names(self) -> Sequence[str]:
+        return self.module.algorithm.figure_names
+
+    def _figures(self, given: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """One micro-batch's figures in `figure_names`' order (a name it does not give counts 0)."""
+        return torch.tensor(
+            [float(given[name]) if name in given else 0.0 for name in self._figure_names], dtype=torch.float64
+        )
+
+    @torch.no_grad()
+    def _with_reference(self, micro_batches: list[MicroBatch]) -> list[MicroBatch]:
+        """With a frozen reference (`Algorithm.needs_reference`): each micro-batch with the reference's
+        log-probability of its labels (`extras["reference_logprobs"]`), scored under the kept weights before
+        the step's own forward passes. Every rank scores all its micro-batches, placeholders included, so the
+        ranks' FSDP2 collectives pair up."""
+        if not self.reference.kept:
+            return micro_batches
+        training = self.module.training
+        self.module.eval()
+        scored = []
+        with self.reference.swapped(self.module):
+            for batch in micro_batches:
+                output = self.module(batch, None, 1.0, score_labels=True)
+                assert output.label_logprobs is not None, "score_labels asks for them"
+                scores = output.label_logprobs.detach().to(torch.float32).cpu()
+                scored.append(replace(batch, extras={**batch.extras, "reference_logprobs": scores}))
+        self.module.train(training)
+        return scored
 
     # -- the other parts, for the actor ----------------------------------------------------------------------
 
@@ -250,6 +304,8 @@ class StudentWorker:
 
     def load_weights(self, directory: str) -> None:
         self.checkpointer.load_weights(directory)
+        # A job started from another job's student refers to that student, not to spec.student.model.
+        self.reference.take_student()
 
     def export(self, directory: str) -> None:
         processor = Path(self.job.spec.student.model) / "preprocessor_config.json"

@@ -26,7 +26,7 @@ from kubedistill.api import telemetry
 from kubedistill.api.job import DistillationJob, SpecError
 from kubedistill.api.placement import Role
 from kubedistill.api.spec import DataSource, Mode
-from kubedistill.runtime.algorithms.base import ALGORITHMS, Algorithm
+from kubedistill.runtime.algorithms.base import Algorithm, algorithm_for
 from kubedistill.runtime.cluster.placement import ClusterView
 from kubedistill.runtime.data.cache import CACHE_FOLDER
 from kubedistill.runtime.data.errors import BadRecord
@@ -142,7 +142,7 @@ class Trainer:
         self.options = options
         self.spec = job.spec
         self.tokenizer = load_tokenizer(student_tokenizer_path(job))
-        self.algorithm = ALGORITHMS.get(self.spec.distillation.algorithm)
+        self.algorithm = algorithm_for(self.spec)
         if self.spec.student.context_parallel > 1 and any(
             "micro_batch_extras" in vars(cls) for cls in self.algorithm.__mro__ if cls is not Algorithm
         ):
@@ -658,10 +658,12 @@ class Training:
         kd_loss = stats.kd_sum / targets
         ce_loss = stats.ce_sum / targets
         itemsize = compute_dtype(self.spec.training.precision).itemsize
+        figures = self.trainer.algorithm.summarize(stats.figures)
+        loss = figures.pop("loss", (1.0 - self.kd.kd_ratio) * ce_loss + self.kd.kd_ratio * kd_loss)
         return TrainRecord(
             step=step,
             epoch=epoch,
-            loss=(1.0 - self.kd.kd_ratio) * ce_loss + self.kd.kd_ratio * kd_loss,
+            loss=loss,
             kd_loss=kd_loss,
             ce_loss=ce_loss,
             grad_norm=stats.grad_norm,
@@ -678,6 +680,7 @@ class Training:
             on_policy=on_policy,
             transfer_bytes=plan.teacher_positions * self.groups.teacher.hidden_size * itemsize,
             timings=stats.timings(),
+            figures=figures,
         )
 
     # -- evaluation, checkpoints, recovery ------------------------------------------------------------------
@@ -814,6 +817,7 @@ def eval_record(job: DistillationJob, step: int, stats: EvalStats) -> EvalRecord
         eval_kd_divergence=stats.kd_sum / targets if teacher else None,
         eval_teacher_agreement=stats.agreements / targets if teacher else None,
         eval_tokens=stats.num_targets,
+        figures=algorithm_for(job.spec).summarize(stats.figures),
     )
 
 

@@ -15,7 +15,8 @@ from pathlib import Path
 
 from kubedistill.api import telemetry
 from kubedistill.api.job import DistillationJob
-from kubedistill.api.spec import Attention, Backend, DistillationJobSpec, Mode
+from kubedistill.api.generation import runs_teacher
+from kubedistill.api.spec import Attention, Backend, DistillationJobSpec
 
 HUB_TIMEOUT_SECONDS = 10.0
 RAY_CONNECT_TIMEOUT_SECONDS = 10.0
@@ -154,7 +155,7 @@ def kernel_problems(job: DistillationJob, cuda: bool | None, installed: Callable
 def _auto_engines(spec: DistillationJobSpec) -> bool:
     """Whether an engine of the job picks its backend where it runs (auto)."""
     teachers = [spec.teacher] if spec.teacher is not None else spec.teachers or []
-    teacher = spec.mode != Mode.SFT and any(one.backend == Backend.AUTO for one in teachers)
+    teacher = runs_teacher(spec) and any(one.backend == Backend.AUTO for one in teachers)
     rollout = spec.rollout is not None and spec.rollout.backend == Backend.AUTO
     return teacher or rollout
 

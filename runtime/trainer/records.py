@@ -45,11 +45,14 @@ class TrainRecord:
     the two, step by step, when spec.rollout.lmbda mixes them)."""
     timings: dict[str, float] = field(default_factory=dict)
     """Rank 0's breakdown of its step (`StepStats.timings`): compute, backbone, loss, optimizer..."""
+    figures: dict[str, float] = field(default_factory=dict)
+    """The algorithm's own figures of the step (`Algorithm.summarize`: GRPO's reward, DPO's margin...)."""
 
     def to_json(self) -> dict[str, Any]:
         fields = asdict(self)
         timings = fields.pop("timings")
-        return {"kind": self.kind, **fields, **timings}
+        figures = fields.pop("figures")
+        return {"kind": self.kind, **fields, **timings, **figures}
 
 
 @dataclass(frozen=True)
@@ -61,9 +64,13 @@ class EvalRecord:
     """None in a job without a teacher."""
     eval_teacher_agreement: float | None
     eval_tokens: int
+    figures: dict[str, float] = field(default_factory=dict)
+    """The algorithm's own figures over the eval set (`Algorithm.summarize`), each as `eval_<name>`."""
 
     def to_json(self) -> dict[str, Any]:
-        return {"kind": self.kind, **asdict(self)}
+        fields = asdict(self)
+        figures = fields.pop("figures")
+        return {"kind": self.kind, **fields, **{f"eval_{name}": value for name, value in figures.items()}}
 
 
 @dataclass(frozen=True)
