@@ -124,6 +124,9 @@ class DistillationJobStatus(SpecModel):
     tracker_urls: Annotated[dict[str, str] | None, Field(alias="trackerURLs")] = None
     """The page of the job's run in each experiment tracker that has one (spec.tracking: mlflow, wandb
     online), by tracker."""
+    figures: dict[str, float] | None = None
+    """The last step's figures of the job's own loss, by name: GRPO's (mode reinforcement) reward, its
+    spread and the KL to the reference; DPO's (mode preference) margin and accuracy."""
     ray_job_name: str | None = None
     """The job's RayJob: its name is derived from the job's (cut to KubeRay's 47 characters with a hash)."""
     config_map_name: str | None = None

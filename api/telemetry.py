@@ -110,6 +110,14 @@ TRACKER_RUN = Metric(
 )
 """Labelled with `TRACKER_LABELS` besides `LABELS`: one series a tracker (three at most), its URL fixed for
 the run, like a build_info metric. Not in `ALL`, whose series carry `LABELS` alone."""
+STEP_FIGURE = Metric(
+    "kubedistill_step_figure",
+    Kind.GAUGE,
+    "An algorithm's own figure of the last step, by name (GRPO's reward, DPO's margin and accuracy).",
+)
+"""Labelled with `FIGURE_LABEL` besides `LABELS`: one series a name of the job's algorithm's figures (a
+handful, fixed by the algorithm: `Algorithm.figure_names`). Not in `ALL`, whose series carry `LABELS` alone."""
+FIGURE_LABEL = "figure"
 TRACKER_LABEL = "tracker"
 URL_LABEL = "url"
 TRACKER_LABELS = (TRACKER_LABEL, URL_LABEL)

@@ -48,7 +48,9 @@ def scrape_session(resolver: AbstractResolver | None = None) -> aiohttp.ClientSe
     return aiohttp.ClientSession(connector=connector)
 
 
-def parse_progress(text: str, *, namespace: str, job: str) -> dict[str, int | float | dict[str, str]]:
+def parse_progress(
+    text: str, *, namespace: str, job: str
+) -> dict[str, int | float | dict[str, str] | dict[str, float]]:
     """The status fields (by their Python names) found in a `/metrics` page; samples labelled for another
     job are skipped.
 
@@ -56,11 +58,15 @@ def parse_progress(text: str, *, namespace: str, job: str) -> dict[str, int | fl
     loss) are left out: JSON cannot carry them and the previous value is more useful.
     """
     wanted = {telemetry.NAMESPACE_LABEL: namespace, telemetry.JOB_LABEL: job}
-    fields: dict[str, int | float | dict[str, str]] = {}
+    fields: dict[str, int | float | dict[str, str] | dict[str, float]] = {}
     urls: dict[str, str] = {}
+    figures: dict[str, float] = {}
     for family in text_string_to_metric_families(text):
         if family.name == telemetry.TRACKER_RUN.name:
             urls |= _tracker_urls(family.samples, wanted)
+            continue
+        if family.name == telemetry.STEP_FIGURE.name:
+            figures |= _figures(family.samples, wanted)
             continue
         if family.name not in STATUS_FIELDS:
             continue
@@ -73,7 +79,22 @@ def parse_progress(text: str, *, namespace: str, job: str) -> dict[str, int | fl
             fields[field] = int(sample.value) if is_count else float(sample.value)
     if urls:
         fields["tracker_urls"] = urls
+    if figures:
+        fields["figures"] = figures
     return fields
+
+
+def _figures(samples: Iterable[Sample], wanted: Mapping[str, str]) -> dict[str, float]:
+    """The algorithm's figures of the last step (`kubedistill_step_figure{figure}`) of this job, by name."""
+    figures: dict[str, float] = {}
+    for sample in samples:
+        labels = sample.labels
+        if any(labels.get(key) != value for key, value in wanted.items()) or not math.isfinite(sample.value):
+            continue
+        name = labels.get(telemetry.FIGURE_LABEL)
+        if name:
+            figures[name] = float(sample.value)
+    return figures
 
 
 def _tracker_urls(samples: Iterable[Sample], wanted: Mapping[str, str]) -> dict[str, str]:
@@ -91,7 +112,7 @@ def _tracker_urls(samples: Iterable[Sample], wanted: Mapping[str, str]) -> dict[
 
 def with_progress(
     status: Mapping[str, Any],
-    fields: Mapping[str, int | float | dict[str, str]],
+    fields: Mapping[str, int | float | dict[str, str] | dict[str, float]],
     *,
     url: str,
     generation: int | None,

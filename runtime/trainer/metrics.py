@@ -84,6 +84,15 @@ class TrainerMetrics:
             self._tracker_runs = Gauge(metric.name, metric.help, labels, registry=self.registry)
         self._tracker_runs.labels(**self._labels, tracker=tracker, url=url).set(1)
 
+    def set_figure(self, name: str, value: float) -> None:
+        """One of the algorithm's figures of the last step (`telemetry.STEP_FIGURE`), which the operator puts
+        in the status."""
+        if not hasattr(self, "_figures"):
+            metric = telemetry.STEP_FIGURE
+            labels = [*telemetry.LABELS, telemetry.FIGURE_LABEL]
+            self._figures = Gauge(metric.name, metric.help, labels, registry=self.registry)
+        self._figures.labels(**self._labels, figure=name).set(value)
+
     def serve(self, port: int | None = None) -> int:
         """Serve /metrics over HTTP; port from KUBEDISTILL_METRICS_PORT (0 picks a free one). Returns it."""
         if port is None:
@@ -156,6 +165,9 @@ def publish_step(metrics: TrainerMetrics, record: TrainRecord, total_steps: int)
     if math.isfinite(record.grad_norm):
         metrics.set(telemetry.GRAD_NORM, record.grad_norm)
     metrics.add(telemetry.SKIPPED_STEPS, int(record.skipped))
+    for name, value in record.figures.items():
+        if math.isfinite(value):
+            metrics.set_figure(name, value)
 
 
 def publish_eval(metrics: TrainerMetrics, record: EvalRecord) -> None:
