@@ -16,6 +16,7 @@ from kubedistill.runtime.data.alignment import same_vocabulary
 from kubedistill.runtime.data.cache import Prepared, cache_key, read_prepared, write_prepared
 from kubedistill.runtime.data.errors import BadRecord, BadRecordError, DataFileError
 from kubedistill.runtime.data.images import IMAGE_PART_TYPES, ImageProcessing
+from kubedistill.runtime.data.preference import paired
 from kubedistill.runtime.data.prepare import PrepareProgress, available_cores, build_samples
 from kubedistill.runtime.data.reasoning import UnrenderedReasoning
 from kubedistill.runtime.data.records import Record, bytes_to_read, read_records
@@ -147,6 +148,9 @@ def load_samples(
                 # The cache saves time on a later run; a volume without room for it must not fail this one.
                 log.warning("%s: cannot keep the prepared samples in %s: %s", field, cache, error)
     samples, bad_records = prepared.samples, prepared.bad_records
+    if mode == Mode.PREFERENCE:
+        # Set here rather than kept in the prepared set: a pair's group is its index among the pairs.
+        samples = paired(samples)
     records = records_of(samples)
     if source.max_samples is not None:
         _report_max_samples(source.max_samples, records + len(bad_records), field)

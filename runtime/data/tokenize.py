@@ -59,6 +59,7 @@ from kubedistill.runtime.data.images import (
     expand_placeholders,
 )
 from kubedistill.runtime.data.messages import chat_messages, has_images, unicode_text
+from kubedistill.runtime.data.preference import pair_messages
 from kubedistill.runtime.data.reasoning import UnrenderedReasoning
 from kubedistill.runtime.data.records import Record, json_type
 from kubedistill.runtime.data.sample import Sample
@@ -184,6 +185,8 @@ class SampleBuilder:
             )
 
     def _build(self, record: Record) -> list[Sample]:
+        if self.mode == Mode.PREFERENCE:
+            return self._pair(record)
         exchange = self._student_exchange(record.fields, self._image_folder(record))
         if exchange.messages is None:
             return [self._build_part(record, exchange)]
@@ -215,6 +218,18 @@ class SampleBuilder:
         if self.sparse_targets:
             return [self._with_sparse_targets(record, samples)]
         return samples
+
+    def _pair(self, record: Record) -> list[Sample]:
+        """A preference pair's two samples, chosen then rejected, each its prompt and answer fitted and cut
+        to the limits as any chat is (`data.preference`): a pair with an answer that cannot fit is bad."""
+        prompt, *answers = pair_messages(record.fields)
+        tools = _tools(record.fields)
+        return [
+            self._build_part(
+                record, _Exchange(messages=[*prompt, *answer], first_response=len(prompt), tools=tools)
+            )
+            for answer in answers
+        ]
 
     def _with_sparse_targets(self, record: Record, samples: list[Sample]) -> Sample:
         """The record's one sample with the teacher's top-k at each target. The targets must begin with the
