@@ -13,7 +13,13 @@ from typing import TYPE_CHECKING, ClassVar
 from torch import Tensor, nn
 
 from kubedistill.api.registry import ALGORITHM_GROUP
-from kubedistill.api.spec import DistillationJobSpec, DistillationSpec, Mode, PreferenceSpec
+from kubedistill.api.spec import (
+    DistillationJobSpec,
+    DistillationSpec,
+    Mode,
+    PreferenceSpec,
+    ReinforcementSpec,
+)
 from kubedistill.runtime.losses.config import KDConfig
 from kubedistill.runtime.losses.output import LossOutput
 from kubedistill.runtime.losses.registry import Registry
@@ -55,6 +61,8 @@ class AlgorithmContext:
     """The job's spec.distillation, for settings of an algorithm's own (e.g. dskdTokenAlign)."""
     preference: PreferenceSpec = field(default_factory=PreferenceSpec)
     """The job's spec.preference (DPO's beta), its defaults where the manifest leaves it out."""
+    reinforcement: ReinforcementSpec = field(default_factory=ReinforcementSpec)
+    """The job's spec.reinforcement (GRPO's klCoef), its defaults where the manifest leaves it out."""
 
 
 class Algorithm(nn.Module):

@@ -15,7 +15,7 @@ from torch.distributed import ProcessGroup
 from transformers import PreTrainedModel
 
 from kubedistill.api.job import DistillationJob
-from kubedistill.api.spec import PreferenceSpec
+from kubedistill.api.spec import PreferenceSpec, ReinforcementSpec
 from kubedistill.runtime.algorithms.base import Algorithm, AlgorithmContext, LossInputs, algorithm_for
 from kubedistill.runtime.losses.fused import top1_agreements
 from kubedistill.runtime.losses.label_logprobs import label_logprobs
@@ -228,6 +228,7 @@ def build_module(job: DistillationJob, device: torch.device, world_size: int) ->
             teacher_model=teacher_path,
             distillation=spec.distillation,
             preference=spec.preference or PreferenceSpec(),
+            reinforcement=spec.reinforcement or ReinforcementSpec(),
         )
     )
     algorithm.initialise(output_embeddings(student).weight, teacher_head)
