@@ -16,12 +16,13 @@ from kubedistill.api.placement import Role
 from kubedistill.api.spec import Backend, RolloutSpec
 from kubedistill.runtime.cluster.placement import ClusterView
 from kubedistill.runtime.engines.actor import EngineActor
-from kubedistill.runtime.engines.group import EngineActorGroup, start_engine_actors
+from kubedistill.runtime.engines.group import EngineActorGroup, EngineActors, start_engine_actors
 from kubedistill.runtime.engines.layout import EnginePlacement, engine_device, resolve_backend
 from kubedistill.runtime.generation.prompts import Prompt
 from kubedistill.runtime.generation.store import CUT_OFF, FINISHED, Response, Settings
 from kubedistill.runtime.models.loading import compute_dtype, load_tokenizer
-from kubedistill.runtime.models.roles import teacher_spec
+from kubedistill.runtime.models.roles import student_tokenizer_path, teacher_spec
+from kubedistill.runtime.rollout.actor import RolloutActor
 from kubedistill.runtime.rollout.backend import RolloutBackend, SamplingConfig
 
 PROMPTS_PER_CALL = 16
@@ -55,28 +56,12 @@ class GenerationActor(EngineActor):
         )
 
 
-class TeacherGenerators(EngineActorGroup):
-    def __init__(self, job: DistillationJob, cluster: ClusterView) -> None:
-        teacher = teacher_spec(job)
-        assert teacher.model is not None, "teacher_spec fills a missing teacher model in with the student's"
-        sglang = resolve_backend(teacher.backend) == Backend.SGLANG
-        if teacher.nodes_per_replica != 1:
-            raise ValueError(
-                "spec.teacher.nodesPerReplica: a teacher that generates (spec.generation) runs on one node; "
-                "use an endpoint for a teacher larger than a node"
-            )
-        super().__init__(
-            start_engine_actors(
-                GenerationActor,
-                job,
-                Role.TEACHER,
-                engines=teacher.replicas,
-                nodes_per_engine=1,
-                gpus_per_actor=float(teacher.tensor_parallel) if sglang else 1.0,
-                cluster=cluster,
-            )
-        )
-        tokenizer_path = teacher.tokenizer or teacher.model
+class AnswerGenerators(EngineActorGroup):
+    """Engines answering the generation phase's prompts: their model's chat template renders each prompt,
+    its tokenizer decodes each answer."""
+
+    def __init__(self, engines: EngineActors, tokenizer_path: str) -> None:
+        super().__init__(engines)
         self._tokenizer: Any = load_tokenizer(tokenizer_path)
 
     def generate(
@@ -85,6 +70,7 @@ class TeacherGenerators(EngineActorGroup):
         missing: dict[str, list[int]],
         settings: Settings,
         samples_per_prompt: int,
+        prompts_per_call: int = PROMPTS_PER_CALL,
     ) -> Iterator[tuple[Prompt, int, Response]]:
         """(prompt, sample, response) for each `missing[prompt.id]` sample, call by call as engines finish.
 
@@ -94,7 +80,7 @@ class TeacherGenerators(EngineActorGroup):
         assert settings.temperature is not None and settings.top_p is not None, (
             "settings_of fills in the own teacher's sampling"
         )
-        calls = [prompts[i : i + PROMPTS_PER_CALL] for i in range(0, len(prompts), PROMPTS_PER_CALL)]
+        calls = [prompts[i : i + prompts_per_call] for i in range(0, len(prompts), prompts_per_call)]
         pending: dict[ray.ObjectRef, list[Prompt]] = {}
         for index, call in enumerate(calls):
             sampling = SamplingConfig(
@@ -127,6 +113,52 @@ class TeacherGenerators(EngineActorGroup):
         ended = bool(ids) and ids[-1] == eos
         reason = CUT_OFF if not ended and len(ids) >= max_new_tokens else FINISHED
         return Response(self._tokenizer.decode(ids, skip_special_tokens=True), reason)
+
+
+class TeacherGenerators(AnswerGenerators):
+    def __init__(self, job: DistillationJob, cluster: ClusterView) -> None:
+        teacher = teacher_spec(job)
+        assert teacher.model is not None, "teacher_spec fills a missing teacher model in with the student's"
+        sglang = resolve_backend(teacher.backend) == Backend.SGLANG
+        if teacher.nodes_per_replica != 1:
+            raise ValueError(
+                "spec.teacher.nodesPerReplica: a teacher that generates (spec.generation) runs on one node; "
+                "use an endpoint for a teacher larger than a node"
+            )
+        super().__init__(
+            start_engine_actors(
+                GenerationActor,
+                job,
+                Role.TEACHER,
+                engines=teacher.replicas,
+                nodes_per_engine=1,
+                gpus_per_actor=float(teacher.tensor_parallel) if sglang else 1.0,
+                cluster=cluster,
+            ),
+            teacher.tokenizer or teacher.model,
+        )
+
+
+class StudentGenerators(AnswerGenerators):
+    """The student's own answers from its initial weights, on the rollout engines (spec.rollout: backend,
+    engines, tensorParallel), before training: mode preference's rejected answers."""
+
+    def __init__(self, job: DistillationJob, cluster: ClusterView) -> None:
+        rollout = job.spec.rollout
+        assert rollout is not None, "a rule asks spec.rollout for the student's answers"
+        sglang = resolve_backend(rollout.backend) == Backend.SGLANG
+        super().__init__(
+            start_engine_actors(
+                RolloutActor,
+                job,
+                Role.ROLLOUT,
+                engines=rollout.engines,
+                nodes_per_engine=1,
+                gpus_per_actor=float(rollout.tensor_parallel) if sglang else 1.0,
+                cluster=cluster,
+            ),
+            student_tokenizer_path(job),
+        )
 
 
 def _tools(prompt: Prompt) -> dict[str, Any]:

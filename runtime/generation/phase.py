@@ -426,7 +426,8 @@ def _from_own_teacher(
 
 
 def training_job(job: DistillationJob, generated: Path) -> DistillationJob:
-    """The job training runs: spec.data.train is the generated file; sft has no teacher any more."""
+    """The job training runs: spec.data.train is the generated file (preference: the pairs file); sft has no
+    teacher any more, preference neither a teacher nor rollout engines."""
     spec = job.spec
     assert spec.data.train is not None, "a rule refuses spec.data.mixture with spec.generation"
     train = DataSource(
@@ -440,4 +441,7 @@ def training_job(job: DistillationJob, generated: Path) -> DistillationJob:
     }
     if spec.mode == Mode.SFT:
         changes["teacher"] = None
+    if spec.mode == Mode.PREFERENCE:
+        # The pairs are written: neither the teacher nor the rollout engines run in training.
+        changes.update(teacher=None, rollout=None)
     return job.model_copy(update={"spec": spec.model_copy(update=changes)})

@@ -17,7 +17,7 @@ import numpy as np
 
 from kubedistill.api.job import DistillationJob, SpecError
 from kubedistill.api.spec import DistillationJobSpec
-from kubedistill.runtime.data.batching import batches_per_epoch, global_batches, steps_per_epoch
+from kubedistill.runtime.data.batching import batches_per_epoch, global_batches, groups_of, steps_per_epoch
 from kubedistill.runtime.data.images import ImageInputs
 from kubedistill.runtime.data.mixture import Mixture
 from kubedistill.runtime.data.retokenize import Retokenizer, alignment_counts
@@ -115,12 +115,17 @@ class DatasetBatches:
         self._seed = seed
         self._epoch = -1
         self._batches: list[list[int]] = []
+        self._width = _group_width(samples)
+        """Samples per group: 2 for preference pairs, which are shuffled and batched as one (a global batch
+        counts their sequences); 1 for samples on their own."""
 
     def samples(self, epoch: int, step_in_epoch: int) -> StepSamples:
         if epoch != self._epoch:
-            chosen = self._epoch_samples(epoch)
-            batches = global_batches(len(chosen), self._size, self._seed, epoch)
-            self._batches = [[chosen[i] for i in batch] for batch in batches]
+            chosen, width = self._epoch_samples(epoch), self._width
+            batches = global_batches(len(chosen) // width, self._size // width, self._seed, epoch)
+            self._batches = [
+                [chosen[u * width + k] for u in batch for k in range(width)] for batch in batches
+            ]
             self._epoch = epoch
         return StepSamples([self._samples[i] for i in self._batches[step_in_epoch]])
 
@@ -135,6 +140,15 @@ class DatasetBatches:
     def resumable_at(self, step_in_epoch: int) -> bool:
         del step_in_epoch
         return True
+
+
+def _group_width(samples: list[Sample]) -> int:
+    """How many samples each group of the training set holds (they lie end to end, `data.preference`); 1
+    when they have none. Groups of unequal sizes cannot be batched by count."""
+    widths = {len(unit) for unit in groups_of(samples)}
+    if len(widths) > 1:
+        raise ValueError(f"the training samples' groups have sizes {sorted(widths)}; batching needs one size")
+    return widths.pop() if widths else 1
 
 
 @dataclass(frozen=True)

@@ -179,3 +179,24 @@ def test_on_policy_rounds_draw_their_prompts_from_the_mixture_and_resume_the_sam
     resumed, asked = _on_policy_batches(MIXED)
     resumed.samples(1, 1)
     assert asked.asked == [rollout.asked[4]]
+
+
+def test_preference_pairs_are_shuffled_and_batched_whole_a_global_batch_counting_their_sequences() -> None:
+    pairs = [
+        Sample(
+            input_ids=[1, 2, 3],
+            target_mask=[False, True, True],
+            source=f"p:{i // 2}",
+            prompt_length=1,
+            group=i // 2,
+        )
+        for i in range(10)
+    ]
+    batches = DatasetBatches(pairs, global_batch_size=4, seed=7)
+    steps = [batches.samples(0, step).samples for step in range(3)]
+
+    assert [len(step) for step in steps] == [4, 4, 2]
+    groups = [sample.group for step in steps for sample in step]
+    assert sorted(groups) == sorted(sample.group for sample in pairs)
+    assert all(first == second for first, second in zip(groups[0::2], groups[1::2], strict=True))
+    assert groups[0::2] != sorted(groups[0::2])  # shuffled, pair by pair
