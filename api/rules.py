@@ -189,6 +189,95 @@ def _hub_split(source_path: str) -> Rule:
     )
 
 
+_REINFORCED = f"{value('mode')} != 'reinforcement'"
+"""CEL: the job is not in mode reinforcement (each of its rules holds then)."""
+
+_REINFORCEMENT_RULES: tuple[Rule, ...] = (
+    # GRPO on the student's samples with the teacher's likelihood as the reward (runtime/algorithms/grpo.py).
+    Rule(
+        "reinforcement",
+        "only used when spec.mode is reinforcement; remove it",
+        lambda s: s.reinforcement is None or s.mode == Mode.REINFORCEMENT,
+        f"!has(self.reinforcement) || {value('mode')} == 'reinforcement'",
+    ),
+    Rule(
+        "rollout",
+        "required when spec.mode is reinforcement: the teacher judges the student's own samples",
+        lambda s: s.mode != Mode.REINFORCEMENT or s.rollout is not None,
+        f"{_REINFORCED} || has(self.rollout)",
+    ),
+    Rule(
+        "teacher.model",
+        "required when spec.mode is reinforcement: the teacher's likelihood of each sample is its reward",
+        lambda s: s.mode != Mode.REINFORCEMENT or (s.teacher is not None and s.teacher.model is not None),
+        f"{_REINFORCED} || {present('teacher.model')}",
+    ),
+    Rule(
+        "rollout.samplesPerPrompt",
+        "must be at least 2 with spec.mode reinforcement: GRPO compares the answers to one prompt, and a "
+        "prompt answered once has nothing to be compared with",
+        lambda s: s.mode != Mode.REINFORCEMENT or s.rollout is None or s.rollout.samples_per_prompt >= 2,
+        f"{_REINFORCED} || !has(self.rollout) || {value('rollout.samplesPerPrompt')} >= 2",
+    ),
+    Rule(
+        "rollout.batchSize",
+        "spec.rollout.batchSize x spec.rollout.samplesPerPrompt must equal spec.training.globalBatchSize "
+        "with spec.mode reinforcement: one optimizer step a round trains on samples of the current weights, "
+        "so the loss needs no importance ratio to older ones",
+        lambda s: (
+            s.mode != Mode.REINFORCEMENT
+            or s.rollout is None
+            or s.rollout.batch_size * s.rollout.samples_per_prompt == s.training.global_batch_size
+        ),
+        f"{_REINFORCED} || !has(self.rollout) || {value('rollout.batchSize')} * "
+        f"{value('rollout.samplesPerPrompt')} == {value('training.globalBatchSize')}",
+    ),
+    Rule(
+        "rollout.lmbda",
+        "must be 1 with spec.mode reinforcement: every step trains on the student's own samples",
+        lambda s: s.mode != Mode.REINFORCEMENT or s.rollout is None or s.rollout.lmbda >= 1.0,
+        f"{_REINFORCED} || !has(self.rollout) || {value('rollout.lmbda')} >= 1.0",
+    ),
+    Rule(
+        "rollout.sequenceKd",
+        "not used with spec.mode reinforcement (the teacher judges the student's answers, it writes none); "
+        "remove it",
+        lambda s: s.mode != Mode.REINFORCEMENT or s.rollout is None or not s.rollout.sequence_kd,
+        f"{_REINFORCED} || !has(self.rollout) || !{value('rollout.sequenceKd')}",
+    ),
+    Rule(
+        "rollout.temperature",
+        "must be 1 with spec.mode reinforcement: GRPO's log-probabilities (the student's and the "
+        "reference's) are those of the distribution the answers are sampled from",
+        lambda s: s.mode != Mode.REINFORCEMENT or s.rollout is None or s.rollout.temperature == 1.0,
+        f"{_REINFORCED} || !has(self.rollout) || {value('rollout.temperature')} == 1.0",
+    ),
+    Rule(
+        "rollout.topP",
+        "must be 1 with spec.mode reinforcement: GRPO's log-probabilities are those of the whole "
+        "distribution the answers are sampled from",
+        lambda s: s.mode != Mode.REINFORCEMENT or s.rollout is None or s.rollout.top_p == 1.0,
+        f"{_REINFORCED} || !has(self.rollout) || {value('rollout.topP')} == 1.0",
+    ),
+    Rule(
+        "distillation.algorithm",
+        "not used with spec.mode reinforcement (its loss is GRPO's, the teacher's likelihood the reward); "
+        "remove it",
+        lambda s: (
+            s.mode != Mode.REINFORCEMENT or s.distillation.algorithm == default_at("distillation.algorithm")
+        ),
+        f"{_REINFORCED} || {value('distillation.algorithm')} == "
+        f"{_cel_literal(default_at('distillation.algorithm'))}",
+    ),
+    Rule(
+        "student.contextParallel",
+        "must be 1 with spec.mode reinforcement: a group of answers is one prompt's, whole on one rank",
+        lambda s: s.mode != Mode.REINFORCEMENT or s.student.context_parallel == 1,
+        f"{_REINFORCED} || {value('student.contextParallel')} == 1",
+    ),
+)
+
+
 _RULES: tuple[Rule, ...] = (
     Rule(
         "rollout",
@@ -198,10 +287,10 @@ _RULES: tuple[Rule, ...] = (
     ),
     Rule(
         "rollout",
-        "only used when spec.mode is onPolicy or selfDistillation (the student samples the responses it "
-        "learns from); remove it",
-        lambda s: s.rollout is None or s.mode in (Mode.ON_POLICY, Mode.SELF_DISTILLATION),
-        f"!has(self.rollout) || {_mode_is(Mode.ON_POLICY, Mode.SELF_DISTILLATION)}",
+        "only used when spec.mode is onPolicy, selfDistillation or reinforcement (the student samples the "
+        "responses it learns from); remove it",
+        lambda s: s.rollout is None or s.mode in (Mode.ON_POLICY, Mode.SELF_DISTILLATION, Mode.REINFORCEMENT),
+        f"!has(self.rollout) || {_mode_is(Mode.ON_POLICY, Mode.SELF_DISTILLATION, Mode.REINFORCEMENT)}",
     ),
     Rule(
         "rollout",
@@ -555,6 +644,7 @@ _RULES: tuple[Rule, ...] = (
         lambda s: s.rollout is None or not s.rollout.sequence_kd or s.teachers is None,
         f"!has(self.rollout) || !{value('rollout.sequenceKd')} || !has(self.teachers)",
     ),
+    *_REINFORCEMENT_RULES,
     Rule(
         "rollout.maxNewTokens",
         "must be less than spec.data.maxLength (prompt and response share it)",

@@ -10,13 +10,13 @@ import logging
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 import numpy as np
 
 from kubedistill.api.job import DistillationJob, SpecError
-from kubedistill.api.spec import DistillationJobSpec
+from kubedistill.api.spec import DistillationJobSpec, Mode
 from kubedistill.runtime.data.batching import batches_per_epoch, global_batches, groups_of, steps_per_epoch
 from kubedistill.runtime.data.images import ImageInputs
 from kubedistill.runtime.data.mixture import Mixture
@@ -233,6 +233,13 @@ class RolloutBatches:
             with_response(prompt, response, self._max_length, self._retokenize)
             for prompt, response in zip(answered, responses, strict=True)
         ]
+        if self._spec.mode == Mode.REINFORCEMENT:
+            # GRPO compares the answers to one prompt with each other: they are a group, kept whole in one
+            # micro-batch (`Sample.group`); the engines answer prompt by prompt, samplesPerPrompt each.
+            sequences = [
+                replace(sample, group=position // rollout.samples_per_prompt)
+                for position, sample in enumerate(sequences)
+            ]
         if self._retokenize is not None:
             aligned, targets, unaligned = alignment_counts(sequences)
             log.info(

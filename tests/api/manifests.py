@@ -29,6 +29,10 @@ TEACHERS = [
 """spec.teachers in place of BASE's spec.teacher: two teachers of one vocabulary, 3/4 and 1/4 of the mix."""
 SEVERAL_TEACHERS = {"spec.teacher": DELETE, "spec.teachers": TEACHERS}
 
+REINFORCEMENT_ROLLOUT = {**ON_POLICY_ROLLOUT, "batchSize": 32, "samplesPerPrompt": 4}
+REINFORCEMENT = {"spec.mode": "reinforcement", "spec.rollout": REINFORCEMENT_ROLLOUT}
+"""Mode reinforcement on BASE: 32 prompts answered 4 times each fill one global batch of 128."""
+
 
 @dataclass(frozen=True)
 class Bad:
@@ -230,6 +234,52 @@ BAD_MANIFESTS: list[Bad] = [
             "spec.rollout": {**ON_POLICY_ROLLOUT, "batchSize": 128, "lmbda": 0.5, "sequenceKd": True},
         },
         "spec.rollout.sequenceKd",
+        "cel",
+    ),
+    Bad("reinforcement-without-rollout", {"spec.mode": "reinforcement"}, "spec.rollout", "cel"),
+    Bad(
+        "reinforcement-without-teacher",
+        {**REINFORCEMENT, "spec.teacher": {"tensorParallel": 8, "gpusPerReplica": 8}},
+        "spec.teacher.model",
+        "cel",
+    ),
+    Bad("reinforcement-with-several-teachers", {**REINFORCEMENT, **SEVERAL_TEACHERS}, "spec.teachers", "cel"),
+    *(
+        Bad(
+            f"reinforcement-{name}",
+            {**REINFORCEMENT, "spec.rollout": {**REINFORCEMENT_ROLLOUT, **change}},
+            field,
+            "cel",
+        )
+        for name, change, field in [
+            (
+                "one-answer-per-prompt",
+                {"batchSize": 128, "samplesPerPrompt": 1},
+                "spec.rollout.samplesPerPrompt",
+            ),
+            ("two-steps-per-round", {"batchSize": 64}, "spec.rollout.batchSize"),
+            ("mixing-policies", {"lmbda": 0.5}, "spec.rollout.lmbda"),
+            ("sequence-kd", {"sequenceKd": True}, "spec.rollout.sequenceKd"),
+            ("tempered-sampling", {"temperature": 0.7}, "spec.rollout.temperature"),
+            ("nucleus-sampling", {"topP": 0.9}, "spec.rollout.topP"),
+        ]
+    ),
+    Bad(
+        "reinforcement-with-an-algorithm",
+        {**REINFORCEMENT, "spec.distillation": {"algorithm": "sparseKd"}},
+        "spec.distillation.algorithm",
+        "cel",
+    ),
+    Bad(
+        "reinforcement-with-context-parallelism",
+        {**REINFORCEMENT, "spec.student.contextParallel": 2, "spec.student.fsdpShardSize": -1},
+        "spec.student.contextParallel",
+        "cel",
+    ),
+    Bad(
+        "reinforcement-settings-in-another-mode",
+        {"spec.reinforcement": {"klCoef": 0.1}},
+        "spec.reinforcement",
         "cel",
     ),
     Bad("prompt-longer-than-max", {"spec.data.promptMaxLength": 4096}, "spec.data.promptMaxLength", "cel"),

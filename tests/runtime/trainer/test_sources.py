@@ -12,6 +12,7 @@ from kubedistill.api.spec import DistillationJobSpec
 from kubedistill.runtime.data.images import ImageInputs
 from kubedistill.runtime.data.mixture import Mixture
 from kubedistill.runtime.data.sample import Sample
+from kubedistill.runtime.rollout.backend import SamplingConfig
 from kubedistill.runtime.rollout.group import RolloutActorGroup
 from kubedistill.runtime.trainer.sources import (
     BatchSource,
@@ -22,7 +23,7 @@ from kubedistill.runtime.trainer.sources import (
     steps_per_round,
     with_response,
 )
-from tests.api.manifests import BASE, ON_POLICY_ROLLOUT, apply_changes
+from tests.api.manifests import BASE, ON_POLICY_ROLLOUT, REINFORCEMENT, REINFORCEMENT_ROLLOUT, apply_changes
 
 
 def _spec(changes: dict[str, object]) -> DistillationJobSpec:
@@ -179,6 +180,44 @@ def test_on_policy_rounds_draw_their_prompts_from_the_mixture_and_resume_the_sam
     resumed, asked = _on_policy_batches(MIXED)
     resumed.samples(1, 1)
     assert asked.asked == [rollout.asked[4]]
+
+
+class _SamplingRollout:
+    """Answers each prompt samplesPerPrompt times, prompt by prompt as the engines do: its id, then the
+    answer's number."""
+
+    def generate(
+        self, prompts: list[list[int]], sampling: SamplingConfig, images: object = None
+    ) -> list[list[int]]:
+        return [[prompt[0], k] for prompt in prompts for k in range(sampling.samples_per_prompt)]
+
+
+@pytest.mark.parametrize(("mode", "grouped"), [("reinforcement", True), ("onPolicy", False)])
+def test_a_reinforcement_round_makes_each_prompts_answers_one_group(mode: str, grouped: bool) -> None:
+    """GRPO compares the answers to one prompt: they share a `Sample.group` (kept whole in one micro-batch);
+    other on-policy samples stay on their own."""
+    prompts = [
+        Sample(input_ids=(10 + i, 1), target_mask=(False, False), source=f"p:{i}", prompt_length=2)
+        for i in range(6)
+    ]
+    spec = {
+        **REINFORCEMENT,
+        "spec.mode": mode,
+        "spec.rollout": {**REINFORCEMENT_ROLLOUT, "batchSize": 3, "samplesPerPrompt": 2},
+        "spec.training.globalBatchSize": 6,
+        "spec.student.replicas": 1,
+    }
+    batches = RolloutBatches(
+        prompts, parse_job(apply_changes(BASE, spec)), cast(RolloutActorGroup, _SamplingRollout()), 16
+    )
+    step = batches.samples(0, 0).samples
+    by_prompt = [sample.input_ids[0] for sample in step]
+    assert [sample.labels()[1] for sample in step] == [0, 1] * 3
+    if grouped:
+        assert [sample.group for sample in step] == [0, 0, 1, 1, 2, 2]
+        assert all(by_prompt[2 * g] == by_prompt[2 * g + 1] for g in range(3))
+    else:
+        assert all(sample.group is None for sample in step)
 
 
 def test_preference_pairs_are_shuffled_and_batched_whole_a_global_batch_counting_their_sequences() -> None:
