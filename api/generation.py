@@ -6,9 +6,11 @@ OpenAI-compatible endpoint; the responses are written to `<output>/generated/<jo
 then trains on that file (`mode: sft`, or `offPolicy` with the job's own teacher's hidden states on it).
 """
 
+import string
+from enum import StrEnum
 from typing import TYPE_CHECKING, Annotated
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from kubedistill.api.base import SpecModel
 
@@ -52,6 +54,125 @@ class EndpointSpec(SpecModel):
     least 10 tokens a second), since a reasoning teacher's long answers take minutes."""
 
 
+class StepKind(StrEnum):
+    """What a step of the generation phase makes (EasyDistill's data-synthesis operators)."""
+
+    INSTRUCTION_EXPANSION = "instructionExpansion"
+    INSTRUCTION_REFINEMENT = "instructionRefinement"
+    CHAIN_OF_THOUGHT = "chainOfThought"
+    LONG_TO_SHORT = "longToShort"
+    SHORT_TO_LONG = "shortToLong"
+    JUDGE = "judge"
+
+
+INSTRUCTION_STEPS = (StepKind.INSTRUCTION_EXPANSION, StepKind.INSTRUCTION_REFINEMENT)
+"""Steps on the prompts: they run, in their order, before the answers are generated."""
+ANSWER_STEPS = (StepKind.LONG_TO_SHORT, StepKind.SHORT_TO_LONG, StepKind.JUDGE)
+"""Steps on the (prompt, answer) records: they run, in their order, after the answers are generated."""
+
+PLACEHOLDERS: dict[StepKind, tuple[str, ...]] = {
+    StepKind.INSTRUCTION_EXPANSION: ("examples",),
+    StepKind.INSTRUCTION_REFINEMENT: ("instruction",),
+    StepKind.CHAIN_OF_THOUGHT: ("instruction",),
+    StepKind.LONG_TO_SHORT: ("instruction", "answer"),
+    StepKind.SHORT_TO_LONG: ("instruction", "answer"),
+    StepKind.JUDGE: ("instruction", "answer"),
+}
+"""The named placeholders a kind's template may use; the last one it must use (what the step works on)."""
+
+TEMPLATE_PATTERN = r"^([^{}]|\{\{|\}\}|\{(examples|instruction|answer)\})*$"
+"""A template: text, `{{`/`}}` for a literal brace, and the placeholders `{examples}`, `{instruction}`,
+`{answer}` (Python's str.format with names only)."""
+
+MAX_SCORE = 9
+"""The judge's scale, 0 to 9: EasyDistill's judge prompts' (`easydistill/eval/data_eval.py:84-157`, before
+2.0)."""
+
+
+class ScoreFrom(StrEnum):
+    """How a judge's score is read from its reply."""
+
+    TEXT = "text"
+    """The integer in `<score>N</score>` (EasyDistill's `extract_score`); a reply without one is unscored."""
+    LOGPROBS = "logprobs"
+    """The expected digit at the first digit the judge writes, over the digits among its top-20 tokens there
+    (`logprobs`/`top_logprobs`: vLLM and SGLang serve them, transformers serve ignores them): a score
+    between two integers, that reads the judge's doubt too."""
+
+
+class GenerationStep(SpecModel):
+    kind: StepKind
+    """instructionExpansion (new prompts like the seeds), instructionRefinement (each prompt rewritten in more
+    detail), chainOfThought (the answers are asked for with reasoning), longToShort and shortToLong (each
+    answer's reasoning rewritten shorter or longer), or judge (records scored under threshold dropped)."""
+    template: Annotated[str, Field(min_length=1, json_schema_extra={"pattern": TEMPLATE_PATTERN})] | None = (
+        None
+    )
+    """The user message the teacher is sent, with named placeholders: `{examples}` (instructionExpansion:
+    the seed and other prompts as in-context examples), `{instruction}` (the prompt's last user message),
+    `{answer}` (the answer, a reasoning teacher's thinking first); `{{`/`}}` for a literal brace. Unset (and
+    no templateFile): EasyDistill's prompt for the kind."""
+    template_file: Annotated[str, Field(min_length=1)] | None = None
+    """The template read from this file (a path inside the pods, e.g. a mounted ConfigMap), instead of
+    template; checked before any actor starts."""
+    new_per_seed: Annotated[int, Field(ge=1)] = 1
+    """instructionExpansion: new prompts asked for per prompt of spec.data.train (EasyDistill's
+    num_output_samples over the whole set); the seeds stay."""
+    examples: Annotated[int, Field(ge=1)] = 3
+    """instructionExpansion: prompts shown as in-context examples, the seed first and others drawn
+    (EasyDistill's num_in_context_samples)."""
+    answer_tag: Annotated[str, Field(pattern=r"^([A-Za-z][A-Za-z0-9_-]*)?$")] = "answer"
+    """instructionExpansion and instructionRefinement: the new prompt is the text inside
+    `<answerTag>...</answerTag>` of the reply, which EasyDistill's prompts ask for; a reply without it is
+    skipped (noAnswerTag). Empty: the whole reply."""
+    threshold: Annotated[float, Field(ge=0.0, le=MAX_SCORE)] | None = None
+    """judge (required): records scored below it are dropped (belowThreshold); scores run from 0 to 9."""
+    score_from: ScoreFrom = ScoreFrom.TEXT
+    """judge: read the score from the reply's text, or as the expected digit from its log-probabilities
+    (needs spec.generation.endpoint)."""
+
+    @field_validator("template")
+    @classmethod
+    def _known_placeholders(cls, template: str | None) -> str | None:
+        if template is not None:
+            placeholders(template)
+        return template
+
+
+def placeholders(template: str) -> set[str]:
+    """The placeholders a template uses; a ValueError naming what is not one (an unknown name, a format
+    spec, a lone brace)."""
+    known = {name for names in PLACEHOLDERS.values() for name in names}
+    try:
+        fields = [
+            (name, spec, conversion) for _, name, spec, conversion in string.Formatter().parse(template)
+        ]
+    except ValueError as error:
+        raise ValueError(f"{error} (write {{{{ or }}}} for a literal brace)") from None
+    used: set[str] = set()
+    for name, spec, conversion in fields:
+        if name is None:
+            continue
+        if name not in known or spec or conversion:
+            written = name + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "")
+            allowed = ", ".join("{" + n + "}" for n in sorted(known))
+            raise ValueError(
+                f"unknown placeholder {{{written}}}; a template may use {allowed}, and {{{{ or }}}} for a "
+                "literal brace"
+            )
+        used.add(name)
+    return used
+
+
+def template_fits(kind: StepKind, template: str) -> bool:
+    """A template uses what its kind works on and no placeholder of another kind (the rule of
+    spec.generation.steps; written over `contains`, as its CEL twin is)."""
+    allowed = PLACEHOLDERS[kind]
+    return f"{{{allowed[-1]}}}" in template and not any(
+        f"{{{name}}}" in template for names in PLACEHOLDERS.values() for name in names if name not in allowed
+    )
+
+
 class GenerationSpec(SpecModel):
     endpoint: EndpointSpec | None = None
     """An OpenAI-compatible endpoint writes the responses; absent: the job's own teacher (spec.teacher) does,
@@ -86,6 +207,12 @@ class GenerationSpec(SpecModel):
     log-probabilities at every answer token (`POST <baseUrl>/completions` with the token ids as the prompt,
     `echo: true, logprobs: topLogprobs, max_tokens: 1`; vLLM and SGLang serve it), kept as with topLogprobs.
     Needs topLogprobs and one sample per prompt; every record must end in one assistant answer."""
+    steps: list[GenerationStep] = []
+    """EasyDistill's data synthesis, each step a file of its own under <output>/generated/, resumed, counted
+    and skipped as the answers are: instruction steps (instructionExpansion, instructionRefinement) run in
+    their order on spec.data.train's prompts before the answers are generated (chainOfThought: asked with its
+    template), answer steps (longToShort, shortToLong, judge) in their order on the answers after; the
+    student trains on the last one's records."""
     min_kept_fraction: Annotated[float, Field(ge=0.0, le=1.0)] = 0.9
     """Fewest (prompt, sample) pairs, as a share of all, that must become training records; below it the
     phase fails naming the skipped file and the commonest reason instead of training on what is left."""

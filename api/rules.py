@@ -14,7 +14,15 @@ from typing import Any
 from pydantic import BaseModel
 
 from kubedistill.api.base import model_in
-from kubedistill.api.generation import teacher_generates
+from kubedistill.api.generation import (
+    ANSWER_STEPS,
+    PLACEHOLDERS,
+    GenerationStep,
+    ScoreFrom,
+    StepKind,
+    teacher_generates,
+    template_fits,
+)
 from kubedistill.api.spec import (
     Attention,
     Backend,
@@ -149,6 +157,32 @@ def _every_training_source_has(alias: str) -> str:
         f"({present('data.train.' + alias)} || "
         f"({present('data.mixture')} && self.data.mixture.all(m, has(m.{alias}))))"
     )
+
+
+def _every_step(spec: DistillationJobSpec, holds: Callable[[GenerationStep], bool]) -> bool:
+    return spec.generation is None or all(holds(step) for step in spec.generation.steps)
+
+
+def _every_step_cel(cel: str) -> str:
+    """CEL over each item `t` of spec.generation.steps."""
+    return f"!{present('generation.steps')} || self.generation.steps.all(t, {cel})"
+
+
+def _step_value(alias: str) -> str:
+    """CEL for a step's field `alias`, or its default (`GenerationStep`)."""
+    field = next(f for f in GenerationStep.model_fields.values() if f.alias == alias)
+    return f"(has(t.{alias}) ? t.{alias} : {_cel_literal(str(field.get_default()))})"
+
+
+def _template_fits_cel() -> str:
+    """CEL twin of `template_fits` for the step `t`, kind by kind."""
+    every = {name for names in PLACEHOLDERS.values() for name in names}
+    cases = [
+        f"t.kind == '{kind}' && t.template.contains('{{{allowed[-1]}}}')"
+        + "".join(f" && !t.template.contains('{{{name}}}')" for name in sorted(every - set(allowed)))
+        for kind, allowed in PLACEHOLDERS.items()
+    ]
+    return "(" + " || ".join(f"({case})" for case in cases) + ")"
 
 
 def _source_keys_pair(source_path: str) -> Rule:
@@ -396,6 +430,74 @@ _RULES: tuple[Rule, ...] = (
         ),
         f"!{value('generation.scoreAnswers')} || ({present('generation.endpoint')} && "
         f"{present('generation.topLogprobs')} && {value('generation.samplesPerPrompt')} == 1)",
+    ),
+    Rule(
+        "generation.steps",
+        "each step's template uses the placeholder its kind works on and none of another kind's: "
+        "{examples} for instructionExpansion, {instruction} for instructionRefinement and chainOfThought, "
+        "{answer} (and {instruction}) for longToShort, shortToLong and judge",
+        lambda s: _every_step(
+            s, lambda step: step.template is None or template_fits(step.kind, step.template)
+        ),
+        _every_step_cel(f"!has(t.template) || {_template_fits_cel()}"),
+    ),
+    Rule(
+        "generation.steps",
+        "a step takes template or templateFile, not both",
+        lambda s: _every_step(s, lambda step: step.template is None or step.template_file is None),
+        _every_step_cel("!has(t.template) || !has(t.templateFile)"),
+    ),
+    Rule(
+        "generation.steps",
+        "a judge step needs threshold (records scored below it are dropped; scores run from 0 to 9)",
+        lambda s: _every_step(s, lambda step: step.kind != StepKind.JUDGE or step.threshold is not None),
+        _every_step_cel("t.kind != 'judge' || has(t.threshold)"),
+    ),
+    Rule(
+        "generation.steps",
+        "at most one chainOfThought step: it is how the answers are asked for",
+        lambda s: (
+            s.generation is None or sum(t.kind == StepKind.CHAIN_OF_THOUGHT for t in s.generation.steps) < 2
+        ),
+        f"!{present('generation.steps')} || "
+        "self.generation.steps.filter(t, t.kind == 'chainOfThought').size() < 2",
+    ),
+    Rule(
+        "generation.steps",
+        "a judge with scoreFrom logprobs reads an endpoint's top_logprobs: set spec.generation.endpoint (the "
+        "job's own teacher gives text only)",
+        lambda s: _every_step(
+            s,
+            lambda step: (
+                step.score_from != ScoreFrom.LOGPROBS
+                or s.generation is None
+                or s.generation.endpoint is not None
+            ),
+        ),
+        _every_step_cel(f"{_step_value('scoreFrom')} != 'logprobs' || {present('generation.endpoint')}"),
+    ),
+    Rule(
+        "generation.steps",
+        "steps make prompts and answers of their own, which spec.generation.scoreAnswers (the data's "
+        "answers, scored) cannot take: remove one",
+        lambda s: s.generation is None or not s.generation.steps or not s.generation.score_answers,
+        f"!{present('generation.steps')} || self.generation.steps.size() == 0 || "
+        f"!{value('generation.scoreAnswers')}",
+    ),
+    Rule(
+        "generation.steps",
+        "longToShort, shortToLong and judge read answers as text, and spec.generation.topLogprobs keeps each "
+        "answer's log-probabilities, which a rewrite would not match: remove one",
+        lambda s: _every_step(
+            s,
+            lambda step: (
+                step.kind not in ANSWER_STEPS or s.generation is None or s.generation.top_logprobs is None
+            ),
+        ),
+        _every_step_cel(
+            f"!(t.kind in [{', '.join(repr(str(k)) for k in ANSWER_STEPS)}]) || "
+            f"!{present('generation.topLogprobs')}"
+        ),
     ),
     Rule(
         "distillation.algorithm",

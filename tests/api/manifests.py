@@ -666,6 +666,79 @@ BAD_MANIFESTS: list[Bad] = [
         "spec.generation.endpoint.timeoutSeconds",
     ),
     Bad(
+        "step-template-with-an-unknown-placeholder",
+        {"spec.generation": {"steps": [{"kind": "judge", "threshold": 5, "template": "{answer} {score}"}]}},
+        "spec.generation.steps[0].template",
+    ),
+    Bad(
+        "judge-threshold-outside-the-score-range",
+        {"spec.generation": {"steps": [{"kind": "judge", "threshold": 10}]}},
+        "spec.generation.steps[0].threshold",
+    ),
+    Bad(
+        "judge-without-threshold",
+        {"spec.generation": {"steps": [{"kind": "judge"}]}},
+        "spec.generation.steps",
+        "cel",
+    ),
+    Bad(
+        "judge-template-without-the-answer",
+        {"spec.generation": {"steps": [{"kind": "judge", "threshold": 5, "template": "Rate {instruction}"}]}},
+        "spec.generation.steps",
+        "cel",
+    ),
+    Bad(
+        "expansion-template-with-an-answer",
+        {"spec.generation": {"steps": [{"kind": "instructionExpansion", "template": "{examples} {answer}"}]}},
+        "spec.generation.steps",
+        "cel",
+    ),
+    Bad(
+        "step-with-template-and-template-file",
+        {
+            "spec.generation": {
+                "steps": [{"kind": "chainOfThought", "template": "{instruction}", "templateFile": "/t.txt"}]
+            }
+        },
+        "spec.generation.steps",
+        "cel",
+    ),
+    Bad(
+        "two-chain-of-thought-steps",
+        {"spec.generation": {"steps": [{"kind": "chainOfThought"}, {"kind": "chainOfThought"}]}},
+        "spec.generation.steps",
+        "cel",
+    ),
+    Bad(
+        "judge-reading-logprobs-of-the-own-teacher",
+        {"spec.generation": {"steps": [{"kind": "judge", "threshold": 5, "scoreFrom": "logprobs"}]}},
+        "spec.generation.steps",
+        "cel",
+    ),
+    Bad(
+        "steps-with-score-answers",
+        {
+            "spec.mode": "sft",
+            "spec.generation": {
+                "endpoint": ENDPOINT,
+                "topLogprobs": 5,
+                "scoreAnswers": True,
+                "steps": [{"kind": "instructionRefinement"}],
+            },
+        },
+        "spec.generation.steps",
+        "cel",
+    ),
+    Bad(
+        "answer-rewrite-with-top-logprobs",
+        {
+            "spec.mode": "sft",
+            "spec.generation": {"endpoint": ENDPOINT, "topLogprobs": 5, "steps": [{"kind": "longToShort"}]},
+        },
+        "spec.generation.steps",
+        "cel",
+    ),
+    Bad(
         "generation-with-plain-text",
         {"spec.generation": {}, "spec.data.applyChatTemplate": False},
         "spec.data.applyChatTemplate",
