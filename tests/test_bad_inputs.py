@@ -471,6 +471,16 @@ BAD_SETTINGS = [
         ON_POLICY,
     ),
     BadSetting(
+        "generation-step-template-file-missing",
+        "spec.generation.steps[0].templateFile: cannot read {root}/judge.txt (No such file or directory)",
+        {
+            "generation": {
+                "maxNewTokens": 8,
+                "steps": [{"kind": "judge", "threshold": 5, "templateFile": "{root}/judge.txt"}],
+            }
+        },
+    ),
+    BadSetting(
         "metrics-port-option-busy",
         "--metrics-port: port {busy_port} is busy",
         args=("--metrics-port", "{busy_port}"),
@@ -509,8 +519,8 @@ def _fill(value: Any, names: dict[str, str]) -> Any:
         return value.format(**names)
     if isinstance(value, dict):
         return {key: _fill(inner, names) for key, inner in value.items()}
-    if isinstance(value, tuple):
-        return tuple(_fill(inner, names) for inner in value)
+    if isinstance(value, tuple | list):
+        return type(value)(_fill(inner, names) for inner in value)
     return value
 
 

@@ -14,10 +14,10 @@ from typing import Any
 from kubedistill.api.generation import OWN_TEACHER_TEMPERATURE, OWN_TEACHER_TOP_P, answer_timeout_seconds
 from kubedistill.api.job import DistillationJob
 from kubedistill.api.spec import DataFormat, DataSource, Mode
-from kubedistill.runtime.data.chat import ChatFormat, encode_chat
+from kubedistill.runtime.data.chat import ChatFormat, Message, encode_chat
 from kubedistill.runtime.data.tokenize import student_chat_format
 from kubedistill.runtime.generation.logprobs import Unmapped, scored_targets, sparse_targets, vocabulary_bytes
-from kubedistill.runtime.generation.prompts import Prompt, read_prompts
+from kubedistill.runtime.generation.prompts import Prompt, Prompts, read_prompts
 from kubedistill.runtime.generation.store import (
     FAILED,
     FINISHED,
@@ -222,7 +222,20 @@ def settings_of(job: DistillationJob) -> Settings:
         seed=spec.training.seed if generation.seed is None else generation.seed,
         top_logprobs=generation.top_logprobs,
         score_answers=generation.score_answers,
+        step=chain_of_thought(job),
     )
+
+
+def chain_of_thought(job: DistillationJob) -> dict[str, Any] | None:
+    """The chainOfThought step's template, which the answers are asked with; None without that step."""
+    from kubedistill.api.generation import StepKind
+    from kubedistill.runtime.generation.steps import step_template
+
+    assert job.spec.generation is not None
+    for index, step in enumerate(job.spec.generation.steps):
+        if step.kind == StepKind.CHAIN_OF_THOUGHT:
+            return {"kind": str(step.kind), "template": step_template(step, index)}
+    return None
 
 
 def generated_file(job: DistillationJob, output_dir: Path) -> GeneratedFile:
@@ -245,21 +258,30 @@ def run_generation(
     *,
     backoff_seconds: float = 0.5,
     on_progress: Callable[[GenerationProgress], None] | None = None,
+    read: Prompts | None = None,
+    ask: Callable[[Prompt], list[Message]] | None = None,
+    own_teacher: "OwnTeacher | None" = None,
 ) -> GenerationResult:
     """Generate what the file lacks (own teacher: Ray must be connected), then finish the file.
 
     `on_progress` sees the counts after every answer (the /metrics gauges); a log line says them every
-    tenth of the pairs or PROGRESS_EVERY_SECONDS."""
+    tenth of the pairs or PROGRESS_EVERY_SECONDS. `read`: the prompts when steps made them (else
+    spec.data.train's); `ask`: what the teacher is sent for a prompt (a chainOfThought step's template), the
+    record keeping the prompt itself; `own_teacher`: engines the steps share (else started here)."""
     generation = job.spec.generation
     assert generation is not None
     store = generated_file(job, output_dir)
     report = store.report()
     if report is not None:
         return GenerationResult(store.path, report, reused=True)
-    # A rule refuses spec.data.mixture with spec.generation, so its prompts are spec.data.train's.
-    assert job.spec.data.train is not None
-    read = read_prompts(job.spec.data.train, job.spec.data.on_bad_record, answers=generation.score_answers)
+    if read is None:
+        # A rule refuses spec.data.mixture with spec.generation, so its prompts are spec.data.train's.
+        assert job.spec.data.train is not None
+        read = read_prompts(
+            job.spec.data.train, job.spec.data.on_bad_record, answers=generation.score_answers
+        )
     prompts = read.prompts
+    by_id = {prompt.id: prompt for prompt in prompts}
     done = store.existing(prompts)
     skipped = store.settled(prompts)
     earlier = store.earlier()
@@ -284,9 +306,10 @@ def run_generation(
     chats: dict[str, ScoredChat] = {}
 
     def keep(
-        prompt: Prompt, sample: int, response: Response | None, failure: str = "", why: str = FAILED
+        asked: Prompt, sample: int, response: Response | None, failure: str = "", why: str = FAILED
     ) -> None:
         nonlocal shown
+        prompt = by_id[asked.id]
         if response is not None:
             progress.usage += response.usage
         if response is not None and prompt.id in chats:
@@ -331,14 +354,19 @@ def run_generation(
                 keep(prompt, 0, None, str(error), UNRENDERED)
     if on_progress is not None:
         on_progress(progress)
+    if ask is not None:
+        todo = [replace(prompt, messages=ask(prompt)) for prompt in todo]
     if todo and generation.endpoint is not None:
         asyncio.run(
-            _from_endpoint(
-                job, store.settings, todo, missing, environ, keep, backoff_seconds, progress, chats
-            )
+            ask_endpoint(job, store.settings, todo, missing, environ, keep, backoff_seconds, progress, chats)
         )
     elif todo:
-        _from_own_teacher(job, store.settings, todo, missing, samples, keep)
+        teacher = own_teacher or OwnTeacher(job)
+        try:
+            teacher.generate(store.settings, todo, missing, samples, keep)
+        finally:
+            if own_teacher is None:
+                teacher.shutdown()
     report = store.finish(
         prompts,
         skipped,
@@ -353,7 +381,7 @@ def run_generation(
     return GenerationResult(store.path, report, reused=False)
 
 
-async def _from_endpoint(
+async def ask_endpoint(
     job: DistillationJob,
     settings: Settings,
     prompts: list[Prompt],
@@ -405,24 +433,35 @@ async def _from_endpoint(
         reporter.cancel()
 
 
-def _from_own_teacher(
-    job: DistillationJob,
-    settings: Settings,
-    prompts: list[Prompt],
-    missing: dict[str, list[int]],
-    samples: int,
-    keep: Any,
-) -> None:
-    from kubedistill.runtime.cluster.placement import ClusterView
-    from kubedistill.runtime.generation.engine import TeacherGenerators
+class OwnTeacher:
+    """The job's own teacher on its engines, started at its first question and kept for the next (the steps
+    of spec.generation ask it in turn) until `shutdown`."""
 
-    generators = TeacherGenerators(job, ClusterView.current())
-    try:
-        for prompt, sample, response in generators.generate(prompts, missing, settings, samples):
+    def __init__(self, job: DistillationJob) -> None:
+        self._job = job
+        self._generators: Any = None
+
+    def generate(
+        self,
+        settings: Settings,
+        prompts: list[Prompt],
+        missing: dict[str, list[int]],
+        samples: int,
+        keep: Any,
+    ) -> None:
+        from kubedistill.runtime.cluster.placement import ClusterView
+        from kubedistill.runtime.generation.engine import TeacherGenerators
+
+        if self._generators is None:
+            self._generators = TeacherGenerators(self._job, ClusterView.current())
+        for prompt, sample, response in self._generators.generate(prompts, missing, settings, samples):
             keep(prompt, sample, response)
-    finally:
+
+    def shutdown(self) -> None:
         # The teacher's GPUs go back before training starts (offPolicy starts its own teacher engines).
-        generators.shutdown()
+        if self._generators is not None:
+            self._generators.shutdown()
+            self._generators = None
 
 
 def training_job(job: DistillationJob, generated: Path) -> DistillationJob:

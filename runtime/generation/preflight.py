@@ -49,6 +49,19 @@ def check_generation(
     return []
 
 
+def check_templates(job: DistillationJob) -> list[str]:
+    """Each step's templateFile reads and holds its kind's placeholders (in the pods, where it is mounted)."""
+    from kubedistill.runtime.generation.steps import TemplateProblem, step_template
+
+    problems = []
+    for index, step in enumerate(job.spec.generation.steps if job.spec.generation else []):
+        try:
+            step_template(step, index)
+        except TemplateProblem as problem:
+            problems.append(str(problem))
+    return problems
+
+
 def proxy_for(url: SplitResult) -> tuple[str, str] | None:
     """(variable, proxy URL) that requests to `url` go through: read from the environment as the client
     reads it (aiohttp's trust_env calls the same `urllib.request.getproxies` and `proxy_bypass`, aiohttp 3.14

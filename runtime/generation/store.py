@@ -62,6 +62,9 @@ class Settings:
     """spec.generation.topLogprobs: the endpoint's top-k log-probabilities are asked and kept."""
     score_answers: bool = False
     """spec.generation.scoreAnswers: the data's own answers are scored instead of new ones generated."""
+    step: Mapping[str, Any] | None = None
+    """A step of spec.generation.steps (its kind, template and settings), or the chainOfThought template the
+    answers are asked with: what the lines depend on besides the teacher's sampling."""
 
     def recorded(self) -> dict[str, Any]:
         """The settings as the report records them; topLogprobs and scoreAnswers only when asked, so that a
@@ -71,6 +74,8 @@ class Settings:
             del fields["top_logprobs"]
         if not self.score_answers:
             del fields["score_answers"]
+        if self.step is None:
+            del fields["step"]
         return fields
 
     def sampling(self) -> dict[str, Any]:
@@ -82,6 +87,7 @@ class Settings:
             # Only when asked: the lines of files generated before this setting existed stay valid.
             **({"topLogprobs": self.top_logprobs} if self.top_logprobs is not None else {}),
             **({"scoreAnswers": True} if self.score_answers else {}),
+            **({"step": dict(self.step)} if self.step is not None else {}),
         }
 
 

@@ -171,10 +171,11 @@ def _generate(
     earlier run wrote), its progress on /metrics; returns the job that trains on that file and what
     summary.json says of the generation."""
     from kubedistill.runtime.data.errors import BadRecordError, DataFileError
-    from kubedistill.runtime.generation import phase
+    from kubedistill.runtime.generation import phase, synthesis
     from kubedistill.runtime.generation.endpoint import EndpointRefused
-    from kubedistill.runtime.generation.preflight import check_generation
+    from kubedistill.runtime.generation.preflight import check_generation, check_templates
     from kubedistill.runtime.generation.store import GenerationRefused, Usage
+    from kubedistill.runtime.generation.synthesis import StepFailed
     from kubedistill.runtime.trainer.metrics import announce, publish_generation, serve_metrics
 
     def fail(problem: str) -> typer.Exit:
@@ -184,22 +185,31 @@ def _generate(
 
     generation = job.spec.generation
     assert generation is not None
+    problems = check_templates(job)
+    if problems:
+        raise fail(problems[0])
     store = phase.generated_file(job, out)
-    if store.report() is None:
+    finished = store.report() is not None and not generation.steps
+    if not finished:
         problems = check_generation(job, os.environ)
         if problems:
             raise fail(problems[0])
     serve_metrics(metrics, metrics_port, preflight.metrics_port_asked(metrics_port))
     announce(metrics)
     try:
-        if generation.endpoint is None and store.report() is None:
+        if generation.endpoint is None and not finished:
             from kubedistill.runtime.cluster.session import connect
 
             connect()
-        result = phase.run_generation(
-            job, out, os.environ, on_progress=lambda progress: publish_generation(metrics, progress)
+        phased = synthesis.run_phase(
+            job,
+            out,
+            os.environ,
+            echo=lambda line: typer.echo(f"{file}: {line}"),
+            on_progress=lambda progress: publish_generation(metrics, progress),
         )
-    except (GenerationRefused, EndpointRefused, BadRecordError, DataFileError) as error:
+        result = phased.answers
+    except (GenerationRefused, EndpointRefused, BadRecordError, DataFileError, StepFailed) as error:
         raise fail(str(error)) from None
     except KeyboardInterrupt:
         metrics.close()
@@ -211,7 +221,6 @@ def _generate(
             f"{file}: stopped by SIGTERM during generation; a re-run goes on from {store.path}", err=True
         )
         raise typer.Exit(TERMINATED_EXIT_CODE) from None
-    typer.echo(f"{file}: {result.summary()}")
     problem = result.problem(generation.min_kept_fraction)
     if problem is not None:
         raise fail(problem)
@@ -224,8 +233,9 @@ def _generate(
         "skipped": report["skipped"],
         "prompt_tokens": usage.prompt_tokens,
         "completion_tokens": usage.completion_tokens,
+        **({"steps": [step.counts() for step in phased.steps]} if phased.steps else {}),
     }
-    return phase.training_job(job, result.path), summary
+    return phase.training_job(job, phased.path), summary
 
 
 def _interrupted(file: Path, trainer: "Trainer", how: str, code: int) -> typer.Exit:

@@ -1,6 +1,7 @@
 """The in-job path on local Ray: the job's own teacher (transformers engine on a Ray actor) answers the
 prompts, the student trains on the answers off-policy against the same teacher's hidden states, and a rerun
-reuses the answers instead of generating them again. (sft on a generated file runs end to end in
+reuses the answers instead of generating them again; a step (longToShort) rewrites the answers on the same
+engines, and the student trains on its file. (sft on a generated file runs end to end in
 test_transformers_serve.py; `training_job` is the one difference, tested here.)
 
 The tiny teacher's weights are random, so it never ends an answer: the examples' cut-off answers are kept
@@ -31,7 +32,10 @@ def test_the_teacher_answers_the_student_trains_offpolicy_and_a_rerun_reuses_the
         "demo-output/assets/data/student-train.jsonl": distinct_prompts(tmp_path / "prompts.jsonl", 8),
         "demo-output/runs/generate-with-teacher": out,
     }
-    manifest = example_manifest("generate-with-teacher", paths, maxNewTokens=8, keepTruncated=True)
+    shorter = {"kind": "longToShort", "template": "Shorter: {answer}"}
+    manifest = example_manifest(
+        "generate-with-teacher", paths, maxNewTokens=8, keepTruncated=True, steps=[shorter]
+    )
     manifest["spec"]["checkpoint"] = {"path": str(tmp_path / "checkpoints")}
     done = invoke(["run", str(write_manifest(tmp_path / "offpolicy.yaml", manifest))])
     assert done.exit_code == 0, done.stderr
@@ -45,13 +49,24 @@ def test_the_teacher_answers_the_student_trains_offpolicy_and_a_rerun_reuses_the
     assert {line["teacher"] for line in lines} == {str(tiny.teacher)}
     assert {line["endpoint"] for line in lines} == {None}
     assert all(line["response"] for line in lines)
+    rewritten = out / "generated" / "demo-generate-with-teacher.step0-longToShort.jsonl"
+    records = [json.loads(line) for line in rewritten.read_text().splitlines()]
+    assert [record["messages"][:-1] for record in records] == [line["prompt"] for line in lines]
+    assert all(record["reply"] and record["endpoint"] is None for record in records), "the same engines"
     offpolicy = json.loads((out / "summary.json").read_text())
     assert offpolicy["steps"] == 1 and offpolicy["mode"] == "offPolicy"
+    assert offpolicy["generation"]["steps"] == [
+        {"kind": "longToShort", "file": str(rewritten), "inputs": 16, "asked": 16, "kept": 16, "skipped": {}}
+    ], "the student trains on the rewritten answers"
     before = generated.read_bytes()
 
     again = invoke(["run", str(tmp_path / "offpolicy.yaml")])
     assert again.exit_code == 0, again.stderr
     assert f"generation: 16 responses to 8 prompts in {generated} (reused)" in again.stdout
+    assert (
+        f"generation step 0 (longToShort): 16 of 16 kept from 16 records in {rewritten} (reused)"
+        in again.stdout
+    )
     assert "is finished" in again.stdout, "nothing trained again"
     assert generated.read_bytes() == before
 

@@ -80,13 +80,21 @@ def _paths(tiny: TinyWorld, prompts: Path, out: Path) -> dict[str, Path]:
         "demo-output/assets/student-init": tiny.student,
         "demo-output/assets/data/student-train.jsonl": prompts,
         "demo-output/runs/generate-from-endpoint": out,
+        "demo-output/runs/teacher-made-data": out,
     }
 
 
-def _example(url: str, tiny: TinyWorld, prompts: Path, tmp_path: Path, **generation: Any) -> Path:
-    """The endpoint example aimed at the served tiny teacher, in tmp_path/job.yaml, output in tmp_path/out."""
+def _example(
+    url: str,
+    tiny: TinyWorld,
+    prompts: Path,
+    tmp_path: Path,
+    name: str = "generate-from-endpoint",
+    **generation: Any,
+) -> Path:
+    """An endpoint example aimed at the served tiny teacher, in tmp_path/job.yaml, output in tmp_path/out."""
     manifest = example_manifest(
-        "generate-from-endpoint",
+        name,
         _paths(tiny, prompts, tmp_path / "out"),
         endpoint={"baseUrl": url, "model": str(tiny.teacher)},
         **generation,
@@ -95,28 +103,81 @@ def _example(url: str, tiny: TinyWorld, prompts: Path, tmp_path: Path, **generat
 
 
 @pytest.mark.usefixtures("ray_session")
-def test_the_endpoint_example_generates_then_trains_the_student_on_the_answers(
+def test_the_teacher_made_data_example_expands_asks_rewrites_then_trains_the_student_on_the_last(
     served_teacher: str, tiny: TinyWorld, prompts: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "out"
-    done = invoke(
-        ["run", str(_example(served_teacher, tiny, prompts, tmp_path, maxNewTokens=8, keepTruncated=True))]
-    )
+    file = _example(served_teacher, tiny, prompts, tmp_path, "teacher-made-data", maxNewTokens=8)
+    done = invoke(["run", str(file)])
     assert done.exit_code == 0, done.stderr
-    generated = out / "generated" / "demo-generate-from-endpoint.jsonl"
-    lines = [json.loads(line) for line in generated.read_text().splitlines()]
-    assert len(lines) == 16
-    assert {line["teacher"] for line in lines} == {str(tiny.teacher)}
-    assert {line["endpoint"] for line in lines} == {served_teacher}
-    assert all(line["response"] and line["finishReason"] == "length" for line in lines)
-    assert f"generation: 16 responses to 16 prompts in {generated} (16 new); skipped: none" in done.stdout
-    summary = json.loads((out / "summary.json").read_text())
-    assert summary["steps"] == 1, "one global batch of the 16 generated records"
-    generation = summary["generation"]
-    assert (generation["pairs"], generation["kept"], generation["skipped"]) == (16, 16, {})
-    assert generation["completion_tokens"] == 16 * 8, "every answer filled maxNewTokens, as the server counts"
-    assert generation["prompt_tokens"] > 16
+    generated = out / "generated"
+    expanded = [
+        json.loads(line)
+        for line in (generated / "demo-teacher-made-data.step0-instructionExpansion.jsonl")
+        .read_text()
+        .splitlines()
+    ]
+    answers = [
+        json.loads(line) for line in (generated / "demo-teacher-made-data.jsonl").read_text().splitlines()
+    ]
+    shorter = generated / "demo-teacher-made-data.step2-longToShort.jsonl"
+    rewritten = [json.loads(line) for line in shorter.read_text().splitlines()]
+    # Every reply fills maxNewTokens with the tiny teacher's random tokens, each a new prompt (its weights
+    # are random, so one seed draws much the same tokens whatever the prompt: a repeat is asked once).
+    new = {line["messages"][-1]["content"] for line in expanded}
+    assert len(expanded) == 16 and len(answers) == len(rewritten) == 16 + len(new) > 16
+    assert {line["teacher"] for line in answers + rewritten} == {str(tiny.teacher)}
+    assert {line["endpoint"] for line in answers + rewritten} == {served_teacher}
+    seeds = {json.loads(line)["messages"][0]["content"] for line in prompts.read_text().splitlines()}
+    assert {line["prompt"][-1]["content"] for line in answers} == seeds | new, "each asked once"
+    assert answers[0]["sampling"]["step"]["template"] == "Think step by step, then answer.\n{instruction}"
+    assert [line["messages"][-1]["content"] for line in rewritten] == [
+        line["reply"].strip() for line in rewritten
+    ]
+    assert [line["messages"][:-1] for line in rewritten] == [line["prompt"] for line in answers]
+    assert (
+        f"generation step 0 (instructionExpansion): 16 of 16 kept from 16 records in "
+        f"{generated / 'demo-teacher-made-data.step0-instructionExpansion.jsonl'} (16 new); skipped: none"
+    ) in done.stdout
+    n = len(answers)
+    assert f"generation step 2 (longToShort): {n} of {n} kept from {n} records in {shorter} ({n} new)" in (
+        done.stdout
+    )
+    generation = json.loads((out / "summary.json").read_text())["generation"]
+    assert (generation["pairs"], generation["kept"], generation["skipped"]) == (n, n, {})
+    assert [(step["kind"], step["kept"]) for step in generation["steps"]] == [
+        ("instructionExpansion", 16),
+        ("longToShort", n),
+    ]
+    assert generation["completion_tokens"] == n * 8, "the answers' tokens, as the server counts them"
     assert (out / "config.json").is_file(), "the student is exported"
+
+
+def test_a_judge_over_the_served_teacher_lists_every_reply_it_cannot_score_and_stops_naming_the_step(
+    served_teacher: str, tiny: TinyWorld, prompts: Path, tmp_path: Path
+) -> None:
+    from kubedistill.api import parse_job
+    from kubedistill.runtime.generation.synthesis import StepFailed, run_phase
+
+    # EasyDistill's judge prompt (the default) is longer than the tiny teacher's 1024 positions.
+    judge = {"kind": "judge", "threshold": 0, "template": "Score it 0-9 as <score>N</score>: {answer}"}
+    manifest = example_manifest(
+        "generate-from-endpoint",
+        _paths(tiny, prompts, tmp_path / "out"),
+        endpoint={"baseUrl": served_teacher, "model": str(tiny.teacher)},
+        maxNewTokens=8,
+        keepTruncated=True,
+        steps=[judge],
+    )
+    lines: list[str] = []
+    with pytest.raises(StepFailed) as failed:
+        run_phase(parse_job(manifest), tmp_path / "out", {}, echo=lines.append)
+    skipped = tmp_path / "out" / "generated" / "demo-generate-from-endpoint.step0-judge.skipped.jsonl"
+    assert str(failed.value).startswith("spec.generation.steps[0]: no record was kept")
+    reasons = [json.loads(line) for line in skipped.read_text().splitlines()]
+    assert {reason["reason"] for reason in reasons} == {"unscored"} and len(reasons) == 16
+    assert all(reason["detail"].startswith("no <score>N</score> in the reply: ") for reason in reasons)
+    assert lines[-1].startswith("generation step 0 (judge): 0 of 16 kept from 16 records")
 
 
 def test_cut_off_answers_are_skipped_and_counted_and_none_left_fails_naming_the_file(
