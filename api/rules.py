@@ -312,6 +312,127 @@ _REINFORCEMENT_RULES: tuple[Rule, ...] = (
 )
 
 
+_SAMPLING_MODES = (Mode.ON_POLICY, Mode.SELF_DISTILLATION, Mode.REINFORCEMENT, Mode.PREFERENCE)
+"""The modes in which the student samples answers on rollout engines (spec.rollout)."""
+
+_NOT_PREFERENCE = f"{value('mode')} != 'preference'"
+"""CEL: the job is not in mode preference (each of its rules holds then)."""
+
+
+def _pair_keys(source_path: str) -> Rule:
+    """Pair records are read by TRL's keys (`data.preference`): a source of pairs names no keys of its own."""
+
+    def holds(spec: DistillationJobSpec) -> bool:
+        source = spec.data.eval if source_path == "eval" else spec.data.train
+        prompts = source_path == "train" and spec.generation is not None
+        return spec.mode != Mode.PREFERENCE or source is None or prompts or source.prompt_key is None
+
+    keys = f"data.{source_path}"
+    prompts = " || has(self.generation)" if source_path == "train" else ""
+    return Rule(
+        f"{keys}.promptKey",
+        "not used with spec.mode preference: pairs are read by their keys prompt, chosen and rejected "
+        "(TRL's preference format); prompts to answer take it with spec.generation",
+        holds,
+        f"{_NOT_PREFERENCE} || !{present(keys + '.promptKey')}{prompts}",
+    )
+
+
+_PREFERENCE_RULES: tuple[Rule, ...] = (
+    # DPO on pairs of the teacher's answer over the student's own (runtime/algorithms/dpo.py).
+    Rule(
+        "preference",
+        "only used when spec.mode is preference; remove it",
+        lambda s: s.preference is None or s.mode == Mode.PREFERENCE,
+        f"!has(self.preference) || {value('mode')} == 'preference'",
+    ),
+    Rule(
+        "rollout",
+        "required when spec.mode is preference with spec.generation: the student answers the prompts "
+        "before training (its rejected answers, the teacher's chosen)",
+        lambda s: s.mode != Mode.PREFERENCE or s.generation is None or s.rollout is not None,
+        f"{_NOT_PREFERENCE} || !has(self.generation) || has(self.rollout)",
+    ),
+    Rule(
+        "rollout",
+        "with spec.mode preference only used with spec.generation (the student's answers to its prompts); "
+        "data that holds pairs is trained as it is: remove it",
+        lambda s: s.mode != Mode.PREFERENCE or s.rollout is None or s.generation is not None,
+        f"{_NOT_PREFERENCE} || !has(self.rollout) || has(self.generation)",
+    ),
+    Rule(
+        "teacher",
+        "with spec.mode preference only used to write the chosen answers (spec.generation without an "
+        "endpoint); the reference is the initial student: remove it",
+        lambda s: s.mode != Mode.PREFERENCE or s.teacher is None or teacher_generates(s),
+        f"{_NOT_PREFERENCE} || !has(self.teacher) || (has(self.generation) && "
+        "!has(self.generation.endpoint))",
+    ),
+    Rule(
+        "rollout.samplesPerPrompt",
+        "must equal spec.generation.samplesPerPrompt with spec.mode preference: the teacher's answer i to a "
+        "prompt and the student's answer i make pair i",
+        lambda s: (
+            s.mode != Mode.PREFERENCE
+            or s.rollout is None
+            or s.generation is None
+            or s.rollout.samples_per_prompt == s.generation.samples_per_prompt
+        ),
+        f"{_NOT_PREFERENCE} || !has(self.rollout) || !has(self.generation) || "
+        f"{value('rollout.samplesPerPrompt')} == {value('generation.samplesPerPrompt')}",
+    ),
+    Rule(
+        "rollout.lmbda",
+        "must be 1 with spec.mode preference: the student answers every prompt once, before training",
+        lambda s: s.mode != Mode.PREFERENCE or s.rollout is None or s.rollout.lmbda >= 1.0,
+        f"{_NOT_PREFERENCE} || !has(self.rollout) || {value('rollout.lmbda')} >= 1.0",
+    ),
+    Rule(
+        "rollout.sequenceKd",
+        "not used with spec.mode preference (the teacher's answers are the chosen ones); remove it",
+        lambda s: s.mode != Mode.PREFERENCE or s.rollout is None or not s.rollout.sequence_kd,
+        f"{_NOT_PREFERENCE} || !has(self.rollout) || !{value('rollout.sequenceKd')}",
+    ),
+    Rule(
+        "training.globalBatchSize",
+        "must be even with spec.mode preference: a global batch counts sequences, and a pair is two",
+        lambda s: s.mode != Mode.PREFERENCE or s.training.global_batch_size % 2 == 0,
+        f"{_NOT_PREFERENCE} || {value('training.globalBatchSize')} % 2 == 0",
+    ),
+    Rule(
+        "data.mixture",
+        "not used with spec.mode preference: a mixture draws samples one by one, and a pair is two; give "
+        "the pairs as spec.data.train",
+        lambda s: s.mode != Mode.PREFERENCE or s.data.mixture is None,
+        f"{_NOT_PREFERENCE} || !has(self.data.mixture)",
+    ),
+    Rule(
+        "data.train.teacherInputKey",
+        "not used with spec.mode preference: no teacher runs in training (the reference is the initial "
+        "student); remove it",
+        lambda s: s.mode != Mode.PREFERENCE or s.data.train is None or s.data.train.teacher_input_key is None,
+        f"{_NOT_PREFERENCE} || !{present('data.train.teacherInputKey')}",
+    ),
+    _pair_keys("train"),
+    _pair_keys("eval"),
+    Rule(
+        "distillation.algorithm",
+        "not used with spec.mode preference (its loss is DPO's); remove it",
+        lambda s: (
+            s.mode != Mode.PREFERENCE or s.distillation.algorithm == default_at("distillation.algorithm")
+        ),
+        f"{_NOT_PREFERENCE} || {value('distillation.algorithm')} == "
+        f"{_cel_literal(default_at('distillation.algorithm'))}",
+    ),
+    Rule(
+        "student.contextParallel",
+        "must be 1 with spec.mode preference: a pair's two answers are one loss, whole on one rank",
+        lambda s: s.mode != Mode.PREFERENCE or s.student.context_parallel == 1,
+        f"{_NOT_PREFERENCE} || {value('student.contextParallel')} == 1",
+    ),
+)
+
+
 _RULES: tuple[Rule, ...] = (
     Rule(
         "rollout",
@@ -321,10 +442,10 @@ _RULES: tuple[Rule, ...] = (
     ),
     Rule(
         "rollout",
-        "only used when spec.mode is onPolicy, selfDistillation or reinforcement (the student samples the "
-        "responses it learns from); remove it",
-        lambda s: s.rollout is None or s.mode in (Mode.ON_POLICY, Mode.SELF_DISTILLATION, Mode.REINFORCEMENT),
-        f"!has(self.rollout) || {_mode_is(Mode.ON_POLICY, Mode.SELF_DISTILLATION, Mode.REINFORCEMENT)}",
+        "only used when spec.mode is onPolicy, selfDistillation, reinforcement or preference (the student "
+        "samples the responses it learns from); remove it",
+        lambda s: s.rollout is None or s.mode in _SAMPLING_MODES,
+        f"!has(self.rollout) || {_mode_is(*_SAMPLING_MODES)}",
     ),
     Rule(
         "rollout",
@@ -389,9 +510,10 @@ _RULES: tuple[Rule, ...] = (
     ),
     Rule(
         "generation",
-        "only used when spec.mode is sft or offPolicy (training on the generated responses); remove it",
-        lambda s: s.generation is None or s.mode in (Mode.SFT, Mode.OFF_POLICY),
-        f"!has(self.generation) || {_mode_is(Mode.SFT, Mode.OFF_POLICY)}",
+        "only used when spec.mode is sft, offPolicy or preference (training on the generated responses); "
+        "remove it",
+        lambda s: s.generation is None or s.mode in (Mode.SFT, Mode.OFF_POLICY, Mode.PREFERENCE),
+        f"!has(self.generation) || {_mode_is(Mode.SFT, Mode.OFF_POLICY, Mode.PREFERENCE)}",
     ),
     Rule(
         "generation.endpoint",
@@ -703,9 +825,12 @@ _RULES: tuple[Rule, ...] = (
         "spec.training.globalBatchSize (every rollout round feeds whole optimizer steps)",
         lambda s: (
             s.rollout is None
+            # Mode preference's student answers every prompt before training, batchSize prompts a call.
+            or s.mode == Mode.PREFERENCE
             or (s.rollout.batch_size * s.rollout.samples_per_prompt) % s.training.global_batch_size == 0
         ),
-        f"!has(self.rollout) || ({value('rollout.batchSize')} * {value('rollout.samplesPerPrompt')})"
+        f"!has(self.rollout) || !({_NOT_PREFERENCE}) || "
+        f"({value('rollout.batchSize')} * {value('rollout.samplesPerPrompt')})"
         f" % {value('training.globalBatchSize')} == 0",
     ),
     Rule(
@@ -747,6 +872,7 @@ _RULES: tuple[Rule, ...] = (
         f"!has(self.rollout) || !{value('rollout.sequenceKd')} || !has(self.teachers)",
     ),
     *_REINFORCEMENT_RULES,
+    *_PREFERENCE_RULES,
     Rule(
         "rollout.maxNewTokens",
         "must be less than spec.data.maxLength (prompt and response share it)",

@@ -33,6 +33,16 @@ REINFORCEMENT_ROLLOUT = {**ON_POLICY_ROLLOUT, "batchSize": 32, "samplesPerPrompt
 REINFORCEMENT = {"spec.mode": "reinforcement", "spec.rollout": REINFORCEMENT_ROLLOUT}
 """Mode reinforcement on BASE: 32 prompts answered 4 times each fill one global batch of 128."""
 
+PREFERENCE_ROLLOUT = {**ON_POLICY_ROLLOUT, "maxNewTokens": 512}
+PREFERENCE = {
+    "spec.mode": "preference",
+    "spec.generation": {"maxNewTokens": 512},
+    "spec.rollout": PREFERENCE_ROLLOUT,
+}
+"""Mode preference on BASE: the teacher writes the chosen answers, the student (rollout) the rejected ones."""
+PREFERENCE_PAIRS = {"spec.mode": "preference", "spec.teacher": DELETE}
+"""Mode preference on data that already holds pairs: no generation, no teacher."""
+
 
 @dataclass(frozen=True)
 class Bad:
@@ -280,6 +290,60 @@ BAD_MANIFESTS: list[Bad] = [
         "reinforcement-settings-in-another-mode",
         {"spec.reinforcement": {"klCoef": 0.1}},
         "spec.reinforcement",
+        "cel",
+    ),
+    Bad("preference-without-rollout", {**PREFERENCE, "spec.rollout": DELETE}, "spec.rollout", "cel"),
+    Bad(
+        "preference-pairs-with-rollout",
+        {**PREFERENCE_PAIRS, "spec.rollout": PREFERENCE_ROLLOUT},
+        "spec.rollout",
+        "cel",
+    ),
+    Bad("preference-pairs-with-teacher", {"spec.mode": "preference"}, "spec.teacher", "cel"),
+    Bad("preference-settings-in-another-mode", {"spec.preference": {"beta": 0.5}}, "spec.preference", "cel"),
+    Bad("preference-beta-zero", {**PREFERENCE, "spec.preference": {"beta": 0}}, "spec.preference.beta"),
+    *(
+        Bad(f"preference-{name}", {**PREFERENCE, **changes}, field, "cel")
+        for name, changes, field in [
+            (
+                "unpaired-answers",
+                {"spec.rollout": {**PREFERENCE_ROLLOUT, "samplesPerPrompt": 2}},
+                "spec.rollout.samplesPerPrompt",
+            ),
+            ("mixing-policies", {"spec.rollout": {**PREFERENCE_ROLLOUT, "lmbda": 0.5}}, "spec.rollout.lmbda"),
+            (
+                "sequence-kd",
+                {"spec.rollout": {**PREFERENCE_ROLLOUT, "lmbda": 0.5, "sequenceKd": True}},
+                "spec.rollout.sequenceKd",
+            ),
+            ("odd-global-batch", {"spec.training.globalBatchSize": 127}, "spec.training.globalBatchSize"),
+            ("mixture", {"spec.data.train": DELETE, "spec.data.mixture": MIXTURE}, "spec.data.mixture"),
+            (
+                "teacher-input",
+                {"spec.data.train": {"path": "/d.jsonl", "teacherInputKey": "hint"}},
+                "spec.data.train.teacherInputKey",
+            ),
+            (
+                "eval-prompt-records",
+                {"spec.data.eval": {"path": "/e.jsonl", "promptKey": "q", "responseKey": "a"}},
+                "spec.data.eval.promptKey",
+            ),
+            (
+                "with-an-algorithm",
+                {"spec.distillation": {"algorithm": "dskd"}},
+                "spec.distillation.algorithm",
+            ),
+            (
+                "with-context-parallelism",
+                {"spec.student.contextParallel": 2, "spec.student.fsdpShardSize": -1},
+                "spec.student.contextParallel",
+            ),
+        ]
+    ),
+    Bad(
+        "preference-pairs-prompt-records",
+        {**PREFERENCE_PAIRS, "spec.data.train": {"path": "/d.jsonl", "promptKey": "q", "responseKey": "a"}},
+        "spec.data.train.promptKey",
         "cel",
     ),
     Bad("prompt-longer-than-max", {"spec.data.promptMaxLength": 4096}, "spec.data.promptMaxLength", "cel"),

@@ -15,6 +15,8 @@ from tests.api.manifests import (
     BASE,
     DELETE,
     ON_POLICY_ROLLOUT,
+    PREFERENCE,
+    PREFERENCE_PAIRS,
     SEVERAL_TEACHERS,
     TEACHERS,
     Bad,
@@ -128,6 +130,18 @@ def test_self_distillation_may_sample_its_own_responses(teacher: dict[str, Any])
     assert cel_violations(manifest) == []
     spec = parse_job(manifest).spec
     assert spec.on_policy and spec.rollout.batch_size == 128
+
+
+@pytest.mark.parametrize(
+    "changes", [PREFERENCE, PREFERENCE_PAIRS], ids=["generated-pairs", "pairs-in-the-data"]
+)
+def test_preference_trains_on_pairs_it_generates_or_the_data_holds(changes: dict[str, Any]) -> None:
+    """With spec.generation the teacher answers (chosen) and the student on rollout engines (rejected);
+    without it the data holds the pairs, and neither a teacher nor rollout engines run."""
+    manifest = apply_changes(BASE, changes)
+    assert cel_violations(manifest) == []
+    spec = parse_job(manifest).spec
+    assert not spec.on_policy and spec.mode == "preference"
 
 
 def test_self_distillation_without_a_rollout_section_trains_on_the_datasets_responses() -> None:
