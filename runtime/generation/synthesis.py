@@ -21,6 +21,7 @@ from kubedistill.api.generation import INSTRUCTION_STEPS, GenerationStep, ScoreF
 from kubedistill.api.job import DistillationJob
 from kubedistill.api.spec import DataFormat, DataSource, OnBadRecord
 from kubedistill.runtime.data.chat import Message
+from kubedistill.runtime.generation.endpoint import EndpointRefused
 from kubedistill.runtime.generation.phase import (
     GENERATED_DIR,
     GenerationProgress,
@@ -28,6 +29,7 @@ from kubedistill.runtime.generation.phase import (
     OwnTeacher,
     ask_endpoint,
     chain_of_thought,
+    generated_file,
     run_generation,
     settings_of,
 )
@@ -238,6 +240,31 @@ def step_settings(job: DistillationJob, step: GenerationStep, template: str) -> 
     )
 
 
+def step_file(job: DistillationJob, output_dir: Path, index: int, step: GenerationStep) -> StepFile:
+    generation = job.spec.generation
+    assert generation is not None
+    return StepFile(
+        output_dir / GENERATED_DIR,
+        f"{job.name}.step{index}-{step.kind}",
+        step_settings(job, step, step_template(step, index)),
+        samples_of(step),
+        generation.keep_truncated,
+        generation.keep_reasoning,
+    )
+
+
+def phase_finished(job: DistillationJob, output_dir: Path) -> bool:
+    """Every step and the answers finished by an earlier run: nothing will be asked (no teacher, no
+    endpoint needed)."""
+    assert job.spec.generation is not None
+    steps = [
+        step_file(job, output_dir, index, step)
+        for index, step in enumerate(job.spec.generation.steps)
+        if step.kind != StepKind.CHAIN_OF_THOUGHT
+    ]
+    return all(store.report() is not None for store in [generated_file(job, output_dir), *steps])
+
+
 def run_step(
     job: DistillationJob,
     output_dir: Path,
@@ -252,16 +279,8 @@ def run_step(
     generation = job.spec.generation
     assert generation is not None
     template = step_template(step, index)
-    settings = step_settings(job, step, template)
-    samples = samples_of(step)
-    store = StepFile(
-        output_dir / GENERATED_DIR,
-        f"{job.name}.step{index}-{step.kind}",
-        settings,
-        samples,
-        generation.keep_truncated,
-        generation.keep_reasoning,
-    )
+    store = step_file(job, output_dir, index, step)
+    settings, samples = store.settings, store.samples_per_prompt
     items = {item.id: item for item in step_items(step, template, inputs, settings.seed)}
     asked = [item.as_prompt() for item in items.values()]
     report = store.report()
@@ -302,9 +321,15 @@ def run_step(
             progress.skipped[reason] += 1
 
         if todo and generation.endpoint is not None:
-            asyncio.run(
-                ask_endpoint(job, settings, todo, missing, environ, keep, backoff_seconds, progress, {})
-            )
+            try:
+                asyncio.run(
+                    ask_endpoint(job, settings, todo, missing, environ, keep, backoff_seconds, progress, {})
+                )
+            except EndpointRefused as refused:
+                # Its own first request: a template too long for the model is refused here, not the job's.
+                raise EndpointRefused(
+                    f"{refused} (asked by spec.generation.steps[{index}], {step.kind})"
+                ) from None
         elif todo:
             assert own is not None, "the job's own teacher answers where there is no endpoint"
             own.generate(settings, todo, missing, samples, keep)

@@ -189,7 +189,7 @@ def _generate(
     if problems:
         raise fail(problems[0])
     store = phase.generated_file(job, out)
-    finished = store.report() is not None and not generation.steps
+    finished = synthesis.phase_finished(job, out)
     if not finished:
         problems = check_generation(job, os.environ)
         if problems:

@@ -180,6 +180,29 @@ def test_a_judge_over_the_served_teacher_lists_every_reply_it_cannot_score_and_s
     assert lines[-1].startswith("generation step 0 (judge): 0 of 16 kept from 16 records")
 
 
+def test_a_step_whose_prompt_the_server_refuses_stops_the_phase_naming_the_step(
+    served_teacher: str, tiny: TinyWorld, prompts: Path, tmp_path: Path
+) -> None:
+    from kubedistill.api import parse_job
+    from kubedistill.runtime.generation.synthesis import run_phase
+
+    manifest = example_manifest(
+        "generate-from-endpoint",
+        _paths(tiny, prompts, tmp_path / "out"),
+        endpoint={"baseUrl": served_teacher, "model": str(tiny.teacher)},
+        maxNewTokens=8,
+        keepTruncated=True,
+        steps=[{"kind": "judge", "threshold": 5}],
+    )
+    with pytest.raises(EndpointRefused) as refused:
+        run_phase(parse_job(manifest), tmp_path / "out", {}, echo=lambda line: None)
+    message = str(refused.value)
+    assert "HTTP 400: " in message and "but the model takes at most 1024" in message, (
+        "EasyDistill's judge prompt is longer than the tiny teacher's positions"
+    )
+    assert message.endswith("(asked by spec.generation.steps[0], judge)")
+
+
 def test_cut_off_answers_are_skipped_and_counted_and_none_left_fails_naming_the_file(
     served_teacher: str, tiny: TinyWorld, prompts: Path, tmp_path: Path
 ) -> None:
