@@ -28,11 +28,16 @@ from typing import TYPE_CHECKING, ClassVar
 import torch
 from torch import Tensor
 
+from kubedistill.api.job import SpecError
+from kubedistill.api.spec import DistillationJobSpec
 from kubedistill.runtime.algorithms.base import Algorithm, AlgorithmContext, LossInputs
+from kubedistill.runtime.data.alignment import same_vocabulary
 from kubedistill.runtime.losses.label_logprobs import label_logprobs
 from kubedistill.runtime.losses.output import IGNORE_INDEX, LossOutput
 
 if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
     from kubedistill.runtime.data.sample import Sample
 
 ADVANTAGE_EPSILON = 1e-4
@@ -40,6 +45,26 @@ ADVANTAGE_EPSILON = 1e-4
 
 REFERENCE_LOGPROBS = "reference_logprobs"
 """The extra holding the frozen initial student's log-probability of each label (`needs_reference`)."""
+
+
+def check_teacher_vocabulary(
+    spec: DistillationJobSpec, student: "PreTrainedTokenizerBase", teacher: "PreTrainedTokenizerBase"
+) -> None:
+    """The reward reads the teacher's probability of each of the student's tokens, by id: `SpecError` naming
+    the teacher's tokenizer (or model) where its vocabulary is not the student's."""
+    if same_vocabulary(student, teacher):
+        return
+    field = (
+        "spec.teacher.tokenizer"
+        if spec.teacher is not None and spec.teacher.tokenizer
+        else "spec.teacher.model"
+    )
+    raise SpecError(
+        field,
+        f"{teacher.name_or_path} has another vocabulary than the student's {student.name_or_path}: mode "
+        "reinforcement's reward is the teacher's probability of the student's own tokens, so the teacher "
+        "needs the student's vocabulary",
+    )
 
 
 def group_advantages(rewards: Tensor, groups: Tensor) -> tuple[Tensor, Tensor]:

@@ -27,6 +27,7 @@ from kubedistill.api.job import DistillationJob, SpecError
 from kubedistill.api.placement import Role
 from kubedistill.api.spec import DataSource, Mode
 from kubedistill.runtime.algorithms.base import Algorithm, algorithm_for
+from kubedistill.runtime.algorithms.grpo import check_teacher_vocabulary
 from kubedistill.runtime.cluster.placement import ClusterView
 from kubedistill.runtime.data.cache import CACHE_FOLDER
 from kubedistill.runtime.data.errors import BadRecord
@@ -157,6 +158,8 @@ class Trainer:
         teacher_tokenizer = teacher_tokenizer_path(job)
         self.teacher_tokenizer = load_tokenizer(teacher_tokenizer) if teacher_tokenizer else None
         """Read once for every data source; None without a teacher."""
+        if self.spec.mode == Mode.REINFORCEMENT and self.teacher_tokenizer is not None:
+            check_teacher_vocabulary(self.spec, self.tokenizer, self.teacher_tokenizer)
         self.chat_clock = self._chat_clock()
         """The moment the chat templates see, whichever day the run renders the records on."""
         for tokenizer in (self.tokenizer, self.teacher_tokenizer):
