@@ -16,6 +16,7 @@ from pydantic import BaseModel
 from kubedistill.api.base import model_in
 from kubedistill.api.generation import (
     ANSWER_STEPS,
+    INSTRUCTION_STEPS,
     PLACEHOLDERS,
     GenerationStep,
     ScoreFrom,
@@ -619,6 +620,24 @@ _RULES: tuple[Rule, ...] = (
         _every_step_cel(
             f"!(t.kind in [{', '.join(repr(str(k)) for k in ANSWER_STEPS)}]) || "
             f"!{present('generation.topLogprobs')}"
+        ),
+    ),
+    Rule(
+        "generation.steps",
+        "instructionExpansion and instructionRefinement write prompts of their own, which the teacher's "
+        "input of spec.data.train.teacherInputKey (written for each original prompt) would not match: remove "
+        "one",
+        lambda s: _every_step(
+            s,
+            lambda step: (
+                step.kind not in INSTRUCTION_STEPS
+                or s.data.train is None
+                or s.data.train.teacher_input_key is None
+            ),
+        ),
+        _every_step_cel(
+            f"!(t.kind in [{', '.join(repr(str(k)) for k in INSTRUCTION_STEPS)}]) || "
+            f"!{present('data.train.teacherInputKey')}"
         ),
     ),
     Rule(

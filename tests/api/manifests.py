@@ -803,6 +803,15 @@ BAD_MANIFESTS: list[Bad] = [
         "cel",
     ),
     Bad(
+        "instruction-step-with-a-teacher-input",
+        {
+            "spec.data.train.teacherInputKey": "context",
+            "spec.generation": {"steps": [{"kind": "instructionExpansion"}]},
+        },
+        "spec.generation.steps",
+        "cel",
+    ),
+    Bad(
         "generation-with-plain-text",
         {"spec.generation": {}, "spec.data.applyChatTemplate": False},
         "spec.data.applyChatTemplate",
