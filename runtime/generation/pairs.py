@@ -155,14 +155,16 @@ def pair_lines(
 
 def write_pairs(job: DistillationJob, output_dir: Path, teacher: Path, student: Path) -> Pairs:
     """`<job>.pairs.jsonl` from the two finished files, written whole and renamed into place (a crash leaves
-    the old file or the new one); made again on every run, from what both files hold."""
+    the old file or the new one); made again on every run from what both files hold."""
     pairs, unpaired, example = pair_lines(_lines(teacher), _lines(student))
     path = output_dir / GENERATED_DIR / f"{job.name}.{PAIRS}.jsonl"
-    partial = path.with_name(f".{path.name}.partial")
-    partial.write_text(
-        "".join(json.dumps(pair, ensure_ascii=False) + "\n" for pair in pairs), encoding="utf-8"
-    )
-    os.replace(partial, path)
+    text = "".join(json.dumps(pair, ensure_ascii=False) + "\n" for pair in pairs)
+    # Left as it is when it holds the same pairs: a rerun then finds the prepared set it keyed by the file's
+    # modification time (`data.cache`) instead of tokenising again.
+    if not path.is_file() or path.read_text(encoding="utf-8") != text:
+        partial = path.with_name(f".{path.name}.partial")
+        partial.write_text(text, encoding="utf-8")
+        os.replace(partial, path)
     return Pairs(path, len(pairs), dict(unpaired), example)
 
 

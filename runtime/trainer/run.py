@@ -5,6 +5,7 @@ The command line itself (parsing, loading the manifest) is `kubedistill.cli`, ab
 """
 
 import os
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -12,6 +13,7 @@ from typing import TYPE_CHECKING
 import typer
 
 from kubedistill.api.job import DistillationJob, SpecError
+from kubedistill.api.spec import Mode
 from kubedistill.runtime.trainer import preflight
 from kubedistill.runtime.trainer.stopping import TERMINATED_EXIT_CODE, Stopping, Terminated
 
@@ -235,7 +237,30 @@ def _generate(
         "completion_tokens": usage.completion_tokens,
         **({"steps": [step.counts() for step in phased.steps]} if phased.steps else {}),
     }
-    return phase.training_job(job, phased.path), summary
+    train_on = phased.path
+    if job.spec.mode == Mode.PREFERENCE:
+        train_on, summary["preference"] = _preference_pairs(file, job, out, phased.path, fail)
+    return phase.training_job(job, train_on), summary
+
+
+def _preference_pairs(
+    file: Path, job: "DistillationJob", out: Path, chosen: Path, fail: "Callable[[str], typer.Exit]"
+) -> tuple[Path, dict[str, object]]:
+    """Mode preference: the student's own answers to the prompts the teacher answered (rollout engines, from
+    its initial weights), paired with the teacher's; the pairs file and what summary.json says of it."""
+    from kubedistill.runtime.generation import pairs
+
+    try:
+        if not pairs.student_answers_done(job, out):
+            from kubedistill.runtime.cluster.session import connect
+
+            connect()
+        made, student = pairs.make_pairs(job, out, chosen)
+    except ValueError as error:
+        raise fail(str(error)) from None
+    typer.echo(f"{file}: student {student.summary()}")
+    typer.echo(f"{file}: {made.summary()}")
+    return made.path, {"file": str(made.path), "pairs": made.pairs, "unpaired": dict(made.unpaired)}
 
 
 def _interrupted(file: Path, trainer: "Trainer", how: str, code: int) -> typer.Exit:
