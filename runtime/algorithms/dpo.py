@@ -12,8 +12,8 @@ chunked, from the hidden states and the head); the reference's comes with the mi
     z = beta * ((pi_c - ref_c) - (pi_r - ref_r)),    loss = -log sigmoid(z), averaged over the step's pairs.
 
 CogPO (EasyDistill's DistilQwen2.5-R1 recipe, `recipes/distilqwen_series/distillqwen2.5-r1/cogpo.py:29-37`,
-`:107-149`) is this loss with each pair's own beta from its record: `dpo_loss` takes a beta per pair, but the
-pairs do not carry one yet (the README says why).
+`:107-149`) is this loss with each pair's own beta, from its record (`Sample.beta`); the others train at
+spec.preference.beta.
 """
 
 from collections.abc import Mapping
@@ -101,7 +101,7 @@ class DPO(Algorithm):
     def micro_batch_extras(cls, samples: "list[Sample]") -> dict[str, Tensor]:
         """`sequence` [targets]: the sample each loss position belongs to (positions sample by sample, as
         `MicroBatch.from_samples` lays the labels out); `chosen` and `rejected` [pairs]: each pair's
-        samples."""
+        samples; `beta` [pairs]: a pair's own beta (CogPO), NaN where the spec's applies."""
         if not samples:
             return {}
         chosen, rejected = pair_indices(samples)
@@ -112,6 +112,7 @@ class DPO(Algorithm):
             "sequence": sequence,
             "chosen": torch.tensor(chosen, dtype=torch.long),
             "rejected": torch.tensor(rejected, dtype=torch.long),
+            "beta": torch.tensor([_nan_if_none(samples[i].beta) for i in chosen], dtype=torch.float64),
         }
 
     def forward(self, inputs: LossInputs) -> LossOutput:
@@ -129,7 +130,8 @@ class DPO(Algorithm):
         reference_tokens = extras["reference_logprobs"].to(policy_tokens.device, policy_tokens.dtype)
         reference = policy.new_zeros(sequences).index_add(0, sequence, reference_tokens)
         chosen, rejected = extras["chosen"].to(policy.device), extras["rejected"].to(policy.device)
-        beta = policy.new_full(chosen.shape, self.context.preference.beta)
+        own = extras["beta"].to(policy.device, policy.dtype)
+        beta = torch.where(own.isnan(), self.context.preference.beta, own)
         loss, figures = dpo_loss(policy, reference, chosen, rejected, beta, inputs.normalizer)
         return _output(loss, -policy_tokens.detach().sum(), labels, figures)
 
@@ -139,6 +141,10 @@ class DPO(Algorithm):
         if not pairs:
             return {}
         return {name: sums.get(name, 0.0) / pairs for name in FIGURES if name != "pairs"}
+
+
+def _nan_if_none(value: float | None) -> float:
+    return float("nan") if value is None else value
 
 
 def _output(loss: Tensor, nll_sum: Tensor, labels: Tensor, figures: Mapping[str, Tensor]) -> LossOutput:

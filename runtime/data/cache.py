@@ -113,10 +113,11 @@ def read_prepared(folder: Path, field: str, key: str) -> Prepared | None:
         for name in records["fields"]
     }
     samples = []
+    betas = records.get("betas") or [None] * len(records["samples"])
     for i, (source, prompt_length, truncation) in enumerate(records["samples"]):
         views = {name: values[offsets[i] : offsets[i + 1]] for name, (values, offsets) in columns.items()}
         samples.append(
-            Sample(source=source, prompt_length=prompt_length, truncation=truncation, **views)  # type: ignore[arg-type]
+            Sample(source=source, prompt_length=prompt_length, truncation=truncation, beta=betas[i], **views)  # type: ignore[arg-type]
         )
     return Prepared(samples, records["bad_records"], records["reasoning"], records.get("sha256"))
 
@@ -147,6 +148,9 @@ def write_prepared(folder: Path, field: str, key: str, prepared: Prepared) -> bo
         "reasoning": prepared.reasoning,
         "sha256": samples_sha256(samples),
     }
+    if any(sample.beta is not None for sample in samples):
+        # Only where present, so that the sets prepared before per-pair betas read as they were.
+        records["betas"] = [sample.beta for sample in samples]
     with (staging / _RECORDS).open("wb") as file:
         pickle.dump(records, file, protocol=pickle.HIGHEST_PROTOCOL)
     # A mixture's fields hold brackets (`spec.data.mixture[0]`), which glob reads as a character class.
@@ -179,4 +183,7 @@ def samples_sha256(samples: Iterable[Sample]) -> str:
             if targets is not None:
                 digest.update(np.ascontiguousarray(targets).tobytes())
                 digest.update(b"|")
+        if sample.beta is not None:
+            # A pair's own beta (CogPO) shapes its loss; hashed where present, so other sets keep theirs.
+            digest.update(f"beta={sample.beta!r}|".encode())
     return digest.hexdigest()

@@ -8,10 +8,15 @@ modelscope/easydistill @ 934af26 `easydistill/rank/infer.py:211-225`; the prompt
 each answer an assistant message, rendered through the chat template as EasyDistill's `rank/train.py:38-49`
 renders them). The pairs file the generation phase writes (`generation.pairs`) has the conversational form.
 
+A record may give its pair's own DPO beta (`beta`, a positive number): CogPO's data (EasyDistill's
+DistilQwen2.5-R1 recipe, modelscope/easydistill @ 934af26 `recipes/distilqwen_series/distillqwen2.5-r1/
+cogpo.py:29-37` reads `beta` from each example); without one the pair trains at spec.preference.beta.
+
 Each pair becomes two samples, chosen then rejected, with the pair's index as their `Sample.group`
 (`paired`): batching keeps them together, and DPO reads the first as the chosen one.
 """
 
+import math
 from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
@@ -22,7 +27,7 @@ from kubedistill.runtime.data.messages import chat_messages
 from kubedistill.runtime.data.records import json_type
 from kubedistill.runtime.data.sample import Sample
 
-PROMPT, CHOSEN, REJECTED = "prompt", "chosen", "rejected"
+PROMPT, CHOSEN, REJECTED, BETA = "prompt", "chosen", "rejected", "beta"
 
 
 def pair_messages(fields: Mapping[str, Any]) -> tuple[list[Message], list[Message], list[Message]]:
@@ -44,6 +49,21 @@ def pair_messages(fields: Mapping[str, Any]) -> tuple[list[Message], list[Messag
             raise RecordProblem(f"{key!r}: the answer is empty")
         answers.append(messages)
     return prompt, answers[0], answers[1]
+
+
+def pair_beta(fields: Mapping[str, Any]) -> float | None:
+    """The pair's own beta (CogPO), or None where the record gives none."""
+    value = fields.get(BETA)
+    if value is None:
+        return None
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or value <= 0
+    ):
+        raise RecordProblem(f"{BETA!r} must be a positive number (the pair's own DPO beta), got {value!r}")
+    return float(value)
 
 
 def _messages(fields: Mapping[str, Any], key: str, role: str) -> list[Message]:

@@ -68,6 +68,9 @@ class Sample:
     """Samples whose loss is one of their group's (a DPO pair, chosen then rejected; a GRPO prompt's answers)
     share an id: a step's batching keeps a group consecutive, whole and in order in one micro-batch
     (`data.batching.groups_of`). None: a sample on its own."""
+    beta: float | None = None
+    """A preference pair's own DPO beta (CogPO's, from its record), on both of its samples; None: the job's
+    spec.preference.beta."""
 
     def __post_init__(self) -> None:
         for name, kind in SEQUENCES.items():

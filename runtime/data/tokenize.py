@@ -59,7 +59,7 @@ from kubedistill.runtime.data.images import (
     expand_placeholders,
 )
 from kubedistill.runtime.data.messages import chat_messages, has_images, unicode_text
-from kubedistill.runtime.data.preference import pair_messages
+from kubedistill.runtime.data.preference import pair_beta, pair_messages
 from kubedistill.runtime.data.reasoning import UnrenderedReasoning
 from kubedistill.runtime.data.records import Record, json_type
 from kubedistill.runtime.data.sample import Sample
@@ -221,12 +221,17 @@ class SampleBuilder:
 
     def _pair(self, record: Record) -> list[Sample]:
         """A preference pair's two samples, chosen then rejected, each its prompt and answer fitted and cut
-        to the limits as any chat is (`data.preference`): a pair with an answer that cannot fit is bad."""
+        to the limits as any chat is (`data.preference`), with the pair's own beta where it gives one (CogPO);
+        a pair with an answer that cannot fit is bad."""
         prompt, *answers = pair_messages(record.fields)
+        beta = pair_beta(record.fields)
         tools = _tools(record.fields)
         return [
-            self._build_part(
-                record, _Exchange(messages=[*prompt, *answer], first_response=len(prompt), tools=tools)
+            replace(
+                self._build_part(
+                    record, _Exchange(messages=[*prompt, *answer], first_response=len(prompt), tools=tools)
+                ),
+                beta=beta,
             )
             for answer in answers
         ]

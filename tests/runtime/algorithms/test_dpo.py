@@ -16,11 +16,16 @@ from kubedistill.runtime.losses.config import KDConfig
 VOCAB, WIDTH = 13, 6
 
 
-def sample(targets: int, group: int | None, prompt: int = 2) -> Sample:
+def sample(targets: int, group: int | None, prompt: int = 2, beta: float | None = None) -> Sample:
     ids = (np.arange(prompt + targets) % VOCAB).astype(np.int32)
     mask = np.arange(prompt + targets) >= prompt
     return Sample(
-        input_ids=ids, target_mask=mask, source=f"pairs.jsonl:{group}", prompt_length=prompt, group=group
+        input_ids=ids,
+        target_mask=mask,
+        source=f"pairs.jsonl:{group}",
+        prompt_length=prompt,
+        group=group,
+        beta=beta,
     )
 
 
@@ -30,10 +35,11 @@ def plain_dpo(
     reference_head: torch.Tensor,
     labels: torch.Tensor,
     lengths: list[int],
-    beta: float,
+    beta: torch.Tensor,
     normalizer: float,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """Full logits, float64; pairs are consecutive (chosen, rejected) sequences, TRL's formulas."""
+    """Full logits, float64; pairs are consecutive (chosen, rejected) sequences, `beta` each pair's; TRL's
+    formulas (CogPO's, `cogpo.py:140-146`, with a beta per pair)."""
 
     def sequence_logps(weights: torch.Tensor) -> torch.Tensor:
         tokens = (hidden @ weights.T).log_softmax(-1).gather(1, labels[:, None]).squeeze(1)
@@ -69,10 +75,14 @@ def dpo(beta: float = 0.1, chunk: int | None = 3) -> DPO:
     return DPO(context)
 
 
-@pytest.mark.parametrize("beta", [0.1, 2.0])
-def test_loss_gradient_and_figures_are_trls_sigmoid_dpo_in_float64(beta: float) -> None:
+@pytest.mark.parametrize(
+    ("beta", "own"), [(0.1, None), (2.0, None), (0.1, 0.7)], ids=["dpo", "dpo-2", "cogpo"]
+)
+def test_loss_gradient_and_figures_are_trls_sigmoid_dpo_in_float64(beta: float, own: float | None) -> None:
+    """`own`: the second pair's own beta from its record (CogPO); the first trains at the spec's."""
     torch.manual_seed(0)
-    samples = [sample(3, 7), sample(4, 7), sample(2, 9), sample(5, 9)]
+    samples = [sample(3, 7), sample(4, 7), sample(2, 9, beta=own), sample(5, 9, beta=own)]
+    betas = torch.tensor([beta, beta if own is None else own], dtype=torch.float64)
     lengths = [s.num_targets for s in samples]
     labels = torch.randint(0, VOCAB, (sum(lengths),))
     hidden = torch.randn(sum(lengths), WIDTH, dtype=torch.float64, requires_grad=True)
@@ -80,7 +90,7 @@ def test_loss_gradient_and_figures_are_trls_sigmoid_dpo_in_float64(beta: float) 
     reference_head = head.detach() + 0.3 * torch.randn(VOCAB, WIDTH, dtype=torch.float64)
     normalizer = 5.0  # the step's pairs, these two and three on other micro-batches or ranks
 
-    want, figures = plain_dpo(hidden, head, reference_head, labels, lengths, beta, normalizer)
+    want, figures = plain_dpo(hidden, head, reference_head, labels, lengths, betas, normalizer)
     want.backward()
     want_hidden, want_head = hidden.grad, head.grad
     hidden.grad = head.grad = None

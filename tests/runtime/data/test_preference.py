@@ -4,6 +4,7 @@ record named by its file:line; a pair whose answer cannot fit is skipped and cou
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from kubedistill.api.spec import Mode
@@ -48,6 +49,8 @@ def test_each_pair_is_its_chosen_then_its_rejected_sample_in_one_group(tokenizer
         ),
         ({**CONVERSATIONAL, "rejected": [{"role": "user", "content": "hi"}]}, "'rejected' must start with"),
         ({**STRINGS, "prompt": [{"role": "assistant", "content": "hi"}]}, "'prompt' ends with an assistant"),
+        ({**STRINGS, "beta": 0}, "'beta' must be a positive number"),
+        ({**STRINGS, "beta": "high"}, "'beta' must be a positive number"),
     ],
 )
 def test_a_malformed_pair_is_a_bad_record_naming_its_line_and_key(
@@ -78,3 +81,20 @@ def test_a_long_answer_is_cut_and_counted_and_a_pair_whose_answer_cannot_fit_is_
     assert all(len(s.input_ids) <= 30 for s in loaded.samples)
     assert [bad.source for bad in loaded.bad_records] == [f"{source.path}:2"]
     assert "leaving no room for the response within maxLength 30" in loaded.bad_records[0].problem
+
+
+def test_a_pairs_own_beta_cogpos_goes_with_both_its_samples_also_through_the_prepared_set(
+    tokenizer, tmp_path: Path
+) -> None:
+    source = write_jsonl(tmp_path / "pairs.jsonl", [{**STRINGS, "beta": 0.5}, CONVERSATIONAL])
+    cache = tmp_path / "prepared"
+    first = load_samples(source, spec(source), tokenizer, mode=Mode.PREFERENCE, cache=cache)
+    again = load_samples(source, spec(source), tokenizer, mode=Mode.PREFERENCE, cache=cache)
+
+    assert isinstance(again.samples[0].input_ids.base, np.memmap), "read back from the prepared set"
+    for loaded in (first, again):
+        assert [(s.group, s.beta) for s in loaded.samples] == [(0, 0.5), (0, 0.5), (1, None), (1, None)]
+    assert again.sha256 == first.sha256
+    without = write_jsonl(tmp_path / "plain.jsonl", [STRINGS, CONVERSATIONAL])
+    plain = load_samples(without, spec(without), tokenizer, mode=Mode.PREFERENCE, cache=tmp_path / "other")
+    assert plain.sha256 != first.sha256, "a pair's own beta is part of what the data is"
