@@ -6,6 +6,7 @@ it is made to like half of the vocabulary (`liking_teacher`), so a sample's rewa
 tokens are liked, and a student that learns what the teacher likes shows it in the reward."""
 
 import json
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -100,8 +101,14 @@ def test_the_reward_rises_as_the_student_learns_what_the_teacher_likes(uninterru
     rewards = [r["reward"] for r in train]
     first, last = sum(rewards[:TREND]) / TREND, sum(rewards[-TREND:]) / TREND
     assert last > first + 0.3, rewards
-    # The reward is the teacher's mean log-probability of a sample's tokens: the step's divergence, per token.
     assert all(r["reward_std"] > 0 and r["frac_reward_zero_std"] < 1 for r in train)
+    # Each answer kept in rollouts/ has its divergence, the teacher's negative log-probability per token: its
+    # -reward; the step's 16 are 4 prompts' answers, 4 each.
+    lines = (uninterrupted / "out" / "rollouts" / f"step-{STEPS}.jsonl").read_text().splitlines()
+    answers = [json.loads(line) for line in lines]
+    assert sorted(Counter(a["source"] for a in answers).values()) == [4, 4, 4, 4]
+    rewards_kept = [-a["kd_divergence"] for a in answers]
+    assert sum(rewards_kept) / len(rewards_kept) == pytest.approx(train[-1]["reward"], rel=1e-5)
     assert train[0]["kl_to_reference"] == pytest.approx(0.0, abs=1e-6), "the first step is the reference"
     assert train[-1]["kl_to_reference"] > 0
 
