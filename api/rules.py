@@ -431,6 +431,20 @@ _PREFERENCE_RULES: tuple[Rule, ...] = (
         lambda s: s.mode != Mode.PREFERENCE or s.student.context_parallel == 1,
         f"{_NOT_PREFERENCE} || {value('student.contextParallel')} == 1",
     ),
+    Rule(
+        "generation.topLogprobs",
+        "not used with spec.mode preference: DPO trains on the answers' text, not the endpoint's "
+        "log-probabilities; remove it",
+        lambda s: s.mode != Mode.PREFERENCE or s.generation is None or s.generation.top_logprobs is None,
+        f"{_NOT_PREFERENCE} || !{present('generation.topLogprobs')}",
+    ),
+    Rule(
+        "generation.scoreAnswers",
+        "not used with spec.mode preference: the chosen answers are the teacher's own, which scoring the "
+        "data's answers does not write; remove it",
+        lambda s: s.mode != Mode.PREFERENCE or s.generation is None or not s.generation.score_answers,
+        f"{_NOT_PREFERENCE} || !{value('generation.scoreAnswers')}",
+    ),
 )
 
 

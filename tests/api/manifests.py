@@ -334,6 +334,19 @@ BAD_MANIFESTS: list[Bad] = [
                 "spec.distillation.algorithm",
             ),
             (
+                "endpoint-log-probabilities",
+                {"spec.teacher": DELETE, "spec.generation": {"endpoint": ENDPOINT, "topLogprobs": 5}},
+                "spec.generation.topLogprobs",
+            ),
+            (
+                "scored-answers",
+                {
+                    "spec.teacher": DELETE,
+                    "spec.generation": {"endpoint": ENDPOINT, "topLogprobs": 5, "scoreAnswers": True},
+                },
+                "spec.generation.scoreAnswers",
+            ),
+            (
                 "with-context-parallelism",
                 {"spec.student.contextParallel": 2, "spec.student.fsdpShardSize": -1},
                 "spec.student.contextParallel",
