@@ -1,5 +1,6 @@
 """Mode reinforcement end to end: GRPO on the student's own samples, the teacher's likelihood of each sample
-its reward, started by `kubedistill run` and resumed from its checkpoint.
+its reward, started by `kubedistill run` and resumed from its checkpoint (the command run in this process, on
+the test session's Ray, which a job's own Ray start would double in cost).
 
 The tiny world's teacher is a random model, whose judgement of one random answer over another is noise; here
 it is made to like half of the vocabulary (`liking_teacher`), so a sample's reward measures how many of its
@@ -15,14 +16,15 @@ import torch
 import yaml
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
+from typer.testing import CliRunner
 
 from kubedistill.api import parse_job
 from kubedistill.api.job import SpecError
+from kubedistill.cli import app
 from kubedistill.runtime.demo.data import chat_records
 from kubedistill.runtime.demo.tiny import build_tokenizer
 from kubedistill.runtime.trainer.controller import RunOptions, Trainer
 from tests.runtime.conftest import ONE_RANK, TINY_ROLLOUT, TinyWorld, job_manifest
-from tests.test_bad_inputs import kubedistill
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 
@@ -73,9 +75,12 @@ def manifest(tiny: TinyWorld, teacher: Path, root: Path) -> dict[str, Any]:
     )
 
 
-def _run(job: dict[str, Any], root: Path) -> None:
-    options = RunOptions(output_dir=root / "out", metrics_port=0, progress=False, print_summary=False)
-    Trainer(parse_job(job), options).run()
+def _run(job: dict[str, Any], root: Path, *options: str) -> None:
+    """`kubedistill run` on the job, in this process and its Ray session (no Ray of its own to start)."""
+    file = root / "job.yaml"
+    file.write_text(yaml.safe_dump(job), encoding="utf-8")
+    result = CliRunner().invoke(app, ["run", *options, "--metrics-port", "0", str(file)])
+    assert result.exit_code == 0, result.output[-3000:]
 
 
 def _train(root: Path) -> list[dict[str, Any]]:
@@ -120,10 +125,7 @@ def test_a_run_stopped_and_started_again_by_kubedistill_run_ends_like_an_uninter
     from the checkpoint's weights with the round's seed, and the reference is the one the checkpoint kept
     (the student at step 0), not the student it resumes."""
     job = manifest(tiny, teacher, tmp_path)
-    file = tmp_path / "job.yaml"
-    file.write_text(yaml.safe_dump(job), encoding="utf-8")
-    outcome = kubedistill(["run", "--max-steps", str(CHECKPOINT_EVERY), str(file)], tmp_path)
-    assert outcome.exit_code == 0, outcome.stderr[-3000:]
+    _run(job, tmp_path, "--max-steps", str(CHECKPOINT_EVERY))
     assert [r["step"] for r in _train(tmp_path)] == list(range(1, CHECKPOINT_EVERY + 1))
     _run(job, tmp_path)
     resumed, straight = _train(tmp_path), _train(uninterrupted)
