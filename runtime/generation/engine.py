@@ -15,6 +15,8 @@ from kubedistill.api.job import DistillationJob
 from kubedistill.api.placement import Role
 from kubedistill.api.spec import Backend, RolloutSpec
 from kubedistill.runtime.cluster.placement import ClusterView
+from kubedistill.runtime.data.chat import ChatFormat, encode_chat
+from kubedistill.runtime.data.tokenize import student_chat_format
 from kubedistill.runtime.engines.actor import EngineActor
 from kubedistill.runtime.engines.group import EngineActorGroup, EngineActors, start_engine_actors
 from kubedistill.runtime.engines.layout import EnginePlacement, engine_device, resolve_backend
@@ -159,6 +161,25 @@ class StudentGenerators(AnswerGenerators):
             ),
             student_tokenizer_path(job),
         )
+        self._chat_format = student_chat_format(job.spec.data)
+
+    def _prompt_ids(self, prompt: Prompt) -> list[int]:
+        return training_prompt_ids(self._tokenizer, prompt, self._chat_format)
+
+
+def training_prompt_ids(tokenizer: Any, prompt: Prompt, chat_format: ChatFormat) -> list[int]:
+    """The prompt as training renders a pair's (spec.data.chatTemplate and chatTemplateKwargs, e.g. Qwen3's
+    enable_thinking), with the generation prompt: the student's answer is then what it writes after the
+    very prompt it learns on."""
+    encoded = encode_chat(
+        tokenizer,
+        prompt.messages,
+        first_response=len(prompt.messages),
+        add_generation_prompt=True,
+        tools=prompt.carried.get("tools"),
+        chat_format=chat_format,
+    )
+    return [int(token) for token in encoded.ids]
 
 
 def _tools(prompt: Prompt) -> dict[str, Any]:

@@ -12,8 +12,11 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from kubedistill.runtime.data.chat import ChatFormat
 from kubedistill.runtime.demo.data import chat_records
+from kubedistill.runtime.generation.engine import training_prompt_ids
 from kubedistill.runtime.generation.pairs import pair_lines
+from kubedistill.runtime.generation.prompts import Prompt
 from tests.runtime.conftest import TinyWorld
 from tests.runtime.generation.examples import distinct_prompts, example_manifest, write_manifest
 from tests.test_bad_inputs import invoke
@@ -46,6 +49,23 @@ def test_pairs_join_the_teachers_and_the_students_answers_by_prompt_and_sample_a
     assert pairs[0]["prompt"] == [{"role": "user", "content": "question a"}]
     assert unpaired == {"noStudentAnswer": 1, "noTeacherAnswer": 1}
     assert example == "prompts.jsonl:b"
+
+
+def test_the_student_answers_the_prompt_as_training_renders_it_template_switches_included(
+    tiny: TinyWorld,
+) -> None:
+    tokenizer = AutoTokenizer.from_pretrained(tiny.student)
+    template = (
+        "{% for m in messages %}{{ m.role }}: {{ m.content }}\n{% endfor %}"
+        "{% if add_generation_prompt %}assistant:{% if terse %} Be brief.{% endif %}{% endif %}"
+    )
+    prompt = Prompt("p", [{"role": "user", "content": "What is 2+2?"}], "prompts.jsonl:1", {})
+    ids = {
+        terse: training_prompt_ids(tokenizer, prompt, ChatFormat(template, {"terse": terse}))
+        for terse in (False, True)
+    }
+    assert tokenizer.decode(ids[False]) == "user: What is 2+2?\nassistant:"
+    assert tokenizer.decode(ids[True]) == "user: What is 2+2?\nassistant: Be brief."
 
 
 def _answers(model_path: Path, prompts: list[list[int]], seed: int) -> list[list[int]]:
