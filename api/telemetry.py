@@ -116,7 +116,8 @@ STEP_FIGURE = Metric(
     "An algorithm's own figure of the last step, by name (GRPO's reward, DPO's margin and accuracy).",
 )
 """Labelled with `FIGURE_LABEL` besides `LABELS`: one series a name of the job's algorithm's figures (a
-handful, fixed by the algorithm: `Algorithm.figure_names`). Not in `ALL`, whose series carry `LABELS` alone."""
+handful, fixed by the algorithm: `Algorithm.figure_names`). Not in `ALL`, whose series carry `LABELS`
+alone."""
 FIGURE_LABEL = "figure"
 TRACKER_LABEL = "tracker"
 URL_LABEL = "url"

@@ -120,9 +120,9 @@ def shard_micro_batches(
 
 
 def strided_micro_batches(samples: Sequence[Sample], ranks: int, size: int) -> list[list[list[Sample]]]:
-    """An evaluation's micro-batches, [rank][micro_batch]: the units (`groups_of`) dealt to the ranks in turn
-    and cut into micro-batches of `size` sequences as `shard_micro_batches` cuts them; every rank gets the same
-    number of micro-batches (FSDP2's collectives), short ranks empty ones."""
+    """An evaluation's micro-batches, [rank][micro_batch]: the units (`groups_of`) dealt to the ranks in
+    turn and cut into micro-batches of `size` sequences as `shard_micro_batches` cuts them; every rank gets
+    the same number of micro-batches (FSDP2's collectives), short ranks empty ones."""
     units = groups_of(samples)
     per_rank = [_chunks(units[rank::ranks], size) for rank in range(ranks)]
     depth = max(len(batches) for batches in per_rank)

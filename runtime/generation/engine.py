@@ -121,21 +121,20 @@ class TeacherGenerators(AnswerGenerators):
     def __init__(self, job: DistillationJob, cluster: ClusterView) -> None:
         teacher = teacher_spec(job)
         assert teacher.model is not None, "teacher_spec fills a missing teacher model in with the student's"
-        sglang = resolve_backend(teacher.backend) == Backend.SGLANG
         if teacher.nodes_per_replica != 1:
             raise ValueError(
                 "spec.teacher.nodesPerReplica: a teacher that generates (spec.generation) runs on one node; "
                 "use an endpoint for a teacher larger than a node"
             )
         super().__init__(
-            start_engine_actors(
+            _one_node_engines(
                 GenerationActor,
                 job,
                 Role.TEACHER,
-                engines=teacher.replicas,
-                nodes_per_engine=1,
-                gpus_per_actor=float(teacher.tensor_parallel) if sglang else 1.0,
-                cluster=cluster,
+                teacher.replicas,
+                teacher.tensor_parallel,
+                teacher.backend,
+                cluster,
             ),
             teacher.tokenizer or teacher.model,
         )
@@ -148,16 +147,15 @@ class StudentGenerators(AnswerGenerators):
     def __init__(self, job: DistillationJob, cluster: ClusterView) -> None:
         rollout = job.spec.rollout
         assert rollout is not None, "a rule asks spec.rollout for the student's answers"
-        sglang = resolve_backend(rollout.backend) == Backend.SGLANG
         super().__init__(
-            start_engine_actors(
+            _one_node_engines(
                 RolloutActor,
                 job,
                 Role.ROLLOUT,
-                engines=rollout.engines,
-                nodes_per_engine=1,
-                gpus_per_actor=float(rollout.tensor_parallel) if sglang else 1.0,
-                cluster=cluster,
+                rollout.engines,
+                rollout.tensor_parallel,
+                rollout.backend,
+                cluster,
             ),
             student_tokenizer_path(job),
         )
@@ -180,6 +178,29 @@ def training_prompt_ids(tokenizer: Any, prompt: Prompt, chat_format: ChatFormat)
         chat_format=chat_format,
     )
     return [int(token) for token in encoded.ids]
+
+
+def _one_node_engines(
+    actor: type[EngineActor],
+    job: DistillationJob,
+    role: Role,
+    engines: int,
+    tensor_parallel: int,
+    backend: Backend,
+    cluster: ClusterView,
+) -> EngineActors:
+    """`engines` engines of the generation phase, each on one node: an SGLang engine takes its
+    `tensor_parallel` GPUs, a transformers engine one."""
+    sglang = resolve_backend(backend) == Backend.SGLANG
+    return start_engine_actors(
+        actor,
+        job,
+        role,
+        engines=engines,
+        nodes_per_engine=1,
+        gpus_per_actor=float(tensor_parallel) if sglang else 1.0,
+        cluster=cluster,
+    )
 
 
 def _tools(prompt: Prompt) -> dict[str, Any]:

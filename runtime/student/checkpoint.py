@@ -1,5 +1,5 @@
-"""A student rank's part of a checkpoint: its DCP shards of the model, the optimizer, the
-self-distillation teacher's weights and the frozen reference's (DPO, GRPO), and its own schedule and RNG state (`rank-N.pt`).
+"""A student rank's part of a checkpoint: its DCP shards of the model, the optimizer, the self-distillation
+teacher's weights and the frozen reference's (DPO, GRPO), and its own schedule and RNG state (`rank-N.pt`).
 
 The driver's side (atomic commits, retention, `trainer.json`) is `kubedistill.runtime.trainer.checkpoints`.
 """

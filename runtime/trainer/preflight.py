@@ -14,8 +14,8 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 from kubedistill.api import telemetry
-from kubedistill.api.job import DistillationJob
 from kubedistill.api.generation import runs_teacher
+from kubedistill.api.job import DistillationJob
 from kubedistill.api.spec import Attention, Backend, DistillationJobSpec
 
 HUB_TIMEOUT_SECONDS = 10.0

@@ -153,6 +153,52 @@ def test_the_teacher_made_data_example_expands_asks_rewrites_then_trains_the_stu
     assert (out / "config.json").is_file(), "the student is exported"
 
 
+def test_refinement_and_short_to_long_rewrite_each_prompt_and_answer_through_the_served_teacher(
+    served_teacher: str, tiny: TinyWorld, prompts: Path, tmp_path: Path
+) -> None:
+    """The two steps the example leaves out, over the same server: every prompt is rewritten before it is
+    answered (the answer's record asks the refined prompt), then every answer is rewritten longer."""
+    from kubedistill.api import parse_job
+    from kubedistill.runtime.generation.synthesis import run_phase
+
+    steps = [
+        {"kind": "instructionRefinement", "template": "Say it better: {instruction}", "answerTag": ""},
+        {"kind": "shortToLong", "template": "Explain more: {instruction} {answer}"},
+    ]
+    manifest = example_manifest(
+        "generate-from-endpoint",
+        _paths(tiny, prompts, tmp_path / "out"),
+        endpoint={"baseUrl": served_teacher, "model": str(tiny.teacher)},
+        maxNewTokens=8,
+        keepTruncated=True,
+        steps=steps,
+    )
+    lines: list[str] = []
+    result = run_phase(parse_job(manifest), tmp_path / "out", {}, echo=lines.append)
+    generated = tmp_path / "out" / "generated"
+    refined = [
+        json.loads(line)
+        for line in (generated / "demo-generate-from-endpoint.step0-instructionRefinement.jsonl")
+        .read_text()
+        .splitlines()
+    ]
+    answers = [
+        json.loads(line)
+        for line in (generated / "demo-generate-from-endpoint.jsonl").read_text().splitlines()
+    ]
+    longer = [json.loads(line) for line in result.path.read_text().splitlines()]
+    assert result.path == generated / "demo-generate-from-endpoint.step1-shortToLong.jsonl"
+    assert len(refined) == 16 and len(answers) == len(longer) > 0
+    refined_prompts = {record["messages"][-1]["content"] for record in refined}
+    assert {answer["prompt"][-1]["content"] for answer in answers} <= refined_prompts, "the refined ones"
+    assert [record["messages"][:-1] for record in longer] == [answer["prompt"] for answer in answers]
+    assert [record["messages"][-1]["content"] for record in longer] == [
+        record["reply"].strip() for record in longer
+    ]
+    assert lines[0].startswith("generation step 0 (instructionRefinement): 16 of 16 kept from 16 records")
+    assert lines[-1].startswith(f"generation step 1 (shortToLong): {len(longer)} of {len(longer)} kept")
+
+
 def test_a_judge_over_the_served_teacher_lists_every_reply_it_cannot_score_and_stops_naming_the_step(
     served_teacher: str, tiny: TinyWorld, prompts: Path, tmp_path: Path
 ) -> None:
