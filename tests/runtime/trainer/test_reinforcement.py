@@ -1,13 +1,15 @@
 """Mode reinforcement end to end: GRPO on the student's own samples, the teacher's likelihood of each sample
-its reward, started by `kubedistill run` and resumed from its checkpoint (the command run in this process, on
-the test session's Ray, which a job's own Ray start would double in cost).
+its reward, run by `kubedistill run` and resumed from its checkpoint (the command run in this process, on the
+test session's Ray, which a job's own Ray start would double in cost).
 
 The tiny world's teacher is a random model, whose judgement of one random answer over another is noise; here
 it is made to like half of the vocabulary (`liking_teacher`), so a sample's reward measures how many of its
 tokens are liked, and a student that learns what the teacher likes shows it in the reward."""
 
 import json
+import shutil
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -83,8 +85,8 @@ def _run(job: dict[str, Any], root: Path, *options: str) -> None:
     assert result.exit_code == 0, result.output[-3000:]
 
 
-def _train(root: Path) -> list[dict[str, Any]]:
-    records = [json.loads(line) for line in (root / "out" / "metrics.jsonl").read_text().splitlines()]
+def _train(out: Path) -> list[dict[str, Any]]:
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     return [r for r in records if r["kind"] == "train"]
 
 
@@ -93,15 +95,30 @@ def teacher(tiny: TinyWorld, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return liking_teacher(tiny, tmp_path_factory.mktemp("teacher"))
 
 
+@dataclass(frozen=True)
+class Runs:
+    straight: Path
+    """The output of the job run uninterrupted to its end."""
+    resumed: Path
+    """The output of the same job run again once its last checkpoint was lost: resumed from the middle one."""
+
+
 @pytest.fixture(scope="module")
-def uninterrupted(tiny: TinyWorld, teacher: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def runs(tiny: TinyWorld, teacher: Path, tmp_path_factory: pytest.TempPathFactory) -> Runs:
+    """`kubedistill run` to the end; its output kept aside; then its final checkpoint deleted (a run that died
+    after its last step leaves the same) and the same command run again, which resumes from step 6."""
     root = tmp_path_factory.mktemp("reinforcement")
-    _run(manifest(tiny, teacher, root), root)
-    return root
+    job = manifest(tiny, teacher, root)
+    _run(job, root)
+    straight = root / "straight"
+    shutil.copytree(root / "out", straight)
+    shutil.rmtree(root / "ckpt" / f"step-{STEPS:08d}")
+    _run(job, root)
+    return Runs(straight, root / "out")
 
 
-def test_the_reward_rises_as_the_student_learns_what_the_teacher_likes(uninterrupted: Path) -> None:
-    train = _train(uninterrupted)
+def test_the_reward_rises_as_the_student_learns_what_the_teacher_likes(runs: Runs) -> None:
+    train = _train(runs.straight)
     assert [r["step"] for r in train] == list(range(1, STEPS + 1))
     rewards = [r["reward"] for r in train]
     first, last = sum(rewards[:TREND]) / TREND, sum(rewards[-TREND:]) / TREND
@@ -109,7 +126,7 @@ def test_the_reward_rises_as_the_student_learns_what_the_teacher_likes(uninterru
     assert all(r["reward_std"] > 0 and r["frac_reward_zero_std"] < 1 for r in train)
     # Each answer kept in rollouts/ has its divergence, the teacher's negative log-probability per token: its
     # -reward; the step's 16 are 4 prompts' answers, 4 each.
-    lines = (uninterrupted / "out" / "rollouts" / f"step-{STEPS}.jsonl").read_text().splitlines()
+    lines = (runs.straight / "rollouts" / f"step-{STEPS}.jsonl").read_text().splitlines()
     answers = [json.loads(line) for line in lines]
     assert sorted(Counter(a["source"] for a in answers).values()) == [4, 4, 4, 4]
     rewards_kept = [-a["kd_divergence"] for a in answers]
@@ -118,21 +135,20 @@ def test_the_reward_rises_as_the_student_learns_what_the_teacher_likes(uninterru
     assert train[-1]["kl_to_reference"] > 0
 
 
-def test_a_run_stopped_and_started_again_by_kubedistill_run_ends_like_an_uninterrupted_one(
-    tiny: TinyWorld, teacher: Path, uninterrupted: Path, tmp_path: Path
+def test_a_run_resumed_from_its_checkpoint_by_kubedistill_run_ends_like_an_uninterrupted_one(
+    runs: Runs,
 ) -> None:
-    """Stopped at its checkpoint by `kubedistill run --max-steps`, then resumed: the rollout engine samples
-    from the checkpoint's weights with the round's seed, and the reference is the one the checkpoint kept
-    (the student at step 0), not the student it resumes."""
-    job = manifest(tiny, teacher, tmp_path)
-    _run(job, tmp_path, "--max-steps", str(CHECKPOINT_EVERY))
-    assert [r["step"] for r in _train(tmp_path)] == list(range(1, CHECKPOINT_EVERY + 1))
-    _run(job, tmp_path)
-    resumed, straight = _train(tmp_path), _train(uninterrupted)
+    """Resumed from step 6: the rollout engine samples from the checkpoint's weights with the round's seed,
+    and the reference is the one the checkpoint kept (the student at step 0), not the student it resumes;
+    the records of the steps trained again replace theirs."""
+    resumed, straight = _train(runs.resumed), _train(runs.straight)
     assert [r["step"] for r in resumed] == list(range(1, STEPS + 1))
     assert [r["reward"] for r in resumed] == pytest.approx([r["reward"] for r in straight], rel=1e-5)
-    expected = load_file(uninterrupted / "out" / "model.safetensors")
-    actual = load_file(tmp_path / "out" / "model.safetensors")
+    assert [r["kl_to_reference"] for r in resumed] == pytest.approx(
+        [r["kl_to_reference"] for r in straight], rel=1e-5, abs=1e-9
+    )
+    expected = load_file(runs.straight / "model.safetensors")
+    actual = load_file(runs.resumed / "model.safetensors")
     for name, value in expected.items():
         torch.testing.assert_close(actual[name], value, rtol=0, atol=1e-6, msg=name)
 
