@@ -5,6 +5,8 @@ model, refreshed every `teacherUpdateFreq` steps) scores those responses after a
 responses against that teacher."""
 
 import json
+import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,10 +41,8 @@ def _example(tiny: TinyWorld, checkpoints: Path) -> dict[str, Any]:
     return manifest
 
 
-def _run(manifest: dict[str, Any], output: Path, stop: int | None = None) -> list[dict]:
-    options = RunOptions(
-        output_dir=output, stop_after_steps=stop, metrics_port=0, progress=False, print_summary=False
-    )
+def _run(manifest: dict[str, Any], output: Path) -> list[dict]:
+    options = RunOptions(output_dir=output, metrics_port=0, progress=False, print_summary=False)
     Trainer(parse_job(manifest), options).run()
     return [json.loads(line) for line in (output / "metrics.jsonl").read_text().splitlines()]
 
@@ -51,42 +51,51 @@ def _kind(history: list[dict], kind: str) -> list[dict]:
     return [r for r in history if r["kind"] == kind]
 
 
+@dataclass(frozen=True)
+class Runs:
+    straight: Path
+    """The output of the example run uninterrupted to its end."""
+    history: list[dict]
+    """Its records."""
+    resumed: Path
+    """The output of the same run again once its last checkpoint was lost: resumed from the one before."""
+    resumed_history: list[dict]
+
+
 @pytest.fixture(scope="module")
-def uninterrupted(tiny: TinyWorld, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dict]]:
-    output = tmp_path_factory.mktemp("on-policy-self-distillation")
-    return output, _run(_example(tiny, output / "ckpt"), output)
+def runs(tiny: TinyWorld, tmp_path_factory: pytest.TempPathFactory) -> Runs:
+    """The example run to its end, its output kept aside; then its final checkpoint deleted (a run that died
+    after its last step leaves the same) and the same job run again, which resumes from the one before."""
+    root = tmp_path_factory.mktemp("on-policy-self-distillation")
+    manifest = _example(tiny, root / "ckpt")
+    history = _run(manifest, root / "out")
+    shutil.copytree(root / "out", root / "straight")
+    shutil.rmtree(root / "ckpt" / f"step-{STEPS:08d}")
+    return Runs(root / "straight", history, root / "out", _run(manifest, root / "out"))
 
 
-def test_the_student_learns_from_its_own_samples_against_the_privileged_teacher(
-    uninterrupted: tuple[Path, list[dict]],
-) -> None:
-    _, history = uninterrupted
-    train = _kind(history, "train")
+def test_the_student_learns_from_its_own_samples_against_the_privileged_teacher(runs: Runs) -> None:
+    train = _kind(runs.history, "train")
     assert [r["step"] for r in train] == list(range(1, STEPS + 1))
     assert all(r["rollout_seconds"] > 0 for r in train), "every step is a new round of the student's samples"
     assert train[0]["kd_loss"] > 1e-5, "the teacher has the student's weights, but not its input"
-    held_out = [r["eval_kd_divergence"] for r in _kind(history, "eval")]
+    held_out = [r["eval_kd_divergence"] for r in _kind(runs.history, "eval")]
     assert len(held_out) == STEPS
     assert held_out[-1] == min(held_out) and held_out[-1] < 0.9 * held_out[0], held_out
 
 
-def test_a_resumed_run_ends_like_an_uninterrupted_one(
-    tiny: TinyWorld, uninterrupted: tuple[Path, list[dict]], tmp_path: Path
-) -> None:
-    """Stopped after a checkpoint between two teacher updates and started again: the rollout engine
-    resamples from the checkpoint's weights, and the teacher is the one it held then (the initial model),
-    not the student of that step."""
-    straight_output, straight = uninterrupted
-    manifest = _example(tiny, tmp_path / "ckpt")
-    _run(manifest, tmp_path / "out", stop=CHECKPOINT_EVERY)
-    resumed = _kind(_run(manifest, tmp_path / "out"), "train")
+def test_a_resumed_run_ends_like_an_uninterrupted_one(runs: Runs) -> None:
+    """Resumed from a checkpoint between two teacher updates: the rollout engine resamples from the
+    checkpoint's weights, and the teacher is the one it held then (the initial model), not the student of
+    that step."""
+    resumed = _kind(runs.resumed_history, "train")
     assert [r["step"] for r in resumed] == list(range(1, STEPS + 1))
     # The losses are divergences of about 1e-4: compared relative to their size.
     assert [r["loss"] for r in resumed] == pytest.approx(
-        [r["loss"] for r in _kind(straight, "train")], rel=1e-5, abs=0
+        [r["loss"] for r in _kind(runs.history, "train")], rel=1e-5, abs=0
     )
-    expected = load_file(straight_output / "model.safetensors")
-    actual = load_file(tmp_path / "out" / "model.safetensors")
+    expected = load_file(runs.straight / "model.safetensors")
+    actual = load_file(runs.resumed / "model.safetensors")
     for name, value in expected.items():
         torch.testing.assert_close(actual[name], value, rtol=0, atol=1e-6, msg=name)
 
