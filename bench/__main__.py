@@ -22,7 +22,7 @@ from rich.table import Table
 
 from bench.report import RESULTS
 
-BENCHMARKS = ("transfer", "loss", "step", "operator", "vs_trl", "sglang", "data")
+BENCHMARKS = ("transfer", "loss", "step", "operator", "vs_trl", "sglang", "data", "reference")
 LAYERS = {"sglang": Path(__file__).resolve().parents[1] / ".venv" / "sglang-cpu"}
 """Benchmarks that run in a layer of their own, put in front of .venv on PYTHONPATH (the SGLang-on-CPU
 layer: images/sglang-cpu/requirements.txt says why it is not .venv). An absolute path: the repository root

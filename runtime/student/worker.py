@@ -135,7 +135,7 @@ class StudentWorker:
     def train_step(
         self, micro_batches: list[MicroBatch], teacher_hidden: list[torch.Tensor | None], normalizer: int
     ) -> StepStats:
-        micro_batches = self._with_reference(micro_batches)
+        micro_batches = self.with_reference(micro_batches)
         self.module.train()
         module = self.module
         assert isinstance(module, FSDPModule), "build_module shards the root"
@@ -223,7 +223,7 @@ class StudentWorker:
     def evaluate(
         self, micro_batches: list[MicroBatch], teacher_hidden: list[torch.Tensor | None], normalizer: int
     ) -> EvalStats:
-        micro_batches = self._with_reference(micro_batches)
+        micro_batches = self.with_reference(micro_batches)
         self.module.eval()
         sums = torch.zeros(4 + len(self._figure_names), dtype=torch.float64)
         group = self.module.context_group
@@ -264,7 +264,7 @@ class StudentWorker:
         )
 
     @torch.no_grad()
-    def _with_reference(self, micro_batches: list[MicroBatch]) -> list[MicroBatch]:
+    def with_reference(self, micro_batches: list[MicroBatch]) -> list[MicroBatch]:
         """With a frozen reference (`Algorithm.needs_reference`): each micro-batch with the reference's
         log-probability of its labels (`extras["reference_logprobs"]`), scored under the kept weights before
         the step's own forward passes. Every rank scores all its micro-batches, placeholders included, so the
