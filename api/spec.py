@@ -259,6 +259,11 @@ class PreferenceSpec(SpecModel):
     beta: Annotated[float, Field(gt=0.0)] = 0.1
     """DPO's beta: how far the student may move from the reference to widen a pair's margin (TRL's
     default)."""
+    sft_weight: Annotated[float, Field(ge=0.0)] = 0.0
+    """Weight of a cross-entropy term on the chosen (teacher's) answers added to DPO's loss: each pair's
+    negative log-likelihood per chosen token, averaged over the step's pairs (TRL's `loss_type: [sigmoid,
+    sft]` with this as the sft weight, RPO's alpha). DPO alone only ranks the teacher's answer above the
+    student's; this term also pulls the student toward the teacher's answers themselves. 0: plain DPO."""
 
 
 class Reward(StrEnum):

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 FIGURES = (
     "pairs",
     "loss",
+    "sft_loss",
     "margin",
     "reward_margin",
     "accuracy",
@@ -133,6 +134,14 @@ class DPO(Algorithm):
         own = extras["beta"].to(policy.device, policy.dtype)
         beta = torch.where(own.isnan(), self.context.preference.beta, own)
         loss, figures = dpo_loss(policy, reference, chosen, rejected, beta, inputs.normalizer)
+        # The chosen answers' negative log-likelihood per token, pair by pair (`preference.sftWeight`).
+        tokens = torch.bincount(sequence, minlength=sequences).to(policy.dtype)
+        sft = (-policy[chosen] / tokens[chosen].clamp_min(1.0)).sum()
+        weight = self.context.preference.sft_weight
+        if weight:
+            loss = loss + weight * sft / inputs.normalizer
+        # `loss` is the step's objective (DPO's plus the weighted term), `sft_loss` the term unweighted.
+        figures = {**figures, "loss": figures["loss"] + weight * sft.detach(), "sft_loss": sft.detach()}
         return _output(loss, -policy_tokens.detach().sum(), labels, figures)
 
     @classmethod

@@ -37,9 +37,11 @@ def plain_dpo(
     lengths: list[int],
     beta: torch.Tensor,
     normalizer: float,
+    sft_weight: float = 0.0,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Full logits, float64; pairs are consecutive (chosen, rejected) sequences, `beta` each pair's; TRL's
-    formulas (CogPO's, `cogpo.py:140-146`, with a beta per pair)."""
+    formulas (CogPO's, `cogpo.py:140-146`, with a beta per pair), plus `sft_weight` times each pair's
+    chosen answer's mean negative log-likelihood per token."""
 
     def sequence_logps(weights: torch.Tensor) -> torch.Tensor:
         tokens = (hidden @ weights.T).log_softmax(-1).gather(1, labels[:, None]).squeeze(1)
@@ -50,10 +52,13 @@ def plain_dpo(
         reference = sequence_logps(reference_head)
     chosen_ratio = policy[0::2] - reference[0::2]
     rejected_ratio = policy[1::2] - reference[1::2]
-    losses = -F.logsigmoid(beta * (chosen_ratio - rejected_ratio))
+    chosen_tokens = torch.tensor(lengths[0::2], dtype=torch.float64)
+    sft = -policy[0::2] / chosen_tokens
+    losses = -F.logsigmoid(beta * (chosen_ratio - rejected_ratio)) + sft_weight * sft
     chosen_reward, rejected_reward = beta * chosen_ratio.detach(), beta * rejected_ratio.detach()
     figures = {
         "loss": losses.detach().mean().item(),
+        "sft_loss": sft.detach().mean().item(),
         "margin": (policy[0::2] - policy[1::2]).detach().mean().item(),
         "reward_margin": (chosen_reward - rejected_reward).mean().item(),
         "accuracy": (chosen_reward > rejected_reward).double().mean().item(),
@@ -65,20 +70,24 @@ def plain_dpo(
     return losses.sum() / normalizer, figures
 
 
-def dpo(beta: float = 0.1, chunk: int | None = 3) -> DPO:
+def dpo(beta: float = 0.1, chunk: int | None = 3, sft_weight: float = 0.0) -> DPO:
     context = AlgorithmContext(
         config=KDConfig(chunk_size=chunk),
         student_hidden_size=WIDTH,
         teacher_hidden_size=None,
-        preference=PreferenceSpec(beta=beta),
+        preference=PreferenceSpec(beta=beta, sft_weight=sft_weight),
     )
     return DPO(context)
 
 
 @pytest.mark.parametrize(
-    ("beta", "own"), [(0.1, None), (2.0, None), (0.1, 0.7)], ids=["dpo", "dpo-2", "cogpo"]
+    ("beta", "own", "sft_weight"),
+    [(0.1, None, 0.0), (2.0, None, 0.0), (0.1, 0.7, 0.0), (0.1, None, 0.5)],
+    ids=["dpo", "dpo-2", "cogpo", "dpo-with-sft"],
 )
-def test_loss_gradient_and_figures_are_trls_sigmoid_dpo_in_float64(beta: float, own: float | None) -> None:
+def test_loss_gradient_and_figures_are_trls_sigmoid_dpo_in_float64(
+    beta: float, own: float | None, sft_weight: float
+) -> None:
     """`own`: the second pair's own beta from its record (CogPO); the first trains at the spec's."""
     torch.manual_seed(0)
     samples = [sample(3, 7), sample(4, 7), sample(2, 9, beta=own), sample(5, 9, beta=own)]
@@ -90,7 +99,7 @@ def test_loss_gradient_and_figures_are_trls_sigmoid_dpo_in_float64(beta: float, 
     reference_head = head.detach() + 0.3 * torch.randn(VOCAB, WIDTH, dtype=torch.float64)
     normalizer = 5.0  # the step's pairs, these two and three on other micro-batches or ranks
 
-    want, figures = plain_dpo(hidden, head, reference_head, labels, lengths, betas, normalizer)
+    want, figures = plain_dpo(hidden, head, reference_head, labels, lengths, betas, normalizer, sft_weight)
     want.backward()
     want_hidden, want_head = hidden.grad, head.grad
     hidden.grad = head.grad = None
@@ -98,7 +107,7 @@ def test_loss_gradient_and_figures_are_trls_sigmoid_dpo_in_float64(beta: float, 
     with torch.no_grad():
         reference = (hidden @ reference_head.T).log_softmax(-1).gather(1, labels[:, None]).squeeze(1)
     extras = {**DPO.micro_batch_extras(samples), "reference_logprobs": reference.float()}
-    out = dpo(beta)(LossInputs(hidden, head, None, None, labels, normalizer, extras))
+    out = dpo(beta, sft_weight=sft_weight)(LossInputs(hidden, head, None, None, labels, normalizer, extras))
     out.loss.backward()
 
     # The log-probabilities are float32 (`label_logprobs`), the reference here float64.

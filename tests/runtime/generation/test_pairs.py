@@ -135,6 +135,10 @@ def test_a_preference_job_pairs_teacher_over_student_answers_and_dpo_moves_the_s
     spec["rollout"]["maxNewTokens"] = 8
     spec["training"] |= {"epochs": 2, "maxSteps": 4, "learningRate": 5.0e-3}
     spec["checkpoint"] = {"path": str(tmp_path / "checkpoints")}
+    # DPO with the chosen answers' cross-entropy beside it (TRL's [sigmoid, sft]): DPO alone ranks the
+    # teacher's answers above the student's but leaves the student's distribution on held-out prompts where
+    # it was (their KL to the teacher 0.635664 -> 0.635671 in this run without it).
+    spec["preference"] = {**spec.get("preference", {}), "sftWeight": 1.0}
     # Held-out pairs in EasyDistill's own form (strings), evaluated at the end against the reference too.
     held_out = [
         {"prompt": r["messages"][0]["content"], "chosen": r["messages"][1]["content"], "rejected": "no idea"}
@@ -167,8 +171,9 @@ def test_a_preference_job_pairs_teacher_over_student_answers_and_dpo_moves_the_s
     steps = [record for record in records if record["kind"] == "train"]
     assert len(steps) == 4
     assert all(set(step) >= DPO_FIGURES for step in steps)
-    # The first step's policy is the reference: the loss is log 2 and no pair is won yet.
-    assert steps[0]["loss"] == pytest.approx(0.6931, abs=1e-3) and steps[0]["accuracy"] == 0.0
+    # The first step's policy is the reference: DPO's part of the loss is log 2 and no pair is won yet.
+    assert steps[0]["loss"] - steps[0]["sft_loss"] == pytest.approx(0.6931, abs=1e-3)
+    assert steps[0]["accuracy"] == 0.0
     assert steps[-1]["reward_margin"] > 0.0
     (evaluation,) = [record for record in records if record["kind"] == "eval"]
     assert {f"eval_{name}" for name in DPO_FIGURES} <= set(evaluation)
@@ -202,8 +207,9 @@ def test_a_preference_job_pairs_teacher_over_student_answers_and_dpo_moves_the_s
     _, kl_before = _margin_and_kl(tiny.student, teacher, trained, answers["chosen"], answers["rejected"])
     _, kl_after = _margin_and_kl(out, teacher, trained, answers["chosen"], answers["rejected"])
     print(
-        f"held-out margin {margin_before:.3f} -> {margin_after:.3f}, held-out KL {held_out_kl_before:.4f} -> "
-        f"{held_out_kl_after:.4f}; KL on the teacher's trained answers {kl_before:.4f} -> {kl_after:.4f}"
+        f"held-out margin {margin_before:.3f} -> {margin_after:.3f}, held-out KL {held_out_kl_before:.6f} -> "
+        f"{held_out_kl_after:.6f}; KL on the teacher's trained answers {kl_before:.4f} -> {kl_after:.4f}"
     )
     assert margin_after > margin_before
+    assert held_out_kl_after < held_out_kl_before
     assert kl_after < kl_before
