@@ -17,16 +17,14 @@ ones in, the trained ones back); its memory is the trainable weights once more, 
 
 import argparse
 import itertools
-import statistics
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from bench.report import alternate, report, spread
-from bench.step import MILLISECONDS, WARMUP_STEPS, cpu_sized_models
+from bench.step import WARMUP_STEPS, cpu_sized_models, median_step_ms
 from kubedistill.api import parse_job
 from kubedistill.runtime.demo.data import chat_records, write_jsonl
 from kubedistill.runtime.demo.run import prepare
@@ -99,16 +97,8 @@ def measure_student(student: Path, pairs: Path, repeats: int, steps: int) -> dic
         "reference scoring": lambda: worker.with_reference(batches),
     }
 
-    def measure(variant: str) -> float:
-        seconds = []
-        for _ in range(steps):
-            started = time.perf_counter()
-            steppers[variant]()
-            seconds.append(time.perf_counter() - started)
-        return statistics.median(seconds[WARMUP_STEPS:]) * MILLISECONDS
-
     try:
-        runs = alternate(list(steppers), repeats, measure)
+        runs = alternate(list(steppers), repeats, lambda variant: median_step_ms(steppers[variant], steps))
         kept = sum(t.numel() * t.element_size() for t in worker.reference.tensors.values())
         weights = sum(p.numel() * p.element_size() for p in worker.module.student.parameters())
         tokens = sum(batch.num_tokens for batch in batches)

@@ -37,6 +37,7 @@ import random
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +92,16 @@ def run(manifest: dict[str, Any], output: Path, steps: int) -> list[dict]:
     Trainer(parse_job(manifest), options).run()
     records = [json.loads(line) for line in (output / "metrics.jsonl").read_text().splitlines()]
     return [r for r in records if r["kind"] == "train"][WARMUP_STEPS:]
+
+
+def median_step_ms(step: Callable[[], object], steps: int) -> float:
+    """`step` called `steps` times here: the median of its wall times after `WARMUP_STEPS`, in ms."""
+    seconds = []
+    for _ in range(steps):
+        started = time.perf_counter()
+        step()
+        seconds.append(time.perf_counter() - started)
+    return statistics.median(seconds[WARMUP_STEPS:]) * MILLISECONDS
 
 
 def step_parts(records: list[dict]) -> dict[str, float]:
@@ -182,16 +193,8 @@ def fsdp_overhead(assets: Path, repeats: int, steps: int) -> dict[str, dict[str,
         "plain PyTorch": plain_step,
     }
 
-    def measure(variant: str) -> float:
-        seconds = []
-        for _ in range(steps):
-            started = time.perf_counter()
-            steppers[variant]()
-            seconds.append(time.perf_counter() - started)
-        return statistics.median(seconds[WARMUP_STEPS:]) * MILLISECONDS
-
     try:
-        runs = alternate(list(steppers), repeats, measure)
+        runs = alternate(list(steppers), repeats, lambda variant: median_step_ms(steppers[variant], steps))
     finally:
         worker.close()
         if dist.is_initialized():

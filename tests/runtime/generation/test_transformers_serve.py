@@ -24,6 +24,7 @@ from typing import Any
 
 import pytest
 
+from kubedistill.api.job import DistillationJob, parse_job
 from kubedistill.runtime.generation.endpoint import EndpointRefused
 from kubedistill.runtime.generation.phase import run_generation
 from tests.runtime.conftest import TinyWorld
@@ -102,6 +103,22 @@ def _example(
     return write_manifest(tmp_path / "job.yaml", manifest)
 
 
+def _steps_job(
+    url: str, tiny: TinyWorld, prompts: Path, tmp_path: Path, steps: list[dict[str, Any]]
+) -> DistillationJob:
+    """The endpoint example's job with these generation steps, its answers 8 tokens long and kept cut off
+    (the tiny teacher's random tokens run to maxNewTokens), output in tmp_path/out."""
+    manifest = example_manifest(
+        "generate-from-endpoint",
+        _paths(tiny, prompts, tmp_path / "out"),
+        endpoint={"baseUrl": url, "model": str(tiny.teacher)},
+        maxNewTokens=8,
+        keepTruncated=True,
+        steps=steps,
+    )
+    return parse_job(manifest)
+
+
 @pytest.mark.usefixtures("ray_session")
 def test_the_teacher_made_data_example_expands_asks_rewrites_then_trains_the_student_on_the_last(
     served_teacher: str, tiny: TinyWorld, prompts: Path, tmp_path: Path
@@ -158,23 +175,15 @@ def test_refinement_and_short_to_long_rewrite_each_prompt_and_answer_through_the
 ) -> None:
     """The two steps the example leaves out, over the same server: every prompt is rewritten before it is
     answered (the answer's record asks the refined prompt), then every answer is rewritten longer."""
-    from kubedistill.api import parse_job
     from kubedistill.runtime.generation.synthesis import run_phase
 
     steps = [
         {"kind": "instructionRefinement", "template": "Say it better: {instruction}", "answerTag": ""},
         {"kind": "shortToLong", "template": "Explain more: {instruction} {answer}"},
     ]
-    manifest = example_manifest(
-        "generate-from-endpoint",
-        _paths(tiny, prompts, tmp_path / "out"),
-        endpoint={"baseUrl": served_teacher, "model": str(tiny.teacher)},
-        maxNewTokens=8,
-        keepTruncated=True,
-        steps=steps,
-    )
+    job = _steps_job(served_teacher, tiny, prompts, tmp_path, steps)
     lines: list[str] = []
-    result = run_phase(parse_job(manifest), tmp_path / "out", {}, echo=lines.append)
+    result = run_phase(job, tmp_path / "out", {}, echo=lines.append)
     generated = tmp_path / "out" / "generated"
     refined = [
         json.loads(line)
@@ -202,22 +211,14 @@ def test_refinement_and_short_to_long_rewrite_each_prompt_and_answer_through_the
 def test_a_judge_over_the_served_teacher_lists_every_reply_it_cannot_score_and_stops_naming_the_step(
     served_teacher: str, tiny: TinyWorld, prompts: Path, tmp_path: Path
 ) -> None:
-    from kubedistill.api import parse_job
     from kubedistill.runtime.generation.synthesis import StepFailed, run_phase
 
     # EasyDistill's judge prompt (the default) is longer than the tiny teacher's 1024 positions.
     judge = {"kind": "judge", "threshold": 0, "template": "Score it 0-9 as <score>N</score>: {answer}"}
-    manifest = example_manifest(
-        "generate-from-endpoint",
-        _paths(tiny, prompts, tmp_path / "out"),
-        endpoint={"baseUrl": served_teacher, "model": str(tiny.teacher)},
-        maxNewTokens=8,
-        keepTruncated=True,
-        steps=[judge],
-    )
+    job = _steps_job(served_teacher, tiny, prompts, tmp_path, [judge])
     lines: list[str] = []
     with pytest.raises(StepFailed) as failed:
-        run_phase(parse_job(manifest), tmp_path / "out", {}, echo=lines.append)
+        run_phase(job, tmp_path / "out", {}, echo=lines.append)
     skipped = tmp_path / "out" / "generated" / "demo-generate-from-endpoint.step0-judge.skipped.jsonl"
     assert str(failed.value).startswith("spec.generation.steps[0]: no record was kept")
     reasons = [json.loads(line) for line in skipped.read_text().splitlines()]
@@ -229,19 +230,11 @@ def test_a_judge_over_the_served_teacher_lists_every_reply_it_cannot_score_and_s
 def test_a_step_whose_prompt_the_server_refuses_stops_the_phase_naming_the_step(
     served_teacher: str, tiny: TinyWorld, prompts: Path, tmp_path: Path
 ) -> None:
-    from kubedistill.api import parse_job
     from kubedistill.runtime.generation.synthesis import run_phase
 
-    manifest = example_manifest(
-        "generate-from-endpoint",
-        _paths(tiny, prompts, tmp_path / "out"),
-        endpoint={"baseUrl": served_teacher, "model": str(tiny.teacher)},
-        maxNewTokens=8,
-        keepTruncated=True,
-        steps=[{"kind": "judge", "threshold": 5}],
-    )
+    job = _steps_job(served_teacher, tiny, prompts, tmp_path, [{"kind": "judge", "threshold": 5}])
     with pytest.raises(EndpointRefused) as refused:
-        run_phase(parse_job(manifest), tmp_path / "out", {}, echo=lambda line: None)
+        run_phase(job, tmp_path / "out", {}, echo=lambda line: None)
     message = str(refused.value)
     assert "HTTP 400: " in message and "but the model takes at most 1024" in message, (
         "EasyDistill's judge prompt is longer than the tiny teacher's positions"
@@ -266,7 +259,6 @@ def test_cut_off_answers_are_skipped_and_counted_and_none_left_fails_naming_the_
 def test_a_model_the_server_does_not_serve_stops_the_phase_with_the_servers_message(
     served_teacher: str, tiny: TinyWorld, prompts: Path, tmp_path: Path
 ) -> None:
-    from kubedistill.api import parse_job
 
     manifest = example_manifest(
         "generate-from-endpoint",
