@@ -44,6 +44,9 @@ class LossInputs:
     """Target tokens of the whole global batch."""
     extras: Mapping[str, Tensor] = field(default_factory=dict)
     """What `Algorithm.micro_batch_extras` built for this micro-batch on the driver (e.g. alignments)."""
+    sample_index: Tensor | None = None
+    """[n] the sample (0, 1, ... in the micro-batch's order) each loss position belongs to
+    (`MicroBatch.sample_index`): what a loss over whole sequences (DPO's, GRPO's) sums positions by."""
 
 
 @dataclass(frozen=True)

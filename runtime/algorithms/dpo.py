@@ -100,17 +100,13 @@ class DPO(Algorithm):
 
     @classmethod
     def micro_batch_extras(cls, samples: "list[Sample]") -> dict[str, Tensor]:
-        """`sequence` [targets]: the sample each loss position belongs to (positions sample by sample, as
-        `MicroBatch.from_samples` lays the labels out); `chosen` and `rejected` [pairs]: each pair's
-        samples; `beta` [pairs]: a pair's own beta (CogPO), NaN where the spec's applies."""
+        """`chosen` and `rejected` [pairs]: each pair's samples, by their place in the micro-batch (whose
+        `sample_index` says which loss positions are whose); `beta` [pairs]: a pair's own beta (CogPO), NaN
+        where the spec's applies."""
         if not samples:
             return {}
         chosen, rejected = pair_indices(samples)
-        sequence = torch.repeat_interleave(
-            torch.arange(len(samples)), torch.tensor([sample.num_targets for sample in samples])
-        )
         return {
-            "sequence": sequence,
             "chosen": torch.tensor(chosen, dtype=torch.long),
             "rejected": torch.tensor(rejected, dtype=torch.long),
             "beta": torch.tensor([_nan_if_none(samples[i].beta) for i in chosen], dtype=torch.float64),
@@ -121,11 +117,11 @@ class DPO(Algorithm):
         policy_tokens = label_logprobs(
             inputs.student_hidden, inputs.student_head, labels, self.context.config.chunk_size
         )
-        if "sequence" not in extras:
+        if "chosen" not in extras or inputs.sample_index is None:
             # A rank's placeholder micro-batch (no samples): a zero that still reaches the head's gradient.
             zero = policy_tokens.sum() * 0.0
             return _output(zero, zero.detach(), labels, {name: zero.detach() for name in FIGURES})
-        sequence = extras["sequence"].to(labels.device)
+        sequence = inputs.sample_index.to(labels.device)
         sequences = int(sequence.max()) + 1 if sequence.numel() else 0
         policy = policy_tokens.new_zeros(sequences).index_add(0, sequence, policy_tokens)
         reference_tokens = extras["reference_logprobs"].to(policy_tokens.device, policy_tokens.dtype)

@@ -100,9 +100,9 @@ class GRPO(Algorithm):
 
     @classmethod
     def micro_batch_extras(cls, samples: "list[Sample]") -> dict[str, Tensor]:
-        """`position_sample` [targets]: the sample (0..) of each loss position, in the micro-batch's order of
-        loss positions (sample by sample); `sample_group` [samples]: each sample's group renumbered 0.. in
-        the micro-batch (a sample without a group is a group of one)."""
+        """`sample_group` [samples]: each sample's group renumbered 0.. in the micro-batch (a sample without
+        a group is a group of one); which loss positions are each sample's is the micro-batch's own
+        `sample_index`."""
         if not samples:
             return {}
         numbers: dict[tuple[str, int], int] = {}
@@ -110,11 +110,7 @@ class GRPO(Algorithm):
             numbers.setdefault(("group", s.group) if s.group is not None else ("alone", i), len(numbers))
             for i, s in enumerate(samples)
         ]
-        positions = [index for index, sample in enumerate(samples) for _ in range(sample.num_targets)]
-        return {
-            "position_sample": torch.tensor(positions, dtype=torch.long),
-            "sample_group": torch.tensor(groups, dtype=torch.long),
-        }
+        return {"sample_group": torch.tensor(groups, dtype=torch.long)}
 
     @classmethod
     def summarize(cls, sums: Mapping[str, float]) -> dict[str, float]:
@@ -136,13 +132,16 @@ class GRPO(Algorithm):
 
     def forward(self, inputs: LossInputs) -> LossOutput:
         extras = inputs.extras
-        position_sample, sample_group = extras.get("position_sample"), extras.get("sample_group")
+        position_sample, sample_group = inputs.sample_index, extras.get("sample_group")
         reference = extras.get(REFERENCE_LOGPROBS)
         teacher_hidden, teacher_head = inputs.teacher_hidden, inputs.teacher_head
         if inputs.labels.numel() == 0:
             return self._placeholder(inputs)
         if position_sample is None or sample_group is None or reference is None:
-            raise ValueError("GRPO needs its micro-batch extras and the reference's log-probabilities")
+            raise ValueError(
+                "GRPO needs its micro-batch extras, each position's sample and the reference's "
+                "log-probabilities (`needs_reference`)"
+            )
         if teacher_hidden is None or teacher_head is None:
             raise ValueError(
                 "GRPO's reward is the teacher's: a micro-batch with samples needs its hidden states"

@@ -122,6 +122,7 @@ class DistillationModule(nn.Module):
                 labels=batch.labels.to(selected.device),
                 normalizer=normalizer,
                 extras={name: value.to(selected.device) for name, value in batch.extras.items()},
+                sample_index=None if batch.sample_index is None else batch.sample_index.to(selected.device),
             )
         )
         loss_seconds = time.perf_counter() - backbone_done

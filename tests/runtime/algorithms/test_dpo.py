@@ -12,6 +12,7 @@ from kubedistill.runtime.algorithms.base import AlgorithmContext, LossInputs
 from kubedistill.runtime.algorithms.dpo import DPO, pair_indices
 from kubedistill.runtime.data.sample import Sample
 from kubedistill.runtime.losses.config import KDConfig
+from kubedistill.runtime.student.batch import MicroBatch
 
 VOCAB, WIDTH = 13, 6
 
@@ -107,7 +108,10 @@ def test_loss_gradient_and_figures_are_trls_sigmoid_dpo_in_float64(
     with torch.no_grad():
         reference = (hidden @ reference_head.T).log_softmax(-1).gather(1, labels[:, None]).squeeze(1)
     extras = {**DPO.micro_batch_extras(samples), "reference_logprobs": reference.float()}
-    out = dpo(beta, sft_weight=sft_weight)(LossInputs(hidden, head, None, None, labels, normalizer, extras))
+    positions = MicroBatch.from_samples(samples, pad_id=0).sample_index
+    out = dpo(beta, sft_weight=sft_weight)(
+        LossInputs(hidden, head, None, None, labels, normalizer, extras, sample_index=positions)
+    )
     out.loss.backward()
 
     # The log-probabilities are float32 (`label_logprobs`), the reference here float64.
@@ -130,7 +134,8 @@ def test_at_the_reference_the_loss_is_log_two_and_moves_chosen_up_and_rejected_d
     with torch.no_grad():
         reference = (hidden @ head.T).log_softmax(-1).gather(1, labels[:, None]).squeeze(1)
     extras = {**DPO.micro_batch_extras(samples), "reference_logprobs": reference}
-    out = dpo(0.5)(LossInputs(hidden, head, None, None, labels, 1.0, extras))
+    positions = MicroBatch.from_samples(samples, pad_id=0).sample_index
+    out = dpo(0.5)(LossInputs(hidden, head, None, None, labels, 1.0, extras, sample_index=positions))
     assert out.loss.item() == pytest.approx(np.log(2.0), abs=1e-6)
     assert out.figures["accuracy"].item() == 0.0  # z = 0 is not a win (TRL: chosen_reward > rejected_reward)
     out.loss.backward()

@@ -13,6 +13,7 @@ from kubedistill.runtime.algorithms.grpo import ADVANTAGE_EPSILON, GRPO, group_a
 from kubedistill.runtime.data.sample import Sample
 from kubedistill.runtime.losses.config import KDConfig
 from kubedistill.runtime.losses.output import IGNORE_INDEX
+from kubedistill.runtime.student.batch import MicroBatch
 
 VOCAB, STUDENT_WIDTH, TEACHER_WIDTH = 11, 5, 6
 
@@ -59,6 +60,7 @@ def inputs(samples: list[Sample], seed: int = 0, dtype: torch.dtype = torch.floa
             **GRPO.micro_batch_extras(samples),
             "reference_logprobs": -torch.rand(n, generator=generator, dtype=torch.float64).float() * 3,
         },
+        sample_index=MicroBatch.from_samples(samples, pad_id=0).sample_index,
     )
 
 
@@ -110,7 +112,8 @@ def test_the_loss_and_its_gradient_are_trls_grpo_with_the_teachers_likelihood_as
         torch.testing.assert_close(ours.double(), theirs, rtol=1e-4, atol=1e-6)
     # Each position's divergence is the teacher's negative log-probability: a sample's mean is -reward.
     assert output.kd_per_position is not None
-    owner = batch.extras["position_sample"]
+    owner = batch.sample_index
+    assert owner is not None
     for i, reward in enumerate(rewards):
         mine = (owner == i) & (labels != IGNORE_INDEX)
         assert float(-output.kd_per_position[mine].mean()) == pytest.approx(reward, rel=1e-5)
@@ -194,9 +197,13 @@ def test_a_placeholder_micro_batch_gives_every_figure_and_no_loss() -> None:
     assert GRPO.summarize({name: 0.0 for name in GRPO.figure_names}) == {}
 
 
-def test_extras_number_the_groups_of_the_micro_batch_and_the_sample_of_each_position() -> None:
+def test_extras_number_the_groups_of_the_micro_batch_and_the_batch_gives_the_sample_of_each_position() -> (
+    None
+):
     samples = [sample(2, 41, 0), sample(1, 41, 1), sample(2, None, 2), sample(1, 9, 3)]
     extras = GRPO.micro_batch_extras(samples)
     assert extras["sample_group"].tolist() == [0, 0, 1, 2]
-    assert extras["position_sample"].tolist() == [0, 0, 1, 2, 2, 3]
+    for packed in (False, True):
+        positions = MicroBatch.from_samples(samples, pad_id=0, packed=packed).sample_index
+        assert positions is not None and positions.tolist() == [0, 0, 1, 2, 2, 3]
     assert GRPO.micro_batch_extras([]) == {}
