@@ -79,12 +79,8 @@ def run_student_answers(job: DistillationJob, output_dir: Path, prompts: list[Pr
     report = store.report()
     if report is not None:
         return GenerationResult(store.path, report, reused=True)
-    done = store.existing(prompts)
-    skipped = store.settled(prompts)
+    done, skipped, missing, todo = store.outstanding(prompts)
     samples = store.samples_per_prompt
-    asked = done | {(skip.prompt_id, skip.sample) for skip in skipped}
-    missing = {p.id: [s for s in range(samples) if (p.id, s) not in asked] for p in prompts}
-    todo = [p for p in prompts if missing[p.id]]
     if todo:
         generators = StudentGenerators(job, ClusterView.current())
         try:

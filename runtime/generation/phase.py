@@ -46,6 +46,22 @@ class GenerationProgress:
     skipped: Counter[str] = field(default_factory=Counter)
     usage: Usage = field(default_factory=Usage)
 
+    @classmethod
+    def resuming(
+        cls,
+        pairs: int,
+        done: set[tuple[str, int]],
+        skipped: list[Skipped],
+        earlier: Mapping[str, Any] | None,
+    ) -> "GenerationProgress":
+        """Where a run starts: what the file holds and an earlier run skipped, the tokens it paid for."""
+        return cls(
+            pairs,
+            kept=len(done),
+            skipped=Counter(skip.reason for skip in skipped),
+            usage=Usage.from_json(earlier.get("usage")) if earlier else Usage(),
+        )
+
     @property
     def done(self) -> int:
         return self.kept + self.skipped.total()
@@ -282,19 +298,9 @@ def run_generation(
         )
     prompts = read.prompts
     by_id = {prompt.id: prompt for prompt in prompts}
-    done = store.existing(prompts)
-    skipped = store.settled(prompts)
-    earlier = store.earlier()
+    done, skipped, missing, todo = store.outstanding(prompts)
     samples = generation.samples_per_prompt
-    asked = done | {(skip.prompt_id, skip.sample) for skip in skipped}
-    missing = {p.id: [s for s in range(samples) if (p.id, s) not in asked] for p in prompts}
-    todo = [p for p in prompts if missing[p.id]]
-    progress = GenerationProgress(
-        len(prompts) * samples,
-        kept=len(done),
-        skipped=Counter(skip.reason for skip in skipped),
-        usage=Usage.from_json(earlier.get("usage")) if earlier else Usage(),
-    )
+    progress = GenerationProgress.resuming(len(prompts) * samples, done, skipped, store.earlier())
     log.info(
         "generation: %d of %d (prompt, sample) pairs to generate into %s",
         progress.pairs - progress.done,

@@ -26,7 +26,7 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from kubedistill.runtime.generation.logprobs import SparseTargets, TokenLogprobs
 from kubedistill.runtime.generation.prompts import Prompt
@@ -154,6 +154,19 @@ def verdict(response: Response, keep_truncated: bool) -> str | None:
     return None
 
 
+class Outstanding(NamedTuple):
+    """What a file holds and lacks for some prompts: what a run asks, and what it counts as done."""
+
+    done: set[tuple[str, int]]
+    """(prompt id, sample) pairs already in the file."""
+    skipped: list[Skipped]
+    """Pairs an earlier run skipped for good (`GeneratedFile.settled`); the run adds its own skips."""
+    missing: dict[str, list[int]]
+    """Each prompt's samples neither in the file nor skipped for good."""
+    todo: list[Prompt]
+    """The prompts with a missing sample, in their order."""
+
+
 class GeneratedFile:
     def __init__(
         self,
@@ -192,6 +205,16 @@ class GeneratedFile:
         # what is missing is generated.
         wanted = (self.settings.recorded(), self.samples_per_prompt, self.keep_truncated, self.keep_reasoning)
         return report if same == wanted else None
+
+    def outstanding(self, prompts: list[Prompt]) -> Outstanding:
+        """What these prompts' samples the file holds, skipped for good, or still lacks."""
+        done = self.existing(prompts)
+        skipped = self.settled(prompts)
+        asked = done | {(skip.prompt_id, skip.sample) for skip in skipped}
+        missing = {
+            p.id: [s for s in range(self.samples_per_prompt) if (p.id, s) not in asked] for p in prompts
+        }
+        return Outstanding(done, skipped, missing, [p for p in prompts if missing[p.id]])
 
     def settled(self, prompts: Iterable[Prompt]) -> list[Skipped]:
         """The pairs an earlier run of these settings skipped for good (every reason but `failed`): a

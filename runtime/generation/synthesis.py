@@ -11,7 +11,6 @@ another is refused naming the file). The student trains on the last answer step'
 
 import asyncio
 import logging
-from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -51,7 +50,6 @@ from kubedistill.runtime.generation.store import (
     Response,
     Settings,
     Skipped,
-    Usage,
     verdict,
 )
 
@@ -286,18 +284,8 @@ def run_step(
     report = store.report()
     reused = report is not None
     if report is None:
-        done = store.existing(asked)
-        skipped = store.settled(asked)
-        settled = done | {(skip.prompt_id, skip.sample) for skip in skipped}
-        missing = {p.id: [s for s in range(samples) if (p.id, s) not in settled] for p in asked}
-        todo = [prompt for prompt in asked if missing[prompt.id]]
-        earlier = store.earlier()
-        progress = GenerationProgress(
-            len(asked) * samples,
-            kept=len(done),
-            skipped=Counter(skip.reason for skip in skipped),
-            usage=Usage.from_json(earlier.get("usage")) if earlier else Usage(),
-        )
+        done, skipped, missing, todo = store.outstanding(asked)
+        progress = GenerationProgress.resuming(len(asked) * samples, done, skipped, store.earlier())
         log.info("generation step %d (%s): %d of %d to ask", index, step.kind, len(todo), len(asked))
 
         def keep(
