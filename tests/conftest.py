@@ -15,6 +15,8 @@ import pytest
 _SLOW_FIXTURES = {"ray_session", "tiny"}
 """Fixtures of the tests that run real jobs: local Ray, and the tiny models and data they train."""
 _SLOW_FILES = {"tests/test_lint.py", "tests/test_bad_inputs.py"}
+_JOB_FILES = ("tests", "runtime", "trainer")
+"""The folder of the slowest files: each runs several whole jobs."""
 """Files without those fixtures that are as slow: pyright over the tree; the installed command's runs."""
 
 
@@ -47,4 +49,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         or item.path.relative_to(config.rootpath).as_posix() in _SLOW_FILES
         or item.path.relative_to(config.rootpath).parts[:2] == ("tests", "e2e")
     }
-    items.sort(key=lambda item: item.path not in slow_files)
+    # Of the slow files, those that run whole jobs (tests/runtime/trainer: a minute or two each, in either
+    # tier) first: the longest started first, the shorter ones even out the end.
+    trainer = {path for path in slow_files if path.relative_to(config.rootpath).parts[:3] == _JOB_FILES}
+    items.sort(key=lambda item: (item.path not in slow_files, item.path not in trainer))
